@@ -1,0 +1,44 @@
+"""Events, ids and topics shared by every service (and nothing else)."""
+
+from schemas.codec import DecodeError, decode, decode_reward, encode
+from schemas.events import (
+    SCHEMA_VERSION,
+    AnyEvent,
+    ArmsAdded,
+    DecisionMade,
+    Event,
+    ExperimentConfig,
+    ExperimentCreated,
+    ExperimentEvent,
+    RewardObserved,
+    StrategyChanged,
+    new_event_id,
+)
+from schemas.ids import MAX_ARMS, ArmId, ExperimentId, is_valid_id
+from schemas.topics import TopicNames, TopicSpec, partition_key, topic_specs
+
+__all__ = [
+    "MAX_ARMS",
+    "SCHEMA_VERSION",
+    "AnyEvent",
+    "ArmId",
+    "ArmsAdded",
+    "DecisionMade",
+    "DecodeError",
+    "Event",
+    "ExperimentConfig",
+    "ExperimentCreated",
+    "ExperimentEvent",
+    "ExperimentId",
+    "RewardObserved",
+    "StrategyChanged",
+    "TopicNames",
+    "TopicSpec",
+    "decode",
+    "decode_reward",
+    "encode",
+    "is_valid_id",
+    "new_event_id",
+    "partition_key",
+    "topic_specs",
+]

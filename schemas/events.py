@@ -1,0 +1,111 @@
+"""The event vocabulary of the product, defined once.
+
+Events are frozen, past-tense facts. Each carries an ``event_id`` (idempotency and
+audit), a ``ts`` (seconds since the epoch, the time the fact happened: projections
+bucket by it, never by arrival time), a ``schema_version`` for upcasting and a
+``type`` tag for the discriminated union.
+
+Experiment events carry the *whole* resulting :class:`ExperimentConfig` with its
+version, not just a delta: folding them is then "highest version wins", which is
+order-insensitive and makes replay of the experiments topic rebuild exactly the
+configuration the decider validated and stored.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from schemas.ids import ArmId, ExperimentId
+
+SCHEMA_VERSION = 1
+
+
+def new_event_id() -> str:
+    return uuid.uuid4().hex
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event_id: str = Field(default_factory=new_event_id, min_length=1, max_length=64)
+    ts: float = Field(default_factory=time.time, description="Unix seconds when it happened.")
+    schema_version: int = SCHEMA_VERSION
+    experiment_id: ExperimentId
+
+    @field_validator("ts")
+    @classmethod
+    def _finite_ts(cls, v: float) -> float:
+        if not math.isfinite(v) or v < 0:
+            raise ValueError("ts must be a finite, non-negative unix time")
+        return v
+
+
+class ExperimentConfig(BaseModel):
+    """The decider's validated configuration of one experiment at one version."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    experiment_id: ExperimentId
+    arm_ids: tuple[ArmId, ...]
+    strategy: str
+    strategy_params: dict[str, Any] = Field(default_factory=dict)
+    version: int = Field(ge=1, description="Bumped by every accepted command.")
+    created_ts: float
+    updated_ts: float
+
+
+class ExperimentCreated(_Event):
+    type: Literal["experiment_created"] = "experiment_created"
+    config: ExperimentConfig
+
+
+class ArmsAdded(_Event):
+    type: Literal["arms_added"] = "arms_added"
+    added_arm_ids: tuple[ArmId, ...]
+    config: ExperimentConfig
+
+
+class StrategyChanged(_Event):
+    type: Literal["strategy_changed"] = "strategy_changed"
+    previous_strategy: str
+    previous_params: dict[str, Any] = Field(default_factory=dict)
+    config: ExperimentConfig
+
+
+class DecisionMade(_Event):
+    """One arm served to one visitor, with what is needed for off-policy evaluation."""
+
+    type: Literal["decision_made"] = "decision_made"
+    decision_id: str = Field(min_length=1, max_length=64)
+    arm_id: ArmId
+    strategy: str
+    strategy_params: dict[str, Any] = Field(default_factory=dict)
+    propensity: float = Field(gt=0.0, le=1.0)
+    config_version: int
+    snapshot_version: int
+    degraded: bool = False
+
+
+class RewardObserved(_Event):
+    """A reward for an arm; joined to its decision when ``decision_id`` is given."""
+
+    type: Literal["reward_observed"] = "reward_observed"
+    arm_id: ArmId
+    reward: float = Field(ge=0.0, le=1.0, allow_inf_nan=False)
+    decision_id: str | None = Field(default=None, min_length=1, max_length=64)
+    source: str = Field(default="api", max_length=64)
+
+
+ExperimentEvent = Annotated[
+    ExperimentCreated | ArmsAdded | StrategyChanged, Field(discriminator="type")
+]
+Event = Annotated[
+    ExperimentCreated | ArmsAdded | StrategyChanged | DecisionMade | RewardObserved,
+    Field(discriminator="type"),
+]
+AnyEvent = ExperimentCreated | ArmsAdded | StrategyChanged | DecisionMade | RewardObserved

@@ -1,0 +1,29 @@
+"""Identifier rules shared by the API, the consumers and the Redis key layout.
+
+The seed accepted any string, so ids containing ``:`` or ``*`` collided with its key
+layout. We restrict ids to a safe charset that can never contain a key separator, a
+glob character or a hash-tag brace, which keeps every Redis key unambiguous.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Final
+
+from pydantic import StringConstraints
+
+ID_MAX_LEN: Final = 120
+ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,119}$"
+_ID_RE: Final = re.compile(ID_PATTERN)
+
+#: Upper bound on arms per experiment: strategies are O(arms) per decision and the
+#: dashboard must stay readable; 256 is far beyond any sane storefront test.
+MAX_ARMS: Final = 256
+
+ExperimentId = Annotated[str, StringConstraints(pattern=ID_PATTERN, max_length=ID_MAX_LEN)]
+ArmId = Annotated[str, StringConstraints(pattern=ID_PATTERN, max_length=ID_MAX_LEN)]
+
+
+def is_valid_id(value: object) -> bool:
+    """Cheap check used on hot paths where a pydantic model would cost too much."""
+    return isinstance(value, str) and len(value) <= ID_MAX_LEN and _ID_RE.match(value) is not None

@@ -1,0 +1,73 @@
+"""Topic names, their settings and the partition-key rule, in one place.
+
+Every topic is keyed by experiment id, so all events of one experiment are totally
+ordered within one partition, and co-partitioned topics (same partition count) put an
+experiment in the same partition number everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Final
+
+EXPERIMENTS: Final = "mab.experiments"
+DECISIONS: Final = "mab.decisions"
+REWARDS: Final = "mab.rewards"
+REWARDS_DLQ: Final = "mab.rewards.dlq"
+
+#: Co-partitioned topics must share this count (the consumer relies on it).
+DEFAULT_PARTITIONS: Final = 6
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """A topic the product needs, created idempotently by ``mab up`` and the tests."""
+
+    name: str
+    partitions: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class TopicNames:
+    """Resolved topic names for one deployment (a prefix isolates tests and tenants)."""
+
+    experiments: str
+    decisions: str
+    rewards: str
+    rewards_dlq: str
+
+    @classmethod
+    def with_prefix(cls, prefix: str = "") -> TopicNames:
+        return cls(
+            experiments=prefix + EXPERIMENTS,
+            decisions=prefix + DECISIONS,
+            rewards=prefix + REWARDS,
+            rewards_dlq=prefix + REWARDS_DLQ,
+        )
+
+    @classmethod
+    def from_env(cls) -> TopicNames:
+        return cls.with_prefix(os.environ.get("MAB_TOPIC_PREFIX", ""))
+
+
+def topic_specs(prefix: str = "", partitions: int = DEFAULT_PARTITIONS) -> list[TopicSpec]:
+    """The topics and settings the design needs.
+
+    The log is the system of record, so nothing is deleted by time (``retention.ms=-1``);
+    the DLQ keeps records 30 days, long enough to fix and re-drive them.
+    """
+    names = TopicNames.with_prefix(prefix)
+    forever = {"retention.ms": "-1", "cleanup.policy": "delete"}
+    return [
+        TopicSpec(names.experiments, partitions, dict(forever)),
+        TopicSpec(names.decisions, partitions, dict(forever)),
+        TopicSpec(names.rewards, partitions, dict(forever)),
+        TopicSpec(names.rewards_dlq, 1, {"retention.ms": str(30 * 24 * 3600 * 1000)}),
+    ]
+
+
+def partition_key(experiment_id: str) -> bytes:
+    """The partition key of every record: the experiment id (see module docstring)."""
+    return experiment_id.encode()
