@@ -1,0 +1,48 @@
+# Single entry point for people and CI. Everything runs from the repo root.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# uv from PATH, else the one `pip install --user uv` puts in ~/.local/bin.
+UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+PACKAGES := schemas bandit_core services dashboard mab_cli deploy
+
+.PHONY: help venv up down status test lint system-deps kafka-jars
+
+help:
+	@echo "make venv | up | down | status | test | lint | system-deps | kafka-jars"
+
+venv:
+	@if [ ! -x "$(UV)" ]; then \
+		echo "installing uv with pip"; \
+		$(PYTHON) -m pip --version >/dev/null 2>&1 || bash deploy/install_system_deps.sh pip; \
+		$(PYTHON) -m pip install --user --quiet uv 2>/dev/null \
+			|| $(PYTHON) -m pip install --user --quiet --break-system-packages uv; \
+	fi
+	@if [ -f uv.lock ]; then "$(UV)" sync --all-extras --frozen; else "$(UV)" sync --all-extras; fi
+
+system-deps:
+	bash deploy/install_system_deps.sh
+
+kafka-jars: venv
+	$(BIN)/mab kafka-jars
+
+up: venv
+	$(BIN)/mab up
+
+down:
+	@if [ -x $(BIN)/mab ]; then $(BIN)/mab down; else echo "no venv, nothing started"; fi
+
+status: venv
+	$(BIN)/mab status
+
+# Jars are fetched before pytest so a cold Maven download never eats a test's timeout.
+test: venv system-deps kafka-jars lint
+	$(BIN)/pytest
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy --strict $(PACKAGES) tests

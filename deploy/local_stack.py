@@ -1,0 +1,1115 @@
+"""Pure-Python provisioning of the local stack: Kafka (KRaft, from Maven Central jars), Redis
+and the product's services as plain processes.
+
+Why not Docker: the target machines have no Docker engine, so ``mab up`` and the test
+fixtures start real processes instead. Every process we start gets a pid file, an argv record
+and a log file under one run directory; we only ever signal a pid whose ``/proc/<pid>/cmdline``
+still matches the argv we recorded, so a recycled pid never kills someone else's process.
+
+Two modes share all code:
+
+* product (:meth:`StackConfig.product`): run dir ``.state/``, Kafka data ``.state/kafka`` and
+  Redis AOF in ``.state/redis``, persistent across restarts; ports from ``MAB_*_PORT``.
+* throwaway (:meth:`StackConfig.throwaway`): a temp dir, free ports, Redis without persistence;
+  used by the pytest fixtures and torn down at session end.
+
+Register new services in :data:`SERVICES` (one list, bottom of this module).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import errno
+import fcntl
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+STATE_DIR = REPO_ROOT / ".state"
+CACHE_DIR = REPO_ROOT / ".cache"
+KAFKA_POM = REPO_ROOT / "deploy" / "kafka" / "pom.xml"
+LIBS_MARKER = ".complete"
+KAFKA_READY_LINE = "Kafka Server started"
+
+JAVA_FIX = "install OpenJDK 17: apt-get install -y openjdk-17-jre-headless"
+MVN_FIX = "install Maven: apt-get install -y maven"
+
+T = TypeVar("T")
+
+
+class StackError(RuntimeError):
+    """One clear, user-facing failure of the local stack (the CLI prints it and exits 1)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Ports
+# --------------------------------------------------------------------------------------------
+
+PORT_ENV: Mapping[str, str] = {
+    "kafka": "MAB_KAFKA_PORT",
+    "controller": "MAB_KAFKA_CONTROLLER_PORT",
+    "redis": "MAB_REDIS_PORT",
+    "api": "MAB_API_PORT",
+    "dashboard": "MAB_DASHBOARD_PORT",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Ports:
+    """TCP ports of the stack, all bound on 127.0.0.1."""
+
+    kafka: int = 9092
+    controller: int = 9093
+    redis: int = 6379
+    api: int = 8000
+    dashboard: int = 8501
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Ports:
+        """Defaults overridden by ``MAB_KAFKA_PORT`` etc.; the controller follows Kafka + 1."""
+        env = os.environ if env is None else env
+        values: dict[str, int] = {}
+        for key, var in PORT_ENV.items():
+            raw = env.get(var, "").strip()
+            if not raw:
+                continue
+            if not raw.isdigit() or not 0 < int(raw) < 65536:
+                raise StackError(f"{var}={raw!r} is not a TCP port number")
+            values[key] = int(raw)
+        if "kafka" in values and "controller" not in values:
+            values["controller"] = values["kafka"] + 1
+        return cls(**values)
+
+    @classmethod
+    def free(cls) -> Ports:
+        """Distinct ports the OS reports free right now (throwaway stacks, parallel sessions)."""
+        socks: list[socket.socket] = []
+        try:
+            for _ in range(5):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                s.bind(("127.0.0.1", 0))
+                socks.append(s)
+            kafka, controller, redis_port, api, dashboard = (s.getsockname()[1] for s in socks)
+        finally:
+            for s in socks:
+                s.close()
+        return cls(kafka, controller, redis_port, api, dashboard)
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """True when someone listens on or holds ``host:port``.
+
+    A bind test catches sockets that are bound but not (yet) listening; SO_REUSEADDR keeps
+    TIME_WAIT leftovers of our own previous run from counting as "in use".
+    """
+    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        probe.bind((host, port))
+    except OSError as exc:
+        if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+            return True
+        raise
+    finally:
+        probe.close()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as conn:
+        conn.settimeout(0.3)
+        return conn.connect_ex((host, port)) == 0
+
+
+def require_port_free(port: int, env_var: str) -> None:
+    """Fail fast with the fix instead of letting a server crash-loop or a client hang."""
+    if port_in_use(port):
+        raise StackError(f"port {port} is in use by another process; stop it or set {env_var}")
+
+
+def wait_port_open(port: int, timeout: float, host: str = "127.0.0.1") -> bool:
+    """Poll until ``host:port`` accepts a connection."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as conn:
+            conn.settimeout(0.5)
+            if conn.connect_ex((host, port)) == 0:
+                return True
+        time.sleep(0.1)
+    return False
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+
+def run_coro(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine to completion on a private loop in a worker thread.
+
+    Why a thread: callers may be sync code running while another event loop is set or running
+    (pytest-asyncio's session loop, Typer); ``asyncio.run`` in that thread would clobber it.
+    """
+    result: list[T] = []
+    error: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            result.append(asyncio.run(factory()))
+        except BaseException as exc:  # re-raised in the caller's thread
+            error.append(exc)
+
+    worker = threading.Thread(target=target, name="local-stack-async", daemon=True)
+    worker.start()
+    worker.join()
+    if error:
+        raise error[0]
+    return result[0]
+
+
+def log_tail(path: Path, lines: int = 40, start: int = 0) -> str:
+    """Last lines of a log file (from byte ``start``), for error messages."""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(start)
+            data = fh.read()
+    except FileNotFoundError:
+        return "(no log file)"
+    text = data.decode("utf-8", "replace").splitlines()
+    return "\n".join(text[-lines:]) or "(log is empty)"
+
+
+def _proc_cmdline(pid: int) -> list[str] | None:
+    """The argv of a live, non-zombie process, or None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    # Field 3 of /proc/<pid>/stat (after the parenthesised comm) is the state; Z = zombie.
+    state = stat.rsplit(")", 1)[-1].split()[0] if ")" in stat else "?"
+    if state in ("Z", "X"):
+        return None
+    return [part.decode("utf-8", "replace") for part in raw.split(b"\0") if part]
+
+
+def _cmdline_matches(cmdline: list[str] | None, argv: list[str], port: int | None) -> bool:
+    """Is this live process still the one we started?
+
+    Exact argv equality, or, for servers that rewrite their process title (redis-server shows
+    ``/usr/bin/redis-server 127.0.0.1:6379``), the same executable plus our port in the title.
+    """
+    if cmdline is None or not argv:
+        return False
+    if cmdline == argv:
+        return True
+    tokens = " ".join(cmdline).split()
+    if not tokens or Path(tokens[0]).name != Path(argv[0]).name or port is None:
+        return False
+    return any(t == str(port) or t.endswith(f":{port}") for t in tokens[1:])
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit status if the pid is our own child (avoids zombies in tests)."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+# --------------------------------------------------------------------------------------------
+# Managed processes: pid file + argv record + log file
+# --------------------------------------------------------------------------------------------
+
+
+class ManagedProcess:
+    """A process started by us and tracked through files in ``run_dir``.
+
+    ``pids/<name>.pid`` holds the bare pid (shell friendly); ``pids/<name>.json`` records the argv
+    and port so that :meth:`pid` can verify ``/proc/<pid>/cmdline`` before anyone signals it.
+    """
+
+    def __init__(self, name: str, run_dir: Path) -> None:
+        self.name = name
+        self.run_dir = run_dir
+        self.pid_file = run_dir / "pids" / f"{name}.pid"
+        self.meta_file = run_dir / "pids" / f"{name}.json"
+        self.log_file = run_dir / "logs" / f"{name}.log"
+
+    def _meta(self) -> dict[str, Any] | None:
+        try:
+            meta: dict[str, Any] = json.loads(self.meta_file.read_text())
+            meta["pid"] = int(self.pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        return meta
+
+    def pid(self) -> int | None:
+        """Our live pid, or None (a stale pid file is removed)."""
+        meta = self._meta()
+        if meta is None:
+            return None
+        pid = int(meta["pid"])
+        _reap(pid)
+        if _cmdline_matches(_proc_cmdline(pid), list(meta.get("argv", [])), meta.get("port")):
+            return pid
+        self._forget()
+        return None
+
+    def recorded_port(self) -> int | None:
+        meta = self._meta()
+        port = None if meta is None else meta.get("port")
+        return int(port) if port is not None else None
+
+    def _forget(self) -> None:
+        for path in (self.pid_file, self.meta_file):
+            path.unlink(missing_ok=True)
+
+    def spawn(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        port: int | None = None,
+    ) -> tuple[int, int]:
+        """Start ``argv`` detached (own session, survives the CLI) with output to the log file.
+
+        Returns ``(pid, log_offset)``: readiness checks only read the log from that offset, so an
+        earlier run's "started" line in an appended log never counts.
+        """
+        self.pid_file.parent.mkdir(parents=True, exist_ok=True)
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_file.open("ab") as log:
+            offset = log.tell()
+            log.write(f"\n===== {time.strftime('%Y-%m-%dT%H:%M:%S')} start {self.name}\n".encode())
+            log.flush()
+            proc = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=cwd or REPO_ROOT,
+                env=dict(env) if env is not None else None,
+                start_new_session=True,
+            )
+        self.meta_file.write_text(json.dumps({"argv": list(argv), "port": port}))
+        self.pid_file.write_text(f"{proc.pid}\n")
+        return proc.pid, offset
+
+    def alive(self, pid: int) -> bool:
+        _reap(pid)
+        return _proc_cmdline(pid) is not None
+
+    def stop(self, timeout: float = 20.0) -> bool:
+        """SIGTERM our pid, SIGKILL after ``timeout``. Returns True if something was stopped."""
+        pid = self.pid()
+        if pid is None:
+            self._forget()
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.alive(pid):
+            time.sleep(0.1)
+        if self.alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 5.0
+            while time.monotonic() < deadline and self.alive(pid):
+                time.sleep(0.05)
+        self._forget()
+        return True
+
+
+# --------------------------------------------------------------------------------------------
+# Kafka jars from Maven Central
+# --------------------------------------------------------------------------------------------
+
+
+def kafka_version(pom: Path = KAFKA_POM) -> str:
+    """The Kafka version pinned in the pom (``<kafka.version>``)."""
+    match = re.search(r"<kafka\.version>\s*([^<\s]+)\s*</kafka\.version>", pom.read_text())
+    if match is None:
+        raise StackError(f"{pom} has no <kafka.version> property")
+    return match.group(1)
+
+
+def require_java() -> str:
+    java = shutil.which("java")
+    if java is None:
+        raise StackError(f"`java` not found on PATH; {JAVA_FIX}")
+    return java
+
+
+def _pom_digest(pom: Path) -> str:
+    return hashlib.sha256(pom.read_bytes()).hexdigest()
+
+
+def _libs_complete(libs: Path, pom: Path) -> bool:
+    """Complete = marker written by us for this exact pom, and every jar it lists present."""
+    marker = libs / LIBS_MARKER
+    if not marker.is_file():
+        return False
+    lines = [n for n in marker.read_text().splitlines() if n]
+    if not lines or lines[0] != f"pom-sha256 {_pom_digest(pom)}":
+        return False
+    names = lines[1:]
+    return bool(names) and all((libs / n).is_file() for n in names)
+
+
+def ensure_kafka_jars(pom: Path = KAFKA_POM, cache_dir: Path = CACHE_DIR) -> Path:
+    """Resolve the Kafka broker jars into ``.cache/kafka-libs-<version>`` once.
+
+    Runs Maven only when the folder lacks the completion marker (or a jar it lists), into a
+    temp folder renamed at the end, under a file lock, so an interrupted or concurrent run never
+    leaves a half folder that looks complete. Later starts need no network.
+    """
+    require_java()
+    libs = cache_dir / f"kafka-libs-{kafka_version(pom)}"
+    if _libs_complete(libs, pom):
+        return libs
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise StackError(f"`mvn` not found on PATH (needed once to fetch Kafka jars); {MVN_FIX}")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with (cache_dir / ".kafka-libs.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _libs_complete(libs, pom):
+            return libs
+        partial = Path(tempfile.mkdtemp(prefix=f"{libs.name}.", dir=cache_dir))
+        try:
+            proc = subprocess.run(
+                [
+                    mvn,
+                    "-q",
+                    "-B",
+                    "-f",
+                    str(pom),
+                    "dependency:copy-dependencies",
+                    "-DincludeScope=runtime",
+                    f"-DoutputDirectory={partial}",
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            jars = sorted(p.name for p in partial.glob("*.jar"))
+            if proc.returncode != 0 or not jars:
+                tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])
+                raise StackError(
+                    f"Maven could not resolve the Kafka jars (exit {proc.returncode}):\n{tail}"
+                )
+            (partial / LIBS_MARKER).write_text(
+                "\n".join([f"pom-sha256 {_pom_digest(pom)}", *jars]) + "\n"
+            )
+            if libs.exists():
+                shutil.rmtree(libs)
+            partial.rename(libs)
+        finally:
+            if partial.exists():
+                shutil.rmtree(partial, ignore_errors=True)
+    return libs
+
+
+# --------------------------------------------------------------------------------------------
+# Redis binary
+# --------------------------------------------------------------------------------------------
+
+
+def _apt_install(packages: Sequence[str]) -> None:
+    """``apt-get install -y``; on failure ``apt-get update`` once and retry.
+
+    A temporary policy-rc.d stops Debian from auto-starting the packaged service on its default
+    port, which would otherwise squat the port ``mab up`` wants.
+    """
+    if shutil.which("apt-get") is None:
+        raise StackError(f"apt-get not available; install {' '.join(packages)} by hand")
+    if os.geteuid() != 0:
+        raise StackError(
+            f"{' '.join(packages)} missing; run: sudo apt-get install -y {' '.join(packages)}"
+        )
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    policy = Path("/usr/sbin/policy-rc.d")
+    own_policy = not policy.exists()
+    if own_policy:
+        policy.write_text("#!/bin/sh\nexit 101\n")
+        policy.chmod(0o755)
+    try:
+        cmd = ["apt-get", "install", "-y", "--no-install-recommends", *packages]
+        if subprocess.run(cmd, env=env, check=False).returncode != 0:
+            subprocess.run(["apt-get", "update"], env=env, check=False)
+            if subprocess.run(cmd, env=env, check=False).returncode != 0:
+                raise StackError(f"apt-get install {' '.join(packages)} failed")
+    finally:
+        if own_policy:
+            policy.unlink(missing_ok=True)
+
+
+def ensure_redis_server() -> str:
+    """Path of ``redis-server``, installing Debian's package when missing."""
+    found = shutil.which("redis-server")
+    if found is None:
+        _apt_install(["redis-server"])
+        found = shutil.which("redis-server")
+    if found is None:
+        raise StackError("redis-server still not on PATH after apt-get install redis-server")
+    return found
+
+
+# --------------------------------------------------------------------------------------------
+# Topics
+# --------------------------------------------------------------------------------------------
+
+
+class TopicSpecLike(Protocol):
+    """What :func:`schemas.topics.topic_specs` returns (structural, so tests can pass their own)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def partitions(self) -> int: ...
+    @property
+    def config(self) -> dict[str, str]: ...
+
+
+def product_topic_specs(prefix: str = "") -> list[TopicSpecLike]:
+    """The product's topics from ``schemas.topics`` (the single source of names and settings)."""
+    try:
+        from schemas.topics import topic_specs
+    except ModuleNotFoundError as exc:
+        raise StackError(f"schemas.topics is not available ({exc})") from exc
+    return list(topic_specs(prefix))
+
+
+TOPIC_ALREADY_EXISTS = 36
+
+
+async def create_topics_async(
+    bootstrap: str, specs: Sequence[TopicSpecLike], wait_s: float = 30.0
+) -> dict[str, int]:
+    """Create missing topics (replication 1) and return ``{name: partition count}``.
+
+    Idempotent: existing topics are left alone (never re-partitioned: that would move
+    experiments between partitions and break per-experiment order), and "already exists" from
+    a concurrent creator is not an error. Waits until the metadata shows every topic with its
+    partitions, so a producer right after this call does not race the controller.
+    """
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(wait_s * 1000))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [
+            NewTopic(
+                name=s.name,
+                num_partitions=s.partitions,
+                replication_factor=1,
+                topic_configs=dict(s.config),
+            )
+            for s in specs
+            if s.name not in existing
+        ]
+        if missing:
+            response = await admin.create_topics(missing, timeout_ms=int(wait_s * 1000))
+            failures = [
+                f"{err[0]}: error {err[1]}" + (f" {err[2]}" if len(err) > 2 and err[2] else "")
+                for err in response.topic_errors
+                if err[1] not in (0, TOPIC_ALREADY_EXISTS)
+            ]
+            if failures:
+                raise StackError("topic creation failed: " + "; ".join(failures))
+        names = [s.name for s in specs]
+        deadline = time.monotonic() + wait_s
+        while True:
+            described = await admin.describe_topics(names)
+            counts = {
+                d["topic"]: len(d["partitions"])
+                for d in described
+                if d["error_code"] == 0 and d["partitions"]
+            }
+            if all(n in counts for n in names) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        missing_names = [n for n in names if n not in counts]
+        if missing_names:
+            raise StackError(f"topics not visible in metadata after {wait_s}s: {missing_names}")
+        return counts
+    finally:
+        await admin.close()
+
+
+def create_topics(
+    bootstrap: str, specs: Sequence[TopicSpecLike], timeout: float = 30.0
+) -> dict[str, int]:
+    """Sync wrapper of :func:`create_topics_async` (safe inside a running event loop's thread)."""
+    return run_coro(lambda: create_topics_async(bootstrap, specs, wait_s=timeout))
+
+
+async def _kafka_metadata_ok(bootstrap: str, wait_s: float) -> bool:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(wait_s * 1000))
+    try:
+        await asyncio.wait_for(admin.start(), wait_s)
+        await asyncio.wait_for(admin.list_topics(), wait_s)
+        return True
+    except Exception:
+        return False
+    finally:
+        with contextlib.suppress(Exception):
+            await admin.close()
+
+
+def kafka_metadata_ok(bootstrap: str, timeout: float = 3.0) -> bool:
+    """True when the broker answers a metadata request (the real readiness signal)."""
+    return run_coro(lambda: _kafka_metadata_ok(bootstrap, wait_s=timeout))
+
+
+def redis_ping(url: str, timeout: float = 1.0) -> bool:
+    import redis  # lazy: keeps `mab --help` fast
+
+    client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+def http_ok(url: str, timeout: float = 2.0) -> bool:
+    import httpx  # lazy: keeps `mab --help` fast
+
+    try:
+        return httpx.get(url, timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+# --------------------------------------------------------------------------------------------
+# Services
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSpec:
+    """A product process ``mab up`` can start.
+
+    ``module`` is checked with ``importlib.util.find_spec``: a service whose code does not exist
+    yet is skipped with a note, so the registry can list services before they are written.
+    ``argv`` and ``port`` are functions of the stack's ports (ports come from env at run time).
+    ``health_path``: HTTP GET on ``http://127.0.0.1:<port><path>`` must answer 200; without it
+    the service counts as healthy once it has stayed alive for ``alive_seconds``.
+    """
+
+    name: str
+    module: str
+    argv: Callable[[Ports], list[str]]
+    port: Callable[[Ports], int] | None = None
+    port_env: str | None = None
+    health_path: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    alive_seconds: float = 2.0
+    start_timeout: float = 30.0
+
+    def available(self) -> bool:
+        try:
+            return importlib.util.find_spec(self.module) is not None
+        except (ModuleNotFoundError, ValueError):
+            return False
+
+    def health_url(self, ports: Ports) -> str | None:
+        if self.port is None or self.health_path is None:
+            return None
+        return f"http://127.0.0.1:{self.port(ports)}{self.health_path}"
+
+    def url(self, ports: Ports) -> str | None:
+        return None if self.port is None else f"http://127.0.0.1:{self.port(ports)}"
+
+
+# --------------------------------------------------------------------------------------------
+# The stack
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StackConfig:
+    """Where a stack keeps its files, which ports it uses and whether data must persist."""
+
+    run_dir: Path
+    ports: Ports
+    persistent: bool
+    topic_prefix: str = ""
+    kafka_heap: str = "512m"
+
+    @property
+    def kafka_dir(self) -> Path:
+        return self.run_dir / "kafka"
+
+    @property
+    def redis_dir(self) -> Path:
+        return self.run_dir / "redis"
+
+    @classmethod
+    def product(cls, env: Mapping[str, str] | None = None) -> StackConfig:
+        env = os.environ if env is None else env
+        return cls(
+            run_dir=STATE_DIR,
+            ports=Ports.from_env(env),
+            persistent=True,
+            topic_prefix=env.get("MAB_TOPIC_PREFIX", ""),
+        )
+
+    @classmethod
+    def throwaway(cls, base: Path | None = None) -> StackConfig:
+        run_dir = Path(tempfile.mkdtemp(prefix="mab-stack-", dir=base))
+        return cls(run_dir=run_dir, ports=Ports.free(), persistent=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ComponentStatus:
+    """One row of ``mab status``."""
+
+    name: str
+    pid: int | None
+    port: int | None
+    running: bool
+    healthy: bool
+    url: str | None = None
+    note: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "pid": self.pid,
+            "port": self.port,
+            "running": self.running,
+            "healthy": self.healthy,
+            "url": self.url,
+            "note": self.note,
+        }
+
+
+def new_cluster_id() -> str:
+    """A Kafka-style cluster id: URL-safe base64 of a random UUID, never starting with '-'."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
+
+
+def kafka_server_properties(data_dir: Path, port: int, controller_port: int) -> str:
+    """Single-node KRaft broker+controller on 127.0.0.1 (see GUIDE §3 for each essential)."""
+    return "\n".join(
+        [
+            "# Written by deploy/local_stack.py on every start; edit there, not here.",
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            f"controller.quorum.bootstrap.servers=127.0.0.1:{controller_port}",
+            f"log.dirs={data_dir / 'logs'}",
+            "num.partitions=4",
+            "auto.create.topics.enable=false",
+            "offsets.topic.replication.factor=1",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "share.coordinator.state.topic.replication.factor=1",
+            "share.coordinator.state.topic.min.isr=1",
+            "default.replication.factor=1",
+            "min.insync.replicas=1",
+            "group.initial.rebalance.delay.ms=0",
+            "",
+        ]
+    )
+
+
+class LocalStack:
+    """Starts, checks and stops Kafka, Redis and registered services of one :class:`StackConfig`.
+
+    Every method is idempotent: ``start_*`` returns at once when our process already runs,
+    ``stop`` only signals pids we recorded and that still run our argv.
+    """
+
+    def __init__(self, config: StackConfig, services: Sequence[ServiceSpec] | None = None) -> None:
+        self.config = config
+        self.services: list[ServiceSpec] = list(SERVICES if services is None else services)
+        self.kafka = ManagedProcess("kafka", config.run_dir)
+        self.redis = ManagedProcess("redis", config.run_dir)
+
+    # -- endpoints ------------------------------------------------------------------------
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.config.ports.kafka}"
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.config.ports.redis}/0"
+
+    def service_env(self) -> dict[str, str]:
+        """Environment every service gets: the stack's endpoints, on top of ours."""
+        return {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            "REDIS_URL": self.redis_url,
+            "MAB_TOPIC_PREFIX": self.config.topic_prefix,
+            "MAB_API_URL": f"http://127.0.0.1:{self.config.ports.api}",
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    def _managed(self, name: str) -> ManagedProcess:
+        if name == "kafka":
+            return self.kafka
+        if name == "redis":
+            return self.redis
+        return ManagedProcess(name, self.config.run_dir)
+
+    # -- Kafka ----------------------------------------------------------------------------
+    def start_kafka(self, timeout: float = 90.0) -> int:
+        """Start the broker (formatting storage on first use) and wait until it serves metadata.
+
+        The cluster id is persisted next to the data, so a restart on the same data dir reuses
+        the formatted log and every record written before.
+        """
+        pid = self.kafka.pid()
+        if pid is not None:
+            return pid
+        ports = self.config.ports
+        require_port_free(ports.kafka, PORT_ENV["kafka"])
+        require_port_free(ports.controller, PORT_ENV["controller"])
+        java = require_java()
+        libs = ensure_kafka_jars()
+        data = self.config.kafka_dir
+        data.mkdir(parents=True, exist_ok=True)
+        props = data / "server.properties"
+        props.write_text(kafka_server_properties(data, ports.kafka, ports.controller))
+        classpath = f"{libs}/*"
+        if not (data / "logs" / "meta.properties").exists():
+            id_file = data / "cluster.id"
+            if not id_file.exists():
+                id_file.write_text(new_cluster_id() + "\n")
+            fmt = subprocess.run(
+                [
+                    java,
+                    "-cp",
+                    classpath,
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "-t",
+                    id_file.read_text().strip(),
+                    "-c",
+                    str(props),
+                    "--standalone",
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if fmt.returncode != 0:
+                tail = "\n".join((fmt.stdout + fmt.stderr).splitlines()[-20:])
+                raise StackError(f"kafka StorageTool format failed:\n{tail}")
+        argv = [
+            java,
+            f"-Xmx{self.config.kafka_heap}",
+            "-Djava.awt.headless=true",
+            "-Dorg.slf4j.simpleLogger.showDateTime=true",
+            "-Dorg.slf4j.simpleLogger.dateTimeFormat=yyyy-MM-dd'T'HH:mm:ss.SSS",
+            # Throwaway brokers live for seconds: the C1 JIT alone starts them faster.
+            *([] if self.config.persistent else ["-XX:TieredStopAtLevel=1"]),
+            "-cp",
+            classpath,
+            "kafka.Kafka",
+            str(props),
+        ]
+        pid, offset = self.kafka.spawn(argv, port=ports.kafka)
+        self._wait_kafka(pid, offset, timeout)
+        return pid
+
+    def _wait_kafka(self, pid: int, offset: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.kafka.alive(pid):
+                raise StackError(
+                    f"Kafka exited during start-up; log {self.kafka.log_file}:\n"
+                    + log_tail(self.kafka.log_file, start=offset)
+                )
+            with contextlib.suppress(FileNotFoundError), self.kafka.log_file.open("rb") as fh:
+                fh.seek(offset)
+                started = KAFKA_READY_LINE.encode() in fh.read()
+            # The log line is the fast path; a metadata answer alone also counts, so a broker
+            # whose logging is misconfigured still comes up.
+            if (started or wait_port_open(self.config.ports.kafka, 0.2)) and kafka_metadata_ok(
+                self.bootstrap, timeout=5.0
+            ):
+                return
+            time.sleep(0.25)
+        self.kafka.stop(timeout=10)
+        raise StackError(
+            f"Kafka not ready after {timeout:.0f}s; log {self.kafka.log_file}:\n"
+            + log_tail(self.kafka.log_file, start=offset)
+        )
+
+    # -- Redis ----------------------------------------------------------------------------
+    def start_redis(self, timeout: float = 20.0) -> int:
+        """Start redis-server: AOF on for the product, no persistence for throwaway stacks."""
+        pid = self.redis.pid()
+        if pid is not None:
+            return pid
+        port = self.config.ports.redis
+        require_port_free(port, PORT_ENV["redis"])
+        binary = ensure_redis_server()
+        data = self.config.redis_dir
+        data.mkdir(parents=True, exist_ok=True)
+        argv = [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--daemonize",
+            "no",
+            "--dir",
+            str(data),
+        ]
+        persistence = ["--appendonly", "yes"]
+        if not self.config.persistent:
+            persistence = ["--save", "", "--appendonly", "no"]
+        argv += persistence
+        pid, offset = self.redis.spawn(argv, port=port)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.redis.alive(pid):
+                raise StackError(
+                    f"redis-server exited during start-up; log {self.redis.log_file}:\n"
+                    + log_tail(self.redis.log_file, start=offset)
+                )
+            if redis_ping(self.redis_url, timeout=0.5):
+                return pid
+            time.sleep(0.1)
+        self.redis.stop(timeout=5)
+        raise StackError(
+            f"redis-server did not answer PING within {timeout:.0f}s; log:\n"
+            + log_tail(self.redis.log_file, start=offset)
+        )
+
+    # -- topics ---------------------------------------------------------------------------
+    def create_topics(self, specs: Sequence[TopicSpecLike] | None = None) -> dict[str, int]:
+        """The product's topics (with the stack's prefix) unless ``specs`` are given."""
+        chosen = product_topic_specs(self.config.topic_prefix) if specs is None else specs
+        return create_topics(self.bootstrap, chosen)
+
+    # -- services -------------------------------------------------------------------------
+    def start_service(self, spec: ServiceSpec) -> int:
+        """Start one service and wait for its health check (HTTP 200 or alive for a while)."""
+        proc = self._managed(spec.name)
+        pid = proc.pid()
+        if pid is not None:
+            return pid
+        port = spec.port(self.config.ports) if spec.port is not None else None
+        if port is not None:
+            require_port_free(port, spec.port_env or f"the port of {spec.name}")
+        env = {**self.service_env(), **spec.env}
+        pid, offset = proc.spawn(spec.argv(self.config.ports), env=env, port=port)
+        url = spec.health_url(self.config.ports)
+        started = time.monotonic()
+        deadline = started + (spec.start_timeout if url else spec.alive_seconds)
+        while True:
+            if not proc.alive(pid):
+                raise StackError(
+                    f"service {spec.name} exited during start-up; log {proc.log_file}:\n"
+                    + log_tail(proc.log_file, start=offset)
+                )
+            if url is not None and http_ok(url, timeout=1.0):
+                return pid
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)
+        if url is None:
+            return pid
+        proc.stop(timeout=5)
+        raise StackError(
+            f"service {spec.name}: {url} not 200 within {spec.start_timeout:.0f}s; log:\n"
+            + log_tail(proc.log_file, start=offset)
+        )
+
+    # -- whole stack ----------------------------------------------------------------------
+    def up(
+        self,
+        *,
+        with_services: bool = True,
+        with_topics: bool = True,
+        note: Callable[[str], None] = print,
+    ) -> list[ComponentStatus]:
+        """Start whatever is not running yet, in dependency order, and return the status."""
+        note(f"redis: {'already running' if self.redis.pid() else 'starting'}")
+        self.start_redis()
+        note(f"kafka: {'already running' if self.kafka.pid() else 'starting'}")
+        self.start_kafka()
+        if with_topics:
+            try:
+                counts = self.create_topics()
+                note("topics: " + ", ".join(f"{n}({p})" for n, p in counts.items()))
+            except StackError as exc:
+                if "schemas.topics is not available" not in str(exc):
+                    raise
+                note(f"topics: skipped, {exc}")
+        if with_services:
+            for spec in self.services:
+                if not spec.available():
+                    note(f"{spec.name}: skipped, module {spec.module} does not exist yet")
+                    continue
+                running = self._managed(spec.name).pid() is not None
+                note(f"{spec.name}: {'already running' if running else 'starting'}")
+                self.start_service(spec)
+        return self.status()
+
+    def stop(self, component: str, timeout: float | None = None) -> bool:
+        """Stop one component we started (Kafka gets longer: controlled shutdown flushes logs)."""
+        wait = timeout if timeout is not None else (30.0 if component == "kafka" else 10.0)
+        return self._managed(component).stop(timeout=wait)
+
+    def down(self) -> list[str]:
+        """Stop services first (they hold clients), then Kafka, then Redis. Returns what stopped."""
+        stopped: list[str] = []
+        names = [s.name for s in reversed(self.services)]
+        known = set(names)
+        pid_dir = self.config.run_dir / "pids"
+        if pid_dir.is_dir():  # services started by an earlier registry version
+            names += sorted(
+                p.stem
+                for p in pid_dir.glob("*.pid")
+                if p.stem not in known and p.stem not in ("kafka", "redis")
+            )
+        for name in [*names, "kafka", "redis"]:
+            if self.stop(name):
+                stopped.append(name)
+        return stopped
+
+    def status(self) -> list[ComponentStatus]:
+        """Health of everything; a running server is probed on the port it was started with."""
+        ports = self.config.ports
+        rows: list[ComponentStatus] = []
+        pid = self.redis.pid()
+        redis_port = (self.redis.recorded_port() if pid else None) or ports.redis
+        redis_url = f"redis://127.0.0.1:{redis_port}/0"
+        healthy = pid is not None and redis_ping(redis_url)
+        rows.append(ComponentStatus("redis", pid, redis_port, pid is not None, healthy, redis_url))
+        pid = self.kafka.pid()
+        kafka_port = (self.kafka.recorded_port() if pid else None) or ports.kafka
+        bootstrap = f"127.0.0.1:{kafka_port}"
+        healthy = pid is not None and kafka_metadata_ok(bootstrap)
+        rows.append(ComponentStatus("kafka", pid, kafka_port, pid is not None, healthy, bootstrap))
+        for spec in self.services:
+            proc = self._managed(spec.name)
+            pid = proc.pid()
+            port = spec.port(ports) if spec.port is not None else None
+            if pid is None and not spec.available():
+                rows.append(
+                    ComponentStatus(
+                        spec.name,
+                        None,
+                        port,
+                        False,
+                        False,
+                        note=f"module {spec.module} does not exist yet",
+                    )
+                )
+                continue
+            health = spec.health_url(ports)
+            healthy = pid is not None and (health is None or http_ok(health))
+            rows.append(
+                ComponentStatus(spec.name, pid, port, pid is not None, healthy, spec.url(ports))
+            )
+        return rows
+
+
+@contextlib.contextmanager
+def throwaway_stack(base: Path | None = None) -> Iterator[LocalStack]:
+    """A stack in a temp dir on free ports; everything it started is stopped and deleted after."""
+    stack = LocalStack(StackConfig.throwaway(base), services=[])
+    try:
+        yield stack
+    finally:
+        stack.down()
+        shutil.rmtree(stack.config.run_dir, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Service registry: the one place to add a process ``mab up`` should run
+# --------------------------------------------------------------------------------------------
+
+SERVICES: list[ServiceSpec] = [
+    ServiceSpec(
+        name="decider",
+        module="services.decider.app",
+        argv=lambda p: [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "services.decider.app:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(p.api),
+            "--no-access-log",
+        ],
+        port=lambda p: p.api,
+        port_env=PORT_ENV["api"],
+        health_path="/health",
+    ),
+    ServiceSpec(
+        name="reward-consumer",
+        module="services.reward_consumer.__main__",
+        argv=lambda p: [sys.executable, "-m", "services.reward_consumer"],
+    ),
+    ServiceSpec(
+        name="projector",
+        module="services.projector.__main__",
+        argv=lambda p: [sys.executable, "-m", "services.projector"],
+    ),
+    ServiceSpec(
+        name="dashboard",
+        module="dashboard.app",
+        argv=lambda p: [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "dashboard/app.py",
+            "--server.address",
+            "127.0.0.1",
+            "--server.port",
+            str(p.dashboard),
+            "--server.headless",
+            "true",
+            "--browser.gatherUsageStats",
+            "false",
+        ],
+        port=lambda p: p.dashboard,
+        port_env=PORT_ENV["dashboard"],
+        health_path="/_stcore/health",
+        start_timeout=60.0,
+    ),
+    ServiceSpec(
+        name="demo-traffic",
+        module="services.demo_traffic.__main__",
+        argv=lambda p: [sys.executable, "-m", "services.demo_traffic"],
+    ),
+]

@@ -1,0 +1,41 @@
+"""The ``mab`` command line.
+
+Commands live in ``mab_cli/*_cmd.py`` modules, each exposing ``register(app: typer.Typer)``;
+they are discovered here so engineers add commands without editing (and conflicting on) this
+file. A module that fails to import is a bug and fails loudly.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(
+    name="mab",
+    help="MAB e-commerce optimizer: run the local stack, simulate, replay.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+def _register_commands(target: typer.Typer) -> None:
+    """Import every ``mab_cli.*_cmd`` module in name order and let it add its commands."""
+    package_dir = Path(__file__).resolve().parent
+    for info in sorted(pkgutil.iter_modules([str(package_dir)]), key=lambda m: m.name):
+        if not info.name.endswith("_cmd"):
+            continue
+        module = importlib.import_module(f"mab_cli.{info.name}")
+        register = getattr(module, "register", None)
+        if not callable(register):
+            raise RuntimeError(f"mab_cli.{info.name} has no register(app) function")
+        register(target)
+
+
+_register_commands(app)
+
+
+if __name__ == "__main__":
+    app()

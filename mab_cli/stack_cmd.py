@@ -1,0 +1,138 @@
+"""mab up / ``down`` / ``status`` / ``topics create`` / ``kafka-jars``: the local stack.
+
+Thin I/O over :mod:`deploy.local_stack`; every failure is a :class:`StackError` printed as one
+message with exit code 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Annotated, TypeVar
+
+import typer
+
+from deploy.local_stack import (
+    ComponentStatus,
+    LocalStack,
+    StackConfig,
+    StackError,
+    create_topics,
+    ensure_kafka_jars,
+    product_topic_specs,
+)
+
+T = TypeVar("T")
+
+topics_app = typer.Typer(help="Kafka topics of the product.", no_args_is_help=True)
+
+
+def _guard(action: Callable[[], T]) -> T:
+    """Run ``action``; a StackError becomes one red line on stderr and exit code 1."""
+    try:
+        return action()
+    except StackError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+
+
+def _table(rows: Sequence[ComponentStatus]) -> str:
+    header = ("component", "pid", "port", "running", "healthy", "url / note")
+    body = [
+        (
+            r.name,
+            str(r.pid or "-"),
+            str(r.port or "-"),
+            "yes" if r.running else "no",
+            "yes" if r.healthy else "no",
+            r.url or r.note or "",
+        )
+        for r in rows
+    ]
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+        for line in [header, *body]
+    )
+
+
+def _failed(rows: Sequence[ComponentStatus]) -> list[str]:
+    """Components that should run but are not healthy (not-yet-written services excluded)."""
+    return [r.name for r in rows if (r.running or not r.note) and not r.healthy]
+
+
+def up(
+    services: Annotated[
+        bool, typer.Option("--services/--no-services", help="Also start the product services.")
+    ] = True,
+) -> None:
+    """Start every missing piece: Redis, Kafka, topics, then each registered service."""
+    started = time.monotonic()
+    stack = LocalStack(StackConfig.product())
+    rows = _guard(lambda: stack.up(with_services=services, note=typer.echo))
+    typer.echo("")
+    typer.echo(_table(rows))
+    typer.echo(f"\nup in {time.monotonic() - started:.1f}s; logs in {stack.config.run_dir}/logs")
+    failed = _failed(rows)
+    if failed:
+        typer.secho(f"error: not healthy: {', '.join(failed)}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+
+
+def down() -> None:
+    """Stop exactly what mab up started (services first, then Kafka and Redis)."""
+    stack = LocalStack(StackConfig.product())
+    stopped = _guard(stack.down)
+    typer.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Each component: pid, port, running, healthy. Exit 1 if a running one is unhealthy."""
+    stack = LocalStack(StackConfig.product())
+    rows = _guard(stack.status)
+    if as_json:
+        typer.echo(json.dumps([r.as_dict() for r in rows], indent=2))
+    else:
+        typer.echo(_table(rows))
+    if any(r.running and not r.healthy for r in rows):
+        raise typer.Exit(1)
+
+
+@topics_app.command("create")
+def topics_create(
+    bootstrap: Annotated[
+        str | None,
+        typer.Option(help="Kafka bootstrap servers [env KAFKA_BOOTSTRAP_SERVERS]."),
+    ] = None,
+    prefix: Annotated[
+        str | None, typer.Option(help="Topic name prefix [env MAB_TOPIC_PREFIX].")
+    ] = None,
+) -> None:
+    """Create the product's topics idempotently (also the docker-compose init job)."""
+    config = StackConfig.product()
+    servers = (
+        bootstrap
+        or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+        or (f"127.0.0.1:{config.ports.kafka}")
+    )
+    chosen_prefix = config.topic_prefix if prefix is None else prefix
+    counts = _guard(lambda: create_topics(servers, product_topic_specs(chosen_prefix), 60.0))
+    for name, partitions in counts.items():
+        typer.echo(f"{name}\t{partitions} partitions")
+
+
+def kafka_jars() -> None:
+    """Resolve the Kafka jars from Maven Central into .cache (once; later runs are offline)."""
+    typer.echo(str(_guard(ensure_kafka_jars)))
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(up)
+    app.command()(down)
+    app.command()(status)
+    app.command("kafka-jars")(kafka_jars)
+    app.add_typer(topics_app, name="topics")

@@ -1,0 +1,52 @@
+"""Session fixtures for a real Kafka + Redis, and per-test namespaces that keep tests apart.
+
+Public fixtures:
+
+* ``kafka_bootstrap`` (session, ``str``): ``host:port`` of a real broker.
+* ``redis_url`` (session, ``str``): ``redis://host:port/0`` of a real Redis.
+* ``ns`` (function, ``str``): a unique prefix like ``t1a2b3c4d-``; use it for topic names,
+  consumer group ids and Redis keys so parallel or repeated tests never see each other's data.
+* ``topics`` (function, ``dict[str, int]``): the product's topics created under ``ns``
+  (``schemas.topics.topic_specs(ns)``), name → partition count.
+
+The stack starts only when one of these is requested (see tests/fixtures/stack.py).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from deploy.local_stack import create_topics, product_topic_specs
+from tests.fixtures.stack import StackProvider
+
+
+@pytest.fixture(scope="session")
+def stack_provider() -> Iterator[StackProvider]:
+    provider = StackProvider()
+    try:
+        yield provider
+    finally:
+        provider.close()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(stack_provider: StackProvider) -> str:
+    return stack_provider.kafka_bootstrap()
+
+
+@pytest.fixture(scope="session")
+def redis_url(stack_provider: StackProvider) -> str:
+    return stack_provider.redis_url()
+
+
+@pytest.fixture
+def ns() -> str:
+    return f"t{uuid.uuid4().hex[:8]}-"
+
+
+@pytest.fixture
+def topics(kafka_bootstrap: str, ns: str) -> dict[str, int]:
+    return create_topics(kafka_bootstrap, product_topic_specs(ns))
