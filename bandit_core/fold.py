@@ -22,11 +22,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
+from bandit_core.adaptive import observe
 from bandit_core.decision_ids import arm_index_of
 from bandit_core.state import ExperimentState
 from schemas.events import (
     AnyEvent,
     ArmsAdded,
+    ChangePointDetected,
     DecisionMade,
     ExperimentConfig,
     ExperimentCreated,
@@ -40,15 +42,20 @@ DEDUPE_HORIZON_S: Final = 7 * 24 * 3600.0
 APPLIED: Final = "applied"
 DUPLICATE: Final = "duplicate"
 STALE_CONFIG: Final = "stale_config"
+#: Outcome of a derived event (a change point): recomputed by the fold, so a no-op.
+DERIVED: Final = "derived"
 
 
 @dataclass(slots=True)
 class FoldResult:
-    """The new state, one outcome per input event, and the dedupe keys it added."""
+    """The new state, one outcome per input event, the dedupe keys it added, and the
+    change points ``(arm_id, ts)`` the arms' detectors raised (the consumer publishes
+    each as a :class:`~schemas.events.ChangePointDetected` event)."""
 
     state: ExperimentState
     outcomes: list[str] = field(default_factory=list)
     new_seen: dict[str, float] = field(default_factory=dict)
+    change_points: list[tuple[str, float]] = field(default_factory=list)
 
 
 def reward_rejection(config: ExperimentConfig | None, event: RewardObserved) -> str | None:
@@ -75,7 +82,12 @@ def dedupe_keys(event: RewardObserved) -> tuple[str, ...]:
     return ("e:" + event.event_id,)
 
 
-def _apply(state: ExperimentState, event: AnyEvent, new_seen: dict[str, float]) -> str:
+def _apply(
+    state: ExperimentState,
+    event: AnyEvent,
+    new_seen: dict[str, float],
+    change_points: list[tuple[str, float]],
+) -> str:
     if isinstance(event, RewardObserved):
         reason = reward_rejection(state.config, event)
         if reason is not None:
@@ -88,11 +100,8 @@ def _apply(state: ExperimentState, event: AnyEvent, new_seen: dict[str, float]) 
         for k in keys:
             seen[k] = event.ts
             new_seen[k] = event.ts
-        stats = state.arm(event.arm_id)
-        stats.pulls += 1
-        stats.reward_sum += event.reward
-        stats.reward_sq_sum += event.reward * event.reward
-        stats.last_reward_ts = max(stats.last_reward_ts, event.ts)
+        if observe(state.arm(event.arm_id), event.reward, event.ts):
+            change_points.append((event.arm_id, event.ts))
     elif isinstance(event, DecisionMade):
         state.arm(event.arm_id).decisions += 1
     elif isinstance(event, ExperimentCreated | ArmsAdded | StrategyChanged):
@@ -101,6 +110,8 @@ def _apply(state: ExperimentState, event: AnyEvent, new_seen: dict[str, float]) 
         if state.config is not None and state.config.version >= event.config.version:
             return STALE_CONFIG
         state.config = event.config
+    elif isinstance(event, ChangePointDetected):
+        return DERIVED
     else:  # pragma: no cover - the union is closed
         raise TypeError(f"unknown event {type(event).__name__}")
     state.version += 1
@@ -114,7 +125,7 @@ def fold_batch(state: ExperimentState, events: Iterable[AnyEvent]) -> FoldResult
     for event in events:
         if event.experiment_id != new.experiment_id:
             raise ValueError(f"event of {event.experiment_id!r} folded into {new.experiment_id!r}")
-        result.outcomes.append(_apply(new, event, result.new_seen))
+        result.outcomes.append(_apply(new, event, result.new_seen, result.change_points))
     return result
 
 

@@ -8,42 +8,128 @@ The state is a plain mutable dataclass for speed, but it is only ever mutated in
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from bandit_core.adaptive import HALF_LIVES, WINDOW_BUCKETS
 from schemas.events import ExperimentConfig
+
+
+def _ladder() -> list[float]:
+    return [0.0] * len(HALF_LIVES)
+
+
+def _ring() -> list[float]:
+    return [0.0] * WINDOW_BUCKETS
 
 
 @dataclass(slots=True)
 class ArmStats:
-    """Per-arm counters. ``pulls`` counts observed rewards; ``decisions`` counts serves."""
+    """Per-arm counters. ``pulls`` counts observed rewards; ``decisions`` counts serves.
+
+    The first five fields are the stationary sufficient statistics. The rest are the
+    fixed-constant adaptive summaries of :mod:`bandit_core.adaptive` (decayed sums at a
+    ladder of half-lives, a bucketed sliding window, a CUSUM detector and the statistics
+    since its last alarm); only :func:`bandit_core.adaptive.observe` updates them.
+    """
 
     pulls: int = 0
     reward_sum: float = 0.0
     reward_sq_sum: float = 0.0
     decisions: int = 0
     last_reward_ts: float = 0.0
+    dpulls: list[float] = field(default_factory=_ladder)
+    dsum: list[float] = field(default_factory=_ladder)
+    win_epoch: int = -(10**9)
+    win_pulls: list[float] = field(default_factory=_ring)
+    win_sum: list[float] = field(default_factory=_ring)
+    cp_pulls: int = 0
+    cp_sum: float = 0.0
+    cusum_pos: float = 0.0
+    cusum_neg: float = 0.0
+    change_points: int = 0
+    last_change_ts: float = 0.0
 
     @property
     def mean(self) -> float:
         return self.reward_sum / self.pulls if self.pulls else 0.0
 
-    def to_list(self) -> list[float | int]:
+    def clone(self) -> ArmStats:
+        """A deep copy (the list fields are copied, so folds never share them)."""
+        return ArmStats(
+            self.pulls,
+            self.reward_sum,
+            self.reward_sq_sum,
+            self.decisions,
+            self.last_reward_ts,
+            self.dpulls[:],
+            self.dsum[:],
+            self.win_epoch,
+            self.win_pulls[:],
+            self.win_sum[:],
+            self.cp_pulls,
+            self.cp_sum,
+            self.cusum_pos,
+            self.cusum_neg,
+            self.change_points,
+            self.last_change_ts,
+        )
+
+    def to_list(self) -> list[Any]:
+        """Compact snapshot form; the first five entries keep the original layout."""
         return [
             self.pulls,
             self.reward_sum,
             self.reward_sq_sum,
             self.decisions,
             self.last_reward_ts,
+            self.dpulls,
+            self.dsum,
+            self.win_epoch,
+            self.win_pulls,
+            self.win_sum,
+            self.cp_pulls,
+            self.cp_sum,
+            self.cusum_pos,
+            self.cusum_neg,
+            self.change_points,
+            self.last_change_ts,
         ]
 
     @classmethod
     def from_list(cls, values: list[Any]) -> ArmStats:
-        pulls, s, sq, decisions, last = values
-        return cls(int(pulls), float(s), float(sq), int(decisions), float(last))
+        """Inverse of :meth:`to_list`; an old 5-element list loads with empty adaptive stats.
+
+        (Since-change statistics then start from the old totals, so a detector restart
+        is not needed to use them.)
+        """
+        pulls, s, sq, decisions, last = values[:5]
+        base = cls(int(pulls), float(s), float(sq), int(decisions), float(last))
+        if len(values) == 5:
+            base.cp_pulls = base.pulls
+            base.cp_sum = base.reward_sum
+            return base
+        if len(values) != 16:
+            raise ValueError(f"arm stats need 5 or 16 values, got {len(values)}")
+        dp, ds, epoch, wp, ws, cpn, cps, gpos, gneg, ncp, lcp = values[5:]
+        if len(dp) != len(HALF_LIVES) or len(ds) != len(HALF_LIVES):
+            raise ValueError("decayed ladder of the wrong length")
+        if len(wp) != WINDOW_BUCKETS or len(ws) != WINDOW_BUCKETS:
+            raise ValueError("window ring of the wrong length")
+        base.dpulls = [float(x) for x in dp]
+        base.dsum = [float(x) for x in ds]
+        base.win_epoch = int(epoch)
+        base.win_pulls = [float(x) for x in wp]
+        base.win_sum = [float(x) for x in ws]
+        base.cp_pulls = int(cpn)
+        base.cp_sum = float(cps)
+        base.cusum_pos = float(gpos)
+        base.cusum_neg = float(gneg)
+        base.change_points = int(ncp)
+        base.last_change_ts = float(lcp)
+        return base
 
 
 @dataclass(slots=True)
@@ -78,7 +164,7 @@ class ExperimentState:
         return ExperimentState(
             experiment_id=self.experiment_id,
             config=self.config,
-            arms={k: copy.copy(v) for k, v in self.arms.items()},
+            arms={k: v.clone() for k, v in self.arms.items()},
             version=self.version,
             duplicates=self.duplicates,
             seen=dict(self.seen),

@@ -101,11 +101,36 @@ class RewardObserved(_Event):
     source: str = Field(default="api", max_length=64)
 
 
+class ChangePointDetected(_Event):
+    """An arm's change detector fired: its "since change" statistics restarted.
+
+    Derived from rewards by the fold (so replay recomputes it); folding it is a no-op.
+    ``statistic`` is the detector's value when it crossed the threshold (or 0 if unknown).
+    """
+
+    type: Literal["change_point_detected"] = "change_point_detected"
+    arm_id: ArmId
+    detector: str = Field(min_length=1, max_length=64)
+    statistic: float = Field(default=0.0, allow_inf_nan=False)
+
+
 ExperimentEvent = Annotated[
     ExperimentCreated | ArmsAdded | StrategyChanged, Field(discriminator="type")
 ]
 Event = Annotated[
-    ExperimentCreated | ArmsAdded | StrategyChanged | DecisionMade | RewardObserved,
+    ExperimentCreated
+    | ArmsAdded
+    | StrategyChanged
+    | DecisionMade
+    | RewardObserved
+    | ChangePointDetected,
     Field(discriminator="type"),
 ]
-AnyEvent = ExperimentCreated | ArmsAdded | StrategyChanged | DecisionMade | RewardObserved
+AnyEvent = (
+    ExperimentCreated
+    | ArmsAdded
+    | StrategyChanged
+    | DecisionMade
+    | RewardObserved
+    | ChangePointDetected
+)

@@ -26,4 +26,6 @@ ArmId = Annotated[str, StringConstraints(pattern=ID_PATTERN, max_length=ID_MAX_L
 
 def is_valid_id(value: object) -> bool:
     """Cheap check used on hot paths where a pydantic model would cost too much."""
-    return isinstance(value, str) and len(value) <= ID_MAX_LEN and _ID_RE.match(value) is not None
+    return (
+        isinstance(value, str) and len(value) <= ID_MAX_LEN and _ID_RE.fullmatch(value) is not None
+    )

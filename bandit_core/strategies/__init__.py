@@ -1,0 +1,62 @@
+"""Bandit strategies: pure functions of per-arm statistics plus one long-lived RNG.
+
+Typical use in the decider::
+
+    strategy = get_strategy(config.strategy)
+    rng = make_rng(config.strategy_params)          # once per experiment and process
+    index, propensity = strategy.choose_with_propensity(
+        config.arm_ids, state.stats_for(config.arm_ids), config.strategy_params, rng, now
+    )
+"""
+
+from bandit_core.rng import make_rng, numpy_generator
+from bandit_core.strategies.base import (
+    DECIDER_SAMPLES,
+    InvalidParamsError,
+    Strategy,
+    StrategyParams,
+    UnknownStrategyError,
+    argmax_set,
+)
+from bandit_core.strategies.cusum_thompson import CusumThompson, CusumThompsonParams
+from bandit_core.strategies.discounted_thompson import (
+    DiscountedThompson,
+    DiscountedThompsonParams,
+)
+from bandit_core.strategies.epsilon_greedy import EpsilonGreedy, EpsilonGreedyParams
+from bandit_core.strategies.registry import (
+    STRATEGIES,
+    get_strategy,
+    normalize_strategy_name,
+    validate_params,
+)
+from bandit_core.strategies.sw_ucb import SlidingWindowUcb, SlidingWindowUcbParams
+from bandit_core.strategies.thompson import Thompson, ThompsonParams
+from bandit_core.strategies.ucb1 import Ucb1, Ucb1Params
+
+__all__ = [
+    "DECIDER_SAMPLES",
+    "STRATEGIES",
+    "CusumThompson",
+    "CusumThompsonParams",
+    "DiscountedThompson",
+    "DiscountedThompsonParams",
+    "EpsilonGreedy",
+    "EpsilonGreedyParams",
+    "InvalidParamsError",
+    "SlidingWindowUcb",
+    "SlidingWindowUcbParams",
+    "Strategy",
+    "StrategyParams",
+    "Thompson",
+    "ThompsonParams",
+    "Ucb1",
+    "Ucb1Params",
+    "UnknownStrategyError",
+    "argmax_set",
+    "get_strategy",
+    "make_rng",
+    "normalize_strategy_name",
+    "numpy_generator",
+    "validate_params",
+]

@@ -1,0 +1,121 @@
+"""What every strategy shares: the interface, the params base model, the errors.
+
+A strategy is a pure function of the per-arm sufficient statistics (plus an RNG), so a
+hot-swap never loses history and the decider, the simulator and replay agree exactly.
+Params arrive as the plain dict stored in the experiment config; they were validated by
+:func:`bandit_core.strategies.validate_params` when the command was accepted, so the hot
+path only reads them with ``dict.get`` (building a pydantic model per request would
+cost more than the decision itself).
+"""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Final
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from bandit_core.state import ArmStats
+
+#: Default Monte Carlo sample count for the decider's Thompson propensity estimate.
+DECIDER_SAMPLES: Final = 200
+
+#: Scores closer than this are a tie (identical stats give bit-identical scores anyway;
+#: this only absorbs float noise from summing rewards in a different order).
+TIE_TOLERANCE: Final = 1e-12
+
+
+class UnknownStrategyError(ValueError):
+    """A strategy name that is not registered; the message lists the valid ones."""
+
+
+class InvalidParamsError(ValueError):
+    """Strategy params that break a rule; ``errors`` holds one message per field."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("; ".join(errors))
+        self.errors = errors
+
+
+class StrategyParams(BaseModel):
+    """Base of the per-strategy params models (strict: ``"0.5"`` or ``true`` is no number).
+
+    ``RULES`` gives the human rule of each field for error messages.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    RULES: ClassVar[dict[str, str]] = {"seed": "an integer with 0 <= seed < 2**63"}
+
+    seed: int | None = Field(default=None, ge=0, lt=2**63)
+
+
+class Strategy(ABC):
+    """One bandit policy. Implementations are stateless singletons (see the registry)."""
+
+    name: ClassVar[str]
+    params_model: ClassVar[type[StrategyParams]]
+
+    @abstractmethod
+    def choose(
+        self,
+        arm_ids: Sequence[str],
+        stats: Sequence[ArmStats],
+        params: Mapping[str, Any],
+        rng: random.Random,
+        now: float,
+    ) -> int:
+        """Index into ``arm_ids`` of the arm to serve."""
+
+    @abstractmethod
+    def propensities(
+        self,
+        arm_ids: Sequence[str],
+        stats: Sequence[ArmStats],
+        params: Mapping[str, Any],
+        rng: random.Random,
+        now: float,
+        samples: int = 1000,
+    ) -> list[float]:
+        """Probability that :meth:`choose` picks each arm from this state (sums to 1)."""
+
+    def choose_with_propensity(
+        self,
+        arm_ids: Sequence[str],
+        stats: Sequence[ArmStats],
+        params: Mapping[str, Any],
+        rng: random.Random,
+        now: float,
+        samples: int = DECIDER_SAMPLES,
+    ) -> tuple[int, float]:
+        """The chosen index and the probability of that choice (> 0), for a decision."""
+        index = self.choose(arm_ids, stats, params, rng, now)
+        return index, self.propensities(arm_ids, stats, params, rng, now, samples)[index]
+
+
+def check_arms(arm_ids: Sequence[str], stats: Sequence[ArmStats]) -> int:
+    """The arm count, after checking the inputs line up (a bug upstream, not user input)."""
+    k = len(arm_ids)
+    if k == 0:
+        raise ValueError("no arms to choose from")
+    if len(stats) != k:
+        raise ValueError(f"{len(stats)} stats for {k} arms")
+    return k
+
+
+def argmax_set(scores: Sequence[float]) -> list[int]:
+    """All indices whose score ties the maximum (callers pick among them at random)."""
+    best = max(scores)
+    floor = best - TIE_TOLERANCE * max(1.0, abs(best))
+    return [i for i, s in enumerate(scores) if s >= floor]
+
+
+def uniform_over(k: int, chosen: Sequence[int]) -> list[float]:
+    """Propensities of a uniform pick among ``chosen`` out of ``k`` arms."""
+    p = 1.0 / len(chosen)
+    out = [0.0] * k
+    for i in chosen:
+        out[i] = p
+    return out

@@ -1,0 +1,106 @@
+"""Change-detection Thompson sampling: Thompson on each arm's statistics since its last
+detected change point, plus a little forced uniform exploration.
+
+This is the CD-UCB / CUSUM-UCB framework of Liu, Lee & Shroff, "A change-detection based
+framework for piecewise-stationary multi-armed bandit problems" (AAAI 2018), with a
+Beta-posterior (Thompson) index instead of UCB, as in Ghatak, "A change-detection based
+Thompson sampling framework for non-stationary bandits" (IEEE TC 2020). The detector is
+the per-arm two-sided Bernoulli CUSUM kept by the fold with fixed constants
+(:mod:`bandit_core.adaptive`): an alarm restarts that arm's "since change" counts. The
+forced exploration rate ``alpha`` guarantees every arm keeps being sampled so a change on
+an arm that is currently losing is detected too. Because a losing arm is sampled too
+rarely for its detector to fire quickly, its since-change counts are additionally capped
+by its time-decayed count with a long ``half_life`` (default 1024 time units, far longer
+than a discounted-Thompson memory): an unplayed arm's posterior slowly widens again.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Final
+
+from pydantic import Field
+
+from bandit_core.adaptive import MAX_HALF_LIFE, MIN_HALF_LIFE, decayed
+from bandit_core.state import ArmStats
+from bandit_core.strategies._beta import argmax_propensities, sample_argmax
+from bandit_core.strategies.base import Strategy, StrategyParams, check_arms
+
+DEFAULT_ALPHA: Final = 0.01
+DEFAULT_PRIOR: Final = 1.0
+DEFAULT_HALF_LIFE: Final = 1024.0
+
+
+class CusumThompsonParams(StrategyParams):
+    RULES: ClassVar[dict[str, str]] = {
+        **StrategyParams.RULES,
+        "alpha": "a number between 0 and 0.5 (forced exploration rate)",
+        "half_life": f"a number between {MIN_HALF_LIFE:g} and {MAX_HALF_LIFE:g} (time units)",
+        "prior_alpha": "a number > 0",
+        "prior_beta": "a number > 0",
+    }
+
+    half_life: float = Field(
+        default=DEFAULT_HALF_LIFE, ge=MIN_HALF_LIFE, le=MAX_HALF_LIFE, allow_inf_nan=False
+    )
+    alpha: float = Field(default=DEFAULT_ALPHA, ge=0.0, le=0.5, allow_inf_nan=False)
+    prior_alpha: float = Field(default=DEFAULT_PRIOR, gt=0.0, allow_inf_nan=False)
+    prior_beta: float = Field(default=DEFAULT_PRIOR, gt=0.0, allow_inf_nan=False)
+
+
+def since_change_posteriors(
+    stats: Sequence[ArmStats], params: Mapping[str, Any], now: float
+) -> tuple[list[float], list[float]]:
+    """Beta ``(alphas, betas)`` from each arm's counts since its last change point,
+    scaled down to its decayed count at ``half_life`` when that is smaller."""
+    a0 = float(params.get("prior_alpha", DEFAULT_PRIOR))
+    b0 = float(params.get("prior_beta", DEFAULT_PRIOR))
+    h = float(params.get("half_life", DEFAULT_HALF_LIFE))
+    alphas: list[float] = []
+    betas: list[float] = []
+    for s in stats:
+        n = float(s.cp_pulls)
+        r = s.cp_sum
+        if n > 0.0:
+            dn, _ = decayed(s, h, now)
+            if dn < n:
+                r *= dn / n
+                n = dn
+        alphas.append(a0 + max(r, 0.0))
+        betas.append(b0 + max(n - r, 0.0))
+    return alphas, betas
+
+
+class CusumThompson(Strategy):
+    name: ClassVar[str] = "cusum_thompson"
+    params_model: ClassVar[type[StrategyParams]] = CusumThompsonParams
+
+    def choose(
+        self,
+        arm_ids: Sequence[str],
+        stats: Sequence[ArmStats],
+        params: Mapping[str, Any],
+        rng: random.Random,
+        now: float,
+    ) -> int:
+        k = check_arms(arm_ids, stats)
+        if rng.random() < float(params.get("alpha", DEFAULT_ALPHA)):
+            return rng.randrange(k)
+        return sample_argmax(*since_change_posteriors(stats, params, now), rng)
+
+    def propensities(
+        self,
+        arm_ids: Sequence[str],
+        stats: Sequence[ArmStats],
+        params: Mapping[str, Any],
+        rng: random.Random,
+        now: float,
+        samples: int = 1000,
+    ) -> list[float]:
+        k = check_arms(arm_ids, stats)
+        alpha = float(params.get("alpha", DEFAULT_ALPHA))
+        p = argmax_propensities(*since_change_posteriors(stats, params, now), rng, samples)
+        mixed = [alpha / k + (1.0 - alpha) * x for x in p]
+        total = sum(mixed)
+        return [x / total for x in mixed]

@@ -1,0 +1,99 @@
+"""ε-greedy: explore a uniformly random arm with probability ε, else exploit the best mean.
+
+The seed broke mean ties in favour of the first arm (so a fresh experiment served arm 0
+to 1-ε+ε/K of the traffic); ties are broken uniformly at random here. Untried arms have
+mean 0, the textbook choice; exploration reaches them.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from pydantic import Field
+
+from bandit_core.state import ArmStats
+from bandit_core.strategies.base import (
+    DECIDER_SAMPLES,
+    Strategy,
+    StrategyParams,
+    argmax_set,
+    check_arms,
+)
+
+DEFAULT_EPSILON = 0.1
+
+
+class EpsilonGreedyParams(StrategyParams):
+    RULES: ClassVar[dict[str, str]] = {
+        **StrategyParams.RULES,
+        "epsilon": "a number between 0 and 1",
+    }
+
+    epsilon: float = Field(default=DEFAULT_EPSILON, ge=0.0, le=1.0, allow_inf_nan=False)
+
+
+def _means(stats: Sequence[ArmStats]) -> list[float]:
+    return [s.reward_sum / s.pulls if s.pulls else 0.0 for s in stats]
+
+
+class EpsilonGreedy(Strategy):
+    name: ClassVar[str] = "epsilon_greedy"
+    params_model: ClassVar[type[StrategyParams]] = EpsilonGreedyParams
+
+    def choose(
+        self,
+        arm_ids: Sequence[str],
+        stats: Sequence[ArmStats],
+        params: Mapping[str, Any],
+        rng: random.Random,
+        now: float,
+    ) -> int:
+        k = check_arms(arm_ids, stats)
+        epsilon = float(params.get("epsilon", DEFAULT_EPSILON))
+        if rng.random() < epsilon:
+            return rng.randrange(k)
+        best = argmax_set(_means(stats))
+        return best[0] if len(best) == 1 else rng.choice(best)
+
+    def propensities(
+        self,
+        arm_ids: Sequence[str],
+        stats: Sequence[ArmStats],
+        params: Mapping[str, Any],
+        rng: random.Random,
+        now: float,
+        samples: int = 1000,
+    ) -> list[float]:
+        """Closed form: ε/K for every arm plus (1-ε)/|argmax| for each tied best arm."""
+        k = check_arms(arm_ids, stats)
+        epsilon = float(params.get("epsilon", DEFAULT_EPSILON))
+        best = argmax_set(_means(stats))
+        out = [epsilon / k] * k
+        share = (1.0 - epsilon) / len(best)
+        for i in best:
+            out[i] += share
+        return out
+
+    def choose_with_propensity(
+        self,
+        arm_ids: Sequence[str],
+        stats: Sequence[ArmStats],
+        params: Mapping[str, Any],
+        rng: random.Random,
+        now: float,
+        samples: int = DECIDER_SAMPLES,
+    ) -> tuple[int, float]:
+        """The choice and its closed-form probability, with one pass over the arms."""
+        k = check_arms(arm_ids, stats)
+        epsilon = float(params.get("epsilon", DEFAULT_EPSILON))
+        best = argmax_set(_means(stats))
+        if rng.random() < epsilon:
+            index = rng.randrange(k)
+        else:
+            index = best[0] if len(best) == 1 else rng.choice(best)
+        p = epsilon / k
+        if index in best:
+            p += (1.0 - epsilon) / len(best)
+        return index, p

@@ -1,0 +1,95 @@
+"""Strategy names, lookup and params validation.
+
+Validation happens once, when a command is accepted: the seed stored invalid params and
+then failed every decision with a 500. Messages name the field and the rule so the API
+can return them verbatim in a 4xx.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+from pydantic import ValidationError
+
+from bandit_core.strategies.base import InvalidParamsError, Strategy, UnknownStrategyError
+from bandit_core.strategies.cusum_thompson import CusumThompson
+from bandit_core.strategies.discounted_thompson import DiscountedThompson
+from bandit_core.strategies.epsilon_greedy import EpsilonGreedy
+from bandit_core.strategies.sw_ucb import SlidingWindowUcb
+from bandit_core.strategies.thompson import Thompson
+from bandit_core.strategies.ucb1 import Ucb1
+
+STRATEGIES: Final[dict[str, Strategy]] = {
+    s.name: s
+    for s in (
+        Thompson(),
+        Ucb1(),
+        EpsilonGreedy(),
+        # adaptive strategies for non-stationary rewards (bandit_core.adaptive)
+        DiscountedThompson(),
+        SlidingWindowUcb(),
+        CusumThompson(),
+    )
+}
+
+#: The seed's ``ACTIVE_STRATEGY`` env values, e.g. ``EPSILON_GREEDY``, also work
+#: (case-insensitively); ``-`` and spaces count as ``_``.
+_ALIASES: Final[dict[str, str]] = {
+    "thompson_sampling": "thompson",
+    "epsilon-greedy": "epsilon_greedy",
+    "egreedy": "epsilon_greedy",
+}
+
+
+def normalize_strategy_name(name: str) -> str:
+    """The canonical name (``thompson``, ``ucb1``, ``epsilon_greedy``) or UnknownStrategyError."""
+    if not isinstance(name, str):
+        raise UnknownStrategyError(_unknown_message(name))
+    key = name.strip().lower().replace("-", "_").replace(" ", "_")
+    key = _ALIASES.get(key, key)
+    if key not in STRATEGIES:
+        raise UnknownStrategyError(_unknown_message(name))
+    return key
+
+
+def _unknown_message(name: object) -> str:
+    return f"unknown strategy {name!r} (valid: {', '.join(sorted(STRATEGIES))})"
+
+
+def get_strategy(name: str) -> Strategy:
+    """The strategy registered under ``name`` (any accepted spelling)."""
+    return STRATEGIES[normalize_strategy_name(name)]
+
+
+def validate_params(name: str, params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The params as given, type-checked (ints widened to floats), defaults NOT filled in.
+
+    Keeping only what the user gave means ``strategy_params: {}`` stays ``{}`` in
+    responses, and a later change of a default applies to experiments that never set it.
+    """
+    strategy = get_strategy(name)
+    if params is None:
+        return {}
+    if not isinstance(params, Mapping):
+        raise InvalidParamsError(
+            [f"strategy_params: must be an object, got {type(params).__name__}"]
+        )
+    model = strategy.params_model
+    try:
+        parsed = model.model_validate(dict(params))
+    except ValidationError as exc:
+        allowed = ", ".join(sorted(model.model_fields))
+        messages: list[str] = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"]) or "?"
+            if err["type"] == "extra_forbidden":
+                messages.append(
+                    f"strategy_params.{field}: unknown parameter for {strategy.name} "
+                    f"(allowed: {allowed})"
+                )
+            else:
+                rule = model.RULES.get(field, err["msg"].lower())
+                messages.append(f"strategy_params.{field}: must be {rule}, got {err['input']!r}")
+        raise InvalidParamsError(messages) from None
+    return parsed.model_dump(exclude_unset=True)

@@ -1,0 +1,137 @@
+"""Thompson sampling with Beta posteriors, accepting fractional rewards in [0, 1].
+
+Each arm's posterior is ``Beta(prior_alpha + reward_sum, prior_beta + pulls - reward_sum)``,
+the standard "fractional Bernoulli" update (exact for 0/1 rewards). ``choose`` draws one
+sample per arm and serves the largest.
+
+Propensity estimator (what :meth:`Thompson.choose_with_propensity` logs for off-policy
+evaluation): when every arm has the same posterior the answer is exactly ``1/K`` by
+symmetry (a fresh experiment, the common case, costs nothing). Otherwise it is Monte
+Carlo: ``samples`` independent draws of all posteriors (numpy, ~70 ns per arm and sample),
+``wins[i]`` counts how often arm ``i`` is the largest, and
+``p[i] = (wins[i] + 1/K) / (samples + 1)``: a pseudo-count of one draw spread evenly, so
+the served arm never gets propensity 0 (an IPS weight of infinity) and the vector still
+sums to 1. Its standard error is about ``sqrt(p (1-p) / samples)``; the decider uses
+``samples=200``, replay/OPE can afford more.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Final
+
+import numpy as np
+from pydantic import Field
+
+from bandit_core.rng import numpy_generator
+from bandit_core.state import ArmStats
+from bandit_core.strategies.base import (
+    DECIDER_SAMPLES,
+    Strategy,
+    StrategyParams,
+    check_arms,
+)
+
+DEFAULT_PRIOR: Final = 1.0
+
+#: From this many arms one vectorised numpy draw beats a loop of ``betavariate`` (~2-3 µs
+#: each) despite numpy's per-call overhead (measured: crossover near 16 arms).
+NUMPY_CHOOSE_MIN_ARMS: Final = 24
+
+
+class ThompsonParams(StrategyParams):
+    RULES: ClassVar[dict[str, str]] = {
+        **StrategyParams.RULES,
+        "prior_alpha": "a number > 0",
+        "prior_beta": "a number > 0",
+    }
+
+    prior_alpha: float = Field(default=DEFAULT_PRIOR, gt=0.0, allow_inf_nan=False)
+    prior_beta: float = Field(default=DEFAULT_PRIOR, gt=0.0, allow_inf_nan=False)
+
+
+def posteriors(
+    stats: Sequence[ArmStats], params: Mapping[str, Any]
+) -> tuple[list[float], list[float]]:
+    """The Beta ``(alphas, betas)`` of each arm."""
+    a0 = float(params.get("prior_alpha", DEFAULT_PRIOR))
+    b0 = float(params.get("prior_beta", DEFAULT_PRIOR))
+    alphas = [a0 + max(s.reward_sum, 0.0) for s in stats]
+    # max(): float error in reward_sum must never push a parameter to <= 0.
+    betas = [b0 + max(s.pulls - s.reward_sum, 0.0) for s in stats]
+    return alphas, betas
+
+
+class Thompson(Strategy):
+    name: ClassVar[str] = "thompson"
+    params_model: ClassVar[type[StrategyParams]] = ThompsonParams
+
+    def choose(
+        self,
+        arm_ids: Sequence[str],
+        stats: Sequence[ArmStats],
+        params: Mapping[str, Any],
+        rng: random.Random,
+        now: float,
+    ) -> int:
+        k = check_arms(arm_ids, stats)
+        alphas, betas = posteriors(stats, params)
+        if k >= NUMPY_CHOOSE_MIN_ARMS:
+            draws = numpy_generator(rng).beta(alphas, betas)
+            return int(draws.argmax())
+        beta = rng.betavariate
+        best_i, best = 0, -1.0
+        for i in range(k):
+            x = beta(alphas[i], betas[i])
+            if x > best:
+                best_i, best = i, x
+        return best_i
+
+    def propensities(
+        self,
+        arm_ids: Sequence[str],
+        stats: Sequence[ArmStats],
+        params: Mapping[str, Any],
+        rng: random.Random,
+        now: float,
+        samples: int = 1000,
+    ) -> list[float]:
+        k = check_arms(arm_ids, stats)
+        if samples < 1:
+            raise ValueError("samples must be >= 1")
+        alphas, betas = posteriors(stats, params)
+        if len(set(zip(alphas, betas, strict=True))) == 1:
+            return [1.0 / k] * k
+        draws = numpy_generator(rng).beta(alphas, betas, size=(samples, k))
+        wins = np.bincount(draws.argmax(axis=1), minlength=k)
+        p = (wins + 1.0 / k) / (samples + 1.0)
+        p /= p.sum()
+        return [float(x) for x in p]
+
+    def choose_with_propensity(
+        self,
+        arm_ids: Sequence[str],
+        stats: Sequence[ArmStats],
+        params: Mapping[str, Any],
+        rng: random.Random,
+        now: float,
+        samples: int = DECIDER_SAMPLES,
+    ) -> tuple[int, float]:
+        """Exact Thompson choice; propensity by the estimator in the module docstring.
+
+        Without the symmetric shortcut, one numpy call draws ``samples + 1`` rows: row 0
+        is the served decision (a genuine Thompson draw), the other rows are the
+        independent Monte Carlo sample for its propensity.
+        """
+        k = check_arms(arm_ids, stats)
+        if samples < 1:
+            raise ValueError("samples must be >= 1")
+        alphas, betas = posteriors(stats, params)
+        if len(set(zip(alphas, betas, strict=True))) == 1:
+            return self.choose(arm_ids, stats, params, rng, now), 1.0 / k
+        draws = numpy_generator(rng).beta(alphas, betas, size=(samples + 1, k))
+        winners = draws.argmax(axis=1)
+        index = int(winners[0])
+        wins = int(np.count_nonzero(winners[1:] == index))
+        return index, (wins + 1.0 / k) / (samples + 1.0)

@@ -1,0 +1,225 @@
+"""Adaptive statistics, adaptive strategies and the fold's change points."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bandit_core.adaptive import (
+    HALF_LIVES,
+    MAX_HALF_LIFE,
+    MIN_HALF_LIFE,
+    decayed,
+    observe,
+    windowed,
+)
+from bandit_core.fold import DERIVED, fold_batch
+from bandit_core.state import ArmStats, ExperimentState
+from bandit_core.strategies import (
+    STRATEGIES,
+    InvalidParamsError,
+    get_strategy,
+    validate_params,
+)
+from schemas.events import (
+    ChangePointDetected,
+    ExperimentConfig,
+    ExperimentCreated,
+    RewardObserved,
+)
+
+pytestmark = pytest.mark.unit
+
+ADAPTIVE = ("discounted_thompson", "sw_ucb", "cusum_thompson")
+ARMS = ("a", "b", "c")
+
+
+def _config() -> ExperimentConfig:
+    return ExperimentConfig(
+        experiment_id="exp",
+        arm_ids=ARMS,
+        strategy="thompson",
+        version=1,
+        created_ts=0.0,
+        updated_ts=0.0,
+    )
+
+
+def _created() -> ExperimentCreated:
+    return ExperimentCreated(experiment_id="exp", ts=0.0, config=_config())
+
+
+def _reward(i: int, arm: str, reward: float, ts: float) -> RewardObserved:
+    return RewardObserved(experiment_id="exp", event_id=f"e{i}", arm_id=arm, reward=reward, ts=ts)
+
+
+def test_decay_halves_after_one_half_life() -> None:
+    s = ArmStats()
+    observe(s, 1.0, 100.0)
+    for h in HALF_LIVES:
+        n, r = decayed(s, h, 100.0 + h)
+        assert n == pytest.approx(0.5)
+        assert r == pytest.approx(0.5)
+
+
+def test_interpolated_half_life_lies_between_rungs() -> None:
+    s = ArmStats()
+    observe(s, 1.0, 0.0)
+    lo, _ = decayed(s, HALF_LIVES[1], 100.0)
+    mid, _ = decayed(s, math.sqrt(HALF_LIVES[1] * HALF_LIVES[2]), 100.0)
+    hi, _ = decayed(s, HALF_LIVES[2], 100.0)
+    assert lo < mid < hi
+
+
+def test_out_of_order_event_decays_itself_and_is_order_free() -> None:
+    a, b = ArmStats(), ArmStats()
+    observe(a, 1.0, 10.0)
+    observe(a, 0.0, 50.0)
+    observe(b, 0.0, 50.0)
+    observe(b, 1.0, 10.0)  # late: must not blow up nor move last_reward_ts back
+    assert b.last_reward_ts == 50.0
+    for x, y in zip(a.dpulls + a.dsum, b.dpulls + b.dsum, strict=True):
+        assert x == pytest.approx(y)
+    n, _ = decayed(b, MIN_HALF_LIFE, 40.0)  # now before last ts: treated as dt = 0
+    assert math.isfinite(n)
+
+
+def test_window_counts_only_recent_buckets() -> None:
+    s = ArmStats()
+    for t in range(0, 2000, 10):
+        observe(s, 1.0, float(t))
+    n_all, _ = windowed(s, 960.0, 1999.0)
+    n_short, r_short = windowed(s, 128.0, 1999.0)
+    assert 0 < n_short < n_all <= 200
+    assert r_short == n_short
+    assert windowed(s, 960.0, 10_000.0) == (0.0, 0.0)
+
+
+def test_cusum_detects_a_drop_and_restarts_since_change_stats() -> None:
+    rng = random.Random(1)
+    s = ArmStats()
+    alarms = [observe(s, float(rng.random() < 0.3), float(t)) for t in range(1000)]
+    assert not any(alarms), "false alarm on a stationary arm"
+    t_change = 1000
+    detected = None
+    for t in range(t_change, t_change + 2000):
+        if observe(s, float(rng.random() < 0.05), float(t)):
+            detected = t
+            break
+    assert detected is not None
+    assert detected - t_change < 400
+    assert s.change_points == 1
+    assert s.last_change_ts == float(detected)
+    assert s.cp_pulls == 0
+    assert s.pulls == detected + 1
+
+
+def test_old_five_element_snapshot_loads() -> None:
+    s = ArmStats.from_list([3, 2.0, 2.0, 4, 12.5])
+    assert (s.pulls, s.reward_sum, s.decisions, s.last_reward_ts) == (3, 2.0, 4, 12.5)
+    assert s.cp_pulls == 3
+    assert s.dpulls == [0.0] * len(HALF_LIVES)
+    observe(s, 1.0, 13.0)
+    assert ArmStats.from_list(s.to_list()) == s
+    with pytest.raises(ValueError, match="5 or 16"):
+        ArmStats.from_list([1, 2, 3, 4, 5, 6])
+
+
+def test_fold_reports_change_points_and_ignores_their_events() -> None:
+    rng = random.Random(3)
+    events: list[RewardObserved] = []
+    for t in range(3000):
+        p = 0.4 if t < 1500 else 0.02
+        events.append(_reward(t, "a", float(rng.random() < p), float(t + 1)))
+    res = fold_batch(ExperimentState("exp"), [_created(), *events])
+    assert res.change_points
+    assert res.change_points[0][0] == "a"
+    assert res.change_points[0][1] > 1500
+    assert res.state.arms["a"].change_points == len(res.change_points)
+    cp = ChangePointDetected(
+        experiment_id="exp", arm_id="a", detector="bernoulli_cusum", statistic=9.0
+    )
+    again = fold_batch(res.state, [cp])
+    assert again.outcomes == [DERIVED]
+    assert again.state.snapshot_bytes() == res.state.snapshot_bytes()
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    data=st.lists(
+        st.tuples(st.sampled_from(ARMS), st.booleans(), st.floats(0.0, 5000.0)),
+        min_size=1,
+        max_size=120,
+    ),
+    cuts=st.lists(st.integers(0, 120), max_size=5),
+)
+def test_any_batch_split_gives_the_same_snapshot(
+    data: list[tuple[str, bool, float]], cuts: list[int]
+) -> None:
+    events = [_created()] + [_reward(i, a, float(r), ts) for i, (a, r, ts) in enumerate(data)]
+    whole = fold_batch(ExperimentState("exp"), events)
+    bounds = sorted({0, len(events), *(min(c, len(events)) for c in cuts)})
+    state = ExperimentState("exp")
+    cps: list[tuple[str, float]] = []
+    for lo, hi in itertools.pairwise(bounds):
+        res = fold_batch(state, events[lo:hi])
+        cps += res.change_points
+        # through the snapshot blob, as the consumer does between batches
+        state = ExperimentState.from_snapshot(res.state.snapshot_bytes(), "exp")
+        state.config, state.seen = res.state.config, res.state.seen
+    assert state.snapshot_bytes() == whole.state.snapshot_bytes()
+    assert cps == whole.change_points
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    name=st.sampled_from(sorted(STRATEGIES)),
+    k=st.integers(1, 6),
+    obs=st.lists(st.tuples(st.integers(0, 5), st.booleans(), st.floats(0, 3000)), max_size=60),
+    now=st.floats(0.0, 4000.0),
+    seed=st.integers(0, 2**32),
+)
+def test_strategies_stay_inside_the_experiment_and_propensities_sum_to_one(
+    name: str, k: int, obs: list[tuple[int, bool, float]], now: float, seed: int
+) -> None:
+    arm_ids = [f"arm{i}" for i in range(k)]
+    stats = [ArmStats() for _ in arm_ids]
+    for i, r, ts in obs:
+        observe(stats[i % k], float(r), ts)
+    strategy = get_strategy(name)
+    rng = random.Random(seed)
+    for _ in range(5):
+        assert 0 <= strategy.choose(arm_ids, stats, {}, rng, now) < k
+    p = strategy.propensities(arm_ids, stats, {}, rng, now, samples=200)
+    assert len(p) == k
+    assert all(x >= 0.0 for x in p)
+    assert sum(p) == pytest.approx(1.0)
+    index, prop = strategy.choose_with_propensity(arm_ids, stats, {}, rng, now)
+    assert 0 <= index < k
+    assert 0.0 < prop <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [
+        ("discounted_thompson", {"half_life": MIN_HALF_LIFE / 2}),
+        ("discounted_thompson", {"half_life": MAX_HALF_LIFE * 2}),
+        ("discounted_thompson", {"gamma": 0.9}),
+        ("sw_ucb", {"window": 1.0}),
+        ("sw_ucb", {"c": -1.0}),
+        ("cusum_thompson", {"alpha": 0.9}),
+    ],
+)
+def test_bad_params_are_rejected(name: str, params: dict[str, float]) -> None:
+    with pytest.raises(InvalidParamsError):
+        validate_params(name, params)
+
+
+@pytest.mark.parametrize("name", ADAPTIVE)
+def test_defaults_validate(name: str) -> None:
+    assert validate_params(name, {}) == {}
