@@ -1,0 +1,593 @@
+"""The decider: the seed's HTTP API over an event log.
+
+Commands (create, add arms, change strategy) are validated and applied atomically to
+the experiment's config key in Redis by a Lua script, then logged as events and
+acknowledged by Kafka before the 2xx; if the log refuses them the Redis write is undone.
+Rewards are validated with the same rule as the consumer (``reward_rejection``) and
+logged (acked) but never applied here: the reward consumer owns arm statistics.
+Decisions are served from memory (see :mod:`services.decider.decisions`) and logged
+without waiting for the ack.
+
+Run: ``uvicorn services.decider.app:app`` or ``python -m services.decider``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import orjson
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from bandit_core.decision_ids import arm_index_of, make_decision_id
+from bandit_core.fold import reward_rejection
+from bandit_core.state import ExperimentState
+from bandit_core.strategies import InvalidParamsError, validate_params
+from schemas.events import (
+    ArmsAdded,
+    DecisionMade,
+    ExperimentConfig,
+    ExperimentCreated,
+    RewardObserved,
+    StrategyChanged,
+)
+from schemas.ids import ID_MAX_LEN, ID_PATTERN, MAX_ARMS
+from schemas.redis_keys import RedisKeys
+from schemas.topics import TopicNames
+from services.decider.decisions import DecisionCache
+from services.decider.models import (
+    ArmsAdd,
+    ArmStatsPublic,
+    ConfigPublic,
+    ConfigUpdate,
+    DecisionPublic,
+    ErrorPublic,
+    ExperimentCreate,
+    ExperimentPublic,
+    HealthPublic,
+    ReadyPublic,
+    RewardCreate,
+    RewardPublic,
+    StatsPublic,
+)
+from services.decider.producer import EventLogUnavailableError, EventProducer
+from services.decider.settings import DeciderSettings
+from services.decider.store import (
+    ArmsExistError,
+    CommandResult,
+    ConfigStore,
+    ExperimentMissingError,
+    TooManyArmsError,
+)
+
+log = logging.getLogger("services.decider")
+
+
+class OrjsonResponse(JSONResponse):
+    """JSON via orjson (FastAPI's ORJSONResponse is deprecated; this is the same idea)."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+@dataclass(slots=True)
+class Runtime:
+    """The process-wide resources, created in the lifespan and shared by the routes."""
+
+    settings: DeciderSettings
+    redis: Redis
+    store: ConfigStore
+    producer: EventProducer
+    cache: DecisionCache
+    topics: TopicNames
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+ExperimentIdQuery = Annotated[
+    str,
+    Query(
+        min_length=1,
+        max_length=ID_MAX_LEN,
+        pattern=ID_PATTERN,
+        description="The experiment to decide for.",
+        examples=["cta-button-test"],
+    ),
+]
+ExperimentIdPath = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=ID_MAX_LEN,
+        pattern=ID_PATTERN,
+        description="Experiment id.",
+        examples=["cta-button-test"],
+    ),
+]
+
+_E404 = {"model": ErrorPublic, "description": "No such experiment."}
+_E409 = {"model": ErrorPublic, "description": "Conflicts with the stored configuration."}
+_E422 = {"description": "Invalid request (ids, arms, strategy, params, reward)."}
+_E503 = {"model": ErrorPublic, "description": "Redis or Kafka unavailable; safe to retry."}
+
+
+def _not_found(experiment_id: str) -> HTTPException:
+    return HTTPException(status.HTTP_404_NOT_FOUND, f"experiment {experiment_id!r} not found")
+
+
+def _configure_logging(level: str) -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.setLevel(level)
+    logging.getLogger("services").setLevel(level)
+
+
+def create_app(settings: DeciderSettings | None = None) -> FastAPI:
+    """Build the app; no I/O happens until the lifespan starts (safe at import)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        cfg = settings if settings is not None else DeciderSettings()
+        _configure_logging(cfg.log_level)
+        redis = Redis.from_url(
+            cfg.redis_url,
+            socket_timeout=cfg.redis_socket_timeout_s,
+            socket_connect_timeout=cfg.redis_socket_timeout_s,
+            health_check_interval=30,
+        )
+        topics = TopicNames.with_prefix(cfg.topic_prefix)
+        producer = EventProducer(
+            cfg.kafka_bootstrap_servers,
+            topics,
+            send_timeout_s=cfg.kafka_send_timeout_s,
+            enqueue_timeout_s=cfg.kafka_enqueue_timeout_s,
+            linger_ms=cfg.kafka_linger_ms,
+        )
+        store = ConfigStore(redis, RedisKeys(cfg.redis_prefix))
+        cache = DecisionCache(
+            store,
+            max_staleness_s=cfg.snapshot_max_staleness_s,
+            max_entries=cfg.cache_max_experiments,
+            propensity_samples=cfg.propensity_samples,
+            degraded_max_age_s=cfg.snapshot_degraded_max_age_s,
+        )
+        await producer.start(cfg.kafka_start_timeout_s)
+        app.state.runtime = Runtime(cfg, redis, store, producer, cache, topics)
+        log.info(
+            "decider started: strategy=%s topics=%s redis_prefix=%r",
+            cfg.active_strategy,
+            topics,
+            cfg.redis_prefix,
+        )
+        try:
+            yield
+        finally:
+            await producer.stop()
+            await redis.aclose()
+            s = producer.stats
+            log.info(
+                "decider stopped: decision events enqueued=%d delivered=%d failed=%d",
+                s.enqueued,
+                s.delivered,
+                s.failed,
+            )
+
+    app = FastAPI(
+        title="MAB E-Commerce Optimizer: decider",
+        version="1.0.0",
+        description=(
+            "Decisions and rewards for multi-armed bandit experiments. Every accepted "
+            "command and reward is an event in Kafka; arm statistics are folded from the "
+            "log by the reward consumer."
+        ),
+        default_response_class=OrjsonResponse,
+        lifespan=lifespan,
+    )
+    _install_error_handlers(app)
+    _add_routes(app)
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        # Drop "input"/"ctx": never echo a 10 kB (or hostile) value back to the client.
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+            for e in exc.errors()
+        ]
+        return OrjsonResponse({"detail": errors}, status_code=422)
+
+    @app.exception_handler(RedisError)
+    async def redis_error(request: Request, exc: RedisError) -> Response:
+        log.error("redis error on %s %s: %r", request.method, request.url.path, exc)
+        return OrjsonResponse({"detail": "state store unavailable, retry"}, status_code=503)
+
+
+async def _log_or_undo(rt: Runtime, result: CommandResult, event: Any, create: bool) -> None:
+    """Publish a command's event; on failure undo the Redis write (if still ours) → 503."""
+    exp_id = result.config.experiment_id
+    try:
+        await rt.producer.publish(rt.topics.experiments, event)
+    except EventLogUnavailableError as exc:
+        undone = await rt.store.rollback(exp_id, result)
+        if undone and create:
+            await rt.store.remove_from_index(exp_id)
+        log.error("command on %s not logged (%s); rolled back=%s", exp_id, exc, undone)
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, "not applied: event log unavailable, retry"
+        ) from None
+    finally:
+        rt.cache.invalidate(exp_id)
+
+
+def _add_routes(app: FastAPI) -> None:
+    @app.get(
+        "/health",
+        response_model=HealthPublic,
+        tags=["ops"],
+        summary="Liveness",
+        description="Answers without any I/O: the process is up and serving HTTP.",
+    )
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get(
+        "/ready",
+        response_model=ReadyPublic,
+        tags=["ops"],
+        summary="Readiness",
+        description="200 only when Redis answers PING and Kafka answers a metadata request "
+        "listing our topics, each within the ready timeout (1 s); else 503 naming the failure.",
+        responses={
+            503: {
+                "model": ReadyPublic,
+                "description": "A dependency is down.",
+                "content": {
+                    "application/json": {
+                        "example": {
+                            "status": "not_ready",
+                            "redis": "ok",
+                            "kafka": "no metadata within 1.0s",
+                        }
+                    }
+                },
+            }
+        },
+    )
+    async def ready(rt: RuntimeDep) -> Response:
+        timeout = rt.settings.ready_timeout_s
+
+        async def redis_check() -> str:
+            try:
+                async with asyncio.timeout(timeout):
+                    await rt.redis.ping()
+                return "ok"
+            except TimeoutError:
+                return f"no PONG within {timeout}s"
+            except RedisError as exc:
+                return f"error: {exc!r}"
+
+        redis_state, kafka_state = await asyncio.gather(redis_check(), rt.producer.check(timeout))
+        ok = redis_state == "ok" and kafka_state == "ok"
+        body = {
+            "status": "ready" if ok else "not_ready",
+            "redis": redis_state,
+            "kafka": kafka_state,
+        }
+        return OrjsonResponse(body, status_code=200 if ok else 503)
+
+    @app.post(
+        "/experiments",
+        status_code=status.HTTP_201_CREATED,
+        response_model=ExperimentPublic,
+        tags=["experiments"],
+        summary="Create an experiment",
+        description="Validates ids, arms and strategy params, stores the config atomically "
+        "(exactly one of many racing creates wins) and logs `ExperimentCreated`; the 201 "
+        "comes after Kafka's ack. Nothing is stored when validation fails.",
+        responses={409: _E409, 422: _E422, 503: _E503},
+    )
+    async def create_experiment(body: ExperimentCreate, rt: RuntimeDep) -> ExperimentPublic:
+        if body.strategy is not None:
+            strategy, params = body.strategy, dict(body.strategy_params or {})
+        else:
+            strategy = rt.settings.active_strategy
+            try:
+                params = validate_params(strategy, body.strategy_params)
+            except InvalidParamsError as exc:
+                raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+        now = time.time()
+        config = ExperimentConfig(
+            experiment_id=body.experiment_id,
+            arm_ids=tuple(body.arm_ids),
+            strategy=strategy,
+            strategy_params=params,
+            version=1,
+            created_ts=now,
+            updated_ts=now,
+        )
+        result = await rt.store.create(config)
+        if result is None:
+            raise HTTPException(
+                status.HTTP_409_CONFLICT, f"experiment {body.experiment_id!r} already exists"
+            )
+        await rt.store.add_to_index(config)
+        event = ExperimentCreated(experiment_id=config.experiment_id, ts=now, config=config)
+        await _log_or_undo(rt, result, event, create=True)
+        return ExperimentPublic.of(config)
+
+    @app.get(
+        "/experiments",
+        response_model=list[ExperimentPublic],
+        tags=["experiments"],
+        summary="List experiments",
+        description="All experiments in creation order (paginated by offset/limit).",
+    )
+    async def list_experiments(
+        rt: RuntimeDep,
+        offset: Annotated[int, Query(ge=0, description="Skip this many.")] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000, description="At most this many.")] = 100,
+    ) -> list[ExperimentPublic]:
+        return [ExperimentPublic.of(c) for c in await rt.store.list_configs(offset, limit)]
+
+    @app.get(
+        "/experiments/{experiment_id}",
+        response_model=ExperimentPublic,
+        tags=["experiments"],
+        summary="Get an experiment",
+        description="The stored configuration (arms in insertion order, strategy, params).",
+        responses={404: _E404},
+    )
+    async def get_experiment(experiment_id: ExperimentIdPath, rt: RuntimeDep) -> ExperimentPublic:
+        config = await rt.store.get_config(experiment_id)
+        if config is None:
+            raise _not_found(experiment_id)
+        return ExperimentPublic.of(config)
+
+    @app.post(
+        "/experiments/{experiment_id}/arms",
+        response_model=ExperimentPublic,
+        tags=["experiments"],
+        summary="Add arms",
+        description="Appends new arms atomically (concurrent calls never lose an arm) and "
+        f"logs `ArmsAdded`. 409 if any arm already exists; 422 beyond {MAX_ARMS} arms. "
+        "Existing statistics are untouched.",
+        responses={404: _E404, 409: _E409, 422: _E422, 503: _E503},
+    )
+    async def add_arms(
+        experiment_id: ExperimentIdPath, body: ArmsAdd, rt: RuntimeDep
+    ) -> ExperimentPublic:
+        try:
+            result = await rt.store.add_arms(experiment_id, list(body.arm_ids), MAX_ARMS)
+        except ExperimentMissingError:
+            raise _not_found(experiment_id) from None
+        except ArmsExistError as exc:
+            raise HTTPException(
+                status.HTTP_409_CONFLICT,
+                f"arms already in experiment {experiment_id!r}: {exc.arm_ids}",
+            ) from None
+        except TooManyArmsError as exc:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                f"experiment {experiment_id!r} has {exc.current} arms; adding "
+                f"{len(body.arm_ids)} would exceed the maximum of {MAX_ARMS}",
+            ) from None
+        event = ArmsAdded(
+            experiment_id=experiment_id,
+            ts=result.config.updated_ts,
+            added_arm_ids=tuple(body.arm_ids),
+            config=result.config,
+        )
+        await _log_or_undo(rt, result, event, create=False)
+        return ExperimentPublic.of(result.config)
+
+    @app.post(
+        "/config",
+        response_model=ConfigPublic,
+        tags=["experiments"],
+        summary="Hot-swap the strategy",
+        description="Changes strategy and params atomically and logs `StrategyChanged`. "
+        "Arm statistics are strategy-independent, so no data is lost.",
+        responses={404: _E404, 422: _E422, 503: _E503},
+    )
+    async def change_strategy(body: ConfigUpdate, rt: RuntimeDep) -> ConfigPublic:
+        params = dict(body.strategy_params or {})
+        try:
+            result = await rt.store.set_strategy(body.experiment_id, body.strategy, params)
+        except ExperimentMissingError:
+            raise _not_found(body.experiment_id) from None
+        previous = ExperimentConfig.model_validate_json(result.previous_raw)
+        event = StrategyChanged(
+            experiment_id=body.experiment_id,
+            ts=result.config.updated_ts,
+            previous_strategy=previous.strategy,
+            previous_params=previous.strategy_params,
+            config=result.config,
+        )
+        await _log_or_undo(rt, result, event, create=False)
+        c = result.config
+        return ConfigPublic(
+            experiment_id=c.experiment_id,
+            strategy=c.strategy,
+            strategy_params=dict(c.strategy_params),
+            version=c.version,
+        )
+
+    @app.get(
+        "/decision",
+        response_model=DecisionPublic,
+        tags=["decisions"],
+        summary="Choose an arm for one visitor",
+        description="The hot path: served from an in-process snapshot at most "
+        "`snapshot_max_staleness_s` old (a cache miss reads Redis, so a new experiment "
+        "is decidable at once). Logs `DecisionMade` with its id and propensity without "
+        "waiting for Kafka. Send `decision_id` back with the reward.",
+        responses={404: _E404, 422: _E422, 503: _E503},
+    )
+    async def decide(experiment_id: ExperimentIdQuery, rt: RuntimeDep) -> Response:
+        entry, degraded = await rt.cache.get(experiment_id)
+        if entry is None:
+            raise _not_found(experiment_id)
+        config = entry.config
+        index, propensity = rt.cache.decide(entry, time.time())
+        arm_id = entry.arm_list[index]
+        decision_id = make_decision_id(index)
+        event = DecisionMade(
+            experiment_id=experiment_id,
+            decision_id=decision_id,
+            arm_id=arm_id,
+            strategy=config.strategy,
+            strategy_params=config.strategy_params,
+            propensity=propensity,
+            config_version=config.version,
+            snapshot_version=entry.state.version,
+            degraded=degraded,
+        )
+        await rt.producer.publish_nowait(rt.topics.decisions, event)
+        body = {
+            "experiment_id": experiment_id,
+            "arm_id": arm_id,
+            "strategy": config.strategy,
+            "metadata": {"arms": entry.arm_list},
+            "decision_id": decision_id,
+            "propensity": propensity,
+        }
+        return Response(orjson.dumps(body), media_type="application/json")
+
+    @app.post(
+        "/reward",
+        response_model=RewardPublic,
+        tags=["decisions"],
+        summary="Report a reward",
+        description="Validates the reward against the current config (same rule as the "
+        "consumer), logs `RewardObserved` and answers after Kafka's ack; statistics are "
+        "updated asynchronously by the reward consumer. With `decision_id` the reward "
+        "joins its decision, counts once, and must name the decision's arm.",
+        responses={
+            404: _E404,
+            422: _E422,
+            503: {
+                "model": ErrorPublic,
+                "description": "Not recorded; retry (with the same event_id to stay idempotent).",
+                "content": {
+                    "application/json": {
+                        "example": {"detail": "reward not recorded: event log unavailable, retry"}
+                    }
+                },
+            },
+        },
+    )
+    async def reward(body: RewardCreate, rt: RuntimeDep) -> RewardPublic:
+        fields: dict[str, Any] = {
+            "experiment_id": body.experiment_id,
+            "arm_id": body.arm_id,
+            "reward": body.reward,
+            "decision_id": body.decision_id,
+            "source": "api",
+        }
+        if body.event_id is not None:
+            fields["event_id"] = body.event_id
+        event = RewardObserved(**fields)
+        entry, _ = await rt.cache.get(body.experiment_id)
+        config = entry.config if entry is not None else None
+        reason = reward_rejection(config, event)
+        if reason is not None and reason != "bad_decision_id":
+            # The cache may predate an arm added on another process: ask Redis before
+            # rejecting (only on this rare path).
+            rt.cache.invalidate(body.experiment_id)
+            config = await rt.store.get_config(body.experiment_id)
+            reason = reward_rejection(config, event)
+        if reason is not None or config is None:
+            raise _reward_rejected(reason or "unknown_experiment", event, config)
+        try:
+            await rt.producer.publish(rt.topics.rewards, event)
+        except EventLogUnavailableError as exc:
+            log.error("reward for %s not logged: %s", body.experiment_id, exc)
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE,
+                "reward not recorded: event log unavailable, retry",
+            ) from None
+        return RewardPublic(
+            experiment_id=event.experiment_id,
+            arm_id=event.arm_id,
+            strategy=config.strategy,
+            event_id=event.event_id,
+        )
+
+    @app.get(
+        "/experiments/{experiment_id}/stats",
+        response_model=StatsPublic,
+        tags=["experiments"],
+        summary="Arm statistics",
+        description="Per arm in config order: rewards observed (pulls), reward sum, mean, "
+        "decisions served and the current propensity; read fresh from Redis (no cache).",
+        responses={404: _E404},
+    )
+    async def stats(experiment_id: ExperimentIdPath, rt: RuntimeDep) -> StatsPublic:
+        config_raw, snap_raw = await rt.store.get_config_and_snapshot(experiment_id)
+        if config_raw is None:
+            raise _not_found(experiment_id)
+        config = ExperimentConfig.model_validate_json(config_raw)
+        state = ExperimentState.from_snapshot(snap_raw, experiment_id)
+        arm_stats = state.stats_for(config.arm_ids)
+        props = rt.cache.propensities(config, arm_stats, time.time())
+        return StatsPublic(
+            experiment_id=experiment_id,
+            strategy=config.strategy,
+            strategy_params=dict(config.strategy_params),
+            config_version=config.version,
+            snapshot_version=state.version,
+            arms=[
+                ArmStatsPublic(
+                    arm_id=a,
+                    pulls=s.pulls,
+                    reward_sum=s.reward_sum,
+                    mean=s.mean,
+                    decisions=s.decisions,
+                    propensity=p,
+                )
+                for a, s, p in zip(config.arm_ids, arm_stats, props, strict=True)
+            ],
+            propensities=dict(zip(config.arm_ids, props, strict=True)),
+        )
+
+
+def _reward_rejected(
+    reason: str, event: RewardObserved, config: ExperimentConfig | None
+) -> HTTPException:
+    if reason == "unknown_experiment" or config is None:
+        return _not_found(event.experiment_id)
+    if reason == "unknown_arm":
+        msg = (
+            f"arm {event.arm_id!r} is not in experiment {event.experiment_id!r}; "
+            f"arms: {list(config.arm_ids)}"
+        )
+    elif reason == "arm_mismatch":
+        index = arm_index_of(event.decision_id or "")
+        served = config.arm_ids[index] if index is not None and index < len(config.arm_ids) else "?"
+        msg = (
+            f"decision {event.decision_id!r} served arm {served!r}, "
+            f"but the reward names {event.arm_id!r}"
+        )
+    elif reason == "bad_decision_id":
+        msg = f"decision_id {event.decision_id!r} was not issued by this service"
+    else:
+        msg = f"reward rejected: {reason}"
+    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, msg)
+
+
+app = create_app()

@@ -1,0 +1,380 @@
+"""Request and response schemas of the decider's HTTP API.
+
+The shapes are the seed contract; fields we add (``version``, ``decision_id``,
+``propensity``, ``event_id``) are additive, so seed clients keep working. Requests are
+strict (unknown fields, NaN rewards, unsafe ids and unknown strategies are 422) because
+whatever passes here becomes an immutable event in the log.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from bandit_core.strategies import STRATEGIES, normalize_strategy_name, validate_params
+from schemas.events import ExperimentConfig
+from schemas.ids import ID_PATTERN, MAX_ARMS, ArmId, ExperimentId
+
+_ID_DOC = "1-120 characters of `A-Z a-z 0-9 . _ -`, starting with a letter or digit."
+
+ExperimentIdField = Annotated[ExperimentId, Field(description=f"Experiment id: {_ID_DOC}")]
+ArmIdField = Annotated[ArmId, Field(description=f"Arm id: {_ID_DOC}")]
+RewardValue = Annotated[
+    float,
+    Field(
+        ge=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        strict=True,
+        description="Finite number in [0, 1]: 1.0 converted, 0.0 did not, partial credit between.",
+    ),
+]
+StrategyParams = Annotated[
+    dict[str, Any] | None,
+    Field(description="Strategy parameters, e.g. `epsilon` for epsilon_greedy, `seed`."),
+]
+EventIdField = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=64,
+        pattern=ID_PATTERN,
+        description="Optional idempotency key: retries with the same event_id count once.",
+    ),
+]
+
+
+def normalize_known_strategy(value: str) -> str:
+    """Canonical strategy name, or ``ValueError`` listing the known ones."""
+    try:
+        name = normalize_strategy_name(value)
+    except ValueError:
+        name = value
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {value!r}; known strategies: {sorted(STRATEGIES)}")
+    return name
+
+
+def _unique(ids: list[str], what: str) -> list[str]:
+    dup = sorted(k for k, n in Counter(ids).items() if n > 1)
+    if dup:
+        raise ValueError(f"{what} must be unique; duplicated: {dup}")
+    return ids
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _StrategyRequest(_Request):
+    """Normalises the strategy name and validates its params before anything is stored."""
+
+    @field_validator("strategy", mode="before", check_fields=False)
+    @classmethod
+    def _strategy(cls, v: object) -> object:
+        return normalize_known_strategy(v) if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _params(self) -> _StrategyRequest:
+        strategy: str | None = getattr(self, "strategy", None)
+        if strategy is not None:
+            params = validate_params(strategy, dict(getattr(self, "strategy_params", None) or {}))
+            object.__setattr__(self, "strategy_params", params)
+        return self
+
+
+class ExperimentCreate(_StrategyRequest):
+    """Body of ``POST /experiments``."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "experiment_id": "cta-button-test",
+                    "arm_ids": ["blue-button", "green-button", "red-button"],
+                    "strategy": "thompson",
+                    "strategy_params": {"seed": 42},
+                }
+            ]
+        }
+    )
+
+    experiment_id: ExperimentIdField
+    arm_ids: list[ArmIdField] = Field(
+        min_length=2, max_length=MAX_ARMS, description=f"2..{MAX_ARMS} unique arm ids."
+    )
+    strategy: str | None = Field(
+        default=None,
+        description="`thompson`, `ucb1` or `epsilon_greedy` (seed spellings accepted); "
+        "defaults to the server's ACTIVE_STRATEGY.",
+    )
+    strategy_params: StrategyParams = None
+
+    @field_validator("arm_ids")
+    @classmethod
+    def _unique_arms(cls, v: list[str]) -> list[str]:
+        return _unique(v, "arm_ids")
+
+
+class ArmsAdd(_Request):
+    """Body of ``POST /experiments/{experiment_id}/arms``."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"arm_ids": ["orange-button", "purple-button"]}]}
+    )
+
+    arm_ids: list[ArmIdField] = Field(
+        min_length=1, max_length=MAX_ARMS, description="New, unique arm ids, appended in order."
+    )
+
+    @field_validator("arm_ids")
+    @classmethod
+    def _unique_arms(cls, v: list[str]) -> list[str]:
+        return _unique(v, "arm_ids")
+
+
+class ConfigUpdate(_StrategyRequest):
+    """Body of ``POST /config``: hot-swap the strategy; arm statistics are kept."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"experiment_id": "cta-button-test", "strategy": "ucb1", "strategy_params": {}}
+            ]
+        }
+    )
+
+    experiment_id: ExperimentIdField
+    strategy: str = Field(description="`thompson`, `ucb1` or `epsilon_greedy`.")
+    strategy_params: StrategyParams = None
+
+
+class RewardCreate(_Request):
+    """Body of ``POST /reward``."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"experiment_id": "cta-button-test", "arm_id": "green-button", "reward": 1.0},
+                {
+                    "experiment_id": "cta-button-test",
+                    "arm_id": "green-button",
+                    "reward": 0.0,
+                    "decision_id": "9f1c0e5a7b3d4c2e8f6a1b0c9d8e7f6a.1",
+                },
+            ]
+        }
+    )
+
+    experiment_id: ExperimentIdField
+    arm_id: ArmIdField
+    reward: RewardValue
+    decision_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="The decision this reward answers (from GET /decision): joins, "
+        "deduplicates (one reward per decision) and must name the same arm.",
+    )
+    event_id: EventIdField | None = None
+
+
+# --------------------------------------------------------------------------- responses
+
+
+class ExperimentPublic(BaseModel):
+    """An experiment's configuration (seed shape plus ``version``)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "experiment_id": "cta-button-test",
+                    "arm_ids": ["blue-button", "green-button", "red-button"],
+                    "strategy": "thompson",
+                    "strategy_params": {},
+                    "version": 1,
+                }
+            ]
+        }
+    )
+
+    experiment_id: str
+    arm_ids: list[str]
+    strategy: str
+    strategy_params: dict[str, Any]
+    version: int = Field(description="Bumped by every accepted command (create = 1).")
+
+    @classmethod
+    def of(cls, config: ExperimentConfig) -> ExperimentPublic:
+        return cls(
+            experiment_id=config.experiment_id,
+            arm_ids=list(config.arm_ids),
+            strategy=config.strategy,
+            strategy_params=dict(config.strategy_params),
+            version=config.version,
+        )
+
+
+class ExperimentList(BaseModel):
+    """All experiments in creation order."""
+
+    experiments: list[ExperimentPublic]
+
+
+class ConfigPublic(BaseModel):
+    """Result of a strategy hot-swap (seed shape plus ``version``)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "experiment_id": "cta-button-test",
+                    "strategy": "ucb1",
+                    "strategy_params": {},
+                    "version": 3,
+                }
+            ]
+        }
+    )
+
+    experiment_id: str
+    strategy: str
+    strategy_params: dict[str, Any]
+    version: int
+
+
+class DecisionMetadata(BaseModel):
+    arms: list[str] = Field(description="The experiment's arms in insertion order.")
+
+
+class DecisionPublic(BaseModel):
+    """One decision (seed shape plus ``decision_id`` and ``propensity``)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "experiment_id": "cta-button-test",
+                    "arm_id": "green-button",
+                    "strategy": "thompson",
+                    "metadata": {"arms": ["blue-button", "green-button", "red-button"]},
+                    "decision_id": "9f1c0e5a7b3d4c2e8f6a1b0c9d8e7f6a.1",
+                    "propensity": 0.41,
+                }
+            ]
+        }
+    )
+
+    experiment_id: str
+    arm_id: str
+    strategy: str
+    metadata: DecisionMetadata
+    decision_id: str = Field(description="Send it back with the reward to join the two.")
+    propensity: float = Field(description="P(policy picks this arm | snapshot), for OPE.")
+
+
+class RewardPublic(BaseModel):
+    """A reward accepted into the event log (seed shape plus ``event_id``)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "status": "ok",
+                    "experiment_id": "cta-button-test",
+                    "arm_id": "green-button",
+                    "strategy": "thompson",
+                    "event_id": "3b8e5a0c2d1f4e6a9b7c8d0e1f2a3b4c",
+                }
+            ]
+        }
+    )
+
+    status: Literal["ok"] = "ok"
+    experiment_id: str
+    arm_id: str
+    strategy: str
+    event_id: str
+
+
+class ArmStatsPublic(BaseModel):
+    arm_id: str
+    pulls: int = Field(description="Rewards observed.")
+    reward_sum: float
+    mean: float = Field(description="reward_sum / pulls (0 when no pulls).")
+    decisions: int = Field(description="Decisions served (folded from the decisions topic).")
+    propensity: float = Field(description="Current probability that the policy picks it.")
+
+
+class StatsPublic(BaseModel):
+    """Folded statistics of one experiment, read fresh from Redis."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "experiment_id": "cta-button-test",
+                    "strategy": "thompson",
+                    "strategy_params": {},
+                    "config_version": 1,
+                    "snapshot_version": 12,
+                    "arms": [
+                        {
+                            "arm_id": "blue-button",
+                            "pulls": 4,
+                            "reward_sum": 1.0,
+                            "mean": 0.25,
+                            "decisions": 5,
+                            "propensity": 0.3,
+                        },
+                        {
+                            "arm_id": "green-button",
+                            "pulls": 3,
+                            "reward_sum": 2.0,
+                            "mean": 0.6667,
+                            "decisions": 7,
+                            "propensity": 0.7,
+                        },
+                    ],
+                    "propensities": {"blue-button": 0.3, "green-button": 0.7},
+                }
+            ]
+        }
+    )
+
+    experiment_id: str
+    strategy: str
+    strategy_params: dict[str, Any]
+    config_version: int
+    snapshot_version: int = Field(description="Events folded so far (0: none yet).")
+    arms: list[ArmStatsPublic]
+    propensities: dict[str, float]
+
+
+class HealthPublic(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ok"}]})
+
+    status: Literal["ok"] = "ok"
+
+
+class ReadyPublic(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"status": "ready", "redis": "ok", "kafka": "ok"}]}
+    )
+
+    status: Literal["ready", "not_ready"]
+    redis: str
+    kafka: str
+
+
+class ErrorPublic(BaseModel):
+    """Every non-validation error: a human-readable ``detail``."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"detail": "experiment 'cta-button-test' not found"}]}
+    )
+
+    detail: str

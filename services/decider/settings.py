@@ -1,0 +1,95 @@
+"""The decider's configuration: one frozen settings object, validated at start-up.
+
+Everything the process needs is read once from the environment (the seed's variable
+names are kept: ``REDIS_URL``, ``ACTIVE_STRATEGY``, ``LOG_LEVEL``), so a typo or an
+unknown strategy fails the start instead of the first request.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bandit_core.strategies import STRATEGIES, normalize_strategy_name
+
+
+def _env(name: str, env: str) -> AliasChoices:
+    """Accept the field name (constructor, tests) and the documented env variable."""
+    return AliasChoices(name, env)
+
+
+class DeciderSettings(BaseSettings):
+    """Settings of the decider service (env variables in brackets)."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+    redis_url: str = Field(
+        default="redis://localhost:6379/0", validation_alias=_env("redis_url", "REDIS_URL")
+    )
+    kafka_bootstrap_servers: str = Field(
+        default="localhost:9092",
+        validation_alias=_env("kafka_bootstrap_servers", "KAFKA_BOOTSTRAP_SERVERS"),
+    )
+    active_strategy: str = Field(
+        default="thompson",
+        validation_alias=_env("active_strategy", "ACTIVE_STRATEGY"),
+        description="Strategy of experiments created without one (seed: UCB1, THOMPSON, ...).",
+    )
+    log_level: Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"] = Field(
+        default="INFO", validation_alias=_env("log_level", "LOG_LEVEL")
+    )
+    topic_prefix: str = Field(default="", validation_alias=_env("topic_prefix", "MAB_TOPIC_PREFIX"))
+    redis_prefix: str = Field(default="", validation_alias=_env("redis_prefix", "MAB_REDIS_PREFIX"))
+    api_host: str = Field(default="0.0.0.0", validation_alias=_env("api_host", "MAB_API_HOST"))
+    api_port: int = Field(
+        default=8000, ge=1, le=65535, validation_alias=_env("api_port", "MAB_API_PORT")
+    )
+    snapshot_max_staleness_s: float = Field(
+        default=0.25,
+        ge=0.0,
+        le=60.0,
+        validation_alias=_env("snapshot_max_staleness_s", "MAB_SNAPSHOT_MAX_STALENESS_S"),
+        description="How old a cached config+snapshot may be before a decision re-reads Redis.",
+    )
+    snapshot_degraded_max_age_s: float = Field(
+        default=30.0,
+        ge=0.0,
+        description="While Redis is down, keep deciding from a cached snapshot this old "
+        "(events flagged degraded) instead of answering 503.",
+    )
+    cache_max_experiments: int = Field(default=10_000, ge=1)
+    propensity_samples: int = Field(
+        default=1000, ge=1, le=100_000, description="Monte Carlo draws per snapshot (Thompson)."
+    )
+    kafka_send_timeout_s: float = Field(
+        default=5.0, gt=0.0, description="Wait for the broker ack of commands and rewards."
+    )
+    kafka_enqueue_timeout_s: float = Field(
+        default=0.1,
+        gt=0.0,
+        description="Max time a decision waits to enqueue its event (never for the ack).",
+    )
+    kafka_linger_ms: int = Field(default=5, ge=0, le=1000)
+    kafka_start_timeout_s: float = Field(
+        default=30.0, gt=0.0, description="Keep retrying the first broker connection this long."
+    )
+    redis_socket_timeout_s: float = Field(default=2.0, gt=0.0)
+    ready_timeout_s: float = Field(default=1.0, gt=0.0)
+
+    @field_validator("active_strategy")
+    @classmethod
+    def _known_strategy(cls, v: str) -> str:
+        try:
+            name = normalize_strategy_name(v)
+        except ValueError:
+            name = v
+        if name not in STRATEGIES:
+            raise ValueError(f"unknown strategy {v!r}; known: {sorted(STRATEGIES)}")
+        return name
+
+    @property
+    def kafka_request_timeout_ms(self) -> int:
+        """aiokafka's own request timeout, bounded by our send timeout."""
+        return int(self.kafka_send_timeout_s * 1000)

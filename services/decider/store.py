@@ -1,0 +1,237 @@
+"""Redis access of the decider: experiment configs (the registry) and snapshot reads.
+
+The config key of an experiment holds the JSON of :class:`schemas.events.ExperimentConfig`
+and is written only by the three command scripts below. Each script reads, checks and
+writes that one key atomically, so concurrent creates cannot both win and concurrent
+add-arms cannot lose an arm (the seed's read-modify-write in Python lost both). Every
+script touches only the keys of one experiment (one hash tag, one Cluster slot).
+
+The events are built from the JSON a script returns, never from a Python-side copy, so
+Redis and the log always hold the same config.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+from schemas.events import ExperimentConfig
+from schemas.redis_keys import RedisKeys
+
+# KEYS[1] config; ARGV[1] config JSON. SET NX in a script for symmetry with the others.
+_CREATE: Final = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX') then return 1 end
+return 0
+"""
+
+# Shared by the two update scripts. cjson re-encodes numbers with only 14 significant
+# digits (a 2**62 seed or a microsecond timestamp would silently change), so the new
+# JSON is spliced together from the stored *text* of the numeric fields, in the field
+# order pydantic writes; cjson only decodes (ids, version) and encodes strings/arrays of
+# ids, which is exact. A config written in another layout still works via the fallback.
+_LUA_HELPERS: Final = """
+local function field_raw(raw, name, next_name)
+  local key = '"' .. name .. '":'
+  local s = string.find(raw, key, 1, true)
+  if not s then return nil end
+  local e = string.find(raw, ',"' .. next_name .. '":', s, true)
+  if not e then return nil end
+  return string.sub(raw, s + #key, e - 1)
+end
+local function build(cfg, raw, params_raw, now)
+  params_raw = params_raw or field_raw(raw, 'strategy_params', 'version')
+    or cjson.encode(cfg.strategy_params)
+  local created_raw = field_raw(raw, 'created_ts', 'updated_ts') or cjson.encode(cfg.created_ts)
+  return '{"experiment_id":' .. cjson.encode(cfg.experiment_id)
+    .. ',"arm_ids":' .. cjson.encode(cfg.arm_ids)
+    .. ',"strategy":' .. cjson.encode(cfg.strategy)
+    .. ',"strategy_params":' .. params_raw
+    .. ',"version":' .. string.format('%d', cfg.version)
+    .. ',"created_ts":' .. created_raw
+    .. ',"updated_ts":' .. now .. '}'
+end
+"""
+
+# KEYS[1] config; ARGV[1] JSON list of new arms, ARGV[2] max arms, ARGV[3] now.
+# Returns {'ok', new_json, previous_json} | {'missing'} | {'exists', json list} |
+# {'too_many', current count}.
+_ADD_ARMS: Final = (
+    _LUA_HELPERS
+    + """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return {'missing'} end
+local cfg = cjson.decode(raw)
+local new = cjson.decode(ARGV[1])
+local present = {}
+for _, a in ipairs(cfg.arm_ids) do present[a] = true end
+local dup = {}
+for _, a in ipairs(new) do
+  if present[a] then dup[#dup + 1] = a end
+end
+if #dup > 0 then return {'exists', cjson.encode(dup)} end
+if #cfg.arm_ids + #new > tonumber(ARGV[2]) then return {'too_many', tostring(#cfg.arm_ids)} end
+for _, a in ipairs(new) do cfg.arm_ids[#cfg.arm_ids + 1] = a end
+cfg.version = cfg.version + 1
+local out = build(cfg, raw, nil, ARGV[3])
+redis.call('SET', KEYS[1], out)
+return {'ok', out, raw}
+"""
+)
+
+# KEYS[1] config; ARGV[1] strategy, ARGV[2] params JSON object, ARGV[3] now.
+# Returns {'ok', new_json, previous_json} | {'missing'}.
+_SET_STRATEGY: Final = (
+    _LUA_HELPERS
+    + """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return {'missing'} end
+local cfg = cjson.decode(raw)
+cfg.strategy = ARGV[1]
+cfg.version = cfg.version + 1
+local out = build(cfg, raw, ARGV[2], ARGV[3])
+redis.call('SET', KEYS[1], out)
+return {'ok', out, raw}
+"""
+)
+
+# Compensation when the event could not be logged. KEYS[1] config; ARGV[1] the JSON we
+# wrote, ARGV[2] the JSON to restore ('' = delete). Only if nobody wrote since (CAS on
+# the exact bytes), so a later accepted command is never undone.
+_ROLLBACK: Final = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] == '' then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1], ARGV[2]) end
+return 1
+"""
+
+
+def now_ts() -> float:
+    return time.time()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _bytes(value: bytes | str | None) -> bytes | None:
+    return value.encode() if isinstance(value, str) else value
+
+
+class ExperimentMissingError(LookupError):
+    pass
+
+
+class ArmsExistError(ValueError):
+    def __init__(self, arm_ids: list[str]) -> None:
+        super().__init__(f"arms already present: {arm_ids}")
+        self.arm_ids = arm_ids
+
+
+class TooManyArmsError(ValueError):
+    def __init__(self, current: int) -> None:
+        super().__init__(f"too many arms (experiment has {current})")
+        self.current = current
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResult:
+    """A config written by a command script, with what is needed to undo it."""
+
+    config: ExperimentConfig
+    raw: str  # the exact JSON now stored
+    previous_raw: str  # '' for a create
+
+
+class ConfigStore:
+    """Typed wrapper around the command scripts and the reads of the decider."""
+
+    def __init__(self, redis: Redis, keys: RedisKeys) -> None:
+        self.redis = redis
+        self.keys = keys
+        self._create: AsyncScript = redis.register_script(_CREATE)
+        self._add_arms: AsyncScript = redis.register_script(_ADD_ARMS)
+        self._set_strategy: AsyncScript = redis.register_script(_SET_STRATEGY)
+        self._rollback: AsyncScript = redis.register_script(_ROLLBACK)
+
+    async def create(self, config: ExperimentConfig) -> CommandResult | None:
+        """Store a new config; ``None`` when the experiment already exists."""
+        raw = config.model_dump_json()
+        ok = await self._create(
+            keys=[self.keys.experiment(config.experiment_id).config], args=[raw]
+        )
+        if not int(ok):
+            return None
+        return CommandResult(config, raw, "")
+
+    async def add_to_index(self, config: ExperimentConfig) -> None:
+        """List membership lives in its own key (own slot), hence not in the script."""
+        await self.redis.zadd(self.keys.index, {config.experiment_id: config.created_ts}, nx=True)
+
+    async def remove_from_index(self, experiment_id: str) -> None:
+        await self.redis.zrem(self.keys.index, experiment_id)
+
+    async def add_arms(
+        self, experiment_id: str, arm_ids: list[str], max_arms: int
+    ) -> CommandResult:
+        res = await self._add_arms(
+            keys=[self.keys.experiment(experiment_id).config],
+            args=[orjson.dumps(arm_ids), max_arms, repr(now_ts())],
+        )
+        return self._result(res)
+
+    async def set_strategy(
+        self, experiment_id: str, strategy: str, params: dict[str, Any]
+    ) -> CommandResult:
+        res = await self._set_strategy(
+            keys=[self.keys.experiment(experiment_id).config],
+            args=[strategy, orjson.dumps(params), repr(now_ts())],
+        )
+        return self._result(res)
+
+    def _result(self, res: list[Any]) -> CommandResult:
+        status = _text(res[0])
+        if status == "ok":
+            raw = _text(res[1])
+            return CommandResult(ExperimentConfig.model_validate_json(raw), raw, _text(res[2]))
+        if status == "missing":
+            raise ExperimentMissingError
+        if status == "exists":
+            raise ArmsExistError(orjson.loads(res[1]))
+        if status == "too_many":
+            raise TooManyArmsError(int(res[1]))
+        raise RuntimeError(f"unexpected script reply {res!r}")  # pragma: no cover
+
+    async def rollback(self, experiment_id: str, result: CommandResult) -> bool:
+        """Undo ``result`` if the config is still exactly what it wrote."""
+        done = await self._rollback(
+            keys=[self.keys.experiment(experiment_id).config],
+            args=[result.raw, result.previous_raw],
+        )
+        return bool(int(done))
+
+    async def get_config(self, experiment_id: str) -> ExperimentConfig | None:
+        raw = await self.redis.get(self.keys.experiment(experiment_id).config)
+        return None if raw is None else ExperimentConfig.model_validate_json(raw)
+
+    async def get_config_and_snapshot(
+        self, experiment_id: str
+    ) -> tuple[bytes | None, bytes | None]:
+        """One round trip (same hash slot): the raw config and snapshot blobs."""
+        keys = self.keys.experiment(experiment_id)
+        config_raw, snap_raw = await self.redis.mget([keys.config, keys.snapshot])
+        return _bytes(config_raw), _bytes(snap_raw)
+
+    async def list_configs(self, offset: int, limit: int) -> list[ExperimentConfig]:
+        """Configs in creation order. One pipeline, not MGET: the keys span slots."""
+        ids = await self.redis.zrange(self.keys.index, offset, offset + limit - 1)
+        if not ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for exp_id in ids:
+                pipe.get(self.keys.experiment(_text(exp_id)).config)
+            raws = await pipe.execute()
+        return [ExperimentConfig.model_validate_json(r) for r in raws if r is not None]

@@ -1,0 +1,402 @@
+"""The decider against a real Kafka broker and Redis (in-process ASGI, real I/O).
+
+Each test gets its own topic and key prefix (``ns``), so tests never see each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+from aiokafka import AIOKafkaConsumer
+
+from schemas.codec import decode
+from schemas.events import DecisionMade, ExperimentCreated, RewardObserved
+from schemas.topics import TopicNames
+from services.decider.app import create_app
+from services.decider.settings import DeciderSettings
+
+pytestmark = pytest.mark.integration
+
+ARMS = ["blue-button", "green-button", "red-button"]
+
+
+@pytest_asyncio.fixture
+async def client(
+    kafka_bootstrap: str, redis_url: str, ns: str, topics: dict[str, int]
+) -> AsyncIterator[httpx.AsyncClient]:
+    settings = DeciderSettings(
+        redis_url=redis_url,
+        kafka_bootstrap_servers=kafka_bootstrap,
+        topic_prefix=ns,
+        redis_prefix=ns,
+    )
+    app = create_app(settings)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://decider", timeout=30
+        ) as c,
+    ):
+        yield c
+
+
+async def _create(c: httpx.AsyncClient, exp: str, **extra: Any) -> httpx.Response:
+    return await c.post("/experiments", json={"experiment_id": exp, "arm_ids": ARMS, **extra})
+
+
+async def _consume(
+    bootstrap: str, topic: str, exp: str, want: int, wait_s: float = 30.0
+) -> list[Any]:
+    """Every event of ``exp`` in ``topic`` from the beginning, until ``want`` are seen."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+    )
+    await consumer.start()
+    events: list[Any] = []
+    try:
+        deadline = time.monotonic() + wait_s
+        while len(events) < want and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=500)
+            for records in batches.values():
+                for rec in records:
+                    assert rec.key == exp.encode()
+                    event = decode(rec.value)
+                    if event.experiment_id == exp:
+                        events.append(event)
+        # Linger briefly to catch duplicates beyond the expected count.
+        for records in (await consumer.getmany(timeout_ms=300)).values():
+            events.extend(e for e in (decode(r.value) for r in records) if e.experiment_id == exp)
+    finally:
+        await consumer.stop()
+    return events
+
+
+async def test_health_and_ready(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/health")).json() == {"status": "ok"}
+    r = await client.get("/ready")
+    assert r.status_code == 200, r.text
+    assert r.json() == {"status": "ready", "redis": "ok", "kafka": "ok"}
+
+
+async def test_seed_workflow(client: httpx.AsyncClient, ns: str) -> None:
+    exp = f"{ns}cta-button-test"
+    r = await _create(client, exp, strategy="thompson")
+    assert r.status_code == 201, r.text
+    assert r.json() == {
+        "experiment_id": exp,
+        "arm_ids": ARMS,
+        "strategy": "thompson",
+        "strategy_params": {},
+        "version": 1,
+    }
+    assert (await client.get(f"/experiments/{exp}")).json()["arm_ids"] == ARMS
+    listed = (await client.get("/experiments")).json()
+    assert [e["experiment_id"] for e in listed] == [exp]
+
+    r = await client.get("/decision", params={"experiment_id": exp})
+    assert r.status_code == 200, r.text
+    d = r.json()
+    assert d["experiment_id"] == exp
+    assert d["arm_id"] in ARMS
+    assert d["strategy"] == "thompson"
+    assert d["metadata"] == {"arms": ARMS}
+    assert d["decision_id"].endswith(f".{ARMS.index(d['arm_id'])}")
+    assert d["propensity"] == pytest.approx(1 / 3)
+
+    r = await client.post(
+        "/reward", json={"experiment_id": exp, "arm_id": "green-button", "reward": 1.0}
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert {k: body[k] for k in ("status", "experiment_id", "arm_id", "strategy")} == {
+        "status": "ok",
+        "experiment_id": exp,
+        "arm_id": "green-button",
+        "strategy": "thompson",
+    }
+    assert body["event_id"]
+    r = await client.post(
+        "/reward",
+        json={
+            "experiment_id": exp,
+            "arm_id": d["arm_id"],
+            "reward": 0.0,
+            "decision_id": d["decision_id"],
+        },
+    )
+    assert r.status_code == 200, r.text
+
+    r = await client.post(f"/experiments/{exp}/arms", json={"arm_ids": ["orange-button", "purple"]})
+    assert r.status_code == 200, r.text
+    assert r.json()["arm_ids"] == [*ARMS, "orange-button", "purple"]
+    assert r.json()["version"] == 2
+    # The new arm is decidable and rewardable at once (cache invalidated by the command).
+    r = await client.post("/reward", json={"experiment_id": exp, "arm_id": "purple", "reward": 1})
+    assert r.status_code == 200, r.text
+    assert (await client.get("/decision", params={"experiment_id": exp})).json()["metadata"][
+        "arms"
+    ] == [*ARMS, "orange-button", "purple"]
+
+    r = await client.post("/config", json={"experiment_id": exp, "strategy": "UCB1"})
+    assert r.status_code == 200, r.text
+    assert r.json() == {
+        "experiment_id": exp,
+        "strategy": "ucb1",
+        "strategy_params": {},
+        "version": 3,
+    }
+    assert (await client.get(f"/experiments/{exp}")).json()["strategy"] == "ucb1"
+
+    stats = await client.get(f"/experiments/{exp}/stats")
+    assert stats.status_code == 200, stats.text
+    s = stats.json()
+    assert [a["arm_id"] for a in s["arms"]] == [*ARMS, "orange-button", "purple"]
+    assert s["strategy"] == "ucb1"
+    assert sum(a["propensity"] for a in s["arms"]) == pytest.approx(1.0)
+
+    # Seed error statuses.
+    assert (await client.get(f"/experiments/{ns}nope")).status_code == 404
+    r = await client.get("/decision", params={"experiment_id": f"{ns}nope"})
+    assert r.status_code == 404
+    assert "not found" in r.json()["detail"]
+    assert (await client.get(f"/experiments/{ns}nope/stats")).status_code == 404
+    r = await client.post(
+        "/reward", json={"experiment_id": f"{ns}nope", "arm_id": "a", "reward": 1.0}
+    )
+    assert r.status_code == 404
+    assert (
+        await client.post(f"/experiments/{ns}nope/arms", json={"arm_ids": ["z"]})
+    ).status_code == 404
+    r = await client.post("/config", json={"experiment_id": f"{ns}nope", "strategy": "ucb1"})
+    assert r.status_code == 404
+    r = await client.post("/experiments", json={"experiment_id": exp, "arm_ids": ["a", "b"]})
+    assert r.status_code == 409
+    r = await client.post(f"/experiments/{exp}/arms", json={"arm_ids": ["new", "purple"]})
+    assert r.status_code == 409
+    assert "purple" in r.json()["detail"]
+    assert len((await client.get(f"/experiments/{exp}")).json()["arm_ids"]) == 5
+    assert (await client.get("/decision")).status_code == 422
+
+
+async def test_default_strategy_comes_from_settings(client: httpx.AsyncClient, ns: str) -> None:
+    r = await client.post("/experiments", json={"experiment_id": f"{ns}d", "arm_ids": ["a", "b"]})
+    assert r.status_code == 201
+    assert r.json()["strategy"] == "thompson"
+
+
+async def test_racing_creates_have_exactly_one_winner(client: httpx.AsyncClient, ns: str) -> None:
+    exp = f"{ns}race"
+    results = await asyncio.gather(
+        *(
+            client.post("/experiments", json={"experiment_id": exp, "arm_ids": [f"a{i}", "b"]})
+            for i in range(32)
+        )
+    )
+    codes = sorted(r.status_code for r in results)
+    assert codes == [201] + [409] * 31
+    winner = next(r for r in results if r.status_code == 201).json()
+    assert (await client.get(f"/experiments/{exp}")).json() == winner
+
+
+async def test_concurrent_add_arms_lose_nothing(client: httpx.AsyncClient, ns: str) -> None:
+    exp = f"{ns}arms"
+    assert (
+        await client.post("/experiments", json={"experiment_id": exp, "arm_ids": ["a", "b"]})
+    ).status_code == 201
+    new = [f"n{i}" for i in range(40)]
+    results = await asyncio.gather(
+        *(client.post(f"/experiments/{exp}/arms", json={"arm_ids": [a]}) for a in new)
+    )
+    assert all(r.status_code == 200 for r in results), [r.text for r in results]
+    final = (await client.get(f"/experiments/{exp}")).json()
+    assert len(final["arm_ids"]) == 42
+    assert final["version"] == 41
+    # Order of acceptance = order of versions; each response saw its own arm appended last.
+    accepted = sorted((r.json() for r in results), key=lambda b: b["version"])
+    assert [b["version"] for b in accepted] == list(range(2, 42))
+    assert final["arm_ids"] == ["a", "b", *(b["arm_ids"][-1] for b in accepted)]
+    assert sorted(final["arm_ids"][2:]) == sorted(new)
+
+
+async def test_invalid_params_store_nothing(client: httpx.AsyncClient, ns: str) -> None:
+    exp = f"{ns}bad-params"
+    for body in (
+        {"strategy": "epsilon_greedy", "strategy_params": {"epsilon": 5}},
+        {"strategy": "thompson", "strategy_params": {"bogus": 1}},
+        {"strategy_params": {"seed": "x"}},
+        {"strategy": "softmax"},
+    ):
+        r = await client.post("/experiments", json={"experiment_id": exp, "arm_ids": ARMS, **body})
+        assert r.status_code == 422, (body, r.text)
+    assert (await client.get(f"/experiments/{exp}")).status_code == 404
+    assert (await client.get("/decision", params={"experiment_id": exp})).status_code == 404
+    assert (await client.get("/experiments")).json() == []
+    # And a hot-swap to invalid params leaves the config as it was.
+    assert (await _create(client, exp)).status_code == 201
+    r = await client.post(
+        "/config",
+        json={
+            "experiment_id": exp,
+            "strategy": "epsilon_greedy",
+            "strategy_params": {"epsilon": -1},
+        },
+    )
+    assert r.status_code == 422
+    assert (await client.get(f"/experiments/{exp}")).json()["version"] == 1
+
+
+@pytest.mark.parametrize("bad", ["a:b", "a*b", "ünïcödé", "x" * 10_000, "", " "])
+async def test_unsafe_ids_are_422(client: httpx.AsyncClient, bad: str) -> None:
+    r = await client.post("/experiments", json={"experiment_id": bad, "arm_ids": ["a", "b"]})
+    assert r.status_code == 422
+    assert len(r.content) < 2000  # the 10 kB input is not echoed back
+    r = await client.post("/experiments", json={"experiment_id": "ok-id", "arm_ids": ["a", bad]})
+    assert r.status_code == 422
+    assert (await client.get("/decision", params={"experiment_id": bad})).status_code == 422
+
+
+async def test_reward_validation(client: httpx.AsyncClient, ns: str) -> None:
+    exp = f"{ns}rv"
+    assert (await _create(client, exp)).status_code == 201
+    d = (await client.get("/decision", params={"experiment_id": exp})).json()
+    other = next(a for a in ARMS if a != d["arm_id"])
+    r = await client.post(
+        "/reward",
+        json={
+            "experiment_id": exp,
+            "arm_id": other,
+            "reward": 1.0,
+            "decision_id": d["decision_id"],
+        },
+    )
+    assert r.status_code == 422
+    assert d["arm_id"] in r.json()["detail"]
+    r = await client.post("/reward", json={"experiment_id": exp, "arm_id": "nope", "reward": 1.0})
+    assert r.status_code == 422
+    assert all(a in r.json()["detail"] for a in ARMS)
+    r = await client.post(
+        "/reward",
+        json={
+            "experiment_id": exp,
+            "arm_id": ARMS[0],
+            "reward": 1.0,
+            "decision_id": "not-a-decision",
+        },
+    )
+    assert r.status_code == 422
+    for bad in (1.5, -0.5, "1", True):
+        r = await client.post(
+            "/reward", json={"experiment_id": exp, "arm_id": ARMS[0], "reward": bad}
+        )
+        assert r.status_code == 422, bad
+    r = await client.post(
+        "/reward",
+        content=f'{{"experiment_id": "{exp}", "arm_id": "{ARMS[0]}", "reward": NaN}}',
+        headers={"content-type": "application/json"},
+    )
+    assert r.status_code == 422
+
+
+async def test_every_decision_and_reward_is_logged(
+    client: httpx.AsyncClient, ns: str, kafka_bootstrap: str
+) -> None:
+    exp = f"{ns}logged"
+    names = TopicNames.with_prefix(ns)
+    assert (
+        await _create(
+            client, exp, strategy="epsilon_greedy", strategy_params={"epsilon": 0.2, "seed": 7}
+        )
+    ).status_code == 201
+    decisions = await asyncio.gather(
+        *(client.get("/decision", params={"experiment_id": exp}) for _ in range(50))
+    )
+    served = [r.json() for r in decisions]
+    for i, d in enumerate(served[:20]):
+        r = await client.post(
+            "/reward",
+            json={
+                "experiment_id": exp,
+                "arm_id": d["arm_id"],
+                "reward": i % 2,
+                "decision_id": d["decision_id"],
+            },
+        )
+        assert r.status_code == 200, r.text
+
+    logged = await _consume(kafka_bootstrap, names.decisions, exp, want=50)
+    assert len(logged) == 50
+    assert all(isinstance(e, DecisionMade) for e in logged)
+    by_id = {e.decision_id: e for e in logged}
+    assert set(by_id) == {d["decision_id"] for d in served}
+    for d in served:
+        e = by_id[d["decision_id"]]
+        assert e.arm_id == d["arm_id"]
+        assert e.propensity == pytest.approx(d["propensity"])
+        assert e.strategy == "epsilon_greedy"
+        assert e.strategy_params == {"epsilon": 0.2, "seed": 7}
+        assert e.config_version == 1
+
+    rewards = await _consume(kafka_bootstrap, names.rewards, exp, want=20)
+    assert len(rewards) == 20
+    assert all(isinstance(e, RewardObserved) for e in rewards)
+    assert {e.decision_id for e in rewards} == {d["decision_id"] for d in served[:20]}
+
+    created = await _consume(kafka_bootstrap, names.experiments, exp, want=1)
+    assert len(created) == 1
+    assert isinstance(created[0], ExperimentCreated)
+    assert created[0].config.strategy_params == {"epsilon": 0.2, "seed": 7}
+
+
+async def test_commands_are_logged_with_the_stored_config(
+    client: httpx.AsyncClient, ns: str, kafka_bootstrap: str
+) -> None:
+    exp = f"{ns}cmds"
+    big_seed = 2**62 + 12345  # would not survive a cjson re-encode
+    assert (
+        await _create(client, exp, strategy="thompson", strategy_params={"seed": big_seed})
+    ).status_code == 201
+    r = await client.post(f"/experiments/{exp}/arms", json={"arm_ids": ["x"]})
+    assert r.json()["strategy_params"] == {"seed": big_seed}
+    r = await client.post(
+        "/config",
+        json={
+            "experiment_id": exp,
+            "strategy": "epsilon_greedy",
+            "strategy_params": {"epsilon": 0.123456789012345678},
+        },
+    )
+    assert r.status_code == 200
+    events = await _consume(kafka_bootstrap, TopicNames.with_prefix(ns).experiments, exp, want=3)
+    assert [e.config.version for e in events] == [1, 2, 3]
+    stored = (await client.get(f"/experiments/{exp}")).json()
+    assert events[-1].config.arm_ids == tuple(stored["arm_ids"])
+    assert (
+        events[-1].config.strategy_params
+        == stored["strategy_params"]
+        == {"epsilon": 0.123456789012345678}
+    )
+    assert events[1].config.strategy_params == {"seed": big_seed}
+    assert events[2].previous_strategy == "thompson"
+
+
+async def test_seeded_thompson_spreads_over_untouched_arms(
+    client: httpx.AsyncClient, ns: str
+) -> None:
+    exp = f"{ns}seeded"
+    r = await _create(client, exp, strategy="thompson", strategy_params={"seed": 42})
+    assert r.status_code == 201
+    arms = [
+        (await client.get("/decision", params={"experiment_id": exp})).json()["arm_id"]
+        for _ in range(200)
+    ]
+    assert set(arms) == set(ARMS)
