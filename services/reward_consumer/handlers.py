@@ -1,0 +1,186 @@
+"""The batch handler: decode -> read Redis -> offset filter -> fold -> compare-and-set write.
+
+It knows nothing about Kafka consumers (it receives records, returns a report), so it
+can be driven by the live consumer, by tests with hand-made records, and later by a
+re-drive of the DLQ. Commit ordering lives in :mod:`services.reward_consumer.consumer`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import orjson
+from pydantic import ValidationError
+
+from bandit_core.fold import APPLIED, DUPLICATE, fold_batch
+from schemas.events import ExperimentConfig
+from schemas.topics import TopicNames
+from services.reward_consumer.batch import (
+    Positioned,
+    RecordLike,
+    Rejected,
+    batch_dedupe_keys,
+    build_state,
+    decode_batch,
+    filter_applied,
+    new_offsets,
+)
+from services.reward_consumer.store import ConsumerStore, Loaded, Write
+
+log = logging.getLogger("services.reward_consumer")
+
+#: Where rejected records go. Today: a log line; the DLQ issue plugs a producer in here.
+DeadLetterSink = Callable[[RecordLike, str], Awaitable[None]]
+
+#: A compare-and-set conflict means another consumer wrote the same experiment in
+#: between; after a reload our records are usually already applied. More conflicts in a
+#: row than this means something is badly wrong: fail the batch (it is retried).
+MAX_CAS_ATTEMPTS = 5
+
+
+class CasConflictError(RuntimeError):
+    """An experiment kept changing under us; the batch is retried from the log."""
+
+
+async def log_dead_letter(record: RecordLike, reason: str) -> None:
+    """Default sink: a structured warning (the DLQ producer replaces it later)."""
+    log.warning(
+        "record rejected",
+        extra={
+            "topic": record.topic,
+            "partition": record.partition,
+            "offset": record.offset,
+            "reason": reason,
+        },
+    )
+
+
+@dataclass(slots=True)
+class BatchReport:
+    """What one batch did; the consumer sums these into its running stats."""
+
+    records: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    redelivered: int = 0  # dropped by the offset check (already in the snapshot)
+    conflicts: int = 0
+    experiments_written: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+
+    def add(self, other: BatchReport) -> None:
+        self.records += other.records
+        self.applied += other.applied
+        self.duplicates += other.duplicates
+        self.redelivered += other.redelivered
+        self.conflicts += other.conflicts
+        self.experiments_written += other.experiments_written
+        self.rejected.update(other.rejected)
+
+
+def _parse_config(raw: bytes | None) -> ExperimentConfig | None:
+    if raw is None:
+        return None
+    try:
+        return ExperimentConfig.model_validate(orjson.loads(raw))
+    except (orjson.JSONDecodeError, ValidationError):
+        log.exception("unreadable config key; treating experiment as unknown")
+        return None
+
+
+class BatchHandler:
+    """Folds poll batches into Redis snapshots exactly once (see module docstring)."""
+
+    def __init__(
+        self,
+        store: ConsumerStore,
+        topics: TopicNames,
+        dead_letter: DeadLetterSink = log_dead_letter,
+    ) -> None:
+        self.store = store
+        self.topics = topics
+        self.dead_letter = dead_letter
+
+    def _plan(self, exp: str, items: list[Positioned], loaded: Loaded) -> _Plan:
+        """Offset-filter and fold one experiment's records (no I/O)."""
+        plan = _Plan()
+        fresh, plan.report.redelivered = filter_applied(items, loaded.offsets)
+        if not fresh:
+            return plan
+        config = _parse_config(loaded.config)
+        if config is None:
+            # No config key: the decider writes it before any event of the experiment,
+            # so this is a record for an experiment that does not exist. We write
+            # nothing (a flood of made-up ids must not create keys); a redelivery is
+            # rejected again, which is harmless for a dead-letter queue.
+            plan.rejects = [Rejected(p.record, "unknown_experiment") for p in fresh]
+            return plan
+        state = build_state(exp, config, loaded.snapshot, loaded.seen)
+        result = fold_batch(state, (p.event for p in fresh))
+        for p, outcome in zip(fresh, result.outcomes, strict=True):
+            if outcome == APPLIED:
+                plan.report.applied += 1
+            elif outcome == DUPLICATE:
+                plan.report.duplicates += 1
+            else:
+                plan.rejects.append(Rejected(p.record, outcome))
+        plan.write = Write(
+            experiment_id=exp,
+            snapshot=result.state.snapshot_bytes(),
+            expected=loaded.offsets,
+            new=new_offsets(fresh),
+            new_seen=result.new_seen,
+        )
+        return plan
+
+    async def handle(self, records: Sequence[RecordLike]) -> BatchReport:
+        """Fold one poll batch into Redis. Raises on I/O errors (the caller retries).
+
+        Dead-letters are emitted only once every write of the batch has succeeded, so a
+        batch that fails half-way and is retried does not dead-letter its rejects twice.
+        """
+        report = BatchReport(records=len(records))
+        decoded = decode_batch(records, self.topics.rewards, self.topics.decisions)
+        rejects: list[Rejected] = list(decoded.rejected)
+        pending = decoded.by_experiment
+        for _attempt in range(MAX_CAS_ATTEMPTS):
+            if not pending:
+                break
+            loaded = await self.store.load(
+                {exp: batch_dedupe_keys(items) for exp, items in pending.items()}
+            )
+            plans = {exp: self._plan(exp, items, loaded[exp]) for exp, items in pending.items()}
+            writes = [p.write for p in plans.values() if p.write is not None]
+            conflicted = set(await self.store.write(writes))
+            # Keep the outcome of every experiment whose write landed (or needed none);
+            # only the conflicted ones are re-read and re-folded on the next attempt.
+            for exp, plan in plans.items():
+                if exp in conflicted:
+                    continue
+                report.add(plan.report)
+                report.experiments_written += plan.write is not None
+                rejects.extend(plan.rejects)
+            if conflicted:
+                report.conflicts += len(conflicted)
+                log.warning(
+                    "offset compare-and-set conflict, reloading",
+                    extra={"experiments": sorted(conflicted)},
+                )
+            pending = {exp: pending[exp] for exp in conflicted}
+        if pending:
+            raise CasConflictError(f"experiments kept conflicting: {sorted(pending)}")
+        for r in rejects:
+            report.rejected[r.reason] += 1
+            await self.dead_letter(r.record, r.reason)
+        return report
+
+
+@dataclass(slots=True)
+class _Plan:
+    """One experiment's fold result: the write (if any), its counts and its rejects."""
+
+    write: Write | None = None
+    report: BatchReport = field(default_factory=BatchReport)
+    rejects: list[Rejected] = field(default_factory=list)

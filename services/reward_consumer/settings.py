@@ -1,0 +1,71 @@
+"""Settings of the reward consumer: one frozen class, validated once at start-up.
+
+A bad value (e.g. ``MAX_BATCH_RECORDS=0``) fails the process before it joins the
+consumer group, instead of failing later inside the poll loop.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas.redis_keys import RedisKeys
+from schemas.topics import TopicNames
+
+
+class ConsumerSettings(BaseSettings):
+    """Environment of ``python -m services.reward_consumer``.
+
+    Field names *are* the (case-insensitive) env var names, so there is no alias table
+    to keep in sync with the docs.
+    """
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", case_sensitive=False)
+
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    mab_topic_prefix: str = ""
+    mab_redis_prefix: str = ""
+    log_level: str = "INFO"
+    mab_consumer_group_id: str = Field(default="mab-reward-consumer", min_length=1)
+    #: Upper bound of one poll batch: one Redis read round trip and one write round trip
+    #: are amortised over it, so bigger batches fold faster but redeliver more on a crash.
+    mab_max_batch_records: int = Field(default=2000, ge=1, le=100_000)
+    mab_poll_timeout_ms: int = Field(default=500, ge=1, le=60_000)
+    #: How long the group waits for a silent (crashed) member before giving its partitions
+    #: to another: the bound on how long a SIGKILLed consumer stalls its partitions.
+    mab_session_timeout_ms: int = Field(default=10_000, ge=6_000, le=300_000)
+    #: Pause after a failed batch (Redis down) before the same records are retried.
+    mab_retry_backoff_s: float = Field(default=1.0, gt=0, le=60)
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, v: str) -> str:
+        level = v.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError(f"unknown log level {v!r}")
+        return level
+
+    @property
+    def topics(self) -> TopicNames:
+        return TopicNames.with_prefix(self.mab_topic_prefix)
+
+    @property
+    def keys(self) -> RedisKeys:
+        return RedisKeys(self.mab_redis_prefix)
+
+    @property
+    def group_id(self) -> str:
+        return self.mab_consumer_group_id
+
+    @property
+    def max_batch_records(self) -> int:
+        return self.mab_max_batch_records
+
+    @property
+    def poll_timeout_ms(self) -> int:
+        return self.mab_poll_timeout_ms
+
+    @property
+    def retry_backoff_s(self) -> float:
+        return self.mab_retry_backoff_s

@@ -1,0 +1,187 @@
+"""Redis access of the reward consumer: one read and one write round trip per batch.
+
+Both directions go through Lua scripts that touch only one experiment's hash-tagged
+keys, so each is atomic per experiment (and would run unchanged on a Redis Cluster,
+where a MULTI over several experiments' slots would not). All experiments of a batch
+share one pipeline per direction.
+
+* The read script returns config, snapshot, applied offsets and the scores of the
+  batch's dedupe keys *in one atomic step*: a pipeline of plain GET/HGETALL could
+  interleave with another consumer's write and pair an old snapshot with new offsets,
+  which the compare-and-set below would then wrongly accept.
+* The write script is a compare-and-set on the applied offsets of the partitions the
+  batch touched: if they are not what we read, someone else (the new owner of a
+  partition after a rebalance, while we are a zombie) wrote in between and we must
+  reload and re-fold instead of overwriting their snapshot.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from redis.asyncio import Redis
+
+from bandit_core.fold import DEDUPE_HORIZON_S
+from schemas.redis_keys import ExperimentKeys, RedisKeys
+
+_READ_LUA: Final = """
+local config = redis.call('GET', KEYS[1])
+local snap = redis.call('GET', KEYS[2])
+local offsets = redis.call('HGETALL', KEYS[3])
+local scores = {}
+for i = 1, #ARGV do
+  scores[i] = redis.call('ZSCORE', KEYS[4], ARGV[i])
+end
+return {config, snap, offsets, scores}
+"""
+
+# ARGV: snapshot, prune cutoff ('' = none), n, then n x (field, expected, new), then
+# (score, member) pairs for ZADD. expected '' means "no offset stored yet".
+_WRITE_LUA: Final = """
+local n = tonumber(ARGV[3])
+for i = 0, n - 1 do
+  local cur = redis.call('HGET', KEYS[2], ARGV[4 + 3 * i])
+  if cur == false then cur = '' end
+  if cur ~= ARGV[5 + 3 * i] then
+    return {0, ARGV[4 + 3 * i], cur}
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1])
+for i = 0, n - 1 do
+  redis.call('HSET', KEYS[2], ARGV[4 + 3 * i], ARGV[6 + 3 * i])
+end
+local first = 4 + 3 * n
+local chunk = {}
+for j = first, #ARGV, 2 do
+  chunk[#chunk + 1] = ARGV[j]
+  chunk[#chunk + 1] = ARGV[j + 1]
+  if #chunk >= 1000 then
+    redis.call('ZADD', KEYS[3], unpack(chunk))
+    chunk = {}
+  end
+end
+if #chunk > 0 then
+  redis.call('ZADD', KEYS[3], unpack(chunk))
+end
+if ARGV[2] ~= '' then
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[2])
+end
+return {1}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """What the read script returned for one experiment."""
+
+    config: bytes | None
+    snapshot: bytes | None
+    offsets: dict[str, int]
+    seen: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One experiment's compare-and-set write."""
+
+    experiment_id: str
+    snapshot: bytes
+    expected: Mapping[str, int]  # offsets read (missing field = never applied)
+    new: Mapping[str, int]  # offsets to store
+    new_seen: Mapping[str, float]
+
+
+def prune_cutoff(new_seen: Mapping[str, float], now: float | None = None) -> float | None:
+    """Dedupe keys older than this are forgotten (``None``: nothing new, no pruning).
+
+    The newest event time of the batch is clamped to the wall clock, so one record with
+    a bogus far-future ``ts`` cannot wipe every dedupe key of the experiment.
+    """
+    if not new_seen:
+        return None
+    newest = min(max(new_seen.values()), time.time() if now is None else now)
+    return newest - DEDUPE_HORIZON_S
+
+
+def _write_args(w: Write) -> list[Any]:
+    cutoff = prune_cutoff(w.new_seen)
+    fields = sorted(w.new)
+    args: list[Any] = [w.snapshot, "" if cutoff is None else repr(cutoff), len(fields)]
+    for f in fields:
+        old = w.expected.get(f)
+        args += [f, "" if old is None else str(old), str(w.new[f])]
+    for member, score in w.new_seen.items():
+        args += [repr(score), member]
+    return args
+
+
+class ConsumerStore:
+    """The consumer's view of Redis (the experiment keys and the snapshot channel)."""
+
+    def __init__(self, redis: Redis, keys: RedisKeys) -> None:
+        self.redis = redis
+        self.keys = keys
+        self._read = redis.register_script(_READ_LUA)
+        self._write = redis.register_script(_WRITE_LUA)
+
+    def _k(self, experiment_id: str) -> ExperimentKeys:
+        return self.keys.experiment(experiment_id)
+
+    async def load(self, wanted: Mapping[str, Sequence[str]]) -> dict[str, Loaded]:
+        """Read every experiment of a batch in one round trip.
+
+        ``wanted`` maps experiment id -> the batch's dedupe keys for it.
+        """
+        ids = list(wanted)
+        if not ids:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for exp in ids:
+                k = self._k(exp)
+                await self._read(
+                    keys=[k.config, k.snapshot, k.offsets, k.seen],
+                    args=list(wanted[exp]),
+                    client=pipe,
+                )
+            replies = await pipe.execute()
+        out: dict[str, Loaded] = {}
+        for exp, reply in zip(ids, replies, strict=True):
+            config, snap, flat, scores = reply
+            offsets = {
+                (flat[i].decode() if isinstance(flat[i], bytes) else flat[i]): int(flat[i + 1])
+                for i in range(0, len(flat), 2)
+            }
+            seen = {
+                key: float(score)
+                for key, score in zip(wanted[exp], scores, strict=True)
+                if score is not None
+            }
+            out[exp] = Loaded(config, snap, offsets, seen)
+        return out
+
+    async def write(self, writes: Sequence[Write]) -> list[str]:
+        """Apply all compare-and-set writes in one round trip; return conflicted ids.
+
+        The snapshot channel gets each written experiment id (decider cache
+        invalidation); publishing for a conflicted one is a harmless extra reload.
+        """
+        if not writes:
+            return []
+        channel = self.keys.snapshot_channel()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for w in writes:
+                k = self._k(w.experiment_id)
+                await self._write(
+                    keys=[k.snapshot, k.offsets, k.seen], args=_write_args(w), client=pipe
+                )
+            for w in writes:
+                pipe.publish(channel, w.experiment_id)
+            replies = await pipe.execute()
+        return [
+            w.experiment_id
+            for w, reply in zip(writes, replies[: len(writes)], strict=True)
+            if int(reply[0]) != 1
+        ]
