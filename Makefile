@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 # uv from PATH, else the one `pip install --user uv` puts in ~/.local/bin.
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
-PACKAGES := schemas bandit_core services dashboard mab_cli deploy
+PACKAGES := $(wildcard schemas bandit_core services dashboard mab_cli deploy demo_traffic)
 
 .PHONY: help venv up down status test lint system-deps kafka-jars
 
