@@ -16,16 +16,19 @@ the summary it needs at decision time ``now``:
 * **A sliding window** of :data:`WINDOW_BUCKETS` time buckets of :data:`WINDOW_BUCKET`
   units (counts and sums per bucket): SW-UCB (Garivier & Moulines, ALT 2011) reads the
   last ``window`` units out of it.
-* **A two-sided Bernoulli CUSUM change detector** (Page 1954; used as in CUSUM-UCB, Liu,
-  Lee & Shroff, AAAI 2018) on the rewards observed since the arm's last change point.
-  The reference rate is the running mean since the last change; the alternatives are
-  ``p0 +- d`` with ``d = max(CUSUM_MIN_SHIFT, CUSUM_REL_SHIFT * min(p0, 1 - p0))`` (a
-  relative shift suits conversion rates of 1-20 %). When a statistic exceeds
-  :data:`CUSUM_THRESHOLD` the arm's "since change" statistics restart and the alarm is
+* **A Bernoulli GLR change detector** (Besson & Kaufmann, "Efficient change-point
+  detection for tackling piecewise-stationary bandits", JMLR 2022) on the rewards since
+  the arm's last change point. Parameter-free but for a false-alarm level: it tests every
+  split of the recent past, so it needs no guess of the shift size (a CUSUM does, and a
+  wrong guess makes it slow or trigger-happy). The past is summarised by an exponential
+  histogram (<= :data:`GLR_MAX_BLOCKS` blocks), so the test costs O(log n) and is run
+  every :data:`GLR_EVERY` rewards. An alarm restarts the "since change" statistics and is
   counted (``change_points``, ``last_change_ts``).
+* **Daypart buckets**: :data:`DAYPART_BUCKETS` hour-of-the-UTC-day buckets of decayed
+  (pulls, sum), for traffic whose winner follows the clock (``ts`` in seconds).
 
-All of it is O(1) per arm (2*8 + 2*16 + 8 numbers), pure Python floats: no numpy and no
-object creation per event, so the fold stays fast.
+All of it is bounded per arm (2*8 + 2*16 + 3*24 numbers + at most 2*44 histogram blocks),
+pure Python floats, no numpy: the fold stays fast.
 """
 
 from __future__ import annotations
@@ -61,19 +64,107 @@ WINDOW_BUCKETS: Final = 16
 MIN_WINDOW: Final = WINDOW_BUCKET
 MAX_WINDOW: Final = WINDOW_BUCKET * (WINDOW_BUCKETS - 1)
 
-#: CUSUM detector constants (fixed: the fold may not depend on strategy params).
-CUSUM_WARMUP: Final = 20
-CUSUM_THRESHOLD: Final = 8.0
-CUSUM_REL_SHIFT: Final = 0.6
-CUSUM_MIN_SHIFT: Final = 0.02
-CUSUM_DETECTOR: Final = "bernoulli_cusum"
-_P_MIN: Final = 1e-3
-_P_MAX: Final = 1.0 - 1e-3
+#: Bernoulli GLR change detector (fixed constants: the fold may not depend on params).
+#: Threshold ``beta(n) = ln(3 n^{3/2} / GLR_DELTA)`` (Besson & Kaufmann 2022, Eq. (3), the
+#: practical form of their Theorem 6); ``GLR_DELTA`` is the false-alarm probability per arm
+#: and per stationary stretch, fixed here because the service has no horizon.
+GLR_DELTA: Final = 1.0
+#: The statistic is evaluated every ``GLR_EVERY`` observations of an arm (their "Delta n"
+#: downsampling): detection is at most that many rewards late, the fold 8x cheaper.
+GLR_EVERY: Final = 8
+#: Upper bound on the exponential-histogram blocks kept per arm (2 per size class covers
+#: ~2**23 rewards since a change; beyond that the two oldest blocks are merged).
+GLR_MAX_BLOCKS: Final = 44
+GLR_DETECTOR: Final = "bernoulli_glr"
+_KL_EPS: Final = 1e-9
+
+#: Daypart statistics: DAYPART_BUCKETS buckets of the UTC day (by ``ts`` in seconds),
+#: each with exponentially decayed (pulls, sum) of half-life DAYPART_HALF_LIFE.
+DAY: Final = 86400.0
+DAYPART_BUCKETS: Final = 24
+DAYPART_WIDTH: Final = DAY / DAYPART_BUCKETS
+#: One week: long enough that each hour keeps several days of data, short enough that
+#: a seasonal drift (weekday vs weekend, a new campaign) is forgotten within weeks.
+DAYPART_HALF_LIFE: Final = 7 * DAY
+_DAYPART_RATE: Final = _LN2 / DAYPART_HALF_LIFE
 
 
-def observe(stats: ArmStats, reward: float, ts: float) -> bool:
-    """Fold one reward into ``stats`` in place; ``True`` when the detector raised an alarm.
+def _kl(p: float, q: float) -> float:
+    """Bernoulli Kullback-Leibler divergence ``kl(p, q)`` (clipped away from 0 and 1)."""
+    p = _KL_EPS if p < _KL_EPS else (1.0 - _KL_EPS if p > 1.0 - _KL_EPS else p)
+    q = _KL_EPS if q < _KL_EPS else (1.0 - _KL_EPS if q > 1.0 - _KL_EPS else q)
+    return p * math.log(p / q) + (1.0 - p) * math.log((1.0 - p) / (1.0 - q))
 
+
+def glr_threshold(n: float) -> float:
+    """``beta(n, delta)`` of the Bernoulli GLR test after ``n`` observations."""
+    return math.log(3.0 * n**1.5 / GLR_DELTA)
+
+
+def glr_statistic(counts: list[float], sums: list[float]) -> float:
+    """Max over the block boundaries ``s`` of the two-segment Bernoulli GLR statistic
+
+    ``n_1 kl(mu_1, mu) + n_2 kl(mu_2, mu)`` (Besson & Kaufmann 2022, Eq. (2)), with the
+    blocks' pooled counts before/after ``s``. O(number of blocks) = O(log n).
+    """
+    total_n = 0.0
+    total_s = 0.0
+    for i in range(len(counts)):
+        total_n += counts[i]
+        total_s += sums[i]
+    if total_n <= 0.0:
+        return 0.0
+    mu = total_s / total_n
+    best = 0.0
+    n1 = 0.0
+    s1 = 0.0
+    for i in range(len(counts) - 1):
+        n1 += counts[i]
+        s1 += sums[i]
+        n2 = total_n - n1
+        stat = n1 * _kl(s1 / n1, mu) + n2 * _kl((total_s - s1) / n2, mu)
+        if stat > best:
+            best = stat
+    return best
+
+
+def _histogram_add(counts: list[float], sums: list[float], reward: float) -> None:
+    """Append one observation to an exponential histogram (Datar et al. 2002; the block
+    layout of ADWIN, Bifet & Gavalda 2007): block sizes are powers of two, non-increasing
+    from oldest to newest, at most two of each, so recent data keeps fine resolution."""
+    counts.append(1.0)
+    sums.append(reward)
+    i = len(counts) - 1
+    while i >= 2 and counts[i - 2] == counts[i]:
+        # three blocks of one size: merge the two oldest of them
+        counts[i - 2] += counts[i - 1]
+        sums[i - 2] += sums[i - 1]
+        del counts[i - 1]
+        del sums[i - 1]
+        i -= 2
+    if len(counts) > GLR_MAX_BLOCKS:
+        counts[0] += counts[1]
+        sums[0] += sums[1]
+        del counts[1]
+        del sums[1]
+
+
+def restart(stats: ArmStats) -> None:
+    """Forget an arm's "since change" statistics (its detector starts afresh)."""
+    stats.cp_pulls = 0
+    stats.cp_sum = 0.0
+    stats.glr_n.clear()
+    stats.glr_s.clear()
+
+
+def observe(stats: ArmStats, reward: float, ts: float) -> float | None:
+    """Fold one reward into ``stats`` in place.
+
+    Returns the GLR statistic when the arm's detector raised an alarm (the arm's since-
+    change statistics were restarted and ``change_points`` counts it), else ``None``.
+    The caller then restarts the *other* arms with :func:`restart_others`: a global
+    restart, as in M-UCB (Cao et al., AISTATS 2019) and GLR-klUCB (Besson & Kaufmann),
+    because when the best arm changes the other arms' old statistics are suspect too.
     The five base counters are updated too, so this is the whole per-reward update.
     """
     stats.pulls += 1
@@ -114,33 +205,38 @@ def observe(stats: ArmStats, reward: float, ts: float) -> bool:
         j = epoch % WINDOW_BUCKETS
         wp[j] += 1.0
         ws[j] += reward
-    # --- CUSUM on the since-change statistics ---
-    n = stats.cp_pulls
-    if n >= CUSUM_WARMUP:
-        p0 = (stats.cp_sum + 0.5) / (n + 1.0)
-        p0 = _P_MIN if p0 < _P_MIN else (_P_MAX if p0 > _P_MAX else p0)
-        d = max(CUSUM_MIN_SHIFT, CUSUM_REL_SHIFT * min(p0, 1.0 - p0))
-        up = min(p0 + d, _P_MAX)
-        dn = max(p0 - d, _P_MIN)
-        log = math.log
-        q0 = 1.0 - p0
-        llr_up = reward * log(up / p0) + (1.0 - reward) * log((1.0 - up) / q0)
-        llr_dn = reward * log(dn / p0) + (1.0 - reward) * log((1.0 - dn) / q0)
-        gp = stats.cusum_pos + llr_up
-        gn = stats.cusum_neg + llr_dn
-        stats.cusum_pos = gp if gp > 0.0 else 0.0
-        stats.cusum_neg = gn if gn > 0.0 else 0.0
-        if gp > CUSUM_THRESHOLD or gn > CUSUM_THRESHOLD:
-            stats.cp_pulls = 0
-            stats.cp_sum = 0.0
-            stats.cusum_pos = 0.0
-            stats.cusum_neg = 0.0
+    # --- daypart buckets (hour of the UTC day), each decayed to its own last time ---
+    h = int((ts % DAY) // DAYPART_WIDTH)
+    hts = stats.hour_ts[h]
+    if ts >= hts:
+        f = math.exp(-_DAYPART_RATE * (ts - hts))
+        stats.hour_pulls[h] = stats.hour_pulls[h] * f + 1.0
+        stats.hour_sum[h] = stats.hour_sum[h] * f + reward
+        stats.hour_ts[h] = ts
+    else:
+        f = math.exp(-_DAYPART_RATE * (hts - ts))
+        stats.hour_pulls[h] += f
+        stats.hour_sum[h] += reward * f
+    # --- GLR change detector on the rewards since the last change ---
+    n = stats.cp_pulls + 1
+    stats.cp_pulls = n
+    stats.cp_sum += reward
+    _histogram_add(stats.glr_n, stats.glr_s, reward)
+    if n % GLR_EVERY == 0:
+        stat = glr_statistic(stats.glr_n, stats.glr_s)
+        if stat > glr_threshold(n):
+            restart(stats)
             stats.change_points += 1
             stats.last_change_ts = ts
-            return True
-    stats.cp_pulls = n + 1
-    stats.cp_sum += reward
-    return False
+            return stat
+    return None
+
+
+def restart_others(arms: list[ArmStats] | tuple[ArmStats, ...], alarmed: ArmStats) -> None:
+    """The global restart after ``alarmed`` raised an alarm (see :func:`observe`)."""
+    for s in arms:
+        if s is not alarmed:
+            restart(s)
 
 
 def decayed(stats: ArmStats, half_life: float, now: float) -> tuple[float, float]:

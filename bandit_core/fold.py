@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, NamedTuple
 
-from bandit_core.adaptive import observe
+from bandit_core.adaptive import observe, restart_others
 from bandit_core.decision_ids import arm_index_of
 from bandit_core.state import ExperimentState
 from schemas.events import (
@@ -46,16 +46,26 @@ STALE_CONFIG: Final = "stale_config"
 DERIVED: Final = "derived"
 
 
+class ChangePoint(NamedTuple):
+    """One detector alarm: ``number`` is the arm's ``change_points`` after it (1, 2, ...),
+    so ``(arm_id, number)`` names it deterministically across redeliveries and replays."""
+
+    arm_id: str
+    ts: float
+    statistic: float
+    number: int
+
+
 @dataclass(slots=True)
 class FoldResult:
     """The new state, one outcome per input event, the dedupe keys it added, and the
-    change points ``(arm_id, ts)`` the arms' detectors raised (the consumer publishes
-    each as a :class:`~schemas.events.ChangePointDetected` event)."""
+    change points the arms' detectors raised (the consumer publishes each as a
+    :class:`~schemas.events.ChangePointDetected` event)."""
 
     state: ExperimentState
     outcomes: list[str] = field(default_factory=list)
     new_seen: dict[str, float] = field(default_factory=dict)
-    change_points: list[tuple[str, float]] = field(default_factory=list)
+    change_points: list[ChangePoint] = field(default_factory=list)
 
 
 def reward_rejection(config: ExperimentConfig | None, event: RewardObserved) -> str | None:
@@ -86,7 +96,7 @@ def _apply(
     state: ExperimentState,
     event: AnyEvent,
     new_seen: dict[str, float],
-    change_points: list[tuple[str, float]],
+    change_points: list[ChangePoint],
 ) -> str:
     if isinstance(event, RewardObserved):
         reason = reward_rejection(state.config, event)
@@ -100,8 +110,14 @@ def _apply(
         for k in keys:
             seen[k] = event.ts
             new_seen[k] = event.ts
-        if observe(state.arm(event.arm_id), event.reward, event.ts):
-            change_points.append((event.arm_id, event.ts))
+        stats = state.arm(event.arm_id)
+        statistic = observe(stats, event.reward, event.ts)
+        if statistic is not None:
+            # global restart: every arm's since-change statistics (adaptive.observe)
+            restart_others(list(state.arms.values()), stats)
+            change_points.append(
+                ChangePoint(event.arm_id, event.ts, statistic, stats.change_points)
+            )
     elif isinstance(event, DecisionMade):
         state.arm(event.arm_id).decisions += 1
     elif isinstance(event, ExperimentCreated | ArmsAdded | StrategyChanged):

@@ -1,9 +1,14 @@
 """A pure bandit simulator over scenario files, sharing the service's code paths.
 
-Each step ``t`` (one time unit, so ``now = t``) the strategy picks with exactly the
-service's ``choose(arm_ids, stats, params, rng, now)`` and the reward is folded with
-:func:`bandit_core.adaptive.observe`, the one implementation of the per-reward update that
+Each step ``t`` the strategy picks with exactly the service's
+``choose(arm_ids, stats, params, rng, now)`` and the reward is folded with
+:func:`bandit_core.adaptive.observe` (+ :func:`~bandit_core.adaptive.restart_others` on an
+alarm), the one implementation of the per-reward update that
 :func:`bandit_core.fold.fold_batch` uses too (no pydantic event per step: too slow).
+Time: ``now = t * seconds_per_step``. The service's clock is unix seconds; a scenario
+whose story is told in wall-clock time (the daily one: one step = one minute) says so
+with ``seconds_per_step`` (default 1: one step = one time unit), so hour-of-day
+statistics and half-lives mean the same thing as in the service.
 
 Rewards are Bernoulli with the current segment's means; with a ``period`` the segment is
 looked up at ``t % period`` (daily patterns). Regret is the cumulative *expected* regret
@@ -26,7 +31,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from bandit_core.adaptive import observe
+from bandit_core.adaptive import observe, restart_others
 from bandit_core.state import ArmStats
 from bandit_core.strategies import STRATEGIES, get_strategy, validate_params
 
@@ -58,6 +63,7 @@ class Environment(BaseModel):
     arms: tuple[str, ...] = Field(min_length=1, max_length=1000)
     segments: tuple[Segment, ...] = Field(min_length=1)
     period: int | None = Field(default=None, gt=0)
+    seconds_per_step: float = Field(default=1.0, gt=0.0, le=86400.0, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _consistent(self) -> Environment:
@@ -171,9 +177,10 @@ def run_once(
     reward_total = 0.0
     tail_start = env.horizon - max(1, env.horizon // 10)
     tail_best = 0
+    dt = env.seconds_per_step
     for t in range(env.horizon):
         m = means[t]
-        now = float(t)
+        now = t * dt
         i = choose(arm_ids, stats, params, rng, now)
         best = max(m)
         regret += best - m[i]
@@ -183,7 +190,8 @@ def run_once(
             tail_best += 1
         s = stats[i]
         s.decisions += 1
-        observe(s, r, now)
+        if observe(s, r, now) is not None:
+            restart_others(stats, s)
     return RunResult(regret, reward_total, tail_best / (env.horizon - tail_start))
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from bandit_core.adaptive import HALF_LIVES, WINDOW_BUCKETS
+from bandit_core.adaptive import DAYPART_BUCKETS, HALF_LIVES, WINDOW_BUCKETS
 from schemas.events import ExperimentConfig
 
 
@@ -25,14 +25,23 @@ def _ring() -> list[float]:
     return [0.0] * WINDOW_BUCKETS
 
 
+def _hours() -> list[float]:
+    return [0.0] * DAYPART_BUCKETS
+
+
+def _empty() -> list[float]:
+    return []
+
+
 @dataclass(slots=True)
 class ArmStats:
     """Per-arm counters. ``pulls`` counts observed rewards; ``decisions`` counts serves.
 
     The first five fields are the stationary sufficient statistics. The rest are the
     fixed-constant adaptive summaries of :mod:`bandit_core.adaptive` (decayed sums at a
-    ladder of half-lives, a bucketed sliding window, a CUSUM detector and the statistics
-    since its last alarm); only :func:`bandit_core.adaptive.observe` updates them.
+    ladder of half-lives, a bucketed sliding window, the statistics since the last change
+    point with the GLR detector's exponential histogram, hour-of-day buckets); only
+    :mod:`bandit_core.adaptive` updates them.
     """
 
     pulls: int = 0
@@ -47,10 +56,13 @@ class ArmStats:
     win_sum: list[float] = field(default_factory=_ring)
     cp_pulls: int = 0
     cp_sum: float = 0.0
-    cusum_pos: float = 0.0
-    cusum_neg: float = 0.0
+    glr_n: list[float] = field(default_factory=_empty)
+    glr_s: list[float] = field(default_factory=_empty)
     change_points: int = 0
     last_change_ts: float = 0.0
+    hour_pulls: list[float] = field(default_factory=_hours)
+    hour_sum: list[float] = field(default_factory=_hours)
+    hour_ts: list[float] = field(default_factory=_hours)
 
     @property
     def mean(self) -> float:
@@ -71,10 +83,13 @@ class ArmStats:
             self.win_sum[:],
             self.cp_pulls,
             self.cp_sum,
-            self.cusum_pos,
-            self.cusum_neg,
+            self.glr_n[:],
+            self.glr_s[:],
             self.change_points,
             self.last_change_ts,
+            self.hour_pulls[:],
+            self.hour_sum[:],
+            self.hour_ts[:],
         )
 
     def to_list(self) -> list[Any]:
@@ -92,28 +107,34 @@ class ArmStats:
             self.win_sum,
             self.cp_pulls,
             self.cp_sum,
-            self.cusum_pos,
-            self.cusum_neg,
+            self.glr_n,
+            self.glr_s,
             self.change_points,
             self.last_change_ts,
+            self.hour_pulls,
+            self.hour_sum,
+            self.hour_ts,
         ]
 
     @classmethod
     def from_list(cls, values: list[Any]) -> ArmStats:
-        """Inverse of :meth:`to_list`; an old 5-element list loads with empty adaptive stats.
+        """Inverse of :meth:`to_list`; older layouts load too.
 
-        (Since-change statistics then start from the old totals, so a detector restart
-        is not needed to use them.)
+        A 5-element list (before adaptive stats) loads with empty adaptive stats and its
+        totals as the since-change statistics; a 16-element list (CUSUM era) keeps its
+        ladder and window, and its since-change counts become one histogram block.
         """
         pulls, s, sq, decisions, last = values[:5]
         base = cls(int(pulls), float(s), float(sq), int(decisions), float(last))
         if len(values) == 5:
             base.cp_pulls = base.pulls
             base.cp_sum = base.reward_sum
+            if base.pulls:
+                base.glr_n, base.glr_s = [float(base.pulls)], [base.reward_sum]
             return base
-        if len(values) != 16:
-            raise ValueError(f"arm stats need 5 or 16 values, got {len(values)}")
-        dp, ds, epoch, wp, ws, cpn, cps, gpos, gneg, ncp, lcp = values[5:]
+        if len(values) not in (16, 19):
+            raise ValueError(f"arm stats need 5, 16 or 19 values, got {len(values)}")
+        dp, ds, epoch, wp, ws, cpn, cps = values[5:12]
         if len(dp) != len(HALF_LIVES) or len(ds) != len(HALF_LIVES):
             raise ValueError("decayed ladder of the wrong length")
         if len(wp) != WINDOW_BUCKETS or len(ws) != WINDOW_BUCKETS:
@@ -125,10 +146,22 @@ class ArmStats:
         base.win_sum = [float(x) for x in ws]
         base.cp_pulls = int(cpn)
         base.cp_sum = float(cps)
-        base.cusum_pos = float(gpos)
-        base.cusum_neg = float(gneg)
-        base.change_points = int(ncp)
-        base.last_change_ts = float(lcp)
+        base.change_points = int(values[14])
+        base.last_change_ts = float(values[15])
+        if len(values) == 16:  # CUSUM era: values[12:14] were the CUSUM statistics
+            if base.cp_pulls:
+                base.glr_n, base.glr_s = [float(base.cp_pulls)], [base.cp_sum]
+            return base
+        gn, gs, hp, hs, ht = values[12], values[13], values[16], values[17], values[18]
+        if len(gn) != len(gs):
+            raise ValueError("GLR histogram counts and sums differ in length")
+        if not (len(hp) == len(hs) == len(ht) == DAYPART_BUCKETS):
+            raise ValueError("daypart buckets of the wrong length")
+        base.glr_n = [float(x) for x in gn]
+        base.glr_s = [float(x) for x in gs]
+        base.hour_pulls = [float(x) for x in hp]
+        base.hour_sum = [float(x) for x in hs]
+        base.hour_ts = [float(x) for x in ht]
         return base
 
 

@@ -18,12 +18,13 @@ from bandit_core.strategies.base import (
     UnknownStrategyError,
     argmax_set,
 )
-from bandit_core.strategies.cusum_thompson import CusumThompson, CusumThompsonParams
+from bandit_core.strategies.daypart_thompson import DaypartThompson, DaypartThompsonParams
 from bandit_core.strategies.discounted_thompson import (
     DiscountedThompson,
     DiscountedThompsonParams,
 )
 from bandit_core.strategies.epsilon_greedy import EpsilonGreedy, EpsilonGreedyParams
+from bandit_core.strategies.glr_thompson import GlrThompson, GlrThompsonParams
 from bandit_core.strategies.registry import (
     STRATEGIES,
     get_strategy,
@@ -37,12 +38,14 @@ from bandit_core.strategies.ucb1 import Ucb1, Ucb1Params
 __all__ = [
     "DECIDER_SAMPLES",
     "STRATEGIES",
-    "CusumThompson",
-    "CusumThompsonParams",
+    "DaypartThompson",
+    "DaypartThompsonParams",
     "DiscountedThompson",
     "DiscountedThompsonParams",
     "EpsilonGreedy",
     "EpsilonGreedyParams",
+    "GlrThompson",
+    "GlrThompsonParams",
     "InvalidParamsError",
     "SlidingWindowUcb",
     "SlidingWindowUcbParams",

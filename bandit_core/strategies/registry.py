@@ -13,9 +13,10 @@ from typing import Any, Final
 from pydantic import ValidationError
 
 from bandit_core.strategies.base import InvalidParamsError, Strategy, UnknownStrategyError
-from bandit_core.strategies.cusum_thompson import CusumThompson
+from bandit_core.strategies.daypart_thompson import DaypartThompson
 from bandit_core.strategies.discounted_thompson import DiscountedThompson
 from bandit_core.strategies.epsilon_greedy import EpsilonGreedy
+from bandit_core.strategies.glr_thompson import GlrThompson
 from bandit_core.strategies.sw_ucb import SlidingWindowUcb
 from bandit_core.strategies.thompson import Thompson
 from bandit_core.strategies.ucb1 import Ucb1
@@ -29,7 +30,9 @@ STRATEGIES: Final[dict[str, Strategy]] = {
         # adaptive strategies for non-stationary rewards (bandit_core.adaptive)
         DiscountedThompson(),
         SlidingWindowUcb(),
-        CusumThompson(),
+        GlrThompson(),
+        # optional: per-time-of-day statistics for clock-driven winners
+        DaypartThompson(),
     )
 }
 
@@ -39,6 +42,8 @@ _ALIASES: Final[dict[str, str]] = {
     "thompson_sampling": "thompson",
     "epsilon-greedy": "epsilon_greedy",
     "egreedy": "epsilon_greedy",
+    # its first version used a CUSUM detector; the GLR test replaced it (adaptive.py)
+    "cusum_thompson": "glr_thompson",
 }
 
 

@@ -37,11 +37,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from redis.asyncio import Redis
 
+from schemas.codec import encode
+from schemas.events import ChangePointDetected
 from services.reward_consumer.batch import RecordLike, commit_offsets, first_offsets
 from services.reward_consumer.handlers import (
     BatchHandler,
@@ -91,6 +94,7 @@ class RewardConsumer:
         self.batches = 0
         self.fold_seconds = 0.0  # wall time inside handle(), for the records/s figure
         self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
         self._redis: Redis | None = None
         self._handler: BatchHandler | None = None
         self._stop = asyncio.Event()
@@ -126,8 +130,20 @@ class RewardConsumer:
         s = self.settings
         self._redis = Redis.from_url(s.redis_url, decode_responses=False)
         await self._redis.ping()  # fail fast at start-up, not inside the first batch
+        # Our own producer for ChangePointDetected: acks=all, idempotent, so a publish
+        # that returned survives a broker failover and a retried send is not doubled.
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=s.kafka_bootstrap_servers,
+            client_id=f"{s.group_id}-cp-{id(self):x}",
+            acks="all",
+            enable_idempotence=True,
+        )
+        await self._producer.start()
         self._handler = BatchHandler(
-            ConsumerStore(self._redis, s.keys), self.topics, self.dead_letter
+            ConsumerStore(self._redis, s.keys),
+            self.topics,
+            self.dead_letter,
+            self._publish_change_points,
         )
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap_servers,
@@ -158,6 +174,9 @@ class RewardConsumer:
             # processed batch was committed right after its Redis write.
             await self._consumer.stop()
             self._consumer = None
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None
@@ -232,6 +251,34 @@ class RewardConsumer:
         self.stats.add(report)
         self.batches += 1
 
+    async def _publish_change_points(self, events: Sequence[ChangePointDetected]) -> None:
+        """Publish change points to the experiments topic, keyed by experiment id.
+
+        Called by the handler after the Redis write and before the Kafka commit. The
+        records are already folded, so a failure here must not fail the batch (its
+        redelivery would be dropped by the offset check and the event lost): we retry
+        until the broker takes them (at-least-once; the ids are deterministic, see
+        :func:`~services.reward_consumer.handlers.change_point_event`). Known gap: a
+        crash between the Redis write and this publish loses the events; replay of the
+        rewards recomputes them.
+        """
+        assert self._producer is not None
+        while True:
+            try:
+                futures = [
+                    await self._producer.send(
+                        self.topics.experiments,
+                        encode(ev),
+                        key=ev.experiment_id.encode(),
+                    )
+                    for ev in events
+                ]
+                await asyncio.gather(*futures)
+                return
+            except KafkaError as exc:
+                log.warning("change point publish failed, retrying", extra={"error": repr(exc)})
+                await asyncio.sleep(self.settings.retry_backoff_s)
+
     def _rewind(self, records: list[RecordLike]) -> None:
         assert self._consumer is not None
         for (topic, partition), offset in first_offsets(records).items():
@@ -275,6 +322,7 @@ class RewardConsumer:
             "duplicates": s.duplicates,
             "redelivered": s.redelivered,
             "conflicts": s.conflicts,
+            "change_points": s.change_points,
             "rejected": dict(s.rejected),
             "batches": self.batches,
             "records_per_s": round(s.records / self.fold_seconds) if self.fold_seconds else 0,

@@ -7,6 +7,7 @@ re-drive of the DLQ. Commit ordering lives in :mod:`services.reward_consumer.con
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -15,8 +16,9 @@ from dataclasses import dataclass, field
 import orjson
 from pydantic import ValidationError
 
-from bandit_core.fold import APPLIED, DUPLICATE, fold_batch
-from schemas.events import ExperimentConfig
+from bandit_core.adaptive import GLR_DETECTOR
+from bandit_core.fold import APPLIED, DUPLICATE, ChangePoint, fold_batch
+from schemas.events import ChangePointDetected, ExperimentConfig
 from schemas.topics import TopicNames
 from services.reward_consumer.batch import (
     Positioned,
@@ -34,6 +36,9 @@ log = logging.getLogger("services.reward_consumer")
 
 #: Where rejected records go. Today: a log line; the DLQ issue plugs a producer in here.
 DeadLetterSink = Callable[[RecordLike, str], Awaitable[None]]
+
+#: Where detected change points go (the consumer publishes them to the experiments topic).
+ChangePointSink = Callable[[Sequence[ChangePointDetected]], Awaitable[None]]
 
 #: A compare-and-set conflict means another consumer wrote the same experiment in
 #: between; after a reload our records are usually already applied. More conflicts in a
@@ -68,6 +73,7 @@ class BatchReport:
     redelivered: int = 0  # dropped by the offset check (already in the snapshot)
     conflicts: int = 0
     experiments_written: int = 0
+    change_points: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
 
     def add(self, other: BatchReport) -> None:
@@ -77,7 +83,30 @@ class BatchReport:
         self.redelivered += other.redelivered
         self.conflicts += other.conflicts
         self.experiments_written += other.experiments_written
+        self.change_points += other.change_points
         self.rejected.update(other.rejected)
+
+
+def change_point_event(experiment_id: str, cp: ChangePoint) -> ChangePointDetected:
+    """The event of one detector alarm, with a DETERMINISTIC id.
+
+    ``cp-<experiment>-<arm>-<n>`` (``n``: the arm's change-point count after the alarm)
+    is a pure function of the folded log, so a batch that is re-folded after a failed
+    publish, or a replay, emits the same id and consumers can dedupe on it. Ids that
+    would exceed the 64-character limit are replaced by a hash of the same triple.
+    """
+    event_id = f"cp-{experiment_id}-{cp.arm_id}-{cp.number}"
+    if len(event_id) > 64:
+        digest = hashlib.sha256(f"{experiment_id}\0{cp.arm_id}\0{cp.number}".encode())
+        event_id = "cp-" + digest.hexdigest()[:48]
+    return ChangePointDetected(
+        event_id=event_id,
+        ts=cp.ts,
+        experiment_id=experiment_id,
+        arm_id=cp.arm_id,
+        detector=GLR_DETECTOR,
+        statistic=cp.statistic,
+    )
 
 
 def _parse_config(raw: bytes | None) -> ExperimentConfig | None:
@@ -98,10 +127,12 @@ class BatchHandler:
         store: ConsumerStore,
         topics: TopicNames,
         dead_letter: DeadLetterSink = log_dead_letter,
+        change_points: ChangePointSink | None = None,
     ) -> None:
         self.store = store
         self.topics = topics
         self.dead_letter = dead_letter
+        self.change_points = change_points
 
     def _plan(self, exp: str, items: list[Positioned], loaded: Loaded) -> _Plan:
         """Offset-filter and fold one experiment's records (no I/O)."""
@@ -126,6 +157,7 @@ class BatchHandler:
                 plan.report.duplicates += 1
             else:
                 plan.rejects.append(Rejected(p.record, outcome))
+        plan.change_points = [change_point_event(exp, cp) for cp in result.change_points]
         plan.write = Write(
             experiment_id=exp,
             snapshot=result.state.snapshot_bytes(),
@@ -140,8 +172,11 @@ class BatchHandler:
 
         Dead-letters are emitted only once every write of the batch has succeeded, so a
         batch that fails half-way and is retried does not dead-letter its rejects twice.
+        Change points are handed to the sink after the Redis writes and before this
+        returns, i.e. before the caller commits the Kafka offsets (at-least-once).
         """
         report = BatchReport(records=len(records))
+        detected: list[ChangePointDetected] = []
         decoded = decode_batch(records, self.topics.rewards, self.topics.decisions)
         rejects: list[Rejected] = list(decoded.rejected)
         pending = decoded.by_experiment
@@ -162,6 +197,7 @@ class BatchHandler:
                 report.add(plan.report)
                 report.experiments_written += plan.write is not None
                 rejects.extend(plan.rejects)
+                detected.extend(plan.change_points)
             if conflicted:
                 report.conflicts += len(conflicted)
                 log.warning(
@@ -171,6 +207,9 @@ class BatchHandler:
             pending = {exp: pending[exp] for exp in conflicted}
         if pending:
             raise CasConflictError(f"experiments kept conflicting: {sorted(pending)}")
+        if detected and self.change_points is not None:
+            await self.change_points(detected)
+        report.change_points += len(detected)
         for r in rejects:
             report.rejected[r.reason] += 1
             await self.dead_letter(r.record, r.reason)
@@ -184,3 +223,4 @@ class _Plan:
     write: Write | None = None
     report: BatchReport = field(default_factory=BatchReport)
     rejects: list[Rejected] = field(default_factory=list)
+    change_points: list[ChangePointDetected] = field(default_factory=list)

@@ -11,14 +11,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bandit_core.adaptive import (
+    DAY,
+    GLR_DETECTOR,
+    GLR_MAX_BLOCKS,
     HALF_LIVES,
     MAX_HALF_LIFE,
     MIN_HALF_LIFE,
     decayed,
     observe,
+    restart_others,
     windowed,
 )
-from bandit_core.fold import DERIVED, fold_batch
+from bandit_core.fold import DERIVED, ChangePoint, fold_batch
 from bandit_core.state import ArmStats, ExperimentState
 from bandit_core.strategies import (
     STRATEGIES,
@@ -35,7 +39,7 @@ from schemas.events import (
 
 pytestmark = pytest.mark.unit
 
-ADAPTIVE = ("discounted_thompson", "sw_ucb", "cusum_thompson")
+ADAPTIVE = ("discounted_thompson", "sw_ucb", "glr_thompson", "daypart_thompson")
 ARMS = ("a", "b", "c")
 
 
@@ -100,23 +104,78 @@ def test_window_counts_only_recent_buckets() -> None:
     assert windowed(s, 960.0, 10_000.0) == (0.0, 0.0)
 
 
-def test_cusum_detects_a_drop_and_restarts_since_change_stats() -> None:
+def test_glr_detects_a_drop_and_restarts_since_change_stats() -> None:
     rng = random.Random(1)
     s = ArmStats()
     alarms = [observe(s, float(rng.random() < 0.3), float(t)) for t in range(1000)]
-    assert not any(alarms), "false alarm on a stationary arm"
+    assert all(a is None for a in alarms), "false alarm on a stationary arm"
+    assert len(s.glr_n) <= GLR_MAX_BLOCKS
+    assert sum(s.glr_n) == s.cp_pulls == 1000
     t_change = 1000
     detected = None
     for t in range(t_change, t_change + 2000):
-        if observe(s, float(rng.random() < 0.05), float(t)):
+        if observe(s, float(rng.random() < 0.05), float(t)) is not None:
             detected = t
             break
     assert detected is not None
-    assert detected - t_change < 400
+    assert detected - t_change < 300
     assert s.change_points == 1
     assert s.last_change_ts == float(detected)
     assert s.cp_pulls == 0
+    assert s.glr_n == []
     assert s.pulls == detected + 1
+
+
+def test_global_restart_clears_the_other_arms() -> None:
+    a, b = ArmStats(), ArmStats()
+    for t in range(50):
+        observe(a, 1.0, float(t))
+        observe(b, 0.0, float(t))
+    restart_others([a, b], a)
+    assert b.cp_pulls == 0
+    assert b.glr_n == []
+    assert b.pulls == 50
+    assert a.cp_pulls == 50
+
+
+def test_daypart_buckets_follow_the_utc_hour() -> None:
+    s = ArmStats()
+    observe(s, 1.0, 3 * DAY + 14 * 3600 + 5)  # 14:00:05 UTC
+    assert s.hour_pulls[14] == 1.0
+    assert sum(s.hour_pulls) == 1.0
+    observe(s, 0.0, 3 * DAY + 14 * 3600 + 5 - 7 * DAY)  # a week earlier, late: weight 1/2
+    assert s.hour_pulls[14] == pytest.approx(1.5)
+    assert s.hour_sum[14] == pytest.approx(1.0)
+
+
+def test_daypart_thompson_serves_each_hours_winner() -> None:
+    strategy = get_strategy("daypart_thompson")
+    stats = [ArmStats(), ArmStats()]
+    rng = random.Random(2)
+    for day in range(3):
+        for minute in range(0, 1440, 2):
+            ts = day * DAY + minute * 60.0
+            morning = minute < 720
+            observe(stats[0], float(rng.random() < (0.6 if morning else 0.1)), ts)
+            observe(stats[1], float(rng.random() < (0.1 if morning else 0.6)), ts)
+    now = 3 * DAY
+    p_morning = strategy.propensities(("m", "e"), stats, {}, rng, now + 9 * 3600, 2000)
+    p_evening = strategy.propensities(("m", "e"), stats, {}, rng, now + 20 * 3600, 2000)
+    assert p_morning[0] > 0.95
+    assert p_evening[1] > 0.95
+    whole_day = strategy.propensities(("m", "e"), stats, {"buckets": 1}, rng, now, 2000)
+    assert 0.05 < whole_day[0] < 0.95
+
+
+def test_snapshot_layouts_round_trip_and_upcast() -> None:
+    s = ArmStats()
+    for t in range(40):
+        observe(s, float(t % 3 == 0), float(t * 100))
+    assert ArmStats.from_list(s.to_list()) == s
+    cusum_era = [*s.to_list()[:12], 0.0, 0.0, 2, 5.0]  # 16 values, CUSUM statistics
+    old = ArmStats.from_list(cusum_era)
+    assert old.glr_n == [float(s.cp_pulls)]
+    assert old.change_points == 2
 
 
 def test_old_five_element_snapshot_loads() -> None:
@@ -126,7 +185,7 @@ def test_old_five_element_snapshot_loads() -> None:
     assert s.dpulls == [0.0] * len(HALF_LIVES)
     observe(s, 1.0, 13.0)
     assert ArmStats.from_list(s.to_list()) == s
-    with pytest.raises(ValueError, match="5 or 16"):
+    with pytest.raises(ValueError, match="5, 16 or 19"):
         ArmStats.from_list([1, 2, 3, 4, 5, 6])
 
 
@@ -138,11 +197,14 @@ def test_fold_reports_change_points_and_ignores_their_events() -> None:
         events.append(_reward(t, "a", float(rng.random() < p), float(t + 1)))
     res = fold_batch(ExperimentState("exp"), [_created(), *events])
     assert res.change_points
-    assert res.change_points[0][0] == "a"
-    assert res.change_points[0][1] > 1500
+    first = res.change_points[0]
+    assert first.arm_id == "a"
+    assert first.ts > 1500
+    assert first.number == 1
+    assert first.statistic > 0.0
     assert res.state.arms["a"].change_points == len(res.change_points)
     cp = ChangePointDetected(
-        experiment_id="exp", arm_id="a", detector="bernoulli_cusum", statistic=9.0
+        experiment_id="exp", arm_id="a", detector=GLR_DETECTOR, statistic=first.statistic
     )
     again = fold_batch(res.state, [cp])
     assert again.outcomes == [DERIVED]
@@ -152,7 +214,7 @@ def test_fold_reports_change_points_and_ignores_their_events() -> None:
 @settings(max_examples=25, deadline=None)
 @given(
     data=st.lists(
-        st.tuples(st.sampled_from(ARMS), st.booleans(), st.floats(0.0, 5000.0)),
+        st.tuples(st.sampled_from(ARMS), st.booleans(), st.floats(0.0, 300_000.0)),
         min_size=1,
         max_size=120,
     ),
@@ -165,7 +227,7 @@ def test_any_batch_split_gives_the_same_snapshot(
     whole = fold_batch(ExperimentState("exp"), events)
     bounds = sorted({0, len(events), *(min(c, len(events)) for c in cuts)})
     state = ExperimentState("exp")
-    cps: list[tuple[str, float]] = []
+    cps: list[ChangePoint] = []
     for lo, hi in itertools.pairwise(bounds):
         res = fold_batch(state, events[lo:hi])
         cps += res.change_points
@@ -180,8 +242,8 @@ def test_any_batch_split_gives_the_same_snapshot(
 @given(
     name=st.sampled_from(sorted(STRATEGIES)),
     k=st.integers(1, 6),
-    obs=st.lists(st.tuples(st.integers(0, 5), st.booleans(), st.floats(0, 3000)), max_size=60),
-    now=st.floats(0.0, 4000.0),
+    obs=st.lists(st.tuples(st.integers(0, 5), st.booleans(), st.floats(0, 300_000)), max_size=60),
+    now=st.floats(0.0, 400_000.0),
     seed=st.integers(0, 2**32),
 )
 def test_strategies_stay_inside_the_experiment_and_propensities_sum_to_one(
@@ -212,7 +274,11 @@ def test_strategies_stay_inside_the_experiment_and_propensities_sum_to_one(
         ("discounted_thompson", {"gamma": 0.9}),
         ("sw_ucb", {"window": 1.0}),
         ("sw_ucb", {"c": -1.0}),
-        ("cusum_thompson", {"alpha": 0.9}),
+        ("glr_thompson", {"alpha": 0.9}),
+        ("daypart_thompson", {"buckets": 5}),
+        ("daypart_thompson", {"buckets": 48}),
+        ("daypart_thompson", {"prior_weight": -1.0}),
+        ("daypart_thompson", {"period": 3600}),
     ],
 )
 def test_bad_params_are_rejected(name: str, params: dict[str, float]) -> None:

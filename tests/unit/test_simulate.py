@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from bandit_core.adaptive import observe
+from bandit_core.adaptive import observe, restart_others
 from bandit_core.fold import fold_batch
 from bandit_core.simulate import (
     Environment,
@@ -84,8 +84,8 @@ def test_period_wraps_segments() -> None:
 
 def test_runs_are_deterministic_and_regret_is_bounded() -> None:
     env = parse_scenario(TINY).environments[0]
-    a = run_once(env, "cusum_thompson", {}, seed=7)
-    assert a == run_once(env, "cusum_thompson", {}, seed=7)
+    a = run_once(env, "glr_thompson", {}, seed=7)
+    assert a == run_once(env, "glr_thompson", {}, seed=7)
     assert 0.0 <= a.regret <= 0.7 * env.horizon
     assert 0.0 <= a.best_arm_share_last_10pct <= 1.0
 
@@ -121,8 +121,11 @@ def test_simulator_update_equals_the_service_fold() -> None:
         events.append(
             RewardObserved(experiment_id="x", event_id=f"e{t}", arm_id=arm, reward=r, ts=t)
         )
-        observe(direct[arm], r, float(t))
-    folded = fold_batch(ExperimentState("x"), events).state
+        if observe(direct[arm], r, float(t)) is not None:
+            restart_others(list(direct.values()), direct[arm])
+    res = fold_batch(ExperimentState("x"), events)
+    assert res.change_points, "the stream must exercise the detector and global restart"
+    folded = res.state
     for a in arms:
         assert folded.arms[a] == direct[a]
 

@@ -1,17 +1,20 @@
-"""Change-detection Thompson sampling: Thompson on each arm's statistics since its last
-detected change point, plus a little forced uniform exploration.
+"""Change-detection Thompson sampling: Thompson on the statistics since the last detected
+change point, plus a little forced uniform exploration.
 
-This is the CD-UCB / CUSUM-UCB framework of Liu, Lee & Shroff, "A change-detection based
-framework for piecewise-stationary multi-armed bandit problems" (AAAI 2018), with a
-Beta-posterior (Thompson) index instead of UCB, as in Ghatak, "A change-detection based
-Thompson sampling framework for non-stationary bandits" (IEEE TC 2020). The detector is
-the per-arm two-sided Bernoulli CUSUM kept by the fold with fixed constants
-(:mod:`bandit_core.adaptive`): an alarm restarts that arm's "since change" counts. The
-forced exploration rate ``alpha`` guarantees every arm keeps being sampled so a change on
-an arm that is currently losing is detected too. Because a losing arm is sampled too
-rarely for its detector to fire quickly, its since-change counts are additionally capped
-by its time-decayed count with a long ``half_life`` (default 1024 time units, far longer
-than a discounted-Thompson memory): an unplayed arm's posterior slowly widens again.
+This is the GLR-klUCB scheme of Besson & Kaufmann, "Efficient change-point detection for
+tackling piecewise-stationary bandits" (JMLR 2022) with a Beta-posterior (Thompson) index
+instead of kl-UCB, as in the change-detection Thompson framework of Ghatak (IEEE TC 2020):
+
+* the detector is the per-arm Bernoulli GLR test kept by the fold with fixed constants
+  (:mod:`bandit_core.adaptive`); an alarm on any arm restarts *every* arm's since-change
+  statistics (their "global restart": when the best arm changes, the others' old means
+  are no evidence either);
+* the forced exploration rate ``alpha`` keeps every arm sampled, so a change on an arm
+  that is currently losing is detected too (their ``alpha``; the theory's value
+  ``sqrt(K ln T / T)`` needs the horizon, so the default is a fixed 1 %);
+* a losing arm is sampled too rarely for its detector to fire quickly, so its
+  since-change counts are also capped by its time-decayed count with a long
+  ``half_life`` (default 1024 time units): an unplayed arm's posterior slowly widens.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ DEFAULT_PRIOR: Final = 1.0
 DEFAULT_HALF_LIFE: Final = 1024.0
 
 
-class CusumThompsonParams(StrategyParams):
+class GlrThompsonParams(StrategyParams):
     RULES: ClassVar[dict[str, str]] = {
         **StrategyParams.RULES,
         "alpha": "a number between 0 and 0.5 (forced exploration rate)",
@@ -52,7 +55,7 @@ class CusumThompsonParams(StrategyParams):
 def since_change_posteriors(
     stats: Sequence[ArmStats], params: Mapping[str, Any], now: float
 ) -> tuple[list[float], list[float]]:
-    """Beta ``(alphas, betas)`` from each arm's counts since its last change point,
+    """Beta ``(alphas, betas)`` from each arm's counts since the last change point,
     scaled down to its decayed count at ``half_life`` when that is smaller."""
     a0 = float(params.get("prior_alpha", DEFAULT_PRIOR))
     b0 = float(params.get("prior_beta", DEFAULT_PRIOR))
@@ -72,9 +75,9 @@ def since_change_posteriors(
     return alphas, betas
 
 
-class CusumThompson(Strategy):
-    name: ClassVar[str] = "cusum_thompson"
-    params_model: ClassVar[type[StrategyParams]] = CusumThompsonParams
+class GlrThompson(Strategy):
+    name: ClassVar[str] = "glr_thompson"
+    params_model: ClassVar[type[StrategyParams]] = GlrThompsonParams
 
     def choose(
         self,
