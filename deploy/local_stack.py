@@ -1109,7 +1109,8 @@ SERVICES: list[ServiceSpec] = [
     ),
     ServiceSpec(
         name="demo-traffic",
-        module="services.demo_traffic.__main__",
-        argv=lambda p: [sys.executable, "-m", "services.demo_traffic"],
+        module="demo_traffic.__main__",
+        argv=lambda p: [sys.executable, "-m", "demo_traffic"],
+        # MAB_API_URL comes from service_env() (the decider's port of this stack).
     ),
 ]

@@ -11,6 +11,23 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Final, Literal
+
+#: Time-series bucket widths (seconds) of the projector, by the API's ``bucket`` name.
+#: Buckets are aligned to the epoch (UTC): ``start = floor(ts / width) * width``.
+BucketKind = Literal["hour", "minute"]
+BUCKET_SECONDS: Final[dict[BucketKind, int]] = {"hour": 3600, "minute": 60}
+
+#: Fields of a bucket hash are ``<arm id>|<kind>``; arm ids cannot contain ``|``.
+FIELD_DECISIONS: Final = "d"  # decisions served
+FIELD_REWARDS: Final = "r"  # rewards applied (same rule and dedupe as the reward consumer)
+FIELD_REWARD_SUM: Final = "s"  # sum of rewards in integer micro-units, round(reward * 1e6)
+REWARD_SUM_SCALE: Final = 1_000_000
+
+
+def bucket_field(arm_id: str, kind: str) -> str:
+    """Field of a bucket hash, e.g. ``blue-button|d``."""
+    return f"{arm_id}|{kind}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +38,21 @@ class ExperimentKeys:
     snapshot: str  # JSON snapshot blob (ExperimentState.snapshot_bytes), consumer-owned
     offsets: str  # hash "<topic>:<partition>" -> last applied offset, same atomic step
     seen: str  # zset dedupe key -> event ts (reward dedupe, see bandit_core.fold)
+    # --- projector-owned (time series); written in one Lua step with its offsets ---
+    projector_offsets: str  # hash "<topic>:<partition>" -> last offset the projector applied
+    projector_seen: str  # zset dedupe key -> event ts: the projector's own reward dedupe
+    change_points: str  # zset JSON [event_id, arm_id, detector] -> event ts
+    bucket_base: str  # prefix of the bucket hashes, see :meth:`bucket`
+
+    def bucket(self, kind: BucketKind, start: int) -> str:
+        """Hash of one time bucket: fields ``<arm>|d``, ``<arm>|r``, ``<arm>|s`` (ints)."""
+        return f"{self.bucket_base}{kind[0]}:{start}"
+
+    def hour_bucket(self, hour_start: int) -> str:
+        return self.bucket("hour", hour_start)
+
+    def minute_bucket(self, minute_start: int) -> str:
+        return self.bucket("minute", minute_start)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +70,10 @@ class RedisKeys:
             snapshot=base + "snap",
             offsets=base + "offsets",
             seen=base + "seen",
+            projector_offsets=base + "proj:offsets",
+            projector_seen=base + "proj:seen",
+            change_points=base + "proj:cp",
+            bucket_base=base + "ts:",
         )
 
     @property

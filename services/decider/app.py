@@ -41,7 +41,7 @@ from schemas.events import (
     StrategyChanged,
 )
 from schemas.ids import ID_MAX_LEN, ID_PATTERN, MAX_ARMS
-from schemas.redis_keys import RedisKeys
+from schemas.redis_keys import BucketKind, RedisKeys
 from schemas.topics import TopicNames
 from services.decider.decisions import DecisionCache
 from services.decider.models import (
@@ -67,6 +67,15 @@ from services.decider.store import (
     ConfigStore,
     ExperimentMissingError,
     TooManyArmsError,
+)
+from services.decider.timeseries import (
+    TimeRangeError,
+    TimeseriesPublic,
+    build_points,
+    parse_change_points,
+    parse_time,
+    resolve_range,
+    winner_changes,
 )
 
 log = logging.getLogger("services.decider")
@@ -563,6 +572,63 @@ def _add_routes(app: FastAPI) -> None:
                 for a, s, p in zip(config.arm_ids, arm_stats, props, strict=True)
             ],
             propensities=dict(zip(config.arm_ids, props, strict=True)),
+        )
+
+    @app.get(
+        "/experiments/{experiment_id}/timeseries",
+        response_model=TimeseriesPublic,
+        response_model_by_alias=True,
+        tags=["experiments"],
+        summary="Per-hour (or per-minute) performance per arm",
+        description="Served from the projector's buckets (bucketed by each event's own "
+        "time, UTC): per bucket and arm the decisions, applied rewards, reward sum, "
+        "conversion rate and traffic share, plus detected change points and the buckets "
+        "where the winning arm changed (highest conversion rate among arms with at least "
+        "20 rewards). `from`/`to`: unix seconds or ISO 8601, default the last 48 hours "
+        "(hour) or 60 minutes (minute); at most 31 days (hour) or 24 hours (minute) "
+        "apart. Contract: docs/timeseries-api.md.",
+        responses={404: _E404, 422: _E422, 503: _E503},
+    )
+    async def timeseries(
+        experiment_id: ExperimentIdPath,
+        rt: RuntimeDep,
+        bucket: Annotated[
+            BucketKind, Query(description="Bucket width: `hour` or `minute`.")
+        ] = "hour",
+        from_: Annotated[
+            str | None,
+            Query(
+                alias="from",
+                max_length=64,
+                description="Start: unix seconds or ISO 8601 (naive = UTC).",
+                examples=["2026-11-27T09:00:00Z"],
+            ),
+        ] = None,
+        to: Annotated[
+            str | None,
+            Query(max_length=64, description="End (exclusive): unix seconds or ISO 8601."),
+        ] = None,
+    ) -> TimeseriesPublic:
+        try:
+            lo, hi = resolve_range(
+                bucket, parse_time(from_, "from"), parse_time(to, "to"), time.time()
+            )
+        except TimeRangeError as exc:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+        read = await rt.store.read_timeseries(experiment_id, bucket, lo, hi)
+        if read.config_raw is None:
+            raise _not_found(experiment_id)
+        config = ExperimentConfig.model_validate_json(read.config_raw)
+        points = build_points(config.arm_ids, read.buckets)
+        return TimeseriesPublic(
+            experiment_id=experiment_id,
+            bucket=bucket,
+            from_=lo,
+            to=hi,
+            arm_ids=list(config.arm_ids),
+            points=points,
+            change_points=parse_change_points(read.change_points),
+            winner_changes=winner_changes(points),
         )
 
 

@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from schemas.events import ExperimentConfig
-from schemas.redis_keys import RedisKeys
+from schemas.redis_keys import BUCKET_SECONDS, BucketKind, RedisKeys
 
 # KEYS[1] config; ARGV[1] config JSON. SET NX in a script for symmetry with the others.
 _CREATE: Final = """
@@ -138,6 +138,15 @@ class TooManyArmsError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class TimeseriesRead:
+    """The raw projector data of one experiment and range, read in one round trip."""
+
+    config_raw: bytes | None
+    buckets: list[tuple[int, dict[bytes, bytes]]]  # (bucket start, HGETALL), empty skipped
+    change_points: list[tuple[bytes, float]]  # (member, ts)
+
+
+@dataclass(frozen=True, slots=True)
 class CommandResult:
     """A config written by a command script, with what is needed to undo it."""
 
@@ -235,3 +244,20 @@ class ConfigStore:
                 pipe.get(self.keys.experiment(_text(exp_id)).config)
             raws = await pipe.execute()
         return [ExperimentConfig.model_validate_json(r) for r in raws if r is not None]
+
+    async def read_timeseries(
+        self, experiment_id: str, kind: BucketKind, lo: int, hi: int
+    ) -> TimeseriesRead:
+        """Config, one HGETALL per bucket in ``[lo, hi)`` and the change points with
+        ``lo <= ts < hi``, pipelined in one round trip (all keys share the hash tag)."""
+        keys = self.keys.experiment(experiment_id)
+        starts = list(range(lo, hi, BUCKET_SECONDS[kind]))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(keys.config)
+            for start in starts:
+                pipe.hgetall(keys.bucket(kind, start))
+            pipe.zrangebyscore(keys.change_points, lo, f"({hi}", withscores=True)
+            replies = await pipe.execute()
+        config_raw = _bytes(replies[0])
+        buckets = [(s, r) for s, r in zip(starts, replies[1:-1], strict=True) if r]
+        return TimeseriesRead(config_raw, buckets, [(m, float(t)) for m, t in replies[-1]])

@@ -1,0 +1,247 @@
+"""The time-series read model served by ``GET /experiments/{id}/timeseries``.
+
+Pure functions over the projector's bucket hashes (layout in :mod:`schemas.redis_keys`)
+plus the response schemas; the route in :mod:`services.decider.app` only does the
+Redis round trip. Kept pure so the dashboard contract (``docs/timeseries-api.md``) is
+unit-tested without Redis.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.redis_keys import (
+    BUCKET_SECONDS,
+    FIELD_DECISIONS,
+    FIELD_REWARD_SUM,
+    FIELD_REWARDS,
+    REWARD_SUM_SCALE,
+    BucketKind,
+)
+
+#: An arm must have this many rewards in a bucket to be its winner.
+MIN_WINNER_REWARDS: Final = 20
+#: Default and maximum span of a query, per bucket kind (seconds).
+DEFAULT_SPAN_S: Final[dict[BucketKind, int]] = {"hour": 48 * 3600, "minute": 3600}
+MAX_SPAN_S: Final[dict[BucketKind, int]] = {"hour": 31 * 86400, "minute": 86400}
+
+
+class TimeRangeError(ValueError):
+    """A ``from``/``to`` the API answers with 422."""
+
+
+def parse_time(value: str | None, name: str) -> float | None:
+    """Unix seconds or ISO 8601 (naive = UTC) -> unix seconds; ``None`` stays ``None``."""
+    if value is None or value.strip() == "":
+        return None
+    text = value.strip()
+    try:
+        ts = float(text)
+    except ValueError:
+        try:
+            dt = datetime.fromisoformat(text)
+        except ValueError:
+            raise TimeRangeError(
+                f"{name}: {value!r} is neither unix seconds nor ISO 8601"
+            ) from None
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=UTC)
+        ts = dt.timestamp()
+    if not math.isfinite(ts) or ts < 0:
+        raise TimeRangeError(f"{name}: {value!r} is not a non-negative finite time")
+    return ts
+
+
+def resolve_range(
+    kind: BucketKind, start: float | None, end: float | None, now: float
+) -> tuple[int, int]:
+    """The aligned half-open range ``[from, to)`` of bucket starts to return.
+
+    ``from`` is rounded down and ``to`` up to the bucket width, so every bucket that
+    overlaps the requested interval is included (the default ``to`` = now includes the
+    bucket in progress).
+    """
+    width = BUCKET_SECONDS[kind]
+    end_ts = now if end is None else end
+    start_ts = end_ts - DEFAULT_SPAN_S[kind] if start is None else start
+    if start_ts >= end_ts:
+        raise TimeRangeError("from must be before to")
+    if end_ts - start_ts > MAX_SPAN_S[kind]:
+        raise TimeRangeError(
+            f"from and to are more than {MAX_SPAN_S[kind] // 3600} hours apart for bucket={kind}"
+        )
+    lo = int(start_ts // width) * width
+    hi = math.ceil(end_ts / width) * width
+    return lo, max(hi, lo + width)
+
+
+class TimeseriesPoint(BaseModel):
+    """One (bucket, arm) with any decision or reward."""
+
+    bucket_start: int = Field(description="Unix seconds, UTC, divisible by the bucket width.")
+    arm_id: str
+    decisions: int = Field(description="Decisions served in the bucket (by event time).")
+    rewards: int = Field(description="Rewards applied (deduplicated, valid ones only).")
+    reward_sum: float
+    conversion_rate: float | None = Field(description="reward_sum / rewards; null if 0.")
+    traffic_share: float | None = Field(
+        description="This arm's decisions / all decisions of the bucket; null if 0."
+    )
+
+
+class ChangePointPublic(BaseModel):
+    ts: float
+    arm_id: str
+    detector: str
+
+
+class WinnerChange(BaseModel):
+    bucket_start: int
+    from_arm: str
+    to_arm: str
+
+
+class TimeseriesPublic(BaseModel):
+    """Per-bucket, per-arm performance of one experiment (contract: docs/timeseries-api.md)."""
+
+    model_config = ConfigDict(
+        populate_by_name=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "experiment_id": "cta-button-test",
+                    "bucket": "hour",
+                    "from": 1795795200,
+                    "to": 1795881600,
+                    "arm_ids": ["blue-button", "green-button", "red-button"],
+                    "points": [
+                        {
+                            "bucket_start": 1795795200,
+                            "arm_id": "blue-button",
+                            "decisions": 120,
+                            "rewards": 118,
+                            "reward_sum": 17.0,
+                            "conversion_rate": 0.1441,
+                            "traffic_share": 0.4,
+                        }
+                    ],
+                    "change_points": [
+                        {"ts": 1795801234.5, "arm_id": "red-button", "detector": "cusum"}
+                    ],
+                    "winner_changes": [
+                        {
+                            "bucket_start": 1795812000,
+                            "from_arm": "blue-button",
+                            "to_arm": "red-button",
+                        }
+                    ],
+                }
+            ]
+        },
+    )
+
+    experiment_id: str
+    bucket: BucketKind
+    from_: int = Field(alias="from", description="First bucket start (inclusive).")
+    to: int = Field(description="End of the range (exclusive), aligned to the bucket.")
+    arm_ids: list[str]
+    points: list[TimeseriesPoint]
+    change_points: list[ChangePointPublic]
+    winner_changes: list[WinnerChange]
+
+
+@dataclass(frozen=True, slots=True)
+class _Counts:
+    decisions: int
+    rewards: int
+    reward_micro: int
+
+
+def _decode_bucket(raw: Mapping[bytes, bytes] | Mapping[str, str]) -> dict[str, _Counts]:
+    """``{"<arm>|d": n, ...}`` -> arm -> counts."""
+    per_arm: dict[str, dict[str, int]] = {}
+    for k, v in raw.items():
+        text = k.decode() if isinstance(k, bytes) else k
+        arm, sep, kind = text.rpartition("|")
+        if not sep:
+            continue
+        per_arm.setdefault(arm, {})[kind] = int(v)
+    return {
+        arm: _Counts(f.get(FIELD_DECISIONS, 0), f.get(FIELD_REWARDS, 0), f.get(FIELD_REWARD_SUM, 0))
+        for arm, f in per_arm.items()
+    }
+
+
+def build_points(
+    arm_ids: Sequence[str],
+    buckets: Iterable[tuple[int, Mapping[bytes, bytes] | Mapping[str, str]]],
+) -> list[TimeseriesPoint]:
+    """Points sorted by bucket start, then arm order (unknown arms last, by name)."""
+    order = {a: i for i, a in enumerate(arm_ids)}
+    points: list[TimeseriesPoint] = []
+    for start, raw in sorted(buckets, key=lambda b: b[0]):
+        counts = _decode_bucket(raw)
+        total = sum(c.decisions for c in counts.values())
+        for arm in sorted(counts, key=lambda a: (order.get(a, len(order)), a)):
+            c = counts[arm]
+            if c.decisions == 0 and c.rewards == 0:
+                continue
+            reward_sum = c.reward_micro / REWARD_SUM_SCALE
+            points.append(
+                TimeseriesPoint(
+                    bucket_start=start,
+                    arm_id=arm,
+                    decisions=c.decisions,
+                    rewards=c.rewards,
+                    reward_sum=reward_sum,
+                    conversion_rate=reward_sum / c.rewards if c.rewards else None,
+                    traffic_share=c.decisions / total if total else None,
+                )
+            )
+    return points
+
+
+def winner_changes(
+    points: Sequence[TimeseriesPoint], min_rewards: int = MIN_WINNER_REWARDS
+) -> list[WinnerChange]:
+    """Buckets whose winner differs from the previous winner.
+
+    A bucket's winner is the arm with the highest conversion rate among arms with at
+    least ``min_rewards`` rewards in it (ties: the earlier arm in ``points`` order, i.e.
+    arm order). A bucket without such an arm has no winner and changes nothing; the
+    next winner is compared with the last one seen, so a quiet hour is not a "change".
+    """
+    best: dict[int, tuple[float, str]] = {}
+    for p in points:
+        if p.rewards < min_rewards or p.conversion_rate is None:
+            continue
+        cur = best.get(p.bucket_start)
+        if cur is None or p.conversion_rate > cur[0]:
+            best[p.bucket_start] = (p.conversion_rate, p.arm_id)
+    out: list[WinnerChange] = []
+    previous: str | None = None
+    for start in sorted(best):
+        arm = best[start][1]
+        if previous is not None and arm != previous:
+            out.append(WinnerChange(bucket_start=start, from_arm=previous, to_arm=arm))
+        previous = arm
+    return out
+
+
+def parse_change_points(members: Iterable[tuple[bytes | str, float]]) -> list[ChangePointPublic]:
+    """Zset ``(member, score)`` pairs (member = JSON ``[event_id, arm_id, detector]``)."""
+    out: list[ChangePointPublic] = []
+    for member, score in members:
+        try:
+            _event_id, arm_id, detector = orjson.loads(member)
+        except (orjson.JSONDecodeError, ValueError, TypeError):
+            continue
+        out.append(ChangePointPublic(ts=float(score), arm_id=str(arm_id), detector=str(detector)))
+    return out
