@@ -7,9 +7,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 # uv from PATH, else the one `pip install --user uv` puts in ~/.local/bin.
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
-PACKAGES := $(wildcard schemas bandit_core services dashboard mab_cli deploy demo_traffic)
+PACKAGES := $(wildcard schemas bandit_core services dashboard mab_cli deploy demo_traffic bench)
 
-.PHONY: help venv up down status test lint system-deps kafka-jars
+.PHONY: help venv up down status test lint system-deps kafka-jars bench
 
 help:
 	@echo "make venv | up | down | status | test | lint | system-deps | kafka-jars"
@@ -46,3 +46,6 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict $(PACKAGES) tests
+
+bench: venv system-deps kafka-jars
+	$(BIN)/python -m bench.run

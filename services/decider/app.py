@@ -28,13 +28,12 @@ from fastapi.responses import JSONResponse, Response
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from bandit_core.decision_ids import arm_index_of, make_decision_id
+from bandit_core.decision_ids import arm_index_of
 from bandit_core.fold import reward_rejection
 from bandit_core.state import ExperimentState
 from bandit_core.strategies import InvalidParamsError, validate_params
 from schemas.events import (
     ArmsAdded,
-    DecisionMade,
     ExperimentConfig,
     ExperimentCreated,
     RewardObserved,
@@ -44,6 +43,7 @@ from schemas.ids import ID_MAX_LEN, ID_PATTERN, MAX_ARMS
 from schemas.redis_keys import BucketKind, RedisKeys
 from schemas.topics import TopicNames
 from services.decider.decisions import DecisionCache
+from services.decider.hot_path import DecisionFastPath, serve_decision
 from services.decider.models import (
     ArmsAdd,
     ArmStatsPublic,
@@ -100,7 +100,8 @@ class Runtime:
     topics: TopicNames
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
+    """Async on purpose: a sync dependency would hop to the threadpool on every request."""
     runtime: Runtime = request.app.state.runtime
     return runtime
 
@@ -164,6 +165,7 @@ def create_app(settings: DeciderSettings | None = None) -> FastAPI:
             send_timeout_s=cfg.kafka_send_timeout_s,
             enqueue_timeout_s=cfg.kafka_enqueue_timeout_s,
             linger_ms=cfg.kafka_linger_ms,
+            max_batch_bytes=cfg.kafka_max_batch_bytes,
         )
         store = ConfigStore(redis, RedisKeys(cfg.redis_prefix))
         cache = DecisionCache(
@@ -207,6 +209,7 @@ def create_app(settings: DeciderSettings | None = None) -> FastAPI:
     )
     _install_error_handlers(app)
     _add_routes(app)
+    app.add_middleware(DecisionFastPath)
     return app
 
 
@@ -448,34 +451,12 @@ def _add_routes(app: FastAPI) -> None:
         responses={404: _E404, 422: _E422, 503: _E503},
     )
     async def decide(experiment_id: ExperimentIdQuery, rt: RuntimeDep) -> Response:
-        entry, degraded = await rt.cache.get(experiment_id)
-        if entry is None:
+        # Well-formed requests are normally answered by DecisionFastPath with this same
+        # function; the route serves the docs, validation errors and 404/503.
+        body = await serve_decision(rt, experiment_id)
+        if body is None:
             raise _not_found(experiment_id)
-        config = entry.config
-        index, propensity = rt.cache.decide(entry, time.time())
-        arm_id = entry.arm_list[index]
-        decision_id = make_decision_id(index)
-        event = DecisionMade(
-            experiment_id=experiment_id,
-            decision_id=decision_id,
-            arm_id=arm_id,
-            strategy=config.strategy,
-            strategy_params=config.strategy_params,
-            propensity=propensity,
-            config_version=config.version,
-            snapshot_version=entry.state.version,
-            degraded=degraded,
-        )
-        await rt.producer.publish_nowait(rt.topics.decisions, event)
-        body = {
-            "experiment_id": experiment_id,
-            "arm_id": arm_id,
-            "strategy": config.strategy,
-            "metadata": {"arms": entry.arm_list},
-            "decision_id": decision_id,
-            "propensity": propensity,
-        }
-        return Response(orjson.dumps(body), media_type="application/json")
+        return Response(body, media_type="application/json")
 
     @app.post(
         "/reward",

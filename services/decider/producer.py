@@ -52,6 +52,7 @@ class EventProducer:
         send_timeout_s: float,
         enqueue_timeout_s: float,
         linger_ms: int,
+        max_batch_bytes: int = 512 * 1024,
         client_id: str = "mab-decider",
     ) -> None:
         self.topics = topics
@@ -64,6 +65,7 @@ class EventProducer:
             acks="all",
             enable_idempotence=True,
             linger_ms=linger_ms,
+            max_batch_size=max_batch_bytes,
             compression_type=None,
             request_timeout_ms=max(1000, int(send_timeout_s * 1000)),
             retry_backoff_ms=100,
@@ -110,7 +112,11 @@ class EventProducer:
             raise EventLogUnavailableError(f"kafka error: {exc!r}") from exc
 
     async def publish_nowait(self, topic: str, event: AnyEvent) -> bool:
-        """Enqueue without waiting for the ack; ``False`` if even enqueueing failed.
+        """Enqueue an event without waiting for the ack (see :meth:`send_nowait`)."""
+        return await self.send_nowait(topic, partition_key(event.experiment_id), encode(event))
+
+    async def send_nowait(self, topic: str, key: bytes, value: bytes) -> bool:
+        """Enqueue an encoded record without waiting for the ack; ``False`` if that failed.
 
         Enqueueing is bounded by ``enqueue_timeout_s``: a full buffer or unknown topic
         metadata must not stall decisions (serving beats logging; the loss is counted).
@@ -118,9 +124,7 @@ class EventProducer:
         stats = self.stats
         try:
             async with asyncio.timeout(self.enqueue_timeout_s):
-                fut = await self.kafka.send(
-                    topic, encode(event), key=partition_key(event.experiment_id)
-                )
+                fut = await self.kafka.send(topic, value, key=key)
         except (TimeoutError, KafkaError) as exc:
             self._failed(repr(exc) or "enqueue timeout")
             return False

@@ -1,0 +1,467 @@
+"""The benchmark harness: one command starts what it needs, measures, and writes the table.
+
+``python -m bench.run [--duration S] [--quick]`` (or ``make bench``) starts a throwaway
+Kafka + Redis, the decider and the consumers as real processes, and measures in one run:
+
+* ``GET /decision`` for 2, 10 and 100 arms, one worker and N workers, with wrk
+  (``-t1 -c32``), next to two ceilings measured in the same run on the same server flags:
+  a constant FastAPI route and a raw ASGI app. After each run the decisions topic is
+  counted: every 200 must have produced exactly one ``DecisionMade`` record.
+* ``POST /reward`` (acknowledged by Kafka before the answer).
+* the reward consumer's fold rate from a pre-filled topic, and the projector's when it
+  exists; RSS of each process at rest and after load.
+
+The machine is small and noisy, so every figure is a median of ``--repeats`` runs and is
+reported with its ratio to the ceiling measured minutes earlier, never as an absolute
+promise. Results go to ``bench/results/<date>.json`` and between the markers of the
+"Service" section of ``docs/benchmarks.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+from deploy.local_stack import create_topics, throwaway_stack
+from schemas.events import RewardObserved
+from schemas.redis_keys import RedisKeys
+from schemas.topics import TopicNames, partition_key, topic_specs
+
+ROOT = Path(__file__).resolve().parents[1]
+REPORT_LUA = ROOT / "bench" / "wrk" / "report.lua"
+RESULTS = ROOT / "bench" / "results"
+DOC = ROOT / "docs" / "benchmarks.md"
+START, END = "<!-- service-bench:start -->", "<!-- service-bench:end -->"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process and its children (uvicorn workers), in MiB."""
+    total = 0
+    pids = [pid]
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        pids += [int(p) for p in children.read_text().split()]
+    for p in pids:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except FileNotFoundError:
+            continue
+    return round(total / 1024, 1)
+
+
+class Proc:
+    """A service process with its log, stopped on exit."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], logdir: Path) -> None:
+        self.name = name
+        self.log = logdir / f"{name}.log"
+        with self.log.open("wb") as out:
+            self.popen = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+    def wait_http(self, url: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"{self.name} exited: {self.log.read_text()[-2000:]}")
+            try:
+                if httpx.get(url, timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.name} not ready: {self.log.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(20)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+
+
+@contextmanager
+def uvicorn(
+    name: str, target: str, env: dict[str, str], logdir: Path, workers: int = 1
+) -> Iterator[tuple[Proc, str]]:
+    port = free_port()
+    argv = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        target,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-access-log",
+        "--log-level",
+        "warning",
+        "--workers",
+        str(workers),
+    ]
+    proc = Proc(name, argv, env, logdir)
+    try:
+        health = "/ready" if "decider" in target else "/decision"
+        proc.wait_http(f"http://127.0.0.1:{port}{health}")
+        yield proc, f"http://127.0.0.1:{port}"
+    finally:
+        proc.stop()
+
+
+def wrk(
+    url: str, duration: int, connections: int = 32, method: list[str] | None = None
+) -> dict[str, Any]:
+    argv = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{duration}s",
+        "--timeout",
+        "5s",
+        "-s",
+        str(REPORT_LUA),
+        url,
+    ]
+    if method:
+        argv += ["--", *method]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    match = re.search(r"WRKJSON (\{.*\})", out)
+    if match is None:
+        raise RuntimeError(f"wrk printed no report:\n{out}")
+    raw = json.loads(match.group(1))
+    seconds = raw["duration_us"] / 1e6
+    return {
+        "requests": raw["requests"],
+        "rps": round(raw["requests"] / seconds),
+        "p50_ms": raw["p50_us"] / 1000,
+        "p99_ms": raw["p99_us"] / 1000,
+        "p999_ms": raw["p999_us"] / 1000,
+        "errors": raw["status_errors"] + raw["socket_errors"],
+    }
+
+
+def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median per metric over repeated runs (each run is also kept in the JSON)."""
+    keys = ["rps", "p50_ms", "p99_ms", "p999_ms"]
+    med: dict[str, Any] = {k: round(statistics.median(r[k] for r in runs), 2) for k in keys}
+    med["requests"] = sum(r["requests"] for r in runs)
+    med["errors"] = sum(r["errors"] for r in runs)
+    med["runs"] = runs
+    return med
+
+
+async def _end_offsets(bootstrap: str, topic: str) -> int:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        await consumer.topics()  # fetches full metadata, so the partitions are known
+        parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in parts]
+        ends = await consumer.end_offsets(tps)
+        return int(sum(ends.values()))
+    finally:
+        await consumer.stop()
+
+
+def topic_count(bootstrap: str, topic: str) -> int:
+    return asyncio.run(_end_offsets(bootstrap, topic))
+
+
+async def _prefill(bootstrap: str, topic: str, experiment: str, arms: list[str], n: int) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=20, acks=1, max_batch_size=512 * 1024
+    )
+    await producer.start()
+    try:
+        key = partition_key(experiment)
+        futures = []
+        for i in range(n):
+            event = RewardObserved(
+                experiment_id=experiment,
+                arm_id=arms[i % len(arms)],
+                reward=float(i % 7 == 0),
+                source="bench",
+            )
+            futures.append(await producer.send(topic, orjson.dumps(event.model_dump()), key=key))
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+def fold_rate(
+    name: str,
+    module: str,
+    env: dict[str, str],
+    logdir: Path,
+    redis_url: str,
+    done_when: Any,
+    n: int,
+) -> dict[str, Any]:
+    """Start a consumer process on a pre-filled topic; records/s until ``done_when()``."""
+    proc = Proc(name, [sys.executable, "-m", module], env, logdir)
+    t0 = time.monotonic()
+    try:
+        rss_rest = rss_mb(proc.popen.pid)
+        while not done_when():
+            if proc.popen.poll() is not None:
+                raise RuntimeError(f"{name} exited: {proc.log.read_text()[-2000:]}")
+            if time.monotonic() - t0 > 600:
+                raise RuntimeError(f"{name} did not catch up in 600 s")
+            time.sleep(0.05)
+        seconds = time.monotonic() - t0
+        return {
+            "records": n,
+            "seconds": round(seconds, 2),
+            "records_per_s": round(n / seconds),
+            "rss_mb_start": rss_rest,
+            "rss_mb_loaded": rss_mb(proc.popen.pid),
+        }
+    finally:
+        proc.stop()
+
+
+def run(duration: int, repeats: int, fold_records: int, workers: int) -> dict[str, Any]:
+    import redis
+
+    results: dict[str, Any] = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
+        f"Python {platform.python_version()}",
+        "wrk": f"wrk -t1 -c32 -d{duration}s, median of {repeats}",
+    }
+    with throwaway_stack() as stack:
+        stack.start_redis()
+        stack.start_kafka()
+        prefix = f"bench{uuid.uuid4().hex[:6]}-"
+        create_topics(stack.bootstrap, topic_specs(prefix))
+        topics = TopicNames.with_prefix(prefix)
+        logdir = Path(stack.config.run_dir) / "bench-logs"
+        logdir.mkdir(parents=True, exist_ok=True)
+        env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": stack.bootstrap,
+            "REDIS_URL": stack.redis_url,
+            "MAB_TOPIC_PREFIX": prefix,
+            "MAB_REDIS_PREFIX": prefix,
+            "LOG_LEVEL": "WARNING",
+        }
+
+        def measure(url: str, method: list[str] | None = None, warm: bool = True) -> dict[str, Any]:
+            if warm:
+                wrk(url, 2, method=method)  # warm caches and connections, not measured
+            return median_of([wrk(url, duration, method=method) for _ in range(repeats)])
+
+        for label, target in [
+            ("raw ASGI", "bench.baselines:raw_app"),
+            ("FastAPI constant route", "bench.baselines:fastapi_app"),
+        ]:
+            with uvicorn(label.split()[0].lower(), target, env, logdir) as (_, base):
+                results[label] = measure(f"{base}/decision")
+
+        for n_workers in sorted({1, workers}):
+            with uvicorn(
+                f"decider-w{n_workers}", "services.decider.app:app", env, logdir, workers=n_workers
+            ) as (proc, base):
+                rest = rss_mb(proc.popen.pid)
+                for arms in (2, 10, 100):
+                    if n_workers != 1 and arms != 2:
+                        continue
+                    exp = f"bench-{arms}-w{n_workers}"
+                    r = httpx.post(
+                        f"{base}/experiments",
+                        json={
+                            "experiment_id": exp,
+                            "arm_ids": [f"arm-{i}" for i in range(arms)],
+                            "strategy": "thompson",
+                        },
+                        timeout=10,
+                    )
+                    r.raise_for_status()
+                    url = f"{base}/decision?experiment_id={exp}"
+                    wrk(url, 2)  # warm-up, outside the count
+                    time.sleep(1.0)
+                    before = topic_count(stack.bootstrap, topics.decisions)
+                    res = measure(url, warm=False)
+                    time.sleep(1.0)  # linger + flush
+                    logged = topic_count(stack.bootstrap, topics.decisions) - before
+                    res["decision_events_logged"] = logged
+                    res["decision_events_missing"] = res["requests"] - res["errors"] - logged
+                    results[f"GET /decision, {arms} arms, {n_workers} worker(s)"] = res
+                exp = f"bench-2-w{n_workers}"
+                body = json.dumps({"experiment_id": exp, "arm_id": "arm-0", "reward": 1.0})
+                before = topic_count(stack.bootstrap, topics.rewards)
+                res = measure(f"{base}/reward", method=["POST", body], warm=False)
+                res["reward_events_logged"] = topic_count(stack.bootstrap, topics.rewards) - before
+                results[f"POST /reward, {n_workers} worker(s)"] = res
+                results[f"decider RSS MiB, {n_workers} worker(s)"] = {
+                    "rest": rest,
+                    "after_load": rss_mb(proc.popen.pid),
+                }
+
+        # Fold rates: pre-fill the rewards topic, then time a fresh consumer to catch up.
+        exp = "bench-fold"
+        keys = RedisKeys(prefix).experiment(exp)
+        client = redis.Redis.from_url(stack.redis_url)
+        now = time.time()
+        client.set(
+            keys.config,
+            orjson.dumps(
+                {
+                    "experiment_id": exp,
+                    "arm_ids": ["a", "b", "c"],
+                    "strategy": "thompson",
+                    "strategy_params": {},
+                    "version": 1,
+                    "created_ts": now,
+                    "updated_ts": now,
+                }
+            ),
+        )
+        asyncio.run(_prefill(stack.bootstrap, topics.rewards, exp, ["a", "b", "c"], fold_records))
+
+        def folded() -> bool:
+            raw = client.get(keys.snapshot)
+            if raw is None:
+                return False
+            arms: dict[str, list[float]] = orjson.loads(raw)["arms"]
+            return sum(v[0] for v in arms.values()) >= fold_records
+
+        results["reward consumer fold"] = fold_rate(
+            "reward-consumer",
+            "services.reward_consumer",
+            {**env, "MAB_CONSUMER_GROUP_ID": f"{prefix}bench"},
+            logdir,
+            stack.redis_url,
+            folded,
+            fold_records,
+        )
+        if (ROOT / "services" / "projector" / "__main__.py").exists():
+            hour_prefix = f"{prefix}mab:{{{exp}}}:"
+
+            def projected() -> bool:
+                total = 0
+                for key in client.scan_iter(match=f"{hour_prefix}*"):
+                    if client.type(key) == b"hash":
+                        fields: dict[bytes, bytes] = client.hgetall(key)  # type: ignore[assignment]
+                        for field, value in fields.items():
+                            if field.endswith(b"|r"):
+                                total += int(value)
+                return total >= fold_records
+
+            results["projector fold"] = fold_rate(
+                "projector",
+                "services.projector",
+                {**env, "MAB_PROJECTOR_GROUP_ID": f"{prefix}bench-projector"},
+                logdir,
+                stack.redis_url,
+                projected,
+                fold_records,
+            )
+    return results
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = [f"Measured {results['date']} on {results['machine']}; {results['wrk']}.", ""]
+    ceiling = results.get("raw ASGI", {}).get("rps")
+    lines += [
+        "| What | req/s | p50 ms | p99 ms | p99.9 ms | errors | vs raw ASGI | events |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        if isinstance(r, dict) and "rps" in r:
+            ratio = f"{r['rps'] / ceiling:.2f}" if ceiling else "-"
+            events = ""
+            if "decision_events_logged" in r:
+                events = f"{r['decision_events_logged']} logged / {r['requests']} answered"
+            if "reward_events_logged" in r:
+                events = f"{r['reward_events_logged']} logged / {r['requests']} answered"
+            lines.append(
+                f"| {name} | {r['rps']:,} | {r['p50_ms']} | {r['p99_ms']} | "
+                f"{r['p999_ms']} | {r['errors']} | {ratio} | {events} |"
+            )
+    lines += [
+        "",
+        "| Consumer | records | seconds | records/s | RSS MiB start → loaded |",
+        "|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        if isinstance(r, dict) and "records_per_s" in r:
+            lines.append(
+                f"| {name} | {r['records']:,} | {r['seconds']} | "
+                f"{r['records_per_s']:,} | {r['rss_mb_start']} → {r['rss_mb_loaded']} |"
+            )
+    for name, r in results.items():
+        if name.startswith("decider RSS"):
+            lines.append(f"\n{name}: {r['rest']} at rest, {r['after_load']} after load.")
+    return "\n".join(lines) + "\n"
+
+
+def write_doc(table: str, command: str) -> None:
+    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
+    block = f"{START}\nCommand: `{command}`\n\n{table}{END}"
+    if START in text and END in text:
+        text = text[: text.index(START)] + block + text[text.index(END) + len(END) :]
+    else:
+        text = text.rstrip() + "\n\n## Service\n\n" + block + "\n"
+    DOC.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--repeats", type=int, default=3, help="wrk runs per figure (median)")
+    parser.add_argument("--fold-records", type=int, default=200_000)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--quick", action="store_true", help="3 s runs, 1 repeat, 20k records")
+    parser.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is missing: run `make system-deps` (Debian package wrk)")
+    if args.quick:
+        args.duration, args.repeats, args.fold_records = 3, 1, 20_000
+    results = run(args.duration, args.repeats, args.fold_records, args.workers)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"{results['date'][:19].replace(':', '')}.json"
+    out.write_text(json.dumps(results, indent=2))
+    table = markdown(results)
+    print(table)
+    if not args.no_doc:
+        write_doc(table, "make bench  # python -m bench.run " + " ".join(sys.argv[1:]))
+    print(f"raw results: {out.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
