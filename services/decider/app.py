@@ -28,22 +28,20 @@ from fastapi.responses import JSONResponse, Response
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from bandit_core.decision_ids import arm_index_of
-from bandit_core.fold import reward_rejection
 from bandit_core.state import ExperimentState
 from bandit_core.strategies import InvalidParamsError, validate_params
 from schemas.events import (
     ArmsAdded,
     ExperimentConfig,
     ExperimentCreated,
-    RewardObserved,
     StrategyChanged,
 )
 from schemas.ids import ID_MAX_LEN, ID_PATTERN, MAX_ARMS
 from schemas.redis_keys import BucketKind, RedisKeys
 from schemas.topics import TopicNames
 from services.decider.decisions import DecisionCache
-from services.decider.hot_path import DecisionFastPath, serve_decision
+from services.decider.errors import not_found as _not_found
+from services.decider.hot_path import DecisionFastPath, serve_decision, serve_reward
 from services.decider.models import (
     ArmsAdd,
     ArmStatsPublic,
@@ -132,10 +130,6 @@ _E404 = {"model": ErrorPublic, "description": "No such experiment."}
 _E409 = {"model": ErrorPublic, "description": "Conflicts with the stored configuration."}
 _E422 = {"description": "Invalid request (ids, arms, strategy, params, reward)."}
 _E503 = {"model": ErrorPublic, "description": "Redis or Kafka unavailable; safe to retry."}
-
-
-def _not_found(experiment_id: str) -> HTTPException:
-    return HTTPException(status.HTTP_404_NOT_FOUND, f"experiment {experiment_id!r} not found")
 
 
 def _configure_logging(level: str) -> None:
@@ -482,41 +476,9 @@ def _add_routes(app: FastAPI) -> None:
         },
     )
     async def reward(body: RewardCreate, rt: RuntimeDep) -> RewardPublic:
-        fields: dict[str, Any] = {
-            "experiment_id": body.experiment_id,
-            "arm_id": body.arm_id,
-            "reward": body.reward,
-            "decision_id": body.decision_id,
-            "source": "api",
-        }
-        if body.event_id is not None:
-            fields["event_id"] = body.event_id
-        event = RewardObserved(**fields)
-        entry, _ = await rt.cache.get(body.experiment_id)
-        config = entry.config if entry is not None else None
-        reason = reward_rejection(config, event)
-        if reason is not None and reason != "bad_decision_id":
-            # The cache may predate an arm added on another process: ask Redis before
-            # rejecting (only on this rare path).
-            rt.cache.invalidate(body.experiment_id)
-            config = await rt.store.get_config(body.experiment_id)
-            reason = reward_rejection(config, event)
-        if reason is not None or config is None:
-            raise _reward_rejected(reason or "unknown_experiment", event, config)
-        try:
-            await rt.producer.publish(rt.topics.rewards, event)
-        except EventLogUnavailableError as exc:
-            log.error("reward for %s not logged: %s", body.experiment_id, exc)
-            raise HTTPException(
-                status.HTTP_503_SERVICE_UNAVAILABLE,
-                "reward not recorded: event log unavailable, retry",
-            ) from None
-        return RewardPublic(
-            experiment_id=event.experiment_id,
-            arm_id=event.arm_id,
-            strategy=config.strategy,
-            event_id=event.event_id,
-        )
+        # Well-formed JSON bodies are normally answered by DecisionFastPath with this
+        # same function; the route serves the docs and FastAPI's validation errors.
+        return await serve_reward(rt, body)
 
     @app.get(
         "/experiments/{experiment_id}/stats",
@@ -611,30 +573,6 @@ def _add_routes(app: FastAPI) -> None:
             change_points=parse_change_points(read.change_points),
             winner_changes=winner_changes(points),
         )
-
-
-def _reward_rejected(
-    reason: str, event: RewardObserved, config: ExperimentConfig | None
-) -> HTTPException:
-    if reason == "unknown_experiment" or config is None:
-        return _not_found(event.experiment_id)
-    if reason == "unknown_arm":
-        msg = (
-            f"arm {event.arm_id!r} is not in experiment {event.experiment_id!r}; "
-            f"arms: {list(config.arm_ids)}"
-        )
-    elif reason == "arm_mismatch":
-        index = arm_index_of(event.decision_id or "")
-        served = config.arm_ids[index] if index is not None and index < len(config.arm_ids) else "?"
-        msg = (
-            f"decision {event.decision_id!r} served arm {served!r}, "
-            f"but the reward names {event.arm_id!r}"
-        )
-    elif reason == "bad_decision_id":
-        msg = f"decision_id {event.decision_id!r} was not issued by this service"
-    else:
-        msg = f"reward rejected: {reason}"
-    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, msg)
 
 
 app = create_app()

@@ -1,4 +1,4 @@
-"""``GET /decision``: one implementation, served two ways.
+"""``GET /decision`` and ``POST /reward``: one implementation each, served two ways.
 
 :func:`serve_decision` is the whole decision (cached snapshot, one strategy call, the
 ``DecisionMade`` event enqueued without waiting, the response body). The FastAPI route
@@ -10,10 +10,16 @@ under wrk showed those layers cost more than the decision itself. It answers onl
 the query is exactly ``experiment_id=<valid id>`` and the experiment is in memory or
 Redis; anything else (missing or invalid id, unknown experiment, extra parameters, a
 Redis error) falls through to the FastAPI route, which produces the documented 4xx/5xx.
+
+``POST /reward`` works the same way: a JSON body that validates as :class:`RewardCreate`
+is served by :func:`serve_reward` right here (its 404/422/503 are the route's own
+``HTTPException`` rendered identically); a body that does not validate is replayed to
+FastAPI untouched, so validation errors keep FastAPI's format.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import uuid
@@ -22,15 +28,23 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import orjson
+from fastapi import HTTPException, status
+from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from bandit_core.decision_ids import make_decision_id
-from schemas.events import SCHEMA_VERSION
+from bandit_core.fold import reward_rejection
+from schemas.events import SCHEMA_VERSION, RewardObserved
 from schemas.ids import is_valid_id
 from schemas.topics import partition_key
+from services.decider.errors import reward_rejected
+from services.decider.models import RewardCreate, RewardPublic
+from services.decider.producer import EventLogUnavailableError
 
 if TYPE_CHECKING:
     from services.decider.app import Runtime
+
+log = logging.getLogger("services.decider")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -40,6 +54,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _PREFIX = b"experiment_id="
 _HEADERS = [(b"content-type", b"application/json")]
+#: Larger reward bodies go to FastAPI (and its body limit); a valid one is ~200 bytes.
+_MAX_FAST_BODY = 16 * 1024
 
 
 def decision_made_record(
@@ -114,6 +130,59 @@ async def serve_decision(rt: Runtime, experiment_id: str) -> bytes | None:
     )
 
 
+async def serve_reward(rt: Runtime, body: RewardCreate) -> RewardPublic:
+    """Validate a reward against the current config, append it, answer after Kafka's ack.
+
+    The decider never writes reward state: the reward consumer folds the log.
+    """
+    fields: dict[str, Any] = {
+        "experiment_id": body.experiment_id,
+        "arm_id": body.arm_id,
+        "reward": body.reward,
+        "decision_id": body.decision_id,
+        "source": "api",
+    }
+    if body.event_id is not None:
+        fields["event_id"] = body.event_id
+    event = RewardObserved(**fields)
+    entry, _ = await rt.cache.get(body.experiment_id)
+    config = entry.config if entry is not None else None
+    reason = reward_rejection(config, event)
+    if reason is not None and reason != "bad_decision_id":
+        # The cache may predate an arm added on another process: ask Redis before
+        # rejecting (only on this rare path).
+        rt.cache.invalidate(body.experiment_id)
+        config = await rt.store.get_config(body.experiment_id)
+        reason = reward_rejection(config, event)
+    if reason is not None or config is None:
+        raise reward_rejected(reason or "unknown_experiment", event, config)
+    try:
+        await rt.producer.publish(rt.topics.rewards, event)
+    except EventLogUnavailableError as exc:
+        log.error("reward for %s not logged: %s", body.experiment_id, exc)
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            "reward not recorded: event log unavailable, retry",
+        ) from None
+    return RewardPublic(
+        experiment_id=event.experiment_id,
+        arm_id=event.arm_id,
+        strategy=config.strategy,
+        event_id=event.event_id,
+    )
+
+
+async def _respond(send: Send, status_code: int, body: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status_code,
+            "headers": [*_HEADERS, (b"content-length", b"%d" % len(body))],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
 class DecisionFastPath:
     """ASGI middleware: answer well-formed ``GET /decision`` before FastAPI's routing."""
 
@@ -121,19 +190,52 @@ class DecisionFastPath:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == "/decision" and scope["method"] == "GET":
-            body = await self._try(scope)
-            if body is not None:
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 200,
-                        "headers": [*_HEADERS, (b"content-length", b"%d" % len(body))],
-                    }
-                )
-                await send({"type": "http.response.body", "body": body})
+        if scope["type"] == "http":
+            path, method = scope["path"], scope["method"]
+            if path == "/decision" and method == "GET":
+                body = await self._try(scope)
+                if body is not None:
+                    await _respond(send, 200, body)
+                    return
+            elif path == "/reward" and method == "POST":
+                await self._reward(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+    async def _reward(self, scope: Scope, receive: Receive, send: Send) -> None:
+        runtime = getattr(scope["app"].state, "runtime", None)
+        headers = dict(scope["headers"])
+        raw = b""
+        more = True
+        while more and len(raw) <= _MAX_FAST_BODY:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # client went away
+            raw += message.get("body", b"")
+            more = message.get("more_body", False)
+        parsed: RewardCreate | None = None
+        if (
+            runtime is not None
+            and not more
+            and headers.get(b"content-type", b"").startswith(b"application/json")
+        ):
+            try:
+                parsed = RewardCreate.model_validate_json(raw)
+            except ValidationError:
+                parsed = None
+        if runtime is None or parsed is None:
+            await self.app(scope, _replay(raw, more, receive), send)
+            return
+        try:
+            public = await serve_reward(runtime, parsed)
+        except HTTPException as exc:
+            await _respond(send, exc.status_code, orjson.dumps({"detail": exc.detail}))
+            return
+        except RedisError as exc:
+            log.error("redis error on POST /reward: %r", exc)
+            await _respond(send, 503, b'{"detail":"state store unavailable, retry"}')
+            return
+        await _respond(send, 200, orjson.dumps(public.model_dump()))
 
     @staticmethod
     async def _try(scope: Scope) -> bytes | None:
@@ -148,3 +250,17 @@ class DecisionFastPath:
             return await serve_decision(runtime, experiment_id)
         except RedisError:
             return None  # the route answers 503 with the documented body
+
+
+def _replay(first: bytes, more: bool, receive: Receive) -> Receive:
+    """A ``receive`` that hands FastAPI the body already read, then the rest."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": first, "more_body": more}
+        return await receive()
+
+    return replay
