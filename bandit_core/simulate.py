@@ -164,8 +164,13 @@ def run_once(
     params: Mapping[str, Any],
     seed: int,
     means: Sequence[tuple[float, ...]] | None = None,
+    on_step: Callable[[int, int, float], None] | None = None,
 ) -> RunResult:
-    """One run of ``strategy_name`` on ``env``; deterministic given ``seed``."""
+    """One run of ``strategy_name`` on ``env``; deterministic given ``seed``.
+
+    ``on_step(t, arm_index, cumulative_regret)`` lets the dashboard draw curves from
+    this very loop instead of a copy of it.
+    """
     strategy = get_strategy(strategy_name)
     arm_ids = env.arms
     stats = [ArmStats() for _ in arm_ids]
@@ -192,6 +197,8 @@ def run_once(
         s.decisions += 1
         if observe(s, r, now) is not None:
             restart_others(stats, s)
+        if on_step is not None:
+            on_step(t, i, regret)
     return RunResult(regret, reward_total, tail_best / (env.horizon - tail_start))
 
 

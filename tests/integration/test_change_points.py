@@ -68,10 +68,10 @@ async def test_abrupt_change_is_published_as_an_event(
             polled = await reader.getmany(timeout_ms=500)
             for recs in polled.values():
                 for r in recs:
-                    ev = decode(r.value)
-                    if isinstance(ev, ChangePointDetected):
+                    decoded = decode(r.value)
+                    if isinstance(decoded, ChangePointDetected):
                         assert r.key == exp.encode()
-                        found.append(ev)
+                        found.append(decoded)
     finally:
         await reader.stop()
     assert found, "no ChangePointDetected on the experiments topic"

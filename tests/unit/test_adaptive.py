@@ -110,7 +110,8 @@ def test_glr_detects_a_drop_and_restarts_since_change_stats() -> None:
     alarms = [observe(s, float(rng.random() < 0.3), float(t)) for t in range(1000)]
     assert all(a is None for a in alarms), "false alarm on a stationary arm"
     assert len(s.glr_n) <= GLR_MAX_BLOCKS
-    assert sum(s.glr_n) == s.cp_pulls == 1000
+    assert sum(s.glr_n) == 1000
+    assert s.cp_pulls == 1000
     t_change = 1000
     detected = None
     for t in range(t_change, t_change + 2000):
