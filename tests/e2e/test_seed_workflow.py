@@ -152,6 +152,7 @@ async def test_reward_lag_is_bounded(services: Services) -> None:
         assert p99 < 5.0
 
 
+@pytest.mark.timeout(900)  # a learning check, not a speed check: slow machines must pass
 @pytest.mark.parametrize("strategy", ["thompson", "ucb1", "epsilon_greedy"])
 async def test_learning_end_to_end(services: Services, strategy: str) -> None:
     """Scenario: a simulated storefront with true conversion rates 5% vs 20%.
@@ -160,7 +161,7 @@ async def test_learning_end_to_end(services: Services, strategy: str) -> None:
     rates = {"low": 0.05, "high": 0.20}
     rng = random.Random(7)
     served: list[str] = []
-    total = 4000
+    total = 3000
     async with httpx.AsyncClient(
         base_url=services.api_url, timeout=10, limits=httpx.Limits(max_connections=32)
     ) as c:
@@ -187,7 +188,9 @@ async def test_learning_end_to_end(services: Services, strategy: str) -> None:
                 )
                 assert r.status_code == 200, r.text
 
-        await asyncio.gather(*(visitor() for _ in range(16)))
+        # Few visitors: httpx's pool degrades under high client concurrency and only
+        # the client would get slower; the learning signal is the same.
+        await asyncio.gather(*(visitor() for _ in range(8)))
     last = served[-1000:]
     share = last.count("high") / len(last)
     print(f"\n{strategy}: share of the better arm in the last 1000 decisions = {share:.3f}")
