@@ -1,13 +1,21 @@
-"""Beta-posterior sampling helpers shared by the adaptive Thompson variants."""
+"""Beta-posterior sampling shared by the adaptive Thompson variants.
+
+The variants differ only in *which* statistics feed the Beta posteriors (decayed,
+per-daypart, since the last change point); :class:`BetaThompson` is everything else.
+"""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from abc import abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from bandit_core.rng import numpy_generator
+from bandit_core.state import ArmStats
+from bandit_core.strategies.base import Strategy, check_arms
 
 
 def sample_argmax(alphas: Sequence[float], betas: Sequence[float], rng: random.Random) -> int:
@@ -39,3 +47,50 @@ def argmax_propensities(
     p = (wins + 1.0 / k) / (samples + 1.0)
     p /= p.sum()
     return [float(x) for x in p]
+
+
+class BetaThompson(Strategy):
+    """Thompson sampling on posteriors from :meth:`posteriors`, with optional uniform
+    forced exploration (:meth:`exploration`), whose propensities mix in closed form."""
+
+    @abstractmethod
+    def posteriors(
+        self, stats: Sequence[ArmStats], params: Mapping[str, Any], now: float
+    ) -> tuple[list[float], list[float]]:
+        """Beta (alpha, beta) per arm."""
+
+    def exploration(self, params: Mapping[str, Any]) -> float:
+        """Probability of a uniformly random arm instead of a posterior sample."""
+        return 0.0
+
+    def choose(
+        self,
+        arm_ids: Sequence[str],
+        stats: Sequence[ArmStats],
+        params: Mapping[str, Any],
+        rng: random.Random,
+        now: float,
+    ) -> int:
+        k = check_arms(arm_ids, stats)
+        explore = self.exploration(params)
+        if explore and rng.random() < explore:
+            return rng.randrange(k)
+        return sample_argmax(*self.posteriors(stats, params, now), rng)
+
+    def propensities(
+        self,
+        arm_ids: Sequence[str],
+        stats: Sequence[ArmStats],
+        params: Mapping[str, Any],
+        rng: random.Random,
+        now: float,
+        samples: int = 1000,
+    ) -> list[float]:
+        k = check_arms(arm_ids, stats)
+        p = argmax_propensities(*self.posteriors(stats, params, now), rng, samples)
+        explore = self.exploration(params)
+        if not explore:
+            return p
+        mixed = [explore / k + (1.0 - explore) * x for x in p]
+        total = sum(mixed)
+        return [x / total for x in mixed]

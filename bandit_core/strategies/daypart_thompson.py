@@ -19,7 +19,6 @@ events (replay must not depend on params).
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Final
 
@@ -27,8 +26,8 @@ from pydantic import Field, field_validator
 
 from bandit_core.adaptive import DAY, DAYPART_BUCKETS, DAYPART_HALF_LIFE, DAYPART_WIDTH
 from bandit_core.state import ArmStats
-from bandit_core.strategies._beta import argmax_propensities, sample_argmax
-from bandit_core.strategies.base import Strategy, StrategyParams, check_arms
+from bandit_core.strategies._beta import BetaThompson
+from bandit_core.strategies.base import StrategyParams
 
 DEFAULT_BUCKETS: Final = DAYPART_BUCKETS
 DEFAULT_PRIOR_WEIGHT: Final = 10.0
@@ -93,29 +92,11 @@ def daypart_posteriors(
     return alphas, betas
 
 
-class DaypartThompson(Strategy):
+class DaypartThompson(BetaThompson):
     name: ClassVar[str] = "daypart_thompson"
     params_model: ClassVar[type[StrategyParams]] = DaypartThompsonParams
 
-    def choose(
-        self,
-        arm_ids: Sequence[str],
-        stats: Sequence[ArmStats],
-        params: Mapping[str, Any],
-        rng: random.Random,
-        now: float,
-    ) -> int:
-        check_arms(arm_ids, stats)
-        return sample_argmax(*daypart_posteriors(stats, params, now), rng)
-
-    def propensities(
-        self,
-        arm_ids: Sequence[str],
-        stats: Sequence[ArmStats],
-        params: Mapping[str, Any],
-        rng: random.Random,
-        now: float,
-        samples: int = 1000,
-    ) -> list[float]:
-        check_arms(arm_ids, stats)
-        return argmax_propensities(*daypart_posteriors(stats, params, now), rng, samples)
+    def posteriors(
+        self, stats: Sequence[ArmStats], params: Mapping[str, Any], now: float
+    ) -> tuple[list[float], list[float]]:
+        return daypart_posteriors(stats, params, now)

@@ -10,7 +10,6 @@ decaying towards the prior, which is what makes it be re-explored after a change
 
 from __future__ import annotations
 
-import random
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Final
 
@@ -18,8 +17,8 @@ from pydantic import Field
 
 from bandit_core.adaptive import MAX_HALF_LIFE, MIN_HALF_LIFE, decayed
 from bandit_core.state import ArmStats
-from bandit_core.strategies._beta import argmax_propensities, sample_argmax
-from bandit_core.strategies.base import Strategy, StrategyParams, check_arms
+from bandit_core.strategies._beta import BetaThompson
+from bandit_core.strategies.base import StrategyParams
 
 DEFAULT_HALF_LIFE: Final = 512.0
 DEFAULT_PRIOR: Final = 1.0
@@ -56,29 +55,11 @@ def discounted_posteriors(
     return alphas, betas
 
 
-class DiscountedThompson(Strategy):
+class DiscountedThompson(BetaThompson):
     name: ClassVar[str] = "discounted_thompson"
     params_model: ClassVar[type[StrategyParams]] = DiscountedThompsonParams
 
-    def choose(
-        self,
-        arm_ids: Sequence[str],
-        stats: Sequence[ArmStats],
-        params: Mapping[str, Any],
-        rng: random.Random,
-        now: float,
-    ) -> int:
-        check_arms(arm_ids, stats)
-        return sample_argmax(*discounted_posteriors(stats, params, now), rng)
-
-    def propensities(
-        self,
-        arm_ids: Sequence[str],
-        stats: Sequence[ArmStats],
-        params: Mapping[str, Any],
-        rng: random.Random,
-        now: float,
-        samples: int = 1000,
-    ) -> list[float]:
-        check_arms(arm_ids, stats)
-        return argmax_propensities(*discounted_posteriors(stats, params, now), rng, samples)
+    def posteriors(
+        self, stats: Sequence[ArmStats], params: Mapping[str, Any], now: float
+    ) -> tuple[list[float], list[float]]:
+        return discounted_posteriors(stats, params, now)

@@ -19,7 +19,6 @@ instead of kl-UCB, as in the change-detection Thompson framework of Ghatak (IEEE
 
 from __future__ import annotations
 
-import random
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Final
 
@@ -27,8 +26,8 @@ from pydantic import Field
 
 from bandit_core.adaptive import MAX_HALF_LIFE, MIN_HALF_LIFE, decayed
 from bandit_core.state import ArmStats
-from bandit_core.strategies._beta import argmax_propensities, sample_argmax
-from bandit_core.strategies.base import Strategy, StrategyParams, check_arms
+from bandit_core.strategies._beta import BetaThompson
+from bandit_core.strategies.base import StrategyParams
 
 DEFAULT_ALPHA: Final = 0.01
 DEFAULT_PRIOR: Final = 1.0
@@ -75,35 +74,14 @@ def since_change_posteriors(
     return alphas, betas
 
 
-class GlrThompson(Strategy):
+class GlrThompson(BetaThompson):
     name: ClassVar[str] = "glr_thompson"
     params_model: ClassVar[type[StrategyParams]] = GlrThompsonParams
 
-    def choose(
-        self,
-        arm_ids: Sequence[str],
-        stats: Sequence[ArmStats],
-        params: Mapping[str, Any],
-        rng: random.Random,
-        now: float,
-    ) -> int:
-        k = check_arms(arm_ids, stats)
-        if rng.random() < float(params.get("alpha", DEFAULT_ALPHA)):
-            return rng.randrange(k)
-        return sample_argmax(*since_change_posteriors(stats, params, now), rng)
+    def posteriors(
+        self, stats: Sequence[ArmStats], params: Mapping[str, Any], now: float
+    ) -> tuple[list[float], list[float]]:
+        return since_change_posteriors(stats, params, now)
 
-    def propensities(
-        self,
-        arm_ids: Sequence[str],
-        stats: Sequence[ArmStats],
-        params: Mapping[str, Any],
-        rng: random.Random,
-        now: float,
-        samples: int = 1000,
-    ) -> list[float]:
-        k = check_arms(arm_ids, stats)
-        alpha = float(params.get("alpha", DEFAULT_ALPHA))
-        p = argmax_propensities(*since_change_posteriors(stats, params, now), rng, samples)
-        mixed = [alpha / k + (1.0 - alpha) * x for x in p]
-        total = sum(mixed)
-        return [x / total for x in mixed]
+    def exploration(self, params: Mapping[str, Any]) -> float:
+        return float(params.get("alpha", DEFAULT_ALPHA))
