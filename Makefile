@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 # uv from PATH, else the one `pip install --user uv` puts in ~/.local/bin.
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
-PACKAGES := $(wildcard schemas bandit_core services dashboard mab_cli deploy demo_traffic bench)
+PACKAGES := $(wildcard schemas bandit_core stream_runtime services dashboard mab_cli deploy demo_traffic bench)
 
 .PHONY: help venv up down status test lint system-deps kafka-jars bench
 
