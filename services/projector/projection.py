@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import Final, NamedTuple, Protocol
 
 import orjson
 
@@ -87,9 +87,12 @@ def change_point_member(event: ChangePointDetected) -> bytes:
     return orjson.dumps([event.event_id, event.arm_id, event.detector])
 
 
-@dataclass(frozen=True, slots=True)
-class Positioned:
-    """A decoded event with the log position it came from."""
+class Positioned(NamedTuple):
+    """A decoded event with the log position it came from.
+
+    A named tuple rather than a frozen dataclass: one is built per record, and a frozen
+    dataclass's ``__init__`` (``object.__setattr__`` per field) costs several times more.
+    """
 
     record: RecordLike
     event: AnyEvent
@@ -146,26 +149,69 @@ def decode_record(record: RecordLike, topics: TopicNames) -> AnyEvent | None:
 
 
 def decode_batch(records: Iterable[RecordLike], topics: TopicNames) -> DecodedBatch:
-    """Decode every record; group the projected ones by experiment in log order."""
+    """Decode every record; group the projected ones by experiment in log order.
+
+    Same outcome as :func:`decode_record` per record; the loop only keeps its lookups in
+    locals and skips ``setdefault``'s per-record list allocation (this runs per event).
+    """
     out = DecodedBatch()
+    by_experiment = out.by_experiment
+    rejected = out.rejected
+    ignored = 0
     for record in records:
         try:
             event = decode_record(record, topics)
         except DecodeError as exc:
-            out.rejected.append(Rejected(record, exc.reason))
+            rejected.append(Rejected(record, exc.reason))
             continue
         if event is None:
-            out.ignored += 1
+            ignored += 1
             continue
-        out.by_experiment.setdefault(event.experiment_id, []).append(Positioned(record, event))
+        group = by_experiment.get(event.experiment_id)
+        if group is None:
+            group = by_experiment[event.experiment_id] = []
+        group.append(Positioned(record, event))
+    out.ignored = ignored
     return out
+
+
+class _OffsetFields:
+    """``offset_field`` memo keyed by topic then partition: a batch names a handful of
+    partitions, so the per-record cost is two dict hits instead of a format call (and no
+    key tuple is built)."""
+
+    __slots__ = ("_by_topic",)
+
+    def __init__(self) -> None:
+        self._by_topic: dict[str, dict[int, str]] = {}
+
+    def of(self, record: RecordLike) -> str:
+        topic = record.topic
+        parts = self._by_topic.get(topic)
+        if parts is None:
+            parts = self._by_topic[topic] = {}
+        partition = record.partition
+        name = parts.get(partition)
+        if name is None:
+            name = parts[partition] = offset_field(topic, partition)
+        return name
 
 
 def filter_applied(
     items: Sequence[Positioned], applied: Mapping[str, int]
 ) -> tuple[list[Positioned], int]:
     """Drop records at or below the offset stored with the buckets (already applied)."""
-    fresh = [p for p in items if p.record.offset > applied.get(p.field, -1)]
+    fields = _OffsetFields()
+    floors: dict[str, int] = {}  # offset field -> applied offset (-1: none)
+    fresh: list[Positioned] = []
+    for p in items:
+        record = p.record
+        f = fields.of(record)
+        floor = floors.get(f)
+        if floor is None:
+            floor = floors[f] = applied.get(f, -1)
+        if record.offset > floor:
+            fresh.append(p)
     return fresh, len(items) - len(fresh)
 
 
@@ -175,11 +221,13 @@ def new_offsets(items: Iterable[Positioned]) -> dict[str, int]:
     Rejected and duplicate records count too: a record's outcome is decided once, so a
     redelivery is never re-judged against a newer config.
     """
+    fields = _OffsetFields()
     out: dict[str, int] = {}
     for p in items:
-        f = p.field
-        if p.record.offset > out.get(f, -1):
-            out[f] = p.record.offset
+        record = p.record
+        f = fields.of(record)
+        if record.offset > out.get(f, -1):
+            out[f] = record.offset
     return out
 
 
@@ -221,6 +269,16 @@ class Retention:
         return self.hour_s if kind == "hour" else self.minute_s
 
 
+_HOUR: Final = BUCKET_SECONDS["hour"]
+_MINUTE: Final = BUCKET_SECONDS["minute"]
+_PER_HOUR: Final = _HOUR // _MINUTE
+assert _PER_HOUR * _MINUTE == _HOUR  # each minute bucket lies inside one hour bucket
+#: Above this ``ts`` (year ~35 million) ``int(ts // 60) // 60`` might differ from the
+#: float ``int(ts // 3600)`` by rounding, so such (absurd but valid) events take the
+#: slow path that uses the original formulas; below it both are exact integer floors.
+_FAST_TS_MAX: Final = float(2**50)
+
+
 def project(
     items: Sequence[Positioned],
     config: ExperimentConfig,
@@ -234,49 +292,53 @@ def project(
     earlier records of the batch are visible to later ones. A bucket whose retention
     has already ended (start + retention <= ``now``) gets nothing: Redis would expire it
     at once anyway, and skipping it keeps a replay of old history cheap.
-    (This loop is the hot path: field names are precomputed per arm, dicts are local.)
+
+    This loop is the hot path, so the per-event work is one integer-keyed dict lookup
+    and list-slot additions: events are first counted per *minute index*
+    (``int(ts // 60)``) in a flat list ``[d, r, s] * arms + [events]``; the minute and
+    hour buckets (and field names, bucket expiry, applied/expired counts) are derived
+    once per minute slot afterwards. A minute lies in exactly one hour (60 | 3600), and
+    integer sums are associative, so the result is what per-event bucketing gives.
     """
     out = Projection(offsets=new_offsets(items))
-    names = {
-        a: (
-            bucket_field(a, FIELD_DECISIONS),
-            bucket_field(a, FIELD_REWARDS),
-            bucket_field(a, FIELD_REWARD_SUM),
-        )
-        for a in config.arm_ids
-    }
+    arm_ids = config.arm_ids
+    # Slot base of each arm in a minute's counter list (dict: last index of a repeated
+    # arm id wins, like the field-name dict it replaces; the other slots stay 0).
+    base = {a: 3 * i for i, a in enumerate(arm_ids)}
+    width = 3 * len(arm_ids)  # index of the per-slot event count
+    zero = [0] * (width + 1)
+    slots: dict[int, list[int]] = {}  # minute index -> counters
+    huge: dict[tuple[int, int], list[int]] = {}  # (hour start, minute start) -> counters
     local_seen = set(seen)
-    hour_w, minute_w = BUCKET_SECONDS["hour"], BUCKET_SECONDS["minute"]
-    hour_min = now - retention.hour_s  # a bucket starting at or before this has expired
-    minute_min = now - retention.minute_s
-    buckets = out.buckets
-    kinds: tuple[tuple[BucketKind, int, float], ...] = (
-        ("hour", hour_w, hour_min),
-        ("minute", minute_w, minute_min),
-    )
+    new_seen = out.new_seen
+    rejects = out.rejects
+    duplicates = 0
+    scale = REWARD_SUM_SCALE
+    minute_w = _MINUTE
+    fast_max = _FAST_TS_MAX
     for p in items:
         ev = p.event
         if isinstance(ev, DecisionMade):
-            arm_fields = names.get(ev.arm_id)
-            if arm_fields is None:  # arms are append-only: it never was in the config
-                out.rejects.append(Rejected(p.record, "unknown_arm"))
+            i = base.get(ev.arm_id)
+            if i is None:  # arms are append-only: it never was in the config
+                rejects.append(Rejected(p.record, "unknown_arm"))
                 continue
-            incs: tuple[tuple[str, int], ...] = ((arm_fields[0], 1),)
+            micro = -1  # a decision
         elif isinstance(ev, RewardObserved):
             reason = reward_rejection(config, ev)
             if reason is not None:
-                out.rejects.append(Rejected(p.record, reason))
+                rejects.append(Rejected(p.record, reason))
                 continue
             keys = dedupe_keys(ev)
-            if any(k in local_seen for k in keys):
-                out.duplicates += 1
+            if not local_seen.isdisjoint(keys):  # any key seen: a duplicate
+                duplicates += 1
                 continue
+            ts = ev.ts
             for k in keys:
                 local_seen.add(k)
-                out.new_seen[k] = ev.ts
-            arm_fields = names[ev.arm_id]
-            micro = micro_units(ev.reward)
-            incs = ((arm_fields[1], 1), (arm_fields[2], micro)) if micro else ((arm_fields[1], 1),)
+                new_seen[k] = ts
+            i = base[ev.arm_id] + 1
+            micro = round(ev.reward * scale)  # micro_units(), inlined (per event)
         elif isinstance(ev, ChangePointDetected):
             out.change_points[change_point_member(ev)] = ev.ts
             out.applied += 1
@@ -284,22 +346,70 @@ def project(
         else:  # pragma: no cover - decode_batch only lets the three kinds through
             continue
         ts = ev.ts
+        if ts < fast_max:
+            m = int(ts // minute_w)
+            acc = slots.get(m)
+            if acc is None:
+                acc = slots[m] = zero.copy()
+        else:
+            hm = (int(ts // _HOUR) * _HOUR, int(ts // _MINUTE) * _MINUTE)
+            acc = huge.get(hm)
+            if acc is None:
+                acc = huge[hm] = zero.copy()
+        acc[i] += 1  # decisions (i = base) or rewards (i = base + 1)
+        if micro > 0:
+            acc[i + 1] += micro
+        acc[width] += 1
+    out.duplicates = duplicates
+    names = [
+        bucket_field(a, kind)
+        for a in arm_ids
+        for kind in (FIELD_DECISIONS, FIELD_REWARDS, FIELD_REWARD_SUM)
+    ]
+    _fold_slots(out, names, retention, now, huge, slots)
+    return out
+
+
+def _fold_slots(
+    out: Projection,
+    names: Sequence[str],
+    retention: Retention,
+    now: float,
+    huge: Mapping[tuple[int, int], Sequence[int]],
+    slots: Mapping[int, Sequence[int]],
+) -> None:
+    """Add the per-minute counters to ``out``'s hour and minute buckets (non-zero fields
+    only, as per-event increments would have written) and count applied/expired events:
+    an event is applied when at least one of its two buckets is still retained."""
+    hour_min = now - retention.hour_s  # a bucket starting at or before this has expired
+    minute_min = now - retention.minute_s
+    width = len(names)
+    merged: dict[tuple[BucketKind, int], dict[str, int]] = {}
+    starts = [((m // _PER_HOUR) * _HOUR, m * _MINUTE, acc) for m, acc in slots.items()]
+    starts += [(h, m, acc) for (h, m), acc in huge.items()]
+    for hour_start, minute_start, acc in starts:
         stored = False
-        for kind, width, oldest in kinds:
-            start = int(ts // width) * width
+        kinds: tuple[tuple[BucketKind, int, float], ...] = (
+            ("hour", hour_start, hour_min),
+            ("minute", minute_start, minute_min),
+        )
+        for kind, start, oldest in kinds:
             if start <= oldest:
                 continue
             stored = True
-            bucket = buckets.get((kind, start))
+            key = (kind, start)
+            bucket = merged.get(key)
             if bucket is None:
-                bucket = buckets[(kind, start)] = Counter()
-            for fld, n in incs:
-                bucket[fld] += n
+                bucket = merged[key] = {}
+            for j in range(width):
+                n = acc[j]
+                if n:
+                    bucket[names[j]] = bucket.get(names[j], 0) + n
         if stored:
-            out.applied += 1
+            out.applied += acc[width]
         else:
-            out.expired += 1
-    return out
+            out.expired += acc[width]
+    out.buckets = {key: Counter(fields) for key, fields in merged.items()}
 
 
 def prune_cutoff(new_ts: Iterable[float], horizon_s: float, now: float) -> float | None:

@@ -128,9 +128,17 @@ def write_call(
     for f in fields:
         old = w.expected.get(f)
         args += [f, "" if old is None else str(old), str(p.offsets[f])]
+    # One entry per reward dedupe key (the hot part of this function). A reward's keys
+    # share one ts object, so its repr is reused while the same object repeats.
     seen_flat: list[str] = []
+    push = seen_flat.append
+    last: float | None = None
+    text = ""
     for member, score in p.new_seen.items():
-        seen_flat += (repr(score), member)
+        if score is not last:
+            last, text = score, repr(score)
+        push(text)
+        push(member)
     args.append(orjson.dumps(seen_flat))
     cutoff = seen_cutoff(p.new_seen, now)
     args.append("" if cutoff is None else repr(cutoff))
@@ -141,12 +149,17 @@ def write_call(
     cp_cut = prune_cutoff(p.change_points.values(), retention.hour_s, now)
     args.append("" if cp_cut is None else repr(cp_cut))
     redis_keys = [keys.projector_offsets, keys.projector_seen, keys.change_points]
+    add = args.append
     for (kind, start), counter in sorted(p.buckets.items()):
         redis_keys.append(keys.bucket(kind, start))
-        items = [(f, n) for f, n in counter.items() if n]
-        args += [start + retention.of(kind), len(items)]
-        for f, n in items:
-            args += [f, n]
+        add(start + retention.of(kind))
+        count_at = len(args)
+        add(0)  # number of fields, patched below (zero increments are not sent)
+        for f, n in counter.items():
+            if n:
+                add(f)
+                add(n)
+        args[count_at] = (len(args) - count_at - 1) // 2
     return redis_keys, args
 
 
