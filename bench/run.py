@@ -180,15 +180,23 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 async def _end_offsets(bootstrap: str, topic: str) -> int:
+    """Records in ``topic``: the sum of its partitions' end offsets (nothing is deleted)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
 
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topic])
+        partitions = [p["partition"] for p in described[0]["partitions"]]
+    finally:
+        await admin.close()
+    if not partitions:
+        raise RuntimeError(f"topic {topic} has no partitions in the metadata")
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
     await consumer.start()
     try:
-        await consumer.topics()  # fetches full metadata, so the partitions are known
-        parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in parts]
-        ends = await consumer.end_offsets(tps)
+        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
         return int(sum(ends.values()))
     finally:
         await consumer.stop()
