@@ -19,10 +19,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default=settings.api_host, help="env MAB_API_HOST")
     parser.add_argument("--port", type=int, default=settings.api_port, help="env MAB_API_PORT")
     args = parser.parse_args(argv)
-    from services.decider.app import create_app
+    from services.decider.app import create_asgi
 
     uvicorn.run(
-        create_app(settings),
+        create_asgi(settings),
         host=args.host,
         port=args.port,
         log_level=settings.log_level.lower(),

@@ -203,8 +203,12 @@ def create_app(settings: DeciderSettings | None = None) -> FastAPI:
     )
     _install_error_handlers(app)
     _add_routes(app)
-    app.add_middleware(DecisionFastPath)
     return app
+
+
+def create_asgi(settings: DeciderSettings | None = None) -> DecisionFastPath:
+    """The served ASGI app: the hot path in front of :func:`create_app`'s FastAPI app."""
+    return DecisionFastPath(create_app(settings))
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -575,4 +579,4 @@ def _add_routes(app: FastAPI) -> None:
         )
 
 
-app = create_app()
+app = create_asgi()

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import orjson
-from fastapi import HTTPException, status
+from fastapi import FastAPI, HTTPException, status
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
@@ -184,10 +184,16 @@ async def _respond(send: Send, status_code: int, body: bytes) -> None:
 
 
 class DecisionFastPath:
-    """ASGI middleware: answer well-formed ``GET /decision`` before FastAPI's routing."""
+    """The decider's outermost ASGI app: hot requests first, FastAPI for everything else.
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    It wraps the FastAPI app from the outside (not as a Starlette middleware), so a hot
+    request skips FastAPI's whole middleware stack too; lifespan and every other request
+    go to FastAPI untouched.
+    """
+
+    def __init__(self, api: FastAPI) -> None:
+        self.app: ASGIApp = api
+        self.api = api
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -203,7 +209,7 @@ class DecisionFastPath:
         await self.app(scope, receive, send)
 
     async def _reward(self, scope: Scope, receive: Receive, send: Send) -> None:
-        runtime = getattr(scope["app"].state, "runtime", None)
+        runtime = getattr(self.api.state, "runtime", None)
         headers = dict(scope["headers"])
         raw = b""
         more = True
@@ -237,13 +243,12 @@ class DecisionFastPath:
             return
         await _respond(send, 200, orjson.dumps(public.model_dump()))
 
-    @staticmethod
-    async def _try(scope: Scope) -> bytes | None:
+    async def _try(self, scope: Scope) -> bytes | None:
         query: bytes = scope["query_string"]
         if not query.startswith(_PREFIX) or b"&" in query:
             return None
         experiment_id = unquote(query[len(_PREFIX) :].decode("latin-1"))
-        runtime = getattr(scope["app"].state, "runtime", None)
+        runtime = getattr(self.api.state, "runtime", None)
         if runtime is None or not is_valid_id(experiment_id):
             return None
         try:

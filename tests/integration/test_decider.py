@@ -19,6 +19,7 @@ from schemas.codec import decode
 from schemas.events import DecisionMade, ExperimentCreated, RewardObserved
 from schemas.topics import TopicNames
 from services.decider.app import create_app
+from services.decider.hot_path import DecisionFastPath
 from services.decider.settings import DeciderSettings
 
 pytestmark = pytest.mark.integration
@@ -40,7 +41,9 @@ async def client(
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://decider", timeout=30
+            transport=httpx.ASGITransport(app=DecisionFastPath(app)),
+            base_url="http://decider",
+            timeout=30,
         ) as c,
     ):
         yield c

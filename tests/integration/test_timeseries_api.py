@@ -20,6 +20,7 @@ from schemas.codec import encode
 from schemas.events import AnyEvent, ChangePointDetected, DecisionMade, RewardObserved
 from schemas.topics import TopicNames
 from services.decider.app import create_app
+from services.decider.hot_path import DecisionFastPath
 from services.decider.settings import DeciderSettings
 from services.projector.consumer import ProjectorHandler
 from services.projector.settings import ProjectorSettings
@@ -54,7 +55,9 @@ async def client(
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://decider", timeout=30
+            transport=httpx.ASGITransport(app=DecisionFastPath(app)),
+            base_url="http://decider",
+            timeout=30,
         ) as c,
     ):
         yield c
