@@ -22,12 +22,12 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final, NamedTuple, Protocol
+from typing import Final
 
 import orjson
 
 from bandit_core.fold import DEDUPE_HORIZON_S, dedupe_keys, reward_rejection
-from schemas.codec import DecodeError, decode, decode_reward
+from schemas.codec import DecodeError, decode
 from schemas.events import (
     AnyEvent,
     ChangePointDetected,
@@ -45,30 +45,47 @@ from schemas.redis_keys import (
     bucket_field,
 )
 from schemas.topics import TopicNames
+from stream_runtime.batch import (
+    DecodedBatch,
+    Positioned,
+    RecordLike,
+    Rejected,
+    batch_dedupe_keys,
+    decode_reward_or_decision,
+    filter_applied,
+    group_by_experiment,
+    new_offsets,
+    offset_field,
+    unknown_topic,
+)
+
+__all__ = [
+    "APPLIED",
+    "DUPLICATE",
+    "EXPIRED",
+    "DecodedBatch",
+    "Positioned",
+    "Projection",
+    "RecordLike",
+    "Rejected",
+    "Retention",
+    "batch_dedupe_keys",
+    "bucket_start",
+    "change_point_member",
+    "decode_batch",
+    "decode_record",
+    "filter_applied",
+    "micro_units",
+    "new_offsets",
+    "offset_field",
+    "project",
+    "prune_cutoff",
+    "seen_cutoff",
+]
 
 APPLIED: Final = "applied"
 DUPLICATE: Final = "duplicate"
 EXPIRED: Final = "expired"  # older than every bucket's retention: nothing to store
-
-
-class RecordLike(Protocol):
-    """What we use of an ``aiokafka.ConsumerRecord`` (tests pass plain dataclasses)."""
-
-    @property
-    def topic(self) -> str: ...
-    @property
-    def partition(self) -> int: ...
-    @property
-    def offset(self) -> int: ...
-    @property
-    def timestamp(self) -> int: ...
-    @property
-    def value(self) -> bytes | None: ...
-
-
-def offset_field(topic: str, partition: int) -> str:
-    """Field of the projector's offsets hash. Kafka topic names cannot contain ``:``."""
-    return f"{topic}:{partition}"
 
 
 def bucket_start(ts: float, width: int) -> int:
@@ -87,38 +104,6 @@ def change_point_member(event: ChangePointDetected) -> bytes:
     return orjson.dumps([event.event_id, event.arm_id, event.detector])
 
 
-class Positioned(NamedTuple):
-    """A decoded event with the log position it came from.
-
-    A named tuple rather than a frozen dataclass: one is built per record, and a frozen
-    dataclass's ``__init__`` (``object.__setattr__`` per field) costs several times more.
-    """
-
-    record: RecordLike
-    event: AnyEvent
-
-    @property
-    def field(self) -> str:
-        return offset_field(self.record.topic, self.record.partition)
-
-
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    """A record we skip (and, later, dead-letter) with its machine-readable reason."""
-
-    record: RecordLike
-    reason: str
-
-
-@dataclass(slots=True)
-class DecodedBatch:
-    """A poll batch split into relevant events by experiment, rejects and ignored records."""
-
-    by_experiment: dict[str, list[Positioned]] = field(default_factory=dict)
-    rejected: list[Rejected] = field(default_factory=list)
-    ignored: int = 0  # experiment events other than change points: not ours to project
-
-
 def decode_record(record: RecordLike, topics: TopicNames) -> AnyEvent | None:
     """Decode one record of our three topics; ``None`` for events we do not project.
 
@@ -126,119 +111,25 @@ def decode_record(record: RecordLike, topics: TopicNames) -> AnyEvent | None:
     fallback event id = log position, fallback ts = broker timestamp), so both derive
     the same dedupe keys and event times from the same record.
     """
-    raw = record.value
-    if raw is None:
-        raise DecodeError("empty", "record without a value (tombstone)")
-    if record.topic == topics.rewards:
-        return decode_reward(
-            raw,
-            fallback_event_id=f"{record.topic}:{record.partition}:{record.offset}",
-            fallback_ts=record.timestamp / 1000.0,
-        )
-    if record.topic == topics.decisions:
-        event = decode(raw)
-        if not isinstance(event, DecisionMade):
-            raise DecodeError("wrong_type", f"type {event.type!r} on the decisions topic")
+    event = decode_reward_or_decision(record, topics.rewards, topics.decisions)
+    if event is not None:
         return event
     if record.topic == topics.experiments:
+        raw = record.value
+        assert raw is not None  # checked by decode_reward_or_decision
         event = decode(raw)
         if isinstance(event, DecisionMade | RewardObserved):
             raise DecodeError("wrong_type", f"type {event.type!r} on the experiments topic")
         return event if isinstance(event, ChangePointDetected) else None
-    raise DecodeError("unknown_topic", f"record from unsubscribed topic {record.topic!r}")
+    raise unknown_topic(record)
 
 
 def decode_batch(records: Iterable[RecordLike], topics: TopicNames) -> DecodedBatch:
     """Decode every record; group the projected ones by experiment in log order.
 
-    Same outcome as :func:`decode_record` per record; the loop only keeps its lookups in
-    locals and skips ``setdefault``'s per-record list allocation (this runs per event).
+    Same outcome as :func:`decode_record` per record (``None``: counted as ignored).
     """
-    out = DecodedBatch()
-    by_experiment = out.by_experiment
-    rejected = out.rejected
-    ignored = 0
-    for record in records:
-        try:
-            event = decode_record(record, topics)
-        except DecodeError as exc:
-            rejected.append(Rejected(record, exc.reason))
-            continue
-        if event is None:
-            ignored += 1
-            continue
-        group = by_experiment.get(event.experiment_id)
-        if group is None:
-            group = by_experiment[event.experiment_id] = []
-        group.append(Positioned(record, event))
-    out.ignored = ignored
-    return out
-
-
-class _OffsetFields:
-    """``offset_field`` memo keyed by topic then partition: a batch names a handful of
-    partitions, so the per-record cost is two dict hits instead of a format call (and no
-    key tuple is built)."""
-
-    __slots__ = ("_by_topic",)
-
-    def __init__(self) -> None:
-        self._by_topic: dict[str, dict[int, str]] = {}
-
-    def of(self, record: RecordLike) -> str:
-        topic = record.topic
-        parts = self._by_topic.get(topic)
-        if parts is None:
-            parts = self._by_topic[topic] = {}
-        partition = record.partition
-        name = parts.get(partition)
-        if name is None:
-            name = parts[partition] = offset_field(topic, partition)
-        return name
-
-
-def filter_applied(
-    items: Sequence[Positioned], applied: Mapping[str, int]
-) -> tuple[list[Positioned], int]:
-    """Drop records at or below the offset stored with the buckets (already applied)."""
-    fields = _OffsetFields()
-    floors: dict[str, int] = {}  # offset field -> applied offset (-1: none)
-    fresh: list[Positioned] = []
-    for p in items:
-        record = p.record
-        f = fields.of(record)
-        floor = floors.get(f)
-        if floor is None:
-            floor = floors[f] = applied.get(f, -1)
-        if record.offset > floor:
-            fresh.append(p)
-    return fresh, len(items) - len(fresh)
-
-
-def new_offsets(items: Iterable[Positioned]) -> dict[str, int]:
-    """Highest offset per (topic, partition) among ``items``: stored with the increments.
-
-    Rejected and duplicate records count too: a record's outcome is decided once, so a
-    redelivery is never re-judged against a newer config.
-    """
-    fields = _OffsetFields()
-    out: dict[str, int] = {}
-    for p in items:
-        record = p.record
-        f = fields.of(record)
-        if record.offset > out.get(f, -1):
-            out[f] = record.offset
-    return out
-
-
-def batch_dedupe_keys(items: Iterable[Positioned]) -> list[str]:
-    """Dedupe keys of the rewards among ``items`` (what the read step asks Redis about)."""
-    keys: dict[str, None] = {}
-    for p in items:
-        if isinstance(p.event, RewardObserved):
-            for k in dedupe_keys(p.event):
-                keys[k] = None
-    return list(keys)
+    return group_by_experiment(records, lambda r: decode_record(r, topics))
 
 
 @dataclass(slots=True)

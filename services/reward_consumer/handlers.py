@@ -13,12 +13,9 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-import orjson
-from pydantic import ValidationError
-
 from bandit_core.adaptive import GLR_DETECTOR
 from bandit_core.fold import APPLIED, DUPLICATE, ChangePoint, fold_batch
-from schemas.events import ChangePointDetected, ExperimentConfig
+from schemas.events import ChangePointDetected
 from schemas.topics import TopicNames
 from services.reward_consumer.batch import (
     Positioned,
@@ -31,36 +28,34 @@ from services.reward_consumer.batch import (
     new_offsets,
 )
 from services.reward_consumer.store import ConsumerStore, Loaded, Write
+from stream_runtime.batch import (
+    MAX_CAS_ATTEMPTS,
+    CasConflictError,
+    DeadLetterSink,
+    dead_letter_logger,
+    gc_deferred,
+    parse_config,
+    write_until_settled,
+)
+
+__all__ = [
+    "MAX_CAS_ATTEMPTS",
+    "BatchHandler",
+    "BatchReport",
+    "CasConflictError",
+    "ChangePointSink",
+    "DeadLetterSink",
+    "change_point_event",
+    "log_dead_letter",
+]
 
 log = logging.getLogger("services.reward_consumer")
-
-#: Where rejected records go. Today: a log line; the DLQ issue plugs a producer in here.
-DeadLetterSink = Callable[[RecordLike, str], Awaitable[None]]
 
 #: Where detected change points go (the consumer publishes them to the experiments topic).
 ChangePointSink = Callable[[Sequence[ChangePointDetected]], Awaitable[None]]
 
-#: A compare-and-set conflict means another consumer wrote the same experiment in
-#: between; after a reload our records are usually already applied. More conflicts in a
-#: row than this means something is badly wrong: fail the batch (it is retried).
-MAX_CAS_ATTEMPTS = 5
-
-
-class CasConflictError(RuntimeError):
-    """An experiment kept changing under us; the batch is retried from the log."""
-
-
-async def log_dead_letter(record: RecordLike, reason: str) -> None:
-    """Default sink: a structured warning (the DLQ producer replaces it later)."""
-    log.warning(
-        "record rejected",
-        extra={
-            "topic": record.topic,
-            "partition": record.partition,
-            "offset": record.offset,
-            "reason": reason,
-        },
-    )
+#: Default dead-letter sink: a structured warning (the DLQ producer replaces it later).
+log_dead_letter: DeadLetterSink = dead_letter_logger(log, "record rejected")
 
 
 @dataclass(slots=True)
@@ -109,16 +104,6 @@ def change_point_event(experiment_id: str, cp: ChangePoint) -> ChangePointDetect
     )
 
 
-def _parse_config(raw: bytes | None) -> ExperimentConfig | None:
-    if raw is None:
-        return None
-    try:
-        return ExperimentConfig.model_validate(orjson.loads(raw))
-    except (orjson.JSONDecodeError, ValidationError):
-        log.exception("unreadable config key; treating experiment as unknown")
-        return None
-
-
 class BatchHandler:
     """Folds poll batches into Redis snapshots exactly once (see module docstring)."""
 
@@ -140,7 +125,7 @@ class BatchHandler:
         fresh, plan.report.redelivered = filter_applied(items, loaded.offsets)
         if not fresh:
             return plan
-        config = _parse_config(loaded.config)
+        config = parse_config(loaded.config, log)
         if config is None:
             # No config key: the decider writes it before any event of the experiment,
             # so this is a record for an experiment that does not exist. We write
@@ -173,16 +158,32 @@ class BatchHandler:
         Dead-letters are emitted only once every write of the batch has succeeded, so a
         batch that fails half-way and is retried does not dead-letter its rejects twice.
         Change points are handed to the sink after the Redis writes and before this
-        returns, i.e. before the caller commits the Kafka offsets (at-least-once).
+        returns, i.e. before the caller commits the Kafka offsets (at-least-once). The
+        cyclic collector is held off while the batch is decoded, folded and written (see
+        :func:`stream_runtime.batch.gc_deferred`); :meth:`_fold` has returned, so its
+        frame and most of the batch's objects are freed, before it runs again. The
+        publish (which retries for as long as the broker is down) runs with it on.
         """
+        with gc_deferred():
+            report, detected, rejects = await self._fold(records)
+        if detected and self.change_points is not None:
+            await self.change_points(detected)
+        report.change_points += len(detected)
+        for r in rejects:
+            report.rejected[r.reason] += 1
+            await self.dead_letter(r.record, r.reason)
+        return report
+
+    async def _fold(
+        self, records: Sequence[RecordLike]
+    ) -> tuple[BatchReport, list[ChangePointDetected], list[Rejected]]:
+        """Decode, then read -> offset-filter -> fold -> compare-and-set write until settled."""
         report = BatchReport(records=len(records))
         detected: list[ChangePointDetected] = []
         decoded = decode_batch(records, self.topics.rewards, self.topics.decisions)
         rejects: list[Rejected] = list(decoded.rejected)
-        pending = decoded.by_experiment
-        for _attempt in range(MAX_CAS_ATTEMPTS):
-            if not pending:
-                break
+
+        async def attempt(pending: dict[str, list[Positioned]]) -> set[str]:
             loaded = await self.store.load(
                 {exp: batch_dedupe_keys(items) for exp, items in pending.items()}
             )
@@ -198,22 +199,10 @@ class BatchHandler:
                 report.experiments_written += plan.write is not None
                 rejects.extend(plan.rejects)
                 detected.extend(plan.change_points)
-            if conflicted:
-                report.conflicts += len(conflicted)
-                log.warning(
-                    "offset compare-and-set conflict, reloading",
-                    extra={"experiments": sorted(conflicted)},
-                )
-            pending = {exp: pending[exp] for exp in conflicted}
-        if pending:
-            raise CasConflictError(f"experiments kept conflicting: {sorted(pending)}")
-        if detected and self.change_points is not None:
-            await self.change_points(detected)
-        report.change_points += len(detected)
-        for r in rejects:
-            report.rejected[r.reason] += 1
-            await self.dead_letter(r.record, r.reason)
-        return report
+            return conflicted
+
+        report.conflicts += await write_until_settled(decoded.by_experiment, attempt, log)
+        return report, detected, rejects
 
 
 @dataclass(slots=True)

@@ -1,0 +1,46 @@
+"""The settings fields every stream processor shares (same env var names everywhere).
+
+Each service subclasses :class:`StreamSettings` with its own prefixed fields (group id,
+batch size, timeouts) and exposes them under the names :class:`~stream_runtime.kafka_loop.
+LoopSettings` reads. Field names *are* the (case-insensitive) env var names, so there is
+no alias table to keep in sync with the docs.
+"""
+
+from __future__ import annotations
+
+from pydantic import field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas.redis_keys import RedisKeys
+from schemas.topics import TopicNames
+
+LOG_LEVELS = frozenset({"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"})
+
+
+class StreamSettings(BaseSettings):
+    """Connection, naming and logging settings of a stream processor; frozen, validated
+    once at start-up so a bad value fails before the process joins its consumer group."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", case_sensitive=False)
+
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    mab_topic_prefix: str = ""
+    mab_redis_prefix: str = ""
+    log_level: str = "INFO"
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, v: str) -> str:
+        level = v.upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"unknown log level {v!r}")
+        return level
+
+    @property
+    def topics(self) -> TopicNames:
+        return TopicNames.with_prefix(self.mab_topic_prefix)
+
+    @property
+    def keys(self) -> RedisKeys:
+        return RedisKeys(self.mab_redis_prefix)

@@ -1,0 +1,107 @@
+"""Shared stream-processor helpers: GC deferral, the CAS retry loop, settings env names."""
+
+from __future__ import annotations
+
+import gc
+import logging
+
+import pytest
+
+from services.projector.settings import ProjectorSettings
+from services.reward_consumer.settings import ConsumerSettings
+from stream_runtime.batch import (
+    MAX_CAS_ATTEMPTS,
+    CasConflictError,
+    Positioned,
+    gc_deferred,
+    write_until_settled,
+)
+
+pytestmark = pytest.mark.unit
+
+log = logging.getLogger("test")
+
+
+def test_gc_deferred_restores_the_collector_even_on_error() -> None:
+    inside: list[bool] = []
+
+    def fail() -> None:
+        with gc_deferred():
+            inside.append(gc.isenabled())
+            raise RuntimeError("boom")
+
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError):
+        fail()
+    assert inside == [False]
+    assert gc.isenabled()
+
+
+def test_gc_deferred_leaves_a_disabled_collector_disabled() -> None:
+    gc.disable()
+    try:
+        with gc_deferred():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+async def test_write_until_settled_retries_only_conflicted_experiments() -> None:
+    seen: list[list[str]] = []
+    conflicts = iter([{"b"}, set()])
+
+    async def attempt(pending: dict[str, list[Positioned]]) -> set[str]:
+        seen.append(sorted(pending))
+        return next(conflicts)
+
+    n = await write_until_settled({"a": [], "b": []}, attempt, log)
+    assert n == 1
+    assert seen == [["a", "b"], ["b"]]
+
+
+async def test_write_until_settled_gives_up_after_max_attempts() -> None:
+    calls = 0
+
+    async def attempt(pending: dict[str, list[Positioned]]) -> set[str]:
+        nonlocal calls
+        calls += 1
+        return set(pending)
+
+    with pytest.raises(CasConflictError):
+        await write_until_settled({"a": []}, attempt, log)
+    assert calls == MAX_CAS_ATTEMPTS
+
+
+def test_env_var_names_are_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {
+        "KAFKA_BOOTSTRAP_SERVERS": "k:1",
+        "REDIS_URL": "redis://r:1/0",
+        "MAB_TOPIC_PREFIX": "t.",
+        "MAB_REDIS_PREFIX": "r.",
+        "LOG_LEVEL": "debug",
+        "MAB_CONSUMER_GROUP_ID": "g1",
+        "MAB_MAX_BATCH_RECORDS": "7",
+        "MAB_POLL_TIMEOUT_MS": "8",
+        "MAB_SESSION_TIMEOUT_MS": "9000",
+        "MAB_RETRY_BACKOFF_S": "0.5",
+        "MAB_PROJECTOR_GROUP_ID": "g2",
+        "MAB_PROJECTOR_MAX_BATCH_RECORDS": "11",
+        "MAB_PROJECTOR_POLL_TIMEOUT_MS": "12",
+        "MAB_PROJECTOR_SESSION_TIMEOUT_MS": "13000",
+        "MAB_PROJECTOR_RETRY_BACKOFF_S": "1.5",
+    }.items():
+        monkeypatch.setenv(name, value)
+    c = ConsumerSettings()
+    p = ProjectorSettings()
+    for s in (c, p):
+        assert (s.kafka_bootstrap_servers, s.redis_url, s.log_level) == (
+            "k:1",
+            "redis://r:1/0",
+            "DEBUG",
+        )
+        assert (s.mab_topic_prefix, s.mab_redis_prefix) == ("t.", "r.")
+    assert (c.group_id, c.max_batch_records, c.poll_timeout_ms) == ("g1", 7, 8)
+    assert (c.session_timeout_ms, c.retry_backoff_s) == (9000, 0.5)
+    assert (p.group_id, p.max_batch_records, p.poll_timeout_ms) == ("g2", 11, 12)
+    assert (p.session_timeout_ms, p.retry_backoff_s) == (13000, 1.5)
