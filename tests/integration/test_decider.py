@@ -7,46 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-import pytest_asyncio
 from aiokafka import AIOKafkaConsumer
 
 from schemas.codec import decode
 from schemas.events import DecisionMade, ExperimentCreated, RewardObserved
 from schemas.topics import TopicNames
-from services.decider.app import create_app
-from services.decider.hot_path import DecisionFastPath
-from services.decider.settings import DeciderSettings
 
 pytestmark = pytest.mark.integration
 
 ARMS = ["blue-button", "green-button", "red-button"]
-
-
-@pytest_asyncio.fixture
-async def client(
-    kafka_bootstrap: str, redis_url: str, ns: str, topics: dict[str, int]
-) -> AsyncIterator[httpx.AsyncClient]:
-    settings = DeciderSettings(
-        redis_url=redis_url,
-        kafka_bootstrap_servers=kafka_bootstrap,
-        topic_prefix=ns,
-        redis_prefix=ns,
-    )
-    app = create_app(settings)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=DecisionFastPath(app)),
-            base_url="http://decider",
-            timeout=30,
-        ) as c,
-    ):
-        yield c
 
 
 async def _create(c: httpx.AsyncClient, exp: str, **extra: Any) -> httpx.Response:

@@ -7,21 +7,16 @@ checks the writer/reader contract end to end (docs/timeseries-api.md).
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import httpx
 import pytest
-import pytest_asyncio
 from redis.asyncio import Redis
 
 from bandit_core.decision_ids import make_decision_id
 from schemas.codec import encode
 from schemas.events import AnyEvent, ChangePointDetected, DecisionMade, RewardObserved
 from schemas.topics import TopicNames
-from services.decider.app import create_app
-from services.decider.hot_path import DecisionFastPath
-from services.decider.settings import DeciderSettings
 from services.projector.consumer import ProjectorHandler
 from services.projector.settings import ProjectorSettings
 from services.projector.store import ProjectorStore
@@ -39,28 +34,6 @@ class Rec:
     offset: int
     timestamp: int
     value: bytes | None
-
-
-@pytest_asyncio.fixture
-async def client(
-    kafka_bootstrap: str, redis_url: str, ns: str, topics: dict[str, int]
-) -> AsyncIterator[httpx.AsyncClient]:
-    settings = DeciderSettings(
-        redis_url=redis_url,
-        kafka_bootstrap_servers=kafka_bootstrap,
-        topic_prefix=ns,
-        redis_prefix=ns,
-    )
-    app = create_app(settings)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=DecisionFastPath(app)),
-            base_url="http://decider",
-            timeout=30,
-        ) as c,
-    ):
-        yield c
 
 
 async def project(redis_url: str, ns: str, events: list[tuple[str, AnyEvent]]) -> None:
