@@ -5,8 +5,9 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# uv from PATH, else the one `pip install --user uv` puts in ~/.local/bin.
-UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+# uv always through the Python that runs it (`python -m uv`), installed with pip when
+# missing: no guessing where pip put the binary on a fresh machine.
+UV := $(PYTHON) -m uv
 PACKAGES := $(wildcard schemas bandit_core stream_runtime services dashboard mab_cli deploy demo_traffic bench)
 
 .PHONY: help venv up down status test lint system-deps kafka-jars bench
@@ -15,13 +16,14 @@ help:
 	@echo "make venv | up | down | status | test | lint | system-deps | kafka-jars"
 
 venv:
-	@if [ ! -x "$(UV)" ]; then \
+	@$(UV) --version >/dev/null 2>&1 || { \
 		echo "installing uv with pip"; \
 		$(PYTHON) -m pip --version >/dev/null 2>&1 || bash deploy/install_system_deps.sh pip; \
-		$(PYTHON) -m pip install --user --quiet uv 2>/dev/null \
+		$(PYTHON) -m pip install --quiet uv 2>/dev/null \
+			|| $(PYTHON) -m pip install --user --quiet uv 2>/dev/null \
 			|| $(PYTHON) -m pip install --user --quiet --break-system-packages uv; \
-	fi
-	@if [ -f uv.lock ]; then "$(UV)" sync --all-extras --frozen; else "$(UV)" sync --all-extras; fi
+	}
+	@if [ -f uv.lock ]; then $(UV) sync --all-extras --frozen; else $(UV) sync --all-extras; fi
 
 system-deps:
 	bash deploy/install_system_deps.sh
