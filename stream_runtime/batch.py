@@ -15,11 +15,13 @@ call per record, and the cyclic collector held off while a batch is handled.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final, NamedTuple, Protocol
+from typing import Final, NamedTuple, Protocol, Self
 
 import orjson
 from pydantic import ValidationError
@@ -333,3 +335,27 @@ def gc_deferred() -> Iterator[None]:
         yield
     finally:
         gc.enable()
+
+
+class SummableReport:
+    """Base of a processor's per-batch report (a dataclass of counters).
+
+    Reports are summed field by field (numbers add, ``Counter`` fields merge), so a new
+    counter is accounted and logged by declaring it, never by a hand-kept field list.
+    """
+
+    __slots__ = ()
+
+    def add(self, other: Self) -> None:
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            mine = getattr(self, f.name)
+            if isinstance(mine, Counter):
+                mine.update(getattr(other, f.name))
+            else:
+                setattr(self, f.name, mine + getattr(other, f.name))
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            f.name: dict(v) if isinstance(v := getattr(self, f.name), Counter) else v
+            for f in dataclasses.fields(self)  # type: ignore[arg-type]
+        }

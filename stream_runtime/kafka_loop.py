@@ -48,7 +48,7 @@ from typing import Final, Generic, Protocol, TypeVar
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
-from stream_runtime.batch import RecordLike, commit_offsets, first_offsets
+from stream_runtime.batch import RecordLike, SummableReport, commit_offsets, first_offsets
 
 #: Seconds between two progress log lines.
 PROGRESS_EVERY_S: Final = 10.0
@@ -119,7 +119,7 @@ class RebalanceLogger(ConsumerRebalanceListener):  # type: ignore[misc]
         self.log.info("partitions assigned", extra={"partitions": sorted(map(str, assigned))})
 
 
-ReportT = TypeVar("ReportT")
+ReportT = TypeVar("ReportT", bound=SummableReport)
 
 
 class KafkaBatchProcessor(abc.ABC, Generic[ReportT]):
@@ -127,12 +127,14 @@ class KafkaBatchProcessor(abc.ABC, Generic[ReportT]):
 
     Subclasses provide :attr:`name` (log lines, task name), :attr:`subscribed`,
     :meth:`_open_resources` / :meth:`_close_resources`, :meth:`_handle` (one batch ->
-    Redis, raising on I/O errors), :meth:`_account` (add a report to the stats) and
-    :meth:`_stats_extra`.
+    Redis, raising on I/O errors), :attr:`stats` (a :class:`SummableReport` the committed
+    batches' reports are added to) and :meth:`_stats_extra`.
     """
 
     #: Human name in log lines ("reward consumer", "projector") and the task name.
     name: str = "stream processor"
+    #: Running totals of committed batches (subclasses create it with their report type).
+    stats: ReportT
 
     def __init__(
         self,
@@ -169,9 +171,9 @@ class KafkaBatchProcessor(abc.ABC, Generic[ReportT]):
         """Apply one batch to Redis (read, filter, fold, compare-and-set write); raise on
         failure. Must not commit anything to Kafka."""
 
-    @abc.abstractmethod
     def _account(self, report: ReportT) -> None:
         """Add a committed batch's report to the running stats."""
+        self.stats.add(report)
 
     @abc.abstractmethod
     def _stats_extra(self) -> dict[str, object]: ...

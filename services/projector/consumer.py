@@ -43,6 +43,7 @@ from stream_runtime.batch import (
     MAX_CAS_ATTEMPTS,
     CasConflictError,
     DeadLetterSink,
+    SummableReport,
     dead_letter_logger,
     gc_deferred,
     parse_config,
@@ -67,7 +68,7 @@ log_dead_letter: DeadLetterSink = dead_letter_logger(log, "record skipped")
 
 
 @dataclass(slots=True)
-class BatchReport:
+class BatchReport(SummableReport):
     """What one batch did; the projector sums these into its running stats."""
 
     records: int = 0
@@ -78,16 +79,6 @@ class BatchReport:
     redelivered: int = 0
     conflicts: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
-
-    def add(self, o: BatchReport) -> None:
-        self.records += o.records
-        self.applied += o.applied
-        self.duplicates += o.duplicates
-        self.expired += o.expired
-        self.ignored += o.ignored
-        self.redelivered += o.redelivered
-        self.conflicts += o.conflicts
-        self.rejected.update(o.rejected)
 
 
 @dataclass(slots=True)
@@ -215,20 +206,10 @@ class Projector(KafkaBatchProcessor[BatchReport]):
         assert self._handler is not None
         return await self._handler.handle(records)
 
-    def _account(self, report: BatchReport) -> None:
-        self.stats.add(report)
-
     def _stats_extra(self) -> dict[str, object]:
         s = self.stats
         return {
-            "records": s.records,
-            "applied": s.applied,
-            "duplicates": s.duplicates,
-            "expired": s.expired,
-            "ignored": s.ignored,
-            "redelivered": s.redelivered,
-            "conflicts": s.conflicts,
-            "rejected": dict(s.rejected),
+            **s.as_dict(),
             "batches": self.batches,
             "records_per_s_in_handler": round(s.records / self.handle_seconds)
             if self.handle_seconds

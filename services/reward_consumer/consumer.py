@@ -103,9 +103,6 @@ class RewardConsumer(KafkaBatchProcessor[BatchReport]):
         assert self._handler is not None
         return await self._handler.handle(records)
 
-    def _account(self, report: BatchReport) -> None:
-        self.stats.add(report)
-
     async def _publish_change_points(self, events: Sequence[ChangePointDetected]) -> None:
         """Publish change points to the experiments topic, keyed by experiment id.
 
@@ -138,13 +135,7 @@ class RewardConsumer(KafkaBatchProcessor[BatchReport]):
     def _stats_extra(self) -> dict[str, object]:
         s = self.stats
         return {
-            "records": s.records,
-            "applied": s.applied,
-            "duplicates": s.duplicates,
-            "redelivered": s.redelivered,
-            "conflicts": s.conflicts,
-            "change_points": s.change_points,
-            "rejected": dict(s.rejected),
+            **s.as_dict(),
             "batches": self.batches,
             "records_per_s": round(s.records / self.fold_seconds) if self.fold_seconds else 0,
         }

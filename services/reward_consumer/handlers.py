@@ -32,6 +32,7 @@ from stream_runtime.batch import (
     MAX_CAS_ATTEMPTS,
     CasConflictError,
     DeadLetterSink,
+    SummableReport,
     dead_letter_logger,
     gc_deferred,
     parse_config,
@@ -59,7 +60,7 @@ log_dead_letter: DeadLetterSink = dead_letter_logger(log, "record rejected")
 
 
 @dataclass(slots=True)
-class BatchReport:
+class BatchReport(SummableReport):
     """What one batch did; the consumer sums these into its running stats."""
 
     records: int = 0
@@ -70,16 +71,6 @@ class BatchReport:
     experiments_written: int = 0
     change_points: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
-
-    def add(self, other: BatchReport) -> None:
-        self.records += other.records
-        self.applied += other.applied
-        self.duplicates += other.duplicates
-        self.redelivered += other.redelivered
-        self.conflicts += other.conflicts
-        self.experiments_written += other.experiments_written
-        self.change_points += other.change_points
-        self.rejected.update(other.rejected)
 
 
 def change_point_event(experiment_id: str, cp: ChangePoint) -> ChangePointDetected:

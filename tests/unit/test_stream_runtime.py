@@ -105,3 +105,26 @@ def test_env_var_names_are_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (c.session_timeout_ms, c.retry_backoff_s) == (9000, 0.5)
     assert (p.group_id, p.max_batch_records, p.poll_timeout_ms) == ("g2", 11, 12)
     assert (p.session_timeout_ms, p.retry_backoff_s) == (13000, 1.5)
+
+
+def test_reports_sum_every_declared_counter() -> None:
+    from collections import Counter
+    from dataclasses import dataclass, field
+
+    from stream_runtime.batch import SummableReport
+
+    @dataclass(slots=True)
+    class Report(SummableReport):
+        records: int = 0
+        seconds: float = 0.0
+        rejected: Counter[str] = field(default_factory=Counter)
+
+    total = Report()
+    total.add(Report(3, 0.5, Counter(bad_json=1)))
+    total.add(Report(4, 0.25, Counter(bad_json=2, unknown_arm=1)))
+    assert total == Report(7, 0.75, Counter(bad_json=3, unknown_arm=1))
+    assert total.as_dict() == {
+        "records": 7,
+        "seconds": 0.75,
+        "rejected": {"bad_json": 3, "unknown_arm": 1},
+    }
