@@ -27,7 +27,6 @@ import os
 import platform
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,7 +40,7 @@ from typing import Any
 import httpx
 import orjson
 
-from deploy.local_stack import create_topics, throwaway_stack
+from deploy.local_stack import create_topics, free_port, throwaway_stack
 from schemas.events import RewardObserved
 from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames, partition_key, topic_specs
@@ -51,12 +50,6 @@ REPORT_LUA = ROOT / "bench" / "wrk" / "report.lua"
 RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "benchmarks.md"
 START, END = "<!-- service-bench:start -->", "<!-- service-bench:end -->"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def rss_mb(pid: int) -> float:

@@ -114,6 +114,13 @@ class Ports:
         return cls(kafka, controller, redis_port, api, dashboard)
 
 
+def free_port() -> int:
+    """One port the OS reports free right now (a test server, a benchmark baseline)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
     """True when someone listens on or holds ``host:port``.
 

@@ -25,7 +25,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import ARTIFACTS, Services, free_port
+from deploy.local_stack import free_port
+from tests.e2e.conftest import ARTIFACTS, Services
 
 pytestmark = pytest.mark.e2e
 

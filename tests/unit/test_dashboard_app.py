@@ -9,7 +9,6 @@ fragments; each ``run()`` executes the live fragment once, which is what we asse
 from __future__ import annotations
 
 import json
-import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,6 +21,8 @@ import pandas as pd
 import pytest
 from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
+
+from deploy.local_stack import free_port
 
 pytestmark = pytest.mark.unit
 
@@ -231,19 +232,13 @@ def _chart_titles(at: AppTest) -> list[str]:
     return titles
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 # --------------------------------------------------------------------------- live tab
 
 
 def test_api_down_shows_an_error_not_a_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
     """Scenario: nothing listens at MAB_API_URL. We expect one st.error naming the URL
     and how to fix it, no exception, no chart."""
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("MAB_API_URL", url)
     at = _run()
     assert len(at.error) == 1
@@ -397,7 +392,7 @@ def test_auto_refresh_toggle(api: FakeApi) -> None:
 
 
 def _playground(monkeypatch: pytest.MonkeyPatch) -> AppTest:
-    monkeypatch.setenv("MAB_API_URL", f"http://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("MAB_API_URL", f"http://127.0.0.1:{free_port()}")
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     at.session_state["tab"] = "Simulator playground"
     at.session_state["sim_runs"] = 2
