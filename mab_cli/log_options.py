@@ -1,0 +1,116 @@
+"""Options shared by the commands that read the event log (``mab audit``, ``mab evaluate``).
+
+Not a ``*_cmd`` module: it registers nothing. Defaults follow ``mab up``: the bootstrap
+servers from ``KAFKA_BOOTSTRAP_SERVERS``, else the local stack's Kafka port
+(``MAB_KAFKA_PORT``, 9092); the topic prefix from ``MAB_TOPIC_PREFIX``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from collections.abc import Callable
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from deploy.local_stack import Ports, StackError
+from offpolicy.log import ExperimentLog
+from offpolicy.reader import LogTooLargeError, LogUnavailableError, read_experiment_log
+from schemas.ids import ID_PATTERN
+from schemas.topics import TopicNames
+
+ExperimentOpt = Annotated[str, typer.Option("--experiment", help="Experiment id.")]
+BootstrapOpt = Annotated[
+    str | None,
+    typer.Option("--bootstrap", help="Kafka bootstrap servers [env KAFKA_BOOTSTRAP_SERVERS]."),
+]
+PrefixOpt = Annotated[
+    str | None, typer.Option("--topic-prefix", help="Topic name prefix [env MAB_TOPIC_PREFIX].")
+]
+TimeoutOpt = Annotated[
+    float,
+    typer.Option("--timeout", min=1.0, help="Give up when Kafka is silent this many seconds."),
+]
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """One red line on stderr; the caller raises the returned exit."""
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code)
+
+
+def resolve(experiment: str, bootstrap: str | None, prefix: str | None) -> tuple[str, TopicNames]:
+    """Validated experiment id, bootstrap servers and topic names (exit 2 when invalid)."""
+    if re.fullmatch(ID_PATTERN, experiment) is None:
+        raise fail(f"--experiment {experiment!r} is not a valid experiment id")
+    servers = bootstrap or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if not servers:
+        try:
+            servers = f"127.0.0.1:{Ports.from_env().kafka}"
+        except StackError as exc:
+            raise fail(str(exc)) from None
+    chosen = os.environ.get("MAB_TOPIC_PREFIX", "") if prefix is None else prefix
+    return servers, TopicNames.with_prefix(chosen)
+
+
+def progress_bar(console: Console, quiet: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=quiet,
+        transient=False,
+    )
+
+
+def read_log(
+    servers: str,
+    topics: TopicNames,
+    experiment: str,
+    bar: Progress,
+    timeout_s: float,
+) -> ExperimentLog:
+    """Read the experiment's log with a "reading log" task on ``bar`` (exit 1 on failure)."""
+    task = bar.add_task("reading log", total=None)
+
+    def on_total(n: int) -> None:
+        bar.update(task, total=n)
+
+    def on_records(n: int) -> None:
+        bar.advance(task, n)
+
+    try:
+        log = asyncio.run(
+            read_experiment_log(
+                servers,
+                topics,
+                experiment,
+                on_total=on_total,
+                on_records=on_records,
+                timeout_s=timeout_s,
+            )
+        )
+    except (LogUnavailableError, LogTooLargeError) as exc:
+        raise fail(str(exc), 1) from None
+    return log
+
+
+def advancer(bar: Progress, description: str, total: int) -> Callable[[int], None]:
+    task = bar.add_task(description, total=total)
+
+    def advance(n: int) -> None:
+        bar.advance(task, n)
+
+    return advance
