@@ -118,12 +118,14 @@ async def _read(
     max_records: int | None,
     timeout_s: float,
 ) -> ExperimentLog:
+    # ``consumer.topics()`` makes this very request but returns only the names, and
+    # ``partitions_for_topic`` knows only topics the client already tracks.
     async with asyncio.timeout(timeout_s):
-        existing = await consumer.topics()
+        cluster = await consumer._client.fetch_all_metadata()
     names = (topics.experiments, topics.decisions, topics.rewards)
     tps: list[TopicPartition] = []
     for name in names:
-        parts = consumer.partitions_for_topic(name) if name in existing else None
+        parts = cluster.partitions_for_topic(name)
         if not parts:
             raise LogUnavailableError(f"topic {name!r} does not exist")
         tps.append(TopicPartition(name, experiment_partition(experiment_id, list(parts))))

@@ -41,6 +41,7 @@ from schemas.redis_keys import BucketKind, RedisKeys
 from schemas.topics import TopicNames
 from services.decider.decisions import DecisionCache
 from services.decider.errors import not_found as _not_found
+from services.decider.evaluation import router as evaluation_router
 from services.decider.hot_path import DecisionFastPath, serve_decision, serve_reward
 from services.decider.models import (
     ArmsAdd,
@@ -203,6 +204,7 @@ def create_app(settings: DeciderSettings | None = None) -> FastAPI:
     )
     _install_error_handlers(app)
     _add_routes(app)
+    app.include_router(evaluation_router)
     return app
 
 

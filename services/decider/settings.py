@@ -86,6 +86,28 @@ class DeciderSettings(BaseSettings):
         default=30.0, gt=0.0, description="Keep retrying the first broker connection this long."
     )
     redis_socket_timeout_s: float = Field(default=2.0, gt=0.0)
+    evaluate_max_decisions: int = Field(
+        default=20_000,
+        ge=1,
+        le=1_000_000,
+        description="Off-policy evaluation endpoint: evaluate at most this many (most recent) "
+        "decisions.",
+    )
+    evaluate_max_records: int = Field(
+        default=2_000_000,
+        ge=1,
+        description="Off-policy evaluation endpoint: refuse (422) when the experiment's "
+        "partitions hold more records; `mab evaluate` has no bound.",
+    )
+    evaluate_timeout_s: float = Field(
+        default=30.0, gt=0.0, description="Off-policy evaluation: give up when Kafka is silent."
+    )
+    evaluate_samples: int = Field(
+        default=500,
+        ge=1,
+        le=100_000,
+        description="Off-policy evaluation: Monte Carlo draws per decision (Thompson targets).",
+    )
     ready_timeout_s: float = Field(default=1.0, gt=0.0)
 
     @field_validator("active_strategy")
