@@ -9,6 +9,7 @@ shows up as one clear message here rather than a ``KeyError`` deep in a chart.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Any, Literal, NotRequired, TypeVar
@@ -96,6 +97,46 @@ class TimeseriesJson(TypedDict):
     winner_changes: NotRequired[list[WinnerChangeJson]]
 
 
+class EstimateJson(TypedDict):
+    """One off-policy estimator; nulls where undefined."""
+
+    estimator: str
+    value: float | None
+    std_error: float | None
+    ci_low: float | None
+    ci_high: float | None
+
+
+class ArmSupportJson(TypedDict):
+    arm_id: str
+    logged_decisions: int
+    logged_share: float
+    target_share: float
+    mean_reward: float | None
+
+
+class EvaluationJson(TypedDict):
+    """``GET /experiments/{id}/evaluate`` (``EvaluationPublic`` of the decider)."""
+
+    experiment_id: str
+    strategy: str
+    strategy_params: dict[str, Any]
+    missing_reward: str
+    confidence: float
+    estimates: list[EstimateJson]
+    logged: EstimateJson
+    ess: float
+    weight_max: float | None
+    arms: list[ArmSupportJson]
+    warnings: list[str]
+    decisions_logged: int
+    decisions_evaluated: int
+    decisions_without_reward: int
+    truncated: bool
+    max_decisions: int
+    elapsed_s: float
+
+
 class ApiError(Exception):
     """Any failure talking to the API; ``str()`` is a message for the operator."""
 
@@ -118,6 +159,10 @@ _EXPERIMENTS = TypeAdapter(list[ExperimentJson])
 _EXPERIMENT = TypeAdapter(ExperimentJson)
 _STATS = TypeAdapter(StatsJson)
 _TIMESERIES = TypeAdapter(TimeseriesJson)
+_EVALUATION = TypeAdapter(EvaluationJson)
+
+#: Off-policy evaluation reads the event log: give it far longer than a stats read.
+EVALUATE_TIMEOUT_S = 120.0
 
 
 def api_url_from_env() -> str:
@@ -158,14 +203,21 @@ class ApiClient:
     timeout_s: float = 3.0
     connect_timeout_s: float = 1.0
 
-    def _get(self, path: str, adapter: TypeAdapter[T], params: dict[str, Any] | None = None) -> T:
+    def _get(
+        self,
+        path: str,
+        adapter: TypeAdapter[T],
+        params: dict[str, Any] | None = None,
+        timeout_s: float | None = None,
+    ) -> T:
         url = f"{self.base_url}{path}"
-        timeout = httpx.Timeout(self.timeout_s, connect=self.connect_timeout_s)
+        read_timeout = self.timeout_s if timeout_s is None else timeout_s
+        timeout = httpx.Timeout(read_timeout, connect=self.connect_timeout_s)
         try:
             resp = httpx.get(url, params=params, timeout=timeout)
         except httpx.TimeoutException:
             raise ApiUnavailableError(
-                f"The API at {self.base_url} did not answer within {self.timeout_s:g} s."
+                f"The API at {self.base_url} did not answer within {read_timeout:g} s."
             ) from None
         except httpx.HTTPError as exc:
             raise ApiUnavailableError(
@@ -216,3 +268,23 @@ class ApiClient:
         if to_ts is not None:
             params["to"] = to_ts
         return self._get(f"/experiments/{_seg(experiment_id)}/timeseries", _TIMESERIES, params)
+
+    def evaluate(
+        self,
+        experiment_id: str,
+        strategy: str,
+        params: dict[str, Any],
+        missing_reward: str = "drop",
+    ) -> EvaluationJson:
+        """Off-policy estimates of ``strategy`` on the experiment's logged decisions."""
+        query = {
+            "strategy": strategy,
+            "params": json.dumps(params),
+            "missing_reward": missing_reward,
+        }
+        return self._get(
+            f"/experiments/{_seg(experiment_id)}/evaluate",
+            _EVALUATION,
+            query,
+            timeout_s=max(self.timeout_s, EVALUATE_TIMEOUT_S),
+        )

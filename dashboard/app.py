@@ -22,7 +22,7 @@ import streamlit as st
 
 from bandit_core.simulate import Scenario, ScenarioError, load_scenario
 from bandit_core.strategies import STRATEGIES
-from dashboard import charts, simulator
+from dashboard import charts, ope_view, simulator
 from dashboard.api import (
     ApiClient,
     ApiError,
@@ -94,6 +94,9 @@ def render_live(client: ApiClient) -> None:
     # is its function and position, so Streamlit treats it as the same fragment.
     panel = st.fragment(run_every=every if auto else None)(live_panel)
     panel(client, exp_id, bucket, windows[window])
+    # Outside the fragment: evaluating reads the event log, so never on a refresh tick.
+    current = next(e["strategy"] for e in experiments if e["experiment_id"] == exp_id)
+    ope_view.render_offpolicy(client, exp_id, current)
 
 
 def live_panel(client: ApiClient, exp_id: str, bucket: Bucket, span_s: int) -> None:
