@@ -87,7 +87,7 @@ class DeciderSettings(BaseSettings):
     )
     redis_socket_timeout_s: float = Field(default=2.0, gt=0.0)
     evaluate_max_decisions: int = Field(
-        default=20_000,
+        default=10_000,
         ge=1,
         le=1_000_000,
         description="Off-policy evaluation endpoint: evaluate at most this many (most recent) "

@@ -31,6 +31,7 @@ from offpolicy.timeline import fold_timeline
 from schemas.codec import encode
 from schemas.events import AnyEvent, RewardObserved
 from schemas.topics import DEFAULT_PARTITIONS, TopicNames
+from services.decider.settings import DeciderSettings
 from tests.fixtures.offpolicy_logs import config_event, simulate_log
 
 pytestmark = pytest.mark.integration
@@ -283,7 +284,12 @@ async def test_evaluate_endpoint(client: httpx.AsyncClient, kafka_bootstrap: str
     log = await read_experiment_log(kafka_bootstrap, names, exp)
     assert len(log.config_events) == 1
     assert len(log.decisions) == N
-    pure = evaluate_log(log, "ucb1", {"c": 0.5}, EvaluationOptions(max_decisions=20_000))
+    fields = DeciderSettings.model_fields  # the client fixture runs with the defaults
+    options = EvaluationOptions(
+        max_decisions=fields["evaluate_max_decisions"].default,
+        samples=fields["evaluate_samples"].default,
+    )
+    pure = evaluate_log(log, "ucb1", {"c": 0.5}, options)
     assert body["decisions_evaluated"] == N
     assert body["estimates"] == [
         {

@@ -75,7 +75,7 @@ EVALUATION: dict[str, Any] = {
     "rewards_orphan": 0,
     "records_rejected": 0,
     "truncated": False,
-    "max_decisions": 20000,
+    "max_decisions": 10000,
     "elapsed_s": 0.4,
 }
 
