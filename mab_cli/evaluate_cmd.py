@@ -144,11 +144,11 @@ def evaluate_command(
     console = Console(stderr=True)
     with progress_bar(console, as_json) as bar:
         log = read_log(servers, topics, experiment, bar, timeout)
+        if not log.decisions and not log.config_events:
+            raise fail(f"experiment {experiment!r} has no events in {topics.decisions}", 1)
         task = bar.add_task("evaluating", total=None)
         report = evaluate_log(log, strategy, clean, options)
         bar.update(task, total=1, completed=1)
-    if not log.decisions and not log.config_events:
-        raise fail(f"experiment {experiment!r} has no events in {topics.decisions}", 1)
     if as_json:
         typer.echo(json.dumps(report.to_dict()))
     else:

@@ -32,10 +32,10 @@ from schemas.topics import TopicNames
 ExperimentOpt = Annotated[str, typer.Option("--experiment", help="Experiment id.")]
 BootstrapOpt = Annotated[
     str | None,
-    typer.Option("--bootstrap", help="Kafka bootstrap servers [env KAFKA_BOOTSTRAP_SERVERS]."),
+    typer.Option("--bootstrap", help="Kafka bootstrap servers (env KAFKA_BOOTSTRAP_SERVERS)."),
 ]
 PrefixOpt = Annotated[
-    str | None, typer.Option("--topic-prefix", help="Topic name prefix [env MAB_TOPIC_PREFIX].")
+    str | None, typer.Option("--topic-prefix", help="Topic name prefix (env MAB_TOPIC_PREFIX).")
 ]
 TimeoutOpt = Annotated[
     float,

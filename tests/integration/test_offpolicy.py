@@ -252,6 +252,11 @@ def test_cli_errors_are_one_line(kafka_bootstrap: str, ns: str, topics: dict[str
     )
     assert missing.exit_code == 1
     assert "does not exist" in missing.output
+    empty = runner.invoke(
+        cli, ["evaluate", "--experiment", "never-used", *common, "--strategy", "ucb1"]
+    )
+    assert empty.exit_code == 1
+    assert "has no events" in empty.output
 
 
 async def test_evaluate_endpoint(client: httpx.AsyncClient, kafka_bootstrap: str, ns: str) -> None:
