@@ -160,7 +160,8 @@ def _blocking_evaluate(
     return evaluate_log(log, strategy, params, options)
 
 
-_lock = asyncio.Lock()
+#: One evaluation at a time per process (checked, never waited on: see the module docstring).
+evaluation_lock = asyncio.Lock()
 
 
 @router.get(
@@ -209,7 +210,7 @@ async def evaluate(
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
     if await rt.store.get_config(experiment_id) is None:
         raise not_found(experiment_id)
-    if _lock.locked():
+    if evaluation_lock.locked():
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS, "another evaluation is running; retry shortly"
         )
@@ -220,7 +221,7 @@ async def evaluate(
         samples=rt.settings.evaluate_samples,
     )
     start = time.perf_counter()
-    async with _lock:
+    async with evaluation_lock:
         try:
             report = await asyncio.to_thread(
                 _blocking_evaluate, rt, experiment_id, strategy, clean, options

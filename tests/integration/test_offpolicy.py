@@ -31,6 +31,8 @@ from offpolicy.timeline import fold_timeline
 from schemas.codec import encode
 from schemas.events import AnyEvent, RewardObserved
 from schemas.topics import DEFAULT_PARTITIONS, TopicNames
+from services.decider.app import create_asgi
+from services.decider.evaluation import evaluation_lock
 from services.decider.settings import DeciderSettings
 from tests.fixtures.offpolicy_logs import config_event, simulate_log
 
@@ -325,3 +327,42 @@ async def test_evaluate_endpoint(client: httpx.AsyncClient, kafka_bootstrap: str
     )
     assert bad.status_code == 422
     assert "strategy_params.c" in bad.json()["detail"]
+
+
+async def test_evaluate_endpoint_is_single_flight_and_bounded(
+    kafka_bootstrap: str, redis_url: str, ns: str, topics: dict[str, int]
+) -> None:
+    """Scenario: an evaluation is already running, then a log beyond the record bound.
+    We expect 429 for the concurrent request and 422 naming `mab evaluate` for the big
+    log, with nothing read in the first case."""
+    settings = DeciderSettings(
+        redis_url=redis_url,
+        kafka_bootstrap_servers=kafka_bootstrap,
+        topic_prefix=ns,
+        redis_prefix=ns,
+        evaluate_max_records=10,
+    )
+    asgi = create_asgi(settings)
+    async with (
+        asgi.api.router.lifespan_context(asgi.api),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=asgi), base_url="http://decider", timeout=30
+        ) as c,
+    ):
+        exp = f"{ns}bounded"
+        created = await c.post("/experiments", json={"experiment_id": exp, "arm_ids": ["a", "b"]})
+        assert created.status_code == 201, created.text
+        for _ in range(12):
+            assert (await c.get("/decision", params={"experiment_id": exp})).status_code == 200
+        async with evaluation_lock:
+            busy = await c.get(f"/experiments/{exp}/evaluate", params={"strategy": "ucb1"})
+        assert busy.status_code == 429
+        assert "another evaluation" in busy.json()["detail"]
+        deadline = time.monotonic() + 20
+        while True:  # decisions are produced without waiting for the ack
+            big = await c.get(f"/experiments/{exp}/evaluate", params={"strategy": "ucb1"})
+            if big.status_code == 422 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        assert big.status_code == 422, big.text
+        assert "mab evaluate" in big.json()["detail"]
