@@ -50,6 +50,9 @@ REPORT_LUA = ROOT / "bench" / "wrk" / "report.lua"
 RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "benchmarks.md"
 START, END = "<!-- service-bench:start -->", "<!-- service-bench:end -->"
+#: The decider's default server (``services/decider/__main__.py``); the ceilings and every
+#: decider figure use it, and one uvicorn row shows what the choice is worth.
+SERVER = "granian"
 
 
 def rss_mb(pid: int) -> float:
@@ -101,12 +104,29 @@ class Proc:
                 self.popen.wait(5)
 
 
-@contextmanager
-def uvicorn(
-    name: str, target: str, env: dict[str, str], logdir: Path, workers: int = 1
-) -> Iterator[tuple[Proc, str]]:
-    port = free_port()
-    argv = [
+def server_argv(server: str, target: str, port: int, workers: int) -> list[str]:
+    """The command line serving ``target`` with ``server`` (granian or uvicorn)."""
+    if server == "granian":
+        return [
+            sys.executable,
+            "-m",
+            "granian",
+            "--interface",
+            "asgi",
+            "--loop",
+            "uvloop",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+            target,
+        ]
+    return [
         sys.executable,
         "-m",
         "uvicorn",
@@ -121,7 +141,14 @@ def uvicorn(
         "--workers",
         str(workers),
     ]
-    proc = Proc(name, argv, env, logdir)
+
+
+@contextmanager
+def http_server(
+    name: str, target: str, env: dict[str, str], logdir: Path, workers: int = 1, server: str = ""
+) -> Iterator[tuple[Proc, str]]:
+    port = free_port()
+    proc = Proc(name, server_argv(server or SERVER, target, port, workers), env, logdir)
     try:
         health = "/ready" if "decider" in target else "/decision"
         proc.wait_http(f"http://127.0.0.1:{port}{health}")
@@ -289,11 +316,11 @@ def run(duration: int, repeats: int, fold_records: int, workers: int) -> dict[st
             ("raw ASGI", "bench.baselines:raw_app"),
             ("FastAPI constant route", "bench.baselines:fastapi_app"),
         ]:
-            with uvicorn(label.split()[0].lower(), target, env, logdir) as (_, base):
+            with http_server(label.split()[0].lower(), target, env, logdir) as (_, base):
                 results[label] = measure(f"{base}/decision")
 
         for n_workers in sorted({1, workers}):
-            with uvicorn(
+            with http_server(
                 f"decider-w{n_workers}", "services.decider.app:app", env, logdir, workers=n_workers
             ) as (proc, base):
                 rest = rss_mb(proc.popen.pid)
@@ -331,6 +358,14 @@ def run(duration: int, repeats: int, fold_records: int, workers: int) -> dict[st
                     "rest": rest,
                     "after_load": rss_mb(proc.popen.pid),
                 }
+
+        # The same decider under uvicorn: what the server choice is worth, same run.
+        with http_server(
+            "decider-uvicorn", "services.decider.app:app", env, logdir, server="uvicorn"
+        ) as (_, base):
+            url = f"{base}/decision?experiment_id=bench-2-w1"
+            wrk(url, 2)
+            results["GET /decision, 2 arms, 1 worker, uvicorn"] = measure(url, warm=False)
 
         # Fold rates: pre-fill the rewards topic, then time a fresh consumer to catch up.
         exp = "bench-fold"

@@ -8,7 +8,7 @@ logged (acked) but never applied here: the reward consumer owns arm statistics.
 Decisions are served from memory (see :mod:`services.decider.decisions`) and logged
 without waiting for the ack.
 
-Run: ``uvicorn services.decider.app:app`` or ``python -m services.decider``.
+Run: ``python -m services.decider`` (granian) or ``uvicorn services.decider.app:app``.
 """
 
 from __future__ import annotations

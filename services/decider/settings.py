@@ -46,6 +46,20 @@ class DeciderSettings(BaseSettings):
     api_port: int = Field(
         default=8000, ge=1, le=65535, validation_alias=_env("api_port", "MAB_API_PORT")
     )
+    http_server: Literal["granian", "uvicorn"] = Field(
+        default="granian",
+        validation_alias=_env("http_server", "MAB_HTTP_SERVER"),
+        description="ASGI server of ``python -m services.decider``: granian (Rust HTTP "
+        "stack, ~2x the requests/s of uvicorn on the decision path, see docs/benchmarks.md) "
+        "or uvicorn. ``uvicorn services.decider.app:app`` keeps working either way.",
+    )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        validation_alias=_env("workers", "MAB_DECIDER_WORKERS"),
+        description="Worker processes; they share nothing but Redis and Kafka.",
+    )
     snapshot_max_staleness_s: float = Field(
         default=0.25,
         ge=0.0,
@@ -78,9 +92,8 @@ class DeciderSettings(BaseSettings):
         default=512 * 1024,
         ge=16 * 1024,
         le=1024 * 1024,
-        description="Per-partition batch size. aiokafka keeps one request in flight per "
-        "broker, so throughput per partition is this size per round trip: 16 KB (the "
-        "default) caps one experiment at a few thousand decisions/s.",
+        description="Per-partition batch size (librdkafka ``batch.size``): one experiment's "
+        "decisions go to one partition, so a small batch caps its rate per round trip.",
     )
     kafka_start_timeout_s: float = Field(
         default=30.0, gt=0.0, description="Keep retrying the first broker connection this long."
@@ -120,8 +133,3 @@ class DeciderSettings(BaseSettings):
         if name not in STRATEGIES:
             raise ValueError(f"unknown strategy {v!r}; known: {sorted(STRATEGIES)}")
         return name
-
-    @property
-    def kafka_request_timeout_ms(self) -> int:
-        """aiokafka's own request timeout, bounded by our send timeout."""
-        return int(self.kafka_send_timeout_s * 1000)

@@ -77,7 +77,7 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: floa
 
 @pytest.fixture(scope="module")
 def services(kafka_bootstrap: str, redis_url: str) -> Iterator[Services]:
-    """Start the decider (uvicorn, one worker) and the reward consumer for a module."""
+    """Start the decider (its own entry point: granian, one worker) and the reward consumer."""
     ns = f"e{uuid.uuid4().hex[:8]}-"
     create_topics(kafka_bootstrap, topic_specs(ns))
     port = free_port()
@@ -93,17 +93,7 @@ def services(kafka_bootstrap: str, redis_url: str) -> Iterator[Services]:
     svc = Services(ns=ns, api_url=f"http://127.0.0.1:{port}", env=env)
     decider = svc.start(
         "decider",
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "services.decider.app:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--no-access-log",
-        ],
+        [sys.executable, "-m", "services.decider", "--host", "127.0.0.1", "--port", str(port)],
     )
     svc.start_consumer()
     try:

@@ -1,7 +1,7 @@
 """End to end: the seed document's workflow over HTTP against real processes.
 
-The decider (uvicorn) and the reward consumer run as subprocesses against the real
-Kafka broker and Redis; nothing is faked. Each test talks HTTP only, exactly like a
+The decider (``python -m services.decider``) and the reward consumer run as subprocesses
+against the real Kafka broker and Redis; nothing is faked. Each test talks HTTP only, exactly like a
 storefront would.
 """
 
