@@ -21,9 +21,12 @@ redelivers the batch and may dead-letter a record a second time. Readers count a
 re-drive by that position, never by DLQ offset (:func:`dedupe`).
 
 A re-driven record goes back to its source topic with ``mab.redrive.*`` headers naming
-its *original* position. The consumers then derive a minimal record's fallback event id
-from that original position, so re-driving the same record twice, or re-driving a
-record that had in fact been applied, still counts once (see
+its *original* position, and ``mab dlq redrive`` appends a value-less marker (reason
+``redriven``) for that position to the DLQ, so the DLQ's current state (:func:`dedupe`,
+latest entry per origin) no longer lists it, unless it is rejected again. The consumers
+derive a minimal record's fallback event id from that original position, so re-driving
+the same record twice, or re-driving a record that had in fact been applied, still
+counts once (see
 ``stream_runtime.batch.decode_reward_or_decision``).
 """
 
@@ -72,6 +75,9 @@ H_REDRIVE_AT: Final = "mab.redrive.at"
 
 DETAIL_MAX: Final = 300
 
+#: Reason of the marker ``mab dlq redrive`` appends for each origin it re-drove.
+REDRIVEN: Final = "redriven"
+
 Headers = Sequence[tuple[str, bytes]]
 
 
@@ -118,19 +124,28 @@ def redrive_headers(topic: str, partition: int, offset: int, at_ms: int) -> list
     ]
 
 
-def redriven_position(headers: Headers) -> str | None:
-    """The original position id of a re-driven record, or ``None`` for any other record."""
+Position = tuple[str, int, int]
+
+
+def redriven_source(headers: Headers) -> Position | None:
+    """The original position of a re-driven record, or ``None`` for any other record."""
     if not headers:
         return None
     found = {k: v for k, v in headers if k.startswith("mab.redrive.source.")}
     try:
-        return position_id(
+        return (
             found[H_REDRIVE_TOPIC].decode(),
             int(found[H_REDRIVE_PARTITION]),
             int(found[H_REDRIVE_OFFSET]),
         )
-    except (KeyError, ValueError):
+    except (KeyError, ValueError, UnicodeDecodeError):
         return None
+
+
+def redriven_position(headers: Headers) -> str | None:
+    """:func:`redriven_source` as a position id (a minimal reward's fallback event id)."""
+    source = redriven_source(headers)
+    return None if source is None else position_id(*source)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,13 +166,19 @@ class DeadLetter:
     headers: tuple[tuple[str, bytes], ...]
 
     @property
-    def position(self) -> tuple[str, int, int]:
+    def position(self) -> Position:
         return (self.source_topic, self.source_partition, self.source_offset)
 
     @property
-    def redriven_from(self) -> str | None:
-        """Original position when the rejected record was itself a re-drive."""
-        return redriven_position(self.headers)
+    def origin(self) -> Position:
+        """The record's identity: its first position in the log. A re-driven record that
+        is rejected again keeps the origin of the record it was re-driven from."""
+        return redriven_source(self.headers) or self.position
+
+    @property
+    def redriven(self) -> bool:
+        """A marker written by ``mab dlq redrive``: the origin was re-driven (no value)."""
+        return self.reason == REDRIVEN
 
     @classmethod
     def parse(
@@ -193,12 +214,15 @@ class DeadLetter:
 
 
 def dedupe(letters: Iterable[DeadLetter]) -> list[DeadLetter]:
-    """One dead letter per source position (the latest), in DLQ order of first sight.
+    """The current state of each rejected record: the latest DLQ entry per origin.
 
     A batch redelivered after a crash between the dead-letter write and the Kafka commit
-    dead-letters its rejects again; they carry the same source position.
+    dead-letters its rejects again with the same source position; a re-drive appends a
+    :data:`REDRIVEN` marker for the origin, and a re-driven record rejected again
+    appends a new dead letter naming the same origin. Latest wins, in DLQ order of
+    first sight.
     """
-    by_position: dict[tuple[str, int, int], DeadLetter] = {}
+    by_origin: dict[Position, DeadLetter] = {}
     for letter in letters:
-        by_position[letter.position] = letter
-    return list(by_position.values())
+        by_origin[letter.origin] = letter
+    return list(by_origin.values())

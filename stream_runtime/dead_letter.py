@@ -19,11 +19,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
-from schemas.dead_letter import dead_letter_headers
+from schemas.dead_letter import (
+    REDRIVEN,
+    DeadLetter,
+    Position,
+    dead_letter_headers,
+    position_id,
+    redrive_headers,
+)
 from schemas.topics import DLQ_MAX_MESSAGE_BYTES
 from stream_runtime.batch import Rejected
 
@@ -81,3 +90,124 @@ class DeadLetterProducer:
             )
         await asyncio.gather(*futures)
         self.sent += len(rejects)
+
+
+# --------------------------------------------------------------------------- operators
+# What ``mab dlq`` does, as functions the CLI and the tests call.
+
+
+async def read_dead_letters(bootstrap_servers: str, topic: str) -> list[DeadLetter]:
+    """Every record of the DLQ topic, from the beginning up to its end at call time.
+
+    No consumer group: reading the DLQ never moves anyone's committed position.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    partitions = [p["partition"] for p in described["partitions"]]
+    if described["error_code"] != 0 or not partitions:
+        raise DeadLetterError(f"topic {topic!r} does not exist")
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        max_partition_fetch_bytes=DLQ_MAX_MESSAGE_BYTES,
+        fetch_max_bytes=4 * DLQ_MAX_MESSAGE_BYTES,
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        out: list[DeadLetter] = []
+
+        async def behind() -> bool:
+            for tp in tps:
+                if await consumer.position(tp) < ends[tp]:
+                    return True
+            return False
+
+        while await behind():
+            batch = await consumer.getmany(*tps, timeout_ms=1000)
+            for tp, records in batch.items():
+                out += [
+                    DeadLetter.parse(r.offset, r.key, r.value, r.headers)
+                    for r in records
+                    if r.offset < ends[tp]
+                ]
+        out.sort(key=lambda d: d.dlq_offset)
+        return out
+    finally:
+        await consumer.stop()
+
+
+class DeadLetterError(RuntimeError):
+    """A DLQ operation that cannot proceed (missing topic, unusable fixed record)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Redrive:
+    """One record to put back: its origin, the (fixed or original) bytes and key."""
+
+    origin: Position
+    value: bytes
+    key: bytes | None
+
+
+async def redrive(
+    bootstrap_servers: str,
+    dlq_topic: str,
+    allowed_topics: Collection[str],
+    items: Sequence[Redrive],
+) -> int:
+    """Re-produce ``items`` to their origin topics, then mark them re-driven in the DLQ.
+
+    Each record carries ``mab.redrive.*`` headers naming its origin, so the consumers
+    give a minimal reward the same fallback event id as the original record had
+    (re-driving twice, or re-driving something that was applied, counts once). The
+    markers are written first, so a re-driven record that is rejected again is
+    dead-lettered *after* its marker and shows up again as open. If re-producing fails
+    after the markers, re-run with ``--include-redriven``: it is idempotent.
+    """
+    for item in items:
+        if item.origin[0] not in allowed_topics:
+            raise DeadLetterError(
+                f"{position_id(*item.origin)}: origin topic is not one of {sorted(allowed_topics)}"
+            )
+    producer = dead_letter_producer(bootstrap_servers, "mab-dlq-redrive")
+    await producer.start()
+    try:
+        now_ms = int(time.time() * 1000)
+        markers = []
+        for item in items:
+            topic, partition, offset = item.origin
+            headers = dead_letter_headers(
+                reason=REDRIVEN,
+                detail=f"re-driven to {topic}",
+                topic=topic,
+                partition=partition,
+                offset=offset,
+                timestamp=-1,
+                rejected_by="mab dlq redrive",
+                rejected_at_ms=now_ms,
+            )
+            markers.append(await producer.send(dlq_topic, None, key=item.key, headers=headers))
+        await asyncio.gather(*markers)
+        sent = [
+            await producer.send(
+                item.origin[0],
+                item.value,
+                key=item.key,
+                headers=redrive_headers(*item.origin, at_ms=now_ms),
+            )
+            for item in items
+        ]
+        await asyncio.gather(*sent)
+        return len(sent)
+    finally:
+        await producer.stop()
