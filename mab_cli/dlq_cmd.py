@@ -2,9 +2,9 @@
 
 The DLQ is an append-only log, and the reward consumer may dead-letter a record twice
 (a batch redelivered after a crash between the dead-letter write and the Kafka commit).
-Every command therefore works on the DLQ's *current state*: one entry per origin (the
+Every command therefore works on the DLQ's *open records*: one entry per origin (the
 record's first position ``topic:partition:offset``), the latest one winning, so
-duplicates count once and a re-driven record disappears until it is rejected again
+duplicates count once, and a re-driven record disappears until it is rejected again
 (see :func:`schemas.dead_letter.dedupe`). ``--include-redriven`` shows re-driven ones too.
 """
 
@@ -21,7 +21,7 @@ from typing import Annotated, Any
 import orjson
 import typer
 
-from schemas.dead_letter import REASONS, DeadLetter, dedupe, position_id
+from schemas.dead_letter import REASONS, DeadLetter, dedupe, position_id, redriven_origins
 from schemas.topics import TopicNames
 from stream_runtime.dead_letter import DeadLetterError, Redrive, read_dead_letters, redrive
 
@@ -66,9 +66,13 @@ def _load(bootstrap: str | None, prefix: str | None) -> tuple[list[DeadLetter], 
 def _current(
     letters: list[DeadLetter], reason: str | None, include_redriven: bool
 ) -> list[DeadLetter]:
-    """The DLQ's current state, filtered (markers only when ``include_redriven``)."""
-    out = [d for d in dedupe(letters) if include_redriven or not d.redriven]
-    return [d for d in out if reason is None or d.reason == reason]
+    """One dead letter per origin: the open ones (plus re-driven ones if asked)."""
+    closed = set() if include_redriven else redriven_origins(letters)
+    return [
+        d
+        for d in dedupe(letters)
+        if d.origin not in closed and (reason is None or d.reason == reason)
+    ]
 
 
 def letter_row(d: DeadLetter) -> dict[str, Any]:
@@ -105,9 +109,9 @@ def count(
 ) -> None:
     """Rejected records by reason, each counted once per source position."""
     letters, _ = _load(bootstrap, prefix)
-    current = dedupe(letters)
-    by_reason = Counter(d.reason for d in current if not d.redriven)
-    redriven = sum(d.redriven for d in current)
+    closed = redriven_origins(letters)
+    by_reason = Counter(d.reason for d in dedupe(letters) if d.origin not in closed)
+    redriven = len(closed)
     if as_json:
         body = {
             "by_reason": dict(sorted(by_reason.items())),

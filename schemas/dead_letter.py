@@ -22,8 +22,9 @@ re-drive by that position, never by DLQ offset (:func:`dedupe`).
 
 A re-driven record goes back to its source topic with ``mab.redrive.*`` headers naming
 its *original* position, and ``mab dlq redrive`` appends a value-less marker (reason
-``redriven``) for that position to the DLQ, so the DLQ's current state (:func:`dedupe`,
-latest entry per origin) no longer lists it, unless it is rejected again. The consumers
+``redriven``) for that position to the DLQ, so the DLQ's open records (latest entry per
+origin, :func:`dedupe` and :func:`redriven_origins`) no longer list it, unless it is
+rejected again. The consumers
 derive a minimal record's fallback event id from that original position, so re-driving
 the same record twice, or re-driving a record that had in fact been applied, still
 counts once (see
@@ -214,15 +215,24 @@ class DeadLetter:
 
 
 def dedupe(letters: Iterable[DeadLetter]) -> list[DeadLetter]:
-    """The current state of each rejected record: the latest DLQ entry per origin.
+    """One dead letter per rejected record: the latest real entry per origin.
 
     A batch redelivered after a crash between the dead-letter write and the Kafka commit
-    dead-letters its rejects again with the same source position; a re-drive appends a
-    :data:`REDRIVEN` marker for the origin, and a re-driven record rejected again
-    appends a new dead letter naming the same origin. Latest wins, in DLQ order of
-    first sight.
+    dead-letters its rejects again with the same source position, and a re-driven record
+    rejected again appends a new dead letter naming the same origin: latest wins, in DLQ
+    order of first sight. :data:`REDRIVEN` markers never replace a real entry; see
+    :func:`redriven_origins` for which entries they close.
     """
     by_origin: dict[Position, DeadLetter] = {}
     for letter in letters:
-        by_origin[letter.origin] = letter
+        if not letter.redriven:
+            by_origin[letter.origin] = letter
     return list(by_origin.values())
+
+
+def redriven_origins(letters: Iterable[DeadLetter]) -> set[Position]:
+    """Origins whose latest DLQ entry is a re-drive marker (re-driven, not rejected since)."""
+    latest: dict[Position, bool] = {}
+    for letter in letters:
+        latest[letter.origin] = letter.redriven
+    return {origin for origin, marker in latest.items() if marker}
