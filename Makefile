@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 UV := $(PYTHON) -m uv
 PACKAGES := $(wildcard schemas bandit_core stream_runtime services dashboard mab_cli deploy demo_traffic bench)
 
-.PHONY: help venv up down status test lint system-deps kafka-jars bench
+.PHONY: help venv up down status test lint system-deps kafka-jars bench contract
 
 help:
 	@echo "make venv | up | down | status | test | lint | system-deps | kafka-jars"
@@ -51,3 +51,7 @@ lint: venv
 
 bench: venv system-deps kafka-jars
 	$(BIN)/python -m bench.run
+
+# Regenerate the topic contract (JSON Schema + AsyncAPI) from schemas/events.py.
+contract: venv
+	$(BIN)/mab contract
