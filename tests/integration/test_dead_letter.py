@@ -232,3 +232,27 @@ async def test_event_id_counts_once_whether_sent_over_rest_or_kafka(
     assert consumer.stats.duplicates == 3
     got = await pulls(redis, ns, "idem")
     assert got == {"a": 1 + (arm == "a"), "b": 1 + (arm == "b")}
+
+
+async def test_record_at_the_broker_limit_is_dead_lettered_with_its_bytes(
+    kafka_bootstrap: str, redis_url: str, ns: str, topics: dict[str, int]
+) -> None:
+    """Scenario: a producer writes a record just under the broker's default 1 MiB limit
+    (far over MAX_RECORD_BYTES) into the rewards topic.
+    We expect: it is dead-lettered as ``oversize`` with every original byte, although
+    the dead letter (value + headers) is larger than the source topic would accept."""
+    names = TopicNames.with_prefix(ns)
+    value = b'{"pad":"' + b"x" * 1_048_400 + b'"}'
+    producer = AIOKafkaProducer(
+        bootstrap_servers=kafka_bootstrap, acks="all", max_request_size=2 * 1024 * 1024
+    )
+    await producer.start()
+    try:
+        await producer.send_and_wait(names.rewards, value, key=b"big")
+    finally:
+        await producer.stop()
+    await consume_until(kafka_bootstrap, redis_url, ns, ns + "big", 1)
+    (letter,) = await read_dead_letters(kafka_bootstrap, names.rewards_dlq)
+    assert letter.reason == "oversize"
+    assert letter.value == value
+    assert len(value) + sum(len(k) + len(v) for k, v in letter.headers) > 1_048_588
