@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,15 @@ from schemas.events import ExperimentConfig
 from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames
 from services.reward_consumer.consumer import RewardConsumer
+from services.reward_consumer.handlers import BatchHandler
 from services.reward_consumer.settings import ConsumerSettings
-from stream_runtime.dead_letter import read_dead_letters
+from services.reward_consumer.store import ConsumerStore
+from stream_runtime.batch import Rejected
+from stream_runtime.dead_letter import (
+    DeadLetterProducer,
+    dead_letter_producer,
+    read_dead_letters,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -256,3 +264,72 @@ async def test_record_at_the_broker_limit_is_dead_lettered_with_its_bytes(
     assert letter.reason == "oversize"
     assert letter.value == value
     assert len(value) + sum(len(k) + len(v) for k, v in letter.headers) > 1_048_588
+
+
+@dataclass(frozen=True)
+class Rec:
+    """A consumer record as the handler sees it (position, time, key, value, headers)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    value: bytes | None
+    key: bytes | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+async def test_fold_rejects_reach_the_dlq_before_the_write_that_hides_them(
+    kafka_bootstrap: str, redis_url: str, ns: str, topics: dict[str, int], redis: Redis
+) -> None:
+    """Scenario: a batch with valid rewards, an unknown arm and broken JSON is written to
+    Redis, then the consumer dies before its Kafka commit; the batch is redelivered.
+    We expect: the dead letters were acknowledged before the Redis write; the redelivery
+    is a no-op for the fold (offset check), re-parks only the decode reject, and the DLQ
+    still lists each rejected record exactly once with its reason."""
+    names = TopicNames.with_prefix(ns)
+    await redis.set(RedisKeys(ns).experiment("crash").config, _config("crash").model_dump_json())
+    ok = orjson.dumps({"experiment_id": "crash", "arm_id": "a", "reward": 1})
+    bad_arm = orjson.dumps({"experiment_id": "crash", "arm_id": "zz", "reward": 1})
+    recs = [
+        Rec(names.rewards, 2, 10, 1_700_000_000_000, ok, b"crash"),
+        Rec(names.rewards, 2, 11, 1_700_000_000_000, bad_arm, b"crash"),
+        Rec(names.rewards, 2, 12, 1_700_000_000_000, b"{oops", b"crash"),
+        Rec(names.rewards, 2, 13, 1_700_000_000_000, ok, b"crash"),
+    ]
+    steps: list[str] = []
+    producer = dead_letter_producer(kafka_bootstrap, "test-dlq")
+    await producer.start()
+    try:
+        parked = DeadLetterProducer(producer, names.rewards_dlq, "test/handler")
+
+        async def sink(rejects: Sequence[Rejected]) -> None:
+            await parked(rejects)
+            steps.append("dlq:" + ",".join(r.reason for r in rejects))
+
+        store = ConsumerStore(redis, RedisKeys(ns))
+        real_write = store.write
+
+        async def write(writes):  # type: ignore[no-untyped-def]
+            steps.append(f"write:{len(writes)}")
+            return await real_write(writes)
+
+        store.write = write  # type: ignore[method-assign]
+        handler = BatchHandler(store, names, sink)
+        first = await handler.handle(recs)
+        second = await handler.handle(recs)  # redelivered: crash before the commit
+    finally:
+        await producer.stop()
+    assert steps == ["dlq:bad_json", "dlq:unknown_arm", "write:1", "dlq:bad_json", "write:0"]
+    assert (first.applied, first.rejected) == (2, {"bad_json": 1, "unknown_arm": 1})
+    assert (second.applied, second.redelivered) == (0, 3)
+    letters = await read_dead_letters(kafka_bootstrap, names.rewards_dlq)
+    assert len(letters) == 3
+    current = dedupe(letters)
+    assert sorted((d.source_offset, d.reason) for d in current) == [
+        (11, "unknown_arm"),
+        (12, "bad_json"),
+    ]
+    assert {d.value for d in current} == {bad_arm, b"{oops"}
+    assert all(d.rejected_by == "test/handler" and d.key == b"crash" for d in current)
+    assert await pulls(redis, ns, "crash") == {"a": 2}
