@@ -20,7 +20,9 @@ from typing import Annotated, Any
 
 import orjson
 import typer
+from aiokafka.errors import KafkaError
 
+from deploy.local_stack import StackConfig
 from schemas.dead_letter import REASONS, DeadLetter, dedupe, position_id, redriven_origins
 from schemas.topics import TopicNames
 from stream_runtime.dead_letter import DeadLetterError, Redrive, read_dead_letters, redrive
@@ -41,13 +43,16 @@ IncludeRedriven = Annotated[
 
 
 def _servers(bootstrap: str | None) -> str:
-    return bootstrap or os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or "127.0.0.1:9092"
+    """Like ``mab topics create``: option, env, then the local stack's Kafka port."""
+    return (
+        bootstrap
+        or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+        or f"127.0.0.1:{StackConfig.product().ports.kafka}"
+    )
 
 
 def _topics(prefix: str | None) -> TopicNames:
-    return TopicNames.with_prefix(
-        os.environ.get("MAB_TOPIC_PREFIX", "") if prefix is None else prefix
-    )
+    return TopicNames.with_prefix(StackConfig.product().topic_prefix if prefix is None else prefix)
 
 
 def _fail(message: str) -> typer.Exit:
@@ -57,10 +62,13 @@ def _fail(message: str) -> typer.Exit:
 
 def _load(bootstrap: str | None, prefix: str | None) -> tuple[list[DeadLetter], TopicNames]:
     names = _topics(prefix)
+    servers = _servers(bootstrap)
     try:
-        return asyncio.run(read_dead_letters(_servers(bootstrap), names.rewards_dlq)), names
+        return asyncio.run(read_dead_letters(servers, names.rewards_dlq)), names
     except DeadLetterError as exc:
         raise _fail(str(exc)) from None
+    except KafkaError as exc:
+        raise _fail(f"kafka at {servers}: {exc!r}") from None
 
 
 def _current(
@@ -243,6 +251,8 @@ def redrive_cmd(
         sent = asyncio.run(redrive(_servers(bootstrap), names.rewards_dlq, allowed, items))
     except DeadLetterError as exc:
         raise _fail(str(exc)) from None
+    except KafkaError as exc:
+        raise _fail(f"re-drive failed ({exc!r}); re-run with --include-redriven") from None
     typer.echo(f"{sent} records re-driven")
 
 
