@@ -142,6 +142,11 @@ async def test_dlq_count_dedupes_redelivery_and_redrive_keeps_idempotency(
         "bad_json": 1,
     }
     assert counted["dlq_records"] == 12  # every reject twice; counted once per position
+    text = await mab("dlq", "count", *common)
+    assert "       3  unknown_experiment" in text
+    assert "6  open (one per source position; 0 re-driven, 12 DLQ records" in text
+    text = await mab("dlq", "list", "--reason", "reward_out_of_range", "--limit", "1", *common)
+    assert text.count("reward_out_of_range") == 1
     listed = [
         orjson.loads(line)
         for line in (
