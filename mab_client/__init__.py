@@ -15,6 +15,7 @@ from mab_client.errors import (
     NotFoundError,
     RequestValidationError,
     UnavailableError,
+    UnexpectedResponseError,
 )
 from mab_client.models import (
     ArmStats,
@@ -52,4 +53,5 @@ __all__ = [
     "Timeseries",
     "TimeseriesPoint",
     "UnavailableError",
+    "UnexpectedResponseError",
 ]

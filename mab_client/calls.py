@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import httpx
+from pydantic import ValidationError
 
-from mab_client.errors import error_for
+from mab_client.errors import UnexpectedResponseError, error_for
 from mab_client.models import (
     Decision,
     Experiment,
@@ -28,6 +29,9 @@ from mab_client.models import (
 )
 
 T = TypeVar("T")
+
+#: Transport failures worth another attempt (a wrong URL scheme or proxy setup is not).
+RETRY_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 
 #: Statuses that mean "not applied, try again": the decider's 503, and what a proxy or
 #: ingress in front of restarting pods answers.
@@ -87,7 +91,13 @@ class Call(Generic[T]):
     def result(self, response: httpx.Response) -> T:
         """The parsed answer, or the typed error of an error status."""
         if response.status_code in self.ok:
-            return self.parse(response.json())
+            try:
+                return self.parse(response.json())
+            except (ValueError, KeyError, TypeError, ValidationError) as exc:
+                raise UnexpectedResponseError(
+                    f"{self.method} {self.path}: HTTP {response.status_code} with an "
+                    f"unexpected body ({exc.__class__.__name__}): {response.text[:300]!r}"
+                ) from None
         raise error_for(response.status_code, _detail(response), self.method, self.path)
 
 

@@ -18,7 +18,7 @@ from typing import Any, Self, TypeVar
 import httpx
 
 from mab_client import calls
-from mab_client.calls import RETRY_STATUSES, Call, Retry, RetryPolicy, retry_after_s
+from mab_client.calls import RETRY_ERRORS, RETRY_STATUSES, Call, Retry, RetryPolicy, retry_after_s
 from mab_client.errors import MabTransportError
 from mab_client.models import (
     Decision,
@@ -87,6 +87,8 @@ class _Attempts:
         resent (not idempotent) or the attempts are used up."""
         self.failures += 1
         where = f"{self.call.method} {self.call.path}"
+        if not isinstance(exc, RETRY_ERRORS):
+            raise MabTransportError(f"{where}: {exc!r}")
         if self.call.retry is not Retry.IDEMPOTENT:
             raise MabTransportError(f"{where}: {exc!r} (not retried: may have been applied)")
         if not self._budget_left():

@@ -17,6 +17,11 @@ class MabTransportError(MabError):
     """No HTTP answer (connect error, timeout) after the allowed attempts."""
 
 
+class UnexpectedResponseError(MabError):
+    """A success status whose body is not the documented shape (a proxy's page, an
+    incompatible server version): never silently turned into a result."""
+
+
 class ApiError(MabError):
     """The server answered with an error status."""
 

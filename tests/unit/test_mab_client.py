@@ -21,6 +21,7 @@ from mab_client import (
     RetryPolicy,
     RewardItem,
     UnavailableError,
+    UnexpectedResponseError,
 )
 
 pytestmark = pytest.mark.unit
@@ -284,3 +285,19 @@ def test_timeouts_are_bounded_by_default() -> None:
     assert (t.connect, t.read) == (2.0, 10.0)
     with pytest.raises(ValueError):
         RetryPolicy(max_attempts=0)
+
+
+def test_unusable_answers_are_errors_not_results() -> None:
+    """A proxy's HTML page with 200, or a body of another shape, is never a result; a
+    misconfigured URL is not retried."""
+    script = Script(httpx.Response(200, text="<html>maintenance</html>"))
+    with client(script, []) as mab, pytest.raises(UnexpectedResponseError, match="maintenance"):
+        mab.decide("exp")
+    script = Script(ok({"arm_id": "b"}))
+    with client(script, []) as mab, pytest.raises(UnexpectedResponseError):
+        mab.decide("exp")
+    request = httpx.Request("GET", "http://mab/decision")
+    script = Script(httpx.UnsupportedProtocol("ftp", request=request))
+    with client(script, []) as mab, pytest.raises(MabTransportError):
+        mab.decide("exp")
+    assert len(script.requests) == 1
