@@ -13,7 +13,6 @@ Run: ``uvicorn services.decider.app:app`` or ``python -m services.decider``.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -25,6 +24,7 @@ import orjson
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -39,9 +39,12 @@ from schemas.events import (
 from schemas.ids import ID_MAX_LEN, ID_PATTERN, MAX_ARMS
 from schemas.redis_keys import BucketKind, RedisKeys
 from schemas.topics import TopicNames
+from services.decider.auth import ADMIN, ADMIN_RESPONSES, CLIENT, CLIENT_RESPONSES, AuthPolicy
 from services.decider.decisions import DecisionCache
 from services.decider.errors import not_found as _not_found
 from services.decider.hot_path import DecisionFastPath, serve_decision, serve_reward
+from services.decider.limits import CorsPolicy, RateLimiter
+from services.decider.metrics import DeciderMetrics
 from services.decider.models import (
     ArmsAdd,
     ArmStatsPublic,
@@ -58,6 +61,7 @@ from services.decider.models import (
     StatsPublic,
 )
 from services.decider.producer import EventLogUnavailableError, EventProducer
+from services.decider.readiness import ReadinessProbe
 from services.decider.settings import DeciderSettings
 from services.decider.store import (
     ArmsExistError,
@@ -75,6 +79,7 @@ from services.decider.timeseries import (
     resolve_range,
     winner_changes,
 )
+from stream_runtime.process import JsonFormatter
 
 log = logging.getLogger("services.decider")
 
@@ -96,6 +101,11 @@ class Runtime:
     producer: EventProducer
     cache: DecisionCache
     topics: TopicNames
+    auth: AuthPolicy
+    limiter: RateLimiter | None
+    cors: CorsPolicy
+    metrics: DeciderMetrics
+    readiness: ReadinessProbe
 
 
 async def get_runtime(request: Request) -> Runtime:
@@ -133,8 +143,14 @@ _E503 = {"model": ErrorPublic, "description": "Redis or Kafka unavailable; safe 
 
 
 def _configure_logging(level: str) -> None:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """One JSON object per line (the stream processors' format), with ``extra=`` fields
+    such as ``decision_id``; left alone when the host (pytest, an embedding app) has
+    configured logging already."""
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(JsonFormatter())
+        root.addHandler(handler)
     log.setLevel(level)
     logging.getLogger("services").setLevel(level)
 
@@ -169,13 +185,42 @@ def create_app(settings: DeciderSettings | None = None) -> FastAPI:
             propensity_samples=cfg.propensity_samples,
             degraded_max_age_s=cfg.snapshot_degraded_max_age_s,
         )
+        auth = AuthPolicy.parse(
+            cfg.admin_key.get_secret_value() if cfg.admin_key else None,
+            cfg.client_keys.get_secret_value() if cfg.client_keys else None,
+        )
+        limiter = (
+            RateLimiter(cfg.rate_limit_per_s, cfg.rate_limit_burst)
+            if cfg.rate_limit_per_s is not None
+            else None
+        )
         await producer.start(cfg.kafka_start_timeout_s)
-        app.state.runtime = Runtime(cfg, redis, store, producer, cache, topics)
-        log.info(
-            "decider started: strategy=%s topics=%s redis_prefix=%r",
-            cfg.active_strategy,
+        metrics.delivery = lambda: producer.stats
+        app.state.auth = auth
+        app.state.runtime = Runtime(
+            cfg,
+            redis,
+            store,
+            producer,
+            cache,
             topics,
-            cfg.redis_prefix,
+            auth=auth,
+            limiter=limiter,
+            cors=CorsPolicy(cfg.cors_origins),
+            metrics=metrics,
+            readiness=ReadinessProbe(redis, producer, cfg.ready_timeout_s, cfg.ready_cache_s),
+        )
+        log.info(
+            "decider started",
+            extra={
+                "strategy": cfg.active_strategy,
+                "topics": str(topics),
+                "redis_prefix": cfg.redis_prefix,
+                "admin_key": auth.admin_required,
+                "client_keys": auth.client_required,
+                "cors_origins": cfg.cors_origins,
+                "rate_limit_per_s": cfg.rate_limit_per_s,
+            },
         )
         try:
             yield
@@ -184,10 +229,12 @@ def create_app(settings: DeciderSettings | None = None) -> FastAPI:
             await redis.aclose()
             s = producer.stats
             log.info(
-                "decider stopped: decision events enqueued=%d delivered=%d failed=%d",
-                s.enqueued,
-                s.delivered,
-                s.failed,
+                "decider stopped",
+                extra={
+                    "decisions_enqueued": s.enqueued,
+                    "decisions_delivered": s.delivered,
+                    "decisions_failed": s.failed,
+                },
             )
 
     app = FastAPI(
@@ -201,6 +248,8 @@ def create_app(settings: DeciderSettings | None = None) -> FastAPI:
         default_response_class=OrjsonResponse,
         lifespan=lifespan,
     )
+    metrics = DeciderMetrics()
+    app.state.metrics = metrics
     _install_error_handlers(app)
     _add_routes(app)
     return app
@@ -261,7 +310,8 @@ def _add_routes(app: FastAPI) -> None:
         tags=["ops"],
         summary="Readiness",
         description="200 only when Redis answers PING and Kafka answers a metadata request "
-        "listing our topics, each within the ready timeout (1 s); else 503 naming the failure.",
+        "listing our topics, each within the ready timeout (1 s); else 503 naming the failure. "
+        "The verdict is reused for `MAB_READY_CACHE_S` (1 s), so probes cannot amplify load.",
         responses={
             503: {
                 "model": ReadyPublic,
@@ -279,26 +329,22 @@ def _add_routes(app: FastAPI) -> None:
         },
     )
     async def ready(rt: RuntimeDep) -> Response:
-        timeout = rt.settings.ready_timeout_s
+        body = await rt.readiness.verdict()
+        return OrjsonResponse(body, status_code=200 if body["status"] == "ready" else 503)
 
-        async def redis_check() -> str:
-            try:
-                async with asyncio.timeout(timeout):
-                    await rt.redis.ping()
-                return "ok"
-            except TimeoutError:
-                return f"no PONG within {timeout}s"
-            except RedisError as exc:
-                return f"error: {exc!r}"
-
-        redis_state, kafka_state = await asyncio.gather(redis_check(), rt.producer.check(timeout))
-        ok = redis_state == "ok" and kafka_state == "ok"
-        body = {
-            "status": "ready" if ok else "not_ready",
-            "redis": redis_state,
-            "kafka": kafka_state,
-        }
-        return OrjsonResponse(body, status_code=200 if ok else 503)
+    @app.get(
+        "/metrics",
+        tags=["ops"],
+        summary="Prometheus metrics",
+        description="Request latency histograms per route, decisions per strategy, rewards "
+        "per outcome, decision-event delivery counters and process metrics, in the "
+        "Prometheus text format. Open like /health: restrict it by network in production.",
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+    )
+    async def metrics(request: Request) -> Response:
+        registry = request.app.state.metrics.registry
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post(
         "/experiments",
@@ -309,7 +355,8 @@ def _add_routes(app: FastAPI) -> None:
         description="Validates ids, arms and strategy params, stores the config atomically "
         "(exactly one of many racing creates wins) and logs `ExperimentCreated`; the 201 "
         "comes after Kafka's ack. Nothing is stored when validation fails.",
-        responses={409: _E409, 422: _E422, 503: _E503},
+        responses={409: _E409, 422: _E422, 503: _E503, **ADMIN_RESPONSES},
+        dependencies=[ADMIN],
     )
     async def create_experiment(body: ExperimentCreate, rt: RuntimeDep) -> ExperimentPublic:
         if body.strategy is not None:
@@ -346,6 +393,8 @@ def _add_routes(app: FastAPI) -> None:
         tags=["experiments"],
         summary="List experiments",
         description="All experiments in creation order (paginated by offset/limit).",
+        responses={**CLIENT_RESPONSES},
+        dependencies=[CLIENT],
     )
     async def list_experiments(
         rt: RuntimeDep,
@@ -360,7 +409,8 @@ def _add_routes(app: FastAPI) -> None:
         tags=["experiments"],
         summary="Get an experiment",
         description="The stored configuration (arms in insertion order, strategy, params).",
-        responses={404: _E404},
+        responses={404: _E404, **CLIENT_RESPONSES},
+        dependencies=[CLIENT],
     )
     async def get_experiment(experiment_id: ExperimentIdPath, rt: RuntimeDep) -> ExperimentPublic:
         config = await rt.store.get_config(experiment_id)
@@ -376,7 +426,8 @@ def _add_routes(app: FastAPI) -> None:
         description="Appends new arms atomically (concurrent calls never lose an arm) and "
         f"logs `ArmsAdded`. 409 if any arm already exists; 422 beyond {MAX_ARMS} arms. "
         "Existing statistics are untouched.",
-        responses={404: _E404, 409: _E409, 422: _E422, 503: _E503},
+        responses={404: _E404, 409: _E409, 422: _E422, 503: _E503, **ADMIN_RESPONSES},
+        dependencies=[ADMIN],
     )
     async def add_arms(
         experiment_id: ExperimentIdPath, body: ArmsAdd, rt: RuntimeDep
@@ -412,7 +463,8 @@ def _add_routes(app: FastAPI) -> None:
         summary="Hot-swap the strategy",
         description="Changes strategy and params atomically and logs `StrategyChanged`. "
         "Arm statistics are strategy-independent, so no data is lost.",
-        responses={404: _E404, 422: _E422, 503: _E503},
+        responses={404: _E404, 422: _E422, 503: _E503, **ADMIN_RESPONSES},
+        dependencies=[ADMIN],
     )
     async def change_strategy(body: ConfigUpdate, rt: RuntimeDep) -> ConfigPublic:
         params = dict(body.strategy_params or {})
@@ -446,7 +498,8 @@ def _add_routes(app: FastAPI) -> None:
         "`snapshot_max_staleness_s` old (a cache miss reads Redis, so a new experiment "
         "is decidable at once). Logs `DecisionMade` with its id and propensity without "
         "waiting for Kafka. Send `decision_id` back with the reward.",
-        responses={404: _E404, 422: _E422, 503: _E503},
+        responses={404: _E404, 422: _E422, 503: _E503, **CLIENT_RESPONSES},
+        dependencies=[CLIENT],
     )
     async def decide(experiment_id: ExperimentIdQuery, rt: RuntimeDep) -> Response:
         # Well-formed requests are normally answered by DecisionFastPath with this same
@@ -477,7 +530,9 @@ def _add_routes(app: FastAPI) -> None:
                     }
                 },
             },
+            **CLIENT_RESPONSES,
         },
+        dependencies=[CLIENT],
     )
     async def reward(body: RewardCreate, rt: RuntimeDep) -> RewardPublic:
         # Well-formed JSON bodies are normally answered by DecisionFastPath with this
@@ -491,7 +546,8 @@ def _add_routes(app: FastAPI) -> None:
         summary="Arm statistics",
         description="Per arm in config order: rewards observed (pulls), reward sum, mean, "
         "decisions served and the current propensity; read fresh from Redis (no cache).",
-        responses={404: _E404},
+        responses={404: _E404, **CLIENT_RESPONSES},
+        dependencies=[CLIENT],
     )
     async def stats(experiment_id: ExperimentIdPath, rt: RuntimeDep) -> StatsPublic:
         config_raw, snap_raw = await rt.store.get_config_and_snapshot(experiment_id)
@@ -534,7 +590,8 @@ def _add_routes(app: FastAPI) -> None:
         "20 rewards). `from`/`to`: unix seconds or ISO 8601, default the last 48 hours "
         "(hour) or 60 minutes (minute); at most 31 days (hour) or 24 hours (minute) "
         "apart. Contract: docs/timeseries-api.md.",
-        responses={404: _E404, 422: _E422, 503: _E503},
+        responses={404: _E404, 422: _E422, 503: _E503, **CLIENT_RESPONSES},
+        dependencies=[CLIENT],
     )
     async def timeseries(
         experiment_id: ExperimentIdPath,
