@@ -339,22 +339,36 @@ class DecisionFastPath:
     async def _forward(
         self, scope: Scope, receive: Receive, send: Send, runtime: Runtime
     ) -> tuple[int, str]:
-        """Hand the request to FastAPI; returns the status sent and the route template."""
+        """Hand the request to FastAPI; returns the status sent and the route template.
+
+        A body that outgrows the limit while FastAPI reads it is answered 413 here, and
+        FastAPI sees a disconnect (it would turn any exception raised while reading into
+        a 400); whatever it sends afterwards is dropped.
+        """
         status_code = 0
+        cut = False
+        cors = runtime.cors.headers_for(_header(scope, b"origin")) if runtime.cors.enabled else []
+
+        async def guarded() -> Message:
+            nonlocal status_code, cut
+            try:
+                return await receive()
+            except BodyTooLargeError:
+                if not status_code:
+                    status_code, cut = 413, True
+                    limit = runtime.settings.max_body_bytes
+                    await _respond(send, 413, too_large_body(limit), cors)
+                return {"type": "http.disconnect"}
 
         async def watch(message: Message) -> None:
             nonlocal status_code
+            if cut:
+                return
             if message["type"] == "http.response.start":
                 status_code = message["status"]
             await send(message)
 
-        try:
-            await self._downstream(runtime)(scope, receive, watch)
-        except BodyTooLargeError:
-            if status_code:
-                raise
-            status_code = 413
-            await _respond(send, 413, too_large_body(runtime.settings.max_body_bytes))
+        await self._downstream(runtime)(scope, guarded, watch)
         matched = scope.get("route")
         route = getattr(matched, "path", None) or "unmatched"
         return status_code, route
@@ -420,6 +434,13 @@ class DecisionFastPath:
             return await serve_decision(runtime, experiment_id)
         except RedisError:
             return None  # the route answers 503 with the documented body
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None
 
 
 def _denial_headers(denial: Denial, cors: Headers) -> Headers:
