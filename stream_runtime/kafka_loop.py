@@ -49,6 +49,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from stream_runtime.batch import RecordLike, SummableReport, commit_offsets, first_offsets
+from stream_runtime.metrics import LAG_EVERY_S, ProcessorMetrics
 
 #: Seconds between two progress log lines.
 PROGRESS_EVERY_S: Final = 10.0
@@ -152,6 +153,9 @@ class KafkaBatchProcessor(abc.ABC, Generic[ReportT]):
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._last_progress = time.monotonic()
+        self._last_lag = 0.0
+        #: Served on ``MAB_METRICS_PORT`` by :func:`stream_runtime.process.run_until_signal`.
+        self.metrics = ProcessorMetrics()
 
     # ----------------------------------------------------------------- service hooks
     @property
@@ -256,6 +260,7 @@ class KafkaBatchProcessor(abc.ABC, Generic[ReportT]):
             records += recs
         if records:
             await self._process(records, stop)
+        await self._maybe_update_lag()
         self._maybe_log_progress()
         return len(records)
 
@@ -298,14 +303,17 @@ class KafkaBatchProcessor(abc.ABC, Generic[ReportT]):
         try:
             report = await self._handle(records)
         except Exception:
+            self.metrics.failed_batches.inc()
             self.log.exception("batch failed; rewinding to retry", extra={"records": len(records)})
             self._rewind(records)
             await self._sleep(self.loop_settings.retry_backoff_s, stop)
             return
-        self.handle_seconds += time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        self.handle_seconds += seconds
         await self._commit(records)
         self._account(report)
         self.batches += 1
+        self.metrics.batch(len(records), seconds, report)
 
     def _rewind(self, records: list[RecordLike]) -> None:
         assert self._consumer is not None
@@ -340,6 +348,31 @@ class KafkaBatchProcessor(abc.ABC, Generic[ReportT]):
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+    async def _maybe_update_lag(self) -> None:
+        """Consumer lag per assigned partition, at most once per second.
+
+        Only partitions with a known highwater (fetched at least once) are measured, so
+        ``position`` never waits for an offset reset.
+        """
+        now = time.monotonic()
+        if now - self._last_lag < LAG_EVERY_S or self._consumer is None:
+            return
+        self._last_lag = now
+        consumer = self._consumer
+        lags: dict[tuple[str, int], int] = {}
+        try:
+            for tp in consumer.assignment():
+                end = consumer.last_stable_offset(tp)
+                if end is None or end < 0:
+                    end = consumer.highwater(tp)
+                if end is None:
+                    continue
+                position = await asyncio.wait_for(consumer.position(tp), timeout=0.5)
+                lags[(tp.topic, tp.partition)] = max(0, end - position)
+        except (IllegalStateError, AssertionError, TimeoutError, KafkaError):
+            return  # a rebalance is under way; measured again next second
+        self.metrics.set_lag(lags)
 
     def _maybe_log_progress(self) -> None:
         now = time.monotonic()
