@@ -186,8 +186,10 @@ class DemoTraffic:
         """Create the experiment, then loop over the simulated days until ``stop``."""
         timeout = httpx.Timeout(self.s.mab_demo_timeout_s)
         limits = httpx.Limits(max_connections=self.s.mab_demo_concurrency)
+        key = self.s.mab_api_key.get_secret_value() if self.s.mab_api_key else ""
+        headers = {"Authorization": f"Bearer {key}"} if key else None
         client = self._client or httpx.AsyncClient(
-            base_url=self.s.mab_api_url, timeout=timeout, limits=limits
+            base_url=self.s.mab_api_url, timeout=timeout, limits=limits, headers=headers
         )
         try:
             if not await self.ensure_experiment(client, stop):
