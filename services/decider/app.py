@@ -22,11 +22,13 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, status
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bandit_core.state import ExperimentState
 from bandit_core.strategies import InvalidParamsError, validate_params
@@ -39,7 +41,14 @@ from schemas.events import (
 from schemas.ids import ID_MAX_LEN, ID_PATTERN, MAX_ARMS
 from schemas.redis_keys import BucketKind, RedisKeys
 from schemas.topics import TopicNames
-from services.decider.auth import ADMIN, ADMIN_RESPONSES, CLIENT, CLIENT_RESPONSES, AuthPolicy
+from services.decider.auth import (
+    ADMIN,
+    ADMIN_RESPONSES,
+    BODY_RESPONSES,
+    CLIENT,
+    CLIENT_RESPONSES,
+    AuthPolicy,
+)
 from services.decider.decisions import DecisionCache
 from services.decider.errors import not_found as _not_found
 from services.decider.hot_path import DecisionFastPath, serve_decision, serve_reward
@@ -82,6 +91,9 @@ from services.decider.timeseries import (
 from stream_runtime.process import JsonFormatter
 
 log = logging.getLogger("services.decider")
+
+#: Far beyond any real number of experiments, far below Redis' 64-bit range indexes.
+MAX_LIST_OFFSET = 1_000_000_000
 
 
 class OrjsonResponse(JSONResponse):
@@ -270,6 +282,16 @@ def _install_error_handlers(app: FastAPI) -> None:
         ]
         return OrjsonResponse({"detail": errors}, status_code=422)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # FastAPI answers an undecodable body (not JSON, not UTF-8) with a bare 400; every
+        # other invalid input is a 422, so this one is too, with a clearer message.
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            return OrjsonResponse(
+                {"detail": "request body is not valid JSON (UTF-8)"}, status_code=422
+            )
+        return await http_exception_handler(request, exc)
+
     @app.exception_handler(RedisError)
     async def redis_error(request: Request, exc: RedisError) -> Response:
         log.error("redis error on %s %s: %r", request.method, request.url.path, exc)
@@ -355,7 +377,7 @@ def _add_routes(app: FastAPI) -> None:
         description="Validates ids, arms and strategy params, stores the config atomically "
         "(exactly one of many racing creates wins) and logs `ExperimentCreated`; the 201 "
         "comes after Kafka's ack. Nothing is stored when validation fails.",
-        responses={409: _E409, 422: _E422, 503: _E503, **ADMIN_RESPONSES},
+        responses={409: _E409, 422: _E422, 503: _E503, **ADMIN_RESPONSES, **BODY_RESPONSES},
         dependencies=[ADMIN],
     )
     async def create_experiment(body: ExperimentCreate, rt: RuntimeDep) -> ExperimentPublic:
@@ -398,7 +420,8 @@ def _add_routes(app: FastAPI) -> None:
     )
     async def list_experiments(
         rt: RuntimeDep,
-        offset: Annotated[int, Query(ge=0, description="Skip this many.")] = 0,
+        # Bounded: Redis ranges are signed 64-bit, a larger offset was a RedisError (503).
+        offset: Annotated[int, Query(ge=0, le=MAX_LIST_OFFSET, description="Skip this many.")] = 0,
         limit: Annotated[int, Query(ge=1, le=1000, description="At most this many.")] = 100,
     ) -> list[ExperimentPublic]:
         return [ExperimentPublic.of(c) for c in await rt.store.list_configs(offset, limit)]
@@ -426,7 +449,14 @@ def _add_routes(app: FastAPI) -> None:
         description="Appends new arms atomically (concurrent calls never lose an arm) and "
         f"logs `ArmsAdded`. 409 if any arm already exists; 422 beyond {MAX_ARMS} arms. "
         "Existing statistics are untouched.",
-        responses={404: _E404, 409: _E409, 422: _E422, 503: _E503, **ADMIN_RESPONSES},
+        responses={
+            404: _E404,
+            409: _E409,
+            422: _E422,
+            503: _E503,
+            **ADMIN_RESPONSES,
+            **BODY_RESPONSES,
+        },
         dependencies=[ADMIN],
     )
     async def add_arms(
@@ -463,7 +493,7 @@ def _add_routes(app: FastAPI) -> None:
         summary="Hot-swap the strategy",
         description="Changes strategy and params atomically and logs `StrategyChanged`. "
         "Arm statistics are strategy-independent, so no data is lost.",
-        responses={404: _E404, 422: _E422, 503: _E503, **ADMIN_RESPONSES},
+        responses={404: _E404, 422: _E422, 503: _E503, **ADMIN_RESPONSES, **BODY_RESPONSES},
         dependencies=[ADMIN],
     )
     async def change_strategy(body: ConfigUpdate, rt: RuntimeDep) -> ConfigPublic:
@@ -531,6 +561,7 @@ def _add_routes(app: FastAPI) -> None:
                 },
             },
             **CLIENT_RESPONSES,
+            **BODY_RESPONSES,
         },
         dependencies=[CLIENT],
     )

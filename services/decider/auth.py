@@ -185,6 +185,19 @@ _E403: Final[dict[str, object]] = {
     "model": ErrorPublic,
     "description": "A valid key that may not make this call (a client key on an admin call).",
 }
-#: OpenAPI ``responses`` of protected routes.
-CLIENT_RESPONSES: Final[dict[int | str, dict[str, object]]] = {401: _E401}
-ADMIN_RESPONSES: Final[dict[int | str, dict[str, object]]] = {401: _E401, 403: _E403}
+_E429: Final[dict[str, object]] = {
+    "model": ErrorPublic,
+    "description": "Rate limit of this key exceeded (only with `MAB_RATE_LIMIT_PER_S`).",
+    "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds."}},
+}
+#: OpenAPI ``responses`` of protected (and rate-limited) routes.
+CLIENT_RESPONSES: Final[dict[int | str, dict[str, object]]] = {401: _E401, 429: _E429}
+ADMIN_RESPONSES: Final[dict[int | str, dict[str, object]]] = {
+    401: _E401,
+    403: _E403,
+    429: _E429,
+}
+#: Routes with a request body.
+BODY_RESPONSES: Final[dict[int | str, dict[str, object]]] = {
+    413: {"model": ErrorPublic, "description": "Body larger than `MAB_MAX_BODY_BYTES`."}
+}
