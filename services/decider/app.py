@@ -13,11 +13,13 @@ Run: ``uvicorn services.decider.app:app`` or ``python -m services.decider``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import orjson
@@ -118,6 +120,22 @@ class Runtime:
     cors: CorsPolicy
     metrics: DeciderMetrics
     readiness: ReadinessProbe
+    _command_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = field(
+        default_factory=weakref.WeakValueDictionary
+    )
+
+    def command_lock(self, experiment_id: str) -> asyncio.Lock:
+        """Serialises the commands of one experiment in this process, from the Redis
+        write to Kafka's ack. Without it two racing commands could store versions 2 and
+        3 but log 3 before 2 (their Redis replies and sends interleave), and a replay of
+        the experiments topic would end on the older config. Commands are rare; the
+        hot path never takes it. (Several decider processes can still interleave: a
+        replay must keep the highest ``config.version``, see docs/security.md.)"""
+        lock = self._command_locks.get(experiment_id)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._command_locks[experiment_id] = lock
+        return lock
 
 
 async def get_runtime(request: Request) -> Runtime:
@@ -399,14 +417,15 @@ def _add_routes(app: FastAPI) -> None:
             created_ts=now,
             updated_ts=now,
         )
-        result = await rt.store.create(config)
-        if result is None:
-            raise HTTPException(
-                status.HTTP_409_CONFLICT, f"experiment {body.experiment_id!r} already exists"
-            )
-        await rt.store.add_to_index(config)
-        event = ExperimentCreated(experiment_id=config.experiment_id, ts=now, config=config)
-        await _log_or_undo(rt, result, event, create=True)
+        async with rt.command_lock(config.experiment_id):
+            result = await rt.store.create(config)
+            if result is None:
+                raise HTTPException(
+                    status.HTTP_409_CONFLICT, f"experiment {body.experiment_id!r} already exists"
+                )
+            await rt.store.add_to_index(config)
+            event = ExperimentCreated(experiment_id=config.experiment_id, ts=now, config=config)
+            await _log_or_undo(rt, result, event, create=True)
         return ExperimentPublic.of(config)
 
     @app.get(
@@ -462,28 +481,29 @@ def _add_routes(app: FastAPI) -> None:
     async def add_arms(
         experiment_id: ExperimentIdPath, body: ArmsAdd, rt: RuntimeDep
     ) -> ExperimentPublic:
-        try:
-            result = await rt.store.add_arms(experiment_id, list(body.arm_ids), MAX_ARMS)
-        except ExperimentMissingError:
-            raise _not_found(experiment_id) from None
-        except ArmsExistError as exc:
-            raise HTTPException(
-                status.HTTP_409_CONFLICT,
-                f"arms already in experiment {experiment_id!r}: {exc.arm_ids}",
-            ) from None
-        except TooManyArmsError as exc:
-            raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_CONTENT,
-                f"experiment {experiment_id!r} has {exc.current} arms; adding "
-                f"{len(body.arm_ids)} would exceed the maximum of {MAX_ARMS}",
-            ) from None
-        event = ArmsAdded(
-            experiment_id=experiment_id,
-            ts=result.config.updated_ts,
-            added_arm_ids=tuple(body.arm_ids),
-            config=result.config,
-        )
-        await _log_or_undo(rt, result, event, create=False)
+        async with rt.command_lock(experiment_id):
+            try:
+                result = await rt.store.add_arms(experiment_id, list(body.arm_ids), MAX_ARMS)
+            except ExperimentMissingError:
+                raise _not_found(experiment_id) from None
+            except ArmsExistError as exc:
+                raise HTTPException(
+                    status.HTTP_409_CONFLICT,
+                    f"arms already in experiment {experiment_id!r}: {exc.arm_ids}",
+                ) from None
+            except TooManyArmsError as exc:
+                raise HTTPException(
+                    status.HTTP_422_UNPROCESSABLE_CONTENT,
+                    f"experiment {experiment_id!r} has {exc.current} arms; adding "
+                    f"{len(body.arm_ids)} would exceed the maximum of {MAX_ARMS}",
+                ) from None
+            event = ArmsAdded(
+                experiment_id=experiment_id,
+                ts=result.config.updated_ts,
+                added_arm_ids=tuple(body.arm_ids),
+                config=result.config,
+            )
+            await _log_or_undo(rt, result, event, create=False)
         return ExperimentPublic.of(result.config)
 
     @app.post(
@@ -498,19 +518,20 @@ def _add_routes(app: FastAPI) -> None:
     )
     async def change_strategy(body: ConfigUpdate, rt: RuntimeDep) -> ConfigPublic:
         params = dict(body.strategy_params or {})
-        try:
-            result = await rt.store.set_strategy(body.experiment_id, body.strategy, params)
-        except ExperimentMissingError:
-            raise _not_found(body.experiment_id) from None
-        previous = ExperimentConfig.model_validate_json(result.previous_raw)
-        event = StrategyChanged(
-            experiment_id=body.experiment_id,
-            ts=result.config.updated_ts,
-            previous_strategy=previous.strategy,
-            previous_params=previous.strategy_params,
-            config=result.config,
-        )
-        await _log_or_undo(rt, result, event, create=False)
+        async with rt.command_lock(body.experiment_id):
+            try:
+                result = await rt.store.set_strategy(body.experiment_id, body.strategy, params)
+            except ExperimentMissingError:
+                raise _not_found(body.experiment_id) from None
+            previous = ExperimentConfig.model_validate_json(result.previous_raw)
+            event = StrategyChanged(
+                experiment_id=body.experiment_id,
+                ts=result.config.updated_ts,
+                previous_strategy=previous.strategy,
+                previous_params=previous.strategy_params,
+                config=result.config,
+            )
+            await _log_or_undo(rt, result, event, create=False)
         c = result.config
         return ConfigPublic(
             experiment_id=c.experiment_id,
