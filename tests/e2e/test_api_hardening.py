@@ -1,5 +1,6 @@
-"""Hostile input against the live decider: schemathesis over every operation of its
-OpenAPI document, served by a real process on the real Kafka + Redis (``ns`` prefixes).
+"""The decider as a real process with API keys, on the real Kafka + Redis (``ns`` prefixes).
+
+Hostile input: schemathesis over every operation of its live OpenAPI document.
 
 We expect no 5xx anywhere, only documented status codes and content types, and every
 response body to validate against its documented schema. Examples are bounded per
@@ -8,15 +9,18 @@ operation so the run stays around a minute.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from pydantic import SecretStr
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -25,6 +29,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from dashboard.api import ApiClient, UnauthorizedError
+from demo_traffic.runner import DemoTraffic
+from demo_traffic.settings import DemoSettings
 from deploy.local_stack import create_topics, free_port
 from schemas.topics import topic_specs
 from services.decider.app import create_app
@@ -111,7 +118,55 @@ def test_every_operation_conforms(
         database=None,
         derandomize=True,
     )
-    def check(case: schemathesis.Case) -> None:
+    def check(case: schemathesis.Case[Any]) -> None:
         case.call_and_validate(headers=ADMIN, checks=CHECKS, timeout=10)
 
     check()
+
+
+async def test_seed_workflow_with_keys_and_the_bundled_clients(keyed_decider: Services) -> None:
+    """Scenario: a decider with admin and client keys, as `mab up` runs it plus client keys.
+    We expect the seed's workflow to work once the header is added (and to be refused
+    without it), the demo traffic (MAB_API_KEY = admin key) to create its experiment and
+    serve visitors, and the dashboard's client to read with a client key and to say which
+    variable to set when it has none."""
+    url = keyed_decider.api_url
+    client_h = {"Authorization": f"Bearer {CLIENT_KEY}"}
+    exp = f"{keyed_decider.ns}seed"
+    async with httpx.AsyncClient(base_url=url, timeout=10) as c:
+        body = {"experiment_id": exp, "arm_ids": ["blue-button", "green-button"]}
+        assert (await c.post("/experiments", json=body)).status_code == 401
+        assert (await c.post("/experiments", json=body, headers=client_h)).status_code == 403
+        assert (await c.post("/experiments", json=body, headers=ADMIN)).status_code == 201
+        q = {"experiment_id": exp}
+        assert (await c.get("/decision", params=q)).status_code == 401
+        r = await c.get("/decision", params=q, headers=client_h)
+        assert r.status_code == 200
+        reward = {"experiment_id": exp, "arm_id": r.json()["arm_id"], "reward": 1.0}
+        assert (await c.post("/reward", json=reward, headers=client_h)).status_code == 200
+        cfg = {"experiment_id": exp, "strategy": "ucb1"}
+        assert (await c.post("/config", json=cfg, headers=ADMIN)).status_code == 200
+
+    demo = DemoTraffic(
+        DemoSettings(
+            mab_api_url=url,
+            mab_api_key=SecretStr(ADMIN_KEY),
+            mab_demo_experiment_id=f"{keyed_decider.ns}demo",
+            mab_demo_rps=50,
+            mab_demo_concurrency=2,
+        )
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(demo.run(stop))
+    for _ in range(300):  # 30 s at most
+        if demo.stats.rewards >= 10:
+            break
+        await asyncio.sleep(0.1)
+    stop.set()
+    await task
+    assert demo.stats.rewards >= 10
+
+    stats = await asyncio.to_thread(ApiClient(base_url=url, api_key=CLIENT_KEY).stats, exp)
+    assert stats["strategy"] == "ucb1"
+    with pytest.raises(UnauthorizedError, match="MAB_API_KEY"):
+        await asyncio.to_thread(ApiClient(base_url=url, api_key=None).list_experiments)
