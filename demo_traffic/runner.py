@@ -176,6 +176,7 @@ class DemoTraffic:
             # MAB_DEMO_MAX_BACKOFF_S) handles a stack that is down for longer.
             retry=RetryPolicy(max_attempts=3, backoff_base_s=0.1, backoff_max_s=1.0),
             seed=self.s.mab_demo_seed,
+            api_key=self.s.mab_api_key.get_secret_value() if self.s.mab_api_key else None,
         )
         try:
             if not await self.ensure_experiment(client, stop):

@@ -28,6 +28,7 @@ EXTRA_OF = {
     "fastapi": "services",
     "uvicorn": "services",
     "granian": "services",
+    "starlette": "services",
     "faststream": "services",
     "streamlit": "dashboard",
     "pandas": "dashboard",
@@ -49,6 +50,7 @@ CORE_IMPORTS = frozenset(
         "confluent_kafka",
         "granian",
         "pyarrow",
+        "prometheus_client",
         "httpx",
         "typing_extensions",
     }
