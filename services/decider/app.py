@@ -25,7 +25,6 @@ import orjson
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from bandit_core.state import ExperimentState
@@ -75,6 +74,7 @@ from services.decider.timeseries import (
     resolve_range,
     winner_changes,
 )
+from stream_runtime.redis_client import AnyRedis, redis_from_url
 
 log = logging.getLogger("services.decider")
 
@@ -91,7 +91,7 @@ class Runtime:
     """The process-wide resources, created in the lifespan and shared by the routes."""
 
     settings: DeciderSettings
-    redis: Redis
+    redis: AnyRedis
     store: ConfigStore
     producer: EventProducer
     cache: DecisionCache
@@ -146,7 +146,7 @@ def create_app(settings: DeciderSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         cfg = settings if settings is not None else DeciderSettings()
         _configure_logging(cfg.log_level)
-        redis = Redis.from_url(
+        redis = redis_from_url(
             cfg.redis_url,
             socket_timeout=cfg.redis_socket_timeout_s,
             socket_connect_timeout=cfg.redis_socket_timeout_s,
