@@ -70,9 +70,9 @@ def redis_from_url(url: str, **kwargs: Any) -> AnyRedis:
     userinfo = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
     first = f"{nodes[0][0]}:{nodes[0][1]}"
     base = urlunsplit((CLUSTER_SCHEMES[parts.scheme], userinfo + first, "", parts.query, ""))
-    return RedisCluster.from_url(
-        base, startup_nodes=[ClusterNode(h, p) for h, p in nodes], **kwargs
-    )
+    # from_url() adds the URL's node itself; the others join as further seeds.
+    others = [ClusterNode(h, p) for h, p in nodes[1:]]
+    return RedisCluster.from_url(base, startup_nodes=others, **kwargs)
 
 
 @dataclass(frozen=True, slots=True)
