@@ -1136,13 +1136,17 @@ class LocalStack:
                     raise
                 note(f"topics: skipped, {exc}")
         if with_services:
-            save_scale(self.config.run_dir, self.scale)
-            for spec in self.services:
-                if not spec.available():
-                    note(f"{spec.name}: skipped, module {spec.module} does not exist yet")
-                    continue
-                self.scale_service(spec, note)
+            self.start_services(note)
         return self.status()
+
+    def start_services(self, note: Callable[[str], None] = print) -> None:
+        """Bring every registered service to its wanted count; remember the counts."""
+        save_scale(self.config.run_dir, self.scale)
+        for spec in self.services:
+            if not spec.available():
+                note(f"{spec.name}: skipped, module {spec.module} does not exist yet")
+                continue
+            self.scale_service(spec, note)
 
     def stop(self, component: str, timeout: float | None = None) -> bool:
         """Stop one component we started (Kafka gets longer: controlled shutdown flushes logs)."""

@@ -17,7 +17,6 @@ from deploy.local_stack import (
     StackError,
     instance_name,
     load_scale,
-    save_scale,
 )
 from mab_cli.stack_cmd import _failed
 
@@ -94,9 +93,7 @@ def test_scale_up_is_idempotent_then_scales_down(config: StackConfig) -> None:
 
 
 def test_wanted_counts_persist_across_up_calls(config: StackConfig) -> None:
-    stack = _stack(config, sleeper=2)
-    stack.scale_service(SLEEPER, note=lambda _: None)
-    save_scale(config.run_dir, stack.scale)
+    _stack(config, sleeper=2).start_services(note=lambda _: None)
     assert load_scale(config.run_dir) == {"sleeper": 2}
     later = LocalStack(config, services=[SLEEPER, SINGLE])  # no options: keep 2
     assert later.count(SLEEPER) == 2
