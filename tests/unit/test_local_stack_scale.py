@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from deploy.local_stack import (
     ComponentStatus,
@@ -18,6 +19,7 @@ from deploy.local_stack import (
     instance_name,
     load_scale,
 )
+from mab_cli.main import app
 from mab_cli.stack_cmd import _failed
 
 pytestmark = pytest.mark.unit
@@ -156,3 +158,36 @@ def test_worker_count_is_part_of_the_argv(config: StackConfig) -> None:
     three = LocalStack(config, services=[spec], scale={"api": 3})
     assert three.service_argv(spec)[-2:] == ["--workers", "3"]
     assert three.expected() == ["redis", "kafka", "api", "api.w1", "api.w2", "api.w3"]
+
+
+def test_cli_up_without_services_succeeds(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The reported bug: `mab up --no-services` printed "error: not healthy: decider, ..."
+    and exited 1. Redis and Kafka are faked healthy here; services were never started."""
+    started: list[bool] = []
+
+    def fake_up(
+        self: LocalStack, *, with_services: bool = True, **_: object
+    ) -> list[ComponentStatus]:
+        started.append(with_services)
+        infra = [
+            ComponentStatus("redis", 1, 6379, True, True),
+            ComponentStatus("kafka", 2, 9092, True, True),
+        ]
+        return infra + [r for r in self.status() if r.name not in ("redis", "kafka")]
+
+    monkeypatch.setattr(LocalStack, "up", fake_up)
+    monkeypatch.setattr(
+        StackConfig,
+        "product",
+        classmethod(lambda cls, env=None: StackConfig(tmp_path, Ports.free(), persistent=True)),
+    )
+    runner = CliRunner()
+    ok = runner.invoke(app, ["up", "--no-services"])
+    assert ok.exit_code == 0, ok.output
+    assert "not healthy" not in ok.output
+    failing = runner.invoke(app, ["up"])
+    assert failing.exit_code == 1
+    assert "not healthy: decider" in failing.output
+    assert started == [False, True]
+    bad = runner.invoke(app, ["up", "--consumers", "0"])
+    assert bad.exit_code == 2
