@@ -1208,8 +1208,8 @@ class LocalStack:
             health = spec.health_url(ports)
             healthy = pid is not None and (health is None or http_ok(health))
             rows.append(ComponentStatus(name, pid, port, pid is not None, healthy, spec.url(ports)))
-            if spec.scaling == "workers" and pid is not None and (n > 1 or i > 1):
-                workers = worker_children(pid)
+            workers = worker_children(pid) if spec.scaling == "workers" and pid else []
+            if workers or (pid is not None and spec.scaling == "workers" and n > 1):
                 for k in range(1, max(n, len(workers)) + 1):
                     wpid = workers[k - 1] if k <= len(workers) else None
                     rows.append(
