@@ -136,12 +136,25 @@ def _apply(
 
 def fold_batch(state: ExperimentState, events: Iterable[AnyEvent]) -> FoldResult:
     """Fold ``events`` in order into a copy of ``state``; ``state`` is left untouched."""
-    new = state.copy()
-    result = FoldResult(state=new)
+    return fold_into(state.copy(), events)
+
+
+def fold_into(state: ExperimentState, events: Iterable[AnyEvent]) -> FoldResult:
+    """Fold ``events`` in order into ``state`` itself (the result's ``state`` is it).
+
+    The same transition as :func:`fold_batch` without the copy: replay owns its states
+    and folds a whole log into them chunk by chunk, where copying a state whose ``seen``
+    holds every dedupe key of the horizon would cost O(keys) per chunk.
+    """
+    result = FoldResult(state=state)
+    outcomes = result.outcomes
+    new_seen = result.new_seen
+    change_points = result.change_points
+    experiment_id = state.experiment_id
     for event in events:
-        if event.experiment_id != new.experiment_id:
-            raise ValueError(f"event of {event.experiment_id!r} folded into {new.experiment_id!r}")
-        result.outcomes.append(_apply(new, event, result.new_seen, result.change_points))
+        if event.experiment_id != experiment_id:
+            raise ValueError(f"event of {event.experiment_id!r} folded into {experiment_id!r}")
+        outcomes.append(_apply(state, event, new_seen, change_points))
     return result
 
 

@@ -1,0 +1,238 @@
+"""``mab replay`` against real traffic, with a private Redis that may be wiped.
+
+Scenario: two experiments (one gets a new arm and a strategy change mid-way) receive
+decisions and rewards through the decider's HTTP API (joined rewards, seed-style
+rewards, duplicates, an invalid reward); the reward consumer and the projector fold
+them into a private Redis. Then Redis is wiped with FLUSHALL.
+We expect: ``mab replay --rebuild`` restores every config, snapshot, offsets hash,
+dedupe set and hour/minute bucket identical to before (the stats endpoint answers the
+same), ``mab replay --verify`` exits 0, and exits 1 naming the key once one bucket is
+corrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from deploy.local_stack import LocalStack, StackConfig
+from mab_cli.replay_cmd import ReplayTarget, run_rebuild, run_verify
+from mab_cli.replay_redis import compare, read_namespace
+from services.decider.app import create_asgi
+from services.decider.settings import DeciderSettings
+from services.projector.consumer import Projector
+from services.projector.settings import ProjectorSettings
+from services.reward_consumer.consumer import RewardConsumer
+from services.reward_consumer.settings import ConsumerSettings
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[str]:
+    """A Redis of our own: this test wipes it, which the shared one must never see."""
+    stack = LocalStack(StackConfig.throwaway(tmp_path), services=[])
+    stack.start_redis()
+    try:
+        yield stack.redis_url
+    finally:
+        stack.down()
+
+
+@pytest.fixture
+async def redis(private_redis: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(private_redis)
+    yield client
+    await client.aclose()
+
+
+async def wait_for(cond: Callable[[], bool], within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def traffic(c: httpx.AsyncClient) -> dict[str, int]:
+    """Real traffic through the API; returns how many records each topic got."""
+    sent = {"experiments": 0, "decisions": 0, "rewards": 0}
+    for exp in ("cta", "hero"):
+        r = await c.post(
+            "/experiments",
+            json={"experiment_id": exp, "arm_ids": ["a", "b"], "strategy": "thompson"},
+        )
+        assert r.status_code == 201, r.text
+        sent["experiments"] += 1
+    for i in range(240):
+        exp = "cta" if i % 3 else "hero"
+        if i == 120:
+            r = await c.post("/experiments/cta/arms", json={"arm_ids": ["c"]})
+            assert r.status_code == 200, r.text
+            r = await c.post(
+                "/config",
+                json={
+                    "experiment_id": "cta",
+                    "strategy": "epsilon_greedy",
+                    "strategy_params": {"epsilon": 0.2},
+                },
+            )
+            assert r.status_code == 200, r.text
+            sent["experiments"] += 2
+        r = await c.get("/decision", params={"experiment_id": exp})
+        assert r.status_code == 200, r.text
+        d = r.json()
+        sent["decisions"] += 1
+        body: dict[str, Any] = {"experiment_id": exp, "arm_id": d["arm_id"]}
+        if i % 4 == 0:
+            body |= {"reward": 1.0, "decision_id": d["decision_id"]}
+        elif i % 4 == 1:
+            body |= {"reward": 0.0}  # seed style: no decision id
+        elif i % 4 == 2:
+            body |= {"reward": 0.25, "decision_id": d["decision_id"]}
+        else:
+            continue
+        r = await c.post("/reward", json=body)
+        assert r.status_code == 200, r.text
+        sent["rewards"] += 1
+        if i % 10 == 0 and "decision_id" in body:  # the same decision rewarded twice
+            r = await c.post("/reward", json=body | {"reward": 0.5})
+            assert r.status_code == 200, r.text
+            sent["rewards"] += 1
+    return sent
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mab_cli.main", "replay", *args],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+async def test_rebuild_after_flushall_restores_identical_state(
+    kafka_bootstrap: str, private_redis: str, ns: str, topics: dict[str, int], redis: Redis
+) -> None:
+    decider = create_asgi(
+        DeciderSettings(
+            redis_url=private_redis,
+            kafka_bootstrap_servers=kafka_bootstrap,
+            topic_prefix=ns,
+            redis_prefix=ns,
+        )
+    )
+    consumer = RewardConsumer(
+        ConsumerSettings(
+            kafka_bootstrap_servers=kafka_bootstrap,
+            redis_url=private_redis,
+            mab_topic_prefix=ns,
+            mab_redis_prefix=ns,
+            mab_consumer_group_id=ns + "c",
+            mab_poll_timeout_ms=100,
+        )
+    )
+    projector = Projector(
+        ProjectorSettings(
+            kafka_bootstrap_servers=kafka_bootstrap,
+            redis_url=private_redis,
+            mab_topic_prefix=ns,
+            mab_redis_prefix=ns,
+            mab_projector_group_id=ns + "p",
+            mab_projector_poll_timeout_ms=100,
+        )
+    )
+    await consumer.start()
+    await projector.start()
+    try:
+        async with (
+            decider.api.router.lifespan_context(decider.api),
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=decider), base_url="http://decider"
+            ) as c,
+        ):
+            sent = await traffic(c)
+            n = sent["decisions"] + sent["rewards"]
+            await wait_for(lambda: consumer.stats.records >= n, 60, "reward consumer")
+            await wait_for(
+                lambda: projector.stats.records >= n + sent["experiments"], 60, "projector"
+            )
+            before_stats = {
+                e: (await c.get(f"/experiments/{e}/stats")).json() for e in ("cta", "hero")
+            }
+    finally:
+        await consumer.stop()
+        await projector.stop()
+    assert consumer.stats.duplicates > 0  # the twice-rewarded decisions
+    before = await read_namespace(redis, ns)
+    assert {"cta", "hero"} <= set(before.experiments)
+    assert any(k.startswith("ts:h:") for k in before.experiments["cta"])
+    assert any(k.startswith("ts:m:") for k in before.experiments["cta"])
+
+    await redis.flushall()  # our private Redis only
+    assert await redis.dbsize() == 0
+
+    target = ReplayTarget(
+        bootstrap=kafka_bootstrap,
+        redis_url=private_redis,
+        topic_prefix=ns,
+        redis_prefix=ns,
+        retention=projector.settings.retention,
+        workers=1,
+    )
+    outcome = await run_rebuild(target, lambda _: None)
+    assert outcome.report.records == n + sent["experiments"]
+    after = await read_namespace(redis, ns)
+    assert compare(before, after) == []
+    assert after.experiments == before.experiments
+    assert after.index == before.index
+    # nothing of the scratch namespace is left behind
+    assert {k.decode() async for k in redis.scan_iter()} == {
+        k.decode() async for k in redis.scan_iter(match=ns + "mab:*")
+    }
+
+    async with (
+        decider.api.router.lifespan_context(decider.api),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=decider), base_url="http://d") as c,
+    ):
+        for exp, old in before_stats.items():
+            new = (await c.get(f"/experiments/{exp}/stats")).json()
+            for doc in (old, new):  # propensities are sampled at read time
+                doc.pop("propensities")
+                for arm in doc["arms"]:
+                    arm.pop("propensity")
+            assert new == old
+
+    verified = await run_verify(target, lambda _: None)
+    assert verified.differences == []
+
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "REDIS_URL": private_redis,
+        "MAB_TOPIC_PREFIX": ns,
+        "MAB_REDIS_PREFIX": ns,
+    }
+    ok = cli(env, "--verify", "--workers", "2")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "identical" in ok.stdout
+
+    bucket = next(k for k in before.experiments["cta"] if k.startswith("ts:h:"))
+    await redis.hincrby(f"{ns}mab:{{cta}}:{bucket}", "a|d", 1)
+    bad = cli(env, "--verify", "--workers", "1")
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert f"mab:{{cta}}:{bucket}/a|d" in bad.stdout
