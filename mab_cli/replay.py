@@ -58,6 +58,7 @@ from services.projector.store import ProjectorStore
 from services.projector.store import Write as ProjectorWrite
 from services.reward_consumer.store import ConsumerStore
 from services.reward_consumer.store import Write as ConsumerWrite
+from stream_runtime.batch import gc_deferred
 
 #: Records per ``getmany`` while replaying: large, so per-call overhead vanishes.
 CHUNK_RECORDS: Final = 50_000
@@ -206,7 +207,17 @@ class PartitionReplayer:
         return acc
 
     def apply(self, records: Sequence[RecordLike]) -> None:
-        """Decode, fold and project one chunk of records (any partitions, log order)."""
+        """Decode, fold and project one chunk of records (any partitions, log order).
+
+        The cyclic collector is held off per chunk, as in the live handlers (see
+        :func:`stream_runtime.batch.gc_deferred`): replay keeps a large, growing heap
+        (states, dedupe keys), and young-generation passes triggered by a chunk's fresh
+        events would promote them and set off full collections over all of it.
+        """
+        with gc_deferred():
+            self._apply(records)
+
+    def _apply(self, records: Sequence[RecordLike]) -> None:
         plan = self.plan
         t0 = time.perf_counter()
         decoded = decode_batch(records, self.topics)
@@ -291,17 +302,24 @@ class PartitionReplayer:
 
     @staticmethod
     async def _write_snapshot(store: ConsumerStore, exp: str, acc: _Experiment) -> None:
-        """Snapshot + offsets + dedupe keys, in bounded chunks of dedupe keys.
+        """Snapshot + offsets + dedupe keys + open windows, in bounded chunks of keys.
 
         The first call is the consumer's compare-and-set against an empty target; the
         following ones re-set the same snapshot and offsets and add more keys.
         """
         snapshot = acc.state.snapshot_bytes()
         seen = list(acc.state.seen.items())
+        pending = list(acc.state.pending.items())
         expected: dict[str, int] = {}
-        for start in range(0, max(len(seen), 1), SEEN_PER_WRITE):
-            part = dict(seen[start : start + SEEN_PER_WRITE])
-            write = ConsumerWrite(exp, snapshot, expected, acc.consumer_offsets, part)
+        for start in range(0, max(len(seen), len(pending), 1), SEEN_PER_WRITE):
+            write = ConsumerWrite(
+                exp,
+                snapshot,
+                expected,
+                acc.consumer_offsets,
+                dict(seen[start : start + SEEN_PER_WRITE]),
+                pending_added=dict(pending[start : start + SEEN_PER_WRITE]),
+            )
             if await store.write([write]):
                 raise RuntimeError(f"replay target of {exp!r} was not empty (snapshot)")
             expected = acc.consumer_offsets

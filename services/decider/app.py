@@ -45,6 +45,7 @@ from services.decider.hot_path import DecisionFastPath, serve_decision, serve_re
 from services.decider.models import (
     ArmsAdd,
     ArmStatsPublic,
+    AttributionPublic,
     ConfigPublic,
     ConfigUpdate,
     DecisionPublic,
@@ -61,6 +62,7 @@ from services.decider.producer import EventLogUnavailableError, EventProducer
 from services.decider.settings import DeciderSettings
 from services.decider.store import (
     ArmsExistError,
+    AttributionChange,
     CommandResult,
     ConfigStore,
     ExperimentMissingError,
@@ -329,6 +331,8 @@ def _add_routes(app: FastAPI) -> None:
             version=1,
             created_ts=now,
             updated_ts=now,
+            attribution_window_s=body.attribution_window_s,
+            default_reward=body.default_reward,
         )
         result = await rt.store.create(config)
         if result is None:
@@ -417,7 +421,14 @@ def _add_routes(app: FastAPI) -> None:
     async def change_strategy(body: ConfigUpdate, rt: RuntimeDep) -> ConfigPublic:
         params = dict(body.strategy_params or {})
         try:
-            result = await rt.store.set_strategy(body.experiment_id, body.strategy, params)
+            attribution = AttributionChange(
+                window_s=body.attribution_window_s,
+                keep_window="attribution_window_s" not in body.model_fields_set,
+                default_reward=body.default_reward,
+            )
+            result = await rt.store.set_strategy(
+                body.experiment_id, body.strategy, params, attribution
+            )
         except ExperimentMissingError:
             raise _not_found(body.experiment_id) from None
         previous = ExperimentConfig.model_validate_json(result.previous_raw)
@@ -435,6 +446,8 @@ def _add_routes(app: FastAPI) -> None:
             strategy=c.strategy,
             strategy_params=dict(c.strategy_params),
             version=c.version,
+            attribution_window_s=c.attribution_window_s,
+            default_reward=c.default_reward,
         )
 
     @app.get(
@@ -519,6 +532,13 @@ def _add_routes(app: FastAPI) -> None:
                 for a, s, p in zip(config.arm_ids, arm_stats, props, strict=True)
             ],
             propensities=dict(zip(config.arm_ids, props, strict=True)),
+            attribution=AttributionPublic(
+                window_s=config.attribution_window_s,
+                pending=state.pending_count,
+                defaulted=state.defaulted,
+                late=state.late,
+                untracked=state.untracked,
+            ),
         )
 
     @app.get(

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from bandit_core.strategies import STRATEGIES, normalize_strategy_name, validate_params
-from schemas.events import ExperimentConfig
+from schemas.events import MAX_ATTRIBUTION_WINDOW_S, ExperimentConfig
 from schemas.ids import ID_PATTERN, MAX_ARMS, ArmId, ExperimentId
 
 _ID_DOC = "1-120 characters of `A-Z a-z 0-9 . _ -`, starting with a letter or digit."
@@ -85,6 +85,23 @@ class _StrategyRequest(_Request):
         return self
 
 
+AttributionWindowField = Annotated[
+    float | None,
+    Field(
+        gt=0,
+        le=MAX_ATTRIBUTION_WINDOW_S,
+        allow_inf_nan=False,
+        description="Attribution window in seconds (Personalizer's reward wait time): a "
+        "decision without a reward this long after it is folded once with `default_reward`; "
+        "a reward after that is recorded as late and not added. Omitted/null: no window.",
+    ),
+]
+DefaultRewardField = Annotated[
+    float,
+    Field(ge=0.0, le=1.0, allow_inf_nan=False, description="Reward of an expired decision."),
+]
+
+
 class ExperimentCreate(_StrategyRequest):
     """Body of ``POST /experiments``."""
 
@@ -111,6 +128,8 @@ class ExperimentCreate(_StrategyRequest):
         "defaults to the server's ACTIVE_STRATEGY.",
     )
     strategy_params: StrategyParams = None
+    attribution_window_s: AttributionWindowField = None
+    default_reward: DefaultRewardField = 0.0
 
     @field_validator("arm_ids")
     @classmethod
@@ -149,6 +168,9 @@ class ConfigUpdate(_StrategyRequest):
     experiment_id: ExperimentIdField
     strategy: str = Field(description="`thompson`, `ucb1` or `epsilon_greedy`.")
     strategy_params: StrategyParams = None
+    #: Absent: unchanged; null: the window is removed; a number: the new window.
+    attribution_window_s: AttributionWindowField = None
+    default_reward: DefaultRewardField | None = None
 
 
 class RewardCreate(_Request):
@@ -206,6 +228,8 @@ class ExperimentPublic(BaseModel):
     strategy: str
     strategy_params: dict[str, Any]
     version: int = Field(description="Bumped by every accepted command (create = 1).")
+    attribution_window_s: float | None = None
+    default_reward: float = 0.0
 
     @classmethod
     def of(cls, config: ExperimentConfig) -> ExperimentPublic:
@@ -215,6 +239,8 @@ class ExperimentPublic(BaseModel):
             strategy=config.strategy,
             strategy_params=dict(config.strategy_params),
             version=config.version,
+            attribution_window_s=config.attribution_window_s,
+            default_reward=config.default_reward,
         )
 
 
@@ -244,6 +270,8 @@ class ConfigPublic(BaseModel):
     strategy: str
     strategy_params: dict[str, Any]
     version: int
+    attribution_window_s: float | None = None
+    default_reward: float = 0.0
 
 
 class DecisionMetadata(BaseModel):
@@ -309,6 +337,20 @@ class ArmStatsPublic(BaseModel):
     propensity: float = Field(description="Current probability that the policy picks it.")
 
 
+class AttributionPublic(BaseModel):
+    """Where the experiment's decisions stand with respect to their attribution window."""
+
+    window_s: float | None = Field(default=None, description="The configured window.")
+    pending: int = Field(default=0, description="Decisions whose window is still open.")
+    defaulted: int = Field(default=0, description="Decisions folded with the default reward.")
+    late: int = Field(
+        default=0, description="Rewards that came after their decision was defaulted."
+    )
+    untracked: int = Field(
+        default=0, description="Decisions not tracked because too many windows were open."
+    )
+
+
 class StatsPublic(BaseModel):
     """Folded statistics of one experiment, read fresh from Redis."""
 
@@ -352,6 +394,10 @@ class StatsPublic(BaseModel):
     snapshot_version: int = Field(description="Events folded so far (0: none yet).")
     arms: list[ArmStatsPublic]
     propensities: dict[str, float]
+    attribution: AttributionPublic = Field(
+        default_factory=AttributionPublic,
+        description="Attribution-window counts (all 0 without a window).",
+    )
 
 
 class HealthPublic(BaseModel):

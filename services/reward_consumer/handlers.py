@@ -14,17 +14,17 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from bandit_core.adaptive import GLR_DETECTOR
-from bandit_core.fold import APPLIED, DUPLICATE, ChangePoint, fold_batch
+from bandit_core.fold import APPLIED, DUPLICATE, LATE, ChangePoint, fold_batch
 from schemas.events import ChangePointDetected
 from schemas.topics import TopicNames
 from services.reward_consumer.batch import (
     Positioned,
     RecordLike,
     Rejected,
-    batch_dedupe_keys,
     build_state,
     decode_batch,
     filter_applied,
+    fold_lookups,
     new_offsets,
 )
 from services.reward_consumer.store import ConsumerStore, Loaded, Write
@@ -66,6 +66,7 @@ class BatchReport(SummableReport):
     records: int = 0
     applied: int = 0
     duplicates: int = 0
+    late: int = 0  # rewards for decisions already folded with the default reward
     redelivered: int = 0  # dropped by the offset check (already in the snapshot)
     conflicts: int = 0
     experiments_written: int = 0
@@ -109,6 +110,9 @@ class BatchHandler:
         self.topics = topics
         self.dead_letter = dead_letter
         self.change_points = change_points
+        #: Event-time watermark: the newest event time of any record handled so far
+        #: (every experiment, every partition); closes attribution windows.
+        self.watermark = 0.0
 
     def _plan(self, exp: str, items: list[Positioned], loaded: Loaded) -> _Plan:
         """Offset-filter and fold one experiment's records (no I/O)."""
@@ -124,13 +128,15 @@ class BatchHandler:
             # rejected again, which is harmless for a dead-letter queue.
             plan.rejects = [Rejected(p.record, "unknown_experiment") for p in fresh]
             return plan
-        state = build_state(exp, config, loaded.snapshot, loaded.seen)
+        state = build_state(exp, config, loaded.snapshot, loaded.seen, loaded.pending)
         result = fold_batch(state, (p.event for p in fresh))
         for p, outcome in zip(fresh, result.outcomes, strict=True):
             if outcome == APPLIED:
                 plan.report.applied += 1
             elif outcome == DUPLICATE:
                 plan.report.duplicates += 1
+            elif outcome == LATE:
+                plan.report.late += 1
             else:
                 plan.rejects.append(Rejected(p.record, outcome))
         plan.change_points = [change_point_event(exp, cp) for cp in result.change_points]
@@ -140,6 +146,8 @@ class BatchHandler:
             expected=loaded.offsets,
             new=new_offsets(fresh),
             new_seen=result.new_seen,
+            pending_added=result.pending_added,
+            pending_removed=result.pending_removed,
         )
         return plan
 
@@ -173,10 +181,17 @@ class BatchHandler:
         detected: list[ChangePointDetected] = []
         decoded = decode_batch(records, self.topics.rewards, self.topics.decisions)
         rejects: list[Rejected] = list(decoded.rejected)
+        newest = self.watermark
+        for items in decoded.by_experiment.values():
+            for p in items:
+                if p.event.ts > newest:
+                    newest = p.event.ts
 
         async def attempt(pending: dict[str, list[Positioned]]) -> set[str]:
+            lookups = {exp: fold_lookups(items) for exp, items in pending.items()}
             loaded = await self.store.load(
-                {exp: batch_dedupe_keys(items) for exp, items in pending.items()}
+                {exp: keys for exp, (keys, _) in lookups.items()},
+                {exp: ids for exp, (_, ids) in lookups.items()},
             )
             plans = {exp: self._plan(exp, items, loaded[exp]) for exp, items in pending.items()}
             writes = [p.write for p in plans.values() if p.write is not None]
@@ -193,6 +208,7 @@ class BatchHandler:
             return conflicted
 
         report.conflicts += await write_until_settled(decoded.by_experiment, attempt, log)
+        self.watermark = newest
         return report, detected, rejects
 
 
