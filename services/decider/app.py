@@ -447,7 +447,7 @@ def _add_routes(app: FastAPI) -> None:
             strategy_params=dict(c.strategy_params),
             version=c.version,
             attribution_window_s=c.attribution_window_s,
-            default_reward=c.default_reward,
+            default_reward=None if c.attribution_window_s is None else c.default_reward,
         )
 
     @app.get(
@@ -532,7 +532,10 @@ def _add_routes(app: FastAPI) -> None:
                 for a, s, p in zip(config.arm_ids, arm_stats, props, strict=True)
             ],
             propensities=dict(zip(config.arm_ids, props, strict=True)),
-            attribution=AttributionPublic(
+            attribution=None
+            if config.attribution_window_s is None
+            and not (state.pending_count or state.defaulted or state.late or state.untracked)
+            else AttributionPublic(
                 window_s=config.attribution_window_s,
                 pending=state.pending_count,
                 defaulted=state.defaulted,

@@ -206,6 +206,20 @@ class RewardCreate(_Request):
 # --------------------------------------------------------------------------- responses
 
 
+def _absent(value: object) -> bool:
+    return value is None
+
+
+#: Response fields present only for experiments with a window: without one, responses
+#: keep the seed's exact shape.
+PublicWindow = Annotated[
+    float | None, Field(default=None, exclude_if=_absent, description="Attribution window.")
+]
+PublicDefault = Annotated[
+    float | None, Field(default=None, exclude_if=_absent, description="Its default reward.")
+]
+
+
 class ExperimentPublic(BaseModel):
     """An experiment's configuration (seed shape plus ``version``)."""
 
@@ -228,8 +242,8 @@ class ExperimentPublic(BaseModel):
     strategy: str
     strategy_params: dict[str, Any]
     version: int = Field(description="Bumped by every accepted command (create = 1).")
-    attribution_window_s: float | None = None
-    default_reward: float = 0.0
+    attribution_window_s: PublicWindow = None
+    default_reward: PublicDefault = None
 
     @classmethod
     def of(cls, config: ExperimentConfig) -> ExperimentPublic:
@@ -240,7 +254,7 @@ class ExperimentPublic(BaseModel):
             strategy_params=dict(config.strategy_params),
             version=config.version,
             attribution_window_s=config.attribution_window_s,
-            default_reward=config.default_reward,
+            default_reward=None if config.attribution_window_s is None else config.default_reward,
         )
 
 
@@ -270,8 +284,8 @@ class ConfigPublic(BaseModel):
     strategy: str
     strategy_params: dict[str, Any]
     version: int
-    attribution_window_s: float | None = None
-    default_reward: float = 0.0
+    attribution_window_s: PublicWindow = None
+    default_reward: PublicDefault = None
 
 
 class DecisionMetadata(BaseModel):
@@ -394,9 +408,10 @@ class StatsPublic(BaseModel):
     snapshot_version: int = Field(description="Events folded so far (0: none yet).")
     arms: list[ArmStatsPublic]
     propensities: dict[str, float]
-    attribution: AttributionPublic = Field(
-        default_factory=AttributionPublic,
-        description="Attribution-window counts (all 0 without a window).",
+    attribution: AttributionPublic | None = Field(
+        default=None,
+        exclude_if=_absent,
+        description="Attribution-window counts; absent for experiments that never had a window.",
     )
 
 
