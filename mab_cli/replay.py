@@ -50,7 +50,6 @@ from services.projector.projection import (
     RecordLike,
     Retention,
     decode_batch,
-    new_offsets,
     offset_field,
     project,
 )
@@ -62,8 +61,9 @@ from stream_runtime.batch import gc_deferred
 
 #: Records per ``getmany`` while replaying: large, so per-call overhead vanishes.
 CHUNK_RECORDS: Final = 50_000
-#: Dedupe keys per consumer write call (one Lua call per chunk keeps commands bounded).
-SEEN_PER_WRITE: Final = 100_000
+#: Dedupe keys per consumer write call: one Lua call blocks Redis while it runs, so
+#: chunks keep each block to some tens of milliseconds for the other clients.
+SEEN_PER_WRITE: Final = 20_000
 #: ``Stops`` maps experiment id -> offset field -> last offset (inclusive) to apply.
 Stops = dict[str, dict[str, int]]
 Progress = Callable[[str], None]
@@ -158,6 +158,16 @@ def _merge_projection(into: Projection, new: Projection) -> None:
     into.expired += new.expired
 
 
+def _last_offsets(items: list[Positioned]) -> dict[str, int]:
+    """:func:`~stream_runtime.batch.new_offsets` for items in log order per partition
+    (the last one per partition is the highest): no per-record call or comparison."""
+    last: dict[tuple[str, int], int] = {}
+    for p in items:
+        r = p.record
+        last[r.topic, r.partition] = r.offset
+    return {offset_field(t, part): o for (t, part), o in last.items()}
+
+
 def _within(items: list[Positioned], stops: Mapping[str, int] | None) -> list[Positioned]:
     """The items at or below their partition's stop (``None``: all of them)."""
     if stops is None:
@@ -241,7 +251,7 @@ class PartitionReplayer:
             ]
             if fold_items:
                 fold_into(acc.state, [p.event for p in fold_items])
-                _merge_max(acc.consumer_offsets, new_offsets(fold_items))
+                _merge_max(acc.consumer_offsets, _last_offsets(fold_items))
                 self.report.folded += len(fold_items)
             t2 = time.perf_counter()
             pstops = None if plan.projector_stops is None else plan.projector_stops.get(exp, {})
