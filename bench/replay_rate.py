@@ -29,7 +29,7 @@ from mab_cli.replay_redis import delete_namespace
 from schemas.topics import TopicNames, partition_key
 from services.projector.projection import Retention
 
-EXPERIMENTS = 12
+EXPERIMENTS = 48  # many experiments: partitions (and so workers) get even shares
 ARMS = ("a", "b", "c")
 
 

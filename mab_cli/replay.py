@@ -112,6 +112,7 @@ class ReplayReport:
     fold_s: float = 0.0
     project_s: float = 0.0
     write_s: float = 0.0
+    cpu_s: float = 0.0  # CPU time of the worker processes (Kafka client included)
 
     def add(self, other: ReplayReport) -> None:
         self.records += other.records
@@ -124,6 +125,7 @@ class ReplayReport:
         self.fold_s += other.fold_s
         self.project_s += other.project_s
         self.write_s += other.write_s
+        self.cpu_s += other.cpu_s
 
 
 @dataclass(slots=True)
@@ -335,8 +337,10 @@ class PartitionReplayer:
             expected = acc.consumer_offsets
 
     async def run(self) -> ReplayReport:
+        started = time.process_time()
         await self.read()
         await self.write()
+        self.report.cpu_s += time.process_time() - started
         return self.report
 
 
@@ -423,7 +427,9 @@ async def read_experiment_events(
     try:
         parts = consumer.partitions_for_topic(topics.experiments)
         if parts is None:
-            await consumer._client.force_metadata_update()  # no public call
+            # aiokafka's public topics() fetches metadata without keeping it, and a
+            # consumer with no subscription has none: refresh its cluster view.
+            await consumer._client.force_metadata_update()
             parts = consumer.partitions_for_topic(topics.experiments) or set()
         tps = [TopicPartition(topics.experiments, p) for p in sorted(parts)]
         if not tps:

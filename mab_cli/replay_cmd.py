@@ -106,6 +106,7 @@ class Outcome:
                 "fold": round(r.fold_s, 3),
                 "project": round(r.project_s, 3),
                 "write": round(r.write_s, 3),
+                "workers_cpu": round(r.cpu_s, 3),
             },
             "differences": self.differences,
             "notes": self.notes,

@@ -27,7 +27,8 @@ from redis.asyncio import Redis
 from bandit_core.fold import DEDUPE_HORIZON_S
 from schemas.redis_keys import ExperimentKeys, RedisKeys
 
-# ARGV: n, n dedupe keys, then the decision ids whose pending deadline is wanted.
+# ARGV: n, n dedupe keys, then the decision ids whose pending deadline is wanted (an
+# empty reply for those when the experiment has no open window at all: the common case).
 _READ_LUA: Final = """
 local config = redis.call('GET', KEYS[1])
 local snap = redis.call('GET', KEYS[2])
@@ -38,8 +39,10 @@ for i = 1, n do
   scores[i] = redis.call('ZSCORE', KEYS[4], ARGV[1 + i])
 end
 local pending = {}
-for i = n + 2, #ARGV do
-  pending[#pending + 1] = redis.call('ZSCORE', KEYS[5], ARGV[i])
+if #ARGV > n + 1 and redis.call('EXISTS', KEYS[5]) == 1 then
+  for i = n + 2, #ARGV do
+    pending[#pending + 1] = redis.call('ZSCORE', KEYS[5], ARGV[i])
+  end
 end
 return {config, snap, offsets, scores, pending}
 """
@@ -205,9 +208,10 @@ class ConsumerStore:
                 for key, score in zip(wanted[exp], scores, strict=True)
                 if score is not None
             }
+            asked = pending.get(exp, ()) if open_scores else ()
             open_windows = {
                 decision_id: float(score)
-                for decision_id, score in zip(pending.get(exp, ()), open_scores, strict=True)
+                for decision_id, score in zip(asked, open_scores, strict=True)
                 if score is not None
             }
             out[exp] = Loaded(config, snap, offsets, seen, open_windows)
