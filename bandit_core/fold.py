@@ -221,14 +221,6 @@ def lookup_keys(event: AnyEvent) -> tuple[str, ...]:
     return ()
 
 
-def due_defaults(state: ExperimentState, watermark: float) -> list[tuple[str, float]]:
-    """Pending decisions whose window closed at or before ``watermark``: (id, deadline),
-    earliest first. The consumer turns each into a default reward on the log."""
-    due = [(d, t) for d, t in state.pending.items() if t <= watermark]
-    due.sort(key=lambda item: (item[1], item[0]))
-    return due
-
-
 def fold_batch(state: ExperimentState, events: Iterable[AnyEvent]) -> FoldResult:
     """Fold ``events`` in order into a copy of ``state``; ``state`` is left untouched."""
     return fold_into(state.copy(), events)

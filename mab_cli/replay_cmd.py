@@ -265,6 +265,7 @@ async def run_tail(target: ReplayTarget, progress: Progress, from_ts: float) -> 
         projector = ProjectorHandler(
             ProjectorStore(redis, keys, target.retention), topics, target.retention, _no_dead_letter
         )
+        last_note = time.monotonic()
         async for chunk in read_chunks(target.bootstrap, start, ends, 2000):
             report.records += len(chunk)
             folded = await consumer.handle(
@@ -274,7 +275,9 @@ async def run_tail(target: ReplayTarget, progress: Progress, from_ts: float) -> 
             report.folded += folded.applied + folded.duplicates
             report.projected += projected.applied + projected.duplicates
             report.rejected.update(folded.rejected)
-            progress(f"{report.records:,} records applied on top of the live state")
+            if time.monotonic() - last_note >= 1.0:
+                last_note = time.monotonic()
+                progress(f"{report.records:,} records applied on top of the live state")
     finally:
         await redis.aclose()
     return Outcome(report, time.perf_counter() - started, len(configs), [], [])
