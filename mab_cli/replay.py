@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -35,7 +36,9 @@ from dataclasses import dataclass, field
 from multiprocessing import get_context
 from typing import Final
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException
+from confluent_kafka import TopicPartition as RdTopicPartition
 from redis.asyncio import Redis
 
 from bandit_core.fold import fold_into
@@ -58,6 +61,7 @@ from services.projector.store import Write as ProjectorWrite
 from services.reward_consumer.store import ConsumerStore
 from services.reward_consumer.store import Write as ConsumerWrite
 from stream_runtime.batch import gc_deferred
+from stream_runtime.kafka_loop import KafkaRecord
 
 #: Records per ``getmany`` while replaying: large, so per-call overhead vanishes.
 CHUNK_RECORDS: Final = 50_000
@@ -346,55 +350,68 @@ class PartitionReplayer:
 
 async def read_chunks(
     bootstrap: str, start: Mapping[str, int], until: Mapping[str, int], chunk_records: int
-) -> AsyncIterator[list[ConsumerRecord[bytes, bytes]]]:
+) -> AsyncIterator[list[KafkaRecord]]:
     """Records of the partitions named by ``until`` (``topic:partition`` -> last offset,
-    inclusive), from ``start`` (default: the beginning), in chunks of log order."""
-    tps = []
-    for f in until:
+    inclusive), from ``start`` (default: the beginning), in chunks of log order.
+
+    librdkafka (as in the live loop) with partition-EOF events: a partition that ends
+    before its expected last offset is an error naming it, never an endless wait.
+    """
+    remaining: dict[tuple[str, int], int] = {}
+    assignment: list[RdTopicPartition] = []
+    for f, last in until.items():
         topic, _, part = f.rpartition(":")
-        tps.append(TopicPartition(topic, int(part)))
-    if not tps:
+        first: int = start[f] if f in start else int(OFFSET_BEGINNING)
+        if last < 0 or (f in start and start[f] > last):
+            continue
+        remaining[(topic, int(part))] = last
+        assignment.append(RdTopicPartition(topic, int(part), first))
+    if not remaining:
         return
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-        max_partition_fetch_bytes=16 * 1024 * 1024,
-        fetch_max_bytes=64 * 1024 * 1024,
-        fetch_max_wait_ms=50,
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"mab-replay-{uuid.uuid4().hex}",  # never joined nor committed
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "isolation.level": "read_committed",
+            "max.partition.fetch.bytes": 16 * 1024 * 1024,
+            "fetch.max.bytes": 64 * 1024 * 1024,
+            "fetch.wait.max.ms": 50,
+        }
     )
-    await consumer.start()
+    consumer.assign(assignment)
     try:
-        consumer.assign(tps)
-        remaining: dict[TopicPartition, int] = {}
-        for tp in tps:
-            f = offset_field(tp.topic, tp.partition)
-            if f in start:
-                consumer.seek(tp, start[f])
-            else:
-                await consumer.seek_to_beginning(tp)
-            if await consumer.position(tp) <= until[f]:
-                remaining[tp] = until[f]
-            else:
-                consumer.pause(tp)
         while remaining:
-            polled = await consumer.getmany(*remaining, timeout_ms=1000, max_records=chunk_records)
-            chunk: list[ConsumerRecord[bytes, bytes]] = []
-            for tp, recs in polled.items():
-                last = remaining.get(tp)
-                if last is None:
+            messages = await asyncio.to_thread(consumer.consume, chunk_records, 1.0)
+            chunk: list[KafkaRecord] = []
+            for m in messages:
+                key = (m.topic() or "", m.partition() or 0)
+                stop = remaining.get(key)
+                if stop is None:
                     continue
-                if recs and recs[-1].offset > last:
-                    recs = [r for r in recs if r.offset <= last]
-                chunk += recs
-                if await consumer.position(tp) > last:
-                    del remaining[tp]
-                    consumer.pause(tp)
+                offset = m.offset() or 0
+                err = m.error()
+                if err is not None:
+                    if err.code() != KafkaError._PARTITION_EOF:
+                        raise KafkaException(err)
+                    if offset > stop:  # the end is past our last record (e.g. a marker)
+                        del remaining[key]
+                        continue
+                    raise RuntimeError(
+                        f"{key[0]}:{key[1]} ends at offset {offset}, before the expected "
+                        f"last offset {stop} (topic deleted or truncated?)"
+                    )
+                if offset <= stop:
+                    chunk.append(
+                        KafkaRecord(key[0], key[1], offset, m.timestamp()[1], m.value(), m.key())
+                    )
+                if offset >= stop:
+                    del remaining[key]
             if chunk:
                 yield chunk
     finally:
-        await consumer.stop()
+        await asyncio.to_thread(consumer.close)
 
 
 def run_plan(plan: ReplayPlan) -> ReplayReport:

@@ -286,6 +286,9 @@ async def test_rebuild_from_timestamp_catches_up_a_restored_backup(
             await wait_for(
                 lambda: projector.stats.records >= n1 + first["experiments"], 60, "projector"
             )
+            # A quiet second on each side of the backup: the tail starts at backup_ts - 0.5,
+            # after every record of the first traffic and before any of the second.
+            await asyncio.sleep(1.0)
             backup = {k: await redis.dump(k) async for k in redis.scan_iter(match=ns + "*")}
             backup_ts = time.time()
             await asyncio.sleep(1.0)
