@@ -8,9 +8,9 @@ BIN := $(VENV)/bin
 # uv always through the Python that runs it (`python -m uv`), installed with pip when
 # missing: no guessing where pip put the binary on a fresh machine.
 UV := $(PYTHON) -m uv
-PACKAGES := $(wildcard schemas bandit_core stream_runtime offpolicy services dashboard mab_cli deploy demo_traffic bench)
+PACKAGES := $(wildcard schemas bandit_core stream_runtime offpolicy services dashboard mab_cli deploy demo_traffic bench examples)
 
-.PHONY: help venv up down status test lint system-deps kafka-jars bench
+.PHONY: help venv up down status test lint system-deps kafka-jars bench contract
 
 help:
 	@echo "make venv | up | down | status | test | lint | system-deps | kafka-jars"
@@ -51,3 +51,7 @@ lint: venv
 
 bench: venv system-deps kafka-jars
 	$(BIN)/python -m bench.run
+
+# Regenerate the topic contract (JSON Schema + AsyncAPI) from schemas/events.py.
+contract: venv
+	$(BIN)/mab contract

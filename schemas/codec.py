@@ -21,10 +21,12 @@ property tests that fast-then-fallback and the pure pydantic path (:func:`_decod
 
 from __future__ import annotations
 
+import json
+import math
 import operator
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import orjson
@@ -73,16 +75,94 @@ def _upcast(obj: dict[str, Any]) -> dict[str, Any]:
     return obj
 
 
+def _non_finite_reward(raw: bytes) -> bool:
+    """Whether ``raw`` is refused only because its reward is ``NaN``/``Infinity`` or a
+    number beyond a double (what ``json.dumps(float("nan"))`` writes). Strict JSON, and
+    so orjson, refuses those tokens; Python's lenient parser reads them, which tells a
+    producer the precise reason. Only runs on records orjson already refused."""
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        return False
+    reward = obj.get("reward") if isinstance(obj, dict) else None
+    return isinstance(reward, float) and not math.isfinite(reward)
+
+
 def _load(raw: bytes) -> dict[str, Any]:
     if len(raw) > MAX_RECORD_BYTES:
         raise DecodeError("oversize", f"{len(raw)} bytes > {MAX_RECORD_BYTES}")
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        if _non_finite_reward(raw):
+            raise DecodeError("non_finite_reward", f"reward is NaN or infinite: {exc}") from None
         raise DecodeError("bad_json", str(exc)) from None
     if not isinstance(obj, dict):
         raise DecodeError("not_an_object", f"expected a JSON object, got {type(obj).__name__}")
     return obj
+
+
+#: pydantic error types that mean "a value of the wrong JSON type".
+_TYPE_ERRORS: Final = frozenset(
+    {
+        "float_type",
+        "float_parsing",
+        "int_type",
+        "int_parsing",
+        "int_from_float",
+        "string_type",
+        "bool_type",
+        "bool_parsing",
+        "dict_type",
+        "model_type",
+        "model_attributes_type",
+        "tuple_type",
+        "list_type",
+    }
+)
+_EVENT_TYPES: Final = frozenset(
+    {
+        "experiment_created",
+        "arms_added",
+        "strategy_changed",
+        "decision_made",
+        "reward_observed",
+        "change_point_detected",
+    }
+)
+
+
+def _reason(error: Mapping[str, Any]) -> str:
+    """The stable DLQ reason of pydantic's first error (the list is in ``schemas/dead_letter``).
+
+    Precise labels for what producers get wrong most (a reward that is NaN or outside
+    [0, 1], a number sent as a string, a missing or unknown field, an unsafe id); any
+    other constraint is ``invalid``, with pydantic's message as the detail.
+    """
+    kind = error["type"]
+    loc = [p for p in error["loc"] if p not in _EVENT_TYPES]
+    name = loc[-1] if loc else ""
+    if kind == "union_tag_invalid":
+        return "wrong_event_type"
+    if kind == "union_tag_not_found":
+        return "missing_field"
+    if name == "reward" and kind == "finite_number":
+        return "non_finite_reward"
+    if name == "reward" and kind in ("greater_than_equal", "less_than_equal"):
+        return "reward_out_of_range"
+    if kind in _TYPE_ERRORS:
+        return "wrong_type"
+    if kind == "missing":
+        return "missing_field"
+    if kind == "extra_forbidden":
+        return "unknown_field"
+    if name in ("experiment_id", "arm_id") and kind in (
+        "string_pattern_mismatch",
+        "string_too_long",
+        "string_too_short",
+    ):
+        return "bad_id"
+    return "invalid"
 
 
 def _validate(obj: dict[str, Any]) -> AnyEvent:
@@ -91,7 +171,7 @@ def _validate(obj: dict[str, Any]) -> AnyEvent:
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
-        raise DecodeError("invalid", f"{loc}: {first['msg']}") from None
+        raise DecodeError(_reason(first), f"{loc}: {first['msg']}") from None
 
 
 # --------------------------------------------------------------------------- fast path
@@ -403,7 +483,7 @@ def decode_reward(
     if fallback_ts is not None:
         obj.setdefault("ts", fallback_ts)
     if obj["type"] != "reward_observed":
-        raise DecodeError("wrong_type", f"type {obj['type']!r} on the rewards topic")
+        raise DecodeError("wrong_event_type", f"type {obj['type']!r} on the rewards topic")
     if _FAST_PATH_ENABLED:
         fast = _fast_reward(obj)
         if fast is not None:
@@ -429,7 +509,7 @@ def _decode_reward_slow(
     if fallback_ts is not None:
         obj.setdefault("ts", fallback_ts)
     if obj["type"] != "reward_observed":
-        raise DecodeError("wrong_type", f"type {obj['type']!r} on the rewards topic")
+        raise DecodeError("wrong_event_type", f"type {obj['type']!r} on the rewards topic")
     event = _validate(obj)
     assert isinstance(event, RewardObserved)
     return event

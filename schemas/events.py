@@ -32,10 +32,20 @@ def new_event_id() -> str:
 class _Event(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    event_id: str = Field(default_factory=new_event_id, min_length=1, max_length=64)
-    ts: float = Field(default_factory=time.time, description="Unix seconds when it happened.")
-    schema_version: int = SCHEMA_VERSION
-    experiment_id: ExperimentId
+    event_id: str = Field(
+        default_factory=new_event_id,
+        min_length=1,
+        max_length=64,
+        description="Idempotency key: events with the same id are applied once (within "
+        "the dedupe horizon). A reward without one gets its log position.",
+    )
+    ts: float = Field(
+        default_factory=time.time,
+        description="Unix seconds when it happened (a reward without one gets the "
+        "Kafka record's timestamp).",
+    )
+    schema_version: int = Field(default=SCHEMA_VERSION, description="Record schema version.")
+    experiment_id: ExperimentId = Field(description="The experiment (also the record key).")
 
     @field_validator("ts")
     @classmethod
@@ -95,10 +105,21 @@ class RewardObserved(_Event):
     """A reward for an arm; joined to its decision when ``decision_id`` is given."""
 
     type: Literal["reward_observed"] = "reward_observed"
-    arm_id: ArmId
-    reward: float = Field(ge=0.0, le=1.0, allow_inf_nan=False)
-    decision_id: str | None = Field(default=None, min_length=1, max_length=64)
-    source: str = Field(default="api", max_length=64)
+    arm_id: ArmId = Field(description="The arm rewarded; must be in the experiment.")
+    reward: float = Field(
+        ge=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="Finite number in [0, 1]: 1 converted, 0 did not, partial credit between.",
+    )
+    decision_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="The decision rewarded (from GET /decision): one reward per decision, "
+        "and it must name the decision's arm.",
+    )
+    source: str = Field(default="api", max_length=64, description="Who produced it.")
 
 
 class ChangePointDetected(_Event):

@@ -19,6 +19,15 @@ REWARDS_DLQ: Final = "mab.rewards.dlq"
 #: Co-partitioned topics must share this count (the consumer relies on it).
 DEFAULT_PARTITIONS: Final = 6
 
+#: Largest record the DLQ topic (and the dead-letter producer) accepts. A record up to
+#: the broker's default ``message.max.bytes`` (1 MiB + 12 bytes) can land on the rewards
+#: topic although the codec rejects anything over ``MAX_RECORD_BYTES`` (64 KiB) as
+#: ``oversize``; its dead letter is the same bytes plus our headers, so the DLQ topic
+#: needs headroom over the source topics' limit or the oversize record could not be
+#: dead-lettered with its original bytes. A broker configured with a larger
+#: ``message.max.bytes`` for the source topics needs this raised to match.
+DLQ_MAX_MESSAGE_BYTES: Final = 2 * 1024 * 1024
+
 
 @dataclass(frozen=True, slots=True)
 class TopicSpec:
@@ -56,7 +65,8 @@ def topic_specs(prefix: str = "", partitions: int = DEFAULT_PARTITIONS) -> list[
     """The topics and settings the design needs.
 
     The log is the system of record, so nothing is deleted by time (``retention.ms=-1``);
-    the DLQ keeps records 30 days, long enough to fix and re-drive them.
+    the DLQ keeps records 30 days, long enough to fix and re-drive them, and accepts
+    records larger than the source topics do (see :data:`DLQ_MAX_MESSAGE_BYTES`).
     """
     names = TopicNames.with_prefix(prefix)
     forever = {"retention.ms": "-1", "cleanup.policy": "delete"}
@@ -64,7 +74,14 @@ def topic_specs(prefix: str = "", partitions: int = DEFAULT_PARTITIONS) -> list[
         TopicSpec(names.experiments, partitions, dict(forever)),
         TopicSpec(names.decisions, partitions, dict(forever)),
         TopicSpec(names.rewards, partitions, dict(forever)),
-        TopicSpec(names.rewards_dlq, 1, {"retention.ms": str(30 * 24 * 3600 * 1000)}),
+        TopicSpec(
+            names.rewards_dlq,
+            1,
+            {
+                "retention.ms": str(30 * 24 * 3600 * 1000),
+                "max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES),
+            },
+        ),
     ]
 
 

@@ -28,6 +28,7 @@ from pydantic import ValidationError
 
 from bandit_core.fold import dedupe_keys
 from schemas.codec import DecodeError, decode, decode_reward
+from schemas.dead_letter import position_id, redriven_position
 from schemas.events import AnyEvent, DecisionMade, ExperimentConfig, RewardObserved
 
 #: A compare-and-set conflict means another consumer wrote the same experiment in
@@ -51,8 +52,10 @@ class RecordLike(Protocol):
     def value(self) -> bytes | None: ...
 
 
-#: Where rejected records go. Today: a log line; the DLQ issue plugs a producer in here.
-DeadLetterSink = Callable[[RecordLike, str], Awaitable[None]]
+#: Where rejected records go: the reward consumer's DLQ producer
+#: (:class:`stream_runtime.dead_letter.DeadLetterProducer`) or, in handler tests, a list.
+#: Called with all of a step's rejects at once, it returns once they are durable.
+DeadLetterSink = Callable[[Sequence["Rejected"]], Awaitable[None]]
 
 
 def offset_field(topic: str, partition: int) -> str:
@@ -77,10 +80,12 @@ class Positioned(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
-    """A record we skip (and, later, dead-letter) with its machine-readable reason."""
+    """A record we skip (and dead-letter) with its machine-readable reason and a short
+    human-readable detail (both go into the dead letter's headers)."""
 
     record: RecordLike
     reason: str
+    detail: str = ""
 
 
 @dataclass(slots=True)
@@ -98,9 +103,10 @@ def decode_reward_or_decision(
     """Decode a record of the rewards or decisions topic; ``None`` for any other topic.
 
     Rewards accept the minimal bulk-producer contract. Their fallback event id is the
-    record's log position and their fallback time the broker timestamp: both are
-    deterministic, so a redelivered or replayed record folds (and dedupes) identically,
-    and every processor derives the same dedupe keys and event times from the same record.
+    record's log position (for a record re-driven from the DLQ, its original position)
+    and their fallback time the broker timestamp: both are deterministic, so a
+    redelivered, replayed or re-driven record folds (and dedupes) identically, and every
+    processor derives the same dedupe keys and event times from the same record.
     Raises :class:`DecodeError` for a tombstone or an unreadable record.
     """
     raw = record.value
@@ -108,17 +114,32 @@ def decode_reward_or_decision(
         raise DecodeError("empty", "record without a value (tombstone)")
     topic = record.topic
     if topic == rewards_topic:
-        return decode_reward(
-            raw,
-            fallback_event_id=f"{topic}:{record.partition}:{record.offset}",
-            fallback_ts=record.timestamp / 1000.0,
+        # A record re-driven from the DLQ names its original position in headers: the
+        # fallback id is then that original one, so re-driving twice counts once.
+        headers = getattr(record, "headers", None)
+        fallback = (redriven_position(headers) if headers else None) or position_id(
+            topic, record.partition, record.offset
         )
+        return decode_reward(raw, fallback_event_id=fallback, fallback_ts=record.timestamp / 1000.0)
     if topic == decisions_topic:
         event = decode(raw)
         if not isinstance(event, DecisionMade):
-            raise DecodeError("wrong_type", f"type {event.type!r} on the decisions topic")
+            raise DecodeError("wrong_event_type", f"type {event.type!r} on the decisions topic")
         return event
     return None
+
+
+def rejection_detail(reason: str, event: RewardObserved, config: ExperimentConfig | None) -> str:
+    """A short human-readable explanation of a fold rejection (a dead letter's detail)."""
+    if reason == "unknown_experiment" or config is None:
+        return f"experiment {event.experiment_id!r} does not exist"
+    if reason == "unknown_arm":
+        return f"arm {event.arm_id!r} is not in {event.experiment_id!r} (arms: {config.arm_ids})"
+    if reason == "arm_mismatch":
+        return f"decision {event.decision_id!r} served another arm than {event.arm_id!r}"
+    if reason == "bad_decision_id":
+        return f"decision_id {event.decision_id!r} was not issued by this service"
+    return reason
 
 
 def unknown_topic(record: RecordLike) -> DecodeError:
@@ -142,7 +163,7 @@ def group_by_experiment(
         try:
             event = decode_one(record)
         except DecodeError as exc:
-            rejected.append(Rejected(record, exc.reason))
+            rejected.append(Rejected(record, exc.reason, exc.detail))
             continue
         if event is None:
             ignored += 1
@@ -260,18 +281,20 @@ def parse_config(raw: bytes | None, log: logging.Logger) -> ExperimentConfig | N
 
 
 def dead_letter_logger(log: logging.Logger, message: str) -> DeadLetterSink:
-    """Default dead-letter sink: a structured warning (the DLQ producer replaces it)."""
+    """A dead-letter sink that only logs (handler tests and tools without a DLQ)."""
 
-    async def log_dead_letter(record: RecordLike, reason: str) -> None:
-        log.warning(
-            message,
-            extra={
-                "topic": record.topic,
-                "partition": record.partition,
-                "offset": record.offset,
-                "reason": reason,
-            },
-        )
+    async def log_dead_letter(rejects: Sequence[Rejected]) -> None:
+        for r in rejects:
+            log.warning(
+                message,
+                extra={
+                    "topic": r.record.topic,
+                    "partition": r.record.partition,
+                    "offset": r.record.offset,
+                    "reason": r.reason,
+                    "detail": r.detail,
+                },
+            )
 
     return log_dead_letter
 

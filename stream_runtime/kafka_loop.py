@@ -121,7 +121,8 @@ class KafkaRecord(NamedTuple):
     offset: int
     timestamp: int  # ms since the epoch (producer's create time or broker's log time)
     value: bytes | None
-    headers: list[tuple[str, str | bytes | None]] | None = None
+    key: bytes | None = None  # kept for dead letters (the record's own bytes)
+    headers: list[tuple[str, str | bytes | None]] | None = None  # re-drive markers
 
 
 def to_records(messages: list[Message], log: logging.Logger) -> list[KafkaRecord]:
@@ -144,6 +145,7 @@ def to_records(messages: list[Message], log: logging.Logger) -> list[KafkaRecord
                     m.offset(),  # type: ignore[arg-type]
                     m.timestamp()[1],
                     m.value(),
+                    m.key(),
                     m.headers(),  # type: ignore[arg-type]
                 )
             )

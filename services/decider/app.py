@@ -42,7 +42,12 @@ from schemas.topics import TopicNames
 from services.decider.decisions import DecisionCache
 from services.decider.errors import not_found as _not_found
 from services.decider.evaluation import router as evaluation_router
-from services.decider.hot_path import DecisionFastPath, serve_decision, serve_reward
+from services.decider.hot_path import (
+    DecisionFastPath,
+    serve_decision,
+    serve_reward,
+    serve_rewards,
+)
 from services.decider.models import (
     ArmsAdd,
     ArmStatsPublic,
@@ -56,6 +61,8 @@ from services.decider.models import (
     ReadyPublic,
     RewardCreate,
     RewardPublic,
+    RewardsCreate,
+    RewardsPublic,
     StatsPublic,
 )
 from services.decider.producer import EventLogUnavailableError, EventProducer
@@ -485,6 +492,28 @@ def _add_routes(app: FastAPI) -> None:
         # Well-formed JSON bodies are normally answered by DecisionFastPath with this
         # same function; the route serves the docs and FastAPI's validation errors.
         return await serve_reward(rt, body)
+
+    @app.post(
+        "/rewards",
+        response_model=RewardsPublic,
+        tags=["decisions"],
+        summary="Report a batch of rewards",
+        description="Up to `MAB_MAX_REWARD_BATCH` (default 1000) rewards, each validated "
+        "exactly like `POST /reward`. All or nothing: if any item is invalid, nothing is "
+        "logged and the 422 lists every failing item as `{index, loc, msg, type}` (`type` "
+        "is the validation error or the rejection reason, e.g. `unknown_arm`). Otherwise "
+        "the answer comes after Kafka acknowledged every reward.",
+        responses={
+            422: _E422,
+            503: {
+                "model": ErrorPublic,
+                "description": "Not all recorded; retry with the same event_ids to stay "
+                "idempotent.",
+            },
+        },
+    )
+    async def rewards(body: RewardsCreate, rt: RuntimeDep) -> RewardsPublic:
+        return await serve_rewards(rt, body.rewards)
 
     @app.get(
         "/experiments/{experiment_id}/stats",

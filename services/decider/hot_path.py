@@ -19,11 +19,12 @@ FastAPI untouched, so validation errors keep FastAPI's format.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
@@ -34,11 +35,11 @@ from redis.exceptions import RedisError
 
 from bandit_core.decision_ids import make_decision_id
 from bandit_core.fold import reward_rejection
-from schemas.events import SCHEMA_VERSION, RewardObserved
+from schemas.events import SCHEMA_VERSION, ExperimentConfig, RewardObserved
 from schemas.ids import is_valid_id
 from schemas.topics import partition_key
 from services.decider.errors import reward_rejected
-from services.decider.models import RewardCreate, RewardPublic
+from services.decider.models import RewardCreate, RewardPublic, RewardsPublic
 from services.decider.producer import EventLogUnavailableError
 
 if TYPE_CHECKING:
@@ -130,11 +131,8 @@ async def serve_decision(rt: Runtime, experiment_id: str) -> bytes | None:
     )
 
 
-async def serve_reward(rt: Runtime, body: RewardCreate) -> RewardPublic:
-    """Validate a reward against the current config, append it, answer after Kafka's ack.
-
-    The decider never writes reward state: the reward consumer folds the log.
-    """
+def reward_event(body: RewardCreate) -> RewardObserved:
+    """The event a validated request body becomes (``source="api"``)."""
     fields: dict[str, Any] = {
         "experiment_id": body.experiment_id,
         "arm_id": body.arm_id,
@@ -144,32 +142,106 @@ async def serve_reward(rt: Runtime, body: RewardCreate) -> RewardPublic:
     }
     if body.event_id is not None:
         fields["event_id"] = body.event_id
-    event = RewardObserved(**fields)
-    entry, _ = await rt.cache.get(body.experiment_id)
+    return RewardObserved(**fields)
+
+
+async def reward_rejection_now(
+    rt: Runtime, event: RewardObserved
+) -> tuple[str | None, ExperimentConfig | None]:
+    """``reward_rejection`` against the current config: the consumer's own rule.
+
+    The cache may predate an arm added on another process, so a rejection is confirmed
+    against Redis before it is returned (only on this rare path).
+    """
+    entry, _ = await rt.cache.get(event.experiment_id)
     config = entry.config if entry is not None else None
     reason = reward_rejection(config, event)
     if reason is not None and reason != "bad_decision_id":
-        # The cache may predate an arm added on another process: ask Redis before
-        # rejecting (only on this rare path).
-        rt.cache.invalidate(body.experiment_id)
-        config = await rt.store.get_config(body.experiment_id)
+        rt.cache.invalidate(event.experiment_id)
+        config = await rt.store.get_config(event.experiment_id)
         reason = reward_rejection(config, event)
+    if reason is None and config is None:
+        reason = "unknown_experiment"
+    return reason, config
+
+
+def _log_unavailable(what: str, exc: EventLogUnavailableError) -> HTTPException:
+    log.error("%s not logged: %s", what, exc)
+    return HTTPException(
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        "reward not recorded: event log unavailable, retry",
+    )
+
+
+async def serve_reward(rt: Runtime, body: RewardCreate) -> RewardPublic:
+    """Validate a reward against the current config, append it, answer after Kafka's ack.
+
+    The decider never writes reward state: the reward consumer folds the log.
+    """
+    event = reward_event(body)
+    reason, config = await reward_rejection_now(rt, event)
     if reason is not None or config is None:
         raise reward_rejected(reason or "unknown_experiment", event, config)
     try:
         await rt.producer.publish(rt.topics.rewards, event)
     except EventLogUnavailableError as exc:
-        log.error("reward for %s not logged: %s", body.experiment_id, exc)
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            "reward not recorded: event log unavailable, retry",
-        ) from None
+        raise _log_unavailable(f"reward for {body.experiment_id}", exc) from None
     return RewardPublic(
         experiment_id=event.experiment_id,
         arm_id=event.arm_id,
         strategy=config.strategy,
         event_id=event.event_id,
     )
+
+
+async def serve_rewards(rt: Runtime, items: Sequence[object]) -> RewardsPublic:
+    """``POST /rewards``: every item validated like ``POST /reward``, all or nothing.
+
+    Items are checked one by one with the same model (:class:`RewardCreate`) and the
+    same config rule as :func:`serve_reward`; if any item fails, nothing is produced and
+    the 422 lists every failing item as ``{"index": i, ...}``. Otherwise all events are
+    sent at once and the answer comes after Kafka acknowledged every one of them. A 503
+    may follow a partial write: retrying with the same ``event_id`` values is safe
+    (the fold applies each event id once), which is why the answer returns them.
+    """
+    limit = rt.settings.max_reward_batch
+    if not items:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "rewards must not be empty")
+    if len(items) > limit:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"{len(items)} rewards in one request; the limit is {limit} (MAB_MAX_REWARD_BATCH)",
+        )
+    errors: list[dict[str, Any]] = []
+    events: list[RewardObserved] = []
+    for index, item in enumerate(items):
+        try:
+            body = RewardCreate.model_validate(item)
+        except ValidationError as exc:
+            errors += [
+                {
+                    "index": index,
+                    "loc": list(e.get("loc", ())),
+                    "msg": e.get("msg", ""),
+                    "type": e.get("type", ""),
+                }
+                for e in exc.errors()
+            ]
+            continue
+        event = reward_event(body)
+        reason, config = await reward_rejection_now(rt, event)
+        if reason is not None:
+            detail = reward_rejected(reason, event, config).detail
+            errors.append({"index": index, "loc": [], "msg": detail, "type": reason})
+            continue
+        events.append(event)
+    if errors:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, errors)
+    try:
+        await asyncio.gather(*(rt.producer.publish(rt.topics.rewards, ev) for ev in events))
+    except EventLogUnavailableError as exc:
+        raise _log_unavailable(f"batch of {len(events)} rewards", exc) from None
+    return RewardsPublic(accepted=len(events), event_ids=[ev.event_id for ev in events])
 
 
 async def _respond(send: Send, status_code: int, body: bytes) -> None:

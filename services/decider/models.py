@@ -11,7 +11,14 @@ from __future__ import annotations
 from collections import Counter
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from bandit_core.strategies import STRATEGIES, normalize_strategy_name, validate_params
 from schemas.events import ExperimentConfig
@@ -181,6 +188,36 @@ class RewardCreate(_Request):
     event_id: EventIdField | None = None
 
 
+class RewardsCreate(_Request):
+    """Body of ``POST /rewards``: a batch of rewards, each shaped like ``POST /reward``'s.
+
+    Items are validated one by one by the route (so a 422 can name each failing item
+    by its index); the schema documents them as :class:`RewardCreate`.
+    """
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "rewards": [
+                        {"experiment_id": "cta-button-test", "arm_id": "green-button", "reward": 1},
+                        {
+                            "experiment_id": "cta-button-test",
+                            "arm_id": "blue-button",
+                            "reward": 0,
+                            "event_id": "order-1234",
+                        },
+                    ]
+                }
+            ]
+        }
+    )
+
+    rewards: list[Annotated[Any, WithJsonSchema({"$ref": "#/components/schemas/RewardCreate"})]] = (
+        Field(description="1..MAB_MAX_REWARD_BATCH rewards (default limit 1000).")
+    )
+
+
 # --------------------------------------------------------------------------- responses
 
 
@@ -298,6 +335,22 @@ class RewardPublic(BaseModel):
     arm_id: str
     strategy: str
     event_id: str
+
+
+class RewardsPublic(BaseModel):
+    """A batch of rewards accepted into the event log (all of them acknowledged)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"status": "ok", "accepted": 2, "event_ids": ["3b8e5a0c", "order-1234"]}]
+        }
+    )
+
+    status: Literal["ok"] = "ok"
+    accepted: int
+    event_ids: list[str] = Field(
+        description="In request order; retry with these to stay idempotent."
+    )
 
 
 class ArmStatsPublic(BaseModel):

@@ -98,6 +98,13 @@ class DeciderSettings(BaseSettings):
     kafka_start_timeout_s: float = Field(
         default=30.0, gt=0.0, description="Keep retrying the first broker connection this long."
     )
+    max_reward_batch: int = Field(
+        default=1000,
+        ge=1,
+        le=100_000,
+        validation_alias=_env("max_reward_batch", "MAB_MAX_REWARD_BATCH"),
+        description="Most rewards one POST /rewards may carry (all validated, then produced).",
+    )
     redis_socket_timeout_s: float = Field(default=2.0, gt=0.0)
     evaluate_max_decisions: int = Field(
         default=10_000,

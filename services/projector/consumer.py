@@ -11,6 +11,11 @@ Lua script per experiment writing bucket increments + offsets + dedupe keys toge
 
 A crash before the Redis write changes nothing (Kafka redelivers); a crash between the
 write and the commit redelivers records whose offsets are stored, so they are dropped.
+
+Records it cannot project (undecodable, unknown experiment or arm, arm mismatch) are
+*skipped*: counted by reason in its stats and logged once per batch, never
+dead-lettered. The reward consumer reads the same rewards and decisions with the same
+rules and owns the DLQ for them, so each bad record is parked exactly once.
 Plain aiokafka with ``enable_auto_commit=False`` for the same reason as the consumer:
 the commit must name the offsets of the batch we wrote, strictly after the write.
 """
@@ -42,9 +47,7 @@ from services.projector.store import Loaded, ProjectorStore, Write
 from stream_runtime.batch import (
     MAX_CAS_ATTEMPTS,
     CasConflictError,
-    DeadLetterSink,
     SummableReport,
-    dead_letter_logger,
     gc_deferred,
     parse_config,
     write_until_settled,
@@ -55,16 +58,11 @@ __all__ = [
     "MAX_CAS_ATTEMPTS",
     "BatchReport",
     "CasConflictError",
-    "DeadLetterSink",
     "Projector",
     "ProjectorHandler",
-    "log_dead_letter",
 ]
 
 log = logging.getLogger("services.projector")
-
-#: Default dead-letter sink: a structured warning (the DLQ producer replaces it later).
-log_dead_letter: DeadLetterSink = dead_letter_logger(log, "record skipped")
 
 
 @dataclass(slots=True)
@@ -78,6 +76,7 @@ class BatchReport(SummableReport):
     ignored: int = 0
     redelivered: int = 0
     conflicts: int = 0
+    #: Skipped records by reason (the reward consumer dead-letters them, not we).
     rejected: Counter[str] = field(default_factory=Counter)
 
 
@@ -91,19 +90,12 @@ class _Plan:
 
 class ProjectorHandler:
     """Projects poll batches into Redis buckets exactly once. No Kafka in here, so tests
-    (and a later DLQ re-drive) can feed it hand-made records."""
+    can feed it hand-made records."""
 
-    def __init__(
-        self,
-        store: ProjectorStore,
-        topics: TopicNames,
-        retention: Retention,
-        dead_letter: DeadLetterSink = log_dead_letter,
-    ) -> None:
+    def __init__(self, store: ProjectorStore, topics: TopicNames, retention: Retention) -> None:
         self.store = store
         self.topics = topics
         self.retention = retention
-        self.dead_letter = dead_letter
 
     def _plan(self, exp: str, items: list[Positioned], loaded: Loaded, now: float) -> _Plan:
         plan = _Plan()
@@ -125,10 +117,11 @@ class ProjectorHandler:
     async def handle(self, records: Sequence[RecordLike], now: float | None = None) -> BatchReport:
         """Project one poll batch into Redis. Raises on I/O errors (the caller retries).
 
-        Dead letters go out only after every write succeeded, so a retried batch does
-        not report its rejects twice. The cyclic collector is held off for the batch
-        (see :func:`stream_runtime.batch.gc_deferred`); :meth:`_handle` has returned, so
-        its frame and the batch's objects are freed, before it runs again.
+        Skipped records are counted (and logged once per batch) only after every write
+        succeeded, so a retried batch does not count them twice. The cyclic collector
+        is held off for the batch (see :func:`stream_runtime.batch.gc_deferred`);
+        :meth:`_handle` has returned, so its frame and the batch's objects are freed,
+        before it runs again.
         """
         with gc_deferred():
             return await self._handle(records, now)
@@ -161,7 +154,15 @@ class ProjectorHandler:
         report.conflicts += await write_until_settled(decoded.by_experiment, attempt, log)
         for r in rejects:
             report.rejected[r.reason] += 1
-            await self.dead_letter(r.record, r.reason)
+        if rejects:
+            first = rejects[0].record
+            log.info(
+                "records skipped (dead-lettered by the reward consumer)",
+                extra={
+                    "skipped": dict(report.rejected),
+                    "first": f"{first.topic}:{first.partition}:{first.offset}",
+                },
+            )
         return report
 
 
@@ -170,13 +171,10 @@ class Projector(KafkaBatchProcessor[BatchReport]):
 
     name = "projector"
 
-    def __init__(
-        self, settings: ProjectorSettings, *, dead_letter: DeadLetterSink = log_dead_letter
-    ) -> None:
+    def __init__(self, settings: ProjectorSettings) -> None:
         super().__init__(settings, log)
         self.settings = settings
         self.topics = settings.topics
-        self.dead_letter = dead_letter
         self.stats = BatchReport()
         self._redis: Redis | None = None
         self._handler: ProjectorHandler | None = None
@@ -193,7 +191,6 @@ class Projector(KafkaBatchProcessor[BatchReport]):
             ProjectorStore(self._redis, s.keys, s.retention),
             self.topics,
             s.retention,
-            self.dead_letter,
         )
 
     async def _close_resources(self) -> None:

@@ -119,7 +119,7 @@ def decode_record(record: RecordLike, topics: TopicNames) -> AnyEvent | None:
         assert raw is not None  # checked by decode_reward_or_decision
         event = decode(raw)
         if isinstance(event, DecisionMade | RewardObserved):
-            raise DecodeError("wrong_type", f"type {event.type!r} on the experiments topic")
+            raise DecodeError("wrong_event_type", f"type {event.type!r} on the experiments topic")
         return event if isinstance(event, ChangePointDetected) else None
     raise unknown_topic(record)
 

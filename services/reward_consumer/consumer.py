@@ -11,7 +11,15 @@ point either loses nothing (no commit yet: Kafka redelivers) or doubles nothing 
 stored offsets make the redelivered records a no-op).
 
 This module adds what only the reward consumer has: the fold handler
-(:mod:`services.reward_consumer.handlers`) and a producer for ``ChangePointDetected``.
+(:mod:`services.reward_consumer.handlers`) and one durable producer for
+``ChangePointDetected`` events and for dead letters.
+
+The reward consumer is the **only** processor that dead-letters records of the rewards
+and decisions topics: every record it cannot decode or fold goes to the DLQ topic
+(:mod:`stream_runtime.dead_letter`, format in :mod:`schemas.dead_letter`) before its
+batch is committed. The projector reads the same records with the same rules and only
+counts and logs what it skips, so each bad record is dead-lettered once, not once per
+processor.
 """
 
 from __future__ import annotations
@@ -27,14 +35,10 @@ from redis.asyncio import Redis
 from schemas.codec import encode
 from schemas.events import ChangePointDetected
 from services.reward_consumer.batch import RecordLike
-from services.reward_consumer.handlers import (
-    BatchHandler,
-    BatchReport,
-    DeadLetterSink,
-    log_dead_letter,
-)
+from services.reward_consumer.handlers import BatchHandler, BatchReport, DeadLetterSink
 from services.reward_consumer.settings import ConsumerSettings
 from services.reward_consumer.store import ConsumerStore
+from stream_runtime.dead_letter import DeadLetterProducer, dead_letter_producer
 from stream_runtime.kafka_loop import KafkaBatchProcessor
 
 log = logging.getLogger("services.reward_consumer")
@@ -49,8 +53,9 @@ class RewardConsumer(KafkaBatchProcessor[BatchReport]):
         self,
         settings: ConsumerSettings,
         *,
-        dead_letter: DeadLetterSink = log_dead_letter,
+        dead_letter: DeadLetterSink | None = None,
     ) -> None:
+        """``dead_letter`` replaces the DLQ topic as the sink of rejects (tests only)."""
         super().__init__(settings, log)
         self.settings = settings
         self.topics = settings.topics
@@ -74,19 +79,19 @@ class RewardConsumer(KafkaBatchProcessor[BatchReport]):
         s = self.settings
         self._redis = Redis.from_url(s.redis_url, decode_responses=False)
         await self._redis.ping()  # fail fast at start-up, not inside the first batch
-        # Our own producer for ChangePointDetected: acks=all, idempotent, so a publish
-        # that returned survives a broker failover and a retried send is not doubled.
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=s.kafka_bootstrap_servers,
-            client_id=f"{s.group_id}-cp-{id(self):x}",
-            acks="all",
-            enable_idempotence=True,
-        )
+        # Our own producer for ChangePointDetected and dead letters: acks=all,
+        # idempotent, so a send that returned survives a broker failover and a retried
+        # send is not doubled; its request size fits an oversize record's dead letter.
+        client_id = f"{s.group_id}-{id(self):x}"
+        self._producer = dead_letter_producer(s.kafka_bootstrap_servers, client_id)
         await self._producer.start()
+        sink = self.dead_letter or DeadLetterProducer(
+            self._producer, self.topics.rewards_dlq, rejected_by=f"{s.group_id}/{client_id}"
+        )
         self._handler = BatchHandler(
             ConsumerStore(self._redis, s.keys),
             self.topics,
-            self.dead_letter,
+            sink,
             self._publish_change_points,
         )
 

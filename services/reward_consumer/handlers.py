@@ -1,8 +1,9 @@
 """The batch handler: decode -> read Redis -> offset filter -> fold -> compare-and-set write.
 
 It knows nothing about Kafka consumers (it receives records, returns a report), so it
-can be driven by the live consumer, by tests with hand-made records, and later by a
-re-drive of the DLQ. Commit ordering lives in :mod:`services.reward_consumer.consumer`.
+can be driven by the live consumer and by tests with hand-made records. Commit ordering
+lives in :mod:`stream_runtime.kafka_loop`; this module decides when rejects are
+dead-lettered relative to the Redis write (:meth:`BatchHandler.handle`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 
 from bandit_core.adaptive import GLR_DETECTOR
 from bandit_core.fold import APPLIED, DUPLICATE, ChangePoint, fold_batch
-from schemas.events import ChangePointDetected
+from schemas.events import ChangePointDetected, RewardObserved
 from schemas.topics import TopicNames
 from services.reward_consumer.batch import (
     Positioned,
@@ -36,6 +37,7 @@ from stream_runtime.batch import (
     dead_letter_logger,
     gc_deferred,
     parse_config,
+    rejection_detail,
     write_until_settled,
 )
 
@@ -55,7 +57,7 @@ log = logging.getLogger("services.reward_consumer")
 #: Where detected change points go (the consumer publishes them to the experiments topic).
 ChangePointSink = Callable[[Sequence[ChangePointDetected]], Awaitable[None]]
 
-#: Default dead-letter sink: a structured warning (the DLQ producer replaces it later).
+#: A dead-letter sink that only logs (handler tests); the consumer's default is the DLQ.
 log_dead_letter: DeadLetterSink = dead_letter_logger(log, "record rejected")
 
 
@@ -121,8 +123,9 @@ class BatchHandler:
             # No config key: the decider writes it before any event of the experiment,
             # so this is a record for an experiment that does not exist. We write
             # nothing (a flood of made-up ids must not create keys); a redelivery is
-            # rejected again, which is harmless for a dead-letter queue.
-            plan.rejects = [Rejected(p.record, "unknown_experiment") for p in fresh]
+            # rejected again, and the DLQ's readers dedupe by source position.
+            detail = f"experiment {exp!r} does not exist"
+            plan.rejects = [Rejected(p.record, "unknown_experiment", detail) for p in fresh]
             return plan
         state = build_state(exp, config, loaded.snapshot, loaded.seen)
         result = fold_batch(state, (p.event for p in fresh))
@@ -131,8 +134,11 @@ class BatchHandler:
                 plan.report.applied += 1
             elif outcome == DUPLICATE:
                 plan.report.duplicates += 1
-            else:
-                plan.rejects.append(Rejected(p.record, outcome))
+            elif isinstance(p.event, RewardObserved):
+                detail = rejection_detail(outcome, p.event, config)
+                plan.rejects.append(Rejected(p.record, outcome, detail))
+            else:  # pragma: no cover - only rewards are rejected by the fold
+                plan.rejects.append(Rejected(p.record, outcome, outcome))
         plan.change_points = [change_point_event(exp, cp) for cp in result.change_points]
         plan.write = Write(
             experiment_id=exp,
@@ -146,9 +152,14 @@ class BatchHandler:
     async def handle(self, records: Sequence[RecordLike]) -> BatchReport:
         """Fold one poll batch into Redis. Raises on I/O errors (the caller retries).
 
-        Dead-letters are emitted only once every write of the batch has succeeded, so a
-        batch that fails half-way and is retried does not dead-letter its rejects twice.
-        Change points are handed to the sink after the Redis writes and before this
+        Rejected records are dead-lettered *before* the point after which they would
+        not come back: records the decoder refuses before anything is written, records
+        the fold refuses before the Redis write that stores the offsets past them (a
+        retried batch drops those by the offset check, so they would never be rejected
+        again). Either way the sink has acknowledged them before the caller commits the
+        Kafka offsets. A batch that fails after that (Redis down) and is retried may
+        dead-letter a record twice; the DLQ's readers dedupe by source position.
+        Change points are handed to their sink after the Redis writes and before this
         returns, i.e. before the caller commits the Kafka offsets (at-least-once). The
         cyclic collector is held off while the batch is decoded, folded and written (see
         :func:`stream_runtime.batch.gc_deferred`); :meth:`_fold` has returned, so its
@@ -156,29 +167,44 @@ class BatchHandler:
         publish (which retries for as long as the broker is down) runs with it on.
         """
         with gc_deferred():
-            report, detected, rejects = await self._fold(records)
+            report, detected = await self._fold(records)
         if detected and self.change_points is not None:
             await self.change_points(detected)
         report.change_points += len(detected)
-        for r in rejects:
-            report.rejected[r.reason] += 1
-            await self.dead_letter(r.record, r.reason)
         return report
 
     async def _fold(
         self, records: Sequence[RecordLike]
-    ) -> tuple[BatchReport, list[ChangePointDetected], list[Rejected]]:
-        """Decode, then read -> offset-filter -> fold -> compare-and-set write until settled."""
+    ) -> tuple[BatchReport, list[ChangePointDetected]]:
+        """Decode, then read -> offset-filter -> fold -> dead-letter -> compare-and-set
+        write until settled."""
         report = BatchReport(records=len(records))
         detected: list[ChangePointDetected] = []
         decoded = decode_batch(records, self.topics.rewards, self.topics.decisions)
-        rejects: list[Rejected] = list(decoded.rejected)
+        # Positions already handed to the sink by this call: a conflicted experiment is
+        # re-folded and would otherwise send the same rejects again.
+        parked: set[tuple[str, int, int]] = set()
+
+        async def park(rejects: list[Rejected]) -> None:
+            fresh = []
+            for r in rejects:
+                pos = (r.record.topic, r.record.partition, r.record.offset)
+                if pos not in parked:
+                    parked.add(pos)
+                    fresh.append(r)
+            if fresh:
+                await self.dead_letter(fresh)
+
+        await park(decoded.rejected)
+        for r in decoded.rejected:
+            report.rejected[r.reason] += 1
 
         async def attempt(pending: dict[str, list[Positioned]]) -> set[str]:
             loaded = await self.store.load(
                 {exp: batch_dedupe_keys(items) for exp, items in pending.items()}
             )
             plans = {exp: self._plan(exp, items, loaded[exp]) for exp, items in pending.items()}
+            await park([r for plan in plans.values() for r in plan.rejects])
             writes = [p.write for p in plans.values() if p.write is not None]
             conflicted = set(await self.store.write(writes))
             # Keep the outcome of every experiment whose write landed (or needed none);
@@ -188,12 +214,13 @@ class BatchHandler:
                     continue
                 report.add(plan.report)
                 report.experiments_written += plan.write is not None
-                rejects.extend(plan.rejects)
+                for r in plan.rejects:
+                    report.rejected[r.reason] += 1
                 detected.extend(plan.change_points)
             return conflicted
 
         report.conflicts += await write_until_settled(decoded.by_experiment, attempt, log)
-        return report, detected, rejects
+        return report, detected
 
 
 @dataclass(slots=True)

@@ -205,7 +205,7 @@ async def test_buckets_are_exact_and_replay_is_identical(
     first = await run_group(kafka_bootstrap, redis_url, ns, ns + "g1", total)
     got = await buckets(redis, ns, EXP)
     assert got == w.expected
-    assert first.stats.rejected == Counter({"bad_json": 1, "invalid": 1, "unknown_arm": 1}), (
+    assert first.stats.rejected == Counter({"bad_json": 1, "missing_field": 1, "unknown_arm": 1}), (
         first.stats.rejected
     )
     assert first.stats.duplicates > 0

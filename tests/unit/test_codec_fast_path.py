@@ -527,12 +527,12 @@ def test_fast_models_are_frozen_and_behave_like_validated_ones() -> None:
     [
         ({"reward": True}, None),  # lax-valid: pydantic accepts, the fast path defers
         ({"reward": "1"}, None),
-        ({"reward": 1.5}, "invalid"),
+        ({"reward": 1.5}, "reward_out_of_range"),
         ({"schema_version": True}, "bad_schema_version"),
         ({"schema_version": 2}, "unknown_schema_version"),
-        ({"arm_id": "a:b"}, "invalid"),
-        ({"extra": 1}, "invalid"),
-        ({"type": "decision_made"}, "invalid"),
+        ({"arm_id": "a:b"}, "bad_id"),
+        ({"extra": 1}, "unknown_field"),
+        ({"type": "decision_made"}, "missing_field"),
     ],
 )
 def test_examples_defer_to_pydantic(change: dict[str, Any], reason: str | None) -> None:

@@ -171,7 +171,7 @@ def test_decode_batch_groups_skips_and_ignores() -> None:
     ]
     out = decode_batch(recs, t)
     assert out.ignored == 1
-    assert sorted(r.reason for r in out.rejected) == ["bad_json", "empty", "wrong_type"]
+    assert sorted(r.reason for r in out.rejected) == ["bad_json", "empty", "wrong_event_type"]
     items = out.by_experiment["e"]
     assert len(items) == 3
     minimal = items[1].event

@@ -78,8 +78,8 @@ def test_decode_groups_by_experiment_and_rejects_with_reasons() -> None:
     assert [(r.record.offset, r.reason) for r in out.rejected] == [
         (1, "bad_json"),
         (2, "empty"),
-        (6, "wrong_type"),
-        (4, "invalid"),
+        (6, "wrong_event_type"),
+        (4, "reward_out_of_range"),
         (0, "unknown_topic"),
     ]
 

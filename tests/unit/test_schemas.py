@@ -85,7 +85,7 @@ def test_decode_reward_minimal_contract() -> None:
     assert event.reward == 1.0
     with pytest.raises(DecodeError) as info:
         decode_reward(encode(EVENTS[3]))
-    assert info.value.reason == "wrong_type"
+    assert info.value.reason == "wrong_event_type"
 
 
 def _reward(**overrides: object) -> bytes:
@@ -107,23 +107,26 @@ def _reward(**overrides: object) -> bytes:
         (b"{not json", "bad_json"),
         (b"", "bad_json"),
         (b"\xff\xfe", "bad_json"),
-        (b'{"reward": NaN}', "bad_json"),
+        (b'{"reward": NaN}', "non_finite_reward"),
         (b"[1, 2]", "not_an_object"),
         (b'"reward"', "not_an_object"),
         (b"null", "not_an_object"),
-        (_reward(reward=1.5), "invalid"),
-        (_reward(reward=-0.1), "invalid"),
-        (_reward(reward="NaN"), "invalid"),
-        (_reward(reward="inf"), "invalid"),
-        (_reward(reward="abc"), "invalid"),
+        (_reward(reward=1.5), "reward_out_of_range"),
+        (_reward(reward=-0.1), "reward_out_of_range"),
+        (_reward(reward="NaN"), "non_finite_reward"),
+        (_reward(reward="inf"), "non_finite_reward"),
+        (_reward(reward="abc"), "wrong_type"),
         (_reward(schema_version=99), "unknown_schema_version"),
         (_reward(schema_version=0), "unknown_schema_version"),
         (_reward(schema_version="1"), "bad_schema_version"),
         (_reward(schema_version=True), "bad_schema_version"),
-        (_reward(type="reward_given"), "invalid"),
-        (_reward(arm_id="a:b"), "invalid"),
-        (_reward(extra_field=1), "invalid"),
+        (_reward(type="reward_given"), "wrong_event_type"),
+        (_reward(arm_id="a:b"), "bad_id"),
+        (_reward(extra_field=1), "unknown_field"),
         (_reward(ts=-1.0), "invalid"),
+        (_reward(arm_id=5), "wrong_type"),
+        (b'{"experiment_id": "exp", "arm_id": "a", "reward": Infinity}', "non_finite_reward"),
+        (b'{"experiment_id": "exp", "ts": NaN, "reward": 1.0}', "bad_json"),
         (b" " * (MAX_RECORD_BYTES + 1), "oversize"),
     ],
 )
@@ -140,7 +143,7 @@ def test_decode_rejects_overflowing_reward() -> None:
     assert b"1e999" in raw
     with pytest.raises(DecodeError) as info:
         decode(raw)
-    assert info.value.reason in {"bad_json", "invalid"}
+    assert info.value.reason == "non_finite_reward"
 
 
 def test_oversize_checked_before_parsing() -> None:
@@ -153,7 +156,7 @@ def test_oversize_checked_before_parsing() -> None:
 def test_unknown_type_field_missing() -> None:
     with pytest.raises(DecodeError) as info:
         decode(orjson.dumps({"experiment_id": "exp", "arm_id": "a", "reward": 1.0}))
-    assert info.value.reason == "invalid"
+    assert info.value.reason == "missing_field"
 
 
 def test_events_are_frozen() -> None:

@@ -1,0 +1,213 @@
+"""The dead-letter producer: rejected records -> the DLQ topic, durably, before the commit.
+
+The owning processor (the reward consumer, for the rewards and decisions topics) hands
+every reject of a batch to :class:`DeadLetterProducer` and awaits it *before* the batch's
+Kafka offsets are committed (and, for records the fold rejects, before the Redis write
+that moves the stored offsets past them): so a rejected record is either in the DLQ or
+still ahead of the committed position, never lost. The producer is ``acks=all`` and
+idempotent, so an acknowledged dead letter survives a broker failover and a retried send
+is not doubled. A crash after the dead-letter write but before the commit redelivers
+the batch and dead-letters its rejects again: readers dedupe by source position
+(:func:`schemas.dead_letter.dedupe`).
+
+If the DLQ cannot be written, the call raises, the batch fails, and the shared loop
+rewinds and retries it after its back-off: the consumer keeps its place and waits for
+the DLQ instead of skipping records it could not park.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from schemas.dead_letter import (
+    REDRIVEN,
+    DeadLetter,
+    Position,
+    dead_letter_headers,
+    position_id,
+    redrive_headers,
+)
+from schemas.topics import DLQ_MAX_MESSAGE_BYTES
+from stream_runtime.batch import Rejected
+
+
+def dead_letter_producer(bootstrap_servers: str, client_id: str) -> AIOKafkaProducer:
+    """A durable producer able to carry an oversize record plus its headers to the DLQ."""
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap_servers,
+        client_id=client_id,
+        acks="all",
+        enable_idempotence=True,
+        max_request_size=DLQ_MAX_MESSAGE_BYTES,
+    )
+
+
+class DeadLetterProducer:
+    """A :data:`~stream_runtime.batch.DeadLetterSink` writing to the DLQ topic.
+
+    ``rejected_by`` names the processor (consumer group and client id) in every dead
+    letter's headers. The value and key are the rejected record's own bytes, untouched.
+    """
+
+    def __init__(self, producer: AIOKafkaProducer, topic: str, rejected_by: str) -> None:
+        self.producer = producer
+        self.topic = topic
+        self.rejected_by = rejected_by
+        self.sent = 0
+
+    async def __call__(self, rejects: Sequence[Rejected]) -> None:
+        """Send every reject and return once the broker acknowledged all of them."""
+        if not rejects:
+            return
+        now_ms = int(time.time() * 1000)
+        futures = []
+        for r in rejects:
+            rec = r.record
+            headers = dead_letter_headers(
+                reason=r.reason,
+                detail=r.detail,
+                topic=rec.topic,
+                partition=rec.partition,
+                offset=rec.offset,
+                timestamp=rec.timestamp,
+                rejected_by=self.rejected_by,
+                rejected_at_ms=now_ms,
+                original=getattr(rec, "headers", None) or (),
+            )
+            futures.append(
+                await self.producer.send(
+                    self.topic,
+                    rec.value,
+                    key=getattr(rec, "key", None),
+                    headers=headers,
+                )
+            )
+        await asyncio.gather(*futures)
+        self.sent += len(rejects)
+
+
+# --------------------------------------------------------------------------- operators
+# What ``mab dlq`` does, as functions the CLI and the tests call.
+
+
+async def read_dead_letters(bootstrap_servers: str, topic: str) -> list[DeadLetter]:
+    """Every record of the DLQ topic, from the beginning up to its end at call time.
+
+    No consumer group: reading the DLQ never moves anyone's committed position.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    partitions = [p["partition"] for p in described["partitions"]]
+    if described["error_code"] != 0 or not partitions:
+        raise DeadLetterError(f"topic {topic!r} does not exist")
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        max_partition_fetch_bytes=DLQ_MAX_MESSAGE_BYTES,
+        fetch_max_bytes=4 * DLQ_MAX_MESSAGE_BYTES,
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        out: list[DeadLetter] = []
+
+        async def behind() -> bool:
+            for tp in tps:
+                if await consumer.position(tp) < ends[tp]:
+                    return True
+            return False
+
+        while await behind():
+            batch = await consumer.getmany(*tps, timeout_ms=1000)
+            for tp, records in batch.items():
+                out += [
+                    DeadLetter.parse(r.offset, r.key, r.value, r.headers)
+                    for r in records
+                    if r.offset < ends[tp]
+                ]
+        out.sort(key=lambda d: d.dlq_offset)
+        return out
+    finally:
+        await consumer.stop()
+
+
+class DeadLetterError(RuntimeError):
+    """A DLQ operation that cannot proceed (missing topic, unusable fixed record)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Redrive:
+    """One record to put back: its origin, the (fixed or original) bytes and key."""
+
+    origin: Position
+    value: bytes
+    key: bytes | None
+
+
+async def redrive(
+    bootstrap_servers: str,
+    dlq_topic: str,
+    allowed_topics: Collection[str],
+    items: Sequence[Redrive],
+) -> int:
+    """Re-produce ``items`` to their origin topics, then mark them re-driven in the DLQ.
+
+    Each record carries ``mab.redrive.*`` headers naming its origin, so the consumers
+    give a minimal reward the same fallback event id as the original record had
+    (re-driving twice, or re-driving something that was applied, counts once). The
+    markers are written first, so a re-driven record that is rejected again is
+    dead-lettered *after* its marker and shows up again as open. If re-producing fails
+    after the markers, re-run with ``--include-redriven``: it is idempotent.
+    """
+    for item in items:
+        if item.origin[0] not in allowed_topics:
+            raise DeadLetterError(
+                f"{position_id(*item.origin)}: origin topic is not one of {sorted(allowed_topics)}"
+            )
+    producer = dead_letter_producer(bootstrap_servers, "mab-dlq-redrive")
+    await producer.start()
+    try:
+        now_ms = int(time.time() * 1000)
+        markers = []
+        for item in items:
+            topic, partition, offset = item.origin
+            headers = dead_letter_headers(
+                reason=REDRIVEN,
+                detail=f"re-driven to {topic}",
+                topic=topic,
+                partition=partition,
+                offset=offset,
+                timestamp=-1,
+                rejected_by="mab dlq redrive",
+                rejected_at_ms=now_ms,
+            )
+            markers.append(await producer.send(dlq_topic, None, key=item.key, headers=headers))
+        await asyncio.gather(*markers)
+        sent = [
+            await producer.send(
+                item.origin[0],
+                item.value,
+                key=item.key,
+                headers=redrive_headers(*item.origin, at_ms=now_ms),
+            )
+            for item in items
+        ]
+        await asyncio.gather(*sent)
+        return len(sent)
+    finally:
+        await producer.stop()
