@@ -305,6 +305,9 @@ def run(duration: int, repeats: int, fold_records: int, workers: int) -> dict[st
             "MAB_TOPIC_PREFIX": prefix,
             "MAB_REDIS_PREFIX": prefix,
             "LOG_LEVEL": "WARNING",
+            # Keys off (empty = unset): the figures measure the open seed-compatible mode.
+            "MAB_ADMIN_KEY": "",
+            "MAB_CLIENT_KEYS": "",
         }
 
         def measure(url: str, method: list[str] | None = None, warm: bool = True) -> dict[str, Any]:

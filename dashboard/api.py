@@ -21,6 +21,9 @@ from typing_extensions import TypedDict
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 API_URL_ENV = "MAB_API_URL"
+#: Bearer token sent with every call when set (a client key, or the admin key that
+#: ``mab up`` passes); needed when the decider has ``MAB_CLIENT_KEYS``.
+API_KEY_ENV = "MAB_API_KEY"
 
 Bucket = Literal["hour", "minute"]
 
@@ -153,6 +156,10 @@ class RejectedError(ApiError):
     """422 (or another 4xx): the API does not accept these parameters."""
 
 
+class UnauthorizedError(ApiError):
+    """401/403: no key, or a key the API does not accept for this call."""
+
+
 T = TypeVar("T")
 
 _EXPERIMENTS = TypeAdapter(list[ExperimentJson])
@@ -168,6 +175,10 @@ EVALUATE_TIMEOUT_S = 120.0
 def api_url_from_env() -> str:
     """The API base URL: ``MAB_API_URL`` or the local default, without a trailing slash."""
     return (os.environ.get(API_URL_ENV) or DEFAULT_API_URL).rstrip("/")
+
+
+def api_key_from_env() -> str | None:
+    return os.environ.get(API_KEY_ENV, "").strip() or None
 
 
 def _seg(experiment_id: str) -> str:
@@ -202,6 +213,7 @@ class ApiClient:
     base_url: str = field(default_factory=api_url_from_env)
     timeout_s: float = 3.0
     connect_timeout_s: float = 1.0
+    api_key: str | None = field(default_factory=api_key_from_env, repr=False)
 
     def _get(
         self,
@@ -214,7 +226,8 @@ class ApiClient:
         read_timeout = self.timeout_s if timeout_s is None else timeout_s
         timeout = httpx.Timeout(read_timeout, connect=self.connect_timeout_s)
         try:
-            resp = httpx.get(url, params=params, timeout=timeout)
+            headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else None
+            resp = httpx.get(url, params=params, timeout=timeout, headers=headers)
         except httpx.TimeoutException:
             raise ApiUnavailableError(
                 f"The API at {self.base_url} did not answer within {read_timeout:g} s."
@@ -225,6 +238,11 @@ class ApiClient:
                 f"Is the decider running? Start the stack with `make up`, or set "
                 f"{API_URL_ENV}."
             ) from None
+        if resp.status_code in (401, 403):
+            raise UnauthorizedError(
+                f"The API at {self.base_url} refused the call ({resp.status_code}: "
+                f"{_detail(resp)}). Set {API_KEY_ENV} to a client key or the admin key."
+            )
         if resp.status_code == 404:
             raise NotFoundError(_detail(resp))
         if resp.status_code >= 500:

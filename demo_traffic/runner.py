@@ -1,8 +1,10 @@
 """The traffic loop: decision -> Bernoulli reward (with its decision id), paced, resilient.
 
-Every request has a bounded timeout; any failure (API down, 5xx, timeout) backs off
-exponentially with jitter and retries, so ``mab up`` can start this before the decider
-is ready and it survives restarts of the stack. It never raises out of :meth:`run`.
+It talks to the decider through the SDK (``mab_client``), like a storefront would: every
+request has a bounded timeout and the SDK retries what is safe to retry; when the API
+stays down (stack starting or restarting) the loop itself backs off exponentially with
+jitter, so ``mab up`` can start this before the decider is ready. It never raises out
+of :meth:`run`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,14 @@ import httpx
 from bandit_core.strategies import STRATEGIES
 from demo_traffic.settings import DemoSettings
 from demo_traffic.story import ARMS, rates_at, sim_hour
+from mab_client import (
+    AsyncMabClient,
+    ConflictError,
+    MabTransportError,
+    NotFoundError,
+    RetryPolicy,
+    UnavailableError,
+)
 
 log = logging.getLogger("demo_traffic")
 
@@ -32,8 +42,8 @@ def strategy_choice(seconds_per_day: float) -> tuple[str, dict[str, float]]:
     return "thompson", {}
 
 
-class TransientError(Exception):
-    """Worth a retry: network error, timeout, 429 or 5xx."""
+#: What the SDK raises when the API is (still) unreachable or overloaded.
+TRANSIENT = (MabTransportError, UnavailableError)
 
 
 @dataclass(slots=True)
@@ -64,7 +74,7 @@ class Pacer:
 
 
 class DemoTraffic:
-    def __init__(self, settings: DemoSettings, client: httpx.AsyncClient | None = None) -> None:
+    def __init__(self, settings: DemoSettings, client: AsyncMabClient | None = None) -> None:
         self.s = settings
         self.rng = random.Random(settings.mab_demo_seed)
         self.stats = Stats()
@@ -79,17 +89,6 @@ class DemoTraffic:
             self.s.mab_demo_start_hour,
         )
 
-    async def _request(
-        self, c: httpx.AsyncClient, method: str, path: str, **kw: object
-    ) -> httpx.Response:
-        try:
-            resp = await c.request(method, path, **kw)  # type: ignore[arg-type]
-        except httpx.HTTPError as exc:
-            raise TransientError(repr(exc)) from None
-        if resp.status_code == 429 or resp.status_code >= 500:
-            raise TransientError(f"{method} {path}: HTTP {resp.status_code}")
-        return resp
-
     async def _backoff(self, stop: asyncio.Event, why: str) -> None:
         self._failures += 1
         self.stats.errors += 1
@@ -100,66 +99,51 @@ class DemoTraffic:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=delay)
 
-    async def ensure_experiment(self, c: httpx.AsyncClient, stop: asyncio.Event) -> bool:
+    async def ensure_experiment(self, c: AsyncMabClient, stop: asyncio.Event) -> bool:
         """Create the experiment (409 = already there); retry until it exists or stop."""
         strategy, params = strategy_choice(self.s.mab_demo_seconds_per_day)
-        body = {
-            "experiment_id": self.s.mab_demo_experiment_id,
-            "arm_ids": list(ARMS),
-            "strategy": strategy,
-            "strategy_params": params,
-        }
+        exp = self.s.mab_demo_experiment_id
         while not stop.is_set():
             try:
-                resp = await self._request(c, "POST", "/experiments", json=body)
-            except TransientError as exc:
+                await c.create_experiment(exp, list(ARMS), strategy, params)
+                status = 201
+            except ConflictError:
+                status = 409
+            except TRANSIENT as exc:
                 await self._backoff(stop, str(exc))
                 continue
-            if resp.status_code in (201, 409):
-                self._failures = 0
-                log.info(
-                    "experiment ready",
-                    extra={"status": resp.status_code, "strategy": strategy, "params": params},
-                )
-                return True
-            log.error("cannot create the experiment", extra={"status": resp.status_code})
-            await self._backoff(stop, f"HTTP {resp.status_code}")
+            except Exception as exc:  # a 4xx we cannot fix by waiting: say so, keep trying
+                log.error("cannot create the experiment", extra={"error": str(exc)})
+                await self._backoff(stop, repr(exc))
+                continue
+            self._failures = 0
+            log.info(
+                "experiment ready",
+                extra={"status": status, "strategy": strategy, "params": params},
+            )
+            return True
         return False
 
-    async def one(self, c: httpx.AsyncClient) -> None:
-        """One visitor: a decision, then a 0/1 reward drawn from the arm's rate now."""
-        exp = self.s.mab_demo_experiment_id
-        resp = await self._request(c, "GET", "/decision", params={"experiment_id": exp})
-        if resp.status_code == 404:
-            raise LookupError("experiment disappeared")
-        if resp.status_code != 200:
-            raise TransientError(f"decision: HTTP {resp.status_code}")
-        body = resp.json()
-        arm = str(body["arm_id"])
+    async def one(self, c: AsyncMabClient) -> None:
+        """One visitor: a decision, then a 0/1 reward drawn from the arm's rate now,
+        sent with the decision's id so the two are joined."""
+        decision = await c.decide(self.s.mab_demo_experiment_id)
         self.stats.decisions += 1
-        rate = rates_at(self.hour()).get(arm, 0.0)
+        rate = rates_at(self.hour()).get(decision.arm_id, 0.0)
         reward = 1.0 if self.rng.random() < rate else 0.0
-        payload = {
-            "experiment_id": exp,
-            "arm_id": arm,
-            "reward": reward,
-            "decision_id": body.get("decision_id"),
-        }
-        resp = await self._request(c, "POST", "/reward", json=payload)
-        if resp.status_code != 200:
-            raise TransientError(f"reward: HTTP {resp.status_code}")
+        await c.reward_for(decision, reward)
         self.stats.rewards += 1
         self.stats.conversions += int(reward)
 
-    async def _worker(self, c: httpx.AsyncClient, pacer: Pacer, stop: asyncio.Event) -> None:
+    async def _worker(self, c: AsyncMabClient, pacer: Pacer, stop: asyncio.Event) -> None:
         while not stop.is_set():
             await pacer.wait()
             try:
                 await self.one(c)
                 self._failures = 0
-            except TransientError as exc:
+            except TRANSIENT as exc:
                 await self._backoff(stop, str(exc))
-            except LookupError:
+            except NotFoundError:
                 await self.ensure_experiment(c, stop)
             except Exception as exc:  # never crash the demo: log, back off, go on
                 log.exception("unexpected error")
@@ -184,10 +168,15 @@ class DemoTraffic:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Create the experiment, then loop over the simulated days until ``stop``."""
-        timeout = httpx.Timeout(self.s.mab_demo_timeout_s)
-        limits = httpx.Limits(max_connections=self.s.mab_demo_concurrency)
-        client = self._client or httpx.AsyncClient(
-            base_url=self.s.mab_api_url, timeout=timeout, limits=limits
+        client = self._client or AsyncMabClient(
+            self.s.mab_api_url,
+            timeout=self.s.mab_demo_timeout_s,
+            limits=httpx.Limits(max_connections=self.s.mab_demo_concurrency),
+            # Short SDK retries ride out a blip; the loop's own backoff (up to
+            # MAB_DEMO_MAX_BACKOFF_S) handles a stack that is down for longer.
+            retry=RetryPolicy(max_attempts=3, backoff_base_s=0.1, backoff_max_s=1.0),
+            seed=self.s.mab_demo_seed,
+            api_key=self.s.mab_api_key.get_secret_value() if self.s.mab_api_key else None,
         )
         try:
             if not await self.ensure_experiment(client, stop):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -12,6 +12,8 @@ class DemoSettings(BaseSettings):
     model_config = SettingsConfigDict(frozen=True, extra="ignore", case_sensitive=False)
 
     mab_api_url: str = "http://127.0.0.1:8000"
+    #: Bearer token: the admin key (the demo creates its experiment); `mab up` sets it.
+    mab_api_key: SecretStr | None = None
     mab_demo_experiment_id: str = "cta-button-test"
     #: Real seconds per simulated day: 360 s makes one simulated hour 15 s.
     mab_demo_seconds_per_day: float = Field(default=360.0, ge=24.0, le=7 * 86400)

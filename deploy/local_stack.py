@@ -28,6 +28,7 @@ import importlib.util
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -53,6 +54,48 @@ JAVA_FIX = "install OpenJDK 17: apt-get install -y openjdk-17-jre-headless"
 MVN_FIX = "install Maven: apt-get install -y maven"
 
 T = TypeVar("T")
+
+
+#: Where ``mab up`` keeps the admin key it generated (mode 0600, in the ignored state dir).
+ADMIN_KEY_FILE = "admin_key"
+ADMIN_KEY_ENV = "MAB_ADMIN_KEY"
+
+
+@dataclass(frozen=True, slots=True)
+class AdminKey:
+    """The admin key of a stack and where it came from (``env``, ``stored``, ``generated``)."""
+
+    value: str
+    source: str
+    path: Path | None = None
+
+
+def ensure_admin_key(run_dir: Path, env: Mapping[str, str] | None = None) -> AdminKey:
+    """``MAB_ADMIN_KEY`` if set; else the key stored in ``run_dir``; else a new one, stored.
+
+    The file is created with mode 0600 atomically (``O_EXCL``), so two concurrent
+    ``mab up`` never end with different keys, and a group/world-readable file left by
+    hand is tightened back to 0600.
+    """
+    env = os.environ if env is None else env
+    given = env.get(ADMIN_KEY_ENV, "").strip()
+    if given:
+        return AdminKey(given, "env")
+    path = run_dir / ADMIN_KEY_FILE
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+        stored = path.read_text().strip()
+        if not stored:
+            raise StackError(f"{path} is empty: delete it to generate a new admin key") from None
+        return AdminKey(stored, "stored", path)
+    key = secrets.token_urlsafe(32)
+    with os.fdopen(fd, "w") as out:
+        out.write(key + "\n")
+    return AdminKey(key, "generated", path)
 
 
 class StackError(RuntimeError):
@@ -632,6 +675,8 @@ class ServiceSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     alive_seconds: float = 2.0
     start_timeout: float = 30.0
+    #: Env var of a Prometheus exporter port: each start gets a free one, shown in status.
+    metrics_port_env: str | None = None
 
     def available(self) -> bool:
         try:
@@ -760,6 +805,13 @@ class LocalStack:
         self.services: list[ServiceSpec] = list(SERVICES if services is None else services)
         self.kafka = ManagedProcess("kafka", config.run_dir)
         self.redis = ManagedProcess("redis", config.run_dir)
+        self._admin_key: AdminKey | None = None
+
+    def admin_key(self) -> AdminKey:
+        """The key every service of this stack gets (see :func:`ensure_admin_key`)."""
+        if self._admin_key is None:
+            self._admin_key = ensure_admin_key(self.config.run_dir)
+        return self._admin_key
 
     # -- endpoints ------------------------------------------------------------------------
     @property
@@ -779,6 +831,9 @@ class LocalStack:
             "MAB_TOPIC_PREFIX": self.config.topic_prefix,
             "MAB_API_URL": f"http://127.0.0.1:{self.config.ports.api}",
             "PYTHONUNBUFFERED": "1",
+            # The decider requires it; the dashboard and the demo traffic send it.
+            ADMIN_KEY_ENV: self.admin_key().value,
+            "MAB_API_KEY": self.admin_key().value,
         }
 
     def _managed(self, name: str) -> ManagedProcess:
@@ -933,6 +988,10 @@ class LocalStack:
         if port is not None:
             require_port_free(port, spec.port_env or f"the port of {spec.name}")
         env = {**self.service_env(), **spec.env}
+        if spec.metrics_port_env is not None:
+            # A free port per start, recorded with the pid so `mab status` can show it.
+            port = free_port()
+            env[spec.metrics_port_env] = str(port)
         pid, offset = proc.spawn(spec.argv(self.config.ports), env=env, port=port)
         url = spec.health_url(self.config.ports)
         started = time.monotonic()
@@ -965,6 +1024,11 @@ class LocalStack:
         note: Callable[[str], None] = print,
     ) -> list[ComponentStatus]:
         """Start whatever is not running yet, in dependency order, and return the status."""
+        key = self.admin_key()
+        if key.source == "env":
+            note(f"admin key: from {ADMIN_KEY_ENV}")
+        else:
+            note(f"admin key ({key.source}, {key.path}): {key.value}")
         note(f"redis: {'already running' if self.redis.pid() else 'starting'}")
         self.start_redis()
         note(f"kafka: {'already running' if self.kafka.pid() else 'starting'}")
@@ -1040,10 +1104,12 @@ class LocalStack:
                 )
                 continue
             health = spec.health_url(ports)
+            url = spec.url(ports)
+            if spec.metrics_port_env is not None:
+                port = proc.recorded_port() if pid is not None else None
+                url = health = f"http://127.0.0.1:{port}/metrics" if port else None
             healthy = pid is not None and (health is None or http_ok(health))
-            rows.append(
-                ComponentStatus(spec.name, pid, port, pid is not None, healthy, spec.url(ports))
-            )
+            rows.append(ComponentStatus(spec.name, pid, port, pid is not None, healthy, url))
         return rows
 
 
@@ -1083,11 +1149,13 @@ SERVICES: list[ServiceSpec] = [
         name="reward-consumer",
         module="services.reward_consumer.__main__",
         argv=lambda p: [sys.executable, "-m", "services.reward_consumer"],
+        metrics_port_env="MAB_METRICS_PORT",
     ),
     ServiceSpec(
         name="projector",
         module="services.projector.__main__",
         argv=lambda p: [sys.executable, "-m", "services.projector"],
+        metrics_port_env="MAB_METRICS_PORT",
     ),
     ServiceSpec(
         name="dashboard",

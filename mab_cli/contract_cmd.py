@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from schemas.producer_contract import CONTRACT_DIR, CONTRACT_VERSION, stale, write
+from mab_cli.producer_contract import CONTRACT_DIR, CONTRACT_VERSION, stale, write
 
 
 def contract(

@@ -286,6 +286,24 @@ def parse_config(raw: bytes | None, log: logging.Logger) -> ExperimentConfig | N
         return None
 
 
+def record_ids(raw: bytes | None) -> dict[str, str]:
+    """``experiment_id`` / ``decision_id`` / ``event_id`` of a record, for log lines.
+
+    Best effort on the (rare) reject path: an unreadable record has none.
+    """
+    try:
+        data = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {
+        k: v[:200]
+        for k in ("experiment_id", "decision_id", "event_id")
+        if isinstance(v := data.get(k), str)
+    }
+
+
 def dead_letter_logger(log: logging.Logger, message: str) -> DeadLetterSink:
     """A dead-letter sink that only logs (handler tests and tools without a DLQ)."""
 
@@ -299,6 +317,7 @@ def dead_letter_logger(log: logging.Logger, message: str) -> DeadLetterSink:
                     "offset": r.record.offset,
                     "reason": r.reason,
                     "detail": r.detail,
+                    **record_ids(r.record.value),
                 },
             )
 

@@ -18,6 +18,7 @@ the DLQ instead of skipping records it could not park.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from schemas.dead_letter import (
     redrive_headers,
 )
 from schemas.topics import DLQ_MAX_MESSAGE_BYTES
-from stream_runtime.batch import Rejected
+from stream_runtime.batch import Rejected, record_ids
 
 
 def dead_letter_producer(bootstrap_servers: str, client_id: str) -> AIOKafkaProducer:
@@ -55,10 +56,17 @@ class DeadLetterProducer:
     letter's headers. The value and key are the rejected record's own bytes, untouched.
     """
 
-    def __init__(self, producer: AIOKafkaProducer, topic: str, rejected_by: str) -> None:
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        topic: str,
+        rejected_by: str,
+        log: logging.Logger | None = None,
+    ) -> None:
         self.producer = producer
         self.topic = topic
         self.rejected_by = rejected_by
+        self.log = log
         self.sent = 0
 
     async def __call__(self, rejects: Sequence[Rejected]) -> None:
@@ -90,6 +98,20 @@ class DeadLetterProducer:
             )
         await asyncio.gather(*futures)
         self.sent += len(rejects)
+        if self.log is not None:
+            # One line per dead letter, with the ids an operator searches for.
+            for r in rejects:
+                self.log.warning(
+                    "record dead-lettered",
+                    extra={
+                        "topic": r.record.topic,
+                        "partition": r.record.partition,
+                        "offset": r.record.offset,
+                        "reason": r.reason,
+                        "detail": r.detail,
+                        **record_ids(r.record.value),
+                    },
+                )
 
 
 # --------------------------------------------------------------------------- operators

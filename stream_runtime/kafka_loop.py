@@ -59,6 +59,7 @@ from typing import Any, Final, Generic, NamedTuple, Protocol, TypeVar
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from stream_runtime.batch import RecordLike, SummableReport, commit_offsets, first_offsets
+from stream_runtime.metrics import LAG_EVERY_S, ProcessorMetrics
 
 #: Seconds between two progress log lines.
 PROGRESS_EVERY_S: Final = 10.0
@@ -212,6 +213,9 @@ class KafkaBatchProcessor(abc.ABC, Generic[ReportT]):
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._last_progress = time.monotonic()
+        self._last_lag = 0.0
+        #: Served on ``MAB_METRICS_PORT`` by :func:`stream_runtime.process.run_until_signal`.
+        self.metrics = ProcessorMetrics()
 
     # ----------------------------------------------------------------- service hooks
     @property
@@ -340,6 +344,7 @@ class KafkaBatchProcessor(abc.ABC, Generic[ReportT]):
         records: list[RecordLike] = list(to_records(messages, self.log))
         if records:
             await self._process(records, stop)
+        await self._maybe_update_lag()
         self._maybe_log_progress()
         return len(records)
 
@@ -399,14 +404,17 @@ class KafkaBatchProcessor(abc.ABC, Generic[ReportT]):
         try:
             report = await self._handle(records)
         except Exception:
+            self.metrics.failed_batches.inc()
             self.log.exception("batch failed; rewinding to retry", extra={"records": len(records)})
             self._rewind(records)
             await self._sleep(self.loop_settings.retry_backoff_s, stop)
             return
-        self.handle_seconds += time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        self.handle_seconds += seconds
         await self._commit(records)
         self._account(report)
         self.batches += 1
+        self.metrics.batch(len(records), seconds, report)
 
     def _rewind(self, records: list[RecordLike]) -> None:
         assert self._consumer is not None
@@ -438,6 +446,15 @@ class KafkaBatchProcessor(abc.ABC, Generic[ReportT]):
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+    async def _maybe_update_lag(self) -> None:
+        """Consumer lag per assigned partition (see :meth:`partition_lag`), at most once
+        per second; cached watermarks, so no broker round trip."""
+        now = time.monotonic()
+        if now - self._last_lag < LAG_EVERY_S or self._consumer is None:
+            return
+        self._last_lag = now
+        self.metrics.set_lag(self.partition_lag())
 
     def _maybe_log_progress(self) -> None:
         now = time.monotonic()

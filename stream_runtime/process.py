@@ -16,6 +16,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
+from prometheus_client import CollectorRegistry
+
+from stream_runtime.metrics import serve
 
 _STD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 
@@ -45,9 +48,20 @@ def configure_logging(level: str) -> None:
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, root.level))
 
 
-def run_until_signal(log_level: str, run: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-    """Configure logs, then ``await run(stop)`` where ``stop`` is set by SIGTERM/SIGINT."""
+def run_until_signal(
+    log_level: str,
+    run: Callable[[asyncio.Event], Awaitable[None]],
+    *,
+    metrics: CollectorRegistry | None = None,
+    metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
+) -> None:
+    """Configure logs, serve ``metrics`` on ``metrics_port`` (if both are given), then
+    ``await run(stop)`` where ``stop`` is set by SIGTERM/SIGINT."""
     configure_logging(log_level)
+    server = None
+    if metrics is not None:
+        server = serve(metrics, metrics_port, metrics_host, logging.getLogger("stream_runtime"))
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -56,4 +70,8 @@ def run_until_signal(log_level: str, run: Callable[[asyncio.Event], Awaitable[No
             loop.add_signal_handler(sig, stop.set)
         await run(stop)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        if server is not None:
+            server.close()

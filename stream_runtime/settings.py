@@ -8,7 +8,7 @@ no alias table to keep in sync with the docs.
 
 from __future__ import annotations
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.redis_keys import RedisKeys
@@ -28,6 +28,9 @@ class StreamSettings(BaseSettings):
     mab_topic_prefix: str = ""
     mab_redis_prefix: str = ""
     log_level: str = "INFO"
+    #: Prometheus exporter (``/metrics``); unset: none. ``mab up`` picks a free port.
+    mab_metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    mab_metrics_host: str = "127.0.0.1"
 
     @field_validator("log_level")
     @classmethod

@@ -16,17 +16,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import orjson
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, status
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bandit_core.state import ExperimentState
 from bandit_core.strategies import InvalidParamsError, validate_params
@@ -39,6 +43,14 @@ from schemas.events import (
 from schemas.ids import ID_MAX_LEN, ID_PATTERN, MAX_ARMS
 from schemas.redis_keys import BucketKind, RedisKeys
 from schemas.topics import TopicNames
+from services.decider.auth import (
+    ADMIN,
+    ADMIN_RESPONSES,
+    BODY_RESPONSES,
+    CLIENT,
+    CLIENT_RESPONSES,
+    AuthPolicy,
+)
 from services.decider.decisions import DecisionCache
 from services.decider.errors import not_found as _not_found
 from services.decider.evaluation import router as evaluation_router
@@ -48,6 +60,8 @@ from services.decider.hot_path import (
     serve_reward,
     serve_rewards,
 )
+from services.decider.limits import CorsPolicy, RateLimiter
+from services.decider.metrics import DeciderMetrics
 from services.decider.models import (
     ArmsAdd,
     ArmStatsPublic,
@@ -66,6 +80,7 @@ from services.decider.models import (
     StatsPublic,
 )
 from services.decider.producer import EventLogUnavailableError, EventProducer
+from services.decider.readiness import ReadinessProbe
 from services.decider.settings import DeciderSettings
 from services.decider.store import (
     ArmsExistError,
@@ -83,8 +98,12 @@ from services.decider.timeseries import (
     resolve_range,
     winner_changes,
 )
+from stream_runtime.process import JsonFormatter
 
 log = logging.getLogger("services.decider")
+
+#: Far beyond any real number of experiments, far below Redis' 64-bit range indexes.
+MAX_LIST_OFFSET = 1_000_000_000
 
 
 class OrjsonResponse(JSONResponse):
@@ -104,6 +123,27 @@ class Runtime:
     producer: EventProducer
     cache: DecisionCache
     topics: TopicNames
+    auth: AuthPolicy
+    limiter: RateLimiter | None
+    cors: CorsPolicy
+    metrics: DeciderMetrics
+    readiness: ReadinessProbe
+    _command_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = field(
+        default_factory=weakref.WeakValueDictionary
+    )
+
+    def command_lock(self, experiment_id: str) -> asyncio.Lock:
+        """Serialises the commands of one experiment in this process, from the Redis
+        write to Kafka's ack. Without it two racing commands could store versions 2 and
+        3 but log 3 before 2 (their Redis replies and sends interleave), and a replay of
+        the experiments topic would end on the older config. Commands are rare; the
+        hot path never takes it. (Several decider processes can still interleave: a
+        replay must keep the highest ``config.version``, see docs/security.md.)"""
+        lock = self._command_locks.get(experiment_id)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._command_locks[experiment_id] = lock
+        return lock
 
 
 async def get_runtime(request: Request) -> Runtime:
@@ -141,8 +181,14 @@ _E503 = {"model": ErrorPublic, "description": "Redis or Kafka unavailable; safe 
 
 
 def _configure_logging(level: str) -> None:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """One JSON object per line (the stream processors' format), with ``extra=`` fields
+    such as ``decision_id``; left alone when the host (pytest, an embedding app) has
+    configured logging already."""
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(JsonFormatter())
+        root.addHandler(handler)
     log.setLevel(level)
     logging.getLogger("services").setLevel(level)
 
@@ -177,13 +223,42 @@ def create_app(settings: DeciderSettings | None = None) -> FastAPI:
             propensity_samples=cfg.propensity_samples,
             degraded_max_age_s=cfg.snapshot_degraded_max_age_s,
         )
+        auth = AuthPolicy.parse(
+            cfg.admin_key.get_secret_value() if cfg.admin_key else None,
+            cfg.client_keys.get_secret_value() if cfg.client_keys else None,
+        )
+        limiter = (
+            RateLimiter(cfg.rate_limit_per_s, cfg.rate_limit_burst)
+            if cfg.rate_limit_per_s is not None
+            else None
+        )
         await producer.start(cfg.kafka_start_timeout_s)
-        app.state.runtime = Runtime(cfg, redis, store, producer, cache, topics)
-        log.info(
-            "decider started: strategy=%s topics=%s redis_prefix=%r",
-            cfg.active_strategy,
+        metrics.delivery = lambda: producer.stats
+        app.state.auth = auth
+        app.state.runtime = Runtime(
+            cfg,
+            redis,
+            store,
+            producer,
+            cache,
             topics,
-            cfg.redis_prefix,
+            auth=auth,
+            limiter=limiter,
+            cors=CorsPolicy(cfg.cors_origins),
+            metrics=metrics,
+            readiness=ReadinessProbe(redis, producer, cfg.ready_timeout_s, cfg.ready_cache_s),
+        )
+        log.info(
+            "decider started",
+            extra={
+                "strategy": cfg.active_strategy,
+                "topics": str(topics),
+                "redis_prefix": cfg.redis_prefix,
+                "admin_key": auth.admin_required,
+                "client_keys": auth.client_required,
+                "cors_origins": cfg.cors_origins,
+                "rate_limit_per_s": cfg.rate_limit_per_s,
+            },
         )
         try:
             yield
@@ -192,10 +267,12 @@ def create_app(settings: DeciderSettings | None = None) -> FastAPI:
             await redis.aclose()
             s = producer.stats
             log.info(
-                "decider stopped: decision events enqueued=%d delivered=%d failed=%d",
-                s.enqueued,
-                s.delivered,
-                s.failed,
+                "decider stopped",
+                extra={
+                    "decisions_enqueued": s.enqueued,
+                    "decisions_delivered": s.delivered,
+                    "decisions_failed": s.failed,
+                },
             )
 
     app = FastAPI(
@@ -209,6 +286,8 @@ def create_app(settings: DeciderSettings | None = None) -> FastAPI:
         default_response_class=OrjsonResponse,
         lifespan=lifespan,
     )
+    metrics = DeciderMetrics()
+    app.state.metrics = metrics
     _install_error_handlers(app)
     _add_routes(app)
     app.include_router(evaluation_router)
@@ -229,6 +308,16 @@ def _install_error_handlers(app: FastAPI) -> None:
             for e in exc.errors()
         ]
         return OrjsonResponse({"detail": errors}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # FastAPI answers an undecodable body (not JSON, not UTF-8) with a bare 400; every
+        # other invalid input is a 422, so this one is too, with a clearer message.
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            return OrjsonResponse(
+                {"detail": "request body is not valid JSON (UTF-8)"}, status_code=422
+            )
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(RedisError)
     async def redis_error(request: Request, exc: RedisError) -> Response:
@@ -270,7 +359,8 @@ def _add_routes(app: FastAPI) -> None:
         tags=["ops"],
         summary="Readiness",
         description="200 only when Redis answers PING and Kafka answers a metadata request "
-        "listing our topics, each within the ready timeout (1 s); else 503 naming the failure.",
+        "listing our topics, each within the ready timeout (1 s); else 503 naming the failure. "
+        "The verdict is reused for `MAB_READY_CACHE_S` (1 s), so probes cannot amplify load.",
         responses={
             503: {
                 "model": ReadyPublic,
@@ -288,26 +378,22 @@ def _add_routes(app: FastAPI) -> None:
         },
     )
     async def ready(rt: RuntimeDep) -> Response:
-        timeout = rt.settings.ready_timeout_s
+        body = await rt.readiness.verdict()
+        return OrjsonResponse(body, status_code=200 if body["status"] == "ready" else 503)
 
-        async def redis_check() -> str:
-            try:
-                async with asyncio.timeout(timeout):
-                    await rt.redis.ping()
-                return "ok"
-            except TimeoutError:
-                return f"no PONG within {timeout}s"
-            except RedisError as exc:
-                return f"error: {exc!r}"
-
-        redis_state, kafka_state = await asyncio.gather(redis_check(), rt.producer.check(timeout))
-        ok = redis_state == "ok" and kafka_state == "ok"
-        body = {
-            "status": "ready" if ok else "not_ready",
-            "redis": redis_state,
-            "kafka": kafka_state,
-        }
-        return OrjsonResponse(body, status_code=200 if ok else 503)
+    @app.get(
+        "/metrics",
+        tags=["ops"],
+        summary="Prometheus metrics",
+        description="Request latency histograms per route, decisions per strategy, rewards "
+        "per outcome, decision-event delivery counters and process metrics, in the "
+        "Prometheus text format. Open like /health: restrict it by network in production.",
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+    )
+    async def metrics(request: Request) -> Response:
+        registry = request.app.state.metrics.registry
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post(
         "/experiments",
@@ -318,7 +404,8 @@ def _add_routes(app: FastAPI) -> None:
         description="Validates ids, arms and strategy params, stores the config atomically "
         "(exactly one of many racing creates wins) and logs `ExperimentCreated`; the 201 "
         "comes after Kafka's ack. Nothing is stored when validation fails.",
-        responses={409: _E409, 422: _E422, 503: _E503},
+        responses={409: _E409, 422: _E422, 503: _E503, **ADMIN_RESPONSES, **BODY_RESPONSES},
+        dependencies=[ADMIN],
     )
     async def create_experiment(body: ExperimentCreate, rt: RuntimeDep) -> ExperimentPublic:
         if body.strategy is not None:
@@ -339,14 +426,15 @@ def _add_routes(app: FastAPI) -> None:
             created_ts=now,
             updated_ts=now,
         )
-        result = await rt.store.create(config)
-        if result is None:
-            raise HTTPException(
-                status.HTTP_409_CONFLICT, f"experiment {body.experiment_id!r} already exists"
-            )
-        await rt.store.add_to_index(config)
-        event = ExperimentCreated(experiment_id=config.experiment_id, ts=now, config=config)
-        await _log_or_undo(rt, result, event, create=True)
+        async with rt.command_lock(config.experiment_id):
+            result = await rt.store.create(config)
+            if result is None:
+                raise HTTPException(
+                    status.HTTP_409_CONFLICT, f"experiment {body.experiment_id!r} already exists"
+                )
+            await rt.store.add_to_index(config)
+            event = ExperimentCreated(experiment_id=config.experiment_id, ts=now, config=config)
+            await _log_or_undo(rt, result, event, create=True)
         return ExperimentPublic.of(config)
 
     @app.get(
@@ -355,10 +443,13 @@ def _add_routes(app: FastAPI) -> None:
         tags=["experiments"],
         summary="List experiments",
         description="All experiments in creation order (paginated by offset/limit).",
+        responses={**CLIENT_RESPONSES},
+        dependencies=[CLIENT],
     )
     async def list_experiments(
         rt: RuntimeDep,
-        offset: Annotated[int, Query(ge=0, description="Skip this many.")] = 0,
+        # Bounded: Redis ranges are signed 64-bit, a larger offset was a RedisError (503).
+        offset: Annotated[int, Query(ge=0, le=MAX_LIST_OFFSET, description="Skip this many.")] = 0,
         limit: Annotated[int, Query(ge=1, le=1000, description="At most this many.")] = 100,
     ) -> list[ExperimentPublic]:
         return [ExperimentPublic.of(c) for c in await rt.store.list_configs(offset, limit)]
@@ -369,7 +460,8 @@ def _add_routes(app: FastAPI) -> None:
         tags=["experiments"],
         summary="Get an experiment",
         description="The stored configuration (arms in insertion order, strategy, params).",
-        responses={404: _E404},
+        responses={404: _E404, **CLIENT_RESPONSES},
+        dependencies=[CLIENT],
     )
     async def get_experiment(experiment_id: ExperimentIdPath, rt: RuntimeDep) -> ExperimentPublic:
         config = await rt.store.get_config(experiment_id)
@@ -385,33 +477,42 @@ def _add_routes(app: FastAPI) -> None:
         description="Appends new arms atomically (concurrent calls never lose an arm) and "
         f"logs `ArmsAdded`. 409 if any arm already exists; 422 beyond {MAX_ARMS} arms. "
         "Existing statistics are untouched.",
-        responses={404: _E404, 409: _E409, 422: _E422, 503: _E503},
+        responses={
+            404: _E404,
+            409: _E409,
+            422: _E422,
+            503: _E503,
+            **ADMIN_RESPONSES,
+            **BODY_RESPONSES,
+        },
+        dependencies=[ADMIN],
     )
     async def add_arms(
         experiment_id: ExperimentIdPath, body: ArmsAdd, rt: RuntimeDep
     ) -> ExperimentPublic:
-        try:
-            result = await rt.store.add_arms(experiment_id, list(body.arm_ids), MAX_ARMS)
-        except ExperimentMissingError:
-            raise _not_found(experiment_id) from None
-        except ArmsExistError as exc:
-            raise HTTPException(
-                status.HTTP_409_CONFLICT,
-                f"arms already in experiment {experiment_id!r}: {exc.arm_ids}",
-            ) from None
-        except TooManyArmsError as exc:
-            raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_CONTENT,
-                f"experiment {experiment_id!r} has {exc.current} arms; adding "
-                f"{len(body.arm_ids)} would exceed the maximum of {MAX_ARMS}",
-            ) from None
-        event = ArmsAdded(
-            experiment_id=experiment_id,
-            ts=result.config.updated_ts,
-            added_arm_ids=tuple(body.arm_ids),
-            config=result.config,
-        )
-        await _log_or_undo(rt, result, event, create=False)
+        async with rt.command_lock(experiment_id):
+            try:
+                result = await rt.store.add_arms(experiment_id, list(body.arm_ids), MAX_ARMS)
+            except ExperimentMissingError:
+                raise _not_found(experiment_id) from None
+            except ArmsExistError as exc:
+                raise HTTPException(
+                    status.HTTP_409_CONFLICT,
+                    f"arms already in experiment {experiment_id!r}: {exc.arm_ids}",
+                ) from None
+            except TooManyArmsError as exc:
+                raise HTTPException(
+                    status.HTTP_422_UNPROCESSABLE_CONTENT,
+                    f"experiment {experiment_id!r} has {exc.current} arms; adding "
+                    f"{len(body.arm_ids)} would exceed the maximum of {MAX_ARMS}",
+                ) from None
+            event = ArmsAdded(
+                experiment_id=experiment_id,
+                ts=result.config.updated_ts,
+                added_arm_ids=tuple(body.arm_ids),
+                config=result.config,
+            )
+            await _log_or_undo(rt, result, event, create=False)
         return ExperimentPublic.of(result.config)
 
     @app.post(
@@ -421,23 +522,25 @@ def _add_routes(app: FastAPI) -> None:
         summary="Hot-swap the strategy",
         description="Changes strategy and params atomically and logs `StrategyChanged`. "
         "Arm statistics are strategy-independent, so no data is lost.",
-        responses={404: _E404, 422: _E422, 503: _E503},
+        responses={404: _E404, 422: _E422, 503: _E503, **ADMIN_RESPONSES, **BODY_RESPONSES},
+        dependencies=[ADMIN],
     )
     async def change_strategy(body: ConfigUpdate, rt: RuntimeDep) -> ConfigPublic:
         params = dict(body.strategy_params or {})
-        try:
-            result = await rt.store.set_strategy(body.experiment_id, body.strategy, params)
-        except ExperimentMissingError:
-            raise _not_found(body.experiment_id) from None
-        previous = ExperimentConfig.model_validate_json(result.previous_raw)
-        event = StrategyChanged(
-            experiment_id=body.experiment_id,
-            ts=result.config.updated_ts,
-            previous_strategy=previous.strategy,
-            previous_params=previous.strategy_params,
-            config=result.config,
-        )
-        await _log_or_undo(rt, result, event, create=False)
+        async with rt.command_lock(body.experiment_id):
+            try:
+                result = await rt.store.set_strategy(body.experiment_id, body.strategy, params)
+            except ExperimentMissingError:
+                raise _not_found(body.experiment_id) from None
+            previous = ExperimentConfig.model_validate_json(result.previous_raw)
+            event = StrategyChanged(
+                experiment_id=body.experiment_id,
+                ts=result.config.updated_ts,
+                previous_strategy=previous.strategy,
+                previous_params=previous.strategy_params,
+                config=result.config,
+            )
+            await _log_or_undo(rt, result, event, create=False)
         c = result.config
         return ConfigPublic(
             experiment_id=c.experiment_id,
@@ -455,7 +558,8 @@ def _add_routes(app: FastAPI) -> None:
         "`snapshot_max_staleness_s` old (a cache miss reads Redis, so a new experiment "
         "is decidable at once). Logs `DecisionMade` with its id and propensity without "
         "waiting for Kafka. Send `decision_id` back with the reward.",
-        responses={404: _E404, 422: _E422, 503: _E503},
+        responses={404: _E404, 422: _E422, 503: _E503, **CLIENT_RESPONSES},
+        dependencies=[CLIENT],
     )
     async def decide(experiment_id: ExperimentIdQuery, rt: RuntimeDep) -> Response:
         # Well-formed requests are normally answered by DecisionFastPath with this same
@@ -486,7 +590,10 @@ def _add_routes(app: FastAPI) -> None:
                     }
                 },
             },
+            **CLIENT_RESPONSES,
+            **BODY_RESPONSES,
         },
+        dependencies=[CLIENT],
     )
     async def reward(body: RewardCreate, rt: RuntimeDep) -> RewardPublic:
         # Well-formed JSON bodies are normally answered by DecisionFastPath with this
@@ -510,7 +617,10 @@ def _add_routes(app: FastAPI) -> None:
                 "description": "Not all recorded; retry with the same event_ids to stay "
                 "idempotent.",
             },
+            **CLIENT_RESPONSES,
+            **BODY_RESPONSES,
         },
+        dependencies=[CLIENT],
     )
     async def rewards(body: RewardsCreate, rt: RuntimeDep) -> RewardsPublic:
         return await serve_rewards(rt, body.rewards)
@@ -522,7 +632,8 @@ def _add_routes(app: FastAPI) -> None:
         summary="Arm statistics",
         description="Per arm in config order: rewards observed (pulls), reward sum, mean, "
         "decisions served and the current propensity; read fresh from Redis (no cache).",
-        responses={404: _E404},
+        responses={404: _E404, **CLIENT_RESPONSES},
+        dependencies=[CLIENT],
     )
     async def stats(experiment_id: ExperimentIdPath, rt: RuntimeDep) -> StatsPublic:
         config_raw, snap_raw = await rt.store.get_config_and_snapshot(experiment_id)
@@ -565,7 +676,8 @@ def _add_routes(app: FastAPI) -> None:
         "20 rewards). `from`/`to`: unix seconds or ISO 8601, default the last 48 hours "
         "(hour) or 60 minutes (minute); at most 31 days (hour) or 24 hours (minute) "
         "apart. Contract: docs/timeseries-api.md.",
-        responses={404: _E404, 422: _E422, 503: _E503},
+        responses={404: _E404, 422: _E422, 503: _E503, **CLIENT_RESPONSES},
+        dependencies=[CLIENT],
     )
     async def timeseries(
         experiment_id: ExperimentIdPath,

@@ -38,7 +38,15 @@ from bandit_core.fold import reward_rejection
 from schemas.events import SCHEMA_VERSION, ExperimentConfig, RewardObserved
 from schemas.ids import is_valid_id
 from schemas.topics import partition_key
+from services.decider.auth import Access, Denial
 from services.decider.errors import reward_rejected
+from services.decider.limits import (
+    RATE_LIMITED,
+    BodyTooLargeError,
+    limited_receive,
+    retry_after,
+    too_large_body,
+)
 from services.decider.models import RewardCreate, RewardPublic, RewardsPublic
 from services.decider.producer import EventLogUnavailableError
 
@@ -119,6 +127,18 @@ async def serve_decision(rt: Runtime, experiment_id: str) -> bytes | None:
         degraded,
     )
     await rt.producer.send_nowait(rt.topics.decisions, partition_key(experiment_id), record)
+    rt.metrics.decision(config.strategy)
+    if log.isEnabledFor(logging.DEBUG):  # thousands per second: opt-in (LOG_LEVEL=DEBUG)
+        log.debug(
+            "decision served",
+            extra={
+                "experiment_id": experiment_id,
+                "decision_id": decision_id,
+                "arm_id": arm_id,
+                "propensity": propensity,
+                "degraded": degraded,
+            },
+        )
     return orjson.dumps(
         {
             "experiment_id": experiment_id,
@@ -165,12 +185,41 @@ async def reward_rejection_now(
     return reason, config
 
 
-def _log_unavailable(what: str, exc: EventLogUnavailableError) -> HTTPException:
-    log.error("%s not logged: %s", what, exc)
+def _log_unavailable(
+    rt: Runtime, events: Sequence[RewardObserved], exc: EventLogUnavailableError
+) -> HTTPException:
+    """Count and log rewards Kafka did not acknowledge; the 503 tells the client to retry."""
+    for _ in events:
+        rt.metrics.reward("unavailable")
+    first = events[0]
+    log.error(
+        "reward not logged",
+        extra={
+            "experiment_id": first.experiment_id,
+            "decision_id": first.decision_id,
+            "rewards": len(events),
+            "error": str(exc),
+        },
+    )
     return HTTPException(
         status.HTTP_503_SERVICE_UNAVAILABLE,
         "reward not recorded: event log unavailable, retry",
     )
+
+
+def _log_accepted(rt: Runtime, events: Sequence[RewardObserved]) -> None:
+    for _ in events:
+        rt.metrics.reward("accepted")
+    if log.isEnabledFor(logging.DEBUG):
+        for event in events:
+            log.debug(
+                "reward logged",
+                extra={
+                    "experiment_id": event.experiment_id,
+                    "decision_id": event.decision_id,
+                    "event_id": event.event_id,
+                },
+            )
 
 
 async def serve_reward(rt: Runtime, body: RewardCreate) -> RewardPublic:
@@ -181,11 +230,23 @@ async def serve_reward(rt: Runtime, body: RewardCreate) -> RewardPublic:
     event = reward_event(body)
     reason, config = await reward_rejection_now(rt, event)
     if reason is not None or config is None:
-        raise reward_rejected(reason or "unknown_experiment", event, config)
+        reason = reason or "unknown_experiment"
+        rt.metrics.reward(reason)
+        log.info(
+            "reward rejected",
+            extra={
+                "experiment_id": event.experiment_id,
+                "decision_id": event.decision_id,
+                "arm_id": event.arm_id,
+                "reason": reason,
+            },
+        )
+        raise reward_rejected(reason, event, config)
     try:
         await rt.producer.publish(rt.topics.rewards, event)
     except EventLogUnavailableError as exc:
-        raise _log_unavailable(f"reward for {body.experiment_id}", exc) from None
+        raise _log_unavailable(rt, [event], exc) from None
+    _log_accepted(rt, [event])
     return RewardPublic(
         experiment_id=event.experiment_id,
         arm_id=event.arm_id,
@@ -240,93 +301,236 @@ async def serve_rewards(rt: Runtime, items: Sequence[object]) -> RewardsPublic:
     try:
         await asyncio.gather(*(rt.producer.publish(rt.topics.rewards, ev) for ev in events))
     except EventLogUnavailableError as exc:
-        raise _log_unavailable(f"batch of {len(events)} rewards", exc) from None
+        raise _log_unavailable(rt, events, exc) from None
+    _log_accepted(rt, events)
     return RewardsPublic(accepted=len(events), event_ids=[ev.event_id for ev in events])
 
 
-async def _respond(send: Send, status_code: int, body: bytes) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status_code,
-            "headers": [*_HEADERS, (b"content-length", b"%d" % len(body))],
-        }
-    )
+Headers = list[tuple[bytes, bytes]]
+
+#: Paths that never need a key nor count against a rate limit (docs/security.md).
+OPEN_PATHS = frozenset(
+    {"/health", "/ready", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+)
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_HOT_PATHS = frozenset({"/decision", "/reward"})
+
+
+async def _respond(send: Send, status_code: int, body: bytes, extra: Headers | None = None) -> None:
+    headers = [*_HEADERS, (b"content-length", b"%d" % len(body))]
+    if extra:
+        headers += extra
+    await send({"type": "http.response.start", "status": status_code, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
 class DecisionFastPath:
-    """The decider's outermost ASGI app: hot requests first, FastAPI for everything else.
+    """The decider's outermost ASGI app: the edge checks, hot requests, then FastAPI.
 
     It wraps the FastAPI app from the outside (not as a Starlette middleware), so a hot
     request skips FastAPI's whole middleware stack too; lifespan and every other request
-    go to FastAPI untouched.
+    go to FastAPI untouched. Every HTTP request passes the same edge first: body size
+    limit, rate limit per key, request metrics and CORS headers; the two hot routes also
+    check their API key here (the other routes check it in a FastAPI dependency, so the
+    OpenAPI document shows it). All of it reads settings built once at start-up.
     """
 
     def __init__(self, api: FastAPI) -> None:
         self.app: ASGIApp = api
         self.api = api
+        self._cors_app: ASGIApp | None = None
+
+    def _downstream(self, runtime: Runtime) -> ASGIApp:
+        """FastAPI, behind Starlette's CORS middleware when origins are configured."""
+        if not runtime.cors.enabled:
+            return self.app
+        if self._cors_app is None:
+            from starlette.middleware.cors import CORSMiddleware
+
+            self._cors_app = CORSMiddleware(
+                self.app,
+                allow_origins=runtime.cors.origin_list,
+                allow_methods=["GET", "POST", "PUT"],
+                allow_headers=["Authorization", "Content-Type"],
+                max_age=600,
+            )
+        return self._cors_app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            path, method = scope["path"], scope["method"]
+        runtime: Runtime | None = getattr(self.api.state, "runtime", None)
+        if scope["type"] != "http" or runtime is None:
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        path: str = scope["path"]
+        method: str = scope["method"]
+        authorization = origin = length = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value
+            elif name == b"origin":
+                origin = value
+            elif name == b"content-length":
+                length = value
+        cors = runtime.cors.headers_for(origin) if runtime.cors.enabled else []
+        # Never the raw path as a label (unbounded); FastAPI's route template replaces it.
+        route = path if path in _HOT_PATHS else "unmatched"
+        status_code = 0
+        try:
+            if method in _BODY_METHODS:
+                limit = runtime.settings.max_body_bytes
+                if length is not None and (not length.isdigit() or int(length) > limit):
+                    status_code = 413
+                    await _respond(send, 413, too_large_body(limit), cors)
+                    return
+                receive = limited_receive(receive, limit)
+            limiter = runtime.limiter
+            if limiter is not None and method != "OPTIONS" and path not in OPEN_PATHS:
+                who = runtime.auth.principal(authorization) if runtime.auth.enabled else None
+                if who is None:
+                    client = scope.get("client")
+                    who = f"addr:{client[0] if client else '?'}"
+                wait = limiter.acquire(who)
+                if wait > 0.0:
+                    status_code = 429
+                    await _respond(
+                        send, 429, RATE_LIMITED, [(b"retry-after", retry_after(wait)), *cors]
+                    )
+                    return
             if path == "/decision" and method == "GET":
-                body = await self._try(scope)
+                denial = runtime.auth.check(authorization, Access.CLIENT)
+                if denial is not None:
+                    status_code = denial.status
+                    await _respond(send, denial.status, denial.body, _denial_headers(denial, cors))
+                    return
+                body = await self._try(scope, runtime)
                 if body is not None:
-                    await _respond(send, 200, body)
+                    status_code = 200
+                    await _respond(send, 200, body, cors)
                     return
             elif path == "/reward" and method == "POST":
-                await self._reward(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+                denial = runtime.auth.check(authorization, Access.CLIENT)
+                if denial is not None:
+                    status_code = denial.status
+                    await _respond(send, denial.status, denial.body, _denial_headers(denial, cors))
+                    return
+                status_code = await self._reward(scope, receive, send, runtime, cors)
+                if status_code:
+                    return
+            status_code, route = await self._forward(scope, receive, send, runtime)
+        finally:
+            runtime.metrics.request(route, method, status_code, time.perf_counter() - started)
 
-    async def _reward(self, scope: Scope, receive: Receive, send: Send) -> None:
-        runtime = getattr(self.api.state, "runtime", None)
+    async def _forward(
+        self, scope: Scope, receive: Receive, send: Send, runtime: Runtime
+    ) -> tuple[int, str]:
+        """Hand the request to FastAPI; returns the status sent and the route template.
+
+        A body that outgrows the limit while FastAPI reads it is answered 413 here, and
+        FastAPI sees a disconnect (it would turn any exception raised while reading into
+        a 400); whatever it sends afterwards is dropped.
+        """
+        status_code = 0
+        cut = False
+        cors = runtime.cors.headers_for(_header(scope, b"origin")) if runtime.cors.enabled else []
+
+        async def guarded() -> Message:
+            nonlocal status_code, cut
+            try:
+                return await receive()
+            except BodyTooLargeError:
+                if not status_code:
+                    status_code, cut = 413, True
+                    limit = runtime.settings.max_body_bytes
+                    await _respond(send, 413, too_large_body(limit), cors)
+                return {"type": "http.disconnect"}
+
+        async def watch(message: Message) -> None:
+            nonlocal status_code
+            if cut:
+                return
+            if message["type"] == "http.response.start":
+                status_code = message["status"]
+            await send(message)
+
+        await self._downstream(runtime)(scope, guarded, watch)
+        matched = scope.get("route")
+        route = getattr(matched, "path", None) or "unmatched"
+        return status_code, route
+
+    async def _reward(
+        self, scope: Scope, receive: Receive, send: Send, runtime: Runtime, cors: Headers
+    ) -> int:
+        """Serve a well-formed reward; ``0``: not answered (FastAPI must), else the status."""
         headers = dict(scope["headers"])
         raw = b""
         more = True
-        while more and len(raw) <= _MAX_FAST_BODY:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # client went away
-            raw += message.get("body", b"")
-            more = message.get("more_body", False)
+        try:
+            while more and len(raw) <= _MAX_FAST_BODY:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return 499  # client went away
+                raw += message.get("body", b"")
+                more = message.get("more_body", False)
+        except BodyTooLargeError:
+            await _respond(send, 413, too_large_body(runtime.settings.max_body_bytes), cors)
+            return 413
         parsed: RewardCreate | None = None
-        if (
-            runtime is not None
-            and not more
-            and headers.get(b"content-type", b"").startswith(b"application/json")
-        ):
+        if not more and headers.get(b"content-type", b"").startswith(b"application/json"):
             try:
                 parsed = RewardCreate.model_validate_json(raw)
             except ValidationError:
                 parsed = None
-        if runtime is None or parsed is None:
-            await self.app(scope, _replay(raw, more, receive), send)
-            return
+        if parsed is None:
+            # Hand FastAPI the body already read: its validation errors keep their format.
+            return await self._replay_to_api(scope, raw, more, receive, send, runtime)
         try:
             public = await serve_reward(runtime, parsed)
         except HTTPException as exc:
-            await _respond(send, exc.status_code, orjson.dumps({"detail": exc.detail}))
-            return
+            await _respond(send, exc.status_code, orjson.dumps({"detail": exc.detail}), cors)
+            return exc.status_code
         except RedisError as exc:
             log.error("redis error on POST /reward: %r", exc)
-            await _respond(send, 503, b'{"detail":"state store unavailable, retry"}')
-            return
-        await _respond(send, 200, orjson.dumps(public.model_dump()))
+            await _respond(send, 503, b'{"detail":"state store unavailable, retry"}', cors)
+            return 503
+        await _respond(send, 200, orjson.dumps(public.model_dump()), cors)
+        return 200
 
-    async def _try(self, scope: Scope) -> bytes | None:
+    async def _replay_to_api(
+        self,
+        scope: Scope,
+        raw: bytes,
+        more: bool,
+        receive: Receive,
+        send: Send,
+        runtime: Runtime,
+    ) -> int:
+        status_code, _ = await self._forward(scope, _replay(raw, more, receive), send, runtime)
+        return status_code or 500
+
+    async def _try(self, scope: Scope, runtime: Runtime) -> bytes | None:
         query: bytes = scope["query_string"]
         if not query.startswith(_PREFIX) or b"&" in query:
             return None
         experiment_id = unquote(query[len(_PREFIX) :].decode("latin-1"))
-        runtime = getattr(self.api.state, "runtime", None)
-        if runtime is None or not is_valid_id(experiment_id):
+        if not is_valid_id(experiment_id):
             return None
         try:
             return await serve_decision(runtime, experiment_id)
         except RedisError:
             return None  # the route answers 503 with the documented body
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None
+
+
+def _denial_headers(denial: Denial, cors: Headers) -> Headers:
+    extra = denial.raw_headers()[1:]  # content-type is sent by _respond
+    return [*extra, *cors]
 
 
 def _replay(first: bytes, more: bool, receive: Receive) -> Receive:

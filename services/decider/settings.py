@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bandit_core.strategies import STRATEGIES, normalize_strategy_name
@@ -129,6 +129,52 @@ class DeciderSettings(BaseSettings):
         description="Off-policy evaluation: Monte Carlo draws per decision (Thompson targets).",
     )
     ready_timeout_s: float = Field(default=1.0, gt=0.0)
+    ready_cache_s: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=60.0,
+        validation_alias=_env("ready_cache_s", "MAB_READY_CACHE_S"),
+        description="How long a /ready verdict is reused, so probes never amplify load "
+        "onto Redis and Kafka.",
+    )
+    # -- security (docs/security.md) ------------------------------------------------------
+    admin_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=_env("admin_key", "MAB_ADMIN_KEY"),
+        description="Bearer token of admin calls (create, add arms, config). Unset: admin "
+        "calls are open, as in the seed (`mab up` always sets one).",
+    )
+    client_keys: SecretStr | None = Field(
+        default=None,
+        validation_alias=_env("client_keys", "MAB_CLIENT_KEYS"),
+        description="Comma-separated bearer tokens of clients (decision, reward, reads). "
+        "Unset: those calls are open.",
+    )
+    cors_origins: str = Field(
+        default="",
+        validation_alias=_env("cors_origins", "MAB_CORS_ORIGINS"),
+        description="Comma-separated origins allowed by CORS; empty: no CORS headers at all.",
+    )
+    max_body_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        validation_alias=_env("max_body_bytes", "MAB_MAX_BODY_BYTES"),
+        description="Larger request bodies get 413 before they are read.",
+    )
+    rate_limit_per_s: float | None = Field(
+        default=None,
+        gt=0.0,
+        validation_alias=_env("rate_limit_per_s", "MAB_RATE_LIMIT_PER_S"),
+        description="Requests per second per key (per client address when unauthenticated), "
+        "per worker process; unset: no limit.",
+    )
+    rate_limit_burst: float | None = Field(
+        default=None,
+        ge=1.0,
+        validation_alias=_env("rate_limit_burst", "MAB_RATE_LIMIT_BURST"),
+        description="Token bucket size; default: one second of the rate (at least 1).",
+    )
 
     @field_validator("active_strategy")
     @classmethod
@@ -140,3 +186,11 @@ class DeciderSettings(BaseSettings):
         if name not in STRATEGIES:
             raise ValueError(f"unknown strategy {v!r}; known: {sorted(STRATEGIES)}")
         return name
+
+    @field_validator("admin_key", "client_keys", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, v: object) -> object:
+        """``MAB_ADMIN_KEY=`` (empty) means unset, never "the empty key"."""
+        if isinstance(v, str) and not v.strip():
+            return None
+        return v

@@ -8,4 +8,11 @@ from stream_runtime.process import run_until_signal
 
 if __name__ == "__main__":
     settings = ProjectorSettings()
-    run_until_signal(settings.log_level, Projector(settings).run)
+    processor = Projector(settings)
+    run_until_signal(
+        settings.log_level,
+        processor.run,
+        metrics=processor.metrics.registry,
+        metrics_port=settings.mab_metrics_port,
+        metrics_host=settings.mab_metrics_host,
+    )

@@ -86,7 +86,10 @@ class RewardConsumer(KafkaBatchProcessor[BatchReport]):
         self._producer = dead_letter_producer(s.kafka_bootstrap_servers, client_id)
         await self._producer.start()
         sink = self.dead_letter or DeadLetterProducer(
-            self._producer, self.topics.rewards_dlq, rejected_by=f"{s.group_id}/{client_id}"
+            self._producer,
+            self.topics.rewards_dlq,
+            rejected_by=f"{s.group_id}/{client_id}",
+            log=log,
         )
         self._handler = BatchHandler(
             ConsumerStore(self._redis, s.keys),

@@ -97,7 +97,8 @@ def services(kafka_bootstrap: str, redis_url: str) -> Iterator[Services]:
     )
     svc.start_consumer()
     try:
-        wait_ready(f"{svc.api_url}/ready", decider, svc.logs["decider"])
+        # A cold start on a loaded 2-core machine imports for 15+ s before it listens.
+        wait_ready(f"{svc.api_url}/ready", decider, svc.logs["decider"], timeout=90)
         yield svc
     finally:
         svc.stop_all()

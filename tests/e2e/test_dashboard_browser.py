@@ -26,6 +26,7 @@ import httpx
 import pytest
 
 from deploy.local_stack import free_port
+from mab_client import MabClient, MabError
 from tests.e2e.conftest import ARTIFACTS, Services
 
 pytestmark = pytest.mark.e2e
@@ -60,7 +61,7 @@ def _wait(pred: Callable[[], Any], timeout: float, what: str, interval: float = 
     while time.monotonic() < deadline:
         try:
             last = pred()
-        except (httpx.HTTPError, WebDriverException) as exc:
+        except (httpx.HTTPError, MabError, WebDriverException) as exc:
             last = exc
         else:
             if last:
@@ -78,41 +79,27 @@ def traffic(services: Services) -> dict[str, str]:
     empty = f"{services.ns}empty-test"
     exp = f"{services.ns}cta-button-test"
     rng = random.Random(7)
-    with httpx.Client(base_url=services.api_url, timeout=10) as c:
+    with MabClient(services.api_url, timeout=10) as mab:
         for exp_id in (empty, exp):
-            r = c.post(
-                "/experiments",
-                json={"experiment_id": exp_id, "arm_ids": list(ARMS), "strategy": "thompson"},
-            )
-            assert r.status_code == 201, r.text
+            mab.create_experiment(exp_id, list(ARMS), strategy="thompson")
         # Two bursts in two different minutes, so the per-minute charts show a shift.
         for burst, (n, rates) in enumerate(zip(BURSTS, (ARMS, SHIFTED), strict=True)):
             if burst:
                 time.sleep(60.5 - time.time() % 60)  # into the next minute bucket
             for _ in range(n):
-                d = c.get("/decision", params={"experiment_id": exp}).json()
-                reward = 1.0 if rng.random() < rates[d["arm_id"]] else 0.0
-                r = c.post(
-                    "/reward",
-                    json={
-                        "experiment_id": exp,
-                        "arm_id": d["arm_id"],
-                        "reward": reward,
-                        "decision_id": d["decision_id"],
-                    },
-                )
-                assert r.status_code == 200, r.text
+                d = mab.decide(exp)
+                mab.reward_for(d, 1.0 if rng.random() < rates[d.arm_id] else 0.0)
 
-        def folded() -> bool:
-            arms = c.get(f"/experiments/{exp}/stats").json()["arms"]
-            return bool(sum(a["pulls"] for a in arms) == DECISIONS)
-
-        _wait(folded, 30, "the reward consumer to fold every reward")
+        _wait(
+            lambda: mab.stats(exp).total_pulls == DECISIONS,
+            30,
+            "the reward consumer to fold every reward",
+        )
         if HAS_PROJECTOR:
 
             def projected() -> bool:
-                ts = c.get(f"/experiments/{exp}/timeseries", params={"bucket": "minute"}).json()
-                return bool(sum(p["rewards"] for p in ts.get("points", [])) == DECISIONS)
+                points = mab.timeseries(exp, bucket="minute").points
+                return sum(p.rewards for p in points) == DECISIONS
 
             _wait(projected, 30, "the projector to bucket every reward")
     return {"empty": empty, "exp": exp}

@@ -1,8 +1,8 @@
 """End to end: the seed document's workflow over HTTP against real processes.
 
 The decider (``python -m services.decider``) and the reward consumer run as subprocesses
-against the real Kafka broker and Redis; nothing is faked. Each test talks HTTP only, exactly like a
-storefront would.
+against the real Kafka broker and Redis; nothing is faked. Each test talks to the API
+through the SDK (``mab_client``), exactly like a storefront back end would.
 """
 
 from __future__ import annotations
@@ -12,11 +12,16 @@ import random
 import statistics
 import time
 from collections.abc import Callable
-from typing import Any
 
 import httpx
 import pytest
 
+from mab_client import (
+    AsyncMabClient,
+    ConflictError,
+    NotFoundError,
+    Stats,
+)
 from tests.e2e.conftest import Services
 
 pytestmark = pytest.mark.e2e
@@ -24,108 +29,100 @@ pytestmark = pytest.mark.e2e
 SEED_ARMS = ["lifestyle-photo", "white-background", "in-use-photo"]
 
 
-async def _wait_stats(
-    client: httpx.AsyncClient, exp: str, pred: Callable[[dict[str, Any]], bool]
-) -> dict[str, Any]:
+async def _wait_stats(mab: AsyncMabClient, exp: str, pred: Callable[[Stats], bool]) -> Stats:
     """Poll the stats until ``pred`` holds (the fold is asynchronous by design)."""
-    body: dict[str, Any] = {}
+    stats: Stats | None = None
     try:
         async with asyncio.timeout(20):
             while True:
-                r = await client.get(f"/experiments/{exp}/stats")
-                assert r.status_code == 200, r.text
-                body = r.json()
-                if pred(body):
-                    return body
+                stats = await mab.stats(exp)
+                if pred(stats):
+                    return stats
                 await asyncio.sleep(0.01)
     except TimeoutError:
-        raise AssertionError(f"stats never satisfied the condition: {body}") from None
+        raise AssertionError(f"stats never satisfied the condition: {stats}") from None
 
 
-def _pulls_are(arm_id: str, n: int) -> Callable[[dict[str, Any]], bool]:
-    return lambda body: bool(_arm(body, arm_id)["pulls"] == n)
-
-
-def _arm(body: dict[str, Any], arm_id: str) -> dict[str, Any]:
-    return next(a for a in body["arms"] if a["arm_id"] == arm_id)
+def _pulls_are(arm_id: str, n: int) -> Callable[[Stats], bool]:
+    return lambda stats: stats.arm(arm_id).pulls == n
 
 
 async def test_seed_complete_example_workflow(services: Services) -> None:
     """Scenario: the seed README's "Complete Example Workflow", step by step.
     We expect: every status code and field the seed names, plus our additive ids."""
     exp = f"{services.ns}product-image-test"
-    async with httpx.AsyncClient(base_url=services.api_url, timeout=10) as c:
-        assert (await c.get("/health")).json() == {"status": "ok"}
+    async with AsyncMabClient(services.api_url, timeout=10) as mab:
+        assert await mab.health()
 
-        r = await c.post(
-            "/experiments",
-            json={"experiment_id": exp, "arm_ids": SEED_ARMS, "strategy": "thompson"},
+        created = await mab.create_experiment(exp, SEED_ARMS, strategy="thompson")
+        assert created.experiment_id == exp
+        assert created.arm_ids == SEED_ARMS
+        assert created.strategy == "thompson"
+        assert created.strategy_params == {}
+
+        d = await mab.decide(exp)
+        assert d.experiment_id == exp
+        assert d.arm_id in SEED_ARMS
+        assert d.strategy == "thompson"
+        assert d.arms == SEED_ARMS
+        assert d.decision_id
+        assert 0 < d.propensity <= 1
+
+        receipt = await mab.reward(exp, "lifestyle-photo", 1.0)
+        assert receipt.status == "ok"
+        assert receipt.experiment_id == exp
+        assert receipt.arm_id == "lifestyle-photo"
+        assert receipt.strategy == "thompson"
+        await mab.reward(exp, "white-background", 0.0)
+
+        assert (await mab.get_experiment(exp)).arm_ids == SEED_ARMS
+
+        grown = await mab.add_arms(exp, ["orange-button", "purple-button"])
+        assert grown.arm_ids == [*SEED_ARMS, "orange-button", "purple-button"]
+
+        swapped = await mab.set_strategy(exp, "ucb1")
+        assert (swapped.experiment_id, swapped.strategy, swapped.strategy_params) == (
+            exp,
+            "ucb1",
+            {},
         )
-        assert r.status_code == 201, r.text
-        body = r.json()
-        assert body["experiment_id"] == exp
-        assert body["arm_ids"] == SEED_ARMS
-        assert body["strategy"] == "thompson"
-        assert body["strategy_params"] == {}
-
-        r = await c.get("/decision", params={"experiment_id": exp})
-        assert r.status_code == 200, r.text
-        d = r.json()
-        assert d["experiment_id"] == exp
-        assert d["arm_id"] in SEED_ARMS
-        assert d["strategy"] == "thompson"
-        assert d["metadata"] == {"arms": SEED_ARMS}
-        assert d["decision_id"]
-        assert 0 < d["propensity"] <= 1
-
-        r = await c.post(
-            "/reward", json={"experiment_id": exp, "arm_id": "lifestyle-photo", "reward": 1.0}
-        )
-        assert r.status_code == 200, r.text
-        assert r.json()["status"] == "ok"
-        assert r.json()["experiment_id"] == exp
-        assert r.json()["arm_id"] == "lifestyle-photo"
-        assert r.json()["strategy"] == "thompson"
-
-        r = await c.post(
-            "/reward", json={"experiment_id": exp, "arm_id": "white-background", "reward": 0.0}
-        )
-        assert r.status_code == 200, r.text
-
-        r = await c.get(f"/experiments/{exp}")
-        assert r.status_code == 200
-        assert r.json()["arm_ids"] == SEED_ARMS
-
-        r = await c.post(
-            f"/experiments/{exp}/arms", json={"arm_ids": ["orange-button", "purple-button"]}
-        )
-        assert r.status_code == 200, r.text
-        assert r.json()["arm_ids"] == [*SEED_ARMS, "orange-button", "purple-button"]
-
-        r = await c.post("/config", json={"experiment_id": exp, "strategy": "ucb1"})
-        assert r.status_code == 200, r.text
-        assert r.json() == {
-            "experiment_id": exp,
-            "strategy": "ucb1",
-            "strategy_params": {},
-            **{
-                k: v
-                for k, v in r.json().items()
-                if k not in {"experiment_id", "strategy", "strategy_params"}
-            },
-        }
 
         # The two rewards were folded by the consumer, and survived the hot-swap.
-        stats = await _wait_stats(c, exp, lambda b: sum(a["pulls"] for a in b["arms"]) == 2)
-        assert _arm(stats, "lifestyle-photo")["reward_sum"] == 1.0
-        assert _arm(stats, "white-background")["pulls"] == 1
-        assert stats["strategy"] == "ucb1"
+        stats = await _wait_stats(mab, exp, lambda s: s.total_pulls == 2)
+        assert stats.arm("lifestyle-photo").reward_sum == 1.0
+        assert stats.arm("white-background").pulls == 1
+        assert stats.strategy == "ucb1"
 
         # Seed error statuses.
-        assert (await c.get("/experiments/nope-does-not-exist")).status_code == 404
-        assert (await c.get("/decision", params={"experiment_id": "nope-x"})).status_code == 404
-        r = await c.post("/experiments", json={"experiment_id": exp, "arm_ids": ["a", "b"]})
-        assert r.status_code == 409
+        with pytest.raises(NotFoundError):
+            await mab.get_experiment("nope-does-not-exist")
+        with pytest.raises(NotFoundError):
+            await mab.decide("nope-x")
+        with pytest.raises(ConflictError):
+            await mab.create_experiment(exp, ["a", "b"])
+
+
+async def test_retried_rewards_count_once(services: Services) -> None:
+    """Scenario: a storefront resends rewards after a lost answer (same event id, the SDK's
+    retry), and resends a decision's reward with a new event id.
+    We expect: each reward counts once (event id and decision id dedupe), bulk included."""
+    exp = f"{services.ns}retried"
+    async with AsyncMabClient(services.api_url, timeout=10) as mab:
+        await mab.create_experiment(exp, ["a", "b"])
+        first = await mab.reward(exp, "a", 1.0)
+        again = await mab.reward(exp, "a", 1.0, event_id=first.event_id)
+        assert again.event_id == first.event_id
+        d = await mab.decide(exp)
+        await mab.reward_for(d, 1.0)
+        await mab.reward_for(d, 1.0)  # new event id, same decision: still one reward
+        # A last reward on an arm no decision could pick: one experiment's events are
+        # folded in order, so once it shows, every duplicate before it was seen.
+        await mab.add_arms(exp, ["end"])
+        await mab.reward(exp, "end", 0.0)
+        stats = await _wait_stats(mab, exp, _pulls_are("end", 1))
+        assert stats.arm("a").pulls == 1 + (d.arm_id == "a")
+        assert stats.arm("b").pulls == int(d.arm_id == "b")
+        assert stats.total_pulls == 3
 
 
 async def test_reward_lag_is_bounded(services: Services) -> None:
@@ -133,18 +130,16 @@ async def test_reward_lag_is_bounded(services: Services) -> None:
     We expect: stats reflect exactly N, and we report the fold lag p50/p99."""
     exp = f"{services.ns}lag"
     n = 200
-    async with httpx.AsyncClient(base_url=services.api_url, timeout=10) as c:
-        r = await c.post("/experiments", json={"experiment_id": exp, "arm_ids": ["a", "b"]})
-        assert r.status_code == 201
+    async with AsyncMabClient(services.api_url, timeout=10) as mab:
+        await mab.create_experiment(exp, ["a", "b"])
         lags: list[float] = []
         for i in range(n):
             t0 = time.perf_counter()
-            r = await c.post("/reward", json={"experiment_id": exp, "arm_id": "a", "reward": 1})
-            assert r.status_code == 200
-            await _wait_stats(c, exp, _pulls_are("a", i + 1))
+            await mab.reward(exp, "a", 1.0)
+            await _wait_stats(mab, exp, _pulls_are("a", i + 1))
             lags.append(time.perf_counter() - t0)
-        final = await _wait_stats(c, exp, lambda b: _arm(b, "a")["pulls"] == n)
-        assert _arm(final, "a")["reward_sum"] == n
+        final = await _wait_stats(mab, exp, _pulls_are("a", n))
+        assert final.arm("a").reward_sum == n
         lags.sort()
         p50 = statistics.median(lags)
         p99 = lags[int(0.99 * (len(lags) - 1))]
@@ -162,31 +157,17 @@ async def test_learning_end_to_end(services: Services, strategy: str) -> None:
     rng = random.Random(7)
     served: list[str] = []
     total = 3000
-    async with httpx.AsyncClient(
-        base_url=services.api_url, timeout=10, limits=httpx.Limits(max_connections=32)
-    ) as c:
-        r = await c.post(
-            "/experiments",
-            json={"experiment_id": exp, "arm_ids": ["low", "high"], "strategy": strategy},
-        )
-        assert r.status_code == 201, r.text
+    async with AsyncMabClient(
+        services.api_url, timeout=10, limits=httpx.Limits(max_connections=32)
+    ) as mab:
+        await mab.create_experiment(exp, ["low", "high"], strategy=strategy)
         counter = iter(range(total))
 
         async def visitor() -> None:
             for _ in counter:
-                d = (await c.get("/decision", params={"experiment_id": exp})).json()
-                served.append(d["arm_id"])
-                reward = 1.0 if rng.random() < rates[d["arm_id"]] else 0.0
-                r = await c.post(
-                    "/reward",
-                    json={
-                        "experiment_id": exp,
-                        "arm_id": d["arm_id"],
-                        "reward": reward,
-                        "decision_id": d["decision_id"],
-                    },
-                )
-                assert r.status_code == 200, r.text
+                d = await mab.decide(exp)
+                served.append(d.arm_id)
+                await mab.reward_for(d, 1.0 if rng.random() < rates[d.arm_id] else 0.0)
 
         # Few visitors: httpx's pool degrades under high client concurrency and only
         # the client would get slower; the learning signal is the same.
@@ -202,32 +183,16 @@ async def test_seeded_thompson_spreads_and_hot_swap_keeps_data(services: Service
     We expect: 200 decisions cover all three arms (no re-seeding per request); after
     thompson -> ucb1 the pulls and means are unchanged."""
     exp = f"{services.ns}seeded"
-    async with httpx.AsyncClient(base_url=services.api_url, timeout=10) as c:
-        r = await c.post(
-            "/experiments",
-            json={
-                "experiment_id": exp,
-                "arm_ids": ["x", "y", "z"],
-                "strategy": "thompson",
-                "strategy_params": {"seed": 42},
-            },
-        )
-        assert r.status_code == 201
-        arms = [
-            (await c.get("/decision", params={"experiment_id": exp})).json()["arm_id"]
-            for _ in range(200)
-        ]
+    async with AsyncMabClient(services.api_url, timeout=10) as mab:
+        await mab.create_experiment(exp, ["x", "y", "z"], "thompson", {"seed": 42})
+        arms = [(await mab.decide(exp)).arm_id for _ in range(200)]
         assert set(arms) == {"x", "y", "z"}
         for arm, reward in [("x", 1.0), ("x", 0.0), ("y", 1.0)]:
-            r = await c.post(
-                "/reward", json={"experiment_id": exp, "arm_id": arm, "reward": reward}
-            )
-            assert r.status_code == 200
-        before = await _wait_stats(c, exp, lambda b: sum(a["pulls"] for a in b["arms"]) == 3)
-        r = await c.post("/config", json={"experiment_id": exp, "strategy": "ucb1"})
-        assert r.status_code == 200
-        after = (await c.get(f"/experiments/{exp}/stats")).json()
+            await mab.reward(exp, arm, reward)
+        before = await _wait_stats(mab, exp, lambda s: s.total_pulls == 3)
+        await mab.set_strategy(exp, "ucb1")
+        after = await mab.stats(exp)
         for arm in ("x", "y", "z"):
-            assert _arm(after, arm)["pulls"] == _arm(before, arm)["pulls"]
-            assert _arm(after, arm)["mean"] == _arm(before, arm)["mean"]
-        assert after["strategy"] == "ucb1"
+            assert after.arm(arm).pulls == before.arm(arm).pulls
+            assert after.arm(arm).mean == before.arm(arm).mean
+        assert after.strategy == "ucb1"

@@ -2,31 +2,58 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import httpx
+import pytest
 import pytest_asyncio
 
 from services.decider.app import create_asgi
+from services.decider.hot_path import DecisionFastPath
 from services.decider.settings import DeciderSettings
 
+#: ``decider_settings(**overrides)``: the settings of a decider on this test's namespace.
+SettingsFactory = Callable[..., DeciderSettings]
 
-@pytest_asyncio.fixture
-async def client(
-    kafka_bootstrap: str, redis_url: str, ns: str, topics: dict[str, int]
-) -> AsyncIterator[httpx.AsyncClient]:
-    """The served decider app (hot path in front of FastAPI) on the real Kafka + Redis."""
-    settings = DeciderSettings(
-        redis_url=redis_url,
-        kafka_bootstrap_servers=kafka_bootstrap,
-        topic_prefix=ns,
-        redis_prefix=ns,
-    )
+
+@contextlib.asynccontextmanager
+async def serve_decider(
+    settings: DeciderSettings, headers: dict[str, str] | None = None
+) -> AsyncIterator[tuple[httpx.AsyncClient, DecisionFastPath]]:
+    """The served decider app (hot path in front of FastAPI) in-process, with its client."""
     asgi = create_asgi(settings)
     async with (
         asgi.api.router.lifespan_context(asgi.api),
         httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=asgi), base_url="http://decider", timeout=30
+            transport=httpx.ASGITransport(app=asgi),
+            base_url="http://decider",
+            timeout=30,
+            headers=headers,
         ) as c,
     ):
+        yield c, asgi
+
+
+@pytest.fixture
+def decider_settings(
+    kafka_bootstrap: str, redis_url: str, ns: str, topics: dict[str, int]
+) -> SettingsFactory:
+    def make(**overrides: Any) -> DeciderSettings:
+        return DeciderSettings(
+            redis_url=redis_url,
+            kafka_bootstrap_servers=kafka_bootstrap,
+            topic_prefix=ns,
+            redis_prefix=ns,
+            **overrides,
+        )
+
+    return make
+
+
+@pytest_asyncio.fixture
+async def client(decider_settings: SettingsFactory) -> AsyncIterator[httpx.AsyncClient]:
+    """The served decider app (no API keys: the seed's open mode) on the real Kafka + Redis."""
+    async with serve_decider(decider_settings()) as (c, _):
         yield c

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import jsonschema  # type: ignore[import-untyped]
+import jsonschema
 import orjson
 import pytest
 
-from schemas.codec import DecodeError, decode_reward
-from schemas.producer_contract import (
+from mab_cli.producer_contract import (
     ASYNCAPI_FILE,
     CONTRACT_DIR,
     SCHEMA_FILE,
@@ -18,6 +17,7 @@ from schemas.producer_contract import (
     generated,
     stale,
 )
+from schemas.codec import DecodeError, decode_reward
 from schemas.topics import DECISIONS, REWARDS, REWARDS_DLQ
 
 pytestmark = pytest.mark.unit

@@ -30,7 +30,9 @@ from schemas.topics import DECISIONS, REWARDS, REWARDS_DLQ
 
 #: Bumped on any change of the documents (minor: additive; major = SCHEMA_VERSION).
 CONTRACT_VERSION: Final = f"{SCHEMA_VERSION}.0.0"
-CONTRACT_DIR: Final = Path(__file__).resolve().parent / "contract" / f"v{SCHEMA_VERSION}"
+CONTRACT_DIR: Final = (
+    Path(__file__).resolve().parents[1] / "schemas" / "contract" / f"v{SCHEMA_VERSION}"
+)
 SCHEMA_FILE: Final = "reward-record.schema.json"
 ASYNCAPI_FILE: Final = "asyncapi.json"
 

@@ -1,0 +1,73 @@
+"""The seed's Locust scenario: a storefront's traffic mix against the decider.
+
+Five ``GET /decision`` per ``POST /reward`` (decisions are per page view, conversions are
+rarer), the experiment created on start by every user with ``409`` expected when users
+race, Thompson sampling (the production default). Rewards carry their decision's id, so
+the load exercises the joined path. Locust's own HTTP client is used (not ``mab_client``)
+so that every request is one measured sample, retries included.
+
+    locust -f bench/locustfile.py --host http://127.0.0.1:8000
+    # headless, CSV export (the seed's evidence run):
+    locust -f bench/locustfile.py --host http://127.0.0.1:8000 --headless \
+        -u 50 -r 10 -t 1m --csv bench-results/locust
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import Any
+
+from locust import HttpUser, between, task
+
+EXPERIMENT = os.environ.get("MAB_LOCUST_EXPERIMENT", "locust-cta-test")
+ARMS = ["blue-button", "green-button", "red-button"]
+#: True conversion rates of the simulated visitors (green converts best).
+RATES = {"blue-button": 0.05, "green-button": 0.12, "red-button": 0.08}
+
+
+class Storefront(HttpUser):
+    """One storefront back end: decides per page view, reports some conversions."""
+
+    wait_time = between(0.01, 0.05)
+
+    def on_start(self) -> None:
+        self.pending: list[dict[str, Any]] = []
+        body = {"experiment_id": EXPERIMENT, "arm_ids": ARMS, "strategy": "thompson"}
+        with self.client.post(
+            "/experiments", json=body, name="/experiments", catch_response=True
+        ) as resp:
+            if resp.status_code in (201, 409):
+                resp.success()
+            else:
+                resp.failure(f"create: HTTP {resp.status_code}")
+
+    @task(5)
+    def decision(self) -> None:
+        with self.client.get(
+            "/decision",
+            params={"experiment_id": EXPERIMENT},
+            name="/decision",
+            catch_response=True,
+        ) as resp:
+            if resp.status_code != 200:
+                resp.failure(f"decision: HTTP {resp.status_code}")
+                return
+            self.pending.append(resp.json())
+            del self.pending[:-100]  # keep the newest decisions only
+
+    @task(1)
+    def reward(self) -> None:
+        if not self.pending:
+            return
+        d = self.pending.pop(random.randrange(len(self.pending)))
+        converted = random.random() < RATES.get(d["arm_id"], 0.0)
+        body = {
+            "experiment_id": EXPERIMENT,
+            "arm_id": d["arm_id"],
+            "reward": 1.0 if converted else 0.0,
+            "decision_id": d["decision_id"],
+        }
+        with self.client.post("/reward", json=body, name="/reward", catch_response=True) as r:
+            if r.status_code != 200:
+                r.failure(f"reward: HTTP {r.status_code}")

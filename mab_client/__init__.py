@@ -1,0 +1,57 @@
+"""Python SDK of the MAB decider: decisions, rewards (single and bulk), experiments, stats.
+
+``MabClient`` for synchronous code, ``AsyncMabClient`` for asyncio; both on httpx, with
+bounded timeouts, typed results and errors, and retries only where a retry is safe.
+"""
+
+from mab_client.calls import Retry, RetryPolicy
+from mab_client.client import AsyncMabClient, MabClient
+from mab_client.errors import (
+    ApiError,
+    AuthError,
+    ConflictError,
+    MabError,
+    MabTransportError,
+    NotFoundError,
+    RequestValidationError,
+    UnavailableError,
+    UnexpectedResponseError,
+)
+from mab_client.models import (
+    ArmStats,
+    Decision,
+    Experiment,
+    Ready,
+    RewardItem,
+    RewardReceipt,
+    Stats,
+    StrategyConfig,
+    Timeseries,
+    TimeseriesPoint,
+)
+
+__all__ = [
+    "ApiError",
+    "ArmStats",
+    "AsyncMabClient",
+    "AuthError",
+    "ConflictError",
+    "Decision",
+    "Experiment",
+    "MabClient",
+    "MabError",
+    "MabTransportError",
+    "NotFoundError",
+    "Ready",
+    "RequestValidationError",
+    "Retry",
+    "RetryPolicy",
+    "RewardItem",
+    "RewardReceipt",
+    "Stats",
+    "StrategyConfig",
+    "Timeseries",
+    "TimeseriesPoint",
+    "UnavailableError",
+    "UnexpectedResponseError",
+]

@@ -1,0 +1,275 @@
+"""What each API call sends, when it may be retried and how its answer is read.
+
+Both clients (sync and async) run the same :class:`Call` objects, so the request shapes,
+the retry rules and the response parsing exist once; only the sending loop differs.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import httpx
+from pydantic import ValidationError
+
+from mab_client.errors import UnexpectedResponseError, error_for
+from mab_client.models import (
+    Decision,
+    Experiment,
+    Ready,
+    RewardItem,
+    RewardReceipt,
+    Stats,
+    StrategyConfig,
+    Timeseries,
+    new_event_id,
+)
+
+T = TypeVar("T")
+
+#: Transport failures worth another attempt (a wrong URL scheme or proxy setup is not).
+RETRY_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+
+#: Statuses that mean "not applied, try again": the decider's 503, and what a proxy or
+#: ingress in front of restarting pods answers.
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+
+
+class Retry(enum.Enum):
+    """When a call may be sent again."""
+
+    #: Never: the first answer is final.
+    NONE = "none"
+    #: Only after a retryable status: the server said it applied nothing (commands roll
+    #: back on 503), but after a timeout the command may have been applied.
+    UNAPPLIED = "unapplied"
+    #: Also after a transport error or timeout: sending twice has the effect of once
+    #: (reads; rewards, which carry an ``event_id`` the consumer deduplicates).
+    IDEMPOTENT = "idempotent"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff with jitter, bounded in attempts and per-wait delay."""
+
+    max_attempts: int = 4
+    backoff_base_s: float = 0.1
+    backoff_max_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be >= 1")
+        if self.backoff_base_s < 0 or self.backoff_max_s < self.backoff_base_s:
+            raise ValueError("need 0 <= backoff_base_s <= backoff_max_s")
+
+    def delay(self, failures: int, rng: random.Random, retry_after: float | None = None) -> float:
+        """Wait before attempt ``failures + 1``: half fixed, half random ("equal jitter"),
+        so clients that failed together do not retry together; a server's Retry-After
+        is honoured up to ``backoff_max_s``."""
+        cap = min(self.backoff_max_s, self.backoff_base_s * 2.0 ** max(failures - 1, 0))
+        wait = cap / 2 + rng.uniform(0, cap / 2)
+        if retry_after is not None:
+            wait = max(wait, min(retry_after, self.backoff_max_s))
+        return wait
+
+
+@dataclass(frozen=True, slots=True)
+class Call(Generic[T]):
+    """One API call: the request, its success statuses, its retry rule and its parser."""
+
+    method: str
+    path: str
+    parse: Callable[[Any], T]
+    retry: Retry
+    params: Mapping[str, str | int] | None = None
+    json: Any = None
+    ok: frozenset[int] = field(default_factory=lambda: frozenset({200}))
+
+    def result(self, response: httpx.Response) -> T:
+        """The parsed answer, or the typed error of an error status."""
+        if response.status_code in self.ok:
+            try:
+                return self.parse(response.json())
+            except (ValueError, KeyError, TypeError, ValidationError) as exc:
+                raise UnexpectedResponseError(
+                    f"{self.method} {self.path}: HTTP {response.status_code} with an "
+                    f"unexpected body ({exc.__class__.__name__}): {response.text[:300]!r}"
+                ) from None
+        raise error_for(response.status_code, _detail(response), self.method, self.path)
+
+
+def retry_after_s(response: httpx.Response) -> float | None:
+    """``Retry-After`` in seconds, when the server sent a number."""
+    raw = response.headers.get("retry-after")
+    try:
+        return max(0.0, float(raw)) if raw is not None else None
+    except ValueError:
+        return None
+
+
+def _detail(response: httpx.Response) -> Any:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:500]
+    return body.get("detail", body) if isinstance(body, dict) else body
+
+
+# ------------------------------------------------------------------------------ calls
+
+
+def health() -> Call[bool]:
+    return Call("GET", "/health", lambda b: b.get("status") == "ok", Retry.IDEMPOTENT)
+
+
+def ready() -> Call[Ready]:
+    """200 and 503 both carry the readiness body: not-ready is an answer, not an error."""
+    return Call("GET", "/ready", Ready.model_validate, Retry.NONE, ok=frozenset({200, 503}))
+
+
+def create_experiment(
+    experiment_id: str,
+    arm_ids: Sequence[str],
+    strategy: str | None = None,
+    strategy_params: Mapping[str, Any] | None = None,
+) -> Call[Experiment]:
+    body: dict[str, Any] = {"experiment_id": experiment_id, "arm_ids": list(arm_ids)}
+    if strategy is not None:
+        body["strategy"] = strategy
+    if strategy_params is not None:
+        body["strategy_params"] = dict(strategy_params)
+    return Call(
+        "POST",
+        "/experiments",
+        Experiment.model_validate,
+        Retry.UNAPPLIED,
+        json=body,
+        ok=frozenset({201}),
+    )
+
+
+def get_experiment(experiment_id: str) -> Call[Experiment]:
+    return Call(
+        "GET",
+        f"/experiments/{_segment(experiment_id)}",
+        Experiment.model_validate,
+        Retry.IDEMPOTENT,
+    )
+
+
+def list_experiments(offset: int = 0, limit: int = 100) -> Call[list[Experiment]]:
+    return Call(
+        "GET",
+        "/experiments",
+        lambda b: [Experiment.model_validate(e) for e in b],
+        Retry.IDEMPOTENT,
+        params={"offset": offset, "limit": limit},
+    )
+
+
+def add_arms(experiment_id: str, arm_ids: Sequence[str]) -> Call[Experiment]:
+    return Call(
+        "POST",
+        f"/experiments/{_segment(experiment_id)}/arms",
+        Experiment.model_validate,
+        Retry.UNAPPLIED,
+        json={"arm_ids": list(arm_ids)},
+    )
+
+
+def set_strategy(
+    experiment_id: str, strategy: str, strategy_params: Mapping[str, Any] | None = None
+) -> Call[StrategyConfig]:
+    body: dict[str, Any] = {"experiment_id": experiment_id, "strategy": strategy}
+    if strategy_params is not None:
+        body["strategy_params"] = dict(strategy_params)
+    return Call("POST", "/config", StrategyConfig.model_validate, Retry.UNAPPLIED, json=body)
+
+
+def decide(experiment_id: str) -> Call[Decision]:
+    # A retried decision may leave the first one without a reward: harmless (decisions
+    # without rewards are the norm), so decisions retry like reads.
+    return Call(
+        "GET",
+        "/decision",
+        Decision.from_body,
+        Retry.IDEMPOTENT,
+        params={"experiment_id": experiment_id},
+    )
+
+
+def reward(item: RewardItem) -> Call[RewardReceipt]:
+    return Call("POST", "/reward", RewardReceipt.model_validate, Retry.IDEMPOTENT, json=item.body())
+
+
+def bulk_rewards(items: Sequence[RewardItem]) -> Call[int]:
+    """``POST /rewards``: all items or none (422 lists the bad items); answers the count.
+
+    Every item carries its own ``event_id``, so resending the whole batch after a
+    timeout counts each reward once.
+    """
+    if not items:
+        raise ValueError("bulk_rewards needs at least one reward")
+    return Call(
+        "POST",
+        "/rewards",
+        lambda b: int(b["accepted"]),
+        Retry.IDEMPOTENT,
+        json={"rewards": [i.body() for i in items]},
+    )
+
+
+def stats(experiment_id: str) -> Call[Stats]:
+    return Call(
+        "GET",
+        f"/experiments/{_segment(experiment_id)}/stats",
+        Stats.model_validate,
+        Retry.IDEMPOTENT,
+    )
+
+
+def timeseries(
+    experiment_id: str,
+    bucket: str = "hour",
+    start: float | str | None = None,
+    end: float | str | None = None,
+) -> Call[Timeseries]:
+    params: dict[str, str | int] = {"bucket": bucket}
+    if start is not None:
+        params["from"] = str(start)
+    if end is not None:
+        params["to"] = str(end)
+    return Call(
+        "GET",
+        f"/experiments/{_segment(experiment_id)}/timeseries",
+        Timeseries.model_validate,
+        Retry.IDEMPOTENT,
+        params=params,
+    )
+
+
+def reward_item(
+    experiment_id: str,
+    arm_id: str,
+    value: float,
+    decision_id: str | None,
+    event_id: str | None,
+) -> RewardItem:
+    return RewardItem(
+        experiment_id=experiment_id,
+        arm_id=arm_id,
+        reward=value,
+        decision_id=decision_id,
+        event_id=event_id or new_event_id(),
+    )
+
+
+def _segment(experiment_id: str) -> str:
+    """A path segment: ids are restricted by the server, but a caller's typo must give a
+    404/422 answer, never a request to another route."""
+    if not experiment_id or "/" in experiment_id or experiment_id in {".", ".."}:
+        raise ValueError(f"invalid experiment id {experiment_id!r}")
+    return experiment_id

@@ -1,0 +1,62 @@
+"""``python -m stream_runtime.probe``: exit 0 when Redis answers PING and a Kafka bootstrap
+server accepts a TCP connection, else exit 1 naming what failed.
+
+The stream processors serve no HTTP, so containers (compose healthcheck, Kubernetes exec
+probe) use this as readiness: a consumer that cannot reach Redis or Kafka makes no
+progress. It reads the same settings class as the processors, so it checks exactly the
+endpoints they use; every check is bounded by a short timeout.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+
+import redis
+
+from stream_runtime.settings import StreamSettings
+
+TIMEOUT_S = 2.0
+
+
+def _split_host_port(server: str) -> tuple[str, int]:
+    host, _, port = server.strip().rpartition(":")
+    return host.strip("[]") or "localhost", int(port)
+
+
+def check_kafka(bootstrap: str, timeout: float = TIMEOUT_S) -> str:
+    """``ok`` when any bootstrap server accepts a connection, else the errors."""
+    errors: list[str] = []
+    for server in filter(None, (s.strip() for s in bootstrap.split(","))):
+        try:
+            host, port = _split_host_port(server)
+            with socket.create_connection((host, port), timeout=timeout):
+                return "ok"
+        except (OSError, ValueError) as exc:
+            errors.append(f"{server}: {exc}")
+    return "; ".join(errors) or "no bootstrap servers configured"
+
+
+def check_redis(url: str, timeout: float = TIMEOUT_S) -> str:
+    client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    try:
+        return "ok" if client.ping() else "no PONG"
+    except redis.RedisError as exc:
+        return f"{exc}"
+    finally:
+        client.close()
+
+
+def main() -> int:
+    settings = StreamSettings()
+    results = {
+        "kafka": check_kafka(settings.kafka_bootstrap_servers),
+        "redis": check_redis(settings.redis_url),
+    }
+    failed = {k: v for k, v in results.items() if v != "ok"}
+    print("ready" if not failed else f"not ready: {failed}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""The stream processors' container probe against the real Kafka and Redis."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from deploy.local_stack import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def _probe(bootstrap: str, redis_url: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "REDIS_URL": redis_url}
+    return subprocess.run(
+        [sys.executable, "-m", "stream_runtime.probe"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_probe_passes_when_both_answer_and_names_what_is_down(
+    kafka_bootstrap: str, redis_url: str
+) -> None:
+    ok = _probe(kafka_bootstrap, redis_url)
+    assert (ok.returncode, ok.stdout.strip()) == (0, "ready")
+
+    closed = free_port()
+    no_kafka = _probe(f"127.0.0.1:{closed}", redis_url)
+    assert no_kafka.returncode == 1
+    assert "kafka" in no_kafka.stdout
+    assert "redis" not in no_kafka.stdout
+
+    no_redis = _probe(kafka_bootstrap, f"redis://127.0.0.1:{closed}/0")
+    assert no_redis.returncode == 1
+    assert "redis" in no_redis.stdout

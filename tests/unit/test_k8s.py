@@ -1,0 +1,200 @@
+"""The Kubernetes manifests (deploy/k8s), checked offline: every resource validates
+against the Kubernetes 1.33 schemas that kubernetes-validate ships (strict: unknown
+fields are errors), and the manifests agree with the code (probe paths in the decider's
+OpenAPI, env names in the settings classes, replicas within the partition count, the
+images' users and modules)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from schemas.topics import DEFAULT_PARTITIONS
+from services.decider.app import create_app
+from services.decider.settings import DeciderSettings
+from tests.fixtures.deploy_files import (
+    AUTH_ENV,
+    REPO,
+    SERVICE_ENV,
+    dockerfiles,
+    env_is_read,
+    image_contains,
+    module_file,
+)
+
+pytestmark = pytest.mark.unit
+
+K8S = REPO / "deploy" / "k8s"
+#: The Kubernetes version the manifests are written for (and validated against).
+KUBERNETES_VERSION = "1.33.0"
+PARTITION_LIMIT = "mab-optimizer/partition-limit"
+DASHBOARD_HEALTH = "/_stcore/health"
+
+
+def _load(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+MANIFESTS = {p.name: _load(p) for p in sorted(K8S.glob("*.yaml")) if p.name != "kustomization.yaml"}
+RESOURCES = [(name, doc) for name, docs in MANIFESTS.items() for doc in docs]
+IMAGES = dockerfiles()
+
+
+def _of_kind(kind: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for _, d in RESOURCES if d["kind"] == kind}
+
+
+def _workloads() -> list[dict[str, Any]]:
+    return [d for _, d in RESOURCES if d["kind"] in {"Deployment", "Job"}]
+
+
+def _containers(workload: dict[str, Any]) -> list[dict[str, Any]]:
+    containers: list[dict[str, Any]] = workload["spec"]["template"]["spec"]["containers"]
+    return containers
+
+
+def _ids(items: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    return [f"{name}:{doc['kind']}/{doc['metadata']['name']}" for name, doc in items]
+
+
+@pytest.mark.parametrize(("name", "doc"), RESOURCES, ids=_ids(RESOURCES))
+def test_resource_is_valid_against_the_kubernetes_schema(name: str, doc: dict[str, Any]) -> None:
+    # SchemaNotFoundError (an unknown kind or apiVersion) fails the test too.
+    version = kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    assert version == "1.33"
+
+
+def test_schema_validation_rejects_broken_manifests() -> None:
+    """The check is real: wrong types and unknown fields are errors."""
+    decider = copy.deepcopy(_of_kind("Deployment")["decider"])
+    decider["spec"]["replicas"] = "two"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(decider, KUBERNETES_VERSION, strict=True)
+    hpa = copy.deepcopy(_of_kind("HorizontalPodAutoscaler")["decider"])
+    hpa["spec"]["targetCPUUtilizationPercentage"] = 70  # autoscaling/v1 field in v2
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(hpa, KUBERNETES_VERSION, strict=True)
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert sorted(kustomization["resources"]) == sorted(MANIFESTS)
+    assert all(d["metadata"].get("namespace", "mab") == "mab" for _, d in RESOURCES)
+
+
+def test_decider_scales_on_cpu() -> None:
+    hpa = _of_kind("HorizontalPodAutoscaler")["decider"]
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", "decider")
+    assert "decider" in _of_kind("Deployment")
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["resource"]["name"] == "cpu"
+    # Utilisation is relative to the request: without one the HPA cannot compute it.
+    (container,) = _containers(_of_kind("Deployment")["decider"])
+    assert container["resources"]["requests"]["cpu"]
+    assert hpa["spec"]["minReplicas"] >= 2
+
+
+def test_decider_probes_hit_routes_of_its_api() -> None:
+    paths = set(create_app(DeciderSettings()).openapi()["paths"])
+    (container,) = _containers(_of_kind("Deployment")["decider"])
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    probes = {k: container[k] for k in ("startupProbe", "livenessProbe", "readinessProbe")}
+    for kind, probe in probes.items():
+        assert probe["httpGet"]["path"] in paths, f"{kind}: no route {probe['httpGet']['path']}"
+        assert probe["httpGet"]["port"] in ports
+    assert probes["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert probes["readinessProbe"]["httpGet"]["path"] == "/ready"
+    service = _of_kind("Service")["decider"]
+    assert service["spec"]["ports"][0]["targetPort"] in ports
+    assert (
+        service["spec"]["selector"].items()
+        <= _of_kind("Deployment")["decider"]["spec"]["template"]["metadata"]["labels"].items()
+    )
+
+
+def test_dashboard_probes_and_api_url() -> None:
+    (container,) = _containers(_of_kind("Deployment")["dashboard"])
+    assert container["livenessProbe"]["httpGet"]["path"] == DASHBOARD_HEALTH
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    port = _of_kind("Service")["decider"]["spec"]["ports"][0]["port"]
+    assert env["MAB_API_URL"] == f"http://decider.mab.svc:{port}"
+
+
+@pytest.mark.parametrize("name", ["reward-consumer", "projector"])
+def test_consumers_stay_within_the_partition_count(name: str) -> None:
+    deployment = _of_kind("Deployment")[name]
+    limit = int(deployment["metadata"]["annotations"][PARTITION_LIMIT])
+    assert limit == DEFAULT_PARTITIONS
+    assert 1 <= deployment["spec"]["replicas"] <= limit
+    assert name not in {
+        h["spec"]["scaleTargetRef"]["name"] for h in _of_kind("HorizontalPodAutoscaler").values()
+    }, "a CPU autoscaler would add members beyond the partitions"
+    (container,) = _containers(deployment)
+    command = container["readinessProbe"]["exec"]["command"]
+    assert command == ["python", "-m", "stream_runtime.probe"]
+    probe_module = module_file("stream_runtime.probe")
+    assert probe_module is not None
+    assert image_contains(IMAGES[name], probe_module)
+
+
+def _configmap_keys(ref: str) -> set[str]:
+    return set(_of_kind("ConfigMap")[ref]["data"])
+
+
+def _secret_keys(ref: str) -> set[str]:
+    secret = _of_kind("Secret")[ref]
+    return set(secret.get("stringData", {})) | set(secret.get("data", {}))
+
+
+@pytest.mark.parametrize(
+    "workload", _workloads(), ids=[w["metadata"]["name"] for w in _workloads()]
+)
+def test_env_names_are_read_by_the_service(workload: dict[str, Any]) -> None:
+    service = workload["metadata"]["labels"]["app.kubernetes.io/name"]
+    for container in _containers(workload):
+        names: set[str] = {e["name"] for e in container.get("env", [])}
+        secret_names: set[str] = set()
+        for source in container.get("envFrom", []):
+            if "configMapRef" in source:
+                names |= _configmap_keys(source["configMapRef"]["name"])
+            else:
+                secret_names |= _secret_keys(source["secretRef"]["name"])
+        for e in container.get("env", []):
+            ref = e.get("valueFrom", {}).get("configMapKeyRef")
+            if ref:
+                assert ref["key"] in _configmap_keys(ref["name"]), e
+        unread = sorted(n for n in names if not env_is_read(service, n))
+        assert not unread, f"{service} does not read {unread}: {sorted(SERVICE_ENV[service])}"
+        assert secret_names <= AUTH_ENV, f"{service}: unexpected secret keys {secret_names}"
+
+
+@pytest.mark.parametrize(
+    "workload", _workloads(), ids=[w["metadata"]["name"] for w in _workloads()]
+)
+def test_containers_match_their_images(workload: dict[str, Any]) -> None:
+    """Image name, user and command agree with deploy/docker/<service>/Dockerfile."""
+    pod = workload["spec"]["template"]["spec"]
+    for container in _containers(workload):
+        repo = container["image"].split(":")[0]
+        assert repo.startswith("mab-"), repo
+        image = IMAGES[repo.removeprefix("mab-")]
+        uid = int((image.runtime.user or "0").split(":")[0])
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] == uid
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False
+        command = container.get("command", image.runtime.cmd)
+        if command[:2] == ["python", "-m"]:
+            target = module_file(command[2]) or module_file(f"{command[2]}.__main__")
+            assert target is not None
+            assert image_contains(image, target), f"{repo}: {target} not in the image"
+        else:
+            assert command == image.runtime.cmd, f"{repo}: command differs from the image's"
+        ports = {p["containerPort"] for p in container.get("ports", [])}
+        assert ports <= set(image.runtime.expose)
