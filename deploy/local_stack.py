@@ -14,6 +14,13 @@ Two modes share all code:
   used by the pytest fixtures and torn down at session end.
 
 Register new services in :data:`SERVICES` (one list, bottom of this module).
+
+Scale-out on one machine (``mab up --consumers N --projectors N --decider-workers N``): a
+service with ``scaling="processes"`` runs N copies of its argv in one consumer group
+(instance 1 keeps the plain name, the others are ``<name>.2`` ... ``<name>.N``); one with
+``scaling="workers"`` runs one server with ``--workers N`` (uvicorn's supervisor shares one
+port). The wanted counts are kept in ``<run dir>/scale.json``, so a later ``mab up`` without
+options restarts what is missing instead of scaling back to one.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ import uuid
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Final, Literal, Protocol, TypeVar
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STATE_DIR = REPO_ROOT / ".state"
@@ -279,6 +286,32 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
+def worker_children(pid: int) -> list[int]:
+    """Live worker processes of a server supervisor, by pid.
+
+    Workers are the children started through ``multiprocessing``'s spawn entry point
+    (uvicorn ``--workers``) or forked with the supervisor's own command line (granian);
+    anything else the supervisor may run (a resource tracker) is not a worker.
+    """
+    found: list[int] = []
+    parent_cmdline = _proc_cmdline(pid)
+    for stat_path in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            stat = stat_path.read_text()
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        fields = stat.rsplit(")", 1)[-1].split()
+        if len(fields) < 2 or fields[1] != str(pid):
+            continue
+        child = int(stat_path.parent.name)
+        cmdline = _proc_cmdline(child)
+        if cmdline is not None and (
+            any("spawn_main" in part for part in cmdline) or cmdline == parent_cmdline
+        ):
+            found.append(child)
+    return sorted(found)
+
+
 # --------------------------------------------------------------------------------------------
 # Managed processes: pid file + argv record + log file
 # --------------------------------------------------------------------------------------------
@@ -317,6 +350,10 @@ class ManagedProcess:
             return pid
         self._forget()
         return None
+
+    def recorded_argv(self) -> list[str] | None:
+        meta = self._meta()
+        return None if meta is None else [str(a) for a in meta.get("argv", [])]
 
     def recorded_port(self) -> int | None:
         meta = self._meta()
@@ -655,6 +692,44 @@ def http_ok(url: str, timeout: float = 2.0) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
+#: How a service runs N instances on one machine: not at all, as N processes of one
+#: consumer group, or as one server supervising N workers on one port.
+Scaling = Literal["single", "processes", "workers"]
+
+#: Most instances of one service ``mab up`` starts (a typo like 100 should not fork-bomb).
+MAX_INSTANCES: Final = 32
+SCALE_FILE: Final = "scale.json"
+
+
+def instance_name(service: str, index: int) -> str:
+    """``reward-consumer`` for instance 1, ``reward-consumer.2`` for instance 2, ..."""
+    return service if index == 1 else f"{service}.{index}"
+
+
+def parse_scale(name: str, raw: str | int) -> int:
+    """A wanted instance count, or a :class:`StackError` naming where it came from."""
+    text = str(raw).strip()
+    if not text.isdigit() or not 1 <= int(text) <= MAX_INSTANCES:
+        raise StackError(f"{name}={raw!r}: want a whole number from 1 to {MAX_INSTANCES}")
+    return int(text)
+
+
+def load_scale(run_dir: Path) -> dict[str, int]:
+    """The instance counts the last ``mab up`` was asked for (empty when none)."""
+    try:
+        raw = json.loads((run_dir / SCALE_FILE).read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    if not isinstance(raw, dict):
+        return {}
+    return {str(k): parse_scale(str(k), v) for k, v in raw.items()}
+
+
+def save_scale(run_dir: Path, scale: Mapping[str, int]) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / SCALE_FILE).write_text(json.dumps(dict(sorted(scale.items()))) + "\n")
+
+
 @dataclass(frozen=True, slots=True)
 class ServiceSpec:
     """A product process ``mab up`` can start.
@@ -664,6 +739,7 @@ class ServiceSpec:
     ``argv`` and ``port`` are functions of the stack's ports (ports come from env at run time).
     ``health_path``: HTTP GET on ``http://127.0.0.1:<port><path>`` must answer 200; without it
     the service counts as healthy once it has stayed alive for ``alive_seconds``.
+    ``scaling`` says how ``mab up`` runs N of it (see the module docstring).
     """
 
     name: str
@@ -677,6 +753,11 @@ class ServiceSpec:
     start_timeout: float = 30.0
     #: Env var of a Prometheus exporter port: each start gets a free one, shown in status.
     metrics_port_env: str | None = None
+    scaling: Scaling = "single"
+
+    def __post_init__(self) -> None:
+        if self.scaling == "processes" and self.port is not None:
+            raise ValueError(f"{self.name}: N processes cannot share one port; use workers")
 
     def available(self) -> bool:
         try:
@@ -800,12 +881,69 @@ class LocalStack:
     ``stop`` only signals pids we recorded and that still run our argv.
     """
 
-    def __init__(self, config: StackConfig, services: Sequence[ServiceSpec] | None = None) -> None:
+    def __init__(
+        self,
+        config: StackConfig,
+        services: Sequence[ServiceSpec] | None = None,
+        scale: Mapping[str, int] | None = None,
+    ) -> None:
+        """``scale`` maps a scalable service's name to its wanted instance count; names not
+        given keep the count of the last ``up`` (``scale.json``), else 1."""
         self.config = config
         self.services: list[ServiceSpec] = list(SERVICES if services is None else services)
         self.kafka = ManagedProcess("kafka", config.run_dir)
         self.redis = ManagedProcess("redis", config.run_dir)
         self._admin_key: AdminKey | None = None
+        scalable = {s.name for s in self.services if s.scaling != "single"}
+        wanted = dict(scale or {})
+        unknown = sorted(set(wanted) - scalable)
+        if unknown:
+            raise StackError(f"cannot scale {unknown}; scalable services: {sorted(scalable)}")
+        for name, n in wanted.items():
+            parse_scale(name, n)
+        kept = {k: v for k, v in load_scale(config.run_dir).items() if k in scalable}
+        self.scale: dict[str, int] = {**kept, **wanted}
+
+    # -- instances ------------------------------------------------------------------------
+    def count(self, spec: ServiceSpec) -> int:
+        """How many instances of ``spec`` should run."""
+        return 1 if spec.scaling == "single" else self.scale.get(spec.name, 1)
+
+    def service_argv(self, spec: ServiceSpec) -> list[str]:
+        argv = spec.argv(self.config.ports)
+        if spec.scaling == "workers" and self.count(spec) > 1:
+            argv += ["--workers", str(self.count(spec))]
+        return argv
+
+    def running_instances(self, spec: ServiceSpec) -> list[int]:
+        """Indices of the instances of ``spec`` that have a pid file (1 = the plain name)."""
+        pid_dir = self.config.run_dir / "pids"
+        found: set[int] = set()
+        if (pid_dir / f"{spec.name}.pid").exists():
+            found.add(1)
+        prefix = f"{spec.name}."
+        for path in pid_dir.glob(f"{spec.name}.*.pid"):
+            suffix = path.stem[len(prefix) :]
+            if suffix.isdigit() and int(suffix) > 1:
+                found.add(int(suffix))
+        return sorted(found)
+
+    def expected(self, with_services: bool = True) -> list[str]:
+        """Component rows that must be healthy after ``up(with_services=...)``."""
+        names = ["redis", "kafka"]
+        if not with_services:
+            return names
+        for spec in self.services:
+            if not spec.available():
+                continue
+            n = self.count(spec)
+            if spec.scaling == "processes":
+                names += [instance_name(spec.name, i) for i in range(1, n + 1)]
+            else:
+                names.append(spec.name)
+                if spec.scaling == "workers" and n > 1:
+                    names += [f"{spec.name}.w{i}" for i in range(1, n + 1)]
+        return names
 
     def admin_key(self) -> AdminKey:
         """The key every service of this stack gets (see :func:`ensure_admin_key`)."""
@@ -978,12 +1116,17 @@ class LocalStack:
         return create_topics(self.bootstrap, chosen)
 
     # -- services -------------------------------------------------------------------------
-    def start_service(self, spec: ServiceSpec) -> int:
-        """Start one service and wait for its health check (HTTP 200 or alive for a while)."""
-        proc = self._managed(spec.name)
+    def start_service(self, spec: ServiceSpec, index: int = 1) -> int:
+        """Start one instance of a service and wait for its health check (HTTP 200, or
+        alive for a while). A running instance started with other arguments (another
+        worker count) is restarted with the wanted ones."""
+        proc = self._managed(instance_name(spec.name, index))
+        argv = self.service_argv(spec)
         pid = proc.pid()
         if pid is not None:
-            return pid
+            if proc.recorded_argv() == argv:
+                return pid
+            proc.stop(timeout=20)
         port = spec.port(self.config.ports) if spec.port is not None else None
         if port is not None:
             require_port_free(port, spec.port_env or f"the port of {spec.name}")
@@ -992,14 +1135,17 @@ class LocalStack:
             # A free port per start, recorded with the pid so `mab status` can show it.
             port = free_port()
             env[spec.metrics_port_env] = str(port)
-        pid, offset = proc.spawn(spec.argv(self.config.ports), env=env, port=port)
+        pid, offset = proc.spawn(argv, env=env, port=port)
         url = spec.health_url(self.config.ports)
+        if spec.metrics_port_env is not None:
+            # Healthy = its exporter answers: the same check `mab status` makes.
+            url = f"http://127.0.0.1:{port}/metrics"
         started = time.monotonic()
         deadline = started + (spec.start_timeout if url else spec.alive_seconds)
         while True:
             if not proc.alive(pid):
                 raise StackError(
-                    f"service {spec.name} exited during start-up; log {proc.log_file}:\n"
+                    f"service {proc.name} exited during start-up; log {proc.log_file}:\n"
                     + log_tail(proc.log_file, start=offset)
                 )
             if url is not None and http_ok(url, timeout=1.0):
@@ -1011,9 +1157,28 @@ class LocalStack:
             return pid
         proc.stop(timeout=5)
         raise StackError(
-            f"service {spec.name}: {url} not 200 within {spec.start_timeout:.0f}s; log:\n"
+            f"service {proc.name}: {url} not 200 within {spec.start_timeout:.0f}s; log:\n"
             + log_tail(proc.log_file, start=offset)
         )
+
+    def scale_service(self, spec: ServiceSpec, note: Callable[[str], None] = print) -> None:
+        """Bring ``spec`` to its wanted count: start missing instances, stop surplus ones."""
+        n = self.count(spec)
+        indices = range(1, n + 1) if spec.scaling == "processes" else range(1, 2)
+        for i in indices:
+            name = instance_name(spec.name, i)
+            proc = self._managed(name)
+            pid = proc.pid()
+            if pid is not None and proc.recorded_argv() == self.service_argv(spec):
+                note(f"{name}: already running")
+            else:
+                note(f"{name}: {'restarting' if pid is not None else 'starting'}")
+            self.start_service(spec, i)
+        for i in self.running_instances(spec):
+            if i > len(indices):
+                name = instance_name(spec.name, i)
+                note(f"{name}: stopping (scaled to {n})")
+                self.stop(name)
 
     # -- whole stack ----------------------------------------------------------------------
     def up(
@@ -1042,14 +1207,17 @@ class LocalStack:
                     raise
                 note(f"topics: skipped, {exc}")
         if with_services:
-            for spec in self.services:
-                if not spec.available():
-                    note(f"{spec.name}: skipped, module {spec.module} does not exist yet")
-                    continue
-                running = self._managed(spec.name).pid() is not None
-                note(f"{spec.name}: {'already running' if running else 'starting'}")
-                self.start_service(spec)
+            self.start_services(note)
         return self.status()
+
+    def start_services(self, note: Callable[[str], None] = print) -> None:
+        """Bring every registered service to its wanted count; remember the counts."""
+        save_scale(self.config.run_dir, self.scale)
+        for spec in self.services:
+            if not spec.available():
+                note(f"{spec.name}: skipped, module {spec.module} does not exist yet")
+                continue
+            self.scale_service(spec, note)
 
     def stop(self, component: str, timeout: float | None = None) -> bool:
         """Stop one component we started (Kafka gets longer: controlled shutdown flushes logs)."""
@@ -1088,28 +1256,48 @@ class LocalStack:
         healthy = pid is not None and kafka_metadata_ok(bootstrap)
         rows.append(ComponentStatus("kafka", pid, kafka_port, pid is not None, healthy, bootstrap))
         for spec in self.services:
-            proc = self._managed(spec.name)
-            pid = proc.pid()
-            port = spec.port(ports) if spec.port is not None else None
+            rows += self._service_rows(spec)
+        return rows
+
+    def _service_rows(self, spec: ServiceSpec) -> list[ComponentStatus]:
+        """One row per instance (wanted or running), plus one per worker of a supervisor."""
+        ports = self.config.ports
+        port = spec.port(ports) if spec.port is not None else None
+        n = self.count(spec)
+        indices = sorted(
+            set(range(1, (n if spec.scaling == "processes" else 1) + 1))
+            | set(self.running_instances(spec))
+        )
+        rows: list[ComponentStatus] = []
+        for i in indices:
+            name = instance_name(spec.name, i)
+            pid = self._managed(name).pid()
             if pid is None and not spec.available():
-                rows.append(
-                    ComponentStatus(
-                        spec.name,
-                        None,
-                        port,
-                        False,
-                        False,
-                        note=f"module {spec.module} does not exist yet",
-                    )
-                )
+                note = f"module {spec.module} does not exist yet"
+                rows.append(ComponentStatus(name, None, port, False, False, note=note))
                 continue
             health = spec.health_url(ports)
             url = spec.url(ports)
             if spec.metrics_port_env is not None:
-                port = proc.recorded_port() if pid is not None else None
+                port = self._managed(name).recorded_port() if pid is not None else None
                 url = health = f"http://127.0.0.1:{port}/metrics" if port else None
             healthy = pid is not None and (health is None or http_ok(health))
-            rows.append(ComponentStatus(spec.name, pid, port, pid is not None, healthy, url))
+            rows.append(ComponentStatus(name, pid, port, pid is not None, healthy, url))
+            workers = worker_children(pid) if spec.scaling == "workers" and pid else []
+            # A one-worker server (granian always forks one) is one row, not two.
+            if len(workers) > 1 or (pid is not None and spec.scaling == "workers" and n > 1):
+                for k in range(1, max(n, len(workers)) + 1):
+                    wpid = workers[k - 1] if k <= len(workers) else None
+                    rows.append(
+                        ComponentStatus(
+                            f"{name}.w{k}",
+                            wpid,
+                            port,
+                            wpid is not None,
+                            wpid is not None and healthy,
+                            note=f"worker of pid {pid}",
+                        )
+                    )
         return rows
 
 
@@ -1144,18 +1332,21 @@ SERVICES: list[ServiceSpec] = [
         port=lambda p: p.api,
         port_env=PORT_ENV["api"],
         health_path="/health",
+        scaling="workers",
     ),
     ServiceSpec(
         name="reward-consumer",
         module="services.reward_consumer.__main__",
         argv=lambda p: [sys.executable, "-m", "services.reward_consumer"],
         metrics_port_env="MAB_METRICS_PORT",
+        scaling="processes",
     ),
     ServiceSpec(
         name="projector",
         module="services.projector.__main__",
         argv=lambda p: [sys.executable, "-m", "services.projector"],
         metrics_port_env="MAB_METRICS_PORT",
+        scaling="processes",
     ),
     ServiceSpec(
         name="dashboard",

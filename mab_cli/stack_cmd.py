@@ -10,11 +10,12 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 
 from deploy.local_stack import (
+    MAX_INSTANCES,
     ComponentStatus,
     LocalStack,
     StackConfig,
@@ -58,24 +59,59 @@ def _table(rows: Sequence[ComponentStatus]) -> str:
     )
 
 
-def _failed(rows: Sequence[ComponentStatus]) -> list[str]:
-    """Components that should run but are not healthy (not-yet-written services excluded)."""
-    return [r.name for r in rows if (r.running or not r.note) and not r.healthy]
+def _failed(rows: Sequence[ComponentStatus], expected: Sequence[str]) -> list[str]:
+    """Components that run or should run (``expected``) but are not healthy.
+
+    Services that were not requested (``--no-services``) and do not run are not failures.
+    """
+    wanted = set(expected)
+    return [r.name for r in rows if (r.running or r.name in wanted) and not r.healthy]
+
+
+def _count_option(env: str, what: str) -> Any:
+    return typer.Option(
+        min=1,
+        max=MAX_INSTANCES,
+        envvar=env,
+        help=f"{what} [default: as at the last mab up, else 1].",
+        show_default=False,
+    )
 
 
 def up(
     services: Annotated[
         bool, typer.Option("--services/--no-services", help="Also start the product services.")
     ] = True,
+    consumers: Annotated[
+        int | None, _count_option("MAB_CONSUMERS", "Reward consumer processes (one group)")
+    ] = None,
+    projectors: Annotated[
+        int | None, _count_option("MAB_PROJECTORS", "Projector processes (one group)")
+    ] = None,
+    decider_workers: Annotated[
+        int | None, _count_option("MAB_DECIDER_WORKERS", "Decider uvicorn workers (one port)")
+    ] = None,
 ) -> None:
-    """Start every missing piece: Redis, Kafka, topics, then each registered service."""
+    """Start every missing piece: Redis, Kafka, topics, then each registered service.
+
+    Idempotent: running instances are kept; a different count scales up or down.
+    """
     started = time.monotonic()
-    stack = LocalStack(StackConfig.product())
+    wanted = {
+        name: n
+        for name, n in (
+            ("reward-consumer", consumers),
+            ("projector", projectors),
+            ("decider", decider_workers),
+        )
+        if n is not None
+    }
+    stack = _guard(lambda: LocalStack(StackConfig.product(), scale=wanted))
     rows = _guard(lambda: stack.up(with_services=services, note=typer.echo))
     typer.echo("")
     typer.echo(_table(rows))
     typer.echo(f"\nup in {time.monotonic() - started:.1f}s; logs in {stack.config.run_dir}/logs")
-    failed = _failed(rows)
+    failed = _failed(rows, stack.expected(with_services=services))
     if failed:
         typer.secho(f"error: not healthy: {', '.join(failed)}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1)
@@ -92,7 +128,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Each component: pid, port, running, healthy. Exit 1 if a running one is unhealthy."""
-    stack = LocalStack(StackConfig.product())
+    stack = _guard(lambda: LocalStack(StackConfig.product()))
     rows = _guard(stack.status)
     if as_json:
         typer.echo(json.dumps([r.as_dict() for r in rows], indent=2))

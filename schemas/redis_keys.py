@@ -59,6 +59,12 @@ class ExperimentKeys:
 class RedisKeys:
     prefix: str = ""
 
+    def __post_init__(self) -> None:
+        # A brace in the prefix would become every key's hash tag: all experiments in
+        # one Cluster slot (correct, but one node would hold everything).
+        if "{" in self.prefix or "}" in self.prefix:
+            raise ValueError(f"Redis key prefix {self.prefix!r} must not contain braces")
+
     @classmethod
     def from_env(cls) -> RedisKeys:
         return cls(os.environ.get("MAB_REDIS_PREFIX", ""))

@@ -32,6 +32,7 @@ from bandit_core.strategies.base import StrategyParams
 DEFAULT_BUCKETS: Final = DAYPART_BUCKETS
 DEFAULT_PRIOR_WEIGHT: Final = 10.0
 DEFAULT_PRIOR: Final = 1.0
+DEFAULT_NEIGHBOUR_WEIGHT: Final = 0.5
 _VALID_BUCKETS: Final = tuple(b for b in range(1, DAYPART_BUCKETS + 1) if DAYPART_BUCKETS % b == 0)
 _RATE: Final = math.log(2.0) / DAYPART_HALF_LIFE
 
@@ -41,12 +42,16 @@ class DaypartThompsonParams(StrategyParams):
         **StrategyParams.RULES,
         "buckets": f"one of {', '.join(map(str, _VALID_BUCKETS))} (dayparts per UTC day)",
         "prior_weight": "a number >= 0 (pseudo-rewards of the whole-day rate)",
+        "neighbour_weight": "a number between 0 and 1 (weight of the hours next to the daypart)",
         "prior_alpha": "a number > 0",
         "prior_beta": "a number > 0",
     }
 
     buckets: int = Field(default=DEFAULT_BUCKETS, ge=1, le=DAYPART_BUCKETS)
     prior_weight: float = Field(default=DEFAULT_PRIOR_WEIGHT, ge=0.0, allow_inf_nan=False)
+    neighbour_weight: float = Field(
+        default=DEFAULT_NEIGHBOUR_WEIGHT, ge=0.0, le=1.0, allow_inf_nan=False
+    )
     prior_alpha: float = Field(default=DEFAULT_PRIOR, gt=0.0, allow_inf_nan=False)
     prior_beta: float = Field(default=DEFAULT_PRIOR, gt=0.0, allow_inf_nan=False)
 
@@ -56,6 +61,20 @@ class DaypartThompsonParams(StrategyParams):
         if DAYPART_BUCKETS % v:
             raise ValueError(f"must divide {DAYPART_BUCKETS}")
         return v
+
+
+def _part_weights(first: int, width: int, neighbour_weight: float) -> list[float]:
+    """Weight of each hour bucket in the daypart ``[first, first + width)``: 1 inside,
+    ``neighbour_weight ** d`` at ``d`` buckets (circularly) outside it."""
+    out = [0.0] * DAYPART_BUCKETS
+    for h in range(DAYPART_BUCKETS):
+        off = (h - first) % DAYPART_BUCKETS
+        if off < width:
+            out[h] = 1.0
+        elif neighbour_weight > 0.0:
+            d = min(off - width + 1, DAYPART_BUCKETS - off)
+            out[h] = neighbour_weight**d
+    return out
 
 
 def daypart_posteriors(
@@ -70,6 +89,8 @@ def daypart_posteriors(
     first = int((now % DAY) // DAYPART_WIDTH) // width * width
     alphas: list[float] = []
     betas: list[float] = []
+    nw = float(params.get("neighbour_weight", DEFAULT_NEIGHBOUR_WEIGHT))
+    weights = _part_weights(first, width, nw)
     for s in stats:
         day_n = day_s = part_n = part_s = 0.0
         for h in range(DAYPART_BUCKETS):
@@ -82,9 +103,10 @@ def daypart_posteriors(
             r = s.hour_sum[h] * f
             day_n += n
             day_s += r
-            if first <= h < first + width:
-                part_n += n
-                part_s += r
+            wh = weights[h]
+            if wh:
+                part_n += wh * n
+                part_s += wh * r
         rate = (a0 + day_s) / (a0 + b0 + day_n)
         m = min(w, day_n)  # never more pseudo-data than the arm has real data
         alphas.append(a0 + m * rate + max(part_s, 0.0))

@@ -6,15 +6,23 @@ tackling piecewise-stationary bandits" (JMLR 2022) with a Beta-posterior (Thomps
 instead of kl-UCB, as in the change-detection Thompson framework of Ghatak (IEEE TC 2020):
 
 * the detector is the per-arm Bernoulli GLR test kept by the fold with fixed constants
-  (:mod:`bandit_core.adaptive`); an alarm on any arm restarts *every* arm's since-change
-  statistics (their "global restart": when the best arm changes, the others' old means
-  are no evidence either);
+  (:mod:`bandit_core.adaptive`); an alarm keeps the alarmed arm's rewards after the
+  estimated change point and shrinks every other arm's since-change statistics to a few
+  dozen observations (a soft global restart: when the best arm changes, the others' old
+  means are weak evidence, not none);
 * the forced exploration rate ``alpha`` keeps every arm sampled, so a change on an arm
   that is currently losing is detected too (their ``alpha``; the theory's value
   ``sqrt(K ln T / T)`` needs the horizon, so the default is a fixed 1 %);
 * a losing arm is sampled too rarely for its detector to fire quickly, so its
   since-change counts are also capped by its time-decayed count with a long
-  ``half_life`` (default 1024 time units): an unplayed arm's posterior slowly widens.
+  ``half_life`` (default 2048 time units): an unplayed arm's posterior slowly widens.
+
+Defaults were chosen on the repository's abrupt scenarios and the training problems of
+:mod:`bandit_core.scenario_gen` and are reported on its held-out problems
+(``python -m bench.strategies_heldout``, ``docs/benchmarks.md``). ``half_life`` is in the
+clock's unit (seconds in the service): 2048 s suits storefront traffic of a reward a
+second or more; at one reward a minute use about a day (86400), or ``daypart_thompson``
+when the winner follows the clock.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ from bandit_core.strategies.base import StrategyParams
 
 DEFAULT_ALPHA: Final = 0.01
 DEFAULT_PRIOR: Final = 1.0
-DEFAULT_HALF_LIFE: Final = 1024.0
+DEFAULT_HALF_LIFE: Final = 2048.0
 
 
 class GlrThompsonParams(StrategyParams):

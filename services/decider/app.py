@@ -28,7 +28,6 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -99,6 +98,7 @@ from services.decider.timeseries import (
     winner_changes,
 )
 from stream_runtime.process import JsonFormatter
+from stream_runtime.redis_client import AnyRedis, redis_from_url
 
 log = logging.getLogger("services.decider")
 
@@ -118,7 +118,7 @@ class Runtime:
     """The process-wide resources, created in the lifespan and shared by the routes."""
 
     settings: DeciderSettings
-    redis: Redis
+    redis: AnyRedis
     store: ConfigStore
     producer: EventProducer
     cache: DecisionCache
@@ -200,7 +200,7 @@ def create_app(settings: DeciderSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         cfg = settings if settings is not None else DeciderSettings()
         _configure_logging(cfg.log_level)
-        redis = Redis.from_url(
+        redis = redis_from_url(
             cfg.redis_url,
             socket_timeout=cfg.redis_socket_timeout_s,
             socket_connect_timeout=cfg.redis_socket_timeout_s,

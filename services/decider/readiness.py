@@ -11,8 +11,9 @@ import asyncio
 import time
 from typing import Protocol
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
+
+from stream_runtime.redis_client import AnyRedis
 
 
 class KafkaCheck(Protocol):
@@ -23,7 +24,7 @@ class ReadinessProbe:
     """Checks Redis (PING) and Kafka (metadata with our topics), each within the timeout."""
 
     def __init__(
-        self, redis: Redis, kafka: KafkaCheck, timeout_s: float, cache_s: float = 1.0
+        self, redis: AnyRedis, kafka: KafkaCheck, timeout_s: float, cache_s: float = 1.0
     ) -> None:
         self.redis = redis
         self.kafka = kafka

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
-from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from schemas.events import ExperimentConfig
 from schemas.redis_keys import BUCKET_SECONDS, BucketKind, RedisKeys
+from stream_runtime.redis_client import AnyRedis
 
 # KEYS[1] config; ARGV[1] config JSON. SET NX in a script for symmetry with the others.
 _CREATE: Final = """
@@ -158,7 +158,7 @@ class CommandResult:
 class ConfigStore:
     """Typed wrapper around the command scripts and the reads of the decider."""
 
-    def __init__(self, redis: Redis, keys: RedisKeys) -> None:
+    def __init__(self, redis: AnyRedis, keys: RedisKeys) -> None:
         self.redis = redis
         self.keys = keys
         self._create: AsyncScript = redis.register_script(_CREATE)

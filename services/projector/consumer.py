@@ -28,8 +28,6 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from redis.asyncio import Redis
-
 from schemas.topics import TopicNames
 from services.projector.projection import (
     Positioned,
@@ -53,6 +51,7 @@ from stream_runtime.batch import (
     write_until_settled,
 )
 from stream_runtime.kafka_loop import KafkaBatchProcessor
+from stream_runtime.redis_client import AnyRedis, redis_from_url
 
 __all__ = [
     "MAX_CAS_ATTEMPTS",
@@ -176,7 +175,7 @@ class Projector(KafkaBatchProcessor[BatchReport]):
         self.settings = settings
         self.topics = settings.topics
         self.stats = BatchReport()
-        self._redis: Redis | None = None
+        self._redis: AnyRedis | None = None
         self._handler: ProjectorHandler | None = None
 
     @property
@@ -185,7 +184,7 @@ class Projector(KafkaBatchProcessor[BatchReport]):
 
     async def _open_resources(self) -> None:
         s = self.settings
-        self._redis = Redis.from_url(s.redis_url, decode_responses=False)
+        self._redis = redis_from_url(s.redis_url, decode_responses=False)
         await self._redis.ping()  # fail fast at start-up
         self._handler = ProjectorHandler(
             ProjectorStore(self._redis, s.keys, s.retention),

@@ -2,7 +2,8 @@
 
 Both go through Lua scripts touching only one experiment's hash-tagged keys (one
 Cluster slot), so each is atomic per experiment; all experiments of a batch share one
-pipeline per direction.
+pipeline per direction (concurrent calls on a cluster, see
+:func:`stream_runtime.redis_client.run_scripts`).
 
 * Read: the config (for ``reward_rejection``), the projector's applied offsets and the
   scores of the batch's dedupe keys, in one atomic step (a plain pipeline could pair
@@ -23,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
-from redis.asyncio import Redis
 
 from schemas.redis_keys import ExperimentKeys, RedisKeys
 from services.projector.projection import (
@@ -32,6 +32,7 @@ from services.projector.projection import (
     prune_cutoff,
     seen_cutoff,
 )
+from stream_runtime.redis_client import AnyRedis, ScriptCall, run_scripts
 
 # ARGV[1]: JSON array of the batch's dedupe keys (one argument, decoded by cjson in C:
 # far cheaper than one RESP argument per key). Returns the 1-based positions of the keys
@@ -166,7 +167,7 @@ def write_call(
 class ProjectorStore:
     """The projector's view of Redis."""
 
-    def __init__(self, redis: Redis, keys: RedisKeys, retention: Retention) -> None:
+    def __init__(self, redis: AnyRedis, keys: RedisKeys, retention: Retention) -> None:
         self.redis = redis
         self.keys = keys
         self.retention = retention
@@ -181,15 +182,17 @@ class ProjectorStore:
         ids = list(wanted)
         if not ids:
             return {}
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for exp in ids:
-                k = self.keys.experiment(exp)
-                await self._read(
-                    keys=[k.config, k.projector_offsets, k.projector_seen],
-                    args=[orjson.dumps(list(wanted[exp]))],
-                    client=pipe,
+        calls = []
+        for exp in ids:
+            k = self.keys.experiment(exp)
+            calls.append(
+                ScriptCall(
+                    self._read,
+                    [k.config, k.projector_offsets, k.projector_seen],
+                    [orjson.dumps(list(wanted[exp]))],
                 )
-            replies = await pipe.execute()
+            )
+        replies = await run_scripts(self.redis, calls)
         out: dict[str, Loaded] = {}
         for exp, reply in zip(ids, replies, strict=True):
             config, flat, found = reply
@@ -202,11 +205,9 @@ class ProjectorStore:
         """Apply all compare-and-set writes in one round trip; return conflicted ids."""
         if not writes:
             return []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for w in writes:
-                keys, args = write_call(
-                    self.keys.experiment(w.experiment_id), w, self.retention, now
-                )
-                await self._write(keys=keys, args=args, client=pipe)
-            replies = await pipe.execute()
+        calls = []
+        for w in writes:
+            keys, args = write_call(self.keys.experiment(w.experiment_id), w, self.retention, now)
+            calls.append(ScriptCall(self._write, keys, args))
+        replies = await run_scripts(self.redis, calls)
         return [w.experiment_id for w, r in zip(writes, replies, strict=True) if int(r[0]) != 1]

@@ -30,7 +30,6 @@ from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from redis.asyncio import Redis
 
 from schemas.codec import encode
 from schemas.events import ChangePointDetected
@@ -40,6 +39,7 @@ from services.reward_consumer.settings import ConsumerSettings
 from services.reward_consumer.store import ConsumerStore
 from stream_runtime.dead_letter import DeadLetterProducer, dead_letter_producer
 from stream_runtime.kafka_loop import KafkaBatchProcessor
+from stream_runtime.redis_client import AnyRedis, redis_from_url
 
 log = logging.getLogger("services.reward_consumer")
 
@@ -62,7 +62,7 @@ class RewardConsumer(KafkaBatchProcessor[BatchReport]):
         self.dead_letter = dead_letter
         self.stats = BatchReport()
         self._producer: AIOKafkaProducer | None = None
-        self._redis: Redis | None = None
+        self._redis: AnyRedis | None = None
         self._handler: BatchHandler | None = None
 
     @property
@@ -77,7 +77,7 @@ class RewardConsumer(KafkaBatchProcessor[BatchReport]):
     # ----------------------------------------------------------------- resources
     async def _open_resources(self) -> None:
         s = self.settings
-        self._redis = Redis.from_url(s.redis_url, decode_responses=False)
+        self._redis = redis_from_url(s.redis_url, decode_responses=False)
         await self._redis.ping()  # fail fast at start-up, not inside the first batch
         # Our own producer for ChangePointDetected and dead letters: acks=all,
         # idempotent, so a send that returned survives a broker failover and a retried

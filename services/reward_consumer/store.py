@@ -1,9 +1,10 @@
 """Redis access of the reward consumer: one read and one write round trip per batch.
 
 Both directions go through Lua scripts that touch only one experiment's hash-tagged
-keys, so each is atomic per experiment (and would run unchanged on a Redis Cluster,
-where a MULTI over several experiments' slots would not). All experiments of a batch
-share one pipeline per direction.
+keys, so each is atomic per experiment (and runs unchanged on a Redis Cluster, where
+a MULTI over several experiments' slots would not). All experiments of a batch share
+one pipeline per direction (concurrent calls on a cluster, see
+:func:`stream_runtime.redis_client.run_scripts`).
 
 * The read script returns config, snapshot, applied offsets and the scores of the
   batch's dedupe keys *in one atomic step*: a pipeline of plain GET/HGETALL could
@@ -22,10 +23,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from redis.asyncio import Redis
-
 from bandit_core.fold import DEDUPE_HORIZON_S
 from schemas.redis_keys import ExperimentKeys, RedisKeys
+from stream_runtime.redis_client import AnyRedis, ScriptCall, run_scripts
 
 _READ_LUA: Final = """
 local config = redis.call('GET', KEYS[1])
@@ -121,7 +121,7 @@ def _write_args(w: Write) -> list[Any]:
 class ConsumerStore:
     """The consumer's view of Redis (the experiment keys and the snapshot channel)."""
 
-    def __init__(self, redis: Redis, keys: RedisKeys) -> None:
+    def __init__(self, redis: AnyRedis, keys: RedisKeys) -> None:
         self.redis = redis
         self.keys = keys
         self._read = redis.register_script(_READ_LUA)
@@ -138,15 +138,13 @@ class ConsumerStore:
         ids = list(wanted)
         if not ids:
             return {}
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for exp in ids:
-                k = self._k(exp)
-                await self._read(
-                    keys=[k.config, k.snapshot, k.offsets, k.seen],
-                    args=list(wanted[exp]),
-                    client=pipe,
-                )
-            replies = await pipe.execute()
+        calls = []
+        for exp in ids:
+            k = self._k(exp)
+            calls.append(
+                ScriptCall(self._read, [k.config, k.snapshot, k.offsets, k.seen], list(wanted[exp]))
+            )
+        replies = await run_scripts(self.redis, calls)
         out: dict[str, Loaded] = {}
         for exp, reply in zip(ids, replies, strict=True):
             config, snap, flat, scores = reply
@@ -171,17 +169,13 @@ class ConsumerStore:
         if not writes:
             return []
         channel = self.keys.snapshot_channel()
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for w in writes:
-                k = self._k(w.experiment_id)
-                await self._write(
-                    keys=[k.snapshot, k.offsets, k.seen], args=_write_args(w), client=pipe
-                )
-            for w in writes:
-                pipe.publish(channel, w.experiment_id)
-            replies = await pipe.execute()
+        calls = []
+        for w in writes:
+            k = self._k(w.experiment_id)
+            calls.append(ScriptCall(self._write, [k.snapshot, k.offsets, k.seen], _write_args(w)))
+        replies = await run_scripts(
+            self.redis, calls, publish=[(channel, w.experiment_id) for w in writes]
+        )
         return [
-            w.experiment_id
-            for w, reply in zip(writes, replies[: len(writes)], strict=True)
-            if int(reply[0]) != 1
+            w.experiment_id for w, reply in zip(writes, replies, strict=True) if int(reply[0]) != 1
         ]

@@ -6,15 +6,13 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from redis.asyncio import Redis
 
@@ -25,22 +23,13 @@ from schemas.codec import decode_reward, encode
 from schemas.events import ExperimentConfig, RewardObserved
 from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames
+from tests.fixtures.streams import Outgoing, produce, start_processor
 
 pytestmark = pytest.mark.faults
 
-REPO = Path(__file__).resolve().parents[2]
 N = 50_000
 EXP = "crash-shop"
 ARMS = ("a", "b", "c", "d")
-
-
-@dataclass(frozen=True)
-class Sent:
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    value: bytes
 
 
 def records(topic: str) -> list[bytes]:
@@ -62,35 +51,6 @@ def records(topic: str) -> list[bytes]:
         else:
             out.append(orjson.dumps({"experiment_id": EXP, "arm_id": ARMS[idx], "reward": r}))
     return out
-
-
-async def produce(bootstrap: str, topic: str, values: Sequence[bytes]) -> list[Sent]:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=10, acks="all")
-    await producer.start()
-    try:
-        stamps: list[int] = []
-        futures = []
-        for v in values:
-            stamps.append(int(time.time() * 1000))
-            futures.append(await producer.send(topic, v, key=EXP.encode(), timestamp_ms=stamps[-1]))
-        metas = await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-    return [
-        Sent(m.topic, m.partition, m.offset, ts, v)
-        for m, ts, v in zip(metas, stamps, values, strict=True)
-    ]
-
-
-def start_consumer(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as fh:
-        return subprocess.Popen(
-            [sys.executable, "-m", "services.reward_consumer"],
-            cwd=REPO,
-            env=env,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-        )
 
 
 async def pulls(redis: Redis, ns: str) -> int:
@@ -143,7 +103,9 @@ async def test_sigkill_mid_stream_loses_and_doubles_nothing(
     )
     await redis.set(RedisKeys(ns).experiment(EXP).config, config.model_dump_json())
     t0 = time.monotonic()
-    sent = await produce(kafka_bootstrap, names.rewards, records(names.rewards))
+    sent = await produce(
+        kafka_bootstrap, [Outgoing(names.rewards, EXP, v) for v in records(names.rewards)]
+    )
     print(f"\nproduced {len(sent)} in {time.monotonic() - t0:.1f}s")
     events = [
         decode_reward(
@@ -175,13 +137,13 @@ async def test_sigkill_mid_stream_loses_and_doubles_nothing(
     proc: subprocess.Popen[bytes] | None = None
     try:
         for fraction in (0.2, 0.55):
-            proc = start_consumer(env, log)
+            proc = start_processor("services.reward_consumer", env, log)
             seen = await wait_pulls(redis, ns, int(want_pulls * fraction), within=40)
             print(f"SIGKILL at {seen} pulls, t={time.monotonic() - t0:.1f}s")
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=10)
             assert seen < want_pulls, "caught up before the kill: make N bigger"
-        proc = start_consumer(env, log)
+        proc = start_processor("services.reward_consumer", env, log)
         await wait_pulls(redis, ns, want_pulls, within=40)
         print(f"caught up at t={time.monotonic() - t0:.1f}s")
         await asyncio.sleep(0.5)  # any doubled record would show up as extra pulls now

@@ -17,7 +17,9 @@ from bandit_core.adaptive import (
     HALF_LIVES,
     MAX_HALF_LIFE,
     MIN_HALF_LIFE,
+    RESTART_KEEP,
     decayed,
+    glr_split,
     observe,
     restart_others,
     windowed,
@@ -30,6 +32,7 @@ from bandit_core.strategies import (
     get_strategy,
     validate_params,
 )
+from bandit_core.strategies.daypart_thompson import _part_weights
 from schemas.events import (
     ChangePointDetected,
     ExperimentConfig,
@@ -122,21 +125,73 @@ def test_glr_detects_a_drop_and_restarts_since_change_stats() -> None:
     assert detected - t_change < 300
     assert s.change_points == 1
     assert s.last_change_ts == float(detected)
-    assert s.cp_pulls == 0
-    assert s.glr_n == []
     assert s.pulls == detected + 1
+    # only the blocks after the estimated change point are kept: post-change evidence
+    after = detected - t_change + 1
+    assert 0 < s.cp_pulls <= after
+    assert s.cp_pulls == sum(s.glr_n)
+    assert s.cp_sum == pytest.approx(sum(s.glr_s))
+    assert s.cp_sum / s.cp_pulls < 0.15
 
 
-def test_global_restart_clears_the_other_arms() -> None:
-    a, b = ArmStats(), ArmStats()
-    for t in range(50):
+def test_soft_restart_shrinks_the_other_arms() -> None:
+    a, b, c = ArmStats(), ArmStats(), ArmStats()
+    for t in range(200):
         observe(a, 1.0, float(t))
-        observe(b, 0.0, float(t))
-    restart_others([a, b], a)
-    assert b.cp_pulls == 0
-    assert b.glr_n == []
-    assert b.pulls == 50
-    assert a.cp_pulls == 50
+        observe(b, float(t % 4 == 0), float(t))
+        if t < RESTART_KEEP // 2:
+            observe(c, 1.0, float(t))
+    restart_others([a, b, c], a)
+    assert a.cp_pulls == 200, "the alarmed arm is not touched"
+    assert b.cp_pulls == RESTART_KEEP
+    assert b.cp_sum == pytest.approx(RESTART_KEEP / 4)
+    assert b.glr_n == [float(RESTART_KEEP)]
+    assert b.pulls == 200
+    assert c.cp_pulls == RESTART_KEEP // 2, "fewer than the cap: counts kept"
+    assert c.glr_n == [float(RESTART_KEEP // 2)]
+
+
+def _kl(p: float, q: float) -> float:
+    eps = 1e-12
+    q = min(max(q, eps), 1.0 - eps)
+    out = 0.0
+    if p > 0.0:
+        out += p * math.log(p / q)
+    if p < 1.0:
+        out += (1.0 - p) * math.log((1.0 - p) / (1.0 - q))
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(blocks=st.lists(st.tuples(st.integers(0, 6), st.floats(0.0, 1.0)), min_size=1, max_size=30))
+def test_glr_split_equals_the_kl_form(blocks: list[tuple[int, float]]) -> None:
+    """The entropy identity used for speed gives Besson & Kaufmann's Eq. (2) exactly."""
+    counts = [float(2**e) for e, _ in blocks]
+    sums = [float(round(c * f)) for c, (_, f) in zip(counts, blocks, strict=True)]
+    total_n, total_s = sum(counts), sum(sums)
+    mu = total_s / total_n
+    want, n1, s1 = 0.0, 0.0, 0.0
+    for i in range(len(counts) - 1):
+        n1 += counts[i]
+        s1 += sums[i]
+        n2 = total_n - n1
+        v = n1 * _kl(s1 / n1, mu) + n2 * _kl((total_s - s1) / n2, mu)
+        if v > want + 1e-9:
+            want = v
+    got, split = glr_split(counts, sums)
+    assert got == pytest.approx(want, rel=1e-7, abs=1e-7)
+    if want > 1e-6:
+        assert 1 <= split < len(counts)
+
+
+def test_daypart_weights_borrow_from_neighbouring_hours() -> None:
+    w = _part_weights(first=9, width=1, neighbour_weight=0.5)
+    assert w[9] == 1.0
+    assert w[8] == w[10] == 0.5
+    assert w[7] == w[11] == 0.25
+    assert w[21] == 0.5**12
+    assert _part_weights(first=0, width=6, neighbour_weight=0.0) == [1.0] * 6 + [0.0] * 18
+    assert _part_weights(first=0, width=6, neighbour_weight=0.5)[23] == 0.5
 
 
 def test_daypart_buckets_follow_the_utc_hour() -> None:
@@ -279,6 +334,7 @@ def test_strategies_stay_inside_the_experiment_and_propensities_sum_to_one(
         ("daypart_thompson", {"buckets": 5}),
         ("daypart_thompson", {"buckets": 48}),
         ("daypart_thompson", {"prior_weight": -1.0}),
+        ("daypart_thompson", {"neighbour_weight": 1.5}),
         ("daypart_thompson", {"period": 3600}),
     ],
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from pathlib import Path
@@ -11,6 +12,7 @@ from typer.testing import CliRunner
 
 from bandit_core.adaptive import observe, restart_others
 from bandit_core.fold import fold_batch
+from bandit_core.scenario_gen import random_piecewise_environment, seed_convergence_scenario
 from bandit_core.simulate import (
     Environment,
     ScenarioError,
@@ -42,6 +44,38 @@ def test_bundled_scenarios_load() -> None:
     seed = load_scenario(SCENARIOS / "seed_convergence.json")
     assert len(seed.environments) == 20
     assert all(e.horizon == 2000 and len(e.arms) == 4 for e in seed.environments)
+
+
+#: Best-arm gaps of the seed's 20 samples as its ``convergence_test_results.md`` lists them.
+SEED_GAPS = (
+    0.296, 0.205, 0.233, 0.203, 0.157, 0.199, 0.184, 0.197, 0.181, 0.301,
+    0.329, 0.233, 0.211, 0.406, 0.272, 0.220, 0.207, 0.267, 0.267, 0.286,
+)  # fmt: skip
+
+
+def test_seed_benchmark_file_is_the_seeds_draw() -> None:
+    """The bundled file is what the generator draws, and the draw has the seed's gaps."""
+    bundled = load_scenario(SCENARIOS / "seed_convergence.json")
+    drawn = seed_convergence_scenario()
+    assert bundled.environments == drawn.environments
+    gaps = []
+    for env in drawn.environments:
+        top, second = sorted(env.segments[0].means, reverse=True)[:2]
+        gaps.append(round(top - second, 3))
+    assert tuple(gaps) == SEED_GAPS
+
+
+def test_random_piecewise_problems_are_valid_and_reproducible() -> None:
+    for seed in range(30):
+        env = random_piecewise_environment(seed)
+        assert env == random_piecewise_environment(seed)
+        assert 2 <= len(env.arms) <= 8
+        assert 5000 <= env.horizon <= 20000
+        assert 2 <= len(env.segments) <= 5
+        starts = [s.start for s in env.segments] + [env.horizon]
+        assert min(b - a for a, b in itertools.pairwise(starts)) >= 0.15 * env.horizon
+        bests = [max(range(len(env.arms)), key=lambda i: s.means[i]) for s in env.segments]
+        assert all(a != b for a, b in itertools.pairwise(bests)), "best arm moves"
 
 
 @pytest.mark.parametrize(

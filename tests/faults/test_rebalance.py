@@ -1,0 +1,158 @@
+"""Fault injection: a second reward consumer joins the group mid-stream and leaves again."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from schemas.topics import TopicNames
+from tests.fixtures.streams import (
+    expected_states,
+    processor_env,
+    produce,
+    read_states,
+    spread_ids,
+    start_processor,
+    stop_processor,
+    wait_caught_up,
+    write_configs,
+)
+from tests.fixtures.workload import configs_for, workload
+
+pytestmark = pytest.mark.faults
+
+N_RECORDS = 60_000
+
+
+@pytest.fixture
+async def redis(redis_url: str, ns: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    async for key in client.scan_iter(match=f"{ns}*", count=1000):
+        await client.delete(key)
+    await client.aclose()
+
+
+def assigned_partitions(log: Path) -> int:
+    """Partitions the consumer logging to ``log`` was last assigned (0 before any)."""
+    count = 0
+    for line in log.read_text(errors="replace").splitlines():
+        if '"msg":"partitions assigned"' in line:
+            count = len(json.loads(line)["partitions"])
+    return count
+
+
+async def applied_events(redis: Redis, ns: str, ids: list[str]) -> int:
+    return sum(s.version for s in (await read_states(redis, ns, ids)).values())
+
+
+async def wait_for(what: str, check: Callable[[], Awaitable[bool]], within: float) -> None:
+    deadline = time.monotonic() + within
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {within}s")
+        await asyncio.sleep(0.1)
+
+
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize("leave", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+async def test_consumer_joins_and_leaves_mid_stream(
+    leave: signal.Signals,
+    kafka_bootstrap: str,
+    redis_url: str,
+    ns: str,
+    topics: dict[str, int],
+    redis: Redis,
+    tmp_path: Path,
+) -> None:
+    """Scenario: 60,000 records (decisions; minimal, joined, retried and doubly rewarded
+    rewards) of 12 experiments over all 6 partitions stream in over several seconds.
+    One consumer process folds them; once a tenth is applied a second process joins
+    the group (a rebalance hands it part of the partitions), and after it has folded
+    for a while it leaves, by SIGTERM (clean leave, another rebalance) or by SIGKILL
+    (the group notices after the session timeout), while records keep arriving.
+    We expect: the second consumer really owned partitions, SIGTERM exits 0, the first
+    consumer ends with the group's committed offsets at the end of the log, and every
+    snapshot equals the pure fold of every record exactly once (nothing lost or doubled)."""
+    names = TopicNames.with_prefix(ns)
+    ids = spread_ids("rb-", per_partition=2, partitions=topics[names.rewards])
+    configs = configs_for(ids)
+    await write_configs(redis, ns, configs.values())
+    group = f"{ns}rebalance"
+    env = processor_env(
+        kafka_bootstrap,
+        redis_url,
+        ns,
+        ns,
+        {
+            "MAB_CONSUMER_GROUP_ID": group,
+            "MAB_MAX_BATCH_RECORDS": "500",  # many write/commit cycles for a rebalance to cut
+            "MAB_POLL_TIMEOUT_MS": "100",
+            "MAB_SESSION_TIMEOUT_MS": "6000",  # the broker's minimum: a SIGKILL costs 6 s
+        },
+    )
+    logs = [tmp_path / "first.log", tmp_path / "second.log"]
+    first = start_processor("services.reward_consumer", env, logs[0])
+    second: subprocess.Popen[bytes] | None = None
+    producing = asyncio.create_task(
+        produce(kafka_bootstrap, workload(names, ids, N_RECORDS), chunk=1000, pause_s=0.4)
+    )
+    try:
+        await wait_for(
+            "a tenth applied",
+            lambda: _at_least(redis, ns, ids, N_RECORDS // 10),
+            within=120,
+        )
+        second = start_processor("services.reward_consumer", env, logs[1])
+
+        async def second_assigned() -> bool:
+            return assigned_partitions(logs[1]) > 0
+
+        await wait_for("second consumer assigned partitions", second_assigned, 60)
+        before = await applied_events(redis, ns, ids)
+        await wait_for(
+            "progress with two members",
+            lambda: _at_least(redis, ns, ids, before + N_RECORDS // 10),
+            within=120,
+        )
+        assert not producing.done(), "the stream ended before the second consumer left"
+        second.send_signal(leave)
+        code = second.wait(timeout=30)
+        if leave == signal.SIGTERM:
+            assert code == 0, logs[1].read_text()[-3000:]
+        sent = await producing
+        await wait_caught_up(
+            kafka_bootstrap,
+            group,
+            [names.rewards, names.decisions],
+            within=180,
+            procs=[first],
+            log=logs[0],
+        )
+    finally:
+        producing.cancel()
+        for proc in (second, first):
+            if proc is not None and proc.poll() is None:
+                stop_processor(proc)
+    assert first.returncode == 0, logs[0].read_text()[-3000:]
+
+    want = expected_states(sent, configs, names)
+    got = await read_states(redis, ns, ids)
+    for exp in ids:
+        assert (got[exp].arms, got[exp].version, got[exp].duplicates) == (
+            want[exp].arms,
+            want[exp].version,
+            want[exp].duplicates,
+        ), exp
+
+
+async def _at_least(redis: Redis, ns: str, ids: list[str], n: int) -> bool:
+    return await applied_events(redis, ns, ids) >= n

@@ -1,0 +1,168 @@
+"""Scale-out on one machine: 1 and 3 processes of one consumer group give identical state."""
+
+from __future__ import annotations
+
+import functools
+import json
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from schemas.topics import TopicNames
+from tests.fixtures.streams import (
+    dump_namespace,
+    expected_states,
+    processor_env,
+    produce,
+    read_states,
+    spread_ids,
+    start_processor,
+    stop_processor,
+    wait_caught_up,
+    write_configs,
+)
+from tests.fixtures.workload import configs_for, workload
+
+pytestmark = pytest.mark.integration
+
+#: The issue's figure: big enough that every process of the group folds for a while.
+N_RECORDS = 200_000
+
+
+@pytest.fixture
+async def redis(redis_url: str, ns: str) -> AsyncIterator[Redis]:
+    """A client; afterwards every key of this test's namespace is deleted (200,000
+    records leave ~25 MB of dedupe keys that nothing else needs)."""
+    client = Redis.from_url(redis_url)
+    yield client
+    async for key in client.scan_iter(match=f"{ns}*", count=1000):
+        await client.delete(key)
+    await client.aclose()
+
+
+def _stopped_stats(log: Path, message: str) -> dict[str, Any]:
+    """The stats a processor logs when it stops after SIGTERM."""
+    for line in reversed(log.read_text(errors="replace").splitlines()):
+        if line.startswith("{") and f'"msg":"{message}"' in line:
+            stats: dict[str, Any] = json.loads(line)
+            return stats
+    raise AssertionError(f"no {message!r} line in {log}")
+
+
+CONSUMER = ("services.reward_consumer", "reward consumer", "consumer")
+PROJECTOR = ("services.projector", "projector", "projector")
+
+
+async def _run_group(
+    n: int,
+    label: str,
+    kinds: tuple[tuple[str, str, str], ...],
+    *,
+    kafka_bootstrap: str,
+    redis_url: str,
+    ns: str,
+    tmp_path: Path,
+    must_share: bool = True,
+) -> float:
+    """Run ``n`` processes of each of ``kinds`` (own group per kind, key namespace
+    ``<ns><label>:``) until every group committed the end of its topics; SIGTERM them and
+    check every process exited 0 (and, with ``must_share``, polled part of the records).
+    Returns seconds."""
+    names = TopicNames.with_prefix(ns)
+    prefix = f"{ns}{label}:"
+    topics = {
+        "consumer": [names.rewards, names.decisions],
+        # The consumers publish change points: the projector reads them too.
+        "projector": [names.rewards, names.decisions, names.experiments],
+    }
+    group_env = {"consumer": "MAB_CONSUMER_GROUP_ID", "projector": "MAB_PROJECTOR_GROUP_ID"}
+    procs: list[tuple[str, Path, subprocess.Popen[bytes]]] = []
+    started = time.monotonic()
+    try:
+        for module, _, kind in kinds:
+            env = processor_env(
+                kafka_bootstrap, redis_url, ns, prefix, {group_env[kind]: f"{prefix}{kind}"}
+            )
+            for i in range(n):
+                log = tmp_path / f"{label}-{kind}-{i}-{time.monotonic_ns()}.log"
+                procs.append((kind, log, start_processor(module, env, log)))
+        for _, _, kind in kinds:
+            mine = [(log, p) for k, log, p in procs if k == kind]
+            await wait_caught_up(
+                kafka_bootstrap,
+                f"{prefix}{kind}",
+                topics[kind],
+                within=900,
+                procs=[p for _, p in mine],
+                log=mine[0][0],
+            )
+        elapsed = time.monotonic() - started
+    finally:
+        codes = [stop_processor(p) for _, _, p in procs]
+    assert codes == [0] * len(procs), [log.read_text()[-2000:] for _, log, _ in procs]
+    stopped = {kind: f"{name} stopped" for _, name, kind in kinds}
+    for kind, log, _ in procs:
+        stats = _stopped_stats(log, stopped[kind])
+        assert stats["records"] > 0 or not must_share, (
+            f"{log.name} got no partition: the group did not share"
+        )
+    return round(elapsed, 1)
+
+
+@pytest.mark.timeout(1500)
+async def test_one_and_three_processes_build_identical_state(
+    kafka_bootstrap: str,
+    redis_url: str,
+    ns: str,
+    topics: dict[str, int],
+    redis: Redis,
+    tmp_path: Path,
+) -> None:
+    """Scenario: 200,000 records (decisions; minimal, joined, retried and doubly rewarded
+    rewards) of 12 experiments, two per partition, are in the topics. One reward
+    consumer and one projector fold all of them into key namespace A; then three
+    reward consumers and three projectors (other groups) fold them into namespace B,
+    joining one after another (so the groups rebalance while they work).
+    We expect: every process exits 0 after folding a share of the records, and the two
+    namespaces hold identical keys and values (snapshots, applied offsets, dedupe keys,
+    hour and minute buckets, change points), and the snapshots equal the pure fold of
+    every record exactly once."""
+    names = TopicNames.with_prefix(ns)
+    ids = spread_ids("shop-", per_partition=2, partitions=topics[names.rewards])
+    configs = configs_for(ids)
+    t0 = time.monotonic()
+    sent = await produce(kafka_bootstrap, workload(names, ids, N_RECORDS))
+    produced_s = time.monotonic() - t0
+    want = expected_states(sent, configs, names)
+    assert sum(s.duplicates for s in want.values()) > 0
+
+    run = functools.partial(
+        _run_group, kafka_bootstrap=kafka_bootstrap, redis_url=redis_url, ns=ns, tmp_path=tmp_path
+    )
+    timings: dict[str, float] = {}
+    for n, label in ((1, "one"), (3, "three")):
+        await write_configs(redis, f"{ns}{label}:", configs.values())
+        timings[label] = await run(n, label, (CONSUMER, PROJECTOR))
+    # Both consumer groups published the change points they detected; the first
+    # projector group has not read the second group's copies (same event ids) yet.
+    timings["one, projector tail"] = await run(1, "one", (PROJECTOR,), must_share=False)
+    print(f"\nproduced {len(sent)} in {produced_s:.1f}s; seconds per run: {timings}")
+    dumps = {label: await dump_namespace(redis, f"{ns}{label}:") for label in ("one", "three")}
+    one, three = dumps["one"], dumps["three"]
+    assert sorted(one) == sorted(three)
+    assert any(":ts:m:" in k for k in one), "no projector buckets were written"
+    for key in one:
+        assert one[key] == three[key], key
+
+    got = await read_states(redis, f"{ns}one:", ids)
+    for exp in ids:
+        assert (got[exp].arms, got[exp].version, got[exp].duplicates) == (
+            want[exp].arms,
+            want[exp].version,
+            want[exp].duplicates,
+        ), exp
