@@ -41,6 +41,12 @@ DEDUPE_HORIZON_S: Final = 7 * 24 * 3600.0
 
 APPLIED: Final = "applied"
 DUPLICATE: Final = "duplicate"
+#: A reward for a decision whose attribution window was already closed with the default.
+LATE: Final = "late"
+#: ``source`` of the default rewards the reward consumer logs for expired windows.
+DEFAULT_SOURCE: Final = "attribution_default"
+#: Open attribution windows kept per experiment (see :func:`_track`).
+MAX_PENDING: Final = 200_000
 STALE_CONFIG: Final = "stale_config"
 #: Outcome of a derived event (a change point): recomputed by the fold, so a no-op.
 DERIVED: Final = "derived"
@@ -58,14 +64,18 @@ class ChangePoint(NamedTuple):
 
 @dataclass(slots=True)
 class FoldResult:
-    """The new state, one outcome per input event, the dedupe keys it added, and the
+    """The new state, one outcome per input event, the dedupe keys it added, the
     change points the arms' detectors raised (the consumer publishes each as a
-    :class:`~schemas.events.ChangePointDetected` event)."""
+    :class:`~schemas.events.ChangePointDetected` event) and the changes of the pending
+    set (the consumer writes them next to the snapshot)."""
 
     state: ExperimentState
     outcomes: list[str] = field(default_factory=list)
     new_seen: dict[str, float] = field(default_factory=dict)
     change_points: list[ChangePoint] = field(default_factory=list)
+    #: Open attribution windows the batch added (id -> deadline) and closed (ids).
+    pending_added: dict[str, float] = field(default_factory=dict)
+    pending_removed: list[str] = field(default_factory=list)
 
 
 def reward_rejection(config: ExperimentConfig | None, event: RewardObserved) -> str | None:
@@ -92,34 +102,66 @@ def dedupe_keys(event: RewardObserved) -> tuple[str, ...]:
     return ("e:" + event.event_id,)
 
 
-def _apply(
-    state: ExperimentState,
-    event: AnyEvent,
-    new_seen: dict[str, float],
-    change_points: list[ChangePoint],
-) -> str:
+def _apply(state: ExperimentState, event: AnyEvent, result: FoldResult) -> str:
     if isinstance(event, RewardObserved):
         reason = reward_rejection(state.config, event)
         if reason is not None:
             return reason
-        keys = dedupe_keys(event)
+        # Dedupe, written out (this runs per reward): the record itself again (``e:``),
+        # a second reward for the same decision (``d:``), or a reward for a decision
+        # whose attribution window closed with the default (``x:``: late, see below).
         seen = state.seen
-        if any(k in seen for k in keys):
+        new_seen = result.new_seen
+        ts = event.ts
+        ekey = "e:" + event.event_id
+        did = event.decision_id
+        if ekey in seen:
             state.duplicates += 1
             return DUPLICATE
-        for k in keys:
-            seen[k] = event.ts
-            new_seen[k] = event.ts
-        stats = state.arm(event.arm_id)
-        statistic = observe(stats, event.reward, event.ts)
+        if did is not None:
+            dkey = "d:" + did
+            if dkey in seen:
+                state.duplicates += 1
+                return DUPLICATE
+            if "x:" + did in seen:
+                # The decision was already folded with the default reward: this one is
+                # recorded (counted late, its keys kept so a retry is a duplicate) and
+                # never added a second time.
+                seen[dkey] = seen[ekey] = new_seen[dkey] = new_seen[ekey] = ts
+                state.late += 1
+                state.version += 1
+                return LATE
+            if event.source == DEFAULT_SOURCE:
+                # The default closes the window: marked ``x:`` instead of ``d:``, so a
+                # real reward that comes after it in the log is told apart as late.
+                xkey = "x:" + did
+                seen[xkey] = seen[ekey] = new_seen[xkey] = new_seen[ekey] = ts
+                state.defaulted += 1
+            else:
+                seen[dkey] = seen[ekey] = new_seen[dkey] = new_seen[ekey] = ts
+            if did in state.pending:
+                _settle(state, did, result)
+        else:
+            seen[ekey] = new_seen[ekey] = ts
+        arm_id = event.arm_id
+        stats = state.arms.get(arm_id)
+        if stats is None:
+            stats = state.arm(arm_id)
+        statistic = observe(stats, event.reward, ts)
         if statistic is not None:
-            # global restart: every arm's since-change statistics (adaptive.observe)
+            # soft global restart: every other arm keeps at most 48 observations of its
+            # since-change statistics (adaptive.restart_others)
             restart_others(list(state.arms.values()), stats)
-            change_points.append(
-                ChangePoint(event.arm_id, event.ts, statistic, stats.change_points)
-            )
+            result.change_points.append(ChangePoint(arm_id, ts, statistic, stats.change_points))
     elif isinstance(event, DecisionMade):
-        state.arm(event.arm_id).decisions += 1
+        arm_id = event.arm_id
+        stats = state.arms.get(arm_id)
+        if stats is None:
+            stats = state.arm(arm_id)
+        stats.decisions += 1
+        window = event.attribution_window_s
+        if window is not None:
+            _track(state, event.decision_id, event.ts + window, result)
     elif isinstance(event, ExperimentCreated | ArmsAdded | StrategyChanged):
         # Highest config version wins: order-insensitive, so replay rebuilds exactly
         # the configuration the decider stored, whatever the delivery order.
@@ -134,14 +176,71 @@ def _apply(
     return APPLIED
 
 
+def _track(state: ExperimentState, decision_id: str, deadline: float, result: FoldResult) -> None:
+    """Remember a decision whose attribution window is open, unless it is settled.
+
+    A decision may be folded *after* its reward (or its default): the two come from
+    different topics, and the consumer reads them in whatever interleaving the broker
+    delivers. Its ``d:``/``x:`` key then says it is settled. So the pending set is
+    "decisions folded minus decisions rewarded", whatever the interleaving, which is
+    what makes replay rebuild the same set. Beyond :data:`MAX_PENDING` open decisions
+    the new one is not tracked (counted in ``untracked``; it simply never gets a
+    default): a bound on the snapshot, documented in docs/attribution.md.
+    """
+    seen = state.seen
+    if "d:" + decision_id in seen or "x:" + decision_id in seen:
+        return
+    pending = state.pending
+    if decision_id in pending:
+        return
+    if state.pending_count >= MAX_PENDING:
+        state.untracked += 1
+        return
+    pending[decision_id] = deadline
+    state.pending_count += 1
+    result.pending_added[decision_id] = deadline
+
+
+def _settle(state: ExperimentState, decision_id: str, result: FoldResult) -> None:
+    """A pending decision got its reward (or its default): its window is closed."""
+    del state.pending[decision_id]
+    state.pending_count -= 1
+    if result.pending_added.pop(decision_id, None) is None:
+        result.pending_removed.append(decision_id)
+
+
+def lookup_keys(event: AnyEvent) -> tuple[str, ...]:
+    """The ``seen`` keys :func:`fold_batch` reads for ``event`` (the live consumer loads
+    exactly these from Redis before folding a batch)."""
+    if isinstance(event, RewardObserved):
+        if event.decision_id is not None:
+            did = event.decision_id
+            return ("d:" + did, "e:" + event.event_id, "x:" + did)
+        return ("e:" + event.event_id,)
+    if isinstance(event, DecisionMade) and event.attribution_window_s is not None:
+        return ("d:" + event.decision_id, "x:" + event.decision_id)
+    return ()
+
+
 def fold_batch(state: ExperimentState, events: Iterable[AnyEvent]) -> FoldResult:
     """Fold ``events`` in order into a copy of ``state``; ``state`` is left untouched."""
-    new = state.copy()
-    result = FoldResult(state=new)
+    return fold_into(state.copy(), events)
+
+
+def fold_into(state: ExperimentState, events: Iterable[AnyEvent]) -> FoldResult:
+    """Fold ``events`` in order into ``state`` itself (the result's ``state`` is it).
+
+    The same transition as :func:`fold_batch` without the copy: replay owns its states
+    and folds a whole log into them chunk by chunk, where copying a state whose ``seen``
+    holds every dedupe key of the horizon would cost O(keys) per chunk.
+    """
+    result = FoldResult(state=state)
+    outcomes = result.outcomes
+    experiment_id = state.experiment_id
     for event in events:
-        if event.experiment_id != new.experiment_id:
-            raise ValueError(f"event of {event.experiment_id!r} folded into {new.experiment_id!r}")
-        result.outcomes.append(_apply(new, event, result.new_seen, result.change_points))
+        if event.experiment_id != experiment_id:
+            raise ValueError(f"event of {event.experiment_id!r} folded into {experiment_id!r}")
+        outcomes.append(_apply(state, event, result))
     return result
 
 

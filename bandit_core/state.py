@@ -170,9 +170,18 @@ class ExperimentState:
     """The folded state of one experiment.
 
     ``config`` is the highest-version configuration seen. ``seen`` maps dedupe keys
-    (``d:<decision_id>`` and ``e:<event_id>``) to their event time; live consumers hold a
-    per-batch *view* of it loaded from Redis, replay holds all of it. ``version`` counts
-    applied events and lets the decider tell how fresh its cached snapshot is.
+    (``d:<decision_id>``, ``e:<event_id>``, ``x:<decision_id>`` for a decision closed
+    with the default reward) to their event time; live consumers hold a per-batch *view*
+    of it loaded from Redis, replay holds all of it. ``version`` counts applied events
+    and lets the decider tell how fresh its cached snapshot is.
+
+    Attribution windows (docs/attribution.md): ``pending`` maps each decision whose
+    window is open to its deadline (event time). Like ``seen`` it is a view in the live
+    consumer (the entries the batch's rewards name) and complete in replay, so its exact
+    size is kept in ``pending_count``; it lives in its own Redis key, written in the same
+    atomic step as the snapshot, so the decider never parses it. ``defaulted`` counts
+    decisions folded with the default reward, ``late`` rewards that came after that, and
+    ``untracked`` decisions not tracked because ``pending`` was full.
     """
 
     experiment_id: str
@@ -181,6 +190,11 @@ class ExperimentState:
     version: int = 0
     duplicates: int = 0
     seen: dict[str, float] = field(default_factory=dict)
+    pending: dict[str, float] = field(default_factory=dict)
+    pending_count: int = 0
+    defaulted: int = 0
+    late: int = 0
+    untracked: int = 0
 
     def arm(self, arm_id: str) -> ArmStats:
         stats = self.arms.get(arm_id)
@@ -201,27 +215,40 @@ class ExperimentState:
             version=self.version,
             duplicates=self.duplicates,
             seen=dict(self.seen),
+            pending=dict(self.pending),
+            pending_count=self.pending_count,
+            defaulted=self.defaulted,
+            late=self.late,
+            untracked=self.untracked,
         )
 
-    # --- snapshot blob (what Redis stores; config and seen live in their own keys) ---
+    # --- snapshot blob (what Redis stores; config, seen and pending have their own keys) ---
     def snapshot_bytes(self) -> bytes:
-        return orjson.dumps(
-            {
-                "experiment_id": self.experiment_id,
-                "version": self.version,
-                "duplicates": self.duplicates,
-                "arms": {k: v.to_list() for k, v in self.arms.items()},
-            }
-        )
+        """The snapshot JSON. The attribution counters appear only once non-zero, so an
+        experiment without a window keeps the original snapshot shape byte for byte."""
+        obj: dict[str, Any] = {
+            "experiment_id": self.experiment_id,
+            "version": self.version,
+            "duplicates": self.duplicates,
+            "arms": {k: v.to_list() for k, v in self.arms.items()},
+        }
+        if self.pending_count or self.defaulted or self.late or self.untracked:
+            obj["attribution"] = [self.pending_count, self.defaulted, self.late, self.untracked]
+        return orjson.dumps(obj)
 
     @classmethod
     def from_snapshot(cls, raw: bytes | str | None, experiment_id: str) -> ExperimentState:
         if raw is None:
             return cls(experiment_id=experiment_id)
         obj = orjson.loads(raw)
+        pending_count, defaulted, late, untracked = obj.get("attribution", (0, 0, 0, 0))
         return cls(
             experiment_id=obj["experiment_id"],
             arms={k: ArmStats.from_list(v) for k, v in obj["arms"].items()},
             version=int(obj["version"]),
             duplicates=int(obj.get("duplicates", 0)),
+            pending_count=int(pending_count),
+            defaulted=int(defaulted),
+            late=int(late),
+            untracked=int(untracked),
         )

@@ -10,6 +10,8 @@ Kafka + Redis, the decider and the consumers as real processes, and measures in 
 * ``POST /reward`` (acknowledged by Kafka before the answer).
 * the reward consumer's fold rate from a pre-filled topic, and the projector's when it
   exists; RSS of each process at rest and after load.
+* ``mab replay``'s rate: ``--replay-records`` events (half decisions, half joined
+  rewards) replayed into snapshots and hour/minute buckets (:mod:`bench.replay_rate`).
 
 The machine is small and noisy, so every figure is a median of ``--repeats`` runs and is
 reported with its ratio to the ceiling measured minutes earlier, never as an absolute
@@ -40,6 +42,7 @@ from typing import Any
 import httpx
 import orjson
 
+from bench import replay_rate
 from deploy.local_stack import create_topics, free_port, throwaway_stack
 from schemas.events import RewardObserved
 from schemas.redis_keys import RedisKeys
@@ -281,7 +284,9 @@ def fold_rate(
         proc.stop()
 
 
-def run(duration: int, repeats: int, fold_records: int, workers: int) -> dict[str, Any]:
+def run(
+    duration: int, repeats: int, fold_records: int, workers: int, replay_records: int = 0
+) -> dict[str, Any]:
     import redis
 
     results: dict[str, Any] = {
@@ -429,6 +434,10 @@ def run(duration: int, repeats: int, fold_records: int, workers: int) -> dict[st
                 projected,
                 fold_records,
             )
+        if replay_records:
+            results["replay"] = replay_rate.measure(
+                stack.bootstrap, stack.redis_url, replay_records, workers=2
+            )
     return results
 
 
@@ -462,6 +471,19 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| {name} | {r['records']:,} | {r['seconds']} | "
                 f"{r['records_per_s']:,} | {r['rss_mb_start']} → {r['rss_mb_loaded']} |"
             )
+    replay = results.get("replay")
+    if isinstance(replay, dict):
+        p = replay["profile_s"]
+        lines += [
+            "",
+            "| Replay (`mab replay`) | records | workers | seconds | records/s "
+            "| read · decode · fold · project · write (s, summed over workers) |",
+            "|---|---|---|---|---|---|",
+            f"| decisions + joined rewards → snapshots + hour/minute buckets "
+            f"| {replay['records']:,} | {replay['workers']} | {replay['seconds']} "
+            f"| {replay['records_per_s']:,} | {p['read']} · {p['decode']} · {p['fold']} "
+            f"· {p['project']} · {p['write']} |",
+        ]
     for name, r in results.items():
         if name.startswith("decider RSS"):
             lines.append(f"\n{name}: {r['rest']} at rest, {r['after_load']} after load.")
@@ -483,6 +505,7 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--repeats", type=int, default=3, help="wrk runs per figure (median)")
     parser.add_argument("--fold-records", type=int, default=200_000)
+    parser.add_argument("--replay-records", type=int, default=1_000_000)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--quick", action="store_true", help="3 s runs, 1 repeat, 20k records")
     parser.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
@@ -491,7 +514,8 @@ def main() -> None:
         sys.exit("wrk is missing: run `make system-deps` (Debian package wrk)")
     if args.quick:
         args.duration, args.repeats, args.fold_records = 3, 1, 20_000
-    results = run(args.duration, args.repeats, args.fold_records, args.workers)
+        args.replay_records = 20_000
+    results = run(args.duration, args.repeats, args.fold_records, args.workers, args.replay_records)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{results['date'][:19].replace(':', '')}.json"
     out.write_text(json.dumps(results, indent=2))

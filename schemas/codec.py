@@ -32,7 +32,14 @@ from typing import Any, Final
 import orjson
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from schemas.events import SCHEMA_VERSION, AnyEvent, DecisionMade, Event, RewardObserved
+from schemas.events import (
+    MAX_ATTRIBUTION_WINDOW_S,
+    SCHEMA_VERSION,
+    AnyEvent,
+    DecisionMade,
+    Event,
+    RewardObserved,
+)
 from schemas.ids import ID_PATTERN
 
 #: Records larger than this are rejected before parsing (DLQ reason ``oversize``).
@@ -217,6 +224,7 @@ _DECISION_FIELDS: Final = (
     "config_version",
     "snapshot_version",
     "degraded",
+    "attribution_window_s",
 )
 _MISSING: Final = object()
 _REWARD_KEYS: Final = frozenset(_REWARD_FIELDS)
@@ -381,6 +389,14 @@ def _fast_decision(obj: dict[str, Any]) -> DecisionMade | None:
     schema_version = get("schema_version", SCHEMA_VERSION)
     strategy_params = get("strategy_params", _MISSING)
     degraded = get("degraded", False)
+    window = get("attribution_window_s")
+    if window is not None:
+        if type(window) is not float:
+            if type(window) is not int or not 0 < window <= _EXACT_INT:
+                return None
+            window = float(window)
+        if not 0.0 < window <= MAX_ATTRIBUTION_WINDOW_S:
+            return None
     if (
         get("type") != "decision_made"
         or schema_version != SCHEMA_VERSION
@@ -433,6 +449,7 @@ def _fast_decision(obj: dict[str, Any]) -> DecisionMade | None:
             "config_version": config_version,
             "snapshot_version": snapshot_version,
             "degraded": degraded,
+            "attribution_window_s": window,
         },
     )
     _set_fields_set(event, set(obj))

@@ -23,6 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from schemas.ids import ArmId, ExperimentId
 
 SCHEMA_VERSION = 1
+#: Longest attribution window: the dedupe horizon (7 days), beyond which a late reward
+#: could no longer be told apart from a first one.
+MAX_ATTRIBUTION_WINDOW_S = 7 * 24 * 3600.0
 
 
 def new_event_id() -> str:
@@ -67,6 +70,13 @@ class ExperimentConfig(BaseModel):
     version: int = Field(ge=1, description="Bumped by every accepted command.")
     created_ts: float
     updated_ts: float
+    #: Attribution window (Personalizer's "reward wait time", docs/attribution.md): a
+    #: decision without a reward this long after it (event time) is folded once with
+    #: ``default_reward``. ``None``: no window, decisions wait for rewards forever.
+    attribution_window_s: float | None = Field(
+        default=None, gt=0, le=MAX_ATTRIBUTION_WINDOW_S, allow_inf_nan=False
+    )
+    default_reward: float = Field(default=0.0, ge=0.0, le=1.0, allow_inf_nan=False)
 
 
 class ExperimentCreated(_Event):
@@ -99,6 +109,12 @@ class DecisionMade(_Event):
     config_version: int
     snapshot_version: int
     degraded: bool = False
+    #: The experiment's attribution window when this decision was served (``None``:
+    #: none). Carried on the decision so the fold never depends on the config at fold
+    #: time: replay and the live consumer track exactly the same decisions.
+    attribution_window_s: float | None = Field(
+        default=None, gt=0, le=MAX_ATTRIBUTION_WINDOW_S, allow_inf_nan=False
+    )
 
 
 class RewardObserved(_Event):

@@ -38,6 +38,7 @@ class ExperimentKeys:
     snapshot: str  # JSON snapshot blob (ExperimentState.snapshot_bytes), consumer-owned
     offsets: str  # hash "<topic>:<partition>" -> last applied offset, same atomic step
     seen: str  # zset dedupe key -> event ts (reward dedupe, see bandit_core.fold)
+    pending: str  # zset decision id -> deadline: open attribution windows (consumer-owned)
     # --- projector-owned (time series); written in one Lua step with its offsets ---
     projector_offsets: str  # hash "<topic>:<partition>" -> last offset the projector applied
     projector_seen: str  # zset dedupe key -> event ts: the projector's own reward dedupe
@@ -76,6 +77,7 @@ class RedisKeys:
             snapshot=base + "snap",
             offsets=base + "offsets",
             seen=base + "seen",
+            pending=base + "pending",
             projector_offsets=base + "proj:offsets",
             projector_seen=base + "proj:seen",
             change_points=base + "proj:cp",

@@ -64,6 +64,7 @@ from services.decider.metrics import DeciderMetrics
 from services.decider.models import (
     ArmsAdd,
     ArmStatsPublic,
+    AttributionPublic,
     ConfigPublic,
     ConfigUpdate,
     DecisionPublic,
@@ -83,6 +84,7 @@ from services.decider.readiness import ReadinessProbe
 from services.decider.settings import DeciderSettings
 from services.decider.store import (
     ArmsExistError,
+    AttributionChange,
     CommandResult,
     ConfigStore,
     ExperimentMissingError,
@@ -425,6 +427,8 @@ def _add_routes(app: FastAPI) -> None:
             version=1,
             created_ts=now,
             updated_ts=now,
+            attribution_window_s=body.attribution_window_s,
+            default_reward=body.default_reward,
         )
         async with rt.command_lock(config.experiment_id):
             result = await rt.store.create(config)
@@ -529,7 +533,14 @@ def _add_routes(app: FastAPI) -> None:
         params = dict(body.strategy_params or {})
         async with rt.command_lock(body.experiment_id):
             try:
-                result = await rt.store.set_strategy(body.experiment_id, body.strategy, params)
+                attribution = AttributionChange(
+                    window_s=body.attribution_window_s,
+                    keep_window="attribution_window_s" not in body.model_fields_set,
+                    default_reward=body.default_reward,
+                )
+                result = await rt.store.set_strategy(
+                    body.experiment_id, body.strategy, params, attribution
+                )
             except ExperimentMissingError:
                 raise _not_found(body.experiment_id) from None
             previous = ExperimentConfig.model_validate_json(result.previous_raw)
@@ -547,6 +558,8 @@ def _add_routes(app: FastAPI) -> None:
             strategy=c.strategy,
             strategy_params=dict(c.strategy_params),
             version=c.version,
+            attribution_window_s=c.attribution_window_s,
+            default_reward=None if c.attribution_window_s is None else c.default_reward,
         )
 
     @app.get(
@@ -661,6 +674,16 @@ def _add_routes(app: FastAPI) -> None:
                 for a, s, p in zip(config.arm_ids, arm_stats, props, strict=True)
             ],
             propensities=dict(zip(config.arm_ids, props, strict=True)),
+            attribution=None
+            if config.attribution_window_s is None
+            and not (state.pending_count or state.defaulted or state.late or state.untracked)
+            else AttributionPublic(
+                window_s=config.attribution_window_s,
+                pending=state.pending_count,
+                defaulted=state.defaulted,
+                late=state.late,
+                untracked=state.untracked,
+            ),
         )
 
     @app.get(

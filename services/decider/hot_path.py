@@ -79,6 +79,7 @@ def decision_made_record(
     config_version: int,
     snapshot_version: int,
     degraded: bool,
+    attribution_window_s: float | None = None,
 ) -> bytes:
     """The JSON record of a :class:`schemas.events.DecisionMade`, without a model per call.
 
@@ -101,6 +102,7 @@ def decision_made_record(
             "config_version": config_version,
             "snapshot_version": snapshot_version,
             "degraded": degraded,
+            "attribution_window_s": attribution_window_s,
         }
     )
 
@@ -127,6 +129,7 @@ async def serve_decision(rt: Runtime, experiment_id: str) -> bytes | None:
         config.version,
         entry.state.version,
         degraded,
+        config.attribution_window_s,
     )
     await rt.producer.send_nowait(rt.topics.decisions, partition_key(experiment_id), record)
     rt.metrics.decision(config.strategy)

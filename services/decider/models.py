@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from bandit_core.strategies import STRATEGIES, normalize_strategy_name, validate_params
-from schemas.events import ExperimentConfig
+from schemas.events import MAX_ATTRIBUTION_WINDOW_S, ExperimentConfig
 from schemas.ids import ID_PATTERN, MAX_ARMS, ArmId, ExperimentId
 
 _ID_DOC = "1-120 characters of `A-Z a-z 0-9 . _ -`, starting with a letter or digit."
@@ -92,6 +92,23 @@ class _StrategyRequest(_Request):
         return self
 
 
+AttributionWindowField = Annotated[
+    float | None,
+    Field(
+        gt=0,
+        le=MAX_ATTRIBUTION_WINDOW_S,
+        allow_inf_nan=False,
+        description="Attribution window in seconds (Personalizer's reward wait time): a "
+        "decision without a reward this long after it is folded once with `default_reward`; "
+        "a reward after that is recorded as late and not added. Omitted/null: no window.",
+    ),
+]
+DefaultRewardField = Annotated[
+    float,
+    Field(ge=0.0, le=1.0, allow_inf_nan=False, description="Reward of an expired decision."),
+]
+
+
 class ExperimentCreate(_StrategyRequest):
     """Body of ``POST /experiments``."""
 
@@ -118,6 +135,8 @@ class ExperimentCreate(_StrategyRequest):
         "defaults to the server's ACTIVE_STRATEGY.",
     )
     strategy_params: StrategyParams = None
+    attribution_window_s: AttributionWindowField = None
+    default_reward: DefaultRewardField = 0.0
 
     @field_validator("arm_ids")
     @classmethod
@@ -156,6 +175,9 @@ class ConfigUpdate(_StrategyRequest):
     experiment_id: ExperimentIdField
     strategy: str = Field(description="`thompson`, `ucb1` or `epsilon_greedy`.")
     strategy_params: StrategyParams = None
+    #: Absent: unchanged; null: the window is removed; a number: the new window.
+    attribution_window_s: AttributionWindowField = None
+    default_reward: DefaultRewardField | None = None
 
 
 class RewardCreate(_Request):
@@ -221,6 +243,20 @@ class RewardsCreate(_Request):
 # --------------------------------------------------------------------------- responses
 
 
+def _absent(value: object) -> bool:
+    return value is None
+
+
+#: Response fields present only for experiments with a window: without one, responses
+#: keep the seed's exact shape.
+PublicWindow = Annotated[
+    float | None, Field(default=None, exclude_if=_absent, description="Attribution window.")
+]
+PublicDefault = Annotated[
+    float | None, Field(default=None, exclude_if=_absent, description="Its default reward.")
+]
+
+
 class ExperimentPublic(BaseModel):
     """An experiment's configuration (seed shape plus ``version``)."""
 
@@ -243,6 +279,8 @@ class ExperimentPublic(BaseModel):
     strategy: str
     strategy_params: dict[str, Any]
     version: int = Field(description="Bumped by every accepted command (create = 1).")
+    attribution_window_s: PublicWindow = None
+    default_reward: PublicDefault = None
 
     @classmethod
     def of(cls, config: ExperimentConfig) -> ExperimentPublic:
@@ -252,6 +290,8 @@ class ExperimentPublic(BaseModel):
             strategy=config.strategy,
             strategy_params=dict(config.strategy_params),
             version=config.version,
+            attribution_window_s=config.attribution_window_s,
+            default_reward=None if config.attribution_window_s is None else config.default_reward,
         )
 
 
@@ -281,6 +321,8 @@ class ConfigPublic(BaseModel):
     strategy: str
     strategy_params: dict[str, Any]
     version: int
+    attribution_window_s: PublicWindow = None
+    default_reward: PublicDefault = None
 
 
 class DecisionMetadata(BaseModel):
@@ -362,6 +404,20 @@ class ArmStatsPublic(BaseModel):
     propensity: float = Field(description="Current probability that the policy picks it.")
 
 
+class AttributionPublic(BaseModel):
+    """Where the experiment's decisions stand with respect to their attribution window."""
+
+    window_s: float | None = Field(default=None, description="The configured window.")
+    pending: int = Field(default=0, description="Decisions whose window is still open.")
+    defaulted: int = Field(default=0, description="Decisions folded with the default reward.")
+    late: int = Field(
+        default=0, description="Rewards that came after their decision was defaulted."
+    )
+    untracked: int = Field(
+        default=0, description="Decisions not tracked because too many windows were open."
+    )
+
+
 class StatsPublic(BaseModel):
     """Folded statistics of one experiment, read fresh from Redis."""
 
@@ -405,6 +461,11 @@ class StatsPublic(BaseModel):
     snapshot_version: int = Field(description="Events folded so far (0: none yet).")
     arms: list[ArmStatsPublic]
     propensities: dict[str, float]
+    attribution: AttributionPublic | None = Field(
+        default=None,
+        exclude_if=_absent,
+        description="Attribution-window counts; absent for experiments that never had a window.",
+    )
 
 
 class HealthPublic(BaseModel):

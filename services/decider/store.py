@@ -43,17 +43,30 @@ local function field_raw(raw, name, next_name)
   if not e then return nil end
   return string.sub(raw, s + #key, e - 1)
 end
-local function build(cfg, raw, params_raw, now)
+-- The text of a scalar field (a number or null: no ',' or '}' inside), or nil.
+local function scalar_raw(raw, name)
+  local key = '"' .. name .. '":'
+  local s = string.find(raw, key, 1, true)
+  if not s then return nil end
+  local e = string.find(raw, '[,}]', s + #key)
+  if not e then return nil end
+  return string.sub(raw, s + #key, e - 1)
+end
+local function build(cfg, raw, params_raw, now, window_raw, default_raw)
   params_raw = params_raw or field_raw(raw, 'strategy_params', 'version')
     or cjson.encode(cfg.strategy_params)
   local created_raw = field_raw(raw, 'created_ts', 'updated_ts') or cjson.encode(cfg.created_ts)
+  window_raw = window_raw or scalar_raw(raw, 'attribution_window_s') or 'null'
+  default_raw = default_raw or scalar_raw(raw, 'default_reward') or '0.0'
   return '{"experiment_id":' .. cjson.encode(cfg.experiment_id)
     .. ',"arm_ids":' .. cjson.encode(cfg.arm_ids)
     .. ',"strategy":' .. cjson.encode(cfg.strategy)
     .. ',"strategy_params":' .. params_raw
     .. ',"version":' .. string.format('%d', cfg.version)
     .. ',"created_ts":' .. created_raw
-    .. ',"updated_ts":' .. now .. '}'
+    .. ',"updated_ts":' .. now
+    .. ',"attribution_window_s":' .. window_raw
+    .. ',"default_reward":' .. default_raw .. '}'
 end
 """
 
@@ -83,7 +96,8 @@ return {'ok', out, raw}
 """
 )
 
-# KEYS[1] config; ARGV[1] strategy, ARGV[2] params JSON object, ARGV[3] now.
+# KEYS[1] config; ARGV[1] strategy, ARGV[2] params JSON object, ARGV[3] now, ARGV[4]
+# attribution window JSON (a number or null; '' keeps it), ARGV[5] default reward ('' keeps).
 # Returns {'ok', new_json, previous_json} | {'missing'}.
 _SET_STRATEGY: Final = (
     _LUA_HELPERS
@@ -93,7 +107,11 @@ if not raw then return {'missing'} end
 local cfg = cjson.decode(raw)
 cfg.strategy = ARGV[1]
 cfg.version = cfg.version + 1
-local out = build(cfg, raw, ARGV[2], ARGV[3])
+local window = nil
+if ARGV[4] ~= '' then window = ARGV[4] end
+local default = nil
+if ARGV[5] ~= '' then default = ARGV[5] end
+local out = build(cfg, raw, ARGV[2], ARGV[3], window, default)
 redis.call('SET', KEYS[1], out)
 return {'ok', out, raw}
 """
@@ -107,6 +125,20 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if ARGV[2] == '' then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1], ARGV[2]) end
 return 1
 """
+
+
+@dataclass(frozen=True, slots=True)
+class AttributionChange:
+    """Attribution fields a ``POST /config`` sets; ``keep_*`` leaves the stored value."""
+
+    window_s: float | None = None
+    keep_window: bool = True
+    default_reward: float | None = None
+
+    def lua_args(self) -> list[str]:
+        window = "" if self.keep_window else orjson.dumps(self.window_s).decode()
+        default = "" if self.default_reward is None else repr(float(self.default_reward))
+        return [window, default]
 
 
 def now_ts() -> float:
@@ -193,11 +225,17 @@ class ConfigStore:
         return self._result(res)
 
     async def set_strategy(
-        self, experiment_id: str, strategy: str, params: dict[str, Any]
+        self,
+        experiment_id: str,
+        strategy: str,
+        params: dict[str, Any],
+        attribution: AttributionChange | None = None,
     ) -> CommandResult:
+        """Swap strategy and params; ``attribution`` changes the window fields given."""
+        change = attribution or AttributionChange()
         res = await self._set_strategy(
             keys=[self.keys.experiment(experiment_id).config],
-            args=[strategy, orjson.dumps(params), repr(now_ts())],
+            args=[strategy, orjson.dumps(params), repr(now_ts()), *change.lua_args()],
         )
         return self._result(res)
 

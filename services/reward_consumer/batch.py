@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from bandit_core.fold import lookup_keys
 from bandit_core.state import ExperimentState
-from schemas.events import AnyEvent, ExperimentConfig
+from schemas.events import AnyEvent, DecisionMade, ExperimentConfig, RewardObserved
 from stream_runtime.batch import (
     DecodedBatch,
     Positioned,
@@ -41,6 +42,7 @@ __all__ = [
     "decode_record",
     "filter_applied",
     "first_offsets",
+    "fold_lookups",
     "new_offsets",
     "offset_field",
     "parse_offsets",
@@ -76,18 +78,41 @@ def parse_offsets(raw: Mapping[bytes, bytes] | Mapping[str, str]) -> dict[str, i
     return out
 
 
+def fold_lookups(items: Iterable[Positioned]) -> tuple[list[str], list[str]]:
+    """What the fold will look up for ``items``: the ``seen`` keys
+    (:func:`bandit_core.fold.lookup_keys`) and the decision ids whose open attribution
+    window it may close or open, each without repeats."""
+    keys: dict[str, None] = {}
+    ids: dict[str, None] = {}
+    for p in items:
+        event = p.event
+        for k in lookup_keys(event):
+            keys[k] = None
+        if isinstance(event, RewardObserved):
+            if event.decision_id is not None:
+                ids[event.decision_id] = None
+        elif isinstance(event, DecisionMade) and event.attribution_window_s is not None:
+            ids[event.decision_id] = None
+    return list(keys), list(ids)
+
+
 def build_state(
     experiment_id: str,
     config: ExperimentConfig,
     snapshot: bytes | None,
     seen: Mapping[str, float],
+    pending: Mapping[str, float] | None = None,
 ) -> ExperimentState:
-    """The state the fold starts from: stored snapshot + config key + the dedupe view.
+    """The state the fold starts from: stored snapshot + config key + the batch's views.
 
-    ``seen`` holds only the batch's dedupe keys that Redis already knows; that view is
-    enough for :func:`bandit_core.fold.fold_batch` to reject duplicates of this batch.
+    ``seen`` holds only the batch's dedupe keys that Redis already knows and
+    ``pending`` only the open attribution windows the batch names; those views are
+    enough for :func:`bandit_core.fold.fold_batch` to fold this batch exactly as it
+    would with the whole sets (the snapshot keeps the exact ``pending_count``).
     """
     state = ExperimentState.from_snapshot(snapshot, experiment_id)
     state.config = config
     state.seen = dict(seen)
+    if pending:
+        state.pending = dict(pending)
     return state

@@ -26,13 +26,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from redis.exceptions import RedisError
 
 from schemas.codec import encode
-from schemas.events import ChangePointDetected
+from schemas.events import AnyEvent, ChangePointDetected, RewardObserved
+from services.reward_consumer.attribution import AttributionSweeper
 from services.reward_consumer.batch import RecordLike
 from services.reward_consumer.handlers import BatchHandler, BatchReport, DeadLetterSink
 from services.reward_consumer.settings import ConsumerSettings
@@ -64,6 +67,9 @@ class RewardConsumer(KafkaBatchProcessor[BatchReport]):
         self._producer: AIOKafkaProducer | None = None
         self._redis: AnyRedis | None = None
         self._handler: BatchHandler | None = None
+        self._sweeper: AttributionSweeper | None = None
+        self._next_sweep = 0.0
+        self.defaults_logged = 0
 
     @property
     def fold_seconds(self) -> float:
@@ -97,6 +103,9 @@ class RewardConsumer(KafkaBatchProcessor[BatchReport]):
             sink,
             self._publish_change_points,
         )
+        self._sweeper = AttributionSweeper(
+            self._redis, s.keys, self._publish_defaults, s.mab_attribution_idle_grace_s
+        )
 
     async def _close_resources(self) -> None:
         if self._producer is not None:
@@ -110,6 +119,36 @@ class RewardConsumer(KafkaBatchProcessor[BatchReport]):
     async def _handle(self, records: list[RecordLike]) -> BatchReport:
         assert self._handler is not None
         return await self._handler.handle(records)
+
+    async def poll_once(self, stop: asyncio.Event | None = None) -> int:
+        """One batch, then (every ``mab_attribution_sweep_s``) close expired windows.
+
+        A failed sweep (Kafka or Redis down) is logged and retried at the next one: the
+        windows stay open in Redis, nothing is lost.
+        """
+        n = await super().poll_once(stop)
+        now = time.monotonic()
+        if self._sweeper is not None and self._handler is not None and now >= self._next_sweep:
+            self._next_sweep = now + self.settings.mab_attribution_sweep_s
+            try:
+                swept = await self._sweeper.sweep(self._handler.watermark)
+            except (KafkaError, RedisError, OSError) as exc:
+                log.warning("attribution sweep failed, retrying", extra={"error": repr(exc)})
+            else:
+                self.defaults_logged += swept.defaults
+        return n
+
+    async def _publish_defaults(self, events: Sequence[RewardObserved]) -> None:
+        """Append default rewards to the rewards topic (acked; idempotent producer)."""
+        await self._send(self.topics.rewards, events)
+
+    async def _send(self, topic: str, events: Sequence[AnyEvent]) -> None:
+        assert self._producer is not None
+        futures = [
+            await self._producer.send(topic, encode(ev), key=ev.experiment_id.encode())
+            for ev in events
+        ]
+        await asyncio.gather(*futures)
 
     async def _publish_change_points(self, events: Sequence[ChangePointDetected]) -> None:
         """Publish change points to the experiments topic, keyed by experiment id.
@@ -145,5 +184,6 @@ class RewardConsumer(KafkaBatchProcessor[BatchReport]):
         return {
             **s.as_dict(),
             "batches": self.batches,
+            "defaults_logged": self.defaults_logged,
             "records_per_s": round(s.records / self.fold_seconds) if self.fold_seconds else 0,
         }

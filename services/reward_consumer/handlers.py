@@ -15,17 +15,17 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from bandit_core.adaptive import GLR_DETECTOR
-from bandit_core.fold import APPLIED, DUPLICATE, ChangePoint, fold_batch
+from bandit_core.fold import APPLIED, DUPLICATE, LATE, ChangePoint, fold_batch
 from schemas.events import ChangePointDetected, RewardObserved
 from schemas.topics import TopicNames
 from services.reward_consumer.batch import (
     Positioned,
     RecordLike,
     Rejected,
-    batch_dedupe_keys,
     build_state,
     decode_batch,
     filter_applied,
+    fold_lookups,
     new_offsets,
 )
 from services.reward_consumer.store import ConsumerStore, Loaded, Write
@@ -68,6 +68,7 @@ class BatchReport(SummableReport):
     records: int = 0
     applied: int = 0
     duplicates: int = 0
+    late: int = 0  # rewards for decisions already folded with the default reward
     redelivered: int = 0  # dropped by the offset check (already in the snapshot)
     conflicts: int = 0
     experiments_written: int = 0
@@ -111,6 +112,9 @@ class BatchHandler:
         self.topics = topics
         self.dead_letter = dead_letter
         self.change_points = change_points
+        #: Event-time watermark: the newest event time of any record handled so far
+        #: (every experiment, every partition); closes attribution windows.
+        self.watermark = 0.0
 
     def _plan(self, exp: str, items: list[Positioned], loaded: Loaded) -> _Plan:
         """Offset-filter and fold one experiment's records (no I/O)."""
@@ -127,13 +131,15 @@ class BatchHandler:
             detail = f"experiment {exp!r} does not exist"
             plan.rejects = [Rejected(p.record, "unknown_experiment", detail) for p in fresh]
             return plan
-        state = build_state(exp, config, loaded.snapshot, loaded.seen)
+        state = build_state(exp, config, loaded.snapshot, loaded.seen, loaded.pending)
         result = fold_batch(state, (p.event for p in fresh))
         for p, outcome in zip(fresh, result.outcomes, strict=True):
             if outcome == APPLIED:
                 plan.report.applied += 1
             elif outcome == DUPLICATE:
                 plan.report.duplicates += 1
+            elif outcome == LATE:
+                plan.report.late += 1
             elif isinstance(p.event, RewardObserved):
                 detail = rejection_detail(outcome, p.event, config)
                 plan.rejects.append(Rejected(p.record, outcome, detail))
@@ -146,6 +152,8 @@ class BatchHandler:
             expected=loaded.offsets,
             new=new_offsets(fresh),
             new_seen=result.new_seen,
+            pending_added=result.pending_added,
+            pending_removed=result.pending_removed,
         )
         return plan
 
@@ -198,10 +206,17 @@ class BatchHandler:
         await park(decoded.rejected)
         for r in decoded.rejected:
             report.rejected[r.reason] += 1
+        newest = self.watermark
+        for items in decoded.by_experiment.values():
+            for p in items:
+                if p.event.ts > newest:
+                    newest = p.event.ts
 
         async def attempt(pending: dict[str, list[Positioned]]) -> set[str]:
+            lookups = {exp: fold_lookups(items) for exp, items in pending.items()}
             loaded = await self.store.load(
-                {exp: batch_dedupe_keys(items) for exp, items in pending.items()}
+                {exp: keys for exp, (keys, _) in lookups.items()},
+                {exp: ids for exp, (_, ids) in lookups.items()},
             )
             plans = {exp: self._plan(exp, items, loaded[exp]) for exp, items in pending.items()}
             await park([r for plan in plans.values() for r in plan.rejects])
@@ -220,6 +235,7 @@ class BatchHandler:
             return conflicted
 
         report.conflicts += await write_until_settled(decoded.by_experiment, attempt, log)
+        self.watermark = newest
         return report, detected
 
 

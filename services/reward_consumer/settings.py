@@ -30,6 +30,12 @@ class ConsumerSettings(StreamSettings):
     mab_session_timeout_ms: int = Field(default=10_000, ge=6_000, le=300_000)
     #: Pause after a failed batch (Redis down) before the same records are retried.
     mab_retry_backoff_s: float = Field(default=1.0, gt=0, le=60)
+    #: How often expired attribution windows are looked for (services/reward_consumer/
+    #: attribution.py); a window closes at most this much after the watermark passes it.
+    mab_attribution_sweep_s: float = Field(default=1.0, gt=0, le=3600)
+    #: With no traffic at all event time stands still: windows then close by the wall
+    #: clock minus this grace (which leaves in-flight rewards time to arrive).
+    mab_attribution_idle_grace_s: float = Field(default=300.0, ge=0, le=7 * 86400)
 
     @property
     def group_id(self) -> str:

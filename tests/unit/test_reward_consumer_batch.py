@@ -172,7 +172,17 @@ def test_write_args_layout() -> None:
     assert args[0] == b"snap"
     assert args[2] == 2
     assert args[3:9] == ["d:1", "", "2", "r:0", "4", "9"]
-    assert args[9:] == ["5.0", "e:a"]
+    assert args[9:] == [0, 0, "5.0", "e:a"]  # no attribution windows opened or closed
+    w = Write(
+        "x",
+        b"snap",
+        expected={},
+        new={"r:0": 1},
+        new_seen={},
+        pending_added={"a.0": 70.5},
+        pending_removed=["b.1", "c.0"],
+    )
+    assert _write_args(w)[6:] == [1, "70.5", "a.0", 2, "b.1", "c.0"]
 
 
 def test_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:

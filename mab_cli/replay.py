@@ -1,0 +1,498 @@
+"""Replay: rebuild the Redis state from the topics with the consumers' own code.
+
+Nothing here re-implements a rule. Records are decoded by the projector's decoder (which
+decodes rewards and decisions exactly like the reward consumer), statistics come from
+:func:`bandit_core.fold.fold_into` (the fold the reward consumer runs), buckets from
+:func:`services.projector.projection.project`, and both are written by the consumers'
+own store code (:class:`services.reward_consumer.store.ConsumerStore`,
+:class:`services.projector.store.ProjectorStore`), Lua scripts included. Replay is the
+CLI, not a service, so importing service modules keeps "no service imports another".
+
+Why it is fast where the live path is not: the live consumer reads and writes Redis per
+poll batch; replay owns its states, folds a whole partition in memory in large chunks
+and writes each experiment once at the end. Partitions are independent (every topic is
+keyed by experiment id and co-partitioned), so they are replayed in parallel processes.
+
+Where replay stops decides what it can be compared with:
+
+* ``--rebuild`` replays every partition up to its end offset taken at the start;
+* ``--verify`` first reads, per experiment and atomically, the live state together with
+  the offsets stored with it, then replays each experiment's records exactly up to those
+  offsets (the reward consumer's and the projector's separately). So it compares like
+  with like even while the consumers keep running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from typing import Final
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from redis.asyncio import Redis
+
+from bandit_core.fold import fold_into
+from bandit_core.state import ExperimentState
+from schemas.codec import DecodeError, decode
+from schemas.events import ExperimentConfig, ExperimentCreated
+from schemas.redis_keys import RedisKeys
+from schemas.topics import TopicNames
+from services.projector.projection import (
+    Positioned,
+    Projection,
+    RecordLike,
+    Retention,
+    decode_batch,
+    offset_field,
+    project,
+)
+from services.projector.store import ProjectorStore
+from services.projector.store import Write as ProjectorWrite
+from services.reward_consumer.store import ConsumerStore
+from services.reward_consumer.store import Write as ConsumerWrite
+from stream_runtime.batch import gc_deferred
+
+#: Records per ``getmany`` while replaying: large, so per-call overhead vanishes.
+CHUNK_RECORDS: Final = 50_000
+#: Dedupe keys per consumer write call: one Lua call blocks Redis while it runs, so
+#: chunks keep each block to some tens of milliseconds for the other clients.
+SEEN_PER_WRITE: Final = 20_000
+#: ``Stops`` maps experiment id -> offset field -> last offset (inclusive) to apply.
+Stops = dict[str, dict[str, int]]
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayPlan:
+    """What one worker replays (picklable: it crosses a process boundary).
+
+    ``read_until`` is the last offset to read per ``topic:partition``; the stops say,
+    per experiment, up to which offset the reward consumer's fold (``consumer_stops``)
+    and the projector (``projector_stops``) apply its records (``None``: everything
+    read). ``start`` is the first offset to read per partition (absent: the beginning).
+    """
+
+    bootstrap: str
+    redis_url: str
+    topic_prefix: str
+    target_prefix: str
+    partitions: tuple[int, ...]
+    configs: dict[str, bytes]
+    read_until: dict[str, int]
+    retention: Retention
+    now: float
+    consumer_stops: Stops | None = None
+    projector_stops: Stops | None = None
+    start: dict[str, int] = field(default_factory=dict)
+    chunk_records: int = CHUNK_RECORDS
+
+
+@dataclass(slots=True)
+class ReplayReport:
+    """Counts of one replay (summed over workers) and where the time went."""
+
+    records: int = 0
+    folded: int = 0
+    projected: int = 0
+    experiments_written: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    read_s: float = 0.0
+    decode_s: float = 0.0
+    fold_s: float = 0.0
+    project_s: float = 0.0
+    write_s: float = 0.0
+    cpu_s: float = 0.0  # CPU time of the worker processes (Kafka client included)
+
+    def add(self, other: ReplayReport) -> None:
+        self.records += other.records
+        self.folded += other.folded
+        self.projected += other.projected
+        self.experiments_written += other.experiments_written
+        self.rejected.update(other.rejected)
+        self.read_s += other.read_s
+        self.decode_s += other.decode_s
+        self.fold_s += other.fold_s
+        self.project_s += other.project_s
+        self.write_s += other.write_s
+        self.cpu_s += other.cpu_s
+
+
+@dataclass(slots=True)
+class _Experiment:
+    """One experiment's replay accumulators: the fold state and the merged projection."""
+
+    state: ExperimentState
+    config: ExperimentConfig
+    consumer_offsets: dict[str, int] = field(default_factory=dict)
+    projection: Projection = field(default_factory=Projection)
+    projector_seen: set[str] = field(default_factory=set)
+
+
+def _merge_max(into: dict[str, int], new: Mapping[str, int]) -> None:
+    for f, o in new.items():
+        if o > into.get(f, -1):
+            into[f] = o
+
+
+def _merge_projection(into: Projection, new: Projection) -> None:
+    for key, counter in new.buckets.items():
+        mine = into.buckets.get(key)
+        if mine is None:
+            into.buckets[key] = counter
+        else:
+            mine.update(counter)
+    into.new_seen.update(new.new_seen)
+    into.change_points.update(new.change_points)
+    _merge_max(into.offsets, new.offsets)
+    into.applied += new.applied
+    into.duplicates += new.duplicates
+    into.expired += new.expired
+
+
+def _last_offsets(items: list[Positioned]) -> dict[str, int]:
+    """:func:`~stream_runtime.batch.new_offsets` for items in log order per partition
+    (the last one per partition is the highest): no per-record call or comparison."""
+    last: dict[tuple[str, int], int] = {}
+    for p in items:
+        r = p.record
+        last[r.topic, r.partition] = r.offset
+    return {offset_field(t, part): o for (t, part), o in last.items()}
+
+
+def _within(items: list[Positioned], stops: Mapping[str, int] | None) -> list[Positioned]:
+    """The items at or below their partition's stop (``None``: all of them)."""
+    if stops is None:
+        return items
+    return [p for p in items if p.record.offset <= stops.get(p.field, -1)]
+
+
+def fold_configs(events: Iterable[ExperimentCreated | object]) -> dict[str, ExperimentConfig]:
+    """The configuration of every experiment, folded from experiments-topic events.
+
+    Uses the fold itself (highest version wins), so replay rebuilds exactly the config
+    the consumer and the decider agree on.
+    """
+    states: dict[str, ExperimentState] = {}
+    for event in events:
+        exp = getattr(event, "experiment_id", None)
+        if exp is None or not hasattr(event, "config"):
+            continue
+        state = states.get(exp)
+        if state is None:
+            state = states[exp] = ExperimentState(experiment_id=exp)
+        fold_into(state, (event,))  # type: ignore[arg-type]
+    return {exp: s.config for exp, s in states.items() if s.config is not None}
+
+
+class PartitionReplayer:
+    """Folds and projects the records of some partitions in memory, then writes them."""
+
+    def __init__(self, plan: ReplayPlan, progress: Progress = _quiet) -> None:
+        self.plan = plan
+        self.topics = TopicNames.with_prefix(plan.topic_prefix)
+        self.progress = progress
+        self.report = ReplayReport()
+        self.configs = {
+            exp: ExperimentConfig.model_validate_json(raw) for exp, raw in plan.configs.items()
+        }
+        self.experiments: dict[str, _Experiment] = {}
+
+    def _experiment(self, exp: str) -> _Experiment | None:
+        acc = self.experiments.get(exp)
+        if acc is None:
+            config = self.configs.get(exp)
+            if config is None:
+                return None
+            state = ExperimentState(experiment_id=exp, config=config)
+            acc = self.experiments[exp] = _Experiment(state, config)
+        return acc
+
+    def apply(self, records: Sequence[RecordLike]) -> None:
+        """Decode, fold and project one chunk of records (any partitions, log order).
+
+        The cyclic collector is held off per chunk, as in the live handlers (see
+        :func:`stream_runtime.batch.gc_deferred`): replay keeps a large, growing heap
+        (states, dedupe keys), and young-generation passes triggered by a chunk's fresh
+        events would promote them and set off full collections over all of it.
+        """
+        with gc_deferred():
+            self._apply(records)
+
+    def _apply(self, records: Sequence[RecordLike]) -> None:
+        plan = self.plan
+        t0 = time.perf_counter()
+        decoded = decode_batch(records, self.topics)
+        t1 = time.perf_counter()
+        self.report.decode_s += t1 - t0
+        for r in decoded.rejected:
+            self.report.rejected[r.reason] += 1
+        experiments_topic = self.topics.experiments
+        for exp, items in decoded.by_experiment.items():
+            acc = self._experiment(exp)
+            if acc is None:
+                # The live processors write nothing for an experiment without config.
+                self.report.rejected["unknown_experiment"] += len(items)
+                continue
+            t1 = time.perf_counter()
+            stops = None if plan.consumer_stops is None else plan.consumer_stops.get(exp, {})
+            fold_items = [
+                p
+                for p in _within(items, stops)
+                if p.record.topic != experiments_topic  # the consumer does not read it
+            ]
+            if fold_items:
+                fold_into(acc.state, [p.event for p in fold_items])
+                _merge_max(acc.consumer_offsets, _last_offsets(fold_items))
+                self.report.folded += len(fold_items)
+            t2 = time.perf_counter()
+            pstops = None if plan.projector_stops is None else plan.projector_stops.get(exp, {})
+            proj_items = _within(items, pstops)
+            if proj_items:
+                proj = project(proj_items, acc.config, acc.projector_seen, plan.retention, plan.now)
+                acc.projector_seen.update(proj.new_seen)
+                _merge_projection(acc.projection, proj)
+                self.report.projected += len(proj_items)
+            self.report.fold_s += t2 - t1
+            self.report.project_s += time.perf_counter() - t2
+
+    async def read(self) -> None:
+        """Read every assigned partition from its start up to ``read_until``."""
+        plan = self.plan
+        fields = [
+            offset_field(topic, p)
+            for topic in (self.topics.rewards, self.topics.decisions, self.topics.experiments)
+            for p in plan.partitions
+        ]
+        until = {f: plan.read_until[f] for f in fields if plan.read_until.get(f, -1) >= 0}
+        total = 0
+        last_note = time.monotonic()
+        t0 = time.perf_counter()
+        async for chunk in read_chunks(plan.bootstrap, plan.start, until, plan.chunk_records):
+            self.report.read_s += time.perf_counter() - t0
+            self.report.records += len(chunk)
+            total += len(chunk)
+            self.apply(chunk)
+            if time.monotonic() - last_note >= 1.0:
+                last_note = time.monotonic()
+                self.progress(f"partitions {list(plan.partitions)}: {total:,} records")
+            t0 = time.perf_counter()
+
+    async def write(self) -> None:
+        """Write each experiment once, through the consumers' own store code."""
+        plan = self.plan
+        t0 = time.perf_counter()
+        keys = RedisKeys(plan.target_prefix)
+        redis = Redis.from_url(plan.redis_url, decode_responses=False)
+        try:
+            cstore = ConsumerStore(redis, keys)
+            pstore = ProjectorStore(redis, keys, plan.retention)
+            for exp, acc in self.experiments.items():
+                wrote = False
+                if acc.consumer_offsets:
+                    await self._write_snapshot(cstore, exp, acc)
+                    wrote = True
+                if acc.projection.offsets:
+                    failed = await pstore.write([ProjectorWrite(exp, {}, acc.projection)], plan.now)
+                    if failed:
+                        raise RuntimeError(f"replay target of {exp!r} was not empty (projector)")
+                    wrote = True
+                self.report.experiments_written += wrote
+        finally:
+            await redis.aclose()
+        self.report.write_s += time.perf_counter() - t0
+
+    @staticmethod
+    async def _write_snapshot(store: ConsumerStore, exp: str, acc: _Experiment) -> None:
+        """Snapshot + offsets + dedupe keys + open windows, in bounded chunks of keys.
+
+        The first call is the consumer's compare-and-set against an empty target; the
+        following ones re-set the same snapshot and offsets and add more keys.
+        """
+        snapshot = acc.state.snapshot_bytes()
+        seen = list(acc.state.seen.items())
+        pending = list(acc.state.pending.items())
+        expected: dict[str, int] = {}
+        for start in range(0, max(len(seen), len(pending), 1), SEEN_PER_WRITE):
+            write = ConsumerWrite(
+                exp,
+                snapshot,
+                expected,
+                acc.consumer_offsets,
+                dict(seen[start : start + SEEN_PER_WRITE]),
+                pending_added=dict(pending[start : start + SEEN_PER_WRITE]),
+            )
+            if await store.write([write]):
+                raise RuntimeError(f"replay target of {exp!r} was not empty (snapshot)")
+            expected = acc.consumer_offsets
+
+    async def run(self) -> ReplayReport:
+        started = time.process_time()
+        await self.read()
+        await self.write()
+        self.report.cpu_s += time.process_time() - started
+        return self.report
+
+
+async def read_chunks(
+    bootstrap: str, start: Mapping[str, int], until: Mapping[str, int], chunk_records: int
+) -> AsyncIterator[list[ConsumerRecord[bytes, bytes]]]:
+    """Records of the partitions named by ``until`` (``topic:partition`` -> last offset,
+    inclusive), from ``start`` (default: the beginning), in chunks of log order."""
+    tps = []
+    for f in until:
+        topic, _, part = f.rpartition(":")
+        tps.append(TopicPartition(topic, int(part)))
+    if not tps:
+        return
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        max_partition_fetch_bytes=16 * 1024 * 1024,
+        fetch_max_bytes=64 * 1024 * 1024,
+        fetch_max_wait_ms=50,
+    )
+    await consumer.start()
+    try:
+        consumer.assign(tps)
+        remaining: dict[TopicPartition, int] = {}
+        for tp in tps:
+            f = offset_field(tp.topic, tp.partition)
+            if f in start:
+                consumer.seek(tp, start[f])
+            else:
+                await consumer.seek_to_beginning(tp)
+            if await consumer.position(tp) <= until[f]:
+                remaining[tp] = until[f]
+            else:
+                consumer.pause(tp)
+        while remaining:
+            polled = await consumer.getmany(*remaining, timeout_ms=1000, max_records=chunk_records)
+            chunk: list[ConsumerRecord[bytes, bytes]] = []
+            for tp, recs in polled.items():
+                last = remaining.get(tp)
+                if last is None:
+                    continue
+                if recs and recs[-1].offset > last:
+                    recs = [r for r in recs if r.offset <= last]
+                chunk += recs
+                if await consumer.position(tp) > last:
+                    del remaining[tp]
+                    consumer.pause(tp)
+            if chunk:
+                yield chunk
+    finally:
+        await consumer.stop()
+
+
+def run_plan(plan: ReplayPlan) -> ReplayReport:
+    """Entry point of a worker process (progress goes to stderr)."""
+
+    def note(msg: str) -> None:
+        print(f"replay: {msg}", file=sys.stderr, flush=True)
+
+    return asyncio.run(PartitionReplayer(plan, note).run())
+
+
+def run_plans(plans: list[ReplayPlan], progress: Progress = _quiet) -> ReplayReport:
+    """Run plans in parallel processes (one plan: in this process)."""
+    total = ReplayReport()
+    if len(plans) == 1:
+        total.add(asyncio.run(PartitionReplayer(plans[0], progress).run()))
+        return total
+    with ProcessPoolExecutor(len(plans), mp_context=get_context("spawn")) as pool:
+        for report in pool.map(run_plan, plans):
+            total.add(report)
+    return total
+
+
+async def read_experiment_events(
+    bootstrap: str, topics: TopicNames
+) -> tuple[dict[str, ExperimentConfig], int]:
+    """Fold the whole experiments topic into configs; also returns its partition count."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        parts = consumer.partitions_for_topic(topics.experiments)
+        if parts is None:
+            # aiokafka's public topics() fetches metadata without keeping it, and a
+            # consumer with no subscription has none: refresh its cluster view.
+            await consumer._client.force_metadata_update()
+            parts = consumer.partitions_for_topic(topics.experiments) or set()
+        tps = [TopicPartition(topics.experiments, p) for p in sorted(parts)]
+        if not tps:
+            return {}, 0
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        remaining = {tp for tp in tps if ends[tp] > 0}
+        await consumer.seek_to_beginning(*tps)
+        events: list[object] = []
+        while remaining:
+            polled = await consumer.getmany(*remaining, timeout_ms=1000, max_records=10_000)
+            for tp, recs in polled.items():
+                for r in recs:
+                    if r.value is None or r.offset >= ends[tp]:
+                        continue
+                    with contextlib.suppress(DecodeError):
+                        events.append(decode(r.value))
+                if await consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+        return fold_configs(events), len(tps)
+    finally:
+        await consumer.stop()
+
+
+async def end_offsets(bootstrap: str, topics: TopicNames, partitions: int) -> dict[str, int]:
+    """Last offset (inclusive; -1 when empty) of every partition of the three topics."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        tps = [
+            TopicPartition(t, p)
+            for t in (topics.rewards, topics.decisions, topics.experiments)
+            for p in range(partitions)
+        ]
+        ends = await consumer.end_offsets(tps)
+        return {offset_field(tp.topic, tp.partition): o - 1 for tp, o in ends.items()}
+    finally:
+        await consumer.stop()
+
+
+async def offsets_at(
+    bootstrap: str, topics: TopicNames, partitions: int, ts: float
+) -> dict[str, int]:
+    """First offset at or after unix time ``ts`` per partition (broker timestamps)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        tps = [
+            TopicPartition(t, p)
+            for t in (topics.rewards, topics.decisions, topics.experiments)
+            for p in range(partitions)
+        ]
+        found = await consumer.offsets_for_times({tp: int(ts * 1000) for tp in tps})
+        ends = await consumer.end_offsets(tps)
+        return {
+            offset_field(tp.topic, tp.partition): (ends[tp] if hit is None else hit.offset)
+            for tp, hit in found.items()
+        }
+    finally:
+        await consumer.stop()
+
+
+def split_partitions(partitions: int, workers: int) -> list[tuple[int, ...]]:
+    """Partitions dealt round-robin to at most ``workers`` workers (none left empty)."""
+    workers = max(1, min(workers, partitions))
+    return [tuple(range(w, partitions, workers)) for w in range(workers)]

@@ -1,0 +1,389 @@
+"""``mab replay``: rebuild state from the topics with the consumers' own fold and writes.
+
+* ``mab replay`` replays into a scratch namespace, prints what it folded, and removes it;
+* ``mab replay --verify`` compares that rebuild with the live keys (exit 0 only when
+  identical, 1 with the differences printed);
+* ``mab replay --rebuild`` makes the rebuild live (after Redis was lost or corrupted);
+* ``--from-timestamp T`` starts at the first record at or after ``T`` (broker time).
+  With ``--rebuild`` the records from ``T`` on are applied *on top of* the live state by
+  the consumers' batch handlers, whose stored-offset check skips what the state already
+  holds: the way to catch up a Redis restored from a backup taken after ``T``. Without
+  it, the scratch state holds only the records from ``T`` (a partial view; it cannot be
+  compared with live state, so ``--verify`` refuses it).
+
+The engine is :mod:`mab_cli.replay`, the Redis side :mod:`mab_cli.replay_redis`. Bad
+input (unreachable broker, unparsable timestamp) is one red line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import typer
+from redis.asyncio import Redis
+
+from mab_cli.replay import (
+    Progress,
+    ReplayPlan,
+    ReplayReport,
+    end_offsets,
+    offsets_at,
+    read_chunks,
+    read_experiment_events,
+    run_plans,
+    split_partitions,
+)
+from mab_cli.replay_redis import (
+    compare,
+    delete_namespace,
+    experiments_without_topic,
+    read_namespace,
+    stops_of,
+    swap_in,
+    write_configs,
+)
+from schemas.redis_keys import RedisKeys
+from schemas.topics import TopicNames
+from services.projector.consumer import ProjectorHandler
+from services.projector.projection import Retention
+from services.projector.settings import ProjectorSettings
+from services.projector.store import ProjectorStore
+from services.reward_consumer.handlers import BatchHandler
+from services.reward_consumer.store import ConsumerStore
+from stream_runtime.batch import Rejected
+from stream_runtime.redis_client import CLUSTER_SCHEMES
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayTarget:
+    """Where to read and write: the deployment's broker, Redis and prefixes."""
+
+    bootstrap: str
+    redis_url: str
+    topic_prefix: str
+    redis_prefix: str
+    retention: Retention
+    workers: int = 2
+
+    @property
+    def topics(self) -> TopicNames:
+        return TopicNames.with_prefix(self.topic_prefix)
+
+    def scratch_prefix(self) -> str:
+        return f"{self.redis_prefix}replay-{uuid.uuid4().hex[:8]}-"
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What a replay did: counts, wall time, and (verify) the differences found."""
+
+    report: ReplayReport
+    seconds: float
+    experiments: int
+    differences: list[str]
+    notes: list[str]
+    verified: bool = False  # a --verify run (so "no differences" means "identical")
+
+    def as_dict(self) -> dict[str, Any]:
+        r = self.report
+        return {
+            "records": r.records,
+            "folded": r.folded,
+            "projected": r.projected,
+            "experiments": self.experiments,
+            "experiments_written": r.experiments_written,
+            "rejected": dict(r.rejected),
+            "seconds": round(self.seconds, 3),
+            "records_per_s": round(r.records / self.seconds) if self.seconds else None,
+            "profile_s": {
+                "read": round(r.read_s, 3),
+                "decode": round(r.decode_s, 3),
+                "fold": round(r.fold_s, 3),
+                "project": round(r.project_s, 3),
+                "write": round(r.write_s, 3),
+                "workers_cpu": round(r.cpu_s, 3),
+            },
+            "differences": self.differences,
+            "notes": self.notes,
+        }
+
+
+def _plans(
+    target: ReplayTarget,
+    partitions: int,
+    scratch: str,
+    configs: dict[str, bytes],
+    read_until: dict[str, int],
+    *,
+    start: dict[str, int] | None = None,
+    consumer_stops: dict[str, dict[str, int]] | None = None,
+    projector_stops: dict[str, dict[str, int]] | None = None,
+) -> list[ReplayPlan]:
+    now = time.time()
+    return [
+        ReplayPlan(
+            bootstrap=target.bootstrap,
+            redis_url=target.redis_url,
+            topic_prefix=target.topic_prefix,
+            target_prefix=scratch,
+            partitions=parts,
+            configs=configs,
+            read_until=read_until,
+            retention=target.retention,
+            now=now,
+            consumer_stops=consumer_stops,
+            projector_stops=projector_stops,
+            start=start or {},
+        )
+        for parts in split_partitions(partitions, target.workers)
+    ]
+
+
+async def replay_into_scratch(
+    target: ReplayTarget,
+    redis: Redis,
+    scratch: str,
+    progress: Progress,
+    *,
+    from_ts: float | None = None,
+    stops: tuple[dict[str, dict[str, int]], dict[str, dict[str, int]]] | None = None,
+) -> tuple[ReplayReport, int]:
+    """Replay into ``scratch``; ``stops`` (consumer, projector) bound it per experiment."""
+    topics = target.topics
+    configs, partitions = await read_experiment_events(target.bootstrap, topics)
+    progress(f"{len(configs)} experiments in {topics.experiments}, {partitions} partitions")
+    if partitions == 0:
+        return ReplayReport(), 0
+    ends = await end_offsets(target.bootstrap, topics, partitions)
+    start = (
+        None if from_ts is None else await offsets_at(target.bootstrap, topics, partitions, from_ts)
+    )
+    read_until = dict(ends)
+    cstops = pstops = None
+    if stops is not None:
+        cstops, pstops = stops
+        read_until = {f: -1 for f in ends}
+        for per_exp in (*cstops.values(), *pstops.values()):
+            for f, o in per_exp.items():
+                if f in read_until and o > read_until[f]:
+                    read_until[f] = o
+    raw = {exp: c.model_dump_json().encode() for exp, c in configs.items()}
+    plans = _plans(
+        target,
+        partitions,
+        scratch,
+        raw,
+        read_until,
+        start=start,
+        consumer_stops=cstops,
+        projector_stops=pstops,
+    )
+    report = await asyncio.to_thread(run_plans, plans, progress)
+    await write_configs(redis, scratch, configs)
+    return report, len(configs)
+
+
+async def run_verify(target: ReplayTarget, progress: Progress) -> Outcome:
+    """Rebuild up to the live offsets into scratch keys and compare with the live keys."""
+    started = time.perf_counter()
+    redis = _single_node(target.redis_url)
+    scratch = target.scratch_prefix()
+    try:
+        live = await read_namespace(redis, target.redis_prefix)
+        progress(f"read {len(live.experiments)} live experiments")
+        stops = (stops_of(live, "offsets"), stops_of(live, "proj:offsets"))
+        report, n = await replay_into_scratch(target, redis, scratch, progress, stops=stops)
+        rebuilt = await read_namespace(redis, scratch)
+        differences = compare(live, rebuilt)
+        return Outcome(report, time.perf_counter() - started, n, differences, [], verified=True)
+    finally:
+        await delete_namespace(redis, scratch)
+        await redis.aclose()
+
+
+async def run_rebuild(target: ReplayTarget, progress: Progress) -> Outcome:
+    """Replay everything into scratch keys, then swap them in experiment by experiment."""
+    started = time.perf_counter()
+    redis = _single_node(target.redis_url)
+    scratch = target.scratch_prefix()
+    try:
+        report, n = await replay_into_scratch(target, redis, scratch, progress)
+        rebuilt = await read_namespace(redis, scratch)
+        live = await read_namespace(redis, target.redis_prefix)
+        orphans = experiments_without_topic(live, rebuilt.experiments)
+        swapped = await swap_in(redis, target.redis_prefix, scratch)
+        progress(f"swapped in {len(swapped)} experiments")
+        notes = [f"left alone (no events in the topics): {e}" for e in orphans]
+        return Outcome(report, time.perf_counter() - started, n, [], notes)
+    finally:
+        await delete_namespace(redis, scratch)
+        await redis.aclose()
+
+
+async def run_dry(target: ReplayTarget, progress: Progress, from_ts: float | None) -> Outcome:
+    """Replay into scratch keys, report, and remove them."""
+    started = time.perf_counter()
+    redis = _single_node(target.redis_url)
+    scratch = target.scratch_prefix()
+    try:
+        report, n = await replay_into_scratch(target, redis, scratch, progress, from_ts=from_ts)
+        return Outcome(report, time.perf_counter() - started, n, [], [])
+    finally:
+        await delete_namespace(redis, scratch)
+        await redis.aclose()
+
+
+def _single_node(url: str) -> Redis:
+    """Replay scans and swaps whole key namespaces, which it does on one node only."""
+    if url.split("://", 1)[0] in CLUSTER_SCHEMES:
+        raise typer.BadParameter(
+            "mab replay works against a single Redis node; point REDIS_URL at one node "
+            "(a Redis Cluster is rebuilt by replaying into each experiment's node: not yet)"
+        )
+    return Redis.from_url(url)
+
+
+async def _no_dead_letter(rejects: Sequence[Rejected]) -> None:
+    """Rejects were dead-lettered when the live consumer first saw them."""
+    return None
+
+
+async def run_tail(target: ReplayTarget, progress: Progress, from_ts: float) -> Outcome:
+    """Apply the records from ``from_ts`` on top of the live state with the live handlers.
+
+    The handlers' stored-offset check skips every record the live state already holds,
+    so this only adds what is missing. Change points are not re-published.
+    """
+    started = time.perf_counter()
+    topics = target.topics
+    configs, partitions = await read_experiment_events(target.bootstrap, topics)
+    report = ReplayReport()
+    if partitions == 0:
+        return Outcome(report, 0.0, 0, [], [])
+    ends = await end_offsets(target.bootstrap, topics, partitions)
+    start = await offsets_at(target.bootstrap, topics, partitions, from_ts)
+    redis = _single_node(target.redis_url)
+    try:
+        await write_configs(redis, target.redis_prefix, configs)
+        keys = RedisKeys(target.redis_prefix)
+        consumer = BatchHandler(ConsumerStore(redis, keys), topics, _no_dead_letter, None)
+        projector = ProjectorHandler(
+            ProjectorStore(redis, keys, target.retention), topics, target.retention
+        )
+        last_note = time.monotonic()
+        async for chunk in read_chunks(target.bootstrap, start, ends, 2000):
+            report.records += len(chunk)
+            folded = await consumer.handle(
+                [r for r in chunk if r.topic in (topics.rewards, topics.decisions)]
+            )
+            projected = await projector.handle(chunk)
+            report.folded += folded.applied + folded.duplicates
+            report.projected += projected.applied + projected.duplicates
+            report.rejected.update(folded.rejected)
+            if time.monotonic() - last_note >= 1.0:
+                last_note = time.monotonic()
+                progress(f"{report.records:,} records applied on top of the live state")
+    finally:
+        await redis.aclose()
+    return Outcome(report, time.perf_counter() - started, len(configs), [], [])
+
+
+def parse_timestamp(value: str) -> float:
+    """Unix seconds, or an ISO 8601 time (a time without zone is UTC)."""
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is neither unix seconds nor ISO 8601") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def replay(
+        verify: Annotated[
+            bool, typer.Option("--verify", help="Compare a rebuild with the live state.")
+        ] = False,
+        rebuild: Annotated[
+            bool, typer.Option("--rebuild", help="Restore the live state from the topics.")
+        ] = False,
+        from_timestamp: Annotated[
+            str | None,
+            typer.Option(help="Start at this time (unix seconds or ISO 8601, UTC)."),
+        ] = None,
+        workers: Annotated[int, typer.Option(min=1, max=64, help="Parallel processes.")] = 2,
+        as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    ) -> None:
+        """Replay the topics with the consumers' fold (env: KAFKA_BOOTSTRAP_SERVERS,
+        REDIS_URL, MAB_TOPIC_PREFIX, MAB_REDIS_PREFIX, MAB_PROJECTOR_RETENTION_DAYS)."""
+        if verify and rebuild:
+            raise _fail("--verify and --rebuild exclude each other")
+        from_ts = None if from_timestamp is None else parse_timestamp(from_timestamp)
+        if verify and from_ts is not None:
+            raise _fail("--verify compares a full replay; it cannot start at a timestamp")
+        settings = ProjectorSettings()
+        target = ReplayTarget(
+            bootstrap=settings.kafka_bootstrap_servers,
+            redis_url=settings.redis_url,
+            topic_prefix=settings.mab_topic_prefix,
+            redis_prefix=settings.mab_redis_prefix,
+            retention=settings.retention,
+            workers=workers,
+        )
+
+        def progress(message: str) -> None:
+            typer.echo(f"replay: {message}", err=True)
+
+        try:
+            if verify:
+                outcome = asyncio.run(run_verify(target, progress))
+            elif rebuild and from_ts is not None:
+                outcome = asyncio.run(run_tail(target, progress, from_ts))
+            elif rebuild:
+                outcome = asyncio.run(run_rebuild(target, progress))
+            else:
+                outcome = asyncio.run(run_dry(target, progress, from_ts))
+        except (OSError, ConnectionError) as exc:
+            raise _fail(f"cannot reach Kafka or Redis: {exc}") from None
+        _print(outcome, as_json)
+        if verify and outcome.differences:
+            raise typer.Exit(1)
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(2)
+
+
+def _print(outcome: Outcome, as_json: bool) -> None:
+    data = outcome.as_dict()
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    typer.echo(
+        f"{data['records']:,} records ({data['folded']:,} folded, {data['projected']:,} "
+        f"projected) of {data['experiments']} experiments in {data['seconds']} s "
+        f"({data['records_per_s'] or 0:,} records/s)"
+    )
+    if data["rejected"]:
+        typer.echo(f"rejected: {data['rejected']}")
+    for note in outcome.notes:
+        typer.echo(note)
+    if outcome.differences:
+        typer.secho(f"{len(outcome.differences)} differences:", fg=typer.colors.RED)
+        for line in outcome.differences:
+            typer.echo(f"  {line}")
+    elif outcome.verified:
+        typer.echo("identical")

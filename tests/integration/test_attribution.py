@@ -1,0 +1,185 @@
+"""Attribution windows end to end: decider -> Kafka -> reward consumer -> Redis, and replay.
+
+Scenario: an experiment with a 1 s window and default reward 0.0 serves 20 decisions;
+5 get a reward in time, the other 15 get none; the consumer's sweep (idle fallback
+shortened for the test) logs their defaults; then a reward arrives for a defaulted
+decision, and a seed-style 0.0 reward without a decision id.
+We expect: 15 defaulted, 0 pending, the late reward counted late and not added (20 pulls,
+reward sum 5), the seed-style reward counted as one more pull, the counts in the stats
+endpoint, and ``mab replay --verify`` finding the live state identical to a rebuild.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from mab_cli.replay_cmd import ReplayTarget, run_verify
+from services.decider.app import create_asgi
+from services.decider.settings import DeciderSettings
+from services.projector.consumer import Projector
+from services.projector.settings import ProjectorSettings
+from services.reward_consumer.consumer import RewardConsumer
+from services.reward_consumer.settings import ConsumerSettings
+
+pytestmark = pytest.mark.integration
+
+
+async def eventually(check: Callable[[], Any], within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while True:
+        if await check():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+async def test_expired_decisions_get_the_default_once_and_replay_agrees(
+    kafka_bootstrap: str, redis_url: str, ns: str, topics: dict[str, int]
+) -> None:
+    decider = create_asgi(
+        DeciderSettings(
+            redis_url=redis_url,
+            kafka_bootstrap_servers=kafka_bootstrap,
+            topic_prefix=ns,
+            redis_prefix=ns,
+        )
+    )
+    consumer = RewardConsumer(
+        ConsumerSettings(
+            kafka_bootstrap_servers=kafka_bootstrap,
+            redis_url=redis_url,
+            mab_topic_prefix=ns,
+            mab_redis_prefix=ns,
+            mab_consumer_group_id=ns + "c",
+            mab_poll_timeout_ms=100,
+            mab_attribution_sweep_s=0.2,
+            mab_attribution_idle_grace_s=0.5,
+        )
+    )
+    projector = Projector(
+        ProjectorSettings(
+            kafka_bootstrap_servers=kafka_bootstrap,
+            redis_url=redis_url,
+            mab_topic_prefix=ns,
+            mab_redis_prefix=ns,
+            mab_projector_group_id=ns + "p",
+            mab_projector_poll_timeout_ms=100,
+        )
+    )
+    await consumer.start()
+    await projector.start()
+    try:
+        async with (
+            decider.api.router.lifespan_context(decider.api),
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=decider), base_url="http://decider"
+            ) as c,
+        ):
+            r = await c.post(
+                "/experiments",
+                json={
+                    "experiment_id": "win",
+                    "arm_ids": ["a", "b"],
+                    "strategy": "thompson",
+                    "attribution_window_s": 1.0,
+                },
+            )
+            assert r.status_code == 201, r.text
+            assert (r.json()["attribution_window_s"], r.json()["default_reward"]) == (1.0, 0.0)
+            bad = await c.post(
+                "/experiments",
+                json={"experiment_id": "w2", "arm_ids": ["a", "b"], "attribution_window_s": 0},
+            )
+            assert bad.status_code == 422
+            decisions = []
+            for _ in range(20):
+                r = await c.get("/decision", params={"experiment_id": "win"})
+                assert r.status_code == 200, r.text
+                decisions.append(r.json())
+            for d in decisions[:5]:
+                r = await c.post(
+                    "/reward",
+                    json={
+                        "experiment_id": "win",
+                        "arm_id": d["arm_id"],
+                        "reward": 1.0,
+                        "decision_id": d["decision_id"],
+                    },
+                )
+                assert r.status_code == 200, r.text
+
+            async def stats() -> dict[str, Any]:
+                doc: dict[str, Any] = (await c.get("/experiments/win/stats")).json()
+                return doc
+
+            async def settled() -> bool:
+                s = await stats()
+                return bool(
+                    s["attribution"]["defaulted"] == 15 and sum(a["pulls"] for a in s["arms"]) == 20
+                )
+
+            await eventually(settled, 30, "15 defaults folded")
+            s = await stats()
+            assert s["attribution"] == {
+                "window_s": 1.0,
+                "pending": 0,
+                "defaulted": 15,
+                "late": 0,
+                "untracked": 0,
+            }
+            assert sum(a["reward_sum"] for a in s["arms"]) == 5.0
+            assert sum(a["decisions"] for a in s["arms"]) == 20
+
+            late = decisions[10]
+            r = await c.post(
+                "/reward",
+                json={
+                    "experiment_id": "win",
+                    "arm_id": late["arm_id"],
+                    "reward": 1.0,
+                    "decision_id": late["decision_id"],
+                },
+            )
+            assert r.status_code == 200, r.text
+            r = await c.post("/reward", json={"experiment_id": "win", "arm_id": "a", "reward": 0.0})
+            assert r.status_code == 200, r.text
+
+            async def late_counted() -> bool:
+                s = await stats()
+                return bool(
+                    s["attribution"]["late"] == 1 and sum(a["pulls"] for a in s["arms"]) == 21
+                )
+
+            await eventually(late_counted, 30, "the late reward")
+            s = await stats()
+            assert sum(a["reward_sum"] for a in s["arms"]) == 5.0  # late: never added
+            assert s["attribution"]["defaulted"] == 15
+            n_records = 20 + 5 + 15 + 2  # decisions, rewards, defaults, late + seed-style
+            await eventually(
+                lambda: asyncio.sleep(0, projector.stats.records >= n_records + 1),
+                30,
+                "projector catch-up",
+            )
+    finally:
+        await consumer.stop()
+        await projector.stop()
+    assert consumer.defaults_logged >= 15
+
+    target = ReplayTarget(
+        bootstrap=kafka_bootstrap,
+        redis_url=redis_url,
+        topic_prefix=ns,
+        redis_prefix=ns,
+        retention=projector.settings.retention,
+        workers=1,
+    )
+    verified = await run_verify(target, lambda _: None)
+    assert verified.differences == []
+    assert verified.report.folded >= n_records

@@ -1,0 +1,319 @@
+"""``mab replay`` against real traffic, with a private Redis that may be wiped.
+
+Scenario: two experiments (one gets a new arm and a strategy change mid-way) receive
+decisions and rewards through the decider's HTTP API (joined rewards, seed-style
+rewards, duplicates, an invalid reward); the reward consumer and the projector fold
+them into a private Redis. Then Redis is wiped with FLUSHALL.
+We expect: ``mab replay --rebuild`` restores every config, snapshot, offsets hash,
+dedupe set and hour/minute bucket identical to before (the stats endpoint answers the
+same), ``mab replay --verify`` exits 0, and exits 1 naming the key once one bucket is
+corrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from deploy.local_stack import LocalStack, StackConfig
+from mab_cli.replay_cmd import ReplayTarget, run_rebuild, run_tail
+from mab_cli.replay_redis import compare, read_namespace
+from services.decider.app import create_asgi
+from services.decider.settings import DeciderSettings
+from services.projector.consumer import Projector
+from services.projector.settings import ProjectorSettings
+from services.reward_consumer.consumer import RewardConsumer
+from services.reward_consumer.settings import ConsumerSettings
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[str]:
+    """A Redis of our own: this test wipes it, which the shared one must never see."""
+    stack = LocalStack(StackConfig.throwaway(tmp_path), services=[])
+    stack.start_redis()
+    try:
+        yield stack.redis_url
+    finally:
+        stack.down()
+
+
+@pytest.fixture
+async def redis(private_redis: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(private_redis)
+    yield client
+    await client.aclose()
+
+
+async def wait_for(cond: Callable[[], bool], within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def traffic(
+    c: httpx.AsyncClient, rounds: range = range(240), create: bool = True
+) -> dict[str, int]:
+    """Real traffic through the API; returns how many records each topic got."""
+    sent = {"experiments": 0, "decisions": 0, "rewards": 0}
+    for exp in ("cta", "hero") if create else ():
+        r = await c.post(
+            "/experiments",
+            json={"experiment_id": exp, "arm_ids": ["a", "b"], "strategy": "thompson"},
+        )
+        assert r.status_code == 201, r.text
+        sent["experiments"] += 1
+    for i in rounds:
+        exp = "cta" if i % 3 else "hero"
+        if i == 120:
+            r = await c.post("/experiments/cta/arms", json={"arm_ids": ["c"]})
+            assert r.status_code == 200, r.text
+            r = await c.post(
+                "/config",
+                json={
+                    "experiment_id": "cta",
+                    "strategy": "epsilon_greedy",
+                    "strategy_params": {"epsilon": 0.2},
+                },
+            )
+            assert r.status_code == 200, r.text
+            sent["experiments"] += 2
+        r = await c.get("/decision", params={"experiment_id": exp})
+        assert r.status_code == 200, r.text
+        d = r.json()
+        sent["decisions"] += 1
+        body: dict[str, Any] = {"experiment_id": exp, "arm_id": d["arm_id"]}
+        if i % 4 == 0:
+            body |= {"reward": 1.0, "decision_id": d["decision_id"]}
+        elif i % 4 == 1:
+            body |= {"reward": 0.0}  # seed style: no decision id
+        elif i % 4 == 2:
+            body |= {"reward": 0.25, "decision_id": d["decision_id"]}
+        else:
+            continue
+        r = await c.post("/reward", json=body)
+        assert r.status_code == 200, r.text
+        sent["rewards"] += 1
+        if i % 10 == 0 and "decision_id" in body:  # the same decision rewarded twice
+            r = await c.post("/reward", json=body | {"reward": 0.5})
+            assert r.status_code == 200, r.text
+            sent["rewards"] += 1
+    return sent
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mab_cli.main", "replay", *args],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+
+
+@pytest.mark.timeout(600)  # two CLI processes and two replay workers on a shared 2-core box
+async def test_rebuild_after_flushall_restores_identical_state(
+    kafka_bootstrap: str, private_redis: str, ns: str, topics: dict[str, int], redis: Redis
+) -> None:
+    decider = create_asgi(
+        DeciderSettings(
+            redis_url=private_redis,
+            kafka_bootstrap_servers=kafka_bootstrap,
+            topic_prefix=ns,
+            redis_prefix=ns,
+        )
+    )
+    consumer = RewardConsumer(
+        ConsumerSettings(
+            kafka_bootstrap_servers=kafka_bootstrap,
+            redis_url=private_redis,
+            mab_topic_prefix=ns,
+            mab_redis_prefix=ns,
+            mab_consumer_group_id=ns + "c",
+            mab_poll_timeout_ms=100,
+        )
+    )
+    projector = Projector(
+        ProjectorSettings(
+            kafka_bootstrap_servers=kafka_bootstrap,
+            redis_url=private_redis,
+            mab_topic_prefix=ns,
+            mab_redis_prefix=ns,
+            mab_projector_group_id=ns + "p",
+            mab_projector_poll_timeout_ms=100,
+        )
+    )
+    await consumer.start()
+    await projector.start()
+    try:
+        async with (
+            decider.api.router.lifespan_context(decider.api),
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=decider), base_url="http://decider"
+            ) as c,
+        ):
+            sent = await traffic(c, range(160))
+            n = sent["decisions"] + sent["rewards"]
+            await wait_for(lambda: consumer.stats.records >= n, 60, "reward consumer")
+            await wait_for(
+                lambda: projector.stats.records >= n + sent["experiments"], 60, "projector"
+            )
+            before_stats = {
+                e: (await c.get(f"/experiments/{e}/stats")).json() for e in ("cta", "hero")
+            }
+    finally:
+        await consumer.stop()
+        await projector.stop()
+    assert consumer.stats.duplicates > 0  # the twice-rewarded decisions
+    before = await read_namespace(redis, ns)
+    assert {"cta", "hero"} <= set(before.experiments)
+    assert any(k.startswith("ts:h:") for k in before.experiments["cta"])
+    assert any(k.startswith("ts:m:") for k in before.experiments["cta"])
+
+    await redis.flushall()  # our private Redis only
+    assert await redis.dbsize() == 0
+
+    target = ReplayTarget(
+        bootstrap=kafka_bootstrap,
+        redis_url=private_redis,
+        topic_prefix=ns,
+        redis_prefix=ns,
+        retention=projector.settings.retention,
+        workers=2,  # partitions replayed by two worker processes
+    )
+    outcome = await run_rebuild(target, lambda _: None)
+    assert outcome.report.records == n + sent["experiments"]
+    after = await read_namespace(redis, ns)
+    assert compare(before, after) == []
+    assert after.experiments == before.experiments
+    assert after.index == before.index
+    # nothing of the scratch namespace is left behind
+    assert {k.decode() async for k in redis.scan_iter()} == {
+        k.decode() async for k in redis.scan_iter(match=ns + "mab:*")
+    }
+
+    async with (
+        decider.api.router.lifespan_context(decider.api),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=decider), base_url="http://d") as c,
+    ):
+        for exp, old in before_stats.items():
+            new = (await c.get(f"/experiments/{exp}/stats")).json()
+            for doc in (old, new):  # propensities are sampled at read time
+                doc.pop("propensities")
+                for arm in doc["arms"]:
+                    arm.pop("propensity")
+            assert new == old
+
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "REDIS_URL": private_redis,
+        "MAB_TOPIC_PREFIX": ns,
+        "MAB_REDIS_PREFIX": ns,
+    }
+    ok = cli(env, "--verify", "--workers", "1")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "identical" in ok.stdout
+
+    bucket = next(k for k in before.experiments["cta"] if k.startswith("ts:h:"))
+    await redis.hincrby(f"{ns}mab:{{cta}}:{bucket}", "a|d", 1)
+    bad = cli(env, "--verify", "--workers", "1")
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert f"mab:{{cta}}:{bucket}/a|d" in bad.stdout
+
+
+async def test_rebuild_from_timestamp_catches_up_a_restored_backup(
+    kafka_bootstrap: str, private_redis: str, ns: str, topics: dict[str, int], redis: Redis
+) -> None:
+    """Scenario: a backup of Redis is taken, traffic goes on, Redis is lost and restored
+    from the backup. We expect ``--rebuild --from-timestamp`` (a time before the backup)
+    to apply exactly the missing records: the state equals the one before the loss."""
+    settings = DeciderSettings(
+        redis_url=private_redis,
+        kafka_bootstrap_servers=kafka_bootstrap,
+        topic_prefix=ns,
+        redis_prefix=ns,
+    )
+    decider = create_asgi(settings)
+    consumer = RewardConsumer(
+        ConsumerSettings(
+            kafka_bootstrap_servers=kafka_bootstrap,
+            redis_url=private_redis,
+            mab_topic_prefix=ns,
+            mab_redis_prefix=ns,
+            mab_consumer_group_id=ns + "c",
+            mab_poll_timeout_ms=100,
+        )
+    )
+    projector = Projector(
+        ProjectorSettings(
+            kafka_bootstrap_servers=kafka_bootstrap,
+            redis_url=private_redis,
+            mab_topic_prefix=ns,
+            mab_redis_prefix=ns,
+            mab_projector_group_id=ns + "p",
+            mab_projector_poll_timeout_ms=100,
+        )
+    )
+    await consumer.start()
+    await projector.start()
+    try:
+        async with (
+            decider.api.router.lifespan_context(decider.api),
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=decider), base_url="http://decider"
+            ) as c,
+        ):
+            first = await traffic(c, range(60))
+            n1 = first["decisions"] + first["rewards"]
+            await wait_for(lambda: consumer.stats.records >= n1, 60, "reward consumer")
+            await wait_for(
+                lambda: projector.stats.records >= n1 + first["experiments"], 60, "projector"
+            )
+            backup = {k: await redis.dump(k) async for k in redis.scan_iter(match=ns + "*")}
+            backup_ts = time.time()
+            await asyncio.sleep(1.0)
+            second = await traffic(c, range(60, 120), create=False)
+            n2 = n1 + second["decisions"] + second["rewards"]
+            await wait_for(lambda: consumer.stats.records >= n2, 60, "reward consumer")
+            await wait_for(
+                lambda: projector.stats.records >= n2 + first["experiments"], 60, "projector"
+            )
+    finally:
+        await consumer.stop()
+        await projector.stop()
+    before = await read_namespace(redis, ns)
+
+    await redis.flushall()
+    for key, blob in backup.items():
+        assert blob is not None
+        await redis.restore(key, 0, blob)
+    assert compare(before, await read_namespace(redis, ns)) != []  # the backup is behind
+
+    target = ReplayTarget(
+        bootstrap=kafka_bootstrap,
+        redis_url=private_redis,
+        topic_prefix=ns,
+        redis_prefix=ns,
+        retention=projector.settings.retention,
+        workers=1,
+    )
+    outcome = await run_tail(target, lambda _: None, backup_ts - 0.5)
+    assert 0 < outcome.report.records < n2 + first["experiments"]  # a tail, not everything
+    assert compare(before, await read_namespace(redis, ns)) == []
