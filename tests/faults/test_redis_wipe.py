@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 from redis.asyncio import Redis
 
@@ -78,6 +79,16 @@ async def traffic(client: httpx.AsyncClient, rng: random.Random) -> int:
             assert r.status_code == 200, r.text
             acked += 1
     return acked
+
+
+def normal(key: bytes, value: object) -> object:
+    """A key's value as compared: snapshots as parsed JSON (as ``mab replay --verify``
+    does), because the order of arms in the blob follows the order in which the fold first
+    saw each arm, which depends on how polls interleave the decisions and rewards topics;
+    the arms' statistics must be equal, not their position in the text."""
+    if key.endswith(b":snap") and isinstance(value, bytes):
+        return orjson.loads(value)
+    return value
 
 
 @pytest.fixture
@@ -166,7 +177,7 @@ async def test_redis_wiped_and_rebuilt_by_replay(
         after = await dump_namespace(redis, ns)
         only = sorted(set(before) ^ set(after))
         assert not only, f"keys only before or only after: {only[:10]}"
-        differ = sorted(k for k in before if before[k] != after[k])
+        differ = sorted(k for k in before if normal(k, before[k]) != normal(k, after[k]))
         assert not differ, [(k, before[k], after[k]) for k in differ[:3]]
 
         # The services go on from the rebuilt state: same stats, new traffic once.
@@ -197,7 +208,8 @@ async def test_redis_wiped_and_rebuilt_by_replay(
     print(
         f"\nrecords in the topics: {records} ({acked} rewards acked, some twice on purpose)"
         f"\nkeys before the wipe: {len(before)}; after mab replay --rebuild: {len(after)}, "
-        f"all identical; rebuild took {rebuild_s:.1f}s (process start included)"
+        f"all identical (snapshots compared as JSON); rebuild took {rebuild_s:.1f}s "
+        "(process start included)"
         f"\nstats after restart identical; {more} new rewards added once "
         f"({pulls(before_stats)} -> {pulls(after_stats)} pulls)"
     )
