@@ -89,7 +89,10 @@ def _non_finite_reward(raw: bytes) -> bool:
     producer the precise reason. Only runs on records orjson already refused."""
     try:
         obj = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
+        # RecursionError: JSON nested deeper than Python's parser recurses (orjson refused
+        # it too). Uncaught, it escaped the decoder and the consumer retried the same
+        # record forever; it is just bad JSON.
         return False
     reward = obj.get("reward") if isinstance(obj, dict) else None
     return isinstance(reward, float) and not math.isfinite(reward)

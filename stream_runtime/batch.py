@@ -165,6 +165,12 @@ def group_by_experiment(
         except DecodeError as exc:
             rejected.append(Rejected(record, exc.reason, exc.detail))
             continue
+        except Exception as exc:
+            # Decoding is a pure function of the record's bytes: any other error would
+            # recur on every retry of the batch and stall the partition (a poison pill).
+            # So it is a reject too, never a batch failure.
+            rejected.append(Rejected(record, "invalid", f"decoder error: {exc!r}"[:300]))
+            continue
         if event is None:
             ignored += 1
             continue

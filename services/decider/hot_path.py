@@ -65,6 +65,8 @@ _PREFIX = b"experiment_id="
 _HEADERS = [(b"content-type", b"application/json")]
 #: Larger reward bodies go to FastAPI (and its body limit); a valid one is ~200 bytes.
 _MAX_FAST_BODY = 16 * 1024
+#: The body of a 503 while Redis is unavailable (the same as the routes' handler).
+_STORE_UNAVAILABLE = b'{"detail":"state store unavailable, retry"}'
 
 
 def decision_made_record(
@@ -406,7 +408,16 @@ class DecisionFastPath:
                     status_code = denial.status
                     await _respond(send, denial.status, denial.body, _denial_headers(denial, cors))
                     return
-                body = await self._try(scope, runtime)
+                try:
+                    body = await self._try(scope, runtime)
+                except RedisError as exc:
+                    # Answered here, not by falling through to the route: the route would
+                    # ask Redis again and double the wait (two socket timeouts against a
+                    # hung Redis, found by the Redis freeze fault test).
+                    log.error("redis error on GET /decision: %r", exc)
+                    status_code = 503
+                    await _respond(send, 503, _STORE_UNAVAILABLE, cors)
+                    return
                 if body is not None:
                     status_code = 200
                     await _respond(send, 200, body, cors)
@@ -494,7 +505,7 @@ class DecisionFastPath:
             return exc.status_code
         except RedisError as exc:
             log.error("redis error on POST /reward: %r", exc)
-            await _respond(send, 503, b'{"detail":"state store unavailable, retry"}', cors)
+            await _respond(send, 503, _STORE_UNAVAILABLE, cors)
             return 503
         await _respond(send, 200, orjson.dumps(public.model_dump()), cors)
         return 200
@@ -512,16 +523,15 @@ class DecisionFastPath:
         return status_code or 500
 
     async def _try(self, scope: Scope, runtime: Runtime) -> bytes | None:
+        """The decision body, or ``None`` for FastAPI to answer (unusual query, unknown
+        experiment); raises :class:`RedisError` when Redis fails and nothing is cached."""
         query: bytes = scope["query_string"]
         if not query.startswith(_PREFIX) or b"&" in query:
             return None
         experiment_id = unquote(query[len(_PREFIX) :].decode("latin-1"))
         if not is_valid_id(experiment_id):
             return None
-        try:
-            return await serve_decision(runtime, experiment_id)
-        except RedisError:
-            return None  # the route answers 503 with the documented body
+        return await serve_decision(runtime, experiment_id)
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
