@@ -451,24 +451,19 @@ async def read_experiment_events(
         tps = [TopicPartition(topics.experiments, p) for p in sorted(parts)]
         if not tps:
             return {}, 0
-        consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
-        remaining = {tp for tp in tps if ends[tp] > 0}
-        await consumer.seek_to_beginning(*tps)
-        events: list[object] = []
-        while remaining:
-            polled = await consumer.getmany(*remaining, timeout_ms=1000, max_records=10_000)
-            for tp, recs in polled.items():
-                for r in recs:
-                    if r.value is None or r.offset >= ends[tp]:
-                        continue
-                    with contextlib.suppress(DecodeError):
-                        events.append(decode(r.value))
-                if await consumer.position(tp) >= ends[tp]:
-                    remaining.discard(tp)
-        return fold_configs(events), len(tps)
     finally:
         await consumer.stop()
+    # Read with the same partition-EOF-aware reader as the replay itself.
+    until = {offset_field(tp.topic, tp.partition): ends[tp] - 1 for tp in tps if ends[tp] > 0}
+    events: list[object] = []
+    async for chunk in read_chunks(bootstrap, {}, until, 10_000):
+        for r in chunk:
+            if r.value is None:
+                continue
+            with contextlib.suppress(DecodeError):
+                events.append(decode(r.value))
+    return fold_configs(events), len(tps)
 
 
 async def end_offsets(bootstrap: str, topics: TopicNames, partitions: int) -> dict[str, int]:
