@@ -20,12 +20,7 @@ import httpx
 import pytest
 
 from mab_cli.replay_cmd import ReplayTarget, run_verify
-from services.decider.app import create_asgi
-from services.decider.settings import DeciderSettings
-from services.projector.consumer import Projector
-from services.projector.settings import ProjectorSettings
-from services.reward_consumer.consumer import RewardConsumer
-from services.reward_consumer.settings import ConsumerSettings
+from tests.fixtures.in_process import in_process
 
 pytestmark = pytest.mark.integration
 
@@ -43,36 +38,14 @@ async def eventually(check: Callable[[], Any], within: float, what: str) -> None
 async def test_expired_decisions_get_the_default_once_and_replay_agrees(
     kafka_bootstrap: str, redis_url: str, ns: str, topics: dict[str, int]
 ) -> None:
-    decider = create_asgi(
-        DeciderSettings(
-            redis_url=redis_url,
-            kafka_bootstrap_servers=kafka_bootstrap,
-            topic_prefix=ns,
-            redis_prefix=ns,
-        )
+    services = in_process(
+        kafka_bootstrap,
+        redis_url,
+        ns,
+        mab_attribution_sweep_s=0.2,
+        mab_attribution_idle_grace_s=0.5,
     )
-    consumer = RewardConsumer(
-        ConsumerSettings(
-            kafka_bootstrap_servers=kafka_bootstrap,
-            redis_url=redis_url,
-            mab_topic_prefix=ns,
-            mab_redis_prefix=ns,
-            mab_consumer_group_id=ns + "c",
-            mab_poll_timeout_ms=100,
-            mab_attribution_sweep_s=0.2,
-            mab_attribution_idle_grace_s=0.5,
-        )
-    )
-    projector = Projector(
-        ProjectorSettings(
-            kafka_bootstrap_servers=kafka_bootstrap,
-            redis_url=redis_url,
-            mab_topic_prefix=ns,
-            mab_redis_prefix=ns,
-            mab_projector_group_id=ns + "p",
-            mab_projector_poll_timeout_ms=100,
-        )
-    )
+    decider, consumer, projector = services.decider, services.consumer, services.projector
     await consumer.start()
     await projector.start()
     try:

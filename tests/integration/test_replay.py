@@ -28,12 +28,7 @@ from redis.asyncio import Redis
 from deploy.local_stack import LocalStack, StackConfig
 from mab_cli.replay_cmd import ReplayTarget, run_rebuild, run_tail
 from mab_cli.replay_redis import compare, read_namespace
-from services.decider.app import create_asgi
-from services.decider.settings import DeciderSettings
-from services.projector.consumer import Projector
-from services.projector.settings import ProjectorSettings
-from services.reward_consumer.consumer import RewardConsumer
-from services.reward_consumer.settings import ConsumerSettings
+from tests.fixtures.in_process import in_process
 
 pytestmark = pytest.mark.integration
 
@@ -132,34 +127,8 @@ def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 async def test_rebuild_after_flushall_restores_identical_state(
     kafka_bootstrap: str, private_redis: str, ns: str, topics: dict[str, int], redis: Redis
 ) -> None:
-    decider = create_asgi(
-        DeciderSettings(
-            redis_url=private_redis,
-            kafka_bootstrap_servers=kafka_bootstrap,
-            topic_prefix=ns,
-            redis_prefix=ns,
-        )
-    )
-    consumer = RewardConsumer(
-        ConsumerSettings(
-            kafka_bootstrap_servers=kafka_bootstrap,
-            redis_url=private_redis,
-            mab_topic_prefix=ns,
-            mab_redis_prefix=ns,
-            mab_consumer_group_id=ns + "c",
-            mab_poll_timeout_ms=100,
-        )
-    )
-    projector = Projector(
-        ProjectorSettings(
-            kafka_bootstrap_servers=kafka_bootstrap,
-            redis_url=private_redis,
-            mab_topic_prefix=ns,
-            mab_redis_prefix=ns,
-            mab_projector_group_id=ns + "p",
-            mab_projector_poll_timeout_ms=100,
-        )
-    )
+    services = in_process(kafka_bootstrap, private_redis, ns)
+    decider, consumer, projector = services.decider, services.consumer, services.projector
     await consumer.start()
     await projector.start()
     try:
@@ -244,33 +213,8 @@ async def test_rebuild_from_timestamp_catches_up_a_restored_backup(
     """Scenario: a backup of Redis is taken, traffic goes on, Redis is lost and restored
     from the backup. We expect ``--rebuild --from-timestamp`` (a time before the backup)
     to apply exactly the missing records: the state equals the one before the loss."""
-    settings = DeciderSettings(
-        redis_url=private_redis,
-        kafka_bootstrap_servers=kafka_bootstrap,
-        topic_prefix=ns,
-        redis_prefix=ns,
-    )
-    decider = create_asgi(settings)
-    consumer = RewardConsumer(
-        ConsumerSettings(
-            kafka_bootstrap_servers=kafka_bootstrap,
-            redis_url=private_redis,
-            mab_topic_prefix=ns,
-            mab_redis_prefix=ns,
-            mab_consumer_group_id=ns + "c",
-            mab_poll_timeout_ms=100,
-        )
-    )
-    projector = Projector(
-        ProjectorSettings(
-            kafka_bootstrap_servers=kafka_bootstrap,
-            redis_url=private_redis,
-            mab_topic_prefix=ns,
-            mab_redis_prefix=ns,
-            mab_projector_group_id=ns + "p",
-            mab_projector_poll_timeout_ms=100,
-        )
-    )
+    services = in_process(kafka_bootstrap, private_redis, ns)
+    decider, consumer, projector = services.decider, services.consumer, services.projector
     await consumer.start()
     await projector.start()
     try:
