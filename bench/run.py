@@ -469,7 +469,8 @@ def markdown(results: dict[str, Any]) -> str:
         if isinstance(r, dict) and "records_per_s" in r:
             lines.append(
                 f"| {name} | {r['records']:,} | {r['seconds']} | "
-                f"{r['records_per_s']:,} | {r['rss_mb_start']} → {r['rss_mb_loaded']} |"
+                f"{r['records_per_s']:,} | {r.get('rss_mb_start', '-')} → "
+                f"{r.get('rss_mb_loaded', '-')} |"
             )
     replay = results.get("replay")
     if isinstance(replay, dict):
