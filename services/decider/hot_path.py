@@ -19,7 +19,6 @@ FastAPI untouched, so validation errors keep FastAPI's format.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time
@@ -35,6 +34,7 @@ from redis.exceptions import RedisError
 
 from bandit_core.decision_ids import make_decision_id
 from bandit_core.fold import reward_rejection
+from schemas.codec import encode
 from schemas.events import SCHEMA_VERSION, ExperimentConfig, RewardObserved
 from schemas.ids import is_valid_id
 from schemas.topics import partition_key
@@ -304,7 +304,8 @@ async def serve_rewards(rt: Runtime, items: Sequence[object]) -> RewardsPublic:
     if errors:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, errors)
     try:
-        await asyncio.gather(*(rt.producer.publish(rt.topics.rewards, ev) for ev in events))
+        records = [(partition_key(ev.experiment_id), encode(ev)) for ev in events]
+        await rt.producer.publish_many(rt.topics.rewards, records)
     except EventLogUnavailableError as exc:
         raise _log_unavailable(rt, events, exc) from None
     _log_accepted(rt, events)

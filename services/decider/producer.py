@@ -220,10 +220,6 @@ class EventProducer:
         self._acked.produce(topic, value, key, on_delivery=on_delivery)
 
     # ---------------------------------------------------------------- decisions
-    async def publish_nowait(self, topic: str, event: AnyEvent) -> bool:
-        """Enqueue an event without waiting for the ack (see :meth:`send_nowait`)."""
-        return await self.send_nowait(topic, partition_key(event.experiment_id), encode(event))
-
     async def send_nowait(self, topic: str, key: bytes, value: bytes) -> bool:
         """Enqueue an encoded record without waiting for the ack; ``False`` if that failed.
 
