@@ -528,7 +528,33 @@ async def offsets_at(
         await consumer.stop()
 
 
-def split_partitions(partitions: int, workers: int) -> list[tuple[int, ...]]:
-    """Partitions dealt round-robin to at most ``workers`` workers (none left empty)."""
+def split_partitions(
+    partitions: int, workers: int, sizes: Mapping[int, int] | None = None
+) -> list[tuple[int, ...]]:
+    """Partitions dealt to at most ``workers`` workers (none left empty).
+
+    Without ``sizes``, round-robin. With the number of records to read per partition,
+    largest first to the least loaded worker: experiments hash unevenly onto partitions
+    (48 experiments on 6 partitions gave one of two workers 60 % of the records), and
+    the replay lasts as long as its busiest worker.
+    """
     workers = max(1, min(workers, partitions))
-    return [tuple(range(w, partitions, workers)) for w in range(workers)]
+    if sizes is None:
+        return [tuple(range(w, partitions, workers)) for w in range(workers)]
+    loads = [0] * workers
+    dealt: list[list[int]] = [[] for _ in range(workers)]
+    for p in sorted(range(partitions), key=lambda p: (-sizes.get(p, 0), p)):
+        w = min(range(workers), key=lambda w: (loads[w], w))
+        loads[w] += sizes.get(p, 0)
+        dealt[w].append(p)
+    return [tuple(sorted(parts)) for parts in dealt if parts]
+
+
+def partition_sizes(read_until: Mapping[str, int], start: Mapping[str, int]) -> dict[int, int]:
+    """Records to read per partition number, summed over the topics (``topic:partition``
+    fields; a partition without a start is read from offset 0, or its log start)."""
+    sizes: dict[int, int] = {}
+    for f, last in read_until.items():
+        part = int(f.rpartition(":")[2])
+        sizes[part] = sizes.get(part, 0) + max(0, last + 1 - start.get(f, 0))
+    return sizes

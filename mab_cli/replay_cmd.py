@@ -35,6 +35,7 @@ from mab_cli.replay import (
     ReplayReport,
     end_offsets,
     offsets_at,
+    partition_sizes,
     read_chunks,
     read_experiment_events,
     run_plans,
@@ -142,7 +143,9 @@ def _plans(
             projector_stops=projector_stops,
             start=start or {},
         )
-        for parts in split_partitions(partitions, target.workers)
+        for parts in split_partitions(
+            partitions, target.workers, partition_sizes(read_until, start or {})
+        )
     ]
 
 

@@ -6,7 +6,7 @@ import pytest
 import typer
 
 from bandit_core.fold import DEDUPE_HORIZON_S
-from mab_cli.replay import _last_offsets, split_partitions
+from mab_cli.replay import _last_offsets, partition_sizes, split_partitions
 from mab_cli.replay_cmd import parse_timestamp
 from mab_cli.replay_redis import Namespace, compare, split_key, within_horizon
 from services.projector.projection import Positioned, new_offsets
@@ -26,6 +26,21 @@ def test_partitions_are_dealt_round_robin_without_empty_workers() -> None:
     assert split_partitions(6, 2) == [(0, 2, 4), (1, 3, 5)]
     assert split_partitions(2, 8) == [(0,), (1,)]
     assert split_partitions(3, 1) == [(0, 1, 2)]
+
+
+def test_split_partitions_by_size_balances_the_records() -> None:
+    # Round-robin would give (0, 2, 4) 600 records and (1, 3, 5) 300.
+    sizes = {0: 300, 1: 100, 2: 150, 3: 100, 4: 150, 5: 100}
+    parts = split_partitions(6, 2, sizes)
+    assert sorted(p for w in parts for p in w) == list(range(6))
+    loads = sorted(sum(sizes[p] for p in w) for w in parts)
+    assert loads == [400, 500]  # largest first to the least loaded (optimum: 450 each)
+    assert split_partitions(2, 8, {0: 5, 1: 0}) == [(0,), (1,)]
+
+
+def test_partition_sizes_sums_topics_from_their_start() -> None:
+    until = {"r:0": 9, "d:0": 4, "r:1": -1, "d:1": 99}
+    assert partition_sizes(until, {"d:1": 50}) == {0: 15, 1: 50}
 
 
 def test_dedupe_sets_are_compared_within_the_horizon() -> None:
