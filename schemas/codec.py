@@ -32,6 +32,7 @@ from typing import Any, Final
 import orjson
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from schemas.dead_letter import position_id
 from schemas.events import (
     MAX_ATTRIBUTION_WINDOW_S,
     SCHEMA_VERSION,
@@ -487,7 +488,11 @@ def decode(raw: bytes) -> AnyEvent:
 
 
 def decode_reward(
-    raw: bytes, *, fallback_event_id: str | None = None, fallback_ts: float | None = None
+    raw: bytes,
+    *,
+    fallback_event_id: str | None = None,
+    fallback_ts: float | None = None,
+    fallback_position: tuple[str, int, int] | None = None,
 ) -> RewardObserved:
     """Decode a record of the rewards topic, accepting the minimal producer contract.
 
@@ -495,11 +500,16 @@ def decode_reward(
     deterministic id derived from the record's topic/partition/offset and the broker's
     timestamp, never random ones, so a redelivered or replayed record folds the same.
     The fallbacks are filled in first, so such records take the fast path too.
+    ``fallback_position`` (topic, partition, offset) is the id's source when no
+    ``fallback_event_id`` is given: formatted only for a record that needs it (most
+    records carry their own id, and this runs per record).
     """
     obj = _load(raw)
     obj.setdefault("type", "reward_observed")
     if fallback_event_id is not None:
         obj.setdefault("event_id", fallback_event_id)
+    elif fallback_position is not None and "event_id" not in obj:
+        obj["event_id"] = position_id(*fallback_position)
     if fallback_ts is not None:
         obj.setdefault("ts", fallback_ts)
     if obj["type"] != "reward_observed":

@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 from bandit_core.fold import dedupe_keys
 from schemas.codec import DecodeError, decode, decode_reward
-from schemas.dead_letter import position_id, redriven_position
+from schemas.dead_letter import redriven_position
 from schemas.events import AnyEvent, DecisionMade, ExperimentConfig, RewardObserved
 
 #: A compare-and-set conflict means another consumer wrote the same experiment in
@@ -117,10 +117,12 @@ def decode_reward_or_decision(
         # A record re-driven from the DLQ names its original position in headers: the
         # fallback id is then that original one, so re-driving twice counts once.
         headers = getattr(record, "headers", None)
-        fallback = (redriven_position(headers) if headers else None) or position_id(
-            topic, record.partition, record.offset
+        return decode_reward(
+            raw,
+            fallback_event_id=redriven_position(headers) if headers else None,
+            fallback_ts=record.timestamp / 1000.0,
+            fallback_position=(topic, record.partition, record.offset),
         )
-        return decode_reward(raw, fallback_event_id=fallback, fallback_ts=record.timestamp / 1000.0)
     if topic == decisions_topic:
         event = decode(raw)
         if not isinstance(event, DecisionMade):
