@@ -787,7 +787,10 @@ class StackConfig:
     ports: Ports
     persistent: bool
     topic_prefix: str = ""
-    kafka_heap: str = "512m"
+    #: A maximum, not a reservation. 512m ran out (OutOfMemoryError in the metadata
+    #: loader) on a long-lived development broker holding ~14,000 partitions of test
+    #: topics: every test namespace creates its own topics.
+    kafka_heap: str = "1g"
 
     @property
     def kafka_dir(self) -> Path:
