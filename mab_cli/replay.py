@@ -30,13 +30,12 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from typing import Final
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException
 from confluent_kafka import TopicPartition as RdTopicPartition
 from redis.asyncio import Redis
@@ -459,27 +458,75 @@ def run_plans(plans: list[ReplayPlan], progress: Progress = _quiet) -> ReplayRep
     return total
 
 
+#: Seconds a metadata or offsets request may take before replay gives up on the broker.
+METADATA_TIMEOUT_S: Final = 15.0
+
+
+@contextlib.contextmanager
+def _metadata_client(bootstrap: str) -> Iterator[Consumer]:
+    """A librdkafka consumer used only for metadata and offset lookups (never joins)."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"mab-replay-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        yield consumer
+    finally:
+        consumer.close()
+
+
+def _partition_count(bootstrap: str, topic: str) -> int:
+    with _metadata_client(bootstrap) as consumer:
+        found = consumer.list_topics(topic, timeout=METADATA_TIMEOUT_S).topics.get(topic)
+    if found is None or found.error is not None:
+        return 0  # the topic does not exist (yet): nothing to replay
+    return len(found.partitions)
+
+
+def _high_watermarks(bootstrap: str, fields: Sequence[tuple[str, int]]) -> dict[str, int]:
+    """Offset after the last record (``topic:partition`` -> high watermark)."""
+    with _metadata_client(bootstrap) as consumer:
+        return {
+            offset_field(t, p): consumer.get_watermark_offsets(
+                RdTopicPartition(t, p), timeout=METADATA_TIMEOUT_S
+            )[1]
+            for t, p in fields
+        }
+
+
+def _offsets_for_time(
+    bootstrap: str, fields: Sequence[tuple[str, int]], ts_ms: int
+) -> dict[str, int]:
+    """First offset with a timestamp at or after ``ts_ms`` (-1: none)."""
+    with _metadata_client(bootstrap) as consumer:
+        found = consumer.offsets_for_times(
+            [RdTopicPartition(t, p, ts_ms) for t, p in fields], timeout=METADATA_TIMEOUT_S
+        )
+    return {offset_field(tp.topic, tp.partition): tp.offset for tp in found}
+
+
+def _fields(topics: TopicNames, partitions: int) -> list[tuple[str, int]]:
+    return [
+        (t, p)
+        for t in (topics.rewards, topics.decisions, topics.experiments)
+        for p in range(partitions)
+    ]
+
+
 async def read_experiment_events(
     bootstrap: str, topics: TopicNames
 ) -> tuple[dict[str, ExperimentConfig], int]:
     """Fold the whole experiments topic into configs; also returns its partition count."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
-    await consumer.start()
-    try:
-        parts = consumer.partitions_for_topic(topics.experiments)
-        if parts is None:
-            # aiokafka's public topics() fetches metadata without keeping it, and a
-            # consumer with no subscription has none: refresh its cluster view.
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(topics.experiments) or set()
-        tps = [TopicPartition(topics.experiments, p) for p in sorted(parts)]
-        if not tps:
-            return {}, 0
-        ends = await consumer.end_offsets(tps)
-    finally:
-        await consumer.stop()
+    count = await asyncio.to_thread(_partition_count, bootstrap, topics.experiments)
+    if count == 0:
+        return {}, 0
+    fields = [(topics.experiments, p) for p in range(count)]
+    ends = await asyncio.to_thread(_high_watermarks, bootstrap, fields)
     # Read with the same partition-EOF-aware reader as the replay itself.
-    until = {offset_field(tp.topic, tp.partition): ends[tp] - 1 for tp in tps if ends[tp] > 0}
+    until = {f: end - 1 for f, end in ends.items() if end > 0}
     events: list[object] = []
     async for chunk in read_chunks(bootstrap, {}, until, 10_000):
         for r in chunk:
@@ -487,45 +534,24 @@ async def read_experiment_events(
                 continue
             with contextlib.suppress(DecodeError):
                 events.append(decode(r.value))
-    return fold_configs(events), len(tps)
+    return fold_configs(events), count
 
 
 async def end_offsets(bootstrap: str, topics: TopicNames, partitions: int) -> dict[str, int]:
     """Last offset (inclusive; -1 when empty) of every partition of the three topics."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
-    await consumer.start()
-    try:
-        tps = [
-            TopicPartition(t, p)
-            for t in (topics.rewards, topics.decisions, topics.experiments)
-            for p in range(partitions)
-        ]
-        ends = await consumer.end_offsets(tps)
-        return {offset_field(tp.topic, tp.partition): o - 1 for tp, o in ends.items()}
-    finally:
-        await consumer.stop()
+    ends = await asyncio.to_thread(_high_watermarks, bootstrap, _fields(topics, partitions))
+    return {f: end - 1 for f, end in ends.items()}
 
 
 async def offsets_at(
     bootstrap: str, topics: TopicNames, partitions: int, ts: float
 ) -> dict[str, int]:
-    """First offset at or after unix time ``ts`` per partition (broker timestamps)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
-    await consumer.start()
-    try:
-        tps = [
-            TopicPartition(t, p)
-            for t in (topics.rewards, topics.decisions, topics.experiments)
-            for p in range(partitions)
-        ]
-        found = await consumer.offsets_for_times({tp: int(ts * 1000) for tp in tps})
-        ends = await consumer.end_offsets(tps)
-        return {
-            offset_field(tp.topic, tp.partition): (ends[tp] if hit is None else hit.offset)
-            for tp, hit in found.items()
-        }
-    finally:
-        await consumer.stop()
+    """First offset at or after unix time ``ts`` per partition (broker timestamps); the
+    end of the partition when every record is older."""
+    fields = _fields(topics, partitions)
+    found = await asyncio.to_thread(_offsets_for_time, bootstrap, fields, int(ts * 1000))
+    ends = await asyncio.to_thread(_high_watermarks, bootstrap, fields)
+    return {f: (ends[f] if found.get(f, -1) < 0 else found[f]) for f in ends}
 
 
 def split_partitions(
