@@ -25,6 +25,7 @@ from bandit_core.strategies.discounted_thompson import (
 )
 from bandit_core.strategies.epsilon_greedy import EpsilonGreedy, EpsilonGreedyParams
 from bandit_core.strategies.glr_thompson import GlrThompson, GlrThompsonParams
+from bandit_core.strategies.glr_ucb import GlrUcb, GlrUcbParams
 from bandit_core.strategies.registry import (
     STRATEGIES,
     get_strategy,
@@ -46,6 +47,8 @@ __all__ = [
     "EpsilonGreedyParams",
     "GlrThompson",
     "GlrThompsonParams",
+    "GlrUcb",
+    "GlrUcbParams",
     "InvalidParamsError",
     "SlidingWindowUcb",
     "SlidingWindowUcbParams",

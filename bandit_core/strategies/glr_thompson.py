@@ -59,24 +59,30 @@ class GlrThompsonParams(StrategyParams):
     prior_beta: float = Field(default=DEFAULT_PRIOR, gt=0.0, allow_inf_nan=False)
 
 
+def since_change_counts(stats: ArmStats, half_life: float, now: float) -> tuple[float, float]:
+    """An arm's ``(pulls, reward_sum)`` since its last change point, scaled down to its
+    decayed count at ``half_life`` when that is smaller (an unplayed arm fades)."""
+    n = float(stats.cp_pulls)
+    r = stats.cp_sum
+    if n > 0.0:
+        dn, _ = decayed(stats, half_life, now)
+        if dn < n:
+            r *= dn / n
+            n = dn
+    return n, r
+
+
 def since_change_posteriors(
     stats: Sequence[ArmStats], params: Mapping[str, Any], now: float
 ) -> tuple[list[float], list[float]]:
-    """Beta ``(alphas, betas)`` from each arm's counts since the last change point,
-    scaled down to its decayed count at ``half_life`` when that is smaller."""
+    """Beta ``(alphas, betas)`` from each arm's :func:`since_change_counts`."""
     a0 = float(params.get("prior_alpha", DEFAULT_PRIOR))
     b0 = float(params.get("prior_beta", DEFAULT_PRIOR))
     h = float(params.get("half_life", DEFAULT_HALF_LIFE))
     alphas: list[float] = []
     betas: list[float] = []
     for s in stats:
-        n = float(s.cp_pulls)
-        r = s.cp_sum
-        if n > 0.0:
-            dn, _ = decayed(s, h, now)
-            if dn < n:
-                r *= dn / n
-                n = dn
+        n, r = since_change_counts(s, h, now)
         alphas.append(a0 + max(r, 0.0))
         betas.append(b0 + max(n - r, 0.0))
     return alphas, betas

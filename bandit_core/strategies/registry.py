@@ -17,6 +17,7 @@ from bandit_core.strategies.daypart_thompson import DaypartThompson
 from bandit_core.strategies.discounted_thompson import DiscountedThompson
 from bandit_core.strategies.epsilon_greedy import EpsilonGreedy
 from bandit_core.strategies.glr_thompson import GlrThompson
+from bandit_core.strategies.glr_ucb import GlrUcb
 from bandit_core.strategies.sw_ucb import SlidingWindowUcb
 from bandit_core.strategies.thompson import Thompson
 from bandit_core.strategies.ucb1 import Ucb1
@@ -31,6 +32,7 @@ STRATEGIES: Final[dict[str, Strategy]] = {
         DiscountedThompson(),
         SlidingWindowUcb(),
         GlrThompson(),
+        GlrUcb(),
         # optional: per-time-of-day statistics for clock-driven winners
         DaypartThompson(),
     )

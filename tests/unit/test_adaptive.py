@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+from collections import Counter
 
 import pytest
 from hypothesis import given, settings
@@ -25,6 +26,7 @@ from bandit_core.adaptive import (
     windowed,
 )
 from bandit_core.fold import DERIVED, ChangePoint, fold_batch
+from bandit_core.simulate import parse_scenario, run_once
 from bandit_core.state import ArmStats, ExperimentState
 from bandit_core.strategies import (
     STRATEGIES,
@@ -42,7 +44,7 @@ from schemas.events import (
 
 pytestmark = pytest.mark.unit
 
-ADAPTIVE = ("discounted_thompson", "sw_ucb", "glr_thompson", "daypart_thompson")
+ADAPTIVE = ("discounted_thompson", "sw_ucb", "glr_thompson", "glr_ucb", "daypart_thompson")
 ARMS = ("a", "b", "c")
 
 
@@ -331,6 +333,12 @@ def test_strategies_stay_inside_the_experiment_and_propensities_sum_to_one(
         ("sw_ucb", {"window": 1.0}),
         ("sw_ucb", {"c": -1.0}),
         ("glr_thompson", {"alpha": 0.9}),
+        ("glr_ucb", {"c": -0.1}),
+        ("glr_ucb", {"c": "0.3"}),
+        ("glr_ucb", {"alpha": 0.6}),
+        ("glr_ucb", {"half_life": MIN_HALF_LIFE / 2}),
+        ("glr_ucb", {"half_life": math.inf}),
+        ("glr_ucb", {"window": 960.0}),
         ("daypart_thompson", {"buckets": 5}),
         ("daypart_thompson", {"buckets": 48}),
         ("daypart_thompson", {"prior_weight": -1.0}),
@@ -346,3 +354,73 @@ def test_bad_params_are_rejected(name: str, params: dict[str, float]) -> None:
 @pytest.mark.parametrize("name", ADAPTIVE)
 def test_defaults_validate(name: str) -> None:
     assert validate_params(name, {}) == {}
+
+
+# --- glr_ucb ----------------------------------------------------------------------
+
+
+def _pulled(rewards: list[tuple[float, float]]) -> ArmStats:
+    s = ArmStats()
+    for r, ts in rewards:
+        observe(s, r, ts)
+    return s
+
+
+def test_glr_ucb_index_untried_first_then_optimism() -> None:
+    ucb = get_strategy("glr_ucb")
+    rng = random.Random(3)
+    leader = _pulled([(float(t % 10 == 0), float(t)) for t in range(1000)])  # mean 0.1
+    fresh = ArmStats()
+    assert ucb.propensities(["a", "b"], [leader, fresh], {"alpha": 0.0}, rng, 1000.0) == [
+        0.0,
+        1.0,
+    ]
+    # 5 pulls at 0.0: index 0 + c * sqrt(ln(1005) / 5) beats 0.1 + a tiny bonus ...
+    few = _pulled([(0.0, 995.0 + t) for t in range(5)])
+    assert ucb.choose(["a", "b"], [leader, few], {"alpha": 0.0}, rng, 1000.0) == 1
+    # ... but not when exploration is switched off (c = 0: the plain leader)
+    assert ucb.choose(["a", "b"], [leader, few], {"alpha": 0.0, "c": 0.0}, rng, 1000.0) == 0
+
+
+def test_glr_ucb_reexplores_an_arm_whose_counts_faded() -> None:
+    """An arm measured long ago at a low rate fades (``half_life``) until its bonus makes
+    the index try it again: how a losing arm that rises gets detected."""
+    ucb = get_strategy("glr_ucb")
+    rng = random.Random(5)
+    params = {"alpha": 0.0}
+    loser = _pulled([(float(t % 50 == 0), float(t)) for t in range(4700, 5000)])  # 0.02
+    leader = _pulled([(float(t % 8 == 0), float(t)) for t in range(5000)])  # 0.125
+    assert ucb.choose(["a", "b"], [loser, leader], params, rng, 5000.0) == 1
+    for t in range(5000, 5000 + 6 * 1024):  # only the leader is served
+        observe(leader, float(t % 8 == 0), float(t))
+    assert ucb.choose(["a", "b"], [loser, leader], params, rng, 5000.0 + 6 * 1024) == 0
+
+
+def test_glr_ucb_propensities_closed_form() -> None:
+    ucb = get_strategy("glr_ucb")
+    rng = random.Random(7)
+    stats = [ArmStats(), ArmStats(), _pulled([(1.0, 0.0), (0.0, 1.0), (1.0, 1.0)])]
+    p = ucb.propensities(["a", "b", "c"], stats, {"alpha": 0.3}, rng, 2.0)
+    assert p == pytest.approx([0.1 + 0.35, 0.1 + 0.35, 0.1])
+    # choose follows it: the untried arms share 1 - alpha, every arm gets alpha / K
+    picks = Counter(
+        ucb.choose(["a", "b", "c"], stats, {"alpha": 0.3}, rng, 2.0) for _ in range(6000)
+    )
+    for i in range(3):
+        assert picks[i] / 6000 == pytest.approx(p[i], abs=0.025)
+
+
+def test_glr_ucb_follows_a_late_riser() -> None:
+    """The worst arm jumps to best halfway: the default GLR-UCB serves it at the end."""
+    env = parse_scenario(
+        {
+            "horizon": 4000,
+            "arms": ["a", "b", "c"],
+            "segments": [
+                {"start": 0, "means": [0.1, 0.06, 0.02]},
+                {"start": 2000, "means": [0.1, 0.06, 0.2]},
+            ],
+        }
+    ).environments[0]
+    shares = [run_once(env, "glr_ucb", {}, seed).best_arm_share_last_10pct for seed in range(3)]
+    assert min(shares) > 0.8
