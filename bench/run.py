@@ -77,6 +77,13 @@ def rss_mb(pid: int) -> float:
     return round(total / 1024, 1)
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a process has used so far: on a shared
+    machine a steadier figure than wall time."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Proc:
     """A service process with its log, stopped on exit."""
 
@@ -267,30 +274,33 @@ def fold_rate(
 
     ``records_per_s`` counts from the process start (imports, group join included);
     ``folding_records_per_s`` from the first poll of progress that shows folded records
-    to the end, i.e. the rate once the process is consuming.
+    to the end, i.e. the rate once the process is consuming, and ``cpu_us_per_record``
+    the process's CPU time per record over the same stretch.
     """
     proc = Proc(name, [sys.executable, "-m", module], env, logdir)
+    pid = proc.popen.pid
     t0 = time.monotonic()
-    first: tuple[float, int] | None = None
+    first: tuple[float, int, float] | None = None
     try:
-        rss_rest = rss_mb(proc.popen.pid)
+        rss_rest = rss_mb(pid)
         while (done := folded()) < n:
             if done and first is None:
-                first = (time.monotonic(), done)
+                first = (time.monotonic(), done, cpu_s(pid))
             if proc.popen.poll() is not None:
                 raise RuntimeError(f"{name} exited: {proc.log.read_text()[-2000:]}")
             if time.monotonic() - t0 > 600:
                 raise RuntimeError(f"{name} did not catch up in 600 s")
             time.sleep(0.02)
-        end = time.monotonic()
+        end, end_cpu = time.monotonic(), cpu_s(pid)
         seconds = end - t0
         if first is None or end <= first[0]:
-            first = (t0, 0)
+            first = (t0, 0, 0.0)
         return {
             "records": n,
             "seconds": round(seconds, 2),
             "records_per_s": round(n / seconds),
             "folding_records_per_s": round((n - first[1]) / (end - first[0])),
+            "cpu_us_per_record": round((end_cpu - first[2]) / (n - first[1]) * 1e6, 1),
             "rss_mb_start": rss_rest,
             "rss_mb_loaded": rss_mb(proc.popen.pid),
         }
@@ -529,8 +539,8 @@ def markdown(results: dict[str, Any]) -> str:
     lines += [
         "",
         "| Consumer | records | seconds | records/s | records/s once folding "
-        "| RSS MiB start → loaded |",
-        "|---|---|---|---|---|---|",
+        "| CPU µs per record | RSS MiB start → loaded |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         if isinstance(r, dict) and "records_per_s" in r:
@@ -538,6 +548,7 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(
                 f"| {name} | {r['records']:,} | {r['seconds']} | "
                 f"{r['records_per_s']:,} | {'-' if folding is None else f'{folding:,}'} | "
+                f"{r.get('cpu_us_per_record', '-')} | "
                 f"{r.get('rss_mb_start', '-')} → {r.get('rss_mb_loaded', '-')} |"
             )
     replay = results.get("replay")
