@@ -68,9 +68,10 @@ __all__ = [
 
 log = logging.getLogger("services.reward_consumer")
 
-#: Experiments whose last write the handler keeps (least recently written dropped
-#: first): a snapshot is a few KiB per arm, so this bounds the cache to tens of MiB.
-CACHED_EXPERIMENTS: Final = 1024
+#: Bytes of snapshots and configs the cache keeps (least recently written experiments
+#: dropped first). A snapshot is ~1.1 KiB per arm, so this holds e.g. 5,000 experiments
+#: of 10 arms, or 50 of 1,000 arms.
+CACHE_BYTES: Final = 64 * 1024 * 1024
 
 #: Where detected change points go (the consumer publishes them to the experiments topic).
 ChangePointSink = Callable[[Sequence[ChangePointDetected]], Awaitable[None]]
@@ -130,40 +131,47 @@ class BatchHandler:
         dead_letter: DeadLetterSink = log_dead_letter,
         change_points: ChangePointSink | None = None,
         *,
-        cached_experiments: int = CACHED_EXPERIMENTS,
+        cache_bytes: int = CACHE_BYTES,
     ) -> None:
-        """``cached_experiments=0`` turns the cache off: every batch reads Redis first."""
+        """``cache_bytes=0`` turns the cache off: every batch reads Redis first."""
         self.store = store
         self.topics = topics
         self.dead_letter = dead_letter
         self.change_points = change_points
-        self.cached_experiments = cached_experiments
+        self.cache_bytes = cache_bytes
         #: Event-time watermark: the newest event time of any record handled so far
         #: (every experiment, every partition); closes attribution windows.
         self.watermark = 0.0
-        #: Experiment id -> what its last landed write stored (module docstring).
+        #: Experiment id -> what its last landed write stored (module docstring); the
+        #: dict's order is recency of writes. ``_cached_bytes`` is its size.
         self._cache: dict[str, _Cached] = {}
+        self._cached_bytes = 0
 
     def forget(self, experiment_id: str | None = None) -> None:
         """Drop one experiment's cache entry, or all of them (a rebalance)."""
         if experiment_id is None:
             self._cache.clear()
-        else:
-            self._cache.pop(experiment_id, None)
+            self._cached_bytes = 0
+            return
+        entry = self._cache.pop(experiment_id, None)
+        if entry is not None:
+            self._cached_bytes -= entry.size
 
     def _remember(self, plan: _Plan) -> None:
-        """Cache what a landed write stored (re-inserted: the dict's order is recency)."""
-        w, cache = plan.write, self._cache
+        """Cache what a landed write stored, dropping the least recently written
+        experiments beyond :attr:`cache_bytes`."""
+        w = plan.write
         if w is None or plan.config is None or plan.config_raw is None:
             return
-        cache.pop(w.experiment_id, None)
-        if self.cached_experiments <= 0:
+        self.forget(w.experiment_id)
+        entry = _Cached(plan.config_raw, plan.config, w.snapshot, {**w.expected, **w.new})
+        if entry.size > self.cache_bytes:
             return
-        cache[w.experiment_id] = _Cached(
-            plan.config_raw, plan.config, w.snapshot, {**w.expected, **w.new}
-        )
-        if len(cache) > self.cached_experiments:
-            del cache[next(iter(cache))]
+        cache = self._cache
+        cache[w.experiment_id] = entry
+        self._cached_bytes += entry.size
+        while self._cached_bytes > self.cache_bytes:
+            self.forget(next(iter(cache)))
 
     def _plan_read(
         self,
@@ -397,3 +405,9 @@ class _Cached:
     config: ExperimentConfig
     snapshot: bytes
     offsets: dict[str, int]  # the whole offsets hash after that write
+
+    @property
+    def size(self) -> int:
+        """What the entry costs, roughly: its two blobs (the parsed config is of the
+        same order as its JSON)."""
+        return 2 * len(self.config_raw) + len(self.snapshot)

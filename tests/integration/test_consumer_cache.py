@@ -104,7 +104,7 @@ async def test_steady_state_skips_the_read_and_stores_what_a_read_would(
     await redis.copy(keys.experiment(exp).config, other.experiment(exp).config)
     store = CountingStore(redis, keys)
     cached = BatchHandler(store, names)
-    plain = BatchHandler(ConsumerStore(redis, other), names, cached_experiments=0)
+    plain = BatchHandler(ConsumerStore(redis, other), names, cache_bytes=0)
     hits = misses = 0
     for i in range(3):
         batch = rewards(names.rewards, exp, range(i * 10, i * 10 + 5))
@@ -238,3 +238,28 @@ async def test_decisions_and_rewards_folded_by_two_consumers_lose_nothing(
     state = ExperimentState.from_snapshot(await redis.get(keys.experiment(exp).snapshot), exp)
     assert state.arms["a"].pulls == 6
     assert state.arms["b"].decisions == 4
+
+
+async def test_the_cache_keeps_to_its_byte_budget(redis: Redis, ns: str) -> None:
+    """Scenario: a cache with room for about one experiment; batches of two experiments
+    alternate.
+    We expect: the least recently written experiment is dropped (its next batch reads
+    Redis), the cache never holds more than its budget, and every reward counts once."""
+    names, keys = await setup(redis, ns, "one")
+    await redis.set(keys.experiment("two").config, config_of("two").model_dump_json())
+    store = CountingStore(redis, keys)
+    probe = BatchHandler(ConsumerStore(redis, RedisKeys(ns)), names)
+    await probe.handle(rewards(names.rewards, "one", range(1)))
+    budget = next(iter(probe._cache.values())).size * 3 // 2
+    await redis.delete(
+        *(getattr(keys.experiment("one"), k) for k in ("snapshot", "offsets", "seen"))
+    )
+    handler = BatchHandler(store, names, cache_bytes=budget)
+    for i in range(3):
+        await handler.handle(rewards(names.rewards, "one", range(i, i + 1)))
+        await handler.handle(rewards(names.rewards, "two", range(i, i + 1)))
+        assert list(handler._cache) == ["two"]
+        assert handler._cached_bytes <= budget
+    assert store.loads == 6  # "one" was always evicted by "two" before its next batch
+    assert await pulls(redis, keys, "one") == {"a": 3}
+    assert await pulls(redis, keys, "two") == {"a": 3}
