@@ -1,7 +1,9 @@
 """The benchmark harness: one command starts what it needs, measures, and writes the table.
 
 ``python -m bench.run [--duration S] [--quick]`` (or ``make bench``) starts a throwaway
-Kafka + Redis, the decider and the consumers as real processes, and measures in one run:
+Kafka + Redis, the decider and the consumers as real processes, and measures in one run
+(``--only fold [--kafka-bootstrap H:P --redis-url URL]``: only the consumer fold rows,
+optionally on a running Kafka + Redis under a fresh prefix):
 
 * ``GET /decision`` for 2, 10 and 100 arms, one worker and N workers, with wrk
   (``-t1 -c32``), next to two ceilings measured in the same run on the same server flags:
@@ -34,7 +36,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -73,6 +75,13 @@ def rss_mb(pid: int) -> float:
         except FileNotFoundError:
             continue
     return round(total / 1024, 1)
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a process has used so far: on a shared
+    machine a steadier figure than wall time."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Proc:
@@ -257,26 +266,41 @@ def fold_rate(
     module: str,
     env: dict[str, str],
     logdir: Path,
-    redis_url: str,
-    done_when: Any,
+    folded: Callable[[], int],
     n: int,
 ) -> dict[str, Any]:
-    """Start a consumer process on a pre-filled topic; records/s until ``done_when()``."""
+    """Start a consumer process on a pre-filled topic and time it until ``folded()``
+    (records in Redis so far) reaches ``n``.
+
+    ``records_per_s`` counts from the process start (imports, group join included);
+    ``folding_records_per_s`` from the first poll of progress that shows folded records
+    to the end, i.e. the rate once the process is consuming, and ``cpu_us_per_record``
+    the process's CPU time per record over the same stretch.
+    """
     proc = Proc(name, [sys.executable, "-m", module], env, logdir)
+    pid = proc.popen.pid
     t0 = time.monotonic()
+    first: tuple[float, int, float] | None = None
     try:
-        rss_rest = rss_mb(proc.popen.pid)
-        while not done_when():
+        rss_rest = rss_mb(pid)
+        while (done := folded()) < n:
+            if done and first is None:
+                first = (time.monotonic(), done, cpu_s(pid))
             if proc.popen.poll() is not None:
                 raise RuntimeError(f"{name} exited: {proc.log.read_text()[-2000:]}")
             if time.monotonic() - t0 > 600:
                 raise RuntimeError(f"{name} did not catch up in 600 s")
-            time.sleep(0.05)
-        seconds = time.monotonic() - t0
+            time.sleep(0.02)
+        end, end_cpu = time.monotonic(), cpu_s(pid)
+        seconds = end - t0
+        if first is None or end <= first[0]:
+            first = (t0, 0, 0.0)
         return {
             "records": n,
             "seconds": round(seconds, 2),
             "records_per_s": round(n / seconds),
+            "folding_records_per_s": round((n - first[1]) / (end - first[0])),
+            "cpu_us_per_record": round((end_cpu - first[2]) / (n - first[1]) * 1e6, 1),
             "rss_mb_start": rss_rest,
             "rss_mb_loaded": rss_mb(proc.popen.pid),
         }
@@ -284,11 +308,130 @@ def fold_rate(
         proc.stop()
 
 
+def fold_rows(
+    bootstrap: str, redis_url: str, fold_records: int, env: dict[str, str], logdir: Path
+) -> dict[str, Any]:
+    """The consumers' fold rates: pre-fill the rewards topic of a new namespace, then
+    time a fresh reward consumer (and projector) to catch up. ``env`` names the
+    namespace (``MAB_TOPIC_PREFIX`` = ``MAB_REDIS_PREFIX``, topics created)."""
+    import redis
+
+    prefix = env["MAB_TOPIC_PREFIX"]
+    topics = TopicNames.with_prefix(prefix)
+    results: dict[str, Any] = {}
+    exp = "bench-fold"
+    keys = RedisKeys(prefix).experiment(exp)
+    client = redis.Redis.from_url(redis_url)
+    now = time.time()
+    client.set(
+        keys.config,
+        orjson.dumps(
+            {
+                "experiment_id": exp,
+                "arm_ids": ["a", "b", "c"],
+                "strategy": "thompson",
+                "strategy_params": {},
+                "version": 1,
+                "created_ts": now,
+                "updated_ts": now,
+            }
+        ),
+    )
+    asyncio.run(_prefill(bootstrap, topics.rewards, exp, ["a", "b", "c"], fold_records))
+
+    def folded() -> int:
+        raw = client.get(keys.snapshot)
+        if raw is None:
+            return 0
+        arms: dict[str, list[float]] = orjson.loads(raw)["arms"]
+        return int(sum(v[0] for v in arms.values()))
+
+    results["reward consumer fold"] = fold_rate(
+        "reward-consumer",
+        "services.reward_consumer",
+        {**env, "MAB_CONSUMER_GROUP_ID": f"{prefix}bench"},
+        logdir,
+        folded,
+        fold_records,
+    )
+    if (ROOT / "services" / "projector" / "__main__.py").exists():
+        hour_prefix = f"{prefix}mab:{{{exp}}}:"
+
+        def projected() -> int:
+            total = 0
+            for key in client.scan_iter(match=f"{hour_prefix}*"):
+                if client.type(key) == b"hash":
+                    fields: dict[bytes, bytes] = client.hgetall(key)  # type: ignore[assignment]
+                    for field, value in fields.items():
+                        if field.endswith(b"|r"):
+                            total += int(value)
+            return total
+
+        results["projector fold"] = fold_rate(
+            "projector",
+            "services.projector",
+            {**env, "MAB_PROJECTOR_GROUP_ID": f"{prefix}bench-projector"},
+            logdir,
+            projected,
+            fold_records,
+        )
+    return results
+
+
+def stream_env(bootstrap: str, redis_url: str, prefix: str) -> dict[str, str]:
+    """The services' environment on one namespace of a Kafka + Redis."""
+    return {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "REDIS_URL": redis_url,
+        "MAB_TOPIC_PREFIX": prefix,
+        "MAB_REDIS_PREFIX": prefix,
+        "LOG_LEVEL": "WARNING",
+        # Keys off (empty = unset): the figures measure the open seed-compatible mode.
+        "MAB_ADMIN_KEY": "",
+        "MAB_CLIENT_KEYS": "",
+    }
+
+
+def run_folds(fold_records: int, bootstrap: str | None, redis_url: str | None) -> dict[str, Any]:
+    """Only the consumer fold rows (``--only fold``), on a running Kafka + Redis when
+    both are given (a fresh namespace on it, its keys deleted afterwards), else on a
+    throwaway stack."""
+    results: dict[str, Any] = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
+        f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.1f}",
+        "wrk": "consumer fold rows only",
+    }
+    prefix = f"bench{uuid.uuid4().hex[:6]}-"
+    if bootstrap is None or redis_url is None:
+        with throwaway_stack() as stack:
+            stack.start_redis()
+            stack.start_kafka()
+            create_topics(stack.bootstrap, topic_specs(prefix))
+            logdir = Path(stack.config.run_dir) / "bench-logs"
+            logdir.mkdir(parents=True, exist_ok=True)
+            env = stream_env(stack.bootstrap, stack.redis_url, prefix)
+            results.update(fold_rows(stack.bootstrap, stack.redis_url, fold_records, env, logdir))
+        return results
+    import redis
+
+    create_topics(bootstrap, topic_specs(prefix))
+    logdir = RESULTS / "logs" / prefix.rstrip("-")
+    logdir.mkdir(parents=True, exist_ok=True)
+    try:
+        env = stream_env(bootstrap, redis_url, prefix)
+        results.update(fold_rows(bootstrap, redis_url, fold_records, env, logdir))
+    finally:
+        client = redis.Redis.from_url(redis_url)
+        for key in client.scan_iter(match=f"{prefix}*"):
+            client.delete(key)
+    return results
+
+
 def run(
     duration: int, repeats: int, fold_records: int, workers: int, replay_records: int = 0
 ) -> dict[str, Any]:
-    import redis
-
     results: dict[str, Any] = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
@@ -303,17 +446,7 @@ def run(
         topics = TopicNames.with_prefix(prefix)
         logdir = Path(stack.config.run_dir) / "bench-logs"
         logdir.mkdir(parents=True, exist_ok=True)
-        env = {
-            **os.environ,
-            "KAFKA_BOOTSTRAP_SERVERS": stack.bootstrap,
-            "REDIS_URL": stack.redis_url,
-            "MAB_TOPIC_PREFIX": prefix,
-            "MAB_REDIS_PREFIX": prefix,
-            "LOG_LEVEL": "WARNING",
-            # Keys off (empty = unset): the figures measure the open seed-compatible mode.
-            "MAB_ADMIN_KEY": "",
-            "MAB_CLIENT_KEYS": "",
-        }
+        env = stream_env(stack.bootstrap, stack.redis_url, prefix)
 
         def measure(url: str, method: list[str] | None = None, warm: bool = True) -> dict[str, Any]:
             if warm:
@@ -376,64 +509,7 @@ def run(
             results["GET /decision, 2 arms, 1 worker, uvicorn"] = measure(url, warm=False)
 
         # Fold rates: pre-fill the rewards topic, then time a fresh consumer to catch up.
-        exp = "bench-fold"
-        keys = RedisKeys(prefix).experiment(exp)
-        client = redis.Redis.from_url(stack.redis_url)
-        now = time.time()
-        client.set(
-            keys.config,
-            orjson.dumps(
-                {
-                    "experiment_id": exp,
-                    "arm_ids": ["a", "b", "c"],
-                    "strategy": "thompson",
-                    "strategy_params": {},
-                    "version": 1,
-                    "created_ts": now,
-                    "updated_ts": now,
-                }
-            ),
-        )
-        asyncio.run(_prefill(stack.bootstrap, topics.rewards, exp, ["a", "b", "c"], fold_records))
-
-        def folded() -> bool:
-            raw = client.get(keys.snapshot)
-            if raw is None:
-                return False
-            arms: dict[str, list[float]] = orjson.loads(raw)["arms"]
-            return sum(v[0] for v in arms.values()) >= fold_records
-
-        results["reward consumer fold"] = fold_rate(
-            "reward-consumer",
-            "services.reward_consumer",
-            {**env, "MAB_CONSUMER_GROUP_ID": f"{prefix}bench"},
-            logdir,
-            stack.redis_url,
-            folded,
-            fold_records,
-        )
-        if (ROOT / "services" / "projector" / "__main__.py").exists():
-            hour_prefix = f"{prefix}mab:{{{exp}}}:"
-
-            def projected() -> bool:
-                total = 0
-                for key in client.scan_iter(match=f"{hour_prefix}*"):
-                    if client.type(key) == b"hash":
-                        fields: dict[bytes, bytes] = client.hgetall(key)  # type: ignore[assignment]
-                        for field, value in fields.items():
-                            if field.endswith(b"|r"):
-                                total += int(value)
-                return total >= fold_records
-
-            results["projector fold"] = fold_rate(
-                "projector",
-                "services.projector",
-                {**env, "MAB_PROJECTOR_GROUP_ID": f"{prefix}bench-projector"},
-                logdir,
-                stack.redis_url,
-                projected,
-                fold_records,
-            )
+        results.update(fold_rows(stack.bootstrap, stack.redis_url, fold_records, env, logdir))
         if replay_records:
             results["replay"] = replay_rate.measure(
                 stack.bootstrap, stack.redis_url, replay_records, workers=2
@@ -462,15 +538,18 @@ def markdown(results: dict[str, Any]) -> str:
             )
     lines += [
         "",
-        "| Consumer | records | seconds | records/s | RSS MiB start → loaded |",
-        "|---|---|---|---|---|",
+        "| Consumer | records | seconds | records/s | records/s once folding "
+        "| CPU µs per record | RSS MiB start → loaded |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         if isinstance(r, dict) and "records_per_s" in r:
+            folding = r.get("folding_records_per_s")
             lines.append(
                 f"| {name} | {r['records']:,} | {r['seconds']} | "
-                f"{r['records_per_s']:,} | {r.get('rss_mb_start', '-')} → "
-                f"{r.get('rss_mb_loaded', '-')} |"
+                f"{r['records_per_s']:,} | {'-' if folding is None else f'{folding:,}'} | "
+                f"{r.get('cpu_us_per_record', '-')} | "
+                f"{r.get('rss_mb_start', '-')} → {r.get('rss_mb_loaded', '-')} |"
             )
     replay = results.get("replay")
     if isinstance(replay, dict):
@@ -510,13 +589,31 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--quick", action="store_true", help="3 s runs, 1 repeat, 20k records")
     parser.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
+    parser.add_argument(
+        "--only",
+        choices=["fold"],
+        help="only the consumer fold rows (never rewrites docs/benchmarks.md)",
+    )
+    parser.add_argument(
+        "--kafka-bootstrap",
+        help="with --only fold: a running Kafka to use (a fresh topic prefix on it)",
+    )
+    parser.add_argument(
+        "--redis-url", help="with --only fold: a running Redis (a fresh key prefix, deleted after)"
+    )
     args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        sys.exit("wrk is missing: run `make system-deps` (Debian package wrk)")
     if args.quick:
         args.duration, args.repeats, args.fold_records = 3, 1, 20_000
         args.replay_records = 20_000
-    results = run(args.duration, args.repeats, args.fold_records, args.workers, args.replay_records)
+    if args.only == "fold":
+        results = run_folds(args.fold_records, args.kafka_bootstrap, args.redis_url)
+        args.no_doc = True
+    else:
+        if shutil.which("wrk") is None:
+            sys.exit("wrk is missing: run `make system-deps` (Debian package wrk)")
+        results = run(
+            args.duration, args.repeats, args.fold_records, args.workers, args.replay_records
+        )
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{results['date'][:19].replace(':', '')}.json"
     out.write_text(json.dumps(results, indent=2))

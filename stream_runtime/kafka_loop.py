@@ -53,6 +53,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, Generic, NamedTuple, Protocol, TypeVar
 
@@ -158,22 +159,27 @@ def to_records(messages: list[Message], log: logging.Logger) -> list[KafkaRecord
 
 
 class RebalanceLogger:
-    """Logs partition moves. No cache to invalidate: every batch re-reads Redis.
+    """Logs partition moves and tells the processor (:meth:`KafkaBatchProcessor._rebalanced`).
 
     Correctness across a rebalance does not depend on this listener: a batch that was
     in flight while we lost its partition either fails its compare-and-set (the new
     owner wrote first) or lands before the new owner reads; its Kafka commit then fails,
     which we tolerate, and the new owner's redelivery is dropped by the offset check.
+    A processor's caches are checked by its writes too; dropping them here only keeps
+    them to the partitions the process owns.
     """
 
-    def __init__(self, log: logging.Logger) -> None:
+    def __init__(self, log: logging.Logger, moved: Callable[[], None] = lambda: None) -> None:
         self.log = log
+        self.moved = moved
 
     def on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.log.info("partitions assigned", extra={"partitions": _names(partitions)})
+        self.moved()
 
     def on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.log.info("partitions revoked", extra={"partitions": _names(partitions)})
+        self.moved()
 
 
 def _names(partitions: list[TopicPartition]) -> list[str]:
@@ -235,6 +241,10 @@ class KafkaBatchProcessor(abc.ABC, Generic[ReportT]):
         """Apply one batch to Redis (read, filter, fold, compare-and-set write); raise on
         failure. Must not commit anything to Kafka."""
 
+    def _rebalanced(self) -> None:
+        """Partitions were assigned or revoked (called inside ``consume``, i.e. never
+        while a batch is handled): drop per-partition caches. Default: none."""
+
     def _account(self, report: ReportT) -> None:
         """Add a committed batch's report to the running stats."""
         self.stats.add(report)
@@ -292,7 +302,7 @@ class KafkaBatchProcessor(abc.ABC, Generic[ReportT]):
         s = self.loop_settings
         await self._open_resources()
         consumer = Consumer(self.consumer_config(), logger=self.log)
-        listener = RebalanceLogger(self.log)
+        listener = RebalanceLogger(self.log, self._rebalanced)
         consumer.subscribe(
             self.subscribed, on_assign=listener.on_assign, on_revoke=listener.on_revoke
         )

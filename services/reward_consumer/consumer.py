@@ -116,6 +116,12 @@ class RewardConsumer(KafkaBatchProcessor[BatchReport]):
             self._redis = None
 
     # ----------------------------------------------------------------- batch
+    def _rebalanced(self) -> None:
+        """Keep the handler's snapshot cache to the partitions we own (it is checked by
+        every write anyway, see :mod:`services.reward_consumer.handlers`)."""
+        if self._handler is not None:
+            self._handler.forget()
+
     async def _handle(self, records: list[RecordLike]) -> BatchReport:
         assert self._handler is not None
         return await self._handler.handle(records)

@@ -50,6 +50,15 @@ def assigned_partitions(log: Path) -> int:
     return count
 
 
+def final_stats(log: Path) -> dict[str, object]:
+    """The running totals the consumer logging to ``log`` printed when it stopped."""
+    stats: dict[str, object] = {}
+    for line in log.read_text(errors="replace").splitlines():
+        if '"msg":"reward consumer stopped"' in line:
+            stats = json.loads(line)
+    return stats
+
+
 async def applied_events(redis: Redis, ns: str, ids: list[str]) -> int:
     return sum(s.version for s in (await read_states(redis, ns, ids)).values())
 
@@ -81,7 +90,8 @@ async def test_consumer_joins_and_leaves_mid_stream(
     (the group notices after the session timeout), while records keep arriving.
     We expect: the second consumer really owned partitions, SIGTERM exits 0, the first
     consumer ends with the group's committed offsets at the end of the log, and every
-    snapshot equals the pure fold of every record exactly once (nothing lost or doubled)."""
+    snapshot equals the pure fold of every record exactly once (nothing lost or doubled),
+    with most of the first consumer's batches folded from its snapshot cache."""
     names = TopicNames.with_prefix(ns)
     ids = spread_ids("rb-", per_partition=2, partitions=topics[names.rewards])
     configs = configs_for(ids)
@@ -143,6 +153,11 @@ async def test_consumer_joins_and_leaves_mid_stream(
             if proc is not None and proc.poll() is None:
                 stop_processor(proc)
     assert first.returncode == 0, logs[0].read_text()[-3000:]
+    # The first consumer folded most batches from its snapshot cache (no read), across
+    # both rebalances; the retried and doubly rewarded records made some writes refused.
+    stats = final_stats(logs[0])
+    assert int(str(stats.get("cache_hits", 0))) > 0, stats
+    assert int(str(stats.get("cache_misses", 0))) > 0, stats
 
     want = expected_states(sent, configs, names)
     got = await read_states(redis, ns, ids)

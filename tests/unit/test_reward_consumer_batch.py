@@ -24,7 +24,7 @@ from services.reward_consumer.batch import (
     parse_offsets,
 )
 from services.reward_consumer.settings import ConsumerSettings
-from services.reward_consumer.store import Write, _write_args, prune_cutoff
+from services.reward_consumer.store import Assumed, Write, _write_args, prune_cutoff
 
 pytestmark = pytest.mark.unit
 
@@ -170,9 +170,16 @@ def test_write_args_layout() -> None:
     w = Write("x", b"snap", expected={"r:0": 4}, new={"r:0": 9, "d:1": 2}, new_seen={"e:a": 5.0})
     args = _write_args(w)
     assert args[0] == b"snap"
-    assert args[2] == 2
-    assert args[3:9] == ["d:1", "", "2", "r:0", "4", "9"]
-    assert args[9:] == [0, 0, "5.0", "e:a"]  # no attribution windows opened or closed
+    # Offsets as strings (Lua compares them with HGET's strings; a Lua number would print
+    # big offsets in exponent form), the dedupe keys as one JSON object.
+    assert [orjson.loads(a) for a in args[2:7]] == [
+        {"r:0": "4"},
+        {"r:0": "9", "d:1": "2"},
+        {},  # no attribution windows opened
+        [],  # nor closed
+        {"e:a": 5.0},
+    ]
+    assert args[7:] == [""]  # folded from a read: no assumptions
     w = Write(
         "x",
         b"snap",
@@ -181,8 +188,14 @@ def test_write_args_layout() -> None:
         new_seen={},
         pending_added={"a.0": 70.5},
         pending_removed=["b.1", "c.0"],
+        assumed=Assumed(b"cfg", b"old", ["e:q"], ["a.0"]),
     )
-    assert _write_args(w)[6:] == [1, "70.5", "a.0", 2, "b.1", "c.0"]
+    args = _write_args(w)
+    assert args[1] == ""  # nothing new: no pruning
+    assert orjson.loads(args[4]) == {"a.0": 70.5}
+    assert orjson.loads(args[5]) == ["b.1", "c.0"]
+    assert args[7:10] == ["1", b"cfg", b"old"]
+    assert [orjson.loads(a) for a in args[10:]] == [["e:q"], ["a.0"]]
 
 
 def test_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:

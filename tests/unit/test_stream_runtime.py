@@ -6,9 +6,14 @@ import gc
 import logging
 
 import pytest
+from confluent_kafka import TopicPartition
+from redis.asyncio import Redis
 
 from services.projector.settings import ProjectorSettings
+from services.reward_consumer.consumer import RewardConsumer
+from services.reward_consumer.handlers import BatchHandler
 from services.reward_consumer.settings import ConsumerSettings
+from services.reward_consumer.store import ConsumerStore
 from stream_runtime.batch import (
     MAX_CAS_ATTEMPTS,
     CasConflictError,
@@ -16,6 +21,7 @@ from stream_runtime.batch import (
     gc_deferred,
     write_until_settled,
 )
+from stream_runtime.kafka_loop import RebalanceLogger
 
 pytestmark = pytest.mark.unit
 
@@ -128,3 +134,23 @@ def test_reports_sum_every_declared_counter() -> None:
         "seconds": 0.75,
         "rejected": {"bad_json": 3, "unknown_arm": 1},
     }
+
+
+def test_rebalance_listener_tells_the_processor_on_every_move() -> None:
+    """The reward consumer drops its snapshot cache on every assignment and revocation
+    (RewardConsumer._rebalanced -> BatchHandler.forget)."""
+    moves: list[str] = []
+    listener = RebalanceLogger(log, lambda: moves.append("moved"))
+    parts = [TopicPartition("t", 0), TopicPartition("t", 1)]
+    listener.on_assign(None, parts)  # type: ignore[arg-type]  # the consumer is not used
+    listener.on_revoke(None, parts[:1])  # type: ignore[arg-type]
+    assert moves == ["moved", "moved"]
+
+
+def test_reward_consumer_forgets_its_cache_on_a_rebalance() -> None:
+    consumer = RewardConsumer(ConsumerSettings())
+    handler = BatchHandler(ConsumerStore(Redis(), ConsumerSettings().keys), consumer.topics)
+    handler._cache["exp"] = None  # type: ignore[assignment]  # only its presence matters
+    consumer._handler = handler
+    consumer._rebalanced()
+    assert handler._cache == {}
