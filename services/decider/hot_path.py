@@ -202,7 +202,9 @@ async def reward_rejection_now(
     The cache may predate an arm added on another process, so a rejection is confirmed
     against Redis before it is returned (only on this rare path).
     """
-    entry, _ = await rt.cache.get(event.experiment_id)
+    entry = rt.cache.fresh(event.experiment_id)
+    if entry is None:
+        entry, _ = await rt.cache.get(event.experiment_id)
     config = entry.config if entry is not None else None
     reason = reward_rejection(config, event)
     if reason is not None and reason != "bad_decision_id":
