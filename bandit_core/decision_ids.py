@@ -8,11 +8,11 @@ or a per-decision write on the hot path.
 
 from __future__ import annotations
 
-import os
+from schemas.ids import random_hex
 
 
 def make_decision_id(arm_index: int) -> str:
-    return f"{os.urandom(16).hex()}.{arm_index}"
+    return f"{random_hex()}.{arm_index}"
 
 
 def arm_index_of(decision_id: str) -> int | None:

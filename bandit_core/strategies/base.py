@@ -81,6 +81,24 @@ class Strategy(ABC):
     ) -> list[float]:
         """Probability that :meth:`choose` picks each arm from this state (sums to 1)."""
 
+    def choose_batch(
+        self,
+        arm_ids: Sequence[str],
+        stats: Sequence[ArmStats],
+        params: Mapping[str, Any],
+        rng: random.Random,
+        now: float,
+        n: int,
+    ) -> list[int] | None:
+        """``n`` independent :meth:`choose` results from this state, or ``None`` when the
+        strategy does not draw them in bulk (the default).
+
+        Only for policies whose choice distribution depends on the stats alone (not on
+        ``now``): the decider pre-draws a batch per cached snapshot and serves one per
+        request, each still an independent draw from that snapshot's policy.
+        """
+        return None
+
     def choose_with_propensity(
         self,
         arm_ids: Sequence[str],

@@ -88,6 +88,30 @@ class Thompson(Strategy):
                 best_i, best = i, x
         return best_i
 
+    def choose_batch(
+        self,
+        arm_ids: Sequence[str],
+        stats: Sequence[ArmStats],
+        params: Mapping[str, Any],
+        rng: random.Random,
+        now: float,
+        n: int,
+    ) -> list[int]:
+        """``n`` Thompson choices from one vectorised draw of ``n`` rows of posteriors.
+
+        Row ``j`` is a complete, independent Thompson draw, so serving the rows one per
+        request is the same policy as drawing per request; it costs one numpy call per
+        batch instead of one per decision (with 100 arms: ~3 µs per decision instead of
+        ~60 µs, see docs/benchmarks.md).
+        """
+        check_arms(arm_ids, stats)
+        if n < 1:
+            raise ValueError("n must be >= 1")
+        alphas, betas = posteriors(stats, params)
+        draws = numpy_generator(rng).beta(alphas, betas, size=(n, len(alphas)))
+        choices: list[int] = draws.argmax(axis=1).tolist()
+        return choices
+
     def propensities(
         self,
         arm_ids: Sequence[str],

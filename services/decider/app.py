@@ -216,6 +216,7 @@ def create_app(settings: DeciderSettings | None = None) -> FastAPI:
             enqueue_timeout_s=cfg.kafka_enqueue_timeout_s,
             linger_ms=cfg.kafka_linger_ms,
             max_batch_bytes=cfg.kafka_max_batch_bytes,
+            decision_linger_ms=cfg.kafka_decision_linger_ms,
         )
         store = ConfigStore(redis, RedisKeys(cfg.redis_prefix))
         cache = DecisionCache(

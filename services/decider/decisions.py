@@ -18,7 +18,10 @@ change, so a seeded experiment yields a reproducible *sequence*, never one froze
 
 Propensities depend only on the snapshot, so they are computed once per entry (closed
 form, or Monte Carlo for Thompson with a separate generator that never perturbs the
-seeded decision stream), not per request.
+seeded decision stream), not per request. For the same reason a strategy that can
+(``Strategy.choose_batch``: Thompson) pre-draws a batch of choices per entry in one
+numpy call, and each request takes the next one: every choice is still an independent
+draw from that entry's policy, and a refreshed snapshot starts a new batch.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from redis.exceptions import RedisError
 
 from bandit_core.rng import make_rng
@@ -42,6 +46,11 @@ log = logging.getLogger(__name__)
 
 #: Floor for a served arm's propensity (a Monte Carlo estimate may round to zero).
 MIN_PROPENSITY = 1e-6
+#: Beta draws per pre-drawn batch (rows = this / arms, within the bounds below): large
+#: enough to amortise numpy's per-call cost, small enough that the request drawing a
+#: batch stalls the loop well under a millisecond (100 arms: 81 rows, ~0.3 ms).
+BATCH_DRAWS = 8192
+BATCH_ROWS = (16, 1024)
 
 
 @dataclass(slots=True)
@@ -58,6 +67,12 @@ class CachedExperiment:
     rng: random.Random
     fetched_at: float
     propensities: list[float] | None = field(default=None)
+    #: Pre-drawn choices of a batching strategy, served from the end; ``None``: none yet.
+    queued: list[int] | None = field(default=None)
+    #: ``{"arms": [...]}`` of the response and the strategy params of the event, encoded
+    #: once per entry instead of once per request (100 arm ids are ~2 µs of JSON).
+    metadata_json: orjson.Fragment = field(default_factory=lambda: orjson.Fragment(b"{}"))
+    params_json: orjson.Fragment = field(default_factory=lambda: orjson.Fragment(b"{}"))
 
     @property
     def params(self) -> dict[str, Any]:
@@ -90,18 +105,28 @@ class DecisionCache:
         self._entries.pop(experiment_id, None)
         self._inflight.pop(experiment_id, None)
 
+    def fresh(self, experiment_id: str) -> CachedExperiment | None:
+        """The entry if it may be served without waiting (the hot path's common case,
+        no coroutine); ``None``: call :meth:`get`."""
+        entry = self._entries.get(experiment_id)
+        if entry is None:
+            return None
+        age = time.monotonic() - entry.fetched_at
+        if age >= self.max_staleness_s:
+            return None
+        if age >= self.max_staleness_s / 2 and experiment_id not in self._inflight:
+            self._load(experiment_id)  # refresh ahead, serve from memory now
+        return entry
+
     async def get(self, experiment_id: str) -> tuple[CachedExperiment | None, bool]:
         """The entry (``None``: no such experiment) and whether it is degraded (stale).
 
         Raises :class:`RedisError` only when there is nothing usable in memory.
         """
+        fresh = self.fresh(experiment_id)
+        if fresh is not None:
+            return fresh, False
         entry = self._entries.get(experiment_id)
-        if entry is not None:
-            age = time.monotonic() - entry.fetched_at
-            if age < self.max_staleness_s:
-                if age >= self.max_staleness_s / 2 and experiment_id not in self._inflight:
-                    self._load(experiment_id)  # refresh ahead, serve from memory now
-                return entry, False
         task = self._inflight.get(experiment_id) or self._load(experiment_id)
         try:
             return await asyncio.shield(task), False
@@ -160,6 +185,7 @@ class DecisionCache:
             and prev.config.strategy == config.strategy
             and prev.config.strategy_params == config.strategy_params
         )
+        arm_list = list(config.arm_ids)
         return CachedExperiment(
             config=config,
             config_raw=config_raw,
@@ -167,18 +193,39 @@ class DecisionCache:
             state=state,
             strategy=get_strategy(config.strategy),
             stats=state.stats_for(config.arm_ids),
-            arm_list=list(config.arm_ids),
+            arm_list=arm_list,
             rng=prev.rng if same_policy and prev is not None else make_rng(config.strategy_params),
             fetched_at=now,
+            metadata_json=orjson.Fragment(orjson.dumps({"arms": arm_list})),
+            params_json=orjson.Fragment(orjson.dumps(config.strategy_params)),
         )
 
     def decide(self, entry: CachedExperiment, now: float) -> tuple[int, float]:
-        """Choose an arm (one strategy call) and look up its propensity (cached)."""
-        index = entry.strategy.choose(entry.arm_list, entry.stats, entry.params, entry.rng, now)
+        """Choose an arm (a pre-drawn one, or one strategy call) and look up its
+        propensity (cached)."""
+        queued = entry.queued
+        if queued:
+            index = queued.pop()
+        else:
+            batch = entry.strategy.choose_batch(
+                entry.arm_list, entry.stats, entry.params, entry.rng, now, self._rows(entry)
+            )
+            if batch:
+                index = batch.pop()
+                entry.queued = batch
+            else:
+                index = entry.strategy.choose(
+                    entry.arm_list, entry.stats, entry.params, entry.rng, now
+                )
         props = entry.propensities
         if props is None:
             props = entry.propensities = self.propensities(entry.config, entry.stats, now)
         return index, max(props[index], MIN_PROPENSITY)
+
+    @staticmethod
+    def _rows(entry: CachedExperiment) -> int:
+        low, high = BATCH_ROWS
+        return max(low, min(high, BATCH_DRAWS // max(1, len(entry.arm_list))))
 
     def propensities(
         self, config: ExperimentConfig, stats: list[ArmStats], now: float

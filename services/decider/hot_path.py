@@ -20,9 +20,7 @@ FastAPI untouched, so validation errors keep FastAPI's format.
 from __future__ import annotations
 
 import logging
-import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
@@ -36,7 +34,7 @@ from bandit_core.decision_ids import make_decision_id
 from bandit_core.fold import reward_rejection
 from schemas.codec import encode
 from schemas.events import SCHEMA_VERSION, ExperimentConfig, RewardObserved
-from schemas.ids import is_valid_id
+from schemas.ids import is_valid_id, random_hex
 from schemas.topics import partition_key
 from services.decider.auth import Access, Denial
 from services.decider.errors import reward_rejected
@@ -52,6 +50,7 @@ from services.decider.producer import EventLogUnavailableError
 
 if TYPE_CHECKING:
     from services.decider.app import Runtime
+    from services.decider.decisions import CachedExperiment
 
 log = logging.getLogger("services.decider")
 
@@ -74,7 +73,7 @@ def decision_made_record(
     decision_id: str,
     arm_id: str,
     strategy: str,
-    strategy_params: dict[str, Any],
+    strategy_params: dict[str, Any] | orjson.Fragment,
     propensity: float,
     config_version: int,
     snapshot_version: int,
@@ -85,11 +84,12 @@ def decision_made_record(
 
     Every value is produced by this process from a validated config, so re-validating it
     on each request is pure overhead; ``tests/unit/test_decider_hot_path.py`` pins this
-    encoding to the model (same fields, and ``decode`` accepts it).
+    encoding to the model (same fields, and ``decode`` accepts it). ``strategy_params``
+    may come pre-encoded (the cache keeps an ``orjson.Fragment`` per entry).
     """
     return orjson.dumps(
         {
-            "event_id": uuid.UUID(bytes=os.urandom(16), version=4).hex,
+            "event_id": random_hex(),
             "ts": time.time(),
             "schema_version": SCHEMA_VERSION,
             "experiment_id": experiment_id,
@@ -107,14 +107,13 @@ def decision_made_record(
     )
 
 
-async def serve_decision(rt: Runtime, experiment_id: str) -> bytes | None:
-    """Decide for one visitor and return the response body; ``None``: no such experiment.
+def decide(
+    rt: Runtime, entry: CachedExperiment, degraded: bool, experiment_id: str
+) -> tuple[bytes, bytes]:
+    """One decision from a cached entry: ``(response body, DecisionMade record)``.
 
-    Raises :class:`RedisError` only when nothing usable is cached (the caller maps it).
+    Synchronous on purpose: on the hot path a coroutine per step costs more than the step.
     """
-    entry, degraded = await rt.cache.get(experiment_id)
-    if entry is None:
-        return None
     config = entry.config
     index, propensity = rt.cache.decide(entry, time.time())
     arm_id = entry.arm_list[index]
@@ -124,14 +123,13 @@ async def serve_decision(rt: Runtime, experiment_id: str) -> bytes | None:
         decision_id,
         arm_id,
         config.strategy,
-        config.strategy_params,
+        entry.params_json,
         propensity,
         config.version,
         entry.state.version,
         degraded,
         config.attribution_window_s,
     )
-    await rt.producer.send_nowait(rt.topics.decisions, partition_key(experiment_id), record)
     rt.metrics.decision(config.strategy)
     if log.isEnabledFor(logging.DEBUG):  # thousands per second: opt-in (LOG_LEVEL=DEBUG)
         log.debug(
@@ -144,16 +142,42 @@ async def serve_decision(rt: Runtime, experiment_id: str) -> bytes | None:
                 "degraded": degraded,
             },
         )
-    return orjson.dumps(
+    body = orjson.dumps(
         {
             "experiment_id": experiment_id,
             "arm_id": arm_id,
             "strategy": config.strategy,
-            "metadata": {"arms": entry.arm_list},
+            "metadata": entry.metadata_json,
             "decision_id": decision_id,
             "propensity": propensity,
         }
     )
+    return body, record
+
+
+async def log_decision(rt: Runtime, experiment_id: str, record: bytes) -> None:
+    """Enqueue the event; waits only while the producer's queue is full (backpressure)."""
+    key = partition_key(experiment_id)
+    if not rt.producer.try_send(rt.topics.decisions, key, record):
+        await rt.producer.send_nowait(rt.topics.decisions, key, record)
+
+
+async def serve_decision(rt: Runtime, experiment_id: str) -> bytes | None:
+    """Decide for one visitor and return the response body; ``None``: no such experiment.
+
+    The whole decision: cached snapshot, one strategy call (or a pre-drawn choice), the
+    ``DecisionMade`` event enqueued without waiting for Kafka, the response body.
+    Raises :class:`RedisError` only when nothing usable is cached (the caller maps it).
+    """
+    entry = rt.cache.fresh(experiment_id)
+    degraded = False
+    if entry is None:
+        entry, degraded = await rt.cache.get(experiment_id)
+        if entry is None:
+            return None
+    body, record = decide(rt, entry, degraded, experiment_id)
+    await log_decision(rt, experiment_id, record)
+    return body
 
 
 def reward_event(body: RewardCreate) -> RewardObserved:
@@ -178,7 +202,9 @@ async def reward_rejection_now(
     The cache may predate an arm added on another process, so a rejection is confirmed
     against Redis before it is returned (only on this rare path).
     """
-    entry, _ = await rt.cache.get(event.experiment_id)
+    entry = rt.cache.fresh(event.experiment_id)
+    if entry is None:
+        entry, _ = await rt.cache.get(event.experiment_id)
     config = entry.config if entry is not None else None
     reason = reward_rejection(config, event)
     if reason is not None and reason != "bad_decision_id":
@@ -409,8 +435,23 @@ class DecisionFastPath:
                     status_code = denial.status
                     await _respond(send, denial.status, denial.body, _denial_headers(denial, cors))
                     return
+                experiment_id = _experiment_id(scope["query_string"])
+                entry = None if experiment_id is None else runtime.cache.fresh(experiment_id)
+                if entry is not None and experiment_id is not None:
+                    # The common case, without a coroutine: a fresh cached entry.
+                    body, record = decide(runtime, entry, False, experiment_id)
+                    key = partition_key(experiment_id)
+                    if not runtime.producer.try_send(runtime.topics.decisions, key, record):
+                        await runtime.producer.send_nowait(runtime.topics.decisions, key, record)
+                    status_code = 200
+                    await _respond(send, 200, body, cors)
+                    return
                 try:
-                    body = await self._try(scope, runtime)
+                    served = (
+                        None
+                        if experiment_id is None
+                        else await serve_decision(runtime, experiment_id)
+                    )
                 except RedisError as exc:
                     # Answered here, not by falling through to the route: the route would
                     # ask Redis again and double the wait (two socket timeouts against a
@@ -419,9 +460,9 @@ class DecisionFastPath:
                     status_code = 503
                     await _respond(send, 503, _STORE_UNAVAILABLE, cors)
                     return
-                if body is not None:
+                if served is not None:
                     status_code = 200
-                    await _respond(send, 200, body, cors)
+                    await _respond(send, 200, served, cors)
                     return
             elif path == "/reward" and method == "POST":
                 denial = runtime.auth.check(authorization, Access.CLIENT)
@@ -523,16 +564,14 @@ class DecisionFastPath:
         status_code, _ = await self._forward(scope, _replay(raw, more, receive), send, runtime)
         return status_code or 500
 
-    async def _try(self, scope: Scope, runtime: Runtime) -> bytes | None:
-        """The decision body, or ``None`` for FastAPI to answer (unusual query, unknown
-        experiment); raises :class:`RedisError` when Redis fails and nothing is cached."""
-        query: bytes = scope["query_string"]
-        if not query.startswith(_PREFIX) or b"&" in query:
-            return None
-        experiment_id = unquote(query[len(_PREFIX) :].decode("latin-1"))
-        if not is_valid_id(experiment_id):
-            return None
-        return await serve_decision(runtime, experiment_id)
+
+def _experiment_id(query: bytes) -> str | None:
+    """The id of a query that is exactly ``experiment_id=<valid id>``; ``None``: anything
+    else, which FastAPI answers (missing or invalid id, extra parameters)."""
+    if not query.startswith(_PREFIX) or b"&" in query:
+        return None
+    experiment_id = unquote(query[len(_PREFIX) :].decode("latin-1"))
+    return experiment_id if is_valid_id(experiment_id) else None
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:

@@ -2,17 +2,30 @@
 
 * Commands (experiment events) and rewards are the system of record: :meth:`publish`
   waits for the broker's ack (``acks=all``, idempotent producer) with a bounded timeout,
-  and the HTTP answer reflects it, so a 2xx means "in the log".
-* Decisions are on the hot path: :meth:`send_nowait` only enqueues the record into the
-  producer's queue (sent after ``linger_ms``) and counts delivery failures. Shutdown
-  flushes, so no enqueued decision event is lost on a clean stop.
+  and the HTTP answer reflects it, so a 2xx means "in the log". Concurrent publishes are
+  *group-committed*: every record handed in during one event-loop iteration is produced
+  together (one produce request instead of one per HTTP request), and their delivery
+  reports are polled by the event loop itself while any are outstanding (no thread
+  hand-off per ack); each record still resolves its own caller, so a record the broker
+  refused fails exactly the request that sent it.
+* Decisions are on the hot path: :meth:`try_send` only enqueues the record into the
+  producer's queue (sent after ``decision_linger_ms``) and counts delivery failures.
+  Shutdown flushes, so no enqueued decision event is lost on a clean stop.
+
+Why decisions linger 50 ms by default: measured under wrk (docs/benchmarks.md), at
+``linger.ms=5`` librdkafka's broker thread spent ~25-35 µs of CPU per decision and the
+Kafka broker ~50-80 µs (about 200 small produce requests per second), more than the
+decision itself in Python, on the same two cores. At 50 ms both fall to ~2 µs and
+~15 µs per decision. The price is up to 50 ms more before a decision is readable in
+the log, which nothing on the decision path waits for.
 
 Why librdkafka (``confluent-kafka``) and not aiokafka here: enqueueing one record with
 aiokafka's ``send()`` costs ~22 µs of Python (a coroutine, a metadata wait, the
 partitioner and the batch builder), i.e. a fifth of the whole budget of a 10,000 req/s
 decision service; ``Producer.produce()`` hands the bytes to C in ~2 µs and librdkafka
-batches, retries and keeps idempotence on its own threads. Delivery reports are served
-by one poll thread and handed back to the event loop with ``call_soon_threadsafe``.
+batches, retries and keeps idempotence on its own threads. Acked delivery reports are
+served on the event loop (:meth:`EventProducer._poll_acks`), the decisions' error
+reports by one poll thread.
 
 Two producer instances, because delivery reports are configured per producer: the one
 for decisions reports only errors (a report per decision would cost the poll thread a
@@ -27,7 +40,9 @@ import contextlib
 import logging
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -40,6 +55,9 @@ log = logging.getLogger(__name__)
 
 #: Seconds the poll thread blocks in librdkafka per call (it returns early on reports).
 _POLL_S = 0.05
+#: While acked records are outstanding, the event loop polls their delivery reports this
+#: often (uvloop timers have millisecond resolution).
+_ACK_POLL_S = 0.001
 #: How long an acked send waits beyond ``message.timeout.ms`` for librdkafka's own verdict.
 #: librdkafka scans its queues for timed-out messages about once a second, so a message
 #: can still be delivered up to ~1 s after its timeout. Answering 503 on our own clock at
@@ -51,6 +69,10 @@ _REPORT_GRACE_S = 1.5
 
 class EventLogUnavailableError(RuntimeError):
     """The broker did not acknowledge an event in time (or refused it)."""
+
+
+#: One acked record waiting for its group: ``(topic, key, value, future of its caller)``.
+_Pending = tuple[str, bytes, bytes, "asyncio.Future[None]"]
 
 
 @dataclass(slots=True)
@@ -101,6 +123,7 @@ class EventProducer:
         max_batch_bytes: int = 512 * 1024,
         client_id: str = "mab-decider",
         decision_delivery_timeout_s: float = 120.0,
+        decision_linger_ms: int = 50,
     ) -> None:
         self.topics = topics
         self.send_timeout_s = send_timeout_s
@@ -115,6 +138,7 @@ class EventProducer:
                 **base,
                 "client.id": f"{client_id}-acked",
                 "message.timeout.ms": max(1000, int(send_timeout_s * 1000)),
+                # A group is already the batch: send it as soon as it is produced.
                 "linger.ms": min(linger_ms, 1),
             }
         )
@@ -123,6 +147,7 @@ class EventProducer:
                 **base,
                 "client.id": f"{client_id}-decisions",
                 "message.timeout.ms": int(decision_delivery_timeout_s * 1000),
+                "linger.ms": decision_linger_ms,
                 "delivery.report.only.error": True,
                 "on_delivery": self._on_decision_error,
             }
@@ -130,6 +155,17 @@ class EventProducer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: Acked records handed in since the last group was produced (event loop only).
+        self._group: list[_Pending] = []
+        self._group_scheduled = False
+        #: Groups produced so far (what tests and the docs count).
+        self.groups = 0
+        #: Delivery reports of acked records, appended by whichever thread serves
+        #: librdkafka's callbacks (the event loop, or a flush at shutdown).
+        self._reports: deque[tuple[asyncio.Future[None], KafkaError | None]] = deque()
+        #: Acked records produced whose report has not been settled yet (event loop only).
+        self._outstanding = 0
+        self._ack_poll: asyncio.TimerHandle | None = None
 
     # ---------------------------------------------------------------- lifecycle
     async def start(self, timeout_s: float) -> None:
@@ -149,16 +185,53 @@ class EventProducer:
         self._thread.start()
 
     def _poll_forever(self) -> None:
-        """Serve delivery reports of both producers until :meth:`stop`."""
-        acked, decisions = self._acked, self._decisions
+        """Serve the decision producer's (error-only) delivery reports until :meth:`stop`.
+
+        The acked producer is polled by the event loop instead (:meth:`_poll_acks`).
+        """
+        decisions = self._decisions
         while not self._stop.is_set():
-            acked.poll(_POLL_S)
-            decisions.poll(0)
+            decisions.poll(_POLL_S)
+
+    def _poll_acks(self) -> None:
+        """Serve acked delivery reports on the event loop while any are outstanding.
+
+        Why not the poll thread: confluent-kafka takes the GIL once per delivery
+        callback, so a poll thread serving 3,000 acks/s fought the event loop and
+        granian's runtime thread for the GIL thousands of times per second (measured:
+        POST /reward p99 in the 100 ms range under wrk while the handler itself took
+        under 20 ms). ``poll(0)`` here never blocks and runs the callbacks in this thread.
+        """
+        self._ack_poll = None
+        self._acked.poll(0)
+        self._settle_reports()
+        if self._outstanding > 0 and self._loop is not None:
+            self._ack_poll = self._loop.call_later(_ACK_POLL_S, self._poll_acks)
+
+    def _settle_reports(self) -> None:
+        """Resolve the callers of every report collected so far (on the event loop)."""
+        reports = self._reports
+        settled = 0
+        with contextlib.suppress(IndexError):
+            while True:
+                fut, err = reports.popleft()
+                settled += 1
+                if fut.done():  # its caller gave up (timeout, disconnect)
+                    continue
+                if err is None:
+                    fut.set_result(None)
+                else:
+                    fut.set_exception(KafkaException(err))
+        self._outstanding = max(0, self._outstanding - settled)
 
     async def stop(self) -> None:
         """Flush every enqueued record (decisions included), then stop polling."""
         timeout = self.send_timeout_s * 2
         left = await asyncio.to_thread(self._flush_both, timeout)
+        self._settle_reports()
+        if self._ack_poll is not None:
+            self._ack_poll.cancel()
+            self._ack_poll = None
         if left:
             log.error("flush on shutdown failed: %d events unsent after %.1fs", left, timeout)
             self._stats.failed += left
@@ -185,16 +258,27 @@ class EventProducer:
         await self.publish_many(topic, [(partition_key(event.experiment_id), encode(event))])
 
     async def publish_many(self, topic: str, records: list[tuple[bytes, bytes]]) -> None:
-        """Send ``(key, value)`` records and wait until the broker acked every one."""
+        """Send ``(key, value)`` records and wait until the broker acked every one.
+
+        The records join the current group (:meth:`_produce_group` runs once per loop
+        iteration); a record is only ever answered by its own delivery report, so this
+        raises for exactly the callers whose records Kafka did not acknowledge.
+        """
         loop = self._loop or asyncio.get_running_loop()
         futures: list[asyncio.Future[None]] = []
+        for key, value in records:
+            fut: asyncio.Future[None] = loop.create_future()
+            futures.append(fut)
+            self._group.append((topic, key, value, fut))
+        if not self._group_scheduled:
+            self._group_scheduled = True
+            loop.call_soon(self._produce_group)
         try:
-            for key, value in records:
-                fut: asyncio.Future[None] = loop.create_future()
-                futures.append(fut)
-                self._produce_acked(topic, key, value, fut, loop)
             async with asyncio.timeout(self.send_timeout_s + _REPORT_GRACE_S):
-                await asyncio.gather(*futures)
+                if len(futures) == 1:
+                    await futures[0]  # POST /reward: no gather() per request
+                else:
+                    await asyncio.gather(*futures)
         except TimeoutError:
             raise EventLogUnavailableError(
                 f"no ack from Kafka within {self.send_timeout_s + _REPORT_GRACE_S}s"
@@ -206,20 +290,50 @@ class EventProducer:
                 if not fut.done():
                     fut.cancel()
 
-    def _produce_acked(
-        self,
-        topic: str,
-        key: bytes,
-        value: bytes,
-        fut: asyncio.Future[None],
-        loop: asyncio.AbstractEventLoop,
-    ) -> None:
-        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
-            loop.call_soon_threadsafe(_settle, fut, err)
+    def _produce_group(self) -> None:
+        """Hand every pending acked record to librdkafka in one go (the group commit).
 
-        self._acked.produce(topic, value, key, on_delivery=on_delivery)
+        librdkafka sends what is queued for a partition in one request, so a group of
+        N concurrent rewards costs the broker one produce request, not N. A record that
+        cannot even be enqueued fails its own caller only.
+        """
+        self._group_scheduled = False
+        group, self._group = self._group, []
+        produce = self._acked.produce
+        report = self._report
+        produced = 0
+        for topic, key, value, fut in group:
+            if fut.done():  # its caller gave up (timeout, disconnect) before we got here
+                continue
+            try:
+                produce(topic, value, key, on_delivery=partial(report, fut))
+            except (KafkaException, BufferError) as exc:
+                fut.set_exception(exc)
+            else:
+                produced += 1
+        self.groups += 1
+        self._outstanding += produced
+        if self._outstanding and self._ack_poll is None:
+            self._loop = self._loop or asyncio.get_running_loop()
+            self._ack_poll = self._loop.call_later(_ACK_POLL_S, self._poll_acks)
+
+    def _report(self, fut: asyncio.Future[None], err: KafkaError | None, _msg: Message) -> None:
+        self._reports.append((fut, err))
 
     # ---------------------------------------------------------------- decisions
+    def try_send(self, topic: str, key: bytes, value: bytes) -> bool:
+        """Enqueue without waiting; ``False`` only when the queue is full (then
+        :meth:`send_nowait` waits for room). The hot path's common case: no coroutine."""
+        try:
+            self._decisions.produce(topic, value, key)
+        except BufferError:
+            return False
+        except KafkaException as exc:
+            self._failed(repr(exc))
+            return True  # counted as failed, nothing to wait for
+        self._stats.enqueued += 1
+        return True
+
     async def send_nowait(self, topic: str, key: bytes, value: bytes) -> bool:
         """Enqueue an encoded record without waiting for the ack; ``False`` if that failed.
 
@@ -276,13 +390,3 @@ class EventProducer:
         wanted = (self.topics.experiments, self.topics.decisions, self.topics.rewards)
         missing = [t for t in wanted if t not in present]
         return f"missing topics: {missing}" if missing else "ok"
-
-
-def _settle(fut: asyncio.Future[None], err: KafkaError | None) -> None:
-    """Resolve an acked send's future on the event loop (ignoring a timed-out caller)."""
-    if fut.done():
-        return
-    if err is None:
-        fut.set_result(None)
-    else:
-        fut.set_exception(KafkaException(err))

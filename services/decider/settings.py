@@ -88,6 +88,15 @@ class DeciderSettings(BaseSettings):
         "has been unable to drain for this long.",
     )
     kafka_linger_ms: int = Field(default=5, ge=0, le=1000)
+    kafka_decision_linger_ms: int = Field(
+        default=50,
+        ge=0,
+        le=1000,
+        description="linger.ms of the fire-and-forget decision events: fewer, larger "
+        "produce requests (measured: at 5 ms librdkafka and the broker spent more CPU per "
+        "decision than the decision itself); it only delays when a decision is readable "
+        "in the log.",
+    )
     kafka_max_batch_bytes: int = Field(
         default=512 * 1024,
         ge=16 * 1024,

@@ -1,0 +1,163 @@
+"""Pre-drawn Thompson choices, pooled random ids and lock-free request metrics: the
+decision hot path's shortcuts serve the same policy, ids and exposition as before."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections import Counter
+
+import pytest
+from prometheus_client import generate_latest
+
+from bandit_core.state import ArmStats, ExperimentState
+from bandit_core.strategies import get_strategy
+from schemas.events import ExperimentConfig
+from schemas.ids import random_hex
+from services.decider.decisions import DecisionCache
+from services.decider.metrics import DeciderMetrics
+
+pytestmark = pytest.mark.unit
+
+ARMS = ["a", "b", "c"]
+#: Clearly different posteriors: Beta(31, 71), Beta(21, 81), Beta(2, 100).
+STATS = [
+    ArmStats(pulls=100, reward_sum=30.0, decisions=100),
+    ArmStats(pulls=100, reward_sum=20.0, decisions=100),
+    ArmStats(pulls=100, reward_sum=1.0, decisions=100),
+]
+
+
+def test_thompson_batch_has_the_per_request_choice_distribution() -> None:
+    """20,000 choices drawn in batches of 500 and 20,000 drawn one by one agree with each
+    other and with the Monte Carlo propensities within sampling error."""
+    thompson = get_strategy("thompson")
+    n = 20_000
+    batched: Counter[int] = Counter()
+    rng = random.Random(1)
+    for _ in range(n // 500):
+        batch = thompson.choose_batch(ARMS, STATS, {}, rng, 0.0, 500)
+        assert batch is not None
+        assert len(batch) == 500
+        batched.update(batch)
+    one_rng = random.Random(2)
+    single = Counter(thompson.choose(ARMS, STATS, {}, one_rng, 0.0) for _ in range(n))
+    props = thompson.propensities(ARMS, STATS, {}, random.Random(3), 0.0, samples=50_000)
+    for i in range(len(ARMS)):
+        # 4 standard errors of a proportion near 0.5 over 20,000 draws: ~0.014
+        assert abs(batched[i] / n - props[i]) < 0.02, (i, batched, props)
+        assert abs(batched[i] / n - single[i] / n) < 0.025, (i, batched, single)
+    assert batched[2] < n * 0.01  # the clearly worst arm is almost never served
+
+
+def test_seeded_batches_are_reproducible_and_not_frozen() -> None:
+    thompson = get_strategy("thompson")
+    uniform = [ArmStats(), ArmStats(), ArmStats()]
+    first = thompson.choose_batch(ARMS, uniform, {}, random.Random(42), 0.0, 300)
+    again = thompson.choose_batch(ARMS, uniform, {}, random.Random(42), 0.0, 300)
+    assert first == again
+    assert first is not None
+    assert set(first) == {0, 1, 2}
+
+
+def test_strategies_without_batching_say_so() -> None:
+    assert get_strategy("ucb1").choose_batch(ARMS, STATS, {}, random.Random(), 0.0, 10) is None
+
+
+class _NoStore:
+    """The cache never reaches Redis in these tests (entries are built directly)."""
+
+
+def _cache() -> DecisionCache:
+    return DecisionCache(
+        _NoStore(),  # type: ignore[arg-type]
+        max_staleness_s=60.0,
+        max_entries=10,
+        propensity_samples=200,
+        degraded_max_age_s=60.0,
+    )
+
+
+def _config(strategy: str) -> bytes:
+    return (
+        ExperimentConfig(
+            experiment_id="shop",
+            arm_ids=tuple(ARMS),
+            strategy=strategy,
+            strategy_params={},
+            version=1,
+            created_ts=1.0,
+            updated_ts=1.0,
+        )
+        .model_dump_json()
+        .encode()
+    )
+
+
+def test_cache_serves_one_pre_drawn_choice_per_decision_and_restarts_on_a_new_snapshot() -> None:
+    cache = _cache()
+    entry = cache._build("shop", _config("thompson"), None, None)
+    index, propensity = cache.decide(entry, 0.0)
+    assert 0 <= index < 3
+    assert propensity == pytest.approx(1 / 3)
+    assert entry.queued is not None
+    left = len(entry.queued)
+    assert left == DecisionCache._rows(entry) - 1
+    for expected_left in range(left - 1, left - 11, -1):
+        cache.decide(entry, 0.0)
+        assert len(entry.queued) == expected_left
+    # A new snapshot is a new entry: its choices come from its own posteriors.
+    state = ExperimentState.from_snapshot(None, "shop")
+    state.version = 2
+    refreshed = cache._build("shop", _config("thompson"), state.snapshot_bytes(), entry)
+    assert refreshed is not entry
+    assert refreshed.queued is None
+
+
+def test_cache_calls_choose_for_strategies_without_batches() -> None:
+    cache = _cache()
+    entry = cache._build("shop", _config("ucb1"), None, None)
+    served = Counter(cache.decide(entry, 0.0)[0] for _ in range(300))
+    assert entry.queued is None
+    assert set(served) == {0, 1, 2}  # untried arms tie: random tie-breaks reach all
+
+
+def test_random_hex_ids_are_unique_and_not_shared_with_a_forked_child() -> None:
+    ids = {random_hex() for _ in range(5_000)}
+    assert len(ids) == 5_000
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    random_hex()  # the pool now holds ids a fork would inherit
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (child)
+        os.write(write, "".join(random_hex() for _ in range(300)).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read) as f:
+        child = f.read()
+    child_ids = {child[i : i + 32] for i in range(0, len(child), 32)}
+    parent_ids = {random_hex() for _ in range(300)}
+    assert len(child_ids) == 300
+    assert not child_ids & parent_ids
+
+
+def test_request_metrics_expose_the_histogram_and_counters() -> None:
+    metrics = DeciderMetrics()
+    for seconds in (0.0004, 0.0005, 0.003, 20.0):
+        metrics.request("/decision", "GET", 200, seconds)
+    metrics.request("/decision", "GET", 401, 0.0001)
+    metrics.decision("thompson")
+    metrics.reward("accepted")
+    metrics.reward("accepted")
+    lines = generate_latest(metrics.registry).decode().splitlines()
+    hist = "mab_http_request_duration_seconds"
+    assert f'{hist}_bucket{{le="0.0005",method="GET",route="/decision"}} 3.0' in lines
+    assert f'{hist}_bucket{{le="0.005",method="GET",route="/decision"}} 4.0' in lines
+    assert f'{hist}_bucket{{le="10.0",method="GET",route="/decision"}} 4.0' in lines
+    assert f'{hist}_bucket{{le="+Inf",method="GET",route="/decision"}} 5.0' in lines
+    assert f'{hist}_count{{method="GET",route="/decision"}} 5.0' in lines
+    assert 'mab_http_requests_total{method="GET",route="/decision",status="200"} 4.0' in lines
+    assert 'mab_http_requests_total{method="GET",route="/decision",status="401"} 1.0' in lines
+    assert 'mab_decisions_total{strategy="thompson"} 1.0' in lines
+    assert 'mab_rewards_total{outcome="accepted"} 2.0' in lines
