@@ -339,6 +339,12 @@ def test_strategies_stay_inside_the_experiment_and_propensities_sum_to_one(
         ("glr_ucb", {"half_life": MIN_HALF_LIFE / 2}),
         ("glr_ucb", {"half_life": math.inf}),
         ("glr_ucb", {"window": 960.0}),
+        ("glr_ucb", {"d": -0.1}),
+        ("glr_ucb", {"d": math.nan}),
+        ("glr_ucb", {"restart_pulls": -1}),
+        ("glr_ucb", {"restart_pulls": 1.5}),
+        ("glr_ucb", {"restart_pulls": "48"}),
+        ("glr_ucb", {"restart_pulls": 10**6}),
         ("daypart_thompson", {"buckets": 5}),
         ("daypart_thompson", {"buckets": 48}),
         ("daypart_thompson", {"prior_weight": -1.0}),
@@ -378,8 +384,71 @@ def test_glr_ucb_index_untried_first_then_optimism() -> None:
     # 5 pulls at 0.0: index 0 + c * sqrt(ln(1005) / 5) beats 0.1 + a tiny bonus ...
     few = _pulled([(0.0, 995.0 + t) for t in range(5)])
     assert ucb.choose(["a", "b"], [leader, few], {"alpha": 0.0}, rng, 1000.0) == 1
-    # ... but not when exploration is switched off (c = 0: the plain leader)
-    assert ucb.choose(["a", "b"], [leader, few], {"alpha": 0.0, "c": 0.0}, rng, 1000.0) == 0
+    # ... but not when exploration is switched off (c = d = 0: the plain leader)
+    off = {"alpha": 0.0, "c": 0.0, "d": 0.0}
+    assert ucb.choose(["a", "b"], [leader, few], off, rng, 1000.0) == 0
+
+
+def test_glr_ucb_small_sample_term_keeps_a_few_early_zeros_optimistic() -> None:
+    """Four early zeros on the best arm: the Hoeffding bonus with the small ``c`` alone
+    leaves it below a runner-up at 0.33 (how stationary runs got stuck); the ``d ln N /
+    n`` term tries it again."""
+    ucb = get_strategy("glr_ucb")
+    rng = random.Random(4)
+    runner_up = _pulled([(float(t % 3 == 0), float(t)) for t in range(250)])  # 0.336
+    zeros = _pulled([(0.0, 250.0 + t) for t in range(4)])
+    arms, stats, now = ["a", "b"], [runner_up, zeros], 254.0
+    assert ucb.choose(arms, stats, {"alpha": 0.0}, rng, now) == 1
+    assert ucb.choose(arms, stats, {"alpha": 0.0, "d": 0.0}, rng, now) == 0
+
+
+def _false_alarm_on_the_best_arm() -> tuple[list[ArmStats], float]:
+    """Two arms at 0.5 and 0.35, 600 rewards each, then a run of zeros on the best arm
+    until its detector fires: it keeps only those few zeros, the other arm 48 rewards."""
+    rng = random.Random(1)
+    best, other = ArmStats(), ArmStats()
+    t = 0.0
+    for _ in range(600):
+        observe(best, float(rng.random() < 0.5), t)
+        observe(other, float(rng.random() < 0.35), t + 1.0)
+        t += 2.0
+    while observe(best, 0.0, t) is None:
+        t += 1.0
+    restart_others([best, other], best)
+    return [best, other], t + 1.0
+
+
+def test_glr_ucb_recovers_from_a_false_alarm_on_the_best_arm() -> None:
+    """The stuck case in miniature: after the false alarm the old rule (no refill, no
+    small-sample term) never serves the best arm again; the defaults refill its
+    since-change statistics and serve it."""
+    stats, t0 = _false_alarm_on_the_best_arm()
+    best = stats[0]
+    assert best.change_points == 1
+    assert best.cp_sum == 0.0
+    assert 0 < best.cp_pulls < RESTART_KEEP
+    assert stats[1].cp_pulls == RESTART_KEEP
+    ucb = get_strategy("glr_ucb")
+    assert ucb.propensities(["a", "b"], stats, {"alpha": 0.0}, random.Random(0), t0) == [
+        1.0,
+        0.0,
+    ]
+
+    def best_share_at_the_end(params: dict[str, float]) -> float:
+        arms = [s.clone() for s in stats]
+        rng = random.Random(2)
+        rewards = random.Random(3)
+        picks: list[int] = []
+        for step in range(1500):
+            now = t0 + step
+            i = ucb.choose(["a", "b"], arms, params, rng, now)
+            picks.append(i)
+            if observe(arms[i], float(rewards.random() < (0.5, 0.35)[i]), now) is not None:
+                restart_others(arms, arms[i])
+        return picks[-500:].count(0) / 500
+
+    assert best_share_at_the_end({}) > 0.9
+    assert best_share_at_the_end({"alpha": 0.0, "d": 0.0, "restart_pulls": 0}) == 0.0
 
 
 def test_glr_ucb_reexplores_an_arm_whose_counts_faded() -> None:
