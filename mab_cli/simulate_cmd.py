@@ -67,8 +67,8 @@ def simulate_command(
     runs: Annotated[int, typer.Option("--runs", min=1, help="Independent runs.")] = 40,
     seed: Annotated[int, typer.Option("--seed", min=0, help="Base seed.")] = 42,
     workers: Annotated[
-        int, typer.Option("--workers", min=1, help="Processes (default: CPU count).")
-    ] = 0,
+        int | None, typer.Option("--workers", min=1, help="Processes (default: CPU count).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per strategy.")] = False,
 ) -> None:
     """Run strategies on a scenario; report cumulative expected regret vs the best arm."""

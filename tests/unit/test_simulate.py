@@ -201,3 +201,17 @@ def test_cli_json_output(tmp_path: Path) -> None:
         app, ["simulate", "--scenario", str(path), "--strategy", "nope", "--workers", "1"]
     )
     assert bad.exit_code == 2
+
+
+def test_cli_runs_with_the_documented_options_only(tmp_path: Path) -> None:
+    """The issue's interface: no ``--workers`` (it defaults to the CPU count)."""
+    from mab_cli.main import app
+
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(TINY))
+    res = CliRunner().invoke(
+        app,
+        ["simulate", "--scenario", str(path), "--strategy", "thompson", "--runs", "2", "--json"],
+    )
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout.strip().splitlines()[-1])["runs"] == 2
