@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -24,21 +23,11 @@ from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames
 from services.reward_consumer.handlers import BatchHandler
 from services.reward_consumer.store import ConsumerStore, Write
+from stream_runtime.kafka_loop import KafkaRecord
 
 pytestmark = pytest.mark.integration
 
 TS_MS = 1_700_000_000_000
-
-
-@dataclass(frozen=True)
-class Rec:
-    """A consumed record as the handler sees it."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    value: bytes
 
 
 class CountingStore(ConsumerStore):
@@ -73,11 +62,11 @@ def config_of(exp: str, arms: Sequence[str] = ("a", "b"), version: int = 1) -> E
 
 def rewards(
     topic: str, exp: str, offsets: range, arm: str = "a", event_id: str | None = None
-) -> list[Rec]:
+) -> list[KafkaRecord]:
     body: dict[str, Any] = {"experiment_id": exp, "arm_id": arm, "reward": 1}
     if event_id is not None:
         body["event_id"] = event_id
-    return [Rec(topic, 0, o, TS_MS + o, orjson.dumps(body)) for o in offsets]
+    return [KafkaRecord(topic, 0, o, TS_MS + o, orjson.dumps(body)) for o in offsets]
 
 
 async def setup(redis: Redis, ns: str, exp: str) -> tuple[TopicNames, RedisKeys]:
@@ -200,7 +189,7 @@ async def test_decisions_and_rewards_folded_by_two_consumers_lose_nothing(
     exp = "shop-x"
     names, keys = await setup(redis, ns, exp)
     decisions = [
-        Rec(
+        KafkaRecord(
             names.decisions,
             0,
             o,
