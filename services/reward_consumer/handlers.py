@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -42,7 +42,7 @@ from services.reward_consumer.batch import (
     fold_lookups,
     new_offsets,
 )
-from services.reward_consumer.store import Assumed, ConsumerStore, Write
+from services.reward_consumer.store import Assumed, ConsumerStore, Loaded, Write
 from stream_runtime.batch import (
     MAX_CAS_ATTEMPTS,
     CasConflictError,
@@ -177,13 +177,10 @@ class BatchHandler:
         self,
         exp: str,
         items: list[Positioned],
-        config_raw: bytes | None,
-        snapshot: bytes | None,
-        offsets: dict[str, int],
-        seen: Mapping[str, float],
-        pending: Mapping[str, float],
+        loaded: Loaded,
     ) -> _Plan:
         """Offset-filter and fold one experiment's records from a fresh read (no I/O)."""
+        config_raw, offsets = loaded.config, loaded.offsets
         fresh, redelivered = filter_applied(items, offsets)
         if not fresh:
             plan = _Plan()
@@ -201,7 +198,7 @@ class BatchHandler:
             plan.rejects = [Rejected(p.record, "unknown_experiment", detail) for p in fresh]
             return plan
         assert config_raw is not None
-        state = build_state(exp, config, snapshot, seen, pending)
+        state = build_state(exp, config, loaded.snapshot, loaded.seen, loaded.pending)
         plan = self._fold_plan(exp, fresh, config, state, offsets, None)
         plan.report.redelivered = redelivered
         plan.config_raw = config_raw
@@ -361,18 +358,7 @@ class BatchHandler:
                 {exp: keys for exp, (keys, _) in lookups.items()},
                 {exp: ids for exp, (_, ids) in lookups.items()},
             )
-            plans = {
-                exp: self._plan_read(
-                    exp,
-                    items,
-                    loaded[exp].config,
-                    loaded[exp].snapshot,
-                    loaded[exp].offsets,
-                    loaded[exp].seen,
-                    loaded[exp].pending,
-                )
-                for exp, items in to_read.items()
-            }
+            plans = {exp: self._plan_read(exp, it, loaded[exp]) for exp, it in to_read.items()}
             await park([r for plan in plans.values() for r in plan.rejects])
             writes = [p.write for p in plans.values() if p.write is not None]
             conflicted = set(await self.store.write(writes))
