@@ -9,6 +9,7 @@ redelivery harmless anyway.)
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -37,6 +38,25 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(out, default=str).decode()
+
+
+def freeze_startup_heap() -> None:
+    """Move every object alive after start-up out of the cyclic collector's reach.
+
+    Call it once a server is ready. Imports and start-up leave ~10^5 long-lived
+    objects (FastAPI, pydantic, numpy, the clients); every full collection walked all
+    of them. Under load, requests that wait a few milliseconds for Kafka survive the
+    young generations, so full collections ran every ~3 s and each stopped the event
+    loop for 60-100 ms: in the decider that was the whole POST /reward p99 (measured
+    with ``gc.callbacks``: 65-80 ms before, 14 ms after, same run otherwise). Frozen
+    objects are still freed by reference counting; only cyclic garbage made during
+    start-up is kept, once. A collection first, so that garbage is not frozen. Only
+    the first call of a process does anything (a test session starts many apps).
+    """
+    if gc.get_freeze_count():
+        return
+    gc.collect()
+    gc.freeze()
 
 
 def configure_logging(level: str) -> None:

@@ -99,7 +99,7 @@ from services.decider.timeseries import (
     resolve_range,
     winner_changes,
 )
-from stream_runtime.process import JsonFormatter
+from stream_runtime.process import JsonFormatter, freeze_startup_heap
 from stream_runtime.redis_client import AnyRedis, redis_from_url
 
 log = logging.getLogger("services.decider")
@@ -263,6 +263,7 @@ def create_app(settings: DeciderSettings | None = None) -> FastAPI:
                 "rate_limit_per_s": cfg.rate_limit_per_s,
             },
         )
+        freeze_startup_heap()
         try:
             yield
         finally:

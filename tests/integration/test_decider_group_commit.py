@@ -17,6 +17,7 @@ import pytest
 from bench.run import topic_count
 from deploy.local_stack import create_topics
 from schemas.topics import TopicNames, TopicSpec, topic_specs
+from services.decider import app as app_module
 from services.decider.producer import EventLogUnavailableError, EventProducer
 from services.decider.settings import DeciderSettings
 from tests.integration.conftest import SettingsFactory, serve_decider
@@ -144,3 +145,18 @@ async def test_concurrent_rewards_share_groups_and_all_land(
     assert [r.status_code for r in answers] == [200] * 40
     assert 1 <= groups < 40
     assert await asyncio.to_thread(topic_count, kafka_bootstrap, names.rewards) == 40
+
+
+async def test_the_started_decider_freezes_its_start_up_heap(
+    decider_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scenario: the decider's lifespan runs against the real broker and Redis.
+    We expect: the start-up heap is frozen once, before the first request (full
+    collections over it held POST /reward for 60-100 ms; see
+    ``stream_runtime.process.freeze_startup_heap``), and the app then serves."""
+    calls: list[str] = []
+    monkeypatch.setattr(app_module, "freeze_startup_heap", lambda: calls.append("frozen"))
+    async with serve_decider(decider_settings()) as (client, _):
+        assert calls == ["frozen"]
+        assert (await client.get("/health")).status_code == 200
+    assert calls == ["frozen"]

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import gc
 import logging
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 from confluent_kafka import TopicPartition
@@ -26,6 +30,8 @@ from stream_runtime.kafka_loop import RebalanceLogger
 pytestmark = pytest.mark.unit
 
 log = logging.getLogger("test")
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_gc_deferred_restores_the_collector_even_on_error() -> None:
@@ -154,3 +160,35 @@ def test_reward_consumer_forgets_its_cache_on_a_rebalance() -> None:
     consumer._handler = handler
     consumer._rebalanced()
     assert handler._cache == {}
+
+
+def test_freeze_startup_heap_collects_first_then_freezes_once() -> None:
+    """Scenario: a fresh interpreter makes a reference cycle, drops it, then calls
+    ``freeze_startup_heap`` twice.
+    We expect: the cycle was collected, not frozen (a weak reference to it is dead); the
+    heap is frozen after the first call; the second call changes nothing (a test
+    session starts many apps, each would otherwise collect and freeze again)."""
+    code = textwrap.dedent(
+        """
+        import gc, weakref
+        from stream_runtime.process import freeze_startup_heap
+
+        class Node:
+            pass
+
+        a, b = Node(), Node()
+        a.other, b.other = b, a
+        ref = weakref.ref(a)
+        del a, b
+        assert gc.get_freeze_count() == 0
+        freeze_startup_heap()
+        first = gc.get_freeze_count()
+        kept = Node()  # made after the freeze: not frozen by a second call
+        freeze_startup_heap()
+        print(ref() is None, first > 1000, gc.get_freeze_count() == first)
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert out.stdout.split() == ["True", "True", "True"]
