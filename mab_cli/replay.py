@@ -66,7 +66,7 @@ from stream_runtime.kafka_loop import KafkaRecord
 
 #: Records per ``getmany`` while replaying: large, so per-call overhead vanishes.
 CHUNK_RECORDS: Final = 50_000
-#: Dedupe keys per bulk-load call: one Lua call blocks Redis while it runs, so chunks
+#: Dedupe keys per bulk-load command: one ZADD blocks Redis while it runs, so chunks
 #: keep each block to some tens of milliseconds for the other clients.
 SEEN_PER_WRITE: Final = 25_000
 #: ``Stops`` maps experiment id -> offset field -> last offset (inclusive) to apply.
@@ -321,9 +321,10 @@ class PartitionReplayer:
 
         The snapshot and its offsets go last, through the consumer's own compare-and-set
         against an empty target: whoever sees them sees every key they depend on. The
-        keys are loaded only into an empty target (checked first), and in bulk (one JSON
-        argument per chunk instead of two RESP arguments per key: the consumer's write
-        script costs Redis ~3x more per key, which made Redis the bottleneck of replay).
+        keys are loaded only into an empty target (checked first), and in bulk (plain
+        ``ZADD`` commands packed by hiredis, see :func:`~mab_cli.replay_redis.bulk_zadd`:
+        the consumer's write script costs Redis ~3x more per key, which made Redis the
+        bottleneck of replay).
         Keys older than the dedupe horizon are left out, as the consumer's write prunes.
         """
         k = store.keys.experiment(exp)

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import hiredis
 import orjson
 from pydantic import ValidationError
 from redis.asyncio import Redis
@@ -43,44 +44,61 @@ BUCKET_PREFIX: Final = "ts:"
 MAX_READ_ATTEMPTS: Final = 5
 
 
-# KEYS[1]: a sorted set. ARGV[1]: JSON array [score, member, score, member, ...] with the
-# scores as strings (cjson would print numbers with 14 digits). One C-decoded argument
-# and ZADDs over slices of it: no per-key RESP argument, no per-key Lua table insert.
-_BULK_ZADD_LUA: Final = """
-local flat = cjson.decode(ARGV[1])
-local n = #flat
-for i = 1, n, 1000 do
-  redis.call('ZADD', KEYS[1], unpack(flat, i, math.min(i + 999, n)))
-end
-return n / 2
-"""
-
-
 async def bulk_zadd(redis: AnyRedis, key: str, members: Mapping[str, float], chunk: int) -> None:
-    """``ZADD key`` every member with its score, ``chunk`` members per call.
+    """``ZADD key`` every member with its score, ``chunk`` members per command.
 
-    Replay's bulk loader of dedupe sets (a million members for a million events): the
-    consumer's write script takes two RESP arguments per member and copies them into
-    Lua tables one by one, which costs Redis about three times the ``ZADD`` itself.
+    Replay's bulk loader of dedupe sets (a million members for a million events), into
+    one Redis node. Each command is packed by hiredis (C, ~0.4 µs a member; redis-py's
+    asyncio packer takes ~2.2 µs) and sent on a connection of the pool. Redis is the
+    single-threaded part of replay, and plain ``ZADD`` arguments cost it ~2 µs a
+    member, against ~5.6 µs when a Lua script ``cjson``-decoded one JSON argument and
+    called ``ZADD`` over slices of it (1,000,000 members, back to back: Redis 2.0-2.2 s
+    against 5.6-6.5 s). Scores go as ``repr`` strings, which Redis parses back to the
+    same double.
     """
     if not members:
         return
-    script = redis.register_script(_BULK_ZADD_LUA)
-    flat: list[str] = []
-    push = flat.append
-    last: float | None = None
-    text = ""
-    for member, score in members.items():
-        if score is not last:  # a reward's keys share one ts object: one repr for both
-            last, text = score, repr(score)
-        push(text)
-        push(member)
-        if len(flat) >= 2 * chunk:
-            await script(keys=[key], args=[orjson.dumps(flat)])
-            flat = []
-            push = flat.append
-    if flat:
-        await script(keys=[key], args=[orjson.dumps(flat)])
+    if not isinstance(redis, Redis):
+        raise TypeError("bulk loads go to a single Redis node (replay refuses clusters)")
+    pool = redis.connection_pool
+    conn = await pool.get_connection()  # type: ignore[no-untyped-call]  # untyped upstream
+    in_flight = False
+
+    async def send(args: list[str]) -> None:
+        """Send one command, after reading the reply of the previous one: Redis runs a
+        chunk while the next is built (an error reply raises in ``read_response``)."""
+        nonlocal in_flight
+        # hiredis's stub types the argument as a 1-tuple; it takes any length.
+        packed = hiredis.pack_command(tuple(args))  # type: ignore[arg-type]
+        if in_flight:
+            await conn.read_response()
+        await conn.send_packed_command(packed)
+        in_flight = True
+
+    try:
+        flat: list[str] = ["ZADD", key]
+        push = flat.append
+        last: float | None = None
+        text = ""
+        for member, score in members.items():
+            if score is not last:  # a reward's keys share one ts object: one repr for both
+                last, text = score, repr(score)
+            push(text)
+            push(member)
+            if len(flat) >= 2 + 2 * chunk:
+                await send(flat)
+                flat = ["ZADD", key]
+                push = flat.append
+        if len(flat) > 2:
+            await send(flat)
+        if in_flight:
+            await conn.read_response()
+    except BaseException:
+        # A reply may be unread: the connection must not go back to the pool as is.
+        await conn.disconnect()
+        raise
+    finally:
+        await pool.release(conn)
 
 
 # ARGV[1]: JSON array of buckets, each [key, expireat, field, value, field, value, ...]
