@@ -447,16 +447,45 @@ def run_plan(plan: ReplayPlan) -> ReplayReport:
     return asyncio.run(PartitionReplayer(plan, note).run())
 
 
-def run_plans(plans: list[ReplayPlan], progress: Progress = _quiet) -> ReplayReport:
-    """Run plans in parallel processes (one plan: in this process)."""
+def run_plans(
+    plans: list[ReplayPlan],
+    progress: Progress = _quiet,
+    pool: ProcessPoolExecutor | None = None,
+) -> ReplayReport:
+    """Run plans in parallel processes (one plan: in this process), in ``pool`` when
+    given (see :func:`warm_pool`)."""
     total = ReplayReport()
     if len(plans) == 1:
         total.add(asyncio.run(PartitionReplayer(plans[0], progress).run()))
         return total
-    with ProcessPoolExecutor(len(plans), mp_context=get_context("spawn")) as pool:
-        for report in pool.map(run_plan, plans):
-            total.add(report)
+    if pool is None:
+        with ProcessPoolExecutor(len(plans), mp_context=get_context("spawn")) as own:
+            return run_plans(plans, progress, own)
+    for report in pool.map(run_plan, plans):
+        total.add(report)
     return total
+
+
+def _warm() -> None:
+    """A worker's first task: unpickling it imports this module (and with it the
+    decoder, the fold, the projection and the clients) before any plan exists."""
+
+
+@contextlib.contextmanager
+def warm_pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
+    """Worker processes started while the caller still reads the topics' metadata.
+
+    A spawned worker takes ~1 s to start and import what replay needs, about as long as
+    reading the configs and end offsets takes the caller: started first, the two
+    overlap. ``None`` for a single worker (replay then runs in this process).
+    """
+    if workers <= 1:
+        yield None
+        return
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        for _ in range(workers):
+            pool.submit(_warm)
+        yield pool
 
 
 #: Seconds a metadata or offsets request may take before replay gives up on the broker.

@@ -40,6 +40,7 @@ from mab_cli.replay import (
     read_experiment_events,
     run_plans,
     split_partitions,
+    warm_pool,
 )
 from mab_cli.replay_redis import (
     compare,
@@ -158,39 +159,46 @@ async def replay_into_scratch(
     from_ts: float | None = None,
     stops: tuple[dict[str, dict[str, int]], dict[str, dict[str, int]]] | None = None,
 ) -> tuple[ReplayReport, int]:
-    """Replay into ``scratch``; ``stops`` (consumer, projector) bound it per experiment."""
-    topics = target.topics
-    configs, partitions = await read_experiment_events(target.bootstrap, topics)
-    progress(f"{len(configs)} experiments in {topics.experiments}, {partitions} partitions")
-    if partitions == 0:
-        return ReplayReport(), 0
-    ends = await end_offsets(target.bootstrap, topics, partitions)
-    start = (
-        None if from_ts is None else await offsets_at(target.bootstrap, topics, partitions, from_ts)
-    )
-    read_until = dict(ends)
-    cstops = pstops = None
-    if stops is not None:
-        cstops, pstops = stops
-        read_until = {f: -1 for f in ends}
-        for per_exp in (*cstops.values(), *pstops.values()):
-            for f, o in per_exp.items():
-                if f in read_until and o > read_until[f]:
-                    read_until[f] = o
-    raw = {exp: c.model_dump_json().encode() for exp, c in configs.items()}
-    plans = _plans(
-        target,
-        partitions,
-        scratch,
-        raw,
-        read_until,
-        start=start,
-        consumer_stops=cstops,
-        projector_stops=pstops,
-    )
-    report = await asyncio.to_thread(run_plans, plans, progress)
-    await write_configs(redis, scratch, configs)
-    return report, len(configs)
+    """Replay into ``scratch``; ``stops`` (consumer, projector) bound it per experiment.
+
+    The worker processes start first (:func:`~mab_cli.replay.warm_pool`), while the
+    configs and offsets are read.
+    """
+    with warm_pool(target.workers) as pool:
+        topics = target.topics
+        configs, partitions = await read_experiment_events(target.bootstrap, topics)
+        progress(f"{len(configs)} experiments in {topics.experiments}, {partitions} partitions")
+        if partitions == 0:
+            return ReplayReport(), 0
+        ends = await end_offsets(target.bootstrap, topics, partitions)
+        start = (
+            None
+            if from_ts is None
+            else await offsets_at(target.bootstrap, topics, partitions, from_ts)
+        )
+        read_until = dict(ends)
+        cstops = pstops = None
+        if stops is not None:
+            cstops, pstops = stops
+            read_until = {f: -1 for f in ends}
+            for per_exp in (*cstops.values(), *pstops.values()):
+                for f, o in per_exp.items():
+                    if f in read_until and o > read_until[f]:
+                        read_until[f] = o
+        raw = {exp: c.model_dump_json().encode() for exp, c in configs.items()}
+        plans = _plans(
+            target,
+            partitions,
+            scratch,
+            raw,
+            read_until,
+            start=start,
+            consumer_stops=cstops,
+            projector_stops=pstops,
+        )
+        report = await asyncio.to_thread(run_plans, plans, progress, pool)
+        await write_configs(redis, scratch, configs)
+        return report, len(configs)
 
 
 async def run_verify(target: ReplayTarget, progress: Progress) -> Outcome:
