@@ -36,7 +36,8 @@ EXTRA_OF = {
     "locust": "bench",
 }
 #: Import names the core dependencies provide (pyproject [project].dependencies and what
-#: they pull in: typer brings rich, pydantic brings typing_extensions).
+#: they pull in: typer brings rich, pydantic brings typing_extensions, redis[hiredis]
+#: brings hiredis).
 CORE_IMPORTS = frozenset(
     {
         "pydantic",
@@ -46,6 +47,7 @@ CORE_IMPORTS = frozenset(
         "typer",
         "rich",
         "redis",
+        "hiredis",
         "aiokafka",
         "confluent_kafka",
         "granian",
