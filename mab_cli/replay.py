@@ -63,6 +63,7 @@ from services.reward_consumer.store import ConsumerStore, prune_cutoff
 from services.reward_consumer.store import Write as ConsumerWrite
 from stream_runtime.batch import gc_deferred
 from stream_runtime.kafka_loop import KafkaRecord
+from stream_runtime.kafka_metadata import METADATA_TIMEOUT_S, metadata_client, partition_count
 
 #: Records per ``getmany`` while replaying: large, so per-call overhead vanishes.
 CHUNK_RECORDS: Final = 50_000
@@ -488,37 +489,9 @@ def warm_pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
         yield pool
 
 
-#: Seconds a metadata or offsets request may take before replay gives up on the broker.
-METADATA_TIMEOUT_S: Final = 15.0
-
-
-@contextlib.contextmanager
-def _metadata_client(bootstrap: str) -> Iterator[Consumer]:
-    """A librdkafka consumer used only for metadata and offset lookups (never joins)."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"mab-replay-{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
-        }
-    )
-    try:
-        yield consumer
-    finally:
-        consumer.close()
-
-
-def _partition_count(bootstrap: str, topic: str) -> int:
-    with _metadata_client(bootstrap) as consumer:
-        found = consumer.list_topics(topic, timeout=METADATA_TIMEOUT_S).topics.get(topic)
-    if found is None or found.error is not None:
-        return 0  # the topic does not exist (yet): nothing to replay
-    return len(found.partitions)
-
-
 def _high_watermarks(bootstrap: str, fields: Sequence[tuple[str, int]]) -> dict[str, int]:
     """Offset after the last record (``topic:partition`` -> high watermark)."""
-    with _metadata_client(bootstrap) as consumer:
+    with metadata_client(bootstrap, "replay") as consumer:
         return {
             offset_field(t, p): consumer.get_watermark_offsets(
                 RdTopicPartition(t, p), timeout=METADATA_TIMEOUT_S
@@ -531,7 +504,7 @@ def _offsets_for_time(
     bootstrap: str, fields: Sequence[tuple[str, int]], ts_ms: int
 ) -> dict[str, int]:
     """First offset with a timestamp at or after ``ts_ms`` (-1: none)."""
-    with _metadata_client(bootstrap) as consumer:
+    with metadata_client(bootstrap, "replay") as consumer:
         found = consumer.offsets_for_times(
             [RdTopicPartition(t, p, ts_ms) for t, p in fields], timeout=METADATA_TIMEOUT_S
         )
@@ -550,7 +523,7 @@ async def read_experiment_events(
     bootstrap: str, topics: TopicNames
 ) -> tuple[dict[str, ExperimentConfig], int]:
     """Fold the whole experiments topic into configs; also returns its partition count."""
-    count = await asyncio.to_thread(_partition_count, bootstrap, topics.experiments)
+    count = await asyncio.to_thread(partition_count, bootstrap, topics.experiments)
     if count == 0:
         return {}, 0
     fields = [(topics.experiments, p) for p in range(count)]

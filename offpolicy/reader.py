@@ -25,6 +25,7 @@ from typing import Final
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
+from confluent_kafka import KafkaException
 
 from offpolicy.log import ConfigEvent, ExperimentLog, RejectedRecord
 from schemas.codec import DecodeError, decode
@@ -39,6 +40,7 @@ from schemas.events import (
 )
 from schemas.topics import TopicNames, partition_key
 from stream_runtime.batch import decode_reward_or_decision
+from stream_runtime.kafka_metadata import partition_count
 
 #: Records per ``getmany`` call.
 BATCH_RECORDS: Final = 5000
@@ -101,7 +103,14 @@ async def read_experiment_log(
         raise LogUnavailableError(f"cannot reach Kafka at {bootstrap_servers}: {exc!r}") from None
     try:
         return await _read(
-            consumer, topics, experiment_id, on_total, on_records, max_records, timeout_s
+            consumer,
+            bootstrap_servers,
+            topics,
+            experiment_id,
+            on_total,
+            on_records,
+            max_records,
+            timeout_s,
         )
     except KafkaError as exc:
         raise LogUnavailableError(f"reading the log failed: {exc!r}") from None
@@ -111,6 +120,7 @@ async def read_experiment_log(
 
 async def _read(
     consumer: AIOKafkaConsumer,
+    bootstrap_servers: str,
     topics: TopicNames,
     experiment_id: str,
     on_total: Callable[[int], None] | None,
@@ -118,17 +128,18 @@ async def _read(
     max_records: int | None,
     timeout_s: float,
 ) -> ExperimentLog:
-    # ``consumer.topics()`` makes this very request but returns only the names, and
-    # ``partitions_for_topic`` knows only topics the client already tracks.
-    async with asyncio.timeout(timeout_s):
-        cluster = await consumer._client.fetch_all_metadata()
+    # aiokafka offers a topic's partitions only for topics its client already tracks
+    # (or through its private client), so librdkafka's public metadata call counts them.
     names = (topics.experiments, topics.decisions, topics.rewards)
     tps: list[TopicPartition] = []
     for name in names:
-        parts = cluster.partitions_for_topic(name)
-        if not parts:
+        try:
+            count = await asyncio.to_thread(partition_count, bootstrap_servers, name, timeout_s)
+        except KafkaException as exc:
+            raise LogUnavailableError(f"no metadata for {name!r}: {exc}") from None
+        if not count:
             raise LogUnavailableError(f"topic {name!r} does not exist")
-        tps.append(TopicPartition(name, experiment_partition(experiment_id, list(parts))))
+        tps.append(TopicPartition(name, experiment_partition(experiment_id, list(range(count)))))
     consumer.assign(tps)
     async with asyncio.timeout(timeout_s):
         begins = await consumer.beginning_offsets(tps)

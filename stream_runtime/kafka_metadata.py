@@ -1,0 +1,44 @@
+"""Topic metadata through librdkafka's public calls (no consumer group is joined).
+
+Shared by ``mab replay`` and the off-policy reader: both need a topic's partition count
+before they assign partitions by hand, which aiokafka only offers through its private
+client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator
+from typing import Final
+
+from confluent_kafka import Consumer
+
+#: Seconds a metadata or offsets request may take before the caller gives up on the broker.
+METADATA_TIMEOUT_S: Final = 15.0
+
+
+@contextlib.contextmanager
+def metadata_client(bootstrap: str, purpose: str = "metadata") -> Iterator[Consumer]:
+    """A librdkafka consumer used only for metadata and offset lookups (never joins)."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"mab-{purpose}-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        yield consumer
+    finally:
+        consumer.close()
+
+
+def partition_count(bootstrap: str, topic: str, timeout_s: float = METADATA_TIMEOUT_S) -> int:
+    """Partitions of ``topic``; 0 when it does not exist. Raises librdkafka's
+    ``KafkaException`` when the broker does not answer within ``timeout_s``."""
+    with metadata_client(bootstrap) as consumer:
+        found = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+    if found is None or found.error is not None:
+        return 0
+    return len(found.partitions)
