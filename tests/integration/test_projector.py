@@ -35,6 +35,7 @@ from schemas.topics import TopicNames
 from services.projector.consumer import Projector, ProjectorHandler
 from services.projector.settings import ProjectorSettings
 from services.projector.store import ProjectorStore
+from stream_runtime.kafka_loop import KafkaRecord as Rec
 
 pytestmark = pytest.mark.integration
 
@@ -248,15 +249,6 @@ async def test_unknown_experiment_writes_nothing(
     proj = await run_group(kafka_bootstrap, redis_url, ns, ns + "g", 1)
     assert proj.stats.rejected == Counter({"unknown_experiment": 1})
     assert [k async for k in redis.scan_iter(match=f"{ns}*ghost*")] == []
-
-
-@dataclass(frozen=True)
-class Rec:
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    value: bytes | None
 
 
 async def test_fold_rate(redis_url: str, ns: str, redis: Redis) -> None:

@@ -7,7 +7,6 @@ checks the writer/reader contract end to end (docs/timeseries-api.md).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import httpx
 import pytest
@@ -20,20 +19,12 @@ from schemas.topics import TopicNames
 from services.projector.consumer import ProjectorHandler
 from services.projector.settings import ProjectorSettings
 from services.projector.store import ProjectorStore
+from stream_runtime.kafka_loop import KafkaRecord as Rec
 
 pytestmark = pytest.mark.integration
 
 ARMS = ["blue-button", "green-button", "red-button"]
 EXP = "cta-button-test"
-
-
-@dataclass(frozen=True)
-class Rec:
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    value: bytes | None
 
 
 async def project(redis_url: str, ns: str, events: list[tuple[str, AnyEvent]]) -> None:

@@ -8,24 +8,14 @@ NaN diagnosis (``json.loads``) raise ``RecursionError`` out of the codec.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 
 from schemas.codec import DecodeError, decode_reward
 from schemas.events import AnyEvent
 from stream_runtime.batch import group_by_experiment
+from stream_runtime.kafka_loop import KafkaRecord as Rec
 
 pytestmark = pytest.mark.unit
-
-
-@dataclass(frozen=True)
-class Rec:
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    value: bytes | None
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
 
 import pytest
 
@@ -25,6 +24,7 @@ from services.projector.projection import (
     micro_units,
     project,
 )
+from stream_runtime.kafka_loop import KafkaRecord as Rec
 
 pytestmark = pytest.mark.unit
 
@@ -35,15 +35,6 @@ RET = Retention(hour_s=90 * 86400, minute_s=2 * 86400)
 CFG = ExperimentConfig(
     experiment_id="e", arm_ids=ARMS, strategy="thompson", version=1, created_ts=0, updated_ts=0
 )
-
-
-@dataclass(frozen=True)
-class Rec:
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    value: bytes | None
 
 
 def reference(
