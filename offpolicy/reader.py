@@ -40,7 +40,7 @@ from schemas.events import (
 )
 from schemas.topics import TopicNames, partition_key
 from stream_runtime.batch import decode_reward_or_decision
-from stream_runtime.kafka_metadata import partition_count
+from stream_runtime.kafka_metadata import partition_counts
 
 #: Records per ``getmany`` call.
 BATCH_RECORDS: Final = 5000
@@ -131,15 +131,16 @@ async def _read(
     # aiokafka offers a topic's partitions only for topics its client already tracks
     # (or through its private client), so librdkafka's public metadata call counts them.
     names = (topics.experiments, topics.decisions, topics.rewards)
+    try:
+        counts = await asyncio.to_thread(partition_counts, bootstrap_servers, names, timeout_s)
+    except KafkaException as exc:
+        raise LogUnavailableError(f"no topic metadata from Kafka: {exc}") from None
     tps: list[TopicPartition] = []
     for name in names:
-        try:
-            count = await asyncio.to_thread(partition_count, bootstrap_servers, name, timeout_s)
-        except KafkaException as exc:
-            raise LogUnavailableError(f"no metadata for {name!r}: {exc}") from None
-        if not count:
+        if not counts[name]:
             raise LogUnavailableError(f"topic {name!r} does not exist")
-        tps.append(TopicPartition(name, experiment_partition(experiment_id, list(range(count)))))
+        partitions = list(range(counts[name]))
+        tps.append(TopicPartition(name, experiment_partition(experiment_id, partitions)))
     consumer.assign(tps)
     async with asyncio.timeout(timeout_s):
         begins = await consumer.beginning_offsets(tps)

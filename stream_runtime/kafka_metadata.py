@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Final
 
 from confluent_kafka import Consumer
@@ -34,11 +34,21 @@ def metadata_client(bootstrap: str, purpose: str = "metadata") -> Iterator[Consu
         consumer.close()
 
 
-def partition_count(bootstrap: str, topic: str, timeout_s: float = METADATA_TIMEOUT_S) -> int:
-    """Partitions of ``topic``; 0 when it does not exist. Raises librdkafka's
-    ``KafkaException`` when the broker does not answer within ``timeout_s``."""
+def partition_counts(
+    bootstrap: str, topics: Sequence[str], timeout_s: float = METADATA_TIMEOUT_S
+) -> dict[str, int]:
+    """Partitions of each of ``topics`` from one metadata request (0: no such topic).
+    Raises librdkafka's ``KafkaException`` when the broker does not answer within
+    ``timeout_s``."""
     with metadata_client(bootstrap) as consumer:
-        found = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
-    if found is None or found.error is not None:
-        return 0
-    return len(found.partitions)
+        listed = consumer.list_topics(timeout=timeout_s).topics
+    counts: dict[str, int] = {}
+    for topic in topics:
+        found = listed.get(topic)
+        counts[topic] = 0 if found is None or found.error is not None else len(found.partitions)
+    return counts
+
+
+def partition_count(bootstrap: str, topic: str, timeout_s: float = METADATA_TIMEOUT_S) -> int:
+    """Partitions of ``topic`` (0 when it does not exist); see :func:`partition_counts`."""
+    return partition_counts(bootstrap, [topic], timeout_s)[topic]
