@@ -155,11 +155,15 @@ def decide(
     return body, record
 
 
-async def log_decision(rt: Runtime, experiment_id: str, record: bytes) -> None:
-    """Enqueue the event; waits only while the producer's queue is full (backpressure)."""
+def log_decision(rt: Runtime, experiment_id: str, record: bytes) -> Awaitable[bool] | None:
+    """Enqueue the event. ``None`` when it is enqueued (the common case, no coroutine);
+    otherwise the producer's queue is full and the caller awaits the returned wait for
+    room (backpressure, see :meth:`~services.decider.producer.EventProducer.send_when_room`).
+    """
     key = partition_key(experiment_id)
-    if not rt.producer.try_send(rt.topics.decisions, key, record):
-        await rt.producer.send_nowait(rt.topics.decisions, key, record)
+    if rt.producer.try_send(rt.topics.decisions, key, record):
+        return None
+    return rt.producer.send_when_room(rt.topics.decisions, key, record)
 
 
 async def serve_decision(rt: Runtime, experiment_id: str) -> bytes | None:
@@ -176,7 +180,9 @@ async def serve_decision(rt: Runtime, experiment_id: str) -> bytes | None:
         if entry is None:
             return None
     body, record = decide(rt, entry, degraded, experiment_id)
-    await log_decision(rt, experiment_id, record)
+    waiting = log_decision(rt, experiment_id, record)
+    if waiting is not None:
+        await waiting
     return body
 
 
@@ -440,9 +446,9 @@ class DecisionFastPath:
                 if entry is not None and experiment_id is not None:
                     # The common case, without a coroutine: a fresh cached entry.
                     body, record = decide(runtime, entry, False, experiment_id)
-                    key = partition_key(experiment_id)
-                    if not runtime.producer.try_send(runtime.topics.decisions, key, record):
-                        await runtime.producer.send_nowait(runtime.topics.decisions, key, record)
+                    waiting = log_decision(runtime, experiment_id, record)
+                    if waiting is not None:
+                        await waiting
                     status_code = 200
                     await _respond(send, 200, body, cors)
                     return

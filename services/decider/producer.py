@@ -323,7 +323,7 @@ class EventProducer:
     # ---------------------------------------------------------------- decisions
     def try_send(self, topic: str, key: bytes, value: bytes) -> bool:
         """Enqueue without waiting; ``False`` only when the queue is full (then
-        :meth:`send_nowait` waits for room). The hot path's common case: no coroutine."""
+        :meth:`send_when_room` waits for room). The hot path's common case: no coroutine."""
         try:
             self._decisions.produce(topic, value, key)
         except BufferError:
@@ -334,21 +334,15 @@ class EventProducer:
         self._stats.enqueued += 1
         return True
 
-    async def send_nowait(self, topic: str, key: bytes, value: bytes) -> bool:
-        """Enqueue an encoded record without waiting for the ack; ``False`` if that failed.
+    async def send_when_room(self, topic: str, key: bytes, value: bytes) -> bool:
+        """After :meth:`try_send` found the queue full: wait for room and enqueue;
+        ``False`` if there was none within ``enqueue_timeout_s`` (counted as failed).
 
-        A full queue is backpressure, not loss: we retry for up to ``enqueue_timeout_s``
-        (the poll thread drains it) before counting the event as failed, so a broker
-        hiccup slows decisions down instead of silently dropping their log.
+        A full queue is backpressure, not loss: the poll thread drains it while we
+        retry, so a broker hiccup slows decisions down instead of silently dropping
+        their log.
         """
-        produce = self._decisions.produce
-        try:
-            produce(topic, value, key)
-        except BufferError:
-            if not await self._enqueue_slowly(topic, key, value):
-                return False
-        except KafkaException as exc:
-            self._failed(repr(exc))
+        if not await self._enqueue_slowly(topic, key, value):
             return False
         self._stats.enqueued += 1
         return True
