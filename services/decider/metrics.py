@@ -77,11 +77,11 @@ class _Tally(Collector):
 
     def __init__(self) -> None:
         #: (route, method, status) -> requests
-        self.requests: dict[tuple[str, str, int], list[int]] = {}
+        self.requests: dict[tuple[str, str, int], int] = {}
         #: (route, method) -> [count per bucket (non-cumulative) ..., +Inf count, sum]
         self.latency: dict[tuple[str, str], list[float]] = {}
-        self.decisions: dict[str, list[int]] = {}
-        self.rewards: dict[str, list[int]] = {}
+        self.decisions: dict[str, int] = {}
+        self.rewards: dict[str, int] = {}
 
     def collect(self) -> Iterator[Metric]:
         latency = HistogramMetricFamily(
@@ -102,24 +102,24 @@ class _Tally(Collector):
             "HTTP requests by route template, method and status code.",
             labels=["route", "method", "status"],
         )
-        for (route, method, status), tally in list(self.requests.items()):
-            requests.add_metric([route, method, str(status)], tally[0])
+        for (route, method, status), n in list(self.requests.items()):
+            requests.add_metric([route, method, str(status)], n)
         yield requests
         decisions = CounterMetricFamily(
             "mab_decisions",
             "Decisions served, by strategy (experiment ids are not labels).",
             labels=["strategy"],
         )
-        for strategy, tally in list(self.decisions.items()):
-            decisions.add_metric([strategy], tally[0])
+        for strategy, n in list(self.decisions.items()):
+            decisions.add_metric([strategy], n)
         yield decisions
         rewards = CounterMetricFamily(
             "mab_rewards",
             "Rewards received by the API: accepted (logged) or the rejection reason.",
             labels=["outcome"],
         )
-        for outcome, tally in list(self.rewards.items()):
-            rewards.add_metric([outcome], tally[0])
+        for outcome, n in list(self.rewards.items()):
+            rewards.add_metric([outcome], n)
         yield rewards
 
 
@@ -139,10 +139,7 @@ class DeciderMetrics:
     def request(self, route: str, method: str, status: int, seconds: float) -> None:
         tally = self._tally
         key = (route, method, status)
-        n = tally.requests.get(key)
-        if n is None:
-            n = tally.requests[key] = [0]
-        n[0] += 1
+        tally.requests[key] = tally.requests.get(key, 0) + 1
         hist = tally.latency.get((route, method))
         if hist is None:
             hist = tally.latency[(route, method)] = [0.0] * (len(LATENCY_BUCKETS) + 2)
@@ -150,13 +147,9 @@ class DeciderMetrics:
         hist[-1] += seconds
 
     def decision(self, strategy: str) -> None:
-        n = self._tally.decisions.get(strategy)
-        if n is None:
-            n = self._tally.decisions[strategy] = [0]
-        n[0] += 1
+        decisions = self._tally.decisions
+        decisions[strategy] = decisions.get(strategy, 0) + 1
 
     def reward(self, outcome: str) -> None:
-        n = self._tally.rewards.get(outcome)
-        if n is None:
-            n = self._tally.rewards[outcome] = [0]
-        n[0] += 1
+        rewards = self._tally.rewards
+        rewards[outcome] = rewards.get(outcome, 0) + 1
