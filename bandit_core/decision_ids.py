@@ -8,7 +8,15 @@ or a per-decision write on the hot path.
 
 from __future__ import annotations
 
+import re
+from typing import Final
+
 from schemas.ids import random_hex
+
+#: ``[0-9]`` rather than ``\d`` or ``str.isdigit``: those also take other scripts'
+#: digits ("٣", and "²", which ``int`` then refuses), and ``int(head, 16)`` took a sign,
+#: spaces, underscores and a ``0x`` prefix; none of those ids was issued by us.
+_DECISION_ID: Final = re.compile(r"[0-9a-fA-F]{32}\.([0-9]{1,4})")
 
 
 def make_decision_id(arm_index: int) -> str:
@@ -16,12 +24,7 @@ def make_decision_id(arm_index: int) -> str:
 
 
 def arm_index_of(decision_id: str) -> int | None:
-    """The arm index a decision id names, or ``None`` when it is not one of ours."""
-    head, sep, tail = decision_id.rpartition(".")
-    if not sep or len(head) != 32 or not tail.isdigit() or len(tail) > 4:
-        return None
-    try:
-        int(head, 16)
-    except ValueError:
-        return None
-    return int(tail)
+    """The arm index a decision id names, or ``None`` when it is not one of ours (never
+    an exception: the id comes from whoever produced the reward)."""
+    match = _DECISION_ID.fullmatch(decision_id)
+    return None if match is None else int(match[1])

@@ -65,6 +65,8 @@ def corpus(rng: random.Random) -> list[tuple[str, str, bytes | None]]:
         ("rewards", "bad_id", orjson.dumps({**ok, "arm_id": "a}{*:"})),
         ("rewards", "unknown_arm", orjson.dumps({**ok, "arm_id": "zz"})),
         ("rewards", "arm_mismatch", orjson.dumps({**ok, "decision_id": make_decision_id(1)})),
+        # a superscript digit as the arm index: str.isdigit() took it, int() then raised
+        ("rewards", "bad_decision_id", orjson.dumps({**ok, "decision_id": "a" * 32 + ".\u00b2"})),
         ("rewards", "unknown_experiment", orjson.dumps({**ok, "experiment_id": "ghost"})),
         ("decisions", "bad_json", bytes(rng.randrange(256) for _ in range(64))),
         ("decisions", "missing_field", text),  # a minimal reward: no event type

@@ -270,6 +270,11 @@ async def test_reward_validation(client: httpx.AsyncClient, ns: str) -> None:
         },
     )
     assert r.status_code == 422
+    # a superscript digit as the arm index: a 500 while str.isdigit() parsed it
+    body = {"experiment_id": exp, "arm_id": ARMS[0], "reward": 1.0}
+    r = await client.post("/reward", json=body | {"decision_id": "a" * 32 + ".\u00b2"})
+    assert r.status_code == 422, r.text
+    assert "was not issued by this service" in r.json()["detail"]
     for bad in (1.5, -0.5, "1", True):
         r = await client.post(
             "/reward", json={"experiment_id": exp, "arm_id": ARMS[0], "reward": bad}

@@ -171,6 +171,13 @@ def test_new_seen_holds_both_keys() -> None:
             "bad_decision_id",
             True,
         ),
+        (  # a non-ASCII digit as the arm index (it used to raise instead)
+            RewardObserved(
+                experiment_id=EXP, arm_id="blue", reward=1.0, decision_id="a" * 32 + ".\u00b2"
+            ),
+            "bad_decision_id",
+            True,
+        ),
     ],
 )
 def test_rejections_leave_stats_untouched(
