@@ -370,9 +370,20 @@ class PartitionReplayer:
             raise RuntimeError(f"replay target of {exp!r} was not empty (projector)")
 
     async def run(self) -> ReplayReport:
+        """Read everything, then write, with the cyclic collector off throughout.
+
+        Not only per chunk (:meth:`apply`): reading creates a message and a record per
+        event too, and the passes those allocations trigger cost ~2.3 µs per event in a
+        read-only run of 1M events (5.6-6.0 against 3.3-3.7 µs of CPU). In whole
+        replays the gain is smaller than the machine's noise (workers' CPU, median of
+        four alternated runs: 31.1 s against 31.7 s). Replay creates no cyclic garbage
+        worth collecting before it ends (its states are dicts and lists of numbers and
+        strings).
+        """
         started = time.process_time()
-        await self.read()
-        await self.write()
+        with gc_deferred():
+            await self.read()
+            await self.write()
         self.report.cpu_s += time.process_time() - started
         return self.report
 
