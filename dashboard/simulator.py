@@ -75,7 +75,7 @@ def scenario_from_bytes(data: bytes, name: str) -> Scenario:
 def parse_arm_names(text: str) -> list[str]:
     """Comma/space separated arm names, or a number ``n`` for ``arm-1 .. arm-n``."""
     text = text.strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():  # not "²": isdigit() alone takes it, int() not
         n = int(text)
         if not 1 <= n <= 1000:
             raise ScenarioError("number of arms must be between 1 and 1000")

@@ -52,7 +52,7 @@ def cluster_nodes(url: str) -> list[tuple[str, int]]:
     nodes: list[tuple[str, int]] = []
     for item in hosts.split(","):
         host, sep, port = item.strip().rpartition(":")
-        if not sep or not host or not port.isdigit():
+        if not sep or not host or not (port.isascii() and port.isdigit()):
             raise RedisUrlError(f"cluster node {item!r} is not host:port in {url!r}")
         nodes.append((host, int(port)))
     return nodes

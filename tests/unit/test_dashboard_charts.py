@@ -382,6 +382,7 @@ def test_bad_uploaded_scenario_is_a_clear_error(data: bytes, message: str) -> No
 def test_arm_names_and_budget() -> None:
     assert simulator.parse_arm_names("blue, green red") == ["blue", "green", "red"]
     assert simulator.parse_arm_names("50")[-1] == "arm-50"
+    assert simulator.parse_arm_names("\u00b2") == ["\u00b2"]  # a name, not a count
     with pytest.raises(ScenarioError, match="unique"):
         simulator.parse_arm_names("a, a")
     sc = simulator.scenario_from_table(

@@ -32,6 +32,7 @@ def test_cluster_urls_name_their_seed_nodes() -> None:
         ("redis+cluster://h:1/2", "only database 0"),
         ("redis+cluster://h", "not host:port"),
         ("redis+cluster://h:1,:2", "not host:port"),
+        ("redis+cluster://h:\u00b2", "not host:port"),  # isdigit() alone took it
         ("redis://h:1/0", "not a cluster URL"),
     ],
 )
