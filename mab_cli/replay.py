@@ -40,7 +40,7 @@ from multiprocessing import get_context
 from multiprocessing.context import BaseContext
 from typing import Final, TypedDict
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException
 from confluent_kafka import TopicPartition as RdTopicPartition
 from redis.asyncio import Redis
 
@@ -71,6 +71,11 @@ from stream_runtime.kafka_metadata import METADATA_TIMEOUT_S, metadata_client, p
 
 #: Records per ``getmany`` while replaying: large, so per-call overhead vanishes.
 CHUNK_RECORDS: Final = 50_000
+#: Longest wait for a chunk to fill. ``consume`` returns when it has the whole chunk or
+#: when this has passed, never earlier, even once every partition has reached its end:
+#: at 1 s, each reader waited a whole second after its last records (the read of the
+#: 48 configs took 1.01 s), and a worker could sit idle while a chunk filled.
+READ_WAIT_S: Final = 0.1
 #: Dedupe keys per bulk-load command: one ZADD blocks Redis while it runs, so chunks
 #: keep each block to some tens of milliseconds for the other clients.
 SEEN_PER_WRITE: Final = 25_000
@@ -396,16 +401,22 @@ async def read_chunks(
 
     librdkafka (as in the live loop) with partition-EOF events: a partition that ends
     before its expected last offset is an error naming it, never an endless wait.
+
+    "The beginning" is each partition's log start offset, asked for explicitly: given
+    ``OFFSET_BEGINNING``, librdkafka sent its first offset request ~0.45 s after it had
+    connected, so every reader (the caller's read of the configs, then each worker)
+    waited that long for its first record; asked for, the first record comes ~0.1 s
+    after the client is created. Should retention delete the start meanwhile, the
+    fetch resets to the new earliest offset (never to the end, librdkafka's default).
     """
     remaining: dict[tuple[str, int], int] = {}
-    assignment: list[RdTopicPartition] = []
+    wanted: list[tuple[str, int, int | None]] = []
     for f, last in until.items():
         topic, _, part = f.rpartition(":")
-        first: int = start[f] if f in start else int(OFFSET_BEGINNING)
         if last < 0 or (f in start and start[f] > last):
             continue
         remaining[(topic, int(part))] = last
-        assignment.append(RdTopicPartition(topic, int(part), first))
+        wanted.append((topic, int(part), start.get(f)))
     if not remaining:
         return
     consumer = Consumer(
@@ -414,16 +425,32 @@ async def read_chunks(
             "group.id": f"mab-replay-{uuid.uuid4().hex}",  # never joined nor committed
             "enable.auto.commit": False,
             "enable.partition.eof": True,
+            "auto.offset.reset": "earliest",
             "isolation.level": "read_committed",
             "max.partition.fetch.bytes": 16 * 1024 * 1024,
             "fetch.max.bytes": 64 * 1024 * 1024,
             "fetch.wait.max.ms": 50,
         }
     )
-    consumer.assign(assignment)
+
+    def log_start(topic: str, part: int) -> int:
+        low, _ = consumer.get_watermark_offsets(
+            RdTopicPartition(topic, part), timeout=METADATA_TIMEOUT_S
+        )
+        return int(low)
+
+    def assign() -> None:
+        consumer.assign(
+            [
+                RdTopicPartition(t, p, log_start(t, p) if first is None else first)
+                for t, p, first in wanted
+            ]
+        )
+
     try:
+        await asyncio.to_thread(assign)
         while remaining:
-            messages = await asyncio.to_thread(consumer.consume, chunk_records, 1.0)
+            messages = await asyncio.to_thread(consumer.consume, chunk_records, READ_WAIT_S)
             chunk: list[KafkaRecord] = []
             for m in messages:
                 key = (m.topic() or "", m.partition() or 0)

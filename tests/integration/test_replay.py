@@ -23,11 +23,16 @@ from typing import Any
 
 import httpx
 import pytest
+from confluent_kafka import Producer
+from confluent_kafka import TopicPartition as RdTopicPartition
+from confluent_kafka.admin import AdminClient
 from redis.asyncio import Redis
 
 from deploy.local_stack import LocalStack, StackConfig
+from mab_cli.replay import read_chunks
 from mab_cli.replay_cmd import ReplayTarget, run_rebuild, run_tail
 from mab_cli.replay_redis import compare, read_namespace
+from schemas.topics import TopicNames
 from tests.fixtures.in_process import in_process
 
 pytestmark = pytest.mark.integration
@@ -267,3 +272,29 @@ async def test_rebuild_from_timestamp_catches_up_a_restored_backup(
     outcome = await run_tail(target, lambda _: None, backup_ts - 0.5)
     assert 0 < outcome.report.records < n2 + first["experiments"]  # a tail, not everything
     assert compare(before, await read_namespace(redis, ns)) == []
+
+
+async def test_reading_from_the_beginning_starts_at_the_log_start(
+    kafka_bootstrap: str, ns: str, topics: dict[str, int]
+) -> None:
+    """Once retention has moved a partition's log start (here: DeleteRecords), "the
+    beginning" is the new start: every record from there is read, none before it."""
+    topic = TopicNames.with_prefix(ns).rewards
+
+    def produce_and_truncate() -> None:
+        producer = Producer({"bootstrap.servers": kafka_bootstrap})
+        for i in range(30):
+            producer.produce(topic, f"r{i}".encode(), partition=0)
+        assert producer.flush(30) == 0
+        admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+        for future in admin.delete_records([RdTopicPartition(topic, 0, 10)]).values():
+            assert future.result(30).low_watermark == 10
+
+    await asyncio.to_thread(produce_and_truncate)
+    until = {f"{topic}:0": 29}
+    read = [
+        (r.offset, r.value)
+        async for chunk in read_chunks(kafka_bootstrap, {}, until, 8)
+        for r in chunk
+    ]
+    assert read == [(i, f"r{i}".encode()) for i in range(10, 30)]
