@@ -66,15 +66,15 @@ from services.projector.store import Write as ProjectorWrite
 from services.reward_consumer.store import ConsumerStore, prune_cutoff
 from services.reward_consumer.store import Write as ConsumerWrite
 from stream_runtime.batch import gc_deferred
-from stream_runtime.kafka_loop import KafkaRecord
+from stream_runtime.kafka_loop import KafkaRecord, take_queued
 from stream_runtime.kafka_metadata import METADATA_TIMEOUT_S, metadata_client, partition_count
 
 #: Records per ``getmany`` while replaying: large, so per-call overhead vanishes.
 CHUNK_RECORDS: Final = 50_000
-#: Longest wait for a chunk to fill. ``consume`` returns when it has the whole chunk or
-#: when this has passed, never earlier, even once every partition has reached its end:
-#: at 1 s, each reader waited a whole second after its last records (the read of the
-#: 48 configs took 1.01 s), and a worker could sit idle while a chunk filled.
+#: Longest wait for a record when none is queued (:func:`~stream_runtime.kafka_loop.
+#: take_queued`). A chunk is what is queued, up to :data:`CHUNK_RECORDS`: with
+#: ``consume(n, 1 s)`` each reader waited a whole second after its last records (the
+#: read of the 48 configs took 1.01 s), and a worker could sit idle while a chunk filled.
 READ_WAIT_S: Final = 0.1
 #: Dedupe keys per bulk-load command: one ZADD blocks Redis while it runs, so chunks
 #: keep each block to some tens of milliseconds for the other clients.
@@ -450,7 +450,7 @@ async def read_chunks(
     try:
         await asyncio.to_thread(assign)
         while remaining:
-            messages = await asyncio.to_thread(consumer.consume, chunk_records, READ_WAIT_S)
+            messages = await asyncio.to_thread(take_queued, consumer, chunk_records, READ_WAIT_S)
             chunk: list[KafkaRecord] = []
             for m in messages:
                 key = (m.topic() or "", m.partition() or 0)

@@ -127,6 +127,24 @@ class KafkaRecord(NamedTuple):
     headers: list[tuple[str, str | bytes | None]] | None = None  # re-drive markers
 
 
+def take_queued(consumer: Consumer, max_records: int, timeout_s: float) -> list[Message]:
+    """What is queued now, up to ``max_records``; else wait up to ``timeout_s`` for one.
+
+    ``consume(n, timeout)`` alone waits until ``n`` records *or* the timeout, never less,
+    even once every partition has reached its end: at low traffic that would hold every
+    record for the whole timeout. Draining the queue without waiting, and blocking on a
+    single ``poll`` only when it is empty, returns as soon as anything arrives (then
+    takes what arrived with it). The live loop and replay's reader both fetch this way.
+    """
+    messages = consumer.consume(max_records, 0)
+    if messages:
+        return messages
+    first = consumer.poll(timeout_s)
+    if first is None:
+        return []
+    return [first, *consumer.consume(max_records - 1, 0)]
+
+
 def to_records(messages: list[Message], log: logging.Logger) -> list[KafkaRecord]:
     """Turn a poll's messages into records, logging (and skipping) error events.
 
@@ -349,7 +367,7 @@ class KafkaBatchProcessor(abc.ABC, Generic[ReportT]):
         assert self._consumer is not None
         s = self.loop_settings
         messages = await asyncio.to_thread(
-            self._fetch, self._consumer, s.max_batch_records, s.poll_timeout_ms / 1000
+            take_queued, self._consumer, s.max_batch_records, s.poll_timeout_ms / 1000
         )
         records: list[RecordLike] = list(to_records(messages, self.log))
         if records:
@@ -357,23 +375,6 @@ class KafkaBatchProcessor(abc.ABC, Generic[ReportT]):
         await self._maybe_update_lag()
         self._maybe_log_progress()
         return len(records)
-
-    @staticmethod
-    def _fetch(consumer: Consumer, max_records: int, timeout_s: float) -> list[Message]:
-        """What is queued now, up to ``max_records``; else wait up to ``timeout_s`` for one.
-
-        ``consume(n, timeout)`` alone waits until ``n`` records *or* the timeout: at low
-        traffic that would hold every record for the whole timeout. Draining the queue
-        without waiting, and blocking on a single ``poll`` only when it is empty, returns
-        as soon as anything arrives (then takes what arrived with it).
-        """
-        messages = consumer.consume(max_records, 0)
-        if messages:
-            return messages
-        first = consumer.poll(timeout_s)
-        if first is None:
-            return []
-        return [first, *consumer.consume(max_records - 1, 0)]
 
     async def _process(self, records: list[RecordLike], stop: asyncio.Event | None) -> None:
         """Apply one batch to Redis, then commit it to Kafka. The order is the design.
