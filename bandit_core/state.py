@@ -9,12 +9,24 @@ The state is a plain mutable dataclass for speed, but it is only ever mutated in
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
 from bandit_core.adaptive import DAYPART_BUCKETS, HALF_LIVES, WINDOW_BUCKETS
 from schemas.events import ExperimentConfig
+
+#: The integers a JSON snapshot holds as such (orjson refuses any beyond 64 bits).
+_INT64_MIN: Final = -(2**63)
+_UINT64_MAX: Final = 2**64 - 1
+
+
+def _json_int(value: int) -> int | float:
+    """``value`` as orjson can encode it. ``win_epoch`` is ``int(ts // 64)`` of a float
+    ``ts``, which exceeds 64 bits for a (valid but absurd) ``ts`` beyond ~5.9e20: then it
+    is written as the float it came from, exact, and :meth:`ArmStats.from_list` reads it
+    back with ``int``. Every other value keeps its snapshot bytes."""
+    return value if _INT64_MIN <= value <= _UINT64_MAX else float(value)
 
 
 def _ladder() -> list[float]:
@@ -102,7 +114,7 @@ class ArmStats:
             self.last_reward_ts,
             self.dpulls,
             self.dsum,
-            self.win_epoch,
+            _json_int(self.win_epoch),
             self.win_pulls,
             self.win_sum,
             self.cp_pulls,
