@@ -130,7 +130,7 @@ async def bulk_buckets(
     batch: list[list[str]] = []
     for (kind, start), counter in sorted(buckets.items()):
         key = keys.bucket(kind, start)
-        entry = [key, str(start + retention.of(kind))]
+        entry = [key, str(retention.expires_at(kind, start))]
         for f, n in counter.items():
             if n:
                 entry += (f, str(n))

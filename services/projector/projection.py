@@ -159,7 +159,16 @@ class Retention:
     def of(self, kind: BucketKind) -> int:
         return self.hour_s if kind == "hour" else self.minute_s
 
+    def expires_at(self, kind: BucketKind, start: int) -> int:
+        """The bucket's ``EXPIREAT`` (unix seconds), at most :data:`MAX_EXPIREAT`."""
+        return min(start + self.of(kind), MAX_EXPIREAT)
 
+
+#: The latest time EXPIREAT takes (Redis refuses seconds whose milliseconds overflow a
+#: signed 64-bit integer). A bucket of a valid but absurd ``ts`` (beyond year ~292
+#: million) expires then: a larger argument failed the projector's write script, and
+#: the batch with it, on every retry (and replay's bulk load of the buckets).
+MAX_EXPIREAT: Final = (2**63 - 1) // 1000
 _HOUR: Final = BUCKET_SECONDS["hour"]
 _MINUTE: Final = BUCKET_SECONDS["minute"]
 _PER_HOUR: Final = _HOUR // _MINUTE

@@ -97,13 +97,6 @@ return {1}
 """
 
 
-#: The latest time EXPIREAT takes (Redis refuses seconds whose milliseconds overflow a
-#: signed 64-bit integer). A bucket of a valid but absurd ``ts`` (beyond year ~292
-#: million) expires then: a larger argument made the write script fail, and the batch
-#: with it, on every retry.
-MAX_EXPIREAT: Final = (2**63 - 1) // 1000
-
-
 @dataclass(frozen=True, slots=True)
 class Loaded:
     """What the read script returned for one experiment."""
@@ -160,7 +153,7 @@ def write_call(
     add = args.append
     for (kind, start), counter in sorted(p.buckets.items()):
         redis_keys.append(keys.bucket(kind, start))
-        add(min(start + retention.of(kind), MAX_EXPIREAT))
+        add(retention.expires_at(kind, start))
         count_at = len(args)
         add(0)  # number of fields, patched below (zero increments are not sent)
         for f, n in counter.items():

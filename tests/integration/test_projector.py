@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 
 from bandit_core.decision_ids import make_decision_id
+from mab_cli.replay_redis import bulk_buckets
 from schemas.codec import encode
 from schemas.events import (
     AnyEvent,
@@ -33,6 +34,7 @@ from schemas.events import (
 from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames
 from services.projector.consumer import Projector, ProjectorHandler
+from services.projector.projection import MAX_EXPIREAT
 from services.projector.settings import ProjectorSettings
 from services.projector.store import ProjectorStore
 from stream_runtime.kafka_loop import KafkaRecord as Rec
@@ -298,3 +300,28 @@ async def test_fold_rate(redis_url: str, ns: str, redis: Redis) -> None:
     elapsed = time.perf_counter() - started
     assert applied == len(recs)
     print(f"\nprojector fold rate: {len(recs) / elapsed:,.0f} events/s ({elapsed:.2f}s)")
+
+
+async def test_far_future_events_are_bucketed_live_and_by_replay(
+    redis_url: str, ns: str, redis: Redis
+) -> None:
+    """A valid but absurd ``ts`` (1e16 s) gives buckets whose expiry Redis would refuse
+    (its milliseconds overflow 64 bits): the projector's write script and replay's bulk
+    load both used to fail on it, the live one on every retry. Both cap it now."""
+    names = TopicNames.with_prefix(ns)
+    await redis.set(RedisKeys(ns).experiment(EXP).config, config_of(EXP).model_dump_json())
+    reward = RewardObserved(experiment_id=EXP, arm_id=ARMS[0], reward=1.0, ts=1e16)
+    settings = settings_for("unused:9092", redis_url, ns, "far")
+    handler = ProjectorHandler(
+        ProjectorStore(redis, settings.keys, settings.retention), names, settings.retention
+    )
+    report = await handler.handle([Rec(names.rewards, 0, 0, 0, encode(reward))])
+    assert report.applied == 1
+    hour = 10**16 // 3600 * 3600
+    key = settings.keys.experiment(EXP).bucket("hour", hour)
+    assert await redis.hgetall(key) == {b"blue|r": b"1", b"blue|s": b"1000000"}
+    assert await redis.expiretime(key) == MAX_EXPIREAT
+
+    scratch = RedisKeys(ns + "replay-").experiment(EXP)
+    await bulk_buckets(redis, scratch, {("hour", hour): {"blue|r": 1}}, settings.retention)
+    assert await redis.expiretime(scratch.bucket("hour", hour)) == MAX_EXPIREAT

@@ -38,8 +38,8 @@ from schemas.topics import TopicNames
 from services.decider.errors import reward_rejected
 from services.decider.hot_path import reward_event
 from services.decider.models import RewardCreate
-from services.projector.projection import Projection, Retention, decode_batch, project
-from services.projector.store import MAX_EXPIREAT, Write, write_call
+from services.projector.projection import MAX_EXPIREAT, Projection, Retention, decode_batch, project
+from services.projector.store import Write, write_call
 from services.reward_consumer.attribution import default_reward_event
 from services.reward_consumer.handlers import change_point_event
 from stream_runtime.batch import decode_reward_or_decision, rejection_detail
