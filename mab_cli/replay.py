@@ -69,7 +69,7 @@ from stream_runtime.batch import gc_deferred
 from stream_runtime.kafka_loop import KafkaRecord, take_queued
 from stream_runtime.kafka_metadata import METADATA_TIMEOUT_S, metadata_client, partition_count
 
-#: Records per ``getmany`` while replaying: large, so per-call overhead vanishes.
+#: Records per fetch while replaying, at most: large, so per-chunk overhead vanishes.
 CHUNK_RECORDS: Final = 50_000
 #: Longest wait for a record when none is queued (:func:`~stream_runtime.kafka_loop.
 #: take_queued`). A chunk is what is queued, up to :data:`CHUNK_RECORDS`: with
