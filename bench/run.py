@@ -36,7 +36,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,7 @@ import orjson
 from bench import replay_rate
 from deploy.local_stack import create_topics, free_port, throwaway_stack
 from schemas.events import RewardObserved
-from schemas.redis_keys import RedisKeys
+from schemas.redis_keys import FIELD_REWARDS, RedisKeys
 from schemas.topics import TopicNames, partition_key, topic_specs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -308,6 +308,18 @@ def fold_rate(
         proc.stop()
 
 
+def projected_rewards(hour_buckets: Iterable[Mapping[bytes, bytes]]) -> int:
+    """Rewards the projector has counted, from the hashes of one experiment's *hour*
+    buckets (fields ``<arm>|d``, ``<arm>|r``, ``<arm>|s``). Pass only one bucket family:
+    each reward is in one hour and one minute bucket."""
+    return sum(
+        int(value)
+        for fields in hour_buckets
+        for field, value in fields.items()
+        if field.endswith(b"|" + FIELD_REWARDS.encode())
+    )
+
+
 def fold_rows(
     bootstrap: str, redis_url: str, fold_records: int, env: dict[str, str], logdir: Path
 ) -> dict[str, Any]:
@@ -355,17 +367,12 @@ def fold_rows(
         fold_records,
     )
     if (ROOT / "services" / "projector" / "__main__.py").exists():
-        hour_prefix = f"{prefix}mab:{{{exp}}}:"
 
         def projected() -> int:
-            total = 0
-            for key in client.scan_iter(match=f"{hour_prefix}*"):
-                if client.type(key) == b"hash":
-                    fields: dict[bytes, bytes] = client.hgetall(key)  # type: ignore[assignment]
-                    for field, value in fields.items():
-                        if field.endswith(b"|r"):
-                            total += int(value)
-            return total
+            # The hour buckets only: the projector writes every reward into an hour *and*
+            # a minute bucket, so summing both families counts each reward twice.
+            hours = client.scan_iter(match=keys.bucket_pattern("hour"))
+            return projected_rewards(client.hgetall(key) for key in hours)  # type: ignore[misc]
 
         results["projector fold"] = fold_rate(
             "projector",

@@ -49,6 +49,10 @@ class ExperimentKeys:
         """Hash of one time bucket: fields ``<arm>|d``, ``<arm>|r``, ``<arm>|s`` (ints)."""
         return f"{self.bucket_base}{kind[0]}:{start}"
 
+    def bucket_pattern(self, kind: BucketKind) -> str:
+        """``SCAN`` pattern matching every bucket of one family (hour or minute)."""
+        return f"{self.bucket_base}{kind[0]}:*"
+
     def hour_bucket(self, hour_start: int) -> str:
         return self.bucket("hour", hour_start)
 

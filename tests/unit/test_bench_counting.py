@@ -1,0 +1,67 @@
+"""The benchmark harness counts what a user would count: each projected reward once."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pytest
+
+from bench.run import projected_rewards
+from schemas.events import ExperimentConfig, RewardObserved
+from schemas.redis_keys import BucketKind, RedisKeys
+from services.projector.projection import Positioned, Retention, project
+from stream_runtime.kafka_loop import KafkaRecord
+
+pytestmark = pytest.mark.unit
+
+H0 = 1_800_000_000 - 1_800_000_000 % 3600
+CFG = ExperimentConfig(
+    experiment_id="e",
+    arm_ids=("a", "b"),
+    strategy="thompson",
+    version=1,
+    created_ts=0,
+    updated_ts=0,
+)
+
+
+Buckets = dict[str, Mapping[bytes, bytes]]
+
+
+def bucket_hashes(n_rewards: int) -> Buckets:
+    """The Redis hashes the projector would hold after ``n_rewards`` rewards spread over
+    three hours: key -> {field: value}, both families."""
+    rewards = [
+        RewardObserved(experiment_id="e", arm_id="ab"[i % 2], reward=1.0, ts=H0 + i * 97.0)
+        for i in range(n_rewards)
+    ]
+    items = [Positioned(KafkaRecord("r", 0, i, 0, b""), ev) for i, ev in enumerate(rewards)]
+    proj = project(items, CFG, set(), Retention(hour_s=10**9, minute_s=10**9), now=H0)
+    keys = RedisKeys("bench-").experiment("e")
+    hashes: Buckets = {}
+    for (kind, start), fields in proj.buckets.items():
+        hashes[keys.bucket(kind, start)] = {f.encode(): str(v).encode() for f, v in fields.items()}
+    return hashes
+
+
+def matching(hashes: Buckets, kind: BucketKind) -> list[Mapping[bytes, bytes]]:
+    pattern = RedisKeys("bench-").experiment("e").bucket_pattern(kind)
+    assert pattern.endswith("*")
+    assert "*" not in pattern[:-1]
+    return [v for k, v in hashes.items() if k.startswith(pattern[:-1])]
+
+
+def test_each_reward_is_counted_once() -> None:
+    hashes = bucket_hashes(250)
+    assert len(matching(hashes, "hour")) == 7  # 250 * 97 s spans seven hours
+    assert projected_rewards(matching(hashes, "hour")) == 250
+    # The minute family holds the same rewards again: summing every bucket (what the
+    # harness once did) doubles the figure.
+    assert projected_rewards(matching(hashes, "minute")) == 250
+    assert projected_rewards(hashes.values()) == 500
+
+
+def test_decisions_and_sums_are_not_rewards() -> None:
+    assert (
+        projected_rewards([{b"a|d": b"40", b"a|s": b"7000000", b"a|r": b"7", b"b|r": b"3"}]) == 10
+    )
