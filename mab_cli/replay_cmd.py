@@ -13,6 +13,8 @@
 
 Both ``--rebuild`` modes refuse (exit 3, nothing written) while the reward consumer or
 the projector runs (:mod:`mab_cli.replay_guard` says why); ``--force`` overrides that.
+A Redis Cluster (``REDIS_URL=redis+cluster://...``) works like a single node: every key
+of an experiment, scratch ones included, lies in its ``{experiment}`` slot.
 
 The engine is :mod:`mab_cli.replay`, the Redis side :mod:`mab_cli.replay_redis`. Bad
 input (unreachable broker, unparsable timestamp) is one red line and exit code 2.
@@ -31,7 +33,6 @@ from typing import Annotated, Any
 
 import typer
 from confluent_kafka import KafkaException
-from redis.asyncio import Redis
 
 from mab_cli.replay import (
     Progress,
@@ -70,7 +71,7 @@ from services.projector.store import ProjectorStore
 from services.reward_consumer.handlers import BatchHandler
 from services.reward_consumer.store import ConsumerStore
 from stream_runtime.batch import Rejected
-from stream_runtime.redis_client import CLUSTER_SCHEMES
+from stream_runtime.redis_client import AnyRedis, RedisUrlError, redis_from_url
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +93,10 @@ class ReplayTarget:
         return TopicNames.with_prefix(self.topic_prefix)
 
     def scratch_prefix(self) -> str:
+        """A fresh namespace next to the live one: the live prefix (no brace, see
+        :class:`~schemas.redis_keys.RedisKeys`) and hex, so each scratch key's hash tag
+        is still its experiment's, and on a Redis Cluster it lies in the slot of the
+        live key it replaces."""
         return f"{self.redis_prefix}replay-{uuid.uuid4().hex[:8]}-"
 
 
@@ -165,7 +170,7 @@ def _plans(
 
 async def replay_into_scratch(
     target: ReplayTarget,
-    redis: Redis,
+    redis: AnyRedis,
     scratch: str,
     progress: Progress,
     *,
@@ -217,7 +222,7 @@ async def replay_into_scratch(
 async def run_verify(target: ReplayTarget, progress: Progress) -> Outcome:
     """Rebuild up to the live offsets into scratch keys and compare with the live keys."""
     started = time.perf_counter()
-    redis = _single_node(target.redis_url)
+    redis = redis_from_url(target.redis_url)
     scratch = target.scratch_prefix()
     try:
         live = await read_namespace(redis, target.redis_prefix)
@@ -247,7 +252,7 @@ async def run_rebuild(target: ReplayTarget, progress: Progress, *, force: bool =
     """
     started = time.perf_counter()
     _ensure_stopped(target, progress, "mab replay --rebuild", force)
-    redis = _single_node(target.redis_url)
+    redis = redis_from_url(target.redis_url)
     scratch = target.scratch_prefix()
     try:
         report, n = await replay_into_scratch(target, redis, scratch, progress)
@@ -268,7 +273,7 @@ async def run_rebuild(target: ReplayTarget, progress: Progress, *, force: bool =
 async def run_dry(target: ReplayTarget, progress: Progress, from_ts: float | None) -> Outcome:
     """Replay into scratch keys, report, and remove them."""
     started = time.perf_counter()
-    redis = _single_node(target.redis_url)
+    redis = redis_from_url(target.redis_url)
     scratch = target.scratch_prefix()
     try:
         report, n = await replay_into_scratch(target, redis, scratch, progress, from_ts=from_ts)
@@ -276,16 +281,6 @@ async def run_dry(target: ReplayTarget, progress: Progress, from_ts: float | Non
     finally:
         await delete_namespace(redis, scratch)
         await redis.aclose()
-
-
-def _single_node(url: str) -> Redis:
-    """Replay scans and swaps whole key namespaces, which it does on one node only."""
-    if url.split("://", 1)[0] in CLUSTER_SCHEMES:
-        raise typer.BadParameter(
-            "mab replay works against a single Redis node; point REDIS_URL at one node "
-            "(a Redis Cluster is rebuilt by replaying into each experiment's node: not yet)"
-        )
-    return Redis.from_url(url)
 
 
 async def _no_dead_letter(rejects: Sequence[Rejected]) -> None:
@@ -311,7 +306,7 @@ async def run_tail(
         return Outcome(report, 0.0, 0, [], [])
     ends = await end_offsets(target.bootstrap, topics, partitions)
     start = await offsets_at(target.bootstrap, topics, partitions, from_ts)
-    redis = _single_node(target.redis_url)
+    redis = redis_from_url(target.redis_url)
     try:
         await write_configs(redis, target.redis_prefix, configs)
         keys = RedisKeys(target.redis_prefix)
@@ -389,11 +384,15 @@ def register(app: typer.Typer) -> None:
         if verify and from_ts is not None:
             raise _fail("--verify compares a full replay; it cannot start at a timestamp")
         settings = ProjectorSettings()
+        try:
+            keys = settings.keys  # a key prefix with braces would move every hash tag
+        except ValueError as exc:
+            raise _fail(str(exc)) from None
         target = ReplayTarget(
             bootstrap=settings.kafka_bootstrap_servers,
             redis_url=settings.redis_url,
             topic_prefix=settings.mab_topic_prefix,
-            redis_prefix=settings.mab_redis_prefix,
+            redis_prefix=keys.prefix,
             retention=settings.retention,
             workers=workers,
             groups=ProcessorGroups.from_env(),
@@ -414,6 +413,8 @@ def register(app: typer.Typer) -> None:
         except ProcessorsRunning as exc:
             typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
             raise typer.Exit(EXIT_PROCESSORS_RUNNING) from None
+        except RedisUrlError as exc:
+            raise _fail(str(exc)) from None
         except (OSError, ConnectionError, KafkaException) as exc:
             raise _fail(f"cannot reach Kafka or Redis: {exc}") from None
         _print(outcome, as_json)
