@@ -86,13 +86,15 @@ def group_members(
 
     Kafka 4 runs two group protocols side by side: the classic one (JoinGroup/SyncGroup;
     librdkafka's default ``group.protocol=classic``, which the processors use) and the
-    new consumer protocol of KIP-848 (``group.protocol=consumer``). librdkafka's
-    DescribeConsumerGroups asks with the new protocol's ConsumerGroupDescribe and falls
-    back to the classic DescribeGroups, so both kinds of group come back the same way:
-    members with client id, host and assignment (decoded from the classic protocol's
-    assignment bytes). A named group that does not exist is reported as ``DEAD`` with no
-    members. Groups of the listing in ``EMPTY`` or ``DEAD`` state have no members and
-    are not described.
+    new consumer protocol of KIP-848 (``group.protocol=consumer``). The classic
+    DescribeGroups request alone answers ``GROUP_ID_NOT_FOUND`` (``DEAD``, no members)
+    for a group of the new protocol, which is how an older admin client (aiokafka's
+    among them) would miss live members. librdkafka's DescribeConsumerGroups (2.10 and
+    later) asks with the new protocol's ConsumerGroupDescribe and falls back to
+    DescribeGroups, so both kinds of group come back the same way: members with client
+    id, host and assignment (decoded from the classic protocol's assignment bytes). A
+    named group that does not exist is reported as ``DEAD`` with no members. Groups of
+    the listing in ``EMPTY`` or ``DEAD`` state have no members and are not described.
 
     A named group that cannot be described (no ACL to describe it, coordinator
     unavailable) raises :class:`confluent_kafka.KafkaException`: the caller cannot tell

@@ -323,7 +323,10 @@ async def test_rebuild_refused_while_the_processors_run(
         for service in (decider, consumer, projector):
             service.stop_quietly()
     assert pulls(after_stats) == pulls(before_stats) + len(bulk) + more
+    all_topics = [names.experiments, names.decisions, names.rewards]
+    records = len(await asyncio.to_thread(read_topics, kafka_bootstrap, all_topics))
     print(
+        f"\nrecords in the topics: {records}"
         f"\nrefused with exit {refused.returncode}:\n{refused.stderr}"
         f"\nrebuild after stopping the processors: exit {rebuilt.returncode}; "
         f"verify after restarting them: exit {verified.returncode}; "

@@ -307,12 +307,16 @@ async def test_reading_from_the_beginning_starts_at_the_log_start(
     assert read == [(i, f"r{i}".encode()) for i in range(10, 30)]
 
 
-def _member(bootstrap: str, group: str, client_id: str, topics: list[str]) -> Consumer:
-    """A real member of ``group``, subscribed like the processors (classic protocol)."""
+def _member(
+    bootstrap: str, group: str, client_id: str, topics: list[str], protocol: str = "classic"
+) -> Consumer:
+    """A real member of ``group``, subscribed like the processors (which use the classic
+    protocol) or with Kafka 4's consumer protocol (KIP-848)."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
             "group.id": group,
+            "group.protocol": protocol,
             "client.id": client_id,
             "enable.auto.commit": False,
         }
@@ -338,7 +342,8 @@ async def test_rebuild_refuses_while_consumers_of_the_topics_run(
     """Scenario: an experiment with two rewards is in the topics, Redis is empty, and
     live members sit in the reward consumer's group, the projector's group (as named by
     MAB_CONSUMER_GROUP_ID / MAB_PROJECTOR_GROUP_ID), a third group reading the rewards
-    topic, and a fourth reading only the dead-letter topic.
+    topic with Kafka 4's new consumer protocol, and a fourth reading only the
+    dead-letter topic.
     We expect: ``--rebuild`` and ``--rebuild --from-timestamp`` exit 3, name the three
     groups reading the rewards or decisions topics with each member's client id and
     host, give the commands that stop them, and write nothing; the dead-letter reader is
@@ -385,7 +390,7 @@ async def test_rebuild_refuses_while_consumers_of_the_topics_run(
             "projector-1",
             [names.rewards, names.decisions, names.experiments],
         ),
-        _member(kafka_bootstrap, ns + "analytics", "warehouse-sink", [names.rewards]),
+        _member(kafka_bootstrap, ns + "analytics", "warehouse-sink", [names.rewards], "consumer"),
         _member(kafka_bootstrap, ns + "dlq-reader", "dlq-watch", [names.rewards_dlq]),
     ]
     try:
