@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -25,7 +23,6 @@ from schemas.topics import TopicNames, partition_key, topic_specs
 from stream_runtime.dead_letter import read_dead_letters
 from tests.faults.conftest import StackFactory
 from tests.fixtures.faults import (
-    REPO,
     Outgoing,
     ServiceProcess,
     committed_offsets,
@@ -37,6 +34,7 @@ from tests.fixtures.faults import (
     wait_ready,
     wait_until,
 )
+from tests.fixtures.streams import run_replay
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
 
@@ -104,6 +102,19 @@ async def stats(client: httpx.AsyncClient) -> Stats:
     return out
 
 
+async def more_rewards(
+    client: httpx.AsyncClient, n: int, caught_up: Callable[[], Awaitable[bool]]
+) -> Stats:
+    """``n`` new seed-style rewards through the API, folded; the stats afterwards."""
+    for i in range(n):
+        r = await client.post(
+            "/reward", json={"experiment_id": "wipe-b", "arm_id": "x", "reward": i % 2}
+        )
+        assert r.status_code == 200, r.text
+    await wait_until(caught_up, 60, "the processors to fold the new rewards", every=1.0)
+    return await stats(client)
+
+
 def pulls(s: Stats) -> int:
     return sum(arm[1] for rows in s.values() for arm in rows)
 
@@ -123,20 +134,19 @@ async def processors_caught_up(kafka_bootstrap: str, ns: str) -> bool:
     return True
 
 
-def replay_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """``mab replay ARGS`` as its own process, as an operator runs it."""
-    try:
-        return subprocess.run(
-            [sys.executable, "-m", "mab_cli.main", "replay", *args],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise AssertionError(f"mab replay {args} hung: {exc.stderr!r}"[-3000:]) from None
+def start_services(
+    kafka_bootstrap: str, redis_url: str, ns: str, logs: Path
+) -> tuple[dict[str, str], ServiceProcess, str, ServiceProcess, ServiceProcess]:
+    """The topics of ``ns``, then the decider, the reward consumer and the projector as
+    processes; returns their environment, the decider and its URL, and the processors."""
+    create_topics(kafka_bootstrap, topic_specs(ns))
+    env = service_env(kafka_bootstrap, redis_url, ns)
+    decider, url = start_decider(env, logs / "decider.log")
+    consumer = ServiceProcess("services.reward_consumer", env, logs / "consumer.log")
+    projector = ServiceProcess("services.projector", env, logs / "projector.log")
+    consumer.start()
+    projector.start()
+    return env, decider, url, consumer, projector
 
 
 def normal(key: bytes, value: object) -> object:
@@ -172,14 +182,10 @@ async def test_redis_wiped_and_rebuilt_by_replay(
     wipe; the services started again on the rebuilt Redis answer the same stats, and new
     traffic after the rebuild is added exactly once on top."""
     redis_url, redis = redis_of
-    create_topics(kafka_bootstrap, topic_specs(ns))
     names = TopicNames.with_prefix(ns)
-    env = service_env(kafka_bootstrap, redis_url, ns)
-    decider, url = start_decider(env, tmp_path / "decider.log")
-    consumer = ServiceProcess("services.reward_consumer", env, tmp_path / "consumer.log")
-    projector = ServiceProcess("services.projector", env, tmp_path / "projector.log")
-    consumer.start()
-    projector.start()
+    env, decider, url, consumer, projector = start_services(
+        kafka_bootstrap, redis_url, ns, tmp_path
+    )
     all_topics = [names.experiments, names.decisions, names.rewards]
 
     async def caught_up() -> bool:
@@ -199,7 +205,7 @@ async def test_redis_wiped_and_rebuilt_by_replay(
         await redis.flushall()  # a private Redis: nobody else's data
         assert await dump_namespace(redis, ns) == {}
         started = time.monotonic()
-        replay = await asyncio.to_thread(replay_cli, env, "--rebuild", "--json")
+        replay = await asyncio.to_thread(run_replay, env, "--rebuild", "--json")
         rebuild_s = time.monotonic() - started
         assert replay.returncode == 0, replay.stdout + replay.stderr
         after = await dump_namespace(redis, ns)
@@ -216,13 +222,7 @@ async def test_redis_wiped_and_rebuilt_by_replay(
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
             assert await stats(client) == before_stats
             more = 50
-            for i in range(more):
-                r = await client.post(
-                    "/reward", json={"experiment_id": "wipe-b", "arm_id": "x", "reward": i % 2}
-                )
-                assert r.status_code == 200, r.text
-            await wait_until(caught_up, 60, "the processors to fold the new rewards", every=1.0)
-            after_stats = await stats(client)
+            after_stats = await more_rewards(client, more, caught_up)
         for service in (decider, consumer, projector):
             assert service.terminate() == 0, service.tail()
     finally:
@@ -255,14 +255,10 @@ async def test_rebuild_refused_while_the_processors_run(
     and holds the 200 rewards; with them started again and 40 more rewards folded,
     ``mab replay --verify`` exits 0 ("identical") and the stats count every reward once."""
     redis_url, redis = redis_of
-    create_topics(kafka_bootstrap, topic_specs(ns))
     names = TopicNames.with_prefix(ns)
-    env = service_env(kafka_bootstrap, redis_url, ns)
-    decider, url = start_decider(env, tmp_path / "decider.log")
-    consumer = ServiceProcess("services.reward_consumer", env, tmp_path / "consumer.log")
-    projector = ServiceProcess("services.projector", env, tmp_path / "projector.log")
-    consumer.start()
-    projector.start()
+    env, decider, url, consumer, projector = start_services(
+        kafka_bootstrap, redis_url, ns, tmp_path
+    )
 
     async def caught_up() -> bool:
         return await processors_caught_up(kafka_bootstrap, ns)
@@ -288,7 +284,7 @@ async def test_rebuild_refused_while_the_processors_run(
             letters = dedupe(await read_dead_letters(kafka_bootstrap, names.rewards_dlq))
             assert [x.reason for x in letters].count("unknown_experiment") >= len(bulk)
 
-            refused = await asyncio.to_thread(replay_cli, env, "--rebuild")
+            refused = await asyncio.to_thread(run_replay, env, "--rebuild")
             assert refused.returncode == EXIT_PROCESSORS_RUNNING, refused.stdout + refused.stderr
             for group in ("reward-consumer", "projector"):
                 # client ids are "<group>-<hex>" (stream_runtime/kafka_loop.py)
@@ -299,22 +295,16 @@ async def test_rebuild_refused_while_the_processors_run(
 
             for service in (consumer, projector):
                 assert service.terminate() == 0, service.tail()
-            rebuilt = await asyncio.to_thread(replay_cli, env, "--rebuild")
+            rebuilt = await asyncio.to_thread(run_replay, env, "--rebuild")
             assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
             assert await stats(client) != before_stats  # the 200 bulk rewards are in
 
             consumer.start()
             projector.start()
             more = 40
-            for i in range(more):
-                r = await client.post(
-                    "/reward", json={"experiment_id": "wipe-b", "arm_id": "x", "reward": i % 2}
-                )
-                assert r.status_code == 200, r.text
-            await wait_until(caught_up, 60, "the processors to fold the new rewards", every=1.0)
-            after_stats = await stats(client)
+            after_stats = await more_rewards(client, more, caught_up)
 
-            verified = await asyncio.to_thread(replay_cli, env, "--verify")
+            verified = await asyncio.to_thread(run_replay, env, "--verify")
             assert verified.returncode == 0, verified.stdout + verified.stderr
             assert "identical" in verified.stdout
         for service in (decider, consumer, projector):

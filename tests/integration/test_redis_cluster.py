@@ -4,9 +4,6 @@ on one node leave the same state, key by key."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -30,11 +27,11 @@ from services.reward_consumer.consumer import RewardConsumer
 from services.reward_consumer.settings import ConsumerSettings
 from stream_runtime.redis_client import AnyRedis, redis_from_url
 from tests.fixtures.streams import (
-    REPO,
     dump_namespace,
     expected_states,
     produce,
     read_states,
+    run_replay,
     spread_ids,
     wait_caught_up,
 )
@@ -250,19 +247,6 @@ async def test_racing_commands_on_a_cluster(
     assert final.version == 21
 
 
-def replay_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """``mab replay ARGS`` as its own process (two worker processes, the default)."""
-    return subprocess.run(
-        [sys.executable, "-m", "mab_cli.main", "replay", *args],
-        cwd=REPO,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-
-
 @pytest.mark.timeout(600)  # processors, then four CLI runs with two workers each
 async def test_replay_verify_and_rebuild_on_a_cluster_equal_a_single_node(
     kafka_bootstrap: str,
@@ -330,7 +314,7 @@ async def test_replay_verify_and_rebuild_on_a_cluster_equal_a_single_node(
     }
     on_cluster = {**env, "REDIS_URL": cluster_url}
     t0 = time.monotonic()
-    single = replay_cli({**env, "REDIS_URL": redis_url}, "--rebuild")
+    single = run_replay({**env, "REDIS_URL": redis_url}, "--rebuild")
     assert single.returncode == 0, single.stdout + single.stderr
     timings = {"rebuild single": time.monotonic() - t0}
     cluster, node = clients["cluster"], clients["single"]
@@ -340,7 +324,7 @@ async def test_replay_verify_and_rebuild_on_a_cluster_equal_a_single_node(
     assert compare(await read_namespace(cluster, ns), rebuilt_single) == []
 
     t0 = time.monotonic()
-    verified = replay_cli(on_cluster, "--verify")
+    verified = run_replay(on_cluster, "--verify")
     timings["verify cluster"] = time.monotonic() - t0
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert "identical" in verified.stdout
@@ -350,7 +334,7 @@ async def test_replay_verify_and_rebuild_on_a_cluster_equal_a_single_node(
     assert buckets, "no hour bucket on the cluster"
     bucket = buckets[0].decode()
     await cluster.hincrby(bucket, "a|d", 1)
-    corrupted = replay_cli(on_cluster, "--verify")
+    corrupted = run_replay(on_cluster, "--verify")
     assert corrupted.returncode == 1, corrupted.stdout + corrupted.stderr
     assert f"{bucket.removeprefix(ns)}/a|d" in corrupted.stdout
 
@@ -359,7 +343,7 @@ async def test_replay_verify_and_rebuild_on_a_cluster_equal_a_single_node(
         await cluster.delete(key)
     assert await dump_namespace(cluster, ns) == {}
     t0 = time.monotonic()
-    rebuilt = replay_cli(on_cluster, "--rebuild")
+    rebuilt = run_replay(on_cluster, "--rebuild")
     timings["rebuild cluster"] = time.monotonic() - t0
     assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
 

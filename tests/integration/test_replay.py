@@ -16,9 +16,6 @@ the real processor processes is in tests/faults/test_redis_wipe.py).
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -37,10 +34,12 @@ from mab_cli.replay_cmd import ReplayTarget, run_rebuild, run_tail
 from mab_cli.replay_guard import EXIT_PROCESSORS_RUNNING
 from mab_cli.replay_redis import compare, read_namespace
 from schemas.codec import encode
-from schemas.events import ExperimentConfig, ExperimentCreated, RewardObserved
+from schemas.events import ExperimentCreated, RewardObserved
 from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames, partition_key
 from tests.fixtures.in_process import in_process
+from tests.fixtures.streams import run_replay
+from tests.fixtures.workload import configs_for
 
 pytestmark = pytest.mark.integration
 
@@ -123,18 +122,6 @@ async def traffic(
     return sent
 
 
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mab_cli.main", "replay", *args],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-
-
 @pytest.mark.timeout(600)  # two CLI processes and two replay workers on a shared 2-core box
 async def test_rebuild_after_flushall_restores_identical_state(
     kafka_bootstrap: str, private_redis: str, ns: str, topics: dict[str, int], redis: Redis
@@ -211,13 +198,13 @@ async def test_rebuild_after_flushall_restores_identical_state(
         "MAB_TOPIC_PREFIX": ns,
         "MAB_REDIS_PREFIX": ns,
     }
-    ok = cli(env, "--verify", "--workers", "1")
+    ok = run_replay(env, "--verify", "--workers", "1")
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "identical" in ok.stdout
 
     bucket = next(k for k in before.experiments["cta"] if k.startswith("ts:h:"))
     await redis.hincrby(f"{ns}mab:{{cta}}:{bucket}", "a|d", 1)
-    bad = cli(env, "--verify", "--workers", "1")
+    bad = run_replay(env, "--verify", "--workers", "1")
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert f"mab:{{cta}}:{bucket}/a|d" in bad.stdout
 
@@ -350,14 +337,7 @@ async def test_rebuild_refuses_while_consumers_of_the_topics_run(
     not named. ``--force`` rebuilds anyway and names them; once they left, ``--rebuild``
     runs without ``--force``."""
     names = TopicNames.with_prefix(ns)
-    config = ExperimentConfig(
-        experiment_id="guard",
-        arm_ids=("a", "b"),
-        strategy="thompson",
-        version=1,
-        created_ts=1.0,
-        updated_ts=1.0,
-    )
+    config = configs_for(["guard"])["guard"]
     snapshot_key = RedisKeys(ns).experiment("guard").snapshot
 
     def produce() -> None:
@@ -396,7 +376,7 @@ async def test_rebuild_refuses_while_consumers_of_the_topics_run(
     try:
         await asyncio.to_thread(_join, members)
         for args in (["--rebuild"], ["--rebuild", "--from-timestamp", "0"]):
-            refused = await asyncio.to_thread(cli, env, *args, "--workers", "1")
+            refused = await asyncio.to_thread(run_replay, env, *args, "--workers", "1")
             assert refused.returncode == EXIT_PROCESSORS_RUNNING, refused.stdout + refused.stderr
             err = refused.stderr
             for group, client in (
@@ -416,7 +396,7 @@ async def test_rebuild_refuses_while_consumers_of_the_topics_run(
             assert "--force" in err
             assert await redis.dbsize() == 0  # nothing written, not even scratch keys
 
-        forced = await asyncio.to_thread(cli, env, "--rebuild", "--force", "--workers", "1")
+        forced = await asyncio.to_thread(run_replay, env, "--rebuild", "--force", "--workers", "1")
         assert forced.returncode == 0, forced.stdout + forced.stderr
         assert "--force" in forced.stderr
         assert "warehouse-sink" in forced.stderr
@@ -426,7 +406,7 @@ async def test_rebuild_refuses_while_consumers_of_the_topics_run(
             await asyncio.to_thread(m.close)
 
     await redis.flushall()
-    done = await asyncio.to_thread(cli, env, "--rebuild", "--workers", "1")
+    done = await asyncio.to_thread(run_replay, env, "--rebuild", "--workers", "1")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "refused" not in done.stderr
     assert await redis.exists(snapshot_key)
