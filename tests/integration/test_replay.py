@@ -31,12 +31,13 @@ from redis.asyncio import Redis
 from deploy.local_stack import LocalStack, StackConfig
 from mab_cli.replay import read_chunks
 from mab_cli.replay_cmd import ReplayTarget, run_rebuild, run_tail
-from mab_cli.replay_guard import EXIT_PROCESSORS_RUNNING
+from mab_cli.replay_guard import EXIT_PROCESSORS_RUNNING, ProcessorGroups, ProcessorsRunning
 from mab_cli.replay_redis import compare, read_namespace
 from schemas.codec import encode
 from schemas.events import ExperimentCreated, RewardObserved
 from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames, partition_key
+from services.projector.projection import Retention
 from tests.fixtures.in_process import in_process
 from tests.fixtures.streams import run_replay
 from tests.fixtures.workload import configs_for
@@ -294,6 +295,20 @@ async def test_reading_from_the_beginning_starts_at_the_log_start(
     assert read == [(i, f"r{i}".encode()) for i in range(10, 30)]
 
 
+def _guard_experiment(bootstrap: str, names: TopicNames) -> None:
+    """Experiment ``guard`` with two rewards in the topics."""
+    config = configs_for(["guard"])["guard"]
+    producer = Producer({"bootstrap.servers": bootstrap})
+    key = partition_key("guard")
+    producer.produce(
+        names.experiments, encode(ExperimentCreated(experiment_id="guard", config=config)), key
+    )
+    for reward in (1.0, 0.0):
+        event = RewardObserved(experiment_id="guard", arm_id="a", reward=reward)
+        producer.produce(names.rewards, encode(event), key)
+    assert producer.flush(30) == 0
+
+
 def _member(
     bootstrap: str, group: str, client_id: str, topics: list[str], protocol: str = "classic"
 ) -> Consumer:
@@ -337,21 +352,8 @@ async def test_rebuild_refuses_while_consumers_of_the_topics_run(
     not named. ``--force`` rebuilds anyway and names them; once they left, ``--rebuild``
     runs without ``--force``."""
     names = TopicNames.with_prefix(ns)
-    config = configs_for(["guard"])["guard"]
     snapshot_key = RedisKeys(ns).experiment("guard").snapshot
-
-    def produce() -> None:
-        producer = Producer({"bootstrap.servers": kafka_bootstrap})
-        key = partition_key("guard")
-        producer.produce(
-            names.experiments, encode(ExperimentCreated(experiment_id="guard", config=config)), key
-        )
-        for reward in (1.0, 0.0):
-            event = RewardObserved(experiment_id="guard", arm_id="a", reward=reward)
-            producer.produce(names.rewards, encode(event), key)
-        assert producer.flush(30) == 0
-
-    await asyncio.to_thread(produce)
+    await asyncio.to_thread(_guard_experiment, kafka_bootstrap, names)
     env = {
         "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
         "REDIS_URL": private_redis,
@@ -410,3 +412,44 @@ async def test_rebuild_refuses_while_consumers_of_the_topics_run(
     assert done.returncode == 0, done.stdout + done.stderr
     assert "refused" not in done.stderr
     assert await redis.exists(snapshot_key)
+
+
+async def test_rebuild_refuses_at_the_swap_when_a_consumer_started_meanwhile(
+    kafka_bootstrap: str, private_redis: str, ns: str, topics: dict[str, int], redis: Redis
+) -> None:
+    """Scenario: a rebuild starts while no consumer runs; once it has read the topics'
+    configs (its progress says so), a member joins the reward consumer's group.
+    We expect: the rebuild refuses before the swap, naming that member, and leaves Redis
+    as it was (empty: nothing swapped in, the scratch keys removed)."""
+    names = TopicNames.with_prefix(ns)
+    await asyncio.to_thread(_guard_experiment, kafka_bootstrap, names)
+    groups = ProcessorGroups(ns + "reward-consumer", ns + "projector")
+    target = ReplayTarget(
+        bootstrap=kafka_bootstrap,
+        redis_url=private_redis,
+        topic_prefix=ns,
+        redis_prefix=ns,
+        retention=Retention(hour_s=86_400, minute_s=3_600),
+        workers=1,
+        groups=groups,
+    )
+    joined: list[Consumer] = []
+
+    def progress(message: str) -> None:
+        if "experiments in" in message and not joined:  # the replay has begun
+            joined.append(
+                _member(kafka_bootstrap, groups.reward_consumer, "late-1", [names.rewards])
+            )
+            _join(joined)
+
+    try:
+        with pytest.raises(ProcessorsRunning) as refused:
+            await run_rebuild(target, progress)
+    finally:
+        for m in joined:
+            await asyncio.to_thread(m.close)
+    assert joined, "the replay never reported its progress"
+    assert [(m.group_id, m.client_id) for m in refused.value.members] == [
+        (groups.reward_consumer, "late-1")
+    ]
+    assert await redis.dbsize() == 0
