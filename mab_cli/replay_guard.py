@@ -118,7 +118,8 @@ def refusal(members: Sequence[GroupMember], groups: ProcessorGroups | None, mode
         lines.append(f"  {where.ljust(width)}  {stop}   (then: {start})")
     lines += [
         "A process that was killed rather than stopped stays a member until its session "
-        "times out (MAB_SESSION_TIMEOUT_MS, 10 s by default).",
+        "times out (MAB_SESSION_TIMEOUT_MS, MAB_PROJECTOR_SESSION_TIMEOUT_MS: 10 s by "
+        "default).",
         "--force rebuilds anyway: only when these are not processors writing this Redis "
         "(docs/operations.md, Replaying, says what it risks).",
     ]
@@ -137,10 +138,11 @@ def ensure_processors_stopped(
     """Raise :class:`ProcessorsRunning` when processors run; with ``force`` only warn.
 
     ``groups`` ``None``: only groups assigned partitions of the topics count. Blocking
-    (two admin requests, ~20 ms): callers run it on their own thread before replay's
-    worker pool forks, because a thread of asyncio's default executor left behind would
-    make the pool spawn instead (:func:`mab_cli.replay.pool_context`). The admin
-    client's threads end when it returns. A broker that does not answer, or a named
+    (two admin requests, ~20 ms), and called as is rather than through
+    ``asyncio.to_thread``: it runs before replay's worker pool forks, and a thread of
+    asyncio's default executor left behind would make the pool spawn instead
+    (:func:`mab_cli.replay.pool_context`). The admin client's threads end when it
+    returns. A broker that does not answer, or a named
     group that cannot be described, raises :class:`confluent_kafka.KafkaException`.
     """
     named = () if groups is None else (groups.reward_consumer, groups.projector)
