@@ -42,7 +42,6 @@ from typing import Final
 
 from confluent_kafka import Consumer, KafkaError, KafkaException
 from confluent_kafka import TopicPartition as RdTopicPartition
-from redis.asyncio import Redis
 
 from bandit_core.fold import fold_into
 from bandit_core.state import ExperimentState
@@ -68,6 +67,7 @@ from services.reward_consumer.store import Write as ConsumerWrite
 from stream_runtime.batch import gc_deferred
 from stream_runtime.kafka_loop import KafkaRecord, take_queued
 from stream_runtime.kafka_metadata import METADATA_TIMEOUT_S, metadata_client, partition_count
+from stream_runtime.redis_client import redis_from_url
 
 #: Records per fetch while replaying, at most: large, so per-chunk overhead vanishes.
 CHUNK_RECORDS: Final = 50_000
@@ -302,7 +302,7 @@ class PartitionReplayer:
         plan = self.plan
         t0 = time.perf_counter()
         keys = RedisKeys(plan.target_prefix)
-        redis = Redis.from_url(plan.redis_url, decode_responses=False)
+        redis = redis_from_url(plan.redis_url, decode_responses=False)
         try:
             cstore = ConsumerStore(redis, keys)
             pstore = ProjectorStore(redis, keys, plan.retention)

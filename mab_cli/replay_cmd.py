@@ -11,6 +11,11 @@
   it, the scratch state holds only the records from ``T`` (a partial view; it cannot be
   compared with live state, so ``--verify`` refuses it).
 
+Both ``--rebuild`` modes refuse (exit 3, nothing written) while the reward consumer or
+the projector runs (:mod:`mab_cli.replay_guard` says why); ``--force`` overrides that.
+A Redis Cluster (``REDIS_URL=redis+cluster://...``) works like a single node: every key
+of an experiment, scratch ones included, lies in its ``{experiment}`` slot.
+
 The engine is :mod:`mab_cli.replay`, the Redis side :mod:`mab_cli.replay_redis`. Bad
 input (unreachable broker, unparsable timestamp) is one red line and exit code 2.
 """
@@ -27,7 +32,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
-from redis.asyncio import Redis
+from confluent_kafka import KafkaException
 
 from mab_cli.replay import (
     Progress,
@@ -41,6 +46,12 @@ from mab_cli.replay import (
     run_plans,
     split_partitions,
     warm_pool,
+)
+from mab_cli.replay_guard import (
+    EXIT_PROCESSORS_RUNNING,
+    ProcessorGroups,
+    ProcessorsRunning,
+    ensure_processors_stopped,
 )
 from mab_cli.replay_redis import (
     compare,
@@ -60,7 +71,7 @@ from services.projector.store import ProjectorStore
 from services.reward_consumer.handlers import BatchHandler
 from services.reward_consumer.store import ConsumerStore
 from stream_runtime.batch import Rejected
-from stream_runtime.redis_client import CLUSTER_SCHEMES
+from stream_runtime.redis_client import AnyRedis, RedisUrlError, redis_from_url
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,12 +84,19 @@ class ReplayTarget:
     redis_prefix: str
     retention: Retention
     workers: int = 2
+    #: Groups of the processors writing the live keys: a rebuild refuses while they (or
+    #: other groups reading the topics) have members. ``None``: only the latter count.
+    groups: ProcessorGroups | None = None
 
     @property
     def topics(self) -> TopicNames:
         return TopicNames.with_prefix(self.topic_prefix)
 
     def scratch_prefix(self) -> str:
+        """A fresh namespace next to the live one: the live prefix (no brace, see
+        :class:`~schemas.redis_keys.RedisKeys`) and hex, so each scratch key's hash tag
+        is still its experiment's, and on a Redis Cluster it lies in the slot of the
+        live key it replaces."""
         return f"{self.redis_prefix}replay-{uuid.uuid4().hex[:8]}-"
 
 
@@ -152,7 +170,7 @@ def _plans(
 
 async def replay_into_scratch(
     target: ReplayTarget,
-    redis: Redis,
+    redis: AnyRedis,
     scratch: str,
     progress: Progress,
     *,
@@ -204,7 +222,7 @@ async def replay_into_scratch(
 async def run_verify(target: ReplayTarget, progress: Progress) -> Outcome:
     """Rebuild up to the live offsets into scratch keys and compare with the live keys."""
     started = time.perf_counter()
-    redis = _single_node(target.redis_url)
+    redis = redis_from_url(target.redis_url)
     scratch = target.scratch_prefix()
     try:
         live = await read_namespace(redis, target.redis_prefix)
@@ -219,16 +237,30 @@ async def run_verify(target: ReplayTarget, progress: Progress) -> Outcome:
         await redis.aclose()
 
 
-async def run_rebuild(target: ReplayTarget, progress: Progress) -> Outcome:
-    """Replay everything into scratch keys, then swap them in experiment by experiment."""
+def _ensure_stopped(target: ReplayTarget, progress: Progress, mode: str, force: bool) -> None:
+    ensure_processors_stopped(
+        target.bootstrap, target.topics, target.groups, mode=mode, force=force, progress=progress
+    )
+
+
+async def run_rebuild(target: ReplayTarget, progress: Progress, *, force: bool = False) -> Outcome:
+    """Replay everything into scratch keys, then swap them in experiment by experiment.
+
+    Refuses (:class:`~mab_cli.replay_guard.ProcessorsRunning`) while processors run,
+    before anything is written and again just before the swap (one may have been
+    started meanwhile; the scratch keys are then removed); ``force`` only warns.
+    """
     started = time.perf_counter()
-    redis = _single_node(target.redis_url)
+    _ensure_stopped(target, progress, "mab replay --rebuild", force)
+    redis = redis_from_url(target.redis_url)
     scratch = target.scratch_prefix()
     try:
         report, n = await replay_into_scratch(target, redis, scratch, progress)
         rebuilt = await read_namespace(redis, scratch)
         live = await read_namespace(redis, target.redis_prefix)
         orphans = experiments_without_topic(live, rebuilt.experiments)
+        if not force:
+            _ensure_stopped(target, progress, "mab replay --rebuild", force)
         swapped = await swap_in(redis, target.redis_prefix, scratch)
         progress(f"swapped in {len(swapped)} experiments")
         notes = [f"left alone (no events in the topics): {e}" for e in orphans]
@@ -241,7 +273,7 @@ async def run_rebuild(target: ReplayTarget, progress: Progress) -> Outcome:
 async def run_dry(target: ReplayTarget, progress: Progress, from_ts: float | None) -> Outcome:
     """Replay into scratch keys, report, and remove them."""
     started = time.perf_counter()
-    redis = _single_node(target.redis_url)
+    redis = redis_from_url(target.redis_url)
     scratch = target.scratch_prefix()
     try:
         report, n = await replay_into_scratch(target, redis, scratch, progress, from_ts=from_ts)
@@ -251,28 +283,22 @@ async def run_dry(target: ReplayTarget, progress: Progress, from_ts: float | Non
         await redis.aclose()
 
 
-def _single_node(url: str) -> Redis:
-    """Replay scans and swaps whole key namespaces, which it does on one node only."""
-    if url.split("://", 1)[0] in CLUSTER_SCHEMES:
-        raise typer.BadParameter(
-            "mab replay works against a single Redis node; point REDIS_URL at one node "
-            "(a Redis Cluster is rebuilt by replaying into each experiment's node: not yet)"
-        )
-    return Redis.from_url(url)
-
-
 async def _no_dead_letter(rejects: Sequence[Rejected]) -> None:
     """Rejects were dead-lettered when the live consumer first saw them."""
     return None
 
 
-async def run_tail(target: ReplayTarget, progress: Progress, from_ts: float) -> Outcome:
+async def run_tail(
+    target: ReplayTarget, progress: Progress, from_ts: float, *, force: bool = False
+) -> Outcome:
     """Apply the records from ``from_ts`` on top of the live state with the live handlers.
 
     The handlers' stored-offset check skips every record the live state already holds,
-    so this only adds what is missing. Change points are not re-published.
+    so this only adds what is missing. Change points are not re-published. Refuses
+    while processors run, as :func:`run_rebuild` does (``force``: only warns).
     """
     started = time.perf_counter()
+    _ensure_stopped(target, progress, "mab replay --rebuild --from-timestamp", force)
     topics = target.topics
     configs, partitions = await read_experiment_events(target.bootstrap, topics)
     report = ReplayReport()
@@ -280,7 +306,7 @@ async def run_tail(target: ReplayTarget, progress: Progress, from_ts: float) -> 
         return Outcome(report, 0.0, 0, [], [])
     ends = await end_offsets(target.bootstrap, topics, partitions)
     start = await offsets_at(target.bootstrap, topics, partitions, from_ts)
-    redis = _single_node(target.redis_url)
+    redis = redis_from_url(target.redis_url)
     try:
         await write_configs(redis, target.redis_prefix, configs)
         keys = RedisKeys(target.redis_prefix)
@@ -335,23 +361,41 @@ def register(app: typer.Typer) -> None:
             typer.Option(help="Start at this time (unix seconds or ISO 8601, UTC)."),
         ] = None,
         workers: Annotated[int, typer.Option(min=1, max=64, help="Parallel processes.")] = 2,
+        force: Annotated[
+            bool,
+            typer.Option(
+                "--force",
+                help="Rebuild although consumers of the topics run (see docs/operations.md).",
+            ),
+        ] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     ) -> None:
         """Replay the topics with the consumers' fold (env: KAFKA_BOOTSTRAP_SERVERS,
-        REDIS_URL, MAB_TOPIC_PREFIX, MAB_REDIS_PREFIX, MAB_PROJECTOR_RETENTION_DAYS)."""
+        REDIS_URL, MAB_TOPIC_PREFIX, MAB_REDIS_PREFIX, MAB_PROJECTOR_RETENTION_DAYS,
+        MAB_CONSUMER_GROUP_ID, MAB_PROJECTOR_GROUP_ID).
+
+        --rebuild refuses with exit code 3 while the reward consumer or the projector
+        runs; stop them first."""
         if verify and rebuild:
             raise _fail("--verify and --rebuild exclude each other")
+        if force and not rebuild:
+            raise _fail("--force only applies to --rebuild")
         from_ts = None if from_timestamp is None else parse_timestamp(from_timestamp)
         if verify and from_ts is not None:
             raise _fail("--verify compares a full replay; it cannot start at a timestamp")
         settings = ProjectorSettings()
+        try:
+            keys = settings.keys  # a key prefix with braces would move every hash tag
+        except ValueError as exc:
+            raise _fail(str(exc)) from None
         target = ReplayTarget(
             bootstrap=settings.kafka_bootstrap_servers,
             redis_url=settings.redis_url,
             topic_prefix=settings.mab_topic_prefix,
-            redis_prefix=settings.mab_redis_prefix,
+            redis_prefix=keys.prefix,
             retention=settings.retention,
             workers=workers,
+            groups=ProcessorGroups.from_env(),
         )
 
         def progress(message: str) -> None:
@@ -361,12 +405,17 @@ def register(app: typer.Typer) -> None:
             if verify:
                 outcome = asyncio.run(run_verify(target, progress))
             elif rebuild and from_ts is not None:
-                outcome = asyncio.run(run_tail(target, progress, from_ts))
+                outcome = asyncio.run(run_tail(target, progress, from_ts, force=force))
             elif rebuild:
-                outcome = asyncio.run(run_rebuild(target, progress))
+                outcome = asyncio.run(run_rebuild(target, progress, force=force))
             else:
                 outcome = asyncio.run(run_dry(target, progress, from_ts))
-        except (OSError, ConnectionError) as exc:
+        except ProcessorsRunning as exc:
+            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(EXIT_PROCESSORS_RUNNING) from None
+        except RedisUrlError as exc:
+            raise _fail(str(exc)) from None
+        except (OSError, ConnectionError, KafkaException) as exc:
             raise _fail(f"cannot reach Kafka or Redis: {exc}") from None
         _print(outcome, as_json)
         if verify and outcome.differences:

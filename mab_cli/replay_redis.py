@@ -3,7 +3,10 @@
 A namespace is a Redis key prefix (:class:`schemas.redis_keys.RedisKeys`). Replay builds
 its state under a scratch prefix; the scratch keys of an experiment carry the same
 ``{<experiment id>}`` hash tag as the live ones, so both lie in one slot and one
-``MULTI`` can swap them.
+``MULTI`` can swap them, on a single node and on a Redis Cluster alike. Every command
+here names keys of one experiment only (reads, bulk loads, the swap), or one key (the
+experiments index); ``SCAN`` and multi-key ``UNLINK`` go through the cluster client,
+which scans every master and splits keys by slot.
 
 What is compared, and what is normalised first (everything else must be equal):
 
@@ -21,19 +24,21 @@ What is compared, and what is normalised first (everything else must be equal):
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import hiredis
 import orjson
 from pydantic import ValidationError
-from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import Connection
 
 from bandit_core.fold import DEDUPE_HORIZON_S
 from schemas.events import ExperimentConfig
-from schemas.redis_keys import BucketKind, ExperimentKeys
+from schemas.redis_keys import BucketKind, ExperimentKeys, RedisKeys
 from services.projector.projection import Retention
 from stream_runtime.redis_client import AnyRedis
 
@@ -44,12 +49,44 @@ BUCKET_PREFIX: Final = "ts:"
 MAX_READ_ATTEMPTS: Final = 5
 
 
+@contextlib.asynccontextmanager
+async def _connection_for(redis: AnyRedis, key: str) -> AsyncIterator[Connection]:
+    """A connection of the client's pool to the node holding ``key`` (the node, or on a
+    cluster the master of the key's slot), given back afterwards; disconnected first if
+    the caller failed, when a reply may be left unread on it."""
+    if isinstance(redis, RedisCluster):
+        await redis.initialize()  # the slot table; a no-op once the client is set up
+        node = redis.get_node_from_key(key)
+        if node is None:  # only asked for a replica returns None; typed Optional anyway
+            raise RuntimeError(f"no cluster node holds {key!r}")
+        conn = node.acquire_connection()
+        try:
+            yield conn
+        except BaseException:
+            await conn.disconnect()
+            raise
+        finally:
+            node.release(conn)
+        return
+    pool = redis.connection_pool
+    single: Connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+    try:
+        yield single
+    except BaseException:
+        await single.disconnect()
+        raise
+    finally:
+        await pool.release(single)
+
+
 async def bulk_zadd(redis: AnyRedis, key: str, members: Mapping[str, float], chunk: int) -> None:
     """``ZADD key`` every member with its score, ``chunk`` members per command.
 
     Replay's bulk loader of dedupe sets (a million members for a million events), into
-    one Redis node. Each command is packed by hiredis (C, ~0.4 µs a member; redis-py's
-    asyncio packer takes ~2.2 µs) and sent on a connection of the pool. Redis is the
+    the node that holds ``key``. Each command is packed by hiredis (C, ~0.4 µs a member;
+    redis-py's asyncio packer takes ~2.2 µs) and sent on a connection of the pool (on a
+    cluster, of the key's master: a slot that moves meanwhile fails the load with
+    ``MOVED``, and the rebuild with it, leaving the live keys untouched). Redis is the
     single-threaded part of replay, and plain ``ZADD`` arguments cost it ~2 µs a
     member, against ~5.6 µs when a Lua script ``cjson``-decoded one JSON argument and
     called ``ZADD`` over slices of it (1,000,000 members, back to back: Redis 2.0-2.2 s
@@ -58,24 +95,20 @@ async def bulk_zadd(redis: AnyRedis, key: str, members: Mapping[str, float], chu
     """
     if not members:
         return
-    if not isinstance(redis, Redis):
-        raise TypeError("bulk loads go to a single Redis node (replay refuses clusters)")
-    pool = redis.connection_pool
-    conn = await pool.get_connection()  # type: ignore[no-untyped-call]  # untyped upstream
-    in_flight = False
+    async with _connection_for(redis, key) as conn:
+        in_flight = False
 
-    async def send(args: list[str]) -> None:
-        """Send one command, after reading the reply of the previous one: Redis runs a
-        chunk while the next is built (an error reply raises in ``read_response``)."""
-        nonlocal in_flight
-        # hiredis's stub types the argument as a 1-tuple; it takes any length.
-        packed = hiredis.pack_command(tuple(args))  # type: ignore[arg-type]
-        if in_flight:
-            await conn.read_response()
-        await conn.send_packed_command(packed)
-        in_flight = True
+        async def send(args: list[str]) -> None:
+            """Send one command, after reading the reply of the previous one: Redis runs
+            a chunk while the next is built (an error reply raises in ``read_response``)."""
+            nonlocal in_flight
+            # hiredis's stub types the argument as a 1-tuple; it takes any length.
+            packed = hiredis.pack_command(tuple(args))  # type: ignore[arg-type]
+            if in_flight:
+                await conn.read_response()
+            await conn.send_packed_command(packed)
+            in_flight = True
 
-    try:
         flat: list[str] = ["ZADD", key]
         push = flat.append
         last: float | None = None
@@ -93,12 +126,6 @@ async def bulk_zadd(redis: AnyRedis, key: str, members: Mapping[str, float], chu
             await send(flat)
         if in_flight:
             await conn.read_response()
-    except BaseException:
-        # A reply may be unread: the connection must not go back to the pool as is.
-        await conn.disconnect()
-        raise
-    finally:
-        await pool.release(conn)
 
 
 # ARGV[1]: JSON array of buckets, each [key, expireat, field, value, field, value, ...]
@@ -168,8 +195,9 @@ class Namespace:
     index: dict[str, float] = field(default_factory=dict)
 
 
-async def scan_keys(redis: Redis, prefix: str) -> dict[str, list[str]]:
-    """Experiment id -> its keys under ``prefix`` (one SCAN over the namespace)."""
+async def scan_keys(redis: AnyRedis, prefix: str) -> dict[str, list[str]]:
+    """Experiment id -> its keys under ``prefix`` (one SCAN over the namespace; on a
+    cluster over every master)."""
     out: dict[str, list[str]] = {}
     async for raw in redis.scan_iter(match=prefix + "mab:*", count=1000):
         key = _text(raw)
@@ -211,8 +239,9 @@ def _normal_snapshot(raw: bytes | None) -> Any:
         return {"unreadable": _text(raw)}
 
 
-async def _read_experiment(redis: Redis, prefix: str, keys: list[str]) -> dict[str, Any]:
-    """One experiment's keys in one MULTI (atomic against the processors' Lua writes)."""
+async def _read_experiment(redis: AnyRedis, prefix: str, keys: list[str]) -> dict[str, Any]:
+    """One experiment's keys in one MULTI (atomic against the processors' Lua writes;
+    on a cluster too, as they share the experiment's slot)."""
     kinds: list[str] = []
     async with redis.pipeline(transaction=True) as pipe:
         for key in keys:
@@ -255,7 +284,7 @@ async def _read_experiment(redis: Redis, prefix: str, keys: list[str]) -> dict[s
     return out
 
 
-async def read_namespace(redis: Redis, prefix: str) -> Namespace:
+async def read_namespace(redis: AnyRedis, prefix: str) -> Namespace:
     """Every replay-managed key of ``prefix``; re-read experiments whose key set moved.
 
     A live processor may create a bucket between the SCAN and the read; a second SCAN
@@ -275,7 +304,7 @@ async def read_namespace(redis: Redis, prefix: str) -> Namespace:
     for exp in list(ns.experiments):
         if exp not in keys:
             del ns.experiments[exp]
-    ns.index = _zset(await redis.zrange(prefix + "mab:experiments", 0, -1, withscores=True))
+    ns.index = _zset(await redis.zrange(RedisKeys(prefix).index, 0, -1, withscores=True))
     return ns
 
 
@@ -336,7 +365,7 @@ def compare(live: Namespace, replay: Namespace, limit: int = 200) -> list[str]:
     return out
 
 
-async def delete_namespace(redis: Redis, prefix: str) -> int:
+async def delete_namespace(redis: AnyRedis, prefix: str) -> int:
     """Unlink every key under ``prefix`` (the scratch namespace after a replay)."""
     removed = 0
     batch: list[str] = []
@@ -350,24 +379,28 @@ async def delete_namespace(redis: Redis, prefix: str) -> int:
     return removed
 
 
-async def write_configs(redis: Redis, prefix: str, configs: Mapping[str, ExperimentConfig]) -> None:
+async def write_configs(
+    redis: AnyRedis, prefix: str, configs: Mapping[str, ExperimentConfig]
+) -> None:
     """Config keys and the experiments index, as the decider's create writes them."""
     if not configs:
         return
+    keys = RedisKeys(prefix)
     async with redis.pipeline(transaction=False) as pipe:
         for exp, config in configs.items():
-            pipe.set(f"{prefix}mab:{{{exp}}}:config", config.model_dump_json())
-        pipe.zadd(prefix + "mab:experiments", {e: c.created_ts for e, c in configs.items()})
+            pipe.set(keys.experiment(exp).config, config.model_dump_json())
+        pipe.zadd(keys.index, {e: c.created_ts for e, c in configs.items()})
         await pipe.execute()
 
 
-async def swap_in(redis: Redis, live_prefix: str, scratch_prefix: str) -> list[str]:
+async def swap_in(redis: AnyRedis, live_prefix: str, scratch_prefix: str) -> list[str]:
     """Make the scratch state live, one experiment per ``MULTI`` (delete, then rename).
 
     Per experiment the switch is atomic: a processor's Lua script runs entirely before
     or entirely after it, sees either the old keys or the rebuilt ones with their
-    offsets, and its compare-and-set fails if the offsets it read moved. Returns the
-    experiments swapped in.
+    offsets, and its compare-and-set fails if the offsets it read moved. The scratch
+    and live keys of an experiment share its hash tag, so on a cluster the ``MULTI``
+    and each ``RENAME`` stay in one slot. Returns the experiments swapped in.
     """
     scratch = await scan_keys(redis, scratch_prefix)
     live = await scan_keys(redis, live_prefix)
@@ -377,12 +410,17 @@ async def swap_in(redis: Redis, live_prefix: str, scratch_prefix: str) -> list[s
             if old:
                 pipe.delete(*old)
             for key in keys:
-                pipe.rename(key, live_prefix + key[len(scratch_prefix) :])
+                # Not pipe.rename(): redis-py blocks it in every cluster pipeline as a
+                # multi-key command; the transaction itself checks the one slot (and
+                # Redis refuses a cross-slot RENAME with CROSSSLOT anyway).
+                pipe.execute_command("RENAME", key, live_prefix + key[len(scratch_prefix) :])
             await pipe.execute()
-    index = _zset(await redis.zrange(scratch_prefix + "mab:experiments", 0, -1, withscores=True))
+    scratch_index, live_index = RedisKeys(scratch_prefix).index, RedisKeys(live_prefix).index
+    index = _zset(await redis.zrange(scratch_index, 0, -1, withscores=True))
     if index:
-        await redis.zadd(live_prefix + "mab:experiments", dict(index))
-        await redis.delete(scratch_prefix + "mab:experiments")
+        # Two keys of two slots: merged by two commands (members are only ever added).
+        await redis.zadd(live_index, dict(index))
+        await redis.delete(scratch_index)
     return sorted(scratch)
 
 

@@ -1,5 +1,5 @@
-"""Redis Cluster readiness: the same commands and folds on a 3-master cluster and on one
-node leave the same state, key by key."""
+"""Redis Cluster readiness: the same commands, folds and replays on a 3-master cluster and
+on one node leave the same state, key by key."""
 
 from __future__ import annotations
 
@@ -14,10 +14,12 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from deploy.redis_cluster import local_redis_cluster
+from mab_cli.replay_redis import compare, read_namespace
 from schemas.events import ExperimentConfig
 from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames
 from services.decider import store as decider_store
+from services.decider.settings import DeciderSettings
 from services.decider.store import ConfigStore
 from services.projector.consumer import Projector
 from services.projector.settings import ProjectorSettings
@@ -29,10 +31,12 @@ from tests.fixtures.streams import (
     expected_states,
     produce,
     read_states,
+    run_replay,
     spread_ids,
     wait_caught_up,
 )
 from tests.fixtures.workload import ARMS, workload
+from tests.integration.conftest import serve_decider
 
 pytestmark = pytest.mark.integration
 
@@ -241,3 +245,118 @@ async def test_racing_commands_on_a_cluster(
     assert final is not None
     assert sorted(final.arm_ids) == sorted(["a", *(f"x{i}" for i in range(20))])
     assert final.version == 21
+
+
+@pytest.mark.timeout(600)  # processors, then four CLI runs with two workers each
+async def test_replay_verify_and_rebuild_on_a_cluster_equal_a_single_node(
+    kafka_bootstrap: str,
+    redis_url: str,
+    cluster_url: str,
+    ns: str,
+    topics: dict[str, int],
+    clients: dict[str, AnyRedis],
+) -> None:
+    """Scenario: the decider (REDIS_URL=redis+cluster://...) creates 12 experiments spread
+    over the 3 masters, 12,000 records (decisions; minimal, joined, retried and doubly
+    rewarded rewards) go to the topics, and a reward consumer and a projector fold them
+    into the cluster, then stop. The same events are rebuilt by ``mab replay --rebuild``
+    into the single test Redis.
+    We expect: the cluster's live state equals the single-node rebuild (as ``--verify``
+    compares); ``mab replay --verify`` on the cluster exits 0 ("identical"), and 1 naming
+    the key once a bucket field is changed; once every key of the namespace is deleted
+    from the cluster, ``mab replay --rebuild`` there exits 0 and leaves exactly the keys
+    and values of the single-node rebuild; no scratch key is left on any master."""
+    names = TopicNames.with_prefix(ns)
+    ids = spread_ids("rp-", per_partition=2, partitions=topics[names.rewards])
+    decider = DeciderSettings(
+        redis_url=cluster_url,
+        kafka_bootstrap_servers=kafka_bootstrap,
+        topic_prefix=ns,
+        redis_prefix=ns,
+    )
+    async with serve_decider(decider) as (client, _):
+        for exp in ids:
+            r = await client.post(
+                "/experiments",
+                json={"experiment_id": exp, "arm_ids": list(ARMS), "strategy": "thompson"},
+            )
+            assert r.status_code == 201, r.text
+    await produce(kafka_bootstrap, workload(names, ids, 12_000))
+
+    common: dict[str, Any] = {
+        "kafka_bootstrap_servers": kafka_bootstrap,
+        "redis_url": cluster_url,
+        "mab_topic_prefix": ns,
+        "mab_redis_prefix": ns,
+    }
+    consumer = RewardConsumer(ConsumerSettings(**common, mab_consumer_group_id=f"{ns}consumer"))
+    projector = Projector(ProjectorSettings(**common, mab_projector_group_id=f"{ns}projector"))
+    await consumer.start()
+    await projector.start()
+    try:
+        folded = [names.rewards, names.decisions]
+        await wait_caught_up(kafka_bootstrap, f"{ns}consumer", folded, 120)
+        # After the consumer: the change points it publishes are the projector's input.
+        projected = [*folded, names.experiments]
+        await wait_caught_up(kafka_bootstrap, f"{ns}projector", projected, 120)
+    finally:
+        await consumer.stop()
+        await projector.stop()
+    assert consumer.stats.applied > 0
+    assert projector.stats.applied > 0
+
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "MAB_TOPIC_PREFIX": ns,
+        "MAB_REDIS_PREFIX": ns,
+        "MAB_CONSUMER_GROUP_ID": f"{ns}consumer",
+        "MAB_PROJECTOR_GROUP_ID": f"{ns}projector",
+    }
+    on_cluster = {**env, "REDIS_URL": cluster_url}
+    t0 = time.monotonic()
+    single = run_replay({**env, "REDIS_URL": redis_url}, "--rebuild")
+    assert single.returncode == 0, single.stdout + single.stderr
+    timings = {"rebuild single": time.monotonic() - t0}
+    cluster, node = clients["cluster"], clients["single"]
+    assert isinstance(cluster, RedisCluster)
+    rebuilt_single = await read_namespace(node, ns)
+    assert set(rebuilt_single.experiments) == set(ids)
+    assert compare(await read_namespace(cluster, ns), rebuilt_single) == []
+
+    t0 = time.monotonic()
+    verified = run_replay(on_cluster, "--verify")
+    timings["verify cluster"] = time.monotonic() - t0
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "identical" in verified.stdout
+
+    pattern = RedisKeys(ns).experiment(ids[-1]).bucket_pattern("hour")
+    buckets = [k async for k in cluster.scan_iter(match=pattern, count=1000)]
+    assert buckets, "no hour bucket on the cluster"
+    bucket = buckets[0].decode()
+    await cluster.hincrby(bucket, "a|d", 1)
+    corrupted = run_replay(on_cluster, "--verify")
+    assert corrupted.returncode == 1, corrupted.stdout + corrupted.stderr
+    assert f"{bucket.removeprefix(ns)}/a|d" in corrupted.stdout
+
+    deleted = [k async for k in cluster.scan_iter(match=f"{ns}*", count=1000)]
+    for key in deleted:
+        await cluster.delete(key)
+    assert await dump_namespace(cluster, ns) == {}
+    t0 = time.monotonic()
+    rebuilt = run_replay(on_cluster, "--rebuild")
+    timings["rebuild cluster"] = time.monotonic() - t0
+    assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
+
+    want = await dump_namespace(node, ns)
+    got = await dump_namespace(cluster, ns)
+    assert sorted(got) == sorted(want)
+    assert len(got) == len(deleted)
+    for key, value in want.items():
+        assert got[key] == value, key
+    masters = {str(cluster.get_node_from_key(RedisKeys(ns).experiment(e).config)) for e in ids}
+    assert len(masters) == 3, f"12 experiments landed on {masters} only"
+    assert [k async for k in cluster.scan_iter(match=f"{ns}replay-*", count=1000)] == []
+    print(
+        f"\n{len(got)} keys on the cluster rebuilt equal to the single node's; seconds:",
+        {k: round(v, 1) for k, v in timings.items()},
+    )

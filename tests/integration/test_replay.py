@@ -8,14 +8,14 @@ We expect: ``mab replay --rebuild`` restores every config, snapshot, offsets has
 dedupe set and hour/minute bucket identical to before (the stats endpoint answers the
 same), ``mab replay --verify`` exits 0, and exits 1 naming the key once one bucket is
 corrupted.
+
+Also: a rebuild refuses to run next to live consumers of the topics (the sequence with
+the real processor processes is in tests/faults/test_redis_wipe.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer
 from confluent_kafka import TopicPartition as RdTopicPartition
 from confluent_kafka.admin import AdminClient
 from redis.asyncio import Redis
@@ -31,9 +31,16 @@ from redis.asyncio import Redis
 from deploy.local_stack import LocalStack, StackConfig
 from mab_cli.replay import read_chunks
 from mab_cli.replay_cmd import ReplayTarget, run_rebuild, run_tail
+from mab_cli.replay_guard import EXIT_PROCESSORS_RUNNING, ProcessorGroups, ProcessorsRunning
 from mab_cli.replay_redis import compare, read_namespace
-from schemas.topics import TopicNames
+from schemas.codec import encode
+from schemas.events import ExperimentCreated, RewardObserved
+from schemas.redis_keys import RedisKeys
+from schemas.topics import TopicNames, partition_key
+from services.projector.projection import Retention
 from tests.fixtures.in_process import in_process
+from tests.fixtures.streams import run_replay
+from tests.fixtures.workload import configs_for
 
 pytestmark = pytest.mark.integration
 
@@ -116,18 +123,6 @@ async def traffic(
     return sent
 
 
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mab_cli.main", "replay", *args],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-
-
 @pytest.mark.timeout(600)  # two CLI processes and two replay workers on a shared 2-core box
 async def test_rebuild_after_flushall_restores_identical_state(
     kafka_bootstrap: str, private_redis: str, ns: str, topics: dict[str, int], redis: Redis
@@ -204,13 +199,13 @@ async def test_rebuild_after_flushall_restores_identical_state(
         "MAB_TOPIC_PREFIX": ns,
         "MAB_REDIS_PREFIX": ns,
     }
-    ok = cli(env, "--verify", "--workers", "1")
+    ok = run_replay(env, "--verify", "--workers", "1")
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "identical" in ok.stdout
 
     bucket = next(k for k in before.experiments["cta"] if k.startswith("ts:h:"))
     await redis.hincrby(f"{ns}mab:{{cta}}:{bucket}", "a|d", 1)
-    bad = cli(env, "--verify", "--workers", "1")
+    bad = run_replay(env, "--verify", "--workers", "1")
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert f"mab:{{cta}}:{bucket}/a|d" in bad.stdout
 
@@ -298,3 +293,163 @@ async def test_reading_from_the_beginning_starts_at_the_log_start(
         for r in chunk
     ]
     assert read == [(i, f"r{i}".encode()) for i in range(10, 30)]
+
+
+def _guard_experiment(bootstrap: str, names: TopicNames) -> None:
+    """Experiment ``guard`` with two rewards in the topics."""
+    config = configs_for(["guard"])["guard"]
+    producer = Producer({"bootstrap.servers": bootstrap})
+    key = partition_key("guard")
+    producer.produce(
+        names.experiments, encode(ExperimentCreated(experiment_id="guard", config=config)), key
+    )
+    for reward in (1.0, 0.0):
+        event = RewardObserved(experiment_id="guard", arm_id="a", reward=reward)
+        producer.produce(names.rewards, encode(event), key)
+    assert producer.flush(30) == 0
+
+
+def _member(
+    bootstrap: str, group: str, client_id: str, topics: list[str], protocol: str = "classic"
+) -> Consumer:
+    """A real member of ``group``, subscribed like the processors (which use the classic
+    protocol) or with Kafka 4's consumer protocol (KIP-848)."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "group.protocol": protocol,
+            "client.id": client_id,
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe(topics)
+    return consumer
+
+
+def _join(members: list[Consumer], within: float = 60) -> None:
+    """Poll until every member holds an assignment (the group is stable)."""
+    deadline = time.monotonic() + within
+    while not all(m.assignment() for m in members):
+        if time.monotonic() > deadline:
+            raise AssertionError("consumers got no assignment")
+        for m in members:
+            m.poll(0.1)
+
+
+@pytest.mark.timeout(300)
+async def test_rebuild_refuses_while_consumers_of_the_topics_run(
+    kafka_bootstrap: str, private_redis: str, ns: str, topics: dict[str, int], redis: Redis
+) -> None:
+    """Scenario: an experiment with two rewards is in the topics, Redis is empty, and
+    live members sit in the reward consumer's group, the projector's group (as named by
+    MAB_CONSUMER_GROUP_ID / MAB_PROJECTOR_GROUP_ID), a third group reading the rewards
+    topic with Kafka 4's new consumer protocol, and a fourth reading only the
+    dead-letter topic.
+    We expect: ``--rebuild`` and ``--rebuild --from-timestamp`` exit 3, name the three
+    groups reading the rewards or decisions topics with each member's client id and
+    host, give the commands that stop them, and write nothing; the dead-letter reader is
+    not named. ``--force`` rebuilds anyway and names them; once they left, ``--rebuild``
+    runs without ``--force``."""
+    names = TopicNames.with_prefix(ns)
+    snapshot_key = RedisKeys(ns).experiment("guard").snapshot
+    await asyncio.to_thread(_guard_experiment, kafka_bootstrap, names)
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "REDIS_URL": private_redis,
+        "MAB_TOPIC_PREFIX": ns,
+        "MAB_REDIS_PREFIX": ns,
+        "MAB_CONSUMER_GROUP_ID": ns + "reward-consumer",
+        "MAB_PROJECTOR_GROUP_ID": ns + "projector",
+    }
+    members = [
+        _member(
+            kafka_bootstrap, ns + "reward-consumer", "folder-1", [names.rewards, names.decisions]
+        ),
+        _member(
+            kafka_bootstrap,
+            ns + "projector",
+            "projector-1",
+            [names.rewards, names.decisions, names.experiments],
+        ),
+        _member(kafka_bootstrap, ns + "analytics", "warehouse-sink", [names.rewards], "consumer"),
+        _member(kafka_bootstrap, ns + "dlq-reader", "dlq-watch", [names.rewards_dlq]),
+    ]
+    try:
+        await asyncio.to_thread(_join, members)
+        for args in (["--rebuild"], ["--rebuild", "--from-timestamp", "0"]):
+            refused = await asyncio.to_thread(run_replay, env, *args, "--workers", "1")
+            assert refused.returncode == EXIT_PROCESSORS_RUNNING, refused.stdout + refused.stderr
+            err = refused.stderr
+            for group, client in (
+                ("reward-consumer", "folder-1"),
+                ("projector", "projector-1"),
+                ("analytics", "warehouse-sink"),
+            ):
+                assert f"group '{ns}{group}'" in err, err
+                assert f"client id '{client}' on host 127.0.0.1" in err, err
+            assert "MAB_CONSUMER_GROUP_ID" in err
+            assert "MAB_PROJECTOR_GROUP_ID" in err
+            assert "dlq-watch" not in err
+            assert f"{ns}dlq-reader" not in err
+            assert "mab down && mab up --no-services" in err
+            assert "docker compose stop reward-consumer projector" in err
+            assert "--replicas=0" in err
+            assert "--force" in err
+            assert await redis.dbsize() == 0  # nothing written, not even scratch keys
+
+        forced = await asyncio.to_thread(run_replay, env, "--rebuild", "--force", "--workers", "1")
+        assert forced.returncode == 0, forced.stdout + forced.stderr
+        assert "--force" in forced.stderr
+        assert "warehouse-sink" in forced.stderr
+        assert await redis.exists(snapshot_key)
+    finally:
+        for m in members:
+            await asyncio.to_thread(m.close)
+
+    await redis.flushall()
+    done = await asyncio.to_thread(run_replay, env, "--rebuild", "--workers", "1")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "refused" not in done.stderr
+    assert await redis.exists(snapshot_key)
+
+
+async def test_rebuild_refuses_at_the_swap_when_a_consumer_started_meanwhile(
+    kafka_bootstrap: str, private_redis: str, ns: str, topics: dict[str, int], redis: Redis
+) -> None:
+    """Scenario: a rebuild starts while no consumer runs; once it has read the topics'
+    configs (its progress says so), a member joins the reward consumer's group.
+    We expect: the rebuild refuses before the swap, naming that member, and leaves Redis
+    as it was (empty: nothing swapped in, the scratch keys removed)."""
+    names = TopicNames.with_prefix(ns)
+    await asyncio.to_thread(_guard_experiment, kafka_bootstrap, names)
+    groups = ProcessorGroups(ns + "reward-consumer", ns + "projector")
+    target = ReplayTarget(
+        bootstrap=kafka_bootstrap,
+        redis_url=private_redis,
+        topic_prefix=ns,
+        redis_prefix=ns,
+        retention=Retention(hour_s=86_400, minute_s=3_600),
+        workers=1,
+        groups=groups,
+    )
+    joined: list[Consumer] = []
+
+    def progress(message: str) -> None:
+        if "experiments in" in message and not joined:  # the replay has begun
+            joined.append(
+                _member(kafka_bootstrap, groups.reward_consumer, "late-1", [names.rewards])
+            )
+            _join(joined)
+
+    try:
+        with pytest.raises(ProcessorsRunning) as refused:
+            await run_rebuild(target, progress)
+    finally:
+        for m in joined:
+            await asyncio.to_thread(m.close)
+    assert joined, "the replay never reported its progress"
+    assert [(m.group_id, m.client_id) for m in refused.value.members] == [
+        (groups.reward_consumer, "late-1")
+    ]
+    assert await redis.dbsize() == 0

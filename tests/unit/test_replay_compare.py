@@ -1,15 +1,22 @@
-"""Pure parts of ``mab replay``: key parsing, partition split, horizon, comparison."""
+"""Pure parts of ``mab replay``: key parsing, partition split, horizon, comparison, the
+scratch namespace's slots, the refusal text."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import typer
+from redis.crc import key_slot
 
 from bandit_core.fold import DEDUPE_HORIZON_S
 from mab_cli.replay import _last_offsets, partition_sizes, split_partitions
-from mab_cli.replay_cmd import parse_timestamp
+from mab_cli.replay_cmd import ReplayTarget, parse_timestamp
+from mab_cli.replay_guard import ProcessorGroups, refusal
 from mab_cli.replay_redis import Namespace, compare, split_key, within_horizon
-from services.projector.projection import Positioned, new_offsets
+from schemas.redis_keys import RedisKeys
+from services.projector.projection import Positioned, Retention, new_offsets
+from stream_runtime.kafka_metadata import GroupMember
 
 pytestmark = pytest.mark.unit
 
@@ -88,3 +95,50 @@ def test_timestamps_parse_as_unix_seconds_or_iso_utc() -> None:
     assert parse_timestamp("2026-01-01T01:00:00+01:00") == 1767225600.0
     with pytest.raises(typer.BadParameter):
         parse_timestamp("yesterday")
+
+
+@pytest.mark.parametrize("live_prefix", ["", "tenant-a:", "t1a2b3c4d-"])
+def test_scratch_keys_lie_in_the_slot_of_the_live_key_they_replace(live_prefix: str) -> None:
+    """On a Redis Cluster the swap (one MULTI of DEL and RENAME per experiment) and the
+    bulk loads only work if every scratch key hashes like its live key."""
+    target = ReplayTarget("k:9092", "redis://r", "", live_prefix, Retention(3600, 60))
+    scratch = target.scratch_prefix()
+    assert scratch.startswith(live_prefix)
+    assert scratch != target.scratch_prefix()  # a fresh namespace per run
+    for exp in ("cta", "blue.button-2", "E" * 120):
+        live, rebuilt = RedisKeys(live_prefix).experiment(exp), RedisKeys(scratch).experiment(exp)
+        pairs = [
+            (getattr(live, f.name), getattr(rebuilt, f.name)) for f in dataclasses.fields(live)
+        ]
+        pairs.append((live.hour_bucket(3600), rebuilt.hour_bucket(3600)))
+        pairs.append((live.minute_bucket(60), rebuilt.minute_bucket(60)))
+        slot = key_slot(live.config.encode())
+        for a, b in pairs:
+            assert key_slot(a.encode()) == key_slot(b.encode()) == slot, (a, b)
+
+
+def test_the_refusal_names_each_member_and_how_to_stop_it() -> None:
+    groups = ProcessorGroups("mab-reward-consumer", "mab-projector")
+    members = [
+        GroupMember("mab-projector", "mab-projector-7f11", "10.0.0.7", ("mab.rewards",)),
+        GroupMember("mab-reward-consumer", "c-1", "10.0.0.5", ("mab.decisions", "mab.rewards")),
+        GroupMember("mab-reward-consumer", "c-2", "10.0.0.6", ()),  # joining, no partitions yet
+        GroupMember("warehouse", "s3-sink", "10.0.0.9", ("mab.rewards",)),
+    ]
+    text = refusal(members, groups, "mab replay --rebuild")
+    assert text.startswith("mab replay --rebuild refused, nothing was written")
+    assert "group 'mab-reward-consumer', the reward consumer's group " in text
+    assert "(MAB_CONSUMER_GROUP_ID): 2 live members" in text
+    assert "group 'mab-projector', the projector's group (MAB_PROJECTOR_GROUP_ID): 1 live" in text
+    assert "group 'warehouse', another group reading the topics: 1 live member" in text
+    assert "client id 'c-1' on host 10.0.0.5 reading mab.decisions, mab.rewards" in text
+    assert "client id 'c-2' on host 10.0.0.6\n" in text
+    for command in (
+        "mab down && mab up --no-services",
+        "docker compose stop reward-consumer projector",
+        "kubectl -n mab scale deployment/reward-consumer deployment/projector --replicas=0",
+    ):
+        assert command in text
+    assert "--force" in text
+    # API callers without configured groups: every group is one reading the topics
+    assert "group 'warehouse', reads the topics" in refusal(members, None, "rebuild")
