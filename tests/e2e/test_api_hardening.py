@@ -35,7 +35,6 @@ from demo_traffic.settings import DemoSettings
 from deploy.local_stack import create_topics, free_port
 from schemas.topics import topic_specs
 from services.decider.app import create_app
-from services.decider.settings import DeciderSettings
 from tests.e2e.conftest import Services, wait_ready
 
 pytestmark = pytest.mark.e2e
@@ -93,7 +92,7 @@ def _operations() -> list[tuple[str, str, GenerationMode]]:
     is loaded from the running process in the test (schemathesis' ``from_fixture`` does
     not work with pytest 9).
     """
-    spec = create_app(DeciderSettings()).openapi()
+    spec = create_app().openapi()
     out = []
     for path, ops in spec["paths"].items():
         for method, op in ops.items():

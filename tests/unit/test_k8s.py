@@ -16,7 +16,6 @@ import yaml
 
 from schemas.topics import DEFAULT_PARTITIONS
 from services.decider.app import create_app
-from services.decider.settings import DeciderSettings
 from tests.fixtures.deploy_files import (
     AUTH_ENV,
     REPO,
@@ -102,7 +101,7 @@ def test_decider_scales_on_cpu() -> None:
 
 
 def test_decider_probes_hit_routes_of_its_api() -> None:
-    paths = set(create_app(DeciderSettings()).openapi()["paths"])
+    paths = set(create_app().openapi()["paths"])
     (container,) = _containers(_of_kind("Deployment")["decider"])
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     probes = {k: container[k] for k in ("startupProbe", "livenessProbe", "readinessProbe")}
