@@ -26,6 +26,8 @@ from typing import Any
 
 from locust import HttpUser, between, task
 
+from bench.locust_calls import create_experiment, decide, reward
+
 EXPERIMENT = os.environ.get("MAB_LOCUST_EXPERIMENT", "locust-cta-test")
 ARMS = ["blue-button", "green-button", "red-button"]
 #: True conversion rates of the simulated visitors (green converts best).
@@ -46,37 +48,17 @@ class Storefront(HttpUser):
     def on_start(self) -> None:
         self.pending: list[dict[str, Any]] = []
         body = {"experiment_id": EXPERIMENT, "arm_ids": ARMS, "strategy": "thompson"}
-        with self.client.post(
-            "/experiments",
-            json=body,
-            name="/experiments",
-            headers=_bearer(ADMIN_KEY),
-            catch_response=True,
-        ) as resp:
-            if resp.status_code in (201, 409):
-                resp.success()
-            elif resp.status_code == 401 and not ADMIN_KEY:
-                resp.failure("create: HTTP 401: set MAB_ADMIN_KEY (cat .state/admin_key)")
-            else:
-                resp.failure(f"create: HTTP {resp.status_code}")
+        create_experiment(self.client, body, _bearer(ADMIN_KEY))
 
     @task(5)
     def decision(self) -> None:
-        with self.client.get(
-            "/decision",
-            params={"experiment_id": EXPERIMENT},
-            name="/decision",
-            headers=_bearer(CLIENT_KEY),
-            catch_response=True,
-        ) as resp:
-            if resp.status_code != 200:
-                resp.failure(f"decision: HTTP {resp.status_code}")
-                return
-            self.pending.append(resp.json())
+        decision = decide(self.client, EXPERIMENT, RATES, _bearer(CLIENT_KEY))
+        if decision is not None:
+            self.pending.append(decision)
             del self.pending[:-100]  # keep the newest decisions only
 
     @task(1)
-    def reward(self) -> None:
+    def conversion(self) -> None:
         if not self.pending:
             return
         d = self.pending.pop(random.randrange(len(self.pending)))
@@ -87,8 +69,4 @@ class Storefront(HttpUser):
             "reward": 1.0 if converted else 0.0,
             "decision_id": d["decision_id"],
         }
-        with self.client.post(
-            "/reward", json=body, name="/reward", headers=_bearer(CLIENT_KEY), catch_response=True
-        ) as r:
-            if r.status_code != 200:
-                r.failure(f"reward: HTTP {r.status_code}")
+        reward(self.client, body, _bearer(CLIENT_KEY))

@@ -22,6 +22,8 @@ import random
 
 from locust import HttpUser, between, task
 
+from bench.locust_calls import create_experiment, decide, reward
+
 EXPERIMENT = os.environ.get("MAB_LOCUST_EXPERIMENT", "original-api-hero-banner")
 ARMS = ["banner-sale", "banner-new-in", "banner-free-shipping"]
 #: How often a shown banner converts (the simulated shoppers prefer free shipping).
@@ -36,42 +38,21 @@ class OriginalApiShopper(HttpUser):
     def on_start(self) -> None:
         self.shown: list[str] = []
         body = {"experiment_id": EXPERIMENT, "arm_ids": ARMS, "strategy": "thompson"}
-        with self.client.post(
-            "/experiments", json=body, name="/experiments", catch_response=True
-        ) as resp:
-            if resp.status_code in (201, 409):
-                resp.success()
-            else:
-                resp.failure(f"create: HTTP {resp.status_code} {resp.text[:200]}")
+        create_experiment(self.client, body)
 
     @task(5)
     def decision(self) -> None:
-        with self.client.get(
-            "/decision",
-            params={"experiment_id": EXPERIMENT},
-            name="/decision",
-            catch_response=True,
-        ) as resp:
-            if resp.status_code != 200:
-                resp.failure(f"decision: HTTP {resp.status_code} {resp.text[:200]}")
-                return
-            arm = resp.json().get("arm_id")
-            if arm not in RATES:
-                resp.failure(f"decision: arm {arm!r} is not one of {ARMS}")
-                return
-            self.shown.append(arm)
+        decision = decide(self.client, EXPERIMENT, RATES)
+        if decision is not None:
+            self.shown.append(decision["arm_id"])
             del self.shown[:-50]
 
     @task(1)
-    def reward(self) -> None:
+    def conversion(self) -> None:
         if not self.shown:
             return
         arm = self.shown.pop(random.randrange(len(self.shown)))
-        body = {
-            "experiment_id": EXPERIMENT,
-            "arm_id": arm,
-            "reward": 1.0 if random.random() < RATES[arm] else 0.0,
-        }
-        with self.client.post("/reward", json=body, name="/reward", catch_response=True) as r:
-            if r.status_code != 200:
-                r.failure(f"reward: HTTP {r.status_code} {r.text[:200]}")
+        converted = random.random() < RATES[arm]
+        reward(
+            self.client, {"experiment_id": EXPERIMENT, "arm_id": arm, "reward": float(converted)}
+        )

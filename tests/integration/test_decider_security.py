@@ -6,6 +6,7 @@ the raw fast path, every other route by FastAPI, and each rule must hold on both
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -27,6 +28,21 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 CLIENT = {"Authorization": f"Bearer {CLIENT_KEY}"}
 READER = {"Authorization": f"Bearer {READ_KEY}"}
 ARMS = ["blue", "green"]
+
+
+@contextlib.asynccontextmanager
+async def both_paths(
+    settings: DeciderSettings,
+) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
+    """Two clients of one running decider: the served app (hot path in front of FastAPI)
+    and the FastAPI app alone, so one request can be sent down each serving path."""
+    async with (
+        serve_decider(settings) as (served, asgi),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=asgi.api), base_url="http://decider", timeout=30
+        ) as routes,
+    ):
+        yield served, routes
 
 
 async def _setup(c: httpx.AsyncClient, exp: str) -> None:
@@ -143,12 +159,7 @@ async def test_read_key_reads_and_evaluates_but_never_writes(
     We expect reads and evaluation to answer, and decisions, rewards and commands to be
     a 403 naming the key they need, byte-identical on both serving paths; a client key
     may not evaluate."""
-    async with (
-        serve_decider(keyed) as (served, asgi),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=asgi.api), base_url="http://decider", timeout=30
-        ) as routes,
-    ):
+    async with both_paths(keyed) as (served, routes):
         exp = f"{ns}rd"
         await _setup(served, exp)
         d = (await served.get("/decision", params={"experiment_id": exp}, headers=CLIENT)).json()
@@ -195,12 +206,7 @@ async def test_denials_are_identical_on_both_serving_paths(keyed: DeciderSetting
     """Scenario: no key, an unknown key and a read key on the two hot routes, through the
     hot path and through the FastAPI routes behind it. We expect the same status, body
     and WWW-Authenticate header from both."""
-    async with (
-        serve_decider(keyed) as (served, asgi),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=asgi.api), base_url="http://decider", timeout=30
-        ) as routes,
-    ):
+    async with both_paths(keyed) as (served, routes):
         exp = f"{ns}same"
         await _setup(served, exp)
         reward = {"experiment_id": exp, "arm_id": "blue", "reward": 1.0}
