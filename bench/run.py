@@ -394,7 +394,9 @@ def stream_env(bootstrap: str, redis_url: str, prefix: str) -> dict[str, str]:
         "MAB_TOPIC_PREFIX": prefix,
         "MAB_REDIS_PREFIX": prefix,
         "LOG_LEVEL": "WARNING",
-        # Keys off (empty = unset): the figures measure the open seed-compatible mode.
+        # No keys (open mode, the decider on 127.0.0.1): the figures measure the mode of
+        # the original API's clients; a key check costs ~2 us (docs/security.md).
+        "MAB_AUTH": "open",
         "MAB_ADMIN_KEY": "",
         "MAB_CLIENT_KEYS": "",
     }

@@ -21,8 +21,10 @@ from typing_extensions import TypedDict
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 API_URL_ENV = "MAB_API_URL"
-#: Bearer token sent with every call when set (a client key, or the admin key that
-#: ``mab up`` passes); needed when the decider has ``MAB_CLIENT_KEYS``.
+#: Bearer token sent with every call when set: a read key (``MAB_READ_KEYS``; ``mab up``
+#: generates one for the dashboard). The dashboard only reads, so it needs no more: reads
+#: need a key when the decider has ``MAB_CLIENT_KEYS``, evaluation whenever it has an
+#: admin key.
 API_KEY_ENV = "MAB_API_KEY"
 
 Bucket = Literal["hour", "minute"]
@@ -241,7 +243,8 @@ class ApiClient:
         if resp.status_code in (401, 403):
             raise UnauthorizedError(
                 f"The API at {self.base_url} refused the call ({resp.status_code}: "
-                f"{_detail(resp)}). Set {API_KEY_ENV} to a client key or the admin key."
+                f"{_detail(resp)}). Set {API_KEY_ENV} to one of the decider's read keys "
+                "(MAB_READ_KEYS)."
             )
         if resp.status_code == 404:
             raise NotFoundError(_detail(resp))

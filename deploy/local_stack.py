@@ -63,33 +63,50 @@ MVN_FIX = "install Maven: apt-get install -y maven"
 T = TypeVar("T")
 
 
-#: Where ``mab up`` keeps the admin key it generated (mode 0600, in the ignored state dir).
+#: Where ``mab up`` keeps the keys it generated (mode 0600, in the ignored state dir).
 ADMIN_KEY_FILE = "admin_key"
 ADMIN_KEY_ENV = "MAB_ADMIN_KEY"
+#: The dashboard's key: it may only read (docs/security.md), so the process that renders
+#: pages for a browser never holds the admin key.
+READ_KEY_FILE = "read_key"
+READ_KEYS_ENV = "MAB_READ_KEYS"
+#: What the dashboard and the demo traffic send as their bearer token.
+API_KEY_ENV = "MAB_API_KEY"
+#: The decider's auth mode (``keys`` or ``open``).
+AUTH_ENV = "MAB_AUTH"
+
+#: Which of the stack's keys a service is given: the decider gets the keys it checks
+#: (``serve``), a client the one key it sends (``admin``, ``read``), a stream processor
+#: none.
+KeyUse = Literal["serve", "admin", "read", "none"]
 
 
 @dataclass(frozen=True, slots=True)
-class AdminKey:
-    """The admin key of a stack and where it came from (``env``, ``stored``, ``generated``)."""
+class StackKey:
+    """A key of the stack and where it came from (``env``, ``stored``, ``generated``)."""
 
     value: str
     source: str
     path: Path | None = None
 
 
-def ensure_admin_key(run_dir: Path, env: Mapping[str, str] | None = None) -> AdminKey:
-    """``MAB_ADMIN_KEY`` if set; else the key stored in ``run_dir``; else a new one, stored.
+def ensure_admin_key(run_dir: Path, env: Mapping[str, str] | None = None) -> StackKey:
+    """``MAB_ADMIN_KEY`` if set; else the key stored in ``run_dir``; else a new one, stored."""
+    env = os.environ if env is None else env
+    given = env.get(ADMIN_KEY_ENV, "").strip()
+    if given:
+        return StackKey(given, "env")
+    return ensure_key_file(run_dir / ADMIN_KEY_FILE, "admin key")
+
+
+def ensure_key_file(path: Path, what: str) -> StackKey:
+    """The key stored at ``path``, else a new one (``secrets.token_urlsafe(32)``) stored there.
 
     The file is created with mode 0600 atomically (``O_EXCL``), so two concurrent
     ``mab up`` never end with different keys, and a group/world-readable file left by
     hand is tightened back to 0600.
     """
-    env = os.environ if env is None else env
-    given = env.get(ADMIN_KEY_ENV, "").strip()
-    if given:
-        return AdminKey(given, "env")
-    path = run_dir / ADMIN_KEY_FILE
-    run_dir.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
@@ -97,12 +114,12 @@ def ensure_admin_key(run_dir: Path, env: Mapping[str, str] | None = None) -> Adm
             path.chmod(0o600)
         stored = path.read_text().strip()
         if not stored:
-            raise StackError(f"{path} is empty: delete it to generate a new admin key") from None
-        return AdminKey(stored, "stored", path)
+            raise StackError(f"{path} is empty: delete it to generate a new {what}") from None
+        return StackKey(stored, "stored", path)
     key = secrets.token_urlsafe(32)
     with os.fdopen(fd, "w") as out:
         out.write(key + "\n")
-    return AdminKey(key, "generated", path)
+    return StackKey(key, "generated", path)
 
 
 class StackError(RuntimeError):
@@ -754,6 +771,10 @@ class ServiceSpec:
     #: Env var of a Prometheus exporter port: each start gets a free one, shown in status.
     metrics_port_env: str | None = None
     scaling: Scaling = "single"
+    keys: KeyUse = "none"
+    #: The topics its consumer group subscribes to, as ``schemas.topics.TopicNames``
+    #: fields: members beyond their partition count get no partition (idle).
+    consumes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.scaling == "processes" and self.port is not None:
@@ -889,14 +910,18 @@ class LocalStack:
         config: StackConfig,
         services: Sequence[ServiceSpec] | None = None,
         scale: Mapping[str, int] | None = None,
+        open_auth: bool = False,
     ) -> None:
         """``scale`` maps a scalable service's name to its wanted instance count; names not
-        given keep the count of the last ``up`` (``scale.json``), else 1."""
+        given keep the count of the last ``up`` (``scale.json``), else 1. ``open_auth``
+        runs the decider with ``MAB_AUTH=open`` (admin calls without a key, loopback)."""
         self.config = config
         self.services: list[ServiceSpec] = list(SERVICES if services is None else services)
         self.kafka = ManagedProcess("kafka", config.run_dir)
         self.redis = ManagedProcess("redis", config.run_dir)
-        self._admin_key: AdminKey | None = None
+        self.open_auth = open_auth
+        self._admin_key: StackKey | None = None
+        self._read_key: StackKey | None = None
         scalable = {s.name for s in self.services if s.scaling != "single"}
         wanted = dict(scale or {})
         unknown = sorted(set(wanted) - scalable)
@@ -916,6 +941,10 @@ class LocalStack:
         argv = spec.argv(self.config.ports)
         if spec.scaling == "workers" and self.count(spec) > 1:
             argv += ["--workers", str(self.count(spec))]
+        if spec.keys == "serve" and self.open_auth:
+            # On the command line, not only in the env: a later `mab up` in the other
+            # mode then sees a different argv and restarts the decider.
+            argv += ["--auth", "open"]
         return argv
 
     def running_instances(self, spec: ServiceSpec) -> list[int]:
@@ -948,11 +977,18 @@ class LocalStack:
                     names += [f"{spec.name}.w{i}" for i in range(1, n + 1)]
         return names
 
-    def admin_key(self) -> AdminKey:
-        """The key every service of this stack gets (see :func:`ensure_admin_key`)."""
+    def admin_key(self) -> StackKey:
+        """The decider's admin key, also given to the demo traffic (see
+        :func:`ensure_admin_key`)."""
         if self._admin_key is None:
             self._admin_key = ensure_admin_key(self.config.run_dir)
         return self._admin_key
+
+    def read_key(self) -> StackKey:
+        """The dashboard's read-only key, stored next to the admin key."""
+        if self._read_key is None:
+            self._read_key = ensure_key_file(self.config.run_dir / READ_KEY_FILE, "read key")
+        return self._read_key
 
     # -- endpoints ------------------------------------------------------------------------
     @property
@@ -963,19 +999,38 @@ class LocalStack:
     def redis_url(self) -> str:
         return f"redis://127.0.0.1:{self.config.ports.redis}/0"
 
-    def service_env(self) -> dict[str, str]:
-        """Environment every service gets: the stack's endpoints, on top of ours."""
+    def service_env(self, keys: KeyUse = "none") -> dict[str, str]:
+        """Environment a service gets: the stack's endpoints on top of ours, and only the
+        keys it needs (``keys``); keys in our own environment reach no one else."""
+        inherited = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in (ADMIN_KEY_ENV, READ_KEYS_ENV, API_KEY_ENV, AUTH_ENV)
+        }
         return {
-            **os.environ,
+            **inherited,
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
             "REDIS_URL": self.redis_url,
             "MAB_TOPIC_PREFIX": self.config.topic_prefix,
             "MAB_API_URL": f"http://127.0.0.1:{self.config.ports.api}",
             "PYTHONUNBUFFERED": "1",
-            # The decider requires it; the dashboard and the demo traffic send it.
-            ADMIN_KEY_ENV: self.admin_key().value,
-            "MAB_API_KEY": self.admin_key().value,
+            **self._keys_env(keys),
         }
+
+    def _keys_env(self, keys: KeyUse) -> dict[str, str]:
+        if keys == "serve":
+            if self.open_auth:
+                return {AUTH_ENV: "open", READ_KEYS_ENV: self.read_key().value}
+            return {
+                AUTH_ENV: "keys",
+                ADMIN_KEY_ENV: self.admin_key().value,
+                READ_KEYS_ENV: self.read_key().value,
+            }
+        if keys == "admin" and not self.open_auth:
+            return {API_KEY_ENV: self.admin_key().value}
+        if keys == "read":
+            return {API_KEY_ENV: self.read_key().value}
+        return {}
 
     def _managed(self, name: str) -> ManagedProcess:
         if name == "kafka":
@@ -1133,7 +1188,7 @@ class LocalStack:
         port = spec.port(self.config.ports) if spec.port is not None else None
         if port is not None:
             require_port_free(port, spec.port_env or f"the port of {spec.name}")
-        env = {**self.service_env(), **spec.env}
+        env = {**self.service_env(spec.keys), **spec.env}
         if spec.metrics_port_env is not None:
             # A free port per start, recorded with the pid so `mab status` can show it.
             port = free_port()
@@ -1192,11 +1247,17 @@ class LocalStack:
         note: Callable[[str], None] = print,
     ) -> list[ComponentStatus]:
         """Start whatever is not running yet, in dependency order, and return the status."""
-        key = self.admin_key()
-        if key.source == "env":
-            note(f"admin key: from {ADMIN_KEY_ENV}")
+        if self.open_auth:
+            note(f"auth: open ({AUTH_ENV}=open): admin calls need no key; loopback only")
+            if os.environ.get(ADMIN_KEY_ENV, "").strip():
+                note(f"{ADMIN_KEY_ENV} in your environment is not used in open mode")
         else:
-            note(f"admin key ({key.source}, {key.path}): {key.value}")
+            key = self.admin_key()
+            if key.source == "env":
+                note(f"admin key: from {ADMIN_KEY_ENV}")
+            else:
+                note(f"admin key ({key.source}, {key.path}): {key.value}")
+        note(f"dashboard read key: {self.read_key().path}")
         note(f"redis: {'already running' if self.redis.pid() else 'starting'}")
         self.start_redis()
         note(f"kafka: {'already running' if self.kafka.pid() else 'starting'}")
@@ -1205,6 +1266,8 @@ class LocalStack:
             try:
                 counts = self.create_topics()
                 note("topics: " + ", ".join(f"{n}({p})" for n, p in counts.items()))
+                for warning in self.idle_members(counts):
+                    note(f"warning: {warning}")
             except StackError as exc:
                 if "schemas.topics is not available" not in str(exc):
                     raise
@@ -1212,6 +1275,35 @@ class LocalStack:
         if with_services:
             self.start_services(note)
         return self.status()
+
+    def idle_members(self, partitions: Mapping[str, int]) -> list[str]:
+        """One warning per consumer group asked for more members than its topics have
+        partitions (``partitions``: name → count, as the broker reports them).
+
+        Kafka gives each partition to one member of a group, and the processors' range
+        assignment keeps an experiment's partitions of every topic on the same member, so
+        the members beyond the largest partition count get nothing to do.
+        """
+        from schemas.topics import TopicNames
+
+        names = TopicNames.with_prefix(self.config.topic_prefix)
+        warnings = []
+        for spec in self.services:
+            n = self.count(spec)
+            if spec.scaling != "processes" or not spec.consumes:
+                continue
+            topics = {getattr(names, field): 0 for field in spec.consumes}
+            topics.update({t: partitions[t] for t in topics if t in partitions})
+            busy = max(topics.values())
+            if n > busy:
+                listed = ", ".join(f"{t} {c}" for t, c in topics.items())
+                warnings.append(
+                    f"{n} {spec.name} instances but their topics have {busy} partitions at "
+                    f"most ({listed}): {n - busy} will sit idle, as Kafka gives each "
+                    "partition to one member of a consumer group (add partitions first: "
+                    "docs/operations.md)"
+                )
+        return warnings
 
     def start_services(self, note: Callable[[str], None] = print) -> None:
         """Bring every registered service to its wanted count; remember the counts."""
@@ -1336,6 +1428,7 @@ SERVICES: list[ServiceSpec] = [
         port_env=PORT_ENV["api"],
         health_path="/health",
         scaling="workers",
+        keys="serve",
     ),
     ServiceSpec(
         name="reward-consumer",
@@ -1343,6 +1436,7 @@ SERVICES: list[ServiceSpec] = [
         argv=lambda p: [sys.executable, "-m", "services.reward_consumer"],
         metrics_port_env="MAB_METRICS_PORT",
         scaling="processes",
+        consumes=("rewards", "decisions"),
     ),
     ServiceSpec(
         name="projector",
@@ -1350,6 +1444,7 @@ SERVICES: list[ServiceSpec] = [
         argv=lambda p: [sys.executable, "-m", "services.projector"],
         metrics_port_env="MAB_METRICS_PORT",
         scaling="processes",
+        consumes=("rewards", "decisions", "experiments"),
     ),
     ServiceSpec(
         name="dashboard",
@@ -1373,11 +1468,13 @@ SERVICES: list[ServiceSpec] = [
         port_env=PORT_ENV["dashboard"],
         health_path="/_stcore/health",
         start_timeout=60.0,
+        keys="read",  # it lists, reads stats and time series, evaluates: nothing more
     ),
     ServiceSpec(
         name="demo-traffic",
         module="demo_traffic.__main__",
         argv=lambda p: [sys.executable, "-m", "demo_traffic"],
         # MAB_API_URL comes from service_env() (the decider's port of this stack).
+        keys="admin",  # it creates its experiment
     ),
 ]

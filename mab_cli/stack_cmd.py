@@ -15,6 +15,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from deploy.local_stack import (
+    AUTH_ENV,
     MAX_INSTANCES,
     ComponentStatus,
     LocalStack,
@@ -91,10 +92,20 @@ def up(
     decider_workers: Annotated[
         int | None, _count_option("MAB_DECIDER_WORKERS", "Decider uvicorn workers (one port)")
     ] = None,
+    open_auth: Annotated[
+        bool,
+        typer.Option(
+            "--open",
+            help="Serve admin calls without a key, like the original mab-ecommerce-optimizer "
+            "API (MAB_AUTH=open; the decider stays on 127.0.0.1). Default: the admin key.",
+        ),
+    ] = False,
 ) -> None:
     """Start every missing piece: Redis, Kafka, topics, then each registered service.
 
-    Idempotent: running instances are kept; a different count scales up or down.
+    Idempotent: running instances are kept; a different count scales up or down, and a
+    different auth mode restarts the decider. ``MAB_AUTH=open`` in the environment is the
+    same as ``--open``.
     """
     started = time.monotonic()
     wanted = {
@@ -106,7 +117,8 @@ def up(
         )
         if n is not None
     }
-    stack = _guard(lambda: LocalStack(StackConfig.product(), scale=wanted))
+    open_auth = open_auth or os.environ.get(AUTH_ENV, "").strip().lower() == "open"
+    stack = _guard(lambda: LocalStack(StackConfig.product(), scale=wanted, open_auth=open_auth))
     rows = _guard(lambda: stack.up(with_services=services, note=typer.echo))
     typer.echo("")
     typer.echo(_table(rows))

@@ -1,4 +1,4 @@
-"""``python -m services.decider [--host H] [--port P] [--workers N] [--server S]``.
+"""``python -m services.decider [--host H] [--port P] [--workers N] [--server S] [--auth A]``.
 
 Runs the decider under granian (default) or uvicorn. Workers are separate processes on
 purpose: the decision cache and RNGs are per process, and workers (like several hosts
@@ -14,9 +14,12 @@ Rust and measured about twice uvicorn's decisions/s with the same app on the sam
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Literal
 
-from services.decider.settings import DeciderSettings
+from pydantic import ValidationError
+
+from services.decider.settings import DeciderSettings, settings_error
 
 #: The import string both servers load in each worker (built from the environment).
 TARGET = "services.decider.app:app"
@@ -56,23 +59,45 @@ def serve(
 
 
 def main(argv: list[str] | None = None) -> None:
-    settings = DeciderSettings()  # validated here: a bad env fails before binding
     parser = argparse.ArgumentParser(prog="python -m services.decider")
-    parser.add_argument("--host", default=settings.api_host, help="env MAB_API_HOST")
-    parser.add_argument("--port", type=int, default=settings.api_port, help="env MAB_API_PORT")
+    # Defaults come from the environment (DeciderSettings); an option given here wins.
+    parser.add_argument("--host", help="bind address [env MAB_HOST, default 127.0.0.1]")
+    parser.add_argument("--port", type=int, help="[env MAB_API_PORT, default 8000]")
+    parser.add_argument("--workers", type=int, help="[env MAB_DECIDER_WORKERS, default 1]")
     parser.add_argument(
-        "--workers", type=int, default=settings.workers, help="env MAB_DECIDER_WORKERS"
+        "--server", choices=("granian", "uvicorn"), help="[env MAB_HTTP_SERVER, default granian]"
     )
     parser.add_argument(
-        "--server",
-        choices=("granian", "uvicorn"),
-        default=settings.http_server,
-        help="env MAB_HTTP_SERVER",
+        "--auth",
+        choices=("keys", "open"),
+        help="keys: admin calls need MAB_ADMIN_KEY; open: no key, loopback only "
+        "[env MAB_AUTH, default keys]",
     )
     args = parser.parse_args(argv)
-    if args.workers < 1:
-        parser.error("--workers must be at least 1")
-    serve(args.server, args.host, args.port, args.workers, settings.log_level)
+    given = {
+        "api_host": args.host,
+        "api_port": args.port,
+        "workers": args.workers,
+        "http_server": args.server,
+        "auth": args.auth,
+    }
+    try:
+        # Validated here, with the address we are about to bind: a bad env, a missing
+        # admin key or an open decider on a public address fails before binding.
+        settings = DeciderSettings(**{k: v for k, v in given.items() if v is not None})
+    except ValidationError as exc:
+        parser.exit(2, f"decider not started: {settings_error(exc)}\n")
+    # Each worker builds its settings from the environment: give it what was chosen here,
+    # so it validates the same bind address and auth mode.
+    os.environ["MAB_HOST"] = settings.api_host
+    os.environ["MAB_AUTH"] = settings.auth
+    serve(
+        settings.http_server,
+        settings.api_host,
+        settings.api_port,
+        settings.workers,
+        settings.log_level,
+    )
 
 
 if __name__ == "__main__":

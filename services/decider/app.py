@@ -28,6 +28,7 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -48,6 +49,9 @@ from services.decider.auth import (
     BODY_RESPONSES,
     CLIENT,
     CLIENT_RESPONSES,
+    OPEN_MODE_WARNING,
+    READ,
+    READ_RESPONSES,
     AuthPolicy,
 )
 from services.decider.decisions import DecisionCache
@@ -81,7 +85,7 @@ from services.decider.models import (
 )
 from services.decider.producer import EventLogUnavailableError, EventProducer
 from services.decider.readiness import ReadinessProbe
-from services.decider.settings import DeciderSettings
+from services.decider.settings import DeciderSettings, settings_error
 from services.decider.store import (
     ArmsExistError,
     AttributionChange,
@@ -106,6 +110,8 @@ log = logging.getLogger("services.decider")
 
 #: Far beyond any real number of experiments, far below Redis' 64-bit range indexes.
 MAX_LIST_OFFSET = 1_000_000_000
+#: How often ``/ready`` repeats the open-mode warning in the log.
+OPEN_WARNING_EVERY_S = 60.0
 
 
 class OrjsonResponse(JSONResponse):
@@ -133,6 +139,18 @@ class Runtime:
     _command_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = field(
         default_factory=weakref.WeakValueDictionary
     )
+    _open_warned_at: float = float("-inf")
+
+    def readiness_auth(self) -> dict[str, str]:
+        """The auth mode for ``/ready``'s body; in open mode also the warning, which is
+        logged too, at most once a minute (probes come every few seconds)."""
+        if self.settings.auth != "open":
+            return {"auth": "keys"}
+        now = time.monotonic()
+        if now - self._open_warned_at >= OPEN_WARNING_EVERY_S:
+            self._open_warned_at = now
+            log.warning(OPEN_MODE_WARNING)
+        return {"auth": "open", "warning": OPEN_MODE_WARNING}
 
     def command_lock(self, experiment_id: str) -> asyncio.Lock:
         """Serialises the commands of one experiment in this process, from the Redis
@@ -200,7 +218,14 @@ def create_app(settings: DeciderSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        cfg = settings if settings is not None else DeciderSettings()
+        try:
+            cfg = settings if settings is not None else DeciderSettings()
+        except ValidationError as exc:
+            # One clear line instead of a traceback (uvicorn then exits non-zero);
+            # `python -m services.decider` refuses the same settings before binding.
+            _configure_logging("INFO")
+            log.critical("decider not started: %s", settings_error(exc))
+            raise
         _configure_logging(cfg.log_level)
         redis = redis_from_url(
             cfg.redis_url,
@@ -226,10 +251,7 @@ def create_app(settings: DeciderSettings | None = None) -> FastAPI:
             propensity_samples=cfg.propensity_samples,
             degraded_max_age_s=cfg.snapshot_degraded_max_age_s,
         )
-        auth = AuthPolicy.parse(
-            cfg.admin_key.get_secret_value() if cfg.admin_key else None,
-            cfg.client_keys.get_secret_value() if cfg.client_keys else None,
-        )
+        auth = AuthPolicy.from_settings(cfg)
         limiter = (
             RateLimiter(cfg.rate_limit_per_s, cfg.rate_limit_burst)
             if cfg.rate_limit_per_s is not None
@@ -257,12 +279,17 @@ def create_app(settings: DeciderSettings | None = None) -> FastAPI:
                 "strategy": cfg.active_strategy,
                 "topics": str(topics),
                 "redis_prefix": cfg.redis_prefix,
+                "auth": cfg.auth,
+                "host": cfg.api_host,
                 "admin_key": auth.admin_required,
                 "client_keys": auth.client_required,
+                "read_keys": auth.read_keys,
                 "cors_origins": cfg.cors_origins,
                 "rate_limit_per_s": cfg.rate_limit_per_s,
             },
         )
+        if cfg.auth == "open":
+            log.warning(OPEN_MODE_WARNING)
         freeze_startup_heap()
         try:
             yield
@@ -364,7 +391,9 @@ def _add_routes(app: FastAPI) -> None:
         summary="Readiness",
         description="200 only when Redis answers PING and Kafka answers a metadata request "
         "listing our topics, each within the ready timeout (1 s); else 503 naming the failure. "
-        "The verdict is reused for `MAB_READY_CACHE_S` (1 s), so probes cannot amplify load.",
+        "The verdict is reused for `MAB_READY_CACHE_S` (1 s), so probes cannot amplify load. "
+        "`auth` says whether admin calls need the admin key (`keys`) or not (`open`, with a "
+        "`warning`).",
         responses={
             503: {
                 "model": ReadyPublic,
@@ -375,6 +404,7 @@ def _add_routes(app: FastAPI) -> None:
                             "status": "not_ready",
                             "redis": "ok",
                             "kafka": "no metadata within 1.0s",
+                            "auth": "keys",
                         }
                     }
                 },
@@ -383,7 +413,8 @@ def _add_routes(app: FastAPI) -> None:
     )
     async def ready(rt: RuntimeDep) -> Response:
         body = await rt.readiness.verdict()
-        return OrjsonResponse(body, status_code=200 if body["status"] == "ready" else 503)
+        code = 200 if body["status"] == "ready" else 503
+        return OrjsonResponse({**body, **rt.readiness_auth()}, status_code=code)
 
     @app.get(
         "/metrics",
@@ -449,8 +480,8 @@ def _add_routes(app: FastAPI) -> None:
         tags=["experiments"],
         summary="List experiments",
         description="All experiments in creation order (paginated by offset/limit).",
-        responses={**CLIENT_RESPONSES},
-        dependencies=[CLIENT],
+        responses={**READ_RESPONSES},
+        dependencies=[READ],
     )
     async def list_experiments(
         rt: RuntimeDep,
@@ -466,8 +497,8 @@ def _add_routes(app: FastAPI) -> None:
         tags=["experiments"],
         summary="Get an experiment",
         description="The stored configuration (arms in insertion order, strategy, params).",
-        responses={404: _E404, **CLIENT_RESPONSES},
-        dependencies=[CLIENT],
+        responses={404: _E404, **READ_RESPONSES},
+        dependencies=[READ],
     )
     async def get_experiment(experiment_id: ExperimentIdPath, rt: RuntimeDep) -> ExperimentPublic:
         config = await rt.store.get_config(experiment_id)
@@ -647,8 +678,8 @@ def _add_routes(app: FastAPI) -> None:
         summary="Arm statistics",
         description="Per arm in config order: rewards observed (pulls), reward sum, mean, "
         "decisions served and the current propensity; read fresh from Redis (no cache).",
-        responses={404: _E404, **CLIENT_RESPONSES},
-        dependencies=[CLIENT],
+        responses={404: _E404, **READ_RESPONSES},
+        dependencies=[READ],
     )
     async def stats(experiment_id: ExperimentIdPath, rt: RuntimeDep) -> StatsPublic:
         config_raw, snap_raw = await rt.store.get_config_and_snapshot(experiment_id)
@@ -701,8 +732,8 @@ def _add_routes(app: FastAPI) -> None:
         "20 rewards). `from`/`to`: unix seconds or ISO 8601, default the last 48 hours "
         "(hour) or 60 minutes (minute); at most 31 days (hour) or 24 hours (minute) "
         "apart. Contract: docs/timeseries-api.md.",
-        responses={404: _E404, 422: _E422, 503: _E503, **CLIENT_RESPONSES},
-        dependencies=[CLIENT],
+        responses={404: _E404, 422: _E422, 503: _E503, **READ_RESPONSES},
+        dependencies=[READ],
     )
     async def timeseries(
         experiment_id: ExperimentIdPath,

@@ -31,7 +31,7 @@ from offpolicy.estimators import ArmSupport, Estimate
 from offpolicy.evaluate import EvaluationOptions, EvaluationReport, evaluate_log
 from offpolicy.reader import LogTooLargeError, LogUnavailableError, read_experiment_log
 from schemas.ids import ID_MAX_LEN, ID_PATTERN
-from services.decider.auth import ADMIN, ADMIN_RESPONSES
+from services.decider.auth import ADMIN_RESPONSES, EVALUATE
 from services.decider.errors import not_found
 from services.decider.models import ErrorPublic
 
@@ -176,7 +176,8 @@ evaluation_lock = asyncio.Lock()
     "experiments, decisions and rewards topics (bounded: the most recent "
     "`evaluate_max_decisions` decisions; 422 beyond `evaluate_max_records` records). "
     "One evaluation at a time (429). Method: docs/off-policy-evaluation.md.",
-    dependencies=[ADMIN],  # reads whole partitions: an operator's call, not a storefront's
+    # Reads whole partitions: an operator's call (admin or read key), not a storefront's.
+    dependencies=[EVALUATE],
     responses={
         **ADMIN_RESPONSES,
         404: {"model": ErrorPublic, "description": "No such experiment."},

@@ -476,12 +476,21 @@ class HealthPublic(BaseModel):
 
 class ReadyPublic(BaseModel):
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{"status": "ready", "redis": "ok", "kafka": "ok"}]}
+        json_schema_extra={
+            "examples": [{"status": "ready", "redis": "ok", "kafka": "ok", "auth": "keys"}]
+        }
     )
 
     status: Literal["ready", "not_ready"]
     redis: str
     kafka: str
+    auth: Literal["keys", "open"] = Field(
+        description="`keys`: admin calls need the admin key; `open` (`MAB_AUTH=open`): they "
+        "need none."
+    )
+    warning: str | None = Field(
+        default=None, description="Present in open mode: admin calls are served without a key."
+    )
 
 
 class ErrorPublic(BaseModel):

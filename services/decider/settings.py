@@ -3,21 +3,51 @@
 Everything the process needs is read once from the environment (the seed's variable
 names are kept: ``REDIS_URL``, ``ACTIVE_STRATEGY``, ``LOG_LEVEL``), so a typo or an
 unknown strategy fails the start instead of the first request.
+
+Secure by default: without an admin key the decider refuses to start, unless
+``MAB_AUTH=open`` says that admin calls may be served without one, which is allowed only
+on a loopback address (docs/security.md). The decider binds 127.0.0.1 unless
+``MAB_HOST`` says otherwise; containers set ``MAB_HOST=0.0.0.0``.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bandit_core.strategies import STRATEGIES, normalize_strategy_name
 
 
-def _env(name: str, env: str) -> AliasChoices:
-    """Accept the field name (constructor, tests) and the documented env variable."""
-    return AliasChoices(name, env)
+def _env(name: str, *env: str) -> AliasChoices:
+    """Accept the field name (constructor, tests) and the documented env variable(s),
+    the first one set winning."""
+    return AliasChoices(name, *env)
+
+
+AuthMode = Literal["keys", "open"]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps the port on this machine: ``localhost``, an address
+    in 127.0.0.0/8 or ``::1``. Other names are not resolved (a name may resolve to
+    anything, and differently later), so they count as not loopback."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 class DeciderSettings(BaseSettings):
@@ -42,7 +72,13 @@ class DeciderSettings(BaseSettings):
     )
     topic_prefix: str = Field(default="", validation_alias=_env("topic_prefix", "MAB_TOPIC_PREFIX"))
     redis_prefix: str = Field(default="", validation_alias=_env("redis_prefix", "MAB_REDIS_PREFIX"))
-    api_host: str = Field(default="0.0.0.0", validation_alias=_env("api_host", "MAB_API_HOST"))
+    api_host: str = Field(
+        default="127.0.0.1",
+        validation_alias=_env("api_host", "MAB_HOST", "MAB_API_HOST"),
+        description="Bind address of ``python -m services.decider`` (``MAB_API_HOST`` is the "
+        "older name). Loopback by default: serving other machines is a decision "
+        "(containers set 0.0.0.0).",
+    )
     api_port: int = Field(
         default=8000, ge=1, le=65535, validation_alias=_env("api_port", "MAB_API_PORT")
     )
@@ -147,17 +183,30 @@ class DeciderSettings(BaseSettings):
         "onto Redis and Kafka.",
     )
     # -- security (docs/security.md) ------------------------------------------------------
+    auth: AuthMode = Field(
+        default="keys",
+        validation_alias=_env("auth", "MAB_AUTH"),
+        description="``keys``: admin calls need MAB_ADMIN_KEY, which must be set. ``open``: "
+        "admin calls need no key, like the original mab-ecommerce-optimizer API; refused "
+        "unless the decider binds a loopback address.",
+    )
     admin_key: SecretStr | None = Field(
         default=None,
         validation_alias=_env("admin_key", "MAB_ADMIN_KEY"),
-        description="Bearer token of admin calls (create, add arms, config). Unset: admin "
-        "calls are open, as in the seed (`mab up` always sets one).",
+        description="Bearer token of admin calls (create, add arms, config, evaluate). "
+        "Required unless MAB_AUTH=open.",
     )
     client_keys: SecretStr | None = Field(
         default=None,
         validation_alias=_env("client_keys", "MAB_CLIENT_KEYS"),
         description="Comma-separated bearer tokens of clients (decision, reward, reads). "
         "Unset: those calls are open.",
+    )
+    read_keys: SecretStr | None = Field(
+        default=None,
+        validation_alias=_env("read_keys", "MAB_READ_KEYS"),
+        description="Comma-separated bearer tokens that may only read (list, get, stats, "
+        "timeseries, evaluate): the dashboard's and analysts' keys.",
     )
     cors_origins: str = Field(
         default="",
@@ -196,10 +245,58 @@ class DeciderSettings(BaseSettings):
             raise ValueError(f"unknown strategy {v!r}; known: {sorted(STRATEGIES)}")
         return name
 
-    @field_validator("admin_key", "client_keys", mode="before")
+    @field_validator("admin_key", "client_keys", "read_keys", mode="before")
     @classmethod
     def _blank_is_unset(cls, v: object) -> object:
         """``MAB_ADMIN_KEY=`` (empty) means unset, never "the empty key"."""
         if isinstance(v, str) and not v.strip():
             return None
         return v
+
+    @field_validator("auth", mode="before")
+    @classmethod
+    def _auth_mode(cls, v: object) -> object:
+        return v.strip().lower() if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _secure_by_default(self) -> DeciderSettings:
+        """An unset admin key is a refusal to start, never silently open admin calls;
+        open admin calls are a stated choice (``MAB_AUTH=open``) and stay on this
+        machine."""
+        if self.auth == "open":
+            if self.admin_key is not None:
+                raise ValueError(
+                    "MAB_AUTH=open and MAB_ADMIN_KEY are both set: unset MAB_ADMIN_KEY to "
+                    "serve admin calls without a key, or unset MAB_AUTH to require the key"
+                )
+            if not is_loopback(self.api_host):
+                raise ValueError(
+                    f"MAB_AUTH=open serves admin calls without a key, so the decider may "
+                    f"only bind a loopback address (127.0.0.1, ::1, localhost), not "
+                    f"{self.api_host!r} (MAB_HOST or --host). Set MAB_ADMIN_KEY and unset "
+                    "MAB_AUTH to serve other machines"
+                )
+        elif self.admin_key is None:
+            raise ValueError(
+                "no admin key: set MAB_ADMIN_KEY (16+ characters, e.g. python -c 'import "
+                "secrets; print(secrets.token_urlsafe())'; `mab up` generates one), or set "
+                "MAB_AUTH=open to serve admin calls without a key on this machine only "
+                "(clients of the original mab-ecommerce-optimizer API; `mab up --open`)"
+            )
+        return self
+
+
+def settings_error(exc: ValidationError) -> str:
+    """A refused configuration as short lines for a person: each named by its env
+    variable (``MAB_AUTH``, not ``auth``), without pydantic's URLs."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        loc = [str(p) for p in err["loc"]]
+        if loc:
+            f = DeciderSettings.model_fields.get(loc[0])
+            alias = None if f is None else f.validation_alias
+            if isinstance(alias, AliasChoices) and len(alias.choices) > 1:
+                loc[0] = str(alias.choices[1])
+        lines.append(f"{'.'.join(loc)}: {msg}" if loc else msg)
+    return "\n".join(lines)

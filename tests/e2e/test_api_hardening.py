@@ -35,13 +35,13 @@ from demo_traffic.settings import DemoSettings
 from deploy.local_stack import create_topics, free_port
 from schemas.topics import topic_specs
 from services.decider.app import create_app
-from services.decider.settings import DeciderSettings
 from tests.e2e.conftest import Services, wait_ready
 
 pytestmark = pytest.mark.e2e
 
 ADMIN_KEY = "schemathesis-admin-key-0123456789"
 CLIENT_KEY = "schemathesis-client-key-0123456789"
+READ_KEY = "schemathesis-read-key-0123456789"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 CHECKS = [
     not_a_server_error,
@@ -66,6 +66,7 @@ def keyed_decider(kafka_bootstrap: str, redis_url: str) -> Iterator[Services]:
         "MAB_REDIS_PREFIX": ns,
         "MAB_ADMIN_KEY": ADMIN_KEY,
         "MAB_CLIENT_KEYS": CLIENT_KEY,
+        "MAB_READ_KEYS": READ_KEY,
         "LOG_LEVEL": "WARNING",
     }
     svc = Services(ns=ns, api_url=f"http://127.0.0.1:{port}", env=env)
@@ -93,7 +94,7 @@ def _operations() -> list[tuple[str, str, GenerationMode]]:
     is loaded from the running process in the test (schemathesis' ``from_fixture`` does
     not work with pytest 9).
     """
-    spec = create_app(DeciderSettings()).openapi()
+    spec = create_app().openapi()
     out = []
     for path, ops in spec["paths"].items():
         for method, op in ops.items():
@@ -128,8 +129,8 @@ async def test_seed_workflow_with_keys_and_the_bundled_clients(keyed_decider: Se
     """Scenario: a decider with admin and client keys, as `mab up` runs it plus client keys.
     We expect the seed's workflow to work once the header is added (and to be refused
     without it), the demo traffic (MAB_API_KEY = admin key) to create its experiment and
-    serve visitors, and the dashboard's client to read with a client key and to say which
-    variable to set when it has none."""
+    serve visitors, and the dashboard's client to read (and evaluate) with a read key, as
+    `mab up` gives it, and to say which variable to set when it has none."""
     url = keyed_decider.api_url
     client_h = {"Authorization": f"Bearer {CLIENT_KEY}"}
     exp = f"{keyed_decider.ns}seed"
@@ -166,7 +167,14 @@ async def test_seed_workflow_with_keys_and_the_bundled_clients(keyed_decider: Se
     await task
     assert demo.stats.rewards >= 10
 
-    stats = await asyncio.to_thread(ApiClient(base_url=url, api_key=CLIENT_KEY).stats, exp)
+    dashboard = ApiClient(base_url=url, api_key=READ_KEY)
+    stats = await asyncio.to_thread(dashboard.stats, exp)
     assert stats["strategy"] == "ucb1"
+    report = await asyncio.to_thread(dashboard.evaluate, exp, "thompson", {})
+    assert report["experiment_id"] == exp
+    with pytest.raises(UnauthorizedError, match="needs a read key or the admin key"):
+        await asyncio.to_thread(
+            ApiClient(base_url=url, api_key=CLIENT_KEY).evaluate, exp, "thompson", {}
+        )
     with pytest.raises(UnauthorizedError, match="MAB_API_KEY"):
         await asyncio.to_thread(ApiClient(base_url=url, api_key=None).list_experiments)

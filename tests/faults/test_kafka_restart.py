@@ -36,7 +36,7 @@ CLIENTS = 4
 #: How long the broker stays down before it is started again (its start adds more).
 DOWN_S = 10.0
 #: The decider's bound on waiting for Kafka's ack (the product default).
-SEND_TIMEOUT_S = DeciderSettings().kafka_send_timeout_s
+SEND_TIMEOUT_S = DeciderSettings.model_fields["kafka_send_timeout_s"].default
 #: On top of it: the wait for librdkafka's own verdict (1.5 s, services/decider/producer.py)
 #: and slack for a loaded two-core machine (event loop, HTTP, GC).
 SLACK_S = 3.0

@@ -41,6 +41,9 @@ def decider_settings(
     kafka_bootstrap: str, redis_url: str, ns: str, topics: dict[str, int]
 ) -> SettingsFactory:
     def make(**overrides: Any) -> DeciderSettings:
+        if "admin_key" not in overrides:
+            # Open mode without an admin key: the in-process app is on no network at all.
+            overrides.setdefault("auth", "open")
         return DeciderSettings(
             redis_url=redis_url,
             kafka_bootstrap_servers=kafka_bootstrap,
@@ -54,6 +57,7 @@ def decider_settings(
 
 @pytest_asyncio.fixture
 async def client(decider_settings: SettingsFactory) -> AsyncIterator[httpx.AsyncClient]:
-    """The served decider app (no API keys: the seed's open mode) on the real Kafka + Redis."""
+    """The served decider app in open mode (no API keys, like the original API) on the
+    real Kafka + Redis."""
     async with serve_decider(decider_settings()) as (c, _):
         yield c

@@ -61,7 +61,14 @@ async def test_health_and_ready(client: httpx.AsyncClient) -> None:
     assert (await client.get("/health")).json() == {"status": "ok"}
     r = await client.get("/ready")
     assert r.status_code == 200, r.text
-    assert r.json() == {"status": "ready", "redis": "ok", "kafka": "ok"}
+    body = r.json()
+    assert {k: body.pop(k) for k in ("status", "redis", "kafka")} == {
+        "status": "ready",
+        "redis": "ok",
+        "kafka": "ok",
+    }
+    assert body.pop("auth") == "open"  # the `client` fixture's decider runs keyless
+    assert set(body) == {"warning"}
 
 
 async def test_seed_workflow(client: httpx.AsyncClient, ns: str) -> None:

@@ -92,6 +92,7 @@ async def test_no_200_for_a_reward_kafka_did_not_ack(
         topic_prefix=ns,
         redis_prefix=ns,
         kafka_send_timeout_s=SEND_TIMEOUT_S,
+        auth="open",
     )
     async with serve_decider(settings) as (client, _):
         created = await client.post(

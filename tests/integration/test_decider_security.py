@@ -6,7 +6,10 @@ the raw fast path, every other route by FastAPI, and each rule must hold on both
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from collections.abc import AsyncIterator
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -20,9 +23,26 @@ pytestmark = pytest.mark.integration
 ADMIN_KEY = "admin-key-0123456789abcdef"
 CLIENT_KEY = "client-key-0123456789abcdef"
 OTHER_CLIENT = "client-key-fedcba9876543210"
+READ_KEY = "read-key-0123456789abcdef"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 CLIENT = {"Authorization": f"Bearer {CLIENT_KEY}"}
+READER = {"Authorization": f"Bearer {READ_KEY}"}
 ARMS = ["blue", "green"]
+
+
+@contextlib.asynccontextmanager
+async def both_paths(
+    settings: DeciderSettings,
+) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
+    """Two clients of one running decider: the served app (hot path in front of FastAPI)
+    and the FastAPI app alone, so one request can be sent down each serving path."""
+    async with (
+        serve_decider(settings) as (served, asgi),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=asgi.api), base_url="http://decider", timeout=30
+        ) as routes,
+    ):
+        yield served, routes
 
 
 async def _setup(c: httpx.AsyncClient, exp: str) -> None:
@@ -32,7 +52,9 @@ async def _setup(c: httpx.AsyncClient, exp: str) -> None:
 
 @pytest.fixture
 def keyed(decider_settings: SettingsFactory) -> DeciderSettings:
-    return decider_settings(admin_key=ADMIN_KEY, client_keys=f"{CLIENT_KEY},{OTHER_CLIENT}")
+    return decider_settings(
+        admin_key=ADMIN_KEY, client_keys=f"{CLIENT_KEY},{OTHER_CLIENT}", read_keys=READ_KEY
+    )
 
 
 @pytest.fixture
@@ -127,6 +149,113 @@ async def test_client_scope_is_open_without_client_keys(
         reward = {"experiment_id": exp, "arm_id": r.json()["arm_id"], "reward": 1}
         assert (await c.post("/reward", json=reward)).status_code == 200
         assert (await c.get(f"/experiments/{exp}/stats")).status_code == 200
+
+
+async def test_read_key_reads_and_evaluates_but_never_writes(
+    keyed: DeciderSettings, ns: str
+) -> None:
+    """Scenario: a read key (the dashboard's) on every kind of call, sent once to the
+    served app (hot path in front) and once to the FastAPI app alone.
+    We expect reads and evaluation to answer, and decisions, rewards and commands to be
+    a 403 naming the key they need, byte-identical on both serving paths; a client key
+    may not evaluate."""
+    async with both_paths(keyed) as (served, routes):
+        exp = f"{ns}rd"
+        await _setup(served, exp)
+        d = (await served.get("/decision", params={"experiment_id": exp}, headers=CLIENT)).json()
+        reward = {"experiment_id": exp, "arm_id": d["arm_id"], "reward": 1.0}
+        refused: list[tuple[str, str, dict[str, Any]]] = [
+            ("GET", "/decision", {"params": {"experiment_id": exp}}),
+            ("POST", "/reward", {"json": reward}),
+            ("POST", "/rewards", {"json": {"rewards": [reward]}}),
+            ("POST", "/experiments", {"json": {"experiment_id": f"{ns}x", "arm_ids": ARMS}}),
+            ("POST", f"/experiments/{exp}/arms", {"json": {"arm_ids": ["red"]}}),
+            ("POST", "/config", {"json": {"experiment_id": exp, "strategy": "ucb1"}}),
+        ]
+        for method, path, kw in refused:
+            fast = await served.request(method, path, headers=READER, **kw)
+            slow = await routes.request(method, path, headers=READER, **kw)
+            assert fast.status_code == slow.status_code == 403, (path, fast.text, slow.text)
+            assert fast.content == slow.content, path
+            assert "www-authenticate" not in fast.headers
+        decision = await served.get("/decision", params={"experiment_id": exp}, headers=READER)
+        assert decision.json() == {
+            "detail": "this call needs a client key or the admin key (a read key may only read)"
+        }
+        create = await served.post("/config", json={"experiment_id": exp}, headers=READER)
+        assert create.json() == {"detail": "this call needs the admin key"}
+        for path in ("/experiments", f"/experiments/{exp}", f"/experiments/{exp}/stats"):
+            assert (await served.get(path, headers=READER)).status_code == 200, path
+        ts = await served.get(f"/experiments/{exp}/timeseries", headers=READER)
+        assert ts.status_code == 200
+        evaluate = f"/experiments/{exp}/evaluate"
+        q = {"strategy": "ucb1"}
+        r = await served.get(evaluate, params=q, headers=READER)
+        assert r.status_code == 200, r.text
+        r = await served.get(evaluate, params=q, headers=CLIENT)
+        assert r.status_code == 403
+        assert r.json() == {"detail": "this call needs a read key or the admin key"}
+        assert (await served.get(evaluate, params=q)).status_code == 401
+        # nothing the read key tried was stored or logged
+        stats = (await served.get(f"/experiments/{exp}/stats", headers=READER)).json()
+        assert [a["arm_id"] for a in stats["arms"]] == ARMS
+        assert stats["strategy"] == "thompson"
+
+
+async def test_denials_are_identical_on_both_serving_paths(keyed: DeciderSettings, ns: str) -> None:
+    """Scenario: no key, an unknown key and a read key on the two hot routes, through the
+    hot path and through the FastAPI routes behind it. We expect the same status, body
+    and WWW-Authenticate header from both."""
+    async with both_paths(keyed) as (served, routes):
+        exp = f"{ns}same"
+        await _setup(served, exp)
+        reward = {"experiment_id": exp, "arm_id": "blue", "reward": 1.0}
+        calls: list[tuple[str, str, dict[str, Any]]] = [
+            ("GET", "/decision", {"params": {"experiment_id": exp}}),
+            ("POST", "/reward", {"json": reward}),
+        ]
+        for headers in ({}, {"Authorization": "Bearer " + "y" * 32}, READER):
+            for method, path, kw in calls:
+                fast = await served.request(method, path, headers=headers, **kw)
+                slow = await routes.request(method, path, headers=headers, **kw)
+                assert fast.status_code == slow.status_code, (path, headers)
+                assert fast.status_code in (401, 403)
+                assert fast.content == slow.content, (path, headers)
+                assert fast.headers.get("www-authenticate") == slow.headers.get("www-authenticate")
+
+
+async def test_open_mode_serves_admin_calls_without_a_key_and_says_so(
+    decider_settings: SettingsFactory, ns: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Scenario: MAB_AUTH=open (the decider on loopback, no admin key), the mode of the
+    original API's clients. We expect create, add arms, config and evaluation to answer
+    without a key, a warning in the log at start and on /ready, and /ready's body to
+    say so while the decider is ready."""
+    settings = decider_settings()
+    assert settings.auth == "open"
+    with caplog.at_level(logging.WARNING, "services.decider"):
+        async with serve_decider(settings) as (c, _):
+            exp = f"{ns}open"
+            body = {"experiment_id": exp, "arm_ids": ARMS}
+            assert (await c.post("/experiments", json=body)).status_code == 201
+            assert (await c.post("/experiments", json=body)).status_code == 409
+            arms = await c.post(f"/experiments/{exp}/arms", json={"arm_ids": ["red"]})
+            assert arms.status_code == 200
+            cfg = {"experiment_id": exp, "strategy": "ucb1"}
+            assert (await c.post("/config", json=cfg)).status_code == 200
+            await c.get("/decision", params={"experiment_id": exp})
+            r = await c.get(f"/experiments/{exp}/evaluate", params={"strategy": "thompson"})
+            assert r.status_code == 200, r.text
+            started = [r for r in caplog.records if "MAB_AUTH=open" in r.getMessage()]
+            ready = await c.get("/ready")
+            warned = [r for r in caplog.records if "MAB_AUTH=open" in r.getMessage()]
+    assert ready.status_code == 200
+    body = ready.json()
+    assert (body["status"], body["auth"]) == ("ready", "open")
+    assert "without an API key" in body["warning"]
+    assert len(started) == 1
+    assert started[0].levelno == logging.WARNING
+    assert len(warned) == 2  # at start, then on /ready
 
 
 async def test_openapi_declares_the_bearer_scheme(api: httpx.AsyncClient) -> None:
@@ -273,7 +402,7 @@ async def test_ready_verdict_is_cached(keyed: DeciderSettings) -> None:
         for _ in range(20):
             r = await c.get("/ready")
             assert r.status_code == 200
-            assert r.json() == {"status": "ready", "redis": "ok", "kafka": "ok"}
+            assert r.json() == {"status": "ready", "redis": "ok", "kafka": "ok", "auth": "keys"}
         assert asgi.api.state.runtime.readiness.checks == 1
 
 

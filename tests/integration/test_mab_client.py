@@ -35,6 +35,7 @@ async def app_and_sdk(
         kafka_bootstrap_servers=kafka_bootstrap,
         topic_prefix=ns,
         redis_prefix=ns,
+        auth="open",
     )
     asgi = create_asgi(settings)
     routes = set(asgi.api.openapi()["paths"])

@@ -341,6 +341,7 @@ async def test_evaluate_endpoint_is_single_flight_and_bounded(
         topic_prefix=ns,
         redis_prefix=ns,
         evaluate_max_records=10,
+        auth="open",
     )
     asgi = create_asgi(settings)
     async with (

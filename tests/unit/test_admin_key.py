@@ -1,4 +1,5 @@
-"""``mab up``'s admin key: taken from the env, else stored once (0600) and reused."""
+"""``mab up``'s keys: the admin key taken from the env, else stored once (0600) and
+reused; the dashboard's read key stored the same way; each service given only its own."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import pytest
 
 from deploy.local_stack import (
     ADMIN_KEY_FILE,
+    READ_KEY_FILE,
+    SERVICES,
     LocalStack,
     Ports,
     StackConfig,
@@ -55,16 +58,60 @@ def test_empty_key_file_is_an_error_not_an_open_api(tmp_path: Path) -> None:
         ensure_admin_key(tmp_path, {})
 
 
-def test_services_get_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The decider requires it (MAB_ADMIN_KEY); dashboard and demo send it (MAB_API_KEY)."""
+def test_each_service_gets_only_the_key_it_needs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decider gets the keys it checks (admin and the stored read key); the demo
+    traffic sends the admin key (it creates its experiment), the dashboard the read key
+    (it only reads); the stream processors get none, even from our own environment."""
     monkeypatch.delenv("MAB_ADMIN_KEY", raising=False)
+    monkeypatch.setenv("MAB_API_KEY", "leaked-from-the-shell-123456")
     config = StackConfig(run_dir=tmp_path, ports=Ports(), persistent=False)
-    env = LocalStack(config, services=[]).service_env()
-    stored = (tmp_path / ADMIN_KEY_FILE).read_text().strip()
-    assert env["MAB_ADMIN_KEY"] == env["MAB_API_KEY"] == stored
+    stack = LocalStack(config, services=[])
+    decider = stack.service_env("serve")
+    admin = (tmp_path / ADMIN_KEY_FILE).read_text().strip()
+    read = (tmp_path / READ_KEY_FILE).read_text().strip()
+    assert stat.S_IMODE((tmp_path / READ_KEY_FILE).stat().st_mode) == 0o600
+    assert admin != read
+    AuthPolicy.parse(admin, None, read)  # valid keys for the decider
+    assert (decider["MAB_AUTH"], decider["MAB_ADMIN_KEY"], decider["MAB_READ_KEYS"]) == (
+        "keys",
+        admin,
+        read,
+    )
+    assert "MAB_API_KEY" not in decider
+    assert stack.service_env("admin")["MAB_API_KEY"] == admin
+    dashboard = stack.service_env("read")
+    assert dashboard["MAB_API_KEY"] == read
+    assert "MAB_ADMIN_KEY" not in dashboard
+    consumer = stack.service_env()
+    assert not {"MAB_API_KEY", "MAB_ADMIN_KEY", "MAB_READ_KEYS", "MAB_AUTH"} & set(consumer)
     monkeypatch.setenv("MAB_ADMIN_KEY", "operator-chosen-key-123456")
-    env = LocalStack(config, services=[]).service_env()
-    assert env["MAB_ADMIN_KEY"] == env["MAB_API_KEY"] == "operator-chosen-key-123456"
+    again = LocalStack(config, services=[])
+    assert again.service_env("serve")["MAB_ADMIN_KEY"] == "operator-chosen-key-123456"
+    assert again.service_env("admin")["MAB_API_KEY"] == "operator-chosen-key-123456"
+    assert again.service_env("read")["MAB_API_KEY"] == read  # the stored read key again
+
+
+def test_open_stack_gives_no_admin_key_and_says_so_on_the_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`mab up --open`: the decider runs with MAB_AUTH=open (on its argv too, so switching
+    modes restarts it), no admin key anywhere even if our shell has one; the dashboard
+    keeps its read key."""
+    monkeypatch.setenv("MAB_ADMIN_KEY", "operator-chosen-key-123456")
+    config = StackConfig(run_dir=tmp_path, ports=Ports(), persistent=False)
+    decider_spec = next(s for s in SERVICES if s.name == "decider")
+    stack = LocalStack(config, services=[decider_spec], open_auth=True)
+    decider = stack.service_env("serve")
+    assert decider["MAB_AUTH"] == "open"
+    assert "MAB_ADMIN_KEY" not in decider
+    assert "MAB_API_KEY" not in stack.service_env("admin")
+    assert stack.service_env("read")["MAB_API_KEY"] == decider["MAB_READ_KEYS"]
+    assert not (tmp_path / ADMIN_KEY_FILE).exists()
+    assert stack.service_argv(decider_spec)[-2:] == ["--auth", "open"]
+    keyed = LocalStack(config, services=[decider_spec])
+    assert "--auth" not in keyed.service_argv(decider_spec)
 
 
 @pytest.mark.parametrize("bad", ["short", "has space in the key!!", "comma,in,the,key,12345"])

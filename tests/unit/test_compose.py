@@ -18,6 +18,7 @@ from tests.fixtures.deploy_files import (
     PROBE_ENV,
     REPO,
     SERVICE_ENV,
+    decider_bind_host,
     dockerfiles,
     env_is_read,
     image_contains,
@@ -194,3 +195,24 @@ def test_env_example_documents_exactly_the_compose_variables() -> None:
 def test_every_dockerfile_is_used_by_compose() -> None:
     used = {REPO / svc["build"]["dockerfile"] for svc in BUILT.values()}
     assert {img.path for img in dockerfiles().values()} == used
+
+
+def test_decider_serves_the_other_containers() -> None:
+    """The decider binds 127.0.0.1 unless MAB_HOST says otherwise: in a container that
+    would serve nobody, so compose sets MAB_HOST=0.0.0.0 itself (not only the image), and
+    never open admin calls (the decider refuses MAB_AUTH=open off loopback anyway)."""
+    svc = SERVICES["decider"]
+    image = parse_dockerfile(REPO / svc["build"]["dockerfile"])
+    env = {**image.runtime.env, **svc["environment"]}
+    assert svc["environment"]["MAB_HOST"] == "0.0.0.0"
+    assert decider_bind_host(env, svc.get("command") or image.runtime.cmd) == "0.0.0.0"
+    assert "MAB_AUTH" not in env
+    assert env["MAB_ADMIN_KEY"] == "${MAB_ADMIN_KEY:-}"
+
+
+def test_dashboard_gets_a_read_key_never_the_admin_key() -> None:
+    """The dashboard only reads: its bearer token is the decider's read key."""
+    dashboard = SERVICES["dashboard"]["environment"]
+    assert dashboard["MAB_API_KEY"] == "${MAB_READ_KEYS:-}"
+    assert SERVICES["decider"]["environment"]["MAB_READ_KEYS"] == "${MAB_READ_KEYS:-}"
+    assert "MAB_ADMIN_KEY" not in str(dashboard)

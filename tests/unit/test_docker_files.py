@@ -13,6 +13,7 @@ from tests.fixtures.deploy_files import (
     FIRST_PARTY,
     REPO,
     Dockerfile,
+    decider_bind_host,
     dockerfiles,
     image_contains,
     imports_of,
@@ -176,3 +177,11 @@ def test_build_context_keeps_what_the_image_copies(name: str) -> None:
         for source, _ in stage.copies:
             top = Path(source).parts[0]
             assert top not in ignored, f"{name}: COPY {source} but .dockerignore drops {top}"
+
+
+def test_decider_image_serves_beyond_the_container() -> None:
+    """The decider's default bind address is loopback; its image sets MAB_HOST=0.0.0.0 so
+    that `docker run` with a published port reaches it."""
+    runtime = IMAGES["decider"].runtime
+    assert runtime.env["MAB_HOST"] == "0.0.0.0"
+    assert decider_bind_host(runtime.env, runtime.cmd) == "0.0.0.0"

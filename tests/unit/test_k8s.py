@@ -16,11 +16,11 @@ import yaml
 
 from schemas.topics import DEFAULT_PARTITIONS
 from services.decider.app import create_app
-from services.decider.settings import DeciderSettings
 from tests.fixtures.deploy_files import (
     AUTH_ENV,
     REPO,
     SERVICE_ENV,
+    decider_bind_host,
     dockerfiles,
     env_is_read,
     image_contains,
@@ -102,7 +102,7 @@ def test_decider_scales_on_cpu() -> None:
 
 
 def test_decider_probes_hit_routes_of_its_api() -> None:
-    paths = set(create_app(DeciderSettings()).openapi()["paths"])
+    paths = set(create_app().openapi()["paths"])
     (container,) = _containers(_of_kind("Deployment")["decider"])
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     probes = {k: container[k] for k in ("startupProbe", "livenessProbe", "readinessProbe")}
@@ -198,3 +198,28 @@ def test_containers_match_their_images(workload: dict[str, Any]) -> None:
             assert command == image.runtime.cmd, f"{repo}: command differs from the image's"
         ports = {p["containerPort"] for p in container.get("ports", [])}
         assert ports <= set(image.runtime.expose)
+
+
+def test_decider_serves_the_cluster_and_needs_its_key() -> None:
+    """The decider binds 127.0.0.1 unless MAB_HOST says otherwise: its pods set
+    MAB_HOST=0.0.0.0 (through the mab-decider ConfigMap) so the Service reaches them, and
+    never open admin calls."""
+    (container,) = _containers(_of_kind("Deployment")["decider"])
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            env.update(_of_kind("ConfigMap")[source["configMapRef"]["name"]]["data"])
+    env.update({e["name"]: e["value"] for e in container.get("env", []) if "value" in e})
+    assert env["MAB_HOST"] == "0.0.0.0"
+    command = container.get("command", IMAGES["decider"].runtime.cmd)
+    assert decider_bind_host(env, command) == "0.0.0.0"
+    assert "MAB_AUTH" not in env
+
+
+def test_dashboard_gets_a_read_key_never_the_admin_key() -> None:
+    (container,) = _containers(_of_kind("Deployment")["dashboard"])
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+    assert refs["MAB_API_KEY"]["key"] == "MAB_READ_KEYS"
+    assert refs["MAB_API_KEY"]["name"] == "mab-api-keys"
+    assert not any(r["key"] == "MAB_ADMIN_KEY" for r in refs.values())
+    assert not container.get("envFrom"), "the whole Secret would hand it the admin key"
