@@ -14,9 +14,13 @@ Rust and measured about twice uvicorn's decisions/s with the same app on the sam
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Literal
 
 from services.decider.settings import DeciderSettings
+from stream_runtime.kafka_connection import KafkaConnectionError
+from stream_runtime.kafka_metadata import metadata_client
+from stream_runtime.settings import load_settings
 
 #: The import string both servers load in each worker (built from the environment).
 TARGET = "services.decider.app:app"
@@ -55,8 +59,24 @@ def serve(
     ).serve()
 
 
+def require_kafka(settings: DeciderSettings) -> None:
+    """Exit 1 with one line naming the setting when Kafka refuses us (or never answers).
+
+    Checked here, before the server starts, because a worker whose start-up fails is
+    respawned by granian (``respawn_failed_workers``, there for crashes): a rejected
+    password would otherwise be retried, and logged, forever. Each worker's own start
+    (:meth:`~services.decider.producer.EventProducer.start`) checks again.
+    """
+    try:
+        with metadata_client(settings.connection(), "decider-start"):
+            pass
+    except KafkaConnectionError as exc:
+        print(f"cannot start the decider: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
 def main(argv: list[str] | None = None) -> None:
-    settings = DeciderSettings()  # validated here: a bad env fails before binding
+    settings = load_settings(DeciderSettings)  # a bad env fails before binding
     parser = argparse.ArgumentParser(prog="python -m services.decider")
     parser.add_argument("--host", default=settings.api_host, help="env MAB_API_HOST")
     parser.add_argument("--port", type=int, default=settings.api_port, help="env MAB_API_PORT")
@@ -72,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be at least 1")
+    require_kafka(settings)
     serve(args.server, args.host, args.port, args.workers, settings.log_level)
 
 

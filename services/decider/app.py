@@ -210,7 +210,7 @@ def create_app(settings: DeciderSettings | None = None) -> FastAPI:
         )
         topics = TopicNames.with_prefix(cfg.topic_prefix)
         producer = EventProducer(
-            cfg.kafka_bootstrap_servers,
+            cfg.connection(),
             topics,
             send_timeout_s=cfg.kafka_send_timeout_s,
             enqueue_timeout_s=cfg.kafka_enqueue_timeout_s,

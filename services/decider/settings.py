@@ -10,9 +10,10 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from bandit_core.strategies import STRATEGIES, normalize_strategy_name
+from stream_runtime.kafka_connection import KafkaConnection
 
 
 def _env(name: str, env: str) -> AliasChoices:
@@ -20,17 +21,15 @@ def _env(name: str, env: str) -> AliasChoices:
     return AliasChoices(name, env)
 
 
-class DeciderSettings(BaseSettings):
-    """Settings of the decider service (env variables in brackets)."""
+class DeciderSettings(KafkaConnection):
+    """Settings of the decider service (env variables in brackets). The Kafka connection
+    (``KAFKA_BOOTSTRAP_SERVERS``, TLS, SASL, ``KAFKA_START_TIMEOUT_S``) is the shared
+    :class:`~stream_runtime.kafka_connection.KafkaConnection`."""
 
     model_config = SettingsConfigDict(frozen=True, extra="ignore", populate_by_name=True)
 
     redis_url: str = Field(
         default="redis://localhost:6379/0", validation_alias=_env("redis_url", "REDIS_URL")
-    )
-    kafka_bootstrap_servers: str = Field(
-        default="localhost:9092",
-        validation_alias=_env("kafka_bootstrap_servers", "KAFKA_BOOTSTRAP_SERVERS"),
     )
     active_strategy: str = Field(
         default="thompson",
@@ -103,9 +102,6 @@ class DeciderSettings(BaseSettings):
         le=1024 * 1024,
         description="Per-partition batch size (librdkafka ``batch.size``): one experiment's "
         "decisions go to one partition, so a small batch caps its rate per round trip.",
-    )
-    kafka_start_timeout_s: float = Field(
-        default=30.0, gt=0.0, description="Keep retrying the first broker connection this long."
     )
     max_reward_batch: int = Field(
         default=1000,
