@@ -29,10 +29,10 @@ from confluent_kafka.admin import AdminClient
 from redis.asyncio import Redis
 
 from deploy.local_stack import LocalStack, StackConfig
-from mab_cli.replay import read_chunks
 from mab_cli.replay_cmd import ReplayTarget, run_rebuild, run_tail
 from mab_cli.replay_redis import compare, read_namespace
 from schemas.topics import TopicNames
+from stream_runtime.partition_reader import read_chunks
 from tests.fixtures.in_process import in_process
 
 pytestmark = pytest.mark.integration
