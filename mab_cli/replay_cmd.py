@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from mab_cli.replay import (
@@ -36,7 +37,6 @@ from mab_cli.replay import (
     end_offsets,
     offsets_at,
     partition_sizes,
-    read_chunks,
     read_experiment_events,
     run_plans,
     split_partitions,
@@ -60,14 +60,21 @@ from services.projector.store import ProjectorStore
 from services.reward_consumer.handlers import BatchHandler
 from services.reward_consumer.store import ConsumerStore
 from stream_runtime.batch import Rejected
+from stream_runtime.kafka_connection import KafkaConnectionError, KafkaTarget
+from stream_runtime.partition_reader import read_chunks
 from stream_runtime.redis_client import CLUSTER_SCHEMES
+from stream_runtime.settings import settings_errors
 
 
 @dataclass(frozen=True, slots=True)
 class ReplayTarget:
-    """Where to read and write: the deployment's broker, Redis and prefixes."""
+    """Where to read and write: the deployment's broker, Redis and prefixes.
 
-    bootstrap: str
+    ``bootstrap`` is the whole Kafka connection (servers, TLS, SASL), or bare servers
+    for a PLAINTEXT broker.
+    """
+
+    bootstrap: KafkaTarget
     redis_url: str
     topic_prefix: str
     redis_prefix: str
@@ -344,9 +351,12 @@ def register(app: typer.Typer) -> None:
         from_ts = None if from_timestamp is None else parse_timestamp(from_timestamp)
         if verify and from_ts is not None:
             raise _fail("--verify compares a full replay; it cannot start at a timestamp")
-        settings = ProjectorSettings()
+        try:
+            settings = ProjectorSettings()
+        except ValidationError as exc:
+            raise _fail("; ".join(settings_errors(exc))) from None
         target = ReplayTarget(
-            bootstrap=settings.kafka_bootstrap_servers,
+            bootstrap=settings.connection(),
             redis_url=settings.redis_url,
             topic_prefix=settings.mab_topic_prefix,
             redis_prefix=settings.mab_redis_prefix,
@@ -366,6 +376,8 @@ def register(app: typer.Typer) -> None:
                 outcome = asyncio.run(run_rebuild(target, progress))
             else:
                 outcome = asyncio.run(run_dry(target, progress, from_ts))
+        except KafkaConnectionError as exc:
+            raise _fail(str(exc)) from None
         except (OSError, ConnectionError) as exc:
             raise _fail(f"cannot reach Kafka or Redis: {exc}") from None
         _print(outcome, as_json)
