@@ -373,12 +373,12 @@ def _str(path: Path | None) -> str | None:
 def _detail(text: str) -> str:
     """librdkafka's text without the broker prefix and the ``(after Nms in state X)``
     suffix, which change from attempt to attempt."""
-    text = re.sub(r"^\S+://\S+/\S+: ", "", text)
+    text = re.sub(r"^(?:\S+://)?\S+/\S+: ", "", text)
     return re.sub(r" \(after \d+ms in state \w+\)$", "", text)
 
 
 def _broker(text: str) -> str:
-    found = re.match(r"^\S+://(\S+?)/\S+: ", text)
+    found = re.match(r"^(?:\S+://)?(\S+?)/\S+: ", text)
     return found[1] if found is not None else "the broker"
 
 
