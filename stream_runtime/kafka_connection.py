@@ -161,16 +161,9 @@ class KafkaConnection(BaseSettings):
         protocol = self.kafka_security_protocol
         sasl = protocol.startswith("SASL_")
         tls = protocol.endswith("SSL")
+        sasl_fields = self._sasl_fields()
         if sasl:
-            missing = [
-                name
-                for name, value in (
-                    (MECHANISM, self.kafka_sasl_mechanism),
-                    (USERNAME, self.kafka_sasl_username),
-                    (PASSWORD, self.kafka_sasl_password),
-                )
-                if value is None
-            ]
+            missing = [name for name, value in sasl_fields if value is None]
             if missing:
                 raise ValueError(
                     f"{', '.join(missing)} must be set when {PROTOCOL}={protocol}"
@@ -183,15 +176,7 @@ class KafkaConnection(BaseSettings):
         else:
             # Credentials that would silently not be sent are a misconfiguration, not a
             # default: the likely intent was SASL_SSL.
-            given = [
-                name
-                for name, value in (
-                    (MECHANISM, self.kafka_sasl_mechanism),
-                    (USERNAME, self.kafka_sasl_username),
-                    (PASSWORD, self.kafka_sasl_password),
-                )
-                if value is not None
-            ]
+            given = [name for name, value in sasl_fields if value is not None]
             if given:
                 raise ValueError(
                     f"{', '.join(given)} set, but {PROTOCOL}={protocol} sends no SASL "
@@ -210,6 +195,13 @@ class KafkaConnection(BaseSettings):
         if self.kafka_ssl_key_password is not None and key is None:
             raise ValueError(f"{KEY_PASSWORD} set without {KEY}")
         return self
+
+    def _sasl_fields(self) -> list[tuple[str, object]]:
+        return [
+            (MECHANISM, self.kafka_sasl_mechanism),
+            (USERNAME, self.kafka_sasl_username),
+            (PASSWORD, self.kafka_sasl_password),
+        ]
 
     def _tls_fields(self) -> list[tuple[str, object]]:
         return [
