@@ -29,18 +29,22 @@ from mab_cli.replay_cmd import ReplayTarget, run_dry
 from mab_cli.replay_redis import delete_namespace
 from schemas.topics import TopicNames, partition_key
 from services.projector.projection import Retention
+from stream_runtime.kafka_connection import KafkaConnection, KafkaTarget, as_connection
 
 EXPERIMENTS = 48  # many experiments: partitions (and so workers) get even shares
 ARMS = ("a", "b", "c")
 
 
-async def prefill(bootstrap: str, topics: TopicNames, n: int, seed: int = 7) -> None:
+async def prefill(bootstrap: KafkaTarget, topics: TopicNames, n: int, seed: int = 7) -> None:
     """Create the experiments and produce ``n`` decision/reward records (JSON built by
     hand, like a bulk producer would, so the prefill is not the slow part)."""
     rng = random.Random(seed)
     now = time.time()
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, linger_ms=50, acks=1, max_batch_size=1024 * 1024
+        **as_connection(bootstrap).aiokafka_kwargs(),
+        linger_ms=50,
+        acks=1,
+        max_batch_size=1024 * 1024,
     )
     await producer.start()
     try:
@@ -106,8 +110,8 @@ async def prefill(bootstrap: str, topics: TopicNames, n: int, seed: int = 7) -> 
         await producer.stop()
 
 
-async def _drop_topics(bootstrap: str, topics: TopicNames) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+async def _drop_topics(bootstrap: KafkaTarget, topics: TopicNames) -> None:
+    admin = AIOKafkaAdminClient(**as_connection(bootstrap).aiokafka_kwargs())
     await admin.start()
     try:
         await admin.delete_topics([topics.experiments, topics.decisions, topics.rewards])
@@ -115,7 +119,7 @@ async def _drop_topics(bootstrap: str, topics: TopicNames) -> None:
         await admin.close()
 
 
-def measure(bootstrap: str, redis_url: str, records: int, workers: int) -> dict[str, Any]:
+def measure(bootstrap: KafkaTarget, redis_url: str, records: int, workers: int) -> dict[str, Any]:
     """Prefill fresh topics, replay them ``workers``-wide, return the figures."""
     prefix = f"bench{uuid.uuid4().hex[:6]}-"
     topics = TopicNames.with_prefix(prefix)
@@ -161,8 +165,11 @@ def main() -> None:
     args = parser.parse_args()
     stack = LocalStack(StackConfig.throwaway(), services=[])
     try:
-        bootstrap = args.bootstrap
-        if bootstrap is None:
+        bootstrap: KafkaTarget
+        if args.bootstrap is not None:
+            # TLS and SASL of a running broker: the KAFKA_* variables.
+            bootstrap = KafkaConnection(kafka_bootstrap_servers=args.bootstrap)
+        else:
             stack.start_kafka()
             bootstrap = stack.bootstrap
         redis_url = args.redis_url

@@ -49,6 +49,7 @@ from deploy.local_stack import create_topics, free_port, throwaway_stack
 from schemas.events import RewardObserved
 from schemas.redis_keys import FIELD_REWARDS, RedisKeys
 from schemas.topics import TopicNames, partition_key, topic_specs
+from stream_runtime.kafka_connection import KafkaConnection, KafkaTarget, as_connection
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORT_LUA = ROOT / "bench" / "wrk" / "report.lua"
@@ -211,12 +212,12 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return med
 
 
-async def _end_offsets(bootstrap: str, topic: str) -> int:
+async def _end_offsets(bootstrap: KafkaTarget, topic: str) -> int:
     """Records in ``topic``: the sum of its partitions' end offsets (nothing is deleted)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**as_connection(bootstrap).aiokafka_kwargs())
     await admin.start()
     try:
         described = await admin.describe_topics([topic])
@@ -225,7 +226,7 @@ async def _end_offsets(bootstrap: str, topic: str) -> int:
         await admin.close()
     if not partitions:
         raise RuntimeError(f"topic {topic} has no partitions in the metadata")
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(**as_connection(bootstrap).aiokafka_kwargs())
     await consumer.start()
     try:
         ends = await consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
@@ -234,15 +235,20 @@ async def _end_offsets(bootstrap: str, topic: str) -> int:
         await consumer.stop()
 
 
-def topic_count(bootstrap: str, topic: str) -> int:
+def topic_count(bootstrap: KafkaTarget, topic: str) -> int:
     return asyncio.run(_end_offsets(bootstrap, topic))
 
 
-async def _prefill(bootstrap: str, topic: str, experiment: str, arms: list[str], n: int) -> None:
+async def _prefill(
+    bootstrap: KafkaTarget, topic: str, experiment: str, arms: list[str], n: int
+) -> None:
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, linger_ms=20, acks=1, max_batch_size=512 * 1024
+        **as_connection(bootstrap).aiokafka_kwargs(),
+        linger_ms=20,
+        acks=1,
+        max_batch_size=512 * 1024,
     )
     await producer.start()
     try:
@@ -321,7 +327,7 @@ def projected_rewards(hour_buckets: Iterable[Mapping[bytes, bytes]]) -> int:
 
 
 def fold_rows(
-    bootstrap: str, redis_url: str, fold_records: int, env: dict[str, str], logdir: Path
+    bootstrap: KafkaTarget, redis_url: str, fold_records: int, env: dict[str, str], logdir: Path
 ) -> dict[str, Any]:
     """The consumers' fold rates: pre-fill the rewards topic of a new namespace, then
     time a fresh reward consumer (and projector) to catch up. ``env`` names the
@@ -425,12 +431,15 @@ def run_folds(fold_records: int, bootstrap: str | None, redis_url: str | None) -
         return results
     import redis
 
-    create_topics(bootstrap, topic_specs(prefix))
+    # TLS and SASL of a running broker come from the KAFKA_* variables (the fold
+    # processes inherit them).
+    kafka = KafkaConnection(kafka_bootstrap_servers=bootstrap)
+    create_topics(kafka, topic_specs(prefix))
     logdir = RESULTS / "logs" / prefix.rstrip("-")
     logdir.mkdir(parents=True, exist_ok=True)
     try:
         env = stream_env(bootstrap, redis_url, prefix)
-        results.update(fold_rows(bootstrap, redis_url, fold_records, env, logdir))
+        results.update(fold_rows(kafka, redis_url, fold_records, env, logdir))
     finally:
         client = redis.Redis.from_url(redis_url)
         for key in client.scan_iter(match=f"{prefix}*"):

@@ -25,7 +25,6 @@ options restarts what is missing instead of scaling back to one.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import errno
@@ -42,13 +41,15 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
+
+if TYPE_CHECKING:
+    from stream_runtime.kafka_connection import KafkaTarget
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STATE_DIR = REPO_ROOT / ".state"
@@ -59,9 +60,6 @@ KAFKA_READY_LINE = "Kafka Server started"
 
 JAVA_FIX = "install OpenJDK 17: apt-get install -y openjdk-17-jre-headless"
 MVN_FIX = "install Maven: apt-get install -y maven"
-
-T = TypeVar("T")
-
 
 #: Where ``mab up`` keeps the keys it generated (mode 0600, in the ignored state dir).
 ADMIN_KEY_FILE = "admin_key"
@@ -230,29 +228,6 @@ def wait_port_open(port: int, timeout: float, host: str = "127.0.0.1") -> bool:
 # --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------
-
-
-def run_coro(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run a coroutine to completion on a private loop in a worker thread.
-
-    Why a thread: callers may be sync code running while another event loop is set or running
-    (pytest-asyncio's session loop, Typer); ``asyncio.run`` in that thread would clobber it.
-    """
-    result: list[T] = []
-    error: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            result.append(asyncio.run(factory()))
-        except BaseException as exc:  # re-raised in the caller's thread
-            error.append(exc)
-
-    worker = threading.Thread(target=target, name="local-stack-async", daemon=True)
-    worker.start()
-    worker.join()
-    if error:
-        raise error[0]
-    return result[0]
 
 
 def log_tail(path: Path, lines: int = 40, start: int = 0) -> str:
@@ -598,89 +573,89 @@ def product_topic_specs(prefix: str = "") -> list[TopicSpecLike]:
     return list(topic_specs(prefix))
 
 
-TOPIC_ALREADY_EXISTS = 36
-
-
-async def create_topics_async(
-    bootstrap: str, specs: Sequence[TopicSpecLike], wait_s: float = 30.0
+def create_topics(
+    kafka: KafkaTarget, specs: Sequence[TopicSpecLike], timeout: float = 30.0
 ) -> dict[str, int]:
     """Create missing topics (replication 1) and return ``{name: partition count}``.
+
+    ``kafka`` is bare servers (a PLAINTEXT broker, like the local stack's) or a whole
+    :class:`~stream_runtime.kafka_connection.KafkaConnection` (TLS, SASL), so ``mab topics
+    create`` provisions a managed cluster too. A broker that refuses the connection
+    settings is a :class:`StackError` naming the variable to fix.
 
     Idempotent: existing topics are left alone (never re-partitioned: that would move
     experiments between partitions and break per-experiment order), and "already exists" from
     a concurrent creator is not an error. Waits until the metadata shows every topic with its
     partitions, so a producer right after this call does not race the controller.
     """
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient
+    from confluent_kafka.cimpl import NewTopic
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(wait_s * 1000))
-    await admin.start()
+    from stream_runtime.kafka_connection import (
+        KafkaConnectionError,
+        new_client,
+        wait_until_reachable,
+    )
+
     try:
-        existing = set(await admin.list_topics())
-        missing = [
-            NewTopic(
-                name=s.name,
-                num_partitions=s.partitions,
-                replication_factor=1,
-                topic_configs=dict(s.config),
-            )
-            for s in specs
-            if s.name not in existing
-        ]
-        if missing:
-            response = await admin.create_topics(missing, timeout_ms=int(wait_s * 1000))
-            failures = [
-                f"{err[0]}: error {err[1]}" + (f" {err[2]}" if len(err) > 2 and err[2] else "")
-                for err in response.topic_errors
-                if err[1] not in (0, TOPIC_ALREADY_EXISTS)
-            ]
-            if failures:
-                raise StackError("topic creation failed: " + "; ".join(failures))
-        names = [s.name for s in specs]
-        deadline = time.monotonic() + wait_s
-        while True:
-            described = await admin.describe_topics(names)
-            counts = {
-                d["topic"]: len(d["partitions"])
-                for d in described
-                if d["error_code"] == 0 and d["partitions"]
-            }
-            if all(n in counts for n in names) or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.2)
-        missing_names = [n for n in names if n not in counts]
-        if missing_names:
-            raise StackError(f"topics not visible in metadata after {wait_s}s: {missing_names}")
-        return counts
-    finally:
-        await admin.close()
+        admin, errors = new_client(AdminClient, kafka)
+        existing = wait_until_reachable(admin, errors, timeout).topics
+    except KafkaConnectionError as exc:
+        raise StackError(str(exc)) from None
+    missing = [
+        NewTopic(s.name, num_partitions=s.partitions, replication_factor=1, config=dict(s.config))
+        for s in specs
+        if s.name not in existing
+    ]
+    if missing:
+        failures = []
+        for name, future in admin.create_topics(missing, request_timeout=timeout).items():
+            try:
+                future.result(timeout)
+            except KafkaException as exc:
+                err = exc.args[0]
+                raced = (
+                    isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS
+                )
+                if not raced:
+                    failures.append(f"{name}: {err}")
+        if failures:
+            raise StackError("topic creation failed: " + "; ".join(failures))
+    names = [s.name for s in specs]
+    deadline = time.monotonic() + timeout
+    while True:
+        listed = admin.list_topics(timeout=max(0.1, deadline - time.monotonic())).topics
+        counts = {
+            n: len(listed[n].partitions)
+            for n in names
+            if n in listed and listed[n].error is None and listed[n].partitions
+        }
+        if len(counts) == len(names) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    missing_names = [n for n in names if n not in counts]
+    if missing_names:
+        raise StackError(f"topics not visible in metadata after {timeout}s: {missing_names}")
+    return counts
 
 
-def create_topics(
-    bootstrap: str, specs: Sequence[TopicSpecLike], timeout: float = 30.0
-) -> dict[str, int]:
-    """Sync wrapper of :func:`create_topics_async` (safe inside a running event loop's thread)."""
-    return run_coro(lambda: create_topics_async(bootstrap, specs, wait_s=timeout))
-
-
-async def _kafka_metadata_ok(bootstrap: str, wait_s: float) -> bool:
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(wait_s * 1000))
-    try:
-        await asyncio.wait_for(admin.start(), wait_s)
-        await asyncio.wait_for(admin.list_topics(), wait_s)
-        return True
-    except Exception:
-        return False
-    finally:
-        with contextlib.suppress(Exception):
-            await admin.close()
-
-
-def kafka_metadata_ok(bootstrap: str, timeout: float = 3.0) -> bool:
+def kafka_metadata_ok(kafka: KafkaTarget, timeout: float = 3.0) -> bool:
     """True when the broker answers a metadata request (the real readiness signal)."""
-    return run_coro(lambda: _kafka_metadata_ok(bootstrap, wait_s=timeout))
+    from confluent_kafka.admin import AdminClient
+
+    from stream_runtime.kafka_connection import (
+        KafkaConnectionError,
+        new_client,
+        wait_until_reachable,
+    )
+
+    try:
+        admin, errors = new_client(AdminClient, kafka)
+        wait_until_reachable(admin, errors, timeout)
+    except KafkaConnectionError:
+        return False
+    return True
 
 
 def redis_ping(url: str, timeout: float = 1.0) -> bool:
@@ -801,6 +776,22 @@ class ServiceSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class KafkaExtras:
+    """What a broker needs beyond the plain one: more listeners (security protocol ->
+    port, the listener named after its protocol), broker properties (appended, so they
+    win), and arguments of the storage format (e.g. ``--add-scram`` users, which KRaft
+    takes at format time).
+
+    The PLAINTEXT listener always stays: inter-broker traffic and the stack's own
+    readiness checks use it. Tests start a SASL_SSL broker this way.
+    """
+
+    listeners: Mapping[str, int] = field(default_factory=dict)
+    properties: Mapping[str, str] = field(default_factory=dict)
+    format_args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class StackConfig:
     """Where a stack keeps its files, which ports it uses and whether data must persist."""
 
@@ -812,6 +803,8 @@ class StackConfig:
     #: loader) on a long-lived development broker holding ~14,000 partitions of test
     #: topics: every test namespace creates its own topics.
     kafka_heap: str = "1g"
+    #: Listeners, properties and format-time arguments on top of the plain broker.
+    kafka_extras: KafkaExtras = field(default_factory=KafkaExtras)
 
     @property
     def kafka_dir(self) -> Path:
@@ -869,16 +862,22 @@ def new_cluster_id() -> str:
             return cid
 
 
-def kafka_server_properties(data_dir: Path, port: int, controller_port: int) -> str:
+def kafka_server_properties(
+    data_dir: Path, port: int, controller_port: int, extras: KafkaExtras | None = None
+) -> str:
     """Single-node KRaft broker+controller on 127.0.0.1 (see GUIDE §3 for each essential)."""
+    extras = extras or KafkaExtras()
+    listeners = {"PLAINTEXT": port, **extras.listeners}
+    bound = ",".join(f"{name}://127.0.0.1:{p}" for name, p in listeners.items())
+    protocols = ",".join(f"{name}:{name}" for name in listeners)
     return "\n".join(
         [
             "# Written by deploy/local_stack.py on every start; edit there, not here.",
             "process.roles=broker,controller",
             "node.id=1",
-            f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            f"listeners={bound},CONTROLLER://127.0.0.1:{controller_port}",
+            f"advertised.listeners={bound}",
+            f"listener.security.protocol.map={protocols},CONTROLLER:PLAINTEXT",
             "controller.listener.names=CONTROLLER",
             "inter.broker.listener.name=PLAINTEXT",
             f"controller.quorum.bootstrap.servers=127.0.0.1:{controller_port}",
@@ -893,6 +892,7 @@ def kafka_server_properties(data_dir: Path, port: int, controller_port: int) -> 
             "default.replication.factor=1",
             "min.insync.replicas=1",
             "group.initial.rebalance.delay.ms=0",
+            *(f"{key}={value}" for key, value in extras.properties.items()),
             "",
         ]
     )
@@ -1052,12 +1052,15 @@ class LocalStack:
         ports = self.config.ports
         require_port_free(ports.kafka, PORT_ENV["kafka"])
         require_port_free(ports.controller, PORT_ENV["controller"])
+        extras = self.config.kafka_extras
+        for name, port in extras.listeners.items():
+            require_port_free(port, f"the {name} listener's port")
         java = require_java()
         libs = ensure_kafka_jars()
         data = self.config.kafka_dir
         data.mkdir(parents=True, exist_ok=True)
         props = data / "server.properties"
-        props.write_text(kafka_server_properties(data, ports.kafka, ports.controller))
+        props.write_text(kafka_server_properties(data, ports.kafka, ports.controller, extras))
         classpath = f"{libs}/*"
         if not (data / "logs" / "meta.properties").exists():
             id_file = data / "cluster.id"
@@ -1075,6 +1078,7 @@ class LocalStack:
                     "-c",
                     str(props),
                     "--standalone",
+                    *extras.format_args,
                 ],
                 capture_output=True,
                 text=True,

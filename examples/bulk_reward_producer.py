@@ -17,8 +17,14 @@ What matters for a correct producer, and what this example does:
   came by (this topic or ``POST /reward(s)``).
 
 Records that break the contract are not lost: they land in the dead-letter topic with
-the reason (``mab dlq count`` / ``mab dlq list``). Only aiokafka and the standard
-library are needed.
+the reason (``mab dlq count`` / ``mab dlq list``).
+
+Connecting to a managed Kafka (TLS, SASL): the same ``KAFKA_*`` variables as the
+services (``KAFKA_SECURITY_PROTOCOL``, ``KAFKA_SASL_MECHANISM``, ``KAFKA_SASL_USERNAME``,
+``KAFKA_SASL_PASSWORD``, ``KAFKA_SSL_CA_LOCATION``, ...; docs/operations.md), read by the
+project's ``KafkaConnection`` and handed to aiokafka as keyword arguments. Outside this
+project, pass the same values to ``AIOKafkaProducer`` (``security_protocol``,
+``sasl_mechanism``, ``sasl_plain_username``, ``sasl_plain_password``, ``ssl_context``).
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+
+from stream_runtime.kafka_connection import KafkaConnection
 
 
 def demo_rewards(
@@ -59,10 +67,10 @@ def file_rewards(path: Path) -> Iterator[dict[str, Any]]:
                 yield json.loads(line)
 
 
-async def produce(bootstrap: str, topic: str, rewards: Iterator[dict[str, Any]]) -> int:
+async def produce(kafka: KafkaConnection, topic: str, rewards: Iterator[dict[str, Any]]) -> int:
     """Send every reward and return once the broker acknowledged all of them."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
+        **kafka.aiokafka_kwargs(),  # servers, and TLS/SASL when the variables set them
         acks="all",
         enable_idempotence=True,
         linger_ms=20,  # batch: bulk throughput is batch size per round trip
@@ -83,7 +91,9 @@ async def produce(bootstrap: str, topic: str, rewards: Iterator[dict[str, Any]])
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--bootstrap", default="127.0.0.1:9092", help="Kafka bootstrap servers")
+    parser.add_argument(
+        "--bootstrap", help="Kafka bootstrap servers (default: KAFKA_BOOTSTRAP_SERVERS)"
+    )
     parser.add_argument("--topic", default="mab.rewards", help="the rewards topic")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--file", type=Path, help="JSON Lines file of rewards")
@@ -97,8 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.file is not None
         else demo_rewards(args.demo, args.arms.split(","), args.count, args.run)
     )
-    sent = asyncio.run(produce(args.bootstrap, args.topic, rewards))
-    print(f"{sent} rewards acknowledged by {args.bootstrap} on {args.topic}")
+    kafka = KafkaConnection().with_servers(args.bootstrap)
+    sent = asyncio.run(produce(kafka, args.topic, rewards))
+    print(f"{sent} rewards acknowledged by {kafka.kafka_bootstrap_servers} on {args.topic}")
     return 0
 
 

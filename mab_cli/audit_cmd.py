@@ -43,14 +43,14 @@ def export_command(
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
 ) -> None:
     """Export every decision joined with its rewards (plus unlinked and orphan rewards)."""
-    servers, topics = resolve(experiment, bootstrap, topic_prefix)
+    kafka, topics = resolve(experiment, bootstrap, topic_prefix)
     try:
         export_format(out)
     except ExportError as exc:
         raise fail(str(exc)) from None
     console = Console(stderr=True)
     with progress_bar(console, quiet) as bar:
-        log = read_log(servers, topics, experiment, bar, timeout)
+        log = read_log(kafka, topics, experiment, bar, timeout)
         outcomes = fold_timeline(log).outcomes
         joined = join(log, outcomes)
         try:

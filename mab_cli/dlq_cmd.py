@@ -13,19 +13,22 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
 import typer
-from aiokafka.errors import KafkaError
+from confluent_kafka import KafkaException
 
 from deploy.local_stack import StackConfig
+from mab_cli.log_options import kafka_connection
 from schemas.dead_letter import REASONS, DeadLetter, dedupe, position_id, redriven_origins
 from schemas.topics import TopicNames
+from stream_runtime.acked_producer import ProduceError
 from stream_runtime.dead_letter import DeadLetterError, Redrive, read_dead_letters, redrive
+from stream_runtime.kafka_connection import KafkaConnectionError
+from stream_runtime.partition_reader import PartitionReadError
 
 dlq_app = typer.Typer(
     help="The dead-letter topic: count, list, export and re-drive rejected records.",
@@ -42,15 +45,6 @@ IncludeRedriven = Annotated[
 ]
 
 
-def _servers(bootstrap: str | None) -> str:
-    """Like ``mab topics create``: option, env, then the local stack's Kafka port."""
-    return (
-        bootstrap
-        or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-        or f"127.0.0.1:{StackConfig.product().ports.kafka}"
-    )
-
-
 def _topics(prefix: str | None) -> TopicNames:
     return TopicNames.with_prefix(StackConfig.product().topic_prefix if prefix is None else prefix)
 
@@ -62,13 +56,13 @@ def _fail(message: str) -> typer.Exit:
 
 def _load(bootstrap: str | None, prefix: str | None) -> tuple[list[DeadLetter], TopicNames]:
     names = _topics(prefix)
-    servers = _servers(bootstrap)
+    kafka = kafka_connection(bootstrap)
     try:
-        return asyncio.run(read_dead_letters(servers, names.rewards_dlq)), names
-    except DeadLetterError as exc:
+        return asyncio.run(read_dead_letters(kafka, names.rewards_dlq)), names
+    except (DeadLetterError, KafkaConnectionError) as exc:
         raise _fail(str(exc)) from None
-    except KafkaError as exc:
-        raise _fail(f"kafka at {servers}: {exc!r}") from None
+    except (KafkaException, PartitionReadError) as exc:
+        raise _fail(f"kafka at {kafka.describe()}: {exc}") from None
 
 
 def _current(
@@ -248,10 +242,11 @@ def redrive_cmd(
             typer.echo(f"{len(items)} records")
             return
         allowed = {names.rewards, names.decisions}
-        sent = asyncio.run(redrive(_servers(bootstrap), names.rewards_dlq, allowed, items))
-    except DeadLetterError as exc:
+        kafka = kafka_connection(bootstrap)
+        sent = asyncio.run(redrive(kafka, names.rewards_dlq, allowed, items))
+    except (DeadLetterError, KafkaConnectionError) as exc:
         raise _fail(str(exc)) from None
-    except KafkaError as exc:
+    except (ProduceError, KafkaException) as exc:
         raise _fail(f"re-drive failed ({exc!r}); re-run with --include-redriven") from None
     typer.echo(f"{sent} records re-driven")
 

@@ -125,7 +125,7 @@ def evaluate_command(
     timeout: TimeoutOpt = 30.0,
 ) -> None:
     """Estimate what STRATEGY would have earned on the logged decisions (IPS, SNIPS, DR)."""
-    servers, topics = resolve(experiment, bootstrap, topic_prefix)
+    kafka, topics = resolve(experiment, bootstrap, topic_prefix)
     given = _params(params)
     try:
         clean = validate_params(strategy, given)
@@ -143,7 +143,7 @@ def evaluate_command(
     )
     console = Console(stderr=True)
     with progress_bar(console, as_json) as bar:
-        log = read_log(servers, topics, experiment, bar, timeout)
+        log = read_log(kafka, topics, experiment, bar, timeout)
         if not log.decisions and not log.config_events:
             raise fail(f"experiment {experiment!r} has no events in {topics.decisions}", 1)
         task = bar.add_task("evaluating", total=None)

@@ -2,7 +2,9 @@
 
 Not a ``*_cmd`` module: it registers nothing. Defaults follow ``mab up``: the bootstrap
 servers from ``KAFKA_BOOTSTRAP_SERVERS``, else the local stack's Kafka port
-(``MAB_KAFKA_PORT``, 9092); the topic prefix from ``MAB_TOPIC_PREFIX``.
+(``MAB_KAFKA_PORT``, 9092); the topic prefix from ``MAB_TOPIC_PREFIX``. TLS and SASL come
+from the same ``KAFKA_*`` variables as the services' (:func:`kafka_connection`, which
+every command that talks to Kafka uses).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Callable
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -28,6 +31,8 @@ from offpolicy.log import ExperimentLog
 from offpolicy.reader import LogTooLargeError, LogUnavailableError, read_experiment_log
 from schemas.ids import ID_PATTERN
 from schemas.topics import TopicNames
+from stream_runtime.kafka_connection import KafkaConnection
+from stream_runtime.settings import settings_errors
 
 ExperimentOpt = Annotated[str, typer.Option("--experiment", help="Experiment id.")]
 BootstrapOpt = Annotated[
@@ -49,18 +54,30 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def resolve(experiment: str, bootstrap: str | None, prefix: str | None) -> tuple[str, TopicNames]:
-    """Validated experiment id, bootstrap servers and topic names (exit 2 when invalid)."""
-    if re.fullmatch(ID_PATTERN, experiment) is None:
-        raise fail(f"--experiment {experiment!r} is not a valid experiment id")
+def kafka_connection(bootstrap: str | None) -> KafkaConnection:
+    """How a command connects: ``--bootstrap``, else ``KAFKA_BOOTSTRAP_SERVERS``, else the
+    local stack's Kafka port; TLS and SASL from the ``KAFKA_*`` variables. Exit 2 with
+    one line per invalid variable (naming it)."""
     servers = bootstrap or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if not servers:
         try:
             servers = f"127.0.0.1:{Ports.from_env().kafka}"
         except StackError as exc:
             raise fail(str(exc)) from None
+    try:
+        return KafkaConnection(kafka_bootstrap_servers=servers)
+    except ValidationError as exc:
+        raise fail("; ".join(settings_errors(exc))) from None
+
+
+def resolve(
+    experiment: str, bootstrap: str | None, prefix: str | None
+) -> tuple[KafkaConnection, TopicNames]:
+    """Validated experiment id, Kafka connection and topic names (exit 2 when invalid)."""
+    if re.fullmatch(ID_PATTERN, experiment) is None:
+        raise fail(f"--experiment {experiment!r} is not a valid experiment id")
     chosen = os.environ.get("MAB_TOPIC_PREFIX", "") if prefix is None else prefix
-    return servers, TopicNames.with_prefix(chosen)
+    return kafka_connection(bootstrap), TopicNames.with_prefix(chosen)
 
 
 def progress_bar(console: Console, quiet: bool) -> Progress:
@@ -76,7 +93,7 @@ def progress_bar(console: Console, quiet: bool) -> Progress:
 
 
 def read_log(
-    servers: str,
+    kafka: KafkaConnection,
     topics: TopicNames,
     experiment: str,
     bar: Progress,
@@ -94,7 +111,7 @@ def read_log(
     try:
         log = asyncio.run(
             read_experiment_log(
-                servers,
+                kafka,
                 topics,
                 experiment,
                 on_total=on_total,

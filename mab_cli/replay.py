@@ -31,16 +31,14 @@ import signal
 import sys
 import threading
 import time
-import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from multiprocessing.context import BaseContext
 from typing import Final
 
-from confluent_kafka import Consumer, KafkaError, KafkaException
 from confluent_kafka import TopicPartition as RdTopicPartition
 
 from bandit_core.fold import fold_into
@@ -65,17 +63,13 @@ from services.projector.store import Write as ProjectorWrite
 from services.reward_consumer.store import ConsumerStore, prune_cutoff
 from services.reward_consumer.store import Write as ConsumerWrite
 from stream_runtime.batch import gc_deferred
-from stream_runtime.kafka_loop import KafkaRecord, take_queued
+from stream_runtime.kafka_connection import KafkaTarget
 from stream_runtime.kafka_metadata import METADATA_TIMEOUT_S, metadata_client, partition_count
+from stream_runtime.partition_reader import read_chunks
 from stream_runtime.redis_client import redis_from_url
 
 #: Records per fetch while replaying, at most: large, so per-chunk overhead vanishes.
 CHUNK_RECORDS: Final = 50_000
-#: Longest wait for a record when none is queued (:func:`~stream_runtime.kafka_loop.
-#: take_queued`). A chunk is what is queued, up to :data:`CHUNK_RECORDS`: with
-#: ``consume(n, 1 s)`` each reader waited a whole second after its last records (the
-#: read of the 48 configs took 1.01 s), and a worker could sit idle while a chunk filled.
-READ_WAIT_S: Final = 0.1
 #: Dedupe keys per bulk-load command: one ZADD blocks Redis while it runs, so chunks
 #: keep each block to some tens of milliseconds for the other clients.
 SEEN_PER_WRITE: Final = 25_000
@@ -98,7 +92,7 @@ class ReplayPlan:
     read). ``start`` is the first offset to read per partition (absent: the beginning).
     """
 
-    bootstrap: str
+    bootstrap: KafkaTarget
     redis_url: str
     topic_prefix: str
     target_prefix: str
@@ -390,94 +384,6 @@ class PartitionReplayer:
         return self.report
 
 
-async def read_chunks(
-    bootstrap: str, start: Mapping[str, int], until: Mapping[str, int], chunk_records: int
-) -> AsyncIterator[list[KafkaRecord]]:
-    """Records of the partitions named by ``until`` (``topic:partition`` -> last offset,
-    inclusive), from ``start`` (default: the beginning), in chunks of log order.
-
-    librdkafka (as in the live loop) with partition-EOF events: a partition that ends
-    before its expected last offset is an error naming it, never an endless wait.
-
-    "The beginning" is each partition's log start offset, asked for explicitly: given
-    ``OFFSET_BEGINNING``, librdkafka sent its first offset request ~0.45 s after it had
-    connected, so every reader (the caller's read of the configs, then each worker)
-    waited that long for its first record; asked for, the first record comes ~0.1 s
-    after the client is created. Should retention delete the start meanwhile, the
-    fetch resets to the new earliest offset (never to the end, librdkafka's default).
-    """
-    remaining: dict[tuple[str, int], int] = {}
-    wanted: list[tuple[str, int, int | None]] = []
-    for f, last in until.items():
-        topic, _, part = f.rpartition(":")
-        if last < 0 or (f in start and start[f] > last):
-            continue
-        remaining[(topic, int(part))] = last
-        wanted.append((topic, int(part), start.get(f)))
-    if not remaining:
-        return
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"mab-replay-{uuid.uuid4().hex}",  # never joined nor committed
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "auto.offset.reset": "earliest",
-            "isolation.level": "read_committed",
-            "max.partition.fetch.bytes": 16 * 1024 * 1024,
-            "fetch.max.bytes": 64 * 1024 * 1024,
-            "fetch.wait.max.ms": 50,
-        }
-    )
-
-    def log_start(topic: str, part: int) -> int:
-        low, _ = consumer.get_watermark_offsets(
-            RdTopicPartition(topic, part), timeout=METADATA_TIMEOUT_S
-        )
-        return int(low)
-
-    def assign() -> None:
-        consumer.assign(
-            [
-                RdTopicPartition(t, p, log_start(t, p) if first is None else first)
-                for t, p, first in wanted
-            ]
-        )
-
-    try:
-        await asyncio.to_thread(assign)
-        while remaining:
-            messages = await asyncio.to_thread(take_queued, consumer, chunk_records, READ_WAIT_S)
-            chunk: list[KafkaRecord] = []
-            for m in messages:
-                key = (m.topic() or "", m.partition() or 0)
-                stop = remaining.get(key)
-                if stop is None:
-                    continue
-                offset = m.offset() or 0
-                err = m.error()
-                if err is not None:
-                    if err.code() != KafkaError._PARTITION_EOF:
-                        raise KafkaException(err)
-                    if offset > stop:  # the end is past our last record (e.g. a marker)
-                        del remaining[key]
-                        continue
-                    raise RuntimeError(
-                        f"{key[0]}:{key[1]} ends at offset {offset}, before the expected "
-                        f"last offset {stop} (topic deleted or truncated?)"
-                    )
-                if offset <= stop:
-                    chunk.append(
-                        KafkaRecord(key[0], key[1], offset, m.timestamp()[1], m.value(), m.key())
-                    )
-                if offset >= stop:
-                    del remaining[key]
-            if chunk:
-                yield chunk
-    finally:
-        await asyncio.to_thread(consumer.close)
-
-
 def run_plan(plan: ReplayPlan) -> ReplayReport:
     """Entry point of a worker process (progress goes to stderr)."""
 
@@ -577,7 +483,7 @@ def warm_pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
         yield pool
 
 
-def _high_watermarks(bootstrap: str, fields: Sequence[tuple[str, int]]) -> dict[str, int]:
+def _high_watermarks(bootstrap: KafkaTarget, fields: Sequence[tuple[str, int]]) -> dict[str, int]:
     """Offset after the last record (``topic:partition`` -> high watermark)."""
     with metadata_client(bootstrap, "replay") as consumer:
         return {
@@ -589,7 +495,7 @@ def _high_watermarks(bootstrap: str, fields: Sequence[tuple[str, int]]) -> dict[
 
 
 def _offsets_for_time(
-    bootstrap: str, fields: Sequence[tuple[str, int]], ts_ms: int
+    bootstrap: KafkaTarget, fields: Sequence[tuple[str, int]], ts_ms: int
 ) -> dict[str, int]:
     """First offset with a timestamp at or after ``ts_ms`` (-1: none)."""
     with metadata_client(bootstrap, "replay") as consumer:
@@ -608,7 +514,7 @@ def _fields(topics: TopicNames, partitions: int) -> list[tuple[str, int]]:
 
 
 async def read_experiment_events(
-    bootstrap: str, topics: TopicNames
+    bootstrap: KafkaTarget, topics: TopicNames
 ) -> tuple[dict[str, ExperimentConfig], int]:
     """Fold the whole experiments topic into configs; also returns its partition count."""
     count = await asyncio.to_thread(partition_count, bootstrap, topics.experiments)
@@ -628,14 +534,16 @@ async def read_experiment_events(
     return fold_configs(events), count
 
 
-async def end_offsets(bootstrap: str, topics: TopicNames, partitions: int) -> dict[str, int]:
+async def end_offsets(
+    bootstrap: KafkaTarget, topics: TopicNames, partitions: int
+) -> dict[str, int]:
     """Last offset (inclusive; -1 when empty) of every partition of the three topics."""
     ends = await asyncio.to_thread(_high_watermarks, bootstrap, _fields(topics, partitions))
     return {f: end - 1 for f, end in ends.items()}
 
 
 async def offsets_at(
-    bootstrap: str, topics: TopicNames, partitions: int, ts: float
+    bootstrap: KafkaTarget, topics: TopicNames, partitions: int, ts: float
 ) -> dict[str, int]:
     """First offset at or after unix time ``ts`` per partition (broker timestamps); the
     end of the partition when every record is older."""

@@ -33,6 +33,7 @@ from typing import Annotated, Any
 
 import typer
 from confluent_kafka import KafkaException
+from pydantic import ValidationError
 
 from mab_cli.replay import (
     Progress,
@@ -41,7 +42,6 @@ from mab_cli.replay import (
     end_offsets,
     offsets_at,
     partition_sizes,
-    read_chunks,
     read_experiment_events,
     run_plans,
     split_partitions,
@@ -71,14 +71,21 @@ from services.projector.store import ProjectorStore
 from services.reward_consumer.handlers import BatchHandler
 from services.reward_consumer.store import ConsumerStore
 from stream_runtime.batch import Rejected
+from stream_runtime.kafka_connection import KafkaConnectionError, KafkaTarget
+from stream_runtime.partition_reader import read_chunks
 from stream_runtime.redis_client import AnyRedis, RedisUrlError, redis_from_url
+from stream_runtime.settings import settings_errors
 
 
 @dataclass(frozen=True, slots=True)
 class ReplayTarget:
-    """Where to read and write: the deployment's broker, Redis and prefixes."""
+    """Where to read and write: the deployment's broker, Redis and prefixes.
 
-    bootstrap: str
+    ``bootstrap`` is the whole Kafka connection (servers, TLS, SASL), or bare servers
+    for a PLAINTEXT broker.
+    """
+
+    bootstrap: KafkaTarget
     redis_url: str
     topic_prefix: str
     redis_prefix: str
@@ -383,13 +390,16 @@ def register(app: typer.Typer) -> None:
         from_ts = None if from_timestamp is None else parse_timestamp(from_timestamp)
         if verify and from_ts is not None:
             raise _fail("--verify compares a full replay; it cannot start at a timestamp")
-        settings = ProjectorSettings()
+        try:
+            settings = ProjectorSettings()
+        except ValidationError as exc:
+            raise _fail("; ".join(settings_errors(exc, ProjectorSettings))) from None
         try:
             keys = settings.keys  # a key prefix with braces would move every hash tag
         except ValueError as exc:
             raise _fail(str(exc)) from None
         target = ReplayTarget(
-            bootstrap=settings.kafka_bootstrap_servers,
+            bootstrap=settings.connection(),
             redis_url=settings.redis_url,
             topic_prefix=settings.mab_topic_prefix,
             redis_prefix=keys.prefix,
@@ -413,7 +423,7 @@ def register(app: typer.Typer) -> None:
         except ProcessorsRunning as exc:
             typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
             raise typer.Exit(EXIT_PROCESSORS_RUNNING) from None
-        except RedisUrlError as exc:
+        except (RedisUrlError, KafkaConnectionError) as exc:
             raise _fail(str(exc)) from None
         except (OSError, ConnectionError, KafkaException) as exc:
             raise _fail(f"cannot reach Kafka or Redis: {exc}") from None

@@ -37,6 +37,7 @@ from typing import Final
 from schemas.topics import TopicNames
 from services.projector.settings import ProjectorSettings
 from services.reward_consumer.settings import ConsumerSettings
+from stream_runtime.kafka_connection import KafkaTarget
 from stream_runtime.kafka_metadata import GroupMember, group_members
 
 #: Exit code of a rebuild refused because processors run (1: differences, 2: bad input).
@@ -127,7 +128,7 @@ def refusal(members: Sequence[GroupMember], groups: ProcessorGroups | None, mode
 
 
 def ensure_processors_stopped(
-    bootstrap: str,
+    kafka: KafkaTarget,
     topics: TopicNames,
     groups: ProcessorGroups | None,
     *,
@@ -146,7 +147,7 @@ def ensure_processors_stopped(
     group that cannot be described, raises :class:`confluent_kafka.KafkaException`.
     """
     named = () if groups is None else (groups.reward_consumer, groups.projector)
-    members = group_members(bootstrap, named, (topics.rewards, topics.decisions))
+    members = group_members(kafka, named, (topics.rewards, topics.decisions))
     if not members:
         return
     if not force:

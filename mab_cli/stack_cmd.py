@@ -25,6 +25,7 @@ from deploy.local_stack import (
     ensure_kafka_jars,
     product_topic_specs,
 )
+from mab_cli.log_options import kafka_connection
 
 T = TypeVar("T")
 
@@ -162,13 +163,9 @@ def topics_create(
 ) -> None:
     """Create the product's topics idempotently (also the docker-compose init job)."""
     config = StackConfig.product()
-    servers = (
-        bootstrap
-        or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-        or (f"127.0.0.1:{config.ports.kafka}")
-    )
+    kafka = kafka_connection(bootstrap)
     chosen_prefix = config.topic_prefix if prefix is None else prefix
-    counts = _guard(lambda: create_topics(servers, product_topic_specs(chosen_prefix), 60.0))
+    counts = _guard(lambda: create_topics(kafka, product_topic_specs(chosen_prefix), 60.0))
     for name, partitions in counts.items():
         typer.echo(f"{name}\t{partitions} partitions")
 

@@ -1,7 +1,8 @@
 """Read one experiment's events from the topics, from the beginning to a fixed end.
 
-An own consumer with no group (nothing is committed, no live consumer group is touched),
-manually assigned to the experiment's partition of the experiments, decisions and
+The shared partition reader (:mod:`stream_runtime.partition_reader`, as replay and the
+DLQ operators): a consumer with no group (nothing is committed, no live consumer group
+is touched), assigned to the experiment's partition of the experiments, decisions and
 rewards topics. Every record is keyed by experiment id (:func:`schemas.topics.partition_key`),
 so one partition per topic holds all of an experiment's events; records of other
 experiments sharing it are skipped and counted. A record produced with another key would
@@ -18,14 +19,11 @@ never fatal.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from typing import Final
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaException, TopicPartition
 
 from offpolicy.log import ConfigEvent, ExperimentLog, RejectedRecord
 from schemas.codec import DecodeError, decode
@@ -40,9 +38,17 @@ from schemas.events import (
 )
 from schemas.topics import TopicNames, partition_key
 from stream_runtime.batch import decode_reward_or_decision
-from stream_runtime.kafka_metadata import partition_counts
+from stream_runtime.kafka_connection import (
+    KafkaConnection,
+    KafkaConnectionError,
+    KafkaTarget,
+    as_connection,
+)
+from stream_runtime.kafka_loop import KafkaRecord
+from stream_runtime.kafka_metadata import metadata_client, partition_counts
+from stream_runtime.partition_reader import PartitionReadError, read_chunks
 
-#: Records per ``getmany`` call.
+#: Records per chunk read.
 BATCH_RECORDS: Final = 5000
 
 
@@ -70,7 +76,7 @@ def experiment_partition(experiment_id: str, partitions: list[int]) -> int:
 
 
 async def read_experiment_log(
-    bootstrap_servers: str,
+    kafka: KafkaTarget,
     topics: TopicNames,
     experiment_id: str,
     *,
@@ -84,27 +90,12 @@ async def read_experiment_log(
     ``on_total(n)`` is called once with the number of records to scan (all experiments
     sharing the partitions), ``on_records(k)`` as they are scanned. Raises
     :class:`LogTooLargeError` when that number exceeds ``max_records``, and
-    :class:`LogUnavailableError` when Kafka does not answer or no record arrives for
-    ``timeout_s`` seconds.
+    :class:`LogUnavailableError` when Kafka does not answer (or refuses the connection
+    settings, named in the message) or no record arrives for ``timeout_s`` seconds.
     """
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        client_id="mab-offpolicy-reader",
-        request_timeout_ms=int(timeout_s * 1000),
-    )
-    try:
-        async with asyncio.timeout(timeout_s):
-            await consumer.start()
-    except (TimeoutError, KafkaError, OSError) as exc:
-        await consumer.stop()
-        raise LogUnavailableError(f"cannot reach Kafka at {bootstrap_servers}: {exc!r}") from None
     try:
         return await _read(
-            consumer,
-            bootstrap_servers,
+            as_connection(kafka),
             topics,
             experiment_id,
             on_total,
@@ -112,15 +103,25 @@ async def read_experiment_log(
             max_records,
             timeout_s,
         )
-    except KafkaError as exc:
-        raise LogUnavailableError(f"reading the log failed: {exc!r}") from None
-    finally:
-        await consumer.stop()
+    except KafkaConnectionError as exc:
+        raise LogUnavailableError(str(exc)) from None
+    except (KafkaException, PartitionReadError) as exc:
+        raise LogUnavailableError(f"reading the log failed: {exc}") from None
+
+
+def _bounds(
+    kafka: KafkaConnection, tps: list[tuple[str, int]], timeout_s: float
+) -> dict[str, tuple[int, int]]:
+    """``topic:partition`` -> (log start, high watermark)."""
+    with metadata_client(kafka, "offpolicy") as consumer:
+        return {
+            f"{t}:{p}": consumer.get_watermark_offsets(TopicPartition(t, p), timeout=timeout_s)
+            for t, p in tps
+        }
 
 
 async def _read(
-    consumer: AIOKafkaConsumer,
-    bootstrap_servers: str,
+    kafka: KafkaConnection,
     topics: TopicNames,
     experiment_id: str,
     on_total: Callable[[int], None] | None,
@@ -128,24 +129,16 @@ async def _read(
     max_records: int | None,
     timeout_s: float,
 ) -> ExperimentLog:
-    # aiokafka offers a topic's partitions only for topics its client already tracks
-    # (or through its private client), so librdkafka's public metadata call counts them.
     names = (topics.experiments, topics.decisions, topics.rewards)
-    try:
-        counts = await asyncio.to_thread(partition_counts, bootstrap_servers, names, timeout_s)
-    except KafkaException as exc:
-        raise LogUnavailableError(f"no topic metadata from Kafka: {exc}") from None
-    tps: list[TopicPartition] = []
+    kafka = kafka.model_copy(update={"kafka_start_timeout_s": timeout_s})
+    counts = await asyncio.to_thread(partition_counts, kafka, names, timeout_s)
+    tps: list[tuple[str, int]] = []
     for name in names:
         if not counts[name]:
             raise LogUnavailableError(f"topic {name!r} does not exist")
-        partitions = list(range(counts[name]))
-        tps.append(TopicPartition(name, experiment_partition(experiment_id, partitions)))
-    consumer.assign(tps)
-    async with asyncio.timeout(timeout_s):
-        begins = await consumer.beginning_offsets(tps)
-        ends = await consumer.end_offsets(tps)
-    total = sum(max(0, ends[tp] - begins[tp]) for tp in tps)
+        tps.append((name, experiment_partition(experiment_id, list(range(counts[name])))))
+    bounds = await asyncio.to_thread(_bounds, kafka, tps, timeout_s)
+    total = sum(max(0, end - begin) for begin, end in bounds.values())
     if max_records is not None and total > max_records:
         raise LogTooLargeError(total, max_records)
     if on_total is not None:
@@ -158,7 +151,7 @@ async def _read(
     rejected: list[RejectedRecord] = []
     others = 0
 
-    def take(record: ConsumerRecord) -> None:
+    def take(record: KafkaRecord) -> None:
         nonlocal others
         event: AnyEvent | None
         if record.key is not None and record.key != key:
@@ -189,35 +182,13 @@ async def _read(
         elif isinstance(event, ExperimentCreated | ArmsAdded | StrategyChanged):
             configs.append(event)
 
-    pending = {tp for tp in tps if ends[tp] > begins[tp]}
-    for tp in tps:
-        if tp in pending:
-            consumer.seek(tp, begins[tp])
-        else:
-            consumer.pause(tp)
-    last_progress = time.monotonic()
-    while pending:
-        batch = await consumer.getmany(*pending, timeout_ms=500, max_records=BATCH_RECORDS)
-        scanned = 0
-        for tp, records in batch.items():
-            end = ends[tp]
-            for record in records:
-                if record.offset < end:
-                    take(record)
-                    scanned += 1
-        if scanned:
-            last_progress = time.monotonic()
-            if on_records is not None:
-                on_records(scanned)
-        for tp in list(pending):
-            if await consumer.position(tp) >= ends[tp]:
-                pending.discard(tp)
-                consumer.pause(tp)
-        if pending and time.monotonic() - last_progress > timeout_s:
-            raise LogUnavailableError(
-                f"no record for {timeout_s:g} s while reading "
-                + ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(pending))
-            )
+    start = {f: begin for f, (begin, _end) in bounds.items()}
+    until = {f: end - 1 for f, (_begin, end) in bounds.items()}
+    async for chunk in read_chunks(kafka, start, until, BATCH_RECORDS, stall_s=timeout_s):
+        for record in chunk:
+            take(record)
+        if on_records is not None:
+            on_records(len(chunk))
     return ExperimentLog(
         experiment_id=experiment_id,
         config_events=tuple(configs),

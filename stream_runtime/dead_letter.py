@@ -23,8 +23,7 @@ import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from confluent_kafka import TopicPartition
 
 from schemas.dead_letter import (
     REDRIVEN,
@@ -35,18 +34,18 @@ from schemas.dead_letter import (
     redrive_headers,
 )
 from schemas.topics import DLQ_MAX_MESSAGE_BYTES
+from stream_runtime.acked_producer import AckedProducer, OutRecord
 from stream_runtime.batch import Rejected, record_ids
+from stream_runtime.kafka_connection import KafkaTarget
+from stream_runtime.kafka_metadata import metadata_client, partition_count
+from stream_runtime.partition_reader import read_chunks
 
 
-def dead_letter_producer(bootstrap_servers: str, client_id: str) -> AIOKafkaProducer:
+def dead_letter_producer(
+    kafka: KafkaTarget, client_id: str, log: logging.Logger | None = None
+) -> AckedProducer:
     """A durable producer able to carry an oversize record plus its headers to the DLQ."""
-    return AIOKafkaProducer(
-        bootstrap_servers=bootstrap_servers,
-        client_id=client_id,
-        acks="all",
-        enable_idempotence=True,
-        max_request_size=DLQ_MAX_MESSAGE_BYTES,
-    )
+    return AckedProducer(kafka, client_id, max_message_bytes=DLQ_MAX_MESSAGE_BYTES, log=log)
 
 
 class DeadLetterProducer:
@@ -58,7 +57,7 @@ class DeadLetterProducer:
 
     def __init__(
         self,
-        producer: AIOKafkaProducer,
+        producer: AckedProducer,
         topic: str,
         rejected_by: str,
         log: logging.Logger | None = None,
@@ -74,7 +73,7 @@ class DeadLetterProducer:
         if not rejects:
             return
         now_ms = int(time.time() * 1000)
-        futures = []
+        letters = []
         for r in rejects:
             rec = r.record
             headers = dead_letter_headers(
@@ -88,15 +87,8 @@ class DeadLetterProducer:
                 rejected_at_ms=now_ms,
                 original=getattr(rec, "headers", None) or (),
             )
-            futures.append(
-                await self.producer.send(
-                    self.topic,
-                    rec.value,
-                    key=getattr(rec, "key", None),
-                    headers=headers,
-                )
-            )
-        await asyncio.gather(*futures)
+            letters.append(OutRecord(self.topic, rec.value, getattr(rec, "key", None), headers))
+        await self.producer.send(letters)
         self.sent += len(rejects)
         if self.log is not None:
             # One line per dead letter, with the ids an operator searches for.
@@ -118,54 +110,37 @@ class DeadLetterProducer:
 # What ``mab dlq`` does, as functions the CLI and the tests call.
 
 
-async def read_dead_letters(bootstrap_servers: str, topic: str) -> list[DeadLetter]:
+async def read_dead_letters(kafka: KafkaTarget, topic: str) -> list[DeadLetter]:
     """Every record of the DLQ topic, from the beginning up to its end at call time.
 
     No consumer group: reading the DLQ never moves anyone's committed position.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
-    await admin.start()
-    try:
-        (described,) = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    partitions = [p["partition"] for p in described["partitions"]]
-    if described["error_code"] != 0 or not partitions:
+    partitions = await asyncio.to_thread(partition_count, kafka, topic)
+    if not partitions:
         raise DeadLetterError(f"topic {topic!r} does not exist")
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        isolation_level="read_committed",
-        max_partition_fetch_bytes=DLQ_MAX_MESSAGE_BYTES,
-        fetch_max_bytes=4 * DLQ_MAX_MESSAGE_BYTES,
-    )
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        out: list[DeadLetter] = []
+    ends = await asyncio.to_thread(_end_offsets, kafka, topic, partitions)
+    until = {f"{topic}:{p}": end - 1 for p, end in ends.items() if end > 0}
+    out: list[DeadLetter] = []
+    async for chunk in read_chunks(kafka, {}, until, 10_000, headers=True):
+        out += [DeadLetter.parse(r.offset, r.key, r.value, _as_bytes(r.headers)) for r in chunk]
+    out.sort(key=lambda d: d.dlq_offset)
+    return out
 
-        async def behind() -> bool:
-            for tp in tps:
-                if await consumer.position(tp) < ends[tp]:
-                    return True
-            return False
 
-        while await behind():
-            batch = await consumer.getmany(*tps, timeout_ms=1000)
-            for tp, records in batch.items():
-                out += [
-                    DeadLetter.parse(r.offset, r.key, r.value, r.headers)
-                    for r in records
-                    if r.offset < ends[tp]
-                ]
-        out.sort(key=lambda d: d.dlq_offset)
-        return out
-    finally:
-        await consumer.stop()
+def _as_bytes(headers: Sequence[tuple[str, str | bytes | None]] | None) -> list[tuple[str, bytes]]:
+    """librdkafka gives a header without a value as None (and types values loosely)."""
+    return [
+        (name, value.encode() if isinstance(value, str) else value or b"")
+        for name, value in headers or ()
+    ]
+
+
+def _end_offsets(kafka: KafkaTarget, topic: str, partitions: int) -> dict[int, int]:
+    with metadata_client(kafka, "dlq") as consumer:
+        return {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p))[1]
+            for p in range(partitions)
+        }
 
 
 class DeadLetterError(RuntimeError):
@@ -182,7 +157,7 @@ class Redrive:
 
 
 async def redrive(
-    bootstrap_servers: str,
+    kafka: KafkaTarget,
     dlq_topic: str,
     allowed_topics: Collection[str],
     items: Sequence[Redrive],
@@ -201,7 +176,7 @@ async def redrive(
             raise DeadLetterError(
                 f"{position_id(*item.origin)}: origin topic is not one of {sorted(allowed_topics)}"
             )
-    producer = dead_letter_producer(bootstrap_servers, "mab-dlq-redrive")
+    producer = dead_letter_producer(kafka, "mab-dlq-redrive")
     await producer.start()
     try:
         now_ms = int(time.time() * 1000)
@@ -218,18 +193,15 @@ async def redrive(
                 rejected_by="mab dlq redrive",
                 rejected_at_ms=now_ms,
             )
-            markers.append(await producer.send(dlq_topic, None, key=item.key, headers=headers))
-        await asyncio.gather(*markers)
+            markers.append(OutRecord(dlq_topic, None, item.key, headers))
+        await producer.send(markers)
         sent = [
-            await producer.send(
-                item.origin[0],
-                item.value,
-                key=item.key,
-                headers=redrive_headers(*item.origin, at_ms=now_ms),
+            OutRecord(
+                item.origin[0], item.value, item.key, redrive_headers(*item.origin, at_ms=now_ms)
             )
             for item in items
         ]
-        await asyncio.gather(*sent)
+        await producer.send(sent)
         return len(sent)
     finally:
         await producer.stop()

@@ -60,6 +60,12 @@ from typing import Any, Final, Generic, NamedTuple, Protocol, TypeVar
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from stream_runtime.batch import RecordLike, SummableReport, commit_offsets, first_offsets
+from stream_runtime.kafka_connection import (
+    ClientErrors,
+    KafkaConnection,
+    new_client,
+    wait_until_reachable,
+)
 from stream_runtime.metrics import LAG_EVERY_S, ProcessorMetrics
 
 #: Seconds between two progress log lines.
@@ -97,8 +103,7 @@ TUNED_FETCH: Final = FetchSizing(
 class LoopSettings(Protocol):
     """What the loop reads of a service's settings (each keeps its own env var names)."""
 
-    @property
-    def kafka_bootstrap_servers(self) -> str: ...
+    def connection(self) -> KafkaConnection: ...
     @property
     def group_id(self) -> str: ...
     @property
@@ -148,8 +153,10 @@ def take_queued(consumer: Consumer, max_records: int, timeout_s: float) -> list[
 def to_records(messages: list[Message], log: logging.Logger) -> list[KafkaRecord]:
     """Turn a poll's messages into records, logging (and skipping) error events.
 
-    Error events carry no record (a partition EOF, a broker going away): librdkafka
-    retries those by itself; a fatal error raises so the process restarts cleanly.
+    Error events carry no record (a partition EOF, an unknown topic): librdkafka retries
+    those by itself; a fatal error raises so the process restarts cleanly. (Client-wide
+    errors, such as a broker going away, go to the consumer's ``error_cb`` instead:
+    :class:`~stream_runtime.kafka_connection.ClientErrors`.)
     """
     out: list[KafkaRecord] = []
     append = out.append
@@ -234,6 +241,7 @@ class KafkaBatchProcessor(abc.ABC, Generic[ReportT]):
         self.batches = 0
         self.handle_seconds = 0.0  # wall time inside _handle(), for the records/s figure
         self._consumer: Consumer | None = None
+        self._errors: ClientErrors | None = None
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._last_progress = time.monotonic()
@@ -296,10 +304,10 @@ class KafkaBatchProcessor(abc.ABC, Generic[ReportT]):
             await self._close()
 
     def consumer_config(self) -> dict[str, Any]:
-        """librdkafka settings (docs/operations.md explains each choice)."""
+        """librdkafka settings on top of the connection's (docs/operations.md explains
+        each choice)."""
         s, f = self.loop_settings, self.fetch
         return {
-            "bootstrap.servers": s.kafka_bootstrap_servers,
             "group.id": s.group_id,
             "client.id": f"{s.group_id}-{id(self):x}",
             "enable.auto.commit": False,  # we commit explicitly, after the Redis write
@@ -317,9 +325,23 @@ class KafkaBatchProcessor(abc.ABC, Generic[ReportT]):
         }
 
     async def _open(self) -> None:
+        """Reach Kafka first, then open the service's resources, then join the group.
+
+        A rejected password or certificate raises :class:`~stream_runtime.kafka_connection.
+        KafkaConnectionError` here, before anything else is opened, instead of leaving
+        librdkafka to retry it forever in the background.
+        """
         s = self.loop_settings
-        await self._open_resources()
-        consumer = Consumer(self.consumer_config(), logger=self.log)
+        consumer, errors = new_client(
+            Consumer, s.connection(), self.consumer_config(), log=self.log
+        )
+        try:
+            await asyncio.to_thread(wait_until_reachable, consumer, errors)
+            await self._open_resources()
+        except BaseException:
+            await asyncio.to_thread(consumer.close)
+            raise
+        self._errors = errors
         listener = RebalanceLogger(self.log, self._rebalanced)
         consumer.subscribe(
             self.subscribed, on_assign=listener.on_assign, on_revoke=listener.on_revoke
@@ -365,6 +387,8 @@ class KafkaBatchProcessor(abc.ABC, Generic[ReportT]):
     async def poll_once(self, stop: asyncio.Event | None = None) -> int:
         """Poll one batch and process it; returns the number of records polled."""
         assert self._consumer is not None
+        if self._errors is not None:
+            self._errors.raise_if_fatal()
         s = self.loop_settings
         messages = await asyncio.to_thread(
             take_queued, self._consumer, s.max_batch_records, s.poll_timeout_ms / 1000

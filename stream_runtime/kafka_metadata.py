@@ -17,33 +17,37 @@ from typing import Final
 from confluent_kafka import Consumer, ConsumerGroupState, KafkaException
 from confluent_kafka.admin import AdminClient
 
+from stream_runtime.kafka_connection import KafkaTarget, new_client, wait_until_reachable
+
 #: Seconds a metadata or offsets request may take before the caller gives up on the broker.
 METADATA_TIMEOUT_S: Final = 15.0
 
 
 @contextlib.contextmanager
-def metadata_client(bootstrap: str, purpose: str = "metadata") -> Iterator[Consumer]:
-    """A librdkafka consumer used only for metadata and offset lookups (never joins)."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"mab-{purpose}-{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
-        }
+def metadata_client(kafka: KafkaTarget, purpose: str = "metadata") -> Iterator[Consumer]:
+    """A librdkafka consumer used only for metadata and offset lookups (never joins),
+    once a broker answered (:class:`~stream_runtime.kafka_connection.KafkaConnectionError`
+    naming the setting to fix otherwise)."""
+    consumer, errors = new_client(
+        Consumer,
+        kafka,
+        {"group.id": f"mab-{purpose}-{uuid.uuid4().hex}", "enable.auto.commit": False},
     )
     try:
+        wait_until_reachable(consumer, errors)
         yield consumer
     finally:
         consumer.close()
 
 
 def partition_counts(
-    bootstrap: str, topics: Sequence[str], timeout_s: float = METADATA_TIMEOUT_S
+    kafka: KafkaTarget, topics: Sequence[str], timeout_s: float = METADATA_TIMEOUT_S
 ) -> dict[str, int]:
     """Partitions of each of ``topics`` from one metadata request (0: no such topic).
-    Raises librdkafka's ``KafkaException`` when the broker does not answer within
-    ``timeout_s``."""
-    with metadata_client(bootstrap) as consumer:
+    Raises :class:`~stream_runtime.kafka_connection.KafkaConnectionError` when no broker
+    answers (or one refuses the credentials), librdkafka's ``KafkaException`` when the
+    metadata request itself takes longer than ``timeout_s``."""
+    with metadata_client(kafka) as consumer:
         listed = consumer.list_topics(timeout=timeout_s).topics
     counts: dict[str, int] = {}
     for topic in topics:
@@ -52,15 +56,18 @@ def partition_counts(
     return counts
 
 
-def partition_count(bootstrap: str, topic: str, timeout_s: float = METADATA_TIMEOUT_S) -> int:
+def partition_count(kafka: KafkaTarget, topic: str, timeout_s: float = METADATA_TIMEOUT_S) -> int:
     """Partitions of ``topic`` (0 when it does not exist); see :func:`partition_counts`."""
-    return partition_counts(bootstrap, [topic], timeout_s)[topic]
+    return partition_counts(kafka, [topic], timeout_s)[topic]
 
 
-def admin_client(bootstrap: str) -> AdminClient:
-    """librdkafka's admin client (consumer-group lookups). Its threads end when the last
-    reference is dropped, so a caller that forks later must not keep it."""
-    return AdminClient({"bootstrap.servers": bootstrap})
+def admin_client(kafka: KafkaTarget) -> AdminClient:
+    """librdkafka's admin client (consumer-group lookups), once a broker answered. Its
+    threads end when the last reference is dropped, so a caller that forks later must
+    not keep it."""
+    admin, errors = new_client(AdminClient, kafka)
+    wait_until_reachable(admin, errors)
+    return admin
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -76,7 +83,7 @@ class GroupMember:
 
 
 def group_members(
-    bootstrap: str,
+    kafka: KafkaTarget,
     groups: Iterable[str],
     reading: Iterable[str] = (),
     timeout_s: float = METADATA_TIMEOUT_S,
@@ -102,7 +109,7 @@ def group_members(
     """
     named = set(groups)
     wanted = set(reading)
-    admin = admin_client(bootstrap)
+    admin = admin_client(kafka)
     listed = admin.list_consumer_groups(request_timeout=timeout_s).result()
     idle = {ConsumerGroupState.EMPTY, ConsumerGroupState.DEAD}
     others = {g.group_id for g in listed.valid if g.state not in idle} if wanted else set()

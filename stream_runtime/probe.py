@@ -14,7 +14,7 @@ import sys
 
 import redis
 
-from stream_runtime.settings import StreamSettings
+from stream_runtime.settings import StreamSettings, load_settings
 
 TIMEOUT_S = 2.0
 
@@ -48,7 +48,7 @@ def check_redis(url: str, timeout: float = TIMEOUT_S) -> str:
 
 
 def main() -> int:
-    settings = StreamSettings()
+    settings = load_settings(StreamSettings)
     results = {
         "kafka": check_kafka(settings.kafka_bootstrap_servers),
         "redis": check_redis(settings.redis_url),

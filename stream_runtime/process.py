@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 from prometheus_client import CollectorRegistry
 
+from stream_runtime.kafka_connection import KafkaConnectionError
 from stream_runtime.metrics import serve
 
 _STD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
@@ -77,7 +78,13 @@ def run_until_signal(
     metrics_host: str = "127.0.0.1",
 ) -> None:
     """Configure logs, serve ``metrics`` on ``metrics_port`` (if both are given), then
-    ``await run(stop)`` where ``stop`` is set by SIGTERM/SIGINT."""
+    ``await run(stop)`` where ``stop`` is set by SIGTERM/SIGINT.
+
+    Kafka refusing the connection settings at start-up (a wrong password, an untrusted
+    CA: :class:`~stream_runtime.kafka_connection.KafkaConnectionError`) is logged as one
+    error naming the setting and ends the process with exit code 1, without a traceback:
+    a supervisor shows the reason, and restarting would not help.
+    """
     configure_logging(log_level)
     server = None
     if metrics is not None:
@@ -92,6 +99,11 @@ def run_until_signal(
 
     try:
         asyncio.run(main())
+    except KafkaConnectionError as exc:
+        logging.getLogger("stream_runtime").error(
+            f"cannot start: {exc}", extra={"setting": exc.setting}
+        )
+        raise SystemExit(1) from None
     finally:
         if server is not None:
             server.close()

@@ -3,27 +3,32 @@
 Each service subclasses :class:`StreamSettings` with its own prefixed fields (group id,
 batch size, timeouts) and exposes them under the names :class:`~stream_runtime.kafka_loop.
 LoopSettings` reads. Field names *are* the (case-insensitive) env var names, so there is
-no alias table to keep in sync with the docs.
+no alias table to keep in sync with the docs. The Kafka connection fields (servers,
+TLS, SASL) come from :class:`~stream_runtime.kafka_connection.KafkaConnection`, shared
+with the decider and the CLI.
 """
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+import sys
+from typing import Any, TypeVar
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames
+from stream_runtime.kafka_connection import KafkaConnection
 
 LOG_LEVELS = frozenset({"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"})
 
 
-class StreamSettings(BaseSettings):
+class StreamSettings(KafkaConnection):
     """Connection, naming and logging settings of a stream processor; frozen, validated
     once at start-up so a bad value fails before the process joins its consumer group."""
 
     model_config = SettingsConfigDict(frozen=True, extra="ignore", case_sensitive=False)
 
-    kafka_bootstrap_servers: str = "127.0.0.1:9092"
     redis_url: str = "redis://127.0.0.1:6379/0"
     mab_topic_prefix: str = ""
     mab_redis_prefix: str = ""
@@ -47,3 +52,43 @@ class StreamSettings(BaseSettings):
     @property
     def keys(self) -> RedisKeys:
         return RedisKeys(self.mab_redis_prefix)
+
+
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+
+
+def env_name(cls: type[BaseSettings] | None, field: str) -> str:
+    """The environment variable a person sets for ``field`` of ``cls``: the documented
+    name of an aliased field (``AliasChoices(field name, ENV_NAME, ...)``, e.g. the
+    decider's ``MAB_AUTH``), otherwise the field name itself, upper-cased."""
+    info = None if cls is None else cls.model_fields.get(field)
+    alias = None if info is None else info.validation_alias
+    if isinstance(alias, AliasChoices) and len(alias.choices) > 1:
+        return str(alias.choices[1])
+    return field.upper()
+
+
+def settings_errors(exc: ValidationError, cls: type[BaseSettings] | None = None) -> list[str]:
+    """One line per invalid setting, starting with the variable's name (``KAFKA_SASL_
+    PASSWORD: ...``, :func:`env_name`) instead of pydantic's multi-line report with its
+    type codes and URLs."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = [str(part) for part in err["loc"]]
+        if loc:
+            loc[0] = env_name(cls, loc[0])
+        message = str(err["msg"]).removeprefix("Value error, ")
+        lines.append(f"{'.'.join(loc)}: {message}" if loc else message)
+    return lines
+
+
+def load_settings(cls: type[SettingsT], **given: Any) -> SettingsT:
+    """``cls(**given)`` over the environment, or exit 2 with one line per invalid
+    variable on stderr: a process started with a bad setting stops before it connects
+    anywhere (or binds a port)."""
+    try:
+        return cls(**given)
+    except ValidationError as exc:
+        for line in settings_errors(exc, cls):
+            print(f"invalid setting: {line}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -8,6 +8,8 @@ Public fixtures:
   consumer group ids and Redis keys so parallel or repeated tests never see each other's data.
 * ``topics`` (function, ``dict[str, int]``): the product's topics created under ``ns``
   (``schemas.topics.topic_specs(ns)``), name → partition count.
+* ``secure_kafka`` (session, :class:`~tests.fixtures.secure_kafka.SecureKafka`): a second
+  local broker whose product listener is SASL_SSL (SCRAM-SHA-512, a CA made in the test).
 
 The stack starts only when one of these is requested (see tests/fixtures/stack.py).
 """
@@ -20,6 +22,7 @@ from collections.abc import Iterator
 import pytest
 
 from deploy.local_stack import create_topics, product_topic_specs
+from tests.fixtures.secure_kafka import SecureKafka, secure_kafka_stack
 from tests.fixtures.stack import StackProvider
 
 
@@ -50,3 +53,9 @@ def ns() -> str:
 @pytest.fixture
 def topics(kafka_bootstrap: str, ns: str) -> dict[str, int]:
     return create_topics(kafka_bootstrap, product_topic_specs(ns))
+
+
+@pytest.fixture(scope="session")
+def secure_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureKafka]:
+    with secure_kafka_stack(tmp_path_factory.mktemp("secure-kafka")) as kafka:
+        yield kafka

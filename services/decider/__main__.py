@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Literal
 
-from pydantic import ValidationError
-
-from services.decider.settings import DeciderSettings, settings_error
+from services.decider.settings import DeciderSettings
+from stream_runtime.kafka_connection import KafkaConnectionError
+from stream_runtime.kafka_metadata import metadata_client
+from stream_runtime.settings import load_settings
 
 #: The import string both servers load in each worker (built from the environment).
 TARGET = "services.decider.app:app"
@@ -58,6 +60,22 @@ def serve(
     ).serve()
 
 
+def require_kafka(settings: DeciderSettings) -> None:
+    """Exit 1 with one line naming the setting when Kafka refuses us (or never answers).
+
+    Checked here, before the server starts, because a worker whose start-up fails is
+    respawned by granian (``respawn_failed_workers``, there for crashes): a rejected
+    password would otherwise be retried, and logged, forever. Each worker's own start
+    (:meth:`~services.decider.producer.EventProducer.start`) checks again.
+    """
+    try:
+        with metadata_client(settings.connection(), "decider-start"):
+            pass
+    except KafkaConnectionError as exc:
+        print(f"cannot start the decider: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m services.decider")
     # Defaults come from the environment (DeciderSettings); an option given here wins.
@@ -81,16 +99,14 @@ def main(argv: list[str] | None = None) -> None:
         "http_server": args.server,
         "auth": args.auth,
     }
-    try:
-        # Validated here, with the address we are about to bind: a bad env, a missing
-        # admin key or an open decider on a public address fails before binding.
-        settings = DeciderSettings(**{k: v for k, v in given.items() if v is not None})
-    except ValidationError as exc:
-        parser.exit(2, f"decider not started: {settings_error(exc)}\n")
+    # Validated here, with the address we are about to bind: a bad env, a missing admin
+    # key or an open decider on a public address fails before binding (exit 2).
+    settings = load_settings(DeciderSettings, **{k: v for k, v in given.items() if v is not None})
     # Each worker builds its settings from the environment: give it what was chosen here,
     # so it validates the same bind address and auth mode.
     os.environ["MAB_HOST"] = settings.api_host
     os.environ["MAB_AUTH"] = settings.auth
+    require_kafka(settings)
     serve(
         settings.http_server,
         settings.api_host,

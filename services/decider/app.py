@@ -85,7 +85,7 @@ from services.decider.models import (
 )
 from services.decider.producer import EventLogUnavailableError, EventProducer
 from services.decider.readiness import ReadinessProbe
-from services.decider.settings import DeciderSettings, settings_error
+from services.decider.settings import DeciderSettings
 from services.decider.store import (
     ArmsExistError,
     AttributionChange,
@@ -105,6 +105,7 @@ from services.decider.timeseries import (
 )
 from stream_runtime.process import JsonFormatter, freeze_startup_heap
 from stream_runtime.redis_client import AnyRedis, redis_from_url
+from stream_runtime.settings import settings_errors
 
 log = logging.getLogger("services.decider")
 
@@ -224,7 +225,9 @@ def create_app(settings: DeciderSettings | None = None) -> FastAPI:
             # One clear line instead of a traceback (uvicorn then exits non-zero);
             # `python -m services.decider` refuses the same settings before binding.
             _configure_logging("INFO")
-            log.critical("decider not started: %s", settings_error(exc))
+            log.critical(
+                "decider not started: %s", "; ".join(settings_errors(exc, DeciderSettings))
+            )
             raise
         _configure_logging(cfg.log_level)
         redis = redis_from_url(
@@ -235,7 +238,7 @@ def create_app(settings: DeciderSettings | None = None) -> FastAPI:
         )
         topics = TopicNames.with_prefix(cfg.topic_prefix)
         producer = EventProducer(
-            cfg.kafka_bootstrap_servers,
+            cfg.connection(),
             topics,
             send_timeout_s=cfg.kafka_send_timeout_s,
             enqueue_timeout_s=cfg.kafka_enqueue_timeout_s,

@@ -151,7 +151,7 @@ def _blocking_evaluate(
     s = rt.settings
     log = asyncio.run(
         read_experiment_log(
-            s.kafka_bootstrap_servers,
+            s.connection(),
             rt.topics,
             experiment_id,
             max_records=s.evaluate_max_records,

@@ -50,6 +50,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from schemas.codec import encode
 from schemas.events import AnyEvent
 from schemas.topics import TopicNames, partition_key
+from stream_runtime.kafka_connection import KafkaTarget, new_client, wait_until_reachable
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +91,9 @@ class DeliveryStats:
     last_error_log: float = field(default=0.0)
 
 
-def _config(
-    bootstrap_servers: str, client_id: str, linger_ms: int, max_batch_bytes: int
-) -> dict[str, Any]:
+def _config(client_id: str, linger_ms: int, max_batch_bytes: int) -> dict[str, Any]:
+    """On top of the connection's (servers, TLS, SASL: ``KafkaConnection``)."""
     return {
-        "bootstrap.servers": bootstrap_servers,
         "client.id": client_id,
         "acks": "all",
         "enable.idempotence": True,
@@ -114,7 +113,7 @@ class EventProducer:
 
     def __init__(
         self,
-        bootstrap_servers: str,
+        kafka: KafkaTarget,
         topics: TopicNames,
         *,
         send_timeout_s: float,
@@ -129,20 +128,24 @@ class EventProducer:
         self.send_timeout_s = send_timeout_s
         self.enqueue_timeout_s = enqueue_timeout_s
         self._stats = DeliveryStats()
-        base = _config(bootstrap_servers, client_id, linger_ms, max_batch_bytes)
+        base = _config(client_id, linger_ms, max_batch_bytes)
         # Acked path: librdkafka gives up on a record at about the time the HTTP answer
         # says 503, which keeps "refused but landed later" to a narrow race (see the
         # Known gaps in docs/architecture.md).
-        self._acked = Producer(
+        self._acked, self._errors = new_client(
+            Producer,
+            kafka,
             {
                 **base,
                 "client.id": f"{client_id}-acked",
                 "message.timeout.ms": max(1000, int(send_timeout_s * 1000)),
                 # A group is already the batch: send it as soon as it is produced.
                 "linger.ms": min(linger_ms, 1),
-            }
+            },
         )
-        self._decisions = Producer(
+        self._decisions, _ = new_client(
+            Producer,
+            kafka,
             {
                 **base,
                 "client.id": f"{client_id}-decisions",
@@ -150,7 +153,7 @@ class EventProducer:
                 "linger.ms": decision_linger_ms,
                 "delivery.report.only.error": True,
                 "on_delivery": self._on_decision_error,
-            }
+            },
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = threading.Event()
@@ -169,17 +172,14 @@ class EventProducer:
 
     # ---------------------------------------------------------------- lifecycle
     async def start(self, timeout_s: float) -> None:
-        """Wait until the broker answers (it may start after us), then start polling."""
+        """Wait until the broker answers (it may start after us), then start polling.
+
+        Raises :class:`~stream_runtime.kafka_connection.KafkaConnectionError` naming the
+        setting at once when the broker refuses our credentials or certificate, and when
+        no broker answered within ``timeout_s``.
+        """
         self._loop = asyncio.get_running_loop()
-        deadline = time.monotonic() + timeout_s
-        while True:
-            state = await self.check(min(2.0, max(0.1, deadline - time.monotonic())))
-            if not state.startswith(("error", "no metadata")):
-                break
-            if time.monotonic() >= deadline:
-                raise EventLogUnavailableError(f"kafka not reachable: {state}")
-            log.warning("kafka not reachable yet (%s); retrying", state)
-            await asyncio.sleep(0.5)
+        await asyncio.to_thread(wait_until_reachable, self._acked, self._errors, timeout_s)
         self._stop.clear()
         self._thread = threading.Thread(target=self._poll_forever, name="kafka-poll", daemon=True)
         self._thread.start()

@@ -19,13 +19,13 @@ from pydantic import (
     AliasChoices,
     Field,
     SecretStr,
-    ValidationError,
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from bandit_core.strategies import STRATEGIES, normalize_strategy_name
+from stream_runtime.kafka_connection import KafkaConnection
 
 
 def _env(name: str, *env: str) -> AliasChoices:
@@ -50,17 +50,15 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class DeciderSettings(BaseSettings):
-    """Settings of the decider service (env variables in brackets)."""
+class DeciderSettings(KafkaConnection):
+    """Settings of the decider service (env variables in brackets). The Kafka connection
+    (``KAFKA_BOOTSTRAP_SERVERS``, TLS, SASL, ``KAFKA_START_TIMEOUT_S``) is the shared
+    :class:`~stream_runtime.kafka_connection.KafkaConnection`."""
 
     model_config = SettingsConfigDict(frozen=True, extra="ignore", populate_by_name=True)
 
     redis_url: str = Field(
         default="redis://localhost:6379/0", validation_alias=_env("redis_url", "REDIS_URL")
-    )
-    kafka_bootstrap_servers: str = Field(
-        default="localhost:9092",
-        validation_alias=_env("kafka_bootstrap_servers", "KAFKA_BOOTSTRAP_SERVERS"),
     )
     active_strategy: str = Field(
         default="thompson",
@@ -139,9 +137,6 @@ class DeciderSettings(BaseSettings):
         le=1024 * 1024,
         description="Per-partition batch size (librdkafka ``batch.size``): one experiment's "
         "decisions go to one partition, so a small batch caps its rate per round trip.",
-    )
-    kafka_start_timeout_s: float = Field(
-        default=30.0, gt=0.0, description="Keep retrying the first broker connection this long."
     )
     max_reward_batch: int = Field(
         default=1000,
@@ -284,19 +279,3 @@ class DeciderSettings(BaseSettings):
                 "(clients of the original mab-ecommerce-optimizer API; `mab up --open`)"
             )
         return self
-
-
-def settings_error(exc: ValidationError) -> str:
-    """A refused configuration as short lines for a person: each named by its env
-    variable (``MAB_AUTH``, not ``auth``), without pydantic's URLs."""
-    lines = []
-    for err in exc.errors(include_url=False):
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        loc = [str(p) for p in err["loc"]]
-        if loc:
-            f = DeciderSettings.model_fields.get(loc[0])
-            alias = None if f is None else f.validation_alias
-            if isinstance(alias, AliasChoices) and len(alias.choices) > 1:
-                loc[0] = str(alias.choices[1])
-        lines.append(f"{'.'.join(loc)}: {msg}" if loc else msg)
-    return "\n".join(lines)

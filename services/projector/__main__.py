@@ -5,9 +5,10 @@ from __future__ import annotations
 from services.projector.consumer import Projector
 from services.projector.settings import ProjectorSettings
 from stream_runtime.process import run_until_signal
+from stream_runtime.settings import load_settings
 
 if __name__ == "__main__":
-    settings = ProjectorSettings()
+    settings = load_settings(ProjectorSettings)
     processor = Projector(settings)
     run_until_signal(
         settings.log_level,

@@ -5,9 +5,10 @@ from __future__ import annotations
 from services.reward_consumer.consumer import RewardConsumer
 from services.reward_consumer.settings import ConsumerSettings
 from stream_runtime.process import run_until_signal
+from stream_runtime.settings import load_settings
 
 if __name__ == "__main__":
-    settings = ConsumerSettings()
+    settings = load_settings(ConsumerSettings)
     processor = RewardConsumer(settings)
     run_until_signal(
         settings.log_level,

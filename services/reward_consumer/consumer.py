@@ -1,6 +1,6 @@
 """The reward consumer: Kafka rewards + decisions -> exactly-once folded snapshots in Redis.
 
-The Kafka side (why plain aiokafka and not FastStream, the poll -> write -> commit
+The Kafka side (why a plain librdkafka loop and not FastStream, the poll -> write -> commit
 order and why it is that order, rewind-and-backoff on failure, rebalances, fetch sizing)
 is shared with the projector and lives in :mod:`stream_runtime.kafka_loop`; read
 :meth:`stream_runtime.kafka_loop.KafkaBatchProcessor._process` for the full argument.
@@ -29,8 +29,7 @@ import logging
 import time
 from collections.abc import Sequence
 
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from confluent_kafka import KafkaException
 from redis.exceptions import RedisError
 
 from schemas.codec import encode
@@ -40,6 +39,7 @@ from services.reward_consumer.batch import RecordLike
 from services.reward_consumer.handlers import BatchHandler, BatchReport, DeadLetterSink
 from services.reward_consumer.settings import ConsumerSettings
 from services.reward_consumer.store import ConsumerStore
+from stream_runtime.acked_producer import AckedProducer, OutRecord, ProduceError
 from stream_runtime.dead_letter import DeadLetterProducer, dead_letter_producer
 from stream_runtime.kafka_loop import KafkaBatchProcessor
 from stream_runtime.redis_client import AnyRedis, redis_from_url
@@ -64,7 +64,7 @@ class RewardConsumer(KafkaBatchProcessor[BatchReport]):
         self.topics = settings.topics
         self.dead_letter = dead_letter
         self.stats = BatchReport()
-        self._producer: AIOKafkaProducer | None = None
+        self._producer: AckedProducer | None = None
         self._redis: AnyRedis | None = None
         self._handler: BatchHandler | None = None
         self._sweeper: AttributionSweeper | None = None
@@ -89,7 +89,7 @@ class RewardConsumer(KafkaBatchProcessor[BatchReport]):
         # idempotent, so a send that returned survives a broker failover and a retried
         # send is not doubled; its request size fits an oversize record's dead letter.
         client_id = f"{s.group_id}-{id(self):x}"
-        self._producer = dead_letter_producer(s.kafka_bootstrap_servers, client_id)
+        self._producer = dead_letter_producer(s.connection(), client_id, log)
         await self._producer.start()
         sink = self.dead_letter or DeadLetterProducer(
             self._producer,
@@ -138,7 +138,7 @@ class RewardConsumer(KafkaBatchProcessor[BatchReport]):
             self._next_sweep = now + self.settings.mab_attribution_sweep_s
             try:
                 swept = await self._sweeper.sweep(self._handler.watermark)
-            except (KafkaError, RedisError, OSError) as exc:
+            except (ProduceError, KafkaException, RedisError, OSError) as exc:
                 log.warning("attribution sweep failed, retrying", extra={"error": repr(exc)})
             else:
                 self.defaults_logged += swept.defaults
@@ -150,11 +150,9 @@ class RewardConsumer(KafkaBatchProcessor[BatchReport]):
 
     async def _send(self, topic: str, events: Sequence[AnyEvent]) -> None:
         assert self._producer is not None
-        futures = [
-            await self._producer.send(topic, encode(ev), key=ev.experiment_id.encode())
-            for ev in events
-        ]
-        await asyncio.gather(*futures)
+        await self._producer.send(
+            [OutRecord(topic, encode(ev), ev.experiment_id.encode()) for ev in events]
+        )
 
     async def _publish_change_points(self, events: Sequence[ChangePointDetected]) -> None:
         """Publish change points to the experiments topic, keyed by experiment id.
@@ -170,17 +168,9 @@ class RewardConsumer(KafkaBatchProcessor[BatchReport]):
         assert self._producer is not None
         while True:
             try:
-                futures = [
-                    await self._producer.send(
-                        self.topics.experiments,
-                        encode(ev),
-                        key=ev.experiment_id.encode(),
-                    )
-                    for ev in events
-                ]
-                await asyncio.gather(*futures)
+                await self._send(self.topics.experiments, events)
                 return
-            except KafkaError as exc:
+            except (ProduceError, KafkaException) as exc:
                 log.warning("change point publish failed, retrying", extra={"error": repr(exc)})
                 await asyncio.sleep(self.settings.retry_backoff_s)
 

@@ -273,6 +273,7 @@ async def test_replay_verify_and_rebuild_on_a_cluster_equal_a_single_node(
         kafka_bootstrap_servers=kafka_bootstrap,
         topic_prefix=ns,
         redis_prefix=ns,
+        auth="open",
     )
     async with serve_decider(decider) as (client, _):
         for exp in ids:

@@ -29,7 +29,6 @@ from confluent_kafka.admin import AdminClient
 from redis.asyncio import Redis
 
 from deploy.local_stack import LocalStack, StackConfig
-from mab_cli.replay import read_chunks
 from mab_cli.replay_cmd import ReplayTarget, run_rebuild, run_tail
 from mab_cli.replay_guard import EXIT_PROCESSORS_RUNNING, ProcessorGroups, ProcessorsRunning
 from mab_cli.replay_redis import compare, read_namespace
@@ -38,6 +37,7 @@ from schemas.events import ExperimentCreated, RewardObserved
 from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames, partition_key
 from services.projector.projection import Retention
+from stream_runtime.partition_reader import read_chunks
 from tests.fixtures.in_process import in_process
 from tests.fixtures.streams import run_replay
 from tests.fixtures.workload import configs_for

@@ -162,15 +162,23 @@ def test_ports_agree_with_command_image_and_health_check(name: str) -> None:
         assert probed <= listened
 
 
+def _default(value: str) -> str:
+    """What ``${VAR:-default}`` becomes when .env leaves VAR empty (else the value)."""
+    found = re.fullmatch(r"\$\{[A-Z0-9_]+:-(.*)\}", value)
+    return found[1] if found else value
+
+
 def test_clients_reach_the_services_where_they_listen() -> None:
-    """MAB_API_URL, the bootstrap servers and the Redis URL name a service and its port."""
+    """MAB_API_URL, the bootstrap servers and the Redis URL name a service and its port
+    (the bootstrap servers by default: a managed Kafka replaces them in .env)."""
     decider_port = _container_ports(SERVICES["decider"]).pop()
     for name, svc in BUILT.items():
         env = svc.get("environment", {})
         if "MAB_API_URL" in env:
             assert env["MAB_API_URL"] == f"http://decider:{decider_port}", name
         if "KAFKA_BOOTSTRAP_SERVERS" in env:
-            assert env["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092", name
+            assert _default(env["KAFKA_BOOTSTRAP_SERVERS"]) == "kafka:9092", name
+            assert _default(env["KAFKA_SECURITY_PROTOCOL"]) == "PLAINTEXT", name
         if "REDIS_URL" in env:
             assert env["REDIS_URL"].startswith("redis://redis:6379/"), name
     listeners = SERVICES["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]

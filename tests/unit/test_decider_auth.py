@@ -13,7 +13,8 @@ from pydantic import ValidationError
 from services.decider import __main__ as entry
 from services.decider.app import create_app
 from services.decider.auth import FORBIDDEN, INVALID, MISSING, Access, AuthPolicy
-from services.decider.settings import DeciderSettings, is_loopback, settings_error
+from services.decider.settings import DeciderSettings, is_loopback
+from stream_runtime.settings import settings_errors
 
 pytestmark = pytest.mark.unit
 
@@ -34,7 +35,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def _refusal(**given: object) -> str:
     with pytest.raises(ValidationError) as caught:
         DeciderSettings(**given)  # type: ignore[arg-type]
-    return settings_error(caught.value)
+    return "\n".join(settings_errors(caught.value, DeciderSettings))
 
 
 @pytest.mark.parametrize(
@@ -103,8 +104,8 @@ def test_entry_point_refuses_before_binding(
             entry.main(argv)
         assert exit_.value.code == 2
     err = capsys.readouterr().err
-    assert "decider not started: MAB_AUTH=open serves admin calls without a key" in err
-    assert "decider not started: no admin key" in err
+    assert "invalid setting: MAB_AUTH=open serves admin calls without a key" in err
+    assert "invalid setting: no admin key" in err
     assert served == []
 
 
@@ -113,6 +114,7 @@ def test_entry_point_hands_its_choices_to_the_workers(monkeypatch: pytest.Monkey
     auth mode are written there, so they validate what was actually bound."""
     served: list[tuple[object, ...]] = []
     monkeypatch.setattr(entry, "serve", lambda *a: served.append(a))
+    monkeypatch.setattr(entry, "require_kafka", lambda settings: None)  # no broker here
     monkeypatch.setenv("MAB_API_HOST", "0.0.0.0")
     entry.main(["--auth", "open", "--host", "127.0.0.1", "--port", "8123"])
     assert served == [("granian", "127.0.0.1", 8123, 1, "INFO")]
