@@ -68,6 +68,7 @@ from services.reward_consumer.store import Write as ConsumerWrite
 from stream_runtime.batch import gc_deferred
 from stream_runtime.kafka_loop import KafkaRecord, take_queued
 from stream_runtime.kafka_metadata import METADATA_TIMEOUT_S, metadata_client, partition_count
+from stream_runtime.redis_client import credentials
 
 #: Records per fetch while replaying, at most: large, so per-chunk overhead vanishes.
 CHUNK_RECORDS: Final = 50_000
@@ -302,7 +303,9 @@ class PartitionReplayer:
         plan = self.plan
         t0 = time.perf_counter()
         keys = RedisKeys(plan.target_prefix)
-        redis = Redis.from_url(plan.redis_url, decode_responses=False)
+        redis = Redis.from_url(
+            plan.redis_url, decode_responses=False, **credentials(plan.redis_url)
+        )
         try:
             cstore = ConsumerStore(redis, keys)
             pstore = ProjectorStore(redis, keys, plan.retention)

@@ -28,6 +28,8 @@ from typing import Annotated, Any
 
 import typer
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mab_cli.replay import (
     Progress,
@@ -60,7 +62,7 @@ from services.projector.store import ProjectorStore
 from services.reward_consumer.handlers import BatchHandler
 from services.reward_consumer.store import ConsumerStore
 from stream_runtime.batch import Rejected
-from stream_runtime.redis_client import CLUSTER_SCHEMES
+from stream_runtime.redis_client import CLUSTER_SCHEMES, credentials, explain
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,7 +260,7 @@ def _single_node(url: str) -> Redis:
             "mab replay works against a single Redis node; point REDIS_URL at one node "
             "(a Redis Cluster is rebuilt by replaying into each experiment's node: not yet)"
         )
-    return Redis.from_url(url)
+    return Redis.from_url(url, **credentials(url))
 
 
 async def _no_dead_letter(rejects: Sequence[Rejected]) -> None:
@@ -366,8 +368,8 @@ def register(app: typer.Typer) -> None:
                 outcome = asyncio.run(run_rebuild(target, progress))
             else:
                 outcome = asyncio.run(run_dry(target, progress, from_ts))
-        except (OSError, ConnectionError) as exc:
-            raise _fail(f"cannot reach Kafka or Redis: {exc}") from None
+        except (OSError, ConnectionError, RedisConnectionError, RedisTimeoutError) as exc:
+            raise _fail(f"cannot reach Kafka or Redis: {explain(exc)}") from None
         _print(outcome, as_json)
         if verify and outcome.differences:
             raise typer.Exit(1)
