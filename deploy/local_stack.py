@@ -49,6 +49,7 @@ from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal, Protocol, TypeVar
+from urllib.parse import quote
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STATE_DIR = REPO_ROOT / ".state"
@@ -63,46 +64,145 @@ MVN_FIX = "install Maven: apt-get install -y maven"
 T = TypeVar("T")
 
 
-#: Where ``mab up`` keeps the admin key it generated (mode 0600, in the ignored state dir).
+#: Where ``mab up`` keeps the secrets it generated (mode 0600, in the ignored state dir).
 ADMIN_KEY_FILE = "admin_key"
 ADMIN_KEY_ENV = "MAB_ADMIN_KEY"
+REDIS_PASSWORD_FILE = "redis_password"  # noqa: S105 (a file name, not a value)
+#: The password goes to redis-server in this file, never on its command line (``ps``).
+REDIS_CONF_FILE = "redis.conf"
 
 
 @dataclass(frozen=True, slots=True)
-class AdminKey:
-    """The admin key of a stack and where it came from (``env``, ``stored``, ``generated``)."""
+class StackSecret:
+    """A secret of a stack (admin key, Redis password) and where it came from (``env``,
+    ``stored``, ``generated``)."""
 
     value: str
     source: str
     path: Path | None = None
 
 
-def ensure_admin_key(run_dir: Path, env: Mapping[str, str] | None = None) -> AdminKey:
-    """``MAB_ADMIN_KEY`` if set; else the key stored in ``run_dir``; else a new one, stored.
-
-    The file is created with mode 0600 atomically (``O_EXCL``), so two concurrent
-    ``mab up`` never end with different keys, and a group/world-readable file left by
-    hand is tightened back to 0600.
-    """
+def read_secret(
+    run_dir: Path, file_name: str, env_var: str, env: Mapping[str, str] | None = None
+) -> StackSecret | None:
+    """``env_var`` if set, else the secret stored in ``run_dir``, else None (nothing is
+    created: for commands that only use a stack another command started). A
+    group/world-readable file left by hand is tightened back to 0600."""
     env = os.environ if env is None else env
-    given = env.get(ADMIN_KEY_ENV, "").strip()
+    given = env.get(env_var, "").strip()
     if given:
-        return AdminKey(given, "env")
-    path = run_dir / ADMIN_KEY_FILE
-    run_dir.mkdir(parents=True, exist_ok=True)
+        return StackSecret(given, "env")
+    path = run_dir / file_name
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
         if path.stat().st_mode & 0o077:
             path.chmod(0o600)
         stored = path.read_text().strip()
-        if not stored:
-            raise StackError(f"{path} is empty: delete it to generate a new admin key") from None
-        return AdminKey(stored, "stored", path)
-    key = secrets.token_urlsafe(32)
+    except FileNotFoundError:
+        return None
+    if not stored:
+        raise StackError(f"{path} is empty: delete it to generate a new one")
+    return StackSecret(stored, "stored", path)
+
+
+def ensure_secret(
+    run_dir: Path, file_name: str, env_var: str, env: Mapping[str, str] | None = None
+) -> StackSecret:
+    """:func:`read_secret`, or a new secret stored in ``run_dir``.
+
+    The file is created with mode 0600 atomically (``O_EXCL``), so two concurrent
+    ``mab up`` never end with different secrets.
+    """
+    found = read_secret(run_dir, file_name, env_var, env)
+    if found is not None:
+        return found
+    path = run_dir / file_name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # a concurrent mab up stored one first: use it
+        return ensure_secret(run_dir, file_name, env_var, env)
+    value = secrets.token_urlsafe(32)
     with os.fdopen(fd, "w") as out:
-        out.write(key + "\n")
-    return AdminKey(key, "generated", path)
+        out.write(value + "\n")
+    return StackSecret(value, "generated", path)
+
+
+def ensure_admin_key(run_dir: Path, env: Mapping[str, str] | None = None) -> StackSecret:
+    """``MAB_ADMIN_KEY`` if set; else the key stored in ``run_dir``; else a new one, stored."""
+    return ensure_secret(run_dir, ADMIN_KEY_FILE, ADMIN_KEY_ENV, env)
+
+
+def ensure_redis_password(run_dir: Path, env: Mapping[str, str] | None = None) -> StackSecret:
+    """``REDIS_PASSWORD`` if set; else the password stored in ``run_dir``; else a new one,
+    stored. The same variable is the one clients read (:mod:`stream_runtime.redis_client`),
+    so a stack started with it and a client given it agree."""
+    return ensure_secret(run_dir, REDIS_PASSWORD_FILE, _password_env(), env)
+
+
+def _password_env() -> str:
+    from stream_runtime.redis_client import PASSWORD_ENV  # lazy: keeps `mab --help` fast
+
+    return PASSWORD_ENV
+
+
+def local_redis_url(port: int, password: str | None) -> str:
+    """The URL of a stack's Redis on 127.0.0.1, with its password percent-encoded. It is
+    handed to services and clients, never printed (``redact`` it for messages)."""
+    auth = f":{quote(password, safe='')}@" if password else ""
+    return f"redis://{auth}127.0.0.1:{port}/0"
+
+
+def default_redis_url(
+    env: Mapping[str, str] | None = None, run_dir: Path | None = None
+) -> str | None:
+    """For a command run without ``REDIS_URL``: the local stack's Redis (``mab up``,
+    ``MAB_REDIS_PORT``) with its password, or None when ``REDIS_URL`` is set or no
+    password was ever stored (then the settings' own default applies)."""
+    env = os.environ if env is None else env
+    if env.get("REDIS_URL"):
+        return None
+    port = Ports.from_env(env).redis
+    secret = read_secret(run_dir or STATE_DIR, REDIS_PASSWORD_FILE, _password_env(), env)
+    return None if secret is None else local_redis_url(port, secret.value)
+
+
+def redis_conf_quote(value: str) -> str:
+    """``value`` as a double-quoted redis.conf argument (Redis' own escapes), so any
+    password, spaces and quotes included, reaches ``requirepass`` unchanged."""
+    out = []
+    for ch in value:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            out.extend(f"\\x{b:02x}" for b in ch.encode())
+    return '"' + "".join(out) + '"'
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` with mode 0600 from the first byte (a temp file in the
+    same folder, renamed over it), so no other user ever reads a secret in it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def redis_auth_config(password: str) -> str:
+    """The redis.conf lines that make ``redis-server`` require ``password``. Replicas
+    and cluster peers authenticate to each other with the same one (``masterauth``)."""
+    quoted = redis_conf_quote(password)
+    return (
+        "# Written by deploy/local_stack.py on every start; mode 0600: it holds the password,\n"
+        "# which must not show on redis-server's command line.\n"
+        f"requirepass {quoted}\nmasterauth {quoted}\n"
+    )
 
 
 class StackError(RuntimeError):
@@ -896,7 +996,8 @@ class LocalStack:
         self.services: list[ServiceSpec] = list(SERVICES if services is None else services)
         self.kafka = ManagedProcess("kafka", config.run_dir)
         self.redis = ManagedProcess("redis", config.run_dir)
-        self._admin_key: AdminKey | None = None
+        self._admin_key: StackSecret | None = None
+        self._redis_password: StackSecret | None = None
         scalable = {s.name for s in self.services if s.scaling != "single"}
         wanted = dict(scale or {})
         unknown = sorted(set(wanted) - scalable)
@@ -948,11 +1049,17 @@ class LocalStack:
                     names += [f"{spec.name}.w{i}" for i in range(1, n + 1)]
         return names
 
-    def admin_key(self) -> AdminKey:
+    def admin_key(self) -> StackSecret:
         """The key every service of this stack gets (see :func:`ensure_admin_key`)."""
         if self._admin_key is None:
             self._admin_key = ensure_admin_key(self.config.run_dir)
         return self._admin_key
+
+    def redis_password(self) -> StackSecret:
+        """The password of this stack's Redis (see :func:`ensure_redis_password`)."""
+        if self._redis_password is None:
+            self._redis_password = ensure_redis_password(self.config.run_dir)
+        return self._redis_password
 
     # -- endpoints ------------------------------------------------------------------------
     @property
@@ -961,7 +1068,8 @@ class LocalStack:
 
     @property
     def redis_url(self) -> str:
-        return f"redis://127.0.0.1:{self.config.ports.redis}/0"
+        """With the password: what services and clients get, never what is printed."""
+        return local_redis_url(self.config.ports.redis, self.redis_password().value)
 
     def service_env(self) -> dict[str, str]:
         """Environment every service gets: the stack's endpoints, on top of ours."""
@@ -1080,8 +1188,11 @@ class LocalStack:
         binary = ensure_redis_server()
         data = self.config.redis_dir
         data.mkdir(parents=True, exist_ok=True)
+        conf = self.config.run_dir / REDIS_CONF_FILE
+        write_private(conf, redis_auth_config(self.redis_password().value))
         argv = [
             binary,
+            str(conf),
             "--port",
             str(port),
             "--bind",
@@ -1192,11 +1303,7 @@ class LocalStack:
         note: Callable[[str], None] = print,
     ) -> list[ComponentStatus]:
         """Start whatever is not running yet, in dependency order, and return the status."""
-        key = self.admin_key()
-        if key.source == "env":
-            note(f"admin key: from {ADMIN_KEY_ENV}")
-        else:
-            note(f"admin key ({key.source}, {key.path}): {key.value}")
+        self.announce_secrets(note)
         note(f"redis: {'already running' if self.redis.pid() else 'starting'}")
         self.start_redis()
         note(f"kafka: {'already running' if self.kafka.pid() else 'starting'}")
@@ -1212,6 +1319,19 @@ class LocalStack:
         if with_services:
             self.start_services(note)
         return self.status()
+
+    def announce_secrets(self, note: Callable[[str], None] = print) -> None:
+        """Where the stack's secrets come from. The admin key is printed (people paste
+        it into curl); the Redis password never is: services get it in ``REDIS_URL``,
+        and ``mab`` commands read it from its file."""
+        key = self.admin_key()
+        if key.source == "env":
+            note(f"admin key: from {ADMIN_KEY_ENV}")
+        else:
+            note(f"admin key ({key.source}, {key.path}): {key.value}")
+        password = self.redis_password()
+        where = f"from {_password_env()}" if password.source == "env" else str(password.path)
+        note(f"redis password ({password.source}): {where}")
 
     def start_services(self, note: Callable[[str], None] = print) -> None:
         """Bring every registered service to its wanted count; remember the counts."""
@@ -1250,9 +1370,13 @@ class LocalStack:
         rows: list[ComponentStatus] = []
         pid = self.redis.pid()
         redis_port = (self.redis.recorded_port() if pid else None) or ports.redis
-        redis_url = f"redis://127.0.0.1:{redis_port}/0"
-        healthy = pid is not None and redis_ping(redis_url)
-        rows.append(ComponentStatus("redis", pid, redis_port, pid is not None, healthy, redis_url))
+        # Shown without the password; pinged with the stored one (nothing is generated
+        # by a status call: a Redis whose password file is gone shows unhealthy).
+        secret = read_secret(self.config.run_dir, REDIS_PASSWORD_FILE, _password_env())
+        password = secret.value if secret is not None else None
+        healthy = pid is not None and redis_ping(local_redis_url(redis_port, password))
+        shown = local_redis_url(redis_port, None)
+        rows.append(ComponentStatus("redis", pid, redis_port, pid is not None, healthy, shown))
         pid = self.kafka.pid()
         kafka_port = (self.kafka.recorded_port() if pid else None) or ports.kafka
         bootstrap = f"127.0.0.1:{kafka_port}"
