@@ -58,8 +58,11 @@ KAFKA_POM = REPO_ROOT / "deploy" / "kafka" / "pom.xml"
 LIBS_MARKER = ".complete"
 KAFKA_READY_LINE = "Kafka Server started"
 
-JAVA_FIX = "install OpenJDK 17: apt-get install -y openjdk-17-jre-headless"
-MVN_FIX = "install Maven: apt-get install -y maven"
+#: Installs Java 17+, Maven and redis-server (as root, or through sudo); prints the one
+#: apt-get command to run when it can do neither.
+SYSTEM_DEPS = REPO_ROOT / "deploy" / "install_system_deps.sh"
+JAVA_FIX = f"install Java 17+ (and Maven, redis-server): bash {SYSTEM_DEPS} stack"
+MVN_FIX = f"install Maven (and Java 17+, redis-server): bash {SYSTEM_DEPS} stack"
 
 T = TypeVar("T")
 
