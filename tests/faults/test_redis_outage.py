@@ -15,10 +15,9 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from bandit_core.state import ExperimentState
 from deploy.local_stack import create_topics
 from schemas.codec import encode
-from schemas.events import ExperimentConfig, RewardObserved
+from schemas.events import RewardObserved
 from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames, partition_key, topic_specs
 from stream_runtime.settings import StreamSettings
@@ -38,6 +37,8 @@ from tests.fixtures.faults import (
     wait_ready,
     wait_until,
 )
+from tests.fixtures.streams import read_states, write_configs
+from tests.fixtures.workload import configs_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(240)]
 
@@ -251,18 +252,10 @@ async def test_sigterm_stops_the_processors_while_redis_is_frozen_and_nothing_is
     create_topics(kafka_bootstrap, topic_specs(ns))
     names = TopicNames.with_prefix(ns)
     keys = RedisKeys(ns).experiment(EXP)
-    now = time.time()
-    config = ExperimentConfig(
-        experiment_id=EXP,
-        arm_ids=ARMS,
-        strategy="thompson",
-        version=1,
-        created_ts=now,
-        updated_ts=now,
-    )
+    config = configs_for([EXP])[EXP]
     redis = Redis.from_url(stack.redis_url)
-    await redis.set(keys.config, config.model_dump_json())
-    items, distinct = frozen_workload(names, ARMS)
+    await write_configs(redis, ns, [config])
+    items, distinct = frozen_workload(names, config.arm_ids)
     env = service_env(
         kafka_bootstrap,
         stack.redis_url,
@@ -335,7 +328,7 @@ async def test_sigterm_stops_the_processors_while_redis_is_frozen_and_nothing_is
         for p in processors:
             assert p.terminate() == 0, p.tail()
 
-        state = ExperimentState.from_snapshot(await redis.get(keys.snapshot), EXP)
+        state = (await read_states(redis, ns, [EXP]))[EXP]
         pulls = sum(a.pulls for a in state.arms.values())
         reward_sum = sum(a.reward_sum for a in state.arms.values())
         hour_rewards = 0

@@ -1,69 +1,44 @@
 """Redis AUTH against the real redis-server: the stack's Redis refuses a client without
 its password (NOAUTH), and every way of giving it (in ``REDIS_URL``, or
 ``REDIS_PASSWORD`` next to a plain URL) works for the clients the product has: the
-services' factory, the container probe and ``mab replay``. The password never shows on
-redis-server's command line, in ``mab status`` or in an error."""
+services' factory and ``mab replay`` (the container probe: test_probe.py). The password
+never shows on redis-server's command line, in ``mab status`` or in an error."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import stat
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 from redis.asyncio import Redis
 
-from deploy.local_stack import (
-    REDIS_CONF_FILE,
-    REDIS_PASSWORD_FILE,
-    LocalStack,
-    StackConfig,
-    local_redis_url,
-)
+from deploy.local_stack import REDIS_CONF_FILE, LocalStack, local_redis_url
 from stream_runtime.redis_client import redis_from_url
+from tests.integration.conftest import LOCKED_PASSWORD as PASSWORD
+from tests.integration.test_replay import cli
 
 pytestmark = pytest.mark.integration
-
-#: Spaces, quotes, a backslash and URL-reserved characters: quoting and encoding matter.
-PASSWORD = 'p@ss:w/rd "quoted" \\ 100% été'
-
-
-@pytest.fixture(scope="module")
-def locked() -> Iterator[LocalStack]:
-    """A private Redis (nothing else) whose stored password is :data:`PASSWORD`."""
-    stack = LocalStack(StackConfig.throwaway(), services=[])
-    path = stack.config.run_dir / REDIS_PASSWORD_FILE
-    path.write_text(PASSWORD + "\n")
-    path.chmod(0o600)
-    try:
-        stack.start_redis()
-        yield stack
-    finally:
-        stack.down()
 
 
 def plain_url(stack: LocalStack) -> str:
     return local_redis_url(stack.config.ports.redis, None)
 
 
-async def test_a_client_without_the_password_gets_noauth(locked: LocalStack) -> None:
+async def test_a_client_without_the_password_gets_noauth(locked_redis: LocalStack) -> None:
     # The server's own words, without a client library in between.
-    reader, writer = await asyncio.open_connection("127.0.0.1", locked.config.ports.redis)
+    reader, writer = await asyncio.open_connection("127.0.0.1", locked_redis.config.ports.redis)
     writer.write(b"PING\r\n")
     assert await reader.readline() == b"-NOAUTH Authentication required.\r\n"
     writer.close()
     await writer.wait_closed()
     # redis-py raises its NOAUTH error (AuthenticationError) at the connection's HELLO.
-    client = Redis.from_url(plain_url(locked))
+    client = Redis.from_url(plain_url(locked_redis))
     with pytest.raises(redis.AuthenticationError, match="authenticated"):
         await client.ping()
     await client.aclose()
-    wrong = Redis.from_url(local_redis_url(locked.config.ports.redis, "not-it-42"))
+    wrong = Redis.from_url(local_redis_url(locked_redis.config.ports.redis, "not-it-42"))
     with pytest.raises(redis.AuthenticationError) as refused:
         await wrong.ping()
     await wrong.aclose()
@@ -71,10 +46,10 @@ async def test_a_client_without_the_password_gets_noauth(locked: LocalStack) -> 
 
 
 async def test_the_password_works_in_the_url_and_from_the_environment(
-    locked: LocalStack,
+    locked_redis: LocalStack,
 ) -> None:
-    in_url = redis_from_url(locked.redis_url)
-    from_env = redis_from_url(plain_url(locked), env={"REDIS_PASSWORD": PASSWORD})
+    in_url = redis_from_url(locked_redis.redis_url)
+    from_env = redis_from_url(plain_url(locked_redis), env={"REDIS_PASSWORD": PASSWORD})
     try:
         assert await in_url.set("auth-check", "1")
         assert await from_env.get("auth-check") == b"1"
@@ -83,58 +58,34 @@ async def test_the_password_works_in_the_url_and_from_the_environment(
         await from_env.aclose()
 
 
-def test_the_password_is_on_no_command_line_and_in_no_status(locked: LocalStack) -> None:
-    pid = locked.redis.pid()
+def test_the_password_is_on_no_command_line_and_in_no_status(locked_redis: LocalStack) -> None:
+    pid = locked_redis.redis.pid()
     assert pid is not None
     cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
     assert PASSWORD not in cmdline
-    conf = locked.config.run_dir / REDIS_CONF_FILE
+    conf = locked_redis.config.run_dir / REDIS_CONF_FILE
     assert stat.S_IMODE(conf.stat().st_mode) == 0o600
-    (row,) = [r for r in locked.status() if r.name == "redis"]
+    (row,) = [r for r in locked_redis.status() if r.name == "redis"]
     assert (row.running, row.healthy) == (True, True)  # pinged with the stored password
     assert PASSWORD not in str(row.as_dict())
     assert "p%40ss" not in str(row.as_dict())  # nor percent-encoded
 
 
-def _run(module: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
-def test_the_probe_says_noauth_then_passes_with_redis_password(
-    locked: LocalStack, kafka_bootstrap: str
-) -> None:
-    base = {"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "REDIS_URL": plain_url(locked)}
-    refused = _run("stream_runtime.probe", {**base, "REDIS_PASSWORD": ""})
-    assert refused.returncode == 1
-    assert "Redis refused the credentials; give its password in REDIS_URL or REDIS_PASSWORD" in (
-        refused.stdout
-    )
-    ok = _run("stream_runtime.probe", {**base, "REDIS_PASSWORD": PASSWORD})
-    assert (ok.returncode, ok.stdout.strip()) == (0, "ready"), ok.stdout + ok.stderr
-
-
 def test_replay_takes_the_password_from_redis_password(
-    locked: LocalStack, kafka_bootstrap: str, ns: str, topics: dict[str, int]
+    locked_redis: LocalStack, kafka_bootstrap: str, ns: str, topics: dict[str, int]
 ) -> None:
     """``mab replay`` in a pod: a plain REDIS_URL from a ConfigMap, REDIS_PASSWORD from a
     Secret. Without the password it fails with one clear line, not a traceback."""
     env = {
         "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "REDIS_URL": plain_url(locked),
+        "REDIS_URL": plain_url(locked_redis),
         "MAB_TOPIC_PREFIX": ns,
         "MAB_REDIS_PREFIX": ns,
     }
-    ok = _run("mab_cli.main", {**env, "REDIS_PASSWORD": PASSWORD}, "replay", "--verify")
+    ok = cli({**env, "REDIS_PASSWORD": PASSWORD}, "--verify", "--workers", "1")
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "identical" in ok.stdout
-    refused = _run("mab_cli.main", {**env, "REDIS_PASSWORD": ""}, "replay", "--verify")
+    refused = cli({**env, "REDIS_PASSWORD": ""}, "--verify", "--workers", "1")
     assert refused.returncode != 0
     assert "error: cannot reach Kafka or Redis: Redis refused the credentials" in refused.stderr
     assert "Traceback" not in refused.stderr
