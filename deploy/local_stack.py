@@ -99,7 +99,7 @@ def read_secret(
     try:
         if path.stat().st_mode & 0o077:
             path.chmod(0o600)
-        stored = path.read_text().strip()
+        stored = path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         return None
     if not stored:
@@ -125,7 +125,7 @@ def ensure_secret(
     except FileExistsError:  # a concurrent mab up stored one first: use it
         return ensure_secret(run_dir, file_name, env_var, env)
     value = secrets.token_urlsafe(32)
-    with os.fdopen(fd, "w") as out:
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
         out.write(value + "\n")
     return StackSecret(value, "generated", path)
 
@@ -189,7 +189,7 @@ def write_private(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as out:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write(text)
         os.replace(tmp, path)
     except BaseException:
@@ -1182,9 +1182,19 @@ class LocalStack:
 
     # -- Redis ----------------------------------------------------------------------------
     def start_redis(self, timeout: float = 20.0) -> int:
-        """Start redis-server: AOF on for the product, no persistence for throwaway stacks."""
+        """Start redis-server: AOF on for the product, no persistence for throwaway stacks.
+
+        A running one that answers without a password was started by a ``mab up`` from
+        before passwords: the services would be refused by it, so say how to restart it
+        (its AOF data is kept) instead of reporting it healthy."""
         pid = self.redis.pid()
         if pid is not None:
+            port = self.redis.recorded_port() or self.config.ports.redis
+            if redis_ping(local_redis_url(port, None)):
+                raise StackError(
+                    f"redis-server (pid {pid}) runs without a password; restart it with "
+                    "one (data is kept): mab down && mab up"
+                )
             return pid
         port = self.config.ports.redis
         require_port_free(port, PORT_ENV["redis"])

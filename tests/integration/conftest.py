@@ -71,7 +71,7 @@ def locked_redis() -> Iterator[LocalStack]:
     for tests of clients with a wrong, missing or differently given password."""
     stack = LocalStack(StackConfig.throwaway(), services=[])
     path = stack.config.run_dir / REDIS_PASSWORD_FILE
-    path.write_text(LOCKED_PASSWORD + "\n")
+    path.write_text(LOCKED_PASSWORD + "\n", encoding="utf-8")
     path.chmod(0o600)
     try:
         stack.start_redis()

@@ -14,7 +14,15 @@ import pytest
 import redis
 from redis.asyncio import Redis
 
-from deploy.local_stack import REDIS_CONF_FILE, LocalStack, local_redis_url
+from deploy.local_stack import (
+    REDIS_CONF_FILE,
+    LocalStack,
+    StackConfig,
+    StackError,
+    ensure_redis_server,
+    local_redis_url,
+    wait_port_open,
+)
 from stream_runtime.redis_client import redis_from_url
 from tests.integration.conftest import LOCKED_PASSWORD as PASSWORD
 from tests.integration.test_replay import cli
@@ -89,3 +97,24 @@ def test_replay_takes_the_password_from_redis_password(
     assert refused.returncode != 0
     assert "error: cannot reach Kafka or Redis: Redis refused the credentials" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+def test_a_redis_started_without_a_password_is_not_taken_for_the_stacks(
+    tmp_path: Path,
+) -> None:
+    """Scenario: a Redis left running by a mab up from before passwords. We expect mab up
+    to stop with the fix (its data survives a restart), not to hand the services a
+    password that Redis would refuse."""
+    stack = LocalStack(StackConfig.throwaway(tmp_path), services=[])
+    port = stack.config.ports.redis
+    stack.redis.spawn(
+        [ensure_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
+        port=port,
+    )
+    try:
+        assert wait_port_open(port, 10)
+        with pytest.raises(StackError, match=r"runs without a password.*mab down && mab up"):
+            stack.start_redis()
+    finally:
+        stack.down()
+    assert stack.redis.pid() is None
