@@ -240,13 +240,13 @@ async def test_sigterm_stops_the_processors_while_redis_is_frozen_and_nothing_is
     Redis while 30,000 rewards (and 1,200 producer retries of some of them) stream in
     over ~15 s. Once both have applied a few thousand records, Redis is frozen with
     SIGSTOP (connections hang; nothing is refused), and both get SIGTERM 1 s later (a
-    batch waits on its reply) or 7 s later (that batch timed out and the retry waits on
-    a new connection's handshake, which redis-py would retry ten times by default).
+    batch waits on its reply) or 7 s later (that batch timed out and its retry waits on
+    a new connection's handshake).
     We expect each to exit 0 within its Redis socket timeout (5 s, the product default)
     plus 5 s, with Redis still frozen: the call in flight times out, the batch is
-    rewound uncommitted, and the stop is honoured. Then Redis is thawed with SIGCONT, both are
-    started again, and once they caught up the snapshot counts every distinct reward
-    once (the retries as duplicates) and so do the projector's hour buckets."""
+    rewound uncommitted, and the stop is honoured. Then Redis is thawed with SIGCONT,
+    both are started again, and once they caught up the snapshot counts every distinct
+    reward once (the retries as duplicates) and so do the projector's hour buckets."""
     stack = private_stack(False)
     await asyncio.to_thread(stack.start_redis)
     create_topics(kafka_bootstrap, topic_specs(ns))
