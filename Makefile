@@ -10,10 +10,10 @@ BIN := $(VENV)/bin
 UV := $(PYTHON) -m uv
 PACKAGES := $(wildcard schemas bandit_core stream_runtime offpolicy services dashboard mab_cli mab_client deploy demo_traffic bench examples)
 
-.PHONY: help venv up down status test lint system-deps kafka-jars bench contract
+.PHONY: help venv up down status test lint system-deps stack-deps kafka-jars bench contract
 
 help:
-	@echo "make venv | up | down | status | test | lint | system-deps | kafka-jars"
+	@echo "make venv | up | down | status | test | lint | system-deps | stack-deps | kafka-jars"
 
 venv:
 	@$(UV) --version >/dev/null 2>&1 || { \
@@ -25,13 +25,19 @@ venv:
 	}
 	@if [ -f uv.lock ]; then $(UV) sync --all-extras --frozen; else $(UV) sync --all-extras; fi
 
+# Debian/Ubuntu packages, installed only when missing (as root or with sudo; without
+# either the script prints the apt-get command to run). stack-deps: what `make up` needs
+# (Java 17+, Maven, redis-server); system-deps: that plus the tests' wrk and Chromium.
 system-deps:
 	bash deploy/install_system_deps.sh
+
+stack-deps:
+	bash deploy/install_system_deps.sh stack
 
 kafka-jars: venv
 	$(BIN)/mab kafka-jars
 
-up: venv
+up: stack-deps venv
 	$(BIN)/mab up
 
 down:

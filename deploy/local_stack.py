@@ -47,6 +47,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
+from urllib.parse import quote
 
 if TYPE_CHECKING:
     from stream_runtime.kafka_connection import KafkaTarget
@@ -58,10 +59,13 @@ KAFKA_POM = REPO_ROOT / "deploy" / "kafka" / "pom.xml"
 LIBS_MARKER = ".complete"
 KAFKA_READY_LINE = "Kafka Server started"
 
-JAVA_FIX = "install OpenJDK 17: apt-get install -y openjdk-17-jre-headless"
-MVN_FIX = "install Maven: apt-get install -y maven"
+#: Installs Java 17+, Maven and redis-server (as root, or through sudo); prints the one
+#: apt-get command to run when it can do neither.
+SYSTEM_DEPS = REPO_ROOT / "deploy" / "install_system_deps.sh"
+JAVA_FIX = f"install Java 17+ (and Maven, redis-server): bash {SYSTEM_DEPS} stack"
+MVN_FIX = f"install Maven (and Java 17+, redis-server): bash {SYSTEM_DEPS} stack"
 
-#: Where ``mab up`` keeps the keys it generated (mode 0600, in the ignored state dir).
+#: Where ``mab up`` keeps the secrets it generated (mode 0600, in the ignored state dir).
 ADMIN_KEY_FILE = "admin_key"
 ADMIN_KEY_ENV = "MAB_ADMIN_KEY"
 #: The dashboard's key: it may only read (docs/security.md), so the process that renders
@@ -72,6 +76,9 @@ READ_KEYS_ENV = "MAB_READ_KEYS"
 API_KEY_ENV = "MAB_API_KEY"
 #: The decider's auth mode (``keys`` or ``open``).
 AUTH_ENV = "MAB_AUTH"
+REDIS_PASSWORD_FILE = "redis_password"  # noqa: S105 (a file name, not a value)
+#: The password goes to redis-server in this file, never on its command line (``ps``).
+REDIS_CONF_FILE = "redis.conf"
 
 #: Which of the stack's keys a service is given: the decider gets the keys it checks
 #: (``serve``), a client the one key it sends (``admin``, ``read``), a stream processor
@@ -80,44 +87,136 @@ KeyUse = Literal["serve", "admin", "read", "none"]
 
 
 @dataclass(frozen=True, slots=True)
-class StackKey:
-    """A key of the stack and where it came from (``env``, ``stored``, ``generated``)."""
+class StackSecret:
+    """A secret of a stack (admin key, read key, Redis password) and where it came from
+    (``env``, ``stored``, ``generated``)."""
 
     value: str
     source: str
     path: Path | None = None
 
 
-def ensure_admin_key(run_dir: Path, env: Mapping[str, str] | None = None) -> StackKey:
-    """``MAB_ADMIN_KEY`` if set; else the key stored in ``run_dir``; else a new one, stored."""
+def read_secret(
+    run_dir: Path, file_name: str, env_var: str | None, env: Mapping[str, str] | None = None
+) -> StackSecret | None:
+    """``env_var`` if set (and given), else the secret stored in ``run_dir``, else None (nothing is
+    created: for commands that only use a stack another command started). A
+    group/world-readable file left by hand is tightened back to 0600."""
     env = os.environ if env is None else env
-    given = env.get(ADMIN_KEY_ENV, "").strip()
+    given = env.get(env_var, "").strip() if env_var else ""
     if given:
-        return StackKey(given, "env")
-    return ensure_key_file(run_dir / ADMIN_KEY_FILE, "admin key")
-
-
-def ensure_key_file(path: Path, what: str) -> StackKey:
-    """The key stored at ``path``, else a new one (``secrets.token_urlsafe(32)``) stored there.
-
-    The file is created with mode 0600 atomically (``O_EXCL``), so two concurrent
-    ``mab up`` never end with different keys, and a group/world-readable file left by
-    hand is tightened back to 0600.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
+        return StackSecret(given, "env")
+    path = run_dir / file_name
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
         if path.stat().st_mode & 0o077:
             path.chmod(0o600)
-        stored = path.read_text().strip()
-        if not stored:
-            raise StackError(f"{path} is empty: delete it to generate a new {what}") from None
-        return StackKey(stored, "stored", path)
-    key = secrets.token_urlsafe(32)
-    with os.fdopen(fd, "w") as out:
-        out.write(key + "\n")
-    return StackKey(key, "generated", path)
+        stored = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    if not stored:
+        raise StackError(f"{path} is empty: delete it to generate a new one")
+    return StackSecret(stored, "stored", path)
+
+
+def ensure_secret(
+    run_dir: Path, file_name: str, env_var: str | None, env: Mapping[str, str] | None = None
+) -> StackSecret:
+    """:func:`read_secret`, or a new secret stored in ``run_dir``.
+
+    The file is created with mode 0600 atomically (``O_EXCL``), so two concurrent
+    ``mab up`` never end with different secrets.
+    """
+    found = read_secret(run_dir, file_name, env_var, env)
+    if found is not None:
+        return found
+    path = run_dir / file_name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # a concurrent mab up stored one first: use it
+        return ensure_secret(run_dir, file_name, env_var, env)
+    value = secrets.token_urlsafe(32)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(value + "\n")
+    return StackSecret(value, "generated", path)
+
+
+def ensure_admin_key(run_dir: Path, env: Mapping[str, str] | None = None) -> StackSecret:
+    """``MAB_ADMIN_KEY`` if set; else the key stored in ``run_dir``; else a new one, stored."""
+    return ensure_secret(run_dir, ADMIN_KEY_FILE, ADMIN_KEY_ENV, env)
+
+
+def ensure_redis_password(run_dir: Path, env: Mapping[str, str] | None = None) -> StackSecret:
+    """``REDIS_PASSWORD`` if set; else the password stored in ``run_dir``; else a new one,
+    stored. The same variable is the one clients read (:mod:`stream_runtime.redis_client`),
+    so a stack started with it and a client given it agree."""
+    return ensure_secret(run_dir, REDIS_PASSWORD_FILE, _password_env(), env)
+
+
+def _password_env() -> str:
+    from stream_runtime.redis_client import PASSWORD_ENV  # lazy: keeps `mab --help` fast
+
+    return PASSWORD_ENV
+
+
+def local_redis_url(port: int, password: str | None) -> str:
+    """The URL of a stack's Redis on 127.0.0.1, with its password percent-encoded. It is
+    handed to services and clients, never printed (``redact`` it for messages)."""
+    auth = f":{quote(password, safe='')}@" if password else ""
+    return f"redis://{auth}127.0.0.1:{port}/0"
+
+
+def default_redis_url(
+    env: Mapping[str, str] | None = None, run_dir: Path | None = None
+) -> str | None:
+    """For a command run without ``REDIS_URL``: the local stack's Redis (``mab up``,
+    ``MAB_REDIS_PORT``) with its password, or None when ``REDIS_URL`` is set or no
+    password was ever stored (then the settings' own default applies)."""
+    env = os.environ if env is None else env
+    if env.get("REDIS_URL"):
+        return None
+    port = Ports.from_env(env).redis
+    secret = read_secret(run_dir or STATE_DIR, REDIS_PASSWORD_FILE, _password_env(), env)
+    return None if secret is None else local_redis_url(port, secret.value)
+
+
+def redis_conf_quote(value: str) -> str:
+    """``value`` as a double-quoted redis.conf argument (Redis' own escapes), so any
+    password, spaces and quotes included, reaches ``requirepass`` unchanged."""
+    out = []
+    for ch in value:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            out.extend(f"\\x{b:02x}" for b in ch.encode())
+    return '"' + "".join(out) + '"'
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` with mode 0600 from the first byte (a temp file in the
+    same folder, renamed over it), so no other user ever reads a secret in it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def redis_auth_config(password: str) -> str:
+    """The redis.conf lines that make ``redis-server`` require ``password``. Replicas
+    and cluster peers authenticate to each other with the same one (``masterauth``)."""
+    quoted = redis_conf_quote(password)
+    return (
+        "# Written by deploy/local_stack.py on every start; mode 0600: it holds the password,\n"
+        "# which must not show on redis-server's command line.\n"
+        f"requirepass {quoted}\nmasterauth {quoted}\n"
+    )
 
 
 class StackError(RuntimeError):
@@ -920,8 +1019,9 @@ class LocalStack:
         self.kafka = ManagedProcess("kafka", config.run_dir)
         self.redis = ManagedProcess("redis", config.run_dir)
         self.open_auth = open_auth
-        self._admin_key: StackKey | None = None
-        self._read_key: StackKey | None = None
+        self._admin_key: StackSecret | None = None
+        self._read_key: StackSecret | None = None
+        self._redis_password: StackSecret | None = None
         scalable = {s.name for s in self.services if s.scaling != "single"}
         wanted = dict(scale or {})
         unknown = sorted(set(wanted) - scalable)
@@ -977,18 +1077,25 @@ class LocalStack:
                     names += [f"{spec.name}.w{i}" for i in range(1, n + 1)]
         return names
 
-    def admin_key(self) -> StackKey:
+    def admin_key(self) -> StackSecret:
         """The decider's admin key, also given to the demo traffic (see
         :func:`ensure_admin_key`)."""
         if self._admin_key is None:
             self._admin_key = ensure_admin_key(self.config.run_dir)
         return self._admin_key
 
-    def read_key(self) -> StackKey:
-        """The dashboard's read-only key, stored next to the admin key."""
+    def read_key(self) -> StackSecret:
+        """The dashboard's read-only key, stored next to the admin key (never from the
+        environment: ``MAB_READ_KEYS`` may list several)."""
         if self._read_key is None:
-            self._read_key = ensure_key_file(self.config.run_dir / READ_KEY_FILE, "read key")
+            self._read_key = ensure_secret(self.config.run_dir, READ_KEY_FILE, None)
         return self._read_key
+
+    def redis_password(self) -> StackSecret:
+        """The password of this stack's Redis (see :func:`ensure_redis_password`)."""
+        if self._redis_password is None:
+            self._redis_password = ensure_redis_password(self.config.run_dir)
+        return self._redis_password
 
     # -- endpoints ------------------------------------------------------------------------
     @property
@@ -997,7 +1104,8 @@ class LocalStack:
 
     @property
     def redis_url(self) -> str:
-        return f"redis://127.0.0.1:{self.config.ports.redis}/0"
+        """With the password: what services and clients get, never what is printed."""
+        return local_redis_url(self.config.ports.redis, self.redis_password().value)
 
     def service_env(self, keys: KeyUse = "none") -> dict[str, str]:
         """Environment a service gets: the stack's endpoints on top of ours, and only the
@@ -1130,17 +1238,30 @@ class LocalStack:
 
     # -- Redis ----------------------------------------------------------------------------
     def start_redis(self, timeout: float = 20.0) -> int:
-        """Start redis-server: AOF on for the product, no persistence for throwaway stacks."""
+        """Start redis-server: AOF on for the product, no persistence for throwaway stacks.
+
+        A running one that answers without a password was started by a ``mab up`` from
+        before passwords: the services would be refused by it, so say how to restart it
+        (its AOF data is kept) instead of reporting it healthy."""
         pid = self.redis.pid()
         if pid is not None:
+            port = self.redis.recorded_port() or self.config.ports.redis
+            if redis_ping(local_redis_url(port, None)):
+                raise StackError(
+                    f"redis-server (pid {pid}) runs without a password; restart it with "
+                    "one (data is kept): mab down && mab up"
+                )
             return pid
         port = self.config.ports.redis
         require_port_free(port, PORT_ENV["redis"])
         binary = ensure_redis_server()
         data = self.config.redis_dir
         data.mkdir(parents=True, exist_ok=True)
+        conf = self.config.run_dir / REDIS_CONF_FILE
+        write_private(conf, redis_auth_config(self.redis_password().value))
         argv = [
             binary,
+            str(conf),
             "--port",
             str(port),
             "--bind",
@@ -1251,17 +1372,7 @@ class LocalStack:
         note: Callable[[str], None] = print,
     ) -> list[ComponentStatus]:
         """Start whatever is not running yet, in dependency order, and return the status."""
-        if self.open_auth:
-            note(f"auth: open ({AUTH_ENV}=open): admin calls need no key; loopback only")
-            if os.environ.get(ADMIN_KEY_ENV, "").strip():
-                note(f"{ADMIN_KEY_ENV} in your environment is not used in open mode")
-        else:
-            key = self.admin_key()
-            if key.source == "env":
-                note(f"admin key: from {ADMIN_KEY_ENV}")
-            else:
-                note(f"admin key ({key.source}, {key.path}): {key.value}")
-        note(f"dashboard read key: {self.read_key().path}")
+        self.announce_secrets(note)
         note(f"redis: {'already running' if self.redis.pid() else 'starting'}")
         self.start_redis()
         note(f"kafka: {'already running' if self.kafka.pid() else 'starting'}")
@@ -1309,6 +1420,25 @@ class LocalStack:
                 )
         return warnings
 
+    def announce_secrets(self, note: Callable[[str], None] = print) -> None:
+        """Where the stack's secrets come from. The admin key is printed (people paste
+        it into curl); the Redis password never is: services get it in ``REDIS_URL``,
+        and ``mab`` commands read it from its file."""
+        if self.open_auth:
+            note(f"auth: open ({AUTH_ENV}=open): admin calls need no key; loopback only")
+            if os.environ.get(ADMIN_KEY_ENV, "").strip():
+                note(f"{ADMIN_KEY_ENV} in your environment is not used in open mode")
+        else:
+            key = self.admin_key()
+            if key.source == "env":
+                note(f"admin key: from {ADMIN_KEY_ENV}")
+            else:
+                note(f"admin key ({key.source}, {key.path}): {key.value}")
+        note(f"dashboard read key: {self.read_key().path}")
+        password = self.redis_password()
+        where = f"from {_password_env()}" if password.source == "env" else str(password.path)
+        note(f"redis password ({password.source}): {where}")
+
     def start_services(self, note: Callable[[str], None] = print) -> None:
         """Bring every registered service to its wanted count; remember the counts."""
         save_scale(self.config.run_dir, self.scale)
@@ -1346,9 +1476,13 @@ class LocalStack:
         rows: list[ComponentStatus] = []
         pid = self.redis.pid()
         redis_port = (self.redis.recorded_port() if pid else None) or ports.redis
-        redis_url = f"redis://127.0.0.1:{redis_port}/0"
-        healthy = pid is not None and redis_ping(redis_url)
-        rows.append(ComponentStatus("redis", pid, redis_port, pid is not None, healthy, redis_url))
+        # Shown without the password; pinged with the stored one (nothing is generated
+        # by a status call: a Redis whose password file is gone shows unhealthy).
+        secret = read_secret(self.config.run_dir, REDIS_PASSWORD_FILE, _password_env())
+        password = secret.value if secret is not None else None
+        healthy = pid is not None and redis_ping(local_redis_url(redis_port, password))
+        shown = local_redis_url(redis_port, None)
+        rows.append(ComponentStatus("redis", pid, redis_port, pid is not None, healthy, shown))
         pid = self.kafka.pid()
         kafka_port = (self.kafka.recorded_port() if pid else None) or ports.kafka
         bootstrap = f"127.0.0.1:{kafka_port}"

@@ -5,28 +5,37 @@ started with ``--cluster-enabled yes`` in its own folder of a run directory, the
 with ``redis-cli --cluster create ... --cluster-replicas 0 --cluster-yes`` (which
 assigns all 16,384 slots), and ready once every node reports ``cluster_state:ok``.
 Nodes are :class:`deploy.local_stack.ManagedProcess` es, so stopping only ever signals
-processes we started. The services reach it with
-``REDIS_URL=redis+cluster://127.0.0.1:<port>,...`` (:mod:`stream_runtime.redis_client`).
+processes we started. Every node requires a password, as the local stack's Redis does
+(given, or generated per cluster; in a 0600 config file, never on a command line), so
+tests of the cluster exercise authentication too. The services reach it with
+``REDIS_URL=redis+cluster://:<password>@127.0.0.1:<port>,...``
+(:mod:`stream_runtime.redis_client`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import secrets
 import shutil
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 from deploy.local_stack import (
     ManagedProcess,
     StackError,
     ensure_redis_server,
     free_port,
+    local_redis_url,
     log_tail,
     port_in_use,
+    redis_auth_config,
     redis_ping,
+    write_private,
 )
 
 #: The smallest cluster ``redis-cli --cluster create`` accepts without replicas.
@@ -44,12 +53,16 @@ def node_port(taken: set[int]) -> int:
     raise StackError("no free port pair (port, port + 10000) for a cluster node")
 
 
-def cluster_info(port: int, timeout: float = 1.0) -> dict[str, str]:
+def cluster_info(port: int, password: str | None = None, timeout: float = 1.0) -> dict[str, str]:
     """``CLUSTER INFO`` of one node as a dict (empty when it does not answer)."""
     import redis  # lazy: keeps `mab --help` fast
 
     client = redis.Redis(
-        host="127.0.0.1", port=port, socket_timeout=timeout, socket_connect_timeout=timeout
+        host="127.0.0.1",
+        port=port,
+        password=password,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
     )
     try:
         raw = client.execute_command("CLUSTER INFO")  # type: ignore[no-untyped-call]
@@ -66,10 +79,13 @@ def cluster_info(port: int, timeout: float = 1.0) -> dict[str, str]:
 class LocalRedisCluster:
     """Start, check and stop a local ``masters``-node Redis Cluster without persistence."""
 
-    def __init__(self, run_dir: Path, masters: int = MIN_MASTERS) -> None:
+    def __init__(
+        self, run_dir: Path, masters: int = MIN_MASTERS, password: str | None = None
+    ) -> None:
         if masters < MIN_MASTERS:
             raise StackError(f"a Redis Cluster needs at least {MIN_MASTERS} masters")
         self.run_dir = run_dir
+        self.password = password or secrets.token_urlsafe(24)
         taken: set[int] = set()
         for _ in range(masters):
             taken.add(node_port(taken))
@@ -78,8 +94,10 @@ class LocalRedisCluster:
 
     @property
     def url(self) -> str:
-        """What the services' ``REDIS_URL`` must be to use this cluster."""
-        return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
+        """What the services' ``REDIS_URL`` must be to use this cluster (it holds the
+        password: hand it over, do not print it)."""
+        auth = f":{quote(self.password, safe='')}@"
+        return "redis+cluster://" + auth + ",".join(f"127.0.0.1:{p}" for p in self.ports)
 
     def start(self, timeout: float = 30.0) -> None:
         binary = ensure_redis_server()
@@ -90,11 +108,14 @@ class LocalRedisCluster:
         for port, node in zip(self.ports, self.nodes, strict=True):
             data = self.run_dir / f"node-{port}"
             data.mkdir(parents=True, exist_ok=True)
+            conf = data / "auth.conf"
+            write_private(conf, redis_auth_config(self.password))
             # redis-server rewrites its title to "redis-server 127.0.0.1:<port> [cluster]";
             # ManagedProcess recognises it by executable name and port.
             node.spawn(
                 [
                     binary,
+                    str(conf),
                     "--port",
                     str(port),
                     "--bind",
@@ -117,7 +138,7 @@ class LocalRedisCluster:
                 port=port,
             )
         for port, node in zip(self.ports, self.nodes, strict=True):
-            while not redis_ping(f"redis://127.0.0.1:{port}/0", timeout=0.5):
+            while not redis_ping(local_redis_url(port, self.password), timeout=0.5):
                 if node.pid() is None or time.monotonic() > deadline:
                     self.stop()
                     raise StackError(
@@ -139,11 +160,15 @@ class LocalRedisCluster:
             text=True,
             timeout=max(1.0, deadline - time.monotonic()),
             check=False,
+            # redis-cli reads the password from here; `-a` would show it in `ps`.
+            env={**os.environ, "REDISCLI_AUTH": self.password},
         )
         if create.returncode != 0:
             self.stop()
             raise StackError(f"redis-cli --cluster create failed:\n{create.stdout}{create.stderr}")
-        while not all(cluster_info(p).get("cluster_state") == "ok" for p in self.ports):
+        while not all(
+            cluster_info(p, self.password).get("cluster_state") == "ok" for p in self.ports
+        ):
             if time.monotonic() > deadline:
                 self.stop()
                 raise StackError(f"cluster not ok within {timeout:.0f}s")
@@ -156,7 +181,8 @@ class LocalRedisCluster:
 
 @contextlib.contextmanager
 def local_redis_cluster(masters: int = MIN_MASTERS, base: Path | None = None) -> Iterator[str]:
-    """A running cluster in a temp dir for the ``with`` block; yields its URL."""
+    """A running cluster in a temp dir for the ``with`` block; yields its URL (with the
+    cluster's generated password)."""
     run_dir = Path(tempfile.mkdtemp(prefix="mab-redis-cluster-", dir=base))
     cluster = LocalRedisCluster(run_dir, masters)
     try:

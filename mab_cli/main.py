@@ -8,10 +8,13 @@ file. A module that fails to import is a bug and fails loudly.
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 from pathlib import Path
 
 import typer
+
+from deploy.local_stack import StackError, default_redis_url
 
 app = typer.Typer(
     name="mab",
@@ -32,6 +35,18 @@ def _register_commands(target: typer.Typer) -> None:
         if not callable(register):
             raise RuntimeError(f"mab_cli.{info.name} has no register(app) function")
         register(target)
+
+
+@app.callback()
+def _local_stack_defaults() -> None:
+    # Before every command: without REDIS_URL, commands that read Redis (replay) use
+    # the local stack's, with the password `mab up` stored, as services of that stack do.
+    try:
+        url = default_redis_url()
+    except StackError:  # a bad MAB_*_PORT, an emptied password file: `mab up` says which
+        return
+    if url is not None:
+        os.environ["REDIS_URL"] = url
 
 
 _register_commands(app)

@@ -34,6 +34,8 @@ from typing import Annotated, Any
 import typer
 from confluent_kafka import KafkaException
 from pydantic import ValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mab_cli.replay import (
     Progress,
@@ -73,7 +75,7 @@ from services.reward_consumer.store import ConsumerStore
 from stream_runtime.batch import Rejected
 from stream_runtime.kafka_connection import KafkaConnectionError, KafkaTarget
 from stream_runtime.partition_reader import read_chunks
-from stream_runtime.redis_client import AnyRedis, RedisUrlError, redis_from_url
+from stream_runtime.redis_client import AnyRedis, RedisUrlError, explain, redis_from_url
 from stream_runtime.settings import settings_errors
 
 
@@ -425,8 +427,14 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(EXIT_PROCESSORS_RUNNING) from None
         except (RedisUrlError, KafkaConnectionError) as exc:
             raise _fail(str(exc)) from None
-        except (OSError, ConnectionError, KafkaException) as exc:
-            raise _fail(f"cannot reach Kafka or Redis: {exc}") from None
+        except (
+            OSError,
+            ConnectionError,
+            RedisConnectionError,
+            RedisTimeoutError,
+            KafkaException,
+        ) as exc:
+            raise _fail(f"cannot reach Kafka or Redis: {explain(exc)}") from None
         _print(outcome, as_json)
         if verify and outcome.differences:
             raise typer.Exit(1)

@@ -9,11 +9,13 @@ endpoints they use; every check is bounded by a short timeout.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import sys
 
-import redis
+from redis.exceptions import RedisClusterException, RedisError
 
+from stream_runtime.redis_client import RedisUrlError, explain, redact, redis_from_url
 from stream_runtime.settings import StreamSettings, load_settings
 
 TIMEOUT_S = 2.0
@@ -38,13 +40,24 @@ def check_kafka(bootstrap: str, timeout: float = TIMEOUT_S) -> str:
 
 
 def check_redis(url: str, timeout: float = TIMEOUT_S) -> str:
-    client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    """``ok`` when Redis answers PING, else why not. The client is the processors' own
+    kind (single node or cluster, password from the URL or ``REDIS_PASSWORD``)."""
+
+    async def ping() -> str:
+        client = redis_from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        try:
+            return "ok" if await client.ping() else "no PONG"
+        except (RedisError, RedisClusterException) as exc:
+            return explain(exc)
+        finally:
+            await client.aclose()
+
     try:
-        return "ok" if client.ping() else "no PONG"
-    except redis.RedisError as exc:
-        return f"{exc}"
-    finally:
-        client.close()
+        return asyncio.run(ping())
+    except RedisUrlError as exc:
+        return str(exc)
+    except ValueError as exc:  # redis-py's own URL checks
+        return f"{exc} in {redact(url)!r}"
 
 
 def main() -> int:

@@ -3,7 +3,8 @@
 Public fixtures:
 
 * ``kafka_bootstrap`` (session, ``str``): ``host:port`` of a real broker.
-* ``redis_url`` (session, ``str``): ``redis://host:port/0`` of a real Redis.
+* ``redis_url`` (session, ``str``): ``redis://:password@host:port/0`` of a real Redis
+  (the password is part of the URL; ``MAB_TEST_REDIS_URL`` is used as given).
 * ``ns`` (function, ``str``): a unique prefix like ``t1a2b3c4d-``; use it for topic names,
   consumer group ids and Redis keys so parallel or repeated tests never see each other's data.
 * ``topics`` (function, ``dict[str, int]``): the product's topics created under ``ns``

@@ -51,7 +51,7 @@ from stream_runtime.batch import (
     write_until_settled,
 )
 from stream_runtime.kafka_loop import KafkaBatchProcessor
-from stream_runtime.redis_client import AnyRedis, redis_from_url
+from stream_runtime.redis_client import AnyRedis
 
 __all__ = [
     "MAX_CAS_ATTEMPTS",
@@ -184,7 +184,7 @@ class Projector(KafkaBatchProcessor[BatchReport]):
 
     async def _open_resources(self) -> None:
         s = self.settings
-        self._redis = redis_from_url(s.redis_url, decode_responses=False)
+        self._redis = s.redis_client()
         await self._redis.ping()  # fail fast at start-up
         self._handler = ProjectorHandler(
             ProjectorStore(self._redis, s.keys, s.retention),

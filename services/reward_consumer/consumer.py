@@ -42,7 +42,7 @@ from services.reward_consumer.store import ConsumerStore
 from stream_runtime.acked_producer import AckedProducer, OutRecord, ProduceError
 from stream_runtime.dead_letter import DeadLetterProducer, dead_letter_producer
 from stream_runtime.kafka_loop import KafkaBatchProcessor
-from stream_runtime.redis_client import AnyRedis, redis_from_url
+from stream_runtime.redis_client import AnyRedis
 
 log = logging.getLogger("services.reward_consumer")
 
@@ -83,7 +83,7 @@ class RewardConsumer(KafkaBatchProcessor[BatchReport]):
     # ----------------------------------------------------------------- resources
     async def _open_resources(self) -> None:
         s = self.settings
-        self._redis = redis_from_url(s.redis_url, decode_responses=False)
+        self._redis = s.redis_client()
         await self._redis.ping()  # fail fast at start-up, not inside the first batch
         # Our own producer for ChangePointDetected and dead letters: acks=all,
         # idempotent, so a send that returned survives a broker failover and a retried
@@ -133,6 +133,10 @@ class RewardConsumer(KafkaBatchProcessor[BatchReport]):
         windows stay open in Redis, nothing is lost.
         """
         n = await super().poll_once(stop)
+        if stop is not None and stop.is_set():
+            # Stopping: a sweep now would only make SIGTERM wait on the same Redis that
+            # may just have failed the batch (the windows stay open for the next run).
+            return n
         now = time.monotonic()
         if self._sweeper is not None and self._handler is not None and now >= self._next_sweep:
             self._next_sweep = now + self.settings.mab_attribution_sweep_s

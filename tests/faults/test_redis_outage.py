@@ -1,32 +1,44 @@
-"""Fault injection: Redis is stopped while decisions and rewards are served."""
+"""Fault injection: Redis is stopped or frozen while decisions and rewards are served,
+and frozen while the stream processors fold and are asked to stop."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 import httpx
 import orjson
 import pytest
+from redis.asyncio import Redis
 
 from deploy.local_stack import create_topics
-from schemas.topics import TopicNames, topic_specs
+from schemas.codec import encode
+from schemas.events import RewardObserved
+from schemas.redis_keys import RedisKeys
+from schemas.topics import TopicNames, partition_key, topic_specs
+from stream_runtime.settings import StreamSettings
 from tests.faults.conftest import StackFactory
 from tests.fixtures.faults import (
     Answer,
+    Outgoing,
     ServiceProcess,
+    applied_records,
     counts,
     get_decisions,
     post_rewards,
     read_topics,
     service_env,
     start_decider,
+    stream_records,
     wait_ready,
     wait_until,
 )
+from tests.fixtures.streams import read_states, write_configs
+from tests.fixtures.workload import configs_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(240)]
 
@@ -190,4 +202,152 @@ async def test_redis_outage_degrades_decisions_and_keeps_rewards(
         f"Redis was down; slowest answer {slowest:.2f}s"
         f"\naccounted for: {len(acked)} of {len(acked)} acked rewards in the topic; stats "
         f"pulls = {len(logged_rewards)} logged rewards after the consumer caught up"
+    )
+
+
+#: The stream processors' Redis socket timeout (product default, StreamSettings).
+PROCESSOR_REDIS_TIMEOUT_S = StreamSettings.model_fields["redis_socket_timeout_s"].default
+#: On top of it: the Kafka consumer leaving its group, closing clients, interpreter exit,
+#: on a loaded two-core machine.
+STOP_SLACK_S = 5.0
+FROZEN_REWARDS = 30_000
+RESENT_EVERY = 25  # a producer retry (same event id) after every 25th reward
+
+
+def frozen_workload(names: TopicNames, arms: tuple[str, ...]) -> tuple[list[Outgoing], int]:
+    """Distinct rewards with their own event ids, plus producer retries of some of them
+    (same bytes: they must count once). Returns the records and the distinct count."""
+    key = partition_key(EXP)
+    out: list[Outgoing] = []
+    for i in range(FROZEN_REWARDS):
+        event = RewardObserved(experiment_id=EXP, arm_id=arms[i % len(arms)], reward=i % 2)
+        value = encode(event)
+        out.append(Outgoing(names.rewards, key, value))
+        if i % RESENT_EVERY == 0:
+            out.append(Outgoing(names.rewards, key, value))
+    return out, FROZEN_REWARDS
+
+
+@pytest.mark.parametrize(
+    "frozen_s",
+    [1.0, PROCESSOR_REDIS_TIMEOUT_S + 2.0],
+    ids=["mid-batch", "reconnecting"],
+)
+async def test_sigterm_stops_the_processors_while_redis_is_frozen_and_nothing_is_lost(
+    frozen_s: float, private_stack: StackFactory, kafka_bootstrap: str, ns: str, tmp_path: Path
+) -> None:
+    """Scenario: the reward consumer and the projector run as processes on a private
+    Redis while 30,000 rewards (and 1,200 producer retries of some of them) stream in
+    over ~15 s. Once both have applied a few thousand records, Redis is frozen with
+    SIGSTOP (connections hang; nothing is refused), and both get SIGTERM 1 s later (a
+    batch waits on its reply) or 7 s later (that batch timed out and its retry waits on
+    a new connection's handshake).
+    We expect each to exit 0 within its Redis socket timeout (5 s, the product default)
+    plus 5 s, with Redis still frozen: the call in flight times out, the batch is
+    rewound uncommitted, and the stop is honoured. Then Redis is thawed with SIGCONT,
+    both are started again, and once they caught up the snapshot counts every distinct
+    reward once (the retries as duplicates) and so do the projector's hour buckets."""
+    stack = private_stack(False)
+    await asyncio.to_thread(stack.start_redis)
+    create_topics(kafka_bootstrap, topic_specs(ns))
+    names = TopicNames.with_prefix(ns)
+    keys = RedisKeys(ns).experiment(EXP)
+    config = configs_for([EXP])[EXP]
+    redis = Redis.from_url(stack.redis_url)
+    await write_configs(redis, ns, [config])
+    items, distinct = frozen_workload(names, config.arm_ids)
+    env = service_env(
+        kafka_bootstrap,
+        stack.redis_url,
+        ns,
+        MAB_MAX_BATCH_RECORDS="500",
+        MAB_PROJECTOR_MAX_BATCH_RECORDS="500",
+        MAB_POLL_TIMEOUT_MS="100",
+        MAB_PROJECTOR_POLL_TIMEOUT_MS="100",
+    )
+    processors = [
+        ServiceProcess("services.reward_consumer", env, tmp_path / "consumer.log"),
+        ServiceProcess("services.projector", env, tmp_path / "projector.log"),
+    ]
+    progress = [keys.offsets, keys.projector_offsets]
+    pid = stack.redis.pid()
+    assert pid is not None
+    stopped: list[float] = []
+    try:
+        for p in processors:
+            p.start()
+        stream = asyncio.create_task(
+            asyncio.to_thread(stream_records, kafka_bootstrap, items, rate_per_s=2_000)
+        )
+        for p, offsets in zip(processors, progress, strict=True):
+
+            async def folding(p: ServiceProcess = p, offsets: str = offsets) -> bool:
+                assert p.alive(), p.tail()
+                return await applied_records(redis, offsets) >= 3_000
+
+            await wait_until(folding, 60, f"{p.module} to fold 3,000 records")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            # mid-batch: both wait on a reply; reconnecting: their first batch timed out,
+            # was rewound, and the retry waits on a new connection's handshake.
+            await asyncio.sleep(frozen_s)
+            sent = time.monotonic()
+            for p in processors:
+                assert p.proc is not None
+                p.proc.terminate()
+            for p in processors:
+                assert p.proc is not None
+                bound = PROCESSOR_REDIS_TIMEOUT_S + STOP_SLACK_S
+                try:
+                    code = await asyncio.to_thread(p.proc.wait, bound)
+                except subprocess.TimeoutExpired:
+                    raise AssertionError(
+                        f"{p.module} ignored SIGTERM for {bound}s with Redis frozen"
+                    ) from None
+                stopped.append(round(time.monotonic() - sent, 2))
+                assert code == 0, p.tail()
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        for p in processors:
+            p.start()
+        landed = await stream
+        ends: dict[str, int] = {}
+        for r in landed:
+            tp = f"{r.topic}:{r.partition}"
+            ends[tp] = max(ends.get(tp, -1), r.offset)
+        for p, offsets in zip(processors, progress, strict=True):
+
+            async def caught_up(p: ServiceProcess = p, offsets: str = offsets) -> bool:
+                assert p.alive(), p.tail()
+                raw = await redis.hgetall(offsets)
+                got = {k.decode() if isinstance(k, bytes) else k: int(v) for k, v in raw.items()}
+                return all(got.get(tp) == last for tp, last in ends.items())
+
+            await wait_until(caught_up, 120, f"{p.module} to catch up")
+        await asyncio.sleep(1.0)  # a doubled record would show up now
+        for p in processors:
+            assert p.terminate() == 0, p.tail()
+
+        state = (await read_states(redis, ns, [EXP]))[EXP]
+        pulls = sum(a.pulls for a in state.arms.values())
+        reward_sum = sum(a.reward_sum for a in state.arms.values())
+        hour_rewards = 0
+        async for key in redis.scan_iter(match=keys.bucket_pattern("hour")):
+            for field, n in (await redis.hgetall(key)).items():
+                name = field.decode() if isinstance(field, bytes) else field
+                hour_rewards += int(n) if name.endswith("|r") else 0
+    finally:
+        for p in processors:
+            p.stop_quietly()
+        await redis.aclose()
+    resent = len(items) - distinct
+    assert (pulls, state.duplicates) == (distinct, resent)
+    assert reward_sum == distinct // 2  # rewards alternate 0, 1
+    assert hour_rewards == distinct
+    print(
+        f"\nredis frozen {frozen_s:.0f}s, SIGTERM: consumer exited after {stopped[0]}s, "
+        f"projector after {stopped[1]}s (bound {PROCESSOR_REDIS_TIMEOUT_S + STOP_SLACK_S:.0f}s); "
+        f"restarted after SIGCONT: {pulls} of {distinct} rewards folded once, "
+        f"{state.duplicates} of {resent} retries recognised; projector: {hour_rewards} "
+        "rewards in its hour buckets"
     )

@@ -1,15 +1,17 @@
-"""Fixtures shared by the integration tests of the decider's HTTP API."""
+"""Fixtures shared by the integration tests: the decider's HTTP API, and a private
+password-protected Redis."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
 import pytest_asyncio
 
+from deploy.local_stack import REDIS_PASSWORD_FILE, LocalStack, StackConfig
 from services.decider.app import create_asgi
 from services.decider.hot_path import DecisionFastPath
 from services.decider.settings import DeciderSettings
@@ -61,3 +63,22 @@ async def client(decider_settings: SettingsFactory) -> AsyncIterator[httpx.Async
     real Kafka + Redis."""
     async with serve_decider(decider_settings()) as (c, _):
         yield c
+
+
+#: Spaces, quotes, a backslash and URL-reserved characters: quoting and encoding matter.
+LOCKED_PASSWORD = 'p@ss:w/rd "quoted" \\ 100% été'
+
+
+@pytest.fixture(scope="module")
+def locked_redis() -> Iterator[LocalStack]:
+    """A private Redis (nothing else) whose stored password is :data:`LOCKED_PASSWORD`,
+    for tests of clients with a wrong, missing or differently given password."""
+    stack = LocalStack(StackConfig.throwaway(), services=[])
+    path = stack.config.run_dir / REDIS_PASSWORD_FILE
+    path.write_text(LOCKED_PASSWORD + "\n", encoding="utf-8")
+    path.chmod(0o600)
+    try:
+        stack.start_redis()
+        yield stack
+    finally:
+        stack.down()

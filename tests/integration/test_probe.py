@@ -8,13 +8,14 @@ import sys
 
 import pytest
 
-from deploy.local_stack import free_port
+from deploy.local_stack import LocalStack, free_port, local_redis_url
+from tests.integration.conftest import LOCKED_PASSWORD
 
 pytestmark = pytest.mark.integration
 
 
-def _probe(bootstrap: str, redis_url: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "REDIS_URL": redis_url}
+def _probe(bootstrap: str, redis_url: str, **extra: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "REDIS_URL": redis_url, **extra}
     return subprocess.run(
         [sys.executable, "-m", "stream_runtime.probe"],
         env=env,
@@ -40,3 +41,19 @@ def test_probe_passes_when_both_answer_and_names_what_is_down(
     no_redis = _probe(kafka_bootstrap, f"redis://127.0.0.1:{closed}/0")
     assert no_redis.returncode == 1
     assert "redis" in no_redis.stdout
+
+
+def test_probe_says_where_to_set_a_refused_password_and_reads_redis_password(
+    kafka_bootstrap: str, locked_redis: LocalStack
+) -> None:
+    """A compose or Kubernetes container: REDIS_URL without the password, the password
+    in REDIS_PASSWORD (from .env or a Secret)."""
+    plain = local_redis_url(locked_redis.config.ports.redis, None)
+    refused = _probe(kafka_bootstrap, plain, REDIS_PASSWORD="")
+    assert refused.returncode == 1
+    assert (
+        "Redis refused the credentials; give its password in REDIS_URL or REDIS_PASSWORD"
+        in refused.stdout
+    )
+    ok = _probe(kafka_bootstrap, plain, REDIS_PASSWORD=LOCKED_PASSWORD)
+    assert (ok.returncode, ok.stdout.strip()) == (0, "ready"), ok.stdout + ok.stderr

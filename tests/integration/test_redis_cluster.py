@@ -7,11 +7,14 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import orjson
 import pytest
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
+from redis.exceptions import AuthenticationError
 
 from deploy.redis_cluster import local_redis_cluster
 from mab_cli.replay_redis import compare, read_namespace
@@ -25,7 +28,7 @@ from services.projector.consumer import Projector
 from services.projector.settings import ProjectorSettings
 from services.reward_consumer.consumer import RewardConsumer
 from services.reward_consumer.settings import ConsumerSettings
-from stream_runtime.redis_client import AnyRedis, redis_from_url
+from stream_runtime.redis_client import AnyRedis, cluster_nodes, redis_from_url
 from tests.fixtures.streams import (
     dump_namespace,
     expected_states,
@@ -361,3 +364,34 @@ async def test_replay_verify_and_rebuild_on_a_cluster_equal_a_single_node(
         f"\n{len(got)} keys on the cluster rebuilt equal to the single node's; seconds:",
         {k: round(v, 1) for k, v in timings.items()},
     )
+
+
+async def test_every_node_requires_the_password_given_in_the_url_or_the_environment(
+    cluster_url: str,
+) -> None:
+    """Scenario: the local cluster is started with a password, as the local stack's
+    Redis is. We expect every node to refuse a client without it (NOAUTH), and the
+    services' factory to reach all three masters with the password either in the
+    ``redis+cluster://`` URL or in REDIS_PASSWORD next to a URL without one."""
+    parts = urlsplit(cluster_url)
+    assert parts.password
+    password = unquote(parts.password)
+    plain = cluster_url.replace(f":{parts.password}@", "", 1)
+    for host, port in cluster_nodes(plain):
+        node = Redis(host=host, port=port)
+        with pytest.raises(AuthenticationError):
+            await node.ping()
+        await node.aclose()
+    keys = [f"auth-{i}" for i in range(30)]  # spread over the slot space: all three masters
+    assert len({key_slot(k.encode()) * 3 // 16384 for k in keys}) == 3
+    for client in (
+        redis_from_url(cluster_url),
+        redis_from_url(plain, env={"REDIS_PASSWORD": password}),
+    ):
+        try:
+            assert isinstance(client, RedisCluster)
+            for k in keys:
+                await client.set(k, k)
+            assert [await client.get(k) for k in keys] == [k.encode() for k in keys]
+        finally:
+            await client.aclose()

@@ -18,10 +18,13 @@ from tests.fixtures.deploy_files import (
     PROBE_ENV,
     REPO,
     SERVICE_ENV,
+    MissingVariableError,
     decider_bind_host,
     dockerfiles,
     env_is_read,
     image_contains,
+    interpolate,
+    interpolate_tree,
     is_stdlib,
     module_file,
     parse_dockerfile,
@@ -33,11 +36,13 @@ COMPOSE: dict[str, Any] = yaml.safe_load((REPO / "docker-compose.yml").read_text
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 #: Services built from our Dockerfiles (the others use official images).
 BUILT = {name: svc for name, svc in SERVICES.items() if "build" in svc}
-#: Binaries the official images ship, for their health checks.
+#: Binaries the official images ship, for their commands and health checks.
 OFFICIAL_BINARIES = {
     "apache/kafka": {"/opt/kafka/bin/kafka-broker-api-versions.sh"},
-    "redis": {"redis-cli"},
+    "redis": {"redis-cli", "redis-server", "sh", "docker-entrypoint.sh"},
 }
+#: What compose must refuse to start without (``${VAR:?message}``).
+REQUIRED = ("MAB_ADMIN_KEY", "REDIS_PASSWORD")
 
 
 def compose_schema() -> dict[str, Any]:
@@ -78,7 +83,7 @@ def test_the_full_stack_is_there() -> None:
     }
     assert SERVICES["kafka"]["image"].startswith("apache/kafka:")
     assert SERVICES["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
-    assert "--appendonly" in SERVICES["redis"]["command"]
+    assert "--appendonly yes" in " ".join(SERVICES["redis"]["command"])
     volumes = {v.split(":")[1] for name in ("kafka", "redis") for v in SERVICES[name]["volumes"]}
     assert volumes == {"/var/lib/kafka/data", "/data"}
     assert SERVICES["kafka"]["environment"]["KAFKA_LOG_DIRS"] == "/var/lib/kafka/data"
@@ -215,7 +220,7 @@ def test_decider_serves_the_other_containers() -> None:
     assert svc["environment"]["MAB_HOST"] == "0.0.0.0"
     assert decider_bind_host(env, svc.get("command") or image.runtime.cmd) == "0.0.0.0"
     assert "MAB_AUTH" not in env
-    assert env["MAB_ADMIN_KEY"] == "${MAB_ADMIN_KEY:-}"
+    assert env["MAB_ADMIN_KEY"].startswith("${MAB_ADMIN_KEY:?")
 
 
 def test_dashboard_gets_a_read_key_never_the_admin_key() -> None:
@@ -224,3 +229,58 @@ def test_dashboard_gets_a_read_key_never_the_admin_key() -> None:
     assert dashboard["MAB_API_KEY"] == "${MAB_READ_KEYS:-}"
     assert SERVICES["decider"]["environment"]["MAB_READ_KEYS"] == "${MAB_READ_KEYS:-}"
     assert "MAB_ADMIN_KEY" not in str(dashboard)
+
+
+def test_interpolation_follows_the_compose_spec() -> None:
+    """The reader the two tests below rely on (a wrong one would make them vacuous)."""
+    env = {"SET": "v", "EMPTY": ""}
+    assert interpolate("$$SET ${SET} $SET ${UNSET}", env) == "$SET v v "
+    assert interpolate("${UNSET:-d} ${EMPTY:-d} ${EMPTY-d} ${SET:+r} ${UNSET:+r}", env) == (
+        "d d  r "
+    )
+    assert interpolate("${EMPTY?fine}", env) == ""
+    with pytest.raises(MissingVariableError, match="EMPTY is missing a value: say why"):
+        interpolate("${EMPTY:?say why}", env)
+    with pytest.raises(MissingVariableError, match="UNSET"):
+        interpolate("${UNSET?x}", env)
+
+
+@pytest.mark.parametrize("missing", REQUIRED)
+@pytest.mark.parametrize("value", [None, ""], ids=["unset", "empty"])
+def test_compose_refuses_to_start_without_the_admin_key_or_the_redis_password(
+    missing: str, value: str | None
+) -> None:
+    """An empty .env copied from .env.example must not start a stack whose admin calls
+    are open or whose Redis has no password: compose stops with a message naming the
+    variable and where to set it."""
+    env = {name: "set-in-dot-env-0123456789" for name in REQUIRED if name != missing}
+    if value is not None:
+        env[missing] = value
+    with pytest.raises(MissingVariableError) as stopped:
+        interpolate_tree(COMPOSE, env)
+    assert f"required variable {missing} is missing a value" in str(stopped.value)
+    assert ".env.example" in str(stopped.value)
+
+
+def test_the_password_and_the_admin_key_reach_who_needs_them() -> None:
+    given = {"MAB_ADMIN_KEY": "admin-key-0123456789", "REDIS_PASSWORD": "redis-pass-0123"}
+    services: dict[str, dict[str, Any]] = interpolate_tree(COMPOSE, given)["services"]
+    assert services["decider"]["environment"]["MAB_ADMIN_KEY"] == given["MAB_ADMIN_KEY"]
+    readers = [n for n, svc in services.items() if "REDIS_URL" in svc.get("environment", {})]
+    assert sorted(readers) == ["decider", "projector", "reward-consumer"]
+    for name in readers:
+        env = services[name]["environment"]
+        assert env["REDIS_PASSWORD"] == given["REDIS_PASSWORD"], name
+        assert "@" not in env["REDIS_URL"], f"{name}: the password travels apart from the URL"
+    redis = services["redis"]
+    assert redis["environment"]["REDISCLI_AUTH"] == given["REDIS_PASSWORD"]  # health check
+    # redis-server reads the password as configuration on stdin (`-`), from its own
+    # environment: it is never on a command line, where `ps` would show it.
+    kind, flag, script = redis["command"]
+    assert (kind, flag) == ("sh", "-c")
+    assert {kind, *script.split()[1:3]} <= OFFICIAL_BINARIES["redis"]
+    assert script.startswith("exec docker-entrypoint.sh redis-server - ")
+    assert 'requirepass "$REDIS_PASSWORD"' in script.splitlines()
+    assert given["REDIS_PASSWORD"] not in script
+    assert "--requirepass" not in script
+    assert redis["environment"]["REDIS_PASSWORD"] == given["REDIS_PASSWORD"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
@@ -17,8 +18,8 @@ import yaml
 from schemas.topics import DEFAULT_PARTITIONS
 from services.decider.app import create_app
 from tests.fixtures.deploy_files import (
-    AUTH_ENV,
     REPO,
+    SECRETS,
     SERVICE_ENV,
     decider_bind_host,
     dockerfiles,
@@ -41,7 +42,14 @@ def _load(path: Path) -> list[dict[str, Any]]:
 
 
 MANIFESTS = {p.name: _load(p) for p in sorted(K8S.glob("*.yaml")) if p.name != "kustomization.yaml"}
+#: The optional in-cluster Redis (its own kustomization, namespace ``redis``).
+REDIS_DIR = K8S / "redis"
+REDIS_MANIFESTS = {
+    p.name: _load(p) for p in sorted(REDIS_DIR.glob("*.yaml")) if p.name != "kustomization.yaml"
+}
 RESOURCES = [(name, doc) for name, docs in MANIFESTS.items() for doc in docs]
+REDIS_RESOURCES = [(f"redis/{n}", doc) for n, docs in REDIS_MANIFESTS.items() for doc in docs]
+OPERATIONS = (REPO / "docs" / "operations.md").read_text()
 IMAGES = dockerfiles()
 
 
@@ -62,7 +70,9 @@ def _ids(items: list[tuple[str, dict[str, Any]]]) -> list[str]:
     return [f"{name}:{doc['kind']}/{doc['metadata']['name']}" for name, doc in items]
 
 
-@pytest.mark.parametrize(("name", "doc"), RESOURCES, ids=_ids(RESOURCES))
+@pytest.mark.parametrize(
+    ("name", "doc"), RESOURCES + REDIS_RESOURCES, ids=_ids(RESOURCES + REDIS_RESOURCES)
+)
 def test_resource_is_valid_against_the_kubernetes_schema(name: str, doc: dict[str, Any]) -> None:
     # SchemaNotFoundError (an unknown kind or apiVersion) fails the test too.
     version = kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
@@ -85,6 +95,112 @@ def test_kustomization_lists_every_manifest() -> None:
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     assert sorted(kustomization["resources"]) == sorted(MANIFESTS)
     assert all(d["metadata"].get("namespace", "mab") == "mab" for _, d in RESOURCES)
+    redis = yaml.safe_load((REDIS_DIR / "kustomization.yaml").read_text())
+    assert sorted(redis["resources"]) == sorted(REDIS_MANIFESTS)
+    assert all(d["metadata"].get("namespace", "redis") == "redis" for _, d in REDIS_RESOURCES)
+
+
+def _secret_refs() -> set[tuple[str, str, str]]:
+    """(namespace, secret, key or "*") of every Secret a manifest refers to."""
+    refs: set[tuple[str, str, str]] = set()
+    for _, doc in RESOURCES + REDIS_RESOURCES:
+        if doc["kind"] not in {"Deployment", "Job", "StatefulSet"}:
+            continue
+        namespace = doc["metadata"]["namespace"]
+        for volume in doc["spec"]["template"]["spec"].get("volumes", []):
+            if "secret" in volume:
+                refs.add((namespace, volume["secret"]["secretName"], "*"))
+        for container in _containers(doc):
+            for source in container.get("envFrom", []):
+                if "secretRef" in source:
+                    refs.add((namespace, source["secretRef"]["name"], "*"))
+            for e in container.get("env", []):
+                ref = e.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    refs.add((namespace, ref["name"], ref["key"]))
+    return refs
+
+
+def test_no_secret_ships_and_every_referenced_one_is_documented() -> None:
+    """Applying the manifests never overwrites a Secret the operator created (the old
+    placeholder did): none is among them, none is generated. Each one they refer to is
+    created by a documented ``kubectl create secret`` in its namespace, with its keys."""
+    everything = RESOURCES + REDIS_RESOURCES
+    assert [d["metadata"]["name"] for _, d in everything if d["kind"] == "Secret"] == []
+    for path in (K8S / "kustomization.yaml", REDIS_DIR / "kustomization.yaml"):
+        kustomization = yaml.safe_load(path.read_text())
+        assert "secretGenerator" not in kustomization, path
+    refs = _secret_refs()
+    assert {(ns, name) for ns, name, _ in refs} == {
+        ("mab", "mab-api-keys"),
+        ("mab", "mab-redis"),
+        ("redis", "mab-redis"),
+        ("mab", "mab-kafka"),
+        ("mab", "mab-kafka-tls"),
+    }
+    for namespace, name, key in refs:
+        assert name in SECRETS, name
+        assert key == "*" or key in SECRETS[name], (name, key)
+        assert f"kubectl -n {namespace} create secret generic {name}" in OPERATIONS, (
+            namespace,
+            name,
+        )
+    for required in ("MAB_ADMIN_KEY", "REDIS_PASSWORD"):
+        assert f"--from-literal={required}=" in OPERATIONS
+    # No pod starts without its secrets: an absent admin key is not "open", an absent
+    # Redis password is not "no password".
+    for workload in _workloads():
+        for container in _containers(workload):
+            for source in container.get("envFrom", []):
+                if "secretRef" in source:
+                    assert source["secretRef"].get("optional", False) is False, source
+
+
+def _redis_container() -> dict[str, Any]:
+    (statefulset,) = [d for _, d in REDIS_RESOURCES if d["kind"] == "StatefulSet"]
+    (container,) = _containers(statefulset)
+    return container
+
+
+def test_the_bundled_redis_requires_the_secrets_password_off_the_command_line() -> None:
+    container = _redis_container()
+    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]}
+    assert (
+        env["REDIS_PASSWORD"]
+        == env["REDISCLI_AUTH"]
+        == {
+            "name": "mab-redis",
+            "key": "REDIS_PASSWORD",
+        }
+    )
+    kind, flag, script = container["command"]
+    assert (kind, flag) == ("sh", "-c")
+    # Configuration on stdin from the environment; `$(VAR)` would make the kubelet put
+    # the password itself on the command line, and so would --requirepass.
+    assert script.startswith("exec redis-server - ")
+    assert 'requirepass "$REDIS_PASSWORD"' in script.splitlines()
+    assert "$(REDIS_PASSWORD)" not in script
+    assert "--requirepass" not in script
+    assert "--appendonly yes" in script
+    assert container["readinessProbe"]["exec"]["command"] == ["redis-cli", "ping"]
+
+
+def test_the_bundled_redis_is_where_the_configmap_points() -> None:
+    url = urlsplit(_of_kind("ConfigMap")["mab-stream"]["data"]["REDIS_URL"])
+    assert url.password is None, "the password comes from the Secret, not the ConfigMap"
+    (service,) = [d for _, d in REDIS_RESOURCES if d["kind"] == "Service"]
+    name, namespace = service["metadata"]["name"], service["metadata"]["namespace"]
+    assert url.hostname == f"{name}.{namespace}.svc"
+    assert url.port == service["spec"]["ports"][0]["port"]
+    container = _redis_container()
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports[service["spec"]["ports"][0]["targetPort"]] == url.port
+    (statefulset,) = [d for _, d in REDIS_RESOURCES if d["kind"] == "StatefulSet"]
+    assert "--dir /data" in container["command"][2]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    claims = {c["metadata"]["name"] for c in statefulset["spec"]["volumeClaimTemplates"]}
+    assert mounts["data"] == "/data"
+    assert "data" in claims
 
 
 def test_decider_scales_on_cpu() -> None:
@@ -149,8 +265,8 @@ def _configmap_keys(ref: str) -> set[str]:
 
 
 def _secret_keys(ref: str) -> set[str]:
-    secret = _of_kind("Secret")[ref]
-    return set(secret.get("stringData", {})) | set(secret.get("data", {}))
+    """The keys an operator-created Secret may hold (tests/fixtures/deploy_files.py)."""
+    return set(SECRETS[ref])
 
 
 @pytest.mark.parametrize(
@@ -170,9 +286,11 @@ def test_env_names_are_read_by_the_service(workload: dict[str, Any]) -> None:
             ref = e.get("valueFrom", {}).get("configMapKeyRef")
             if ref:
                 assert ref["key"] in _configmap_keys(ref["name"]), e
-        unread = sorted(n for n in names if not env_is_read(service, n))
+            secret = e.get("valueFrom", {}).get("secretKeyRef")
+            if secret:
+                assert secret["key"] in _secret_keys(secret["name"]), e
+        unread = sorted(n for n in names | secret_names if not env_is_read(service, n))
         assert not unread, f"{service} does not read {unread}: {sorted(SERVICE_ENV[service])}"
-        assert secret_names <= AUTH_ENV, f"{service}: unexpected secret keys {secret_names}"
 
 
 @pytest.mark.parametrize(

@@ -58,14 +58,20 @@ def test_missing_java_names_the_fix(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     monkeypatch.setattr(
         shutil, "which", lambda cmd, *a, **k: None if cmd == "java" else real_which(cmd)
     )
-    with pytest.raises(StackError, match="install OpenJDK 17: apt-get install -y openjdk-17"):
+    with pytest.raises(StackError) as info:
         local_stack.ensure_kafka_jars(cache_dir=tmp_path)
+    # The one command that installs it (the script make up runs, as root or via sudo).
+    command = f"bash {local_stack.SYSTEM_DEPS} stack"
+    assert str(info.value).endswith(command)
+    assert "`java` not found" in str(info.value)
+    assert local_stack.SYSTEM_DEPS.is_file()
 
 
 def test_missing_maven_names_the_fix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(shutil, "which", lambda cmd, *a, **k: None if cmd == "mvn" else "/x")
-    with pytest.raises(StackError, match="apt-get install -y maven"):
+    with pytest.raises(StackError, match="`mvn` not found") as info:
         local_stack.ensure_kafka_jars(cache_dir=tmp_path)
+    assert str(info.value).endswith(f"bash {local_stack.SYSTEM_DEPS} stack")
 
 
 def test_ports_from_env() -> None:

@@ -119,6 +119,26 @@ def test_env_var_names_are_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (p.session_timeout_ms, p.retry_backoff_s) == (13000, 1.5)
 
 
+async def test_processors_redis_clients_have_socket_timeouts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A hung Redis must fail a call, not hold it (and SIGTERM) forever: the bound is
+    ours, whatever redis-py's default (tests/faults/test_redis_outage.py)."""
+    defaults = ConsumerSettings(redis_url="redis://r:1/0").redis_client()
+    assert isinstance(defaults, Redis)
+    kw = defaults.connection_pool.connection_kwargs
+    assert (kw["socket_timeout"], kw["socket_connect_timeout"]) == (5.0, 5.0)
+    await defaults.aclose()
+    monkeypatch.setenv("REDIS_SOCKET_TIMEOUT_S", "3.5")
+    monkeypatch.setenv("REDIS_CONNECT_TIMEOUT_S", "2")
+    for settings in (ConsumerSettings(), ProjectorSettings()):
+        client = settings.redis_client()
+        assert isinstance(client, Redis)
+        kw = client.connection_pool.connection_kwargs
+        assert (kw["socket_timeout"], kw["socket_connect_timeout"]) == (3.5, 2.0)
+        await client.aclose()
+
+
 def test_reports_sum_every_declared_counter() -> None:
     from collections import Counter
     from dataclasses import dataclass, field
