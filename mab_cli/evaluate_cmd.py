@@ -125,7 +125,7 @@ def evaluate_command(
     timeout: TimeoutOpt = 30.0,
 ) -> None:
     """Estimate what STRATEGY would have earned on the logged decisions (IPS, SNIPS, DR)."""
-    servers, topics = resolve(experiment, bootstrap, topic_prefix)
+    servers, topics = resolve(bootstrap, topic_prefix)
     given = _params(params)
     try:
         clean = validate_params(strategy, given)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 from collections.abc import Callable
 from typing import Annotated
 
@@ -26,10 +25,24 @@ from rich.progress import (
 from deploy.local_stack import Ports, StackError
 from offpolicy.log import ExperimentLog
 from offpolicy.reader import LogTooLargeError, LogUnavailableError, read_experiment_log
-from schemas.ids import ID_PATTERN
+from schemas.ids import InvalidIdError, normalize_id
 from schemas.topics import TopicNames
 
-ExperimentOpt = Annotated[str, typer.Option("--experiment", help="Experiment id.")]
+
+def experiment_id(value: str) -> str:
+    """``--experiment`` trimmed and checked like the API's ids (usage error when invalid)."""
+    try:
+        return normalize_id(value, "--experiment")
+    except InvalidIdError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+ExperimentOpt = Annotated[
+    str,
+    typer.Option(
+        "--experiment", help="Experiment id (as the API spells it).", callback=experiment_id
+    ),
+]
 BootstrapOpt = Annotated[
     str | None,
     typer.Option("--bootstrap", help="Kafka bootstrap servers (env KAFKA_BOOTSTRAP_SERVERS)."),
@@ -49,10 +62,8 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def resolve(experiment: str, bootstrap: str | None, prefix: str | None) -> tuple[str, TopicNames]:
-    """Validated experiment id, bootstrap servers and topic names (exit 2 when invalid)."""
-    if re.fullmatch(ID_PATTERN, experiment) is None:
-        raise fail(f"--experiment {experiment!r} is not a valid experiment id")
+def resolve(bootstrap: str | None, prefix: str | None) -> tuple[str, TopicNames]:
+    """Bootstrap servers and topic names (exit 2 when the stack's ports are unreadable)."""
     servers = bootstrap or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if not servers:
         try:

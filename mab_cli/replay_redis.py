@@ -2,7 +2,7 @@
 
 A namespace is a Redis key prefix (:class:`schemas.redis_keys.RedisKeys`). Replay builds
 its state under a scratch prefix; the scratch keys of an experiment carry the same
-``{<experiment id>}`` hash tag as the live ones, so both lie in one slot and one
+``{<encoded experiment id>}`` hash tag as the live ones, so both lie in one slot and one
 ``MULTI`` can swap them.
 
 What is compared, and what is normalised first (everything else must be equal):
@@ -33,7 +33,8 @@ from redis.asyncio import Redis
 
 from bandit_core.fold import DEDUPE_HORIZON_S
 from schemas.events import ExperimentConfig
-from schemas.redis_keys import BucketKind, ExperimentKeys
+from schemas.ids import key_segment
+from schemas.redis_keys import BucketKind, ExperimentKeys, RedisKeys
 from services.projector.projection import Retention
 from stream_runtime.redis_client import AnyRedis
 
@@ -150,13 +151,7 @@ def _text(v: bytes | str) -> str:
 
 def split_key(prefix: str, key: str) -> tuple[str, str] | None:
     """``(experiment id, kind)`` of an experiment key under ``prefix``, else ``None``."""
-    head = prefix + "mab:{"
-    if not key.startswith(head):
-        return None
-    exp, sep, kind = key[len(head) :].partition("}:")
-    if not sep or not exp:
-        return None
-    return exp, kind
+    return RedisKeys(prefix).split(key)
 
 
 @dataclass(slots=True)
@@ -322,7 +317,7 @@ def compare(live: Namespace, replay: Namespace, limit: int = 200) -> list[str]:
         a = live.experiments.get(exp, {})
         b = replay.experiments.get(exp, {})
         for kind in sorted(set(a) | set(b)):
-            key = f"mab:{{{exp}}}:{kind}"
+            key = f"mab:{{{key_segment(exp)}}}:{kind}"
             if kind not in b:
                 out.append(f"{key}: only live")
             elif kind not in a:
@@ -354,9 +349,10 @@ async def write_configs(redis: Redis, prefix: str, configs: Mapping[str, Experim
     """Config keys and the experiments index, as the decider's create writes them."""
     if not configs:
         return
+    keys = RedisKeys(prefix)
     async with redis.pipeline(transaction=False) as pipe:
         for exp, config in configs.items():
-            pipe.set(f"{prefix}mab:{{{exp}}}:config", config.model_dump_json())
+            pipe.set(keys.experiment(exp).config, config.model_dump_json())
         pipe.zadd(prefix + "mab:experiments", {e: c.created_ts for e, c in configs.items()})
         await pipe.execute()
 

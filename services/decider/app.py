@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import orjson
-from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, status
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -39,7 +39,7 @@ from schemas.events import (
     ExperimentCreated,
     StrategyChanged,
 )
-from schemas.ids import ID_MAX_LEN, ID_PATTERN, MAX_ARMS
+from schemas.ids import ExperimentId
 from schemas.redis_keys import BucketKind, RedisKeys
 from schemas.topics import TopicNames
 from services.decider.auth import (
@@ -79,6 +79,7 @@ from services.decider.models import (
     RewardsPublic,
     StatsPublic,
 )
+from services.decider.paths import EXPERIMENT, ExperimentIdPath
 from services.decider.producer import EventLogUnavailableError, EventProducer
 from services.decider.readiness import ReadinessProbe
 from services.decider.settings import DeciderSettings
@@ -156,24 +157,8 @@ async def get_runtime(request: Request) -> Runtime:
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 ExperimentIdQuery = Annotated[
-    str,
-    Query(
-        min_length=1,
-        max_length=ID_MAX_LEN,
-        pattern=ID_PATTERN,
-        description="The experiment to decide for.",
-        examples=["cta-button-test"],
-    ),
-]
-ExperimentIdPath = Annotated[
-    str,
-    Path(
-        min_length=1,
-        max_length=ID_MAX_LEN,
-        pattern=ID_PATTERN,
-        description="Experiment id.",
-        examples=["cta-button-test"],
-    ),
+    ExperimentId,
+    Query(description="The experiment to decide for (trimmed).", examples=["cta-button-test"]),
 ]
 
 _E404 = {"model": ErrorPublic, "description": "No such experiment."}
@@ -412,6 +397,12 @@ def _add_routes(app: FastAPI) -> None:
         dependencies=[ADMIN],
     )
     async def create_experiment(body: ExperimentCreate, rt: RuntimeDep) -> ExperimentPublic:
+        if len(body.arm_ids) > rt.settings.max_arms:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                f"{len(body.arm_ids)} arms; an experiment may have at most "
+                f"{rt.settings.max_arms} (MAB_MAX_ARMS)",
+            )
         if body.strategy is not None:
             strategy, params = body.strategy, dict(body.strategy_params or {})
         else:
@@ -461,7 +452,7 @@ def _add_routes(app: FastAPI) -> None:
         return [ExperimentPublic.of(c) for c in await rt.store.list_configs(offset, limit)]
 
     @app.get(
-        "/experiments/{experiment_id}",
+        EXPERIMENT,
         response_model=ExperimentPublic,
         tags=["experiments"],
         summary="Get an experiment",
@@ -476,12 +467,13 @@ def _add_routes(app: FastAPI) -> None:
         return ExperimentPublic.of(config)
 
     @app.post(
-        "/experiments/{experiment_id}/arms",
+        f"{EXPERIMENT}/arms",
         response_model=ExperimentPublic,
         tags=["experiments"],
         summary="Add arms",
         description="Appends new arms atomically (concurrent calls never lose an arm) and "
-        f"logs `ArmsAdded`. 409 if any arm already exists; 422 beyond {MAX_ARMS} arms. "
+        "logs `ArmsAdded`. 409 if any arm already exists; 422 beyond `MAB_MAX_ARMS` "
+        "(default 1000) arms. "
         "Existing statistics are untouched.",
         responses={
             404: _E404,
@@ -498,7 +490,9 @@ def _add_routes(app: FastAPI) -> None:
     ) -> ExperimentPublic:
         async with rt.command_lock(experiment_id):
             try:
-                result = await rt.store.add_arms(experiment_id, list(body.arm_ids), MAX_ARMS)
+                result = await rt.store.add_arms(
+                    experiment_id, list(body.arm_ids), rt.settings.max_arms
+                )
             except ExperimentMissingError:
                 raise _not_found(experiment_id) from None
             except ArmsExistError as exc:
@@ -510,7 +504,8 @@ def _add_routes(app: FastAPI) -> None:
                 raise HTTPException(
                     status.HTTP_422_UNPROCESSABLE_CONTENT,
                     f"experiment {experiment_id!r} has {exc.current} arms; adding "
-                    f"{len(body.arm_ids)} would exceed the maximum of {MAX_ARMS}",
+                    f"{len(body.arm_ids)} would exceed the maximum of {rt.settings.max_arms} "
+                    "(MAB_MAX_ARMS)",
                 ) from None
             event = ArmsAdded(
                 experiment_id=experiment_id,
@@ -641,7 +636,7 @@ def _add_routes(app: FastAPI) -> None:
         return await serve_rewards(rt, body.rewards)
 
     @app.get(
-        "/experiments/{experiment_id}/stats",
+        f"{EXPERIMENT}/stats",
         response_model=StatsPublic,
         tags=["experiments"],
         summary="Arm statistics",
@@ -689,7 +684,7 @@ def _add_routes(app: FastAPI) -> None:
         )
 
     @app.get(
-        "/experiments/{experiment_id}/timeseries",
+        f"{EXPERIMENT}/timeseries",
         response_model=TimeseriesPublic,
         response_model_by_alias=True,
         tags=["experiments"],

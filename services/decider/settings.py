@@ -13,6 +13,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bandit_core.strategies import STRATEGIES, normalize_strategy_name
+from schemas.ids import DEFAULT_MAX_ARMS, MAX_ARMS_CEILING
 
 
 def _env(name: str, env: str) -> AliasChoices:
@@ -106,6 +107,14 @@ class DeciderSettings(BaseSettings):
     )
     kafka_start_timeout_s: float = Field(
         default=30.0, gt=0.0, description="Keep retrying the first broker connection this long."
+    )
+    max_arms: int = Field(
+        default=DEFAULT_MAX_ARMS,
+        ge=2,
+        le=MAX_ARMS_CEILING,
+        validation_alias=_env("max_arms", "MAB_MAX_ARMS"),
+        description="Most arms one experiment may hold (create and add-arms beyond it are "
+        f"422); at most {MAX_ARMS_CEILING:,}.",
     )
     max_reward_batch: int = Field(
         default=1000,

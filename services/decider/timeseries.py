@@ -24,6 +24,7 @@ from schemas.redis_keys import (
     FIELD_REWARDS,
     REWARD_SUM_SCALE,
     BucketKind,
+    parse_bucket_field,
 )
 
 #: An arm must have this many rewards in a bucket to be its winner.
@@ -165,13 +166,13 @@ class _Counts:
 
 
 def _decode_bucket(raw: Mapping[bytes, bytes] | Mapping[str, str]) -> dict[str, _Counts]:
-    """``{"<arm>|d": n, ...}`` -> arm -> counts."""
+    """``{"<encoded arm>|d": n, ...}`` -> arm -> counts."""
     per_arm: dict[str, dict[str, int]] = {}
     for k, v in raw.items():
-        text = k.decode() if isinstance(k, bytes) else k
-        arm, sep, kind = text.rpartition("|")
-        if not sep:
+        parsed = parse_bucket_field(k.decode() if isinstance(k, bytes) else k)
+        if parsed is None:
             continue
+        arm, kind = parsed
         per_arm.setdefault(arm, {})[kind] = int(v)
     return {
         arm: _Counts(f.get(FIELD_DECISIONS, 0), f.get(FIELD_REWARDS, 0), f.get(FIELD_REWARD_SUM, 0))
