@@ -31,7 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from bandit_core.state import ExperimentState
+from bandit_core.state import ArmStats, ExperimentState
 from bandit_core.strategies import InvalidParamsError, validate_params
 from schemas.events import (
     ArmsAdded,
@@ -649,10 +649,16 @@ def _add_routes(app: FastAPI) -> None:
         config_raw, snap_raw = await rt.store.get_config_and_snapshot(experiment_id)
         if config_raw is None:
             raise _not_found(experiment_id)
-        config = ExperimentConfig.model_validate_json(config_raw)
-        state = ExperimentState.from_snapshot(snap_raw, experiment_id)
-        arm_stats = state.stats_for(config.arm_ids)
-        props = rt.cache.propensities(config, arm_stats, time.time())
+
+        def parse() -> tuple[ExperimentConfig, ExperimentState, list[ArmStats], list[float]]:
+            config = ExperimentConfig.model_validate_json(config_raw)
+            state = ExperimentState.from_snapshot(snap_raw, experiment_id)
+            arm_stats = state.stats_for(config.arm_ids)
+            return config, state, arm_stats, rt.cache.propensities(config, arm_stats, time.time())
+
+        # O(arms) parsing and Monte Carlo: a catalogue-sized experiment takes tens of
+        # milliseconds, which must not stall the decisions served by this event loop.
+        config, state, arm_stats, props = await asyncio.to_thread(parse)
         return StatsPublic(
             experiment_id=experiment_id,
             strategy=config.strategy,
@@ -718,7 +724,7 @@ def _add_routes(app: FastAPI) -> None:
             str | None,
             Query(max_length=64, description="End (exclusive): unix seconds or ISO 8601."),
         ] = None,
-    ) -> TimeseriesPublic:
+    ) -> Response:
         try:
             lo, hi = resolve_range(
                 bucket, parse_time(from_, "from"), parse_time(to, "to"), time.time()
@@ -726,20 +732,28 @@ def _add_routes(app: FastAPI) -> None:
         except TimeRangeError as exc:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
         read = await rt.store.read_timeseries(experiment_id, bucket, lo, hi)
-        if read.config_raw is None:
+        config_raw = read.config_raw
+        if config_raw is None:
             raise _not_found(experiment_id)
-        config = ExperimentConfig.model_validate_json(read.config_raw)
-        points = build_points(config.arm_ids, read.buckets)
-        return TimeseriesPublic(
-            experiment_id=experiment_id,
-            bucket=bucket,
-            from_=lo,
-            to=hi,
-            arm_ids=list(config.arm_ids),
-            points=points,
-            change_points=parse_change_points(read.change_points),
-            winner_changes=winner_changes(points),
-        )
+
+        def render() -> bytes:
+            config = ExperimentConfig.model_validate_json(config_raw)
+            points = build_points(config.arm_ids, read.buckets)
+            public = TimeseriesPublic(
+                experiment_id=experiment_id,
+                bucket=bucket,
+                from_=lo,
+                to=hi,
+                arm_ids=list(config.arm_ids),
+                points=points,
+                change_points=parse_change_points(read.change_points),
+                winner_changes=winner_changes(points),
+            )
+            return orjson.dumps(public.model_dump(mode="json", by_alias=True))
+
+        # One point per bucket and arm: 1,000 arms over 48 hours are 48,000 points, whose
+        # building and encoding would stall this event loop's decisions for a while.
+        return Response(await asyncio.to_thread(render), media_type="application/json")
 
 
 app = create_asgi()

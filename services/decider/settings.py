@@ -66,7 +66,9 @@ class DeciderSettings(BaseSettings):
         ge=0.0,
         le=60.0,
         validation_alias=_env("snapshot_max_staleness_s", "MAB_SNAPSHOT_MAX_STALENESS_S"),
-        description="How old a cached config+snapshot may be before a decision re-reads Redis.",
+        description="How old a cached config+snapshot may be before a decision re-reads "
+        "Redis (longer for an experiment whose refresh takes more than 5% of it: "
+        "services/decider/decisions.py).",
     )
     snapshot_degraded_max_age_s: float = Field(
         default=30.0,
