@@ -48,7 +48,7 @@ import httpx
 import orjson
 
 from bench import replay_rate
-from deploy.local_stack import create_topics, free_port, throwaway_stack
+from deploy.local_stack import LocalStack, create_topics, free_port, throwaway_stack
 from schemas.events import RewardObserved
 from schemas.redis_keys import FIELD_REWARDS, RedisKeys
 from schemas.topics import TopicNames, partition_key, topic_specs
@@ -403,16 +403,22 @@ def stream_env(bootstrap: str, redis_url: str, prefix: str) -> dict[str, str]:
     }
 
 
+def header(what: str) -> dict[str, Any]:
+    """The first keys of a results file: when, on what (with the load average, since the
+    machine may be shared) and how it was measured."""
+    return {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
+        f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.1f}",
+        "wrk": what,
+    }
+
+
 def run_folds(fold_records: int, bootstrap: str | None, redis_url: str | None) -> dict[str, Any]:
     """Only the consumer fold rows (``--only fold``), on a running Kafka + Redis when
     both are given (a fresh namespace on it, its keys deleted afterwards), else on a
     throwaway stack."""
-    results: dict[str, Any] = {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
-        f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.1f}",
-        "wrk": "consumer fold rows only",
-    }
+    results = header("consumer fold rows only")
     prefix = f"bench{uuid.uuid4().hex[:6]}-"
     if bootstrap is None or redis_url is None:
         with throwaway_stack() as stack:
@@ -546,15 +552,10 @@ def decision_rows(
     return results
 
 
-def run_decisions(duration: int, repeats: int, workers: int) -> dict[str, Any]:
-    """Only the decider rows (``--only decisions``) on a throwaway stack: the 1,000-arm
-    p99 next to the 2-arm p99 without the ceilings, folds and replay around them."""
-    results: dict[str, Any] = {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
-        f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.1f}",
-        "wrk": f"wrk -t1 -c32 -d{duration}s, median of {repeats}; decider rows only",
-    }
+@contextmanager
+def bench_stack() -> Iterator[tuple[LocalStack, dict[str, str], TopicNames, Path]]:
+    """A throwaway Kafka + Redis with the topics of a fresh namespace: the stack, the
+    services' environment on it, its topic names and a folder for the services' logs."""
     with throwaway_stack() as stack:
         stack.start_redis()
         stack.start_kafka()
@@ -563,7 +564,14 @@ def run_decisions(duration: int, repeats: int, workers: int) -> dict[str, Any]:
         logdir = Path(stack.config.run_dir) / "bench-logs"
         logdir.mkdir(parents=True, exist_ok=True)
         env = stream_env(stack.bootstrap, stack.redis_url, prefix)
-        topics = TopicNames.with_prefix(prefix)
+        yield stack, env, TopicNames.with_prefix(prefix), logdir
+
+
+def run_decisions(duration: int, repeats: int, workers: int) -> dict[str, Any]:
+    """Only the decider rows (``--only decisions``) on a throwaway stack: the 1,000-arm
+    p99 next to the 2-arm p99 without the ceilings, folds and replay around them."""
+    results = header(f"wrk -t1 -c32 -d{duration}s, median of {repeats}; decider rows only")
+    with bench_stack() as (stack, env, topics, logdir):
         results.update(
             decision_rows(stack.bootstrap, env, topics, logdir, workers, duration, repeats)
         )
@@ -573,21 +581,8 @@ def run_decisions(duration: int, repeats: int, workers: int) -> dict[str, Any]:
 def run(
     duration: int, repeats: int, fold_records: int, workers: int, replay_records: int = 0
 ) -> dict[str, Any]:
-    results: dict[str, Any] = {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
-        f"Python {platform.python_version()}",
-        "wrk": f"wrk -t1 -c32 -d{duration}s, median of {repeats}",
-    }
-    with throwaway_stack() as stack:
-        stack.start_redis()
-        stack.start_kafka()
-        prefix = f"bench{uuid.uuid4().hex[:6]}-"
-        create_topics(stack.bootstrap, topic_specs(prefix))
-        topics = TopicNames.with_prefix(prefix)
-        logdir = Path(stack.config.run_dir) / "bench-logs"
-        logdir.mkdir(parents=True, exist_ok=True)
-        env = stream_env(stack.bootstrap, stack.redis_url, prefix)
+    results = header(f"wrk -t1 -c32 -d{duration}s, median of {repeats}")
+    with bench_stack() as (stack, env, topics, logdir):
 
         def measure(url: str, method: list[str] | None = None, warm: bool = True) -> dict[str, Any]:
             if warm:

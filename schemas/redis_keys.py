@@ -37,15 +37,20 @@ def bucket_field(arm_id: str, kind: str) -> str:
     return f"{key_segment(arm_id)}|{kind}"
 
 
-def parse_bucket_field(field: str) -> tuple[str, str] | None:
-    """``(arm id, kind)`` of a bucket hash field; ``None`` for a field we never write."""
-    encoded, sep, kind = field.partition("|")
+def _decoded(encoded: str, sep: str, rest: str) -> tuple[str, str] | None:
+    """``(id, rest)`` when ``encoded`` is an encoded id and ``sep`` was found, else ``None``
+    (a key or field this layout never writes)."""
     if not sep:
         return None
     try:
-        return id_from_key_segment(encoded), kind
+        return id_from_key_segment(encoded), rest
     except ValueError:
         return None
+
+
+def parse_bucket_field(field: str) -> tuple[str, str] | None:
+    """``(arm id, kind)`` of a bucket hash field; ``None`` for a field we never write."""
+    return _decoded(*field.partition("|"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,13 +117,7 @@ class RedisKeys:
         head = self.prefix + "mab:{"
         if not key.startswith(head):
             return None
-        encoded, sep, kind = key[len(head) :].partition("}:")
-        if not sep:
-            return None
-        try:
-            return id_from_key_segment(encoded), kind
-        except ValueError:
-            return None
+        return _decoded(*key[len(head) :].partition("}:"))
 
     @property
     def index(self) -> str:

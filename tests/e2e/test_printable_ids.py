@@ -23,20 +23,13 @@ import pytest
 
 from mab_client import AsyncMabClient
 from tests.e2e.conftest import Services
+from tests.fixtures.ids import STOREFRONT_IDS
 
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
-#: The ids of the original API that the earlier charset refused (one with a '/').
-IDS = [
-    "Free Shipping",
-    "10% off",
-    "a:b",
-    "x*",
-    "{e}",
-    "Livraison gratuite été",
-    "spring/sale 2026",
-]
+#: The original API's ids that the earlier charset refused, and one with a '/'.
+IDS = [*STOREFRONT_IDS, "spring/sale 2026"]
 ARMS = ["Blue | button", "Green: 10%", "{rouge}*"]
 
 T = TypeVar("T")

@@ -16,7 +16,6 @@ import httpx
 import orjson
 import pytest
 import pytest_asyncio
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from redis.asyncio import Redis
 
 from mab_client import AsyncMabClient, NotFoundError
@@ -25,7 +24,8 @@ from schemas.events import DecisionMade, RewardObserved
 from schemas.ids import key_segment, url_segment
 from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames
-from tests.fixtures.faults import service_env, start_decider, wait_ready
+from tests.fixtures.faults import read_topics, service_env, start_decider, wait_ready
+from tests.fixtures.ids import STOREFRONT_IDS
 from tests.integration.conftest import SettingsFactory, serve_decider
 
 pytestmark = pytest.mark.integration
@@ -33,46 +33,12 @@ pytestmark = pytest.mark.integration
 #: Experiment ids as storefront teams write them (one with every character the earlier
 #: charset refused and the key layout gives a meaning to: separator, glob, hash tag).
 IDS = [
-    "Free Shipping",
-    "10% off",
-    "a:b",
-    "x*",
-    "{e}",
-    "Livraison gratuite été",
+    *STOREFRONT_IDS,
     "promo/2026|spring",
     "a%3Ab",  # would collide with "a:b" under a naive percent-encoding of ':' only
     "..",
 ]
 ARMS = ["Blue button", "50% off", "{x}:*", "été|d"]
-
-
-async def read_log(
-    bootstrap: str, partitions: dict[str, int], topics: list[str]
-) -> list[tuple[str, bytes | None, bytes]]:
-    """``(topic, key, value)`` of every record of ``topics`` up to their end offsets
-    (``partitions``: the ``topics`` fixture, name -> partition count)."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        tps = [TopicPartition(t, p) for t in topics for p in range(partitions[t])]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        out: list[tuple[str, bytes | None, bytes]] = []
-        left = {tp for tp in tps if ends[tp] > 0}
-        async with asyncio.timeout(60):
-            while left:
-                for tp, records in (await consumer.getmany(timeout_ms=500)).items():
-                    for rec in records:
-                        assert rec.value is not None
-                        out.append((rec.topic, rec.key, rec.value))
-                        if rec.offset + 1 >= ends[tp]:
-                            left.discard(tp)
-        return out
-    finally:
-        await consumer.stop()
 
 
 @pytest_asyncio.fixture
@@ -146,15 +112,17 @@ async def test_printable_ids_work_everywhere_and_never_collide(
         ] == "a%3Ab"
 
     names = TopicNames.with_prefix(ns)
-    records = await read_log(kafka_bootstrap, topics, [names.decisions, names.rewards])
-    rewards = [decode(value) for topic, _, value in records if topic == names.rewards]
-    decisions = [decode(value) for topic, _, value in records if topic == names.decisions]
+    records = await asyncio.to_thread(
+        read_topics, kafka_bootstrap, [names.decisions, names.rewards]
+    )
+    rewards = [decode(r.value or b"") for r in records if r.topic == names.rewards]
+    decisions = [decode(r.value or b"") for r in records if r.topic == names.decisions]
     assert all(isinstance(e, RewardObserved) for e in rewards)
     assert all(isinstance(e, DecisionMade) for e in decisions)
     assert sorted(e.experiment_id for e in rewards) == sorted(IDS)
     assert all(getattr(e, "user_context", None) == context for e in rewards)
-    for _, key, value in records:
-        assert key == decode(value).experiment_id.encode()
+    for rec in records:
+        assert rec.key == decode(rec.value or b"").experiment_id.encode()
 
     keys = RedisKeys(ns)
     found = [k.decode() async for k in redis.scan_iter(match=f"{ns}mab:{{*", count=1000)]
@@ -221,7 +189,8 @@ async def test_user_context_bounds_are_a_clear_422_and_nothing_is_logged(
         r = await c.post("/rewards", json={"rewards": [ok, ok]})
         assert r.status_code == 200, r.text
     names = TopicNames.with_prefix(ns)
-    rewards = [decode(v) for _, _, v in await read_log(kafka_bootstrap, topics, [names.rewards])]
+    records = await asyncio.to_thread(read_topics, kafka_bootstrap, [names.rewards])
+    rewards = [decode(rec.value or b"") for rec in records]
     assert [getattr(e, "user_context", None) for e in rewards] == [{"seg": "new"}] * 2
 
 

@@ -70,10 +70,10 @@ class _NoStore:
     """The cache never reaches Redis in these tests (entries are built directly)."""
 
 
-def _cache() -> DecisionCache:
+def _cache(max_staleness_s: float = 60.0) -> DecisionCache:
     return DecisionCache(
         _NoStore(),  # type: ignore[arg-type]
-        max_staleness_s=60.0,
+        max_staleness_s=max_staleness_s,
         max_entries=10,
         propensity_samples=200,
         degraded_max_age_s=60.0,
@@ -173,13 +173,7 @@ def test_entries_carry_their_propensities_and_slow_builds_are_refreshed_less_oft
     """An entry is built with its propensities (in a worker thread, off the event loop);
     one that took long to build (thousands of arms) is re-read less often, so refreshes
     stay under REFRESH_TIME_SHARE of the time, and a quick one keeps the configured bound."""
-    cache = DecisionCache(
-        _NoStore(),  # type: ignore[arg-type]
-        max_staleness_s=0.25,
-        max_entries=10,
-        propensity_samples=200,
-        degraded_max_age_s=60.0,
-    )
+    cache = _cache(max_staleness_s=0.25)
     entry = cache._build("shop", _config("thompson"), None, None)
     assert entry.propensities == pytest.approx([1 / 3] * 3)
     assert 0 < entry.build_s < 1
@@ -187,13 +181,7 @@ def test_entries_carry_their_propensities_and_slow_builds_are_refreshed_less_oft
     assert cache.staleness_s(entry) == 0.25
     entry.build_s = 0.06  # ~1,000 arms: a 60 ms build
     assert cache.staleness_s(entry) == pytest.approx(2 * 0.06 / REFRESH_TIME_SHARE)
-    always = DecisionCache(
-        _NoStore(),  # type: ignore[arg-type]
-        max_staleness_s=0.0,
-        max_entries=10,
-        propensity_samples=200,
-        degraded_max_age_s=60.0,
-    )
+    always = _cache(max_staleness_s=0.0)
     entry.build_s = 0.0001
     assert always.staleness_s(entry) == 0.0  # "always re-read" stays so for small builds
 
