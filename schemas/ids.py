@@ -33,8 +33,8 @@ no id can escape its place:
   their records by the id they know, so the API's and their records of one experiment
   share a partition.
 
-Ids never become metric labels (unbounded) nor file names in this project; an id shown
-in a header or an error message is quoted JSON-style text, never parsed back.
+Ids never become metric labels (unbounded) nor file names in this project; an id in an
+error message or a dead letter's detail header is text for people, never parsed back.
 """
 
 from __future__ import annotations
@@ -116,16 +116,15 @@ _ID_DOC: Final = (
     f"1-{ID_MAX_LEN} printable characters after trimming surrounding whitespace "
     "(spaces, punctuation and accents allowed; no control characters)."
 )
-ExperimentId = Annotated[
+_Id = Annotated[
     str,
     AfterValidator(_pydantic_id),
     Field(json_schema_extra={"minLength": 1, "maxLength": ID_MAX_LEN}, description=_ID_DOC),
 ]
-ArmId = Annotated[
-    str,
-    AfterValidator(_pydantic_id),
-    Field(json_schema_extra={"minLength": 1, "maxLength": ID_MAX_LEN}, description=_ID_DOC),
-]
+#: An experiment id, validated and trimmed by :func:`normalize_id` (pydantic type).
+ExperimentId = _Id
+#: An arm id: the same rule.
+ArmId = _Id
 
 # --------------------------------------------------------------------------- encodings
 
