@@ -87,7 +87,11 @@ async def test_printable_ids_and_user_context_end_to_end(
             assert (receipt.experiment_id, receipt.arm_id) == (exp, d.arm_id)
             served[exp] = d.arm_id
         for exp, arm in served.items():
-            stats = await eventually(partial(client.stats, exp), lambda s: s.total_pulls == 1)
+            # The reward is acknowledged, its decision only enqueued: wait for both.
+            stats = await eventually(
+                partial(client.stats, exp),
+                lambda s: s.total_pulls == 1 and sum(a.decisions for a in s.arms) == 1,
+            )
             assert stats.experiment_id == exp
             assert stats.arm(arm).pulls == 1
             assert stats.arm(arm).decisions == 1
