@@ -80,11 +80,11 @@ def _cache(max_staleness_s: float = 60.0) -> DecisionCache:
     )
 
 
-def _config(strategy: str) -> bytes:
+def _config(strategy: str, arms: list[str] = ARMS) -> bytes:
     return (
         ExperimentConfig(
             experiment_id="shop",
-            arm_ids=tuple(ARMS),
+            arm_ids=tuple(arms),
             strategy=strategy,
             strategy_params={},
             version=1,
@@ -127,16 +127,8 @@ async def test_pre_drawn_choices_are_refilled_off_the_event_loop() -> None:
     than one off-loop batch is left, the next batch is drawn in a worker thread and
     queued behind what is left, so the loop only pops."""
     cache = _cache()
-    arms = tuple(f"arm-{i}" for i in range(1000))
-    config = ExperimentConfig(
-        experiment_id="catalogue",
-        arm_ids=arms,
-        strategy="thompson",
-        version=1,
-        created_ts=1.0,
-        updated_ts=1.0,
-    )
-    entry = cache._build("catalogue", config.model_dump_json().encode(), None, None)
+    catalogue = [f"arm-{i}" for i in range(1000)]
+    entry = cache._build("shop", _config("thompson", catalogue), None, None)
     batch = OFF_LOOP_DRAWS // 1000
     assert entry.queued is not None
     assert len(entry.queued) == batch
