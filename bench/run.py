@@ -3,12 +3,15 @@
 ``python -m bench.run [--duration S] [--quick]`` (or ``make bench``) starts a throwaway
 Kafka + Redis, the decider and the consumers as real processes, and measures in one run
 (``--only fold [--kafka-bootstrap H:P --redis-url URL]``: only the consumer fold rows,
-optionally on a running Kafka + Redis under a fresh prefix):
+optionally on a running Kafka + Redis under a fresh prefix; ``--only decisions``: only
+the decider rows):
 
-* ``GET /decision`` for 2, 10 and 100 arms, one worker and N workers, with wrk
-  (``-t1 -c32``), next to two ceilings measured in the same run on the same server flags:
-  a constant FastAPI route and a raw ASGI app. After each run the decisions topic is
-  counted: every 200 must have produced exactly one ``DecisionMade`` record.
+* ``GET /decision`` for 2, 10, 100 and 1,000 arms (Thompson; the 1,000-arm experiment
+  with 20,000 rewards folded first, and its p99 over the 2-arm p99 of the same run), one
+  worker and N workers, with wrk (``-t1 -c32``), next to two ceilings measured in the
+  same run on the same server flags: a constant FastAPI route and a raw ASGI app. After
+  each run the decisions topic is counted: every 200 must have produced exactly one
+  ``DecisionMade`` record.
 * ``POST /reward`` (acknowledged by Kafka before the answer).
 * the reward consumer's fold rate from a pre-filled topic, and the projector's when it
   exists; RSS of each process at rest and after load.
@@ -45,7 +48,7 @@ import httpx
 import orjson
 
 from bench import replay_rate
-from deploy.local_stack import create_topics, free_port, throwaway_stack
+from deploy.local_stack import LocalStack, create_topics, free_port, throwaway_stack
 from schemas.events import RewardObserved
 from schemas.redis_keys import FIELD_REWARDS, RedisKeys
 from schemas.topics import TopicNames, partition_key, topic_specs
@@ -408,16 +411,22 @@ def stream_env(bootstrap: str, redis_url: str, prefix: str) -> dict[str, str]:
     }
 
 
+def header(what: str) -> dict[str, Any]:
+    """The first keys of a results file: when, on what (with the load average, since the
+    machine may be shared) and how it was measured."""
+    return {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
+        f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.1f}",
+        "wrk": what,
+    }
+
+
 def run_folds(fold_records: int, bootstrap: str | None, redis_url: str | None) -> dict[str, Any]:
     """Only the consumer fold rows (``--only fold``), on a running Kafka + Redis when
     both are given (a fresh namespace on it, its keys deleted afterwards), else on a
     throwaway stack."""
-    results: dict[str, Any] = {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
-        f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.1f}",
-        "wrk": "consumer fold rows only",
-    }
+    results = header("consumer fold rows only")
     prefix = f"bench{uuid.uuid4().hex[:6]}-"
     if bootstrap is None or redis_url is None:
         with throwaway_stack() as stack:
@@ -447,24 +456,144 @@ def run_folds(fold_records: int, bootstrap: str | None, redis_url: str | None) -
     return results
 
 
-def run(
-    duration: int, repeats: int, fold_records: int, workers: int, replay_records: int = 0
+#: Arm counts of the ``GET /decision`` rows (one worker; N workers: 2 arms only).
+DECISION_ARMS = (2, 10, 100, 1000)
+#: Rewards folded into the 1,000-arm experiment before it is measured (20 per arm), so
+#: its posteriors differ: a fresh experiment's identical posteriors take shortcuts.
+CATALOGUE_REWARDS = 20_000
+#: The goal of the 1,000-arm row: its p99 at most this many times the 2-arm p99.
+CATALOGUE_P99_RATIO = 3.0
+
+
+def fold_into(experiment: str, arms: list[str], env: dict[str, str], logdir: Path, n: int) -> None:
+    """Pre-fill ``n`` rewards for ``experiment`` and fold them with a reward consumer
+    process, stopped again before anything is measured (like every row's setup)."""
+    import redis
+
+    prefix = env["MAB_TOPIC_PREFIX"]
+    bootstrap = env["KAFKA_BOOTSTRAP_SERVERS"]
+    asyncio.run(_prefill(bootstrap, TopicNames.with_prefix(prefix).rewards, experiment, arms, n))
+    client = redis.Redis.from_url(env["REDIS_URL"])
+    snapshot = RedisKeys(prefix).experiment(experiment).snapshot
+
+    def folded() -> int:
+        raw = client.get(snapshot)
+        stats: dict[str, list[float]] = orjson.loads(raw)["arms"] if raw else {}
+        return int(sum(v[0] for v in stats.values()))
+
+    fold_rate(
+        "catalogue-consumer",
+        "services.reward_consumer",
+        {**env, "MAB_CONSUMER_GROUP_ID": f"{prefix}catalogue"},
+        logdir,
+        folded,
+        n,
+    )
+
+
+def decision_rows(
+    bootstrap: str,
+    env: dict[str, str],
+    topics: TopicNames,
+    logdir: Path,
+    workers: int,
+    duration: int,
+    repeats: int,
 ) -> dict[str, Any]:
-    results: dict[str, Any] = {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
-        f"Python {platform.python_version()}",
-        "wrk": f"wrk -t1 -c32 -d{duration}s, median of {repeats}",
-    }
+    """``GET /decision`` for :data:`DECISION_ARMS` (Thompson, one worker; N workers: 2
+    arms), ``POST /reward``, the decider's RSS, and the 1,000-arm p99 next to the 2-arm
+    p99 of the same run. After each decision row the decisions topic is counted: every
+    200 must have produced exactly one ``DecisionMade`` record."""
+    results: dict[str, Any] = {}
+
+    def measure(url: str, method: list[str] | None = None) -> dict[str, Any]:
+        return median_of([wrk(url, duration, method=method) for _ in range(repeats)])
+
+    for n_workers in sorted({1, workers}):
+        with http_server(
+            f"decider-w{n_workers}", "services.decider.app:app", env, logdir, workers=n_workers
+        ) as (proc, base):
+            rest = rss_mb(proc.popen.pid)
+            rows = [a for a in DECISION_ARMS if n_workers == 1 or a == 2]
+            # Every experiment first: the consumer folding the catalogue's rewards then
+            # reads nothing else (the rows below fill the decisions topic).
+            for arms in rows:
+                exp = f"bench-{arms}-w{n_workers}"
+                arm_ids = [f"arm-{i}" for i in range(arms)]
+                r = httpx.post(
+                    f"{base}/experiments",
+                    json={"experiment_id": exp, "arm_ids": arm_ids, "strategy": "thompson"},
+                    timeout=10,
+                )
+                r.raise_for_status()
+                if arms >= 1000:
+                    fold_into(exp, arm_ids, env, logdir, CATALOGUE_REWARDS)
+            for arms in rows:
+                url = f"{base}/decision?experiment_id=bench-{arms}-w{n_workers}"
+                # Warm-up, outside the count. A fresh server keeps speeding up for its
+                # first ~20 s of load (measured: 11.7k -> 14.8k req/s for the same 2-arm
+                # experiment, first vs third run), so the first experiment of each
+                # server warms longer: the rows compare steady states, not start-up.
+                wrk(url, 12 if arms == 2 else 2)
+                time.sleep(1.0)
+                before = topic_count(bootstrap, topics.decisions)
+                res = measure(url)
+                time.sleep(1.0)  # linger + flush
+                logged = topic_count(bootstrap, topics.decisions) - before
+                res["decision_events_logged"] = logged
+                res["decision_events_missing"] = res["requests"] - res["errors"] - logged
+                results[f"GET /decision, {arms} arms, {n_workers} worker(s)"] = res
+            if n_workers == 1:
+                two = results["GET /decision, 2 arms, 1 worker(s)"]["p99_ms"]
+                many = results[f"GET /decision, {DECISION_ARMS[-1]} arms, 1 worker(s)"]["p99_ms"]
+                results["decision p99, 1000 vs 2 arms"] = {
+                    "ratio": round(many / two, 2),
+                    "goal": CATALOGUE_P99_RATIO,
+                }
+            exp = f"bench-2-w{n_workers}"
+            body = json.dumps({"experiment_id": exp, "arm_id": "arm-0", "reward": 1.0})
+            before = topic_count(bootstrap, topics.rewards)
+            res = measure(f"{base}/reward", ["POST", body])
+            res["reward_events_logged"] = topic_count(bootstrap, topics.rewards) - before
+            results[f"POST /reward, {n_workers} worker(s)"] = res
+            results[f"decider RSS MiB, {n_workers} worker(s)"] = {
+                "rest": rest,
+                "after_load": rss_mb(proc.popen.pid),
+            }
+    return results
+
+
+@contextmanager
+def bench_stack() -> Iterator[tuple[LocalStack, dict[str, str], TopicNames, Path]]:
+    """A throwaway Kafka + Redis with the topics of a fresh namespace: the stack, the
+    services' environment on it, its topic names and a folder for the services' logs."""
     with throwaway_stack() as stack:
         stack.start_redis()
         stack.start_kafka()
         prefix = f"bench{uuid.uuid4().hex[:6]}-"
         create_topics(stack.bootstrap, topic_specs(prefix))
-        topics = TopicNames.with_prefix(prefix)
         logdir = Path(stack.config.run_dir) / "bench-logs"
         logdir.mkdir(parents=True, exist_ok=True)
         env = stream_env(stack.bootstrap, stack.redis_url, prefix)
+        yield stack, env, TopicNames.with_prefix(prefix), logdir
+
+
+def run_decisions(duration: int, repeats: int, workers: int) -> dict[str, Any]:
+    """Only the decider rows (``--only decisions``) on a throwaway stack: the 1,000-arm
+    p99 next to the 2-arm p99 without the ceilings, folds and replay around them."""
+    results = header(f"wrk -t1 -c32 -d{duration}s, median of {repeats}; decider rows only")
+    with bench_stack() as (stack, env, topics, logdir):
+        results.update(
+            decision_rows(stack.bootstrap, env, topics, logdir, workers, duration, repeats)
+        )
+    return results
+
+
+def run(
+    duration: int, repeats: int, fold_records: int, workers: int, replay_records: int = 0
+) -> dict[str, Any]:
+    results = header(f"wrk -t1 -c32 -d{duration}s, median of {repeats}")
+    with bench_stack() as (stack, env, topics, logdir):
 
         def measure(url: str, method: list[str] | None = None, warm: bool = True) -> dict[str, Any]:
             if warm:
@@ -478,50 +607,9 @@ def run(
             with http_server(label.split()[0].lower(), target, env, logdir) as (_, base):
                 results[label] = measure(f"{base}/decision")
 
-        for n_workers in sorted({1, workers}):
-            with http_server(
-                f"decider-w{n_workers}", "services.decider.app:app", env, logdir, workers=n_workers
-            ) as (proc, base):
-                rest = rss_mb(proc.popen.pid)
-                for arms in (2, 10, 100):
-                    if n_workers != 1 and arms != 2:
-                        continue
-                    exp = f"bench-{arms}-w{n_workers}"
-                    r = httpx.post(
-                        f"{base}/experiments",
-                        json={
-                            "experiment_id": exp,
-                            "arm_ids": [f"arm-{i}" for i in range(arms)],
-                            "strategy": "thompson",
-                        },
-                        timeout=10,
-                    )
-                    r.raise_for_status()
-                    url = f"{base}/decision?experiment_id={exp}"
-                    # Warm-up, outside the count. A fresh server keeps speeding up for its
-                    # first ~20 s of load (measured: 11.7k -> 14.8k req/s for the same 2-arm
-                    # experiment, first vs third run), so the first experiment of each
-                    # server warms longer: the rows compare steady states, not start-up.
-                    wrk(url, 12 if arms == 2 else 2)
-                    time.sleep(1.0)
-                    before = topic_count(stack.bootstrap, topics.decisions)
-                    res = measure(url, warm=False)
-                    time.sleep(1.0)  # linger + flush
-                    logged = topic_count(stack.bootstrap, topics.decisions) - before
-                    res["decision_events_logged"] = logged
-                    res["decision_events_missing"] = res["requests"] - res["errors"] - logged
-                    results[f"GET /decision, {arms} arms, {n_workers} worker(s)"] = res
-                exp = f"bench-2-w{n_workers}"
-                body = json.dumps({"experiment_id": exp, "arm_id": "arm-0", "reward": 1.0})
-                before = topic_count(stack.bootstrap, topics.rewards)
-                res = measure(f"{base}/reward", method=["POST", body], warm=False)
-                res["reward_events_logged"] = topic_count(stack.bootstrap, topics.rewards) - before
-                results[f"POST /reward, {n_workers} worker(s)"] = res
-                results[f"decider RSS MiB, {n_workers} worker(s)"] = {
-                    "rest": rest,
-                    "after_load": rss_mb(proc.popen.pid),
-                }
-
+        results.update(
+            decision_rows(stack.bootstrap, env, topics, logdir, workers, duration, repeats)
+        )
         # The same decider under uvicorn: what the server choice is worth, same run.
         with http_server(
             "decider-uvicorn", "services.decider.app:app", env, logdir, server="uvicorn"
@@ -591,6 +679,12 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {replay['records_per_s']:,} | {p['read']} · {p['decode']} · {p['fold']} "
             f"· {p['project']} · {p['write']} |",
         ]
+    catalogue = results.get("decision p99, 1000 vs 2 arms")
+    if isinstance(catalogue, dict):
+        lines.append(
+            f"\nGET /decision p99, 1,000 arms ({CATALOGUE_REWARDS:,} rewards folded) over 2 "
+            f"arms, same run: {catalogue['ratio']} (goal: at most {catalogue['goal']:g})."
+        )
     for name, r in results.items():
         if name.startswith("decider RSS"):
             lines.append(f"\n{name}: {r['rest']} at rest, {r['after_load']} after load.")
@@ -618,8 +712,9 @@ def main() -> None:
     parser.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
     parser.add_argument(
         "--only",
-        choices=["fold"],
-        help="only the consumer fold rows (never rewrites docs/benchmarks.md)",
+        choices=["fold", "decisions"],
+        help="only the consumer fold rows, or only the decider rows (neither rewrites "
+        "docs/benchmarks.md)",
     )
     parser.add_argument(
         "--kafka-bootstrap",
@@ -634,6 +729,11 @@ def main() -> None:
         args.replay_records = 20_000
     if args.only == "fold":
         results = run_folds(args.fold_records, args.kafka_bootstrap, args.redis_url)
+        args.no_doc = True
+    elif args.only == "decisions":
+        if shutil.which("wrk") is None:
+            sys.exit("wrk is missing: run `make system-deps` (Debian package wrk)")
+        results = run_decisions(args.duration, args.repeats, args.workers)
         args.no_doc = True
     else:
         if shutil.which("wrk") is None:

@@ -13,11 +13,12 @@ import json
 import os
 from dataclasses import dataclass, field
 from typing import Any, Literal, NotRequired, TypeVar
-from urllib.parse import quote
 
 import httpx
 from pydantic import TypeAdapter, ValidationError
 from typing_extensions import TypedDict
+
+from schemas.ids import url_segment
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 API_URL_ENV = "MAB_API_URL"
@@ -183,11 +184,6 @@ def api_key_from_env() -> str | None:
     return os.environ.get(API_KEY_ENV, "").strip() or None
 
 
-def _seg(experiment_id: str) -> str:
-    """One URL path segment (ids are validated server-side; this only keeps URLs sane)."""
-    return quote(experiment_id, safe="")
-
-
 def _detail(resp: httpx.Response) -> str:
     """The API's ``detail`` (string or pydantic error list) as one line."""
     try:
@@ -269,11 +265,11 @@ class ApiClient:
         return self._get("/experiments", _EXPERIMENTS, {"limit": limit})
 
     def get_experiment(self, experiment_id: str) -> ExperimentJson:
-        return self._get(f"/experiments/{_seg(experiment_id)}", _EXPERIMENT)
+        return self._get(f"/experiments/{url_segment(experiment_id)}", _EXPERIMENT)
 
     def stats(self, experiment_id: str) -> StatsJson:
         """Current folded statistics per arm, in config order."""
-        return self._get(f"/experiments/{_seg(experiment_id)}/stats", _STATS)
+        return self._get(f"/experiments/{url_segment(experiment_id)}/stats", _STATS)
 
     def timeseries(
         self,
@@ -288,7 +284,9 @@ class ApiClient:
             params["from"] = from_ts
         if to_ts is not None:
             params["to"] = to_ts
-        return self._get(f"/experiments/{_seg(experiment_id)}/timeseries", _TIMESERIES, params)
+        return self._get(
+            f"/experiments/{url_segment(experiment_id)}/timeseries", _TIMESERIES, params
+        )
 
     def evaluate(
         self,
@@ -304,7 +302,7 @@ class ApiClient:
             "missing_reward": missing_reward,
         }
         return self._get(
-            f"/experiments/{_seg(experiment_id)}/evaluate",
+            f"/experiments/{url_segment(experiment_id)}/evaluate",
             _EVALUATION,
             query,
             timeout_s=max(self.timeout_s, EVALUATE_TIMEOUT_S),

@@ -16,6 +16,7 @@ import json
 import time
 from datetime import UTC, datetime
 from typing import Any, Final
+from urllib.parse import urlencode
 
 import pandas as pd
 import streamlit as st
@@ -139,7 +140,7 @@ def live_panel(client: ApiClient, exp_id: str, bucket: Bucket, span_s: int) -> N
     if served == 0 and rewards == 0:
         st.info(
             f"No decisions or rewards yet for `{exp_id}`. Send traffic with "
-            f"`GET /decision?experiment_id={exp_id}` and `POST /reward`."
+            f"`GET /decision?{urlencode({'experiment_id': exp_id})}` and `POST /reward`."
         )
         st.dataframe(table, hide_index=True, column_config=ARM_COLUMNS, key="arm_table")
         return
@@ -337,7 +338,9 @@ def editor_scenario() -> Scenario:
         simulator.default_segments(arms, EDITOR_HORIZON),
         num_rows="dynamic",
         hide_index=True,
-        key=f"sim_segments_{'|'.join(arms)}",
+        # JSON, not a join: arm names may hold any separator, and two arm lists must
+        # never share the editor's state.
+        key=f"sim_segments_{json.dumps(arms)}",
         column_config={
             "start": st.column_config.NumberColumn("start", min_value=0, step=1, required=True),
             **{a: rate for a in arms},

@@ -5,10 +5,14 @@
 
 Each record is one JSON object of the reward contract
 (``schemas/contract/v1/reward-record.schema.json``): ``experiment_id``, ``arm_id`` and
-``reward`` in [0, 1], optionally ``event_id``, ``ts``, ``decision_id`` and ``source``.
+``reward`` in [0, 1], optionally ``event_id``, ``ts``, ``decision_id``, ``source`` and
+``user_context`` (a JSON object about the visitor, as in the original API: at most 32
+keys and 2 KiB as JSON; beyond that the record is dead-lettered as ``bad_user_context``).
+Ids are any printable text of 1-120 characters (``"Free Shipping"``, ``"10% off"``).
 What matters for a correct producer, and what this example does:
 
-* key every record by its experiment id: one experiment's rewards stay in order;
+* key every record by its experiment id, as trimmed UTF-8 text (the API trims ids, and
+  its events use that key): one experiment's rewards stay in order and in one partition;
 * ``acks="all"`` and ``enable_idempotence=True``: a send that returned is durable, and
   the client's own retries never write a record twice;
 * give every reward an ``event_id`` that is stable across *your* retries (an order id,
@@ -56,6 +60,7 @@ def demo_rewards(
             "event_id": f"{run}-{i}",
             "ts": time.time(),
             "source": "bulk-example",
+            "user_context": {"segment": rng.choice(["new", "returning"])},
         }
 
 
@@ -81,7 +86,7 @@ async def produce(kafka: KafkaConnection, topic: str, rewards: Iterator[dict[str
         pending = []
         for reward in rewards:
             value = json.dumps(reward, allow_nan=False).encode()
-            key = str(reward["experiment_id"]).encode()
+            key = str(reward["experiment_id"]).strip().encode()
             pending.append(await producer.send(topic, value, key=key))
         await asyncio.gather(*pending)
         return len(pending)

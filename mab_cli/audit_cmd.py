@@ -43,7 +43,7 @@ def export_command(
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
 ) -> None:
     """Export every decision joined with its rewards (plus unlinked and orphan rewards)."""
-    kafka, topics = resolve(experiment, bootstrap, topic_prefix)
+    kafka, topics = resolve(bootstrap, topic_prefix)
     try:
         export_format(out)
     except ExportError as exc:

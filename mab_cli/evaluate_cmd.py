@@ -125,7 +125,7 @@ def evaluate_command(
     timeout: TimeoutOpt = 30.0,
 ) -> None:
     """Estimate what STRATEGY would have earned on the logged decisions (IPS, SNIPS, DR)."""
-    kafka, topics = resolve(experiment, bootstrap, topic_prefix)
+    kafka, topics = resolve(bootstrap, topic_prefix)
     given = _params(params)
     try:
         clean = validate_params(strategy, given)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 from collections.abc import Callable
 from typing import Annotated
 
@@ -29,12 +28,26 @@ from rich.progress import (
 from deploy.local_stack import Ports, StackError
 from offpolicy.log import ExperimentLog
 from offpolicy.reader import LogTooLargeError, LogUnavailableError, read_experiment_log
-from schemas.ids import ID_PATTERN
+from schemas.ids import InvalidIdError, normalize_id
 from schemas.topics import TopicNames
 from stream_runtime.kafka_connection import KafkaConnection
 from stream_runtime.settings import settings_errors
 
-ExperimentOpt = Annotated[str, typer.Option("--experiment", help="Experiment id.")]
+
+def experiment_id(value: str) -> str:
+    """``--experiment`` trimmed and checked like the API's ids (usage error when invalid)."""
+    try:
+        return normalize_id(value, "--experiment")
+    except InvalidIdError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+ExperimentOpt = Annotated[
+    str,
+    typer.Option(
+        "--experiment", help="Experiment id (as the API spells it).", callback=experiment_id
+    ),
+]
 BootstrapOpt = Annotated[
     str | None,
     typer.Option("--bootstrap", help="Kafka bootstrap servers (env KAFKA_BOOTSTRAP_SERVERS)."),
@@ -70,12 +83,9 @@ def kafka_connection(bootstrap: str | None) -> KafkaConnection:
         raise fail("; ".join(settings_errors(exc))) from None
 
 
-def resolve(
-    experiment: str, bootstrap: str | None, prefix: str | None
-) -> tuple[KafkaConnection, TopicNames]:
-    """Validated experiment id, Kafka connection and topic names (exit 2 when invalid)."""
-    if re.fullmatch(ID_PATTERN, experiment) is None:
-        raise fail(f"--experiment {experiment!r} is not a valid experiment id")
+def resolve(bootstrap: str | None, prefix: str | None) -> tuple[KafkaConnection, TopicNames]:
+    """Kafka connection and topic names (exit 2 when a setting is invalid or the stack's
+    ports are unreadable)."""
     chosen = os.environ.get("MAB_TOPIC_PREFIX", "") if prefix is None else prefix
     return kafka_connection(bootstrap), TopicNames.with_prefix(chosen)
 

@@ -2,7 +2,7 @@
 
 A namespace is a Redis key prefix (:class:`schemas.redis_keys.RedisKeys`). Replay builds
 its state under a scratch prefix; the scratch keys of an experiment carry the same
-``{<experiment id>}`` hash tag as the live ones, so both lie in one slot and one
+``{<encoded experiment id>}`` hash tag as the live ones, so both lie in one slot and one
 ``MULTI`` can swap them, on a single node and on a Redis Cluster alike. Every command
 here names keys of one experiment only (reads, bulk loads, the swap), or one key (the
 experiments index); ``SCAN`` and multi-key ``UNLINK`` go through the cluster client,
@@ -38,6 +38,7 @@ from redis.asyncio.connection import Connection
 
 from bandit_core.fold import DEDUPE_HORIZON_S
 from schemas.events import ExperimentConfig
+from schemas.ids import key_segment
 from schemas.redis_keys import BucketKind, ExperimentKeys, RedisKeys
 from services.projector.projection import Retention
 from stream_runtime.redis_client import AnyRedis
@@ -177,13 +178,7 @@ def _text(v: bytes | str) -> str:
 
 def split_key(prefix: str, key: str) -> tuple[str, str] | None:
     """``(experiment id, kind)`` of an experiment key under ``prefix``, else ``None``."""
-    head = prefix + "mab:{"
-    if not key.startswith(head):
-        return None
-    exp, sep, kind = key[len(head) :].partition("}:")
-    if not sep or not exp:
-        return None
-    return exp, kind
+    return RedisKeys(prefix).split(key)
 
 
 @dataclass(slots=True)
@@ -351,7 +346,7 @@ def compare(live: Namespace, replay: Namespace, limit: int = 200) -> list[str]:
         a = live.experiments.get(exp, {})
         b = replay.experiments.get(exp, {})
         for kind in sorted(set(a) | set(b)):
-            key = f"mab:{{{exp}}}:{kind}"
+            key = f"mab:{{{key_segment(exp)}}}:{kind}"
             if kind not in b:
                 out.append(f"{key}: only live")
             elif kind not in a:

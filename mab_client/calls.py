@@ -27,6 +27,7 @@ from mab_client.models import (
     Timeseries,
     new_event_id,
 )
+from schemas.ids import url_segment
 
 T = TypeVar("T")
 
@@ -257,6 +258,7 @@ def reward_item(
     value: float,
     decision_id: str | None,
     event_id: str | None,
+    user_context: Mapping[str, Any] | None = None,
 ) -> RewardItem:
     return RewardItem(
         experiment_id=experiment_id,
@@ -264,12 +266,13 @@ def reward_item(
         reward=value,
         decision_id=decision_id,
         event_id=event_id or new_event_id(),
+        user_context=None if user_context is None else dict(user_context),
     )
 
 
 def _segment(experiment_id: str) -> str:
-    """A path segment: ids are restricted by the server, but a caller's typo must give a
-    404/422 answer, never a request to another route."""
-    if not experiment_id or "/" in experiment_id or experiment_id in {".", ".."}:
-        raise ValueError(f"invalid experiment id {experiment_id!r}")
-    return experiment_id
+    """The id as one percent-encoded path segment: any id the server accepts (``a/b``,
+    ``10% off``, ``..``) reaches its experiment, and no id can reach another route."""
+    if not experiment_id:
+        raise ValueError("experiment id must not be empty")
+    return url_segment(experiment_id)

@@ -199,13 +199,17 @@ class MabClient:
         *,
         decision_id: str | None = None,
         event_id: str | None = None,
+        user_context: Mapping[str, Any] | None = None,
     ) -> RewardReceipt:
-        item = calls.reward_item(experiment_id, arm_id, reward, decision_id, event_id)
+        item = calls.reward_item(experiment_id, arm_id, reward, decision_id, event_id, user_context)
         return self.run(calls.reward(item))
 
-    def reward_for(self, decision: Decision, reward: float) -> RewardReceipt:
+    def reward_for(
+        self, decision: Decision, reward: float, user_context: Mapping[str, Any] | None = None
+    ) -> RewardReceipt:
         """The reward of ``decision``, its decision id carried through."""
-        return self.run(calls.reward(RewardItem.for_decision(decision, reward)))
+        item = RewardItem.for_decision(decision, reward, user_context)
+        return self.run(calls.reward(item))
 
     def bulk_rewards(self, items: Sequence[RewardItem]) -> int:
         return self.run(calls.bulk_rewards(items))
@@ -323,13 +327,17 @@ class AsyncMabClient:
         *,
         decision_id: str | None = None,
         event_id: str | None = None,
+        user_context: Mapping[str, Any] | None = None,
     ) -> RewardReceipt:
-        item = calls.reward_item(experiment_id, arm_id, reward, decision_id, event_id)
+        item = calls.reward_item(experiment_id, arm_id, reward, decision_id, event_id, user_context)
         return await self.run(calls.reward(item))
 
-    async def reward_for(self, decision: Decision, reward: float) -> RewardReceipt:
+    async def reward_for(
+        self, decision: Decision, reward: float, user_context: Mapping[str, Any] | None = None
+    ) -> RewardReceipt:
         """The reward of ``decision``, its decision id carried through."""
-        return await self.run(calls.reward(RewardItem.for_decision(decision, reward)))
+        item = RewardItem.for_decision(decision, reward, user_context)
+        return await self.run(calls.reward(item))
 
     async def bulk_rewards(self, items: Sequence[RewardItem]) -> int:
         return await self.run(calls.bulk_rewards(items))

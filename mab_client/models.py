@@ -8,6 +8,7 @@ so an older client keeps working against a newer server.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -74,15 +75,21 @@ class RewardItem(_Result):
     reward: float
     decision_id: str | None = None
     event_id: str = Field(default_factory=new_event_id)
+    #: Optional JSON object about the visitor, as in the original API (the server bounds
+    #: it: 32 keys, 2 KiB as JSON).
+    user_context: dict[str, Any] | None = None
 
     @classmethod
-    def for_decision(cls, decision: Decision, reward: float) -> RewardItem:
+    def for_decision(
+        cls, decision: Decision, reward: float, user_context: Mapping[str, Any] | None = None
+    ) -> RewardItem:
         """The reward of ``decision``: its experiment, arm and decision id carried through."""
         return cls(
             experiment_id=decision.experiment_id,
             arm_id=decision.arm_id,
             reward=reward,
             decision_id=decision.decision_id,
+            user_context=None if user_context is None else dict(user_context),
         )
 
     def body(self) -> dict[str, Any]:

@@ -40,6 +40,7 @@ PARQUET_SCHEMA: Final = pa.schema(
         ("source", pa.string()),
         ("reward_event_id", pa.string()),
         ("reward_outcome", pa.string()),
+        ("user_context", pa.string()),
     ]
 )
 assert tuple(PARQUET_SCHEMA.names) == COLUMNS

@@ -51,6 +51,7 @@ COLUMNS: Final = (
     "source",
     "reward_event_id",
     "reward_outcome",
+    "user_context",
 )
 
 
@@ -94,6 +95,8 @@ class AuditRow:
     source: str | None
     reward_event_id: str | None
     reward_outcome: str | None
+    #: The reward's ``user_context`` as compact JSON with sorted keys (empty: none).
+    user_context: str | None = None
 
     def as_tuple(self) -> tuple[object, ...]:
         """Values in :data:`COLUMNS` order."""
@@ -111,6 +114,7 @@ class AuditRow:
             self.source,
             self.reward_event_id,
             self.reward_outcome,
+            self.user_context,
         )
 
 
@@ -123,6 +127,12 @@ class Joined:
     rewards_of: list[list[int]] = field(default_factory=list)
     unlinked: int = 0
     orphans: int = 0
+
+
+def _context(r: RewardObserved | None) -> str | None:
+    if r is None or r.user_context is None:
+        return None
+    return orjson.dumps(r.user_context, option=orjson.OPT_SORT_KEYS).decode()
 
 
 def _decision_row(
@@ -143,6 +153,7 @@ def _decision_row(
         source=None if r is None else r.source,
         reward_event_id=None if r is None else r.event_id,
         reward_outcome=outcome,
+        user_context=_context(r),
     )
 
 
@@ -161,6 +172,7 @@ def _reward_row(r: RewardObserved, kind: RowKind, outcome: str | None) -> AuditR
         source=r.source,
         reward_event_id=r.event_id,
         reward_outcome=outcome,
+        user_context=_context(r),
     )
 
 

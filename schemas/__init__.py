@@ -15,11 +15,10 @@ from schemas.events import (
     StrategyChanged,
     new_event_id,
 )
-from schemas.ids import MAX_ARMS, ArmId, ExperimentId, is_valid_id
+from schemas.ids import ArmId, ExperimentId, is_valid_id, normalize_id
 from schemas.topics import TopicNames, TopicSpec, partition_key, topic_specs
 
 __all__ = [
-    "MAX_ARMS",
     "SCHEMA_VERSION",
     "AnyEvent",
     "ArmId",
@@ -41,6 +40,7 @@ __all__ = [
     "encode",
     "is_valid_id",
     "new_event_id",
+    "normalize_id",
     "partition_key",
     "topic_specs",
 ]

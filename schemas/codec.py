@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import math
 import operator
-import re
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any, Final
@@ -34,6 +33,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from schemas.dead_letter import position_id
 from schemas.events import (
+    INVALID_USER_CONTEXT,
     MAX_ATTRIBUTION_WINDOW_S,
     SCHEMA_VERSION,
     AnyEvent,
@@ -41,7 +41,7 @@ from schemas.events import (
     Event,
     RewardObserved,
 )
-from schemas.ids import ID_PATTERN
+from schemas.ids import INVALID_ID, is_valid_id
 
 #: Records larger than this are rejected before parsing (DLQ reason ``oversize``).
 MAX_RECORD_BYTES: Final = 64 * 1024
@@ -147,12 +147,17 @@ def _reason(error: Mapping[str, Any]) -> str:
     """The stable DLQ reason of pydantic's first error (the list is in ``schemas/dead_letter``).
 
     Precise labels for what producers get wrong most (a reward that is NaN or outside
-    [0, 1], a number sent as a string, a missing or unknown field, an unsafe id); any
-    other constraint is ``invalid``, with pydantic's message as the detail.
+    [0, 1], a number sent as a string, a missing or unknown field, an invalid id, a
+    user context of the wrong shape or size); any other constraint is ``invalid``, with
+    pydantic's message as the detail.
     """
     kind = error["type"]
     loc = [p for p in error["loc"] if p not in _EVENT_TYPES]
     name = loc[-1] if loc else ""
+    if "user_context" in loc or kind == INVALID_USER_CONTEXT:
+        return "bad_user_context"
+    if kind == INVALID_ID:
+        return "bad_id"
     if kind == "union_tag_invalid":
         return "wrong_event_type"
     if kind == "union_tag_not_found":
@@ -167,12 +172,6 @@ def _reason(error: Mapping[str, Any]) -> str:
         return "missing_field"
     if kind == "extra_forbidden":
         return "unknown_field"
-    if name in ("experiment_id", "arm_id") and kind in (
-        "string_pattern_mismatch",
-        "string_too_long",
-        "string_too_short",
-    ):
-        return "bad_id"
     return "invalid"
 
 
@@ -196,9 +195,6 @@ def _validate(obj: dict[str, Any]) -> AnyEvent:
 _FLOAT_MAX: Final = sys.float_info.max
 #: ints up to 2**53 convert to float exactly, as pydantic's lax int -> float does.
 _EXACT_INT: Final = 2**53
-#: The id pattern bounds the length to ``ID_MAX_LEN`` by itself; ``fullmatch`` (unlike
-#: ``match`` with ``$``) also refuses a trailing newline, as pydantic's Rust regex does.
-_ID_FULLMATCH: Final = re.compile(ID_PATTERN).fullmatch
 
 _REWARD_FIELDS: Final = (
     "event_id",
@@ -210,6 +206,7 @@ _REWARD_FIELDS: Final = (
     "reward",
     "decision_id",
     "source",
+    "user_context",
 )
 _DECISION_FIELDS: Final = (
     "event_id",
@@ -277,17 +274,18 @@ _get_decision_required: Final = operator.itemgetter(
     "snapshot_version",
 )
 
-#: Ids already seen to match the id pattern. A stream repeats a handful of experiment
-#: and arm ids, so a set lookup replaces most regex runs. Only ``str`` that passed
-#: :data:`_ID_FULLMATCH` enter; the set is emptied when it grows past its bound, so a
+#: Ids already seen to be valid as they are. A stream repeats a handful of experiment
+#: and arm ids, so a set lookup replaces most checks. Only ``str`` that passed
+#: :func:`~schemas.ids.is_valid_id` enter (an id that still needs trimming does not: the
+#: pydantic path trims it); the set is emptied when it grows past its bound, so a
 #: stream of distinct ids costs memory of at most ``_KNOWN_IDS_MAX`` short strings.
 _KNOWN_IDS: Final[set[str]] = set()
 _KNOWN_IDS_MAX: Final = 4096
 
 
 def _valid_new_id(value: str) -> bool:
-    """The regex check behind the :data:`_KNOWN_IDS` memo (``value`` is a ``str``)."""
-    if _ID_FULLMATCH(value) is None:
+    """The check behind the :data:`_KNOWN_IDS` memo (``value`` is a ``str``)."""
+    if not is_valid_id(value):
         return False
     if len(_KNOWN_IDS) >= _KNOWN_IDS_MAX:
         _KNOWN_IDS.clear()
@@ -302,9 +300,10 @@ def _fast_reward(obj: dict[str, Any]) -> RewardObserved | None:
     pydantic's default factories should produce), ``type`` and a current (or absent)
     ``schema_version``. Numbers must be JSON floats, or JSON ints converted exactly
     (pydantic converts ints to float in lax mode too), never bools or strings; ids must
-    match the id pattern; strings must be ``str`` within their length bounds.
+    be valid as they are (trimmed); strings must be ``str`` within their length bounds.
+    A ``user_context`` other than null is left to pydantic (its bounds are checked there).
     """
-    if not _REWARD_KEYS.issuperset(obj):
+    if not _REWARD_KEYS.issuperset(obj) or obj.get("user_context") is not None:
         return None
     try:
         event_id, ts, experiment_id, arm_id, reward = _get_reward_required(obj)
@@ -356,6 +355,7 @@ def _fast_reward(obj: dict[str, Any]) -> RewardObserved | None:
             "reward": reward,
             "decision_id": decision_id,
             "source": source,
+            "user_context": None,
         },
     )
     _set_fields_set(event, set(obj))

@@ -47,7 +47,10 @@ REASONS: Final[Mapping[str, str]] = {
     "wrong_type": "a field holds a value of the wrong JSON type",
     "missing_field": "a required field is missing",
     "unknown_field": "a field the contract does not define",
-    "bad_id": "an experiment or arm id that is not a safe id",
+    "bad_id": "an experiment or arm id that is empty, longer than 120 characters after "
+    "trimming, or not printable (see schemas/ids.py)",
+    "bad_user_context": "user_context is not a JSON object, or beyond its bounds "
+    "(32 keys, 2 KiB as JSON, finite numbers)",
     "invalid": "another constraint of the record schema failed",
     "bad_schema_version": "schema_version is not an integer",
     "unknown_schema_version": "schema_version newer than this code (or no upcaster)",

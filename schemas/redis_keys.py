@@ -1,10 +1,15 @@
 """The Redis key layout, shared by the decider (writer of configs), the reward consumer
 (writer of snapshots) and replay.
 
-All keys of one experiment share the hash tag ``{<experiment id>}`` so a Redis Cluster
-keeps them in one slot and one Lua script may touch them all. Ids are restricted to a
-charset without ``{``, ``}``, ``:`` or glob characters (see :mod:`schemas.ids`), so no two
-experiments can ever produce the same key. ``prefix`` isolates tests and tenants.
+All keys of one experiment share the hash tag ``{<encoded experiment id>}`` so a Redis
+Cluster keeps them in one slot and one Lua script may touch them all. Ids may contain
+any printable character (``:``, ``*``, ``{``, ``|``, ``%``, spaces …), so every id is
+encoded before it becomes part of a key or a hash field (:func:`schemas.ids.key_segment`):
+the encoding is injective and its output never holds ``{``, ``}``, ``:``, ``|`` or a glob
+character, so no two experiments can produce the same key, no id can end its hash tag
+early, and a ``SCAN`` pattern built from an encoded id matches that experiment only.
+Ids of the earlier ``[A-Za-z0-9._-]`` charset encode to themselves: their keys are
+unchanged. ``prefix`` isolates tests and tenants.
 """
 
 from __future__ import annotations
@@ -13,12 +18,14 @@ import os
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from schemas.ids import id_from_key_segment, key_segment
+
 #: Time-series bucket widths (seconds) of the projector, by the API's ``bucket`` name.
 #: Buckets are aligned to the epoch (UTC): ``start = floor(ts / width) * width``.
 BucketKind = Literal["hour", "minute"]
 BUCKET_SECONDS: Final[dict[BucketKind, int]] = {"hour": 3600, "minute": 60}
 
-#: Fields of a bucket hash are ``<arm id>|<kind>``; arm ids cannot contain ``|``.
+#: Fields of a bucket hash are ``<encoded arm id>|<kind>``; the encoding never holds ``|``.
 FIELD_DECISIONS: Final = "d"  # decisions served
 FIELD_REWARDS: Final = "r"  # rewards applied (same rule and dedupe as the reward consumer)
 FIELD_REWARD_SUM: Final = "s"  # sum of rewards in integer micro-units, round(reward * 1e6)
@@ -26,8 +33,24 @@ REWARD_SUM_SCALE: Final = 1_000_000
 
 
 def bucket_field(arm_id: str, kind: str) -> str:
-    """Field of a bucket hash, e.g. ``blue-button|d``."""
-    return f"{arm_id}|{kind}"
+    """Field of a bucket hash, e.g. ``blue-button|d`` or ``Free%20Shipping|r``."""
+    return f"{key_segment(arm_id)}|{kind}"
+
+
+def _decoded(encoded: str, sep: str, rest: str) -> tuple[str, str] | None:
+    """``(id, rest)`` when ``encoded`` is an encoded id and ``sep`` was found, else ``None``
+    (a key or field this layout never writes)."""
+    if not sep:
+        return None
+    try:
+        return id_from_key_segment(encoded), rest
+    except ValueError:
+        return None
+
+
+def parse_bucket_field(field: str) -> tuple[str, str] | None:
+    """``(arm id, kind)`` of a bucket hash field; ``None`` for a field we never write."""
+    return _decoded(*field.partition("|"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +98,7 @@ class RedisKeys:
         return cls(os.environ.get("MAB_REDIS_PREFIX", ""))
 
     def experiment(self, experiment_id: str) -> ExperimentKeys:
-        base = f"{self.prefix}mab:{{{experiment_id}}}:"
+        base = f"{self.prefix}mab:{{{key_segment(experiment_id)}}}:"
         return ExperimentKeys(
             config=base + "config",
             snapshot=base + "snap",
@@ -87,6 +110,14 @@ class RedisKeys:
             change_points=base + "proj:cp",
             bucket_base=base + "ts:",
         )
+
+    def split(self, key: str) -> tuple[str, str] | None:
+        """``(experiment id, kind)`` of one of :meth:`experiment`'s keys under this
+        prefix (``kind``: what follows ``mab:{…}:``), else ``None``."""
+        head = self.prefix + "mab:{"
+        if not key.startswith(head):
+            return None
+        return _decoded(*key[len(head) :].partition("}:"))
 
     @property
     def index(self) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Final
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -21,6 +21,9 @@ from bandit_core.state import ArmStats
 
 #: Default Monte Carlo sample count for the decider's Thompson propensity estimate.
 DECIDER_SAMPLES: Final = 200
+
+#: ``sampler(rng, n)``: ``n`` independent choices (arm indices) from one prepared state.
+BatchSampler = Callable[[random.Random, int], list[int]]
 
 #: Scores closer than this are a tie (identical stats give bit-identical scores anyway;
 #: this only absorbs float noise from summing rewards in a different order).
@@ -81,6 +84,25 @@ class Strategy(ABC):
     ) -> list[float]:
         """Probability that :meth:`choose` picks each arm from this state (sums to 1)."""
 
+    def batch_sampler(
+        self,
+        arm_ids: Sequence[str],
+        stats: Sequence[ArmStats],
+        params: Mapping[str, Any],
+        now: float,
+    ) -> BatchSampler | None:
+        """A function drawing ``n`` independent :meth:`choose` results from this state,
+        prepared once (posteriors as arrays), or ``None`` when the strategy does not draw
+        them in bulk (the default).
+
+        Only for policies whose choice distribution depends on the stats alone (not on
+        ``now``): the decider prepares one sampler per cached snapshot (off its event
+        loop) and pre-draws batches with it, serving one choice per request, each still
+        an independent draw from that snapshot's policy. Preparing once matters with
+        many arms: recomputing 1,000 posteriors per batch cost as much as drawing it.
+        """
+        return None
+
     def choose_batch(
         self,
         arm_ids: Sequence[str],
@@ -90,14 +112,9 @@ class Strategy(ABC):
         now: float,
         n: int,
     ) -> list[int] | None:
-        """``n`` independent :meth:`choose` results from this state, or ``None`` when the
-        strategy does not draw them in bulk (the default).
-
-        Only for policies whose choice distribution depends on the stats alone (not on
-        ``now``): the decider pre-draws a batch per cached snapshot and serves one per
-        request, each still an independent draw from that snapshot's policy.
-        """
-        return None
+        """``n`` independent :meth:`choose` results (:meth:`batch_sampler` used once)."""
+        sampler = self.batch_sampler(arm_ids, stats, params, now)
+        return None if sampler is None else sampler(rng, n)
 
     def choose_with_propensity(
         self,

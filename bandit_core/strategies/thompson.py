@@ -26,18 +26,16 @@ from pydantic import Field
 
 from bandit_core.rng import numpy_generator
 from bandit_core.state import ArmStats
+from bandit_core.strategies._beta import sample_argmax
 from bandit_core.strategies.base import (
     DECIDER_SAMPLES,
+    BatchSampler,
     Strategy,
     StrategyParams,
     check_arms,
 )
 
 DEFAULT_PRIOR: Final = 1.0
-
-#: From this many arms one vectorised numpy draw beats a loop of ``betavariate`` (~2-3 µs
-#: each) despite numpy's per-call overhead (measured: crossover near 16 arms).
-NUMPY_CHOOSE_MIN_ARMS: Final = 24
 
 
 class ThompsonParams(StrategyParams):
@@ -75,29 +73,18 @@ class Thompson(Strategy):
         rng: random.Random,
         now: float,
     ) -> int:
-        k = check_arms(arm_ids, stats)
-        alphas, betas = posteriors(stats, params)
-        if k >= NUMPY_CHOOSE_MIN_ARMS:
-            draws = numpy_generator(rng).beta(alphas, betas)
-            return int(draws.argmax())
-        beta = rng.betavariate
-        best_i, best = 0, -1.0
-        for i in range(k):
-            x = beta(alphas[i], betas[i])
-            if x > best:
-                best_i, best = i, x
-        return best_i
+        check_arms(arm_ids, stats)
+        return sample_argmax(*posteriors(stats, params), rng)
 
-    def choose_batch(
+    def batch_sampler(
         self,
         arm_ids: Sequence[str],
         stats: Sequence[ArmStats],
         params: Mapping[str, Any],
-        rng: random.Random,
         now: float,
-        n: int,
-    ) -> list[int]:
-        """``n`` Thompson choices from one vectorised draw of ``n`` rows of posteriors.
+    ) -> BatchSampler:
+        """Thompson choices in batches: each call draws ``n`` rows of posteriors in one
+        vectorised call, from posteriors computed once.
 
         Row ``j`` is a complete, independent Thompson draw, so serving the rows one per
         request is the same policy as drawing per request; it costs one numpy call per
@@ -105,12 +92,20 @@ class Thompson(Strategy):
         ~60 µs, see docs/benchmarks.md).
         """
         check_arms(arm_ids, stats)
-        if n < 1:
-            raise ValueError("n must be >= 1")
         alphas, betas = posteriors(stats, params)
-        draws = numpy_generator(rng).beta(alphas, betas, size=(n, len(alphas)))
-        choices: list[int] = draws.argmax(axis=1).tolist()
-        return choices
+        a = np.asarray(alphas)
+        b = np.asarray(betas)
+        shape = len(alphas)
+
+        def sample(rng: random.Random, n: int) -> list[int]:
+            if n < 1:
+                raise ValueError("n must be >= 1")
+            choices: list[int] = (
+                numpy_generator(rng).beta(a, b, size=(n, shape)).argmax(axis=1).tolist()
+            )
+            return choices
+
+        return sample
 
     def propensities(
         self,

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import orjson
-from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, status
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -32,7 +32,7 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from bandit_core.state import ExperimentState
+from bandit_core.state import ArmStats, ExperimentState
 from bandit_core.strategies import InvalidParamsError, validate_params
 from schemas.events import (
     ArmsAdded,
@@ -40,7 +40,7 @@ from schemas.events import (
     ExperimentCreated,
     StrategyChanged,
 )
-from schemas.ids import ID_MAX_LEN, ID_PATTERN, MAX_ARMS
+from schemas.ids import ExperimentId
 from schemas.redis_keys import BucketKind, RedisKeys
 from schemas.topics import TopicNames
 from services.decider.auth import (
@@ -83,6 +83,7 @@ from services.decider.models import (
     RewardsPublic,
     StatsPublic,
 )
+from services.decider.paths import EXPERIMENT, ExperimentIdPath
 from services.decider.producer import EventLogUnavailableError, EventProducer
 from services.decider.readiness import ReadinessProbe
 from services.decider.settings import DeciderSettings
@@ -175,24 +176,8 @@ async def get_runtime(request: Request) -> Runtime:
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 ExperimentIdQuery = Annotated[
-    str,
-    Query(
-        min_length=1,
-        max_length=ID_MAX_LEN,
-        pattern=ID_PATTERN,
-        description="The experiment to decide for.",
-        examples=["cta-button-test"],
-    ),
-]
-ExperimentIdPath = Annotated[
-    str,
-    Path(
-        min_length=1,
-        max_length=ID_MAX_LEN,
-        pattern=ID_PATTERN,
-        description="Experiment id.",
-        examples=["cta-button-test"],
-    ),
+    ExperimentId,
+    Query(description="The experiment to decide for (trimmed).", examples=["cta-button-test"]),
 ]
 
 _E404 = {"model": ErrorPublic, "description": "No such experiment."}
@@ -446,6 +431,12 @@ def _add_routes(app: FastAPI) -> None:
         dependencies=[ADMIN],
     )
     async def create_experiment(body: ExperimentCreate, rt: RuntimeDep) -> ExperimentPublic:
+        if len(body.arm_ids) > rt.settings.max_arms:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                f"{len(body.arm_ids)} arms; an experiment may have at most "
+                f"{rt.settings.max_arms} (MAB_MAX_ARMS)",
+            )
         if body.strategy is not None:
             strategy, params = body.strategy, dict(body.strategy_params or {})
         else:
@@ -495,7 +486,7 @@ def _add_routes(app: FastAPI) -> None:
         return [ExperimentPublic.of(c) for c in await rt.store.list_configs(offset, limit)]
 
     @app.get(
-        "/experiments/{experiment_id}",
+        EXPERIMENT,
         response_model=ExperimentPublic,
         tags=["experiments"],
         summary="Get an experiment",
@@ -510,12 +501,13 @@ def _add_routes(app: FastAPI) -> None:
         return ExperimentPublic.of(config)
 
     @app.post(
-        "/experiments/{experiment_id}/arms",
+        f"{EXPERIMENT}/arms",
         response_model=ExperimentPublic,
         tags=["experiments"],
         summary="Add arms",
         description="Appends new arms atomically (concurrent calls never lose an arm) and "
-        f"logs `ArmsAdded`. 409 if any arm already exists; 422 beyond {MAX_ARMS} arms. "
+        "logs `ArmsAdded`. 409 if any arm already exists; 422 beyond `MAB_MAX_ARMS` "
+        "(default 1000) arms. "
         "Existing statistics are untouched.",
         responses={
             404: _E404,
@@ -532,7 +524,9 @@ def _add_routes(app: FastAPI) -> None:
     ) -> ExperimentPublic:
         async with rt.command_lock(experiment_id):
             try:
-                result = await rt.store.add_arms(experiment_id, list(body.arm_ids), MAX_ARMS)
+                result = await rt.store.add_arms(
+                    experiment_id, list(body.arm_ids), rt.settings.max_arms
+                )
             except ExperimentMissingError:
                 raise _not_found(experiment_id) from None
             except ArmsExistError as exc:
@@ -544,7 +538,8 @@ def _add_routes(app: FastAPI) -> None:
                 raise HTTPException(
                     status.HTTP_422_UNPROCESSABLE_CONTENT,
                     f"experiment {experiment_id!r} has {exc.current} arms; adding "
-                    f"{len(body.arm_ids)} would exceed the maximum of {MAX_ARMS}",
+                    f"{len(body.arm_ids)} would exceed the maximum of {rt.settings.max_arms} "
+                    "(MAB_MAX_ARMS)",
                 ) from None
             event = ArmsAdded(
                 experiment_id=experiment_id,
@@ -675,7 +670,7 @@ def _add_routes(app: FastAPI) -> None:
         return await serve_rewards(rt, body.rewards)
 
     @app.get(
-        "/experiments/{experiment_id}/stats",
+        f"{EXPERIMENT}/stats",
         response_model=StatsPublic,
         tags=["experiments"],
         summary="Arm statistics",
@@ -688,10 +683,16 @@ def _add_routes(app: FastAPI) -> None:
         config_raw, snap_raw = await rt.store.get_config_and_snapshot(experiment_id)
         if config_raw is None:
             raise _not_found(experiment_id)
-        config = ExperimentConfig.model_validate_json(config_raw)
-        state = ExperimentState.from_snapshot(snap_raw, experiment_id)
-        arm_stats = state.stats_for(config.arm_ids)
-        props = rt.cache.propensities(config, arm_stats, time.time())
+
+        def parse() -> tuple[ExperimentConfig, ExperimentState, list[ArmStats], list[float]]:
+            config = ExperimentConfig.model_validate_json(config_raw)
+            state = ExperimentState.from_snapshot(snap_raw, experiment_id)
+            arm_stats = state.stats_for(config.arm_ids)
+            return config, state, arm_stats, rt.cache.propensities(config, arm_stats, time.time())
+
+        # O(arms) parsing and Monte Carlo: a catalogue-sized experiment takes tens of
+        # milliseconds, which must not stall the decisions served by this event loop.
+        config, state, arm_stats, props = await asyncio.to_thread(parse)
         return StatsPublic(
             experiment_id=experiment_id,
             strategy=config.strategy,
@@ -723,7 +724,7 @@ def _add_routes(app: FastAPI) -> None:
         )
 
     @app.get(
-        "/experiments/{experiment_id}/timeseries",
+        f"{EXPERIMENT}/timeseries",
         response_model=TimeseriesPublic,
         response_model_by_alias=True,
         tags=["experiments"],
@@ -757,7 +758,7 @@ def _add_routes(app: FastAPI) -> None:
             str | None,
             Query(max_length=64, description="End (exclusive): unix seconds or ISO 8601."),
         ] = None,
-    ) -> TimeseriesPublic:
+    ) -> Response:
         try:
             lo, hi = resolve_range(
                 bucket, parse_time(from_, "from"), parse_time(to, "to"), time.time()
@@ -765,20 +766,28 @@ def _add_routes(app: FastAPI) -> None:
         except TimeRangeError as exc:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
         read = await rt.store.read_timeseries(experiment_id, bucket, lo, hi)
-        if read.config_raw is None:
+        config_raw = read.config_raw
+        if config_raw is None:
             raise _not_found(experiment_id)
-        config = ExperimentConfig.model_validate_json(read.config_raw)
-        points = build_points(config.arm_ids, read.buckets)
-        return TimeseriesPublic(
-            experiment_id=experiment_id,
-            bucket=bucket,
-            from_=lo,
-            to=hi,
-            arm_ids=list(config.arm_ids),
-            points=points,
-            change_points=parse_change_points(read.change_points),
-            winner_changes=winner_changes(points),
-        )
+
+        def render() -> bytes:
+            config = ExperimentConfig.model_validate_json(config_raw)
+            points = build_points(config.arm_ids, read.buckets)
+            public = TimeseriesPublic(
+                experiment_id=experiment_id,
+                bucket=bucket,
+                from_=lo,
+                to=hi,
+                arm_ids=list(config.arm_ids),
+                points=points,
+                change_points=parse_change_points(read.change_points),
+                winner_changes=winner_changes(points),
+            )
+            return orjson.dumps(public.model_dump(mode="json", by_alias=True))
+
+        # One point per bucket and arm: 1,000 arms over 48 hours are 48,000 points, whose
+        # building and encoding would stall this event loop's decisions for a while.
+        return Response(await asyncio.to_thread(render), media_type="application/json")
 
 
 app = create_asgi()

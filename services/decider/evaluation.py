@@ -23,17 +23,17 @@ import json
 import time
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request, status
+from fastapi import APIRouter, HTTPException, Query, Request, status
 from pydantic import BaseModel, Field
 
 from bandit_core.strategies import InvalidParamsError, UnknownStrategyError, validate_params
 from offpolicy.estimators import ArmSupport, Estimate
 from offpolicy.evaluate import EvaluationOptions, EvaluationReport, evaluate_log
 from offpolicy.reader import LogTooLargeError, LogUnavailableError, read_experiment_log
-from schemas.ids import ID_MAX_LEN, ID_PATTERN
 from services.decider.auth import ADMIN_RESPONSES, EVALUATE
 from services.decider.errors import not_found
 from services.decider.models import ErrorPublic
+from services.decider.paths import EXPERIMENT, ExperimentIdPath
 
 if TYPE_CHECKING:
     from services.decider.app import Runtime
@@ -166,7 +166,7 @@ evaluation_lock = asyncio.Lock()
 
 
 @router.get(
-    "/experiments/{experiment_id}/evaluate",
+    f"{EXPERIMENT}/evaluate",
     response_model=EvaluationPublic,
     tags=["admin"],
     summary="Off-policy evaluation of a strategy",
@@ -188,7 +188,7 @@ evaluation_lock = asyncio.Lock()
 )
 async def evaluate(
     request: Request,
-    experiment_id: Annotated[str, Path(min_length=1, max_length=ID_MAX_LEN, pattern=ID_PATTERN)],
+    experiment_id: ExperimentIdPath,
     strategy: Annotated[str, Query(max_length=64, description="Target strategy name.")],
     params: Annotated[
         str,

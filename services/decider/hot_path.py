@@ -7,9 +7,11 @@ calls it, so the OpenAPI contract, validation and every error shape stay FastAPI
 :class:`DecisionFastPath` is a pure ASGI middleware that serves the *happy path* of the
 same request before FastAPI's router, dependency solver and query parser run: profiling
 under wrk showed those layers cost more than the decision itself. It answers only when
-the query is exactly ``experiment_id=<valid id>`` and the experiment is in memory or
-Redis; anything else (missing or invalid id, unknown experiment, extra parameters, a
-Redis error) falls through to the FastAPI route, which produces the documented 4xx/5xx.
+the query is exactly ``experiment_id=<valid id>`` (percent- or ``+``-encoded like any
+query, trimmed by :func:`schemas.ids.normalize_id` as the route's model trims it) and
+the experiment is in memory or Redis; anything else (missing or invalid id, unknown
+experiment, extra parameters, a Redis error) falls through to the FastAPI route, which
+produces the documented 4xx/5xx.
 
 ``POST /reward`` works the same way: a JSON body that validates as :class:`RewardCreate`
 is served by :func:`serve_reward` right here (its 404/422/503 are the route's own
@@ -23,7 +25,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
+from urllib.parse import unquote_plus
 
 import orjson
 from fastapi import FastAPI, HTTPException, status
@@ -34,7 +36,7 @@ from bandit_core.decision_ids import make_decision_id
 from bandit_core.fold import reward_rejection
 from schemas.codec import encode
 from schemas.events import SCHEMA_VERSION, ExperimentConfig, RewardObserved
-from schemas.ids import is_valid_id, random_hex
+from schemas.ids import InvalidIdError, normalize_id, random_hex
 from schemas.topics import partition_key
 from services.decider.auth import Access, Denial
 from services.decider.errors import reward_rejected
@@ -46,6 +48,7 @@ from services.decider.limits import (
     too_large_body,
 )
 from services.decider.models import RewardCreate, RewardPublic, RewardsPublic
+from services.decider.paths import keep_encoded_segments
 from services.decider.producer import EventLogUnavailableError
 
 if TYPE_CHECKING:
@@ -194,6 +197,7 @@ def reward_event(body: RewardCreate) -> RewardObserved:
         "reward": body.reward,
         "decision_id": body.decision_id,
         "source": "api",
+        "user_context": body.user_context,
     }
     if body.event_id is not None:
         fields["event_id"] = body.event_id
@@ -490,8 +494,10 @@ class DecisionFastPath:
 
         A body that outgrows the limit while FastAPI reads it is answered 413 here, and
         FastAPI sees a disconnect (it would turn any exception raised while reading into
-        a 400); whatever it sends afterwards is dropped.
+        a 400); whatever it sends afterwards is dropped. An id sent percent-encoded in
+        the path keeps its ``%2F``/``%25`` for routing (:mod:`services.decider.paths`).
         """
+        keep_encoded_segments(scope)
         status_code = 0
         cut = False
         cors = runtime.cors.headers_for(_header(scope, b"origin")) if runtime.cors.enabled else []
@@ -517,7 +523,8 @@ class DecisionFastPath:
 
         await self._downstream(runtime)(scope, guarded, watch)
         matched = scope.get("route")
-        route = getattr(matched, "path", None) or "unmatched"
+        # path_format: the template without convertors (``/experiments/{experiment_id}``).
+        route = getattr(matched, "path_format", None) or "unmatched"
         return status_code, route
 
     async def _reward(
@@ -572,12 +579,18 @@ class DecisionFastPath:
 
 
 def _experiment_id(query: bytes) -> str | None:
-    """The id of a query that is exactly ``experiment_id=<valid id>``; ``None``: anything
-    else, which FastAPI answers (missing or invalid id, extra parameters)."""
+    """The (trimmed) id of a query that is exactly ``experiment_id=<valid id>``; ``None``:
+    anything else, which FastAPI answers (missing or invalid id, extra parameters).
+
+    Decoded as Starlette decodes a query (``parse_qsl`` of its latin-1 text: ``+`` is a
+    space, escapes are UTF-8), so both paths read the same id.
+    """
     if not query.startswith(_PREFIX) or b"&" in query:
         return None
-    experiment_id = unquote(query[len(_PREFIX) :].decode("latin-1"))
-    return experiment_id if is_valid_id(experiment_id) else None
+    try:
+        return normalize_id(unquote_plus(query[len(_PREFIX) :].decode("latin-1")))
+    except InvalidIdError:
+        return None
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:

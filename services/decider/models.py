@@ -1,9 +1,10 @@
 """Request and response schemas of the decider's HTTP API.
 
-The shapes are the seed contract; fields we add (``version``, ``decision_id``,
-``propensity``, ``event_id``) are additive, so seed clients keep working. Requests are
-strict (unknown fields, NaN rewards, unsafe ids and unknown strategies are 422) because
-whatever passes here becomes an immutable event in the log.
+The shapes are the original mab-ecommerce-optimizer API's; fields we add (``version``,
+``decision_id``, ``propensity``, ``event_id``) are additive, so its clients keep working.
+Ids are trimmed and may be any printable text (:mod:`schemas.ids`), as there. Requests
+are strict otherwise (unknown fields, NaN rewards, control characters in ids and unknown
+strategies are 422) because whatever passes here becomes an immutable event in the log.
 """
 
 from __future__ import annotations
@@ -21,10 +22,17 @@ from pydantic import (
 )
 
 from bandit_core.strategies import STRATEGIES, normalize_strategy_name, validate_params
-from schemas.events import MAX_ATTRIBUTION_WINDOW_S, ExperimentConfig
-from schemas.ids import ID_PATTERN, MAX_ARMS, ArmId, ExperimentId
+from schemas.events import MAX_ATTRIBUTION_WINDOW_S, ExperimentConfig, UserContext
+from schemas.ids import MAX_ARMS_CEILING, ArmId, ExperimentId
 
-_ID_DOC = "1-120 characters of `A-Z a-z 0-9 . _ -`, starting with a letter or digit."
+_ID_DOC = (
+    "1-120 printable characters after trimming surrounding whitespace: spaces, "
+    "punctuation (`%`, `:`, `*`, `{`, `}`, `/` …) and accents are fine; control "
+    "characters are not."
+)
+#: Event ids keep a plain charset: they are idempotency keys that clients generate (the
+#: original API had none), and a plain token is easy to log, grep and copy.
+EVENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 ExperimentIdField = Annotated[ExperimentId, Field(description=f"Experiment id: {_ID_DOC}")]
 ArmIdField = Annotated[ArmId, Field(description=f"Arm id: {_ID_DOC}")]
@@ -47,7 +55,7 @@ EventIdField = Annotated[
     Field(
         min_length=1,
         max_length=64,
-        pattern=ID_PATTERN,
+        pattern=EVENT_ID_PATTERN,
         description="Optional idempotency key: retries with the same event_id count once.",
     ),
 ]
@@ -127,7 +135,10 @@ class ExperimentCreate(_StrategyRequest):
 
     experiment_id: ExperimentIdField
     arm_ids: list[ArmIdField] = Field(
-        min_length=2, max_length=MAX_ARMS, description=f"2..{MAX_ARMS} unique arm ids."
+        min_length=2,
+        max_length=MAX_ARMS_CEILING,
+        description="At least 2 unique arm ids (after trimming), at most the server's "
+        "`MAB_MAX_ARMS` (default 1000).",
     )
     strategy: str | None = Field(
         default=None,
@@ -152,7 +163,10 @@ class ArmsAdd(_Request):
     )
 
     arm_ids: list[ArmIdField] = Field(
-        min_length=1, max_length=MAX_ARMS, description="New, unique arm ids, appended in order."
+        min_length=1,
+        max_length=MAX_ARMS_CEILING,
+        description="New, unique arm ids, appended in order (the experiment may hold at "
+        "most the server's `MAB_MAX_ARMS`, default 1000).",
     )
 
     @field_validator("arm_ids")
@@ -192,6 +206,7 @@ class RewardCreate(_Request):
                     "arm_id": "green-button",
                     "reward": 0.0,
                     "decision_id": "9f1c0e5a7b3d4c2e8f6a1b0c9d8e7f6a.1",
+                    "user_context": {"segment": "returning", "device": "mobile"},
                 },
             ]
         }
@@ -200,6 +215,7 @@ class RewardCreate(_Request):
     experiment_id: ExperimentIdField
     arm_id: ArmIdField
     reward: RewardValue
+    user_context: UserContext = None
     decision_id: str | None = Field(
         default=None,
         min_length=1,

@@ -25,6 +25,7 @@ from pydantic import (
 from pydantic_settings import SettingsConfigDict
 
 from bandit_core.strategies import STRATEGIES, normalize_strategy_name
+from schemas.ids import DEFAULT_MAX_ARMS, MAX_ARMS_CEILING
 from stream_runtime.kafka_connection import KafkaConnection
 
 
@@ -99,7 +100,9 @@ class DeciderSettings(KafkaConnection):
         ge=0.0,
         le=60.0,
         validation_alias=_env("snapshot_max_staleness_s", "MAB_SNAPSHOT_MAX_STALENESS_S"),
-        description="How old a cached config+snapshot may be before a decision re-reads Redis.",
+        description="How old a cached config+snapshot may be before a decision re-reads "
+        "Redis (longer for an experiment whose refresh takes more than 5% of it: "
+        "services/decider/decisions.py).",
     )
     snapshot_degraded_max_age_s: float = Field(
         default=30.0,
@@ -137,6 +140,14 @@ class DeciderSettings(KafkaConnection):
         le=1024 * 1024,
         description="Per-partition batch size (librdkafka ``batch.size``): one experiment's "
         "decisions go to one partition, so a small batch caps its rate per round trip.",
+    )
+    max_arms: int = Field(
+        default=DEFAULT_MAX_ARMS,
+        ge=2,
+        le=MAX_ARMS_CEILING,
+        validation_alias=_env("max_arms", "MAB_MAX_ARMS"),
+        description="Most arms one experiment may hold (create and add-arms beyond it are "
+        f"422); at most {MAX_ARMS_CEILING:,}.",
     )
     max_reward_batch: int = Field(
         default=1000,

@@ -24,6 +24,7 @@ from schemas.redis_keys import (
     FIELD_REWARDS,
     REWARD_SUM_SCALE,
     BucketKind,
+    parse_bucket_field,
 )
 
 #: An arm must have this many rewards in a bucket to be its winner.
@@ -164,14 +165,22 @@ class _Counts:
     reward_micro: int
 
 
-def _decode_bucket(raw: Mapping[bytes, bytes] | Mapping[str, str]) -> dict[str, _Counts]:
-    """``{"<arm>|d": n, ...}`` -> arm -> counts."""
+def _decode_bucket(
+    raw: Mapping[bytes, bytes] | Mapping[str, str], names: dict[str, tuple[str, str] | None]
+) -> dict[str, _Counts]:
+    """``{"<encoded arm>|d": n, ...}`` -> arm -> counts. ``names`` memoises the parsed
+    fields across buckets (an experiment repeats its few field names in every bucket, and
+    decoding one costs microseconds: 1,000 arms over 48 hours are 144,000 fields)."""
     per_arm: dict[str, dict[str, int]] = {}
     for k, v in raw.items():
         text = k.decode() if isinstance(k, bytes) else k
-        arm, sep, kind = text.rpartition("|")
-        if not sep:
+        try:
+            parsed = names[text]
+        except KeyError:
+            parsed = names[text] = parse_bucket_field(text)
+        if parsed is None:
             continue
+        arm, kind = parsed
         per_arm.setdefault(arm, {})[kind] = int(v)
     return {
         arm: _Counts(f.get(FIELD_DECISIONS, 0), f.get(FIELD_REWARDS, 0), f.get(FIELD_REWARD_SUM, 0))
@@ -185,9 +194,10 @@ def build_points(
 ) -> list[TimeseriesPoint]:
     """Points sorted by bucket start, then arm order (unknown arms last, by name)."""
     order = {a: i for i, a in enumerate(arm_ids)}
+    names: dict[str, tuple[str, str] | None] = {}
     points: list[TimeseriesPoint] = []
     for start, raw in sorted(buckets, key=lambda b: b[0]):
-        counts = _decode_bucket(raw)
+        counts = _decode_bucket(raw, names)
         total = sum(c.decisions for c in counts.values())
         for arm in sorted(counts, key=lambda a: (order.get(a, len(order)), a)):
             c = counts[arm]

@@ -62,8 +62,18 @@ def corpus(rng: random.Random) -> list[tuple[str, str, bytes | None]]:
         ("rewards", "not_an_object", orjson.dumps([ok])),
         ("rewards", "not_an_object", b"null"),
         ("rewards", "wrong_event_type", orjson.dumps({**ok, "type": "decision_made"})),
-        ("rewards", "bad_id", orjson.dumps({**ok, "arm_id": "a}{*:"})),
+        ("rewards", "bad_id", orjson.dumps({**ok, "arm_id": "a\x1b[2J"})),  # a control character
+        ("rewards", "bad_id", orjson.dumps({**ok, "experiment_id": " \t "})),
+        ("rewards", "unknown_arm", orjson.dumps({**ok, "arm_id": "a}{*:"})),  # valid, not in it
+        ("rewards", "bad_user_context", orjson.dumps({**ok, "user_context": {"x": "y" * 4000}})),
+        ("rewards", "bad_user_context", orjson.dumps({**ok, "user_context": ["seg"]})),
+        (
+            "rewards",
+            "bad_user_context",
+            text[:-1] + b',"user_context":' + b'{"a":' * 300 + b"1" + b"}" * 301,
+        ),
         ("rewards", "unknown_arm", orjson.dumps({**ok, "arm_id": "zz"})),
+        ("rewards", "unknown_experiment", orjson.dumps({**ok, "experiment_id": "Free Shipping"})),
         ("rewards", "arm_mismatch", orjson.dumps({**ok, "decision_id": make_decision_id(1)})),
         # a superscript digit as the arm index: str.isdigit() took it, int() then raised
         ("rewards", "bad_decision_id", orjson.dumps({**ok, "decision_id": "a" * 32 + ".\u00b2"})),
@@ -90,12 +100,14 @@ async def test_hostile_records_go_to_the_dlq_and_the_processors_live_on(
     tmp_path: Path,
 ) -> None:
     """Scenario: the reward consumer and the projector run as processes while 5,000 valid
-    rewards stream in with 23 hostile records at seeded random places: binary garbage,
+    rewards stream in with 31 hostile records at seeded random places: binary garbage,
     a byte order mark, cp1252 text, empty values, a tombstone, a 0.9 MB record, JSON
     nested 30,000 and 5,000 deep (and 200 deep inside an unknown field), NaN, -Infinity
     and 1e999 rewards, schema_version 99 and "1", arrays and null, a decision on the
-    rewards topic and rewards on the decisions topic, an unsafe id, an unknown arm, an
-    arm that contradicts its decision and an unknown experiment.
+    rewards topic and rewards on the decisions topic, ids with control characters or only
+    whitespace, user contexts that are too large, not an object or nested 300 deep, an
+    unknown arm (one with braces, a valid id), an arm that contradicts its decision and
+    unknown experiments.
     We expect: each hostile record in the DLQ exactly once with its stable reason and its
     original bytes; both processes alive, caught up (committed offsets at the end of the
     log) and exiting 0 on SIGTERM; the snapshot counts exactly the 5,000 valid rewards."""

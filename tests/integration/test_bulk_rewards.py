@@ -62,7 +62,8 @@ _BREAK: dict[str, dict[str, object]] = {
     "wrong_type": {"reward": "one"},
     "missing_field": {"arm_id": None},
     "unknown_field": {"coupon": "x"},
-    "bad_id": {"arm_id": "a:b"},
+    "bad_id": {"arm_id": "a\tb"},  # a control character ("a:b" is a valid id)
+    "bad_user_context": {"user_context": ["not", "an", "object"]},
     "unknown_experiment": {"experiment_id": "ghost"},
     "unknown_arm": {"arm_id": "purple"},
     "wrong_event_type": {"type": "decision_made"},

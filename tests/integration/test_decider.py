@@ -238,8 +238,8 @@ async def test_invalid_params_store_nothing(client: httpx.AsyncClient, ns: str) 
     assert (await client.get(f"/experiments/{exp}")).json()["version"] == 1
 
 
-@pytest.mark.parametrize("bad", ["a:b", "a*b", "ünïcödé", "x" * 10_000, "", " "])
-async def test_unsafe_ids_are_422(client: httpx.AsyncClient, bad: str) -> None:
+@pytest.mark.parametrize("bad", ["a\tb", "a\u200bb", "a\x00b", "x" * 10_000, "", " "])
+async def test_invalid_ids_are_422(client: httpx.AsyncClient, bad: str) -> None:
     r = await client.post("/experiments", json={"experiment_id": bad, "arm_ids": ["a", "b"]})
     assert r.status_code == 422
     assert len(r.content) < 2000  # the 10 kB input is not echoed back

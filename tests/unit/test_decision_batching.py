@@ -3,8 +3,10 @@ decision hot path's shortcuts serve the same policy, ids and exposition as befor
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
+import threading
 from collections import Counter
 
 import pytest
@@ -14,7 +16,7 @@ from bandit_core.state import ArmStats, ExperimentState
 from bandit_core.strategies import get_strategy
 from schemas.events import ExperimentConfig
 from schemas.ids import random_hex
-from services.decider.decisions import DecisionCache
+from services.decider.decisions import OFF_LOOP_DRAWS, REFRESH_TIME_SHARE, DecisionCache
 from services.decider.metrics import DeciderMetrics
 
 pytestmark = pytest.mark.unit
@@ -68,21 +70,21 @@ class _NoStore:
     """The cache never reaches Redis in these tests (entries are built directly)."""
 
 
-def _cache() -> DecisionCache:
+def _cache(max_staleness_s: float = 60.0) -> DecisionCache:
     return DecisionCache(
         _NoStore(),  # type: ignore[arg-type]
-        max_staleness_s=60.0,
+        max_staleness_s=max_staleness_s,
         max_entries=10,
         propensity_samples=200,
         degraded_max_age_s=60.0,
     )
 
 
-def _config(strategy: str) -> bytes:
+def _config(strategy: str, arms: list[str] = ARMS) -> bytes:
     return (
         ExperimentConfig(
             experiment_id="shop",
-            arm_ids=tuple(ARMS),
+            arm_ids=tuple(arms),
             strategy=strategy,
             strategy_params={},
             version=1,
@@ -97,13 +99,13 @@ def _config(strategy: str) -> bytes:
 def test_cache_serves_one_pre_drawn_choice_per_decision_and_restarts_on_a_new_snapshot() -> None:
     cache = _cache()
     entry = cache._build("shop", _config("thompson"), None, None)
+    rows = DecisionCache._rows(entry)
+    assert entry.queued is not None
+    assert len(entry.queued) == rows  # the first batch is drawn with the entry
     index, propensity = cache.decide(entry, 0.0)
     assert 0 <= index < 3
     assert propensity == pytest.approx(1 / 3)
-    assert entry.queued is not None
-    left = len(entry.queued)
-    assert left == DecisionCache._rows(entry) - 1
-    for expected_left in range(left - 1, left - 11, -1):
+    for expected_left in range(rows - 2, rows - 12, -1):
         cache.decide(entry, 0.0)
         assert len(entry.queued) == expected_left
     # A new snapshot is a new entry: its choices come from its own posteriors.
@@ -111,7 +113,44 @@ def test_cache_serves_one_pre_drawn_choice_per_decision_and_restarts_on_a_new_sn
     state.version = 2
     refreshed = cache._build("shop", _config("thompson"), state.snapshot_bytes(), entry)
     assert refreshed is not entry
-    assert refreshed.queued is None
+    assert refreshed.queued is not None
+    assert len(refreshed.queued) == rows
+    # Outside the service (no event loop) an emptied batch is drawn on demand.
+    entry.queued = []
+    cache.decide(entry, 0.0)
+    assert len(entry.queued) == rows - 1
+
+
+async def test_pre_drawn_choices_are_refilled_off_the_event_loop() -> None:
+    """Scenario: a 1,000-arm Thompson entry serves decisions on the event loop.
+    We expect: its first choices come with the entry (built off the loop); once fewer
+    than one off-loop batch is left, the next batch is drawn in a worker thread and
+    queued behind what is left, so the loop only pops."""
+    cache = _cache()
+    catalogue = [f"arm-{i}" for i in range(1000)]
+    entry = cache._build("shop", _config("thompson", catalogue), None, None)
+    batch = OFF_LOOP_DRAWS // 1000
+    assert entry.queued is not None
+    assert len(entry.queued) == batch
+    sampler = entry.sampler
+    assert sampler is not None
+    calls: list[bool] = []
+
+    def watched(rng: random.Random, n: int) -> list[int]:
+        calls.append(threading.current_thread() is threading.main_thread())
+        return sampler(rng, n)
+
+    entry.sampler = watched
+    served = [cache.decide(entry, 0.0)[0]]
+    assert entry.refilling
+    async with asyncio.timeout(10):
+        while entry.refilling:  # noqa: ASYNC110 - the flag is the cache's own state
+            await asyncio.sleep(0.001)
+    assert calls == [False]  # drawn once, in a worker thread
+    assert len(entry.queued) == 2 * batch - 1
+    served += [cache.decide(entry, 0.0)[0] for _ in range(batch)]
+    assert all(0 <= i < 1000 for i in served)
+    assert True not in calls  # the event loop never drew a batch itself
 
 
 def test_cache_calls_choose_for_strategies_without_batches() -> None:
@@ -120,6 +159,23 @@ def test_cache_calls_choose_for_strategies_without_batches() -> None:
     served = Counter(cache.decide(entry, 0.0)[0] for _ in range(300))
     assert entry.queued is None
     assert set(served) == {0, 1, 2}  # untried arms tie: random tie-breaks reach all
+
+
+def test_entries_carry_their_propensities_and_slow_builds_are_refreshed_less_often() -> None:
+    """An entry is built with its propensities (in a worker thread, off the event loop);
+    one that took long to build (thousands of arms) is re-read less often, so refreshes
+    stay under REFRESH_TIME_SHARE of the time, and a quick one keeps the configured bound."""
+    cache = _cache(max_staleness_s=0.25)
+    entry = cache._build("shop", _config("thompson"), None, None)
+    assert entry.propensities == pytest.approx([1 / 3] * 3)
+    assert 0 < entry.build_s < 1
+    entry.build_s = 0.0001
+    assert cache.staleness_s(entry) == 0.25
+    entry.build_s = 0.06  # ~1,000 arms: a 60 ms build
+    assert cache.staleness_s(entry) == pytest.approx(2 * 0.06 / REFRESH_TIME_SHARE)
+    always = _cache(max_staleness_s=0.0)
+    entry.build_s = 0.0001
+    assert always.staleness_s(entry) == 0.0  # "always re-read" stays so for small builds
 
 
 def test_random_hex_ids_are_unique_and_not_shared_with_a_forked_child() -> None:

@@ -37,11 +37,12 @@ EXTRA_OF = {
     "locust": "bench",
 }
 #: Import names the core dependencies provide (pyproject [project].dependencies and what
-#: they pull in: typer brings rich, pydantic brings typing_extensions, redis[hiredis]
-#: brings hiredis).
+#: they pull in: typer brings rich, pydantic brings typing_extensions and pydantic_core
+#: (its validation engine, pinned by pydantic), redis[hiredis] brings hiredis).
 CORE_IMPORTS = frozenset(
     {
         "pydantic",
+        "pydantic_core",
         "pydantic_settings",
         "orjson",
         "numpy",

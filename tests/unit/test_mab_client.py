@@ -216,14 +216,51 @@ def test_bulk_rejection_lists_the_bad_items_and_empty_batches_are_refused() -> N
             mab.bulk_rewards([])
 
 
-def test_ready_returns_the_body_on_503_and_ids_cannot_escape_the_path() -> None:
+def test_ready_returns_the_body_on_503() -> None:
     body = {"status": "not_ready", "redis": "ok", "kafka": "no metadata within 1.0s"}
     script = Script(ok(body, 503))
     with client(script, []) as mab:
         assert mab.ready().status == "not_ready"
-        with pytest.raises(ValueError, match="invalid experiment id"):
-            mab.stats("../ready")
     assert len(script.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("experiment_id", "raw_path"),
+    [
+        ("cta-button-test", b"/experiments/cta-button-test"),
+        ("../ready", b"/experiments/..%2Fready"),
+        ("..", b"/experiments/%2E%2E"),
+        (".", b"/experiments/%2E"),
+        ("a/b", b"/experiments/a%2Fb"),
+        ("10% off", b"/experiments/10%25%20off"),
+        ("x?y#z", b"/experiments/x%3Fy%23z"),
+        ("Livraison gratuite été", b"/experiments/Livraison%20gratuite%20%C3%A9t%C3%A9"),
+    ],
+)
+def test_an_id_is_one_encoded_path_segment(experiment_id: str, raw_path: bytes) -> None:
+    """Any id the server accepts reaches its own experiment, never another route."""
+    script = Script(err(404, "not found"))
+    with client(script, []) as mab:
+        with pytest.raises(NotFoundError):
+            mab.get_experiment(experiment_id)
+        with pytest.raises(NotFoundError):
+            mab.stats(experiment_id)
+    assert [r.url.raw_path for r in script.requests] == [raw_path, raw_path + b"/stats"]
+
+
+def test_an_empty_id_is_refused_before_sending() -> None:
+    script = Script(err(404))
+    with client(script, []) as mab, pytest.raises(ValueError, match="must not be empty"):
+        mab.stats("")
+    assert script.requests == []
+
+
+def test_a_reward_carries_its_user_context() -> None:
+    script = Script(ok({**RECEIPT, "event_id": "e1"}))
+    context = {"segment": "returning", "cart": None}
+    with client(script, []) as mab:
+        mab.reward("exp", "a", 1.0, user_context=context)
+    assert json.loads(script.requests[0].content)["user_context"] == context
 
 
 def test_timeseries_reads_the_from_alias_and_query() -> None:

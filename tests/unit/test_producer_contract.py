@@ -39,6 +39,8 @@ def _schema() -> dict[str, Any]:
         {"experiment_id": "cta", "arm_id": "red", "reward": 1},
         {"experiment_id": "cta", "arm_id": "red", "reward": 0.5, "event_id": "o-1", "ts": 1.0},
         {"experiment_id": "cta", "arm_id": "red", "reward": 0, "decision_id": "d", "source": "x"},
+        {"experiment_id": "10% off", "arm_id": "Livraison gratuite été", "reward": 1},
+        {"experiment_id": "a:b", "arm_id": "{e}", "reward": 1, "user_context": {"seg": "new"}},
     ],
 )
 def test_schema_accepts_what_the_codec_accepts(record: dict[str, Any]) -> None:
@@ -52,7 +54,15 @@ def test_schema_accepts_what_the_codec_accepts(record: dict[str, Any]) -> None:
         {"experiment_id": "cta", "arm_id": "red"},
         {"experiment_id": "cta", "arm_id": "red", "reward": 1.5},
         {"experiment_id": "cta", "arm_id": "red", "reward": -0.1},
-        {"experiment_id": "cta", "arm_id": "a:b", "reward": 1},
+        {"experiment_id": "cta", "arm_id": "", "reward": 1},
+        {"experiment_id": "cta", "arm_id": "x" * 121, "reward": 1},
+        {"experiment_id": "cta", "arm_id": "red", "reward": 1, "user_context": [1]},
+        {
+            "experiment_id": "cta",
+            "arm_id": "red",
+            "reward": 1,
+            "user_context": {"x": None} | {f"k{i}": i for i in range(40)},
+        },
         {"experiment_id": "cta", "arm_id": "red", "reward": 1, "coupon": "x"},
         {"experiment_id": "cta", "arm_id": "red", "reward": 1, "type": "decision_made"},
     ],

@@ -17,7 +17,7 @@ from schemas.events import (
     RewardObserved,
     StrategyChanged,
 )
-from schemas.ids import ID_MAX_LEN, ArmId, is_valid_id
+from schemas.ids import ID_MAX_LEN, ArmId, InvalidIdError, is_valid_id, normalize_id
 
 pytestmark = pytest.mark.unit
 
@@ -121,7 +121,12 @@ def _reward(**overrides: object) -> bytes:
         (_reward(schema_version="1"), "bad_schema_version"),
         (_reward(schema_version=True), "bad_schema_version"),
         (_reward(type="reward_given"), "wrong_event_type"),
-        (_reward(arm_id="a:b"), "bad_id"),
+        (_reward(arm_id="a\tb"), "bad_id"),
+        (_reward(arm_id="  "), "bad_id"),
+        (_reward(experiment_id="x" * 121), "bad_id"),
+        (_reward(user_context=[1]), "bad_user_context"),
+        (_reward(user_context={"x": "y" * 3000}), "bad_user_context"),
+        (_reward(user_context={f"k{i}": i for i in range(33)}), "bad_user_context"),
         (_reward(extra_field=1), "unknown_field"),
         (_reward(ts=-1.0), "invalid"),
         (_reward(arm_id=5), "wrong_type"),
@@ -189,33 +194,67 @@ _ARM_ID: TypeAdapter[str] = TypeAdapter(ArmId)
 @pytest.mark.parametrize(
     "value",
     [
-        "a:b",
-        "a*",
-        "{tag}",
-        "exp}",
-        "café",
-        "arm\u200b",
+        "arm\u200b",  # zero-width space: a format character
+        "a\u00a0b",  # no-break space: a separator other than the ASCII space
+        "a\u2028b",  # line separator
+        "a\x7fb",
+        "a\x00b",
+        "a\ud800b",  # a lone surrogate (not encodable as UTF-8)
+        "a\ue000b",  # private use
         "x" * (ID_MAX_LEN + 1),
         "",
-        "-leading-dash",
-        ".hidden",
-        "has space",
-        "a/b",
+        "   ",
         "line\nbreak",
+        "tab\there",
     ],
 )
 def test_bad_ids_rejected(value: str) -> None:
     assert not is_valid_id(value)
+    with pytest.raises(InvalidIdError):
+        normalize_id(value)
     with pytest.raises(ValidationError):
         _ARM_ID.validate_python(value)
     with pytest.raises(ValidationError):
         RewardObserved(experiment_id=value, arm_id="a", reward=1.0)
 
 
-@pytest.mark.parametrize("value", ["a", "blue-button", "A.b_c-9", "x" * ID_MAX_LEN])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "a",
+        "blue-button",
+        "A.b_c-9",
+        "x" * ID_MAX_LEN,
+        "a:b",
+        "a*",
+        "{tag}",
+        "exp}",
+        "café",
+        "-leading-dash",
+        ".hidden",
+        "has space",
+        "a/b",
+        "10% off",
+        "Livraison gratuite été",
+        "\uff21",  # fullwidth A
+        "日本語",
+    ],
+)
 def test_good_ids_accepted(value: str) -> None:
     assert is_valid_id(value)
+    assert normalize_id(value) == value
     assert _ARM_ID.validate_python(value) == value
+
+
+@pytest.mark.parametrize(
+    ("value", "trimmed"),
+    [(" a ", "a"), ("\ta\n", "a"), ("\u00a0a\u3000", "a"), (" " * 5 + "x" * ID_MAX_LEN, "x" * 120)],
+)
+def test_ids_are_trimmed_first(value: str, trimmed: str) -> None:
+    assert not is_valid_id(value)  # valid only once trimmed
+    assert normalize_id(value) == trimmed
+    assert _ARM_ID.validate_python(value) == trimmed
+    assert RewardObserved(experiment_id=value, arm_id=value, reward=1.0).arm_id == trimmed
 
 
 def test_is_valid_id_non_strings() -> None:
