@@ -28,19 +28,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import json
 import os
-import platform
-import re
 import shutil
-import statistics
-import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,198 +42,29 @@ import httpx
 import orjson
 
 from bench import replay_rate
-from deploy.local_stack import LocalStack, create_topics, free_port, throwaway_stack
+from bench.evaluation_latency import BUSY_ROW, evaluation_rows
+from bench.harness import (
+    RESULTS,
+    ROOT,
+    Proc,
+    bench_stack,
+    cpu_s,
+    header,
+    http_server,
+    median_of,
+    rss_mb,
+    stream_env,
+    topic_count,
+    wrk,
+)
+from deploy.local_stack import create_topics, throwaway_stack
 from schemas.events import RewardObserved
 from schemas.redis_keys import FIELD_REWARDS, RedisKeys
 from schemas.topics import TopicNames, partition_key, topic_specs
 from stream_runtime.kafka_connection import KafkaConnection, KafkaTarget, as_connection
 
-ROOT = Path(__file__).resolve().parents[1]
-REPORT_LUA = ROOT / "bench" / "wrk" / "report.lua"
-RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "benchmarks.md"
 START, END = "<!-- service-bench:start -->", "<!-- service-bench:end -->"
-#: The decider's default server (``services/decider/__main__.py``); the ceilings and every
-#: decider figure use it, and one uvicorn row shows what the choice is worth.
-SERVER = "granian"
-
-
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process and its children (uvicorn workers), in MiB."""
-    total = 0
-    pids = [pid]
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    if children.exists():
-        pids += [int(p) for p in children.read_text().split()]
-    for p in pids:
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except FileNotFoundError:
-            continue
-    return round(total / 1024, 1)
-
-
-def cpu_s(pid: int) -> float:
-    """CPU seconds (user + system, all threads) a process has used so far: on a shared
-    machine a steadier figure than wall time."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class Proc:
-    """A service process with its log, stopped on exit."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], logdir: Path) -> None:
-        self.name = name
-        self.log = logdir / f"{name}.log"
-        with self.log.open("wb") as out:
-            self.popen = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-    def wait_http(self, url: str, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.popen.poll() is not None:
-                raise RuntimeError(f"{self.name} exited: {self.log.read_text()[-2000:]}")
-            try:
-                if httpx.get(url, timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"{self.name} not ready: {self.log.read_text()[-2000:]}")
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(20)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
-
-
-def server_argv(server: str, target: str, port: int, workers: int) -> list[str]:
-    """The command line serving ``target`` with ``server`` (granian or uvicorn)."""
-    if server == "granian":
-        return [
-            sys.executable,
-            "-m",
-            "granian",
-            "--interface",
-            "asgi",
-            "--loop",
-            "uvloop",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            str(workers),
-            "--log-level",
-            "warning",
-            "--no-access-log",
-            target,
-        ]
-    return [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        target,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--no-access-log",
-        "--log-level",
-        "warning",
-        "--workers",
-        str(workers),
-    ]
-
-
-@contextmanager
-def http_server(
-    name: str, target: str, env: dict[str, str], logdir: Path, workers: int = 1, server: str = ""
-) -> Iterator[tuple[Proc, str]]:
-    port = free_port()
-    proc = Proc(name, server_argv(server or SERVER, target, port, workers), env, logdir)
-    try:
-        health = "/ready" if "decider" in target else "/decision"
-        proc.wait_http(f"http://127.0.0.1:{port}{health}")
-        yield proc, f"http://127.0.0.1:{port}"
-    finally:
-        proc.stop()
-
-
-def wrk(
-    url: str, duration: int, connections: int = 32, method: list[str] | None = None
-) -> dict[str, Any]:
-    argv = [
-        "wrk",
-        "-t1",
-        f"-c{connections}",
-        f"-d{duration}s",
-        "--timeout",
-        "5s",
-        "-s",
-        str(REPORT_LUA),
-        url,
-    ]
-    if method:
-        argv += ["--", *method]
-    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-    match = re.search(r"WRKJSON (\{.*\})", out)
-    if match is None:
-        raise RuntimeError(f"wrk printed no report:\n{out}")
-    raw = json.loads(match.group(1))
-    seconds = raw["duration_us"] / 1e6
-    return {
-        "requests": raw["requests"],
-        "rps": round(raw["requests"] / seconds),
-        "p50_ms": raw["p50_us"] / 1000,
-        "p99_ms": raw["p99_us"] / 1000,
-        "p999_ms": raw["p999_us"] / 1000,
-        "errors": raw["status_errors"] + raw["socket_errors"],
-    }
-
-
-def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Median per metric over repeated runs (each run is also kept in the JSON)."""
-    keys = ["rps", "p50_ms", "p99_ms", "p999_ms"]
-    med: dict[str, Any] = {k: round(statistics.median(r[k] for r in runs), 2) for k in keys}
-    med["requests"] = sum(r["requests"] for r in runs)
-    med["errors"] = sum(r["errors"] for r in runs)
-    med["runs"] = runs
-    return med
-
-
-async def _end_offsets(bootstrap: KafkaTarget, topic: str) -> int:
-    """Records in ``topic``: the sum of its partitions' end offsets (nothing is deleted)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(**as_connection(bootstrap).aiokafka_kwargs())
-    await admin.start()
-    try:
-        described = await admin.describe_topics([topic])
-        partitions = [p["partition"] for p in described[0]["partitions"]]
-    finally:
-        await admin.close()
-    if not partitions:
-        raise RuntimeError(f"topic {topic} has no partitions in the metadata")
-    consumer = AIOKafkaConsumer(**as_connection(bootstrap).aiokafka_kwargs())
-    await consumer.start()
-    try:
-        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
-        return int(sum(ends.values()))
-    finally:
-        await consumer.stop()
-
-
-def topic_count(bootstrap: KafkaTarget, topic: str) -> int:
-    return asyncio.run(_end_offsets(bootstrap, topic))
 
 
 async def _prefill(
@@ -394,34 +219,6 @@ def fold_rows(
     return results
 
 
-def stream_env(bootstrap: str, redis_url: str, prefix: str) -> dict[str, str]:
-    """The services' environment on one namespace of a Kafka + Redis."""
-    return {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "REDIS_URL": redis_url,
-        "MAB_TOPIC_PREFIX": prefix,
-        "MAB_REDIS_PREFIX": prefix,
-        "LOG_LEVEL": "WARNING",
-        # No keys (open mode, the decider on 127.0.0.1): the figures measure the mode of
-        # the original API's clients; a key check costs ~2 us (docs/security.md).
-        "MAB_AUTH": "open",
-        "MAB_ADMIN_KEY": "",
-        "MAB_CLIENT_KEYS": "",
-    }
-
-
-def header(what: str) -> dict[str, Any]:
-    """The first keys of a results file: when, on what (with the load average, since the
-    machine may be shared) and how it was measured."""
-    return {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
-        f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.1f}",
-        "wrk": what,
-    }
-
-
 def run_folds(fold_records: int, bootstrap: str | None, redis_url: str | None) -> dict[str, Any]:
     """Only the consumer fold rows (``--only fold``), on a running Kafka + Redis when
     both are given (a fresh namespace on it, its keys deleted afterwards), else on a
@@ -563,21 +360,6 @@ def decision_rows(
     return results
 
 
-@contextmanager
-def bench_stack() -> Iterator[tuple[LocalStack, dict[str, str], TopicNames, Path]]:
-    """A throwaway Kafka + Redis with the topics of a fresh namespace: the stack, the
-    services' environment on it, its topic names and a folder for the services' logs."""
-    with throwaway_stack() as stack:
-        stack.start_redis()
-        stack.start_kafka()
-        prefix = f"bench{uuid.uuid4().hex[:6]}-"
-        create_topics(stack.bootstrap, topic_specs(prefix))
-        logdir = Path(stack.config.run_dir) / "bench-logs"
-        logdir.mkdir(parents=True, exist_ok=True)
-        env = stream_env(stack.bootstrap, stack.redis_url, prefix)
-        yield stack, env, TopicNames.with_prefix(prefix), logdir
-
-
 def run_decisions(duration: int, repeats: int, workers: int) -> dict[str, Any]:
     """Only the decider rows (``--only decisions``) on a throwaway stack: the 1,000-arm
     p99 next to the 2-arm p99 without the ceilings, folds and replay around them."""
@@ -610,6 +392,7 @@ def run(
         results.update(
             decision_rows(stack.bootstrap, env, topics, logdir, workers, duration, repeats)
         )
+        results.update(evaluation_rows(env, logdir, duration, repeats, fill_s=duration))
         # The same decider under uvicorn: what the server choice is worth, same run.
         with http_server(
             "decider-uvicorn", "services.decider.app:app", env, logdir, server="uvicorn"
@@ -658,7 +441,7 @@ def markdown(results: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
-        if isinstance(r, dict) and "records_per_s" in r:
+        if isinstance(r, dict) and "records_per_s" in r and name != "replay":
             folding = r.get("folding_records_per_s")
             lines.append(
                 f"| {name} | {r['records']:,} | {r['seconds']} | "
@@ -684,6 +467,13 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(
             f"\nGET /decision p99, 1,000 arms ({CATALOGUE_REWARDS:,} rewards folded) over 2 "
             f"arms, same run: {catalogue['ratio']} (goal: at most {catalogue['goal']:g})."
+        )
+    busy = results.get(BUSY_ROW)
+    if isinstance(busy, dict):
+        lines.append(
+            f"\n{BUSY_ROW}: {busy['evaluations']} off-policy evaluations completed during "
+            f"the runs (median {busy['evaluation_s_median']} s each; refused: "
+            f"{busy['evaluations_refused'] or 'none'})."
         )
     for name, r in results.items():
         if name.startswith("decider RSS"):

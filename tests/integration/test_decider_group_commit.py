@@ -14,7 +14,7 @@ import asyncio
 import httpx
 import pytest
 
-from bench.run import topic_count
+from bench.harness import topic_count
 from deploy.local_stack import create_topics
 from schemas.topics import TopicNames, TopicSpec, topic_specs
 from services.decider import app as app_module

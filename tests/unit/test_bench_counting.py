@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 
+import httpx
 import pytest
 
+from bench.evaluation_latency import EvaluationLoop
 from bench.run import projected_rewards
 from schemas.events import ExperimentConfig, RewardObserved
 from schemas.redis_keys import BucketKind, RedisKeys
@@ -65,3 +68,20 @@ def test_decisions_and_sums_are_not_rewards() -> None:
     assert (
         projected_rewards([{b"a|d": b"40", b"a|s": b"7000000", b"a|r": b"7", b"b|r": b"3"}]) == 10
     )
+
+
+def test_the_evaluation_loop_counts_only_completed_evaluations() -> None:
+    """The busy row's evaluation count is what answered 200; a 429 (one at a time) or
+    an error is listed apart, never counted as an evaluation that ran."""
+    answers = iter([200, 429, 429, 200, 503] + [429] * 10_000)
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        assert request.url.params["strategy"] == "ucb1"
+        return httpx.Response(next(answers), json={})
+
+    with EvaluationLoop("http://decider", httpx.MockTransport(answer)) as loop:
+        while len(loop.calls) < 5:
+            time.sleep(0.001)
+    assert len(loop.completed()) == 2
+    assert loop.refused()[503] == 1
+    assert loop.refused()[429] >= 2
