@@ -40,6 +40,7 @@ class EvaluationLoop:
         self.url = f"{base}/experiments/{EXPERIMENT}/evaluate"
         self.transport = transport
         self.calls: list[tuple[int, float]] = []
+        self.first_refusal = ""  # the body of the first answer other than 200
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="evaluations", daemon=True)
 
@@ -55,8 +56,10 @@ class EvaluationLoop:
         with httpx.Client(timeout=300, transport=self.transport) as client:
             while not self._stop.is_set():
                 started = time.perf_counter()
-                status = client.get(self.url, params=EVALUATE_PARAMS).status_code
-                self.calls.append((status, time.perf_counter() - started))
+                answer = client.get(self.url, params=EVALUATE_PARAMS)
+                self.calls.append((answer.status_code, time.perf_counter() - started))
+                if answer.status_code != 200 and not self.first_refusal:
+                    self.first_refusal = f"{answer.status_code} {answer.text[:500]}"
 
     def completed(self) -> list[float]:
         """Seconds of each evaluation that answered 200."""
@@ -96,7 +99,10 @@ def evaluation_rows(
                 busy.append(wrk(url, duration))
             done = loop.completed()
             if not done:
-                raise RuntimeError(f"no evaluation completed during a window: {loop.calls}")
+                raise RuntimeError(
+                    f"no evaluation completed during a window of {len(loop.calls)} calls; "
+                    f"first answer: {loop.first_refusal}"
+                )
             seconds += done
             for status, n in loop.refused().items():
                 refused[status] = refused.get(status, 0) + n
