@@ -28,7 +28,7 @@ from deploy.local_stack import LocalStack, StackConfig, create_topics, product_t
 from mab_cli.replay_cmd import ReplayTarget, run_dry
 from mab_cli.replay_redis import delete_namespace
 from schemas.topics import TopicNames, partition_key
-from services.projector.projection import Retention
+from services.projector import Retention
 from stream_runtime.kafka_connection import KafkaConnection, KafkaTarget, as_connection
 
 EXPERIMENTS = 48  # many experiments: partitions (and so workers) get even shares

@@ -1,4 +1,4 @@
-"""The Kafka batch loop shared by the stream processors: poll -> handle -> commit.
+"""The Kafka batch loop of the engine: poll -> handle -> commit.
 
 Why not FastStream
 ------------------
@@ -35,15 +35,15 @@ The equivalent FastStream choice would be ``AckPolicy.NACK_ON_ERROR`` with
 The loop (and why the order is what it is)
 ------------------------------------------
 See :meth:`KafkaBatchProcessor._process` for the full argument; in short:
-poll -> decode -> atomic read -> drop records at/below the stored applied offset ->
-fold/project -> one compare-and-set Lua script per experiment writing state + offsets +
-dedupe keys together -> only then commit the Kafka offsets. A crash at any point
-either loses nothing (no commit yet: Kafka redelivers) or doubles nothing (the stored
-offsets make the redelivered records a no-op).
+poll -> the engine (:class:`~stream_runtime.engine.BatchEngine`: decode, read, drop
+records at/below the stored applied offset, apply, one compare-and-set write per
+experiment of state + offsets + dedupe keys together) -> only then commit the Kafka
+offsets. A crash at any point either loses nothing (no commit yet: Kafka redelivers)
+or doubles nothing (the stored offsets make the redelivered records a no-op).
 
-A service subclasses :class:`KafkaBatchProcessor` and supplies its Redis/producer
-resources (:meth:`~KafkaBatchProcessor._open_resources`), the batch handler
-(:meth:`~KafkaBatchProcessor._handle`) and its stats; the ordering lives only here.
+A service subclasses :class:`KafkaBatchProcessor` and supplies its resources and its
+engine (:meth:`~KafkaBatchProcessor._open_resources`) and its stats; the ordering lives
+only here.
 """
 
 from __future__ import annotations
@@ -55,11 +55,12 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final, Generic, NamedTuple, Protocol, TypeVar
+from typing import Any, Final, Generic, NamedTuple, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from stream_runtime.batch import RecordLike, SummableReport, commit_offsets, first_offsets
+from stream_runtime.batch import RecordLike, commit_offsets, first_offsets
+from stream_runtime.engine import BatchEngine
 from stream_runtime.kafka_connection import (
     ClientErrors,
     KafkaConnection,
@@ -67,6 +68,7 @@ from stream_runtime.kafka_connection import (
     wait_until_reachable,
 )
 from stream_runtime.metrics import LAG_EVERY_S, ProcessorMetrics
+from stream_runtime.processor import ReportT
 
 #: Seconds between two progress log lines.
 PROGRESS_EVERY_S: Final = 10.0
@@ -211,16 +213,13 @@ def _names(partitions: list[TopicPartition]) -> list[str]:
     return sorted(f"{tp.topic}:{tp.partition}" for tp in partitions)
 
 
-ReportT = TypeVar("ReportT", bound=SummableReport)
-
-
 class KafkaBatchProcessor(abc.ABC, Generic[ReportT]):
     """Embeddable processor: ``await start()`` / ``await stop()``, or ``await run(event)``.
 
     Subclasses provide :attr:`name` (log lines, task name), :attr:`subscribed`,
-    :meth:`_open_resources` / :meth:`_close_resources`, :meth:`_handle` (one batch ->
-    Redis, raising on I/O errors), :attr:`stats` (a :class:`SummableReport` the committed
-    batches' reports are added to) and :meth:`_stats_extra`.
+    :meth:`_open_resources` (which returns the engine a batch goes through) and
+    :meth:`_close_resources`, :attr:`stats` (a report the committed batches' reports are
+    added to) and :meth:`_stats_extra`.
     """
 
     #: Human name in log lines ("reward consumer", "projector") and the task name.
@@ -240,6 +239,8 @@ class KafkaBatchProcessor(abc.ABC, Generic[ReportT]):
         self.fetch = fetch
         self.batches = 0
         self.handle_seconds = 0.0  # wall time inside _handle(), for the records/s figure
+        #: The engine batches go through (built by :meth:`_open_resources`).
+        self.engine: BatchEngine[ReportT] | None = None
         self._consumer: Consumer | None = None
         self._errors: ClientErrors | None = None
         self._stop = asyncio.Event()
@@ -255,21 +256,24 @@ class KafkaBatchProcessor(abc.ABC, Generic[ReportT]):
     def subscribed(self) -> list[str]: ...
 
     @abc.abstractmethod
-    async def _open_resources(self) -> None:
-        """Connect Redis (and producers) and build the handler; before joining the group."""
+    async def _open_resources(self) -> BatchEngine[ReportT]:
+        """Connect Redis (and producers) and build the engine; before joining the group."""
 
     @abc.abstractmethod
     async def _close_resources(self) -> None:
         """Close what :meth:`_open_resources` opened; after leaving the group."""
 
-    @abc.abstractmethod
     async def _handle(self, records: list[RecordLike]) -> ReportT:
-        """Apply one batch to Redis (read, filter, fold, compare-and-set write); raise on
-        failure. Must not commit anything to Kafka."""
+        """Apply one batch through the engine; raises on failure. Commits nothing."""
+        assert self.engine is not None
+        return await self.engine.handle(records)
 
     def _rebalanced(self) -> None:
         """Partitions were assigned or revoked (called inside ``consume``, i.e. never
-        while a batch is handled): drop per-partition caches. Default: none."""
+        while a batch is handled): keep the engine's cache to the partitions we own
+        (every write checks it anyway, see :mod:`stream_runtime.engine`)."""
+        if self.engine is not None:
+            self.engine.forget()
 
     def _account(self, report: ReportT) -> None:
         """Add a committed batch's report to the running stats."""
@@ -337,7 +341,7 @@ class KafkaBatchProcessor(abc.ABC, Generic[ReportT]):
         )
         try:
             await asyncio.to_thread(wait_until_reachable, consumer, errors)
-            await self._open_resources()
+            self.engine = await self._open_resources()
         except BaseException:
             await asyncio.to_thread(consumer.close)
             raise
@@ -408,19 +412,19 @@ class KafkaBatchProcessor(abc.ABC, Generic[ReportT]):
            at or before this batch, so Kafka redelivers it to whoever owns the
            partition next: at-least-once delivery, never a lost record.
 
-        2. ``_handle`` reads each experiment's state (snapshot or buckets) *together
-           with* the last-applied offset per (topic, partition) that was stored
-           atomically with it, drops every record at or below that offset, folds the
-           rest and writes state + new offsets + dedupe keys in ONE Lua script (atomic
-           per experiment). So for any experiment, Redis holds either the state before
-           this batch with the old offsets, or the state after it with the new ones,
-           never a mix. A redelivered record is therefore at or below the stored
-           offset exactly when its effect is already in the state: redelivery is a
-           no-op, which turns at-least-once delivery into an exactly-once fold.
-           The script is also a compare-and-set on those offsets: a zombie consumer
-           that lost the partition in a rebalance but still finishes its batch cannot
-           overwrite the new owner's newer state; it reloads and (usually) finds
-           nothing left to apply.
+        2. The engine (:class:`~stream_runtime.engine.BatchEngine`) reads each
+           experiment's state (snapshot or buckets) *together with* the last-applied
+           offset per (topic, partition) that was stored atomically with it, drops every
+           record at or below that offset, applies the rest and writes state + new
+           offsets + dedupe keys in ONE Lua script (atomic per experiment). So for any
+           experiment, Redis holds either the state before this batch with the old
+           offsets, or the state after it with the new ones, never a mix. A redelivered
+           record is therefore at or below the stored offset exactly when its effect is
+           already in the state: redelivery is a no-op, which turns at-least-once
+           delivery into an exactly-once fold. The script is also a compare-and-set on
+           those offsets: a zombie consumer that lost the partition in a rebalance but
+           still finishes its batch cannot overwrite the new owner's newer state; it
+           reloads and (usually) finds nothing left to apply.
 
         3. Only after every write of the batch succeeded do we commit, per partition,
            the offset after the batch's last record. Committing earlier (FastStream's
