@@ -44,7 +44,7 @@ from stream_runtime.kafka_connection import (
     KafkaTarget,
     as_connection,
 )
-from stream_runtime.kafka_loop import KafkaRecord
+from stream_runtime.kafka_consumer import KafkaRecord
 from stream_runtime.kafka_metadata import metadata_client, partition_counts
 from stream_runtime.partition_reader import PartitionReadError, read_chunks
 

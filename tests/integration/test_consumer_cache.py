@@ -21,7 +21,7 @@ from schemas.codec import encode
 from schemas.events import DecisionMade, ExperimentConfig
 from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames
-from stream_runtime.kafka_loop import KafkaRecord
+from stream_runtime.kafka_consumer import KafkaRecord
 from stream_runtime.processor import Loaded
 from stream_runtime.state_store import LoadRequest, StateStore, Write
 from tests.fixtures.engines import Stores, fold_engine

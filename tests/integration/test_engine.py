@@ -25,7 +25,7 @@ from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames
 from services.projector.projection import project
 from stream_runtime.batch import Rejected, decode_batch
-from stream_runtime.kafka_loop import KafkaRecord
+from stream_runtime.kafka_consumer import KafkaRecord
 from stream_runtime.state_store import Write
 from tests.fixtures.engines import RETENTION, Stores, fold_engine, projection_engine
 from tests.fixtures.workload import configs_for, workload

@@ -34,7 +34,7 @@ from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames
 from services.projector import Projector, ProjectorSettings
 from services.projector.projection import MAX_EXPIREAT
-from stream_runtime.kafka_loop import KafkaRecord as Rec
+from stream_runtime.kafka_consumer import KafkaRecord as Rec
 from stream_runtime.redis_store import RedisStateStore
 from stream_runtime.state_store import MemoryStateStore
 from tests.fixtures.engines import projection_engine

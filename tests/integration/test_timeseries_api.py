@@ -17,7 +17,7 @@ from schemas.codec import encode
 from schemas.events import AnyEvent, ChangePointDetected, DecisionMade, RewardObserved
 from schemas.topics import TopicNames
 from services.projector.settings import ProjectorSettings
-from stream_runtime.kafka_loop import KafkaRecord as Rec
+from stream_runtime.kafka_consumer import KafkaRecord as Rec
 from stream_runtime.redis_store import RedisStateStore
 from tests.fixtures.engines import projection_engine
 

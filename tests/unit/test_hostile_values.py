@@ -43,7 +43,7 @@ from services.projector.projection import MAX_EXPIREAT, Retention
 from services.reward_consumer.attribution import default_reward_event
 from services.reward_consumer.processor import change_point_event
 from stream_runtime.batch import decode_batch, decode_reward_or_decision, rejection_detail
-from stream_runtime.kafka_loop import KafkaRecord
+from stream_runtime.kafka_consumer import KafkaRecord
 from stream_runtime.processor import Loaded
 from stream_runtime.redis_store import write_args
 from stream_runtime.state_store import Write

@@ -13,7 +13,7 @@ import pytest
 from schemas.codec import DecodeError, decode_reward
 from schemas.events import AnyEvent
 from stream_runtime.batch import RecordLike, decode_batch
-from stream_runtime.kafka_loop import KafkaRecord as Rec
+from stream_runtime.kafka_consumer import KafkaRecord as Rec
 
 pytestmark = pytest.mark.unit
 

@@ -33,7 +33,7 @@ from services.projector.processor import BucketProjection
 from services.projector.projection import Retention, bucket_start, micro_units, project
 from stream_runtime.batch import Group, decode_batch, offset_field
 from stream_runtime.engine import fresh_records
-from stream_runtime.kafka_loop import KafkaRecord as Rec
+from stream_runtime.kafka_consumer import KafkaRecord as Rec
 from stream_runtime.processor import Loaded
 from stream_runtime.redis_store import write_args
 from stream_runtime.state_store import Write

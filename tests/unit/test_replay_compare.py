@@ -23,7 +23,7 @@ from stream_runtime.batch import (
     decode_reward_record,
     offset_field,
 )
-from stream_runtime.kafka_loop import KafkaRecord
+from stream_runtime.kafka_consumer import KafkaRecord
 from stream_runtime.kafka_metadata import GroupMember
 from stream_runtime.replay import partition_sizes, select, split_partitions
 

@@ -29,7 +29,7 @@ from stream_runtime.batch import (
     offset_field,
 )
 from stream_runtime.engine import BatchEngine
-from stream_runtime.kafka_loop import KafkaRecord, RebalanceLogger
+from stream_runtime.kafka_consumer import KafkaRecord, RebalanceLogger
 from stream_runtime.redis_store import RedisStateStore
 from stream_runtime.state_store import MemoryStateStore, Write
 
