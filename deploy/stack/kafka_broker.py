@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import subprocess
-import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -162,23 +161,19 @@ def start_kafka(broker: ManagedProcess, config: StackConfig, timeout: float = 90
 
 
 def _wait_kafka(broker: ManagedProcess, port: int, pid: int, offset: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not broker.alive(pid):
-            raise StackError(
-                f"Kafka exited during start-up; log {broker.log_file}:\n"
-                + log_tail(broker.log_file, start=offset)
-            )
+    def started() -> bool:
+        logged = False
         with contextlib.suppress(FileNotFoundError), broker.log_file.open("rb") as fh:
             fh.seek(offset)
-            started = KAFKA_READY_LINE.encode() in fh.read()
+            logged = KAFKA_READY_LINE.encode() in fh.read()
         # The log line is the fast path; a metadata answer alone also counts, so a broker
         # whose logging is misconfigured still comes up.
-        if (started or wait_port_open(port, 0.2)) and kafka_metadata_ok(
+        return (logged or wait_port_open(port, 0.2)) and kafka_metadata_ok(
             local_bootstrap(port), timeout=5.0
-        ):
-            return
-        time.sleep(0.25)
+        )
+
+    if broker.wait_ready(pid, offset, started, timeout, what="Kafka", interval=0.25):
+        return
     broker.stop(timeout=10)
     raise StackError(
         f"Kafka not ready after {timeout:.0f}s; log {broker.log_file}:\n"

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -142,20 +141,11 @@ class LocalStack:
             env[spec.metrics_port_env] = str(port)
             url = metrics_url(port)
         pid, offset = proc.spawn(argv, env=env, port=port)
-        started = time.monotonic()
-        deadline = started + (spec.start_timeout if url else spec.alive_seconds)
-        while True:
-            if not proc.alive(pid):
-                raise StackError(
-                    f"service {proc.name} exited during start-up; log {proc.log_file}:\n"
-                    + log_tail(proc.log_file, start=offset)
-                )
-            if url is not None and http_ok(url, timeout=1.0):
-                return pid
-            if time.monotonic() >= deadline:
-                break
-            time.sleep(0.2)
-        if url is None:
+        # Without a health URL a service counts as healthy once it has stayed alive a while.
+        ready = (lambda: False) if url is None else (lambda: http_ok(url, timeout=1.0))
+        wait = spec.alive_seconds if url is None else spec.start_timeout
+        what = f"service {proc.name}"
+        if proc.wait_ready(pid, offset, ready, wait, what=what, interval=0.2) or url is None:
             return pid
         proc.stop(timeout=5)
         raise StackError(

@@ -15,11 +15,12 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from deploy.stack.config import REPO_ROOT
+from deploy.stack.errors import StackError
 
 #: Folders of a run directory: pid files and argv records, and the processes' logs.
 PID_DIR = "pids"
@@ -191,6 +192,32 @@ class ManagedProcess:
     def alive(self, pid: int) -> bool:
         _reap(pid)
         return _proc_cmdline(pid) is not None
+
+    def wait_ready(
+        self,
+        pid: int,
+        offset: int,
+        ready: Callable[[], bool],
+        timeout: float,
+        *,
+        what: str,
+        interval: float,
+    ) -> bool:
+        """Poll ``ready`` every ``interval`` until it holds (True) or ``timeout`` has
+        passed (False). A process that exits meanwhile never will: that is a
+        :class:`StackError` at once, with the log of this start (from ``offset``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if not self.alive(pid):
+                raise StackError(
+                    f"{what} exited during start-up; log {self.log_file}:\n"
+                    + log_tail(self.log_file, start=offset)
+                )
+            if ready():
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(interval)
 
     def stop(self, timeout: float = 20.0) -> bool:
         """SIGTERM our pid, SIGKILL after ``timeout``. Returns True if something was stopped."""

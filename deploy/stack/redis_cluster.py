@@ -33,6 +33,7 @@ from deploy.stack.redis_server import (
     local_redis_url,
     redis_auth_config,
     redis_ping,
+    redis_server_argv,
 )
 from deploy.stack.secrets import write_private
 
@@ -112,16 +113,7 @@ class LocalRedisCluster:
             # ManagedProcess recognises it by executable name and port.
             node.spawn(
                 [
-                    binary,
-                    str(conf),
-                    "--port",
-                    str(port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--daemonize",
-                    "no",
-                    "--dir",
-                    str(data),
+                    *redis_server_argv(binary, conf, port, data),
                     "--cluster-enabled",
                     "yes",
                     "--cluster-config-file",

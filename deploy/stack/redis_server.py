@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from urllib.parse import quote
@@ -125,6 +124,24 @@ def ensure_redis_server() -> str:
     return found
 
 
+def redis_server_argv(binary: str, conf: Path, port: int, data: Path) -> list[str]:
+    """The command line every local redis-server starts with (the stack's, a cluster
+    node's): its 0600 config file first (the password), loopback only, in the
+    foreground so that we supervise it, its files in ``data``."""
+    return [
+        binary,
+        str(conf),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--daemonize",
+        "no",
+        "--dir",
+        str(data),
+    ]
+
+
 def start_redis(
     server: ManagedProcess,
     config: StackConfig,
@@ -155,33 +172,23 @@ def start_redis(
     secret = password()
     conf = config.run_dir / REDIS_CONF_FILE
     write_private(conf, redis_auth_config(secret))
-    argv = [
-        binary,
-        str(conf),
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--daemonize",
-        "no",
-        "--dir",
-        str(data),
-    ]
+    argv = redis_server_argv(binary, conf, port, data)
     persistence = ["--appendonly", "yes"]
     if not config.persistent:
         persistence = ["--save", "", "--appendonly", "no"]
     argv += persistence
     pid, offset = server.spawn(argv, port=port)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not server.alive(pid):
-            raise StackError(
-                f"redis-server exited during start-up; log {server.log_file}:\n"
-                + log_tail(server.log_file, start=offset)
-            )
-        if redis_ping(local_redis_url(port, secret), timeout=0.5):
-            return pid
-        time.sleep(0.1)
+    url = local_redis_url(port, secret)
+    answered = server.wait_ready(
+        pid,
+        offset,
+        lambda: redis_ping(url, timeout=0.5),
+        timeout,
+        what="redis-server",
+        interval=0.1,
+    )
+    if answered:
+        return pid
     server.stop(timeout=5)
     raise StackError(
         f"redis-server did not answer PING within {timeout:.0f}s; log:\n"

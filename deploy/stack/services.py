@@ -87,6 +87,19 @@ class ServiceSpec:
         return None if self.port is None else f"http://127.0.0.1:{self.port(ports)}"
 
 
+def stream_processor(name: str, package: str, consumes: tuple[str, ...]) -> ServiceSpec:
+    """A Kafka-to-Redis processor: N processes of one consumer group, each healthy when
+    its Prometheus exporter answers on the free port it was given."""
+    return ServiceSpec(
+        name=name,
+        module=f"{package}.__main__",
+        argv=lambda p: [sys.executable, "-m", package],
+        metrics_port_env="MAB_METRICS_PORT",
+        scaling="processes",
+        consumes=consumes,
+    )
+
+
 SERVICES: list[ServiceSpec] = [
     ServiceSpec(
         name="decider",
@@ -106,22 +119,8 @@ SERVICES: list[ServiceSpec] = [
         scaling="workers",
         keys="serve",
     ),
-    ServiceSpec(
-        name="reward-consumer",
-        module="services.reward_consumer.__main__",
-        argv=lambda p: [sys.executable, "-m", "services.reward_consumer"],
-        metrics_port_env="MAB_METRICS_PORT",
-        scaling="processes",
-        consumes=("rewards", "decisions"),
-    ),
-    ServiceSpec(
-        name="projector",
-        module="services.projector.__main__",
-        argv=lambda p: [sys.executable, "-m", "services.projector"],
-        metrics_port_env="MAB_METRICS_PORT",
-        scaling="processes",
-        consumes=("rewards", "decisions", "experiments"),
-    ),
+    stream_processor("reward-consumer", "services.reward_consumer", ("rewards", "decisions")),
+    stream_processor("projector", "services.projector", ("rewards", "decisions", "experiments")),
     ServiceSpec(
         name="dashboard",
         module="dashboard.app",
