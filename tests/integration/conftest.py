@@ -11,7 +11,9 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from deploy.local_stack import REDIS_PASSWORD_FILE, LocalStack, StackConfig
+from deploy.stack.config import StackConfig
+from deploy.stack.local import LocalStack
+from deploy.stack.secrets import REDIS_PASSWORD_FILE
 from services.decider.app import create_asgi
 from services.decider.hot_path import DecisionFastPath
 from services.decider.settings import DeciderSettings

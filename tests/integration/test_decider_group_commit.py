@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from bench.harness import topic_count
-from deploy.local_stack import create_topics
+from deploy.stack.topics import create_topics
 from schemas.topics import TopicNames, TopicSpec, topic_specs
 from services.decider import app as app_module
 from services.decider.producer import EventLogUnavailableError, EventProducer
