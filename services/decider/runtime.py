@@ -1,10 +1,10 @@
 """The decider's process-wide resources, their lifecycle, and the FastAPI dependencies.
 
 One :class:`Runtime` per served app: settings, Redis, the config store, the Kafka
-producer, the decision cache, auth, limits, metrics and readiness. :func:`open_runtime`
-builds and starts them in the app's lifespan and stops them in reverse order; no I/O
-happens before it runs, so building the app (for its OpenAPI document, or at import
-under a server) is free.
+producer, the decision cache, auth, limits, metrics, readiness and the off-policy
+evaluation worker. :func:`open_runtime` builds and starts them in the app's lifespan and
+stops them in reverse order; no I/O happens before it runs, so building the app (for
+its OpenAPI document, or at import under a server) is free.
 
 Routes declare what they need with the ``Annotated`` dependencies below
 (:data:`RuntimeDep`, ``dependencies=[ADMIN]``...); only
@@ -32,6 +32,7 @@ from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames
 from services.decider.auth import OPEN_MODE_WARNING, Access, AuthPolicy
 from services.decider.decisions import DecisionCache
+from services.decider.evaluation import EvaluationWorker
 from services.decider.limits import CorsPolicy, RateLimiter
 from services.decider.metrics import DeciderMetrics
 from services.decider.producer import EventProducer
@@ -63,6 +64,7 @@ class Runtime:
     cors: CorsPolicy
     metrics: DeciderMetrics
     readiness: ReadinessProbe
+    evaluator: EvaluationWorker
     _command_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = field(
         default_factory=weakref.WeakValueDictionary
     )
@@ -123,7 +125,7 @@ def load_settings(given: DeciderSettings | None) -> DeciderSettings:
 
 @asynccontextmanager
 async def open_runtime(given: DeciderSettings | None = None) -> AsyncIterator[Runtime]:
-    """Build and start the runtime; on exit flush Kafka and close Redis."""
+    """Build and start the runtime; on exit flush Kafka, close Redis, stop the worker."""
     cfg = load_settings(given)
     configure_logging(cfg.log_level)
     redis = redis_from_url(
@@ -169,6 +171,7 @@ async def open_runtime(given: DeciderSettings | None = None) -> AsyncIterator[Ru
         cors=CorsPolicy(cfg.cors_origins),
         metrics=DeciderMetrics(lambda: producer.stats),
         readiness=ReadinessProbe(redis, producer, cfg.ready_timeout_s, cfg.ready_cache_s),
+        evaluator=EvaluationWorker(),
     )
     log.info(
         "decider started",
@@ -191,6 +194,7 @@ async def open_runtime(given: DeciderSettings | None = None) -> AsyncIterator[Ru
     try:
         yield runtime
     finally:
+        runtime.evaluator.close()
         await producer.stop()
         await redis.aclose()
         s = producer.stats

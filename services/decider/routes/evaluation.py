@@ -1,8 +1,8 @@
 """``GET /experiments/{id}/evaluate``: off-policy evaluation for the dashboard.
 
 The decider is a hot service, so this operator's endpoint is fenced in: the work runs
-in a worker thread, never on the serving loop (:mod:`services.decider.evaluation`); one
-evaluation at a time per process (a second
+in the decider's evaluation process, never in the serving one
+(:mod:`services.decider.evaluation`); one evaluation at a time per process (a second
 concurrent request gets 429 instead of queueing CPU work behind the first); at most
 ``evaluate_max_decisions`` (most recent) decisions are evaluated, and an experiment
 whose partitions hold more than ``evaluate_max_records`` records is refused with 422
@@ -11,7 +11,6 @@ pointing at ``mab evaluate``, which has no bound.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from typing import Annotated
@@ -20,10 +19,15 @@ from fastapi import APIRouter, HTTPException, Query, status
 
 from bandit_core.strategies import InvalidParamsError, UnknownStrategyError, validate_params
 from offpolicy.evaluate import EvaluationOptions
-from offpolicy.reader import LogTooLargeError, LogUnavailableError
 from services.decider.auth import ADMIN_RESPONSES
 from services.decider.errors import not_found
-from services.decider.evaluation import EvaluationPublic, blocking_evaluate, evaluation_lock
+from services.decider.evaluation import (
+    EvaluationJob,
+    EvaluationProcessError,
+    EvaluationPublic,
+    evaluation_lock,
+    run_evaluation,
+)
 from services.decider.models import ErrorPublic
 from services.decider.paths import EXPERIMENT, ExperimentIdPath
 from services.decider.runtime import EVALUATE, RuntimeDep
@@ -47,7 +51,10 @@ router = APIRouter(tags=["admin"], dependencies=[EVALUATE])
         404: {"model": ErrorPublic, "description": "No such experiment."},
         422: {"description": "Unknown strategy, invalid params, or log too large."},
         429: {"model": ErrorPublic, "description": "Another evaluation is running."},
-        503: {"model": ErrorPublic, "description": "Kafka unavailable."},
+        503: {
+            "model": ErrorPublic,
+            "description": "Kafka unavailable, or the evaluation process stopped; retry.",
+        },
     },
 )
 async def evaluate(
@@ -82,28 +89,33 @@ async def evaluate(
             status.HTTP_429_TOO_MANY_REQUESTS, "another evaluation is running; retry shortly"
         )
     s = rt.settings
-    options = EvaluationOptions(
-        max_decisions=s.evaluate_max_decisions,
-        missing_reward="zero" if missing_reward == "zero" else "drop",
-        confidence=confidence,
-        samples=s.evaluate_samples,
+    job = EvaluationJob(
+        kafka=s.connection(),
+        topics=rt.topics,
+        experiment_id=experiment_id,
+        strategy=strategy,
+        params=clean,
+        options=EvaluationOptions(
+            max_decisions=s.evaluate_max_decisions,
+            missing_reward="zero" if missing_reward == "zero" else "drop",
+            confidence=confidence,
+            samples=s.evaluate_samples,
+        ),
+        max_records=s.evaluate_max_records,
+        timeout_s=s.evaluate_timeout_s,
     )
     start = time.perf_counter()
     async with evaluation_lock:
         try:
-            report = await asyncio.to_thread(
-                blocking_evaluate,
-                s.connection(),
-                rt.topics,
-                experiment_id,
-                strategy,
-                clean,
-                options,
-                s.evaluate_max_records,
-                s.evaluate_timeout_s,
-            )
-        except LogTooLargeError as exc:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
-        except LogUnavailableError as exc:
-            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None
-    return EvaluationPublic.of(report, s.evaluate_max_decisions, time.perf_counter() - start)
+            outcome = await rt.evaluator.call(run_evaluation, job)
+        except EvaluationProcessError as exc:
+            if not exc.stopped:
+                raise  # a bug in the evaluation: a 500, with the worker's traceback logged
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"{exc}; retry") from None
+    if outcome.refused == "too_large":
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, outcome.detail)
+    if outcome.refused == "unavailable" or outcome.report is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, outcome.detail)
+    return EvaluationPublic.of(
+        outcome.report, s.evaluate_max_decisions, time.perf_counter() - start
+    )
