@@ -36,6 +36,7 @@ from services.decider.app import create_asgi
 from services.decider.evaluation import NICENESS, evaluation_lock
 from services.decider.settings import DeciderSettings
 from tests.fixtures.offpolicy_logs import config_event, simulate_log
+from tests.integration.conftest import SettingsFactory, serve_decider
 
 pytestmark = pytest.mark.integration
 
@@ -371,28 +372,16 @@ async def test_evaluate_endpoint_is_single_flight_and_bounded(
 
 
 async def test_evaluations_run_outside_the_serving_process(
-    kafka_bootstrap: str, redis_url: str, ns: str, topics: dict[str, int]
+    decider_settings: SettingsFactory,
 ) -> None:
     """Scenario: an evaluation through the endpoint of a started decider, then the
     decider stops.
     We expect: the answer was computed in the decider's evaluation process (another
     process than the one serving decisions, at a lower priority), which stops with the
     decider."""
-    settings = DeciderSettings(
-        redis_url=redis_url,
-        kafka_bootstrap_servers=kafka_bootstrap,
-        topic_prefix=ns,
-        redis_prefix=ns,
-        auth="open",
-    )
-    asgi = create_asgi(settings)
-    async with (
-        asgi.api.router.lifespan_context(asgi.api),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=asgi), base_url="http://decider", timeout=60
-        ) as c,
-    ):
-        exp = f"{ns}elsewhere"
+    settings = decider_settings()
+    async with serve_decider(settings) as (c, asgi):
+        exp = f"{settings.topic_prefix}elsewhere"
         created = await c.post("/experiments", json={"experiment_id": exp, "arm_ids": ["a", "b"]})
         assert created.status_code == 201, created.text
         assert (await c.get("/decision", params={"experiment_id": exp})).status_code == 200
