@@ -40,6 +40,21 @@ async def serve_decider(
         yield c, asgi
 
 
+@contextlib.asynccontextmanager
+async def both_paths(
+    settings: DeciderSettings,
+) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
+    """Two clients of one running decider: the served app (hot path in front of FastAPI)
+    and the FastAPI app alone, so one request can be sent down each serving path."""
+    async with (
+        serve_decider(settings) as (served, asgi),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=asgi.api), base_url="http://decider", timeout=30
+        ) as routes,
+    ):
+        yield served, routes
+
+
 @pytest.fixture
 def decider_settings(
     kafka_bootstrap: str, redis_url: str, ns: str, topics: dict[str, int]

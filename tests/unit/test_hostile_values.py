@@ -36,8 +36,8 @@ from schemas.events import MAX_ATTRIBUTION_WINDOW_S, AnyEvent, ExperimentConfig,
 from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames
 from services.decider.errors import reward_rejected
-from services.decider.hot_path import reward_event
 from services.decider.models import RewardCreate
+from services.decider.routes.rewards import reward_event
 from services.projector.projection import MAX_EXPIREAT, Projection, Retention, decode_batch, project
 from services.projector.store import Write, write_call
 from services.reward_consumer.attribution import default_reward_event
