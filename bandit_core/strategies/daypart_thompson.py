@@ -24,7 +24,8 @@ from typing import ClassVar, Final
 
 from pydantic import Field, field_validator
 
-from bandit_core.adaptive import DAY, DAYPART_BUCKETS, DAYPART_HALF_LIFE, DAYPART_WIDTH
+from bandit_core.adaptive import DAY, DAYPART_HALF_LIFE, DAYPART_WIDTH
+from bandit_core.adaptive_shape import DAYPART_BUCKETS
 from bandit_core.state import ArmStats
 from bandit_core.strategies._beta import BetaThompson
 from bandit_core.strategies.base import BetaPrior, StrategyParams

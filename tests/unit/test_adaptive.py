@@ -15,7 +15,6 @@ from bandit_core.adaptive import (
     DAY,
     GLR_DETECTOR,
     GLR_MAX_BLOCKS,
-    HALF_LIVES,
     MAX_HALF_LIFE,
     MIN_HALF_LIFE,
     RESTART_KEEP,
@@ -25,6 +24,7 @@ from bandit_core.adaptive import (
     restart_others,
     windowed,
 )
+from bandit_core.adaptive_shape import HALF_LIVES
 from bandit_core.fold import DERIVED, ChangePoint, fold_batch
 from bandit_core.simulate import parse_scenario, run_once
 from bandit_core.state import ArmStats, ExperimentState
