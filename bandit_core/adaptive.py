@@ -37,23 +37,11 @@ pure Python floats, no numpy: the fold stays fast.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
-if TYPE_CHECKING:
-    from bandit_core.state import ArmStats
+from bandit_core.adaptive_shape import DAYPART_BUCKETS, HALF_LIVES, WINDOW_BUCKETS
+from bandit_core.state import ArmStats
 
-#: Half-lives of the decayed sums (time units), geometric with ratio 4 (16 steps .. 3 days);
-#: the ratio 4 is relied on by :func:`observe` (rung factors are successive 4th powers).
-HALF_LIVES: Final[tuple[float, ...]] = (
-    16.0,
-    64.0,
-    256.0,
-    1024.0,
-    4096.0,
-    16384.0,
-    65536.0,
-    262144.0,
-)
 _LN2: Final = math.log(2.0)
 _RATES: Final[tuple[float, ...]] = tuple(_LN2 / h for h in HALF_LIVES)
 _TOP: Final = len(HALF_LIVES) - 1
@@ -63,7 +51,6 @@ MAX_HALF_LIFE: Final = HALF_LIVES[-1]
 
 #: Sliding-window summary: WINDOW_BUCKETS buckets of WINDOW_BUCKET time units each.
 WINDOW_BUCKET: Final = 64.0
-WINDOW_BUCKETS: Final = 16
 MIN_WINDOW: Final = WINDOW_BUCKET
 MAX_WINDOW: Final = WINDOW_BUCKET * (WINDOW_BUCKETS - 1)
 
@@ -94,7 +81,6 @@ RESTART_KEEP: Final = 48
 #: Daypart statistics: DAYPART_BUCKETS buckets of the UTC day (by ``ts`` in seconds),
 #: each with exponentially decayed (pulls, sum) of half-life DAYPART_HALF_LIFE.
 DAY: Final = 86400.0
-DAYPART_BUCKETS: Final = 24
 DAYPART_WIDTH: Final = DAY / DAYPART_BUCKETS
 #: One week: long enough that each hour keeps several days of data, short enough that
 #: a seasonal drift (weekday vs weekend, a new campaign) is forgotten within weeks.

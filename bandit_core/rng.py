@@ -11,8 +11,7 @@ from __future__ import annotations
 import os
 import random
 import weakref
-from collections.abc import Mapping
-from typing import Any, Final
+from typing import Final
 
 import numpy as np
 
@@ -21,12 +20,12 @@ _NP_GENERATORS: Final[weakref.WeakKeyDictionary[random.Random, np.random.Generat
 )
 
 
-def make_rng(params: Mapping[str, Any]) -> random.Random:
-    """A generator seeded with ``params["seed"]`` when given, else from ``os.urandom``."""
-    seed = params.get("seed")
+def make_rng(seed: int | None) -> random.Random:
+    """A generator seeded with ``seed`` (a strategy's ``seed`` param) when given, else
+    from ``os.urandom``."""
     if seed is None:
         return random.Random(int.from_bytes(os.urandom(16), "big"))
-    return random.Random(int(seed))
+    return random.Random(seed)
 
 
 def numpy_generator(rng: random.Random) -> np.random.Generator:

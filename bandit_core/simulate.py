@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from bandit_core.adaptive import observe, restart_others
 from bandit_core.state import ArmStats
-from bandit_core.strategies import STRATEGIES, get_strategy, validate_params
+from bandit_core.strategies import STRATEGIES, StrategyParams, get_strategy, params_for
 
 
 class ScenarioError(ValueError):
@@ -161,17 +161,23 @@ class RunResult:
 def run_once(
     env: Environment,
     strategy_name: str,
-    params: Mapping[str, Any],
+    params: StrategyParams,
     seed: int,
     means: Sequence[tuple[float, ...]] | None = None,
     on_step: Callable[[int, int, float], None] | None = None,
 ) -> RunResult:
-    """One run of ``strategy_name`` on ``env``; deterministic given ``seed``.
+    """One run of ``strategy_name`` with its ``params`` (from :func:`params_for`) on
+    ``env``; deterministic given ``seed``.
 
     ``on_step(t, arm_index, cumulative_regret)`` lets the dashboard draw curves from
     this very loop instead of a copy of it.
     """
     strategy = get_strategy(strategy_name)
+    if not isinstance(params, strategy.params_model):
+        # Another strategy's model may share every field this one reads: fail, not drift.
+        raise TypeError(
+            f"{strategy.name} takes {strategy.params_model.__name__}, got {type(params).__name__}"
+        )
     arm_ids = env.arms
     stats = [ArmStats() for _ in arm_ids]
     means = env.means_by_step() if means is None else means
@@ -224,7 +230,7 @@ def run_seed(seed: int, run: int) -> int:
     return (seed * 1_000_003 + run) % 2**63
 
 
-def _run_job(job: tuple[Scenario, str, dict[str, Any], int, int]) -> RunResult:
+def _run_job(job: tuple[Scenario, str, StrategyParams, int, int]) -> RunResult:
     scenario, name, params, seed, run = job
     env = scenario.environments[run % len(scenario.environments)]
     return run_once(env, name, params, run_seed(seed, run))
@@ -260,14 +266,14 @@ def simulate(
 ) -> StrategyResult:
     """``runs`` independent runs (run ``j`` on environment ``j % len(environments)``).
 
-    ``params`` are validated like the API does; ``workers > 1`` spreads runs over
+    ``params`` are validated like the API does, once; ``workers > 1`` spreads runs over
     processes (results are identical: each run is seeded on its own).
     """
     if runs < 1:
         raise ValueError("runs must be >= 1")
     name = get_strategy(strategy).name
-    clean = validate_params(name, params)
-    jobs = [(scenario, name, clean, seed, j) for j in range(runs)]
+    typed = params_for(name, params)
+    jobs = [(scenario, name, typed, seed, j) for j in range(runs)]
     results: list[RunResult] = []
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
@@ -280,7 +286,7 @@ def simulate(
             results.append(_run_job(job))
             if progress is not None:
                 progress(1)
-    return summarize(name, clean, scenario.horizon, results)
+    return summarize(name, typed.as_given(), scenario.horizon, results)
 
 
 def strategy_names() -> list[str]:

@@ -13,7 +13,7 @@ from typing import Any, Final
 
 import orjson
 
-from bandit_core.adaptive import DAYPART_BUCKETS, HALF_LIVES, WINDOW_BUCKETS
+from bandit_core.adaptive_shape import DAYPART_BUCKETS, HALF_LIVES, WINDOW_BUCKETS
 from schemas.events import ExperimentConfig
 
 #: The integers a JSON snapshot holds as such (orjson refuses any beyond 64 bits).

@@ -27,7 +27,9 @@ from typing import Any
 
 import httpx
 
-from deploy.local_stack import LocalStack, create_topics, free_port, throwaway_stack
+from deploy.stack.local import LocalStack, throwaway_stack
+from deploy.stack.ports import free_port
+from deploy.stack.topics import create_topics
 from schemas.topics import TopicNames, topic_specs
 from stream_runtime.kafka_connection import KafkaTarget, as_connection
 

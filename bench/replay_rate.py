@@ -24,7 +24,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 from redis.asyncio import Redis
 
 from bandit_core.decision_ids import make_decision_id
-from deploy.local_stack import LocalStack, StackConfig, create_topics, product_topic_specs
+from deploy.stack.config import StackConfig
+from deploy.stack.local import LocalStack
+from deploy.stack.topics import create_topics, product_topic_specs
 from mab_cli.replay_cmd import ReplayTarget, run_dry
 from mab_cli.replay_redis import delete_namespace
 from schemas.topics import TopicNames, partition_key

@@ -57,7 +57,8 @@ from bench.harness import (
     topic_count,
     wrk,
 )
-from deploy.local_stack import create_topics, throwaway_stack
+from deploy.stack.local import throwaway_stack
+from deploy.stack.topics import create_topics
 from schemas.events import RewardObserved
 from schemas.redis_keys import FIELD_REWARDS, RedisKeys
 from schemas.topics import TopicNames, partition_key, topic_specs

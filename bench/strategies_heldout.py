@@ -27,6 +27,7 @@ from typing import Any, Final
 
 from bandit_core.scenario_gen import HELDOUT_SEEDS, TRAIN_SEEDS, random_piecewise_environment
 from bandit_core.simulate import Environment, run_once, run_seed
+from bandit_core.strategies import params_for
 
 #: What "tuned" may pick from, per problem (the defaults are in it too); the first
 #: entry is the change-point strategy whose defaults the claim is about.
@@ -69,8 +70,9 @@ class ProblemResult:
 
 def mean_regret(env: Environment, name: str, params: dict[str, Any], runs: int) -> float:
     means = env.means_by_step()
+    typed = params_for(name, params)
     return statistics.fmean(
-        run_once(env, name, params, run_seed(42, j), means=means).regret for j in range(runs)
+        run_once(env, name, typed, run_seed(42, j), means=means).regret for j in range(runs)
     )
 
 

@@ -34,8 +34,10 @@ from bandit_core.simulate import (
 )
 from bandit_core.strategies import (
     InvalidParamsError,
+    StrategyParams,
     UnknownStrategyError,
     get_strategy,
+    params_for,
     validate_params,
 )
 
@@ -232,7 +234,7 @@ class RunTrace:
 def trace_run(
     env: Environment,
     strategy_name: str,
-    params: Mapping[str, Any],
+    params: StrategyParams,
     seed: int,
     marks: Sequence[int],
 ) -> RunTrace:
@@ -317,7 +319,7 @@ def run_playground(
     selection_rows: list[pd.DataFrame] = []
     for name, raw_params in strategies:
         canonical = get_strategy(name).name
-        params = validate_params(canonical, raw_params)
+        params = params_for(canonical, raw_params)
         results: list[RunResult] = []
         curves = np.zeros((runs, len(marks)))
         shares = np.zeros((len(marks), len(arm_order)))
@@ -329,7 +331,7 @@ def run_playground(
             cols = [arm_pos[a] for a in env.arms]
             shares[:, cols] += np.asarray(tr.picks, dtype=float) / sizes[:, None]
         shares /= runs
-        summaries.append(summarize(canonical, params, horizon, results))
+        summaries.append(summarize(canonical, params.as_given(), horizon, results))
         regret_rows.append(
             pd.DataFrame(
                 {

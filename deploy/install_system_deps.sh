@@ -104,7 +104,7 @@ if [ "$mode" = pip ]; then
   python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 else
   command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
-  # redis-cli (Debian: redis-tools) joins the local Redis Cluster (deploy/redis_cluster.py).
+  # redis-cli (Debian: redis-tools) joins the local Redis Cluster (deploy/stack/redis_cluster.py).
   command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
   command -v mvn >/dev/null 2>&1 || missing+=(maven)  # once, to fetch the Kafka jars
   java_now=$(java_major)

@@ -21,7 +21,7 @@ import orjson
 import typer
 from confluent_kafka import KafkaException
 
-from deploy.local_stack import StackConfig
+from deploy.stack.config import StackConfig
 from mab_cli.log_options import kafka_connection
 from schemas.dead_letter import REASONS, DeadLetter, dedupe, position_id, redriven_origins
 from schemas.topics import TopicNames

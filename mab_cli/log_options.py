@@ -25,7 +25,8 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from deploy.local_stack import Ports, StackError
+from deploy.stack.errors import StackError
+from deploy.stack.ports import Ports
 from offpolicy.log import ExperimentLog
 from offpolicy.reader import LogTooLargeError, LogUnavailableError, read_experiment_log
 from schemas.ids import InvalidIdError, normalize_id

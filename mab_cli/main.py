@@ -14,7 +14,8 @@ from pathlib import Path
 
 import typer
 
-from deploy.local_stack import StackError, default_redis_url
+from deploy.stack.errors import StackError
+from deploy.stack.redis_server import default_redis_url
 
 app = typer.Typer(
     name="mab",

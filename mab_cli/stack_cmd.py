@@ -1,6 +1,6 @@
 """mab up / ``down`` / ``status`` / ``topics create`` / ``kafka-jars``: the local stack.
 
-Thin I/O over :mod:`deploy.local_stack`; every failure is a :class:`StackError` printed as one
+Thin I/O over :mod:`deploy.stack`; every failure is a :class:`StackError` printed as one
 message with exit code 1.
 """
 
@@ -14,17 +14,14 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from deploy.local_stack import (
-    AUTH_ENV,
-    MAX_INSTANCES,
-    ComponentStatus,
-    LocalStack,
-    StackConfig,
-    StackError,
-    create_topics,
-    ensure_kafka_jars,
-    product_topic_specs,
-)
+from deploy.stack.config import StackConfig
+from deploy.stack.errors import StackError
+from deploy.stack.jars import ensure_kafka_jars
+from deploy.stack.local import LocalStack
+from deploy.stack.scale import MAX_INSTANCES
+from deploy.stack.secrets import AUTH_ENV
+from deploy.stack.status import ComponentStatus
+from deploy.stack.topics import create_topics, product_topic_specs
 from mab_cli.log_options import kafka_connection
 
 T = TypeVar("T")

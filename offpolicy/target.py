@@ -28,7 +28,7 @@ from typing import Any, Final
 import numpy as np
 
 from bandit_core.state import ExperimentState
-from bandit_core.strategies import get_strategy
+from bandit_core.strategies import get_strategy, params_for
 from offpolicy.estimators import FloatArray
 from offpolicy.log import ExperimentLog
 from offpolicy.timeline import fold_timeline
@@ -40,7 +40,8 @@ DEFAULT_SAMPLES: Final = 1000
 
 @dataclass(frozen=True, slots=True)
 class TargetPolicy:
-    """A registered strategy with (validated) params, and the evaluation's own seed."""
+    """A registered strategy with its params as a config stores them (typed once per
+    replay by :func:`~bandit_core.strategies.params_for`), and the evaluation's own seed."""
 
     strategy: str
     params: Mapping[str, Any] = field(default_factory=dict)
@@ -106,7 +107,7 @@ def replay_target(
 ) -> TargetReplay:
     """The target's probabilities at ``decisions`` (indices into ``log.decisions``)."""
     strategy = get_strategy(policy.strategy)
-    params = dict(policy.params)
+    params = params_for(policy.strategy, policy.params)
     arm_ids = arm_order(log)
     column = {a: j for j, a in enumerate(arm_ids)}
     wanted = set(decisions)

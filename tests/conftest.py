@@ -22,7 +22,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from deploy.local_stack import create_topics, product_topic_specs
+from deploy.stack.topics import create_topics, product_topic_specs
 from tests.fixtures.secure_kafka import SecureKafka, secure_kafka_stack
 from tests.fixtures.stack import StackProvider
 

@@ -3,9 +3,10 @@
 Typical use in the decider::
 
     strategy = get_strategy(config.strategy)
-    rng = make_rng(config.strategy_params)          # once per experiment and process
+    params = params_for(config.strategy, config.strategy_params)  # once per config
+    rng = make_rng(params.seed)                     # once per experiment and process
     index, propensity = strategy.choose_with_propensity(
-        config.arm_ids, state.stats_for(config.arm_ids), config.strategy_params, rng, now
+        config.arm_ids, state.stats_for(config.arm_ids), params, rng, now
     )
 """
 
@@ -30,6 +31,7 @@ from bandit_core.strategies.registry import (
     STRATEGIES,
     get_strategy,
     normalize_strategy_name,
+    params_for,
     validate_params,
 )
 from bandit_core.strategies.sw_ucb import SlidingWindowUcb, SlidingWindowUcbParams
@@ -64,5 +66,6 @@ __all__ = [
     "make_rng",
     "normalize_strategy_name",
     "numpy_generator",
+    "params_for",
     "validate_params",
 ]

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import random
 from abc import abstractmethod
-from collections.abc import Mapping, Sequence
-from typing import Any, Final
+from collections.abc import Sequence
+from typing import Final
 
 import numpy as np
 
 from bandit_core.rng import numpy_generator
 from bandit_core.state import ArmStats
-from bandit_core.strategies.base import Strategy, check_arms
+from bandit_core.strategies.base import P, Strategy, check_arms
 
 #: From this many arms one vectorised numpy draw beats a loop of ``betavariate`` (~2-3 µs
 #: each) despite numpy's per-call overhead (measured: crossover near 16 arms). With 1,000
@@ -56,17 +56,17 @@ def argmax_propensities(
     return [float(x) for x in p]
 
 
-class BetaThompson(Strategy):
+class BetaThompson(Strategy[P]):
     """Thompson sampling on posteriors from :meth:`posteriors`, with optional uniform
     forced exploration (:meth:`exploration`), whose propensities mix in closed form."""
 
     @abstractmethod
     def posteriors(
-        self, stats: Sequence[ArmStats], params: Mapping[str, Any], now: float
+        self, stats: Sequence[ArmStats], params: P, now: float
     ) -> tuple[list[float], list[float]]:
         """Beta (alpha, beta) per arm."""
 
-    def exploration(self, params: Mapping[str, Any]) -> float:
+    def exploration(self, params: P) -> float:
         """Probability of a uniformly random arm instead of a posterior sample."""
         return 0.0
 
@@ -74,7 +74,7 @@ class BetaThompson(Strategy):
         self,
         arm_ids: Sequence[str],
         stats: Sequence[ArmStats],
-        params: Mapping[str, Any],
+        params: P,
         rng: random.Random,
         now: float,
     ) -> int:
@@ -88,7 +88,7 @@ class BetaThompson(Strategy):
         self,
         arm_ids: Sequence[str],
         stats: Sequence[ArmStats],
-        params: Mapping[str, Any],
+        params: P,
         rng: random.Random,
         now: float,
         samples: int = 1000,

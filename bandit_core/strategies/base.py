@@ -2,21 +2,23 @@
 
 A strategy is a pure function of the per-arm sufficient statistics (plus an RNG), so a
 hot-swap never loses history and the decider, the simulator and replay agree exactly.
-Params arrive as the plain dict stored in the experiment config; they were validated by
-:func:`bandit_core.strategies.validate_params` when the command was accepted, so the hot
-path only reads them with ``dict.get`` (building a pydantic model per request would
-cost more than the decision itself).
+The experiment config stores params as the plain JSON the user gave; a strategy takes
+them as its own frozen params model, built once per config by
+:func:`bandit_core.strategies.params_for` (when a command is accepted, when the decider
+caches a config, when a simulation or an evaluation starts), so every default lives in
+the model and a decision reads attributes instead of re-validating a dict.
 """
 
 from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar, Final
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any, ClassVar, Final, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from bandit_core.adaptive import MAX_HALF_LIFE, MIN_HALF_LIFE
 from bandit_core.state import ArmStats
 
 #: Default Monte Carlo sample count for the decider's Thompson propensity estimate.
@@ -45,28 +47,60 @@ class InvalidParamsError(ValueError):
 class StrategyParams(BaseModel):
     """Base of the per-strategy params models (strict: ``"0.5"`` or ``true`` is no number).
 
-    ``RULES`` gives the human rule of each field for error messages.
+    A field's ``description`` is its rule as error messages state it ("must be ...");
+    its default is the strategy's default, defined nowhere else.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
-    RULES: ClassVar[dict[str, str]] = {"seed": "an integer with 0 <= seed < 2**63"}
+    seed: int | None = Field(
+        default=None, ge=0, lt=2**63, description="an integer with 0 <= seed < 2**63"
+    )
 
-    seed: int | None = Field(default=None, ge=0, lt=2**63)
+    def as_given(self) -> dict[str, Any]:
+        """Only the params that were set, defaults not filled in: what a config stores
+        and reports, so a later change of a default reaches experiments that never set it."""
+        return self.model_dump(exclude_unset=True)
 
 
-class Strategy(ABC):
-    """One bandit policy. Implementations are stateless singletons (see the registry)."""
+# Field types that several params models share (the default stays with each model).
+NonNegative = Annotated[float, Field(ge=0.0, allow_inf_nan=False, description="a number >= 0")]
+BetaPrior = Annotated[float, Field(gt=0.0, allow_inf_nan=False, description="a number > 0")]
+HalfLife = Annotated[
+    float,
+    Field(
+        ge=MIN_HALF_LIFE,
+        le=MAX_HALF_LIFE,
+        allow_inf_nan=False,
+        description=f"a number between {MIN_HALF_LIFE:g} and {MAX_HALF_LIFE:g} (time units)",
+    ),
+]
+ExplorationRate = Annotated[
+    float,
+    Field(
+        ge=0.0,
+        le=0.5,
+        allow_inf_nan=False,
+        description="a number between 0 and 0.5 (forced exploration rate)",
+    ),
+]
+
+P = TypeVar("P", bound=StrategyParams)
+
+
+class Strategy(ABC, Generic[P]):
+    """One bandit policy over its params model ``P``. Implementations are stateless
+    singletons (see the registry)."""
 
     name: ClassVar[str]
-    params_model: ClassVar[type[StrategyParams]]
+    params_model: type[P]
 
     @abstractmethod
     def choose(
         self,
         arm_ids: Sequence[str],
         stats: Sequence[ArmStats],
-        params: Mapping[str, Any],
+        params: P,
         rng: random.Random,
         now: float,
     ) -> int:
@@ -77,7 +111,7 @@ class Strategy(ABC):
         self,
         arm_ids: Sequence[str],
         stats: Sequence[ArmStats],
-        params: Mapping[str, Any],
+        params: P,
         rng: random.Random,
         now: float,
         samples: int = 1000,
@@ -88,7 +122,7 @@ class Strategy(ABC):
         self,
         arm_ids: Sequence[str],
         stats: Sequence[ArmStats],
-        params: Mapping[str, Any],
+        params: P,
         now: float,
     ) -> BatchSampler | None:
         """A function drawing ``n`` independent :meth:`choose` results from this state,
@@ -107,7 +141,7 @@ class Strategy(ABC):
         self,
         arm_ids: Sequence[str],
         stats: Sequence[ArmStats],
-        params: Mapping[str, Any],
+        params: P,
         rng: random.Random,
         now: float,
         n: int,
@@ -120,7 +154,7 @@ class Strategy(ABC):
         self,
         arm_ids: Sequence[str],
         stats: Sequence[ArmStats],
-        params: Mapping[str, Any],
+        params: P,
         rng: random.Random,
         now: float,
         samples: int = DECIDER_SAMPLES,

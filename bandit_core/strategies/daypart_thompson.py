@@ -19,41 +19,43 @@ events (replay must not depend on params).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Final
+from collections.abc import Sequence
+from typing import ClassVar, Final
 
 from pydantic import Field, field_validator
 
-from bandit_core.adaptive import DAY, DAYPART_BUCKETS, DAYPART_HALF_LIFE, DAYPART_WIDTH
+from bandit_core.adaptive import DAY, DAYPART_HALF_LIFE, DAYPART_WIDTH
+from bandit_core.adaptive_shape import DAYPART_BUCKETS
 from bandit_core.state import ArmStats
 from bandit_core.strategies._beta import BetaThompson
-from bandit_core.strategies.base import StrategyParams
+from bandit_core.strategies.base import BetaPrior, StrategyParams
 
-DEFAULT_BUCKETS: Final = DAYPART_BUCKETS
-DEFAULT_PRIOR_WEIGHT: Final = 10.0
-DEFAULT_PRIOR: Final = 1.0
-DEFAULT_NEIGHBOUR_WEIGHT: Final = 0.5
 _VALID_BUCKETS: Final = tuple(b for b in range(1, DAYPART_BUCKETS + 1) if DAYPART_BUCKETS % b == 0)
 _RATE: Final = math.log(2.0) / DAYPART_HALF_LIFE
 
 
 class DaypartThompsonParams(StrategyParams):
-    RULES: ClassVar[dict[str, str]] = {
-        **StrategyParams.RULES,
-        "buckets": f"one of {', '.join(map(str, _VALID_BUCKETS))} (dayparts per UTC day)",
-        "prior_weight": "a number >= 0 (pseudo-rewards of the whole-day rate)",
-        "neighbour_weight": "a number between 0 and 1 (weight of the hours next to the daypart)",
-        "prior_alpha": "a number > 0",
-        "prior_beta": "a number > 0",
-    }
-
-    buckets: int = Field(default=DEFAULT_BUCKETS, ge=1, le=DAYPART_BUCKETS)
-    prior_weight: float = Field(default=DEFAULT_PRIOR_WEIGHT, ge=0.0, allow_inf_nan=False)
-    neighbour_weight: float = Field(
-        default=DEFAULT_NEIGHBOUR_WEIGHT, ge=0.0, le=1.0, allow_inf_nan=False
+    buckets: int = Field(
+        default=DAYPART_BUCKETS,
+        ge=1,
+        le=DAYPART_BUCKETS,
+        description=f"one of {', '.join(map(str, _VALID_BUCKETS))} (dayparts per UTC day)",
     )
-    prior_alpha: float = Field(default=DEFAULT_PRIOR, gt=0.0, allow_inf_nan=False)
-    prior_beta: float = Field(default=DEFAULT_PRIOR, gt=0.0, allow_inf_nan=False)
+    prior_weight: float = Field(
+        default=10.0,
+        ge=0.0,
+        allow_inf_nan=False,
+        description="a number >= 0 (pseudo-rewards of the whole-day rate)",
+    )
+    neighbour_weight: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="a number between 0 and 1 (weight of the hours next to the daypart)",
+    )
+    prior_alpha: BetaPrior = 1.0
+    prior_beta: BetaPrior = 1.0
 
     @field_validator("buckets")
     @classmethod
@@ -78,19 +80,18 @@ def _part_weights(first: int, width: int, neighbour_weight: float) -> list[float
 
 
 def daypart_posteriors(
-    stats: Sequence[ArmStats], params: Mapping[str, Any], now: float
+    stats: Sequence[ArmStats], params: DaypartThompsonParams, now: float
 ) -> tuple[list[float], list[float]]:
     """Beta ``(alphas, betas)`` of each arm for the daypart that contains ``now``."""
-    groups = int(params.get("buckets", DEFAULT_BUCKETS))
-    w = float(params.get("prior_weight", DEFAULT_PRIOR_WEIGHT))
-    a0 = float(params.get("prior_alpha", DEFAULT_PRIOR))
-    b0 = float(params.get("prior_beta", DEFAULT_PRIOR))
+    groups = params.buckets
+    w = params.prior_weight
+    a0 = params.prior_alpha
+    b0 = params.prior_beta
     width = DAYPART_BUCKETS // groups
     first = int((now % DAY) // DAYPART_WIDTH) // width * width
     alphas: list[float] = []
     betas: list[float] = []
-    nw = float(params.get("neighbour_weight", DEFAULT_NEIGHBOUR_WEIGHT))
-    weights = _part_weights(first, width, nw)
+    weights = _part_weights(first, width, params.neighbour_weight)
     for s in stats:
         day_n = day_s = part_n = part_s = 0.0
         for h in range(DAYPART_BUCKETS):
@@ -114,11 +115,11 @@ def daypart_posteriors(
     return alphas, betas
 
 
-class DaypartThompson(BetaThompson):
+class DaypartThompson(BetaThompson[DaypartThompsonParams]):
     name: ClassVar[str] = "daypart_thompson"
-    params_model: ClassVar[type[StrategyParams]] = DaypartThompsonParams
+    params_model = DaypartThompsonParams
 
     def posteriors(
-        self, stats: Sequence[ArmStats], params: Mapping[str, Any], now: float
+        self, stats: Sequence[ArmStats], params: DaypartThompsonParams, now: float
     ) -> tuple[list[float], list[float]]:
         return daypart_posteriors(stats, params, now)

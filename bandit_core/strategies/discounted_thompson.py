@@ -10,42 +10,28 @@ decaying towards the prior, which is what makes it be re-explored after a change
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Final
+from collections.abc import Sequence
+from typing import ClassVar
 
-from pydantic import Field
-
-from bandit_core.adaptive import MAX_HALF_LIFE, MIN_HALF_LIFE, decayed
+from bandit_core.adaptive import decayed
 from bandit_core.state import ArmStats
 from bandit_core.strategies._beta import BetaThompson
-from bandit_core.strategies.base import StrategyParams
-
-DEFAULT_HALF_LIFE: Final = 512.0
-DEFAULT_PRIOR: Final = 1.0
+from bandit_core.strategies.base import BetaPrior, HalfLife, StrategyParams
 
 
 class DiscountedThompsonParams(StrategyParams):
-    RULES: ClassVar[dict[str, str]] = {
-        **StrategyParams.RULES,
-        "half_life": f"a number between {MIN_HALF_LIFE:g} and {MAX_HALF_LIFE:g} (time units)",
-        "prior_alpha": "a number > 0",
-        "prior_beta": "a number > 0",
-    }
-
-    half_life: float = Field(
-        default=DEFAULT_HALF_LIFE, ge=MIN_HALF_LIFE, le=MAX_HALF_LIFE, allow_inf_nan=False
-    )
-    prior_alpha: float = Field(default=DEFAULT_PRIOR, gt=0.0, allow_inf_nan=False)
-    prior_beta: float = Field(default=DEFAULT_PRIOR, gt=0.0, allow_inf_nan=False)
+    half_life: HalfLife = 512.0
+    prior_alpha: BetaPrior = 1.0
+    prior_beta: BetaPrior = 1.0
 
 
 def discounted_posteriors(
-    stats: Sequence[ArmStats], params: Mapping[str, Any], now: float
+    stats: Sequence[ArmStats], params: DiscountedThompsonParams, now: float
 ) -> tuple[list[float], list[float]]:
     """Beta ``(alphas, betas)`` of each arm from its decayed counts at ``now``."""
-    h = float(params.get("half_life", DEFAULT_HALF_LIFE))
-    a0 = float(params.get("prior_alpha", DEFAULT_PRIOR))
-    b0 = float(params.get("prior_beta", DEFAULT_PRIOR))
+    h = params.half_life
+    a0 = params.prior_alpha
+    b0 = params.prior_beta
     alphas: list[float] = []
     betas: list[float] = []
     for s in stats:
@@ -55,11 +41,11 @@ def discounted_posteriors(
     return alphas, betas
 
 
-class DiscountedThompson(BetaThompson):
+class DiscountedThompson(BetaThompson[DiscountedThompsonParams]):
     name: ClassVar[str] = "discounted_thompson"
-    params_model: ClassVar[type[StrategyParams]] = DiscountedThompsonParams
+    params_model = DiscountedThompsonParams
 
     def posteriors(
-        self, stats: Sequence[ArmStats], params: Mapping[str, Any], now: float
+        self, stats: Sequence[ArmStats], params: DiscountedThompsonParams, now: float
     ) -> tuple[list[float], list[float]]:
         return discounted_posteriors(stats, params, now)

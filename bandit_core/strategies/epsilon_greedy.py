@@ -8,8 +8,8 @@ mean 0, the textbook choice; exploration reaches them.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from collections.abc import Sequence
+from typing import ClassVar
 
 from pydantic import Field
 
@@ -22,36 +22,31 @@ from bandit_core.strategies.base import (
     check_arms,
 )
 
-DEFAULT_EPSILON = 0.1
-
 
 class EpsilonGreedyParams(StrategyParams):
-    RULES: ClassVar[dict[str, str]] = {
-        **StrategyParams.RULES,
-        "epsilon": "a number between 0 and 1",
-    }
-
-    epsilon: float = Field(default=DEFAULT_EPSILON, ge=0.0, le=1.0, allow_inf_nan=False)
+    epsilon: float = Field(
+        default=0.1, ge=0.0, le=1.0, allow_inf_nan=False, description="a number between 0 and 1"
+    )
 
 
 def _means(stats: Sequence[ArmStats]) -> list[float]:
     return [s.reward_sum / s.pulls if s.pulls else 0.0 for s in stats]
 
 
-class EpsilonGreedy(Strategy):
+class EpsilonGreedy(Strategy[EpsilonGreedyParams]):
     name: ClassVar[str] = "epsilon_greedy"
-    params_model: ClassVar[type[StrategyParams]] = EpsilonGreedyParams
+    params_model = EpsilonGreedyParams
 
     def choose(
         self,
         arm_ids: Sequence[str],
         stats: Sequence[ArmStats],
-        params: Mapping[str, Any],
+        params: EpsilonGreedyParams,
         rng: random.Random,
         now: float,
     ) -> int:
         k = check_arms(arm_ids, stats)
-        epsilon = float(params.get("epsilon", DEFAULT_EPSILON))
+        epsilon = params.epsilon
         if rng.random() < epsilon:
             return rng.randrange(k)
         best = argmax_set(_means(stats))
@@ -61,14 +56,14 @@ class EpsilonGreedy(Strategy):
         self,
         arm_ids: Sequence[str],
         stats: Sequence[ArmStats],
-        params: Mapping[str, Any],
+        params: EpsilonGreedyParams,
         rng: random.Random,
         now: float,
         samples: int = 1000,
     ) -> list[float]:
         """Closed form: ε/K for every arm plus (1-ε)/|argmax| for each tied best arm."""
         k = check_arms(arm_ids, stats)
-        epsilon = float(params.get("epsilon", DEFAULT_EPSILON))
+        epsilon = params.epsilon
         best = argmax_set(_means(stats))
         out = [epsilon / k] * k
         share = (1.0 - epsilon) / len(best)
@@ -80,14 +75,14 @@ class EpsilonGreedy(Strategy):
         self,
         arm_ids: Sequence[str],
         stats: Sequence[ArmStats],
-        params: Mapping[str, Any],
+        params: EpsilonGreedyParams,
         rng: random.Random,
         now: float,
         samples: int = DECIDER_SAMPLES,
     ) -> tuple[int, float]:
         """The choice and its closed-form probability, with one pass over the arms."""
         k = check_arms(arm_ids, stats)
-        epsilon = float(params.get("epsilon", DEFAULT_EPSILON))
+        epsilon = params.epsilon
         best = argmax_set(_means(stats))
         if rng.random() < epsilon:
             index = rng.randrange(k)

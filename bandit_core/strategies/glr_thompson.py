@@ -27,36 +27,20 @@ when the winner follows the clock.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Final
+from collections.abc import Sequence
+from typing import ClassVar
 
-from pydantic import Field
-
-from bandit_core.adaptive import MAX_HALF_LIFE, MIN_HALF_LIFE, decayed
+from bandit_core.adaptive import decayed
 from bandit_core.state import ArmStats
 from bandit_core.strategies._beta import BetaThompson
-from bandit_core.strategies.base import StrategyParams
-
-DEFAULT_ALPHA: Final = 0.01
-DEFAULT_PRIOR: Final = 1.0
-DEFAULT_HALF_LIFE: Final = 2048.0
+from bandit_core.strategies.base import BetaPrior, ExplorationRate, HalfLife, StrategyParams
 
 
 class GlrThompsonParams(StrategyParams):
-    RULES: ClassVar[dict[str, str]] = {
-        **StrategyParams.RULES,
-        "alpha": "a number between 0 and 0.5 (forced exploration rate)",
-        "half_life": f"a number between {MIN_HALF_LIFE:g} and {MAX_HALF_LIFE:g} (time units)",
-        "prior_alpha": "a number > 0",
-        "prior_beta": "a number > 0",
-    }
-
-    half_life: float = Field(
-        default=DEFAULT_HALF_LIFE, ge=MIN_HALF_LIFE, le=MAX_HALF_LIFE, allow_inf_nan=False
-    )
-    alpha: float = Field(default=DEFAULT_ALPHA, ge=0.0, le=0.5, allow_inf_nan=False)
-    prior_alpha: float = Field(default=DEFAULT_PRIOR, gt=0.0, allow_inf_nan=False)
-    prior_beta: float = Field(default=DEFAULT_PRIOR, gt=0.0, allow_inf_nan=False)
+    half_life: HalfLife = 2048.0
+    alpha: ExplorationRate = 0.01
+    prior_alpha: BetaPrior = 1.0
+    prior_beta: BetaPrior = 1.0
 
 
 def since_change_counts(stats: ArmStats, half_life: float, now: float) -> tuple[float, float]:
@@ -73,12 +57,12 @@ def since_change_counts(stats: ArmStats, half_life: float, now: float) -> tuple[
 
 
 def since_change_posteriors(
-    stats: Sequence[ArmStats], params: Mapping[str, Any], now: float
+    stats: Sequence[ArmStats], params: GlrThompsonParams, now: float
 ) -> tuple[list[float], list[float]]:
     """Beta ``(alphas, betas)`` from each arm's :func:`since_change_counts`."""
-    a0 = float(params.get("prior_alpha", DEFAULT_PRIOR))
-    b0 = float(params.get("prior_beta", DEFAULT_PRIOR))
-    h = float(params.get("half_life", DEFAULT_HALF_LIFE))
+    a0 = params.prior_alpha
+    b0 = params.prior_beta
+    h = params.half_life
     alphas: list[float] = []
     betas: list[float] = []
     for s in stats:
@@ -88,14 +72,14 @@ def since_change_posteriors(
     return alphas, betas
 
 
-class GlrThompson(BetaThompson):
+class GlrThompson(BetaThompson[GlrThompsonParams]):
     name: ClassVar[str] = "glr_thompson"
-    params_model: ClassVar[type[StrategyParams]] = GlrThompsonParams
+    params_model = GlrThompsonParams
 
     def posteriors(
-        self, stats: Sequence[ArmStats], params: Mapping[str, Any], now: float
+        self, stats: Sequence[ArmStats], params: GlrThompsonParams, now: float
     ) -> tuple[list[float], list[float]]:
         return since_change_posteriors(stats, params, now)
 
-    def exploration(self, params: Mapping[str, Any]) -> float:
-        return float(params.get("alpha", DEFAULT_ALPHA))
+    def exploration(self, params: GlrThompsonParams) -> float:
+        return params.alpha

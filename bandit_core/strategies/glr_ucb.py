@@ -52,14 +52,17 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Final
+from collections.abc import Sequence
+from typing import Annotated, ClassVar, Final
 
 from pydantic import Field
 
-from bandit_core.adaptive import MAX_HALF_LIFE, MIN_HALF_LIFE, RESTART_KEEP
+from bandit_core.adaptive import RESTART_KEEP
 from bandit_core.state import ArmStats
 from bandit_core.strategies.base import (
+    ExplorationRate,
+    HalfLife,
+    NonNegative,
     Strategy,
     StrategyParams,
     argmax_set,
@@ -68,43 +71,32 @@ from bandit_core.strategies.base import (
 )
 from bandit_core.strategies.glr_thompson import since_change_counts
 
-DEFAULT_C: Final = 0.25
-DEFAULT_D: Final = 0.1
-DEFAULT_RESTART_PULLS: Final = RESTART_KEEP
 MAX_RESTART_PULLS: Final = 10_000
-DEFAULT_HALF_LIFE: Final = 1024.0
-DEFAULT_ALPHA: Final = 0.01
 
 
 class GlrUcbParams(StrategyParams):
-    RULES: ClassVar[dict[str, str]] = {
-        **StrategyParams.RULES,
-        "c": "a number >= 0",
-        "d": "a number >= 0 (weight of the small-sample term ln(N) / n)",
-        "restart_pulls": f"an integer between 0 and {MAX_RESTART_PULLS}",
-        "half_life": f"a number between {MIN_HALF_LIFE:g} and {MAX_HALF_LIFE:g} (time units)",
-        "alpha": "a number between 0 and 0.5 (forced exploration rate)",
-    }
-
-    c: float = Field(default=DEFAULT_C, ge=0.0, allow_inf_nan=False)
-    d: float = Field(default=DEFAULT_D, ge=0.0, allow_inf_nan=False)
-    restart_pulls: int = Field(default=DEFAULT_RESTART_PULLS, ge=0, le=MAX_RESTART_PULLS)
-    half_life: float = Field(
-        default=DEFAULT_HALF_LIFE, ge=MIN_HALF_LIFE, le=MAX_HALF_LIFE, allow_inf_nan=False
+    c: NonNegative = 0.25
+    d: Annotated[
+        NonNegative, Field(description="a number >= 0 (weight of the small-sample term ln(N) / n)")
+    ] = 0.1
+    restart_pulls: int = Field(
+        default=RESTART_KEEP,
+        ge=0,
+        le=MAX_RESTART_PULLS,
+        description=f"an integer between 0 and {MAX_RESTART_PULLS}",
     )
-    alpha: float = Field(default=DEFAULT_ALPHA, ge=0.0, le=0.5, allow_inf_nan=False)
+    half_life: HalfLife = 1024.0
+    alpha: ExplorationRate = 0.01
 
 
-def glr_ucb_candidates(
-    stats: Sequence[ArmStats], params: Mapping[str, Any], now: float
-) -> list[int]:
+def glr_ucb_candidates(stats: Sequence[ArmStats], params: GlrUcbParams, now: float) -> list[int]:
     """The arms the index picks from (all tied): the untried or faded ones and the arms
     restarted by their own detector that still lack ``restart_pulls`` observations since
     the change, else the argmax of the index."""
-    c = float(params.get("c", DEFAULT_C))
-    d = float(params.get("d", DEFAULT_D))
-    refill = int(params.get("restart_pulls", DEFAULT_RESTART_PULLS))
-    h = float(params.get("half_life", DEFAULT_HALF_LIFE))
+    c = params.c
+    d = params.d
+    refill = params.restart_pulls
+    h = params.half_life
     counts = [since_change_counts(s, h, now) for s in stats]
     first = [
         i
@@ -120,20 +112,20 @@ def glr_ucb_candidates(
     return argmax_set([r / n + c * math.sqrt(log_n / n) + d * log_n / n for n, r in counts])
 
 
-class GlrUcb(Strategy):
+class GlrUcb(Strategy[GlrUcbParams]):
     name: ClassVar[str] = "glr_ucb"
-    params_model: ClassVar[type[StrategyParams]] = GlrUcbParams
+    params_model = GlrUcbParams
 
     def choose(
         self,
         arm_ids: Sequence[str],
         stats: Sequence[ArmStats],
-        params: Mapping[str, Any],
+        params: GlrUcbParams,
         rng: random.Random,
         now: float,
     ) -> int:
         k = check_arms(arm_ids, stats)
-        alpha = float(params.get("alpha", DEFAULT_ALPHA))
+        alpha = params.alpha
         if alpha and rng.random() < alpha:
             return rng.randrange(k)
         best = glr_ucb_candidates(stats, params, now)
@@ -143,7 +135,7 @@ class GlrUcb(Strategy):
         self,
         arm_ids: Sequence[str],
         stats: Sequence[ArmStats],
-        params: Mapping[str, Any],
+        params: GlrUcbParams,
         rng: random.Random,
         now: float,
         samples: int = 1000,
@@ -151,6 +143,6 @@ class GlrUcb(Strategy):
         """Closed form: ``alpha / K`` for every arm plus ``1 - alpha`` spread over the
         index's candidates (see :func:`glr_ucb_candidates`)."""
         k = check_arms(arm_ids, stats)
-        alpha = float(params.get("alpha", DEFAULT_ALPHA))
+        alpha = params.alpha
         p = uniform_over(k, glr_ucb_candidates(stats, params, now))
         return [alpha / k + (1.0 - alpha) * x for x in p]

@@ -12,7 +12,12 @@ from typing import Any, Final
 
 from pydantic import ValidationError
 
-from bandit_core.strategies.base import InvalidParamsError, Strategy, UnknownStrategyError
+from bandit_core.strategies.base import (
+    InvalidParamsError,
+    Strategy,
+    StrategyParams,
+    UnknownStrategyError,
+)
 from bandit_core.strategies.daypart_thompson import DaypartThompson
 from bandit_core.strategies.discounted_thompson import DiscountedThompson
 from bandit_core.strategies.epsilon_greedy import EpsilonGreedy
@@ -22,7 +27,7 @@ from bandit_core.strategies.sw_ucb import SlidingWindowUcb
 from bandit_core.strategies.thompson import Thompson
 from bandit_core.strategies.ucb1 import Ucb1
 
-STRATEGIES: Final[dict[str, Strategy]] = {
+STRATEGIES: Final[dict[str, Strategy[Any]]] = {
     s.name: s
     for s in (
         Thompson(),
@@ -64,27 +69,30 @@ def _unknown_message(name: object) -> str:
     return f"unknown strategy {name!r} (valid: {', '.join(sorted(STRATEGIES))})"
 
 
-def get_strategy(name: str) -> Strategy:
+def get_strategy(name: str) -> Strategy[Any]:
     """The strategy registered under ``name`` (any accepted spelling)."""
     return STRATEGIES[normalize_strategy_name(name)]
 
 
-def validate_params(name: str, params: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The params as given, type-checked (ints widened to floats), defaults NOT filled in.
+def params_for(name: str, params: Mapping[str, Any] | None) -> StrategyParams:
+    """The frozen params model of strategy ``name`` for a config's plain JSON params
+    (``None``: all defaults), or :class:`InvalidParamsError` with one message per field.
 
-    Keeping only what the user gave means ``strategy_params: {}`` stays ``{}`` in
-    responses, and a later change of a default applies to experiments that never set it.
+    The one place a params model is built: when a command is accepted
+    (:func:`validate_params`), when the decider caches a config, and when a simulation
+    or an evaluation starts. Strategies then read attributes whose defaults the model
+    holds, so a decision never re-reads a dict.
     """
     strategy = get_strategy(name)
+    model: type[StrategyParams] = strategy.params_model
     if params is None:
-        return {}
+        return model()
     if not isinstance(params, Mapping):
         raise InvalidParamsError(
             [f"strategy_params: must be an object, got {type(params).__name__}"]
         )
-    model = strategy.params_model
     try:
-        parsed = model.model_validate(dict(params))
+        return model.model_validate(dict(params))
     except ValidationError as exc:
         allowed = ", ".join(sorted(model.model_fields))
         messages: list[str] = []
@@ -96,7 +104,14 @@ def validate_params(name: str, params: Mapping[str, Any] | None) -> dict[str, An
                     f"(allowed: {allowed})"
                 )
             else:
-                rule = model.RULES.get(field, err["msg"].lower())
+                info = model.model_fields.get(field)
+                rule = (info.description if info is not None else None) or err["msg"].lower()
                 messages.append(f"strategy_params.{field}: must be {rule}, got {err['input']!r}")
         raise InvalidParamsError(messages) from None
-    return parsed.model_dump(exclude_unset=True)
+
+
+def validate_params(name: str, params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The params as given, type-checked (ints widened to floats), defaults NOT filled in
+    (:meth:`StrategyParams.as_given`): ``strategy_params: {}`` stays ``{}`` in responses.
+    """
+    return params_for(name, params).as_given()

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Final
+from collections.abc import Sequence
+from typing import ClassVar
 
 from pydantic import Field
 
 from bandit_core.adaptive import MAX_WINDOW, MIN_WINDOW, windowed
 from bandit_core.state import ArmStats
 from bandit_core.strategies.base import (
+    NonNegative,
     Strategy,
     StrategyParams,
     argmax_set,
@@ -27,24 +28,21 @@ from bandit_core.strategies.base import (
     uniform_over,
 )
 
-DEFAULT_WINDOW: Final = 512.0
-DEFAULT_C: Final = 0.5
-
 
 class SlidingWindowUcbParams(StrategyParams):
-    RULES: ClassVar[dict[str, str]] = {
-        **StrategyParams.RULES,
-        "window": f"a number between {MIN_WINDOW:g} and {MAX_WINDOW:g} (time units)",
-        "c": "a number >= 0",
-    }
+    window: float = Field(
+        default=512.0,
+        ge=MIN_WINDOW,
+        le=MAX_WINDOW,
+        allow_inf_nan=False,
+        description=f"a number between {MIN_WINDOW:g} and {MAX_WINDOW:g} (time units)",
+    )
+    c: NonNegative = 0.5
 
-    window: float = Field(default=DEFAULT_WINDOW, ge=MIN_WINDOW, le=MAX_WINDOW, allow_inf_nan=False)
-    c: float = Field(default=DEFAULT_C, ge=0.0, allow_inf_nan=False)
 
-
-def _candidates(stats: Sequence[ArmStats], params: Mapping[str, Any], now: float) -> list[int]:
-    window = float(params.get("window", DEFAULT_WINDOW))
-    c = float(params.get("c", DEFAULT_C))
+def _candidates(stats: Sequence[ArmStats], params: SlidingWindowUcbParams, now: float) -> list[int]:
+    window = params.window
+    c = params.c
     counts = [windowed(s, window, now) for s in stats]
     untried = [i for i, (n, _) in enumerate(counts) if n <= 0.0]
     if untried:
@@ -54,15 +52,15 @@ def _candidates(stats: Sequence[ArmStats], params: Mapping[str, Any], now: float
     return argmax_set([r / n + c * math.sqrt(log_t / n) for n, r in counts])
 
 
-class SlidingWindowUcb(Strategy):
+class SlidingWindowUcb(Strategy[SlidingWindowUcbParams]):
     name: ClassVar[str] = "sw_ucb"
-    params_model: ClassVar[type[StrategyParams]] = SlidingWindowUcbParams
+    params_model = SlidingWindowUcbParams
 
     def choose(
         self,
         arm_ids: Sequence[str],
         stats: Sequence[ArmStats],
-        params: Mapping[str, Any],
+        params: SlidingWindowUcbParams,
         rng: random.Random,
         now: float,
     ) -> int:
@@ -74,7 +72,7 @@ class SlidingWindowUcb(Strategy):
         self,
         arm_ids: Sequence[str],
         stats: Sequence[ArmStats],
-        params: Mapping[str, Any],
+        params: SlidingWindowUcbParams,
         rng: random.Random,
         now: float,
         samples: int = 1000,

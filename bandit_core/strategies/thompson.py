@@ -18,11 +18,10 @@ sums to 1. Its standard error is about ``sqrt(p (1-p) / samples)``; the decider 
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Final
+from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
-from pydantic import Field
 
 from bandit_core.rng import numpy_generator
 from bandit_core.state import ArmStats
@@ -30,46 +29,39 @@ from bandit_core.strategies._beta import sample_argmax
 from bandit_core.strategies.base import (
     DECIDER_SAMPLES,
     BatchSampler,
+    BetaPrior,
     Strategy,
     StrategyParams,
     check_arms,
 )
 
-DEFAULT_PRIOR: Final = 1.0
-
 
 class ThompsonParams(StrategyParams):
-    RULES: ClassVar[dict[str, str]] = {
-        **StrategyParams.RULES,
-        "prior_alpha": "a number > 0",
-        "prior_beta": "a number > 0",
-    }
-
-    prior_alpha: float = Field(default=DEFAULT_PRIOR, gt=0.0, allow_inf_nan=False)
-    prior_beta: float = Field(default=DEFAULT_PRIOR, gt=0.0, allow_inf_nan=False)
+    prior_alpha: BetaPrior = 1.0
+    prior_beta: BetaPrior = 1.0
 
 
 def posteriors(
-    stats: Sequence[ArmStats], params: Mapping[str, Any]
+    stats: Sequence[ArmStats], params: ThompsonParams
 ) -> tuple[list[float], list[float]]:
     """The Beta ``(alphas, betas)`` of each arm."""
-    a0 = float(params.get("prior_alpha", DEFAULT_PRIOR))
-    b0 = float(params.get("prior_beta", DEFAULT_PRIOR))
+    a0 = params.prior_alpha
+    b0 = params.prior_beta
     alphas = [a0 + max(s.reward_sum, 0.0) for s in stats]
     # max(): float error in reward_sum must never push a parameter to <= 0.
     betas = [b0 + max(s.pulls - s.reward_sum, 0.0) for s in stats]
     return alphas, betas
 
 
-class Thompson(Strategy):
+class Thompson(Strategy[ThompsonParams]):
     name: ClassVar[str] = "thompson"
-    params_model: ClassVar[type[StrategyParams]] = ThompsonParams
+    params_model = ThompsonParams
 
     def choose(
         self,
         arm_ids: Sequence[str],
         stats: Sequence[ArmStats],
-        params: Mapping[str, Any],
+        params: ThompsonParams,
         rng: random.Random,
         now: float,
     ) -> int:
@@ -80,7 +72,7 @@ class Thompson(Strategy):
         self,
         arm_ids: Sequence[str],
         stats: Sequence[ArmStats],
-        params: Mapping[str, Any],
+        params: ThompsonParams,
         now: float,
     ) -> BatchSampler:
         """Thompson choices in batches: each call draws ``n`` rows of posteriors in one
@@ -111,7 +103,7 @@ class Thompson(Strategy):
         self,
         arm_ids: Sequence[str],
         stats: Sequence[ArmStats],
-        params: Mapping[str, Any],
+        params: ThompsonParams,
         rng: random.Random,
         now: float,
         samples: int = 1000,
@@ -132,7 +124,7 @@ class Thompson(Strategy):
         self,
         arm_ids: Sequence[str],
         stats: Sequence[ArmStats],
-        params: Mapping[str, Any],
+        params: ThompsonParams,
         rng: random.Random,
         now: float,
         samples: int = DECIDER_SAMPLES,

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
-
-from pydantic import Field
+from collections.abc import Sequence
+from typing import ClassVar
 
 from bandit_core.state import ArmStats
 from bandit_core.strategies.base import (
     DECIDER_SAMPLES,
+    NonNegative,
     Strategy,
     StrategyParams,
     argmax_set,
@@ -25,13 +24,9 @@ from bandit_core.strategies.base import (
     uniform_over,
 )
 
-DEFAULT_C = math.sqrt(2.0)
-
 
 class Ucb1Params(StrategyParams):
-    RULES: ClassVar[dict[str, str]] = {**StrategyParams.RULES, "c": "a number >= 0"}
-
-    c: float = Field(default=DEFAULT_C, ge=0.0, allow_inf_nan=False)
+    c: NonNegative = math.sqrt(2.0)
 
 
 def _candidates(stats: Sequence[ArmStats], c: float) -> list[int]:
@@ -44,45 +39,45 @@ def _candidates(stats: Sequence[ArmStats], c: float) -> list[int]:
     return argmax_set(scores)
 
 
-class Ucb1(Strategy):
+class Ucb1(Strategy[Ucb1Params]):
     name: ClassVar[str] = "ucb1"
-    params_model: ClassVar[type[StrategyParams]] = Ucb1Params
+    params_model = Ucb1Params
 
     def choose(
         self,
         arm_ids: Sequence[str],
         stats: Sequence[ArmStats],
-        params: Mapping[str, Any],
+        params: Ucb1Params,
         rng: random.Random,
         now: float,
     ) -> int:
         check_arms(arm_ids, stats)
-        best = _candidates(stats, float(params.get("c", DEFAULT_C)))
+        best = _candidates(stats, params.c)
         return best[0] if len(best) == 1 else rng.choice(best)
 
     def propensities(
         self,
         arm_ids: Sequence[str],
         stats: Sequence[ArmStats],
-        params: Mapping[str, Any],
+        params: Ucb1Params,
         rng: random.Random,
         now: float,
         samples: int = 1000,
     ) -> list[float]:
         k = check_arms(arm_ids, stats)
-        return uniform_over(k, _candidates(stats, float(params.get("c", DEFAULT_C))))
+        return uniform_over(k, _candidates(stats, params.c))
 
     def choose_with_propensity(
         self,
         arm_ids: Sequence[str],
         stats: Sequence[ArmStats],
-        params: Mapping[str, Any],
+        params: Ucb1Params,
         rng: random.Random,
         now: float,
         samples: int = DECIDER_SAMPLES,
     ) -> tuple[int, float]:
         """One pass over the arms: the pick is uniform over the candidates."""
         check_arms(arm_ids, stats)
-        best = _candidates(stats, float(params.get("c", DEFAULT_C)))
+        best = _candidates(stats, params.c)
         index = best[0] if len(best) == 1 else rng.choice(best)
         return index, 1.0 / len(best)

@@ -25,11 +25,10 @@ import enum
 import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated, Final
+from typing import Final
 
 import orjson
-from fastapi import Depends, HTTPException, Request, params
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import HTTPException
 from pydantic import SecretStr
 
 from services.decider.models import ErrorPublic
@@ -217,46 +216,6 @@ class AuthPolicy:
             return FORBIDDEN[need]
         return None
 
-
-#: The OpenAPI security scheme (Swagger's "Authorize" button). Checking is ours.
-bearer_scheme = HTTPBearer(
-    auto_error=False,
-    scheme_name="apiKey",
-    description="`MAB_ADMIN_KEY` for admin calls; a `MAB_CLIENT_KEYS` key (or the admin "
-    "key) for decisions and rewards; any configured key for reads; a `MAB_READ_KEYS` key "
-    "(or the admin key) for evaluation. Decisions, rewards and reads are open without "
-    "client keys; admin calls and evaluation only under `MAB_AUTH=open`.",
-)
-
-
-def _authorization(request: Request) -> bytes | None:
-    for name, value in request.scope["headers"]:
-        if name == b"authorization":
-            return bytes(value)
-    return None
-
-
-def _require(need: Access) -> params.Depends:
-    async def dependency(
-        request: Request,
-        _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
-    ) -> None:
-        policy: AuthPolicy | None = getattr(request.app.state, "auth", None)
-        if policy is None:
-            return
-        denial = policy.check(_authorization(request), need)
-        if denial is not None:
-            raise denial.http_exception()
-
-    marker: params.Depends = Depends(dependency)
-    return marker
-
-
-#: Route dependencies: ``dependencies=[ADMIN]``, ``[CLIENT]``, ``[READ]``, ``[EVALUATE]``.
-ADMIN = _require(Access.ADMIN)
-CLIENT = _require(Access.CLIENT)
-READ = _require(Access.READ)
-EVALUATE = _require(Access.EVALUATE)
 
 _E401: Final[dict[str, object]] = {
     "model": ErrorPublic,

@@ -16,6 +16,8 @@ Randomness: one ``random.Random`` per experiment and process (``make_rng``), kep
 across refreshes and arm additions and replaced only when the strategy or its params
 change, so a seeded experiment yields a reproducible *sequence* of draws, never one
 frozen arm (which request gets which draw depends on timing: refreshes and refills).
+The strategy's typed params (``params_for``) are built with the generator, so a
+decision reads them as attributes and a refreshed snapshot does not rebuild them.
 
 Propensities depend only on the snapshot, so they are computed once per entry (closed
 form, or Monte Carlo for Thompson with a separate generator that never perturbs the
@@ -52,7 +54,7 @@ from redis.exceptions import RedisError
 
 from bandit_core.rng import make_rng
 from bandit_core.state import ArmStats, ExperimentState
-from bandit_core.strategies import Strategy, get_strategy
+from bandit_core.strategies import Strategy, StrategyParams, get_strategy, params_for
 from bandit_core.strategies.base import BatchSampler
 from schemas.events import ExperimentConfig
 from services.decider.store import ConfigStore
@@ -89,7 +91,9 @@ class CachedExperiment:
     config_raw: bytes
     snap_raw: bytes | None
     state: ExperimentState
-    strategy: Strategy
+    strategy: Strategy[Any]
+    #: The config's params as the strategy's model, built when the policy changes.
+    params: StrategyParams
     stats: list[ArmStats]
     arm_list: list[str]
     rng: random.Random
@@ -108,10 +112,6 @@ class CachedExperiment:
     #: once per entry instead of once per request (100 arm ids are ~2 µs of JSON).
     metadata_json: orjson.Fragment = field(default_factory=lambda: orjson.Fragment(b"{}"))
     params_json: orjson.Fragment = field(default_factory=lambda: orjson.Fragment(b"{}"))
-
-    @property
-    def params(self) -> dict[str, Any]:
-        return self.config.strategy_params
 
 
 class DecisionCache:
@@ -236,19 +236,24 @@ class DecisionCache:
         arm_list = list(config.arm_ids)
         stats = state.stats_for(config.arm_ids)
         strategy = get_strategy(config.strategy)
-        rng = prev.rng if same_policy and prev is not None else make_rng(config.strategy_params)
-        sampler = strategy.batch_sampler(arm_list, stats, config.strategy_params, time.time())
+        if same_policy and prev is not None:
+            params, rng = prev.params, prev.rng
+        else:
+            params = params_for(config.strategy, config.strategy_params)
+            rng = make_rng(params.seed)
+        sampler = strategy.batch_sampler(arm_list, stats, params, time.time())
         entry = CachedExperiment(
             config=config,
             config_raw=config_raw,
             snap_raw=snap_raw,
             state=state,
             strategy=strategy,
+            params=params,
             stats=stats,
             arm_list=arm_list,
             rng=rng,
             fetched_at=time.monotonic(),
-            propensities=self.propensities(config, stats, time.time()),
+            propensities=self._propensities(strategy, params, config, stats, time.time()),
             sampler=sampler,
             # The first batches too are drawn here, off the event loop.
             queued=None if sampler is None else sampler(rng, _rows(OFF_LOOP_DRAWS, len(arm_list))),
@@ -309,11 +314,18 @@ class DecisionCache:
     def propensities(
         self, config: ExperimentConfig, stats: list[ArmStats], now: float
     ) -> list[float]:
-        return get_strategy(config.strategy).propensities(
-            config.arm_ids,
-            stats,
-            config.strategy_params,
-            self._mc_rng,
-            now,
-            self.propensity_samples,
+        """Propensities for a config read outside the cache (the stats endpoint)."""
+        params = params_for(config.strategy, config.strategy_params)
+        return self._propensities(get_strategy(config.strategy), params, config, stats, now)
+
+    def _propensities(
+        self,
+        strategy: Strategy[Any],
+        params: StrategyParams,
+        config: ExperimentConfig,
+        stats: list[ArmStats],
+        now: float,
+    ) -> list[float]:
+        return strategy.propensities(
+            config.arm_ids, stats, params, self._mc_rng, now, self.propensity_samples
         )

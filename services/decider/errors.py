@@ -1,11 +1,44 @@
-"""HTTP errors shared by the FastAPI routes and the raw fast path (one wording each)."""
+"""How the decider answers errors: one wording each, for the routes and the raw fast path.
+
+Also the JSON response class of every route, the OpenAPI descriptions of the shared
+error statuses, and the app's exception handlers (installed by
+:func:`services.decider.app.create_app`).
+"""
 
 from __future__ import annotations
 
-from fastapi import HTTPException, status
+import logging
+from typing import Any, Final
+
+import orjson
+from fastapi import FastAPI, HTTPException, Request, status
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bandit_core.decision_ids import arm_index_of
 from schemas.events import ExperimentConfig, RewardObserved
+from services.decider.models import ErrorPublic
+
+log = logging.getLogger("services.decider")
+
+#: The body of a 503 while Redis is unavailable (both serving paths).
+STORE_UNAVAILABLE: Final = b'{"detail":"state store unavailable, retry"}'
+
+#: OpenAPI ``responses`` entries shared by the routes.
+E404: Final = {"model": ErrorPublic, "description": "No such experiment."}
+E409: Final = {"model": ErrorPublic, "description": "Conflicts with the stored configuration."}
+E422: Final = {"description": "Invalid request (ids, arms, strategy, params, reward)."}
+E503: Final = {"model": ErrorPublic, "description": "Redis or Kafka unavailable; safe to retry."}
+
+
+class OrjsonResponse(JSONResponse):
+    """JSON via orjson (FastAPI's ORJSONResponse is deprecated; this is the same idea)."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
 
 
 def not_found(experiment_id: str) -> HTTPException:
@@ -35,3 +68,31 @@ def reward_rejected(
     else:
         msg = f"reward rejected: {reason}"
     return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, msg)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Validation errors without the input, undecodable bodies as 422, Redis as 503."""
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        # Drop "input"/"ctx": never echo a 10 kB (or hostile) value back to the client.
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+            for e in exc.errors()
+        ]
+        return OrjsonResponse({"detail": errors}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # FastAPI answers an undecodable body (not JSON, not UTF-8) with a bare 400; every
+        # other invalid input is a 422, so this one is too, with a clearer message.
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            return OrjsonResponse(
+                {"detail": "request body is not valid JSON (UTF-8)"}, status_code=422
+            )
+        return await http_exception_handler(request, exc)
+
+    @app.exception_handler(RedisError)
+    async def redis_error(request: Request, exc: RedisError) -> Response:
+        log.error("redis error on %s %s: %r", request.method, request.url.path, exc)
+        return Response(STORE_UNAVAILABLE, status_code=503, media_type="application/json")

@@ -13,6 +13,7 @@ from collections import Counter
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -21,9 +22,10 @@ from pydantic import (
     model_validator,
 )
 
-from bandit_core.strategies import STRATEGIES, normalize_strategy_name, validate_params
+from bandit_core.strategies import validate_params
 from schemas.events import MAX_ATTRIBUTION_WINDOW_S, ExperimentConfig, UserContext
 from schemas.ids import MAX_ARMS_CEILING, ArmId, ExperimentId
+from services.decider.settings import normalize_known_strategy
 
 _ID_DOC = (
     "1-120 printable characters after trimming surrounding whitespace: spaces, "
@@ -61,22 +63,15 @@ EventIdField = Annotated[
 ]
 
 
-def normalize_known_strategy(value: str) -> str:
-    """Canonical strategy name, or ``ValueError`` listing the known ones."""
-    try:
-        name = normalize_strategy_name(value)
-    except ValueError:
-        name = value
-    if name not in STRATEGIES:
-        raise ValueError(f"unknown strategy {value!r}; known strategies: {sorted(STRATEGIES)}")
-    return name
-
-
-def _unique(ids: list[str], what: str) -> list[str]:
+def _unique_arms(ids: list[str]) -> list[str]:
     dup = sorted(k for k, n in Counter(ids).items() if n > 1)
     if dup:
-        raise ValueError(f"{what} must be unique; duplicated: {dup}")
+        raise ValueError(f"arm_ids must be unique; duplicated: {dup}")
     return ids
+
+
+#: Arm ids of a request, unique after trimming (the bounds differ per request).
+UniqueArmIds = Annotated[list[ArmIdField], AfterValidator(_unique_arms)]
 
 
 class _Request(BaseModel):
@@ -134,7 +129,7 @@ class ExperimentCreate(_StrategyRequest):
     )
 
     experiment_id: ExperimentIdField
-    arm_ids: list[ArmIdField] = Field(
+    arm_ids: UniqueArmIds = Field(
         min_length=2,
         max_length=MAX_ARMS_CEILING,
         description="At least 2 unique arm ids (after trimming), at most the server's "
@@ -149,11 +144,6 @@ class ExperimentCreate(_StrategyRequest):
     attribution_window_s: AttributionWindowField = None
     default_reward: DefaultRewardField = 0.0
 
-    @field_validator("arm_ids")
-    @classmethod
-    def _unique_arms(cls, v: list[str]) -> list[str]:
-        return _unique(v, "arm_ids")
-
 
 class ArmsAdd(_Request):
     """Body of ``POST /experiments/{experiment_id}/arms``."""
@@ -162,17 +152,12 @@ class ArmsAdd(_Request):
         json_schema_extra={"examples": [{"arm_ids": ["orange-button", "purple-button"]}]}
     )
 
-    arm_ids: list[ArmIdField] = Field(
+    arm_ids: UniqueArmIds = Field(
         min_length=1,
         max_length=MAX_ARMS_CEILING,
         description="New, unique arm ids, appended in order (the experiment may hold at "
         "most the server's `MAB_MAX_ARMS`, default 1000).",
     )
-
-    @field_validator("arm_ids")
-    @classmethod
-    def _unique_arms(cls, v: list[str]) -> list[str]:
-        return _unique(v, "arm_ids")
 
 
 class ConfigUpdate(_StrategyRequest):
@@ -309,12 +294,6 @@ class ExperimentPublic(BaseModel):
             attribution_window_s=config.attribution_window_s,
             default_reward=None if config.attribution_window_s is None else config.default_reward,
         )
-
-
-class ExperimentList(BaseModel):
-    """All experiments in creation order."""
-
-    experiments: list[ExperimentPublic]
 
 
 class ConfigPublic(BaseModel):

@@ -38,6 +38,18 @@ def _env(name: str, *env: str) -> AliasChoices:
 AuthMode = Literal["keys", "open"]
 
 
+def normalize_known_strategy(value: str) -> str:
+    """Canonical strategy name (the original API's spellings too), or ``ValueError``
+    listing the known ones: ``ACTIVE_STRATEGY`` and the request bodies' ``strategy``."""
+    try:
+        name = normalize_strategy_name(value)
+    except ValueError:
+        name = value
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {value!r}; known strategies: {sorted(STRATEGIES)}")
+    return name
+
+
 def is_loopback(host: str) -> bool:
     """Whether binding ``host`` keeps the port on this machine: ``localhost``, an address
     in 127.0.0.0/8 or ``::1``. Other names are not resolved (a name may resolve to
@@ -243,13 +255,7 @@ class DeciderSettings(KafkaConnection):
     @field_validator("active_strategy")
     @classmethod
     def _known_strategy(cls, v: str) -> str:
-        try:
-            name = normalize_strategy_name(v)
-        except ValueError:
-            name = v
-        if name not in STRATEGIES:
-            raise ValueError(f"unknown strategy {v!r}; known: {sorted(STRATEGIES)}")
-        return name
+        return normalize_known_strategy(v)
 
     @field_validator("admin_key", "client_keys", "read_keys", mode="before")
     @classmethod

@@ -17,7 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from deploy.local_stack import create_topics, free_port
+from deploy.stack.ports import free_port
+from deploy.stack.topics import create_topics
 from schemas.topics import topic_specs
 
 ROOT = Path(__file__).resolve().parents[2]

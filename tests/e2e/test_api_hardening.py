@@ -32,7 +32,8 @@ from schemathesis.specs.openapi.checks import (
 from dashboard.api import ApiClient, UnauthorizedError
 from demo_traffic.runner import DemoTraffic
 from demo_traffic.settings import DemoSettings
-from deploy.local_stack import create_topics, free_port
+from deploy.stack.ports import free_port
+from deploy.stack.topics import create_topics
 from schemas.topics import topic_specs
 from services.decider.app import create_app
 from tests.e2e.conftest import Services, wait_ready

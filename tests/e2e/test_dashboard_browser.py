@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
-from deploy.local_stack import free_port
+from deploy.stack.ports import free_port
 from mab_client import MabClient, MabError
 from tests.e2e.conftest import ARTIFACTS, Services
 

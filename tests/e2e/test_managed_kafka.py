@@ -21,7 +21,7 @@ import httpx
 import orjson
 import pytest
 
-from deploy.local_stack import free_port
+from deploy.stack.ports import free_port
 from schemas.topics import TopicNames, partition_key
 from stream_runtime.acked_producer import AckedProducer, OutRecord
 from tests.e2e.conftest import Services, wait_ready

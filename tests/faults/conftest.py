@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from deploy.local_stack import LocalStack, StackConfig
+from deploy.stack.config import StackConfig
+from deploy.stack.local import LocalStack
 
 #: Makes a private Kafka/Redis stack; ``persistent_redis`` runs Redis with AOF as in
 #: production, so a stopped Redis comes back with its data.

@@ -12,7 +12,7 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from deploy.local_stack import create_topics
+from deploy.stack.topics import create_topics
 from schemas.topics import TopicNames, topic_specs
 from services.decider.settings import DeciderSettings
 from tests.faults.conftest import StackFactory

@@ -15,7 +15,7 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from deploy.local_stack import create_topics
+from deploy.stack.topics import create_topics
 from schemas.codec import encode
 from schemas.events import RewardObserved
 from schemas.redis_keys import RedisKeys

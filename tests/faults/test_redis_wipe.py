@@ -14,7 +14,7 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from deploy.local_stack import create_topics
+from deploy.stack.topics import create_topics
 from mab_cli.replay_guard import EXIT_PROCESSORS_RUNNING
 from schemas.codec import encode
 from schemas.dead_letter import dedupe

@@ -12,7 +12,9 @@ import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 
-from deploy.local_stack import REDIS_PASSWORD_FILE, LocalStack, StackConfig
+from deploy.stack.config import StackConfig
+from deploy.stack.local import LocalStack
+from deploy.stack.secrets import REDIS_PASSWORD_FILE
 from services.decider.app import create_asgi
 from services.decider.hot_path import DecisionFastPath
 from services.decider.settings import DeciderSettings
@@ -38,6 +40,21 @@ async def serve_decider(
         ) as c,
     ):
         yield c, asgi
+
+
+@contextlib.asynccontextmanager
+async def both_paths(
+    settings: DeciderSettings,
+) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
+    """Two clients of one running decider: the served app (hot path in front of FastAPI)
+    and the FastAPI app alone, so one request can be sent down each serving path."""
+    async with (
+        serve_decider(settings) as (served, asgi),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=asgi.api), base_url="http://decider", timeout=30
+        ) as routes,
+    ):
+        yield served, routes
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer
 from schemas.codec import decode
 from schemas.events import DecisionMade, ExperimentCreated, RewardObserved
 from schemas.topics import TopicNames
+from tests.integration.conftest import SettingsFactory, both_paths
 
 pytestmark = pytest.mark.integration
 
@@ -388,3 +389,44 @@ async def test_seeded_thompson_spreads_over_untouched_arms(
         for _ in range(200)
     ]
     assert set(arms) == set(ARMS)
+
+
+async def test_both_serving_paths_answer_alike(decider_settings: SettingsFactory, ns: str) -> None:
+    """Scenario: the same decisions and rewards (accepted, and each kind of rejection)
+    sent once to the served app, where the raw fast path answers them, and once to the
+    FastAPI app alone, where the routes do.
+    We expect the same answers: byte for byte where nothing is random, and for a
+    decision the same fields, experiment, strategy, arms and propensity of its arm."""
+    exp = f"{ns}paths"
+    async with both_paths(decider_settings()) as (served, routes):
+        assert (await _create(served, exp, strategy="epsilon_greedy")).status_code == 201
+        fast = await served.get("/decision", params={"experiment_id": exp})
+        slow = await routes.get("/decision", params={"experiment_id": exp})
+        assert fast.status_code == slow.status_code == 200
+        assert fast.headers["content-type"] == slow.headers["content-type"]
+        a, b = fast.json(), slow.json()
+        assert list(a) == list(b)
+        random = ("arm_id", "decision_id", "propensity")
+        assert {k: v for k, v in a.items() if k not in random} == {
+            k: v for k, v in b.items() if k not in random
+        }
+        stats = (await served.get(f"/experiments/{exp}/stats")).json()["propensities"]
+        assert (a["propensity"], b["propensity"]) == (stats[a["arm_id"]], stats[b["arm_id"]])
+        other = next(arm for arm in ARMS if arm != a["arm_id"])
+        rewards: list[dict[str, Any]] = [
+            {"arm_id": a["arm_id"], "decision_id": a["decision_id"], "event_id": "same-1"},
+            {"arm_id": other, "decision_id": a["decision_id"]},  # arm_mismatch
+            {"arm_id": "nope"},  # unknown_arm
+            {"arm_id": ARMS[0], "decision_id": "a" * 32 + ".x"},  # bad_decision_id
+            {"arm_id": ARMS[0], "experiment_id": f"{ns}missing"},  # unknown experiment
+        ]
+        statuses = []
+        for extra in rewards:
+            body = {"experiment_id": exp, "reward": 1.0, **extra}
+            fast = await served.post("/reward", json=body)
+            slow = await routes.post("/reward", json=body)
+            assert fast.status_code == slow.status_code, (extra, fast.text, slow.text)
+            assert fast.content == slow.content, extra
+            assert fast.headers["content-type"] == slow.headers["content-type"]
+            statuses.append(fast.status_code)
+        assert statuses == [200, 422, 422, 422, 404]

@@ -15,9 +15,9 @@ import httpx
 import pytest
 
 from bench.harness import topic_count
-from deploy.local_stack import create_topics
+from deploy.stack.topics import create_topics
 from schemas.topics import TopicNames, TopicSpec, topic_specs
-from services.decider import app as app_module
+from services.decider import runtime as runtime_module
 from services.decider.producer import EventLogUnavailableError, EventProducer
 from services.decider.settings import DeciderSettings
 from tests.integration.conftest import SettingsFactory, serve_decider
@@ -156,7 +156,7 @@ async def test_the_started_decider_freezes_its_start_up_heap(
     collections over it held POST /reward for 60-100 ms; see
     ``stream_runtime.process.freeze_startup_heap``), and the app then serves."""
     calls: list[str] = []
-    monkeypatch.setattr(app_module, "freeze_startup_heap", lambda: calls.append("frozen"))
+    monkeypatch.setattr(runtime_module, "freeze_startup_heap", lambda: calls.append("frozen"))
     async with serve_decider(decider_settings()) as (client, _):
         assert calls == ["frozen"]
         assert (await client.get("/health")).status_code == 200

@@ -6,7 +6,6 @@ the raw fast path, every other route by FastAPI, and each rule must hold on both
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,7 +15,7 @@ import httpx
 import pytest
 
 from services.decider.settings import DeciderSettings
-from tests.integration.conftest import SettingsFactory, serve_decider
+from tests.integration.conftest import SettingsFactory, both_paths, serve_decider
 
 pytestmark = pytest.mark.integration
 
@@ -28,21 +27,6 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 CLIENT = {"Authorization": f"Bearer {CLIENT_KEY}"}
 READER = {"Authorization": f"Bearer {READ_KEY}"}
 ARMS = ["blue", "green"]
-
-
-@contextlib.asynccontextmanager
-async def both_paths(
-    settings: DeciderSettings,
-) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
-    """Two clients of one running decider: the served app (hot path in front of FastAPI)
-    and the FastAPI app alone, so one request can be sent down each serving path."""
-    async with (
-        serve_decider(settings) as (served, asgi),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=asgi.api), base_url="http://decider", timeout=30
-        ) as routes,
-    ):
-        yield served, routes
 
 
 async def _setup(c: httpx.AsyncClient, exp: str) -> None:

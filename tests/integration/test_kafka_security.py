@@ -17,13 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from deploy.local_stack import (
-    StackError,
-    create_topics,
-    free_port,
-    kafka_metadata_ok,
-    product_topic_specs,
-)
+from deploy.stack.errors import StackError
+from deploy.stack.kafka_broker import kafka_metadata_ok
+from deploy.stack.ports import free_port
+from deploy.stack.topics import create_topics, product_topic_specs
 from offpolicy.reader import LogUnavailableError, read_experiment_log
 from schemas.dead_letter import dead_letter_headers
 from schemas.topics import TopicNames

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,9 +33,10 @@ from schemas.codec import encode
 from schemas.events import AnyEvent, RewardObserved
 from schemas.topics import DEFAULT_PARTITIONS, TopicNames
 from services.decider.app import create_asgi
-from services.decider.evaluation import evaluation_lock
+from services.decider.evaluation import NICENESS, evaluation_lock
 from services.decider.settings import DeciderSettings
 from tests.fixtures.offpolicy_logs import config_event, simulate_log
+from tests.integration.conftest import SettingsFactory, serve_decider
 
 pytestmark = pytest.mark.integration
 
@@ -367,3 +369,30 @@ async def test_evaluate_endpoint_is_single_flight_and_bounded(
             await asyncio.sleep(0.2)
         assert big.status_code == 422, big.text
         assert "mab evaluate" in big.json()["detail"]
+
+
+async def test_evaluations_run_outside_the_serving_process(
+    decider_settings: SettingsFactory,
+) -> None:
+    """Scenario: an evaluation through the endpoint of a started decider, then the
+    decider stops.
+    We expect: the answer was computed in the decider's evaluation process (another
+    process than the one serving decisions, at a lower priority), which stops with the
+    decider."""
+    settings = decider_settings()
+    async with serve_decider(settings) as (c, asgi):
+        exp = f"{settings.topic_prefix}elsewhere"
+        created = await c.post("/experiments", json={"experiment_id": exp, "arm_ids": ["a", "b"]})
+        assert created.status_code == 201, created.text
+        assert (await c.get("/decision", params={"experiment_id": exp})).status_code == 200
+        evaluator = asgi.api.state.runtime.evaluator
+        assert evaluator.pid is None  # started by the first evaluation, not before
+        answer = await c.get(f"/experiments/{exp}/evaluate", params={"strategy": "ucb1"})
+        assert answer.status_code == 200, answer.text
+        pid = evaluator.pid
+        assert pid is not None
+        assert pid != os.getpid()
+        ours = os.getpriority(os.PRIO_PROCESS, 0)
+        assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, ours + NICENESS)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)

@@ -8,7 +8,9 @@ import sys
 
 import pytest
 
-from deploy.local_stack import LocalStack, free_port, local_redis_url
+from deploy.stack.local import LocalStack
+from deploy.stack.ports import free_port
+from deploy.stack.redis_server import local_redis_url
 from tests.integration.conftest import LOCKED_PASSWORD
 
 pytestmark = pytest.mark.integration

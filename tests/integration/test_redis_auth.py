@@ -14,15 +14,11 @@ import pytest
 import redis
 from redis.asyncio import Redis
 
-from deploy.local_stack import (
-    REDIS_CONF_FILE,
-    LocalStack,
-    StackConfig,
-    StackError,
-    ensure_redis_server,
-    local_redis_url,
-    wait_port_open,
-)
+from deploy.stack.config import StackConfig
+from deploy.stack.errors import StackError
+from deploy.stack.local import LocalStack
+from deploy.stack.ports import wait_port_open
+from deploy.stack.redis_server import REDIS_CONF_FILE, ensure_redis_server, local_redis_url
 from stream_runtime.redis_client import redis_from_url
 from tests.fixtures.streams import run_replay
 from tests.integration.conftest import LOCKED_PASSWORD as PASSWORD

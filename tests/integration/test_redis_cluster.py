@@ -16,7 +16,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import AuthenticationError
 
-from deploy.redis_cluster import local_redis_cluster
+from deploy.stack.redis_cluster import local_redis_cluster
 from mab_cli.replay_redis import compare, read_namespace
 from schemas.events import ExperimentConfig
 from schemas.redis_keys import RedisKeys

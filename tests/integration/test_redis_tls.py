@@ -19,14 +19,10 @@ import pytest
 import redis
 import trustme
 
-from deploy.local_stack import (
-    ManagedProcess,
-    ensure_redis_server,
-    free_port,
-    log_tail,
-    redis_auth_config,
-    write_private,
-)
+from deploy.stack.ports import free_port
+from deploy.stack.process import ManagedProcess, log_tail
+from deploy.stack.redis_server import ensure_redis_server, redis_auth_config
+from deploy.stack.secrets import write_private
 from schemas.redis_keys import RedisKeys
 from stream_runtime.redis_client import redis_from_url
 from tests.fixtures.in_process import in_process

@@ -28,7 +28,8 @@ from confluent_kafka import TopicPartition as RdTopicPartition
 from confluent_kafka.admin import AdminClient
 from redis.asyncio import Redis
 
-from deploy.local_stack import LocalStack, StackConfig
+from deploy.stack.config import StackConfig
+from deploy.stack.local import LocalStack
 from mab_cli.replay_cmd import ReplayTarget, run_rebuild, run_tail
 from mab_cli.replay_guard import EXIT_PROCESSORS_RUNNING, ProcessorGroups, ProcessorsRunning
 from mab_cli.replay_redis import compare, read_namespace

@@ -13,7 +13,9 @@ import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from deploy.local_stack import LocalStack, StackConfig, create_topics
+from deploy.stack.config import StackConfig
+from deploy.stack.local import LocalStack
+from deploy.stack.topics import create_topics
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,10 @@ import httpx
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from deploy.local_stack import SERVICES, LocalStack, Ports, ServiceSpec, StackConfig
+from deploy.stack.config import StackConfig
+from deploy.stack.local import LocalStack
+from deploy.stack.ports import Ports
+from deploy.stack.services import SERVICES, ServiceSpec
 
 pytestmark = pytest.mark.integration
 
@@ -95,7 +98,7 @@ async def test_services_scale_up_and_down(
     await wait_members(kafka_bootstrap, f"{ns}projector", 2)
 
     api = f"http://127.0.0.1:{config.ports.api}"
-    auth = {"Authorization": f"Bearer {stack.admin_key().value}"}
+    auth = {"Authorization": f"Bearer {stack.secrets.admin_key().value}"}
     async with httpx.AsyncClient(base_url=api, timeout=10, headers=auth) as client:
         created = await client.post(
             "/experiments", json={"experiment_id": "scaled", "arm_ids": ["a", "b"]}

@@ -15,7 +15,6 @@ from bandit_core.adaptive import (
     DAY,
     GLR_DETECTOR,
     GLR_MAX_BLOCKS,
-    HALF_LIVES,
     MAX_HALF_LIFE,
     MIN_HALF_LIFE,
     RESTART_KEEP,
@@ -25,13 +24,16 @@ from bandit_core.adaptive import (
     restart_others,
     windowed,
 )
+from bandit_core.adaptive_shape import HALF_LIVES
 from bandit_core.fold import DERIVED, ChangePoint, fold_batch
 from bandit_core.simulate import parse_scenario, run_once
 from bandit_core.state import ArmStats, ExperimentState
 from bandit_core.strategies import (
     STRATEGIES,
     InvalidParamsError,
+    StrategyParams,
     get_strategy,
+    params_for,
     validate_params,
 )
 from bandit_core.strategies.daypart_thompson import _part_weights
@@ -217,11 +219,13 @@ def test_daypart_thompson_serves_each_hours_winner() -> None:
             observe(stats[0], float(rng.random() < (0.6 if morning else 0.1)), ts)
             observe(stats[1], float(rng.random() < (0.1 if morning else 0.6)), ts)
     now = 3 * DAY
-    p_morning = strategy.propensities(("m", "e"), stats, {}, rng, now + 9 * 3600, 2000)
-    p_evening = strategy.propensities(("m", "e"), stats, {}, rng, now + 20 * 3600, 2000)
+    hourly = params_for("daypart_thompson", {})
+    p_morning = strategy.propensities(("m", "e"), stats, hourly, rng, now + 9 * 3600, 2000)
+    p_evening = strategy.propensities(("m", "e"), stats, hourly, rng, now + 20 * 3600, 2000)
     assert p_morning[0] > 0.95
     assert p_evening[1] > 0.95
-    whole_day = strategy.propensities(("m", "e"), stats, {"buckets": 1}, rng, now, 2000)
+    one_part = params_for("daypart_thompson", {"buckets": 1})
+    whole_day = strategy.propensities(("m", "e"), stats, one_part, rng, now, 2000)
     assert 0.05 < whole_day[0] < 0.95
 
 
@@ -312,14 +316,15 @@ def test_strategies_stay_inside_the_experiment_and_propensities_sum_to_one(
     for i, r, ts in obs:
         observe(stats[i % k], float(r), ts)
     strategy = get_strategy(name)
+    defaults = params_for(name, {})
     rng = random.Random(seed)
     for _ in range(5):
-        assert 0 <= strategy.choose(arm_ids, stats, {}, rng, now) < k
-    p = strategy.propensities(arm_ids, stats, {}, rng, now, samples=200)
+        assert 0 <= strategy.choose(arm_ids, stats, defaults, rng, now) < k
+    p = strategy.propensities(arm_ids, stats, defaults, rng, now, samples=200)
     assert len(p) == k
     assert all(x >= 0.0 for x in p)
     assert sum(p) == pytest.approx(1.0)
-    index, prop = strategy.choose_with_propensity(arm_ids, stats, {}, rng, now)
+    index, prop = strategy.choose_with_propensity(arm_ids, stats, defaults, rng, now)
     assert 0 <= index < k
     assert 0.0 < prop <= 1.0
 
@@ -372,20 +377,25 @@ def _pulled(rewards: list[tuple[float, float]]) -> ArmStats:
     return s
 
 
+def glr_ucb(**given: float) -> StrategyParams:
+    """glr_ucb's params with ``given`` set, the rest at their defaults."""
+    return params_for("glr_ucb", given)
+
+
 def test_glr_ucb_index_untried_first_then_optimism() -> None:
     ucb = get_strategy("glr_ucb")
     rng = random.Random(3)
     leader = _pulled([(float(t % 10 == 0), float(t)) for t in range(1000)])  # mean 0.1
     fresh = ArmStats()
-    assert ucb.propensities(["a", "b"], [leader, fresh], {"alpha": 0.0}, rng, 1000.0) == [
+    assert ucb.propensities(["a", "b"], [leader, fresh], glr_ucb(alpha=0.0), rng, 1000.0) == [
         0.0,
         1.0,
     ]
     # 5 pulls at 0.0: index 0 + c * sqrt(ln(1005) / 5) beats 0.1 + a tiny bonus ...
     few = _pulled([(0.0, 995.0 + t) for t in range(5)])
-    assert ucb.choose(["a", "b"], [leader, few], {"alpha": 0.0}, rng, 1000.0) == 1
+    assert ucb.choose(["a", "b"], [leader, few], glr_ucb(alpha=0.0), rng, 1000.0) == 1
     # ... but not when exploration is switched off (c = d = 0: the plain leader)
-    off = {"alpha": 0.0, "c": 0.0, "d": 0.0}
+    off = glr_ucb(alpha=0.0, c=0.0, d=0.0)
     assert ucb.choose(["a", "b"], [leader, few], off, rng, 1000.0) == 0
 
 
@@ -398,8 +408,8 @@ def test_glr_ucb_small_sample_term_keeps_a_few_early_zeros_optimistic() -> None:
     runner_up = _pulled([(float(t % 3 == 0), float(t)) for t in range(250)])  # 0.336
     zeros = _pulled([(0.0, 250.0 + t) for t in range(4)])
     arms, stats, now = ["a", "b"], [runner_up, zeros], 254.0
-    assert ucb.choose(arms, stats, {"alpha": 0.0}, rng, now) == 1
-    assert ucb.choose(arms, stats, {"alpha": 0.0, "d": 0.0}, rng, now) == 0
+    assert ucb.choose(arms, stats, glr_ucb(alpha=0.0), rng, now) == 1
+    assert ucb.choose(arms, stats, glr_ucb(alpha=0.0, d=0.0), rng, now) == 0
 
 
 def _false_alarm_on_the_best_arm() -> tuple[list[ArmStats], float]:
@@ -429,12 +439,12 @@ def test_glr_ucb_recovers_from_a_false_alarm_on_the_best_arm() -> None:
     assert 0 < best.cp_pulls < RESTART_KEEP
     assert stats[1].cp_pulls == RESTART_KEEP
     ucb = get_strategy("glr_ucb")
-    assert ucb.propensities(["a", "b"], stats, {"alpha": 0.0}, random.Random(0), t0) == [
+    assert ucb.propensities(["a", "b"], stats, glr_ucb(alpha=0.0), random.Random(0), t0) == [
         1.0,
         0.0,
     ]
 
-    def best_share_at_the_end(params: dict[str, float]) -> float:
+    def best_share_at_the_end(params: StrategyParams) -> float:
         arms = [s.clone() for s in stats]
         rng = random.Random(2)
         rewards = random.Random(3)
@@ -447,8 +457,8 @@ def test_glr_ucb_recovers_from_a_false_alarm_on_the_best_arm() -> None:
                 restart_others(arms, arms[i])
         return picks[-500:].count(0) / 500
 
-    assert best_share_at_the_end({}) > 0.9
-    assert best_share_at_the_end({"alpha": 0.0, "d": 0.0, "restart_pulls": 0}) == 0.0
+    assert best_share_at_the_end(glr_ucb()) > 0.9
+    assert best_share_at_the_end(glr_ucb(alpha=0.0, d=0.0, restart_pulls=0)) == 0.0
 
 
 def test_glr_ucb_reexplores_an_arm_whose_counts_faded() -> None:
@@ -456,7 +466,7 @@ def test_glr_ucb_reexplores_an_arm_whose_counts_faded() -> None:
     the index try it again: how a losing arm that rises gets detected."""
     ucb = get_strategy("glr_ucb")
     rng = random.Random(5)
-    params = {"alpha": 0.0}
+    params = glr_ucb(alpha=0.0)
     loser = _pulled([(float(t % 50 == 0), float(t)) for t in range(4700, 5000)])  # 0.02
     leader = _pulled([(float(t % 8 == 0), float(t)) for t in range(5000)])  # 0.125
     assert ucb.choose(["a", "b"], [loser, leader], params, rng, 5000.0) == 1
@@ -469,12 +479,11 @@ def test_glr_ucb_propensities_closed_form() -> None:
     ucb = get_strategy("glr_ucb")
     rng = random.Random(7)
     stats = [ArmStats(), ArmStats(), _pulled([(1.0, 0.0), (0.0, 1.0), (1.0, 1.0)])]
-    p = ucb.propensities(["a", "b", "c"], stats, {"alpha": 0.3}, rng, 2.0)
+    params = glr_ucb(alpha=0.3)
+    p = ucb.propensities(["a", "b", "c"], stats, params, rng, 2.0)
     assert p == pytest.approx([0.1 + 0.35, 0.1 + 0.35, 0.1])
     # choose follows it: the untried arms share 1 - alpha, every arm gets alpha / K
-    picks = Counter(
-        ucb.choose(["a", "b", "c"], stats, {"alpha": 0.3}, rng, 2.0) for _ in range(6000)
-    )
+    picks = Counter(ucb.choose(["a", "b", "c"], stats, params, rng, 2.0) for _ in range(6000))
     for i in range(3):
         assert picks[i] / 6000 == pytest.approx(p[i], abs=0.025)
 
@@ -491,5 +500,7 @@ def test_glr_ucb_follows_a_late_riser() -> None:
             ],
         }
     ).environments[0]
-    shares = [run_once(env, "glr_ucb", {}, seed).best_arm_share_last_10pct for seed in range(3)]
+    shares = [
+        run_once(env, "glr_ucb", glr_ucb(), seed).best_arm_share_last_10pct for seed in range(3)
+    ]
     assert min(shares) > 0.8

@@ -22,7 +22,7 @@ import pytest
 from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
 
-from deploy.local_stack import free_port
+from deploy.stack.ports import free_port
 
 pytestmark = pytest.mark.unit
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from bandit_core.simulate import ScenarioError, load_scenario, run_once, run_seed, simulate
-from bandit_core.strategies import STRATEGIES
+from bandit_core.strategies import STRATEGIES, params_for
 from dashboard import charts, simulator
 from dashboard.api import StatsJson, TimeseriesJson
 
@@ -309,8 +309,9 @@ def test_trace_matches_run_once_for_every_strategy() -> None:
     marks = simulator.checkpoints(env.horizon, 40)
     for name in STRATEGIES:
         seed = run_seed(7, 3)
-        trace = simulator.trace_run(env, name, {}, seed, marks)
-        assert trace.result == run_once(env, name, {}, seed), name
+        defaults = params_for(name, {})
+        trace = simulator.trace_run(env, name, defaults, seed, marks)
+        assert trace.result == run_once(env, name, defaults, seed), name
         assert trace.regret[-1] == trace.result.regret
         assert sum(sum(p) for p in trace.picks) == env.horizon
         assert len(trace.regret) == len(marks) == 40

@@ -181,3 +181,20 @@ def test_what_is_open_without_keys() -> None:
         assert open_mode.check(None, need) is None
     assert open_mode.principal(_bearer(READER)) == "read-0"
     assert _policy().principal(_bearer(CLIENT[::-1])) == "client-1"
+
+
+@pytest.mark.parametrize("bad", ["short", "has space in the key!!", "comma,in,the,key,12345"])
+def test_weak_or_malformed_keys_are_refused(bad: str) -> None:
+    with pytest.raises(ValueError, match="at least"):
+        AuthPolicy.parse(bad, None)
+    with pytest.raises(ValueError, match="at least"):
+        AuthPolicy.parse(None, f"good-client-key-123456,{bad}" if "," not in bad else "x")
+
+
+def test_principal_compares_every_key() -> None:
+    policy = AuthPolicy.parse("admin-key-0123456789", "client-a-0123456789, client-b-0123456789")
+    assert policy.principal(b"Bearer admin-key-0123456789") == "admin"
+    assert policy.principal(b"bearer client-b-0123456789") == "client-1"
+    assert policy.principal(b"Bearer client-b-012345678") is None  # a prefix is no key
+    assert policy.principal(b"Basic admin-key-0123456789") is None
+    assert policy.principal(None) is None

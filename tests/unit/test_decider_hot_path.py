@@ -9,8 +9,8 @@ from bandit_core.decision_ids import make_decision_id
 from schemas.codec import decode, encode
 from schemas.events import DecisionMade
 from schemas.topics import TopicNames
-from services.decider.hot_path import decision_made_record
 from services.decider.producer import EventProducer
+from services.decider.routes.decisions import decision_made_record
 
 pytestmark = pytest.mark.unit
 

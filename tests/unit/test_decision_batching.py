@@ -12,8 +12,9 @@ from collections import Counter
 import pytest
 from prometheus_client import generate_latest
 
+from bandit_core.rng import make_rng
 from bandit_core.state import ArmStats, ExperimentState
-from bandit_core.strategies import get_strategy
+from bandit_core.strategies import EpsilonGreedyParams, get_strategy, params_for
 from schemas.events import ExperimentConfig
 from schemas.ids import random_hex
 from services.decider.decisions import OFF_LOOP_DRAWS, REFRESH_TIME_SHARE, DecisionCache
@@ -34,17 +35,18 @@ def test_thompson_batch_has_the_per_request_choice_distribution() -> None:
     """20,000 choices drawn in batches of 500 and 20,000 drawn one by one agree with each
     other and with the Monte Carlo propensities within sampling error."""
     thompson = get_strategy("thompson")
+    defaults = params_for("thompson", {})
     n = 20_000
     batched: Counter[int] = Counter()
     rng = random.Random(1)
     for _ in range(n // 500):
-        batch = thompson.choose_batch(ARMS, STATS, {}, rng, 0.0, 500)
+        batch = thompson.choose_batch(ARMS, STATS, defaults, rng, 0.0, 500)
         assert batch is not None
         assert len(batch) == 500
         batched.update(batch)
     one_rng = random.Random(2)
-    single = Counter(thompson.choose(ARMS, STATS, {}, one_rng, 0.0) for _ in range(n))
-    props = thompson.propensities(ARMS, STATS, {}, random.Random(3), 0.0, samples=50_000)
+    single = Counter(thompson.choose(ARMS, STATS, defaults, one_rng, 0.0) for _ in range(n))
+    props = thompson.propensities(ARMS, STATS, defaults, random.Random(3), 0.0, samples=50_000)
     for i in range(len(ARMS)):
         # 4 standard errors of a proportion near 0.5 over 20,000 draws: ~0.014
         assert abs(batched[i] / n - props[i]) < 0.02, (i, batched, props)
@@ -54,16 +56,20 @@ def test_thompson_batch_has_the_per_request_choice_distribution() -> None:
 
 def test_seeded_batches_are_reproducible_and_not_frozen() -> None:
     thompson = get_strategy("thompson")
+    defaults = params_for("thompson", {})
     uniform = [ArmStats(), ArmStats(), ArmStats()]
-    first = thompson.choose_batch(ARMS, uniform, {}, random.Random(42), 0.0, 300)
-    again = thompson.choose_batch(ARMS, uniform, {}, random.Random(42), 0.0, 300)
+    first = thompson.choose_batch(ARMS, uniform, defaults, random.Random(42), 0.0, 300)
+    again = thompson.choose_batch(ARMS, uniform, defaults, random.Random(42), 0.0, 300)
     assert first == again
     assert first is not None
     assert set(first) == {0, 1, 2}
 
 
 def test_strategies_without_batching_say_so() -> None:
-    assert get_strategy("ucb1").choose_batch(ARMS, STATS, {}, random.Random(), 0.0, 10) is None
+    defaults = params_for("ucb1", {})
+    assert (
+        get_strategy("ucb1").choose_batch(ARMS, STATS, defaults, random.Random(), 0.0, 10) is None
+    )
 
 
 class _NoStore:
@@ -80,13 +86,13 @@ def _cache(max_staleness_s: float = 60.0) -> DecisionCache:
     )
 
 
-def _config(strategy: str, arms: list[str] = ARMS) -> bytes:
+def _config(strategy: str, arms: list[str] = ARMS, params: dict[str, float] | None = None) -> bytes:
     return (
         ExperimentConfig(
             experiment_id="shop",
             arm_ids=tuple(arms),
             strategy=strategy,
-            strategy_params={},
+            strategy_params=params or {},
             version=1,
             created_ts=1.0,
             updated_ts=1.0,
@@ -159,6 +165,28 @@ def test_cache_calls_choose_for_strategies_without_batches() -> None:
     served = Counter(cache.decide(entry, 0.0)[0] for _ in range(300))
     assert entry.queued is None
     assert set(served) == {0, 1, 2}  # untried arms tie: random tie-breaks reach all
+
+
+def test_entries_build_typed_params_once_per_policy() -> None:
+    """Scenario: an ε-greedy experiment with a seed is cached, its snapshot refreshed,
+    then its params changed.
+    We expect: the entry holds the strategy's params model and a generator seeded from
+    it; a new snapshot keeps both (the same objects: nothing is re-validated); new
+    params build new ones."""
+    cache = _cache()
+    seeded = _config("epsilon_greedy", params={"epsilon": 0.3, "seed": 5})
+    entry = cache._build("shop", seeded, None, None)
+    assert entry.params == EpsilonGreedyParams(epsilon=0.3, seed=5)
+    assert entry.rng.random() == make_rng(5).random()
+    state = ExperimentState.from_snapshot(None, "shop")
+    state.version = 2
+    refreshed = cache._build("shop", seeded, state.snapshot_bytes(), entry)
+    assert refreshed is not entry
+    assert refreshed.params is entry.params
+    assert refreshed.rng is entry.rng
+    changed = cache._build("shop", _config("epsilon_greedy", params={"epsilon": 0.5}), None, entry)
+    assert changed.params == EpsilonGreedyParams(epsilon=0.5)
+    assert changed.rng is not entry.rng
 
 
 def test_entries_carry_their_propensities_and_slow_builds_are_refreshed_less_often() -> None:

@@ -30,14 +30,14 @@ from pydantic import ValidationError
 from bandit_core.adaptive import MAX_HALF_LIFE, MAX_WINDOW, MIN_HALF_LIFE, decayed, windowed
 from bandit_core.fold import DEFAULT_SOURCE, fold_batch, fold_into, reward_rejection
 from bandit_core.state import ExperimentState
-from bandit_core.strategies.registry import STRATEGIES
+from bandit_core.strategies.registry import STRATEGIES, params_for
 from schemas.codec import DecodeError, decode, decode_reward, encode
 from schemas.events import MAX_ATTRIBUTION_WINDOW_S, AnyEvent, ExperimentConfig, RewardObserved
 from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames
 from services.decider.errors import reward_rejected
-from services.decider.hot_path import reward_event
 from services.decider.models import RewardCreate
+from services.decider.routes.rewards import reward_event
 from services.projector.processor import BucketProjection
 from services.projector.projection import MAX_EXPIREAT, Retention
 from services.reward_consumer.attribution import default_reward_event
@@ -371,8 +371,9 @@ def check_reads(state: ExperimentState, now: float) -> None:
         decayed(s, MIN_HALF_LIFE, now)
         decayed(s, MAX_HALF_LIFE, now)
         windowed(s, MAX_WINDOW, now)
-    for strategy in STRATEGIES.values():
-        index = strategy.choose(ARMS, stats, {"seed": 1}, random.Random(0), now)
+    for name, strategy in STRATEGIES.items():
+        params = params_for(name, {"seed": 1})
+        index = strategy.choose(ARMS, stats, params, random.Random(0), now)
         assert 0 <= index < len(ARMS)
 
 

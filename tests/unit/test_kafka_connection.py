@@ -11,7 +11,8 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 from pydantic import ValidationError
 
-from deploy.local_stack import KafkaExtras, kafka_server_properties
+from deploy.stack.config import KafkaExtras
+from deploy.stack.kafka_broker import kafka_server_properties
 from services.decider.settings import DeciderSettings
 from services.reward_consumer.settings import ConsumerSettings
 from stream_runtime.kafka_connection import KafkaConnection, as_connection

@@ -97,7 +97,7 @@ def test_strategy_target_coverage_through_the_pipeline() -> None:
 def test_replayed_target_probabilities_match_the_simulator() -> None:
     """The replay decides from exactly the state the simulator had (no reward leaks in
     early, none is missing), for a closed-form and a time-dependent strategy."""
-    for target, params in (("ucb1", {"c": 0.5}), ("sw_ucb", {"window": 60, "c": 0.5})):
+    for target, params in (("ucb1", {"c": 0.5}), ("sw_ucb", {"window": 64, "c": 0.5})):
         sim = simulate_log(
             [0.2, 0.35, 0.5],
             300,

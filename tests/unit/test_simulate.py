@@ -22,6 +22,7 @@ from bandit_core.simulate import (
     simulate,
 )
 from bandit_core.state import ArmStats, ExperimentState
+from bandit_core.strategies import params_for
 from schemas.events import ExperimentConfig, ExperimentCreated, RewardObserved
 
 pytestmark = pytest.mark.unit
@@ -118,10 +119,19 @@ def test_period_wraps_segments() -> None:
 
 def test_runs_are_deterministic_and_regret_is_bounded() -> None:
     env = parse_scenario(TINY).environments[0]
-    a = run_once(env, "glr_thompson", {}, seed=7)
-    assert a == run_once(env, "glr_thompson", {}, seed=7)
+    params = params_for("glr_thompson", {})
+    a = run_once(env, "glr_thompson", params, seed=7)
+    assert a == run_once(env, "glr_thompson", params, seed=7)
     assert 0.0 <= a.regret <= 0.7 * env.horizon
     assert 0.0 <= a.best_arm_share_last_10pct <= 1.0
+
+
+def test_a_run_refuses_another_strategys_params() -> None:
+    """glr_thompson's params have every field discounted_thompson reads: passing them
+    would silently run other defaults, so a run checks the model once."""
+    env = parse_scenario(TINY).environments[0]
+    with pytest.raises(TypeError, match="discounted_thompson takes DiscountedThompsonParams"):
+        run_once(env, "discounted_thompson", params_for("glr_thompson", {}), seed=7)
 
 
 def test_simulate_summary_and_workers_agree() -> None:

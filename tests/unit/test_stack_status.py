@@ -1,4 +1,5 @@
-"""``mab up`` gives each stream processor a free metrics port and ``mab status`` shows it."""
+"""The rows of ``mab status`` (deploy/stack/status.py): each stream processor shown on the
+free metrics port it was started with, and a status call that only reads."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from deploy.local_stack import LocalStack, Ports, ServiceSpec, StackConfig
+from deploy.stack.config import StackConfig
+from deploy.stack.local import LocalStack
+from deploy.stack.ports import Ports
+from deploy.stack.services import ServiceSpec
 
 pytestmark = pytest.mark.unit
 
@@ -41,3 +45,15 @@ def test_metrics_port_is_free_recorded_and_shown(tmp_path: Path) -> None:
         assert stack.stop("fake-processor")
     row = next(r for r in stack.status() if r.name == "fake-processor")
     assert (row.running, row.port, row.url) == (False, None, None)
+
+
+def test_a_status_call_writes_nothing(tmp_path: Path) -> None:
+    """Nothing runs and nothing was ever stored: every row says so, and no secret, pid
+    file or scale file is created by asking."""
+    stack = LocalStack(StackConfig(tmp_path / "state", Ports.free(), persistent=False))
+    rows = {r.name: r for r in stack.status()}
+    assert list(rows)[:2] == ["redis", "kafka"]
+    assert {"decider", "reward-consumer", "projector", "dashboard"} <= set(rows)
+    assert not any(r.running or r.healthy or r.pid for r in rows.values())
+    assert rows["kafka"].url == f"127.0.0.1:{stack.config.ports.kafka}"
+    assert not (tmp_path / "state").exists()

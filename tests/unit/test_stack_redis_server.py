@@ -1,6 +1,7 @@
-"""``mab up``'s Redis password: from ``REDIS_PASSWORD``, else stored once (0600) and
-reused; handed to services in ``REDIS_URL``, to redis-server in a 0600 file, and never
-shown (status rows, ``mab up``'s notes)."""
+"""The local Redis and its password (deploy/stack/redis_server.py): handed to services in
+``REDIS_URL``, to redis-server in a 0600 file whose quoting keeps any password intact,
+and found by ``mab`` commands run without ``REDIS_URL``. Where the password comes from:
+test_stack_secrets.py; a real redis-server: tests/integration/test_redis_auth.py."""
 
 from __future__ import annotations
 
@@ -10,38 +11,17 @@ from urllib.parse import quote
 
 import pytest
 
-from deploy.local_stack import (
+from deploy.stack.redis_server import (
     REDIS_CONF_FILE,
-    REDIS_PASSWORD_FILE,
-    LocalStack,
-    Ports,
-    StackConfig,
     default_redis_url,
-    ensure_redis_password,
     local_redis_url,
     redis_auth_config,
     redis_conf_quote,
 )
+from deploy.stack.secrets import ensure_redis_password, write_private
 from stream_runtime.redis_client import credentials, redact
 
 pytestmark = pytest.mark.unit
-
-
-def test_env_password_wins_and_nothing_is_written(tmp_path: Path) -> None:
-    secret = ensure_redis_password(tmp_path, {"REDIS_PASSWORD": "operator-chosen"})
-    assert (secret.value, secret.source, secret.path) == ("operator-chosen", "env", None)
-    assert not (tmp_path / REDIS_PASSWORD_FILE).exists()
-
-
-def test_generated_once_private_then_reused(tmp_path: Path) -> None:
-    first = ensure_redis_password(tmp_path / "state", {})
-    assert first.source == "generated"
-    assert first.path is not None
-    assert stat.S_IMODE(first.path.stat().st_mode) == 0o600
-    assert len(first.value) >= 32
-    again = ensure_redis_password(tmp_path / "state", {"REDIS_PASSWORD": ""})
-    assert (again.value, again.source) == (first.value, "stored")
-    assert ensure_redis_password(tmp_path / "other", {}).value != first.value
 
 
 @pytest.mark.parametrize(
@@ -66,27 +46,8 @@ def test_the_url_carries_the_password_encoded_and_redacts_cleanly() -> None:
     assert local_redis_url(6390, None) == "redis://127.0.0.1:6390/0"
 
 
-def test_services_get_it_status_and_notes_never_show_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delenv("REDIS_PASSWORD", raising=False)
-    stack = LocalStack(StackConfig(run_dir=tmp_path, ports=Ports.free(), persistent=False), [])
-    env = stack.service_env()
-    password = (tmp_path / REDIS_PASSWORD_FILE).read_text().strip()
-    assert env["REDIS_URL"] == local_redis_url(stack.config.ports.redis, password)
-    notes: list[str] = []
-    stack.announce_secrets(notes.append)
-    (row,) = [r for r in stack.status() if r.name == "redis"]  # not running: not pinged
-    shown = "\n".join([*notes, str(row.as_dict())])
-    assert password not in shown
-    assert str(tmp_path / REDIS_PASSWORD_FILE) in shown
-    assert row.url == f"redis://127.0.0.1:{stack.config.ports.redis}/0"
-
-
 def test_the_server_config_is_private_and_holds_the_password(tmp_path: Path) -> None:
     """start_redis writes it before spawning; here only the file, not the process."""
-    from deploy.local_stack import write_private
-
     conf = tmp_path / REDIS_CONF_FILE
     conf.write_text("stale\n")
     conf.chmod(0o644)

@@ -1,5 +1,6 @@
-"""``mab up``'s keys: the admin key taken from the env, else stored once (0600) and
-reused; the dashboard's read key stored the same way; each service given only its own."""
+"""``mab up``'s secrets (deploy/stack/secrets.py): the admin key and the Redis password
+taken from the env, else stored once (0600) and reused; the dashboard's read key stored
+the same way; each service given only its own; the password never shown."""
 
 from __future__ import annotations
 
@@ -8,16 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from deploy.local_stack import (
+from deploy.stack.config import StackConfig
+from deploy.stack.errors import StackError
+from deploy.stack.local import LocalStack
+from deploy.stack.ports import Ports
+from deploy.stack.redis_server import local_redis_url
+from deploy.stack.secrets import (
     ADMIN_KEY_FILE,
     READ_KEY_FILE,
-    SERVICES,
-    LocalStack,
-    Ports,
-    StackConfig,
-    StackError,
+    REDIS_PASSWORD_FILE,
     ensure_admin_key,
+    ensure_redis_password,
 )
+from deploy.stack.services import SERVICES
 from services.decider.auth import MIN_KEY_LEN, AuthPolicy
 
 pytestmark = pytest.mark.unit
@@ -114,18 +118,35 @@ def test_open_stack_gives_no_admin_key_and_says_so_on_the_command_line(
     assert "--auth" not in keyed.service_argv(decider_spec)
 
 
-@pytest.mark.parametrize("bad", ["short", "has space in the key!!", "comma,in,the,key,12345"])
-def test_weak_or_malformed_keys_are_refused(bad: str) -> None:
-    with pytest.raises(ValueError, match="at least"):
-        AuthPolicy.parse(bad, None)
-    with pytest.raises(ValueError, match="at least"):
-        AuthPolicy.parse(None, f"good-client-key-123456,{bad}" if "," not in bad else "x")
+def test_env_redis_password_wins_and_nothing_is_written(tmp_path: Path) -> None:
+    secret = ensure_redis_password(tmp_path, {"REDIS_PASSWORD": "operator-chosen"})
+    assert (secret.value, secret.source, secret.path) == ("operator-chosen", "env", None)
+    assert not (tmp_path / REDIS_PASSWORD_FILE).exists()
 
 
-def test_principal_compares_every_key() -> None:
-    policy = AuthPolicy.parse("admin-key-0123456789", "client-a-0123456789, client-b-0123456789")
-    assert policy.principal(b"Bearer admin-key-0123456789") == "admin"
-    assert policy.principal(b"bearer client-b-0123456789") == "client-1"
-    assert policy.principal(b"Bearer client-b-012345678") is None  # a prefix is no key
-    assert policy.principal(b"Basic admin-key-0123456789") is None
-    assert policy.principal(None) is None
+def test_redis_password_generated_once_private_then_reused(tmp_path: Path) -> None:
+    first = ensure_redis_password(tmp_path / "state", {})
+    assert first.source == "generated"
+    assert first.path is not None
+    assert stat.S_IMODE(first.path.stat().st_mode) == 0o600
+    assert len(first.value) >= 32
+    again = ensure_redis_password(tmp_path / "state", {"REDIS_PASSWORD": ""})
+    assert (again.value, again.source) == (first.value, "stored")
+    assert ensure_redis_password(tmp_path / "other", {}).value != first.value
+
+
+def test_services_get_the_redis_password_status_and_notes_never_show_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("REDIS_PASSWORD", raising=False)
+    stack = LocalStack(StackConfig(run_dir=tmp_path, ports=Ports.free(), persistent=False), [])
+    env = stack.service_env()
+    password = (tmp_path / REDIS_PASSWORD_FILE).read_text().strip()
+    assert env["REDIS_URL"] == local_redis_url(stack.config.ports.redis, password)
+    notes: list[str] = []
+    stack.secrets.announce(notes.append)
+    (row,) = [r for r in stack.status() if r.name == "redis"]  # not running: not pinged
+    shown = "\n".join([*notes, str(row.as_dict())])
+    assert password not in shown
+    assert str(tmp_path / REDIS_PASSWORD_FILE) in shown
+    assert row.url == f"redis://127.0.0.1:{stack.config.ports.redis}/0"

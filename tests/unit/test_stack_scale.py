@@ -1,4 +1,7 @@
-"""Scale-out of the local stack: N instances per service, idempotent, scaled up and down."""
+"""Scale-out of the local stack (deploy/stack/scale.py): N instances per service,
+idempotent, scaled up and down, remembered; and the warning when a consumer group is
+asked for more members than its topics have partitions (Kafka gives each partition to
+one member, the rest sit idle)."""
 
 from __future__ import annotations
 
@@ -7,33 +10,34 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from deploy.local_stack import (
-    ComponentStatus,
-    LocalStack,
-    Ports,
-    ServiceSpec,
-    StackConfig,
-    StackError,
-    instance_name,
-    load_scale,
-)
-from mab_cli.main import app
+from deploy.stack.config import StackConfig
+from deploy.stack.errors import StackError
+from deploy.stack.local import LocalStack
+from deploy.stack.ports import Ports
+from deploy.stack.scale import instance_name, load_scale
+from deploy.stack.services import SERVICES, ServiceSpec
+from deploy.stack.status import ComponentStatus
 from mab_cli.stack_cmd import _failed
+from schemas.topics import DEFAULT_PARTITIONS, TopicNames, topic_specs
 
 pytestmark = pytest.mark.unit
 
+PREFIX = "p-"
+NAMES = TopicNames.with_prefix(PREFIX)
+#: What the broker reports for freshly created product topics.
+CREATED = {s.name: s.partitions for s in topic_specs(PREFIX)}
+
 SLEEPER = ServiceSpec(
     name="sleeper",
-    module="deploy.local_stack",  # exists, so the spec counts as available
+    module="deploy.stack.local",  # exists, so the spec counts as available
     argv=lambda p: [sys.executable, "-c", "import time; time.sleep(120)"],
     scaling="processes",
     alive_seconds=0.3,
 )
 SINGLE = ServiceSpec(
     name="single",
-    module="deploy.local_stack",
+    module="deploy.stack.local",
     argv=lambda p: [sys.executable, "-c", "import time; time.sleep(120)"],
     alive_seconds=0.3,
 )
@@ -48,6 +52,11 @@ def config(tmp_path: Path) -> Iterator[StackConfig]:
 
 def _stack(config: StackConfig, **scale: int) -> LocalStack:
     return LocalStack(config, services=[SLEEPER, SINGLE], scale=scale)
+
+
+def _product_stack(tmp_path: Path, **scale: int) -> LocalStack:
+    config = StackConfig(tmp_path, Ports(), persistent=False, topic_prefix=PREFIX)
+    return LocalStack(config, services=SERVICES, scale=scale)
 
 
 def _pids(stack: LocalStack) -> dict[str, int | None]:
@@ -98,7 +107,7 @@ def test_wanted_counts_persist_across_up_calls(config: StackConfig) -> None:
     _stack(config, sleeper=2).start_services(note=lambda _: None)
     assert load_scale(config.run_dir) == {"sleeper": 2}
     later = LocalStack(config, services=[SLEEPER, SINGLE])  # no options: keep 2
-    assert later.count(SLEEPER) == 2
+    assert later.scale.count(SLEEPER) == 2
     assert later.expected() == ["redis", "kafka", "sleeper", "sleeper.2", "single"]
     status = {r.name: r for r in later.status()}
     assert status["sleeper.2"].running
@@ -122,13 +131,6 @@ def test_bad_counts_and_unscalable_services_are_clear_errors(config: StackConfig
         _stack(config, sleeper=0)
 
 
-def test_processes_cannot_share_a_port() -> None:
-    with pytest.raises(ValueError, match="use workers"):
-        ServiceSpec(
-            name="x", module="x", argv=lambda p: [], port=lambda p: p.api, scaling="processes"
-        )
-
-
 def test_no_services_is_not_a_failure(config: StackConfig) -> None:
     """`mab up --no-services` must not report services it was not asked to start."""
     stack = _stack(config)
@@ -148,7 +150,7 @@ def test_no_services_is_not_a_failure(config: StackConfig) -> None:
 def test_worker_count_is_part_of_the_argv(config: StackConfig) -> None:
     spec = ServiceSpec(
         name="api",
-        module="deploy.local_stack",
+        module="deploy.stack.local",
         argv=lambda p: ["server", "--port", str(p.api)],
         port=lambda p: p.api,
         scaling="workers",
@@ -160,34 +162,41 @@ def test_worker_count_is_part_of_the_argv(config: StackConfig) -> None:
     assert three.expected() == ["redis", "kafka", "api", "api.w1", "api.w2", "api.w3"]
 
 
-def test_cli_up_without_services_succeeds(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """The reported bug: `mab up --no-services` printed "error: not healthy: decider, ..."
-    and exited 1. Redis and Kafka are faked healthy here; services were never started."""
-    started: list[bool] = []
-
-    def fake_up(
-        self: LocalStack, *, with_services: bool = True, **_: object
-    ) -> list[ComponentStatus]:
-        started.append(with_services)
-        infra = [
-            ComponentStatus("redis", 1, 6379, True, True),
-            ComponentStatus("kafka", 2, 9092, True, True),
-        ]
-        return infra + [r for r in self.status() if r.name not in ("redis", "kafka")]
-
-    monkeypatch.setattr(LocalStack, "up", fake_up)
-    monkeypatch.setattr(
-        StackConfig,
-        "product",
-        classmethod(lambda cls, env=None: StackConfig(tmp_path, Ports.free(), persistent=True)),
+def test_no_warning_up_to_the_partition_count(tmp_path: Path) -> None:
+    n = DEFAULT_PARTITIONS
+    assert (
+        _product_stack(tmp_path, **{"reward-consumer": n, "projector": n}).idle_members(CREATED)
+        == []
     )
-    runner = CliRunner()
-    ok = runner.invoke(app, ["up", "--no-services"])
-    assert ok.exit_code == 0, ok.output
-    assert "not healthy" not in ok.output
-    failing = runner.invoke(app, ["up"])
-    assert failing.exit_code == 1
-    assert "not healthy: decider" in failing.output
-    assert started == [False, True]
-    bad = runner.invoke(app, ["up", "--consumers", "0"])
-    assert bad.exit_code == 2
+
+
+def test_members_beyond_the_partitions_are_named_idle(tmp_path: Path) -> None:
+    stack = _product_stack(tmp_path, **{"reward-consumer": 8, "projector": 7})
+    consumer, projector = stack.idle_members(CREATED)
+    assert consumer.startswith(f"8 reward-consumer instances but their topics have {6} partitions")
+    assert f"{NAMES.rewards} 6, {NAMES.decisions} 6" in consumer
+    assert "2 will sit idle" in consumer
+    assert projector.startswith("7 projector instances")
+    assert "1 will sit idle" in projector
+
+
+def test_the_broker_s_counts_of_existing_topics_decide(tmp_path: Path) -> None:
+    """Topics created earlier with more (or fewer) partitions: what the broker reports
+    counts, not the default; the largest topic a group reads bounds its busy members."""
+    wider = {**CREATED, NAMES.rewards: 12}
+    assert _product_stack(tmp_path, **{"reward-consumer": 8}).idle_members(wider) == []
+    narrow = {**CREATED, NAMES.rewards: 2, NAMES.decisions: 2, NAMES.experiments: 2}
+    (warning,) = _product_stack(tmp_path, **{"reward-consumer": 2, "projector": 3}).idle_members(
+        narrow
+    )
+    assert warning.startswith("3 projector instances")
+    assert "1 will sit idle" in warning
+
+
+def test_a_stored_count_out_of_range_is_refused_a_broken_file_ignored(tmp_path: Path) -> None:
+    (tmp_path / "scale.json").write_text('{"sleeper": 99}')
+    with pytest.raises(StackError, match="sleeper=99: want a whole number from 1 to 32"):
+        load_scale(tmp_path)
+    for broken in ("[2]", "{not json", ""):
+        (tmp_path / "scale.json").write_text(broken)
+        assert load_scale(tmp_path) == {}

@@ -4,7 +4,7 @@
 started with ``--cluster-enabled yes`` in its own folder of a run directory, then joined
 with ``redis-cli --cluster create ... --cluster-replicas 0 --cluster-yes`` (which
 assigns all 16,384 slots), and ready once every node reports ``cluster_state:ok``.
-Nodes are :class:`deploy.local_stack.ManagedProcess` es, so stopping only ever signals
+Nodes are :class:`deploy.stack.process.ManagedProcess` es, so stopping only ever signals
 processes we started. Every node requires a password, as the local stack's Redis does
 (given, or generated per cluster; in a 0600 config file, never on a command line), so
 tests of the cluster exercise authentication too. The services reach it with
@@ -25,18 +25,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
-from deploy.local_stack import (
-    ManagedProcess,
-    StackError,
+from deploy.stack.errors import StackError
+from deploy.stack.ports import free_port, port_in_use
+from deploy.stack.process import ManagedProcess, log_tail
+from deploy.stack.redis_server import (
     ensure_redis_server,
-    free_port,
     local_redis_url,
-    log_tail,
-    port_in_use,
     redis_auth_config,
     redis_ping,
-    write_private,
+    redis_server_argv,
 )
+from deploy.stack.secrets import write_private
 
 #: The smallest cluster ``redis-cli --cluster create`` accepts without replicas.
 MIN_MASTERS = 3
@@ -114,16 +113,7 @@ class LocalRedisCluster:
             # ManagedProcess recognises it by executable name and port.
             node.spawn(
                 [
-                    binary,
-                    str(conf),
-                    "--port",
-                    str(port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--daemonize",
-                    "no",
-                    "--dir",
-                    str(data),
+                    *redis_server_argv(binary, conf, port, data),
                     "--cluster-enabled",
                     "yes",
                     "--cluster-config-file",
