@@ -9,7 +9,6 @@ served as in production, medians of repeated runs.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import os
@@ -31,7 +30,9 @@ from deploy.stack.local import LocalStack, throwaway_stack
 from deploy.stack.ports import free_port
 from deploy.stack.topics import create_topics
 from schemas.topics import TopicNames, topic_specs
-from stream_runtime.kafka_connection import KafkaTarget, as_connection
+from stream_runtime.kafka_connection import KafkaTarget
+from stream_runtime.kafka_metadata import partition_count
+from stream_runtime.replay import high_watermarks
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORT_LUA = ROOT / "bench" / "wrk" / "report.lua"
@@ -192,31 +193,12 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return med
 
 
-async def _end_offsets(bootstrap: KafkaTarget, topic: str) -> int:
+def topic_count(bootstrap: KafkaTarget, topic: str) -> int:
     """Records in ``topic``: the sum of its partitions' end offsets (nothing is deleted)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(**as_connection(bootstrap).aiokafka_kwargs())
-    await admin.start()
-    try:
-        described = await admin.describe_topics([topic])
-        partitions = [p["partition"] for p in described[0]["partitions"]]
-    finally:
-        await admin.close()
+    partitions = partition_count(bootstrap, topic)
     if not partitions:
         raise RuntimeError(f"topic {topic} has no partitions in the metadata")
-    consumer = AIOKafkaConsumer(**as_connection(bootstrap).aiokafka_kwargs())
-    await consumer.start()
-    try:
-        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
-        return int(sum(ends.values()))
-    finally:
-        await consumer.stop()
-
-
-def topic_count(bootstrap: KafkaTarget, topic: str) -> int:
-    return asyncio.run(_end_offsets(bootstrap, topic))
+    return sum(high_watermarks(bootstrap, [(topic, p) for p in range(partitions)]).values())
 
 
 def stream_env(bootstrap: str, redis_url: str, prefix: str) -> dict[str, str]:

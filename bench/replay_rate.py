@@ -19,8 +19,6 @@ import uuid
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
 from redis.asyncio import Redis
 
 from bandit_core.decision_ids import make_decision_id
@@ -30,8 +28,10 @@ from deploy.stack.topics import create_topics, product_topic_specs
 from mab_cli.replay_cmd import ReplayTarget, run_dry
 from mab_cli.replay_redis import delete_namespace
 from schemas.topics import TopicNames, partition_key
-from services.projector.projection import Retention
-from stream_runtime.kafka_connection import KafkaConnection, KafkaTarget, as_connection
+from services.projector import Retention
+from stream_runtime.acked_producer import AckedProducer, OutRecord
+from stream_runtime.kafka_connection import KafkaConnection, KafkaTarget
+from stream_runtime.kafka_metadata import admin_client
 
 EXPERIMENTS = 48  # many experiments: partitions (and so workers) get even shares
 ARMS = ("a", "b", "c")
@@ -42,15 +42,10 @@ async def prefill(bootstrap: KafkaTarget, topics: TopicNames, n: int, seed: int 
     hand, like a bulk producer would, so the prefill is not the slow part)."""
     rng = random.Random(seed)
     now = time.time()
-    producer = AIOKafkaProducer(
-        **as_connection(bootstrap).aiokafka_kwargs(),
-        linger_ms=50,
-        acks=1,
-        max_batch_size=1024 * 1024,
-    )
+    producer = AckedProducer(bootstrap, "bench-prefill")
     await producer.start()
     try:
-        pending = []
+        pending: list[OutRecord] = []
         for e in range(EXPERIMENTS):
             exp = f"bench-{e}"
             config = {
@@ -69,11 +64,7 @@ async def prefill(bootstrap: KafkaTarget, topics: TopicNames, n: int, seed: int 
                 "experiment_id": exp,
                 "config": config,
             }
-            pending.append(
-                await producer.send(
-                    topics.experiments, orjson.dumps(created), key=partition_key(exp)
-                )
-            )
+            pending.append(OutRecord(topics.experiments, orjson.dumps(created), partition_key(exp)))
         for i in range(n // 2):
             exp = f"bench-{i % EXPERIMENTS}"
             idx = rng.randrange(3)
@@ -102,23 +93,21 @@ async def prefill(bootstrap: KafkaTarget, topics: TopicNames, n: int, seed: int 
                 "decision_id": did,
             }
             key = partition_key(exp)
-            pending.append(await producer.send(topics.decisions, orjson.dumps(decision), key=key))
-            pending.append(await producer.send(topics.rewards, orjson.dumps(reward), key=key))
+            pending.append(OutRecord(topics.decisions, orjson.dumps(decision), key))
+            pending.append(OutRecord(topics.rewards, orjson.dumps(reward), key))
             if len(pending) >= 20_000:
-                await asyncio.gather(*pending)
+                await producer.send(pending)
                 pending = []
-        await asyncio.gather(*pending)
+        await producer.send(pending)
     finally:
         await producer.stop()
 
 
-async def _drop_topics(bootstrap: KafkaTarget, topics: TopicNames) -> None:
-    admin = AIOKafkaAdminClient(**as_connection(bootstrap).aiokafka_kwargs())
-    await admin.start()
-    try:
-        await admin.delete_topics([topics.experiments, topics.decisions, topics.rewards])
-    finally:
-        await admin.close()
+def _drop_topics(bootstrap: KafkaTarget, topics: TopicNames) -> None:
+    admin = admin_client(bootstrap)
+    deleted = admin.delete_topics([topics.experiments, topics.decisions, topics.rewards])
+    for future in deleted.values():
+        future.result(30.0)
 
 
 def measure(bootstrap: KafkaTarget, redis_url: str, records: int, workers: int) -> dict[str, Any]:
@@ -148,7 +137,7 @@ def measure(bootstrap: KafkaTarget, redis_url: str, records: int, workers: int) 
         data["prefill_s"] = round(prefill_s, 1)
         return data
     finally:
-        asyncio.run(_drop_topics(bootstrap, topics))
+        _drop_topics(bootstrap, topics)
 
         async def clean() -> None:
             redis = Redis.from_url(redis_url)

@@ -62,27 +62,23 @@ from deploy.stack.topics import create_topics
 from schemas.events import RewardObserved
 from schemas.redis_keys import FIELD_REWARDS, RedisKeys
 from schemas.topics import TopicNames, partition_key, topic_specs
-from stream_runtime.kafka_connection import KafkaConnection, KafkaTarget, as_connection
+from stream_runtime.acked_producer import AckedProducer, OutRecord
+from stream_runtime.kafka_connection import KafkaConnection, KafkaTarget
 
 DOC = ROOT / "docs" / "benchmarks.md"
 START, END = "<!-- service-bench:start -->", "<!-- service-bench:end -->"
+#: Records produced per acknowledged send while pre-filling a topic.
+PREFILL_CHUNK = 20_000
 
 
 async def _prefill(
     bootstrap: KafkaTarget, topic: str, experiment: str, arms: list[str], n: int
 ) -> None:
-    from aiokafka import AIOKafkaProducer
-
-    producer = AIOKafkaProducer(
-        **as_connection(bootstrap).aiokafka_kwargs(),
-        linger_ms=20,
-        acks=1,
-        max_batch_size=512 * 1024,
-    )
+    producer = AckedProducer(bootstrap, "bench-prefill")
     await producer.start()
     try:
         key = partition_key(experiment)
-        futures = []
+        chunk: list[OutRecord] = []
         for i in range(n):
             event = RewardObserved(
                 experiment_id=experiment,
@@ -90,8 +86,11 @@ async def _prefill(
                 reward=float(i % 7 == 0),
                 source="bench",
             )
-            futures.append(await producer.send(topic, orjson.dumps(event.model_dump()), key=key))
-        await asyncio.gather(*futures)
+            chunk.append(OutRecord(topic, orjson.dumps(event.model_dump()), key))
+            if len(chunk) >= PREFILL_CHUNK:
+                await producer.send(chunk)
+                chunk = []
+        await producer.send(chunk)
     finally:
         await producer.stop()
 

@@ -29,6 +29,9 @@ services (``KAFKA_SECURITY_PROTOCOL``, ``KAFKA_SASL_MECHANISM``, ``KAFKA_SASL_US
 project's ``KafkaConnection`` and handed to aiokafka as keyword arguments. Outside this
 project, pass the same values to ``AIOKafkaProducer`` (``security_protocol``,
 ``sasl_mechanism``, ``sasl_plain_username``, ``sasl_plain_password``, ``ssl_context``).
+
+aiokafka is not a dependency of the server: ``pip install "aiokafka>=0.14,<0.15"`` (in a
+checkout of this project, the ``dev`` group has it).
 """
 
 from __future__ import annotations

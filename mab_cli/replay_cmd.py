@@ -16,20 +16,23 @@ the projector runs (:mod:`mab_cli.replay_guard` says why); ``--force`` overrides
 A Redis Cluster (``REDIS_URL=redis+cluster://...``) works like a single node: every key
 of an experiment, scratch ones included, lies in its ``{experiment}`` slot.
 
-The engine is :mod:`mab_cli.replay`, the Redis side :mod:`mab_cli.replay_redis`. Bad
-input (unreachable broker, unparsable timestamp) is one red line and exit code 2.
+The replay driver is the engine's (:mod:`stream_runtime.replay`), with the services'
+processors from their packages' public entry points; reading, comparing and swapping
+namespaces is :mod:`mab_cli.replay_redis`. Bad input (unreachable broker, unparsable
+timestamp) is one red line and exit code 2.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 import typer
 from confluent_kafka import KafkaException
@@ -37,18 +40,6 @@ from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from mab_cli.replay import (
-    Progress,
-    ReplayPlan,
-    ReplayReport,
-    end_offsets,
-    offsets_at,
-    partition_sizes,
-    read_experiment_events,
-    run_plans,
-    split_partitions,
-    warm_pool,
-)
 from mab_cli.replay_guard import (
     EXIT_PROCESSORS_RUNNING,
     ProcessorGroups,
@@ -66,17 +57,29 @@ from mab_cli.replay_redis import (
 )
 from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames
-from services.projector.consumer import ProjectorHandler
-from services.projector.projection import Retention
-from services.projector.settings import ProjectorSettings
-from services.projector.store import ProjectorStore
-from services.reward_consumer.handlers import BatchHandler
-from services.reward_consumer.store import ConsumerStore
+from services.projector import BucketProjection, ProjectorSettings, Retention
+from services.reward_consumer import SnapshotFold
 from stream_runtime.batch import Rejected
+from stream_runtime.engine import BatchEngine
 from stream_runtime.kafka_connection import KafkaConnectionError, KafkaTarget
 from stream_runtime.partition_reader import read_chunks
 from stream_runtime.redis_client import AnyRedis, RedisUrlError, explain, redis_from_url
+from stream_runtime.redis_store import RedisStateStore
+from stream_runtime.replay import (
+    Progress,
+    ReplayPlan,
+    ReplayReport,
+    end_offsets,
+    offsets_at,
+    partition_sizes,
+    read_configs,
+    run_plans,
+    split_partitions,
+    warm_pool,
+)
 from stream_runtime.settings import settings_errors
+
+log = logging.getLogger("mab_cli.replay")
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,12 +104,34 @@ class ReplayTarget:
     def topics(self) -> TopicNames:
         return TopicNames.with_prefix(self.topic_prefix)
 
+    def processors(self, redis_prefix: str) -> tuple[SnapshotFold, BucketProjection]:
+        """The processors whose keys replay rebuilds, writing under ``redis_prefix``."""
+        keys = RedisKeys(redis_prefix)
+        return (
+            SnapshotFold(self.topics, keys),
+            BucketProjection(self.topics, keys, self.retention),
+        )
+
+    def fields(self, partitions: int) -> list[tuple[str, int]]:
+        """Every ``(topic, partition)`` replay reads."""
+        t = self.topics
+        return [
+            (topic, p)
+            for topic in (t.rewards, t.decisions, t.experiments)
+            for p in range(partitions)
+        ]
+
     def scratch_prefix(self) -> str:
         """A fresh namespace next to the live one: the live prefix (no brace, see
         :class:`~schemas.redis_keys.RedisKeys`) and hex, so each scratch key's hash tag
         is still its experiment's, and on a Redis Cluster it lies in the slot of the
         live key it replaces."""
         return f"{self.redis_prefix}replay-{uuid.uuid4().hex[:8]}-"
+
+
+#: The processors' names, as the report counts by them.
+FOLD: Final = SnapshotFold.name
+PROJECTION: Final = BucketProjection.name
 
 
 @dataclass(slots=True)
@@ -122,10 +147,11 @@ class Outcome:
 
     def as_dict(self) -> dict[str, Any]:
         r = self.report
+        fold, projection = FOLD, PROJECTION
         return {
             "records": r.records,
-            "folded": r.folded,
-            "projected": r.projected,
+            "folded": r.applied[fold],
+            "projected": r.applied[projection],
             "experiments": self.experiments,
             "experiments_written": r.experiments_written,
             "rejected": dict(r.rejected),
@@ -134,8 +160,8 @@ class Outcome:
             "profile_s": {
                 "read": round(r.read_s, 3),
                 "decode": round(r.decode_s, 3),
-                "fold": round(r.fold_s, 3),
-                "project": round(r.project_s, 3),
+                "fold": round(r.apply_s.get(fold, 0.0), 3),
+                "project": round(r.apply_s.get(projection, 0.0), 3),
                 "write": round(r.write_s, 3),
                 "workers_cpu": round(r.cpu_s, 3),
             },
@@ -152,23 +178,21 @@ def _plans(
     read_until: dict[str, int],
     *,
     start: dict[str, int] | None = None,
-    consumer_stops: dict[str, dict[str, int]] | None = None,
-    projector_stops: dict[str, dict[str, int]] | None = None,
+    stops: dict[str, dict[str, dict[str, int]]] | None = None,
 ) -> list[ReplayPlan]:
     now = time.time()
+    keys = RedisKeys(scratch)
+    seeded = {exp: (keys.experiment(exp).config, raw) for exp, raw in configs.items()}
     return [
         ReplayPlan(
             bootstrap=target.bootstrap,
             redis_url=target.redis_url,
-            topic_prefix=target.topic_prefix,
-            target_prefix=scratch,
+            processors=target.processors(scratch),
+            configs=seeded,
             partitions=parts,
-            configs=configs,
             read_until=read_until,
-            retention=target.retention,
             now=now,
-            consumer_stops=consumer_stops,
-            projector_stops=projector_stops,
+            stops=stops,
             start=start or {},
         )
         for parts in split_partitions(
@@ -193,20 +217,18 @@ async def replay_into_scratch(
     """
     with warm_pool(target.workers) as pool:
         topics = target.topics
-        configs, partitions = await read_experiment_events(target.bootstrap, topics)
+        configs, partitions = await read_configs(target.bootstrap, topics.experiments)
         progress(f"{len(configs)} experiments in {topics.experiments}, {partitions} partitions")
         if partitions == 0:
             return ReplayReport(), 0
-        ends = await end_offsets(target.bootstrap, topics, partitions)
-        start = (
-            None
-            if from_ts is None
-            else await offsets_at(target.bootstrap, topics, partitions, from_ts)
-        )
+        fields = target.fields(partitions)
+        ends = await end_offsets(target.bootstrap, fields)
+        start = None if from_ts is None else await offsets_at(target.bootstrap, fields, from_ts)
         read_until = dict(ends)
-        cstops = pstops = None
+        by_processor = None
         if stops is not None:
             cstops, pstops = stops
+            by_processor = {FOLD: cstops, PROJECTION: pstops}
             read_until = {f: -1 for f in ends}
             for per_exp in (*cstops.values(), *pstops.values()):
                 for f, o in per_exp.items():
@@ -214,14 +236,7 @@ async def replay_into_scratch(
                         read_until[f] = o
         raw = {exp: c.model_dump_json().encode() for exp, c in configs.items()}
         plans = _plans(
-            target,
-            partitions,
-            scratch,
-            raw,
-            read_until,
-            start=start,
-            consumer_stops=cstops,
-            projector_stops=pstops,
+            target, partitions, scratch, raw, read_until, start=start, stops=by_processor
         )
         report = await asyncio.to_thread(run_plans, plans, progress, pool)
         await write_configs(redis, scratch, configs)
@@ -300,38 +315,37 @@ async def _no_dead_letter(rejects: Sequence[Rejected]) -> None:
 async def run_tail(
     target: ReplayTarget, progress: Progress, from_ts: float, *, force: bool = False
 ) -> Outcome:
-    """Apply the records from ``from_ts`` on top of the live state with the live handlers.
+    """Apply the records from ``from_ts`` on top of the live state with the live engine.
 
-    The handlers' stored-offset check skips every record the live state already holds,
-    so this only adds what is missing. Change points are not re-published. Refuses
-    while processors run, as :func:`run_rebuild` does (``force``: only warns).
+    The engine's stored-offset guard skips every record the live state already holds,
+    so this only adds what is missing. Rejects are not dead-lettered again (the live
+    consumer did when it first saw them) and change points are not re-published.
+    Refuses while processors run, as :func:`run_rebuild` does (``force``: only warns).
     """
     started = time.perf_counter()
     _ensure_stopped(target, progress, "mab replay --rebuild --from-timestamp", force)
     topics = target.topics
-    configs, partitions = await read_experiment_events(target.bootstrap, topics)
+    configs, partitions = await read_configs(target.bootstrap, topics.experiments)
     report = ReplayReport()
     if partitions == 0:
         return Outcome(report, 0.0, 0, [], [])
-    ends = await end_offsets(target.bootstrap, topics, partitions)
-    start = await offsets_at(target.bootstrap, topics, partitions, from_ts)
+    fields = target.fields(partitions)
+    ends = await end_offsets(target.bootstrap, fields)
+    start = await offsets_at(target.bootstrap, fields, from_ts)
     redis = redis_from_url(target.redis_url)
     try:
         await write_configs(redis, target.redis_prefix, configs)
-        keys = RedisKeys(target.redis_prefix)
-        consumer = BatchHandler(ConsumerStore(redis, keys), topics, _no_dead_letter, None)
-        projector = ProjectorHandler(
-            ProjectorStore(redis, keys, target.retention), topics, target.retention
-        )
+        store = RedisStateStore(redis)
+        fold_processor, projector = target.processors(target.redis_prefix)
+        fold = BatchEngine(fold_processor, store, log=log, dead_letter=_no_dead_letter)
+        projection = BatchEngine(projector, store, log=log)
         last_note = time.monotonic()
         async for chunk in read_chunks(target.bootstrap, start, ends, 2000):
             report.records += len(chunk)
-            folded = await consumer.handle(
-                [r for r in chunk if r.topic in (topics.rewards, topics.decisions)]
-            )
-            projected = await projector.handle(chunk)
-            report.folded += folded.applied + folded.duplicates
-            report.projected += projected.applied + projected.duplicates
+            folded = await fold.handle([r for r in chunk if r.topic in fold.processor.decoders])
+            projected = await projection.handle(chunk)
+            report.applied[FOLD] += folded.applied + folded.duplicates
+            report.applied[PROJECTION] += projected.applied + projected.duplicates
             report.rejected.update(folded.rejected)
             if time.monotonic() - last_note >= 1.0:
                 last_note = time.monotonic()

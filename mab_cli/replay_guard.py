@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from typing import Final
 
 from schemas.topics import TopicNames
-from services.projector.settings import ProjectorSettings
-from services.reward_consumer.settings import ConsumerSettings
+from services.projector import ProjectorSettings
+from services.reward_consumer import ConsumerSettings
 from stream_runtime.kafka_connection import KafkaTarget
 from stream_runtime.kafka_metadata import GroupMember, group_members
 

@@ -1,4 +1,4 @@
-"""The Redis side of replay: read a namespace's state, compare two of them, swap one in.
+"""The Redis side of ``mab replay``: read a namespace's state, compare two, swap one in.
 
 A namespace is a Redis key prefix (:class:`schemas.redis_keys.RedisKeys`). Replay builds
 its state under a scratch prefix; the scratch keys of an experiment carry the same
@@ -24,23 +24,18 @@ What is compared, and what is normalised first (everything else must be equal):
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import hiredis
 import orjson
 from pydantic import ValidationError
-from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.connection import Connection
 
 from bandit_core.fold import DEDUPE_HORIZON_S
 from schemas.events import ExperimentConfig
 from schemas.ids import key_segment
-from schemas.redis_keys import BucketKind, ExperimentKeys, RedisKeys
-from services.projector.projection import Retention
+from schemas.redis_keys import RedisKeys
 from stream_runtime.redis_client import AnyRedis
 
 #: Key kinds replay rebuilds (the suffix after ``mab:{E}:``; buckets by their prefix).
@@ -48,128 +43,6 @@ HASH_KINDS: Final = frozenset({"offsets", "proj:offsets"})
 DEDUPE_KINDS: Final = frozenset({"seen", "proj:seen"})
 BUCKET_PREFIX: Final = "ts:"
 MAX_READ_ATTEMPTS: Final = 5
-
-
-@contextlib.asynccontextmanager
-async def _connection_for(redis: AnyRedis, key: str) -> AsyncIterator[Connection]:
-    """A connection of the client's pool to the node holding ``key`` (the node, or on a
-    cluster the master of the key's slot), given back afterwards; disconnected first if
-    the caller failed, when a reply may be left unread on it."""
-    if isinstance(redis, RedisCluster):
-        await redis.initialize()  # the slot table; a no-op once the client is set up
-        node = redis.get_node_from_key(key)
-        if node is None:  # only asked for a replica returns None; typed Optional anyway
-            raise RuntimeError(f"no cluster node holds {key!r}")
-        conn = node.acquire_connection()
-        try:
-            yield conn
-        except BaseException:
-            await conn.disconnect()
-            raise
-        finally:
-            node.release(conn)
-        return
-    pool = redis.connection_pool
-    single: Connection = await pool.get_connection()  # type: ignore[no-untyped-call]
-    try:
-        yield single
-    except BaseException:
-        await single.disconnect()
-        raise
-    finally:
-        await pool.release(single)
-
-
-async def bulk_zadd(redis: AnyRedis, key: str, members: Mapping[str, float], chunk: int) -> None:
-    """``ZADD key`` every member with its score, ``chunk`` members per command.
-
-    Replay's bulk loader of dedupe sets (a million members for a million events), into
-    the node that holds ``key``. Each command is packed by hiredis (C, ~0.4 µs a member;
-    redis-py's asyncio packer takes ~2.2 µs) and sent on a connection of the pool (on a
-    cluster, of the key's master: a slot that moves meanwhile fails the load with
-    ``MOVED``, and the rebuild with it, leaving the live keys untouched). Redis is the
-    single-threaded part of replay, and plain ``ZADD`` arguments cost it ~2 µs a
-    member, against ~5.6 µs when a Lua script ``cjson``-decoded one JSON argument and
-    called ``ZADD`` over slices of it (1,000,000 members, back to back: Redis 2.0-2.2 s
-    against 5.6-6.5 s). Scores go as ``repr`` strings, which Redis parses back to the
-    same double.
-    """
-    if not members:
-        return
-    async with _connection_for(redis, key) as conn:
-        in_flight = False
-
-        async def send(args: list[str]) -> None:
-            """Send one command, after reading the reply of the previous one: Redis runs
-            a chunk while the next is built (an error reply raises in ``read_response``)."""
-            nonlocal in_flight
-            # hiredis's stub types the argument as a 1-tuple; it takes any length.
-            packed = hiredis.pack_command(tuple(args))  # type: ignore[arg-type]
-            if in_flight:
-                await conn.read_response()
-            await conn.send_packed_command(packed)
-            in_flight = True
-
-        flat: list[str] = ["ZADD", key]
-        push = flat.append
-        last: float | None = None
-        text = ""
-        for member, score in members.items():
-            if score is not last:  # a reward's keys share one ts object: one repr for both
-                last, text = score, repr(score)
-            push(text)
-            push(member)
-            if len(flat) >= 2 + 2 * chunk:
-                await send(flat)
-                flat = ["ZADD", key]
-                push = flat.append
-        if len(flat) > 2:
-            await send(flat)
-        if in_flight:
-            await conn.read_response()
-
-
-# ARGV[1]: JSON array of buckets, each [key, expireat, field, value, field, value, ...]
-# with every number as a string (cjson prints numbers with 14 digits). The keys are
-# the experiment's own (one hash tag); KEYS[1] is one of them, for the Cluster router.
-_BULK_BUCKETS_LUA: Final = """
-local buckets = cjson.decode(ARGV[1])
-for b = 1, #buckets do
-  local bucket = buckets[b]
-  redis.call('HSET', bucket[1], unpack(bucket, 3))
-  redis.call('EXPIREAT', bucket[1], bucket[2])
-end
-return #buckets
-"""
-
-
-async def bulk_buckets(
-    redis: AnyRedis,
-    keys: ExperimentKeys,
-    buckets: Mapping[tuple[BucketKind, int], Mapping[str, int]],
-    retention: Retention,
-    per_call: int = 2_000,
-) -> None:
-    """Write buckets into an empty target: one ``HSET`` of all non-zero fields and one
-    ``EXPIREAT`` per bucket (what the projector's increments build from nothing), in one
-    JSON argument per ``per_call`` buckets (a redis-py pipeline spends ~50 µs of Python
-    per command on packing and parsing; the buckets of one experiment are thousands)."""
-    script = redis.register_script(_BULK_BUCKETS_LUA)
-    batch: list[list[str]] = []
-    for (kind, start), counter in sorted(buckets.items()):
-        key = keys.bucket(kind, start)
-        entry = [key, str(retention.expires_at(kind, start))]
-        for f, n in counter.items():
-            if n:
-                entry += (f, str(n))
-        if len(entry) == 2:
-            continue
-        batch.append(entry)
-        if len(batch) >= per_call:
-            await script(keys=[batch[0][0]], args=[orjson.dumps(batch)])
-            batch = []
-    if batch:
-        await script(keys=[batch[0][0]], args=[orjson.dumps(batch)])
 
 
 def _text(v: bytes | str) -> str:

@@ -22,7 +22,6 @@ import asyncio
 from collections.abc import Callable
 from typing import Final
 
-from aiokafka.partitioner import DefaultPartitioner
 from confluent_kafka import KafkaException, TopicPartition
 
 from offpolicy.log import ConfigEvent, ExperimentLog, RejectedRecord
@@ -44,8 +43,8 @@ from stream_runtime.kafka_connection import (
     KafkaTarget,
     as_connection,
 )
-from stream_runtime.kafka_loop import KafkaRecord
-from stream_runtime.kafka_metadata import metadata_client, partition_counts
+from stream_runtime.kafka_consumer import KafkaRecord
+from stream_runtime.kafka_metadata import key_partition, metadata_client, partition_counts
 from stream_runtime.partition_reader import PartitionReadError, read_chunks
 
 #: Records per chunk read.
@@ -71,8 +70,7 @@ class LogTooLargeError(RuntimeError):
 def experiment_partition(experiment_id: str, partitions: list[int]) -> int:
     """The partition the product's producers put ``experiment_id``'s records in."""
     ordered = sorted(partitions)
-    chosen: int = DefaultPartitioner()(partition_key(experiment_id), ordered, ordered)
-    return chosen
+    return ordered[key_partition(partition_key(experiment_id), len(ordered))]
 
 
 async def read_experiment_log(

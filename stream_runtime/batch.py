@@ -1,15 +1,14 @@
-"""Pure per-batch helpers shared by the stream processors (reward consumer, projector).
+"""What the engine knows of a poll batch: records, their decoding by topic, rejects, offsets.
 
-No I/O here. What makes a redelivery a no-op in both processors lives in these few
-functions: decode a poll batch and group it by experiment in log order, drop records at
-or below the offset stored with the experiment's state (:func:`filter_applied`), compute
-the offsets the write stores (:func:`new_offsets`) and the Kafka offsets to commit or to
-seek back to (:func:`commit_offsets`, :func:`first_offsets`). Each service keeps its own
-decoding rules for the topics only it reads, and its own fold/projection.
+No I/O here. A batch is decoded once into per-experiment *columns* (:class:`Group`: the
+records, their events, and the lowest and highest offset per partition) rather than one
+object per record, because this runs for every event: the offset guard of
+:mod:`stream_runtime.engine` then needs one comparison per partition, not per record, in
+the common case where nothing in the batch was applied before.
 
-Per-record work is kept small on purpose (this runs for every event): a named tuple per
-record instead of a frozen dataclass, memoised offset-field names instead of a format
-call per record, and the cyclic collector held off while a batch is handled.
+The decoders of the two topics every processor reads (rewards, decisions) live here, so
+the reward consumer, the projector, replay and the off-policy reader derive the same
+event (and the same fallback event id and time) from the same record.
 """
 
 from __future__ import annotations
@@ -21,12 +20,10 @@ import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final, NamedTuple, Protocol, Self
+from typing import Final, Protocol, Self
 
 import orjson
-from pydantic import ValidationError
 
-from bandit_core.fold import dedupe_keys
 from schemas.codec import DecodeError, decode, decode_reward
 from schemas.dead_letter import redriven_position
 from schemas.events import AnyEvent, DecisionMade, ExperimentConfig, RewardObserved
@@ -38,7 +35,7 @@ MAX_CAS_ATTEMPTS: Final = 5
 
 
 class RecordLike(Protocol):
-    """What we use of an ``aiokafka.ConsumerRecord`` (tests pass plain dataclasses)."""
+    """What the engine uses of a consumed record (tests pass plain dataclasses)."""
 
     @property
     def topic(self) -> str: ...
@@ -52,30 +49,9 @@ class RecordLike(Protocol):
     def value(self) -> bytes | None: ...
 
 
-#: Where rejected records go: the reward consumer's DLQ producer
-#: (:class:`stream_runtime.dead_letter.DeadLetterProducer`) or, in handler tests, a list.
-#: Called with all of a step's rejects at once, it returns once they are durable.
-DeadLetterSink = Callable[[Sequence["Rejected"]], Awaitable[None]]
-
-
-def offset_field(topic: str, partition: int) -> str:
-    """Field of an experiment's offsets hash. Kafka topic names cannot contain ``:``."""
-    return f"{topic}:{partition}"
-
-
-class Positioned(NamedTuple):
-    """A decoded event with the log position it came from.
-
-    A named tuple rather than a frozen dataclass: one is built per record, and a frozen
-    dataclass's ``__init__`` (``object.__setattr__`` per field) costs several times more.
-    """
-
-    record: RecordLike
-    event: AnyEvent
-
-    @property
-    def field(self) -> str:
-        return offset_field(self.record.topic, self.record.partition)
+#: A topic's decoder: the record's event, ``None`` for a record the processor does not
+#: process (counted as ignored), or :class:`~schemas.codec.DecodeError` (a reject).
+Decoder = Callable[[RecordLike], AnyEvent | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,13 +64,152 @@ class Rejected:
     detail: str = ""
 
 
+#: Where rejected records go: the reward consumer's DLQ producer
+#: (:class:`stream_runtime.dead_letter.DeadLetterProducer`) or, in handler tests, a list.
+#: Called with all of a step's rejects at once, it returns once they are durable.
+DeadLetterSink = Callable[[Sequence[Rejected]], Awaitable[None]]
+
+
+def offset_field(topic: str, partition: int) -> str:
+    """Field of an experiment's offsets hash. Kafka topic names cannot contain ``:``."""
+    return f"{topic}:{partition}"
+
+
+class Group:
+    """One experiment's records of a batch as columns, in log order per partition.
+
+    ``first`` and ``last`` hold the lowest and highest offset per offset field
+    (:func:`offset_field`): what the offset guard compares and what the write stores.
+    """
+
+    __slots__ = ("events", "first", "last", "records")
+
+    def __init__(self) -> None:
+        self.records: list[RecordLike] = []
+        self.events: list[AnyEvent] = []
+        self.first: dict[str, int] = {}
+        self.last: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def add(self, record: RecordLike, event: AnyEvent, name: str) -> None:
+        """Append one record (``name``: its offset field)."""
+        self.records.append(record)
+        self.events.append(event)
+        offset = record.offset
+        low = self.first.get(name)
+        if low is None:
+            self.first[name] = self.last[name] = offset
+        elif offset < low:
+            self.first[name] = offset
+        elif offset > self.last[name]:
+            self.last[name] = offset
+
+
+class _FieldNames:
+    """:func:`offset_field` memo by topic then partition: a batch names a handful of
+    partitions, so a record costs two dict hits instead of a format call."""
+
+    __slots__ = ("_by_topic",)
+
+    def __init__(self) -> None:
+        self._by_topic: dict[str, dict[int, str]] = {}
+
+    def of(self, topic: str, partition: int) -> str:
+        parts = self._by_topic.get(topic)
+        if parts is None:
+            parts = self._by_topic[topic] = {}
+        name = parts.get(partition)
+        if name is None:
+            name = parts[partition] = offset_field(topic, partition)
+        return name
+
+
 @dataclass(slots=True)
 class DecodedBatch:
-    """A poll batch split into events by experiment, rejects and ignored records."""
+    """A poll batch split into per-experiment groups, rejects and ignored records."""
 
-    by_experiment: dict[str, list[Positioned]] = field(default_factory=dict)
+    groups: dict[str, Group] = field(default_factory=dict)
     rejected: list[Rejected] = field(default_factory=list)
-    ignored: int = 0  # records the processor does not project (decoder returned None)
+    ignored: int = 0  # records the processor does not process (decoder returned None)
+    newest: float = 0.0  # the newest event time of the batch (0.0: no event)
+
+
+def unknown_topic(record: RecordLike) -> DecodeError:
+    return DecodeError("unknown_topic", f"record from unsubscribed topic {record.topic!r}")
+
+
+def decode_batch(records: Iterable[RecordLike], decoders: Mapping[str, Decoder]) -> DecodedBatch:
+    """Decode every record with its topic's decoder; group the events by experiment.
+
+    A record of a topic without a decoder is rejected (``unknown_topic``). A decoder
+    that raises anything but :class:`DecodeError` rejects the record too (``invalid``):
+    decoding is a pure function of the record's bytes, so that error would recur on
+    every retry of the batch and stall the partition (a poison pill). The loop keeps its
+    lookups in locals (this runs per event).
+    """
+    out = DecodedBatch()
+    groups = out.groups
+    rejected = out.rejected
+    names = _FieldNames()
+    ignored = 0
+    newest = 0.0
+    for record in records:
+        decoder = decoders.get(record.topic)
+        try:
+            if decoder is None:
+                raise unknown_topic(record)
+            event = decoder(record)
+        except DecodeError as exc:
+            rejected.append(Rejected(record, exc.reason, exc.detail))
+            continue
+        except Exception as exc:
+            rejected.append(Rejected(record, "invalid", f"decoder error: {exc!r}"[:300]))
+            continue
+        if event is None:
+            ignored += 1
+            continue
+        group = groups.get(event.experiment_id)
+        if group is None:
+            group = groups[event.experiment_id] = Group()
+        group.add(record, event, names.of(record.topic, record.partition))
+        if event.ts > newest:
+            newest = event.ts
+    out.ignored = ignored
+    out.newest = newest
+    return out
+
+
+def decode_reward_record(record: RecordLike) -> RewardObserved:
+    """Decode a record of the rewards topic (the minimal bulk-producer contract too).
+
+    The fallback event id is the record's log position (for a record re-driven from the
+    DLQ, its original position: re-driving twice counts once) and the fallback time the
+    broker timestamp: both are deterministic, so a redelivered, replayed or re-driven
+    record folds (and dedupes) identically in every processor.
+    """
+    raw = record.value
+    if raw is None:
+        raise DecodeError("empty", "record without a value (tombstone)")
+    headers = getattr(record, "headers", None)
+    return decode_reward(
+        raw,
+        fallback_event_id=redriven_position(headers) if headers else None,
+        fallback_ts=record.timestamp / 1000.0,
+        fallback_position=(record.topic, record.partition, record.offset),
+    )
+
+
+def decode_decision_record(record: RecordLike) -> DecisionMade:
+    """Decode a record of the decisions topic: a :class:`DecisionMade` or a reject."""
+    raw = record.value
+    if raw is None:
+        raise DecodeError("empty", "record without a value (tombstone)")
+    event = decode(raw)
+    if not isinstance(event, DecisionMade):
+        raise DecodeError("wrong_event_type", f"type {event.type!r} on the decisions topic")
+    return event
 
 
 def decode_reward_or_decision(
@@ -102,32 +217,13 @@ def decode_reward_or_decision(
 ) -> AnyEvent | None:
     """Decode a record of the rewards or decisions topic; ``None`` for any other topic.
 
-    Rewards accept the minimal bulk-producer contract. Their fallback event id is the
-    record's log position (for a record re-driven from the DLQ, its original position)
-    and their fallback time the broker timestamp: both are deterministic, so a
-    redelivered, replayed or re-driven record folds (and dedupes) identically, and every
-    processor derives the same dedupe keys and event times from the same record.
-    Raises :class:`DecodeError` for a tombstone or an unreadable record.
+    Raises :class:`DecodeError` for a tombstone or an unreadable record (see
+    :func:`decode_reward_record`, :func:`decode_decision_record`).
     """
-    raw = record.value
-    if raw is None:
-        raise DecodeError("empty", "record without a value (tombstone)")
-    topic = record.topic
-    if topic == rewards_topic:
-        # A record re-driven from the DLQ names its original position in headers: the
-        # fallback id is then that original one, so re-driving twice counts once.
-        headers = getattr(record, "headers", None)
-        return decode_reward(
-            raw,
-            fallback_event_id=redriven_position(headers) if headers else None,
-            fallback_ts=record.timestamp / 1000.0,
-            fallback_position=(topic, record.partition, record.offset),
-        )
-    if topic == decisions_topic:
-        event = decode(raw)
-        if not isinstance(event, DecisionMade):
-            raise DecodeError("wrong_event_type", f"type {event.type!r} on the decisions topic")
-        return event
+    if record.topic == rewards_topic:
+        return decode_reward_record(record)
+    if record.topic == decisions_topic:
+        return decode_decision_record(record)
     return None
 
 
@@ -142,119 +238,6 @@ def rejection_detail(reason: str, event: RewardObserved, config: ExperimentConfi
     if reason == "bad_decision_id":
         return f"decision_id {event.decision_id!r} was not issued by this service"
     return reason
-
-
-def unknown_topic(record: RecordLike) -> DecodeError:
-    return DecodeError("unknown_topic", f"record from unsubscribed topic {record.topic!r}")
-
-
-def group_by_experiment(
-    records: Iterable[RecordLike], decode_one: Callable[[RecordLike], AnyEvent | None]
-) -> DecodedBatch:
-    """Decode every record; group valid ones by experiment in log order per partition.
-
-    ``decode_one`` raises :class:`DecodeError` (a reject) or returns ``None`` (ignored).
-    The loop keeps its lookups in locals and skips ``setdefault``'s per-record list
-    allocation (this runs per event).
-    """
-    out = DecodedBatch()
-    by_experiment = out.by_experiment
-    rejected = out.rejected
-    ignored = 0
-    for record in records:
-        try:
-            event = decode_one(record)
-        except DecodeError as exc:
-            rejected.append(Rejected(record, exc.reason, exc.detail))
-            continue
-        except Exception as exc:
-            # Decoding is a pure function of the record's bytes: any other error would
-            # recur on every retry of the batch and stall the partition (a poison pill).
-            # So it is a reject too, never a batch failure.
-            rejected.append(Rejected(record, "invalid", f"decoder error: {exc!r}"[:300]))
-            continue
-        if event is None:
-            ignored += 1
-            continue
-        group = by_experiment.get(event.experiment_id)
-        if group is None:
-            group = by_experiment[event.experiment_id] = []
-        group.append(Positioned(record, event))
-    out.ignored = ignored
-    return out
-
-
-class _OffsetFields:
-    """``offset_field`` memo keyed by topic then partition: a batch names a handful of
-    partitions, so the per-record cost is two dict hits instead of a format call (and no
-    key tuple is built)."""
-
-    __slots__ = ("_by_topic",)
-
-    def __init__(self) -> None:
-        self._by_topic: dict[str, dict[int, str]] = {}
-
-    def of(self, record: RecordLike) -> str:
-        topic = record.topic
-        parts = self._by_topic.get(topic)
-        if parts is None:
-            parts = self._by_topic[topic] = {}
-        partition = record.partition
-        name = parts.get(partition)
-        if name is None:
-            name = parts[partition] = offset_field(topic, partition)
-        return name
-
-
-def filter_applied(
-    items: Sequence[Positioned], applied: Mapping[str, int]
-) -> tuple[list[Positioned], int]:
-    """Drop records at or below the last applied offset of their (topic, partition).
-
-    ``applied`` is the experiment's offsets hash as stored *with* its state (snapshot or
-    buckets). A record at or below it was applied to that state already (we crashed or
-    lost the partition after the Redis write but before the Kafka commit), so applying
-    it again would double-count. Returns the fresh records and how many were dropped.
-    """
-    fields = _OffsetFields()
-    floors: dict[str, int] = {}  # offset field -> applied offset (-1: none)
-    fresh: list[Positioned] = []
-    for p in items:
-        record = p.record
-        f = fields.of(record)
-        floor = floors.get(f)
-        if floor is None:
-            floor = floors[f] = applied.get(f, -1)
-        if record.offset > floor:
-            fresh.append(p)
-    return fresh, len(items) - len(fresh)
-
-
-def new_offsets(items: Iterable[Positioned]) -> dict[str, int]:
-    """The highest offset per (topic, partition) among ``items``: what the write stores.
-
-    Every record that reached the fold counts, including duplicates and rejections:
-    the outcome of a record is decided once, so its redelivery must not be re-judged
-    against a newer config (an arm added later would otherwise flip a rejection).
-    """
-    fields = _OffsetFields()
-    out: dict[str, int] = {}
-    for p in items:
-        record = p.record
-        f = fields.of(record)
-        if record.offset > out.get(f, -1):
-            out[f] = record.offset
-    return out
-
-
-def batch_dedupe_keys(items: Iterable[Positioned]) -> list[str]:
-    """Dedupe keys (``d:``/``e:``) of the rewards among ``items``, without repeats."""
-    keys: dict[str, None] = {}
-    for p in items:
-        if isinstance(p.event, RewardObserved):
-            for k in dedupe_keys(p.event):
-                keys[k] = None
-    return list(keys)
 
 
 def first_offsets(records: Iterable[RecordLike]) -> dict[tuple[str, int], int]:
@@ -277,17 +260,6 @@ def commit_offsets(records: Iterable[RecordLike]) -> dict[tuple[str, int], int]:
     return out
 
 
-def parse_config(raw: bytes | None, log: logging.Logger) -> ExperimentConfig | None:
-    """The experiment's config key, or ``None`` if missing or unreadable (logged)."""
-    if raw is None:
-        return None
-    try:
-        return ExperimentConfig.model_validate(orjson.loads(raw))
-    except (orjson.JSONDecodeError, ValidationError):
-        log.exception("unreadable config key; treating experiment as unknown")
-        return None
-
-
 def record_ids(raw: bytes | None) -> dict[str, str]:
     """``experiment_id`` / ``decision_id`` / ``event_id`` of a record, for log lines.
 
@@ -307,7 +279,7 @@ def record_ids(raw: bytes | None) -> dict[str, str]:
 
 
 def dead_letter_logger(log: logging.Logger, message: str) -> DeadLetterSink:
-    """A dead-letter sink that only logs (handler tests and tools without a DLQ)."""
+    """A dead-letter sink that only logs (tools without a DLQ)."""
 
     async def log_dead_letter(rejects: Sequence[Rejected]) -> None:
         for r in rejects:
@@ -330,52 +302,22 @@ class CasConflictError(RuntimeError):
     """An experiment kept changing under us; the batch is retried from the log."""
 
 
-async def write_until_settled(
-    pending: dict[str, list[Positioned]],
-    attempt: Callable[[dict[str, list[Positioned]]], Awaitable[set[str]]],
-    log: logging.Logger,
-) -> int:
-    """Run ``attempt`` (read -> plan -> compare-and-set write) until no experiment conflicts.
-
-    ``attempt`` keeps the outcome of every experiment whose write landed (or needed none)
-    and returns the conflicted ones; only those are re-read and re-planned on the next
-    attempt. Returns the number of conflicts; raises :class:`CasConflictError` after
-    :data:`MAX_CAS_ATTEMPTS` rounds that still conflicted (the batch is then retried).
-    """
-    conflicts = 0
-    for _attempt in range(MAX_CAS_ATTEMPTS):
-        if not pending:
-            break
-        conflicted = await attempt(pending)
-        if conflicted:
-            conflicts += len(conflicted)
-            log.warning(
-                "offset compare-and-set conflict, reloading",
-                extra={"experiments": sorted(conflicted)},
-            )
-        pending = {exp: pending[exp] for exp in conflicted}
-    if pending:
-        raise CasConflictError(f"experiments kept conflicting: {sorted(pending)}")
-    return conflicts
-
-
 @contextlib.contextmanager
 def gc_deferred() -> Iterator[None]:
     """Hold the cyclic garbage collector off while one batch is handled.
 
     Decoding a batch keeps thousands of fresh container objects (models, their field
-    sets, :class:`Positioned`) alive at once; with the default thresholds that triggers
-    dozens of young-generation passes per batch, which promote the batch into the old
+    sets, the groups) alive at once; with the default thresholds that triggers dozens
+    of young-generation passes per batch, which promote the batch into the old
     generation and set off full collections over the whole heap (measured in the
     projector: ~20% of the handler's time, then still ~8% when only the synchronous
     steps were covered, since the first pass after them scans the live batch). None of
     it is cyclic garbage: it is freed by reference counting when the batch is done,
     which is why the collector is re-enabled only after that (wrap the call that owns
-    the batch's frame, not the steps inside it). Other tasks of the loop (aiokafka's
-    fetcher) may run during the batch's awaits; they merely allocate without triggering
-    a pass for those few milliseconds, and anything cyclic is collected on the next
-    pass. The collector is re-enabled on the way out (even on error) unless it was off
-    already.
+    the batch's frame, not the steps inside it). Other tasks of the loop may run during
+    the batch's awaits; they merely allocate without triggering a pass for those few
+    milliseconds, and anything cyclic is collected on the next pass. The collector is
+    re-enabled on the way out (even on error) unless it was off already.
     """
     if not gc.isenabled():
         yield
@@ -409,3 +351,23 @@ class SummableReport:
             f.name: dict(v) if isinstance(v := getattr(self, f.name), Counter) else v
             for f in dataclasses.fields(self)  # type: ignore[arg-type]
         }
+
+
+@dataclass(slots=True)
+class BatchReport(SummableReport):
+    """What the engine counts of every batch; a processor's report adds its outcomes.
+
+    The field names are the ``outcome`` labels of ``mab_stream_records`` and the keys of
+    the processors' stats log lines.
+    """
+
+    records: int = 0
+    redelivered: int = 0  # dropped by the offset guard (already in the state)
+    ignored: int = 0  # records the processor does not process (e.g. other event types)
+    conflicts: int = 0  # compare-and-set writes refused, re-read and re-applied
+    experiments_written: int = 0
+    #: Experiment writes applied from the engine's cache (no read round trip) and those
+    #: the write script refused (then re-read and re-applied in the same batch).
+    cache_hits: int = 0
+    cache_misses: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)

@@ -6,8 +6,9 @@ decider speaks SASL while ``mab replay`` does not. So there is exactly one place
 reads the connection settings (``KAFKA_BOOTSTRAP_SERVERS``, ``KAFKA_SECURITY_PROTOCOL``,
 ``KAFKA_SASL_*``, ``KAFKA_SSL_*``), validates them once at start-up and renders them for
 the two client libraries: librdkafka (``confluent-kafka``, every runtime client) and
-aiokafka (the user-facing example and the benchmark's helpers). The services' settings
-classes inherit :class:`KafkaConnection`, so the variable names are the same everywhere.
+aiokafka (the user-facing bulk producer example and the tests' external clients). The
+services' settings classes inherit :class:`KafkaConnection`, so the variable names are the
+same everywhere.
 
 The second half is what makes a wrong password or an untrusted CA *one clear error*
 instead of an endless retry log. librdkafka never gives up on a broker by itself: it
@@ -277,19 +278,24 @@ class KafkaConnection(BaseSettings):
         return kwargs
 
     def ssl_context(self) -> ssl.SSLContext:
-        """The TLS context aiokafka needs (the system's CAs unless a CA file is set)."""
-        from aiokafka.helpers import create_ssl_context  # lazy: only aiokafka users pay
+        """The TLS context aiokafka needs (the system's CAs unless a CA file is set;
+        hostnames checked), built as aiokafka's ``create_ssl_context`` builds it, with the
+        standard library only: this module is runtime code, aiokafka is not a runtime
+        dependency."""
+        import ssl  # lazy: only aiokafka users pay
 
-        context: ssl.SSLContext = create_ssl_context(
-            cafile=_str(self.kafka_ssl_ca_location),
-            certfile=_str(self.kafka_ssl_certificate_location),
-            keyfile=_str(self.kafka_ssl_key_location),
-            password=(
+        context = ssl.create_default_context(
+            ssl.Purpose.SERVER_AUTH, cafile=_str(self.kafka_ssl_ca_location)
+        )
+        certfile = _str(self.kafka_ssl_certificate_location)
+        if certfile is not None:
+            context.load_cert_chain(
+                certfile,
+                _str(self.kafka_ssl_key_location),
                 None
                 if self.kafka_ssl_key_password is None
-                else self.kafka_ssl_key_password.get_secret_value()
-            ),
-        )
+                else self.kafka_ssl_key_password.get_secret_value(),
+            )
         return context
 
     def describe(self) -> str:

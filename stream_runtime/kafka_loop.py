@@ -1,4 +1,4 @@
-"""The Kafka batch loop shared by the stream processors: poll -> handle -> commit.
+"""The Kafka batch loop of the engine: poll -> handle -> commit.
 
 Why not FastStream
 ------------------
@@ -23,27 +23,27 @@ fetcher, record-batch parsing and ``ConsumerRecord`` objects), which alone caps 
 process at ~65,000 records/s before any decoding or folding. librdkafka fetches and
 parses on its own C threads and hands out a whole batch in one call, so the Python cost
 per record drops to building one small named tuple. Its blocking calls (``consume``,
-``commit``, ``close``) run in a worker thread (``asyncio.to_thread``), so the event loop
-stays free for Redis I/O; rebalance callbacks fire inside ``consume`` only, i.e. never
-while a batch is being written.
+``close``) run in a worker thread (``asyncio.to_thread``), so the event loop stays free
+for Redis I/O; rebalance callbacks fire inside ``consume`` only, i.e. never while a
+batch is being written.
 
 So this module owns a plain librdkafka consumer with ``enable.auto.commit=false``,
-batch polls and explicit per-partition commits made strictly *after* the Redis write.
+batch polls and explicit per-partition commits issued strictly *after* the Redis write.
 The equivalent FastStream choice would be ``AckPolicy.NACK_ON_ERROR`` with
 ``auto_commit=False``; we keep the explicit loop.
 
 The loop (and why the order is what it is)
 ------------------------------------------
 See :meth:`KafkaBatchProcessor._process` for the full argument; in short:
-poll -> decode -> atomic read -> drop records at/below the stored applied offset ->
-fold/project -> one compare-and-set Lua script per experiment writing state + offsets +
-dedupe keys together -> only then commit the Kafka offsets. A crash at any point
-either loses nothing (no commit yet: Kafka redelivers) or doubles nothing (the stored
-offsets make the redelivered records a no-op).
+poll -> the engine (:class:`~stream_runtime.engine.BatchEngine`: decode, read, drop
+records at/below the stored applied offset, apply, one compare-and-set write per
+experiment of state + offsets + dedupe keys together) -> only then commit the Kafka
+offsets. A crash at any point either loses nothing (no commit yet: Kafka redelivers)
+or doubles nothing (the stored offsets make the redelivered records a no-op).
 
-A service subclasses :class:`KafkaBatchProcessor` and supplies its Redis/producer
-resources (:meth:`~KafkaBatchProcessor._open_resources`), the batch handler
-(:meth:`~KafkaBatchProcessor._handle`) and its stats; the ordering lives only here.
+A service subclasses :class:`KafkaBatchProcessor` and supplies its resources and its
+engine (:meth:`~KafkaBatchProcessor._open_resources`) and its stats; the ordering lives
+only here.
 """
 
 from __future__ import annotations
@@ -53,51 +53,31 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Final, Generic, NamedTuple, Protocol, TypeVar
+from typing import Any, Final, Generic, Protocol
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from stream_runtime.batch import RecordLike, SummableReport, commit_offsets, first_offsets
+from stream_runtime.batch import RecordLike, commit_offsets, first_offsets
+from stream_runtime.engine import BatchEngine
 from stream_runtime.kafka_connection import (
     ClientErrors,
     KafkaConnection,
     new_client,
     wait_until_reachable,
 )
+from stream_runtime.kafka_consumer import (
+    FETCH_QUEUE_BACKOFF_MS,
+    TUNED_FETCH,
+    FetchSizing,
+    RebalanceLogger,
+    take_queued,
+    to_records,
+)
 from stream_runtime.metrics import LAG_EVERY_S, ProcessorMetrics
+from stream_runtime.processor import ReportT
 
 #: Seconds between two progress log lines.
 PROGRESS_EVERY_S: Final = 10.0
-
-
-@dataclass(frozen=True, slots=True)
-class FetchSizing:
-    """Fetch sizes of the consumer (librdkafka defaults: 1 MiB per partition, 50 MiB per
-    fetch, min 1 byte, 500 ms wait)."""
-
-    max_partition_fetch_bytes: int
-    fetch_max_bytes: int
-    fetch_min_bytes: int
-    fetch_max_wait_ms: int
-
-
-#: Tuned for catch-up throughput (measured in the projector first). A poll batch is a few
-#: thousand records of ~200-400 bytes, i.e. ~1-2 MiB: with 4 MiB per partition one fetch
-#: response of a backlogged partition fills a whole batch, so a poll rarely waits on a
-#: second round trip mid-catch-up. 32 MiB per fetch bounds the memory of a fetch across
-#: many partitions (a handful of batches buffered, not fifty MiB per broker).
-#: ``fetch_min_bytes`` 64 KiB with a 100 ms wait lets the broker gather a few hundred
-#: records per response at low rates instead of answering every few records (each
-#: response costs a round trip and Python overhead); it adds at most 100 ms of latency
-#: to a quiet partition, which is fine for snapshots and for buckets of a minute or hour.
-TUNED_FETCH: Final = FetchSizing(
-    max_partition_fetch_bytes=4 * 1024 * 1024,
-    fetch_max_bytes=32 * 1024 * 1024,
-    fetch_min_bytes=64 * 1024,
-    fetch_max_wait_ms=100,
-)
 
 
 class LoopSettings(Protocol):
@@ -116,111 +96,13 @@ class LoopSettings(Protocol):
     def retry_backoff_s(self) -> float: ...
 
 
-class KafkaRecord(NamedTuple):
-    """One consumed record as the handlers see it (:class:`RecordLike`).
-
-    librdkafka's ``Message`` exposes methods, not attributes; copying the five fields
-    into a named tuple once costs less than a wrapper object's property calls later.
-    """
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int  # ms since the epoch (producer's create time or broker's log time)
-    value: bytes | None
-    key: bytes | None = None  # kept for dead letters (the record's own bytes)
-    headers: list[tuple[str, str | bytes | None]] | None = None  # re-drive markers
-
-
-def take_queued(consumer: Consumer, max_records: int, timeout_s: float) -> list[Message]:
-    """What is queued now, up to ``max_records``; else wait up to ``timeout_s`` for one.
-
-    ``consume(n, timeout)`` alone waits until ``n`` records *or* the timeout, never less,
-    even once every partition has reached its end: at low traffic that would hold every
-    record for the whole timeout. Draining the queue without waiting, and blocking on a
-    single ``poll`` only when it is empty, returns as soon as anything arrives (then
-    takes what arrived with it). The live loop and replay's reader both fetch this way.
-    """
-    messages = consumer.consume(max_records, 0)
-    if messages:
-        return messages
-    first = consumer.poll(timeout_s)
-    if first is None:
-        return []
-    return [first, *consumer.consume(max_records - 1, 0)]
-
-
-def to_records(messages: list[Message], log: logging.Logger) -> list[KafkaRecord]:
-    """Turn a poll's messages into records, logging (and skipping) error events.
-
-    Error events carry no record (a partition EOF, an unknown topic): librdkafka retries
-    those by itself; a fatal error raises so the process restarts cleanly. (Client-wide
-    errors, such as a broker going away, go to the consumer's ``error_cb`` instead:
-    :class:`~stream_runtime.kafka_connection.ClientErrors`.)
-    """
-    out: list[KafkaRecord] = []
-    append = out.append
-    for m in messages:
-        err = m.error()
-        if err is None:
-            # A message without error always has its topic, partition and offset (the
-            # stubs type them optional for error events); consumed headers are a list.
-            append(
-                KafkaRecord(
-                    m.topic(),  # type: ignore[arg-type]
-                    m.partition(),  # type: ignore[arg-type]
-                    m.offset(),  # type: ignore[arg-type]
-                    m.timestamp()[1],
-                    m.value(),
-                    m.key(),
-                    m.headers(),  # type: ignore[arg-type]
-                )
-            )
-        elif err.fatal():
-            raise KafkaException(err)
-        elif err.code() != KafkaError._PARTITION_EOF:
-            log.warning("consumer error event", extra={"error": str(err)})
-    return out
-
-
-class RebalanceLogger:
-    """Logs partition moves and tells the processor (:meth:`KafkaBatchProcessor._rebalanced`).
-
-    Correctness across a rebalance does not depend on this listener: a batch that was
-    in flight while we lost its partition either fails its compare-and-set (the new
-    owner wrote first) or lands before the new owner reads; its Kafka commit then fails,
-    which we tolerate, and the new owner's redelivery is dropped by the offset check.
-    A processor's caches are checked by its writes too; dropping them here only keeps
-    them to the partitions the process owns.
-    """
-
-    def __init__(self, log: logging.Logger, moved: Callable[[], None] = lambda: None) -> None:
-        self.log = log
-        self.moved = moved
-
-    def on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.log.info("partitions assigned", extra={"partitions": _names(partitions)})
-        self.moved()
-
-    def on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.log.info("partitions revoked", extra={"partitions": _names(partitions)})
-        self.moved()
-
-
-def _names(partitions: list[TopicPartition]) -> list[str]:
-    return sorted(f"{tp.topic}:{tp.partition}" for tp in partitions)
-
-
-ReportT = TypeVar("ReportT", bound=SummableReport)
-
-
 class KafkaBatchProcessor(abc.ABC, Generic[ReportT]):
     """Embeddable processor: ``await start()`` / ``await stop()``, or ``await run(event)``.
 
     Subclasses provide :attr:`name` (log lines, task name), :attr:`subscribed`,
-    :meth:`_open_resources` / :meth:`_close_resources`, :meth:`_handle` (one batch ->
-    Redis, raising on I/O errors), :attr:`stats` (a :class:`SummableReport` the committed
-    batches' reports are added to) and :meth:`_stats_extra`.
+    :meth:`_open_resources` (which returns the engine a batch goes through) and
+    :meth:`_close_resources`, :attr:`stats` (a report the committed batches' reports are
+    added to) and :meth:`_stats_extra`.
     """
 
     #: Human name in log lines ("reward consumer", "projector") and the task name.
@@ -240,12 +122,17 @@ class KafkaBatchProcessor(abc.ABC, Generic[ReportT]):
         self.fetch = fetch
         self.batches = 0
         self.handle_seconds = 0.0  # wall time inside _handle(), for the records/s figure
+        #: The engine batches go through (built by :meth:`_open_resources`).
+        self.engine: BatchEngine[ReportT] | None = None
         self._consumer: Consumer | None = None
         self._errors: ClientErrors | None = None
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._last_progress = time.monotonic()
         self._last_lag = 0.0
+        #: Offsets of processed batches (next offset to read per partition), committed
+        #: asynchronously after each batch and once more, synchronously, on close.
+        self._processed: dict[tuple[str, int], int] = {}
         #: Served on ``MAB_METRICS_PORT`` by :func:`stream_runtime.process.run_until_signal`.
         self.metrics = ProcessorMetrics()
 
@@ -255,21 +142,27 @@ class KafkaBatchProcessor(abc.ABC, Generic[ReportT]):
     def subscribed(self) -> list[str]: ...
 
     @abc.abstractmethod
-    async def _open_resources(self) -> None:
-        """Connect Redis (and producers) and build the handler; before joining the group."""
+    async def _open_resources(self) -> BatchEngine[ReportT]:
+        """Connect Redis (and producers) and build the engine; before joining the group."""
 
     @abc.abstractmethod
     async def _close_resources(self) -> None:
         """Close what :meth:`_open_resources` opened; after leaving the group."""
 
-    @abc.abstractmethod
     async def _handle(self, records: list[RecordLike]) -> ReportT:
-        """Apply one batch to Redis (read, filter, fold, compare-and-set write); raise on
-        failure. Must not commit anything to Kafka."""
+        """Apply one batch through the engine; raises on failure. Commits nothing."""
+        assert self.engine is not None
+        return await self.engine.handle(records)
 
     def _rebalanced(self) -> None:
         """Partitions were assigned or revoked (called inside ``consume``, i.e. never
-        while a batch is handled): drop per-partition caches. Default: none."""
+        while a batch is handled): keep the engine's cache to the partitions we own
+        (every write checks it anyway, see :mod:`stream_runtime.engine`), and the offsets
+        to commit on close to batches processed since (a partition that came back must
+        not get an older offset of ours committed over its last owner's)."""
+        self._processed.clear()
+        if self.engine is not None:
+            self.engine.forget()
 
     def _account(self, report: ReportT) -> None:
         """Add a committed batch's report to the running stats."""
@@ -320,9 +213,17 @@ class KafkaBatchProcessor(abc.ABC, Generic[ReportT]):
             "fetch.wait.max.ms": f.fetch_max_wait_ms,
             # Prefetch bound per partition: a few batches, not librdkafka's 64 MiB default.
             "queued.max.messages.kbytes": max(1024, f.max_partition_fetch_bytes // 512),
+            "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
             "session.timeout.ms": s.session_timeout_ms,
             "heartbeat.interval.ms": max(1000, s.session_timeout_ms // 4),
+            "on_commit": self._committed,
         }
+
+    def _committed(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """Result of an asynchronous commit (served inside ``consume``). A failed one is
+        safe: see :meth:`_commit`."""
+        if err is not None:
+            self.log.warning("commit failed (safe, see _commit)", extra={"error": str(err)})
 
     async def _open(self) -> None:
         """Reach Kafka first, then open the service's resources, then join the group.
@@ -337,7 +238,7 @@ class KafkaBatchProcessor(abc.ABC, Generic[ReportT]):
         )
         try:
             await asyncio.to_thread(wait_until_reachable, consumer, errors)
-            await self._open_resources()
+            self.engine = await self._open_resources()
         except BaseException:
             await asyncio.to_thread(consumer.close)
             raise
@@ -353,13 +254,30 @@ class KafkaBatchProcessor(abc.ABC, Generic[ReportT]):
 
     async def _close(self) -> None:
         if self._consumer is not None:
-            # enable.auto.commit=false: closing commits nothing behind our back (every
-            # processed batch was committed right after its Redis write); it leaves the
-            # group at once, so the partitions move without waiting for a session timeout.
+            # enable.auto.commit=false: closing commits nothing behind our back. The
+            # processed batches' offsets are committed once more, synchronously, for
+            # the partitions still ours, so a clean stop leaves the group at the end of
+            # what it wrote; then the group is left at once, so the partitions move
+            # without waiting for a session timeout.
+            await asyncio.to_thread(self._commit_processed)
             await asyncio.to_thread(self._consumer.close)
             self._consumer = None
         await self._close_resources()
         self.log.info(f"{self.name} stopped", extra=self._stats_extra())
+
+    def _commit_processed(self) -> None:
+        consumer = self._consumer
+        if consumer is None or not self._processed:
+            return
+        try:
+            owned = {(tp.topic, tp.partition) for tp in consumer.assignment()}
+            offsets = [
+                TopicPartition(t, p, o) for (t, p), o in self._processed.items() if (t, p) in owned
+            ]
+            if offsets:
+                consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            self.log.warning("commit failed (safe, see _commit)", extra={"error": repr(exc)})
 
     def partition_lag(self) -> dict[tuple[str, int], int]:
         """Records left per assigned partition (high watermark - position), from the
@@ -408,19 +326,19 @@ class KafkaBatchProcessor(abc.ABC, Generic[ReportT]):
            at or before this batch, so Kafka redelivers it to whoever owns the
            partition next: at-least-once delivery, never a lost record.
 
-        2. ``_handle`` reads each experiment's state (snapshot or buckets) *together
-           with* the last-applied offset per (topic, partition) that was stored
-           atomically with it, drops every record at or below that offset, folds the
-           rest and writes state + new offsets + dedupe keys in ONE Lua script (atomic
-           per experiment). So for any experiment, Redis holds either the state before
-           this batch with the old offsets, or the state after it with the new ones,
-           never a mix. A redelivered record is therefore at or below the stored
-           offset exactly when its effect is already in the state: redelivery is a
-           no-op, which turns at-least-once delivery into an exactly-once fold.
-           The script is also a compare-and-set on those offsets: a zombie consumer
-           that lost the partition in a rebalance but still finishes its batch cannot
-           overwrite the new owner's newer state; it reloads and (usually) finds
-           nothing left to apply.
+        2. The engine (:class:`~stream_runtime.engine.BatchEngine`) reads each
+           experiment's state (snapshot or buckets) *together with* the last-applied
+           offset per (topic, partition) that was stored atomically with it, drops every
+           record at or below that offset, applies the rest and writes state + new
+           offsets + dedupe keys in ONE Lua script (atomic per experiment). So for any
+           experiment, Redis holds either the state before this batch with the old
+           offsets, or the state after it with the new ones, never a mix. A redelivered
+           record is therefore at or below the stored offset exactly when its effect is
+           already in the state: redelivery is a no-op, which turns at-least-once
+           delivery into an exactly-once fold. The script is also a compare-and-set on
+           those offsets: a zombie consumer that lost the partition in a rebalance but
+           still finishes its batch cannot overwrite the new owner's newer state; it
+           reloads and (usually) finds nothing left to apply.
 
         3. Only after every write of the batch succeeded do we commit, per partition,
            the offset after the batch's last record. Committing earlier (FastStream's
@@ -428,6 +346,8 @@ class KafkaBatchProcessor(abc.ABC, Generic[ReportT]):
            write lose the batch: at-most-once. The commit is an optimisation of
            restart time, not part of correctness: if it fails (we were rebalanced
            away), the new owner redelivers and step 2 drops what we already applied.
+           That is also why it is sent without waiting for the broker's answer
+           (:meth:`_commit`).
 
         If step 2 raises (Redis down, script error), we must not commit and must not
         move on either: the consumer's position is already past the batch, and the
@@ -446,7 +366,7 @@ class KafkaBatchProcessor(abc.ABC, Generic[ReportT]):
             return
         seconds = time.perf_counter() - started
         self.handle_seconds += seconds
-        await self._commit(records)
+        self._commit(records)
         self._account(report)
         self.batches += 1
         self.metrics.batch(len(records), seconds, report)
@@ -463,16 +383,25 @@ class KafkaBatchProcessor(abc.ABC, Generic[ReportT]):
                     "partition lost before rewind", extra={"topic": topic, "partition": partition}
                 )
 
-    async def _commit(self, records: list[RecordLike]) -> None:
+    def _commit(self, records: list[RecordLike]) -> None:
+        """Commit the batch's offsets without waiting for the broker's answer.
+
+        Issued strictly after the batch's writes landed, which is all that correctness
+        asks of a commit (:meth:`_process`, step 3). Waiting for the answer cost the
+        reward consumer ~8 ms a batch, a sixth of its time. A commit that fails (we were
+        rebalanced away, or a transient broker error; reported by :meth:`_committed`), or
+        a crash before it reaches the broker, only makes the next owner redeliver
+        records the offset guard then drops; the next batch's commit covers these
+        offsets too, and :meth:`_close` commits the last ones synchronously.
+        """
         assert self._consumer is not None
-        offsets = [TopicPartition(t, p, o) for (t, p), o in commit_offsets(records).items()]
+        offsets = commit_offsets(records)
+        self._processed.update(offsets)
+        tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
         try:
-            await asyncio.to_thread(self._consumer.commit, offsets=offsets, asynchronous=False)
+            self._consumer.commit(offsets=tps, asynchronous=True)
         except KafkaException as exc:
-            # Rebalanced away (the new owner redelivers; the offset check absorbs it) or a
-            # transient broker error (the next batch's commit covers these offsets, and a
-            # crash before it only causes a redelivery the offset check absorbs).
-            self.log.warning("commit failed (safe, see _process)", extra={"error": repr(exc)})
+            self.log.warning("commit failed (safe, see _commit)", extra={"error": repr(exc)})
 
     @staticmethod
     async def _sleep(seconds: float, stop: asyncio.Event | None) -> None:

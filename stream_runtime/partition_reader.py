@@ -18,7 +18,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException
 from confluent_kafka import TopicPartition as RdTopicPartition
 
 from stream_runtime.kafka_connection import KafkaTarget, new_client, wait_until_reachable
-from stream_runtime.kafka_loop import KafkaRecord, take_queued
+from stream_runtime.kafka_consumer import KafkaRecord, take_queued
 from stream_runtime.kafka_metadata import METADATA_TIMEOUT_S
 
 
@@ -26,7 +26,7 @@ class PartitionReadError(RuntimeError):
     """A partition ended before the expected offset, or the broker went silent."""
 
 
-#: Longest wait for a record when none is queued (:func:`~stream_runtime.kafka_loop.
+#: Longest wait for a record when none is queued (:func:`~stream_runtime.kafka_consumer.
 #: take_queued`). A chunk is what is queued, up to ``chunk_records``: with
 #: ``consume(n, 1 s)`` each reader waited a whole second after its last records (the
 #: read of the 48 configs took 1.01 s), and a worker could sit idle while a chunk filled.

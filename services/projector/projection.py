@@ -1,10 +1,9 @@
-"""Pure logic of the projector: decode a poll batch and turn events into bucket increments.
+"""Pure logic of the projector: one experiment's events become bucket increments.
 
 No I/O here, so what makes the buckets exact (event-time bucketing, integer reward sums,
-the offset filter, the reward rules and dedupe shared with the reward consumer) is
-unit-tested without Kafka or Redis. :mod:`services.projector.store` applies the
-increments and the new offsets in one Lua step; :mod:`services.projector.consumer`
-commits to Kafka after it.
+the reward rules and dedupe shared with the reward consumer) is unit-tested without
+Kafka or Redis. :mod:`services.projector.processor` turns a projection into the state
+changes the engine writes in one Lua step with the new offsets.
 
 Why the buckets are bit-identical under any batch split, redelivery or replay:
 
@@ -12,22 +11,21 @@ Why the buckets are bit-identical under any batch split, redelivery or replay:
   replayed event lands in the hour (and minute) it happened;
 * every stored number is an integer (counts, and reward sums in micro-units), and
   integer addition is associative: the order and grouping of events do not matter;
-* a record at or below the offset stored with the buckets is dropped (it was applied
-  before a crash), and a reward counts at most once per dedupe key, exactly like
-  :func:`bandit_core.fold.fold_batch` (``reward_rejection`` + ``dedupe_keys``).
+* a record at or below the offset stored with the buckets is dropped by the engine (it
+  was applied before a crash), and a reward counts at most once per dedupe key, exactly
+  like :func:`bandit_core.fold.fold_batch` (``reward_rejection`` + ``dedupe_keys``).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
 import orjson
 
-from bandit_core.fold import DEDUPE_HORIZON_S, dedupe_keys, reward_rejection
-from schemas.codec import DecodeError, decode
+from bandit_core.fold import dedupe_keys, reward_rejection
 from schemas.events import (
     AnyEvent,
     ChangePointDetected,
@@ -44,44 +42,7 @@ from schemas.redis_keys import (
     BucketKind,
     bucket_field,
 )
-from schemas.topics import TopicNames
-from stream_runtime.batch import (
-    DecodedBatch,
-    Positioned,
-    RecordLike,
-    Rejected,
-    batch_dedupe_keys,
-    decode_reward_or_decision,
-    filter_applied,
-    group_by_experiment,
-    new_offsets,
-    offset_field,
-    unknown_topic,
-)
-
-__all__ = [
-    "APPLIED",
-    "DUPLICATE",
-    "EXPIRED",
-    "DecodedBatch",
-    "Positioned",
-    "Projection",
-    "RecordLike",
-    "Rejected",
-    "Retention",
-    "batch_dedupe_keys",
-    "bucket_start",
-    "change_point_member",
-    "decode_batch",
-    "decode_record",
-    "filter_applied",
-    "micro_units",
-    "new_offsets",
-    "offset_field",
-    "project",
-    "prune_cutoff",
-    "seen_cutoff",
-]
+from stream_runtime.processor import Skip
 
 APPLIED: Final = "applied"
 DUPLICATE: Final = "duplicate"
@@ -104,37 +65,9 @@ def change_point_member(event: ChangePointDetected) -> bytes:
     return orjson.dumps([event.event_id, event.arm_id, event.detector])
 
 
-def decode_record(record: RecordLike, topics: TopicNames) -> AnyEvent | None:
-    """Decode one record of our three topics; ``None`` for events we do not project.
-
-    Rewards are decoded exactly as the reward consumer does (minimal producer contract,
-    fallback event id = log position, fallback ts = broker timestamp), so both derive
-    the same dedupe keys and event times from the same record.
-    """
-    event = decode_reward_or_decision(record, topics.rewards, topics.decisions)
-    if event is not None:
-        return event
-    if record.topic == topics.experiments:
-        raw = record.value
-        assert raw is not None  # checked by decode_reward_or_decision
-        event = decode(raw)
-        if isinstance(event, DecisionMade | RewardObserved):
-            raise DecodeError("wrong_event_type", f"type {event.type!r} on the experiments topic")
-        return event if isinstance(event, ChangePointDetected) else None
-    raise unknown_topic(record)
-
-
-def decode_batch(records: Iterable[RecordLike], topics: TopicNames) -> DecodedBatch:
-    """Decode every record; group the projected ones by experiment in log order.
-
-    Same outcome as :func:`decode_record` per record (``None``: counted as ignored).
-    """
-    return group_by_experiment(records, lambda r: decode_record(r, topics))
-
-
 @dataclass(slots=True)
 class Projection:
-    """What one experiment's fresh records change; the store writes it in one Lua step.
+    """What one experiment's fresh records change (the processor makes it state changes).
 
     ``buckets`` maps (kind, bucket start) -> field -> integer increment.
     """
@@ -142,11 +75,10 @@ class Projection:
     buckets: dict[tuple[BucketKind, int], Counter[str]] = field(default_factory=dict)
     new_seen: dict[str, float] = field(default_factory=dict)
     change_points: dict[bytes, float] = field(default_factory=dict)
-    offsets: dict[str, int] = field(default_factory=dict)
     applied: int = 0
     duplicates: int = 0
     expired: int = 0
-    rejects: list[Rejected] = field(default_factory=list)
+    rejects: list[Skip] = field(default_factory=list)  # by index among the events
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +112,7 @@ _FAST_TS_MAX: Final = float(2**50)
 
 
 def project(
-    items: Sequence[Positioned],
+    events: Sequence[AnyEvent],
     config: ExperimentConfig,
     seen: Collection[str],
     retention: Retention,
@@ -200,7 +132,7 @@ def project(
     once per minute slot afterwards. A minute lies in exactly one hour (60 | 3600), and
     integer sums are associative, so the result is what per-event bucketing gives.
     """
-    out = Projection(offsets=new_offsets(items))
+    out = Projection()
     arm_ids = config.arm_ids
     # Slot base of each arm in a minute's counter list (dict: last index of a repeated
     # arm id wins, like the field-name dict it replaces; the other slots stay 0).
@@ -216,18 +148,17 @@ def project(
     scale = REWARD_SUM_SCALE
     minute_w = _MINUTE
     fast_max = _FAST_TS_MAX
-    for p in items:
-        ev = p.event
+    for index, ev in enumerate(events):
         if isinstance(ev, DecisionMade):
             i = base.get(ev.arm_id)
             if i is None:  # arms are append-only: it never was in the config
-                rejects.append(Rejected(p.record, "unknown_arm"))
+                rejects.append(Skip(index, "unknown_arm"))
                 continue
             micro = -1  # a decision
         elif isinstance(ev, RewardObserved):
             reason = reward_rejection(config, ev)
             if reason is not None:
-                rejects.append(Rejected(p.record, reason))
+                rejects.append(Skip(index, reason))
                 continue
             keys = dedupe_keys(ev)
             if not local_seen.isdisjoint(keys):  # any key seen: a duplicate
@@ -243,7 +174,7 @@ def project(
             out.change_points[change_point_member(ev)] = ev.ts
             out.applied += 1
             continue
-        else:  # pragma: no cover - decode_batch only lets the three kinds through
+        else:  # pragma: no cover - the decoders only let the three kinds through
             continue
         ts = ev.ts
         if ts < fast_max:
@@ -310,20 +241,3 @@ def _fold_slots(
         else:
             out.expired += acc[width]
     out.buckets = {key: Counter(fields) for key, fields in merged.items()}
-
-
-def prune_cutoff(new_ts: Iterable[float], horizon_s: float, now: float) -> float | None:
-    """Entries older than this may be forgotten (``None``: nothing new, no pruning).
-
-    The newest event time is clamped to the wall clock, so one record with a bogus
-    far-future ``ts`` cannot wipe every dedupe key (or change point) of the experiment.
-    """
-    newest = max(new_ts, default=None)
-    if newest is None:
-        return None
-    return min(newest, now) - horizon_s
-
-
-def seen_cutoff(new_seen: Mapping[str, float], now: float) -> float | None:
-    """Prune point of the projector's dedupe set: the reward consumer's 7-day horizon."""
-    return prune_cutoff(new_seen.values(), DEDUPE_HORIZON_S, now)

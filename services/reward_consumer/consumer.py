@@ -1,18 +1,26 @@
 """The reward consumer: Kafka rewards + decisions -> exactly-once folded snapshots in Redis.
 
-The Kafka side (why a plain librdkafka loop and not FastStream, the poll -> write -> commit
-order and why it is that order, rewind-and-backoff on failure, rebalances, fetch sizing)
-is shared with the projector and lives in :mod:`stream_runtime.kafka_loop`; read
-:meth:`stream_runtime.kafka_loop.KafkaBatchProcessor._process` for the full argument.
-In short: poll -> decode -> atomic read -> drop records at/below the stored applied
-offset -> fold -> one compare-and-set Lua script per experiment writing snapshot +
-offsets + dedupe keys together -> only then commit the Kafka offsets. A crash at any
-point either loses nothing (no commit yet: Kafka redelivers) or doubles nothing (the
-stored offsets make the redelivered records a no-op).
+Wiring only. The fold is a processor (:class:`services.reward_consumer.processor.
+SnapshotFold`); the engine (:mod:`stream_runtime.engine`) drives it: decode -> read
+(or its checked cache) -> drop records at/below the stored applied offset -> fold ->
+dead-letter -> one compare-and-set Lua script per experiment writing snapshot + offsets
++ dedupe keys together; the Kafka loop (:mod:`stream_runtime.kafka_loop`) commits the
+Kafka offsets only after that, and argues why at
+:meth:`stream_runtime.kafka_loop.KafkaBatchProcessor._process`.
 
-This module adds what only the reward consumer has: the fold handler
-(:mod:`services.reward_consumer.handlers`) and one durable producer for
-``ChangePointDetected`` events and for dead letters.
+This module adds what only the reward consumer has: one durable producer for
+``ChangePointDetected`` events, default rewards and dead letters, and the attribution
+sweep (:mod:`services.reward_consumer.attribution`) after each batch. Where its side
+outputs stand in that order:
+
+* dead letters: handed to the engine as its dead-letter sink, so a record the decoder
+  refuses is acknowledged by the DLQ before anything is written, and one the fold
+  refuses before the Redis write that stores the offsets past it;
+* change points: the engine's output sink, called after every write of the batch
+  landed and before the Kafka commit (:meth:`RewardConsumer._publish_change_points`);
+* default rewards: appended to the rewards topic by the sweep between batches; a window
+  stays open in Redis until the fold reads its default back, so a crash before the
+  append only delays it to the next sweep.
 
 The reward consumer is the **only** processor that dead-letters records of the rewards
 and decisions topics: every record it cannot decode or fold goes to the DLQ topic
@@ -35,19 +43,20 @@ from redis.exceptions import RedisError
 from schemas.codec import encode
 from schemas.events import AnyEvent, ChangePointDetected, RewardObserved
 from services.reward_consumer.attribution import AttributionSweeper
-from services.reward_consumer.batch import RecordLike
-from services.reward_consumer.handlers import BatchHandler, BatchReport, DeadLetterSink
+from services.reward_consumer.processor import FoldReport, SnapshotFold
 from services.reward_consumer.settings import ConsumerSettings
-from services.reward_consumer.store import ConsumerStore
 from stream_runtime.acked_producer import AckedProducer, OutRecord, ProduceError
+from stream_runtime.batch import DeadLetterSink
 from stream_runtime.dead_letter import DeadLetterProducer, dead_letter_producer
+from stream_runtime.engine import BatchEngine
 from stream_runtime.kafka_loop import KafkaBatchProcessor
 from stream_runtime.redis_client import AnyRedis
+from stream_runtime.redis_store import RedisStateStore
 
 log = logging.getLogger("services.reward_consumer")
 
 
-class RewardConsumer(KafkaBatchProcessor[BatchReport]):
+class RewardConsumer(KafkaBatchProcessor[FoldReport]):
     """Embeddable consumer: ``await start()`` / ``await stop()``, or ``await run(event)``."""
 
     name = "reward consumer"
@@ -63,10 +72,9 @@ class RewardConsumer(KafkaBatchProcessor[BatchReport]):
         self.settings = settings
         self.topics = settings.topics
         self.dead_letter = dead_letter
-        self.stats = BatchReport()
+        self.stats = FoldReport()
         self._producer: AckedProducer | None = None
         self._redis: AnyRedis | None = None
-        self._handler: BatchHandler | None = None
         self._sweeper: AttributionSweeper | None = None
         self._next_sweep = 0.0
         self.defaults_logged = 0
@@ -81,7 +89,7 @@ class RewardConsumer(KafkaBatchProcessor[BatchReport]):
         return [self.topics.rewards, self.topics.decisions]
 
     # ----------------------------------------------------------------- resources
-    async def _open_resources(self) -> None:
+    async def _open_resources(self) -> BatchEngine[FoldReport]:
         s = self.settings
         self._redis = s.redis_client()
         await self._redis.ping()  # fail fast at start-up, not inside the first batch
@@ -97,14 +105,15 @@ class RewardConsumer(KafkaBatchProcessor[BatchReport]):
             rejected_by=f"{s.group_id}/{client_id}",
             log=log,
         )
-        self._handler = BatchHandler(
-            ConsumerStore(self._redis, s.keys),
-            self.topics,
-            sink,
-            self._publish_change_points,
-        )
         self._sweeper = AttributionSweeper(
             self._redis, s.keys, self._publish_defaults, s.mab_attribution_idle_grace_s
+        )
+        return BatchEngine(
+            SnapshotFold(self.topics, s.keys),
+            RedisStateStore(self._redis),
+            log=log,
+            dead_letter=sink,
+            outputs=self._publish_change_points,
         )
 
     async def _close_resources(self) -> None:
@@ -116,16 +125,6 @@ class RewardConsumer(KafkaBatchProcessor[BatchReport]):
             self._redis = None
 
     # ----------------------------------------------------------------- batch
-    def _rebalanced(self) -> None:
-        """Keep the handler's snapshot cache to the partitions we own (it is checked by
-        every write anyway, see :mod:`services.reward_consumer.handlers`)."""
-        if self._handler is not None:
-            self._handler.forget()
-
-    async def _handle(self, records: list[RecordLike]) -> BatchReport:
-        assert self._handler is not None
-        return await self._handler.handle(records)
-
     async def poll_once(self, stop: asyncio.Event | None = None) -> int:
         """One batch, then (every ``mab_attribution_sweep_s``) close expired windows.
 
@@ -138,10 +137,10 @@ class RewardConsumer(KafkaBatchProcessor[BatchReport]):
             # may just have failed the batch (the windows stay open for the next run).
             return n
         now = time.monotonic()
-        if self._sweeper is not None and self._handler is not None and now >= self._next_sweep:
+        if self._sweeper is not None and self.engine is not None and now >= self._next_sweep:
             self._next_sweep = now + self.settings.mab_attribution_sweep_s
             try:
-                swept = await self._sweeper.sweep(self._handler.watermark)
+                swept = await self._sweeper.sweep(self.engine.watermark)
             except (ProduceError, KafkaException, RedisError, OSError) as exc:
                 log.warning("attribution sweep failed, retrying", extra={"error": repr(exc)})
             else:
@@ -161,11 +160,11 @@ class RewardConsumer(KafkaBatchProcessor[BatchReport]):
     async def _publish_change_points(self, events: Sequence[ChangePointDetected]) -> None:
         """Publish change points to the experiments topic, keyed by experiment id.
 
-        Called by the handler after the Redis write and before the Kafka commit. The
+        Called by the engine after the Redis writes and before the Kafka commit. The
         records are already folded, so a failure here must not fail the batch (its
         redelivery would be dropped by the offset check and the event lost): we retry
         until the broker takes them (at-least-once; the ids are deterministic, see
-        :func:`~services.reward_consumer.handlers.change_point_event`). Known gap: a
+        :func:`~services.reward_consumer.processor.change_point_event`). Known gap: a
         crash between the Redis write and this publish loses the events; replay of the
         rewards recomputes them.
         """

@@ -16,10 +16,10 @@ from bandit_core.decision_ids import make_decision_id
 from bandit_core.fold import fold_batch
 from bandit_core.state import ExperimentState
 from schemas.codec import encode
-from schemas.events import DecisionMade, ExperimentConfig, RewardObserved
+from schemas.events import AnyEvent, DecisionMade, ExperimentConfig, RewardObserved
 from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames, partition_key
-from services.projector.projection import Positioned, Retention, project
+from services.projector.projection import Retention, project
 from stream_runtime.batch import decode_reward_or_decision
 from tests.fixtures.faults import (
     Outgoing,
@@ -103,7 +103,7 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
 
 
 def bucket_dump_of_projection(
-    items: list[Positioned], config: ExperimentConfig, now: float
+    items: list[AnyEvent], config: ExperimentConfig, now: float
 ) -> dict[str, dict[str, int]]:
     """The projector's pure projection of every record, applied once, as Redis stores it."""
     retention = Retention(hour_s=90 * 86_400, minute_s=2 * 86_400)
@@ -235,8 +235,8 @@ async def test_consumer_and_projector_sigkilled_three_times_while_200k_rewards_s
     for r in landed:
         event = decode_reward_or_decision(r, names.rewards, names.decisions)
         assert event is not None
-        decoded[(r.topic, r.offset)] = Positioned(r, event)
-    events = [decoded[(r.topic, r.offset)].event for r in (*rewards, *decisions)]
+        decoded[(r.topic, r.offset)] = event
+    events = [decoded[(r.topic, r.offset)] for r in (*rewards, *decisions)]
     want = fold_batch(ExperimentState(experiment_id=EXP, config=config), events).state
     got = ExperimentState.from_snapshot(await redis.get(keys.snapshot), EXP)
     want_pulls = sum(a.pulls for a in want.arms.values())

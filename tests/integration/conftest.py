@@ -1,5 +1,5 @@
-"""Fixtures shared by the integration tests: the decider's HTTP API, and a private
-password-protected Redis."""
+"""Fixtures shared by the integration tests: the decider's HTTP API, a private
+password-protected Redis, and the engine's two state stores."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
+from redis.asyncio import Redis
 
 from deploy.stack.config import StackConfig
 from deploy.stack.local import LocalStack
@@ -17,6 +18,7 @@ from deploy.stack.secrets import REDIS_PASSWORD_FILE
 from services.decider.app import create_asgi
 from services.decider.hot_path import DecisionFastPath
 from services.decider.settings import DeciderSettings
+from tests.fixtures.engines import Stores
 
 #: ``decider_settings(**overrides)``: the settings of a decider on this test's namespace.
 SettingsFactory = Callable[..., DeciderSettings]
@@ -99,3 +101,22 @@ def locked_redis() -> Iterator[LocalStack]:
         yield stack
     finally:
         stack.down()
+
+
+@pytest_asyncio.fixture(
+    params=[
+        pytest.param("memory", marks=pytest.mark.unit),
+        pytest.param("redis", marks=pytest.mark.integration),
+    ]
+)
+async def stores(request: pytest.FixtureRequest) -> AsyncIterator[Stores]:
+    """The processor tests' state: the memory store (a unit test, no I/O), or the real
+    Redis (its ``redis_url`` starts the stack only for this parameter)."""
+    if request.param == "memory":
+        yield Stores("memory")
+        return
+    client = Redis.from_url(request.getfixturevalue("redis_url"))
+    try:
+        yield Stores("redis", client)
+    finally:
+        await client.aclose()

@@ -155,4 +155,4 @@ async def test_expired_decisions_get_the_default_once_and_replay_agrees(
     )
     verified = await run_verify(target, lambda _: None)
     assert verified.differences == []
-    assert verified.report.folded >= n_records
+    assert verified.as_dict()["folded"] >= n_records

@@ -21,16 +21,16 @@ from schemas.dead_letter import H_REDRIVE_OFFSET, dedupe, redriven_origins
 from schemas.events import ExperimentConfig
 from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames
-from services.reward_consumer.consumer import RewardConsumer
-from services.reward_consumer.handlers import BatchHandler
-from services.reward_consumer.settings import ConsumerSettings
-from services.reward_consumer.store import ConsumerStore
+from services.reward_consumer import ConsumerSettings, RewardConsumer
 from stream_runtime.batch import Rejected
 from stream_runtime.dead_letter import (
     DeadLetterProducer,
     dead_letter_producer,
     read_dead_letters,
 )
+from stream_runtime.redis_store import RedisStateStore
+from stream_runtime.state_store import Write
+from tests.fixtures.engines import fold_engine
 
 pytestmark = pytest.mark.integration
 
@@ -312,15 +312,15 @@ async def test_fold_rejects_reach_the_dlq_before_the_write_that_hides_them(
             await parked(rejects)
             steps.append("dlq:" + ",".join(r.reason for r in rejects))
 
-        store = ConsumerStore(redis, RedisKeys(ns))
+        store = RedisStateStore(redis)
         real_write = store.write
 
-        async def write(writes):  # type: ignore[no-untyped-def]
+        async def write(writes: Sequence[Write], now: float) -> list[str]:
             steps.append(f"write:{len(writes)}")
-            return await real_write(writes)
+            return await real_write(writes, now)
 
         store.write = write  # type: ignore[method-assign]
-        handler = BatchHandler(store, names, sink)
+        handler = fold_engine(store, ns, sink)
         first = await handler.handle(recs)
         second = await handler.handle(recs)  # redelivered: crash before the commit
     finally:

@@ -22,7 +22,6 @@ from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 
 from bandit_core.decision_ids import make_decision_id
-from mab_cli.replay_redis import bulk_buckets
 from schemas.codec import encode
 from schemas.events import (
     AnyEvent,
@@ -33,11 +32,12 @@ from schemas.events import (
 )
 from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames
-from services.projector.consumer import Projector, ProjectorHandler
+from services.projector import Projector, ProjectorSettings
 from services.projector.projection import MAX_EXPIREAT
-from services.projector.settings import ProjectorSettings
-from services.projector.store import ProjectorStore
-from stream_runtime.kafka_loop import KafkaRecord as Rec
+from stream_runtime.kafka_consumer import KafkaRecord as Rec
+from stream_runtime.redis_store import RedisStateStore
+from stream_runtime.state_store import MemoryStateStore
+from tests.fixtures.engines import projection_engine
 
 pytestmark = pytest.mark.integration
 
@@ -290,9 +290,7 @@ async def test_fold_rate(redis_url: str, ns: str, redis: Redis) -> None:
         recs.append(Rec(topic, part, offsets[f"{topic}{part}"], 0, encode(ev)))
         offsets[f"{topic}{part}"] += 1
     settings = settings_for("unused:9092", redis_url, ns, "bench")
-    handler = ProjectorHandler(
-        ProjectorStore(redis, settings.keys, settings.retention), names, settings.retention
-    )
+    handler = projection_engine(RedisStateStore(redis), ns, settings.retention)
     started = time.perf_counter()
     applied = 0
     for lo in range(0, len(recs), 5000):
@@ -307,21 +305,31 @@ async def test_far_future_events_are_bucketed_live_and_by_replay(
 ) -> None:
     """A valid but absurd ``ts`` (1e16 s) gives buckets whose expiry Redis would refuse
     (its milliseconds overflow 64 bits): the projector's write script and replay's bulk
-    load both used to fail on it, the live one on every retry. Both cap it now."""
+    write both used to fail on it, the live one on every retry. Both cap it now."""
     names = TopicNames.with_prefix(ns)
     await redis.set(RedisKeys(ns).experiment(EXP).config, config_of(EXP).model_dump_json())
     reward = RewardObserved(experiment_id=EXP, arm_id=ARMS[0], reward=1.0, ts=1e16)
     settings = settings_for("unused:9092", redis_url, ns, "far")
-    handler = ProjectorHandler(
-        ProjectorStore(redis, settings.keys, settings.retention), names, settings.retention
-    )
-    report = await handler.handle([Rec(names.rewards, 0, 0, 0, encode(reward))])
+    handler = projection_engine(RedisStateStore(redis), ns, settings.retention)
+    record = Rec(names.rewards, 0, 0, 0, encode(reward))
+    report = await handler.handle([record])
     assert report.applied == 1
     hour = 10**16 // 3600 * 3600
     key = settings.keys.experiment(EXP).bucket("hour", hour)
     assert await redis.hgetall(key) == {b"blue|r": b"1", b"blue|s": b"1000000"}
     assert await redis.expiretime(key) == MAX_EXPIREAT
 
-    scratch = RedisKeys(ns + "replay-").experiment(EXP)
-    await bulk_buckets(redis, scratch, {("hour", hour): {"blue|r": 1}}, settings.retention)
-    assert await redis.expiretime(scratch.bucket("hour", hour)) == MAX_EXPIREAT
+    # Replay: applied in memory, then bulk-written to an empty namespace.
+    scratch = ns + "replay-"
+    memory = MemoryStateStore(prune=False)
+    memory.strings[RedisKeys(scratch).experiment(EXP).config] = (
+        config_of(EXP).model_dump_json().encode()
+    )
+    await projection_engine(memory, scratch, settings.retention).handle(
+        [record._replace(topic=TopicNames.with_prefix(scratch).rewards)]
+    )
+    written = [k for k in (*memory.hashes, *memory.zsets) if "replay-" in k]
+    await RedisStateStore(redis).restore(EXP, memory, written, time.time())
+    bucket = RedisKeys(scratch).experiment(EXP).bucket("hour", hour)
+    assert await redis.hgetall(bucket) == {b"blue|r": b"1", b"blue|s": b"1000000"}
+    assert await redis.expiretime(bucket) == MAX_EXPIREAT

@@ -16,10 +16,10 @@ from bandit_core.decision_ids import make_decision_id
 from schemas.codec import encode
 from schemas.events import AnyEvent, ChangePointDetected, DecisionMade, RewardObserved
 from schemas.topics import TopicNames
-from services.projector.consumer import ProjectorHandler
 from services.projector.settings import ProjectorSettings
-from services.projector.store import ProjectorStore
-from stream_runtime.kafka_loop import KafkaRecord as Rec
+from stream_runtime.kafka_consumer import KafkaRecord as Rec
+from stream_runtime.redis_store import RedisStateStore
+from tests.fixtures.engines import projection_engine
 
 pytestmark = pytest.mark.integration
 
@@ -31,9 +31,7 @@ async def project(redis_url: str, ns: str, events: list[tuple[str, AnyEvent]]) -
     s = ProjectorSettings(redis_url=redis_url, mab_topic_prefix=ns, mab_redis_prefix=ns)
     redis = Redis.from_url(redis_url)
     try:
-        handler = ProjectorHandler(
-            ProjectorStore(redis, s.keys, s.retention), s.topics, s.retention
-        )
+        handler = projection_engine(RedisStateStore(redis), ns, s.retention)
         recs = [Rec(t, 0, i, 0, encode(e)) for i, (t, e) in enumerate(events)]
         await handler.handle(recs)
     finally:

@@ -28,7 +28,7 @@ from bandit_core.fold import (
 from bandit_core.state import ExperimentState
 from schemas.events import AnyEvent, DecisionMade, ExperimentConfig, RewardObserved
 from services.reward_consumer.attribution import AttributionSweeper, default_reward_event
-from services.reward_consumer.batch import build_state
+from services.reward_consumer.processor import build_state
 
 pytestmark = pytest.mark.unit
 

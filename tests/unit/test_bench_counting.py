@@ -12,8 +12,7 @@ from bench.evaluation_latency import EvaluationLoop
 from bench.run import projected_rewards
 from schemas.events import ExperimentConfig, RewardObserved
 from schemas.redis_keys import BucketKind, RedisKeys
-from services.projector.projection import Positioned, Retention, project
-from stream_runtime.kafka_loop import KafkaRecord
+from services.projector.projection import Retention, project
 
 pytestmark = pytest.mark.unit
 
@@ -38,8 +37,7 @@ def bucket_hashes(n_rewards: int) -> Buckets:
         RewardObserved(experiment_id="e", arm_id="ab"[i % 2], reward=1.0, ts=H0 + i * 97.0)
         for i in range(n_rewards)
     ]
-    items = [Positioned(KafkaRecord("r", 0, i, 0, b""), ev) for i, ev in enumerate(rewards)]
-    proj = project(items, CFG, set(), Retention(hour_s=10**9, minute_s=10**9), now=H0)
+    proj = project(rewards, CFG, set(), Retention(hour_s=10**9, minute_s=10**9), now=H0)
     keys = RedisKeys("bench-").experiment("e")
     hashes: Buckets = {}
     for (kind, start), fields in proj.buckets.items():

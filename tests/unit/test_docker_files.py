@@ -50,7 +50,6 @@ CORE_IMPORTS = frozenset(
         "rich",
         "redis",
         "hiredis",
-        "aiokafka",
         "confluent_kafka",
         "granian",
         "pyarrow",

@@ -38,12 +38,15 @@ from schemas.topics import TopicNames
 from services.decider.errors import reward_rejected
 from services.decider.models import RewardCreate
 from services.decider.routes.rewards import reward_event
-from services.projector.projection import MAX_EXPIREAT, Projection, Retention, decode_batch, project
-from services.projector.store import Write, write_call
+from services.projector.processor import BucketProjection
+from services.projector.projection import MAX_EXPIREAT, Retention
 from services.reward_consumer.attribution import default_reward_event
-from services.reward_consumer.handlers import change_point_event
-from stream_runtime.batch import decode_reward_or_decision, rejection_detail
-from stream_runtime.kafka_loop import KafkaRecord
+from services.reward_consumer.processor import change_point_event
+from stream_runtime.batch import decode_batch, decode_reward_or_decision, rejection_detail
+from stream_runtime.kafka_consumer import KafkaRecord
+from stream_runtime.processor import Loaded
+from stream_runtime.redis_store import write_args
+from stream_runtime.state_store import Write
 from tests.unit.test_codec_fast_path import Raw, mutated, valid_decisions, valid_rewards
 from tests.unit.test_codec_fast_path import to_bytes as _to_bytes
 
@@ -61,6 +64,8 @@ TOPICS: Final = TopicNames.with_prefix("")
 RETENTION: Final = Retention(hour_s=90 * 86400, minute_s=2 * 86400)
 NOW: Final = 1_700_000_000.0
 HEX: Final = "0123456789abcdef" * 2
+KEYS: Final = RedisKeys("t")
+PROJECTION: Final = BucketProjection(TOPICS, KEYS, RETENTION)
 
 
 def config_for(experiment_id: str) -> ExperimentConfig:
@@ -327,15 +332,15 @@ def decoded(raw: bytes, topic: str, offset: int = 0, timestamp: int = 0) -> AnyE
         event = decode_reward_or_decision(record, TOPICS.rewards, TOPICS.decisions)
     except DecodeError:
         event = None
-    batch = decode_batch([record], TOPICS)
+    batch = decode_batch([record], PROJECTION.decoders)
     if event is None:
         # Rejected as a DecodeError, not by the catch-all for unexpected decoder errors.
         assert [r.detail.startswith("decoder error") for r in batch.rejected] == [False]
-        assert not batch.by_experiment
+        assert not batch.groups
     else:
         assert not batch.rejected
         # (a decision without event_id or ts gets pydantic's random/clock defaults)
-        [other] = [p.event for p in batch.by_experiment[event.experiment_id]]
+        [other] = batch.groups[event.experiment_id].events
         volatile = {"event_id", "ts"}
         assert other.model_dump(exclude=volatile) == event.model_dump(exclude=volatile)
     for fn in (decode, decode_reward):
@@ -433,28 +438,29 @@ def check_fold(state: ExperimentState, events: Sequence[AnyEvent]) -> Experiment
 INT64: Final = range(-(2**63), 2**63)
 
 
-def check_projector_write(projection: Projection, now: float) -> None:
-    """The projector's write script arguments are ones Redis takes: walked like the
-    script walks them, every EXPIREAT time and HINCRBY increment a 64-bit integer (Redis
-    refuses an EXPIREAT beyond ``MAX_EXPIREAT``), every ZADD score a finite number."""
-    keys, args = write_call(
-        RedisKeys("t").experiment(EXPERIMENT), Write(EXPERIMENT, {}, projection), RETENTION, now
+def check_projector_write(
+    events: Sequence[AnyEvent], config: ExperimentConfig, seen: Sequence[str], now: float
+) -> None:
+    """The projector's write script arguments are ones Redis takes: every EXPIREAT time
+    and HINCRBY increment a 64-bit integer (Redis refuses an EXPIREAT beyond
+    ``MAX_EXPIREAT``), every ZADD score and prune cutoff a finite number."""
+    k = KEYS.experiment(config.experiment_id)
+    loaded = Loaded({}, {k.config: config.model_dump_json().encode()}, dict.fromkeys(seen, 0.0))
+    applied = PROJECTION.apply(config.experiment_id, events, loaded, now)
+    assert applied.changes is not None
+    guard = PROJECTION.guard(config.experiment_id)
+    w = Write(
+        config.experiment_id, guard.offsets, {}, {}, guard.seen, applied.new_seen, applied.changes
     )
-    i = 1 + 3 * args[0]
-    for _ in range(2):  # dedupe keys, then change points: [score, member, ...] + cutoff
-        flat = orjson.loads(args[i])
-        assert all(math.isfinite(float(score)) for score in flat[::2])
-        if args[i + 1] != "":
-            assert math.isfinite(float(args[i + 1]))
-        i += 2
-    for _ in keys[3:]:
-        expire_at, fields = args[i], args[i + 1]
-        assert type(expire_at) is int
-        assert -(2**63) // 1000 <= expire_at <= MAX_EXPIREAT
-        increments = args[i + 3 : i + 2 + 2 * fields : 2]
-        assert all(type(n) is int and n in INT64 for n in increments)
-        i += 2 + 2 * fields
-    assert i == len(args)
+    _, args = write_args(w, now)
+    table = orjson.loads(args[0])
+    for _key, scores, cutoff in table["zadd"]:  # dedupe keys, then change points
+        assert all(math.isfinite(float(score)) for score in scores.values())
+        if cutoff != "":
+            assert math.isfinite(float(cutoff))
+    for _key, fields, expire_at in table["hincr"]:
+        assert -(2**63) // 1000 <= int(expire_at) <= MAX_EXPIREAT
+        assert all(int(n) in INT64 for n in fields[1::2])
 
 
 def check_event(event: AnyEvent, raw: bytes, topic: str) -> None:
@@ -462,11 +468,11 @@ def check_event(event: AnyEvent, raw: bytes, topic: str) -> None:
     state = ExperimentState(event.experiment_id, config=config)
     check_fold(state, [event])
     check_fold(ExperimentState(event.experiment_id), [event])  # no config yet
-    batch = decode_batch([kafka_record(topic, 0, raw, 0)], TOPICS)
-    items = batch.by_experiment[event.experiment_id]
-    check_projector_write(project(items, config, set(), RETENTION, NOW), NOW)
-    seen = {"e:e0", f"d:{HEX[:-2]}00.0"}
-    check_projector_write(project(items, config, seen, RETENTION, event.ts), event.ts)
+    batch = decode_batch([kafka_record(topic, 0, raw, 0)], PROJECTION.decoders)
+    items = batch.groups[event.experiment_id].events
+    check_projector_write(items, config, [], NOW)
+    seen = ["e:e0", f"d:{HEX[:-2]}00.0"]
+    check_projector_write(items, config, seen, event.ts)
     if isinstance(event, RewardObserved):
         check_rejection(event, config)
 
@@ -543,8 +549,8 @@ def test_a_sequence_of_hostile_records_folds_into_one_state(
             kafka_records.append(kafka_record(topic_of(record), offset, raw, timestamp))
     if not events:
         return
-    positioned = decode_batch(kafka_records, TOPICS).by_experiment[EXPERIMENT]
-    check_projector_write(project(positioned, CONFIG, set(), RETENTION, NOW), NOW)
+    batch = decode_batch(kafka_records, PROJECTION.decoders).groups[EXPERIMENT].events
+    check_projector_write(batch, CONFIG, [], NOW)
     state = check_fold(ExperimentState(EXPERIMENT, config=CONFIG), events)
     # Close every open window with its default reward, then fold everything once more.
     defaults: list[AnyEvent] = [

@@ -12,8 +12,8 @@ import pytest
 
 from schemas.codec import DecodeError, decode_reward
 from schemas.events import AnyEvent
-from stream_runtime.batch import group_by_experiment
-from stream_runtime.kafka_loop import KafkaRecord as Rec
+from stream_runtime.batch import RecordLike, decode_batch
+from stream_runtime.kafka_consumer import KafkaRecord as Rec
 
 pytestmark = pytest.mark.unit
 
@@ -33,13 +33,13 @@ def test_deeply_nested_json_is_bad_json(raw: bytes) -> None:
 
 
 def test_an_unexpected_decoder_error_rejects_the_record_only() -> None:
-    def decode_one(record: Rec) -> AnyEvent | None:
+    def decode_one(record: RecordLike) -> AnyEvent | None:
         if record.offset == 1:
             raise RecursionError("a decoder bug")
         return None
 
     records = [Rec("t", 0, i, 0, b"{}") for i in range(3)]
-    out = group_by_experiment(records, decode_one)  # type: ignore[arg-type]
+    out = decode_batch(records, {"t": decode_one})
     assert [(r.record.offset, r.reason) for r in out.rejected] == [(1, "invalid")]
     assert "RecursionError" in out.rejected[0].detail
     assert out.ignored == 2

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+import orjson
 import pytest
 
 from bandit_core.decision_ids import make_decision_id
@@ -28,17 +29,14 @@ from services.decider.timeseries import (
     resolve_range,
     winner_changes,
 )
-from services.projector.projection import (
-    Positioned,
-    Retention,
-    bucket_start,
-    decode_batch,
-    filter_applied,
-    micro_units,
-    project,
-)
-from services.projector.store import Write, write_call
-from stream_runtime.kafka_loop import KafkaRecord as Rec
+from services.projector.processor import BucketProjection
+from services.projector.projection import Retention, bucket_start, micro_units, project
+from stream_runtime.batch import Group, decode_batch, offset_field
+from stream_runtime.engine import fresh_records
+from stream_runtime.kafka_consumer import KafkaRecord as Rec
+from stream_runtime.processor import Loaded
+from stream_runtime.redis_store import write_args
+from stream_runtime.state_store import Write
 
 pytestmark = pytest.mark.unit
 
@@ -68,8 +66,12 @@ def rew(arm: str, r: float, ts: float, decision_id: str | None = None) -> Reward
     return RewardObserved(experiment_id="e", arm_id=arm, reward=r, ts=ts, decision_id=decision_id)
 
 
-def positioned(events: list[AnyEvent]) -> list[Positioned]:
-    return [Positioned(Rec("t", 0, i, 0, b""), ev) for i, ev in enumerate(events)]
+def grouped(events: list[AnyEvent]) -> Group:
+    """The events as the engine groups them, at offsets 0, 1, ... of partition t:0."""
+    group = Group()
+    for i, ev in enumerate(events):
+        group.add(Rec("t", 0, i, 0, b""), ev, offset_field("t", 0))
+    return group
 
 
 def test_bucket_start_and_micro_units() -> None:
@@ -93,7 +95,8 @@ def test_project_buckets_by_event_time_with_rules_and_dedupe() -> None:
         ChangePointDetected(experiment_id="e", arm_id="a", detector="cusum", ts=H0 + 7303),
         dec("c", NOW - 3 * 86400),  # late, beyond minute retention, inside hour retention
     ]
-    p = project(positioned(events), CFG, {}, RET, NOW)
+    group = grouped(events)
+    p = project(group.events, CFG, {}, RET, NOW)
     assert p.applied == 6
     assert p.duplicates == 1
     assert sorted(r.reason for r in p.rejects) == ["arm_mismatch", "unknown_arm"]
@@ -105,18 +108,19 @@ def test_project_buckets_by_event_time_with_rules_and_dedupe() -> None:
     assert p.buckets[("hour", late)] == Counter({"c|d": 1})
     assert not any(k == "minute" and s < NOW - 2 * 86400 for k, s in p.buckets)
     assert len(p.change_points) == 1
-    assert p.offsets == {"t:0": len(events) - 1}
+    assert group.last == {"t:0": len(events) - 1}  # every record moves the offsets
 
 
 def test_project_respects_seen_from_redis_and_expires_old_events() -> None:
     r = rew("a", 1.0, H0 + 5)
-    p = project(positioned([r]), CFG, {"e:" + r.event_id: r.ts}, RET, NOW)
+    p = project([r], CFG, {"e:" + r.event_id: r.ts}, RET, NOW)
     assert p.duplicates == 1
     assert not p.buckets
-    old = project(positioned([dec("a", NOW - 100 * 86400)]), CFG, {}, RET, NOW)
+    group = grouped([dec("a", NOW - 100 * 86400)])
+    old = project(group.events, CFG, {}, RET, NOW)
     assert old.expired == 1
     assert not old.buckets
-    assert old.offsets == {"t:0": 0}
+    assert group.last == {"t:0": 0}
 
 
 def test_any_batch_split_gives_identical_buckets() -> None:
@@ -133,7 +137,7 @@ def test_any_batch_split_gives_identical_buckets() -> None:
             )
         if rng.random() < 0.1:
             events.append(events[-1])  # redelivered/duplicated record content
-    items = positioned(events)
+    items = events
     whole = project(items, CFG, {}, RET, NOW)
     for _ in range(5):
         cuts = sorted(rng.sample(range(1, len(items)), 7))
@@ -160,35 +164,47 @@ def test_decode_batch_groups_skips_and_ignores() -> None:
         Rec(t.experiments, 0, 1, 0, encode(cp)),
         Rec(t.rewards, 0, 2, 0, None),
     ]
-    out = decode_batch(recs, t)
+    out = decode_batch(recs, BucketProjection(t, RedisKeys("x-"), RET).decoders)
     assert out.ignored == 1
     assert sorted(r.reason for r in out.rejected) == ["bad_json", "empty", "wrong_event_type"]
-    items = out.by_experiment["e"]
+    items = out.groups["e"]
     assert len(items) == 3
-    minimal = items[1].event
+    minimal = items.events[1]
     assert isinstance(minimal, RewardObserved)
     assert minimal.event_id == f"{t.rewards}:0:0"  # same fallback id as the reward consumer
     assert minimal.ts == 1_800_000_000.0
-    fresh, dropped = filter_applied(items, {f"{t.decisions}:0": 0})
+    fresh, dropped = fresh_records(items, {f"{t.decisions}:0": 0})
     assert dropped == 1
     assert len(fresh) == 2
 
 
-def test_write_call_layout() -> None:
-    d = dec("a", H0 + 1)
-    p = project(positioned([d]), CFG, {}, RET, NOW)
-    keys, args = write_call(RedisKeys("p-").experiment("e"), Write("e", {}, p), RET, NOW)
-    k = RedisKeys("p-").experiment("e")
-    assert keys == [
+def test_write_layout() -> None:
+    """One decision: its hour and minute buckets' increments and expiry, the projector's
+    own offsets and dedupe set, every key in the experiment's hash tag."""
+    keys = RedisKeys("p-")
+    group = grouped([dec("a", H0 + 1)])
+    processor = BucketProjection(TopicNames.with_prefix("p-"), keys, RET)
+    k = keys.experiment("e")
+    applied = processor.apply(
+        "e", group.events, Loaded({}, {k.config: CFG.model_dump_json().encode()}), NOW
+    )
+    assert applied.changes is not None
+    guard = processor.guard("e")
+    w = Write("e", guard.offsets, {}, group.last, guard.seen, applied.new_seen, applied.changes)
+    redis_keys, args = write_args(w, NOW)
+    assert redis_keys == [
         k.projector_offsets,
         k.projector_seen,
-        k.change_points,
         k.hour_bucket(H0),
         k.minute_bucket(H0),
     ]
-    assert all("{e}" in key for key in keys)
-    assert args[:4] == [1, "t:0", "", "0"]
-    assert args[-4:] == [H0 + RET.minute_s, 1, "a|d", 1]
+    assert all("{e}" in key for key in redis_keys)
+    table = orjson.loads(args[0])
+    assert (table["expected"], table["new"]) == ({}, {"t:0": "0"})
+    assert table["hincr"] == [
+        [k.hour_bucket(H0), ["a|d", "1"], str(H0 + RET.hour_s)],
+        [k.minute_bucket(H0), ["a|d", "1"], str(H0 + RET.minute_s)],
+    ]
 
 
 # ------------------------------------------------------------------ read model

@@ -18,13 +18,7 @@ from bandit_core.decision_ids import make_decision_id
 from bandit_core.fold import dedupe_keys, reward_rejection
 from schemas.events import AnyEvent, DecisionMade, ExperimentConfig, RewardObserved
 from schemas.redis_keys import BUCKET_SECONDS, bucket_field
-from services.projector.projection import (
-    Positioned,
-    Retention,
-    micro_units,
-    project,
-)
-from stream_runtime.kafka_loop import KafkaRecord as Rec
+from services.projector.projection import Retention, micro_units, project
 
 pytestmark = pytest.mark.unit
 
@@ -38,15 +32,14 @@ CFG = ExperimentConfig(
 
 
 def reference(
-    items: Sequence[Positioned], seen: Collection[str], now: float
+    items: Sequence[AnyEvent], seen: Collection[str], now: float
 ) -> tuple[dict[tuple[str, int], Counter[str]], int, int, int, list[str]]:
     """Per-event bucketing, written plainly: buckets, applied, duplicates, expired, rejects."""
     buckets: dict[tuple[str, int], Counter[str]] = {}
     local_seen = set(seen)
     applied = duplicates = expired = 0
     rejects: list[str] = []
-    for p in items:
-        ev = p.event
+    for ev in items:
         if isinstance(ev, DecisionMade):
             if ev.arm_id not in ARMS:
                 rejects.append("unknown_arm")
@@ -119,10 +112,8 @@ def test_project_matches_per_event_reference(seed: int) -> None:
             )
         if rng.random() < 0.05:
             events.append(events[-1])
-    items = [Positioned(Rec("t", i % 3, i, 0, b""), ev) for i, ev in enumerate(events)]
-    seen = {
-        k for p in items[:50] if isinstance(p.event, RewardObserved) for k in dedupe_keys(p.event)
-    }
+    items = events
+    seen = {k for ev in items[:50] if isinstance(ev, RewardObserved) for k in dedupe_keys(ev)}
     got = project(items, CFG, seen, RET, NOW)
     buckets, applied, duplicates, expired, rejects = reference(items, seen, NOW)
     assert got.buckets == buckets

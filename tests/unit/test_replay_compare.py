@@ -10,13 +10,22 @@ import typer
 from redis.crc import key_slot
 
 from bandit_core.fold import DEDUPE_HORIZON_S
-from mab_cli.replay import _last_offsets, partition_sizes, split_partitions
 from mab_cli.replay_cmd import ReplayTarget, parse_timestamp
 from mab_cli.replay_guard import ProcessorGroups, refusal
 from mab_cli.replay_redis import Namespace, compare, split_key, within_horizon
+from schemas.events import RewardObserved
 from schemas.redis_keys import RedisKeys
-from services.projector.projection import Positioned, Retention, new_offsets
+from services.projector import Retention
+from stream_runtime.batch import (
+    Decoder,
+    Group,
+    decode_decision_record,
+    decode_reward_record,
+    offset_field,
+)
+from stream_runtime.kafka_consumer import KafkaRecord
 from stream_runtime.kafka_metadata import GroupMember
+from stream_runtime.replay import partition_sizes, select, split_partitions
 
 pytestmark = pytest.mark.unit
 
@@ -79,14 +88,24 @@ def test_compare_names_every_differing_key_and_field() -> None:
     assert compare(live, live) == []
 
 
-def test_last_offsets_equal_new_offsets_for_log_ordered_items() -> None:
-    class R:
-        def __init__(self, topic: str, partition: int, offset: int) -> None:
-            self.topic, self.partition, self.offset = topic, partition, offset
-            self.timestamp, self.value = 0, None
-
-    items = [Positioned(R(t, p, o), None) for o in range(5) for t in ("r", "d") for p in (0, 3)]  # type: ignore[arg-type]
-    assert _last_offsets(items) == new_offsets(items) == {"r:0": 4, "r:3": 4, "d:0": 4, "d:3": 4}
+def test_select_keeps_a_processors_topics_up_to_its_stops() -> None:
+    """Replay hands each processor the records of its topics at or below its stops;
+    the group itself when that is all of them (``Group.last`` is what the write stores)."""
+    event = RewardObserved(experiment_id="e", arm_id="a", reward=1.0)
+    group = Group()
+    for o in range(5):
+        for t, p in (("r", 0), ("d", 3), ("x", 0)):
+            group.add(KafkaRecord(t, p, o, 0, b""), event, offset_field(t, p))
+    assert group.last == {"r:0": 4, "d:3": 4, "x:0": 4}
+    decoders: dict[str, Decoder] = {"r": decode_reward_record, "d": decode_decision_record}
+    both = {**decoders, "x": decode_reward_record}
+    assert select(group, both, None) is group
+    assert select(group, both, {"r:0": 9, "d:3": 4, "x:0": 4}) is group
+    mine = select(group, decoders, {"r:0": 2, "d:3": 9})
+    assert [(r.topic, r.offset) for r in mine.records] == [
+        (t, o) for o in range(5) for t in ("r", "d") if t == "d" or o <= 2
+    ]
+    assert mine.last == {"r:0": 2, "d:3": 4}
 
 
 def test_timestamps_parse_as_unix_seconds_or_iso_utc() -> None:

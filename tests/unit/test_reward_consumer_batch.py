@@ -1,4 +1,5 @@
-"""Pure batch logic of the reward consumer: decoding, grouping, the offset filter."""
+"""Pure batch logic of the reward consumer: decoding, grouping, the offset guard, the
+write's named arguments."""
 
 from __future__ import annotations
 
@@ -10,25 +11,33 @@ import pytest
 from bandit_core.decision_ids import make_decision_id
 from bandit_core.fold import DEDUPE_HORIZON_S, fold_batch
 from schemas.codec import encode
-from schemas.events import DecisionMade, ExperimentConfig, RewardObserved
+from schemas.events import AnyEvent, DecisionMade, ExperimentConfig, RewardObserved
+from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames
-from services.reward_consumer.batch import (
-    Positioned,
-    batch_dedupe_keys,
-    build_state,
+from services.projector.processor import batch_dedupe_keys
+from services.reward_consumer.processor import SnapshotFold, build_state
+from services.reward_consumer.settings import ConsumerSettings
+from stream_runtime.batch import (
+    DecodedBatch,
+    Group,
     commit_offsets,
     decode_batch,
-    filter_applied,
     first_offsets,
-    new_offsets,
-    parse_offsets,
+    offset_field,
 )
-from services.reward_consumer.settings import ConsumerSettings
-from services.reward_consumer.store import Assumed, Write, _write_args, prune_cutoff
+from stream_runtime.engine import fresh_records
+from stream_runtime.processor import Changes, ZAdd
+from stream_runtime.redis_store import write_args
+from stream_runtime.state_store import Assumptions, Write, prune_cutoff
 
 pytestmark = pytest.mark.unit
 
 T = TopicNames.with_prefix("t.")
+FOLD = SnapshotFold(T, RedisKeys("t."))
+
+
+def decode(records: list[Rec]) -> DecodedBatch:
+    return decode_batch(records, FOLD.decoders)
 
 
 @dataclass(frozen=True)
@@ -70,8 +79,8 @@ def test_decode_groups_by_experiment_and_rejects_with_reasons() -> None:
         Rec(T.rewards, 0, 4, orjson.dumps({"experiment_id": "x", "arm_id": "a", "reward": 2})),
         Rec("other", 0, 0, reward("x")),
     ]
-    out = decode_batch(recs, T.rewards, T.decisions)
-    assert {k: [p.record.offset for p in v] for k, v in out.by_experiment.items()} == {
+    out = decode(recs)
+    assert {k: [r.offset for r in v.records] for k, v in out.groups.items()} == {
         "x": [0],
         "y": [5, 3],
     }
@@ -87,22 +96,26 @@ def test_decode_groups_by_experiment_and_rejects_with_reasons() -> None:
 def test_minimal_reward_gets_deterministic_id_and_broker_time() -> None:
     raw = orjson.dumps({"experiment_id": "x", "arm_id": "a", "reward": 0.5})
     rec = Rec(T.rewards, 3, 42, raw, timestamp=1_700_000_000_500)
-    ev = decode_batch([rec, rec], T.rewards, T.decisions).by_experiment["x"]
-    assert ev[0].event == ev[1].event
-    assert isinstance(ev[0].event, RewardObserved)
-    assert ev[0].event.event_id == f"{T.rewards}:3:42"
-    assert ev[0].event.ts == pytest.approx(1_700_000_000.5)
+    ev = decode([rec, rec]).groups["x"].events
+    assert ev[0] == ev[1]
+    assert isinstance(ev[0], RewardObserved)
+    assert ev[0].event_id == f"{T.rewards}:3:42"
+    assert ev[0].ts == pytest.approx(1_700_000_000.5)
 
 
-def _positioned(topic: str, partition: int, offsets: list[int]) -> list[Positioned]:
+def _group(*parts: tuple[str, int, list[int]]) -> Group:
     event = RewardObserved(experiment_id="x", arm_id="a", reward=1.0)
-    return [Positioned(Rec(topic, partition, o, b""), event) for o in offsets]
+    group = Group()
+    for topic, partition, offsets in parts:
+        for o in offsets:
+            group.add(Rec(topic, partition, o, b""), event, offset_field(topic, partition))
+    return group
 
 
 def test_filter_applied_drops_at_or_below_stored_offset_per_partition() -> None:
-    items = _positioned("r", 0, [4, 5, 6]) + _positioned("r", 1, [1, 2]) + _positioned("d", 0, [9])
-    fresh, dropped = filter_applied(items, {"r:0": 5, "r:1": 0})
-    assert [(p.field, p.record.offset) for p in fresh] == [
+    group = _group(("r", 0, [4, 5, 6]), ("r", 1, [1, 2]), ("d", 0, [9]))
+    fresh, dropped = fresh_records(group, {"r:0": 5, "r:1": 0})
+    assert [(f"{r.topic}:{r.partition}", r.offset) for r in fresh.records] == [
         ("r:0", 6),
         ("r:1", 1),
         ("r:1", 2),
@@ -112,26 +125,26 @@ def test_filter_applied_drops_at_or_below_stored_offset_per_partition() -> None:
 
 
 def test_filter_applied_with_nothing_stored_keeps_offset_zero() -> None:
-    fresh, dropped = filter_applied(_positioned("r", 0, [0, 1]), {})
+    fresh, dropped = fresh_records(_group(("r", 0, [0, 1])), {})
     assert len(fresh) == 2
     assert dropped == 0
 
 
 def test_new_offsets_and_commit_offsets() -> None:
-    items = _positioned("r", 0, [7, 9, 8]) + _positioned("d", 3, [2])
-    assert new_offsets(items) == {"r:0": 9, "d:3": 2}
-    recs = [p.record for p in items]
+    group = _group(("r", 0, [7, 9, 8]), ("d", 3, [2]))
+    assert group.last == {"r:0": 9, "d:3": 2}  # what the write stores
+    recs = group.records
     assert commit_offsets(recs) == {("r", 0): 10, ("d", 3): 3}
     assert first_offsets(recs) == {("r", 0): 7, ("d", 3): 2}
 
 
 def test_redelivery_of_a_whole_batch_is_a_noop() -> None:
     """Applying a batch, storing its offsets, then filtering the same batch leaves nothing."""
-    items = _positioned("r", 0, [0, 1, 2])
-    fresh, _ = filter_applied(items, {})
-    stored = new_offsets(fresh)
-    again, dropped = filter_applied(items, stored)
-    assert again == []
+    group = _group(("r", 0, [0, 1, 2]))
+    fresh, _ = fresh_records(group, {})
+    stored = fresh.last
+    again, dropped = fresh_records(group, stored)
+    assert again.records == []
     assert dropped == 3
 
 
@@ -139,8 +152,8 @@ def test_batch_dedupe_keys_are_unique_and_include_decision_ids() -> None:
     did = make_decision_id(0)
     a = RewardObserved(experiment_id="x", arm_id="a", reward=1.0, decision_id=did, event_id="e1")
     b = RewardObserved(experiment_id="x", arm_id="a", reward=1.0, event_id="e1")
-    items = [Positioned(Rec("r", 0, i, b""), ev) for i, ev in enumerate([a, b])]
-    assert batch_dedupe_keys(items) == [f"d:{did}", "e:e1"]
+    events: list[AnyEvent] = [a, b]
+    assert batch_dedupe_keys(events) == [f"d:{did}", "e:e1"]
 
 
 def test_build_state_feeds_fold_with_seen_view() -> None:
@@ -157,45 +170,60 @@ def test_build_state_feeds_fold_with_seen_view() -> None:
         state, [RewardObserved(experiment_id="x", arm_id="a", reward=1.0, event_id="old")]
     )
     assert res.outcomes == ["duplicate"]
-    assert parse_offsets({b"r:0": b"12"}) == {"r:0": 12}
 
 
 def test_prune_cutoff_clamps_future_timestamps() -> None:
-    assert prune_cutoff({}) is None
-    assert prune_cutoff({"e:a": 100.0}, now=1000.0) == 100.0 - DEDUPE_HORIZON_S
-    assert prune_cutoff({"e:a": 1e12}, now=1000.0) == 1000.0 - DEDUPE_HORIZON_S
+    h = DEDUPE_HORIZON_S
+    assert prune_cutoff({}.values(), h) is None
+    assert prune_cutoff({"e:a": 100.0}.values(), h, now=1000.0) == 100.0 - DEDUPE_HORIZON_S
+    assert prune_cutoff({"e:a": 1e12}.values(), h, now=1000.0) == 1000.0 - DEDUPE_HORIZON_S
 
 
 def test_write_args_layout() -> None:
-    w = Write("x", b"snap", expected={"r:0": 4}, new={"r:0": 9, "d:1": 2}, new_seen={"e:a": 5.0})
-    args = _write_args(w)
-    assert args[0] == b"snap"
-    # Offsets as strings (Lua compares them with HGET's strings; a Lua number would print
-    # big offsets in exponent form), the dedupe keys as one JSON object.
-    assert [orjson.loads(a) for a in args[2:7]] == [
-        {"r:0": "4"},
-        {"r:0": "9", "d:1": "2"},
-        {},  # no attribution windows opened
-        [],  # nor closed
-        {"e:a": 5.0},
-    ]
-    assert args[7:] == [""]  # folded from a read: no assumptions
     w = Write(
         "x",
-        b"snap",
+        "o",
+        expected={"r:0": 4},
+        new={"r:0": 9, "d:1": 2},
+        seen="s",
+        new_seen={"e:a": 5.0},
+        changes=Changes(set={"snap": b"snap"}),
+    )
+    keys, args = write_args(w, now=1000.0)
+    table = orjson.loads(args[0])
+    assert args[1:] == [b"snap"]  # byte strings as their own arguments, named by position
+    assert table["set"] == [["snap", 2]]
+    # Offsets as strings (Lua compares them with HGET's strings; a Lua number would print
+    # big offsets in exponent form), the dedupe keys as one JSON object.
+    assert (table["offsets"], table["expected"], table["new"]) == (
+        "o",
+        {"r:0": "4"},
+        {"r:0": "9", "d:1": "2"},
+    )
+    assert table["zadd"] == [["s", {"e:a": 5.0}, repr(5.0 - DEDUPE_HORIZON_S)]]
+    assert table["zrem"] == []  # no attribution windows closed
+    assert (table["equal"], table["absent"]) == ([], [])  # folded from a read: no assumptions
+    assert keys[:2] == ["o", "s"]
+    w = Write(
+        "x",
+        "o",
         expected={},
         new={"r:0": 1},
+        seen="s",
         new_seen={},
-        pending_added={"a.0": 70.5},
-        pending_removed=["b.1", "c.0"],
-        assumed=Assumed(b"cfg", b"old", ["e:q"], ["a.0"]),
+        changes=Changes(zadd={"p": ZAdd({"a.0": 70.5})}, zrem={"p": ["b.1", "c.0"]}),
+        assumed=Assumptions(
+            {"cfg": b"cfg", "snap": b"old", "gone": None}, {"s": ["e:q"], "p": ["a.0"]}
+        ),
     )
-    args = _write_args(w)
-    assert args[1] == ""  # nothing new: no pruning
-    assert orjson.loads(args[4]) == {"a.0": 70.5}
-    assert orjson.loads(args[5]) == ["b.1", "c.0"]
-    assert args[7:10] == ["1", b"cfg", b"old"]
-    assert [orjson.loads(a) for a in args[10:]] == [["e:q"], ["a.0"]]
+    keys, args = write_args(w, now=1000.0)
+    table = orjson.loads(args[0])
+    assert table["zadd"] == [["p", {"a.0": 70.5}, ""]]  # nothing new to dedupe: no pruning
+    assert table["zrem"] == [["p", ["b.1", "c.0"]]]
+    assert table["equal"] == [["cfg", 2], ["snap", 3], ["gone", 0]]  # 0: must be missing
+    assert args[1:] == [b"cfg", b"old"]
+    assert table["absent"] == [["s", ["e:q"]], ["p", ["a.0"]]]
+    assert set(keys) == {"o", "s", "cfg", "snap", "gone", "p"}
 
 
 def test_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,4 +1,5 @@
-"""Shared stream-processor helpers: GC deferral, the CAS retry loop, settings env names."""
+"""Shared stream-processor helpers: GC deferral, the engine's CAS retry loop, settings env
+names."""
 
 from __future__ import annotations
 
@@ -7,25 +8,30 @@ import logging
 import subprocess
 import sys
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 from confluent_kafka import TopicPartition
 from redis.asyncio import Redis
 
+from schemas.events import ExperimentConfig, RewardObserved
+from schemas.redis_keys import RedisKeys
+from schemas.topics import TopicNames
 from services.projector.settings import ProjectorSettings
-from services.reward_consumer.consumer import RewardConsumer
-from services.reward_consumer.handlers import BatchHandler
-from services.reward_consumer.settings import ConsumerSettings
-from services.reward_consumer.store import ConsumerStore
+from services.reward_consumer import ConsumerSettings, FoldReport, RewardConsumer, SnapshotFold
 from stream_runtime.batch import (
     MAX_CAS_ATTEMPTS,
     CasConflictError,
-    Positioned,
+    DecodedBatch,
+    Group,
     gc_deferred,
-    write_until_settled,
+    offset_field,
 )
-from stream_runtime.kafka_loop import RebalanceLogger
+from stream_runtime.engine import BatchEngine
+from stream_runtime.kafka_consumer import KafkaRecord, RebalanceLogger
+from stream_runtime.redis_store import RedisStateStore
+from stream_runtime.state_store import MemoryStateStore, Write
 
 pytestmark = pytest.mark.unit
 
@@ -59,30 +65,61 @@ def test_gc_deferred_leaves_a_disabled_collector_disabled() -> None:
         gc.enable()
 
 
-async def test_write_until_settled_retries_only_conflicted_experiments() -> None:
-    seen: list[list[str]] = []
-    conflicts = iter([{"b"}, set()])
+class RefusingStore(MemoryStateStore):
+    """A memory store that refuses the writes of the experiments in ``refuse`` (another
+    consumer keeps writing them), a given number of times each."""
 
-    async def attempt(pending: dict[str, list[Positioned]]) -> set[str]:
-        seen.append(sorted(pending))
-        return next(conflicts)
+    def __init__(self, refuse: dict[str, int]) -> None:
+        super().__init__()
+        self.refuse = refuse
+        self.rounds: list[list[str]] = []
 
-    n = await write_until_settled({"a": [], "b": []}, attempt, log)
-    assert n == 1
-    assert seen == [["a", "b"], ["b"]]
+    async def write(self, writes: Sequence[Write], now: float) -> list[str]:
+        self.rounds.append(sorted(w.experiment_id for w in writes))
+        refused = [w for w in writes if self.refuse.get(w.experiment_id, 0) > 0]
+        for w in refused:
+            self.refuse[w.experiment_id] -= 1
+        landed = await super().write([w for w in writes if w not in refused], now)
+        return landed + [w.experiment_id for w in refused]
 
 
-async def test_write_until_settled_gives_up_after_max_attempts() -> None:
-    calls = 0
+def _engine(store: MemoryStateStore) -> tuple[BatchEngine[FoldReport], DecodedBatch]:
+    topics = TopicNames.with_prefix("t.")
+    keys = RedisKeys("t.")
+    decoded = DecodedBatch()
+    for exp in ("a", "b"):
+        config = ExperimentConfig(
+            experiment_id=exp,
+            arm_ids=("x",),
+            strategy="thompson",
+            version=1,
+            created_ts=0,
+            updated_ts=0,
+        )
+        store.strings[keys.experiment(exp).config] = config.model_dump_json().encode()
+        group = decoded.groups[exp] = Group()
+        record = KafkaRecord(topics.rewards, 0, 0 if exp == "a" else 1, 0, b"")
+        event = RewardObserved(experiment_id=exp, arm_id="x", reward=1.0)
+        group.add(record, event, offset_field(record.topic, record.partition))
+    engine = BatchEngine(SnapshotFold(topics, keys), store, log=log, cache_bytes=0)
+    return engine, decoded
 
-    async def attempt(pending: dict[str, list[Positioned]]) -> set[str]:
-        nonlocal calls
-        calls += 1
-        return set(pending)
 
+async def test_a_refused_write_retries_only_the_conflicted_experiments() -> None:
+    store = RefusingStore({"b": 1})
+    engine, decoded = _engine(store)
+    report, _ = await engine.apply(decoded)
+    assert report.conflicts == 1
+    assert store.rounds == [["a", "b"], ["b"]]
+    assert report.applied == 2
+
+
+async def test_the_engine_gives_up_after_max_attempts() -> None:
+    store = RefusingStore({"a": 1000})
+    engine, decoded = _engine(store)
     with pytest.raises(CasConflictError):
-        await write_until_settled({"a": []}, attempt, log)
-    assert calls == MAX_CAS_ATTEMPTS
+        await engine.apply(decoded)
+    assert len(store.rounds) == MAX_CAS_ATTEMPTS
 
 
 def test_env_var_names_are_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -163,8 +200,8 @@ def test_reports_sum_every_declared_counter() -> None:
 
 
 def test_rebalance_listener_tells_the_processor_on_every_move() -> None:
-    """The reward consumer drops its snapshot cache on every assignment and revocation
-    (RewardConsumer._rebalanced -> BatchHandler.forget)."""
+    """The processors drop their engine's cache on every assignment and revocation
+    (KafkaBatchProcessor._rebalanced -> BatchEngine.forget)."""
     moves: list[str] = []
     listener = RebalanceLogger(log, lambda: moves.append("moved"))
     parts = [TopicPartition("t", 0), TopicPartition("t", 1)]
@@ -175,11 +212,14 @@ def test_rebalance_listener_tells_the_processor_on_every_move() -> None:
 
 def test_reward_consumer_forgets_its_cache_on_a_rebalance() -> None:
     consumer = RewardConsumer(ConsumerSettings())
-    handler = BatchHandler(ConsumerStore(Redis(), ConsumerSettings().keys), consumer.topics)
-    handler._cache["exp"] = None  # type: ignore[assignment]  # only its presence matters
-    consumer._handler = handler
+    settings = ConsumerSettings()
+    engine = BatchEngine(
+        SnapshotFold(consumer.topics, settings.keys), RedisStateStore(Redis()), log=log
+    )
+    engine._cache["exp"] = None  # type: ignore[assignment]  # only its presence matters
+    consumer.engine = engine
     consumer._rebalanced()
-    assert handler._cache == {}
+    assert engine._cache == {}
 
 
 def test_freeze_startup_heap_collects_first_then_freezes_once() -> None:

@@ -1,0 +1,205 @@
+"""The snapshot fold as a processor: rewards + decisions -> an experiment's snapshot.
+
+Pure (see :class:`stream_runtime.processor.Processor`): the engine reads, guards,
+writes and retries; this module says what a batch of one experiment's events reads
+(its config, its snapshot, the dedupe keys and open attribution windows the events
+name), and what it makes of them with :func:`bandit_core.fold.fold_into`: the new
+snapshot, the attribution windows opened and closed, the counts, the records the fold
+rejects (with the text of their dead letters) and the change points its detectors
+raised.
+
+The snapshot holds strategy-independent statistics; ``seen`` and ``pending`` are their
+own keys, of which a batch loads only the entries its events name: enough for the fold
+to decide exactly as it would with the whole sets (the snapshot keeps the exact
+``pending_count``), and what keeps a batch's read and write small.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from bandit_core.adaptive import GLR_DETECTOR
+from bandit_core.fold import APPLIED, DUPLICATE, LATE, ChangePoint, fold_into, lookup_keys
+from bandit_core.state import ExperimentState
+from schemas.events import (
+    AnyEvent,
+    ChangePointDetected,
+    DecisionMade,
+    ExperimentConfig,
+    RewardObserved,
+)
+from schemas.redis_keys import RedisKeys
+from schemas.topics import TopicNames
+from stream_runtime.batch import (
+    BatchReport,
+    Decoder,
+    decode_decision_record,
+    decode_reward_record,
+    rejection_detail,
+)
+from stream_runtime.processor import (
+    Applied,
+    Changes,
+    ConfigMemo,
+    Guard,
+    Loaded,
+    Reads,
+    Skip,
+    ZAdd,
+)
+
+log = logging.getLogger("services.reward_consumer")
+
+
+@dataclass(slots=True)
+class FoldReport(BatchReport):
+    """What one batch did; the consumer sums these into its running stats."""
+
+    applied: int = 0
+    duplicates: int = 0
+    late: int = 0  # rewards for decisions already folded with the default reward
+    change_points: int = 0
+
+
+def change_point_event(experiment_id: str, cp: ChangePoint) -> ChangePointDetected:
+    """The event of one detector alarm, with a DETERMINISTIC id.
+
+    ``cp-<experiment>-<arm>-<n>`` (``n``: the arm's change-point count after the alarm)
+    is a pure function of the folded log, so a batch that is re-folded after a failed
+    publish, or a replay, emits the same id and consumers can dedupe on it. Ids that
+    would exceed the 64-character limit are replaced by a hash of the same triple.
+    """
+    event_id = f"cp-{experiment_id}-{cp.arm_id}-{cp.number}"
+    if len(event_id) > 64:
+        digest = hashlib.sha256(f"{experiment_id}\0{cp.arm_id}\0{cp.number}".encode())
+        event_id = "cp-" + digest.hexdigest()[:48]
+    return ChangePointDetected(
+        event_id=event_id,
+        ts=cp.ts,
+        experiment_id=experiment_id,
+        arm_id=cp.arm_id,
+        detector=GLR_DETECTOR,
+        statistic=cp.statistic,
+    )
+
+
+def fold_lookups(events: Sequence[AnyEvent]) -> tuple[list[str], list[str]]:
+    """What the fold will look up for ``events``: the ``seen`` keys
+    (:func:`bandit_core.fold.lookup_keys`) and the decision ids whose open attribution
+    window it may close or open, each without repeats."""
+    keys: dict[str, None] = {}
+    ids: dict[str, None] = {}
+    for event in events:
+        for k in lookup_keys(event):
+            keys[k] = None
+        if isinstance(event, RewardObserved):
+            if event.decision_id is not None:
+                ids[event.decision_id] = None
+        elif isinstance(event, DecisionMade) and event.attribution_window_s is not None:
+            ids[event.decision_id] = None
+    return list(keys), list(ids)
+
+
+def build_state(
+    experiment_id: str,
+    config: ExperimentConfig,
+    snapshot: bytes | None,
+    seen: Mapping[str, float],
+    pending: Mapping[str, float] | None = None,
+) -> ExperimentState:
+    """The state the fold starts from: stored snapshot + config key + the batch's views.
+
+    ``seen`` holds only the batch's dedupe keys that are stored already and ``pending``
+    only the open attribution windows the batch names; those views are enough for
+    :func:`bandit_core.fold.fold_into` to fold this batch exactly as it would with the
+    whole sets (the snapshot keeps the exact ``pending_count``).
+    """
+    state = ExperimentState.from_snapshot(snapshot, experiment_id)
+    state.config = config
+    state.seen = dict(seen)
+    if pending:
+        state.pending = dict(pending)
+    return state
+
+
+@dataclass
+class SnapshotFold:
+    """The reward consumer's processor (see the module docstring). Picklable: replay's
+    worker processes get one each."""
+
+    topics: TopicNames
+    keys: RedisKeys
+    name: str = "reward consumer"
+    _configs: ConfigMemo = field(default_factory=lambda: ConfigMemo(log), repr=False)
+
+    @property
+    def decoders(self) -> Mapping[str, Decoder]:
+        return {
+            self.topics.rewards: decode_reward_record,
+            self.topics.decisions: decode_decision_record,
+        }
+
+    def guard(self, experiment_id: str) -> Guard:
+        k = self.keys.experiment(experiment_id)
+        return Guard(k.offsets, k.seen)
+
+    def new_report(self) -> FoldReport:
+        return FoldReport()
+
+    def plan(self, experiment_id: str, events: Sequence[AnyEvent]) -> Reads:
+        k = self.keys.experiment(experiment_id)
+        seen, ids = fold_lookups(events)
+        return Reads(get=(k.config, k.snapshot), members={k.pending: ids}, seen=seen)
+
+    def apply(
+        self, experiment_id: str, events: Sequence[AnyEvent], loaded: Loaded, now: float
+    ) -> Applied[FoldReport]:
+        k = self.keys.experiment(experiment_id)
+        report = FoldReport()
+        config = self._configs(loaded.values[k.config])
+        if config is None:
+            # No config key: the decider writes it before any event of the experiment,
+            # so this is a record for an experiment that does not exist. Nothing is
+            # written (a flood of made-up ids must not create keys); a redelivery is
+            # rejected again, and the DLQ's readers dedupe by source position.
+            detail = f"experiment {experiment_id!r} does not exist"
+            unknown = [Skip(i, "unknown_experiment", detail) for i in range(len(events))]
+            return Applied(report, None, skipped=unknown)
+        state = build_state(
+            experiment_id,
+            config,
+            loaded.values[k.snapshot],
+            loaded.seen,
+            loaded.found.get(k.pending),
+        )
+        result = fold_into(state, events)
+        skipped: list[Skip] = []
+        for i, outcome in enumerate(result.outcomes):
+            if outcome == APPLIED:
+                report.applied += 1
+            elif outcome == DUPLICATE:
+                report.duplicates += 1
+            elif outcome == LATE:
+                report.late += 1
+            else:
+                event = events[i]
+                detail = (
+                    rejection_detail(outcome, event, config)
+                    if isinstance(event, RewardObserved)
+                    else outcome  # pragma: no cover - only rewards are rejected by the fold
+                )
+                skipped.append(Skip(i, outcome, detail))
+        outputs = [change_point_event(experiment_id, cp) for cp in result.change_points]
+        report.change_points = len(outputs)
+        changes = Changes(
+            set={k.snapshot: result.state.snapshot_bytes()},
+            publish=[(self.keys.snapshot_channel(), experiment_id)],
+        )
+        if result.pending_added:
+            changes.zadd[k.pending] = ZAdd(result.pending_added)
+        if result.pending_removed:
+            changes.zrem[k.pending] = result.pending_removed
+        return Applied(report, changes, result.new_seen, skipped, outputs)
