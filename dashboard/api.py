@@ -18,7 +18,7 @@ import httpx
 from pydantic import TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
-from schemas.ids import url_segment
+from mab_client.paths import url_segment
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 API_URL_ENV = "MAB_API_URL"

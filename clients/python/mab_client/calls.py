@@ -27,7 +27,7 @@ from mab_client.models import (
     Timeseries,
     new_event_id,
 )
-from schemas.ids import url_segment
+from mab_client.paths import url_segment
 
 T = TypeVar("T")
 
