@@ -22,6 +22,7 @@ from mab_client.calls import RETRY_ERRORS, RETRY_STATUSES, Call, Retry, RetryPol
 from mab_client.errors import MabTransportError
 from mab_client.models import (
     Decision,
+    Evaluation,
     Experiment,
     Ready,
     RewardItem,
@@ -50,6 +51,15 @@ def _timeout(timeout: float | httpx.Timeout | None) -> httpx.Timeout:
     if timeout is None:
         return DEFAULT_TIMEOUT
     return timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
+
+
+def _per_call(call: Call[Any], base: httpx.Timeout) -> dict[str, Any]:
+    """A call that needs longer (evaluation) reads for at least its own timeout; connect
+    and the other phases keep the client's bounds."""
+    if call.timeout_s is None or base.read is None:
+        return {}
+    read = max(base.read, call.timeout_s)
+    return {"timeout": httpx.Timeout(base.connect, read=read, write=base.write, pool=base.pool)}
 
 
 class _Attempts:
@@ -136,6 +146,11 @@ class MabClient:
     ) -> None:
         self.close()
 
+    @property
+    def base_url(self) -> str:
+        """The API's base URL, as the client sends to it."""
+        return str(self._http.base_url).rstrip("/")
+
     def close(self) -> None:
         self._http.close()
 
@@ -145,7 +160,11 @@ class MabClient:
         while True:
             try:
                 response = self._http.request(
-                    call.method, call.path, params=call.params, json=call.json
+                    call.method,
+                    call.path,
+                    params=call.params,
+                    json=call.json,
+                    **_per_call(call, self._http.timeout),
                 )
             except httpx.TransportError as exc:
                 self._sleep(attempts.after_error(exc))
@@ -226,6 +245,15 @@ class MabClient:
     ) -> Timeseries:
         return self.run(calls.timeseries(experiment_id, bucket, start, end))
 
+    def evaluate(
+        self,
+        experiment_id: str,
+        strategy: str,
+        params: Mapping[str, Any] | None = None,
+        missing_reward: str = "drop",
+    ) -> Evaluation:
+        return self.run(calls.evaluate(experiment_id, strategy, params, missing_reward))
+
 
 class AsyncMabClient:
     """Asynchronous client (an async storefront, the demo traffic, the e2e tests)."""
@@ -262,6 +290,11 @@ class AsyncMabClient:
     ) -> None:
         await self.aclose()
 
+    @property
+    def base_url(self) -> str:
+        """The API's base URL, as the client sends to it."""
+        return str(self._http.base_url).rstrip("/")
+
     async def aclose(self) -> None:
         await self._http.aclose()
 
@@ -271,7 +304,11 @@ class AsyncMabClient:
         while True:
             try:
                 response = await self._http.request(
-                    call.method, call.path, params=call.params, json=call.json
+                    call.method,
+                    call.path,
+                    params=call.params,
+                    json=call.json,
+                    **_per_call(call, self._http.timeout),
                 )
             except httpx.TransportError as exc:
                 await self._sleep(attempts.after_error(exc))
@@ -353,3 +390,12 @@ class AsyncMabClient:
         end: float | str | None = None,
     ) -> Timeseries:
         return await self.run(calls.timeseries(experiment_id, bucket, start, end))
+
+    async def evaluate(
+        self,
+        experiment_id: str,
+        strategy: str,
+        params: Mapping[str, Any] | None = None,
+        missing_reward: str = "drop",
+    ) -> Evaluation:
+        return await self.run(calls.evaluate(experiment_id, strategy, params, missing_reward))
