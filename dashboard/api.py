@@ -14,6 +14,7 @@ import os
 from typing import Any, Final, Literal
 
 import httpx
+import streamlit as st
 
 from mab_client import (
     ApiError,
@@ -56,6 +57,18 @@ def make_client(base_url: str, api_key: str | None) -> MabClient:
         timeout=TIMEOUT,
         retry=RetryPolicy(max_attempts=1),
     )
+
+
+@st.cache_resource(show_spinner=False)
+def _shared_client(base_url: str, api_key: str | None) -> MabClient:
+    return make_client(base_url, api_key)
+
+
+def client_from_env() -> MabClient:
+    """The client of ``MAB_API_URL`` and ``MAB_API_KEY``, one (and one connection pool)
+    per API and key for the whole server: fragments rerun with the client they were
+    given, so it must outlive a script run."""
+    return _shared_client(api_url_from_env(), api_key_from_env())
 
 
 def is_rejection(exc: MabError) -> bool:

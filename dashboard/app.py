@@ -24,14 +24,7 @@ import streamlit as st
 from bandit_core.simulate import Scenario, ScenarioError, load_scenario
 from bandit_core.strategies import STRATEGIES
 from dashboard import charts, ope_view, simulator
-from dashboard.api import (
-    Bucket,
-    api_key_from_env,
-    api_url_from_env,
-    explain,
-    is_rejection,
-    make_client,
-)
+from dashboard.api import Bucket, client_from_env, explain, is_rejection
 from mab_client import MabClient, MabError, NotFoundError, Timeseries
 
 #: Windows strictly inside the API's maximum span per bucket (31 days / 24 hours), so
@@ -498,13 +491,6 @@ def render_results(
 # --------------------------------------------------------------------------- page
 
 
-@st.cache_resource(show_spinner=False)
-def _client(url: str, api_key: str | None) -> MabClient:
-    """One client (and connection pool) per API and key for the whole server: fragments
-    rerun with the client they were given, so it must outlive a script run."""
-    return make_client(url, api_key)
-
-
 def main() -> None:
     st.set_page_config(page_title="MAB optimizer", page_icon="🎯", layout="wide")
     st.title("Multi-armed bandit optimizer")
@@ -513,7 +499,7 @@ def main() -> None:
     live, playground = st.tabs(TABS, key="tab", on_change="rerun")
     if live.open is not False:
         with live:
-            render_live(_client(api_url_from_env(), api_key_from_env()))
+            render_live(client_from_env())
     if playground.open is not False:
         with playground:
             render_playground()
