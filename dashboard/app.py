@@ -24,14 +24,8 @@ import streamlit as st
 from bandit_core.simulate import Scenario, ScenarioError, load_scenario
 from bandit_core.strategies import STRATEGIES
 from dashboard import charts, ope_view, simulator
-from dashboard.api import (
-    ApiClient,
-    ApiError,
-    Bucket,
-    NotFoundError,
-    RejectedError,
-    TimeseriesJson,
-)
+from dashboard.api import Bucket, client_from_env, explain, is_rejection
+from mab_client import MabClient, MabError, NotFoundError, Timeseries
 
 #: Windows strictly inside the API's maximum span per bucket (31 days / 24 hours), so
 #: clock skew between us and the API never turns a preset into a 422.
@@ -58,12 +52,12 @@ TABS: Final = ["Live stats", "Simulator playground"]
 # --------------------------------------------------------------------------- live tab
 
 
-def render_live(client: ApiClient) -> None:
+def render_live(client: MabClient) -> None:
     """Experiment picker and refresh controls; the data panel is an auto-run fragment."""
     try:
-        experiments = client.list_experiments()
-    except ApiError as exc:
-        st.error(f"**API unavailable.** {exc}")
+        experiments = client.list_experiments(limit=1000)
+    except MabError as exc:
+        st.error(f"**API unavailable.** {explain(exc, client.base_url)}")
         st.button("Retry", key="retry_list")
         return
     if not experiments:
@@ -72,7 +66,7 @@ def render_live(client: ApiClient) -> None:
             f"on {client.base_url} (see the README), then reload."
         )
         return
-    ids = [e["experiment_id"] for e in experiments]
+    ids = [e.experiment_id for e in experiments]
     wanted = st.query_params.get("experiment")
     index = ids.index(wanted) if wanted in ids else 0
     pick, bucket_col, window_col, refresh_col = st.columns([3, 1.2, 1.5, 1.5])
@@ -96,29 +90,29 @@ def render_live(client: ApiClient) -> None:
     panel = st.fragment(run_every=every if auto else None)(live_panel)
     panel(client, exp_id, bucket, windows[window])
     # Outside the fragment: evaluating reads the event log, so never on a refresh tick.
-    current = next(e["strategy"] for e in experiments if e["experiment_id"] == exp_id)
+    current = next(e.strategy for e in experiments if e.experiment_id == exp_id)
     ope_view.render_offpolicy(client, exp_id, current)
 
 
-def live_panel(client: ApiClient, exp_id: str, bucket: Bucket, span_s: int) -> None:
+def live_panel(client: MabClient, exp_id: str, bucket: Bucket, span_s: int) -> None:
     """Current arm table plus the time series; reruns alone on every refresh tick."""
     try:
         stats = client.stats(exp_id)
     except NotFoundError:
         st.warning(f"Experiment `{exp_id}` was not found (deleted, or another API?).")
         return
-    except ApiError as exc:
-        st.error(f"**API unavailable.** {exc}")
+    except MabError as exc:
+        st.error(f"**API unavailable.** {explain(exc, client.base_url)}")
         return
     table = charts.arm_table(stats)
     served = int(table["decisions"].sum())
     rewards = int(table["pulls"].sum())
     conversions = float(table["conversions"].sum())
     leader = charts.leading_arm(table)
-    params = json.dumps(stats["strategy_params"]) if stats["strategy_params"] else "defaults"
+    params = json.dumps(stats.strategy_params) if stats.strategy_params else "defaults"
 
     m = st.columns(5)
-    m[0].metric("Strategy", stats["strategy"], help=f"params: {params}", border=True)
+    m[0].metric("Strategy", stats.strategy, help=f"params: {params}", border=True)
     m[1].metric("Decisions served", f"{served:,}", border=True)
     m[2].metric("Rewards observed", f"{rewards:,}", border=True)
     m[3].metric(
@@ -133,8 +127,8 @@ def live_panel(client: ApiClient, exp_id: str, bucket: Bucket, span_s: int) -> N
         border=True,
     )
     st.caption(
-        f"{len(table)} arms · strategy params: {params} · config v{stats['config_version']} · "
-        f"{stats['snapshot_version']:,} events folded · updated "
+        f"{len(table)} arms · strategy params: {params} · config v{stats.config_version} · "
+        f"{stats.snapshot_version:,} events folded · updated "
         f"{datetime.now(UTC):%H:%M:%S} UTC"
     )
     if served == 0 and rewards == 0:
@@ -190,31 +184,33 @@ ARM_COLUMNS: Final[dict[str, Any]] = {
 
 
 def fetch_timeseries(
-    client: ApiClient, exp_id: str, bucket: Bucket, span_s: int
-) -> tuple[TimeseriesJson | None, Bucket]:
+    client: MabClient, exp_id: str, bucket: Bucket, span_s: int
+) -> tuple[Timeseries | None, Bucket]:
     """The series, falling back from minute to hour buckets if the API rejects minutes.
 
     Returns ``(None, bucket)`` after showing a message when there is nothing to draw.
     """
     start = int(time.time()) - span_s
     try:
-        return client.timeseries(exp_id, bucket, from_ts=start), bucket
-    except RejectedError as exc:
-        if bucket == "minute":
-            st.warning(f"The API does not serve per-minute buckets ({exc}); showing hours.")
-            return fetch_timeseries(client, exp_id, "hour", min(span_s, 30 * 86400))
-        st.warning(f"The API rejected the time-series query: {exc}")
+        return client.timeseries(exp_id, bucket, start=start), bucket
     except NotFoundError:
         st.info(
             "No time series for this experiment: this API version has no "
             "`/experiments/{id}/timeseries` endpoint."
         )
-    except ApiError as exc:
-        st.error(f"**Time series unavailable.** {exc}")
+    except MabError as exc:
+        message = explain(exc, client.base_url)
+        if not is_rejection(exc):
+            st.error(f"**Time series unavailable.** {message}")
+        elif bucket == "minute":
+            st.warning(f"The API does not serve per-minute buckets ({message}); showing hours.")
+            return fetch_timeseries(client, exp_id, "hour", min(span_s, 30 * 86400))
+        else:
+            st.warning(f"The API rejected the time-series query: {message}")
     return None, bucket
 
 
-def render_timeseries(client: ApiClient, exp_id: str, bucket: Bucket, span_s: int) -> None:
+def render_timeseries(client: MabClient, exp_id: str, bucket: Bucket, span_s: int) -> None:
     """Per-bucket conversion rate and traffic share, cumulative reward, shift markers."""
     st.subheader("Over time")
     ts, bucket = fetch_timeseries(client, exp_id, bucket, span_s)
@@ -503,7 +499,7 @@ def main() -> None:
     live, playground = st.tabs(TABS, key="tab", on_change="rerun")
     if live.open is not False:
         with live:
-            render_live(ApiClient())
+            render_live(client_from_env())
     if playground.open is not False:
         with playground:
             render_playground()

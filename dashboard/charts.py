@@ -18,7 +18,7 @@ from typing import Any, TypeAlias
 import altair as alt
 import pandas as pd
 
-from dashboard.api import StatsJson, TimeseriesJson
+from mab_client import Stats, Timeseries
 
 AnyChart: TypeAlias = alt.Chart | alt.LayerChart | alt.FacetChart
 
@@ -84,27 +84,27 @@ def beta_interval(successes: float, trials: int, level: float = 0.95) -> tuple[f
     return max(0.0, mean - z * sd), min(1.0, mean + z * sd)
 
 
-def arm_table(stats: StatsJson, level: float = 0.95) -> pd.DataFrame:
+def arm_table(stats: Stats, level: float = 0.95) -> pd.DataFrame:
     """One row per arm in config order: served traffic, rewards, mean with credible interval.
 
     ``traffic_share`` is this arm's share of all decisions served so far (NaN before the
     first decision); ``propensity`` is where the *next* decision goes, so the two side by
     side show whether the policy is shifting. ``mean`` is NaN until the arm has a reward.
     """
-    arms = stats["arms"]
-    total_decisions = sum(a["decisions"] for a in arms)
+    arms = stats.arms
+    total_decisions = sum(a.decisions for a in arms)
     rows: list[dict[str, Any]] = []
     for a in arms:
-        lo, hi = beta_interval(a["reward_sum"], a["pulls"], level)
+        lo, hi = beta_interval(a.reward_sum, a.pulls, level)
         rows.append(
             {
-                "arm": a["arm_id"],
-                "decisions": int(a["decisions"]),
-                "traffic_share": a["decisions"] / total_decisions if total_decisions else math.nan,
-                "propensity": float(a["propensity"]),
-                "pulls": int(a["pulls"]),
-                "conversions": float(a["reward_sum"]),
-                "mean": a["reward_sum"] / a["pulls"] if a["pulls"] else math.nan,
+                "arm": a.arm_id,
+                "decisions": int(a.decisions),
+                "traffic_share": a.decisions / total_decisions if total_decisions else math.nan,
+                "propensity": float(a.propensity),
+                "pulls": int(a.pulls),
+                "conversions": float(a.reward_sum),
+                "mean": a.reward_sum / a.pulls if a.pulls else math.nan,
                 "ci_low": lo,
                 "ci_high": hi,
             }
@@ -128,14 +128,14 @@ def leading_arm(table: pd.DataFrame) -> str | None:
 # --------------------------------------------------------------------------- time series
 
 
-def arm_order(ts: TimeseriesJson) -> list[str]:
+def arm_order(ts: Timeseries) -> list[str]:
     """Config order, then any arm that only appears in the points (removed from config)."""
-    order = list(ts["arm_ids"])
+    order = list(ts.arm_ids)
     seen = set(order)
-    for p in ts["points"]:
-        if p["arm_id"] not in seen:  # an arm the config no longer lists: keep it, last
-            seen.add(p["arm_id"])
-            order.append(p["arm_id"])
+    for p in ts.points:
+        if p.arm_id not in seen:  # an arm the config no longer lists: keep it, last
+            seen.add(p.arm_id)
+            order.append(p.arm_id)
     return order
 
 
@@ -145,7 +145,7 @@ def to_time(seconds: pd.Series | Sequence[float]) -> pd.Series:
     return pd.to_datetime(secs, unit="s", utc=True).astype("datetime64[ns, UTC]")
 
 
-def series_frame(ts: TimeseriesJson) -> pd.DataFrame:
+def series_frame(ts: Timeseries) -> pd.DataFrame:
     """The points on a full (bucket x arm) grid, sorted by time then arm order.
 
     The API omits (bucket, arm) pairs without data. Filled in: counts 0, conversion rate
@@ -153,9 +153,9 @@ def series_frame(ts: TimeseriesJson) -> pd.DataFrame:
     decision (the arm got none of it) and NaN when it served none.
     """
     arms = arm_order(ts)
-    if not ts["points"]:
+    if not ts.points:
         return pd.DataFrame({c: pd.Series(dtype=_SERIES_DTYPES[c]) for c in SERIES_COLUMNS})
-    raw = pd.DataFrame(ts["points"])
+    raw = pd.DataFrame([p.model_dump() for p in ts.points])
     buckets = sorted(raw["bucket_start"].unique())
     grid = pd.MultiIndex.from_product([buckets, arms], names=["bucket_start", "arm_id"])
     df = raw.set_index(["bucket_start", "arm_id"]).reindex(grid).reset_index()
@@ -190,16 +190,16 @@ def cumulative_frame(series: pd.DataFrame) -> pd.DataFrame:
     return out[["time", "arm", "cumulative_decisions", "cumulative_reward"]].reset_index(drop=True)
 
 
-def markers_frame(ts: TimeseriesJson) -> pd.DataFrame:
+def markers_frame(ts: Timeseries) -> pd.DataFrame:
     """Winner changes and detected change points as (time, kind, label), sorted by time."""
     rows: list[dict[str, Any]] = []
-    for w in ts.get("winner_changes", []):
-        label = f"{w['from_arm']} → {w['to_arm']}" if w["from_arm"] else f"→ {w['to_arm']}"
-        rows.append({"seconds": float(w["bucket_start"]), "kind": WINNER_CHANGE, "label": label})
-    for c in ts.get("change_points", []):
-        detector = c.get("detector")
-        label = f"{c['arm_id']} ({detector})" if detector else c["arm_id"]
-        rows.append({"seconds": float(c["ts"]), "kind": CHANGE_POINT, "label": label})
+    for w in ts.winner_changes:
+        label = f"{w.from_arm} → {w.to_arm}" if w.from_arm else f"→ {w.to_arm}"
+        rows.append({"seconds": float(w.bucket_start), "kind": WINNER_CHANGE, "label": label})
+    for c in ts.change_points:
+        detector = c.detector
+        label = f"{c.arm_id} ({detector})" if detector else c.arm_id
+        rows.append({"seconds": float(c.ts), "kind": CHANGE_POINT, "label": label})
     if not rows:
         return pd.DataFrame(
             {

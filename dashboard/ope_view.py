@@ -17,8 +17,9 @@ import pandas as pd
 import streamlit as st
 
 from bandit_core.strategies import STRATEGIES
-from dashboard.api import ApiClient, ApiError, EvaluationJson, NotFoundError
+from dashboard.api import explain
 from dashboard.simulator import parse_params
+from mab_client import Evaluation, MabClient, MabError, NotFoundError
 
 LABELS: Final = {
     "ips": "IPS",
@@ -29,17 +30,17 @@ LABELS: Final = {
 RESULTS_KEY: Final = "ope_results"
 
 
-def estimates_frame(result: EvaluationJson) -> pd.DataFrame:
+def estimates_frame(result: Evaluation) -> pd.DataFrame:
     """One row per estimator (the three estimates, then the observed logging value)."""
     rows: list[dict[str, Any]] = []
-    for e in [*result["estimates"], result["logged"]]:
+    for e in [*result.estimates, result.logged]:
         rows.append(
             {
-                "estimator": LABELS.get(e["estimator"], e["estimator"]),
-                "value": e["value"],
-                "ci_low": e["ci_low"],
-                "ci_high": e["ci_high"],
-                "std_error": e["std_error"],
+                "estimator": LABELS.get(e.estimator, e.estimator),
+                "value": e.value,
+                "ci_low": e.ci_low,
+                "ci_high": e.ci_high,
+                "std_error": e.std_error,
             }
         )
     return pd.DataFrame(rows, columns=["estimator", "value", "ci_low", "ci_high", "std_error"])
@@ -76,7 +77,7 @@ def estimates_chart(frame: pd.DataFrame, confidence: float) -> alt.LayerChart:
     return chart
 
 
-def render_offpolicy(client: ApiClient, exp_id: str, current_strategy: str) -> None:
+def render_offpolicy(client: MabClient, exp_id: str, current_strategy: str) -> None:
     """Target picker, the Evaluate button and the last result for this request."""
     st.subheader("Off-policy evaluation")
     st.caption(
@@ -105,7 +106,7 @@ def render_offpolicy(client: ApiClient, exp_id: str, current_strategy: str) -> N
         st.error(str(exc))
         return
     request = (exp_id, strategy, json.dumps(params, sort_keys=True), missing)
-    results: dict[tuple[str, str, str, str], EvaluationJson] = st.session_state.setdefault(
+    results: dict[tuple[str, str, str, str], Evaluation] = st.session_state.setdefault(
         RESULTS_KEY, {}
     )
     if st.button("Evaluate", type="primary", key="ope_run"):
@@ -113,10 +114,10 @@ def render_offpolicy(client: ApiClient, exp_id: str, current_strategy: str) -> N
             with st.spinner("Reading the event log and evaluating…"):
                 results[request] = client.evaluate(exp_id, strategy, params, missing)
         except NotFoundError as exc:
-            st.warning(f"Cannot evaluate: {exc}")
+            st.warning(f"Cannot evaluate: {explain(exc, client.base_url)}")
             return
-        except ApiError as exc:
-            st.error(f"**Evaluation failed.** {exc}")
+        except MabError as exc:
+            st.error(f"**Evaluation failed.** {explain(exc, client.base_url)}")
             return
     result = results.get(request)
     if result is None:
@@ -125,30 +126,30 @@ def render_offpolicy(client: ApiClient, exp_id: str, current_strategy: str) -> N
     render_result(result)
 
 
-def render_result(result: EvaluationJson) -> None:
+def render_result(result: Evaluation) -> None:
     frame = estimates_frame(result)
-    n = result["decisions_evaluated"]
-    dr = next((e for e in result["estimates"] if e["estimator"] == "dr"), None)
+    n = result.decisions_evaluated
+    dr = next((e for e in result.estimates if e.estimator == "dr"), None)
     m = st.columns(4)
     m[0].metric(
         "Target (doubly robust)",
-        "-" if dr is None or dr["value"] is None else f"{dr['value']:.2%}",
+        "-" if dr is None or dr.value is None else f"{dr.value:.2%}",
         border=True,
     )
-    logged = result["logged"]["value"]
+    logged = result.logged.value
     m[1].metric("Logged policy", "-" if logged is None else f"{logged:.2%}", border=True)
     m[2].metric(
         "Effective sample size",
-        f"{result['ess']:,.0f}",
+        f"{result.ess:,.0f}",
         help=f"(Σw)²/Σw² of {n:,} evaluated decisions",
         border=True,
     )
     m[3].metric("Decisions evaluated", f"{n:,}", border=True)
-    for warning in result["warnings"]:
+    for warning in result.warnings:
         st.warning(warning)
     left, right = st.columns([3, 2])
     with left:
-        st.altair_chart(estimates_chart(frame, result["confidence"]), width="stretch")
+        st.altair_chart(estimates_chart(frame, result.confidence), width="stretch")
     with right:
         st.dataframe(
             frame,
@@ -163,7 +164,7 @@ def render_result(result: EvaluationJson) -> None:
         )
     with st.expander("Support per arm"):
         st.dataframe(
-            pd.DataFrame(result["arms"]),
+            pd.DataFrame([a.model_dump() for a in result.arms]),
             hide_index=True,
             key="ope_arms",
             column_config={
@@ -171,10 +172,10 @@ def render_result(result: EvaluationJson) -> None:
                 "target_share": st.column_config.NumberColumn("target share", format="percent"),
             },
         )
-    params = json.dumps(result["strategy_params"]) if result["strategy_params"] else "defaults"
+    params = json.dumps(result.strategy_params) if result.strategy_params else "defaults"
     st.caption(
-        f"{result['strategy']} ({params}) · {n:,} of {result['decisions_logged']:,} logged "
-        f"decisions · {result['decisions_without_reward']:,} without reward "
-        f"({result['missing_reward']}) · computed in {result['elapsed_s']:.1f} s"
-        + (f" · most recent {result['max_decisions']:,} only" if result["truncated"] else "")
+        f"{result.strategy} ({params}) · {n:,} of {result.decisions_logged:,} logged "
+        f"decisions · {result.decisions_without_reward:,} without reward "
+        f"({result.missing_reward}) · computed in {result.elapsed_s:.1f} s"
+        + (f" · most recent {result.max_decisions:,} only" if result.truncated else "")
     )

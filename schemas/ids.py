@@ -24,10 +24,11 @@ no id can escape its place:
   it leaves every id that the earlier restricted charset allowed unchanged, so keys
   written before ids were widened stay where they are. The result never contains
   ``{``, ``}``, ``:``, ``|``, whitespace or a glob character (``*?[]\\``).
-* URL path segments: :func:`url_segment` (RFC 3986 percent-encoding of everything but
-  the unreserved characters; ``.`` and ``..`` are spelled ``%2E`` so no client or proxy
-  can remove them as dot segments). The decider routes such segments back, including
-  an encoded ``/`` (``%2F``) and ``%`` (``%25``): see ``services/decider/paths.py``.
+* URL path segments: the SDK's :func:`mab_client.paths.url_segment` (RFC 3986
+  percent-encoding of everything but the unreserved characters; ``.`` and ``..`` are
+  spelled ``%2E`` so no client or proxy can remove them as dot segments). The decider
+  routes such segments back, including an encoded ``/`` (``%2F``) and ``%`` (``%25``):
+  see ``services/decider/paths.py``.
 * Kafka record keys: the UTF-8 bytes of the id (:func:`schemas.topics.partition_key`).
   UTF-8 is already injective and a Kafka key is opaque bytes, and bulk producers key
   their records by the id they know, so the API's and their records of one experiment
@@ -42,7 +43,7 @@ from __future__ import annotations
 import os
 import re
 from typing import Annotated, Final
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
 from pydantic import AfterValidator, Field
 from pydantic_core import PydanticCustomError
@@ -156,19 +157,6 @@ def id_from_key_segment(segment: str) -> str:
     if key_segment(identifier) != segment:  # e.g. "%41" for "A": not our spelling
         raise ValueError(f"{segment!r} is not the canonical encoding of an id")
     return identifier
-
-
-def url_segment(identifier: str) -> str:
-    """``identifier`` as one URL path segment (``/experiments/{segment}/stats``).
-
-    Everything but RFC 3986's unreserved characters is percent-encoded (UTF-8), ``/``
-    and ``%`` included; the segments ``.`` and ``..`` are encoded too, because clients
-    (httpx among them) remove dot segments before sending a request.
-    """
-    segment = quote(identifier, safe="")
-    if segment in (".", ".."):
-        return segment.replace(".", "%2E")
-    return segment
 
 
 #: Random ids drawn per ``os.urandom`` call. One ``getrandom`` syscall cost 1-3 µs on this

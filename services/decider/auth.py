@@ -31,7 +31,7 @@ import orjson
 from fastapi import HTTPException
 from pydantic import SecretStr
 
-from services.decider.models import ErrorPublic
+from mab_client.models import ErrorPublic
 from services.decider.settings import DeciderSettings
 
 #: Shorter keys are refused at start-up: a guessable admin key is no key.

@@ -19,8 +19,8 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bandit_core.decision_ids import arm_index_of
+from mab_client.models import ErrorPublic
 from schemas.events import ExperimentConfig, RewardObserved
-from services.decider.models import ErrorPublic
 
 log = logging.getLogger("services.decider")
 

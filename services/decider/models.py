@@ -1,4 +1,4 @@
-"""Request and response schemas of the decider's HTTP API.
+"""Request schemas of the decider's HTTP API (the responses are :mod:`mab_client.models`).
 
 The shapes are the original mab-ecommerce-optimizer API's; fields we add (``version``,
 ``decision_id``, ``propensity``, ``event_id``) are additive, so its clients keep working.
@@ -10,7 +10,7 @@ strategies are 422) because whatever passes here becomes an immutable event in t
 from __future__ import annotations
 
 from collections import Counter
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from bandit_core.strategies import validate_params
+from mab_client.models import ExperimentPublic
 from schemas.events import MAX_ATTRIBUTION_WINDOW_S, ExperimentConfig, UserContext
 from schemas.ids import MAX_ARMS_CEILING, ArmId, ExperimentId
 from services.decider.settings import normalize_known_strategy
@@ -241,258 +242,14 @@ class RewardsCreate(_Request):
     )
 
 
-# --------------------------------------------------------------------------- responses
-
-
-def _absent(value: object) -> bool:
-    return value is None
-
-
-#: Response fields present only for experiments with a window: without one, responses
-#: keep the seed's exact shape.
-PublicWindow = Annotated[
-    float | None, Field(default=None, exclude_if=_absent, description="Attribution window.")
-]
-PublicDefault = Annotated[
-    float | None, Field(default=None, exclude_if=_absent, description="Its default reward.")
-]
-
-
-class ExperimentPublic(BaseModel):
-    """An experiment's configuration (seed shape plus ``version``)."""
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "experiment_id": "cta-button-test",
-                    "arm_ids": ["blue-button", "green-button", "red-button"],
-                    "strategy": "thompson",
-                    "strategy_params": {},
-                    "version": 1,
-                }
-            ]
-        }
+def experiment_public(config: ExperimentConfig) -> ExperimentPublic:
+    """The API's view of an experiment's configuration (the window only when it has one)."""
+    return ExperimentPublic(
+        experiment_id=config.experiment_id,
+        arm_ids=list(config.arm_ids),
+        strategy=config.strategy,
+        strategy_params=dict(config.strategy_params),
+        version=config.version,
+        attribution_window_s=config.attribution_window_s,
+        default_reward=None if config.attribution_window_s is None else config.default_reward,
     )
-
-    experiment_id: str
-    arm_ids: list[str]
-    strategy: str
-    strategy_params: dict[str, Any]
-    version: int = Field(description="Bumped by every accepted command (create = 1).")
-    attribution_window_s: PublicWindow = None
-    default_reward: PublicDefault = None
-
-    @classmethod
-    def of(cls, config: ExperimentConfig) -> ExperimentPublic:
-        return cls(
-            experiment_id=config.experiment_id,
-            arm_ids=list(config.arm_ids),
-            strategy=config.strategy,
-            strategy_params=dict(config.strategy_params),
-            version=config.version,
-            attribution_window_s=config.attribution_window_s,
-            default_reward=None if config.attribution_window_s is None else config.default_reward,
-        )
-
-
-class ConfigPublic(BaseModel):
-    """Result of a strategy hot-swap (seed shape plus ``version``)."""
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "experiment_id": "cta-button-test",
-                    "strategy": "ucb1",
-                    "strategy_params": {},
-                    "version": 3,
-                }
-            ]
-        }
-    )
-
-    experiment_id: str
-    strategy: str
-    strategy_params: dict[str, Any]
-    version: int
-    attribution_window_s: PublicWindow = None
-    default_reward: PublicDefault = None
-
-
-class DecisionMetadata(BaseModel):
-    arms: list[str] = Field(description="The experiment's arms in insertion order.")
-
-
-class DecisionPublic(BaseModel):
-    """One decision (seed shape plus ``decision_id`` and ``propensity``)."""
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "experiment_id": "cta-button-test",
-                    "arm_id": "green-button",
-                    "strategy": "thompson",
-                    "metadata": {"arms": ["blue-button", "green-button", "red-button"]},
-                    "decision_id": "9f1c0e5a7b3d4c2e8f6a1b0c9d8e7f6a.1",
-                    "propensity": 0.41,
-                }
-            ]
-        }
-    )
-
-    experiment_id: str
-    arm_id: str
-    strategy: str
-    metadata: DecisionMetadata
-    decision_id: str = Field(description="Send it back with the reward to join the two.")
-    propensity: float = Field(description="P(policy picks this arm | snapshot), for OPE.")
-
-
-class RewardPublic(BaseModel):
-    """A reward accepted into the event log (seed shape plus ``event_id``)."""
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "status": "ok",
-                    "experiment_id": "cta-button-test",
-                    "arm_id": "green-button",
-                    "strategy": "thompson",
-                    "event_id": "3b8e5a0c2d1f4e6a9b7c8d0e1f2a3b4c",
-                }
-            ]
-        }
-    )
-
-    status: Literal["ok"] = "ok"
-    experiment_id: str
-    arm_id: str
-    strategy: str
-    event_id: str
-
-
-class RewardsPublic(BaseModel):
-    """A batch of rewards accepted into the event log (all of them acknowledged)."""
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [{"status": "ok", "accepted": 2, "event_ids": ["3b8e5a0c", "order-1234"]}]
-        }
-    )
-
-    status: Literal["ok"] = "ok"
-    accepted: int
-    event_ids: list[str] = Field(
-        description="In request order; retry with these to stay idempotent."
-    )
-
-
-class ArmStatsPublic(BaseModel):
-    arm_id: str
-    pulls: int = Field(description="Rewards observed.")
-    reward_sum: float
-    mean: float = Field(description="reward_sum / pulls (0 when no pulls).")
-    decisions: int = Field(description="Decisions served (folded from the decisions topic).")
-    propensity: float = Field(description="Current probability that the policy picks it.")
-
-
-class AttributionPublic(BaseModel):
-    """Where the experiment's decisions stand with respect to their attribution window."""
-
-    window_s: float | None = Field(default=None, description="The configured window.")
-    pending: int = Field(default=0, description="Decisions whose window is still open.")
-    defaulted: int = Field(default=0, description="Decisions folded with the default reward.")
-    late: int = Field(
-        default=0, description="Rewards that came after their decision was defaulted."
-    )
-    untracked: int = Field(
-        default=0, description="Decisions not tracked because too many windows were open."
-    )
-
-
-class StatsPublic(BaseModel):
-    """Folded statistics of one experiment, read fresh from Redis."""
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "experiment_id": "cta-button-test",
-                    "strategy": "thompson",
-                    "strategy_params": {},
-                    "config_version": 1,
-                    "snapshot_version": 12,
-                    "arms": [
-                        {
-                            "arm_id": "blue-button",
-                            "pulls": 4,
-                            "reward_sum": 1.0,
-                            "mean": 0.25,
-                            "decisions": 5,
-                            "propensity": 0.3,
-                        },
-                        {
-                            "arm_id": "green-button",
-                            "pulls": 3,
-                            "reward_sum": 2.0,
-                            "mean": 0.6667,
-                            "decisions": 7,
-                            "propensity": 0.7,
-                        },
-                    ],
-                    "propensities": {"blue-button": 0.3, "green-button": 0.7},
-                }
-            ]
-        }
-    )
-
-    experiment_id: str
-    strategy: str
-    strategy_params: dict[str, Any]
-    config_version: int
-    snapshot_version: int = Field(description="Events folded so far (0: none yet).")
-    arms: list[ArmStatsPublic]
-    propensities: dict[str, float]
-    attribution: AttributionPublic | None = Field(
-        default=None,
-        exclude_if=_absent,
-        description="Attribution-window counts; absent for experiments that never had a window.",
-    )
-
-
-class HealthPublic(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ok"}]})
-
-    status: Literal["ok"] = "ok"
-
-
-class ReadyPublic(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [{"status": "ready", "redis": "ok", "kafka": "ok", "auth": "keys"}]
-        }
-    )
-
-    status: Literal["ready", "not_ready"]
-    redis: str
-    kafka: str
-    auth: Literal["keys", "open"] = Field(
-        description="`keys`: admin calls need the admin key; `open` (`MAB_AUTH=open`): they "
-        "need none."
-    )
-    warning: str | None = Field(
-        default=None, description="Present in open mode: admin calls are served without a key."
-    )
-
-
-class ErrorPublic(BaseModel):
-    """Every non-validation error: a human-readable ``detail``."""
-
-    model_config = ConfigDict(
-        json_schema_extra={"examples": [{"detail": "experiment 'cta-button-test' not found"}]}
-    )
-
-    detail: str

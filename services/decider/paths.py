@@ -1,6 +1,6 @@
 """Routing ``/experiments/{id}/...`` for any id, including ids that contain ``/`` or ``%``.
 
-Clients send an id as one percent-encoded path segment (:func:`schemas.ids.url_segment`:
+Clients send an id as one percent-encoded path segment (:func:`mab_client.paths.url_segment`:
 ``a/b`` is ``a%2Fb``, ``10% off`` is ``10%25%20off``). ASGI servers decode the whole
 path into ``scope["path"]`` before the app sees it (granian and uvicorn both: ``a%2Fb``
 arrives as ``a/b``), and Starlette routes on that decoded path, so ``/experiments/a%2Fb/
@@ -25,7 +25,8 @@ from urllib.parse import unquote, unquote_to_bytes
 from fastapi import Path
 from starlette.convertors import Convertor, register_url_convertor
 
-from schemas.ids import ExperimentId, url_segment
+from mab_client.paths import url_segment
+from schemas.ids import ExperimentId
 
 #: The convertor's name in route paths: ``/experiments/{experiment_id:mab_id}``.
 ID_CONVERTOR: Final = "mab_id"

@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 from typing import Final
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
 
+from mab_client.models import ChangePointPublic, TimeseriesPoint, WinnerChange
 from schemas.redis_keys import (
     BUCKET_SECONDS,
     FIELD_DECISIONS,
@@ -81,81 +81,6 @@ def resolve_range(
     lo = int(start_ts // width) * width
     hi = math.ceil(end_ts / width) * width
     return lo, max(hi, lo + width)
-
-
-class TimeseriesPoint(BaseModel):
-    """One (bucket, arm) with any decision or reward."""
-
-    bucket_start: int = Field(description="Unix seconds, UTC, divisible by the bucket width.")
-    arm_id: str
-    decisions: int = Field(description="Decisions served in the bucket (by event time).")
-    rewards: int = Field(description="Rewards applied (deduplicated, valid ones only).")
-    reward_sum: float
-    conversion_rate: float | None = Field(description="reward_sum / rewards; null if 0.")
-    traffic_share: float | None = Field(
-        description="This arm's decisions / all decisions of the bucket; null if 0."
-    )
-
-
-class ChangePointPublic(BaseModel):
-    ts: float
-    arm_id: str
-    detector: str
-
-
-class WinnerChange(BaseModel):
-    bucket_start: int
-    from_arm: str
-    to_arm: str
-
-
-class TimeseriesPublic(BaseModel):
-    """Per-bucket, per-arm performance of one experiment (contract: docs/timeseries-api.md)."""
-
-    model_config = ConfigDict(
-        populate_by_name=True,
-        json_schema_extra={
-            "examples": [
-                {
-                    "experiment_id": "cta-button-test",
-                    "bucket": "hour",
-                    "from": 1795795200,
-                    "to": 1795881600,
-                    "arm_ids": ["blue-button", "green-button", "red-button"],
-                    "points": [
-                        {
-                            "bucket_start": 1795795200,
-                            "arm_id": "blue-button",
-                            "decisions": 120,
-                            "rewards": 118,
-                            "reward_sum": 17.0,
-                            "conversion_rate": 0.1441,
-                            "traffic_share": 0.4,
-                        }
-                    ],
-                    "change_points": [
-                        {"ts": 1795801234.5, "arm_id": "red-button", "detector": "cusum"}
-                    ],
-                    "winner_changes": [
-                        {
-                            "bucket_start": 1795812000,
-                            "from_arm": "blue-button",
-                            "to_arm": "red-button",
-                        }
-                    ],
-                }
-            ]
-        },
-    )
-
-    experiment_id: str
-    bucket: BucketKind
-    from_: int = Field(alias="from", description="First bucket start (inclusive).")
-    to: int = Field(description="End of the range (exclusive), aligned to the bucket.")
-    arm_ids: list[str]
-    points: list[TimeseriesPoint]
-    change_points: list[ChangePointPublic]
-    winner_changes: list[WinnerChange]
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,11 +29,12 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from dashboard.api import ApiClient, UnauthorizedError
+from dashboard.api import explain, make_client
 from demo_traffic.runner import DemoTraffic
 from demo_traffic.settings import DemoSettings
 from deploy.stack.ports import free_port
 from deploy.stack.topics import create_topics
+from mab_client import AuthError
 from schemas.topics import topic_specs
 from services.decider.app import create_app
 from tests.e2e.conftest import Services, wait_ready
@@ -168,14 +169,13 @@ async def test_seed_workflow_with_keys_and_the_bundled_clients(keyed_decider: Se
     await task
     assert demo.stats.rewards >= 10
 
-    dashboard = ApiClient(base_url=url, api_key=READ_KEY)
+    dashboard = make_client(url, READ_KEY)
     stats = await asyncio.to_thread(dashboard.stats, exp)
-    assert stats["strategy"] == "ucb1"
+    assert stats.strategy == "ucb1"
     report = await asyncio.to_thread(dashboard.evaluate, exp, "thompson", {})
-    assert report["experiment_id"] == exp
-    with pytest.raises(UnauthorizedError, match="needs a read key or the admin key"):
-        await asyncio.to_thread(
-            ApiClient(base_url=url, api_key=CLIENT_KEY).evaluate, exp, "thompson", {}
-        )
-    with pytest.raises(UnauthorizedError, match="MAB_API_KEY"):
-        await asyncio.to_thread(ApiClient(base_url=url, api_key=None).list_experiments)
+    assert report.experiment_id == exp
+    with pytest.raises(AuthError, match="needs a read key or the admin key"):
+        await asyncio.to_thread(make_client(url, CLIENT_KEY).evaluate, exp, "thompson", {})
+    with pytest.raises(AuthError) as refused:
+        await asyncio.to_thread(make_client(url, None).list_experiments, limit=1000)
+    assert "MAB_API_KEY" in explain(refused.value, url)

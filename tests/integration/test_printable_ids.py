@@ -19,9 +19,10 @@ import pytest_asyncio
 from redis.asyncio import Redis
 
 from mab_client import AsyncMabClient, NotFoundError
+from mab_client.paths import url_segment
 from schemas.codec import decode
 from schemas.events import DecisionMade, RewardObserved
-from schemas.ids import key_segment, url_segment
+from schemas.ids import key_segment
 from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames
 from tests.fixtures.faults import read_topics, service_env, start_decider, wait_ready

@@ -1,7 +1,7 @@
 """The dashboard script under ``streamlit.testing.v1.AppTest`` against a fake API.
 
 The fake is a stdlib HTTP server on a free port serving canned JSON in the decider's
-shapes (``services/decider/models.py``, ``docs/timeseries-api.md``), so these tests pin
+shapes (``mab_client/models.py``, ``docs/timeseries-api.md``), so these tests pin
 what the page shows for known input without Kafka or Redis. AppTest does not auto-rerun
 fragments; each ``run()`` executes the live fragment once, which is what we assert on.
 """

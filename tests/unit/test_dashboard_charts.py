@@ -16,7 +16,7 @@ import pytest
 from bandit_core.simulate import ScenarioError, load_scenario, run_once, run_seed, simulate
 from bandit_core.strategies import STRATEGIES, params_for
 from dashboard import charts, simulator
-from dashboard.api import StatsJson, TimeseriesJson
+from mab_client import Stats, Timeseries
 
 pytestmark = pytest.mark.unit
 
@@ -24,10 +24,12 @@ H = 3600
 T0 = 1_795_795_200  # an hour boundary
 
 
-def _ts(**over: Any) -> TimeseriesJson:
+def _body(**over: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "experiment_id": "cta",
         "bucket": "hour",
+        "from": T0,
+        "to": T0 + 3 * H,
         "arm_ids": ["blue", "green", "red"],
         "points": [
             # hour 0: blue and green served, red none
@@ -74,28 +76,35 @@ def _ts(**over: Any) -> TimeseriesJson:
         "winner_changes": [{"bucket_start": T0 + H, "from_arm": "blue", "to_arm": "red"}],
     }
     body.update(over)
-    return body  # type: ignore[return-value]
+    return body
 
 
-def _stats(arms: list[tuple[str, int, float, int, float]]) -> StatsJson:
-    return {
-        "experiment_id": "cta",
-        "strategy": "thompson",
-        "strategy_params": {},
-        "config_version": 1,
-        "snapshot_version": 7,
-        "arms": [
-            {
-                "arm_id": a,
-                "pulls": p,
-                "reward_sum": s,
-                "mean": s / p if p else 0.0,
-                "decisions": d,
-                "propensity": q,
-            }
-            for a, p, s, d, q in arms
-        ],
-    }
+def _ts(**over: Any) -> Timeseries:
+    return Timeseries.model_validate(_body(**over))
+
+
+def _stats(arms: list[tuple[str, int, float, int, float]]) -> Stats:
+    return Stats.model_validate(
+        {
+            "experiment_id": "cta",
+            "strategy": "thompson",
+            "strategy_params": {},
+            "config_version": 1,
+            "snapshot_version": 7,
+            "arms": [
+                {
+                    "arm_id": a,
+                    "pulls": p,
+                    "reward_sum": s,
+                    "mean": s / p if p else 0.0,
+                    "decisions": d,
+                    "propensity": q,
+                }
+                for a, p, s, d, q in arms
+            ],
+            "propensities": {a: q for a, _, _, _, q in arms},
+        }
+    )
 
 
 def _t(seconds: float) -> pd.Timestamp:
@@ -232,10 +241,10 @@ def test_markers_frame_exact() -> None:
 
 
 def test_markers_frame_tolerates_missing_marker_lists() -> None:
-    ts = _ts()
-    del ts["change_points"]
-    del ts["winner_changes"]
-    m = charts.markers_frame(ts)
+    body = _body()
+    del body["change_points"]
+    del body["winner_changes"]
+    m = charts.markers_frame(Timeseries.model_validate(body))
     assert m.empty
     assert list(m.columns) == charts.MARKER_COLUMNS
 

@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from dashboard.api import EvaluationJson
 from dashboard.ope_view import estimates_chart, estimates_frame
+from mab_client import Evaluation
 from tests.unit.test_dashboard_app import (
     APP,
     ARMS2,
@@ -178,15 +178,15 @@ def test_evaluation_failure_is_an_error(api: FakeApi) -> None:
 
 
 def test_estimates_frame_and_chart() -> None:
-    result: EvaluationJson = json.loads(json.dumps(EVALUATION))
-    result["estimates"][1] = {
+    body: dict[str, Any] = json.loads(json.dumps(EVALUATION))
+    body["estimates"][1] = {
         "estimator": "snips",
         "value": None,
         "std_error": None,
         "ci_low": None,
         "ci_high": None,
     }
-    frame = estimates_frame(result)
+    frame = estimates_frame(Evaluation.model_validate(body))
     assert frame["value"].tolist()[0] == 0.31
     assert pd.isna(frame["value"].tolist()[1])
     spec = estimates_chart(frame, 0.95).to_dict()

@@ -56,6 +56,8 @@ CORE_IMPORTS = frozenset(
         "prometheus_client",
         "httpx",
         "typing_extensions",
+        # The SDK's distribution (clients/python), a core dependency the build installs.
+        "mab_client",
     }
 )
 

@@ -18,13 +18,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from starlette.datastructures import QueryParams
 
+from mab_client.paths import url_segment
 from schemas.ids import (
     ID_MAX_LEN,
     id_from_key_segment,
     is_valid_id,
     key_segment,
     normalize_id,
-    url_segment,
 )
 from schemas.redis_keys import RedisKeys, bucket_field, parse_bucket_field
 from services.decider.hot_path import _experiment_id

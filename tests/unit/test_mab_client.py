@@ -217,7 +217,12 @@ def test_bulk_rejection_lists_the_bad_items_and_empty_batches_are_refused() -> N
 
 
 def test_ready_returns_the_body_on_503() -> None:
-    body = {"status": "not_ready", "redis": "ok", "kafka": "no metadata within 1.0s"}
+    body = {
+        "status": "not_ready",
+        "redis": "ok",
+        "kafka": "no metadata within 1.0s",
+        "auth": "keys",
+    }
     script = Script(ok(body, 503))
     with client(script, []) as mab:
         assert mab.ready().status == "not_ready"

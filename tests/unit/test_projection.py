@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from bandit_core.decision_ids import make_decision_id
+from mab_client.models import TimeseriesPoint
 from schemas.codec import encode
 from schemas.events import (
     AnyEvent,
@@ -23,7 +24,6 @@ from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames
 from services.decider.timeseries import (
     TimeRangeError,
-    TimeseriesPoint,
     build_points,
     parse_time,
     resolve_range,

@@ -19,13 +19,13 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
 from bandit_core.decision_ids import make_decision_id
+from mab_client.models import DecisionPublic
 from schemas.events import SCHEMA_VERSION
 from schemas.ids import ExperimentId, random_hex
 from schemas.topics import partition_key
 from services.decider.auth import CLIENT_RESPONSES
 from services.decider.decisions import CachedExperiment
 from services.decider.errors import E404, E422, E503, not_found
-from services.decider.models import DecisionPublic
 from services.decider.runtime import CLIENT, Runtime, RuntimeDep
 
 log = logging.getLogger("services.decider")

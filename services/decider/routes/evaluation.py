@@ -18,17 +18,17 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, status
 
 from bandit_core.strategies import InvalidParamsError, UnknownStrategyError, validate_params
+from mab_client.models import ErrorPublic, EvaluationPublic
 from offpolicy.evaluate import EvaluationOptions
 from services.decider.auth import ADMIN_RESPONSES
 from services.decider.errors import not_found
 from services.decider.evaluation import (
     EvaluationJob,
     EvaluationProcessError,
-    EvaluationPublic,
     evaluation_lock,
+    evaluation_public,
     run_evaluation,
 )
-from services.decider.models import ErrorPublic
 from services.decider.paths import EXPERIMENT, ExperimentIdPath
 from services.decider.runtime import EVALUATE, RuntimeDep
 
@@ -116,6 +116,4 @@ async def evaluate(
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, outcome.detail)
     if outcome.refused == "unavailable" or outcome.report is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, outcome.detail)
-    return EvaluationPublic.of(
-        outcome.report, s.evaluate_max_decisions, time.perf_counter() - start
-    )
+    return evaluation_public(outcome.report, s.evaluate_max_decisions, time.perf_counter() - start)

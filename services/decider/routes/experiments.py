@@ -17,15 +17,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, status
 
 from bandit_core.strategies import InvalidParamsError, validate_params
+from mab_client.models import ConfigPublic, ExperimentPublic
 from schemas.events import ArmsAdded, ExperimentConfig, ExperimentCreated, StrategyChanged
 from services.decider.auth import ADMIN_RESPONSES, BODY_RESPONSES, READ_RESPONSES
 from services.decider.errors import E404, E409, E422, E503, not_found
 from services.decider.models import (
     ArmsAdd,
-    ConfigPublic,
     ConfigUpdate,
     ExperimentCreate,
-    ExperimentPublic,
+    experiment_public,
 )
 from services.decider.paths import EXPERIMENT, ExperimentIdPath
 from services.decider.producer import EventLogUnavailableError
@@ -110,7 +110,7 @@ async def create_experiment(body: ExperimentCreate, rt: RuntimeDep) -> Experimen
         await rt.store.add_to_index(config)
         event = ExperimentCreated(experiment_id=config.experiment_id, ts=now, config=config)
         await log_or_undo(rt, result, event, create=True)
-    return ExperimentPublic.of(config)
+    return experiment_public(config)
 
 
 @router.get(
@@ -127,7 +127,7 @@ async def list_experiments(
     offset: Annotated[int, Query(ge=0, le=MAX_LIST_OFFSET, description="Skip this many.")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000, description="At most this many.")] = 100,
 ) -> list[ExperimentPublic]:
-    return [ExperimentPublic.of(c) for c in await rt.store.list_configs(offset, limit)]
+    return [experiment_public(c) for c in await rt.store.list_configs(offset, limit)]
 
 
 @router.get(
@@ -142,7 +142,7 @@ async def get_experiment(experiment_id: ExperimentIdPath, rt: RuntimeDep) -> Exp
     config = await rt.store.get_config(experiment_id)
     if config is None:
         raise not_found(experiment_id)
-    return ExperimentPublic.of(config)
+    return experiment_public(config)
 
 
 @router.post(
@@ -192,7 +192,7 @@ async def add_arms(
             config=result.config,
         )
         await log_or_undo(rt, result, event, create=False)
-    return ExperimentPublic.of(result.config)
+    return experiment_public(result.config)
 
 
 @router.post(

@@ -6,8 +6,8 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from mab_client.models import HealthPublic, ReadyPublic
 from services.decider.errors import OrjsonResponse
-from services.decider.models import HealthPublic, ReadyPublic
 from services.decider.runtime import RuntimeDep
 
 router = APIRouter(tags=["ops"])

@@ -17,16 +17,15 @@ from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.responses import Response
 
 from bandit_core.state import ArmStats, ExperimentState
+from mab_client.models import ArmStatsPublic, AttributionPublic, StatsPublic, TimeseriesPublic
 from schemas.events import ExperimentConfig
 from schemas.redis_keys import BucketKind
 from services.decider.auth import READ_RESPONSES
 from services.decider.errors import E404, E422, E503, not_found
-from services.decider.models import ArmStatsPublic, AttributionPublic, StatsPublic
 from services.decider.paths import EXPERIMENT, ExperimentIdPath
 from services.decider.runtime import READ, RuntimeDep
 from services.decider.timeseries import (
     TimeRangeError,
-    TimeseriesPublic,
     build_points,
     parse_change_points,
     parse_time,

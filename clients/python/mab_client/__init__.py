@@ -20,6 +20,7 @@ from mab_client.errors import (
 from mab_client.models import (
     ArmStats,
     Decision,
+    Evaluation,
     Experiment,
     Ready,
     RewardItem,
@@ -37,6 +38,7 @@ __all__ = [
     "AuthError",
     "ConflictError",
     "Decision",
+    "Evaluation",
     "Experiment",
     "MabClient",
     "MabError",

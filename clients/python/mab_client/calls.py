@@ -7,6 +7,7 @@ the retry rules and the response parsing exist once; only the sending loop diffe
 from __future__ import annotations
 
 import enum
+import json
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from pydantic import ValidationError
 from mab_client.errors import UnexpectedResponseError, error_for
 from mab_client.models import (
     Decision,
+    Evaluation,
     Experiment,
     Ready,
     RewardItem,
@@ -27,7 +29,7 @@ from mab_client.models import (
     Timeseries,
     new_event_id,
 )
-from schemas.ids import url_segment
+from mab_client.paths import url_segment
 
 T = TypeVar("T")
 
@@ -88,6 +90,8 @@ class Call(Generic[T]):
     params: Mapping[str, str | int] | None = None
     json: Any = None
     ok: frozenset[int] = field(default_factory=lambda: frozenset({200}))
+    #: Read timeout of this call in seconds, when it needs longer than the client's.
+    timeout_s: float | None = None
 
     def result(self, response: httpx.Response) -> T:
         """The parsed answer, or the typed error of an error status."""
@@ -97,7 +101,9 @@ class Call(Generic[T]):
             except (ValueError, KeyError, TypeError, ValidationError) as exc:
                 raise UnexpectedResponseError(
                     f"{self.method} {self.path}: HTTP {response.status_code} with an "
-                    f"unexpected body ({exc.__class__.__name__}): {response.text[:300]!r}"
+                    f"unexpected body ({exc.__class__.__name__}): {response.text[:300]!r}",
+                    self.method,
+                    self.path,
                 ) from None
         raise error_for(response.status_code, _detail(response), self.method, self.path)
 
@@ -196,7 +202,7 @@ def decide(experiment_id: str) -> Call[Decision]:
     return Call(
         "GET",
         "/decision",
-        Decision.from_body,
+        Decision.model_validate,
         Retry.IDEMPOTENT,
         params={"experiment_id": experiment_id},
     )
@@ -249,6 +255,35 @@ def timeseries(
         Timeseries.model_validate,
         Retry.IDEMPOTENT,
         params=params,
+    )
+
+
+#: Off-policy evaluation reads the event log: it may take far longer than a read.
+EVALUATE_TIMEOUT_S = 120.0
+
+
+def evaluate(
+    experiment_id: str,
+    strategy: str,
+    params: Mapping[str, Any] | None = None,
+    missing_reward: str = "drop",
+) -> Call[Evaluation]:
+    """Off-policy estimates of ``strategy`` on the experiment's logged decisions.
+
+    Retried only on 503 ("not run"): after a timeout the server may still be reading the
+    log, and a second request would queue behind the first.
+    """
+    return Call(
+        "GET",
+        f"/experiments/{_segment(experiment_id)}/evaluate",
+        Evaluation.model_validate,
+        Retry.UNAPPLIED,
+        params={
+            "strategy": strategy,
+            "params": json.dumps(dict(params or {})),
+            "missing_reward": missing_reward,
+        },
+        timeout_s=EVALUATE_TIMEOUT_S,
     )
 
 

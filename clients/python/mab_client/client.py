@@ -16,12 +16,14 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import httpx
+from tenacity import AsyncRetrying, RetryCallState, Retrying, stop_after_attempt
 
 from mab_client import calls
 from mab_client.calls import RETRY_ERRORS, RETRY_STATUSES, Call, Retry, RetryPolicy, retry_after_s
 from mab_client.errors import MabTransportError
 from mab_client.models import (
     Decision,
+    Evaluation,
     Experiment,
     Ready,
     RewardItem,
@@ -52,50 +54,80 @@ def _timeout(timeout: float | httpx.Timeout | None) -> httpx.Timeout:
     return timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
 
 
-class _Attempts:
-    """The retry decision of one call, shared by both clients."""
+def _per_call(call: Call[Any], base: httpx.Timeout) -> dict[str, Any]:
+    """A call that needs longer (evaluation) reads for at least its own timeout; connect
+    and the other phases keep the client's bounds."""
+    if call.timeout_s is None or base.read is None:
+        return {}
+    read = max(base.read, call.timeout_s)
+    return {"timeout": httpx.Timeout(base.connect, read=read, write=base.write, pool=base.pool)}
+
+
+class _RetryRule:
+    """One call's retry decision as tenacity hooks, shared by both clients.
+
+    tenacity runs the attempts, counts them and sleeps (with the client's injectable
+    ``sleep``); what is retried, and how long to wait, stays the SDK's documented rule:
+    a retryable status for any call that allows retries, a transport error only for
+    idempotent calls, equal jitter from the client's generator, ``Retry-After`` honoured.
+    """
 
     def __init__(self, call: Call[Any], policy: RetryPolicy, rng: random.Random) -> None:
         self.call = call
         self.policy = policy
         self.rng = rng
-        self.failures = 0
+        self.where = f"{call.method} {call.path}"
 
-    def _budget_left(self) -> bool:
-        return self.failures < self.policy.max_attempts
+    def tenacity_args(self) -> dict[str, Any]:
+        return {
+            "stop": stop_after_attempt(self.policy.max_attempts),
+            "retry": self.retry,
+            "wait": self.wait,
+            "before_sleep": self.log,
+            "retry_error_callback": self.exhausted,
+        }
 
-    def after_response(self, response: httpx.Response) -> float | None:
-        """Seconds to wait before trying again, or ``None`` when this answer is final."""
-        if self.call.retry is Retry.NONE or response.status_code not in RETRY_STATUSES:
-            return None
-        self.failures += 1
-        if not self._budget_left():
-            return None
-        wait = self.policy.delay(self.failures, self.rng, retry_after_s(response))
-        log.info(
-            "%s %s: HTTP %d, retry %d in %.2fs",
-            self.call.method,
-            self.call.path,
-            response.status_code,
-            self.failures,
-            wait,
+    def retry(self, state: RetryCallState) -> bool:
+        outcome = state.outcome
+        assert outcome is not None
+        if outcome.failed:
+            exc = outcome.exception()
+            return isinstance(exc, RETRY_ERRORS) and self.call.retry is Retry.IDEMPOTENT
+        response: httpx.Response = outcome.result()
+        return self.call.retry is not Retry.NONE and response.status_code in RETRY_STATUSES
+
+    def wait(self, state: RetryCallState) -> float:
+        outcome = state.outcome
+        assert outcome is not None
+        after = None if outcome.failed else retry_after_s(outcome.result())
+        return self.policy.delay(state.attempt_number, self.rng, after)
+
+    def log(self, state: RetryCallState) -> None:
+        outcome = state.outcome
+        assert outcome is not None
+        what = (
+            repr(outcome.exception()) if outcome.failed else f"HTTP {outcome.result().status_code}"
         )
-        return wait
+        wait = state.upcoming_sleep
+        log.info("%s: %s, retry %d in %.2fs", self.where, what, state.attempt_number, wait)
 
-    def after_error(self, exc: httpx.TransportError) -> float:
-        """Seconds to wait, or raise :class:`MabTransportError` when the call may not be
-        resent (not idempotent) or the attempts are used up."""
-        self.failures += 1
-        where = f"{self.call.method} {self.call.path}"
-        if not isinstance(exc, RETRY_ERRORS):
-            raise MabTransportError(f"{where}: {exc!r}")
-        if self.call.retry is not Retry.IDEMPOTENT:
-            raise MabTransportError(f"{where}: {exc!r} (not retried: may have been applied)")
-        if not self._budget_left():
-            raise MabTransportError(f"{where}: {exc!r} after {self.failures} attempts")
-        wait = self.policy.delay(self.failures, self.rng)
-        log.info("%s: %r, retry %d in %.2fs", where, exc, self.failures, wait)
-        return wait
+    def exhausted(self, state: RetryCallState) -> httpx.Response:
+        """The last answer once the attempts are used up (a 503 is then an error the
+        caller sees), or :class:`MabTransportError` when there was none."""
+        outcome = state.outcome
+        assert outcome is not None
+        if outcome.failed:
+            raise MabTransportError(
+                f"{self.where}: {outcome.exception()!r} after {state.attempt_number} attempts"
+            )
+        response: httpx.Response = outcome.result()
+        return response
+
+    def refused(self, exc: httpx.TransportError) -> MabTransportError:
+        """A transport error that was not retried: never worth it, or maybe applied."""
+        if isinstance(exc, RETRY_ERRORS) and self.call.retry is not Retry.IDEMPOTENT:
+            return MabTransportError(f"{self.where}: {exc!r} (not retried: may have been applied)")
+        return MabTransportError(f"{self.where}: {exc!r}")
 
 
 class MabClient:
@@ -136,24 +168,30 @@ class MabClient:
     ) -> None:
         self.close()
 
+    @property
+    def base_url(self) -> str:
+        """The API's base URL, as the client sends to it."""
+        return str(self._http.base_url).rstrip("/")
+
     def close(self) -> None:
         self._http.close()
 
     def run(self, call: Call[T]) -> T:
         """Send ``call`` (retrying as its rule allows) and parse the answer."""
-        attempts = _Attempts(call, self.retry, self._rng)
-        while True:
-            try:
-                response = self._http.request(
-                    call.method, call.path, params=call.params, json=call.json
-                )
-            except httpx.TransportError as exc:
-                self._sleep(attempts.after_error(exc))
-                continue
-            wait = attempts.after_response(response)
-            if wait is None:
-                return call.result(response)
-            self._sleep(wait)
+        rule = _RetryRule(call, self.retry, self._rng)
+        retrying = Retrying(sleep=self._sleep, **rule.tenacity_args())
+        try:
+            response = retrying(
+                self._http.request,
+                call.method,
+                call.path,
+                params=call.params,
+                json=call.json,
+                **_per_call(call, self._http.timeout),
+            )
+        except httpx.TransportError as exc:
+            raise rule.refused(exc) from None
+        return call.result(response)
 
     # -- API ---------------------------------------------------------------------------
     def health(self) -> bool:
@@ -226,6 +264,15 @@ class MabClient:
     ) -> Timeseries:
         return self.run(calls.timeseries(experiment_id, bucket, start, end))
 
+    def evaluate(
+        self,
+        experiment_id: str,
+        strategy: str,
+        params: Mapping[str, Any] | None = None,
+        missing_reward: str = "drop",
+    ) -> Evaluation:
+        return self.run(calls.evaluate(experiment_id, strategy, params, missing_reward))
+
 
 class AsyncMabClient:
     """Asynchronous client (an async storefront, the demo traffic, the e2e tests)."""
@@ -262,24 +309,30 @@ class AsyncMabClient:
     ) -> None:
         await self.aclose()
 
+    @property
+    def base_url(self) -> str:
+        """The API's base URL, as the client sends to it."""
+        return str(self._http.base_url).rstrip("/")
+
     async def aclose(self) -> None:
         await self._http.aclose()
 
     async def run(self, call: Call[T]) -> T:
         """Send ``call`` (retrying as its rule allows) and parse the answer."""
-        attempts = _Attempts(call, self.retry, self._rng)
-        while True:
-            try:
-                response = await self._http.request(
-                    call.method, call.path, params=call.params, json=call.json
-                )
-            except httpx.TransportError as exc:
-                await self._sleep(attempts.after_error(exc))
-                continue
-            wait = attempts.after_response(response)
-            if wait is None:
-                return call.result(response)
-            await self._sleep(wait)
+        rule = _RetryRule(call, self.retry, self._rng)
+        retrying = AsyncRetrying(sleep=self._sleep, **rule.tenacity_args())
+        try:
+            response: httpx.Response = await retrying(
+                self._http.request,
+                call.method,
+                call.path,
+                params=call.params,
+                json=call.json,
+                **_per_call(call, self._http.timeout),
+            )
+        except httpx.TransportError as exc:
+            raise rule.refused(exc) from None
+        return call.result(response)
 
     # -- API ---------------------------------------------------------------------------
     async def health(self) -> bool:
@@ -353,3 +406,12 @@ class AsyncMabClient:
         end: float | str | None = None,
     ) -> Timeseries:
         return await self.run(calls.timeseries(experiment_id, bucket, start, end))
+
+    async def evaluate(
+        self,
+        experiment_id: str,
+        strategy: str,
+        params: Mapping[str, Any] | None = None,
+        missing_reward: str = "drop",
+    ) -> Evaluation:
+        return await self.run(calls.evaluate(experiment_id, strategy, params, missing_reward))

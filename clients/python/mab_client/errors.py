@@ -21,6 +21,11 @@ class UnexpectedResponseError(MabError):
     """A success status whose body is not the documented shape (a proxy's page, an
     incompatible server version): never silently turned into a result."""
 
+    def __init__(self, message: str, method: str = "", path: str = "") -> None:
+        self.method = method
+        self.path = path
+        super().__init__(message)
+
 
 class ApiError(MabError):
     """The server answered with an error status."""

@@ -1,0 +1,459 @@
+"""The decider's API models: every request and response shape, with its documentation.
+
+One module for the server and its clients. The decider serves these classes as its
+response models (its OpenAPI document is generated from them, descriptions and examples
+included), the dashboard reads the API through them, and a storefront gets them with the
+SDK, without the server: nothing here imports anything but pydantic.
+
+Responses ignore fields they do not know (``extra``), so an older client keeps working
+against a newer server that adds fields. Shapes are the original mab-ecommerce-optimizer
+API's; fields we add (``version``, ``decision_id``, ``propensity``, ``event_id``) are
+additive, so its clients keep working too.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Result(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+
+def new_event_id() -> str:
+    """An idempotency key: a retried reward carrying it is counted once by the server."""
+    return uuid.uuid4().hex
+
+
+def _absent(value: object) -> bool:
+    return value is None
+
+
+#: Response fields present only for experiments with a window: without one, responses
+#: keep the original API's exact shape.
+PublicWindow = Annotated[
+    float | None, Field(default=None, exclude_if=_absent, description="Attribution window.")
+]
+PublicDefault = Annotated[
+    float | None, Field(default=None, exclude_if=_absent, description="Its default reward.")
+]
+
+
+class ExperimentPublic(_Result):
+    """An experiment's configuration (the original API's shape plus ``version``)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "experiment_id": "cta-button-test",
+                    "arm_ids": ["blue-button", "green-button", "red-button"],
+                    "strategy": "thompson",
+                    "strategy_params": {},
+                    "version": 1,
+                }
+            ]
+        }
+    )
+
+    experiment_id: str
+    arm_ids: list[str]
+    strategy: str
+    strategy_params: dict[str, Any]
+    version: int = Field(description="Bumped by every accepted command (create = 1).")
+    attribution_window_s: PublicWindow = None
+    default_reward: PublicDefault = None
+
+
+class ConfigPublic(_Result):
+    """Result of a strategy hot-swap (the original API's shape plus ``version``)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "experiment_id": "cta-button-test",
+                    "strategy": "ucb1",
+                    "strategy_params": {},
+                    "version": 3,
+                }
+            ]
+        }
+    )
+
+    experiment_id: str
+    strategy: str
+    strategy_params: dict[str, Any]
+    version: int
+    attribution_window_s: PublicWindow = None
+    default_reward: PublicDefault = None
+
+
+class DecisionMetadata(_Result):
+    arms: list[str] = Field(description="The experiment's arms in insertion order.")
+
+
+class DecisionPublic(_Result):
+    """One decision (the original API's shape plus ``decision_id`` and ``propensity``)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "experiment_id": "cta-button-test",
+                    "arm_id": "green-button",
+                    "strategy": "thompson",
+                    "metadata": {"arms": ["blue-button", "green-button", "red-button"]},
+                    "decision_id": "9f1c0e5a7b3d4c2e8f6a1b0c9d8e7f6a.1",
+                    "propensity": 0.41,
+                }
+            ]
+        }
+    )
+
+    experiment_id: str
+    arm_id: str
+    strategy: str
+    metadata: DecisionMetadata
+    decision_id: str = Field(description="Send it back with the reward to join the two.")
+    propensity: float = Field(description="P(policy picks this arm | snapshot), for OPE.")
+
+    @property
+    def arms(self) -> list[str]:
+        """The experiment's arms in insertion order (``metadata.arms``)."""
+        return self.metadata.arms
+
+
+class RewardPublic(_Result):
+    """A reward accepted into the event log (the original API's shape plus ``event_id``)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "status": "ok",
+                    "experiment_id": "cta-button-test",
+                    "arm_id": "green-button",
+                    "strategy": "thompson",
+                    "event_id": "3b8e5a0c2d1f4e6a9b7c8d0e1f2a3b4c",
+                }
+            ]
+        }
+    )
+
+    status: Literal["ok"] = "ok"
+    experiment_id: str
+    arm_id: str
+    strategy: str
+    event_id: str
+
+
+class RewardsPublic(_Result):
+    """A batch of rewards accepted into the event log (all of them acknowledged)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"status": "ok", "accepted": 2, "event_ids": ["3b8e5a0c", "order-1234"]}]
+        }
+    )
+
+    status: Literal["ok"] = "ok"
+    accepted: int
+    event_ids: list[str] = Field(
+        description="In request order; retry with these to stay idempotent."
+    )
+
+
+class RewardItem(_Result):
+    """One reward as the SDK sends it (the body of ``POST /reward``, an item of
+    ``POST /rewards``).
+
+    ``event_id`` is generated when omitted, so resending the same item after a timeout
+    or a 503 is deduplicated by the reward consumer instead of counted twice.
+    """
+
+    experiment_id: str
+    arm_id: str
+    reward: float
+    decision_id: str | None = None
+    event_id: str = Field(default_factory=new_event_id)
+    #: Optional JSON object about the visitor, as in the original API (the server bounds
+    #: it: 32 keys, 2 KiB as JSON).
+    user_context: dict[str, Any] | None = None
+
+    @classmethod
+    def for_decision(
+        cls, decision: DecisionPublic, reward: float, user_context: Mapping[str, Any] | None = None
+    ) -> RewardItem:
+        """The reward of ``decision``: its experiment, arm and decision id carried through."""
+        return cls(
+            experiment_id=decision.experiment_id,
+            arm_id=decision.arm_id,
+            reward=reward,
+            decision_id=decision.decision_id,
+            user_context=None if user_context is None else dict(user_context),
+        )
+
+    def body(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+class ArmStatsPublic(_Result):
+    arm_id: str
+    pulls: int = Field(description="Rewards observed.")
+    reward_sum: float
+    mean: float = Field(description="reward_sum / pulls (0 when no pulls).")
+    decisions: int = Field(description="Decisions served (folded from the decisions topic).")
+    propensity: float = Field(description="Current probability that the policy picks it.")
+
+
+class AttributionPublic(_Result):
+    """Where the experiment's decisions stand with respect to their attribution window."""
+
+    window_s: float | None = Field(default=None, description="The configured window.")
+    pending: int = Field(default=0, description="Decisions whose window is still open.")
+    defaulted: int = Field(default=0, description="Decisions folded with the default reward.")
+    late: int = Field(
+        default=0, description="Rewards that came after their decision was defaulted."
+    )
+    untracked: int = Field(
+        default=0, description="Decisions not tracked because too many windows were open."
+    )
+
+
+class StatsPublic(_Result):
+    """Folded statistics of one experiment, read fresh from Redis."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "experiment_id": "cta-button-test",
+                    "strategy": "thompson",
+                    "strategy_params": {},
+                    "config_version": 1,
+                    "snapshot_version": 12,
+                    "arms": [
+                        {
+                            "arm_id": "blue-button",
+                            "pulls": 4,
+                            "reward_sum": 1.0,
+                            "mean": 0.25,
+                            "decisions": 5,
+                            "propensity": 0.3,
+                        },
+                        {
+                            "arm_id": "green-button",
+                            "pulls": 3,
+                            "reward_sum": 2.0,
+                            "mean": 0.6667,
+                            "decisions": 7,
+                            "propensity": 0.7,
+                        },
+                    ],
+                    "propensities": {"blue-button": 0.3, "green-button": 0.7},
+                }
+            ]
+        }
+    )
+
+    experiment_id: str
+    strategy: str
+    strategy_params: dict[str, Any]
+    config_version: int
+    snapshot_version: int = Field(description="Events folded so far (0: none yet).")
+    arms: list[ArmStatsPublic]
+    propensities: dict[str, float]
+    attribution: AttributionPublic | None = Field(
+        default=None,
+        exclude_if=_absent,
+        description="Attribution-window counts; absent for experiments that never had a window.",
+    )
+
+    def arm(self, arm_id: str) -> ArmStatsPublic:
+        """The statistics of one arm (``KeyError`` naming the known arms)."""
+        for a in self.arms:
+            if a.arm_id == arm_id:
+                return a
+        raise KeyError(f"arm {arm_id!r} not in {[a.arm_id for a in self.arms]}")
+
+    @property
+    def total_pulls(self) -> int:
+        return sum(a.pulls for a in self.arms)
+
+
+class HealthPublic(_Result):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ok"}]})
+
+    status: Literal["ok"] = "ok"
+
+
+class ReadyPublic(_Result):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"status": "ready", "redis": "ok", "kafka": "ok", "auth": "keys"}]
+        }
+    )
+
+    status: Literal["ready", "not_ready"]
+    redis: str
+    kafka: str
+    auth: Literal["keys", "open"] = Field(
+        description="`keys`: admin calls need the admin key; `open` (`MAB_AUTH=open`): they "
+        "need none."
+    )
+    warning: str | None = Field(
+        default=None, description="Present in open mode: admin calls are served without a key."
+    )
+
+
+class ErrorPublic(_Result):
+    """Every non-validation error: a human-readable ``detail``."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"detail": "experiment 'cta-button-test' not found"}]}
+    )
+
+    detail: str
+
+
+class TimeseriesPoint(_Result):
+    """One (bucket, arm) with any decision or reward."""
+
+    bucket_start: int = Field(description="Unix seconds, UTC, divisible by the bucket width.")
+    arm_id: str
+    decisions: int = Field(description="Decisions served in the bucket (by event time).")
+    rewards: int = Field(description="Rewards applied (deduplicated, valid ones only).")
+    reward_sum: float
+    conversion_rate: float | None = Field(description="reward_sum / rewards; null if 0.")
+    traffic_share: float | None = Field(
+        description="This arm's decisions / all decisions of the bucket; null if 0."
+    )
+
+
+class ChangePointPublic(_Result):
+    ts: float
+    arm_id: str
+    detector: str
+
+
+class WinnerChange(_Result):
+    bucket_start: int
+    from_arm: str
+    to_arm: str
+
+
+class TimeseriesPublic(_Result):
+    """Per-bucket, per-arm performance of one experiment (contract: docs/timeseries-api.md)."""
+
+    model_config = ConfigDict(
+        json_schema_serialization_defaults_required=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "experiment_id": "cta-button-test",
+                    "bucket": "hour",
+                    "from": 1795795200,
+                    "to": 1795881600,
+                    "arm_ids": ["blue-button", "green-button", "red-button"],
+                    "points": [
+                        {
+                            "bucket_start": 1795795200,
+                            "arm_id": "blue-button",
+                            "decisions": 120,
+                            "rewards": 118,
+                            "reward_sum": 17.0,
+                            "conversion_rate": 0.1441,
+                            "traffic_share": 0.4,
+                        }
+                    ],
+                    "change_points": [
+                        {"ts": 1795801234.5, "arm_id": "red-button", "detector": "cusum"}
+                    ],
+                    "winner_changes": [
+                        {
+                            "bucket_start": 1795812000,
+                            "from_arm": "blue-button",
+                            "to_arm": "red-button",
+                        }
+                    ],
+                }
+            ]
+        },
+    )
+
+    experiment_id: str
+    bucket: Literal["hour", "minute"]
+    from_: int = Field(alias="from", description="First bucket start (inclusive).")
+    to: int = Field(description="End of the range (exclusive), aligned to the bucket.")
+    arm_ids: list[str]
+    points: list[TimeseriesPoint]
+    # The server always sends both lists; a client tolerates a server that computes no
+    # markers (an empty list), while the API document keeps them required.
+    change_points: list[ChangePointPublic] = Field(default_factory=list)
+    winner_changes: list[WinnerChange] = Field(default_factory=list)
+
+
+class EstimatePublic(_Result):
+    """One estimator; ``null`` where undefined (e.g. no CI from a single decision)."""
+
+    estimator: str = Field(description="`ips`, `snips`, `dr`, or `logged` (observed).")
+    value: float | None
+    std_error: float | None
+    ci_low: float | None
+    ci_high: float | None
+
+
+class ArmSupportPublic(_Result):
+    arm_id: str
+    logged_decisions: int
+    logged_share: float
+    target_share: float = Field(description="Mean probability the target gives this arm.")
+    mean_reward: float | None
+
+
+class EvaluationPublic(_Result):
+    """Off-policy estimates of a target strategy on the experiment's logged decisions."""
+
+    experiment_id: str
+    strategy: str
+    strategy_params: dict[str, Any]
+    missing_reward: str
+    confidence: float
+    estimates: list[EstimatePublic] = Field(description="IPS, SNIPS and DR, in that order.")
+    logged: EstimatePublic = Field(description="What the logging policy earned (observed).")
+    ess: float = Field(description="Effective sample size (sum w)^2 / sum w^2.")
+    weight_mean: float | None
+    weight_max: float | None
+    max_weight_share: float | None
+    arms: list[ArmSupportPublic]
+    warnings: list[str]
+    decisions_logged: int
+    decisions_considered: int
+    decisions_evaluated: int
+    decisions_without_reward: int
+    decisions_skipped: dict[str, int]
+    rewards_logged: int
+    rewards_unlinked: int
+    rewards_orphan: int
+    records_rejected: int
+    truncated: bool
+    max_decisions: int
+    elapsed_s: float
+
+
+# The SDK's names for the responses (the classes above keep the API's schema names).
+Experiment = ExperimentPublic
+StrategyConfig = ConfigPublic
+Decision = DecisionPublic
+RewardReceipt = RewardPublic
+ArmStats = ArmStatsPublic
+Stats = StatsPublic
+ChangePoint = ChangePointPublic
+Timeseries = TimeseriesPublic
+Ready = ReadyPublic
+Evaluation = EvaluationPublic
