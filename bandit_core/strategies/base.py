@@ -120,7 +120,7 @@ class Strategy(ABC, Generic[P]):
 
     def exploration(self, params: P) -> float:
         """Probability of a uniformly random arm instead of the policy's own pick (forced
-        exploration, drawn by :func:`explore_uniformly`); none by default."""
+        exploration); none by default."""
         return 0.0
 
     def batch_sampler(

@@ -43,6 +43,9 @@ class EpsilonGreedy(Strategy[EpsilonGreedyParams]):
     name: ClassVar[str] = "epsilon_greedy"
     params_model = EpsilonGreedyParams
 
+    def exploration(self, params: EpsilonGreedyParams) -> float:
+        return params.epsilon
+
     def choose(
         self,
         arm_ids: Sequence[str],
