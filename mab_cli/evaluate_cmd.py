@@ -8,7 +8,7 @@ docs/off-policy-evaluation.md.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -21,6 +21,7 @@ from mab_cli.log_options import (
     PrefixOpt,
     TimeoutOpt,
     fail,
+    parse_params,
     progress_bar,
     read_log,
     resolve,
@@ -32,18 +33,6 @@ from offpolicy.evaluate import (
     MissingReward,
     evaluate_log,
 )
-
-
-def _params(raw: str | None) -> dict[str, Any]:
-    if raw is None:
-        return {}
-    try:
-        obj = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise fail(f"--params is not JSON ({exc})") from None
-    if not isinstance(obj, dict):
-        raise fail("--params must be a JSON object")
-    return obj
 
 
 def _num(x: float | None, fmt: str = ".4f") -> str:
@@ -126,7 +115,7 @@ def evaluate_command(
 ) -> None:
     """Estimate what STRATEGY would have earned on the logged decisions (IPS, SNIPS, DR)."""
     kafka, topics = resolve(bootstrap, topic_prefix)
-    given = _params(params)
+    given = parse_params(params)
     try:
         clean = validate_params(strategy, given)
     except (UnknownStrategyError, InvalidParamsError) as exc:

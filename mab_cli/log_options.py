@@ -1,4 +1,5 @@
-"""Options shared by the commands that read the event log (``mab audit``, ``mab evaluate``).
+"""Options shared by the commands that read the event log (``mab audit``, ``mab evaluate``),
+and the errors, ``--params`` and progress bar every command reports the same way.
 
 Not a ``*_cmd`` module: it registers nothing. Defaults follow ``mab up``: the bootstrap
 servers from ``KAFKA_BOOTSTRAP_SERVERS``, else the local stack's Kafka port
@@ -10,9 +11,10 @@ every command that talks to Kafka uses).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -66,6 +68,20 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     """One red line on stderr; the caller raises the returned exit."""
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     return typer.Exit(code)
+
+
+def parse_params(raw: str | None) -> dict[str, Any]:
+    """``--params``: strategy params as a JSON object (none given: ``{}``); exit 2 when
+    it is not one. Their rules are checked by the strategy's params model afterwards."""
+    if raw is None:
+        return {}
+    try:
+        obj = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise fail(f"--params is not JSON ({exc})") from None
+    if not isinstance(obj, dict):
+        raise fail("--params must be a JSON object")
+    return obj
 
 
 def kafka_connection(bootstrap: str | None) -> KafkaConnection:

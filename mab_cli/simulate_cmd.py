@@ -10,17 +10,13 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
     Progress,
     TaskID,
-    TextColumn,
-    TimeElapsedColumn,
 )
 from rich.table import Table
 
@@ -32,23 +28,7 @@ from bandit_core.simulate import (
     strategy_names,
 )
 from bandit_core.strategies import InvalidParamsError, UnknownStrategyError
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    return typer.Exit(2)
-
-
-def _parse_params(raw: str | None) -> dict[str, Any]:
-    if raw is None:
-        return {}
-    try:
-        obj = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise _fail(f"--params is not JSON ({exc})") from None
-    if not isinstance(obj, dict):
-        raise _fail("--params must be a JSON object")
-    return obj
+from mab_cli.log_options import fail, parse_params, progress_bar
 
 
 def _advancer(bar: Progress, task: TaskID) -> Callable[[int], None]:
@@ -75,22 +55,15 @@ def simulate_command(
     try:
         sc = load_scenario(scenario)
     except ScenarioError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     names = strategy_names() if strategy.strip().lower() == "all" else [strategy]
-    given = _parse_params(params)
+    given = parse_params(params)
     if strategy.strip().lower() == "all" and given:
-        raise _fail("--params cannot be combined with --strategy all")
+        raise fail("--params cannot be combined with --strategy all")
     n_workers = workers or min(os.cpu_count() or 1, runs)
     console = Console(stderr=True)
     results: list[StrategyResult] = []
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        disable=as_json,
-    ) as bar:
+    with progress_bar(console, as_json) as bar:
         for name in names:
             task = bar.add_task(name, total=runs)
             try:
@@ -104,7 +77,7 @@ def simulate_command(
                     progress=_advancer(bar, task),
                 )
             except (UnknownStrategyError, InvalidParamsError) as exc:
-                raise _fail(str(exc)) from None
+                raise fail(str(exc)) from None
             results.append(res)
             if as_json:
                 typer.echo(json.dumps(res.to_dict()))

@@ -487,6 +487,28 @@ def decode(raw: bytes) -> AnyEvent:
     return _validate(obj)
 
 
+def _reward_record(
+    raw: bytes,
+    fallback_event_id: str | None,
+    fallback_ts: float | None,
+    fallback_position: tuple[str, int, int] | None,
+) -> dict[str, Any]:
+    """A rewards-topic record as a dict with the fallbacks of :func:`decode_reward`
+    filled in (one place, so its pydantic-only reference cannot drift from it), or
+    :class:`DecodeError` when it is another event type."""
+    obj = _load(raw)
+    obj.setdefault("type", "reward_observed")
+    if fallback_event_id is not None:
+        obj.setdefault("event_id", fallback_event_id)
+    elif fallback_position is not None and "event_id" not in obj:
+        obj["event_id"] = position_id(*fallback_position)
+    if fallback_ts is not None:
+        obj.setdefault("ts", fallback_ts)
+    if obj["type"] != "reward_observed":
+        raise DecodeError("wrong_event_type", f"type {obj['type']!r} on the rewards topic")
+    return obj
+
+
 def decode_reward(
     raw: bytes,
     *,
@@ -504,16 +526,7 @@ def decode_reward(
     ``fallback_event_id`` is given: formatted only for a record that needs it (most
     records carry their own id, and this runs per record).
     """
-    obj = _load(raw)
-    obj.setdefault("type", "reward_observed")
-    if fallback_event_id is not None:
-        obj.setdefault("event_id", fallback_event_id)
-    elif fallback_position is not None and "event_id" not in obj:
-        obj["event_id"] = position_id(*fallback_position)
-    if fallback_ts is not None:
-        obj.setdefault("ts", fallback_ts)
-    if obj["type"] != "reward_observed":
-        raise DecodeError("wrong_event_type", f"type {obj['type']!r} on the rewards topic")
+    obj = _reward_record(raw, fallback_event_id, fallback_ts, fallback_position)
     if _FAST_PATH_ENABLED:
         fast = _fast_reward(obj)
         if fast is not None:
@@ -532,14 +545,6 @@ def _decode_reward_slow(
     raw: bytes, *, fallback_event_id: str | None = None, fallback_ts: float | None = None
 ) -> RewardObserved:
     """:func:`decode_reward` through pydantic only (the fast path's test reference)."""
-    obj = _load(raw)
-    obj.setdefault("type", "reward_observed")
-    if fallback_event_id is not None:
-        obj.setdefault("event_id", fallback_event_id)
-    if fallback_ts is not None:
-        obj.setdefault("ts", fallback_ts)
-    if obj["type"] != "reward_observed":
-        raise DecodeError("wrong_event_type", f"type {obj['type']!r} on the rewards topic")
-    event = _validate(obj)
+    event = _validate(_reward_record(raw, fallback_event_id, fallback_ts, None))
     assert isinstance(event, RewardObserved)
     return event

@@ -118,6 +118,11 @@ class Strategy(ABC, Generic[P]):
     ) -> list[float]:
         """Probability that :meth:`choose` picks each arm from this state (sums to 1)."""
 
+    def exploration(self, params: P) -> float:
+        """Probability of a uniformly random arm instead of the policy's own pick (forced
+        exploration); none by default."""
+        return 0.0
+
     def batch_sampler(
         self,
         arm_ids: Sequence[str],
@@ -188,3 +193,25 @@ def uniform_over(k: int, chosen: Sequence[int]) -> list[float]:
     for i in chosen:
         out[i] = p
     return out
+
+
+def pick_tied(best: Sequence[int], rng: random.Random) -> int:
+    """One of the tied ``best`` indices, uniformly (no draw when there is one)."""
+    return best[0] if len(best) == 1 else rng.choice(best)
+
+
+def explore_uniformly(rate: float, k: int, rng: random.Random) -> int | None:
+    """A uniformly random arm with probability ``rate``, else ``None``.
+
+    A rate of 0 draws nothing, so a policy without forced exploration consumes exactly
+    the randomness it did before the option existed (seeded runs stay reproducible).
+    """
+    if rate and rng.random() < rate:
+        return rng.randrange(k)
+    return None
+
+
+def mix_uniform(rate: float, k: int, p: Sequence[float]) -> list[float]:
+    """Propensities ``p`` of the policy's own pick, mixed with forced uniform exploration
+    at ``rate`` (see :func:`explore_uniformly`)."""
+    return [rate / k + (1.0 - rate) * x for x in p]

@@ -79,42 +79,6 @@ def _part_weights(first: int, width: int, neighbour_weight: float) -> list[float
     return out
 
 
-def daypart_posteriors(
-    stats: Sequence[ArmStats], params: DaypartThompsonParams, now: float
-) -> tuple[list[float], list[float]]:
-    """Beta ``(alphas, betas)`` of each arm for the daypart that contains ``now``."""
-    groups = params.buckets
-    w = params.prior_weight
-    a0 = params.prior_alpha
-    b0 = params.prior_beta
-    width = DAYPART_BUCKETS // groups
-    first = int((now % DAY) // DAYPART_WIDTH) // width * width
-    alphas: list[float] = []
-    betas: list[float] = []
-    weights = _part_weights(first, width, params.neighbour_weight)
-    for s in stats:
-        day_n = day_s = part_n = part_s = 0.0
-        for h in range(DAYPART_BUCKETS):
-            n = s.hour_pulls[h]
-            if n <= 0.0:
-                continue
-            dt = now - s.hour_ts[h]
-            f = math.exp(-_RATE * dt) if dt > 0.0 else 1.0
-            n *= f
-            r = s.hour_sum[h] * f
-            day_n += n
-            day_s += r
-            wh = weights[h]
-            if wh:
-                part_n += wh * n
-                part_s += wh * r
-        rate = (a0 + day_s) / (a0 + b0 + day_n)
-        m = min(w, day_n)  # never more pseudo-data than the arm has real data
-        alphas.append(a0 + m * rate + max(part_s, 0.0))
-        betas.append(b0 + m * (1.0 - rate) + max(part_n - part_s, 0.0))
-    return alphas, betas
-
-
 class DaypartThompson(BetaThompson[DaypartThompsonParams]):
     name: ClassVar[str] = "daypart_thompson"
     params_model = DaypartThompsonParams
@@ -122,4 +86,34 @@ class DaypartThompson(BetaThompson[DaypartThompsonParams]):
     def posteriors(
         self, stats: Sequence[ArmStats], params: DaypartThompsonParams, now: float
     ) -> tuple[list[float], list[float]]:
-        return daypart_posteriors(stats, params, now)
+        """Beta ``(alphas, betas)`` of each arm for the daypart that contains ``now``."""
+        groups = params.buckets
+        w = params.prior_weight
+        a0 = params.prior_alpha
+        b0 = params.prior_beta
+        width = DAYPART_BUCKETS // groups
+        first = int((now % DAY) // DAYPART_WIDTH) // width * width
+        alphas: list[float] = []
+        betas: list[float] = []
+        weights = _part_weights(first, width, params.neighbour_weight)
+        for s in stats:
+            day_n = day_s = part_n = part_s = 0.0
+            for h in range(DAYPART_BUCKETS):
+                n = s.hour_pulls[h]
+                if n <= 0.0:
+                    continue
+                dt = now - s.hour_ts[h]
+                f = math.exp(-_RATE * dt) if dt > 0.0 else 1.0
+                n *= f
+                r = s.hour_sum[h] * f
+                day_n += n
+                day_s += r
+                wh = weights[h]
+                if wh:
+                    part_n += wh * n
+                    part_s += wh * r
+            rate = (a0 + day_s) / (a0 + b0 + day_n)
+            m = min(w, day_n)  # never more pseudo-data than the arm has real data
+            alphas.append(a0 + m * rate + max(part_s, 0.0))
+            betas.append(b0 + m * (1.0 - rate) + max(part_n - part_s, 0.0))
+        return alphas, betas

@@ -15,7 +15,7 @@ from typing import ClassVar
 
 from bandit_core.adaptive import decayed
 from bandit_core.state import ArmStats
-from bandit_core.strategies._beta import BetaThompson
+from bandit_core.strategies._beta import BetaThompson, beta_posteriors
 from bandit_core.strategies.base import BetaPrior, HalfLife, StrategyParams
 
 
@@ -25,22 +25,6 @@ class DiscountedThompsonParams(StrategyParams):
     prior_beta: BetaPrior = 1.0
 
 
-def discounted_posteriors(
-    stats: Sequence[ArmStats], params: DiscountedThompsonParams, now: float
-) -> tuple[list[float], list[float]]:
-    """Beta ``(alphas, betas)`` of each arm from its decayed counts at ``now``."""
-    h = params.half_life
-    a0 = params.prior_alpha
-    b0 = params.prior_beta
-    alphas: list[float] = []
-    betas: list[float] = []
-    for s in stats:
-        n, r = decayed(s, h, now)
-        alphas.append(a0 + max(r, 0.0))
-        betas.append(b0 + max(n - r, 0.0))
-    return alphas, betas
-
-
 class DiscountedThompson(BetaThompson[DiscountedThompsonParams]):
     name: ClassVar[str] = "discounted_thompson"
     params_model = DiscountedThompsonParams
@@ -48,4 +32,7 @@ class DiscountedThompson(BetaThompson[DiscountedThompsonParams]):
     def posteriors(
         self, stats: Sequence[ArmStats], params: DiscountedThompsonParams, now: float
     ) -> tuple[list[float], list[float]]:
-        return discounted_posteriors(stats, params, now)
+        """Beta ``(alphas, betas)`` of each arm from its decayed counts at ``now``."""
+        h = params.half_life
+        counts = (decayed(s, h, now) for s in stats)
+        return beta_posteriors(params.prior_alpha, params.prior_beta, counts)

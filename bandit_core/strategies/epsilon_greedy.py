@@ -3,6 +3,11 @@
 The seed broke mean ties in favour of the first arm (so a fresh experiment served arm 0
 to 1-ε+ε/K of the traffic); ties are broken uniformly at random here. Untried arms have
 mean 0, the textbook choice; exploration reaches them.
+
+Not an :class:`~bandit_core.strategies._index.IndexPolicy` although it looks like one:
+it draws its exploration coin even at ε = 0 and spreads ``(1-ε)/|argmax|`` rather than
+``(1-ε) * (1/|argmax|)``; joining would change seeded runs and propensities in the
+last bit.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from bandit_core.strategies.base import (
     StrategyParams,
     argmax_set,
     check_arms,
+    pick_tied,
 )
 
 
@@ -37,6 +43,9 @@ class EpsilonGreedy(Strategy[EpsilonGreedyParams]):
     name: ClassVar[str] = "epsilon_greedy"
     params_model = EpsilonGreedyParams
 
+    def exploration(self, params: EpsilonGreedyParams) -> float:
+        return params.epsilon
+
     def choose(
         self,
         arm_ids: Sequence[str],
@@ -49,8 +58,7 @@ class EpsilonGreedy(Strategy[EpsilonGreedyParams]):
         epsilon = params.epsilon
         if rng.random() < epsilon:
             return rng.randrange(k)
-        best = argmax_set(_means(stats))
-        return best[0] if len(best) == 1 else rng.choice(best)
+        return pick_tied(argmax_set(_means(stats)), rng)
 
     def propensities(
         self,
@@ -84,10 +92,7 @@ class EpsilonGreedy(Strategy[EpsilonGreedyParams]):
         k = check_arms(arm_ids, stats)
         epsilon = params.epsilon
         best = argmax_set(_means(stats))
-        if rng.random() < epsilon:
-            index = rng.randrange(k)
-        else:
-            index = best[0] if len(best) == 1 else rng.choice(best)
+        index = rng.randrange(k) if rng.random() < epsilon else pick_tied(best, rng)
         p = epsilon / k
         if index in best:
             p += (1.0 - epsilon) / len(best)

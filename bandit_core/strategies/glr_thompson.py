@@ -32,7 +32,7 @@ from typing import ClassVar
 
 from bandit_core.adaptive import decayed
 from bandit_core.state import ArmStats
-from bandit_core.strategies._beta import BetaThompson
+from bandit_core.strategies._beta import BetaThompson, beta_posteriors
 from bandit_core.strategies.base import BetaPrior, ExplorationRate, HalfLife, StrategyParams
 
 
@@ -56,22 +56,6 @@ def since_change_counts(stats: ArmStats, half_life: float, now: float) -> tuple[
     return n, r
 
 
-def since_change_posteriors(
-    stats: Sequence[ArmStats], params: GlrThompsonParams, now: float
-) -> tuple[list[float], list[float]]:
-    """Beta ``(alphas, betas)`` from each arm's :func:`since_change_counts`."""
-    a0 = params.prior_alpha
-    b0 = params.prior_beta
-    h = params.half_life
-    alphas: list[float] = []
-    betas: list[float] = []
-    for s in stats:
-        n, r = since_change_counts(s, h, now)
-        alphas.append(a0 + max(r, 0.0))
-        betas.append(b0 + max(n - r, 0.0))
-    return alphas, betas
-
-
 class GlrThompson(BetaThompson[GlrThompsonParams]):
     name: ClassVar[str] = "glr_thompson"
     params_model = GlrThompsonParams
@@ -79,7 +63,10 @@ class GlrThompson(BetaThompson[GlrThompsonParams]):
     def posteriors(
         self, stats: Sequence[ArmStats], params: GlrThompsonParams, now: float
     ) -> tuple[list[float], list[float]]:
-        return since_change_posteriors(stats, params, now)
+        """Beta ``(alphas, betas)`` from each arm's :func:`since_change_counts`."""
+        h = params.half_life
+        counts = (since_change_counts(s, h, now) for s in stats)
+        return beta_posteriors(params.prior_alpha, params.prior_beta, counts)
 
     def exploration(self, params: GlrThompsonParams) -> float:
         return params.alpha

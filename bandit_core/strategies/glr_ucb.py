@@ -51,7 +51,6 @@ held-out problems (``python -m bench.strategies_heldout``, ``docs/benchmarks.md`
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Sequence
 from typing import Annotated, ClassVar, Final
 
@@ -59,15 +58,13 @@ from pydantic import Field
 
 from bandit_core.adaptive import RESTART_KEEP
 from bandit_core.state import ArmStats
+from bandit_core.strategies._index import IndexPolicy
 from bandit_core.strategies.base import (
     ExplorationRate,
     HalfLife,
     NonNegative,
-    Strategy,
     StrategyParams,
     argmax_set,
-    check_arms,
-    uniform_over,
 )
 from bandit_core.strategies.glr_thompson import since_change_counts
 
@@ -89,60 +86,31 @@ class GlrUcbParams(StrategyParams):
     alpha: ExplorationRate = 0.01
 
 
-def glr_ucb_candidates(stats: Sequence[ArmStats], params: GlrUcbParams, now: float) -> list[int]:
-    """The arms the index picks from (all tied): the untried or faded ones and the arms
-    restarted by their own detector that still lack ``restart_pulls`` observations since
-    the change, else the argmax of the index."""
-    c = params.c
-    d = params.d
-    refill = params.restart_pulls
-    h = params.half_life
-    counts = [since_change_counts(s, h, now) for s in stats]
-    first = [
-        i
-        for i, (n, _) in enumerate(counts)
-        if n < 1.0 or (stats[i].change_points and stats[i].cp_pulls < refill)
-    ]
-    if first:
-        return first
-    total = 0.0
-    for n, _ in counts:
-        total += n
-    log_n = math.log(max(total, 1.0))
-    return argmax_set([r / n + c * math.sqrt(log_n / n) + d * log_n / n for n, r in counts])
-
-
-class GlrUcb(Strategy[GlrUcbParams]):
+class GlrUcb(IndexPolicy[GlrUcbParams]):
     name: ClassVar[str] = "glr_ucb"
     params_model = GlrUcbParams
 
-    def choose(
-        self,
-        arm_ids: Sequence[str],
-        stats: Sequence[ArmStats],
-        params: GlrUcbParams,
-        rng: random.Random,
-        now: float,
-    ) -> int:
-        k = check_arms(arm_ids, stats)
-        alpha = params.alpha
-        if alpha and rng.random() < alpha:
-            return rng.randrange(k)
-        best = glr_ucb_candidates(stats, params, now)
-        return best[0] if len(best) == 1 else rng.choice(best)
+    def candidates(self, stats: Sequence[ArmStats], params: GlrUcbParams, now: float) -> list[int]:
+        """The untried or faded arms and the arms restarted by their own detector that
+        still lack ``restart_pulls`` observations since the change, else the argmax of
+        the index."""
+        c = params.c
+        d = params.d
+        refill = params.restart_pulls
+        h = params.half_life
+        counts = [since_change_counts(s, h, now) for s in stats]
+        first = [
+            i
+            for i, (n, _) in enumerate(counts)
+            if n < 1.0 or (stats[i].change_points and stats[i].cp_pulls < refill)
+        ]
+        if first:
+            return first
+        total = 0.0
+        for n, _ in counts:
+            total += n
+        log_n = math.log(max(total, 1.0))
+        return argmax_set([r / n + c * math.sqrt(log_n / n) + d * log_n / n for n, r in counts])
 
-    def propensities(
-        self,
-        arm_ids: Sequence[str],
-        stats: Sequence[ArmStats],
-        params: GlrUcbParams,
-        rng: random.Random,
-        now: float,
-        samples: int = 1000,
-    ) -> list[float]:
-        """Closed form: ``alpha / K`` for every arm plus ``1 - alpha`` spread over the
-        index's candidates (see :func:`glr_ucb_candidates`)."""
-        k = check_arms(arm_ids, stats)
-        alpha = params.alpha
-        p = uniform_over(k, glr_ucb_candidates(stats, params, now))
-        return [alpha / k + (1.0 - alpha) * x for x in p]
+    def exploration(self, params: GlrUcbParams) -> float:
+        return params.alpha

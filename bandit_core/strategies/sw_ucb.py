@@ -11,7 +11,6 @@ window and ``t_w`` all arms' rewards in it. Arms without a reward in the window 
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -19,14 +18,8 @@ from pydantic import Field
 
 from bandit_core.adaptive import MAX_WINDOW, MIN_WINDOW, windowed
 from bandit_core.state import ArmStats
-from bandit_core.strategies.base import (
-    NonNegative,
-    Strategy,
-    StrategyParams,
-    argmax_set,
-    check_arms,
-    uniform_over,
-)
+from bandit_core.strategies._index import IndexPolicy
+from bandit_core.strategies.base import NonNegative, StrategyParams, argmax_set
 
 
 class SlidingWindowUcbParams(StrategyParams):
@@ -40,42 +33,19 @@ class SlidingWindowUcbParams(StrategyParams):
     c: NonNegative = 0.5
 
 
-def _candidates(stats: Sequence[ArmStats], params: SlidingWindowUcbParams, now: float) -> list[int]:
-    window = params.window
-    c = params.c
-    counts = [windowed(s, window, now) for s in stats]
-    untried = [i for i, (n, _) in enumerate(counts) if n <= 0.0]
-    if untried:
-        return untried
-    total = sum(n for n, _ in counts)
-    log_t = math.log(max(min(total, window), 1.0))
-    return argmax_set([r / n + c * math.sqrt(log_t / n) for n, r in counts])
-
-
-class SlidingWindowUcb(Strategy[SlidingWindowUcbParams]):
+class SlidingWindowUcb(IndexPolicy[SlidingWindowUcbParams]):
     name: ClassVar[str] = "sw_ucb"
     params_model = SlidingWindowUcbParams
 
-    def choose(
-        self,
-        arm_ids: Sequence[str],
-        stats: Sequence[ArmStats],
-        params: SlidingWindowUcbParams,
-        rng: random.Random,
-        now: float,
-    ) -> int:
-        check_arms(arm_ids, stats)
-        best = _candidates(stats, params, now)
-        return best[0] if len(best) == 1 else rng.choice(best)
-
-    def propensities(
-        self,
-        arm_ids: Sequence[str],
-        stats: Sequence[ArmStats],
-        params: SlidingWindowUcbParams,
-        rng: random.Random,
-        now: float,
-        samples: int = 1000,
-    ) -> list[float]:
-        k = check_arms(arm_ids, stats)
-        return uniform_over(k, _candidates(stats, params, now))
+    def candidates(
+        self, stats: Sequence[ArmStats], params: SlidingWindowUcbParams, now: float
+    ) -> list[int]:
+        window = params.window
+        c = params.c
+        counts = [windowed(s, window, now) for s in stats]
+        untried = [i for i, (n, _) in enumerate(counts) if n <= 0.0]
+        if untried:
+            return untried
+        total = sum(n for n, _ in counts)
+        log_t = math.log(max(min(total, window), 1.0))
+        return argmax_set([r / n + c * math.sqrt(log_t / n) for n, r in counts])

@@ -25,12 +25,16 @@ import numpy as np
 
 from bandit_core.rng import numpy_generator
 from bandit_core.state import ArmStats
-from bandit_core.strategies._beta import sample_argmax
+from bandit_core.strategies._beta import (
+    BetaThompson,
+    beta_posteriors,
+    check_samples,
+    same_posteriors,
+)
 from bandit_core.strategies.base import (
     DECIDER_SAMPLES,
     BatchSampler,
     BetaPrior,
-    Strategy,
     StrategyParams,
     check_arms,
 )
@@ -41,32 +45,16 @@ class ThompsonParams(StrategyParams):
     prior_beta: BetaPrior = 1.0
 
 
-def posteriors(
-    stats: Sequence[ArmStats], params: ThompsonParams
-) -> tuple[list[float], list[float]]:
-    """The Beta ``(alphas, betas)`` of each arm."""
-    a0 = params.prior_alpha
-    b0 = params.prior_beta
-    alphas = [a0 + max(s.reward_sum, 0.0) for s in stats]
-    # max(): float error in reward_sum must never push a parameter to <= 0.
-    betas = [b0 + max(s.pulls - s.reward_sum, 0.0) for s in stats]
-    return alphas, betas
-
-
-class Thompson(Strategy[ThompsonParams]):
+class Thompson(BetaThompson[ThompsonParams]):
     name: ClassVar[str] = "thompson"
     params_model = ThompsonParams
 
-    def choose(
-        self,
-        arm_ids: Sequence[str],
-        stats: Sequence[ArmStats],
-        params: ThompsonParams,
-        rng: random.Random,
-        now: float,
-    ) -> int:
-        check_arms(arm_ids, stats)
-        return sample_argmax(*posteriors(stats, params), rng)
+    def posteriors(
+        self, stats: Sequence[ArmStats], params: ThompsonParams, now: float
+    ) -> tuple[list[float], list[float]]:
+        return beta_posteriors(
+            params.prior_alpha, params.prior_beta, ((s.pulls, s.reward_sum) for s in stats)
+        )
 
     def batch_sampler(
         self,
@@ -84,7 +72,7 @@ class Thompson(Strategy[ThompsonParams]):
         ~60 µs, see docs/benchmarks.md).
         """
         check_arms(arm_ids, stats)
-        alphas, betas = posteriors(stats, params)
+        alphas, betas = self.posteriors(stats, params, now)
         a = np.asarray(alphas)
         b = np.asarray(betas)
         shape = len(alphas)
@@ -98,27 +86,6 @@ class Thompson(Strategy[ThompsonParams]):
             return choices
 
         return sample
-
-    def propensities(
-        self,
-        arm_ids: Sequence[str],
-        stats: Sequence[ArmStats],
-        params: ThompsonParams,
-        rng: random.Random,
-        now: float,
-        samples: int = 1000,
-    ) -> list[float]:
-        k = check_arms(arm_ids, stats)
-        if samples < 1:
-            raise ValueError("samples must be >= 1")
-        alphas, betas = posteriors(stats, params)
-        if len(set(zip(alphas, betas, strict=True))) == 1:
-            return [1.0 / k] * k
-        draws = numpy_generator(rng).beta(alphas, betas, size=(samples, k))
-        wins = np.bincount(draws.argmax(axis=1), minlength=k)
-        p = (wins + 1.0 / k) / (samples + 1.0)
-        p /= p.sum()
-        return [float(x) for x in p]
 
     def choose_with_propensity(
         self,
@@ -136,10 +103,9 @@ class Thompson(Strategy[ThompsonParams]):
         independent Monte Carlo sample for its propensity.
         """
         k = check_arms(arm_ids, stats)
-        if samples < 1:
-            raise ValueError("samples must be >= 1")
-        alphas, betas = posteriors(stats, params)
-        if len(set(zip(alphas, betas, strict=True))) == 1:
+        check_samples(samples)
+        alphas, betas = self.posteriors(stats, params, now)
+        if same_posteriors(alphas, betas):
             return self.choose(arm_ids, stats, params, rng, now), 1.0 / k
         draws = numpy_generator(rng).beta(alphas, betas, size=(samples + 1, k))
         winners = draws.argmax(axis=1)
