@@ -50,7 +50,7 @@ class Decision(_Result):
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> Decision:
-        """The wire shape nests the arm list under ``metadata`` (seed contract)."""
+        """The wire shape nests the arm list under ``metadata`` (the original API's v1 contract)."""
         meta = body.get("metadata") or {}
         return cls.model_validate({**body, "arms": list(meta.get("arms", []))})
 

@@ -137,8 +137,8 @@ class ExperimentCreate(_StrategyRequest):
     )
     strategy: str | None = Field(
         default=None,
-        description="`thompson`, `ucb1` or `epsilon_greedy` (seed spellings accepted); "
-        "defaults to the server's ACTIVE_STRATEGY.",
+        description="`thompson`, `ucb1` or `epsilon_greedy` (the original API's spellings "
+        "such as `THOMPSON` accepted); defaults to the server's ACTIVE_STRATEGY.",
     )
     strategy_params: StrategyParams = None
     attribution_window_s: AttributionWindowField = None
@@ -249,7 +249,7 @@ def _absent(value: object) -> bool:
 
 
 #: Response fields present only for experiments with a window: without one, responses
-#: keep the seed's exact shape.
+#: keep the original API's exact (v1) shape.
 PublicWindow = Annotated[
     float | None, Field(default=None, exclude_if=_absent, description="Attribution window.")
 ]
@@ -259,7 +259,7 @@ PublicDefault = Annotated[
 
 
 class ExperimentPublic(BaseModel):
-    """An experiment's configuration (seed shape plus ``version``)."""
+    """An experiment's configuration (the v1 shape plus ``version``)."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -297,7 +297,7 @@ class ExperimentPublic(BaseModel):
 
 
 class ConfigPublic(BaseModel):
-    """Result of a strategy hot-swap (seed shape plus ``version``)."""
+    """Result of a strategy hot-swap (the v1 shape plus ``version``)."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -325,7 +325,7 @@ class DecisionMetadata(BaseModel):
 
 
 class DecisionPublic(BaseModel):
-    """One decision (seed shape plus ``decision_id`` and ``propensity``)."""
+    """One decision (the v1 shape plus ``decision_id`` and ``propensity``)."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -351,7 +351,7 @@ class DecisionPublic(BaseModel):
 
 
 class RewardPublic(BaseModel):
-    """A reward accepted into the event log (seed shape plus ``event_id``)."""
+    """A reward accepted into the event log (the v1 shape plus ``event_id``)."""
 
     model_config = ConfigDict(
         json_schema_extra={
