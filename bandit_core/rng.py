@@ -1,9 +1,10 @@
 """Random generators for the strategies.
 
-The seed design re-seeded its generator on every request, so a seeded experiment served
-the same arm forever. Here the service creates ONE :class:`random.Random` per experiment
-per process with :func:`make_rng` and keeps drawing from it; a ``seed`` then makes a
-whole *sequence* of decisions reproducible instead of freezing a single one.
+The original mab-ecommerce-optimizer re-seeded its generator on every request, so a seeded
+experiment served the same arm forever. Here the service creates ONE
+:class:`random.Random` per experiment per process with :func:`make_rng` and keeps drawing
+from it; a ``seed`` then makes a whole *sequence* of decisions reproducible instead of
+freezing a single one.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def numpy_generator(rng: random.Random) -> np.random.Generator:
     """A numpy generator tied to ``rng`` for vectorised draws (many arms, Monte Carlo).
 
     It is seeded once from ``rng`` on first use and then reused (building one costs
-    ~15 µs, more than a small Monte Carlo run), so a seeded ``rng`` still gives a
+    more than a small Monte Carlo run), so a seeded ``rng`` still gives a
     reproducible sequence. It lives as long as ``rng`` does.
     """
     gen = _NP_GENERATORS.get(rng)

@@ -1,5 +1,6 @@
-"""Scenario generators: the seed's convergence benchmark and random piecewise-stationary
-problems for tuning adaptive defaults on one set and reporting on another (held out).
+"""Scenario generators: the original project's convergence benchmark, and random
+piecewise-stationary problems for tuning adaptive defaults on one set and reporting on
+another (held out).
 
 Defaults tuned on the hand-written ``scenarios/*.json`` alone would be tuned to four
 stories; the random families below vary what those fix (arm count 2-8, horizon
@@ -17,40 +18,42 @@ import numpy as np
 
 from bandit_core.simulate import Environment, Scenario, parse_scenario
 
-#: The seed's benchmark (its ``tests/test_convergence.py``, described in the README and
-#: ``convergence_test_results.md``): 20 samples drawn from ``numpy.random.default_rng(42)``:
+#: The original mab-ecommerce-optimizer's benchmark (its ``tests/test_convergence.py``,
+#: described in its README and ``convergence_test_results.md``): 20 samples drawn from
+#: ``numpy.random.default_rng(42)``:
 #: 4 rates uniform in [0.03, 0.40], then one arm (uniform index) is lifted to
 #: ``max(rates) + uniform(0.15, 0.30)`` (clipped to 0.95), rounded to 3 decimals.
-SEED_SAMPLES: Final = 20
-SEED_ROUNDS: Final = 2000
-SEED_ARMS: Final = ("A", "B", "C", "D")
+ORIGINAL_SAMPLES: Final = 20
+ORIGINAL_ROUNDS: Final = 2000
+ORIGINAL_ARMS: Final = ("A", "B", "C", "D")
 
 
-def seed_convergence_scenario() -> Scenario:
-    """The seed's 20 stationary 4-arm environments (reproduces its per-sample gaps)."""
+def original_convergence_scenario() -> Scenario:
+    """The original project's 20 stationary 4-arm environments (reproduces its per-sample gaps)."""
     rng = np.random.default_rng(42)
     envs: list[dict[str, Any]] = []
-    for _ in range(SEED_SAMPLES):
+    for _ in range(ORIGINAL_SAMPLES):
         rates = rng.uniform(0.03, 0.40, size=4)
         winner = int(rng.integers(0, 4))
         rates[winner] = float(np.clip(rates.max() + rng.uniform(0.15, 0.30), 0.0, 0.95))
         envs.append(
             {
-                "horizon": SEED_ROUNDS,
-                "arms": list(SEED_ARMS),
+                "horizon": ORIGINAL_ROUNDS,
+                "arms": list(ORIGINAL_ARMS),
                 "segments": [{"start": 0, "means": [round(float(x), 3) for x in rates]}],
             }
         )
     return parse_scenario(
         {
-            "name": "seed_convergence",
+            "name": "original_convergence",
             "description": (
-                "The seed's convergence benchmark: 20 stationary 4-arm Bernoulli "
-                "environments x 2,000 rounds, best arm 0.15-0.41 above the second best. "
-                "Rates as the seed draws them: numpy default_rng(42), per sample 4 x "
+                "The original mab-ecommerce-optimizer's convergence benchmark: 20 stationary "
+                "4-arm Bernoulli environments x 2,000 rounds, best arm 0.15-0.41 above the "
+                "second best. "
+                "Rates as it draws them: numpy default_rng(42), per sample 4 x "
                 "uniform(0.03, 0.40), one uniformly chosen arm lifted to max + "
                 "uniform(0.15, 0.30) (clipped to 0.95), 3 decimals "
-                "(bandit_core.scenario_gen.seed_convergence_scenario). Run j uses "
+                "(bandit_core.scenario_gen.original_convergence_scenario). Run j uses "
                 "environment j % 20."
             ),
             "environments": envs,

@@ -92,8 +92,8 @@ def parse_arm_names(text: str) -> list[str]:
 
 
 def default_segments(arms: Sequence[str], horizon: int) -> pd.DataFrame:
-    """A starting drift schedule: the seed's 9 AM / 2 PM / 6 PM story for 3 arms, otherwise
-    a rotation where each third of the horizon favours a different arm."""
+    """A starting drift schedule: the original project's 9 AM / 2 PM / 6 PM story for 3 arms,
+    otherwise a rotation where each third of the horizon favours a different arm."""
     n = len(arms)
     if n == 3:
         rows = [[0.15, 0.10, 0.08], [0.08, 0.10, 0.18], [0.08, 0.20, 0.10]]

@@ -1,4 +1,4 @@
-"""The seed's daily story in accelerated time (pure: no I/O, no clock).
+"""The original project's daily story in accelerated time (pure: no I/O, no clock).
 
 True conversion rates per arm by simulated hour of day, the same numbers as
 ``scenarios/daily_story.json``: 9 AM blue 15 % / green 10 % / red 8 %; 2 PM blue 8 %,

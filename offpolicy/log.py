@@ -6,8 +6,9 @@ becomes exactly one row:
 * ``joined``: a decision and one reward naming it (a decision with two rewards, e.g. a
   retried POST, gives two rows; ``reward_outcome`` says which one the fold counted);
 * ``decision``: a decision without any reward (reward columns empty);
-* ``reward_unlinked``: a seed-style reward without ``decision_id`` (decision columns
-  empty): it still counts for the arm's statistics but cannot be attributed to a decision;
+* ``reward_unlinked``: a reward without ``decision_id``, as the original API sends it
+  (decision columns empty): it still counts for the arm's statistics but cannot be
+  attributed to a decision;
 * ``reward_orphan``: a reward whose ``decision_id`` names no decision in the log (the
   decision event was lost, or the id is foreign).
 

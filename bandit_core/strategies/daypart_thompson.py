@@ -1,6 +1,6 @@
 """Daypart Thompson sampling: one Beta posterior per arm *and time of day*.
 
-For traffic whose winner follows the clock (the seed's story: blue at 9 AM, red at 2 PM,
+For traffic whose winner follows the clock (the original project's story: blue at 9 AM, red at 2 PM,
 green at 6 PM), forgetting the past is the wrong cure: yesterday's 2 PM is the best
 evidence about today's 2 PM. This is the contextual-bandit view with the hour of day as a
 discrete context, one independent Thompson sampler per context (Agrawal & Goyal, ICML

@@ -1,8 +1,8 @@
 """ε-greedy: explore a uniformly random arm with probability ε, else exploit the best mean.
 
-The seed broke mean ties in favour of the first arm (so a fresh experiment served arm 0
-to 1-ε+ε/K of the traffic); ties are broken uniformly at random here. Untried arms have
-mean 0, the textbook choice; exploration reaches them.
+The original mab-ecommerce-optimizer broke mean ties in favour of the first arm (so a
+fresh experiment served arm 0 to 1-ε+ε/K of the traffic); ties are broken uniformly at
+random here. Untried arms have mean 0, the textbook choice; exploration reaches them.
 
 Not an :class:`~bandit_core.strategies._index.IndexPolicy` although it looks like one:
 it draws its exploration coin even at ε = 0 and spreads ``(1-ε)/|argmax|`` rather than

@@ -26,8 +26,8 @@ depends on the horizon: ``c``, ``d``, ``restart_pulls``, ``half_life`` (clock un
 Why the two small-sample rules: with a small ``c`` the Hoeffding bonus of an arm with a
 handful of observations is not optimistic enough. Four early zeros on the best arm, or an
 alarm that keeps only its last few (low) rewards, put its index below the runner-up,
-and nothing but the rare forced pulls lift it again (on the seed's stationary benchmark
-4 of 40 runs ended above 300 regret that way).
+and nothing but the rare forced pulls lift it again (on the original project's stationary
+benchmark 4 of 40 runs ended above 300 regret that way).
 
 * ``d * ln N / n`` is the range term of the empirical-Bernstein bound (UCB-V, Audibert,
   Munos & Szepesvari, "Exploration-exploitation tradeoff using variance estimates in
@@ -42,10 +42,10 @@ and nothing but the rare forced pulls lift it again (on the seed's stationary be
   since the change, kept ones included: as many as the other arms keep after the soft
   restart.
 
-Defaults (``c`` 0.25, ``d`` 0.1, ``restart_pulls`` 48, ``half_life`` 1024, ``alpha``
-0.01) were chosen on the repository's abrupt scenarios, the seed's stationary benchmark
-and the training problems of :mod:`bandit_core.scenario_gen`, and are reported on its
-held-out problems (``python -m bench.strategies_heldout``, ``docs/benchmarks.md``).
+Defaults (``c`` 0.25, ``d`` 0.1, ``restart_pulls`` 48, ``half_life`` 1024, ``alpha`` 0.01)
+were chosen on the repository's abrupt scenarios, the original project's stationary
+benchmark and the training problems of :mod:`bandit_core.scenario_gen`, and are reported
+on its held-out problems (``python -m bench.strategies_heldout``, ``docs/benchmarks.md``).
 """
 
 from __future__ import annotations

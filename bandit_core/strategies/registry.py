@@ -1,8 +1,8 @@
 """Strategy names, lookup and params validation.
 
-Validation happens once, when a command is accepted: the seed stored invalid params and
-then failed every decision with a 500. Messages name the field and the rule so the API
-can return them verbatim in a 4xx.
+Validation happens once, when a command is accepted: the original mab-ecommerce-optimizer
+stored invalid params and then failed every decision with a 500. Messages name the field
+and the rule so the API can return them verbatim in a 4xx.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ STRATEGIES: Final[dict[str, Strategy[Any]]] = {
     )
 }
 
-#: The seed's ``ACTIVE_STRATEGY`` env values, e.g. ``EPSILON_GREEDY``, also work
+#: The original API's ``ACTIVE_STRATEGY`` env values, e.g. ``EPSILON_GREEDY``, also work
 #: (case-insensitively); ``-`` and spaces count as ``_``.
 _ALIASES: Final[dict[str, str]] = {
     "thompson_sampling": "thompson",

@@ -7,7 +7,7 @@ sample per arm and serves the largest.
 Propensity estimator (what :meth:`Thompson.choose_with_propensity` logs for off-policy
 evaluation): when every arm has the same posterior the answer is exactly ``1/K`` by
 symmetry (a fresh experiment, the common case, costs nothing). Otherwise it is Monte
-Carlo: ``samples`` independent draws of all posteriors (numpy, ~70 ns per arm and sample),
+Carlo: ``samples`` independent draws of all posteriors (one vectorised numpy call),
 ``wins[i]`` counts how often arm ``i`` is the largest, and
 ``p[i] = (wins[i] + 1/K) / (samples + 1)``: a pseudo-count of one draw spread evenly, so
 the served arm never gets propensity 0 (an IPS weight of infinity) and the vector still
@@ -68,8 +68,8 @@ class Thompson(BetaThompson[ThompsonParams]):
 
         Row ``j`` is a complete, independent Thompson draw, so serving the rows one per
         request is the same policy as drawing per request; it costs one numpy call per
-        batch instead of one per decision (with 100 arms: ~3 µs per decision instead of
-        ~60 µs, see docs/benchmarks.md).
+        batch instead of one per decision, whose fixed overhead dominated a decision
+        (docs/benchmarks.md, "Costs behind design choices").
         """
         check_arms(arm_ids, stats)
         alphas, betas = self.posteriors(stats, params, now)

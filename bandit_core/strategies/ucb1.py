@@ -1,9 +1,10 @@
 """UCB1: serve the arm with the highest ``mean + c * sqrt(ln N / n)``.
 
 ``n`` is the arm's observed rewards (``pulls``) and ``N`` their total. Arms without a
-reward yet come first, picked at random among themselves (the seed always took the first
-one). UCB1 is deterministic given the state, so its propensities are closed form:
-uniform over the untried set, else over the tied best scores.
+reward yet come first, picked at random among themselves (the original
+mab-ecommerce-optimizer always took the first one). UCB1 is deterministic given the state,
+so its propensities are closed form: uniform over the untried set, else over the tied best
+scores.
 """
 
 from __future__ import annotations

@@ -138,8 +138,8 @@ class ExperimentCreate(_StrategyRequest):
     )
     strategy: str | None = Field(
         default=None,
-        description="`thompson`, `ucb1` or `epsilon_greedy` (seed spellings accepted); "
-        "defaults to the server's ACTIVE_STRATEGY.",
+        description="`thompson`, `ucb1` or `epsilon_greedy` (the original API's spellings "
+        "such as `THOMPSON` accepted); defaults to the server's ACTIVE_STRATEGY.",
     )
     strategy_params: StrategyParams = None
     attribution_window_s: AttributionWindowField = None

@@ -12,12 +12,12 @@
   producer's queue (sent after ``decision_linger_ms``) and counts delivery failures.
   Shutdown flushes, so no enqueued decision event is lost on a clean stop.
 
-Why decisions linger 50 ms by default: measured under wrk (docs/benchmarks.md), at
-``linger.ms=5`` librdkafka's broker thread spent ~25-35 µs of CPU per decision and the
-Kafka broker ~50-80 µs (about 200 small produce requests per second), more than the
-decision itself in Python, on the same two cores. At 50 ms both fall to ~2 µs and
-~15 µs per decision. The price is up to 50 ms more before a decision is readable in
-the log, which nothing on the decision path waits for.
+Why decisions linger 50 ms by default: at ``linger.ms=5`` librdkafka's broker thread and
+the Kafka broker together spent more CPU per decision on small produce requests than the
+decision itself in Python, on the same two cores; at 50 ms both fall several times over
+(figures: docs/benchmarks.md, "Costs behind design choices"). The price is up to 50 ms
+more before a decision is readable in the log, which nothing on the decision path waits
+for.
 
 Why librdkafka (``confluent-kafka``) and not aiokafka here: enqueueing one record with
 aiokafka's ``send()`` costs ~22 µs of Python (a coroutine, a metadata wait, the

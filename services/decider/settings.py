@@ -1,8 +1,8 @@
 """The decider's configuration: one frozen settings object, validated at start-up.
 
-Everything the process needs is read once from the environment (the seed's variable
-names are kept: ``REDIS_URL``, ``ACTIVE_STRATEGY``, ``LOG_LEVEL``), so a typo or an
-unknown strategy fails the start instead of the first request.
+Everything the process needs is read once from the environment (the original API's
+variable names are kept: ``REDIS_URL``, ``ACTIVE_STRATEGY``, ``LOG_LEVEL``), so a typo or
+an unknown strategy fails the start instead of the first request.
 
 Secure by default: without an admin key the decider refuses to start, unless
 ``MAB_AUTH=open`` says that admin calls may be served without one, which is allowed only
@@ -76,7 +76,8 @@ class DeciderSettings(KafkaConnection):
     active_strategy: str = Field(
         default="thompson",
         validation_alias=_env("active_strategy", "ACTIVE_STRATEGY"),
-        description="Strategy of experiments created without one (seed: UCB1, THOMPSON, ...).",
+        description="Strategy of experiments created without one (the original API's "
+        "spellings UCB1, THOMPSON, ... work too).",
     )
     log_level: Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"] = Field(
         default="INFO", validation_alias=_env("log_level", "LOG_LEVEL")

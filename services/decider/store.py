@@ -3,7 +3,7 @@
 The config key of an experiment holds the JSON of :class:`schemas.events.ExperimentConfig`
 and is written only by the three command scripts below. Each script reads, checks and
 writes that one key atomically, so concurrent creates cannot both win and concurrent
-add-arms cannot lose an arm (the seed's read-modify-write in Python lost both). Every
+add-arms cannot lose an arm (the original project's read-modify-write in Python lost both). Every
 script touches only the keys of one experiment (one hash tag, one Cluster slot).
 
 The events are built from the JSON a script returns, never from a Python-side copy, so

@@ -127,15 +127,17 @@ def test_every_operation_conforms(
     check()
 
 
-async def test_seed_workflow_with_keys_and_the_bundled_clients(keyed_decider: Services) -> None:
+async def test_original_api_workflow_with_keys_and_the_bundled_clients(
+    keyed_decider: Services,
+) -> None:
     """Scenario: a decider with admin and client keys, as `mab up` runs it plus client keys.
-    We expect the seed's workflow to work once the header is added (and to be refused
+    We expect the original API's workflow to work once the header is added (and to be refused
     without it), the demo traffic (MAB_API_KEY = admin key) to create its experiment and
     serve visitors, and the dashboard's client to read (and evaluate) with a read key, as
     `mab up` gives it, and to say which variable to set when it has none."""
     url = keyed_decider.api_url
     client_h = {"Authorization": f"Bearer {CLIENT_KEY}"}
-    exp = f"{keyed_decider.ns}seed"
+    exp = f"{keyed_decider.ns}original"
     async with httpx.AsyncClient(base_url=url, timeout=10) as c:
         body = {"experiment_id": exp, "arm_ids": ["blue-button", "green-button"]}
         assert (await c.post("/experiments", json=body)).status_code == 401

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 ARMS = {"blue-button": 0.08, "green-button": 0.22, "red-button": 0.12}
-#: After the first minute the story shifts (the seed's 2 PM): red converts best.
+#: After the first minute the story shifts (the original project's 2 PM): red converts best.
 SHIFTED = {"blue-button": 0.08, "green-button": 0.06, "red-button": 0.25}
 BURSTS = (120, 180)
 DECISIONS = sum(BURSTS)

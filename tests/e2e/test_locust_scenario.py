@@ -30,7 +30,7 @@ def test_locust_scenario_runs_clean(keyed_services: Services, tmp_path: Path) ->
     decisions = run.requests("/decision")
     rewards = run.requests("/reward")
     assert decisions >= 20
-    assert 0 < rewards < decisions  # the seed's mix: about five decisions per reward
+    assert 0 < rewards < decisions  # the original API's mix: about five decisions per reward
     assert run.census["without_key"] == 0, run.census
     assert run.census["with_key"] == decisions + rewards + users
     # Every answered decision is folded once; a user stopped mid-request may leave one

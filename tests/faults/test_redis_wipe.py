@@ -43,8 +43,9 @@ SEED = 31
 
 
 async def traffic(client: httpx.AsyncClient, rng: random.Random, visits: int = VISITS) -> int:
-    """Two experiments through the API: decisions, joined and seed-style rewards, rewards
-    sent twice, and mid-way an added arm and a strategy hot-swap. Returns the 200 rewards."""
+    """Two experiments through the API: decisions, joined rewards and rewards without a
+    decision id, rewards sent twice, and mid-way an added arm and a strategy hot-swap.
+    Returns the 200 rewards."""
     for body in (
         {"experiment_id": "wipe-a", "arm_ids": ["red", "green", "blue"], "strategy": "thompson"},
         {
@@ -79,7 +80,7 @@ async def traffic(client: httpx.AsyncClient, rng: random.Random, visits: int = V
                 r = await client.post("/reward", json=body)
                 assert r.status_code == 200, r.text
                 acked += 1
-        elif roll < 0.6:  # seed style: no decision id
+        elif roll < 0.6:  # the original API's shape: no decision id
             body = {"experiment_id": exp, "arm_id": decision["arm_id"], "reward": 0.5}
             r = await client.post("/reward", json=body)
             assert r.status_code == 200, r.text
@@ -105,7 +106,7 @@ async def stats(client: httpx.AsyncClient) -> Stats:
 async def more_rewards(
     client: httpx.AsyncClient, n: int, caught_up: Callable[[], Awaitable[bool]]
 ) -> Stats:
-    """``n`` new seed-style rewards through the API, folded; the stats afterwards."""
+    """``n`` new rewards without a decision id through the API, folded; the stats afterwards."""
     for i in range(n):
         r = await client.post(
             "/reward", json={"experiment_id": "wipe-b", "arm_id": "x", "reward": i % 2}
@@ -173,7 +174,7 @@ async def test_redis_wiped_and_rebuilt_by_replay(
 ) -> None:
     """Scenario: the decider, the reward consumer and the projector run as processes on a
     private Redis (the shared one is never wiped). Two experiments get 1,500 visits
-    through the API (decisions, rewards joined to them, seed-style rewards, rewards sent
+    through the API (decisions, rewards joined to them, rewards without a decision id, rewards sent
     twice, an arm added and a strategy hot-swapped mid-way); the processors catch up and
     everything is stopped. Then Redis loses everything (FLUSHALL), and ``mab replay
     --rebuild`` runs as its own process against the topics.

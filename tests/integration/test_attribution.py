@@ -3,9 +3,9 @@
 Scenario: an experiment with a 1 s window and default reward 0.0 serves 20 decisions;
 5 get a reward in time, the other 15 get none; the consumer's sweep (idle fallback
 shortened for the test) logs their defaults; then a reward arrives for a defaulted
-decision, and a seed-style 0.0 reward without a decision id.
+decision, and a 0.0 reward without a decision id (the original API's shape).
 We expect: 15 defaulted, 0 pending, the late reward counted late and not added (20 pulls,
-reward sum 5), the seed-style reward counted as one more pull, the counts in the stats
+reward sum 5), the reward without a decision id counted as one more pull, the counts in the stats
 endpoint, and ``mab replay --verify`` finding the live state identical to a rebuild.
 """
 
@@ -134,7 +134,7 @@ async def test_expired_decisions_get_the_default_once_and_replay_agrees(
             s = await stats()
             assert sum(a["reward_sum"] for a in s["arms"]) == 5.0  # late: never added
             assert s["attribution"]["defaulted"] == 15
-            n_records = 20 + 5 + 15 + 2  # decisions, rewards, defaults, late + seed-style
+            n_records = 20 + 5 + 15 + 2  # decisions, rewards, defaults, late + unlinked
             await eventually(
                 lambda: asyncio.sleep(0, projector.stats.records >= n_records + 1),
                 30,

@@ -72,7 +72,7 @@ async def test_health_and_ready(client: httpx.AsyncClient) -> None:
     assert set(body) == {"warning"}
 
 
-async def test_seed_workflow(client: httpx.AsyncClient, ns: str) -> None:
+async def test_original_api_workflow(client: httpx.AsyncClient, ns: str) -> None:
     exp = f"{ns}cta-button-test"
     r = await _create(client, exp, strategy="thompson")
     assert r.status_code == 201, r.text
@@ -148,7 +148,7 @@ async def test_seed_workflow(client: httpx.AsyncClient, ns: str) -> None:
     assert s["strategy"] == "ucb1"
     assert sum(a["propensity"] for a in s["arms"]) == pytest.approx(1.0)
 
-    # Seed error statuses.
+    # The original API's error statuses.
     assert (await client.get(f"/experiments/{ns}nope")).status_code == 404
     r = await client.get("/decision", params={"experiment_id": f"{ns}nope"})
     assert r.status_code == 404

@@ -50,7 +50,7 @@ async def api(keyed: DeciderSettings) -> AsyncIterator[httpx.AsyncClient]:
 async def test_admin_calls_need_the_admin_key(api: httpx.AsyncClient, ns: str) -> None:
     """Scenario: admin and client keys are configured. We expect no key → 401 with a
     Bearer challenge, an unknown key → 401 invalid_token, a client key → 403, and the
-    admin key → the seed's status codes, on create, add arms and config alike."""
+    admin key → the original API's status codes, on create, add arms and config alike."""
     exp = f"{ns}adm"
     body = {"experiment_id": exp, "arm_ids": ARMS}
     r = await api.post("/experiments", json=body)
@@ -121,7 +121,7 @@ async def test_client_calls_take_a_client_or_the_admin_key(api: httpx.AsyncClien
 async def test_client_scope_is_open_without_client_keys(
     decider_settings: SettingsFactory, ns: str
 ) -> None:
-    """Scenario: only an admin key is set (what `mab up` does). We expect the seed's
+    """Scenario: only an admin key is set (what `mab up` does). We expect the original API's
     storefront calls to work without a header, and admin calls to still need the key."""
     async with serve_decider(decider_settings(admin_key=ADMIN_KEY)) as (c, _):
         exp = f"{ns}open"

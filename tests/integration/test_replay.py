@@ -1,7 +1,7 @@
 """``mab replay`` against real traffic, with a private Redis that may be wiped.
 
 Scenario: two experiments (one gets a new arm and a strategy change mid-way) receive
-decisions and rewards through the decider's HTTP API (joined rewards, seed-style
+decisions and rewards through the decider's HTTP API (joined rewards, unlinked
 rewards, duplicates, an invalid reward); the reward consumer and the projector fold
 them into a private Redis. Then Redis is wiped with FLUSHALL.
 We expect: ``mab replay --rebuild`` restores every config, snapshot, offsets hash,
@@ -109,7 +109,7 @@ async def traffic(
         if i % 4 == 0:
             body |= {"reward": 1.0, "decision_id": d["decision_id"]}
         elif i % 4 == 1:
-            body |= {"reward": 0.0}  # seed style: no decision id
+            body |= {"reward": 0.0}  # the original API's shape: no decision id
         elif i % 4 == 2:
             body |= {"reward": 0.25, "decision_id": d["decision_id"]}
         else:

@@ -1,7 +1,7 @@
 """Attribution windows in the pure fold: pending, default, late, and interleaving.
 
 Scenario: decisions served with a window, rewards joined to them, defaults logged for
-expired windows, rewards after the default, seed-style rewards, and every way the
+expired windows, rewards after the default, rewards without a decision id, and every way the
 consumer may interleave the decisions and rewards topics.
 We expect: a decision is settled once (by its reward or its default), a reward after the
 default is counted late and never added, the pending set and every statistic are the
@@ -127,12 +127,12 @@ def test_decision_folded_after_its_reward_or_default_is_not_pending() -> None:
     assert r.state.arms["b"].decisions == 1
 
 
-def test_seed_style_reward_does_not_close_a_window() -> None:
+def test_unlinked_reward_does_not_close_a_window() -> None:
     """An explicit 0.0 without decision id is one more observation; the decision still
     gets its default later (so a storefront doing both counts the miss twice)."""
     d = decision(0, 100.0)
-    seed_style = RewardObserved(experiment_id=EXP, arm_id="a", reward=0.0, ts=105.0)
-    r = fold_batch(state(), [d, seed_style, default_for(d)])
+    unlinked = RewardObserved(experiment_id=EXP, arm_id="a", reward=0.0, ts=105.0)
+    r = fold_batch(state(), [d, unlinked, default_for(d)])
     assert r.outcomes == [APPLIED, APPLIED, APPLIED]
     assert r.state.arms["a"].pulls == 2
     assert r.state.defaulted == 1
@@ -142,7 +142,7 @@ def test_decisions_without_window_are_not_tracked() -> None:
     r = fold_batch(state(), [decision(0, 1.0, window=None)])
     assert r.state.pending == {}
     assert r.state.pending_count == 0
-    assert b"attribution" not in r.state.snapshot_bytes()  # seed snapshot shape
+    assert b"attribution" not in r.state.snapshot_bytes()  # the v1 snapshot shape
 
 
 def test_pending_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -81,7 +81,7 @@ def test_id_errors_say_which_rule_broke() -> None:
         ExperimentCreate(experiment_id=" ", arm_ids=["a", "b"])
 
 
-def test_valid_create_keeps_seed_shape() -> None:
+def test_valid_create_keeps_the_original_api_shape() -> None:
     body = ExperimentCreate(
         experiment_id="cta-button-test",
         arm_ids=["blue-button", "green-button", "red-button"],
@@ -101,7 +101,7 @@ def test_strategy_defaults_to_none_so_the_server_default_applies() -> None:
     ("given", "expected"),
     [("THOMPSON", "thompson"), ("UCB1", "ucb1"), ("EPSILON_GREEDY", "epsilon_greedy")],
 )
-def test_seed_strategy_spellings_are_normalised(given: str, expected: str) -> None:
+def test_original_api_strategy_spellings_are_normalised(given: str, expected: str) -> None:
     assert ExperimentCreate(experiment_id="e", arm_ids=["a", "b"], strategy=given).strategy == (
         expected
     )

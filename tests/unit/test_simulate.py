@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from bandit_core.adaptive import observe, restart_others
 from bandit_core.fold import fold_batch
-from bandit_core.scenario_gen import random_piecewise_environment, seed_convergence_scenario
+from bandit_core.scenario_gen import original_convergence_scenario, random_piecewise_environment
 from bandit_core.simulate import (
     Environment,
     ScenarioError,
@@ -42,28 +42,29 @@ def test_bundled_scenarios_load() -> None:
     for f in files:
         sc = load_scenario(f)
         assert sc.environments
-    seed = load_scenario(SCENARIOS / "seed_convergence.json")
-    assert len(seed.environments) == 20
-    assert all(e.horizon == 2000 and len(e.arms) == 4 for e in seed.environments)
+    original = load_scenario(SCENARIOS / "original_convergence.json")
+    assert len(original.environments) == 20
+    assert all(e.horizon == 2000 and len(e.arms) == 4 for e in original.environments)
 
 
-#: Best-arm gaps of the seed's 20 samples as its ``convergence_test_results.md`` lists them.
-SEED_GAPS = (
+#: Best-arm gaps of the original project's 20 samples as its ``convergence_test_results.md``
+#: lists them.
+ORIGINAL_GAPS = (
     0.296, 0.205, 0.233, 0.203, 0.157, 0.199, 0.184, 0.197, 0.181, 0.301,
     0.329, 0.233, 0.211, 0.406, 0.272, 0.220, 0.207, 0.267, 0.267, 0.286,
 )  # fmt: skip
 
 
-def test_seed_benchmark_file_is_the_seeds_draw() -> None:
-    """The bundled file is what the generator draws, and the draw has the seed's gaps."""
-    bundled = load_scenario(SCENARIOS / "seed_convergence.json")
-    drawn = seed_convergence_scenario()
+def test_original_benchmark_file_is_the_original_draw() -> None:
+    """The bundled file is what the generator draws, and the draw has the original gaps."""
+    bundled = load_scenario(SCENARIOS / "original_convergence.json")
+    drawn = original_convergence_scenario()
     assert bundled.environments == drawn.environments
     gaps = []
     for env in drawn.environments:
         top, second = sorted(env.segments[0].means, reverse=True)[:2]
         gaps.append(round(top - second, 3))
-    assert tuple(gaps) == SEED_GAPS
+    assert tuple(gaps) == ORIGINAL_GAPS
 
 
 def test_random_piecewise_problems_are_valid_and_reproducible() -> None:

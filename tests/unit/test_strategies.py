@@ -30,7 +30,7 @@ from bandit_core.strategies import (
 pytestmark = pytest.mark.unit
 
 NAMES = sorted(STRATEGIES)
-#: The seed's three stationary strategies (adaptive ones are tested in their own module).
+#: The original API's three stationary strategies (adaptive ones are tested in their own module).
 CORE = ["epsilon_greedy", "thompson", "ucb1"]
 
 
@@ -272,7 +272,7 @@ def test_ucb1_scores_and_ties() -> None:
 
 
 def test_seeded_thompson_spreads_over_untouched_arms() -> None:
-    """The seed bug: a re-seeded generator served the same arm on every request."""
+    """The original project's bug: a re-seeded generator served the same arm on every request."""
     strategy = get_strategy("thompson")
     params = params_for("thompson", {"seed": 42})
     rng = make_rng(params.seed)

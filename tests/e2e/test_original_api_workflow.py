@@ -1,4 +1,4 @@
-"""End to end: the seed document's workflow over HTTP against real processes.
+"""End to end: the original mab-ecommerce-optimizer API's workflow over HTTP against real processes.
 
 The decider (``python -m services.decider``) and the reward consumer run as subprocesses
 against the real Kafka broker and Redis; nothing is faked. Each test talks to the API
@@ -26,7 +26,7 @@ from tests.e2e.conftest import Services
 
 pytestmark = pytest.mark.e2e
 
-SEED_ARMS = ["lifestyle-photo", "white-background", "in-use-photo"]
+ORIGINAL_ARMS = ["lifestyle-photo", "white-background", "in-use-photo"]
 
 
 async def _wait_stats(mab: AsyncMabClient, exp: str, pred: Callable[[Stats], bool]) -> Stats:
@@ -47,24 +47,24 @@ def _pulls_are(arm_id: str, n: int) -> Callable[[Stats], bool]:
     return lambda stats: stats.arm(arm_id).pulls == n
 
 
-async def test_seed_complete_example_workflow(services: Services) -> None:
-    """Scenario: the seed README's "Complete Example Workflow", step by step.
-    We expect: every status code and field the seed names, plus our additive ids."""
+async def test_original_api_complete_example_workflow(services: Services) -> None:
+    """Scenario: the original project README's "Complete Example Workflow", step by step.
+    We expect: every status code and field the original API names, plus our additive ids."""
     exp = f"{services.ns}product-image-test"
     async with AsyncMabClient(services.api_url, timeout=10) as mab:
         assert await mab.health()
 
-        created = await mab.create_experiment(exp, SEED_ARMS, strategy="thompson")
+        created = await mab.create_experiment(exp, ORIGINAL_ARMS, strategy="thompson")
         assert created.experiment_id == exp
-        assert created.arm_ids == SEED_ARMS
+        assert created.arm_ids == ORIGINAL_ARMS
         assert created.strategy == "thompson"
         assert created.strategy_params == {}
 
         d = await mab.decide(exp)
         assert d.experiment_id == exp
-        assert d.arm_id in SEED_ARMS
+        assert d.arm_id in ORIGINAL_ARMS
         assert d.strategy == "thompson"
-        assert d.arms == SEED_ARMS
+        assert d.arms == ORIGINAL_ARMS
         assert d.decision_id
         assert 0 < d.propensity <= 1
 
@@ -75,10 +75,10 @@ async def test_seed_complete_example_workflow(services: Services) -> None:
         assert receipt.strategy == "thompson"
         await mab.reward(exp, "white-background", 0.0)
 
-        assert (await mab.get_experiment(exp)).arm_ids == SEED_ARMS
+        assert (await mab.get_experiment(exp)).arm_ids == ORIGINAL_ARMS
 
         grown = await mab.add_arms(exp, ["orange-button", "purple-button"])
-        assert grown.arm_ids == [*SEED_ARMS, "orange-button", "purple-button"]
+        assert grown.arm_ids == [*ORIGINAL_ARMS, "orange-button", "purple-button"]
 
         swapped = await mab.set_strategy(exp, "ucb1")
         assert (swapped.experiment_id, swapped.strategy, swapped.strategy_params) == (
@@ -93,7 +93,7 @@ async def test_seed_complete_example_workflow(services: Services) -> None:
         assert stats.arm("white-background").pulls == 1
         assert stats.strategy == "ucb1"
 
-        # Seed error statuses.
+        # The original API's error statuses.
         with pytest.raises(NotFoundError):
             await mab.get_experiment("nope-does-not-exist")
         with pytest.raises(NotFoundError):
