@@ -14,7 +14,7 @@ provably accepts, and builds exactly the model pydantic would build. Anything el
 (an unknown key, a bool or numeric string where a number is expected, an out-of-range
 value, a bad id, a missing field, an old ``schema_version`` …) falls back to the
 pydantic path, which stays the single source of truth for every rejection and its
-:class:`DecodeError` reason. ``tests/unit/test_codec_fast_path.py`` checks with
+:class:`DecodeError` reason. ``tests/unit/test_schemas_codec_fast_path.py`` checks with
 property tests that fast-then-fallback and the pure pydantic path (:func:`_decode_slow`,
 :func:`_decode_reward_slow`) agree on valid records and on near-valid mutations.
 """

@@ -10,7 +10,7 @@ same), ``mab replay --verify`` exits 0, and exits 1 naming the key once one buck
 corrupted.
 
 Also: a rebuild refuses to run next to live consumers of the topics (the sequence with
-the real processor processes is in tests/faults/test_redis_wipe.py).
+the real processor processes is in tests/faults/test_cli_replay_redis_wipe.py).
 """
 
 from __future__ import annotations
