@@ -13,18 +13,42 @@ Public fixtures:
   local broker whose product listener is SASL_SSL (SCRAM-SHA-512, a CA made in the test).
 
 The stack starts only when one of these is requested (see tests/fixtures/stack.py).
+
+Every test carries exactly one tier marker, the name of its folder (tests/README.md):
+collection fails otherwise, so ``pytest -m unit`` can never miss or mislabel a test.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from deploy.stack.topics import create_topics, product_topic_specs
 from tests.fixtures.secure_kafka import SecureKafka, secure_kafka_stack
 from tests.fixtures.stack import StackProvider
+
+TIERS = ("unit", "integration", "e2e", "faults")
+TESTS_DIR = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuse a test without its tier marker, with two, or with one naming another folder."""
+    wrong = []
+    for item in items:
+        if not item.path.is_relative_to(TESTS_DIR):
+            continue
+        tiers = sorted({m.name for m in item.iter_markers() if m.name in TIERS})
+        folder = item.path.relative_to(TESTS_DIR).parts[0]
+        if tiers != [folder]:
+            wrong.append(f"{item.nodeid}: tier markers {tiers or 'none'}, folder {folder!r}")
+    if wrong:
+        raise pytest.UsageError(
+            "each test needs exactly one tier marker, the name of its folder "
+            "(tests/README.md):\n  " + "\n  ".join(wrong)
+        )
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,8 @@
 """The engine's cache with the reward consumer's fold: it skips the read, never the checks.
 
-Engine-level (hand-made records, no broker), over both state stores (the memory store,
-and the real Redis whose Lua scripts make the checks): each scenario makes the cache
+Engine-level (hand-made records, no broker), over both state stores (the real Redis
+whose Lua scripts make the checks here, the memory store in
+tests/unit/test_runtime_engine_cache.py): each scenario makes the cache
 stale the way production can (another consumer wrote, a duplicate record, a new arm,
 the other topic's partition owned by another consumer) and checks that the fold stays
 exactly-once.
@@ -14,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
+import pytest
 
 from bandit_core.decision_ids import make_decision_id
 from bandit_core.state import ExperimentState
@@ -26,7 +28,7 @@ from stream_runtime.processor import Loaded
 from stream_runtime.state_store import LoadRequest, StateStore, Write
 from tests.fixtures.engines import Stores, fold_engine
 
-# Tier markers come with the ``stores`` parameter: unit (memory), integration (Redis).
+pytestmark = pytest.mark.integration
 
 TS_MS = 1_700_000_000_000
 
