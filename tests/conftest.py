@@ -5,6 +5,9 @@ Public fixtures:
 * ``kafka_bootstrap`` (session, ``str``): ``host:port`` of a real broker.
 * ``redis_url`` (session, ``str``): ``redis://:password@host:port/0`` of a real Redis
   (the password is part of the URL; ``MAB_TEST_REDIS_URL`` is used as given).
+* ``redis`` (function, ``redis.asyncio.Redis``): a client of that Redis, closed after the test.
+* ``drop_namespace`` (function): after the test, every Redis key under ``ns`` is deleted
+  (for workloads whose dedupe keys weigh tens of MB that nothing else needs).
 * ``ns`` (function, ``str``): a unique prefix like ``t1a2b3c4d-``; use it for topic names,
   consumer group ids and Redis keys so parallel or repeated tests never see each other's data.
 * ``topics`` (function, ``dict[str, int]``): the product's topics created under ``ns``
@@ -21,10 +24,11 @@ collection fails otherwise, so ``pytest -m unit`` can never miss or mislabel a t
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 
 from deploy.stack.topics import create_topics, product_topic_specs
 from tests.fixtures.secure_kafka import SecureKafka, secure_kafka_stack
@@ -68,6 +72,20 @@ def kafka_bootstrap(stack_provider: StackProvider) -> str:
 @pytest.fixture(scope="session")
 def redis_url(stack_provider: StackProvider) -> str:
     return stack_provider.redis_url()
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def drop_namespace(redis: Redis, ns: str) -> AsyncIterator[None]:
+    yield
+    async for key in redis.scan_iter(match=f"{ns}*", count=1000):
+        await redis.delete(key)
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import json
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -27,18 +27,9 @@ from tests.fixtures.streams import (
 )
 from tests.fixtures.workload import configs_for, workload
 
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("drop_namespace")]
 
 N_RECORDS = 60_000
-
-
-@pytest.fixture
-async def redis(redis_url: str, ns: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    async for key in client.scan_iter(match=f"{ns}*", count=1000):
-        await client.delete(key)
-    await client.aclose()
 
 
 def assigned_partitions(log: Path) -> int:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 
 import orjson
 import pytest
@@ -17,38 +16,17 @@ from bandit_core.decision_ids import make_decision_id
 from bandit_core.fold import fold_batch
 from bandit_core.state import ExperimentState
 from schemas.codec import DecodeError, decode, decode_reward, encode
-from schemas.events import AnyEvent, DecisionMade, ExperimentConfig, RewardObserved
+from schemas.events import AnyEvent, ExperimentConfig, RewardObserved
 from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames
 from services.reward_consumer.consumer import RewardConsumer
 from services.reward_consumer.settings import ConsumerSettings
+from tests.fixtures.events import config_of, decision_of
+from tests.fixtures.streams import Sent, put_config
 
 pytestmark = pytest.mark.integration
 
 ARMS = ("a", "b", "c")
-
-
-@dataclass(frozen=True)
-class Sent:
-    """A produced record with the position and timestamp the broker gave it."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    value: bytes
-
-
-def config_of(exp: str, arms: Sequence[str] = ARMS) -> ExperimentConfig:
-    now = time.time()
-    return ExperimentConfig(
-        experiment_id=exp,
-        arm_ids=tuple(arms),
-        strategy="thompson",
-        version=1,
-        created_ts=now,
-        updated_ts=now,
-    )
 
 
 async def produce(bootstrap: str, records: Sequence[tuple[str, str, bytes]]) -> list[Sent]:
@@ -140,13 +118,6 @@ def settings_for(kafka: str, redis_url: str, ns: str, group: str) -> ConsumerSet
     )
 
 
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
 def workload(
     topics: TopicNames, n: int, seed: int = 7
 ) -> tuple[list[tuple[str, str, bytes]], dict[str, int]]:
@@ -168,17 +139,7 @@ def workload(
                 (
                     topics.decisions,
                     exp,
-                    encode(
-                        DecisionMade(
-                            experiment_id=exp,
-                            decision_id=make_decision_id(idx),
-                            arm_id=arm,
-                            strategy="thompson",
-                            propensity=0.5,
-                            config_version=1,
-                            snapshot_version=0,
-                        )
-                    ),
+                    encode(decision_of(exp, arm, idx)),
                 )
             )
             continue
@@ -244,7 +205,7 @@ async def test_fold_is_exactly_once_and_redelivery_is_a_noop(
     kafka_bootstrap: str, redis_url: str, ns: str, topics: dict[str, int], redis: Redis
 ) -> None:
     names = TopicNames.with_prefix(ns)
-    configs = {e: config_of(e) for e in ("shop-a", "shop-b")}
+    configs = {e: config_of(e, ARMS) for e in ("shop-a", "shop-b")}
     for exp, cfg in configs.items():
         await redis.set(RedisKeys(ns).experiment(exp).config, cfg.model_dump_json())
     records, expect = workload(names, 6000)
@@ -318,7 +279,7 @@ async def test_failed_batch_is_rewound_not_skipped(
     We expect: no commit, a seek back, the batch retried: every record applied once."""
     names = TopicNames.with_prefix(ns)
     exp = "shop-f"
-    await redis.set(RedisKeys(ns).experiment(exp).config, config_of(exp).model_dump_json())
+    await put_config(redis, ns, exp, ARMS)
     records = [
         (names.rewards, exp, orjson.dumps({"experiment_id": exp, "arm_id": "b", "reward": 0.5}))
         for _ in range(500)

@@ -17,16 +17,16 @@ from typing import Any
 import orjson
 import pytest
 
-from bandit_core.decision_ids import make_decision_id
 from bandit_core.state import ExperimentState
 from schemas.codec import encode
-from schemas.events import DecisionMade, ExperimentConfig
+from schemas.events import ExperimentConfig
 from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames
 from stream_runtime.kafka_consumer import KafkaRecord
 from stream_runtime.processor import Loaded
 from stream_runtime.state_store import LoadRequest, StateStore, Write
 from tests.fixtures.engines import Stores, fold_engine
+from tests.fixtures.events import decision_of
 
 pytestmark = pytest.mark.integration
 
@@ -190,17 +190,7 @@ async def test_decisions_and_rewards_folded_by_two_consumers_lose_nothing(
             0,
             o,
             TS_MS,
-            encode(
-                DecisionMade(
-                    experiment_id=exp,
-                    decision_id=make_decision_id(1),
-                    arm_id="b",
-                    strategy="thompson",
-                    propensity=0.5,
-                    config_version=1,
-                    snapshot_version=0,
-                )
-            ),
+            encode(decision_of(exp, "b", 1)),
         )
         for o in range(4)
     ]
