@@ -37,6 +37,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from deploy.stack.ports import free_port
 from mab_client import MabClient, MabError
 from tests.e2e.conftest import ARTIFACTS, Services
+from tests.fixtures.streams import stop_processor
 
 pytestmark = pytest.mark.e2e
 
@@ -148,12 +149,7 @@ def dashboard(services: Services) -> Iterator[str]:
         _wait(healthy, 60, "streamlit to answer /_stcore/health")
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        stop_processor(proc, timeout=15)
 
 
 @pytest.fixture(scope="module")
