@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames, partition_key
 from services.projector.projection import Retention
 from stream_runtime.partition_reader import read_chunks
-from tests.fixtures.in_process import in_process
+from tests.fixtures.in_process import in_process, wait_for
 from tests.fixtures.streams import run_replay
 from tests.fixtures.workload import configs_for
 
@@ -64,14 +64,6 @@ async def redis(private_redis: str) -> AsyncIterator[Redis]:
     client = Redis.from_url(private_redis)
     yield client
     await client.aclose()
-
-
-async def wait_for(cond: Callable[[], bool], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def traffic(

@@ -16,8 +16,8 @@ from schemas.dead_letter import dedupe
 from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames
 from services.reward_consumer.consumer import RewardConsumer
-from services.reward_consumer.settings import ConsumerSettings
 from stream_runtime.dead_letter import read_dead_letters
+from tests.fixtures.in_process import consumer_settings
 from tests.fixtures.streams import put_config
 
 pytestmark = pytest.mark.integration
@@ -65,16 +65,7 @@ async def test_example_producer_output_is_folded_once_and_bad_lines_dead_lettere
     )
     assert "2 rewards acknowledged" in await run_example(*common, "--file", str(lines))
 
-    consumer = RewardConsumer(
-        ConsumerSettings(
-            kafka_bootstrap_servers=kafka_bootstrap,
-            redis_url=redis_url,
-            mab_topic_prefix=ns,
-            mab_redis_prefix=ns,
-            mab_consumer_group_id=ns + "ex",
-            mab_poll_timeout_ms=100,
-        )
-    )
+    consumer = RewardConsumer(consumer_settings(kafka_bootstrap, redis_url, ns, ns + "ex"))
     await consumer.start()
     try:
         deadline = time.monotonic() + 60

@@ -13,7 +13,6 @@ import asyncio
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
@@ -38,6 +37,7 @@ from stream_runtime.redis_store import RedisStateStore
 from stream_runtime.state_store import MemoryStateStore
 from tests.fixtures.engines import projection_engine
 from tests.fixtures.events import config_of, decision_of
+from tests.fixtures.in_process import projector_settings, wait_for
 from tests.fixtures.streams import put_config
 
 pytestmark = pytest.mark.integration
@@ -47,23 +47,8 @@ EXP = "shop-p"
 
 
 def settings_for(kafka: str, redis_url: str, ns: str, group: str) -> ProjectorSettings:
-    return ProjectorSettings(
-        kafka_bootstrap_servers=kafka,
-        redis_url=redis_url,
-        mab_topic_prefix=ns,
-        mab_redis_prefix=ns,
-        mab_projector_group_id=group,
-        mab_projector_poll_timeout_ms=100,
-        mab_projector_max_batch_records=300,  # several batches, so splits are exercised
-    )
-
-
-async def wait_for(cond: Callable[[], bool], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
+    # several batches, so splits are exercised
+    return projector_settings(kafka, redis_url, ns, group, mab_projector_max_batch_records=300)
 
 
 async def produce(bootstrap: str, records: list[tuple[str, bytes]]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import orjson
 import pytest
@@ -20,8 +20,8 @@ from schemas.events import AnyEvent, ExperimentConfig, RewardObserved
 from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames
 from services.reward_consumer.consumer import RewardConsumer
-from services.reward_consumer.settings import ConsumerSettings
 from tests.fixtures.events import config_of, decision_of
+from tests.fixtures.in_process import consumer_settings, wait_for
 from tests.fixtures.streams import Sent, put_config
 
 pytestmark = pytest.mark.integration
@@ -97,25 +97,6 @@ def diff(a: ExperimentState, b: ExperimentState) -> str:
 
 def same(a: ExperimentState, b: ExperimentState) -> bool:
     return (a.arms, a.version, a.duplicates) == (b.arms, b.version, b.duplicates)
-
-
-async def wait_for(cond: Callable[[], bool], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-def settings_for(kafka: str, redis_url: str, ns: str, group: str) -> ConsumerSettings:
-    return ConsumerSettings(
-        kafka_bootstrap_servers=kafka,
-        redis_url=redis_url,
-        mab_topic_prefix=ns,
-        mab_redis_prefix=ns,
-        mab_consumer_group_id=group,
-        mab_poll_timeout_ms=100,
-    )
 
 
 def workload(
@@ -214,7 +195,7 @@ async def test_fold_is_exactly_once_and_redelivery_is_a_noop(
     assert want["shop-a"].duplicates > 0
     assert sum(a.decisions for a in want["shop-a"].arms.values()) > 0
 
-    first = RewardConsumer(settings_for(kafka_bootstrap, redis_url, ns, ns + "g1"))
+    first = RewardConsumer(consumer_settings(kafka_bootstrap, redis_url, ns, ns + "g1"))
     started = time.perf_counter()
     await first.start()
     try:
@@ -236,7 +217,7 @@ async def test_fold_is_exactly_once_and_redelivery_is_a_noop(
 
     # Everything again, from offset 0, under a new group id: Kafka redelivers it all,
     # the stored offsets make every record a no-op.
-    second = RewardConsumer(settings_for(kafka_bootstrap, redis_url, ns, ns + "g2"))
+    second = RewardConsumer(consumer_settings(kafka_bootstrap, redis_url, ns, ns + "g2"))
     await second.start()
     try:
         await wait_for(lambda: second.stats.records >= len(sent), 60, "second catch-up")
@@ -285,7 +266,7 @@ async def test_failed_batch_is_rewound_not_skipped(
         for _ in range(500)
     ]
     await produce(kafka_bootstrap, records)
-    settings = settings_for(kafka_bootstrap, redis_url, ns, ns + "g").model_copy(
+    settings = consumer_settings(kafka_bootstrap, redis_url, ns, ns + "g").model_copy(
         update={"mab_max_batch_records": 100, "mab_retry_backoff_s": 0.05}
     )
     consumer = RewardConsumer(settings)

@@ -33,9 +33,9 @@ from schemas.events import RewardObserved
 from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames
 from services.reward_consumer.consumer import RewardConsumer
-from services.reward_consumer.settings import ConsumerSettings
 from stream_runtime.dead_letter import read_dead_letters
 from tests.fixtures.events import config_of
+from tests.fixtures.in_process import consumer_settings
 
 pytestmark = pytest.mark.integration
 
@@ -208,16 +208,7 @@ async def test_bulk_producer_100k_rewards_with_duplicates_and_malformed_records(
         for exp, cfg in configs.items()
     }
 
-    consumer = RewardConsumer(
-        ConsumerSettings(
-            kafka_bootstrap_servers=kafka_bootstrap,
-            redis_url=redis_url,
-            mab_topic_prefix=ns,
-            mab_redis_prefix=ns,
-            mab_consumer_group_id=ns + "bulk",
-            mab_poll_timeout_ms=100,
-        )
-    )
+    consumer = RewardConsumer(consumer_settings(kafka_bootstrap, redis_url, ns, ns + "bulk"))
     started = time.perf_counter()
     await consumer.start()
     try:

@@ -14,8 +14,9 @@ from schemas.codec import decode, encode
 from schemas.events import ChangePointDetected, RewardObserved
 from schemas.topics import TopicNames
 from services.reward_consumer.consumer import RewardConsumer
+from tests.fixtures.in_process import consumer_settings, wait_for
 from tests.fixtures.streams import put_config
-from tests.integration.test_reward_consumer import ARMS, produce, settings_for, wait_for
+from tests.integration.test_reward_consumer import ARMS, produce
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +42,7 @@ async def test_abrupt_change_is_published_as_an_event(
         records.append((names.rewards, exp, encode(ev)))
     await produce(kafka_bootstrap, records)
 
-    consumer = RewardConsumer(settings_for(kafka_bootstrap, redis_url, ns, ns + "cp"))
+    consumer = RewardConsumer(consumer_settings(kafka_bootstrap, redis_url, ns, ns + "cp"))
     await consumer.start()
     try:
         await wait_for(lambda: consumer.stats.applied >= 3000, 60.0, "all rewards folded")

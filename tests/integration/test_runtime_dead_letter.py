@@ -20,7 +20,7 @@ from bandit_core.state import ExperimentState
 from schemas.dead_letter import H_REDRIVE_OFFSET, dedupe, redriven_origins
 from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames
-from services.reward_consumer import ConsumerSettings, RewardConsumer
+from services.reward_consumer import RewardConsumer
 from stream_runtime.batch import Rejected
 from stream_runtime.dead_letter import (
     DeadLetterProducer,
@@ -30,6 +30,7 @@ from stream_runtime.dead_letter import (
 from stream_runtime.redis_store import RedisStateStore
 from stream_runtime.state_store import Write
 from tests.fixtures.engines import fold_engine
+from tests.fixtures.in_process import consumer_settings
 from tests.fixtures.streams import put_config
 
 pytestmark = pytest.mark.integration
@@ -52,16 +53,7 @@ async def consume_until(
     kafka: str, redis_url: str, ns: str, group: str, records: int
 ) -> RewardConsumer:
     """Run a reward consumer (group ``group``) until it committed ``records`` records."""
-    consumer = RewardConsumer(
-        ConsumerSettings(
-            kafka_bootstrap_servers=kafka,
-            redis_url=redis_url,
-            mab_topic_prefix=ns,
-            mab_redis_prefix=ns,
-            mab_consumer_group_id=group,
-            mab_poll_timeout_ms=100,
-        )
-    )
+    consumer = RewardConsumer(consumer_settings(kafka, redis_url, ns, group))
     await consumer.start()
     try:
         deadline = time.monotonic() + 60

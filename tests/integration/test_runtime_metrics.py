@@ -14,8 +14,9 @@ from schemas.events import RewardObserved
 from schemas.topics import TopicNames
 from services.reward_consumer.consumer import RewardConsumer
 from stream_runtime.metrics import MetricsServer
+from tests.fixtures.in_process import consumer_settings, wait_for
 from tests.fixtures.streams import put_config
-from tests.integration.test_reward_consumer import ARMS, produce, settings_for, wait_for
+from tests.integration.test_reward_consumer import ARMS, produce
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +50,7 @@ async def test_consumer_metrics_match_its_stats(
     records = [(names.rewards, exp, v) for v in [*good, *bad, *junk]]
     await produce(kafka_bootstrap, records)
 
-    consumer = RewardConsumer(settings_for(kafka_bootstrap, redis_url, ns, ns + "gm"))
+    consumer = RewardConsumer(consumer_settings(kafka_bootstrap, redis_url, ns, ns + "gm"))
     caplog.set_level(logging.WARNING, logger="services.reward_consumer")
     await consumer.start()
     try:
