@@ -2,7 +2,7 @@
 
 Engine-level (hand-made records, no broker), over both state stores (the real Redis
 whose Lua scripts make the checks here, the memory store in
-tests/unit/test_runtime_engine_cache.py): each scenario makes the cache
+tests/unit/test_runtime_engine.py): each scenario makes the cache
 stale the way production can (another consumer wrote, a duplicate record, a new arm,
 the other topic's partition owned by another consumer) and checks that the fold stays
 exactly-once.
