@@ -38,7 +38,7 @@ TIERS = ("unit", "integration", "e2e", "faults")
 TESTS_DIR = Path(__file__).parent
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Refuse a test without its tier marker, with two, or with one naming another folder."""
     wrong = []
     for item in items:

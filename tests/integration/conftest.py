@@ -103,12 +103,8 @@ def locked_redis() -> Iterator[LocalStack]:
         stack.down()
 
 
-@pytest_asyncio.fixture
-async def stores(redis_url: str) -> AsyncIterator[Stores]:
+@pytest.fixture
+def stores(redis: Redis) -> Stores:
     """The processor suites' state on the real Redis, whose Lua scripts make the checks
     (tests/unit/conftest.py gives the same suites the memory store)."""
-    client = Redis.from_url(redis_url)
-    try:
-        yield Stores("redis", client)
-    finally:
-        await client.aclose()
+    return Stores("redis", redis)
