@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from bandit_core.state import ArmStats
 from bandit_core.strategies.base import (
     DECIDER_SAMPLES,
+    ExploringStrategy,
     P,
-    Strategy,
     check_arms,
     explore_uniformly,
     mix_uniform,
@@ -25,7 +25,7 @@ from bandit_core.strategies.base import (
 )
 
 
-class IndexPolicy(Strategy[P]):
+class IndexPolicy(ExploringStrategy[P]):
     """Uniform among :meth:`candidates`, with optional forced exploration
     (:meth:`~bandit_core.strategies.base.Strategy.exploration`) mixed in closed form."""
 
@@ -33,18 +33,7 @@ class IndexPolicy(Strategy[P]):
     def candidates(self, stats: Sequence[ArmStats], params: P, now: float) -> list[int]:
         """The arms the policy picks uniformly among (untried ones, else the tied best)."""
 
-    def choose(
-        self,
-        arm_ids: Sequence[str],
-        stats: Sequence[ArmStats],
-        params: P,
-        rng: random.Random,
-        now: float,
-    ) -> int:
-        k = check_arms(arm_ids, stats)
-        explored = explore_uniformly(self.exploration(params), k, rng)
-        if explored is not None:
-            return explored
+    def exploit(self, stats: Sequence[ArmStats], params: P, rng: random.Random, now: float) -> int:
         return pick_tied(self.candidates(stats, params, now), rng)
 
     def propensities(

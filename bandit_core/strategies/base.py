@@ -169,6 +169,33 @@ class Strategy(ABC, Generic[P]):
         return index, self.propensities(arm_ids, stats, params, rng, now, samples)[index]
 
 
+class ExploringStrategy(Strategy[P]):
+    """A policy whose choice is its own pick (:meth:`exploit`) unless a forced uniform
+    exploration draw (:meth:`~Strategy.exploration`) comes first.
+
+    The Beta-posterior and the index families choose this way; one ``choose`` keeps the
+    order of their random draws (exploration first, then the policy's) the same for all.
+    """
+
+    @abstractmethod
+    def exploit(self, stats: Sequence[ArmStats], params: P, rng: random.Random, now: float) -> int:
+        """Index of the policy's own pick, without forced exploration."""
+
+    def choose(
+        self,
+        arm_ids: Sequence[str],
+        stats: Sequence[ArmStats],
+        params: P,
+        rng: random.Random,
+        now: float,
+    ) -> int:
+        k = check_arms(arm_ids, stats)
+        explored = explore_uniformly(self.exploration(params), k, rng)
+        if explored is not None:
+            return explored
+        return self.exploit(stats, params, rng, now)
+
+
 def check_arms(arm_ids: Sequence[str], stats: Sequence[ArmStats]) -> int:
     """The arm count, after checking the inputs line up (a bug upstream, not user input)."""
     k = len(arm_ids)
