@@ -16,7 +16,7 @@ import numpy as np
 
 from bandit_core.rng import numpy_generator
 from bandit_core.state import ArmStats
-from bandit_core.strategies.base import ExploringStrategy, P, check_arms, mix_uniform
+from bandit_core.strategies.base import P, Strategy, check_arms, mix_uniform
 
 #: From this many arms one vectorised numpy draw beats a loop of ``betavariate`` despite
 #: numpy's per-call overhead: the threshold sits above the measured crossover (near 16
@@ -82,7 +82,7 @@ def argmax_propensities(
     return [float(x) for x in p]
 
 
-class BetaThompson(ExploringStrategy[P]):
+class BetaThompson(Strategy[P]):
     """Thompson sampling on posteriors from :meth:`posteriors`, with optional uniform
     forced exploration (:meth:`~bandit_core.strategies.base.Strategy.exploration`), whose
     propensities mix in closed form."""

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from bandit_core.state import ArmStats
 from bandit_core.strategies.base import (
     DECIDER_SAMPLES,
-    ExploringStrategy,
     P,
+    Strategy,
     check_arms,
     explore_uniformly,
     mix_uniform,
@@ -25,7 +25,7 @@ from bandit_core.strategies.base import (
 )
 
 
-class IndexPolicy(ExploringStrategy[P]):
+class IndexPolicy(Strategy[P]):
     """Uniform among :meth:`candidates`, with optional forced exploration
     (:meth:`~bandit_core.strategies.base.Strategy.exploration`) mixed in closed form."""
 
