@@ -101,6 +101,13 @@ def fold_rate(
         proc.stop()
 
 
+def snapshot_rewards(raw: bytes | None) -> int:
+    """Rewards the reward consumer has folded, from an experiment's stored snapshot (the
+    pulls of every arm; ``None`` before the first fold)."""
+    arms: dict[str, list[float]] = orjson.loads(raw)["arms"] if raw else {}
+    return int(sum(v[0] for v in arms.values()))
+
+
 def projected_rewards(hour_buckets: Iterable[Mapping[bytes, bytes]]) -> int:
     """Rewards the projector has counted, from the hashes of one experiment's *hour*
     buckets (fields ``<arm>|d``, ``<arm>|r``, ``<arm>|s``). Pass only one bucket family:
@@ -145,11 +152,7 @@ def fold_rows(
     asyncio.run(_prefill(bootstrap, topics.rewards, exp, ["a", "b", "c"], fold_records))
 
     def folded() -> int:
-        raw = client.get(keys.snapshot)
-        if raw is None:
-            return 0
-        arms: dict[str, list[float]] = orjson.loads(raw)["arms"]
-        return int(sum(v[0] for v in arms.values()))
+        return snapshot_rewards(client.get(keys.snapshot))  # type: ignore[arg-type]
 
     results["reward consumer fold"] = fold_rate(
         "reward-consumer",
@@ -224,9 +227,7 @@ def fold_into(experiment: str, arms: list[str], env: dict[str, str], logdir: Pat
     snapshot = RedisKeys(prefix).experiment(experiment).snapshot
 
     def folded() -> int:
-        raw = client.get(snapshot)
-        stats: dict[str, list[float]] = orjson.loads(raw)["arms"] if raw else {}
-        return int(sum(v[0] for v in stats.values()))
+        return snapshot_rewards(client.get(snapshot))  # type: ignore[arg-type]
 
     fold_rate(
         "catalogue-consumer",
