@@ -289,32 +289,39 @@ def traffic_share_chart(
     series: pd.DataFrame, markers: pd.DataFrame, arm_ids: Sequence[str], bucket: str = "hour"
 ) -> AnyChart:
     """Per-bucket share of decisions per arm, stacked to 100 %: where the policy sent traffic."""
-    data = series.dropna(subset=["traffic_share"])
-    base = (
+    base = stacked_share(
+        series.dropna(subset=["traffic_share"]),
+        _time_x(f"{bucket} (UTC)"),
+        alt.Y("traffic_share:Q", title="traffic share"),
+        arm_ids,
+        [
+            _time_tooltip(),
+            alt.Tooltip("arm:N"),
+            alt.Tooltip("traffic_share:Q", title="traffic share", format=".1%"),
+            alt.Tooltip("decisions:Q", title="decisions"),
+        ],
+    )
+    return _with_markers(base.properties(height=300, title=f"Traffic share per {bucket}"), markers)
+
+
+def stacked_share(
+    data: pd.DataFrame, x: alt.X, y: alt.Y, arm_ids: Sequence[str], tooltip: list[alt.Tooltip]
+) -> alt.Chart:
+    """Shares per arm (``y``) stacked to 100 %, arms stacked in config order: the live
+    traffic share and the playground's arm selection read the same way."""
+    chart: alt.Chart = (
         alt.Chart(data)
         .mark_area()
         .encode(
-            x=_time_x(f"{bucket} (UTC)"),
-            y=alt.Y(
-                "traffic_share:Q",
-                title="traffic share",
-                stack="zero",
-                axis=alt.Axis(format="%"),
-                scale=alt.Scale(domain=[0, 1]),
-            ),
+            x=x,
+            y=y.stack("zero").axis(format="%").scale(domain=[0, 1]),
             color=alt.Color("arm:N", scale=arm_color(arm_ids), legend=arm_legend(arm_ids)),
             order=alt.Order("arm_index:Q"),
-            tooltip=[
-                _time_tooltip(),
-                alt.Tooltip("arm:N"),
-                alt.Tooltip("traffic_share:Q", title="traffic share", format=".1%"),
-                alt.Tooltip("decisions:Q", title="decisions"),
-            ],
+            tooltip=tooltip,
         )
         .transform_calculate(arm_index=arm_index_expr(arm_ids))
-        .properties(height=300, title=f"Traffic share per {bucket}")
     )
-    return _with_markers(base, markers)
+    return chart
 
 
 def arm_index_expr(arm_ids: Sequence[str]) -> str:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import altair as alt
 import pandas as pd
 
-from dashboard.charts import AnyChart, arm_color, arm_index_expr, arm_legend
+from dashboard.charts import AnyChart, arm_color, arm_legend, stacked_share
 
 
 def strategy_color(strategies: Sequence[str]) -> alt.Scale:
@@ -52,31 +52,14 @@ def regret_chart(regret: pd.DataFrame) -> AnyChart:
 
 def selection_chart(selection: pd.DataFrame, arm_ids: Sequence[str], strategy: str) -> AnyChart:
     """Share of picks per arm over time for one strategy, stacked to 100 %."""
-    data = selection[selection["strategy"] == strategy]
-    chart: AnyChart = (
-        alt.Chart(data)
-        .mark_area()
-        .encode(
-            x=alt.X("step:Q", title="step"),
-            y=alt.Y(
-                "share:Q",
-                title="share of picks",
-                stack="zero",
-                axis=alt.Axis(format="%"),
-                scale=alt.Scale(domain=[0, 1]),
-            ),
-            color=alt.Color("arm:N", scale=arm_color(arm_ids), legend=arm_legend(arm_ids)),
-            order=alt.Order("arm_index:Q"),
-            tooltip=[
-                alt.Tooltip("step:Q"),
-                alt.Tooltip("arm:N"),
-                alt.Tooltip("share:Q", format=".1%"),
-            ],
-        )
-        .transform_calculate(arm_index=arm_index_expr(arm_ids))
-        .properties(height=220, title=f"Arm selection: {strategy}")
+    chart = stacked_share(
+        selection[selection["strategy"] == strategy],
+        alt.X("step:Q", title="step"),
+        alt.Y("share:Q", title="share of picks"),
+        arm_ids,
+        [alt.Tooltip("step:Q"), alt.Tooltip("arm:N"), alt.Tooltip("share:Q", format=".1%")],
     )
-    return chart
+    return chart.properties(height=220, title=f"Arm selection: {strategy}")
 
 
 def true_means_chart(true_means: pd.DataFrame, arm_ids: Sequence[str]) -> AnyChart:
