@@ -36,6 +36,7 @@ from schemas.events import (
     RewardObserved,
     StrategyChanged,
 )
+from schemas.rejections import Rejection
 from schemas.topics import TopicNames, partition_key
 from stream_runtime.batch import decode_reward_or_decision
 from stream_runtime.kafka_connection import (
@@ -160,12 +161,14 @@ async def _read(
         try:
             if record.topic == topics.experiments:
                 if record.value is None:
-                    raise DecodeError("empty", "record without a value (tombstone)")
+                    raise DecodeError(Rejection.EMPTY, "record without a value (tombstone)")
                 event = decode(record.value)
                 if isinstance(event, ChangePointDetected):
                     return
                 if not isinstance(event, ExperimentCreated | ArmsAdded | StrategyChanged):
-                    raise DecodeError("wrong_type", f"type {event.type!r} on the experiments topic")
+                    raise DecodeError(
+                        Rejection.WRONG_TYPE, f"type {event.type!r} on the experiments topic"
+                    )
             else:
                 event = decode_reward_or_decision(record, topics.rewards, topics.decisions)
         except DecodeError as exc:
