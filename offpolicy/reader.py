@@ -22,7 +22,6 @@ import asyncio
 from collections.abc import Callable
 from typing import Final
 
-from aiokafka.partitioner import DefaultPartitioner
 from confluent_kafka import KafkaException, TopicPartition
 
 from offpolicy.log import ConfigEvent, ExperimentLog, RejectedRecord
@@ -37,7 +36,7 @@ from schemas.events import (
     StrategyChanged,
 )
 from schemas.rejections import Rejection
-from schemas.topics import TopicNames, partition_key
+from schemas.topics import TopicNames, partition_key, partition_of
 from stream_runtime.batch import decode_reward_or_decision
 from stream_runtime.kafka_connection import (
     KafkaConnection,
@@ -72,8 +71,7 @@ class LogTooLargeError(RuntimeError):
 def experiment_partition(experiment_id: str, partitions: list[int]) -> int:
     """The partition the product's producers put ``experiment_id``'s records in."""
     ordered = sorted(partitions)
-    chosen: int = DefaultPartitioner()(partition_key(experiment_id), ordered, ordered)
-    return chosen
+    return ordered[partition_of(experiment_id, len(ordered))]
 
 
 async def read_experiment_log(
