@@ -47,6 +47,7 @@ from mab_cli.replay_redis import bulk_buckets, bulk_zadd
 from schemas.codec import DecodeError, decode
 from schemas.events import ExperimentConfig, ExperimentCreated
 from schemas.redis_keys import RedisKeys
+from schemas.rejections import Rejection
 from schemas.topics import TopicNames
 from services.projector.projection import (
     Positioned,
@@ -245,7 +246,7 @@ class PartitionReplayer:
             acc = self._experiment(exp)
             if acc is None:
                 # The live processors write nothing for an experiment without config.
-                self.report.rejected["unknown_experiment"] += len(items)
+                self.report.rejected[Rejection.UNKNOWN_EXPERIMENT] += len(items)
                 continue
             t1 = time.perf_counter()
             stops = None if plan.consumer_stops is None else plan.consumer_stops.get(exp, {})

@@ -30,6 +30,7 @@ from bandit_core.fold import dedupe_keys
 from schemas.codec import DecodeError, decode, decode_reward
 from schemas.dead_letter import redriven_position
 from schemas.events import AnyEvent, DecisionMade, ExperimentConfig, RewardObserved
+from schemas.rejections import Rejection
 
 #: A compare-and-set conflict means another consumer wrote the same experiment in
 #: between; after a reload our records are usually already applied. More conflicts in a
@@ -111,7 +112,7 @@ def decode_reward_or_decision(
     """
     raw = record.value
     if raw is None:
-        raise DecodeError("empty", "record without a value (tombstone)")
+        raise DecodeError(Rejection.EMPTY, "record without a value (tombstone)")
     topic = record.topic
     if topic == rewards_topic:
         # A record re-driven from the DLQ names its original position in headers: the
@@ -126,26 +127,15 @@ def decode_reward_or_decision(
     if topic == decisions_topic:
         event = decode(raw)
         if not isinstance(event, DecisionMade):
-            raise DecodeError("wrong_event_type", f"type {event.type!r} on the decisions topic")
+            raise DecodeError(
+                Rejection.WRONG_EVENT_TYPE, f"type {event.type!r} on the decisions topic"
+            )
         return event
     return None
 
 
-def rejection_detail(reason: str, event: RewardObserved, config: ExperimentConfig | None) -> str:
-    """A short human-readable explanation of a fold rejection (a dead letter's detail)."""
-    if reason == "unknown_experiment" or config is None:
-        return f"experiment {event.experiment_id!r} does not exist"
-    if reason == "unknown_arm":
-        return f"arm {event.arm_id!r} is not in {event.experiment_id!r} (arms: {config.arm_ids})"
-    if reason == "arm_mismatch":
-        return f"decision {event.decision_id!r} served another arm than {event.arm_id!r}"
-    if reason == "bad_decision_id":
-        return f"decision_id {event.decision_id!r} was not issued by this service"
-    return reason
-
-
 def unknown_topic(record: RecordLike) -> DecodeError:
-    return DecodeError("unknown_topic", f"record from unsubscribed topic {record.topic!r}")
+    return DecodeError(Rejection.UNKNOWN_TOPIC, f"record from unsubscribed topic {record.topic!r}")
 
 
 def group_by_experiment(
@@ -171,7 +161,7 @@ def group_by_experiment(
             # Decoding is a pure function of the record's bytes: any other error would
             # recur on every retry of the batch and stall the partition (a poison pill).
             # So it is a reject too, never a batch failure.
-            rejected.append(Rejected(record, "invalid", f"decoder error: {exc!r}"[:300]))
+            rejected.append(Rejected(record, Rejection.INVALID, f"decoder error: {exc!r}"[:300]))
             continue
         if event is None:
             ignored += 1

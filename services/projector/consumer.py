@@ -28,6 +28,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from schemas.rejections import Rejection
 from schemas.topics import TopicNames
 from services.projector.projection import (
     Positioned,
@@ -105,7 +106,7 @@ class ProjectorHandler:
         if config is None:
             # No config: not an experiment (the decider writes it before any event).
             # Write nothing, so a flood of made-up ids creates no keys.
-            plan.rejects = [Rejected(p.record, "unknown_experiment") for p in fresh]
+            plan.rejects = [Rejected(p.record, Rejection.UNKNOWN_EXPERIMENT) for p in fresh]
             return plan
         projection = project(fresh, config, loaded.seen, self.retention, now)
         plan.projection = projection

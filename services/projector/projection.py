@@ -44,6 +44,7 @@ from schemas.redis_keys import (
     BucketKind,
     bucket_field,
 )
+from schemas.rejections import Rejection
 from schemas.topics import TopicNames
 from stream_runtime.batch import (
     DecodedBatch,
@@ -119,7 +120,9 @@ def decode_record(record: RecordLike, topics: TopicNames) -> AnyEvent | None:
         assert raw is not None  # checked by decode_reward_or_decision
         event = decode(raw)
         if isinstance(event, DecisionMade | RewardObserved):
-            raise DecodeError("wrong_event_type", f"type {event.type!r} on the experiments topic")
+            raise DecodeError(
+                Rejection.WRONG_EVENT_TYPE, f"type {event.type!r} on the experiments topic"
+            )
         return event if isinstance(event, ChangePointDetected) else None
     raise unknown_topic(record)
 
@@ -221,7 +224,7 @@ def project(
         if isinstance(ev, DecisionMade):
             i = base.get(ev.arm_id)
             if i is None:  # arms are append-only: it never was in the config
-                rejects.append(Rejected(p.record, "unknown_arm"))
+                rejects.append(Rejected(p.record, Rejection.UNKNOWN_ARM))
                 continue
             micro = -1  # a decision
         elif isinstance(ev, RewardObserved):

@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from bandit_core.adaptive import GLR_DETECTOR
-from bandit_core.fold import APPLIED, DUPLICATE, LATE, ChangePoint, fold_batch
+from bandit_core.fold import APPLIED, DUPLICATE, LATE, ChangePoint, fold_batch, rejection_text
 from bandit_core.state import ExperimentState
 from schemas.events import ChangePointDetected, ExperimentConfig, RewardObserved
+from schemas.rejections import Rejection
 from schemas.topics import TopicNames
 from services.reward_consumer.batch import (
     Positioned,
@@ -51,7 +52,6 @@ from stream_runtime.batch import (
     dead_letter_logger,
     gc_deferred,
     parse_config,
-    rejection_detail,
     write_until_settled,
 )
 
@@ -195,7 +195,7 @@ class BatchHandler:
             plan = _Plan()
             plan.report.redelivered = redelivered
             detail = f"experiment {exp!r} does not exist"
-            plan.rejects = [Rejected(p.record, "unknown_experiment", detail) for p in fresh]
+            plan.rejects = [Rejected(p.record, Rejection.UNKNOWN_EXPERIMENT, detail) for p in fresh]
             return plan
         assert config_raw is not None
         state = build_state(exp, config, loaded.snapshot, loaded.seen, loaded.pending)
@@ -245,7 +245,7 @@ class BatchHandler:
             elif outcome == LATE:
                 plan.report.late += 1
             elif isinstance(p.event, RewardObserved):
-                detail = rejection_detail(outcome, p.event, config)
+                detail = rejection_text(Rejection(outcome), p.event, config)
                 plan.rejects.append(Rejected(p.record, outcome, detail))
             else:  # pragma: no cover - only rewards are rejected by the fold
                 plan.rejects.append(Rejected(p.record, outcome, outcome))
