@@ -42,8 +42,9 @@ from schemas.events import (
     RewardObserved,
 )
 from schemas.ids import INVALID_ID, is_valid_id
+from schemas.rejections import Rejection
 
-#: Records larger than this are rejected before parsing (DLQ reason ``oversize``).
+#: Records larger than this are rejected before parsing (:attr:`Rejection.OVERSIZE`).
 MAX_RECORD_BYTES: Final = 64 * 1024
 
 _ADAPTER: Final[TypeAdapter[AnyEvent]] = TypeAdapter(Event)
@@ -53,9 +54,9 @@ UPCASTERS: Final[dict[int, Callable[[dict[str, Any]], dict[str, Any]]]] = {}
 
 
 class DecodeError(ValueError):
-    """A record that cannot become an event; ``reason`` is a short machine label."""
+    """A record that cannot become an event, with why (its stable label) and a detail."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: Rejection, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
@@ -68,15 +69,20 @@ def encode(event: AnyEvent) -> bytes:
 def _upcast(obj: dict[str, Any]) -> dict[str, Any]:
     version = obj.get("schema_version", 1)
     if not isinstance(version, int) or isinstance(version, bool):
-        raise DecodeError("bad_schema_version", f"schema_version {version!r} is not an integer")
+        raise DecodeError(
+            Rejection.BAD_SCHEMA_VERSION, f"schema_version {version!r} is not an integer"
+        )
     if version > SCHEMA_VERSION:
         raise DecodeError(
-            "unknown_schema_version", f"schema_version {version} is newer than {SCHEMA_VERSION}"
+            Rejection.UNKNOWN_SCHEMA_VERSION,
+            f"schema_version {version} is newer than {SCHEMA_VERSION}",
         )
     while version < SCHEMA_VERSION:
         upcaster = UPCASTERS.get(version)
         if upcaster is None:
-            raise DecodeError("unknown_schema_version", f"no upcaster from version {version}")
+            raise DecodeError(
+                Rejection.UNKNOWN_SCHEMA_VERSION, f"no upcaster from version {version}"
+            )
         obj = upcaster(obj)
         version += 1
         obj["schema_version"] = version
@@ -101,15 +107,19 @@ def _non_finite_reward(raw: bytes) -> bool:
 
 def _load(raw: bytes) -> dict[str, Any]:
     if len(raw) > MAX_RECORD_BYTES:
-        raise DecodeError("oversize", f"{len(raw)} bytes > {MAX_RECORD_BYTES}")
+        raise DecodeError(Rejection.OVERSIZE, f"{len(raw)} bytes > {MAX_RECORD_BYTES}")
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         if _non_finite_reward(raw):
-            raise DecodeError("non_finite_reward", f"reward is NaN or infinite: {exc}") from None
-        raise DecodeError("bad_json", str(exc)) from None
+            raise DecodeError(
+                Rejection.NON_FINITE_REWARD, f"reward is NaN or infinite: {exc}"
+            ) from None
+        raise DecodeError(Rejection.BAD_JSON, str(exc)) from None
     if not isinstance(obj, dict):
-        raise DecodeError("not_an_object", f"expected a JSON object, got {type(obj).__name__}")
+        raise DecodeError(
+            Rejection.NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}"
+        )
     return obj
 
 
@@ -143,8 +153,8 @@ _EVENT_TYPES: Final = frozenset(
 )
 
 
-def _reason(error: Mapping[str, Any]) -> str:
-    """The stable DLQ reason of pydantic's first error (the list is in ``schemas/dead_letter``).
+def _reason(error: Mapping[str, Any]) -> Rejection:
+    """The stable DLQ reason of pydantic's first error.
 
     Precise labels for what producers get wrong most (a reward that is NaN or outside
     [0, 1], a number sent as a string, a missing or unknown field, an invalid id, a
@@ -155,24 +165,24 @@ def _reason(error: Mapping[str, Any]) -> str:
     loc = [p for p in error["loc"] if p not in _EVENT_TYPES]
     name = loc[-1] if loc else ""
     if "user_context" in loc or kind == INVALID_USER_CONTEXT:
-        return "bad_user_context"
+        return Rejection.BAD_USER_CONTEXT
     if kind == INVALID_ID:
-        return "bad_id"
+        return Rejection.BAD_ID
     if kind == "union_tag_invalid":
-        return "wrong_event_type"
+        return Rejection.WRONG_EVENT_TYPE
     if kind == "union_tag_not_found":
-        return "missing_field"
+        return Rejection.MISSING_FIELD
     if name == "reward" and kind == "finite_number":
-        return "non_finite_reward"
+        return Rejection.NON_FINITE_REWARD
     if name == "reward" and kind in ("greater_than_equal", "less_than_equal"):
-        return "reward_out_of_range"
+        return Rejection.REWARD_OUT_OF_RANGE
     if kind in _TYPE_ERRORS:
-        return "wrong_type"
+        return Rejection.WRONG_TYPE
     if kind == "missing":
-        return "missing_field"
+        return Rejection.MISSING_FIELD
     if kind == "extra_forbidden":
-        return "unknown_field"
-    return "invalid"
+        return Rejection.UNKNOWN_FIELD
+    return Rejection.INVALID
 
 
 def _validate(obj: dict[str, Any]) -> AnyEvent:
@@ -505,7 +515,7 @@ def _reward_record(
     if fallback_ts is not None:
         obj.setdefault("ts", fallback_ts)
     if obj["type"] != "reward_observed":
-        raise DecodeError("wrong_event_type", f"type {obj['type']!r} on the rewards topic")
+        raise DecodeError(Rejection.WRONG_EVENT_TYPE, f"type {obj['type']!r} on the rewards topic")
     return obj
 
 
