@@ -39,7 +39,9 @@ class JsonFormatter(logging.Formatter):
         out.update({k: v for k, v in vars(record).items() if k not in _STD_ATTRS})
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(out, default=str).decode()
+        # Non-str keys: counters by reason are keyed by ``Rejection`` members, which
+        # orjson only writes (as their label) with this option.
+        return orjson.dumps(out, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 def freeze_startup_heap() -> None:
