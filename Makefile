@@ -54,6 +54,7 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict $(PACKAGES) tests
+	$(BIN)/lint-imports
 
 bench: venv system-deps kafka-jars
 	$(BIN)/python -m bench.run

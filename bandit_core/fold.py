@@ -35,6 +35,7 @@ from schemas.events import (
     RewardObserved,
     StrategyChanged,
 )
+from schemas.rejections import Rejection
 
 #: How long a dedupe key is remembered (by event time): 7 days.
 DEDUPE_HORIZON_S: Final = 7 * 24 * 3600.0
@@ -78,22 +79,47 @@ class FoldResult:
     pending_removed: list[str] = field(default_factory=list)
 
 
-def reward_rejection(config: ExperimentConfig | None, event: RewardObserved) -> str | None:
+def reward_rejection(config: ExperimentConfig | None, event: RewardObserved) -> Rejection | None:
     """Why a reward cannot be applied to an experiment with ``config``, or ``None``.
 
-    The returned label is the DLQ reason and the API's error code.
+    The label is the DLQ reason and the API's error code; :func:`rejection_text` says it
+    for this reward.
     """
     if config is None:
-        return "unknown_experiment"
+        return Rejection.UNKNOWN_EXPERIMENT
     if event.arm_id not in config.arm_ids:
-        return "unknown_arm"
+        return Rejection.UNKNOWN_ARM
     if event.decision_id is not None:
         index = arm_index_of(event.decision_id)
         if index is None:
-            return "bad_decision_id"
+            return Rejection.BAD_DECISION_ID
         if index >= len(config.arm_ids) or config.arm_ids[index] != event.arm_id:
-            return "arm_mismatch"
+            return Rejection.ARM_MISMATCH
     return None
+
+
+def rejection_text(
+    reason: Rejection, event: RewardObserved, config: ExperimentConfig | None
+) -> str:
+    """Why this reward was rejected, naming its ids: the API's 422 message and the
+    dead letter's detail (the generic meaning of a label is :attr:`Rejection.text`)."""
+    if reason is Rejection.UNKNOWN_EXPERIMENT or config is None:
+        return f"experiment {event.experiment_id!r} does not exist"
+    if reason is Rejection.UNKNOWN_ARM:
+        return (
+            f"arm {event.arm_id!r} is not in experiment {event.experiment_id!r}; "
+            f"arms: {list(config.arm_ids)}"
+        )
+    if reason is Rejection.ARM_MISMATCH:
+        index = arm_index_of(event.decision_id or "")
+        served = config.arm_ids[index] if index is not None and index < len(config.arm_ids) else "?"
+        return (
+            f"decision {event.decision_id!r} served arm {served!r}, "
+            f"but the reward names {event.arm_id!r}"
+        )
+    if reason is Rejection.BAD_DECISION_ID:
+        return f"decision_id {event.decision_id!r} was not issued by this service"
+    return f"reward rejected: {reason.text}"
 
 
 def dedupe_keys(event: RewardObserved) -> tuple[str, ...]:

@@ -223,7 +223,7 @@ def arm_color(arm_ids: Sequence[str]) -> alt.Scale:
     return alt.Scale(domain=list(arm_ids), scheme="tableau20")
 
 
-def _legend(arm_ids: Sequence[str]) -> alt.Legend:
+def arm_legend(arm_ids: Sequence[str]) -> alt.Legend:
     return alt.Legend(
         title="arm", symbolLimit=0, columns=1 if len(arm_ids) <= 25 else 2, labelLimit=140
     )
@@ -271,7 +271,7 @@ def conversion_rate_chart(
         .encode(
             x=_time_x(f"{bucket} (UTC)"),
             y=alt.Y("conversion_rate:Q", title="conversion rate", axis=alt.Axis(format="%")),
-            color=alt.Color("arm:N", scale=arm_color(arm_ids), legend=_legend(arm_ids)),
+            color=alt.Color("arm:N", scale=arm_color(arm_ids), legend=arm_legend(arm_ids)),
             tooltip=[
                 _time_tooltip(),
                 alt.Tooltip("arm:N"),
@@ -289,35 +289,42 @@ def traffic_share_chart(
     series: pd.DataFrame, markers: pd.DataFrame, arm_ids: Sequence[str], bucket: str = "hour"
 ) -> AnyChart:
     """Per-bucket share of decisions per arm, stacked to 100 %: where the policy sent traffic."""
-    data = series.dropna(subset=["traffic_share"])
-    base = (
+    base = stacked_share(
+        series.dropna(subset=["traffic_share"]),
+        _time_x(f"{bucket} (UTC)"),
+        alt.Y("traffic_share:Q", title="traffic share"),
+        arm_ids,
+        [
+            _time_tooltip(),
+            alt.Tooltip("arm:N"),
+            alt.Tooltip("traffic_share:Q", title="traffic share", format=".1%"),
+            alt.Tooltip("decisions:Q", title="decisions"),
+        ],
+    )
+    return _with_markers(base.properties(height=300, title=f"Traffic share per {bucket}"), markers)
+
+
+def stacked_share(
+    data: pd.DataFrame, x: alt.X, y: alt.Y, arm_ids: Sequence[str], tooltip: list[alt.Tooltip]
+) -> alt.Chart:
+    """Shares per arm (``y``) stacked to 100 %, arms stacked in config order: the live
+    traffic share and the playground's arm selection read the same way."""
+    chart: alt.Chart = (
         alt.Chart(data)
         .mark_area()
         .encode(
-            x=_time_x(f"{bucket} (UTC)"),
-            y=alt.Y(
-                "traffic_share:Q",
-                title="traffic share",
-                stack="zero",
-                axis=alt.Axis(format="%"),
-                scale=alt.Scale(domain=[0, 1]),
-            ),
-            color=alt.Color("arm:N", scale=arm_color(arm_ids), legend=_legend(arm_ids)),
+            x=x,
+            y=y.stack("zero").axis(format="%").scale(domain=[0, 1]),
+            color=alt.Color("arm:N", scale=arm_color(arm_ids), legend=arm_legend(arm_ids)),
             order=alt.Order("arm_index:Q"),
-            tooltip=[
-                _time_tooltip(),
-                alt.Tooltip("arm:N"),
-                alt.Tooltip("traffic_share:Q", title="traffic share", format=".1%"),
-                alt.Tooltip("decisions:Q", title="decisions"),
-            ],
+            tooltip=tooltip,
         )
-        .transform_calculate(arm_index=_index_expr(arm_ids))
-        .properties(height=300, title=f"Traffic share per {bucket}")
+        .transform_calculate(arm_index=arm_index_expr(arm_ids))
     )
-    return _with_markers(base, markers)
+    return chart
 
 
-def _index_expr(arm_ids: Sequence[str]) -> str:
+def arm_index_expr(arm_ids: Sequence[str]) -> str:
     """A vega expression giving the arm's position in config order (stable stacking)."""
     return f"indexof({json.dumps(list(arm_ids))}, datum.arm)"
 
@@ -333,7 +340,7 @@ def cumulative_reward_chart(
         .encode(
             x=x,
             y=alt.Y("cumulative_reward:Q", title="cumulative reward"),
-            color=alt.Color("arm:N", scale=arm_color(arm_ids), legend=_legend(arm_ids)),
+            color=alt.Color("arm:N", scale=arm_color(arm_ids), legend=arm_legend(arm_ids)),
             tooltip=[
                 _time_tooltip(),
                 alt.Tooltip("arm:N"),
@@ -427,93 +434,5 @@ def current_share_chart(table: pd.DataFrame) -> AnyChart:
             ],
         )
         .properties(height=300, title="Traffic share per arm")
-    )
-    return chart
-
-
-# --------------------------------------------------------------------------- playground
-
-
-def strategy_color(strategies: Sequence[str]) -> alt.Scale:
-    return alt.Scale(domain=list(strategies), scheme="dark2")
-
-
-def regret_chart(regret: pd.DataFrame) -> AnyChart:
-    """Mean cumulative regret per strategy with its 10-90 % band across runs.
-
-    The band matters: with few runs one lucky strategy can look best by noise alone.
-    """
-    strategies = list(dict.fromkeys(regret["strategy"]))
-    color = alt.Color("strategy:N", scale=strategy_color(strategies), legend=alt.Legend(title=None))
-    x = alt.X("step:Q", title="step")
-    band = (
-        alt.Chart(regret)
-        .mark_area(opacity=0.15)
-        .encode(x=x, y="regret_p10:Q", y2="regret_p90:Q", color=color)
-    )
-    line = (
-        alt.Chart(regret)
-        .mark_line(strokeWidth=2)
-        .encode(
-            x=x,
-            y=alt.Y("regret_mean:Q", title="cumulative regret (mean over runs)"),
-            color=color,
-            tooltip=[
-                alt.Tooltip("strategy:N"),
-                alt.Tooltip("step:Q"),
-                alt.Tooltip("regret_mean:Q", title="mean", format=",.1f"),
-                alt.Tooltip("regret_p10:Q", title="p10", format=",.1f"),
-                alt.Tooltip("regret_p90:Q", title="p90", format=",.1f"),
-            ],
-        )
-    )
-    return alt.layer(band, line).properties(height=320, title="Cumulative regret")
-
-
-def selection_chart(selection: pd.DataFrame, arm_ids: Sequence[str], strategy: str) -> AnyChart:
-    """Share of picks per arm over time for one strategy, stacked to 100 %."""
-    data = selection[selection["strategy"] == strategy]
-    chart: AnyChart = (
-        alt.Chart(data)
-        .mark_area()
-        .encode(
-            x=alt.X("step:Q", title="step"),
-            y=alt.Y(
-                "share:Q",
-                title="share of picks",
-                stack="zero",
-                axis=alt.Axis(format="%"),
-                scale=alt.Scale(domain=[0, 1]),
-            ),
-            color=alt.Color("arm:N", scale=arm_color(arm_ids), legend=_legend(arm_ids)),
-            order=alt.Order("arm_index:Q"),
-            tooltip=[
-                alt.Tooltip("step:Q"),
-                alt.Tooltip("arm:N"),
-                alt.Tooltip("share:Q", format=".1%"),
-            ],
-        )
-        .transform_calculate(arm_index=_index_expr(arm_ids))
-        .properties(height=220, title=f"Arm selection: {strategy}")
-    )
-    return chart
-
-
-def true_means_chart(true_means: pd.DataFrame, arm_ids: Sequence[str]) -> AnyChart:
-    """The true conversion rate of each arm over the steps (the drift schedule)."""
-    chart: AnyChart = (
-        alt.Chart(true_means)
-        .mark_line(interpolate="step-after", strokeWidth=2)
-        .encode(
-            x=alt.X("step:Q", title="step"),
-            y=alt.Y("mean:Q", title="true conversion rate", axis=alt.Axis(format="%")),
-            color=alt.Color("arm:N", scale=arm_color(arm_ids), legend=_legend(arm_ids)),
-            tooltip=[
-                alt.Tooltip("step:Q"),
-                alt.Tooltip("arm:N"),
-                alt.Tooltip("mean:Q", format=".1%"),
-            ],
-        )
-        .properties(height=220, title="True rates (drift schedule)")
     )
     return chart

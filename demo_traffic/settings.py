@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from stream_runtime.settings import ProcessSettings
 
 
-class DemoSettings(BaseSettings):
-    """Environment of ``python -m demo_traffic`` (field names are the env vars)."""
-
-    model_config = SettingsConfigDict(frozen=True, extra="ignore", case_sensitive=False)
+class DemoSettings(ProcessSettings):
+    """Environment of ``python -m demo_traffic`` (field names are the env vars;
+    ``LOG_LEVEL`` comes from :class:`~stream_runtime.settings.ProcessSettings`). It talks
+    to the API only, so it reads no Kafka or Redis settings."""
 
     mab_api_url: str = "http://127.0.0.1:8000"
     #: Bearer token: the admin key (the demo creates its experiment); `mab up` sets it.
@@ -25,4 +26,3 @@ class DemoSettings(BaseSettings):
     mab_demo_timeout_s: float = Field(default=5.0, gt=0.0, le=60.0)
     mab_demo_max_backoff_s: float = Field(default=10.0, gt=0.0, le=300.0)
     mab_demo_seed: int | None = None
-    log_level: str = "INFO"

@@ -23,7 +23,8 @@ from confluent_kafka import KafkaException
 
 from deploy.stack.config import StackConfig
 from mab_cli.log_options import kafka_connection
-from schemas.dead_letter import REASONS, DeadLetter, dedupe, position_id, redriven_origins
+from schemas.dead_letter import DeadLetter, dedupe, position_id, redriven_origins
+from schemas.rejections import Rejection
 from schemas.topics import TopicNames
 from stream_runtime.acked_producer import ProduceError
 from stream_runtime.dead_letter import DeadLetterError, Redrive, read_dead_letters, redrive
@@ -124,7 +125,7 @@ def count(
         typer.echo(json.dumps(body, indent=2))
         return
     for reason, n in sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0])):
-        typer.echo(f"{n:>8}  {reason:<22} {REASONS.get(reason, '')}")
+        typer.echo(f"{n:>8}  {reason:<22} {Rejection.text_of(reason)}")
     typer.echo(
         f"{sum(by_reason.values()):>8}  open (one per source position; {redriven} re-driven, "
         f"{len(letters)} DLQ records incl. duplicates and markers)"

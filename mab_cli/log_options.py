@@ -34,7 +34,7 @@ from offpolicy.reader import LogTooLargeError, LogUnavailableError, read_experim
 from schemas.ids import InvalidIdError, normalize_id
 from schemas.topics import TopicNames
 from stream_runtime.kafka_connection import KafkaConnection
-from stream_runtime.settings import settings_errors
+from stream_runtime.settings import ServiceSettings, settings_errors
 
 
 def experiment_id(value: str) -> str:
@@ -84,10 +84,11 @@ def parse_params(raw: str | None) -> dict[str, Any]:
     return obj
 
 
-def kafka_connection(bootstrap: str | None) -> KafkaConnection:
-    """How a command connects: ``--bootstrap``, else ``KAFKA_BOOTSTRAP_SERVERS``, else the
-    local stack's Kafka port; TLS and SASL from the ``KAFKA_*`` variables. Exit 2 with
-    one line per invalid variable (naming it)."""
+def cli_settings(bootstrap: str | None) -> ServiceSettings:
+    """The settings a command shares with the services (the Kafka connection, the topic
+    and key prefixes, ``REDIS_URL``): Kafka at ``--bootstrap``, else
+    ``KAFKA_BOOTSTRAP_SERVERS``, else the local stack's Kafka port; TLS and SASL from the
+    ``KAFKA_*`` variables. Exit 2 with one line per invalid variable (naming it)."""
     servers = bootstrap or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if not servers:
         try:
@@ -95,16 +96,21 @@ def kafka_connection(bootstrap: str | None) -> KafkaConnection:
         except StackError as exc:
             raise fail(str(exc)) from None
     try:
-        return KafkaConnection(kafka_bootstrap_servers=servers)
+        return ServiceSettings(kafka_bootstrap_servers=servers)
     except ValidationError as exc:
-        raise fail("; ".join(settings_errors(exc))) from None
+        raise fail("; ".join(settings_errors(exc, ServiceSettings))) from None
+
+
+def kafka_connection(bootstrap: str | None) -> KafkaConnection:
+    """How a command connects to Kafka (see :func:`cli_settings`)."""
+    return cli_settings(bootstrap)
 
 
 def resolve(bootstrap: str | None, prefix: str | None) -> tuple[KafkaConnection, TopicNames]:
-    """Kafka connection and topic names (exit 2 when a setting is invalid or the stack's
-    ports are unreadable)."""
-    chosen = os.environ.get("MAB_TOPIC_PREFIX", "") if prefix is None else prefix
-    return kafka_connection(bootstrap), TopicNames.with_prefix(chosen)
+    """Kafka connection and topic names, ``--prefix`` over ``MAB_TOPIC_PREFIX`` (exit 2
+    when a setting is invalid or the stack's ports are unreadable)."""
+    settings = cli_settings(bootstrap)
+    return settings, settings.topics if prefix is None else TopicNames.with_prefix(prefix)
 
 
 def progress_bar(console: Console, quiet: bool) -> Progress:

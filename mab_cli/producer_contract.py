@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any, Final
 
 from schemas.codec import MAX_RECORD_BYTES
-from schemas.dead_letter import REASONS
 from schemas.events import SCHEMA_VERSION, DecisionMade, RewardObserved
+from schemas.rejections import Rejection
 from schemas.topics import DECISIONS, REWARDS, REWARDS_DLQ
 
 #: Bumped on any change of the documents (minor: additive; major = SCHEMA_VERSION).
-CONTRACT_VERSION: Final = f"{SCHEMA_VERSION}.1.0"
+CONTRACT_VERSION: Final = f"{SCHEMA_VERSION}.2.0"
 CONTRACT_DIR: Final = (
     Path(__file__).resolve().parents[1] / "schemas" / "contract" / f"v{SCHEMA_VERSION}"
 )
@@ -81,7 +81,7 @@ def asyncapi_document() -> dict[str, Any]:
         schema=DecisionMade,
         description=f"Every decision served (GET /decision), for audit and replay. {_KEY_RULE}",
     )
-    reasons = "; ".join(f"`{k}`: {v}" for k, v in REASONS.items())
+    reasons = "; ".join(f"`{r}`: {r.text}" for r in Rejection)
     broker.publisher(
         REWARDS_DLQ,
         title="rewards-dlq",

@@ -35,7 +35,8 @@ from schemas.events import (
     RewardObserved,
     StrategyChanged,
 )
-from schemas.topics import TopicNames, partition_key
+from schemas.rejections import Rejection
+from schemas.topics import TopicNames, partition_key, partition_of
 from stream_runtime.batch import decode_reward_or_decision
 from stream_runtime.kafka_connection import (
     KafkaConnection,
@@ -44,7 +45,7 @@ from stream_runtime.kafka_connection import (
     as_connection,
 )
 from stream_runtime.kafka_consumer import KafkaRecord
-from stream_runtime.kafka_metadata import key_partition, metadata_client, partition_counts
+from stream_runtime.kafka_metadata import metadata_client, partition_counts
 from stream_runtime.partition_reader import PartitionReadError, read_chunks
 
 #: Records per chunk read.
@@ -70,7 +71,7 @@ class LogTooLargeError(RuntimeError):
 def experiment_partition(experiment_id: str, partitions: list[int]) -> int:
     """The partition the product's producers put ``experiment_id``'s records in."""
     ordered = sorted(partitions)
-    return ordered[key_partition(partition_key(experiment_id), len(ordered))]
+    return ordered[partition_of(experiment_id, len(ordered))]
 
 
 async def read_experiment_log(
@@ -158,12 +159,14 @@ async def _read(
         try:
             if record.topic == topics.experiments:
                 if record.value is None:
-                    raise DecodeError("empty", "record without a value (tombstone)")
+                    raise DecodeError(Rejection.EMPTY, "record without a value (tombstone)")
                 event = decode(record.value)
                 if isinstance(event, ChangePointDetected):
                     return
                 if not isinstance(event, ExperimentCreated | ArmsAdded | StrategyChanged):
-                    raise DecodeError("wrong_type", f"type {event.type!r} on the experiments topic")
+                    raise DecodeError(
+                        Rejection.WRONG_TYPE, f"type {event.type!r} on the experiments topic"
+                    )
             else:
                 event = decode_reward_or_decision(record, topics.rewards, topics.decisions)
         except DecodeError as exc:

@@ -5,7 +5,7 @@ cause can re-drive them as they were) and its key; everything about the rejectio
 headers, all UTF-8 strings:
 
 =========================  ====================================================
-``mab.dlq.reason``         stable machine label (see :data:`REASONS`)
+``mab.dlq.reason``         stable label (:class:`schemas.rejections.Rejection`)
 ``mab.dlq.detail``         short human-readable explanation (≤ 300 characters)
 ``mab.dlq.source.topic``   topic the record was read from
 ``mab.dlq.source.partition``  its partition
@@ -33,34 +33,9 @@ counts once (see
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
-
-#: Every reason a consumer writes, with what it means (``mab dlq count`` lists them).
-REASONS: Final[Mapping[str, str]] = {
-    "oversize": "record larger than MAX_RECORD_BYTES, rejected before parsing",
-    "bad_json": "not valid JSON (or not UTF-8)",
-    "not_an_object": "JSON, but not an object",
-    "non_finite_reward": "reward is NaN or infinite",
-    "reward_out_of_range": "reward outside [0, 1]",
-    "wrong_type": "a field holds a value of the wrong JSON type",
-    "missing_field": "a required field is missing",
-    "unknown_field": "a field the contract does not define",
-    "bad_id": "an experiment or arm id that is empty, longer than 120 characters after "
-    "trimming, or not printable (see schemas/ids.py)",
-    "bad_user_context": "user_context is not a JSON object, or beyond its bounds "
-    "(32 keys, 2 KiB as JSON, finite numbers)",
-    "invalid": "another constraint of the record schema failed",
-    "bad_schema_version": "schema_version is not an integer",
-    "unknown_schema_version": "schema_version newer than this code (or no upcaster)",
-    "wrong_event_type": "an event type that does not belong on this topic",
-    "empty": "record without a value (tombstone)",
-    "unknown_experiment": "no such experiment",
-    "unknown_arm": "the arm is not in the experiment",
-    "bad_decision_id": "decision_id was not issued by this service",
-    "arm_mismatch": "the reward names another arm than its decision served",
-}
 
 H_REASON: Final = "mab.dlq.reason"
 H_DETAIL: Final = "mab.dlq.detail"

@@ -92,3 +92,36 @@ def partition_key(experiment_id: str) -> bytes:
     bulk producer keys its records by the id it knows, so its rewards and the API's land
     in the same partition (see :mod:`schemas.ids`)."""
     return experiment_id.encode()
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 hash of a record key (the Java client's ``Utils.murmur2``), which
+    librdkafka's ``murmur2_random`` partitioner, our producers' setting, also uses."""
+    length = len(data)
+    m = 0x5BD1E995
+    h = (0x9747B28C ^ length) & 0xFFFFFFFF
+    tail = length & ~3
+    for i in range(0, tail, 4):
+        k = int.from_bytes(data[i : i + 4], "little")
+        k = (k * m) & 0xFFFFFFFF
+        k ^= k >> 24
+        k = (k * m) & 0xFFFFFFFF
+        h = ((h * m) & 0xFFFFFFFF) ^ k
+    rest = length - tail
+    if rest >= 3:
+        h ^= data[tail + 2] << 16
+    if rest >= 2:
+        h ^= data[tail + 1] << 8
+    if rest >= 1:
+        h ^= data[tail]
+        h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 15
+    return h
+
+
+def partition_of(experiment_id: str, partitions: int) -> int:
+    """The partition (of ``partitions`` numbered from 0) that the product's producers,
+    and every client with Kafka's default partitioner, put ``experiment_id``'s records in."""
+    return (murmur2(partition_key(experiment_id)) & 0x7FFFFFFF) % partitions

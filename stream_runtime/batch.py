@@ -26,7 +26,8 @@ import orjson
 
 from schemas.codec import DecodeError, decode, decode_reward
 from schemas.dead_letter import redriven_position
-from schemas.events import AnyEvent, DecisionMade, ExperimentConfig, RewardObserved
+from schemas.events import AnyEvent, DecisionMade, RewardObserved
+from schemas.rejections import Rejection
 
 #: A compare-and-set conflict means another consumer wrote the same experiment in
 #: between; after a reload our records are usually already applied. More conflicts in a
@@ -60,7 +61,7 @@ class Rejected:
     human-readable detail (both go into the dead letter's headers)."""
 
     record: RecordLike
-    reason: str
+    reason: Rejection
     detail: str = ""
 
 
@@ -137,7 +138,7 @@ class DecodedBatch:
 
 
 def unknown_topic(record: RecordLike) -> DecodeError:
-    return DecodeError("unknown_topic", f"record from unsubscribed topic {record.topic!r}")
+    return DecodeError(Rejection.UNKNOWN_TOPIC, f"record from unsubscribed topic {record.topic!r}")
 
 
 def decode_batch(records: Iterable[RecordLike], decoders: Mapping[str, Decoder]) -> DecodedBatch:
@@ -165,7 +166,7 @@ def decode_batch(records: Iterable[RecordLike], decoders: Mapping[str, Decoder])
             rejected.append(Rejected(record, exc.reason, exc.detail))
             continue
         except Exception as exc:
-            rejected.append(Rejected(record, "invalid", f"decoder error: {exc!r}"[:300]))
+            rejected.append(Rejected(record, Rejection.INVALID, f"decoder error: {exc!r}"[:300]))
             continue
         if event is None:
             ignored += 1
@@ -191,7 +192,7 @@ def decode_reward_record(record: RecordLike) -> RewardObserved:
     """
     raw = record.value
     if raw is None:
-        raise DecodeError("empty", "record without a value (tombstone)")
+        raise DecodeError(Rejection.EMPTY, "record without a value (tombstone)")
     headers = getattr(record, "headers", None)
     return decode_reward(
         raw,
@@ -205,10 +206,10 @@ def decode_decision_record(record: RecordLike) -> DecisionMade:
     """Decode a record of the decisions topic: a :class:`DecisionMade` or a reject."""
     raw = record.value
     if raw is None:
-        raise DecodeError("empty", "record without a value (tombstone)")
+        raise DecodeError(Rejection.EMPTY, "record without a value (tombstone)")
     event = decode(raw)
     if not isinstance(event, DecisionMade):
-        raise DecodeError("wrong_event_type", f"type {event.type!r} on the decisions topic")
+        raise DecodeError(Rejection.WRONG_EVENT_TYPE, f"type {event.type!r} on the decisions topic")
     return event
 
 
@@ -225,19 +226,6 @@ def decode_reward_or_decision(
     if record.topic == decisions_topic:
         return decode_decision_record(record)
     return None
-
-
-def rejection_detail(reason: str, event: RewardObserved, config: ExperimentConfig | None) -> str:
-    """A short human-readable explanation of a fold rejection (a dead letter's detail)."""
-    if reason == "unknown_experiment" or config is None:
-        return f"experiment {event.experiment_id!r} does not exist"
-    if reason == "unknown_arm":
-        return f"arm {event.arm_id!r} is not in {event.experiment_id!r} (arms: {config.arm_ids})"
-    if reason == "arm_mismatch":
-        return f"decision {event.decision_id!r} served another arm than {event.arm_id!r}"
-    if reason == "bad_decision_id":
-        return f"decision_id {event.decision_id!r} was not issued by this service"
-    return reason
 
 
 def first_offsets(records: Iterable[RecordLike]) -> dict[tuple[str, int], int]:

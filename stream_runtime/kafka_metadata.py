@@ -1,10 +1,9 @@
 """Topic and consumer-group metadata through librdkafka's public calls (no group is joined).
 
 Shared by ``mab replay`` and the off-policy reader: both need a topic's partition count
-before they assign partitions by hand, and the off-policy reader which partition holds
-an experiment (:func:`key_partition`, the Java client's partitioner). ``mab replay
---rebuild`` also asks which consumer groups have live members (:func:`group_members`),
-to refuse to run next to the processors.
+before they assign partitions by hand (which partition holds an experiment is
+:func:`schemas.topics.partition_of`). ``mab replay --rebuild`` also asks which consumer
+groups have live members (:func:`group_members`), to refuse to run next to the processors.
 """
 
 from __future__ import annotations
@@ -69,37 +68,6 @@ def admin_client(kafka: KafkaTarget) -> AdminClient:
     admin, errors = new_client(AdminClient, kafka)
     wait_until_reachable(admin, errors)
     return admin
-
-
-def murmur2(data: bytes) -> int:
-    """Kafka's murmur2 hash of a record key (the Java client's ``Utils.murmur2``, as an
-    unsigned 32-bit value), which librdkafka's ``murmur2_random`` partitioner also uses."""
-    m, length = 0x5BD1E995, len(data)
-    h = (0x9747B28C ^ length) & 0xFFFFFFFF
-    whole = length & ~3
-    for i in range(0, whole, 4):
-        k = int.from_bytes(data[i : i + 4], "little")
-        k = (k * m) & 0xFFFFFFFF
-        k ^= k >> 24
-        k = (k * m) & 0xFFFFFFFF
-        h = ((h * m) & 0xFFFFFFFF) ^ k
-    extra = length & 3
-    if extra == 3:
-        h ^= data[whole + 2] << 16
-    if extra >= 2:
-        h ^= data[whole + 1] << 8
-    if extra >= 1:
-        h ^= data[whole]
-        h = (h * m) & 0xFFFFFFFF
-    h ^= h >> 13
-    h = (h * m) & 0xFFFFFFFF
-    return h ^ (h >> 15)
-
-
-def key_partition(key: bytes, partitions: int) -> int:
-    """The partition every producer of the product (``partitioner=murmur2_random``, the
-    Java client's default) puts a record keyed ``key`` in, among ``partitions``."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 @dataclass(frozen=True, slots=True, order=True)

@@ -14,13 +14,14 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import orjson
 from prometheus_client import CollectorRegistry
 
 from stream_runtime.kafka_connection import KafkaConnectionError
-from stream_runtime.metrics import serve
+from stream_runtime.metrics import ProcessorMetrics, serve
+from stream_runtime.settings import StreamSettings, load_settings
 
 _STD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 
@@ -38,7 +39,9 @@ class JsonFormatter(logging.Formatter):
         out.update({k: v for k, v in vars(record).items() if k not in _STD_ATTRS})
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(out, default=str).decode()
+        # Non-str keys: counters by reason are keyed by ``Rejection`` members, which
+        # orjson only writes (as their label) with this option.
+        return orjson.dumps(out, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 def freeze_startup_heap() -> None:
@@ -106,3 +109,31 @@ def run_until_signal(
     finally:
         if server is not None:
             server.close()
+
+
+class StreamService(Protocol):
+    """What :func:`run_stream_service` runs: a stream processor's loop and its metrics."""
+
+    metrics: ProcessorMetrics
+
+    async def run(self, stop: asyncio.Event) -> None: ...
+
+
+StreamSettingsT = TypeVar("StreamSettingsT", bound=StreamSettings)
+
+
+def run_stream_service(
+    settings_type: type[StreamSettingsT], build: Callable[[StreamSettingsT], StreamService]
+) -> None:
+    """The ``__main__`` of a stream service: its settings from the environment (a bad one
+    stops the process before it connects anywhere), then its loop until SIGTERM/SIGINT
+    with its metrics served where the settings say."""
+    settings = load_settings(settings_type)
+    service = build(settings)
+    run_until_signal(
+        settings.log_level,
+        service.run,
+        metrics=service.metrics.registry,
+        metrics_port=settings.mab_metrics_port,
+        metrics_host=settings.mab_metrics_host,
+    )

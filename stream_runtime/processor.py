@@ -38,6 +38,7 @@ import orjson
 from pydantic import ValidationError
 
 from schemas.events import AnyEvent, ExperimentConfig
+from schemas.rejections import Rejection
 from stream_runtime.batch import BatchReport, Decoder
 
 
@@ -94,7 +95,7 @@ class Skip(NamedTuple):
     the reason (a dead-letter reason) and a short detail."""
 
     at: int
-    reason: str
+    reason: Rejection
     detail: str = ""
 
 

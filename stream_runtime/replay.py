@@ -47,6 +47,7 @@ from bandit_core.state import ExperimentState
 from schemas.codec import DecodeError, decode
 from schemas.events import ArmsAdded, ExperimentConfig, ExperimentCreated, StrategyChanged
 from schemas.redis_keys import RedisKeys
+from schemas.rejections import Rejection
 from stream_runtime.batch import (
     DecodedBatch,
     Decoder,
@@ -182,7 +183,7 @@ class PartitionReplayer:
             if exp in plan.configs:
                 known[exp] = group
             else:  # the live processors write nothing for an experiment without config
-                report.rejected["unknown_experiment"] += len(group)
+                report.rejected[Rejection.UNKNOWN_EXPERIMENT] += len(group)
         for engine in self.engines:
             name = engine.processor.name
             stops = None if plan.stops is None else plan.stops.get(name, {})

@@ -1,11 +1,15 @@
-"""The settings fields every stream processor shares (same env var names everywhere).
+"""The settings every process shares, declared once (same env var names everywhere).
 
-Each service subclasses :class:`StreamSettings` with its own prefixed fields (group id,
-batch size, timeouts) and exposes them under the names :class:`~stream_runtime.kafka_loop.
-LoopSettings` reads. Field names *are* the (case-insensitive) env var names, so there is
-no alias table to keep in sync with the docs. The Kafka connection fields (servers,
-TLS, SASL) come from :class:`~stream_runtime.kafka_connection.KafkaConnection`, shared
-with the decider and the CLI.
+:class:`ProcessSettings` is the base of every process's settings (frozen, validated
+once at start-up, ``LOG_LEVEL``); :class:`ServiceSettings` adds what every service
+that touches the log and the state shares: the Kafka connection (servers, TLS, SASL,
+from :class:`~stream_runtime.kafka_connection.KafkaConnection`), ``REDIS_URL`` and its
+timeouts, and the topic and key prefixes. The decider and the CLI extend it;
+:class:`StreamSettings` adds the stream processors' metrics exporter, and each
+processor subclasses it with its own prefixed fields (group id, batch size, timeouts)
+under the names :class:`~stream_runtime.kafka_loop.LoopSettings` reads; demo traffic
+extends :class:`ProcessSettings`. Field names *are* the (case-insensitive) env var
+names, so there is no alias table to keep in sync with the docs.
 """
 
 from __future__ import annotations
@@ -24,26 +28,15 @@ from stream_runtime.redis_client import AnyRedis, redis_from_url
 LOG_LEVELS = frozenset({"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"})
 
 
-class StreamSettings(KafkaConnection):
-    """Connection, naming and logging settings of a stream processor; frozen, validated
-    once at start-up so a bad value fails before the process joins its consumer group."""
+class ProcessSettings(BaseSettings):
+    """The base of every process's settings: frozen, and validated once at start-up so
+    a bad value fails before the process connects anywhere or joins a consumer group."""
 
-    model_config = SettingsConfigDict(frozen=True, extra="ignore", case_sensitive=False)
+    model_config = SettingsConfigDict(
+        frozen=True, extra="ignore", case_sensitive=False, populate_by_name=True
+    )
 
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    #: Bound on every Redis reply and connect (the decider reads the same name for its
-    #: reply timeout). A batch whose call times out is rewound and retried (the stored
-    #: offsets make a write whose reply was lost a no-op), so a short bound costs only
-    #: a retried batch; without one a frozen Redis held a batch, and SIGTERM, forever.
-    #: Far above a batch's Lua script (milliseconds).
-    redis_socket_timeout_s: float = Field(default=5.0, gt=0, le=300)
-    redis_connect_timeout_s: float = Field(default=5.0, gt=0, le=300)
-    mab_topic_prefix: str = ""
-    mab_redis_prefix: str = ""
     log_level: str = "INFO"
-    #: Prometheus exporter (``/metrics``); unset: none. ``mab up`` picks a free port.
-    mab_metrics_port: int | None = Field(default=None, ge=0, le=65535)
-    mab_metrics_host: str = "127.0.0.1"
 
     @field_validator("log_level")
     @classmethod
@@ -53,6 +46,24 @@ class StreamSettings(KafkaConnection):
             raise ValueError(f"unknown log level {v!r}")
         return level
 
+
+class ServiceSettings(KafkaConnection, ProcessSettings):
+    """Connection and naming settings of a process that reads or writes the log and the
+    state: the decider, the stream processors and the CLI."""
+
+    model_config = ProcessSettings.model_config
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    #: Bound on every Redis reply and connect. A processor's batch whose call times out
+    #: is rewound and retried (the stored offsets make a write whose reply was lost a
+    #: no-op), so a short bound costs only a retried batch; without one a frozen Redis
+    #: held a batch, and SIGTERM, forever. Far above a batch's Lua script (milliseconds).
+    redis_socket_timeout_s: float = Field(default=5.0, gt=0, le=300)
+    redis_connect_timeout_s: float = Field(default=5.0, gt=0, le=300)
+    #: Prefixes of topic names and Redis keys (tests and tenants).
+    mab_topic_prefix: str = ""
+    mab_redis_prefix: str = ""
+
     @property
     def topics(self) -> TopicNames:
         return TopicNames.with_prefix(self.mab_topic_prefix)
@@ -61,8 +72,9 @@ class StreamSettings(KafkaConnection):
     def keys(self) -> RedisKeys:
         return RedisKeys(self.mab_redis_prefix)
 
-    def redis_client(self) -> AnyRedis:
-        """The processor's Redis client (no I/O until the first command).
+    def redis_client(self, **options: Any) -> AnyRedis:
+        """The process's Redis client (no I/O until the first command); ``options`` go
+        to redis-py (the decider adds a health check).
 
         Every call fails after the socket timeouts instead of waiting on a hung Redis:
         the batch loop then rewinds the batch and looks at its stop event, so SIGTERM
@@ -75,7 +87,16 @@ class StreamSettings(KafkaConnection):
             decode_responses=False,
             socket_timeout=self.redis_socket_timeout_s,
             socket_connect_timeout=self.redis_connect_timeout_s,
+            **options,
         )
+
+
+class StreamSettings(ServiceSettings):
+    """Settings of a stream processor: the shared ones plus its metrics exporter."""
+
+    #: Prometheus exporter (``/metrics``); unset: none. ``mab up`` picks a free port.
+    mab_metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    mab_metrics_host: str = "127.0.0.1"
 
 
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)

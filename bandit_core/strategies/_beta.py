@@ -16,7 +16,7 @@ import numpy as np
 
 from bandit_core.rng import numpy_generator
 from bandit_core.state import ArmStats
-from bandit_core.strategies.base import P, Strategy, check_arms, explore_uniformly, mix_uniform
+from bandit_core.strategies.base import P, Strategy, check_arms, mix_uniform
 
 #: From this many arms one vectorised numpy draw beats a loop of ``betavariate`` despite
 #: numpy's per-call overhead: the threshold sits above the measured crossover (near 16
@@ -93,18 +93,7 @@ class BetaThompson(Strategy[P]):
     ) -> tuple[list[float], list[float]]:
         """Beta (alpha, beta) per arm."""
 
-    def choose(
-        self,
-        arm_ids: Sequence[str],
-        stats: Sequence[ArmStats],
-        params: P,
-        rng: random.Random,
-        now: float,
-    ) -> int:
-        k = check_arms(arm_ids, stats)
-        explored = explore_uniformly(self.exploration(params), k, rng)
-        if explored is not None:
-            return explored
+    def exploit(self, stats: Sequence[ArmStats], params: P, rng: random.Random, now: float) -> int:
         return sample_argmax(*self.posteriors(stats, params, now), rng)
 
     def propensities(

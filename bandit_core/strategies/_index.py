@@ -33,18 +33,7 @@ class IndexPolicy(Strategy[P]):
     def candidates(self, stats: Sequence[ArmStats], params: P, now: float) -> list[int]:
         """The arms the policy picks uniformly among (untried ones, else the tied best)."""
 
-    def choose(
-        self,
-        arm_ids: Sequence[str],
-        stats: Sequence[ArmStats],
-        params: P,
-        rng: random.Random,
-        now: float,
-    ) -> int:
-        k = check_arms(arm_ids, stats)
-        explored = explore_uniformly(self.exploration(params), k, rng)
-        if explored is not None:
-            return explored
+    def exploit(self, stats: Sequence[ArmStats], params: P, rng: random.Random, now: float) -> int:
         return pick_tied(self.candidates(stats, params, now), rng)
 
     def propensities(

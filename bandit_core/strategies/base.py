@@ -96,6 +96,9 @@ class Strategy(ABC, Generic[P]):
     params_model: type[P]
 
     @abstractmethod
+    def exploit(self, stats: Sequence[ArmStats], params: P, rng: random.Random, now: float) -> int:
+        """Index of the policy's own pick, without forced exploration."""
+
     def choose(
         self,
         arm_ids: Sequence[str],
@@ -104,7 +107,14 @@ class Strategy(ABC, Generic[P]):
         rng: random.Random,
         now: float,
     ) -> int:
-        """Index into ``arm_ids`` of the arm to serve."""
+        """Index into ``arm_ids`` of the arm to serve: a forced uniform exploration draw
+        (:meth:`exploration`) first, else the policy's own pick (:meth:`exploit`). One
+        order of random draws for every policy, so seeded runs stay reproducible."""
+        k = check_arms(arm_ids, stats)
+        explored = explore_uniformly(self.exploration(params), k, rng)
+        if explored is not None:
+            return explored
+        return self.exploit(stats, params, rng, now)
 
     @abstractmethod
     def propensities(

@@ -54,10 +54,17 @@ class EpsilonGreedy(Strategy[EpsilonGreedyParams]):
         rng: random.Random,
         now: float,
     ) -> int:
+        """Draws the exploration coin even when ε = 0 (unlike
+        :meth:`~bandit_core.strategies.base.Strategy.choose`): the draws of seeded runs
+        stay what they have always been."""
         k = check_arms(arm_ids, stats)
-        epsilon = params.epsilon
-        if rng.random() < epsilon:
+        if rng.random() < params.epsilon:
             return rng.randrange(k)
+        return self.exploit(stats, params, rng, now)
+
+    def exploit(
+        self, stats: Sequence[ArmStats], params: EpsilonGreedyParams, rng: random.Random, now: float
+    ) -> int:
         return pick_tied(argmax_set(_means(stats)), rng)
 
     def propensities(

@@ -28,7 +28,6 @@ from fastapi import Depends, FastAPI, Request, params
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 
-from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames
 from services.decider.auth import OPEN_MODE_WARNING, Access, AuthPolicy
 from services.decider.decisions import DecisionCache
@@ -40,7 +39,7 @@ from services.decider.readiness import ReadinessProbe
 from services.decider.settings import DeciderSettings
 from services.decider.store import ConfigStore
 from stream_runtime.process import JsonFormatter, freeze_startup_heap
-from stream_runtime.redis_client import AnyRedis, redis_from_url
+from stream_runtime.redis_client import AnyRedis
 from stream_runtime.settings import settings_errors
 
 log = logging.getLogger("services.decider")
@@ -128,13 +127,8 @@ async def open_runtime(given: DeciderSettings | None = None) -> AsyncIterator[Ru
     """Build and start the runtime; on exit flush Kafka, close Redis, stop the worker."""
     cfg = load_settings(given)
     configure_logging(cfg.log_level)
-    redis = redis_from_url(
-        cfg.redis_url,
-        socket_timeout=cfg.redis_socket_timeout_s,
-        socket_connect_timeout=cfg.redis_socket_timeout_s,
-        health_check_interval=30,
-    )
-    topics = TopicNames.with_prefix(cfg.topic_prefix)
+    redis = cfg.redis_client(health_check_interval=30)
+    topics = cfg.topics
     producer = EventProducer(
         cfg.connection(),
         topics,
@@ -144,7 +138,7 @@ async def open_runtime(given: DeciderSettings | None = None) -> AsyncIterator[Ru
         max_batch_bytes=cfg.kafka_max_batch_bytes,
         decision_linger_ms=cfg.kafka_decision_linger_ms,
     )
-    store = ConfigStore(redis, RedisKeys(cfg.redis_prefix))
+    store = ConfigStore(redis, cfg.keys)
     cache = DecisionCache(
         store,
         max_staleness_s=cfg.snapshot_max_staleness_s,
@@ -178,7 +172,7 @@ async def open_runtime(given: DeciderSettings | None = None) -> AsyncIterator[Ru
         extra={
             "strategy": cfg.active_strategy,
             "topics": str(topics),
-            "redis_prefix": cfg.redis_prefix,
+            "redis_prefix": cfg.mab_redis_prefix,
             "auth": cfg.auth,
             "host": cfg.api_host,
             "admin_key": auth.admin_required,

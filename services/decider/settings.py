@@ -22,11 +22,10 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import SettingsConfigDict
 
 from bandit_core.strategies import STRATEGIES, normalize_strategy_name
 from schemas.ids import DEFAULT_MAX_ARMS, MAX_ARMS_CEILING
-from stream_runtime.kafka_connection import KafkaConnection
+from stream_runtime.settings import ServiceSettings
 
 
 def _env(name: str, *env: str) -> AliasChoices:
@@ -63,27 +62,18 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class DeciderSettings(KafkaConnection):
-    """Settings of the decider service (env variables in brackets). The Kafka connection
-    (``KAFKA_BOOTSTRAP_SERVERS``, TLS, SASL, ``KAFKA_START_TIMEOUT_S``) is the shared
-    :class:`~stream_runtime.kafka_connection.KafkaConnection`."""
+class DeciderSettings(ServiceSettings):
+    """Settings of the decider service (env variables in brackets). The shared ones (the
+    Kafka connection, ``REDIS_URL`` and its timeouts, ``MAB_TOPIC_PREFIX``,
+    ``MAB_REDIS_PREFIX``, ``LOG_LEVEL``) come from
+    :class:`~stream_runtime.settings.ServiceSettings`."""
 
-    model_config = SettingsConfigDict(frozen=True, extra="ignore", populate_by_name=True)
-
-    redis_url: str = Field(
-        default="redis://localhost:6379/0", validation_alias=_env("redis_url", "REDIS_URL")
-    )
     active_strategy: str = Field(
         default="thompson",
         validation_alias=_env("active_strategy", "ACTIVE_STRATEGY"),
         description="Strategy of experiments created without one (the original API's "
         "spellings UCB1, THOMPSON, ... work too).",
     )
-    log_level: Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"] = Field(
-        default="INFO", validation_alias=_env("log_level", "LOG_LEVEL")
-    )
-    topic_prefix: str = Field(default="", validation_alias=_env("topic_prefix", "MAB_TOPIC_PREFIX"))
-    redis_prefix: str = Field(default="", validation_alias=_env("redis_prefix", "MAB_REDIS_PREFIX"))
     api_host: str = Field(
         default="127.0.0.1",
         validation_alias=_env("api_host", "MAB_HOST", "MAB_API_HOST"),
@@ -169,7 +159,9 @@ class DeciderSettings(KafkaConnection):
         validation_alias=_env("max_reward_batch", "MAB_MAX_REWARD_BATCH"),
         description="Most rewards one POST /rewards may carry (all validated, then produced).",
     )
-    redis_socket_timeout_s: float = Field(default=2.0, gt=0.0)
+    #: A request waits on Redis at most this long (a processor's batch may wait longer).
+    redis_socket_timeout_s: float = Field(default=2.0, gt=0, le=300)
+    redis_connect_timeout_s: float = Field(default=2.0, gt=0, le=300)
     evaluate_max_decisions: int = Field(
         default=10_000,
         ge=1,

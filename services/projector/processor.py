@@ -24,6 +24,7 @@ from bandit_core.fold import dedupe_keys
 from schemas.codec import DecodeError, decode
 from schemas.events import AnyEvent, ChangePointDetected, DecisionMade, RewardObserved
 from schemas.redis_keys import RedisKeys
+from schemas.rejections import Rejection
 from schemas.topics import TopicNames
 from services.projector.projection import Retention, project
 from stream_runtime.batch import (
@@ -61,10 +62,12 @@ def decode_change_point_record(record: RecordLike) -> ChangePointDetected | None
     events (not projected), a reject for what does not belong there."""
     raw = record.value
     if raw is None:
-        raise DecodeError("empty", "record without a value (tombstone)")
+        raise DecodeError(Rejection.EMPTY, "record without a value (tombstone)")
     event = decode(raw)
     if isinstance(event, DecisionMade | RewardObserved):
-        raise DecodeError("wrong_event_type", f"type {event.type!r} on the experiments topic")
+        raise DecodeError(
+            Rejection.WRONG_EVENT_TYPE, f"type {event.type!r} on the experiments topic"
+        )
     return event if isinstance(event, ChangePointDetected) else None
 
 
@@ -118,7 +121,9 @@ class BucketProjection:
             # No config: not an experiment (the decider writes it before any event).
             # Write nothing, so a flood of made-up ids creates no keys.
             return Applied(
-                report, None, skipped=[Skip(i, "unknown_experiment") for i in range(len(events))]
+                report,
+                None,
+                skipped=[Skip(i, Rejection.UNKNOWN_EXPERIMENT) for i in range(len(events))],
             )
         p = project(events, config, loaded.seen.keys(), self.retention, now)
         report.applied, report.duplicates, report.expired = p.applied, p.duplicates, p.expired

@@ -42,6 +42,7 @@ from schemas.redis_keys import (
     BucketKind,
     bucket_field,
 )
+from schemas.rejections import Rejection
 from stream_runtime.processor import Skip
 
 APPLIED: Final = "applied"
@@ -152,7 +153,7 @@ def project(
         if isinstance(ev, DecisionMade):
             i = base.get(ev.arm_id)
             if i is None:  # arms are append-only: it never was in the config
-                rejects.append(Skip(index, "unknown_arm"))
+                rejects.append(Skip(index, Rejection.UNKNOWN_ARM))
                 continue
             micro = -1  # a decision
         elif isinstance(ev, RewardObserved):

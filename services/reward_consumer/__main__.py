@@ -4,16 +4,7 @@ from __future__ import annotations
 
 from services.reward_consumer.consumer import RewardConsumer
 from services.reward_consumer.settings import ConsumerSettings
-from stream_runtime.process import run_until_signal
-from stream_runtime.settings import load_settings
+from stream_runtime.process import run_stream_service
 
 if __name__ == "__main__":
-    settings = load_settings(ConsumerSettings)
-    processor = RewardConsumer(settings)
-    run_until_signal(
-        settings.log_level,
-        processor.run,
-        metrics=processor.metrics.registry,
-        metrics_port=settings.mab_metrics_port,
-        metrics_host=settings.mab_metrics_host,
-    )
+    run_stream_service(ConsumerSettings, RewardConsumer)

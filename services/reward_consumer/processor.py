@@ -22,7 +22,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from bandit_core.adaptive import GLR_DETECTOR
-from bandit_core.fold import APPLIED, DUPLICATE, LATE, ChangePoint, fold_into, lookup_keys
+from bandit_core.fold import (
+    APPLIED,
+    DUPLICATE,
+    LATE,
+    ChangePoint,
+    fold_into,
+    lookup_keys,
+    rejection_text,
+)
 from bandit_core.state import ExperimentState
 from schemas.events import (
     AnyEvent,
@@ -32,13 +40,13 @@ from schemas.events import (
     RewardObserved,
 )
 from schemas.redis_keys import RedisKeys
+from schemas.rejections import Rejection
 from schemas.topics import TopicNames
 from stream_runtime.batch import (
     BatchReport,
     Decoder,
     decode_decision_record,
     decode_reward_record,
-    rejection_detail,
 )
 from stream_runtime.processor import (
     Applied,
@@ -166,7 +174,7 @@ class SnapshotFold:
             # written (a flood of made-up ids must not create keys); a redelivery is
             # rejected again, and the DLQ's readers dedupe by source position.
             detail = f"experiment {experiment_id!r} does not exist"
-            unknown = [Skip(i, "unknown_experiment", detail) for i in range(len(events))]
+            unknown = [Skip(i, Rejection.UNKNOWN_EXPERIMENT, detail) for i in range(len(events))]
             return Applied(report, None, skipped=unknown)
         state = build_state(
             experiment_id,
@@ -186,12 +194,13 @@ class SnapshotFold:
                 report.late += 1
             else:
                 event = events[i]
+                reason = Rejection(outcome)
                 detail = (
-                    rejection_detail(outcome, event, config)
+                    rejection_text(reason, event, config)
                     if isinstance(event, RewardObserved)
-                    else outcome  # pragma: no cover - only rewards are rejected by the fold
+                    else reason.text  # pragma: no cover - only rewards are rejected by the fold
                 )
-                skipped.append(Skip(i, outcome, detail))
+                skipped.append(Skip(i, reason, detail))
         outputs = [change_point_event(experiment_id, cp) for cp in result.change_points]
         report.change_points = len(outputs)
         changes = Changes(

@@ -68,8 +68,8 @@ def decider_settings(
         return DeciderSettings(
             redis_url=redis_url,
             kafka_bootstrap_servers=kafka_bootstrap,
-            topic_prefix=ns,
-            redis_prefix=ns,
+            mab_topic_prefix=ns,
+            mab_redis_prefix=ns,
             **overrides,
         )
 

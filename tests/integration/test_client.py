@@ -33,8 +33,8 @@ async def mab(
     settings = DeciderSettings(
         redis_url=redis_url,
         kafka_bootstrap_servers=kafka_bootstrap,
-        topic_prefix=ns,
-        redis_prefix=ns,
+        mab_topic_prefix=ns,
+        mab_redis_prefix=ns,
         auth="open",
     )
     asgi = create_asgi(settings)

@@ -89,8 +89,8 @@ async def test_no_200_for_a_reward_kafka_did_not_ack(
     settings = DeciderSettings(
         redis_url=redis_url,
         kafka_bootstrap_servers=kafka_bootstrap,
-        topic_prefix=ns,
-        redis_prefix=ns,
+        mab_topic_prefix=ns,
+        mab_redis_prefix=ns,
         kafka_send_timeout_s=SEND_TIMEOUT_S,
         auth="open",
     )

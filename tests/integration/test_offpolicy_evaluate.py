@@ -340,8 +340,8 @@ async def test_evaluate_endpoint_is_single_flight_and_bounded(
     settings = DeciderSettings(
         redis_url=redis_url,
         kafka_bootstrap_servers=kafka_bootstrap,
-        topic_prefix=ns,
-        redis_prefix=ns,
+        mab_topic_prefix=ns,
+        mab_redis_prefix=ns,
         evaluate_max_records=10,
         auth="open",
     )
@@ -381,7 +381,7 @@ async def test_evaluations_run_outside_the_serving_process(
     decider."""
     settings = decider_settings()
     async with serve_decider(settings) as (c, asgi):
-        exp = f"{settings.topic_prefix}elsewhere"
+        exp = f"{settings.mab_topic_prefix}elsewhere"
         created = await c.post("/experiments", json={"experiment_id": exp, "arm_ids": ["a", "b"]})
         assert created.status_code == 201, created.text
         assert (await c.get("/decision", params={"experiment_id": exp})).status_code == 200

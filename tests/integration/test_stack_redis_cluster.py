@@ -274,8 +274,8 @@ async def test_replay_verify_and_rebuild_on_a_cluster_equal_a_single_node(
     decider = DeciderSettings(
         redis_url=cluster_url,
         kafka_bootstrap_servers=kafka_bootstrap,
-        topic_prefix=ns,
-        redis_prefix=ns,
+        mab_topic_prefix=ns,
+        mab_redis_prefix=ns,
         auth="open",
     )
     async with serve_decider(decider) as (client, _):

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from bench.evaluation_latency import EvaluationLoop
-from bench.run import projected_rewards
+from bench.fold_rows import projected_rewards
 from schemas.events import ExperimentConfig, RewardObserved
 from schemas.redis_keys import BucketKind, RedisKeys
 from services.projector.projection import Retention, project

@@ -1,4 +1,4 @@
-"""The decision hot path's hand-built event record stays identical to the schema."""
+"""The decision hot path's event record is the model's own wire form."""
 
 from __future__ import annotations
 
@@ -9,24 +9,24 @@ from bandit_core.decision_ids import make_decision_id
 from schemas.codec import decode, encode
 from schemas.events import DecisionMade
 from schemas.topics import TopicNames
+from schemas.wire import encode_decision_made
 from services.decider.producer import EventProducer
-from services.decider.routes.decisions import decision_made_record
 
 pytestmark = pytest.mark.unit
 
 
 def test_record_has_exactly_the_models_fields_and_decodes() -> None:
     decision_id = make_decision_id(1)
-    raw = decision_made_record(
-        "cta-button-test",
-        decision_id,
-        "green-button",
-        "thompson",
-        {"seed": 42},
-        0.25,
-        3,
-        17,
-        False,
+    raw = encode_decision_made(
+        experiment_id="cta-button-test",
+        decision_id=decision_id,
+        arm_id="green-button",
+        strategy="thompson",
+        strategy_params={"seed": 42},
+        propensity=0.25,
+        config_version=3,
+        snapshot_version=17,
+        degraded=False,
     )
     fields = orjson.loads(raw)
     assert set(fields) == set(DecisionMade.model_fields)
@@ -38,15 +38,61 @@ def test_record_has_exactly_the_models_fields_and_decodes() -> None:
     assert (event.propensity, event.config_version, event.snapshot_version) == (0.25, 3, 17)
     # Same bytes as the model's own encoding of the decoded event: no drift in format.
     assert orjson.loads(encode(event)) == fields
+    assert encode(event) == raw
+
+
+@pytest.mark.parametrize("window", [None, 3600.0])
+def test_record_equals_the_models_encoding_byte_for_byte(window: float | None) -> None:
+    """Pre-encoded params, defaults and the window encode exactly as the model does."""
+    fields: dict[str, object] = {
+        "experiment_id": "Free Shipping",
+        "decision_id": make_decision_id(0),
+        "arm_id": "10% off",
+        "strategy": "epsilon_greedy",
+        "propensity": 0.9,
+        "config_version": 2,
+        "snapshot_version": 0,
+        "attribution_window_s": window,
+    }
+    raw = encode_decision_made(
+        **fields, strategy_params=orjson.Fragment(b'{"epsilon":0.1}'), degraded=True
+    )
+    model = DecisionMade.model_validate(
+        {**fields, "strategy_params": {"epsilon": 0.1}, "degraded": True, **_ids_of(raw)}
+    )
+    assert encode(model) == raw
+    # The defaults are the model's: no params, not degraded, the current schema version.
+    bare = encode_decision_made(**fields)
+    assert encode(DecisionMade.model_validate({**fields, **_ids_of(bare)})) == bare
+
+
+#: The fields a decision record cannot do without (the rest have the model's defaults).
+REQUIRED: dict[str, object] = {
+    "experiment_id": "e",
+    "decision_id": "x" * 32 + ".0",
+    "arm_id": "a",
+    "strategy": "ucb1",
+    "propensity": 1.0,
+    "config_version": 1,
+    "snapshot_version": 0,
+}
+
+
+def test_a_missing_or_unknown_field_is_refused() -> None:
+    for name in REQUIRED:
+        with pytest.raises(TypeError, match=name):
+            encode_decision_made(**{k: v for k, v in REQUIRED.items() if k != name})
+    with pytest.raises(TypeError, match="arm_index"):
+        encode_decision_made(**REQUIRED, arm_index=0)
+
+
+def _ids_of(raw: bytes) -> dict[str, object]:
+    written = orjson.loads(raw)
+    return {"event_id": written["event_id"], "ts": written["ts"]}
 
 
 def test_event_ids_are_unique() -> None:
-    ids = {
-        orjson.loads(decision_made_record("e", "x" * 32 + ".0", "a", "ucb1", {}, 1.0, 1, 0, False))[
-            "event_id"
-        ]
-        for _ in range(1000)
-    }
+    ids = {orjson.loads(encode_decision_made(**REQUIRED))["event_id"] for _ in range(1000)}
     assert len(ids) == 1000
 
 

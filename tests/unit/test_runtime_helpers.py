@@ -11,12 +11,14 @@ import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
+import orjson
 import pytest
 from confluent_kafka import TopicPartition
 from redis.asyncio import Redis
 
 from schemas.events import ExperimentConfig, RewardObserved
 from schemas.redis_keys import RedisKeys
+from schemas.rejections import Rejection
 from schemas.topics import TopicNames
 from services.projector.settings import ProjectorSettings
 from services.reward_consumer import ConsumerSettings, FoldReport, RewardConsumer, SnapshotFold
@@ -30,6 +32,7 @@ from stream_runtime.batch import (
 )
 from stream_runtime.engine import BatchEngine
 from stream_runtime.kafka_consumer import KafkaRecord, RebalanceLogger
+from stream_runtime.process import JsonFormatter
 from stream_runtime.redis_store import RedisStateStore
 from stream_runtime.state_store import MemoryStateStore, Write
 
@@ -252,3 +255,13 @@ def test_freeze_startup_heap_collects_first_then_freezes_once() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     )
     assert out.stdout.split() == ["True", "True", "True"]
+
+
+def test_json_log_lines_write_counters_keyed_by_rejection() -> None:
+    """Scenario: a batch skips records and its log line carries the counts by reason.
+    We expect the reasons' labels as keys, not a logging error."""
+    record = logging.makeLogRecord(
+        {"msg": "records skipped", "skipped": {Rejection.UNKNOWN_ARM: 2}}
+    )
+    line = orjson.loads(JsonFormatter().format(record))
+    assert line["skipped"] == {"unknown_arm": 2}

@@ -28,7 +28,13 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from bandit_core.adaptive import MAX_HALF_LIFE, MAX_WINDOW, MIN_HALF_LIFE, decayed, windowed
-from bandit_core.fold import DEFAULT_SOURCE, fold_batch, fold_into, reward_rejection
+from bandit_core.fold import (
+    DEFAULT_SOURCE,
+    fold_batch,
+    fold_into,
+    rejection_text,
+    reward_rejection,
+)
 from bandit_core.state import ExperimentState
 from bandit_core.strategies.registry import STRATEGIES, params_for
 from schemas.codec import DecodeError, decode, decode_reward, encode
@@ -42,7 +48,7 @@ from services.projector.processor import BucketProjection
 from services.projector.projection import MAX_EXPIREAT, Retention
 from services.reward_consumer.attribution import default_reward_event
 from services.reward_consumer.processor import change_point_event
-from stream_runtime.batch import decode_batch, decode_reward_or_decision, rejection_detail
+from stream_runtime.batch import decode_batch, decode_reward_or_decision
 from stream_runtime.kafka_consumer import KafkaRecord
 from stream_runtime.processor import Loaded
 from stream_runtime.redis_store import write_args
@@ -387,7 +393,7 @@ def check_rejection(event: RewardObserved, config: ExperimentConfig) -> None:
         error = reward_rejected(reason, event, cfg)
         assert isinstance(error, HTTPException)
         orjson.dumps({"detail": error.detail})
-        orjson.dumps(rejection_detail(reason, event, cfg))
+        orjson.dumps(rejection_text(reason, event, cfg))
 
 
 def check_decider(record: dict[str, Any]) -> None:

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas import codec
+from schemas import codec, fast_decode
 from schemas.codec import DecodeError, decode, decode_reward, encode
 from schemas.events import SCHEMA_VERSION, AnyEvent, DecisionMade, RewardObserved
 from tests.fixtures.ids import STOREFRONT_IDS
@@ -425,20 +425,20 @@ fallback_tss = st.one_of(st.none(), st.just(1_700_000_000.5), st.just(0.0))
 
 def test_fast_path_is_enabled() -> None:
     """The models still have the shape the fast path was written for (else: update it)."""
-    assert codec._FAST_PATH_ENABLED
+    assert fast_decode.FAST_PATH_ENABLED
 
 
 @PROPERTY
 @given(valid_rewards())
 def test_valid_rewards_take_the_fast_path_and_match(record: dict[str, Any]) -> None:
-    assert codec._fast_event(orjson.loads(to_bytes(record))) is not None
+    assert fast_decode.fast_event(orjson.loads(to_bytes(record))) is not None
     assert check_decode(record)[0] == "ok"
 
 
 @PROPERTY
 @given(valid_decisions())
 def test_valid_decisions_take_the_fast_path_and_match(record: dict[str, Any]) -> None:
-    assert codec._fast_event(orjson.loads(to_bytes(record))) is not None
+    assert fast_decode.fast_event(orjson.loads(to_bytes(record))) is not None
     assert check_decode(record)[0] == "ok"
 
 
@@ -589,7 +589,7 @@ def test_examples_defer_to_pydantic(change: dict[str, Any], reason: str | None) 
         "reward": 0.5,
         **change,
     }
-    assert codec._fast_event(dict(record)) is None
+    assert fast_decode.fast_event(dict(record)) is None
     result = check_decode(record)
     assert result[0] == ("ok" if reason is None else "error")
     if reason is not None:

@@ -54,13 +54,20 @@ def _timeout(timeout: float | httpx.Timeout | None) -> httpx.Timeout:
     return timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
 
 
-def _per_call(call: Call[Any], base: httpx.Timeout) -> dict[str, Any]:
-    """A call that needs longer (evaluation) reads for at least its own timeout; connect
-    and the other phases keep the client's bounds."""
-    if call.timeout_s is None or base.read is None:
-        return {}
-    read = max(base.read, call.timeout_s)
-    return {"timeout": httpx.Timeout(base.connect, read=read, write=base.write, pool=base.pool)}
+def _request_args(call: Call[Any], base: httpx.Timeout) -> dict[str, Any]:
+    """The ``httpx`` request of ``call``, the same for both clients. A call that needs
+    longer (evaluation) reads for at least its own timeout; connect and the other phases
+    keep the client's bounds."""
+    args: dict[str, Any] = {
+        "method": call.method,
+        "url": call.path,
+        "params": call.params,
+        "json": call.json,
+    }
+    if call.timeout_s is not None and base.read is not None:
+        read = max(base.read, call.timeout_s)
+        args["timeout"] = httpx.Timeout(base.connect, read=read, write=base.write, pool=base.pool)
+    return args
 
 
 class _RetryRule:
@@ -181,14 +188,7 @@ class MabClient:
         rule = _RetryRule(call, self.retry, self._rng)
         retrying = Retrying(sleep=self._sleep, **rule.tenacity_args())
         try:
-            response = retrying(
-                self._http.request,
-                call.method,
-                call.path,
-                params=call.params,
-                json=call.json,
-                **_per_call(call, self._http.timeout),
-            )
+            response = retrying(self._http.request, **_request_args(call, self._http.timeout))
         except httpx.TransportError as exc:
             raise rule.refused(exc) from None
         return call.result(response)
@@ -323,12 +323,7 @@ class AsyncMabClient:
         retrying = AsyncRetrying(sleep=self._sleep, **rule.tenacity_args())
         try:
             response: httpx.Response = await retrying(
-                self._http.request,
-                call.method,
-                call.path,
-                params=call.params,
-                json=call.json,
-                **_per_call(call, self._http.timeout),
+                self._http.request, **_request_args(call, self._http.timeout)
             )
         except httpx.TransportError as exc:
             raise rule.refused(exc) from None

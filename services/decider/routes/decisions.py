@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable
-from typing import Annotated, Any
+from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Query
@@ -20,9 +20,9 @@ from fastapi.responses import Response
 
 from bandit_core.decision_ids import make_decision_id
 from mab_client.models import DecisionPublic
-from schemas.events import SCHEMA_VERSION
-from schemas.ids import ExperimentId, random_hex
+from schemas.ids import ExperimentId
 from schemas.topics import partition_key
+from schemas.wire import encode_decision_made
 from services.decider.auth import CLIENT_RESPONSES
 from services.decider.decisions import CachedExperiment
 from services.decider.errors import E404, E422, E503, not_found
@@ -38,45 +38,6 @@ ExperimentIdQuery = Annotated[
 ]
 
 
-def decision_made_record(
-    experiment_id: str,
-    decision_id: str,
-    arm_id: str,
-    strategy: str,
-    strategy_params: dict[str, Any] | orjson.Fragment,
-    propensity: float,
-    config_version: int,
-    snapshot_version: int,
-    degraded: bool,
-    attribution_window_s: float | None = None,
-) -> bytes:
-    """The JSON record of a :class:`schemas.events.DecisionMade`, without a model per call.
-
-    Every value is produced by this process from a validated config, so re-validating it
-    on each request is pure overhead; ``tests/unit/test_decider_hot_path.py`` pins this
-    encoding to the model (same fields, and ``decode`` accepts it). ``strategy_params``
-    may come pre-encoded (the cache keeps an ``orjson.Fragment`` per entry).
-    """
-    return orjson.dumps(
-        {
-            "event_id": random_hex(),
-            "ts": time.time(),
-            "schema_version": SCHEMA_VERSION,
-            "experiment_id": experiment_id,
-            "type": "decision_made",
-            "decision_id": decision_id,
-            "arm_id": arm_id,
-            "strategy": strategy,
-            "strategy_params": strategy_params,
-            "propensity": propensity,
-            "config_version": config_version,
-            "snapshot_version": snapshot_version,
-            "degraded": degraded,
-            "attribution_window_s": attribution_window_s,
-        }
-    )
-
-
 def decide_cached(
     rt: Runtime, entry: CachedExperiment, degraded: bool, experiment_id: str
 ) -> tuple[bytes, bytes]:
@@ -88,17 +49,17 @@ def decide_cached(
     index, propensity = rt.cache.decide(entry, time.time())
     arm_id = entry.arm_list[index]
     decision_id = make_decision_id(index)
-    record = decision_made_record(
-        experiment_id,
-        decision_id,
-        arm_id,
-        config.strategy,
-        entry.params_json,
-        propensity,
-        config.version,
-        entry.state.version,
-        degraded,
-        config.attribution_window_s,
+    record = encode_decision_made(
+        experiment_id=experiment_id,
+        decision_id=decision_id,
+        arm_id=arm_id,
+        strategy=config.strategy,
+        strategy_params=entry.params_json,
+        propensity=propensity,
+        config_version=config.version,
+        snapshot_version=entry.state.version,
+        degraded=degraded,
+        attribution_window_s=config.attribution_window_s,
     )
     rt.metrics.decision(config.strategy)
     if log.isEnabledFor(logging.DEBUG):  # thousands per second: opt-in (LOG_LEVEL=DEBUG)

@@ -21,6 +21,7 @@ from bandit_core.fold import reward_rejection
 from mab_client.models import ErrorPublic, RewardPublic, RewardsPublic
 from schemas.codec import encode
 from schemas.events import ExperimentConfig, RewardObserved
+from schemas.rejections import Rejection
 from schemas.topics import partition_key
 from services.decider.auth import BODY_RESPONSES, CLIENT_RESPONSES
 from services.decider.errors import E404, E422, reward_rejected
@@ -50,7 +51,7 @@ def reward_event(body: RewardCreate) -> RewardObserved:
 
 async def reward_rejection_now(
     rt: Runtime, event: RewardObserved
-) -> tuple[str | None, ExperimentConfig | None]:
+) -> tuple[Rejection | None, ExperimentConfig | None]:
     """``reward_rejection`` against the current config: the consumer's own rule.
 
     The cache may predate an arm added on another process, so a rejection is confirmed
@@ -61,12 +62,12 @@ async def reward_rejection_now(
         entry, _ = await rt.cache.get(event.experiment_id)
     config = entry.config if entry is not None else None
     reason = reward_rejection(config, event)
-    if reason is not None and reason != "bad_decision_id":
+    if reason is not None and reason is not Rejection.BAD_DECISION_ID:
         rt.cache.invalidate(event.experiment_id)
         config = await rt.store.get_config(event.experiment_id)
         reason = reward_rejection(config, event)
     if reason is None and config is None:
-        reason = "unknown_experiment"
+        reason = Rejection.UNKNOWN_EXPERIMENT
     return reason, config
 
 
@@ -112,7 +113,7 @@ async def serve_reward(rt: Runtime, body: RewardCreate) -> RewardPublic:
     event = reward_event(body)
     reason, config = await reward_rejection_now(rt, event)
     if reason is not None or config is None:
-        reason = reason or "unknown_experiment"
+        reason = reason or Rejection.UNKNOWN_EXPERIMENT
         rt.metrics.reward(reason)
         log.info(
             "reward rejected",
