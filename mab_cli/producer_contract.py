@@ -14,7 +14,7 @@ validate with, see :func:`schemas.codec.decode_reward`), never written by hand:
 
 The files live under ``schemas/contract/v<SCHEMA_VERSION>/``; a new record schema
 version gets a new directory and the old one stays published. ``mab contract`` (or
-``make contract``) regenerates them, and ``tests/unit/test_producer_contract.py`` fails
+``make contract``) regenerates them, and ``tests/unit/test_cli_producer_contract.py`` fails
 when the committed files differ from what this module generates.
 """
 

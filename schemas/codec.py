@@ -12,7 +12,7 @@ anything: whatever it does not plainly accept (an unknown key, a bool or numeric
 where a number is expected, an out-of-range value, a bad id, a missing field, an old
 ``schema_version`` …) falls back to the pydantic path here, which stays the single
 source of truth for every rejection and its :class:`DecodeError` reason.
-``tests/unit/test_codec_fast_path.py`` checks with property tests that
+``tests/unit/test_schemas_codec_fast_path.py`` checks with property tests that
 fast-then-fallback and the pure pydantic path (:func:`_decode_slow`,
 :func:`_decode_reward_slow`) agree on valid records and on near-valid mutations.
 """

@@ -11,7 +11,7 @@ decides, with its :class:`~schemas.codec.DecodeError` reason.
 Every check below mirrors a constraint of ``schemas/events.py`` / ``schemas/ids.py`` in
 its *strictest* form. So the fast path can only differ from pydantic by accepting
 something pydantic rejects, or by building a different model: the property tests of
-``tests/unit/test_codec_fast_path.py`` hunt for both.
+``tests/unit/test_schemas_codec_fast_path.py`` hunt for both.
 """
 
 from __future__ import annotations

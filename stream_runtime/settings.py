@@ -78,7 +78,7 @@ class ServiceSettings(KafkaConnection, ProcessSettings):
 
         Every call fails after the socket timeouts instead of waiting on a hung Redis:
         the batch loop then rewinds the batch and looks at its stop event, so SIGTERM
-        is honoured while Redis is frozen (tests/faults/test_redis_outage.py). Set here,
+        is honoured while Redis is frozen (tests/faults/test_runtime_redis_outage.py). Set here,
         not left to redis-py: its default is 5 s in 8.x and none at all in 5.x, which
         pyproject allows.
         """

@@ -5,6 +5,9 @@ Public fixtures:
 * ``kafka_bootstrap`` (session, ``str``): ``host:port`` of a real broker.
 * ``redis_url`` (session, ``str``): ``redis://:password@host:port/0`` of a real Redis
   (the password is part of the URL; ``MAB_TEST_REDIS_URL`` is used as given).
+* ``redis`` (function, ``redis.asyncio.Redis``): a client of that Redis, closed after the test.
+* ``drop_namespace`` (function): after the test, every Redis key under ``ns`` is deleted
+  (for workloads whose dedupe keys weigh tens of MB that nothing else needs).
 * ``ns`` (function, ``str``): a unique prefix like ``t1a2b3c4d-``; use it for topic names,
   consumer group ids and Redis keys so parallel or repeated tests never see each other's data.
 * ``topics`` (function, ``dict[str, int]``): the product's topics created under ``ns``
@@ -13,18 +16,43 @@ Public fixtures:
   local broker whose product listener is SASL_SSL (SCRAM-SHA-512, a CA made in the test).
 
 The stack starts only when one of these is requested (see tests/fixtures/stack.py).
+
+Every test carries exactly one tier marker, the name of its folder (tests/README.md):
+collection fails otherwise, so ``pytest -m unit`` can never miss or mislabel a test.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 
 from deploy.stack.topics import create_topics, product_topic_specs
 from tests.fixtures.secure_kafka import SecureKafka, secure_kafka_stack
 from tests.fixtures.stack import StackProvider
+
+TIERS = ("unit", "integration", "e2e", "faults")
+TESTS_DIR = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Refuse a test without its tier marker, with two, or with one naming another folder."""
+    wrong = []
+    for item in items:
+        if not item.path.is_relative_to(TESTS_DIR):
+            continue
+        tiers = sorted({m.name for m in item.iter_markers() if m.name in TIERS})
+        folder = item.path.relative_to(TESTS_DIR).parts[0]
+        if tiers != [folder]:
+            wrong.append(f"{item.nodeid}: tier markers {tiers or 'none'}, folder {folder!r}")
+    if wrong:
+        raise pytest.UsageError(
+            "each test needs exactly one tier marker, the name of its folder "
+            "(tests/README.md):\n  " + "\n  ".join(wrong)
+        )
 
 
 @pytest.fixture(scope="session")
@@ -44,6 +72,20 @@ def kafka_bootstrap(stack_provider: StackProvider) -> str:
 @pytest.fixture(scope="session")
 def redis_url(stack_provider: StackProvider) -> str:
     return stack_provider.redis_url()
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def drop_namespace(redis: Redis, ns: str) -> AsyncIterator[None]:
+    yield
+    async for key in redis.scan_iter(match=f"{ns}*", count=1000):
+        await redis.delete(key)
 
 
 @pytest.fixture

@@ -7,11 +7,15 @@ actually rendered (Vega canvases/SVGs inside the chart elements) and that the ar
 lists the arms, then keep a screenshot (``test-artifacts/dashboard.png``). With
 ``MAB_UPDATE_README_SCREENSHOT=1`` it also refreshes the README's ``docs/img/dashboard.png``
 (opt-in: a test run must not change tracked files).
+
+Chromium is part of the test machine (``make test`` installs Debian's ``chromium`` and
+``chromium-driver``): without it this test fails, saying what to install, rather than
+passing unseen. ``MAB_TEST_NO_BROWSER=1`` is the explicit opt-out for a machine that
+cannot have a browser.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import random
 import shutil
@@ -24,10 +28,16 @@ from typing import Any
 
 import httpx
 import pytest
+from selenium import webdriver
+from selenium.common.exceptions import WebDriverException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
 
 from deploy.stack.ports import free_port
 from mab_client import MabClient, MabError
 from tests.e2e.conftest import ARTIFACTS, Services
+from tests.fixtures.streams import stop_processor
 
 pytestmark = pytest.mark.e2e
 
@@ -40,19 +50,21 @@ SHIFTED = {"blue-button": 0.08, "green-button": 0.06, "red-button": 0.25}
 BURSTS = (120, 180)
 DECISIONS = sum(BURSTS)
 
-if not CHROMIUM.exists() or not CHROMEDRIVER.exists():
-    pytest.skip(
-        "needs Debian chromium + chromium-driver at /usr/bin/chromium and /usr/bin/chromedriver",
-        allow_module_level=True,
-    )
+if os.environ.get("MAB_TEST_NO_BROWSER") == "1":
+    pytest.skip("MAB_TEST_NO_BROWSER=1: the browser test is opted out", allow_module_level=True)
 
-from selenium import webdriver  # noqa: E402
-from selenium.common.exceptions import WebDriverException  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
 
-HAS_PROJECTOR = importlib.util.find_spec("services.projector.__main__") is not None
+@pytest.fixture(scope="module", autouse=True)
+def chromium() -> None:
+    """Fail at once when the browser is missing, not after minutes of traffic."""
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+    if missing:
+        pytest.fail(
+            f"the browser test needs Debian's chromium and chromium-driver (missing: "
+            f"{', '.join(missing)}): `make system-deps` installs them; "
+            "MAB_TEST_NO_BROWSER=1 opts out explicitly",
+            pytrace=False,
+        )
 
 
 def _wait(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.25) -> Any:
@@ -73,7 +85,7 @@ def _wait(pred: Callable[[], Any], timeout: float, what: str, interval: float = 
 @pytest.fixture(scope="module")
 def traffic(services: Services) -> dict[str, str]:
     """Two experiments: an empty one (the picker's default) and one with traffic."""
-    if HAS_PROJECTOR and "projector" not in services.procs:
+    if "projector" not in services.procs:
         services.env["MAB_PROJECTOR_GROUP_ID"] = f"{services.ns}projector"
         services.start("projector", [sys.executable, "-m", "services.projector"])
     empty = f"{services.ns}empty-test"
@@ -95,13 +107,12 @@ def traffic(services: Services) -> dict[str, str]:
             30,
             "the reward consumer to fold every reward",
         )
-        if HAS_PROJECTOR:
 
-            def projected() -> bool:
-                points = mab.timeseries(exp, bucket="minute").points
-                return sum(p.rewards for p in points) == DECISIONS
+        def projected() -> bool:
+            points = mab.timeseries(exp, bucket="minute").points
+            return sum(p.rewards for p in points) == DECISIONS
 
-            _wait(projected, 30, "the projector to bucket every reward")
+        _wait(projected, 30, "the projector to bucket every reward")
     return {"empty": empty, "exp": exp}
 
 
@@ -138,12 +149,7 @@ def dashboard(services: Services) -> Iterator[str]:
         _wait(healthy, 60, "streamlit to answer /_stcore/health")
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        stop_processor(proc, timeout=15)
 
 
 @pytest.fixture(scope="module")
@@ -226,14 +232,14 @@ def test_dashboard_renders_live_charts_in_chromium(
     )
 
     _select_experiment(browser, traffic["exp"])
-    if HAS_PROJECTOR:  # the traffic spans two minutes: show per-minute buckets
-        _wait(lambda: _idle(browser), 60, "the run after picking the experiment")
-        minute = browser.find_element(
-            By.XPATH, "//*[@data-testid='stRadio']//label[.//p[text()='minute']]"
-        )
-        minute.click()
-        _wait(lambda: "Conversion rate per minute" in browser.page_source, 60, "minute charts")
-    want = 5 if HAS_PROJECTOR else 2
+    # the traffic spans two minutes: show per-minute buckets
+    _wait(lambda: _idle(browser), 60, "the run after picking the experiment")
+    minute = browser.find_element(
+        By.XPATH, "//*[@data-testid='stRadio']//label[.//p[text()='minute']]"
+    )
+    minute.click()
+    _wait(lambda: "Conversion rate per minute" in browser.page_source, 60, "minute charts")
+    want = 5
     _wait(
         lambda: _idle(browser) and len(_rendered_charts(browser)) >= want,
         60,
@@ -266,7 +272,7 @@ def test_dashboard_renders_live_charts_in_chromium(
     shot = ARTIFACTS / "dashboard.png"
     assert browser.save_screenshot(str(shot))
     assert shot.stat().st_size > 20_000
-    if HAS_PROJECTOR and os.environ.get("MAB_UPDATE_README_SCREENSHOT") == "1":
+    if os.environ.get("MAB_UPDATE_README_SCREENSHOT") == "1":
         target = ROOT / "docs" / "img" / "dashboard.png"
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(shot, target)

@@ -1,5 +1,5 @@
 """Fixtures shared by the integration tests: the decider's HTTP API, a private
-password-protected Redis, and the engine's two state stores."""
+password-protected Redis, and the engine's Redis state store."""
 
 from __future__ import annotations
 
@@ -103,20 +103,8 @@ def locked_redis() -> Iterator[LocalStack]:
         stack.down()
 
 
-@pytest_asyncio.fixture(
-    params=[
-        pytest.param("memory", marks=pytest.mark.unit),
-        pytest.param("redis", marks=pytest.mark.integration),
-    ]
-)
-async def stores(request: pytest.FixtureRequest) -> AsyncIterator[Stores]:
-    """The processor tests' state: the memory store (a unit test, no I/O), or the real
-    Redis (its ``redis_url`` starts the stack only for this parameter)."""
-    if request.param == "memory":
-        yield Stores("memory")
-        return
-    client = Redis.from_url(request.getfixturevalue("redis_url"))
-    try:
-        yield Stores("redis", client)
-    finally:
-        await client.aclose()
+@pytest.fixture
+def stores(redis: Redis) -> Stores:
+    """The processor suites' state on the real Redis, whose Lua scripts make the checks
+    (tests/unit/conftest.py gives the same suites the memory store)."""
+    return Stores("redis", redis)

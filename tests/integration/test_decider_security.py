@@ -405,7 +405,7 @@ async def test_ready_names_the_failed_dependency(decider_settings: SettingsFacto
 
 
 #: Ids that stay invalid now that any printable text is an id (``a:b``, ``{a}``, ``..``
-#: and accents are valid: tests/integration/test_printable_ids.py).
+#: and accents are valid: tests/integration/test_decider_printable_ids.py).
 HOSTILE = [
     "\u202eevil",  # right-to-left override: a format character
     "a\u200bb",

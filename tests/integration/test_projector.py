@@ -13,7 +13,6 @@ import asyncio
 import random
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import orjson
@@ -27,7 +26,6 @@ from schemas.events import (
     AnyEvent,
     ChangePointDetected,
     DecisionMade,
-    ExperimentConfig,
     RewardObserved,
 )
 from schemas.redis_keys import RedisKeys
@@ -38,6 +36,9 @@ from stream_runtime.kafka_consumer import KafkaRecord as Rec
 from stream_runtime.redis_store import RedisStateStore
 from stream_runtime.state_store import MemoryStateStore
 from tests.fixtures.engines import projection_engine
+from tests.fixtures.events import config_of, decision_of
+from tests.fixtures.in_process import projector_settings, wait_for
+from tests.fixtures.streams import put_config
 
 pytestmark = pytest.mark.integration
 
@@ -45,43 +46,9 @@ ARMS = ("blue", "green", "red")
 EXP = "shop-p"
 
 
-def config_of(exp: str) -> ExperimentConfig:
-    now = time.time()
-    return ExperimentConfig(
-        experiment_id=exp,
-        arm_ids=ARMS,
-        strategy="thompson",
-        version=1,
-        created_ts=now,
-        updated_ts=now,
-    )
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
 def settings_for(kafka: str, redis_url: str, ns: str, group: str) -> ProjectorSettings:
-    return ProjectorSettings(
-        kafka_bootstrap_servers=kafka,
-        redis_url=redis_url,
-        mab_topic_prefix=ns,
-        mab_redis_prefix=ns,
-        mab_projector_group_id=group,
-        mab_projector_poll_timeout_ms=100,
-        mab_projector_max_batch_records=300,  # several batches, so splits are exercised
-    )
-
-
-async def wait_for(cond: Callable[[], bool], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
+    # several batches, so splits are exercised
+    return projector_settings(kafka, redis_url, ns, group, mab_projector_max_batch_records=300)
 
 
 async def produce(bootstrap: str, records: list[tuple[str, bytes]]) -> None:
@@ -123,16 +90,7 @@ def workload(names: TopicNames, now: float, seed: int = 3) -> Workload:
         arm = ARMS[idx]
         late = i % 50 == 0  # 3 days old: hour bucket only (minute retention is 2 days)
         ts = now - (3 * 86400 + rng.uniform(0, 3600) if late else rng.uniform(0, 6 * 3600))
-        d = DecisionMade(
-            experiment_id=EXP,
-            decision_id=make_decision_id(idx),
-            arm_id=arm,
-            strategy="thompson",
-            propensity=0.5,
-            config_version=1,
-            snapshot_version=0,
-            ts=ts,
-        )
+        d = decision_of(EXP, arm, idx, ts)
         events.append((names.decisions, d))
         count(ts, f"{arm}|d", 1, minute=not late)
         if rng.random() < 0.6:
@@ -199,7 +157,7 @@ async def test_buckets_are_exact_and_replay_is_identical(
 ) -> None:
     names = TopicNames.with_prefix(ns)
     keys = RedisKeys(ns).experiment(EXP)
-    await redis.set(keys.config, config_of(EXP).model_dump_json())
+    await put_config(redis, ns, EXP, ARMS)
     now = time.time()
     w = workload(names, now)
     await produce(kafka_bootstrap, w.records)
@@ -259,7 +217,7 @@ async def test_fold_rate(redis_url: str, ns: str, redis: Redis) -> None:
     names = TopicNames.with_prefix(ns)
     exps = [f"bench-{i}" for i in range(4)]
     for e in exps:
-        await redis.set(RedisKeys(ns).experiment(e).config, config_of(e).model_dump_json())
+        await put_config(redis, ns, e, ARMS)
     rng = random.Random(1)
     now = time.time()
     recs: list[Rec] = []
@@ -307,7 +265,7 @@ async def test_far_future_events_are_bucketed_live_and_by_replay(
     (its milliseconds overflow 64 bits): the projector's write script and replay's bulk
     write both used to fail on it, the live one on every retry. Both cap it now."""
     names = TopicNames.with_prefix(ns)
-    await redis.set(RedisKeys(ns).experiment(EXP).config, config_of(EXP).model_dump_json())
+    await put_config(redis, ns, EXP, ARMS)
     reward = RewardObserved(experiment_id=EXP, arm_id=ARMS[0], reward=1.0, ts=1e16)
     settings = settings_for("unused:9092", redis_url, ns, "far")
     handler = projection_engine(RedisStateStore(redis), ns, settings.retention)
@@ -323,7 +281,7 @@ async def test_far_future_events_are_bucketed_live_and_by_replay(
     scratch = ns + "replay-"
     memory = MemoryStateStore(prune=False)
     memory.strings[RedisKeys(scratch).experiment(EXP).config] = (
-        config_of(EXP).model_dump_json().encode()
+        config_of(EXP, ARMS).model_dump_json().encode()
     )
     await projection_engine(memory, scratch, settings.retention).handle(
         [record._replace(topic=TopicNames.with_prefix(scratch).rewards)]

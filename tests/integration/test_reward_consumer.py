@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import orjson
 import pytest
@@ -17,38 +16,17 @@ from bandit_core.decision_ids import make_decision_id
 from bandit_core.fold import fold_batch
 from bandit_core.state import ExperimentState
 from schemas.codec import DecodeError, decode, decode_reward, encode
-from schemas.events import AnyEvent, DecisionMade, ExperimentConfig, RewardObserved
+from schemas.events import AnyEvent, ExperimentConfig, RewardObserved
 from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames
 from services.reward_consumer.consumer import RewardConsumer
-from services.reward_consumer.settings import ConsumerSettings
+from tests.fixtures.events import config_of, decision_of
+from tests.fixtures.in_process import consumer_settings, wait_for
+from tests.fixtures.streams import Sent, put_config
 
 pytestmark = pytest.mark.integration
 
 ARMS = ("a", "b", "c")
-
-
-@dataclass(frozen=True)
-class Sent:
-    """A produced record with the position and timestamp the broker gave it."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    value: bytes
-
-
-def config_of(exp: str, arms: Sequence[str] = ARMS) -> ExperimentConfig:
-    now = time.time()
-    return ExperimentConfig(
-        experiment_id=exp,
-        arm_ids=tuple(arms),
-        strategy="thompson",
-        version=1,
-        created_ts=now,
-        updated_ts=now,
-    )
 
 
 async def produce(bootstrap: str, records: Sequence[tuple[str, str, bytes]]) -> list[Sent]:
@@ -121,32 +99,6 @@ def same(a: ExperimentState, b: ExperimentState) -> bool:
     return (a.arms, a.version, a.duplicates) == (b.arms, b.version, b.duplicates)
 
 
-async def wait_for(cond: Callable[[], bool], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-def settings_for(kafka: str, redis_url: str, ns: str, group: str) -> ConsumerSettings:
-    return ConsumerSettings(
-        kafka_bootstrap_servers=kafka,
-        redis_url=redis_url,
-        mab_topic_prefix=ns,
-        mab_redis_prefix=ns,
-        mab_consumer_group_id=group,
-        mab_poll_timeout_ms=100,
-    )
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
 def workload(
     topics: TopicNames, n: int, seed: int = 7
 ) -> tuple[list[tuple[str, str, bytes]], dict[str, int]]:
@@ -168,17 +120,7 @@ def workload(
                 (
                     topics.decisions,
                     exp,
-                    encode(
-                        DecisionMade(
-                            experiment_id=exp,
-                            decision_id=make_decision_id(idx),
-                            arm_id=arm,
-                            strategy="thompson",
-                            propensity=0.5,
-                            config_version=1,
-                            snapshot_version=0,
-                        )
-                    ),
+                    encode(decision_of(exp, arm, idx)),
                 )
             )
             continue
@@ -244,7 +186,7 @@ async def test_fold_is_exactly_once_and_redelivery_is_a_noop(
     kafka_bootstrap: str, redis_url: str, ns: str, topics: dict[str, int], redis: Redis
 ) -> None:
     names = TopicNames.with_prefix(ns)
-    configs = {e: config_of(e) for e in ("shop-a", "shop-b")}
+    configs = {e: config_of(e, ARMS) for e in ("shop-a", "shop-b")}
     for exp, cfg in configs.items():
         await redis.set(RedisKeys(ns).experiment(exp).config, cfg.model_dump_json())
     records, expect = workload(names, 6000)
@@ -253,7 +195,7 @@ async def test_fold_is_exactly_once_and_redelivery_is_a_noop(
     assert want["shop-a"].duplicates > 0
     assert sum(a.decisions for a in want["shop-a"].arms.values()) > 0
 
-    first = RewardConsumer(settings_for(kafka_bootstrap, redis_url, ns, ns + "g1"))
+    first = RewardConsumer(consumer_settings(kafka_bootstrap, redis_url, ns, ns + "g1"))
     started = time.perf_counter()
     await first.start()
     try:
@@ -275,7 +217,7 @@ async def test_fold_is_exactly_once_and_redelivery_is_a_noop(
 
     # Everything again, from offset 0, under a new group id: Kafka redelivers it all,
     # the stored offsets make every record a no-op.
-    second = RewardConsumer(settings_for(kafka_bootstrap, redis_url, ns, ns + "g2"))
+    second = RewardConsumer(consumer_settings(kafka_bootstrap, redis_url, ns, ns + "g2"))
     await second.start()
     try:
         await wait_for(lambda: second.stats.records >= len(sent), 60, "second catch-up")
@@ -318,13 +260,13 @@ async def test_failed_batch_is_rewound_not_skipped(
     We expect: no commit, a seek back, the batch retried: every record applied once."""
     names = TopicNames.with_prefix(ns)
     exp = "shop-f"
-    await redis.set(RedisKeys(ns).experiment(exp).config, config_of(exp).model_dump_json())
+    await put_config(redis, ns, exp, ARMS)
     records = [
         (names.rewards, exp, orjson.dumps({"experiment_id": exp, "arm_id": "b", "reward": 0.5}))
         for _ in range(500)
     ]
     await produce(kafka_bootstrap, records)
-    settings = settings_for(kafka_bootstrap, redis_url, ns, ns + "g").model_copy(
+    settings = consumer_settings(kafka_bootstrap, redis_url, ns, ns + "g").model_copy(
         update={"mab_max_batch_records": 100, "mab_retry_backoff_s": 0.05}
     )
     consumer = RewardConsumer(settings)

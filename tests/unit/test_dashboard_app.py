@@ -8,6 +8,7 @@ fragments; each ``run()`` executes the live fragment once, which is what we asse
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections.abc import Iterator
@@ -184,13 +185,20 @@ def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeApi]:
         "/experiments/empty/stats": (200, _stats("empty", ["a", "b"], 0)),
         "/experiments/empty/timeseries": (200, _timeseries("empty", ["a", "b"], [])),
     }
+    with served(fake, monkeypatch):
+        yield fake
+
+
+@contextlib.contextmanager
+def served(fake: FakeApi, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """``fake`` answering over real HTTP on a free port, the dashboard pointed at it."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     fake.url = f"http://127.0.0.1:{server.server_address[1]}"
     monkeypatch.setenv("MAB_API_URL", fake.url)
     try:
-        yield fake
+        yield
     finally:
         server.shutdown()
         server.server_close()

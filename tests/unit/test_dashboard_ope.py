@@ -7,9 +7,7 @@ stdlib HTTP server), plus a canned ``GET /experiments/two-arms/evaluate``.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import ThreadingHTTPServer
 from typing import Any
 
 import pandas as pd
@@ -25,9 +23,9 @@ from tests.unit.test_dashboard_app import (
     TWO_POINTS,
     FakeApi,
     _experiment,
-    _handler,
     _stats,
     _timeseries,
+    served,
 )
 
 pytestmark = pytest.mark.unit
@@ -89,16 +87,8 @@ def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeApi]:
         "/experiments/two-arms/timeseries": (200, _timeseries("two-arms", ARMS2, TWO_POINTS)),
         "/experiments/two-arms/evaluate": (200, EVALUATION),
     }
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    fake.url = f"http://127.0.0.1:{server.server_address[1]}"
-    monkeypatch.setenv("MAB_API_URL", fake.url)
-    try:
+    with served(fake, monkeypatch):
         yield fake
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _run(at: AppTest | None = None) -> AppTest:

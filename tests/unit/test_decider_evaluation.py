@@ -2,7 +2,7 @@
 
 Each call here is a stdlib function run in the worker (``os.getpid`` answers with the
 worker's pid), so the tests need neither Kafka nor Redis; the endpoint's evaluation
-through it is tested in ``tests/integration/test_offpolicy.py``.
+through it is tested in ``tests/integration/test_offpolicy_evaluate.py``.
 """
 
 from __future__ import annotations

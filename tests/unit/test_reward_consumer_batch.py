@@ -11,7 +11,7 @@ import pytest
 from bandit_core.decision_ids import make_decision_id
 from bandit_core.fold import DEDUPE_HORIZON_S, fold_batch
 from schemas.codec import encode
-from schemas.events import AnyEvent, DecisionMade, ExperimentConfig, RewardObserved
+from schemas.events import AnyEvent, ExperimentConfig, RewardObserved
 from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames
 from services.projector.processor import batch_dedupe_keys
@@ -29,6 +29,7 @@ from stream_runtime.engine import fresh_records
 from stream_runtime.processor import Changes, ZAdd
 from stream_runtime.redis_store import write_args
 from stream_runtime.state_store import Assumptions, Write, prune_cutoff
+from tests.fixtures.events import decision_of
 
 pytestmark = pytest.mark.unit
 
@@ -54,18 +55,7 @@ def reward(exp: str = "exp", arm: str = "a", r: float = 1.0, **kw: object) -> by
 
 
 def decision(exp: str = "exp", arm: str = "a") -> bytes:
-    return encode(
-        DecisionMade(
-            experiment_id=exp,
-            decision_id=make_decision_id(0),
-            arm_id=arm,
-            strategy="thompson",
-            propensity=0.5,
-            config_version=1,
-            snapshot_version=0,
-            ts=1.0,
-        )
-    )
+    return encode(decision_of(exp, arm, 0, 1.0))
 
 
 def test_decode_groups_by_experiment_and_rejects_with_reasons() -> None:

@@ -1,7 +1,7 @@
 """The local Redis and its password (deploy/stack/redis_server.py): handed to services in
 ``REDIS_URL``, to redis-server in a 0600 file whose quoting keeps any password intact,
 and found by ``mab`` commands run without ``REDIS_URL``. Where the password comes from:
-test_stack_secrets.py; a real redis-server: tests/integration/test_redis_auth.py."""
+test_stack_secrets.py; a real redis-server: tests/integration/test_stack_redis_auth.py."""
 
 from __future__ import annotations
 

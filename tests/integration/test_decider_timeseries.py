@@ -12,7 +12,6 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from bandit_core.decision_ids import make_decision_id
 from schemas.codec import encode
 from schemas.events import AnyEvent, ChangePointDetected, DecisionMade, RewardObserved
 from schemas.topics import TopicNames
@@ -20,6 +19,7 @@ from services.projector.settings import ProjectorSettings
 from stream_runtime.kafka_consumer import KafkaRecord as Rec
 from stream_runtime.redis_store import RedisStateStore
 from tests.fixtures.engines import projection_engine
+from tests.fixtures.events import decision_of
 
 pytestmark = pytest.mark.integration
 
@@ -39,16 +39,7 @@ async def project(redis_url: str, ns: str, events: list[tuple[str, AnyEvent]]) -
 
 
 def decision(arm: str, ts: float) -> DecisionMade:
-    return DecisionMade(
-        experiment_id=EXP,
-        decision_id=make_decision_id(ARMS.index(arm)),
-        arm_id=arm,
-        strategy="thompson",
-        propensity=0.5,
-        config_version=1,
-        snapshot_version=0,
-        ts=ts,
-    )
+    return decision_of(EXP, arm, ARMS.index(arm), ts)
 
 
 def hour_traffic(

@@ -6,14 +6,13 @@ import asyncio
 import json
 import signal
 import subprocess
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
 
 from schemas.topics import TopicNames
+from tests.fixtures.faults import wait_until
 from tests.fixtures.streams import (
     expected_states,
     processor_env,
@@ -27,18 +26,9 @@ from tests.fixtures.streams import (
 )
 from tests.fixtures.workload import configs_for, workload
 
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("drop_namespace")]
 
 N_RECORDS = 60_000
-
-
-@pytest.fixture
-async def redis(redis_url: str, ns: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    async for key in client.scan_iter(match=f"{ns}*", count=1000):
-        await client.delete(key)
-    await client.aclose()
 
 
 def assigned_partitions(log: Path) -> int:
@@ -61,14 +51,6 @@ def final_stats(log: Path) -> dict[str, object]:
 
 async def applied_events(redis: Redis, ns: str, ids: list[str]) -> int:
     return sum(s.version for s in (await read_states(redis, ns, ids)).values())
-
-
-async def wait_for(what: str, check: Callable[[], Awaitable[bool]], within: float) -> None:
-    deadline = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {within}s")
-        await asyncio.sleep(0.1)
 
 
 @pytest.mark.timeout(400)
@@ -116,22 +98,18 @@ async def test_consumer_joins_and_leaves_mid_stream(
         produce(kafka_bootstrap, workload(names, ids, N_RECORDS), chunk=1000, pause_s=0.4)
     )
     try:
-        await wait_for(
-            "a tenth applied",
-            lambda: _at_least(redis, ns, ids, N_RECORDS // 10),
-            within=120,
-        )
+        await wait_until(lambda: _at_least(redis, ns, ids, N_RECORDS // 10), 120, "a tenth applied")
         second = start_processor("services.reward_consumer", env, logs[1])
 
         async def second_assigned() -> bool:
             return assigned_partitions(logs[1]) > 0
 
-        await wait_for("second consumer assigned partitions", second_assigned, 60)
+        await wait_until(second_assigned, 60, "second consumer assigned partitions")
         before = await applied_events(redis, ns, ids)
-        await wait_for(
-            "progress with two members",
+        await wait_until(
             lambda: _at_least(redis, ns, ids, before + N_RECORDS // 10),
-            within=120,
+            120,
+            "progress with two members",
         )
         assert not producing.done(), "the stream ended before the second consumer left"
         second.send_signal(leave)

@@ -1,7 +1,7 @@
 """Redis AUTH against the real redis-server: the stack's Redis refuses a client without
 its password (NOAUTH), and every way of giving it (in ``REDIS_URL``, or
 ``REDIS_PASSWORD`` next to a plain URL) works for the clients the product has: the
-services' factory and ``mab replay`` (the container probe: test_probe.py). The password
+services' factory and ``mab replay`` (the container probe: test_runtime_probe.py). The password
 never shows on redis-server's command line, in ``mab status`` or in an error."""
 
 from __future__ import annotations

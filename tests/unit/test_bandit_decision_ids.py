@@ -8,6 +8,8 @@ from hypothesis import strategies as st
 
 from bandit_core.decision_ids import arm_index_of, make_decision_id
 
+pytestmark = pytest.mark.unit
+
 HEX = "0123456789abcdef" * 2
 
 

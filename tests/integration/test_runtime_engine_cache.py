@@ -1,7 +1,8 @@
 """The engine's cache with the reward consumer's fold: it skips the read, never the checks.
 
-Engine-level (hand-made records, no broker), over both state stores (the memory store,
-and the real Redis whose Lua scripts make the checks): each scenario makes the cache
+Engine-level (hand-made records, no broker), over both state stores (the real Redis
+whose Lua scripts make the checks here, the memory store in
+tests/unit/test_runtime_engine.py): each scenario makes the cache
 stale the way production can (another consumer wrote, a duplicate record, a new arm,
 the other topic's partition owned by another consumer) and checks that the fold stays
 exactly-once.
@@ -14,19 +15,20 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
+import pytest
 
-from bandit_core.decision_ids import make_decision_id
 from bandit_core.state import ExperimentState
 from schemas.codec import encode
-from schemas.events import DecisionMade, ExperimentConfig
+from schemas.events import ExperimentConfig
 from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames
 from stream_runtime.kafka_consumer import KafkaRecord
 from stream_runtime.processor import Loaded
 from stream_runtime.state_store import LoadRequest, StateStore, Write
 from tests.fixtures.engines import Stores, fold_engine
+from tests.fixtures.events import decision_of
 
-# Tier markers come with the ``stores`` parameter: unit (memory), integration (Redis).
+pytestmark = pytest.mark.integration
 
 TS_MS = 1_700_000_000_000
 
@@ -188,17 +190,7 @@ async def test_decisions_and_rewards_folded_by_two_consumers_lose_nothing(
             0,
             o,
             TS_MS,
-            encode(
-                DecisionMade(
-                    experiment_id=exp,
-                    decision_id=make_decision_id(1),
-                    arm_id="b",
-                    strategy="thompson",
-                    propensity=0.5,
-                    config_version=1,
-                    snapshot_version=0,
-                )
-            ),
+            encode(decision_of(exp, "b", 1)),
         )
         for o in range(4)
     ]

@@ -14,11 +14,11 @@ from collections.abc import Collection, Sequence
 
 import pytest
 
-from bandit_core.decision_ids import make_decision_id
 from bandit_core.fold import dedupe_keys, reward_rejection
 from schemas.events import AnyEvent, DecisionMade, ExperimentConfig, RewardObserved
 from schemas.redis_keys import BUCKET_SECONDS, bucket_field
 from services.projector.projection import Retention, micro_units, project
+from tests.fixtures.events import decision_of
 
 pytestmark = pytest.mark.unit
 
@@ -89,16 +89,7 @@ def test_project_matches_per_event_reference(seed: int) -> None:
         else:
             ts = H0 + rng.uniform(-3 * 86400, 10 * 3600)
         idx = ARMS.index(arm) if arm in ARMS else 0
-        d = DecisionMade(
-            experiment_id="e",
-            decision_id=make_decision_id(idx),
-            arm_id=arm,
-            strategy="thompson",
-            propensity=0.5,
-            config_version=1,
-            snapshot_version=0,
-            ts=ts,
-        )
+        d = decision_of("e", arm, idx, ts)
         events.append(d)
         if rng.random() < 0.7 and arm in ARMS:
             events.append(

@@ -10,14 +10,14 @@ same), ``mab replay --verify`` exits 0, and exits 1 naming the key once one buck
 corrupted.
 
 Also: a rebuild refuses to run next to live consumers of the topics (the sequence with
-the real processor processes is in tests/faults/test_redis_wipe.py).
+the real processor processes is in tests/faults/test_cli_replay_redis_wipe.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames, partition_key
 from services.projector.projection import Retention
 from stream_runtime.partition_reader import read_chunks
-from tests.fixtures.in_process import in_process
+from tests.fixtures.in_process import in_process, wait_for
 from tests.fixtures.streams import run_replay
 from tests.fixtures.workload import configs_for
 
@@ -64,14 +64,6 @@ async def redis(private_redis: str) -> AsyncIterator[Redis]:
     client = Redis.from_url(private_redis)
     yield client
     await client.aclose()
-
-
-async def wait_for(cond: Callable[[], bool], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def traffic(
@@ -130,27 +122,12 @@ async def test_rebuild_after_flushall_restores_identical_state(
 ) -> None:
     services = in_process(kafka_bootstrap, private_redis, ns)
     decider, consumer, projector = services.decider, services.consumer, services.projector
-    await consumer.start()
-    await projector.start()
-    try:
-        async with (
-            decider.api.router.lifespan_context(decider.api),
-            httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=decider), base_url="http://decider"
-            ) as c,
-        ):
-            sent = await traffic(c, range(160))
-            n = sent["decisions"] + sent["rewards"]
-            await wait_for(lambda: consumer.stats.records >= n, 60, "reward consumer")
-            await wait_for(
-                lambda: projector.stats.records >= n + sent["experiments"], 60, "projector"
-            )
-            before_stats = {
-                e: (await c.get(f"/experiments/{e}/stats")).json() for e in ("cta", "hero")
-            }
-    finally:
-        await consumer.stop()
-        await projector.stop()
+    async with services.serving() as c:
+        sent = await traffic(c, range(160))
+        n = sent["decisions"] + sent["rewards"]
+        await wait_for(lambda: consumer.stats.records >= n, 60, "reward consumer")
+        await wait_for(lambda: projector.stats.records >= n + sent["experiments"], 60, "projector")
+        before_stats = {e: (await c.get(f"/experiments/{e}/stats")).json() for e in ("cta", "hero")}
     assert consumer.stats.duplicates > 0  # the twice-rewarded decisions
     before = await read_namespace(redis, ns)
     assert {"cta", "hero"} <= set(before.experiments)
@@ -218,37 +195,26 @@ async def test_rebuild_from_timestamp_catches_up_a_restored_backup(
     from the backup. We expect ``--rebuild --from-timestamp`` (a time before the backup)
     to apply exactly the missing records: the state equals the one before the loss."""
     services = in_process(kafka_bootstrap, private_redis, ns)
-    decider, consumer, projector = services.decider, services.consumer, services.projector
-    await consumer.start()
-    await projector.start()
-    try:
-        async with (
-            decider.api.router.lifespan_context(decider.api),
-            httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=decider), base_url="http://decider"
-            ) as c,
-        ):
-            first = await traffic(c, range(60))
-            n1 = first["decisions"] + first["rewards"]
-            await wait_for(lambda: consumer.stats.records >= n1, 60, "reward consumer")
-            await wait_for(
-                lambda: projector.stats.records >= n1 + first["experiments"], 60, "projector"
-            )
-            # A quiet second on each side of the backup: the tail starts at backup_ts - 0.5,
-            # after every record of the first traffic and before any of the second.
-            await asyncio.sleep(1.0)
-            backup = {k: await redis.dump(k) async for k in redis.scan_iter(match=ns + "*")}
-            backup_ts = time.time()
-            await asyncio.sleep(1.0)
-            second = await traffic(c, range(60, 120), create=False)
-            n2 = n1 + second["decisions"] + second["rewards"]
-            await wait_for(lambda: consumer.stats.records >= n2, 60, "reward consumer")
-            await wait_for(
-                lambda: projector.stats.records >= n2 + first["experiments"], 60, "projector"
-            )
-    finally:
-        await consumer.stop()
-        await projector.stop()
+    consumer, projector = services.consumer, services.projector
+    async with services.serving() as c:
+        first = await traffic(c, range(60))
+        n1 = first["decisions"] + first["rewards"]
+        await wait_for(lambda: consumer.stats.records >= n1, 60, "reward consumer")
+        await wait_for(
+            lambda: projector.stats.records >= n1 + first["experiments"], 60, "projector"
+        )
+        # A quiet second on each side of the backup: the tail starts at backup_ts - 0.5,
+        # after every record of the first traffic and before any of the second.
+        await asyncio.sleep(1.0)
+        backup = {k: await redis.dump(k) async for k in redis.scan_iter(match=ns + "*")}
+        backup_ts = time.time()
+        await asyncio.sleep(1.0)
+        second = await traffic(c, range(60, 120), create=False)
+        n2 = n1 + second["decisions"] + second["rewards"]
+        await wait_for(lambda: consumer.stats.records >= n2, 60, "reward consumer")
+        await wait_for(
+            lambda: projector.stats.records >= n2 + first["experiments"], 60, "projector"
+        )
     before = await read_namespace(redis, ns)
 
     await redis.flushall()

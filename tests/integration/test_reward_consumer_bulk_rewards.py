@@ -17,7 +17,6 @@ import asyncio
 import random
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import orjson
@@ -30,30 +29,19 @@ from bandit_core.fold import fold_batch
 from bandit_core.state import ExperimentState
 from schemas.codec import MAX_RECORD_BYTES, decode_reward
 from schemas.dead_letter import dedupe, position_id
-from schemas.events import ExperimentConfig, RewardObserved
+from schemas.events import RewardObserved
 from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames
 from services.reward_consumer.consumer import RewardConsumer
-from services.reward_consumer.settings import ConsumerSettings
 from stream_runtime.dead_letter import read_dead_letters
+from tests.fixtures.events import config_of
+from tests.fixtures.in_process import consumer_settings
 
 pytestmark = pytest.mark.integration
 
 TOTAL = 100_000
 EXPERIMENTS = ("bulk-a", "bulk-b", "bulk-c", "bulk-d")
 ARMS = ("red", "green", "blue")
-
-
-def _config(exp: str) -> ExperimentConfig:
-    now = time.time()
-    return ExperimentConfig(
-        experiment_id=exp,
-        arm_ids=ARMS,
-        strategy="thompson",
-        version=1,
-        created_ts=now,
-        updated_ts=now,
-    )
 
 
 #: Changes to a valid minimal record that break it for the DLQ reason (``None``: drop).
@@ -190,19 +178,12 @@ async def produce_bulk(bootstrap: str, topic: str, data: Bulk) -> list[Position]
     return [Position(m.partition, m.offset, ts) for m, ts in zip(metas, stamps, strict=True)]
 
 
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
 async def test_bulk_producer_100k_rewards_with_duplicates_and_malformed_records(
     kafka_bootstrap: str, redis_url: str, ns: str, topics: dict[str, int], redis: Redis
 ) -> None:
     names = TopicNames.with_prefix(ns)
     keys = RedisKeys(ns)
-    configs = {exp: _config(exp) for exp in EXPERIMENTS}
+    configs = {exp: config_of(exp, ARMS) for exp in EXPERIMENTS}
     for exp, cfg in configs.items():
         await redis.set(keys.experiment(exp).config, cfg.model_dump_json())
     data = bulk(time.time())
@@ -227,16 +208,7 @@ async def test_bulk_producer_100k_rewards_with_duplicates_and_malformed_records(
         for exp, cfg in configs.items()
     }
 
-    consumer = RewardConsumer(
-        ConsumerSettings(
-            kafka_bootstrap_servers=kafka_bootstrap,
-            redis_url=redis_url,
-            mab_topic_prefix=ns,
-            mab_redis_prefix=ns,
-            mab_consumer_group_id=ns + "bulk",
-            mab_poll_timeout_ms=100,
-        )
-    )
+    consumer = RewardConsumer(consumer_settings(kafka_bootstrap, redis_url, ns, ns + "bulk"))
     started = time.perf_counter()
     await consumer.start()
     try:

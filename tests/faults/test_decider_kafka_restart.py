@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import orjson
 import pytest
-from redis.asyncio import Redis
 
 from deploy.stack.topics import create_topics
 from schemas.topics import TopicNames, topic_specs
@@ -41,13 +39,6 @@ SEND_TIMEOUT_S = DeciderSettings.model_fields["kafka_send_timeout_s"].default
 #: and slack for a loaded two-core machine (event loop, HTTP, GC).
 SLACK_S = 3.0
 REFUSED = {"detail": "reward not recorded: event log unavailable, retry"}
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
 
 
 async def stats_pulls(client: httpx.AsyncClient) -> int:

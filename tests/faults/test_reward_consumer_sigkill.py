@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
@@ -32,6 +31,7 @@ from tests.fixtures.faults import (
     stream_records,
     wait_until,
 )
+from tests.fixtures.streams import put_config
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
 
@@ -95,13 +95,6 @@ def workload(names: TopicNames) -> list[Outgoing]:
     return out
 
 
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
 def bucket_dump_of_projection(
     items: list[AnyEvent], config: ExperimentConfig, now: float
 ) -> dict[str, dict[str, int]]:
@@ -148,16 +141,7 @@ async def test_consumer_and_projector_sigkilled_three_times_while_200k_rewards_s
     committed offsets are the end of the log."""
     names = TopicNames.with_prefix(ns)
     keys = RedisKeys(ns).experiment(EXP)
-    now = time.time()
-    config = ExperimentConfig(
-        experiment_id=EXP,
-        arm_ids=ARMS,
-        strategy="thompson",
-        version=1,
-        created_ts=now,
-        updated_ts=now,
-    )
-    await redis.set(keys.config, config.model_dump_json())
+    config = await put_config(redis, ns, EXP, ARMS)
     started = time.monotonic()
     items = workload(names)
     print(f"\nworkload built in {time.monotonic() - started:.1f}s")

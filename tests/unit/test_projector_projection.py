@@ -37,6 +37,7 @@ from stream_runtime.kafka_consumer import KafkaRecord as Rec
 from stream_runtime.processor import Loaded
 from stream_runtime.redis_store import write_args
 from stream_runtime.state_store import Write
+from tests.fixtures.events import decision_of
 
 pytestmark = pytest.mark.unit
 
@@ -50,16 +51,7 @@ CFG = ExperimentConfig(
 
 
 def dec(arm: str, ts: float) -> DecisionMade:
-    return DecisionMade(
-        experiment_id="e",
-        decision_id=make_decision_id(ARMS.index(arm)),
-        arm_id=arm,
-        strategy="thompson",
-        propensity=0.5,
-        config_version=1,
-        snapshot_version=0,
-        ts=ts,
-    )
+    return decision_of("e", arm, ARMS.index(arm), ts)
 
 
 def rew(arm: str, r: float, ts: float, decision_id: str | None = None) -> RewardObserved:

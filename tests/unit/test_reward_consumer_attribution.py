@@ -15,7 +15,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import bandit_core.fold as fold_module
-from bandit_core.decision_ids import make_decision_id
 from bandit_core.fold import (
     APPLIED,
     DEFAULT_SOURCE,
@@ -29,6 +28,7 @@ from bandit_core.state import ExperimentState
 from schemas.events import AnyEvent, DecisionMade, ExperimentConfig, RewardObserved
 from services.reward_consumer.attribution import AttributionSweeper, default_reward_event
 from services.reward_consumer.processor import build_state
+from tests.fixtures.events import decision_of
 
 pytestmark = pytest.mark.unit
 
@@ -51,17 +51,7 @@ def config(window: float | None = WINDOW, default: float = 0.0) -> ExperimentCon
 
 
 def decision(index: int, ts: float, window: float | None = WINDOW) -> DecisionMade:
-    return DecisionMade(
-        experiment_id=EXP,
-        decision_id=make_decision_id(index),
-        arm_id=ARMS[index],
-        strategy="thompson",
-        propensity=0.5,
-        config_version=1,
-        snapshot_version=0,
-        ts=ts,
-        attribution_window_s=window,
-    )
+    return decision_of(EXP, ARMS[index], index, ts, attribution_window_s=window)
 
 
 def reward_for(d: DecisionMade, value: float, ts: float) -> RewardObserved:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
@@ -16,7 +14,7 @@ from bandit_core.decision_ids import make_decision_id
 from bandit_core.state import ExperimentState
 from schemas.codec import encode
 from schemas.dead_letter import dedupe
-from schemas.events import ExperimentConfig, RewardObserved
+from schemas.events import RewardObserved
 from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames, partition_key
 from stream_runtime.dead_letter import read_dead_letters
@@ -28,6 +26,7 @@ from tests.fixtures.faults import (
     stream_records,
     wait_until,
 )
+from tests.fixtures.streams import put_config
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(240)]
 
@@ -84,13 +83,6 @@ def corpus(rng: random.Random) -> list[tuple[str, str, bytes | None]]:
     ]
 
 
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
 async def test_hostile_records_go_to_the_dlq_and_the_processors_live_on(
     kafka_bootstrap: str,
     redis_url: str,
@@ -114,16 +106,7 @@ async def test_hostile_records_go_to_the_dlq_and_the_processors_live_on(
     rng = random.Random(23)
     names = TopicNames.with_prefix(ns)
     keys = RedisKeys(ns).experiment(EXP)
-    now = time.time()
-    config = ExperimentConfig(
-        experiment_id=EXP,
-        arm_ids=ARMS,
-        strategy="thompson",
-        version=1,
-        created_ts=now,
-        updated_ts=now,
-    )
-    await redis.set(keys.config, config.model_dump_json())
+    await put_config(redis, ns, EXP, ARMS)
     key = partition_key(EXP)
     items = [
         Outgoing(

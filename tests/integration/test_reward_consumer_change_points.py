@@ -12,24 +12,21 @@ from redis.asyncio import Redis
 
 from schemas.codec import decode, encode
 from schemas.events import ChangePointDetected, RewardObserved
-from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames
 from services.reward_consumer.consumer import RewardConsumer
-from tests.integration.test_reward_consumer import config_of, produce, settings_for, wait_for
+from tests.fixtures.in_process import consumer_settings, wait_for
+from tests.fixtures.streams import put_config
+from tests.integration.test_reward_consumer import ARMS, produce
 
 pytestmark = pytest.mark.integration
 
 
 async def test_abrupt_change_is_published_as_an_event(
-    kafka_bootstrap: str, redis_url: str, ns: str, topics: dict[str, int]
+    kafka_bootstrap: str, redis_url: str, ns: str, topics: dict[str, int], redis: Redis
 ) -> None:
     names = TopicNames.with_prefix(ns)
     exp = "cp-shop"
-    redis = Redis.from_url(redis_url)
-    try:
-        await redis.set(RedisKeys(ns).experiment(exp).config, config_of(exp).model_dump_json())
-    finally:
-        await redis.aclose()
+    await put_config(redis, ns, exp, ARMS)
     rng = random.Random(11)
     t0 = time.time() - 10_000
     records = []
@@ -45,7 +42,7 @@ async def test_abrupt_change_is_published_as_an_event(
         records.append((names.rewards, exp, encode(ev)))
     await produce(kafka_bootstrap, records)
 
-    consumer = RewardConsumer(settings_for(kafka_bootstrap, redis_url, ns, ns + "cp"))
+    consumer = RewardConsumer(consumer_settings(kafka_bootstrap, redis_url, ns, ns + "cp"))
     await consumer.start()
     try:
         await wait_for(lambda: consumer.stats.applied >= 3000, 60.0, "all rewards folded")

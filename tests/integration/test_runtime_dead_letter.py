@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,10 +18,9 @@ from typer.testing import CliRunner
 
 from bandit_core.state import ExperimentState
 from schemas.dead_letter import H_REDRIVE_OFFSET, dedupe, redriven_origins
-from schemas.events import ExperimentConfig
 from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames
-from services.reward_consumer import ConsumerSettings, RewardConsumer
+from services.reward_consumer import RewardConsumer
 from stream_runtime.batch import Rejected
 from stream_runtime.dead_letter import (
     DeadLetterProducer,
@@ -31,27 +30,13 @@ from stream_runtime.dead_letter import (
 from stream_runtime.redis_store import RedisStateStore
 from stream_runtime.state_store import Write
 from tests.fixtures.engines import fold_engine
+from tests.fixtures.in_process import consumer_settings
+from tests.fixtures.streams import put_config
 
 pytestmark = pytest.mark.integration
 
 
-def _config(exp: str, arms: tuple[str, ...] = ("a", "b")) -> ExperimentConfig:
-    now = time.time()
-    return ExperimentConfig(
-        experiment_id=exp,
-        arm_ids=arms,
-        strategy="thompson",
-        version=1,
-        created_ts=now,
-        updated_ts=now,
-    )
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
+ARMS = ("a", "b")
 
 
 async def produce(bootstrap: str, topic: str, records: Sequence[tuple[str, bytes]]) -> None:
@@ -68,16 +53,7 @@ async def consume_until(
     kafka: str, redis_url: str, ns: str, group: str, records: int
 ) -> RewardConsumer:
     """Run a reward consumer (group ``group``) until it committed ``records`` records."""
-    consumer = RewardConsumer(
-        ConsumerSettings(
-            kafka_bootstrap_servers=kafka,
-            redis_url=redis_url,
-            mab_topic_prefix=ns,
-            mab_redis_prefix=ns,
-            mab_consumer_group_id=group,
-            mab_poll_timeout_ms=100,
-        )
-    )
+    consumer = RewardConsumer(consumer_settings(kafka, redis_url, ns, group))
     await consumer.start()
     try:
         deadline = time.monotonic() + 60
@@ -118,8 +94,7 @@ async def test_dlq_count_dedupes_redelivery_and_redrive_keeps_idempotency(
     once the experiment exists applies those rewards exactly once even when re-driven
     twice; an exported, fixed file re-drives the corrected rewards, also exactly once."""
     names = TopicNames.with_prefix(ns)
-    keys = RedisKeys(ns)
-    await redis.set(keys.experiment("shop").config, _config("shop").model_dump_json())
+    await put_config(redis, ns, "shop", ARMS)
     late = [
         ("late", orjson.dumps({"experiment_id": "late", "arm_id": arm, "reward": r, **extra}))
         for arm, r, extra in [("a", 1.0, {}), ("b", 0.5, {}), ("a", 1, {"event_id": "e"})]
@@ -158,7 +133,7 @@ async def test_dlq_count_dedupes_redelivery_and_redrive_keeps_idempotency(
     assert listed[0]["origin"].startswith(names.rewards + ":")
 
     # The cause is fixed: the experiment exists now. Re-drive twice; apply once.
-    await redis.set(keys.experiment("late").config, _config("late").model_dump_json())
+    await put_config(redis, ns, "late", ARMS)
     assert "3 records re-driven" in await mab(
         "dlq", "redrive", "--reason", "unknown_experiment", *common
     )
@@ -293,7 +268,7 @@ async def test_fold_rejects_reach_the_dlq_before_the_write_that_hides_them(
     is a no-op for the fold (offset check), re-parks only the decode reject, and the DLQ
     still lists each rejected record exactly once with its reason."""
     names = TopicNames.with_prefix(ns)
-    await redis.set(RedisKeys(ns).experiment("crash").config, _config("crash").model_dump_json())
+    await put_config(redis, ns, "crash", ARMS)
     ok = orjson.dumps({"experiment_id": "crash", "arm_id": "a", "reward": 1})
     bad_arm = orjson.dumps({"experiment_id": "crash", "arm_id": "zz", "reward": 1})
     recs = [

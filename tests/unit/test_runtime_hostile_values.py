@@ -53,8 +53,8 @@ from stream_runtime.kafka_consumer import KafkaRecord
 from stream_runtime.processor import Loaded
 from stream_runtime.redis_store import write_args
 from stream_runtime.state_store import Write
-from tests.unit.test_codec_fast_path import Raw, mutated, valid_decisions, valid_rewards
-from tests.unit.test_codec_fast_path import to_bytes as _to_bytes
+from tests.unit.test_schemas_codec_fast_path import Raw, mutated, valid_decisions, valid_rewards
+from tests.unit.test_schemas_codec_fast_path import to_bytes as _to_bytes
 
 pytestmark = pytest.mark.unit
 

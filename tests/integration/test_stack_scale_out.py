@@ -6,7 +6,6 @@ import functools
 import json
 import subprocess
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -28,21 +27,10 @@ from tests.fixtures.streams import (
 )
 from tests.fixtures.workload import configs_for, workload
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("drop_namespace")]
 
 #: The issue's figure: big enough that every process of the group folds for a while.
 N_RECORDS = 200_000
-
-
-@pytest.fixture
-async def redis(redis_url: str, ns: str) -> AsyncIterator[Redis]:
-    """A client; afterwards every key of this test's namespace is deleted (200,000
-    records leave ~25 MB of dedupe keys that nothing else needs)."""
-    client = Redis.from_url(redis_url)
-    yield client
-    async for key in client.scan_iter(match=f"{ns}*", count=1000):
-        await client.delete(key)
-    await client.aclose()
 
 
 def _stopped_stats(log: Path, message: str) -> dict[str, Any]:

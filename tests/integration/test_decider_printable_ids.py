@@ -9,13 +9,11 @@ paths) must keep such ids apart and inside their experiment's hash tag.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import orjson
 import pytest
-import pytest_asyncio
 from redis.asyncio import Redis
 
 from mab_client import AsyncMabClient, NotFoundError
@@ -40,13 +38,6 @@ IDS = [
     "..",
 ]
 ARMS = ["Blue button", "50% off", "{x}:*", "été|d"]
-
-
-@pytest_asyncio.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
 
 
 async def test_printable_ids_work_everywhere_and_never_collide(

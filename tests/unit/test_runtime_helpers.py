@@ -163,7 +163,7 @@ async def test_processors_redis_clients_have_socket_timeouts(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A hung Redis must fail a call, not hold it (and SIGTERM) forever: the bound is
-    ours, whatever redis-py's default (tests/faults/test_redis_outage.py)."""
+    ours, whatever redis-py's default (tests/faults/test_runtime_redis_outage.py)."""
     defaults = ConsumerSettings(redis_url="redis://r:1/0").redis_client()
     assert isinstance(defaults, Redis)
     kw = defaults.connection_pool.connection_kwargs

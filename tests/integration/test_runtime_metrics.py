@@ -11,11 +11,12 @@ from redis.asyncio import Redis
 from bandit_core.decision_ids import make_decision_id
 from schemas.codec import encode
 from schemas.events import RewardObserved
-from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames
 from services.reward_consumer.consumer import RewardConsumer
 from stream_runtime.metrics import MetricsServer
-from tests.integration.test_reward_consumer import config_of, produce, settings_for, wait_for
+from tests.fixtures.in_process import consumer_settings, wait_for
+from tests.fixtures.streams import put_config
+from tests.integration.test_reward_consumer import ARMS, produce
 
 pytestmark = pytest.mark.integration
 
@@ -25,6 +26,7 @@ async def test_consumer_metrics_match_its_stats(
     redis_url: str,
     ns: str,
     topics: dict[str, int],
+    redis: Redis,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Scenario: 40 valid rewards, 3 for an unknown arm (with decision ids) and 2
@@ -34,11 +36,7 @@ async def test_consumer_metrics_match_its_stats(
     and each reject's log line to carry its decision id."""
     names = TopicNames.with_prefix(ns)
     exp = "shop-m"
-    redis = Redis.from_url(redis_url)
-    try:
-        await redis.set(RedisKeys(ns).experiment(exp).config, config_of(exp).model_dump_json())
-    finally:
-        await redis.aclose()
+    await put_config(redis, ns, exp, ARMS)
     good = [
         encode(RewardObserved(experiment_id=exp, arm_id="a", reward=float(i % 2)))
         for i in range(40)
@@ -52,7 +50,7 @@ async def test_consumer_metrics_match_its_stats(
     records = [(names.rewards, exp, v) for v in [*good, *bad, *junk]]
     await produce(kafka_bootstrap, records)
 
-    consumer = RewardConsumer(settings_for(kafka_bootstrap, redis_url, ns, ns + "gm"))
+    consumer = RewardConsumer(consumer_settings(kafka_bootstrap, redis_url, ns, ns + "gm"))
     caplog.set_level(logging.WARNING, logger="services.reward_consumer")
     await consumer.start()
     try:

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
@@ -20,10 +19,10 @@ from bandit_core.decision_ids import make_decision_id
 from bandit_core.fold import fold_batch
 from bandit_core.state import ExperimentState
 from schemas.codec import decode_reward, encode
-from schemas.events import ExperimentConfig, RewardObserved
+from schemas.events import RewardObserved
 from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames
-from tests.fixtures.streams import Outgoing, produce, start_processor
+from tests.fixtures.streams import Outgoing, produce, put_config, start_processor
 
 pytestmark = pytest.mark.faults
 
@@ -68,13 +67,6 @@ async def wait_pulls(redis: Redis, ns: str, lo: int, within: float) -> int:
     return n
 
 
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
 async def test_sigkill_mid_stream_loses_and_doubles_nothing(
     kafka_bootstrap: str,
     redis_url: str,
@@ -92,16 +84,7 @@ async def test_sigkill_mid_stream_loses_and_doubles_nothing(
     0 doubled), the clean SIGTERM exits 0, and the group's committed offset is the end of
     the log (the last batch was committed on shutdown)."""
     names = TopicNames.with_prefix(ns)
-    now = time.time()
-    config = ExperimentConfig(
-        experiment_id=EXP,
-        arm_ids=ARMS,
-        strategy="thompson",
-        version=1,
-        created_ts=now,
-        updated_ts=now,
-    )
-    await redis.set(RedisKeys(ns).experiment(EXP).config, config.model_dump_json())
+    config = await put_config(redis, ns, EXP, ARMS)
     t0 = time.monotonic()
     sent = await produce(
         kafka_bootstrap, [Outgoing(names.rewards, EXP, v) for v in records(names.rewards)]

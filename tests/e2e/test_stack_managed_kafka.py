@@ -26,7 +26,7 @@ from schemas.topics import TopicNames, partition_key
 from stream_runtime.acked_producer import AckedProducer, OutRecord
 from tests.e2e.conftest import Services, wait_ready
 from tests.fixtures.secure_kafka import SecureKafka
-from tests.integration.test_kafka_security import WRONG_PASSWORD, untrusted
+from tests.integration.test_stack_kafka_security import WRONG_PASSWORD, untrusted
 
 pytestmark = pytest.mark.e2e
 

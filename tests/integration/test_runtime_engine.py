@@ -1,7 +1,7 @@
 """The engine with both processors, over both state stores: one suite, two backends.
 
-Hand-made records, no broker: each test runs once on the memory store (``unit``) and
-once on the real Redis (``integration``), whose Lua scripts make the same checks, so the
+Hand-made records, no broker: each test runs here on the real Redis, whose Lua scripts
+make the checks, and on the memory store in tests/unit/test_runtime_engine.py, so the
 memory store is held to Redis's semantics and every engine guarantee is shown on both:
 exactly-once under redelivery and any batch split, the offset guard against a zombie,
 the dedupe guard and its horizon, nothing written for an unknown experiment, dead
@@ -30,7 +30,7 @@ from stream_runtime.state_store import Write
 from tests.fixtures.engines import RETENTION, Stores, fold_engine, projection_engine
 from tests.fixtures.workload import configs_for, workload
 
-# Tier markers come with the ``stores`` parameter: unit (memory), integration (Redis).
+pytestmark = pytest.mark.integration
 
 EXPS = ("shop-a", "shop-b")
 

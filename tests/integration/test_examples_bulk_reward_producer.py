@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
@@ -14,23 +13,16 @@ from redis.asyncio import Redis
 
 from bandit_core.state import ExperimentState
 from schemas.dead_letter import dedupe
-from schemas.events import ExperimentConfig
 from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames
 from services.reward_consumer.consumer import RewardConsumer
-from services.reward_consumer.settings import ConsumerSettings
 from stream_runtime.dead_letter import read_dead_letters
+from tests.fixtures.in_process import consumer_settings
+from tests.fixtures.streams import put_config
 
 pytestmark = pytest.mark.integration
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "bulk_reward_producer.py"
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
 
 
 async def run_example(*args: str) -> str:
@@ -59,16 +51,7 @@ async def test_example_producer_output_is_folded_once_and_bad_lines_dead_lettere
     We expect: 301 rewards applied, the 300 re-sent ones as duplicates, the bad one in
     the DLQ with reason unknown_arm."""
     names = TopicNames.with_prefix(ns)
-    now = time.time()
-    config = ExperimentConfig(
-        experiment_id="ex",
-        arm_ids=("blue", "green"),
-        strategy="thompson",
-        version=1,
-        created_ts=now,
-        updated_ts=now,
-    )
-    await redis.set(RedisKeys(ns).experiment("ex").config, config.model_dump_json())
+    await put_config(redis, ns, "ex", ("blue", "green"))
     common = ["--bootstrap", kafka_bootstrap, "--topic", names.rewards]
     for _ in range(2):
         out = await run_example(*common, "--demo", "ex", "--arms", "blue,green", "--count", "300")
@@ -82,16 +65,7 @@ async def test_example_producer_output_is_folded_once_and_bad_lines_dead_lettere
     )
     assert "2 rewards acknowledged" in await run_example(*common, "--file", str(lines))
 
-    consumer = RewardConsumer(
-        ConsumerSettings(
-            kafka_bootstrap_servers=kafka_bootstrap,
-            redis_url=redis_url,
-            mab_topic_prefix=ns,
-            mab_redis_prefix=ns,
-            mab_consumer_group_id=ns + "ex",
-            mab_poll_timeout_ms=100,
-        )
-    )
+    consumer = RewardConsumer(consumer_settings(kafka_bootstrap, redis_url, ns, ns + "ex"))
     await consumer.start()
     try:
         deadline = time.monotonic() + 60
