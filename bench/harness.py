@@ -66,6 +66,20 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu_s(pid: int) -> float:
+    """:func:`cpu_s` of a process and its descendants alive now (granian serves from a
+    worker process, and that worker runs the evaluation worker): read before and after a
+    run, the difference is what serving the run cost, whichever process did it."""
+    total = cpu_s(pid)
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    for child in children.read_text().split() if children.exists() else []:
+        try:
+            total += tree_cpu_s(int(child))
+        except FileNotFoundError:  # exited between the two reads
+            continue
+    return total
+
+
 class Proc:
     """A service process with its log, stopped on exit."""
 
@@ -185,8 +199,10 @@ def wrk(
 
 def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Median per metric over repeated runs (each run is also kept in the JSON)."""
-    keys = ["rps", "p50_ms", "p99_ms", "p999_ms"]
-    med: dict[str, Any] = {k: round(statistics.median(r[k] for r in runs), 2) for k in keys}
+    keys = ["rps", "p50_ms", "p99_ms", "p999_ms", "cpu_us_per_request"]
+    med: dict[str, Any] = {
+        k: round(statistics.median(r[k] for r in runs), 2) for k in keys if k in runs[0]
+    }
     med["requests"] = sum(r["requests"] for r in runs)
     med["errors"] = sum(r["errors"] for r in runs)
     med["runs"] = runs

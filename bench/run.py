@@ -51,6 +51,7 @@ from bench.harness import (
     rss_mb,
     stream_env,
     topic_count,
+    tree_cpu_s,
     wrk,
 )
 from deploy.stack.topics import create_topics
@@ -84,8 +85,15 @@ def decision_rows(
     200 must have produced exactly one ``DecisionMade`` record."""
     results: dict[str, Any] = {}
 
-    def measure(url: str, method: list[str] | None = None) -> dict[str, Any]:
-        return median_of([wrk(url, duration, method=method) for _ in range(repeats)])
+    def measure(url: str, pid: int, method: list[str] | None = None) -> dict[str, Any]:
+        runs = []
+        for _ in range(repeats):
+            before = tree_cpu_s(pid)
+            run = wrk(url, duration, method=method)
+            served = run["requests"] - run["errors"]
+            run["cpu_us_per_request"] = round((tree_cpu_s(pid) - before) / max(1, served) * 1e6, 1)
+            runs.append(run)
+        return median_of(runs)
 
     for n_workers in sorted({1, workers}):
         with http_server(
@@ -115,7 +123,7 @@ def decision_rows(
                 wrk(url, 12 if arms == 2 else 2)
                 time.sleep(1.0)
                 before = topic_count(bootstrap, topics.decisions)
-                res = measure(url)
+                res = measure(url, proc.popen.pid)
                 time.sleep(1.0)  # linger + flush
                 logged = topic_count(bootstrap, topics.decisions) - before
                 res["decision_events_logged"] = logged
@@ -131,7 +139,7 @@ def decision_rows(
             exp = f"bench-2-w{n_workers}"
             body = json.dumps({"experiment_id": exp, "arm_id": "arm-0", "reward": 1.0})
             before = topic_count(bootstrap, topics.rewards)
-            res = measure(f"{base}/reward", ["POST", body])
+            res = measure(f"{base}/reward", proc.popen.pid, ["POST", body])
             res["reward_events_logged"] = topic_count(bootstrap, topics.rewards) - before
             results[f"POST /reward, {n_workers} worker(s)"] = res
             results[f"decider RSS MiB, {n_workers} worker(s)"] = {
@@ -205,8 +213,9 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [f"Measured {results['date']} on {results['machine']}; {results['wrk']}.", ""]
     ceiling = results.get("raw ASGI", {}).get("rps")
     lines += [
-        "| What | req/s | p50 ms | p99 ms | p99.9 ms | errors | vs raw ASGI | events |",
-        "|---|---|---|---|---|---|---|---|",
+        "| What | req/s | p50 ms | p99 ms | p99.9 ms | errors | vs raw ASGI "
+        "| decider CPU µs per request | events |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         if isinstance(r, dict) and "rps" in r:
@@ -218,7 +227,8 @@ def markdown(results: dict[str, Any]) -> str:
                 events = f"{r['reward_events_logged']} logged / {r['requests']} answered"
             lines.append(
                 f"| {name} | {r['rps']:,} | {r['p50_ms']} | {r['p99_ms']} | "
-                f"{r['p999_ms']} | {r['errors']} | {ratio} | {events} |"
+                f"{r['p999_ms']} | {r['errors']} | {ratio} | "
+                f"{r.get('cpu_us_per_request', '-')} | {events} |"
             )
     lines += [
         "",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Mapping
 
@@ -10,6 +13,7 @@ import pytest
 
 from bench.evaluation_latency import EvaluationLoop
 from bench.fold_rows import projected_rewards
+from bench.harness import cpu_s, median_of, tree_cpu_s
 from schemas.events import ExperimentConfig, RewardObserved
 from schemas.redis_keys import BucketKind, RedisKeys
 from services.projector.projection import Retention, project
@@ -83,3 +87,28 @@ def test_the_evaluation_loop_counts_only_completed_evaluations() -> None:
     assert len(loop.completed()) == 2
     assert loop.refused()[503] == 1
     assert loop.refused()[429] >= 2
+
+
+def test_the_decider_cpu_counts_its_worker_processes() -> None:
+    """granian serves from a child process: CPU read from the parent alone would be ~0."""
+    burn = (
+        "import time\nend = time.process_time() + 0.4\n"
+        "while time.process_time() < end: pass\ntime.sleep(30)"
+    )
+    child = subprocess.Popen([sys.executable, "-c", burn])
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and cpu_s(child.pid) < 0.4:
+            time.sleep(0.05)
+        own = cpu_s(os.getpid())
+        assert tree_cpu_s(os.getpid()) - own >= 0.35
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_the_median_keeps_the_cpu_per_request_only_when_measured() -> None:
+    run = {"rps": 10, "p50_ms": 1.0, "p99_ms": 2.0, "p999_ms": 3.0, "requests": 5, "errors": 0}
+    assert "cpu_us_per_request" not in median_of([run])
+    timed = [dict(run, cpu_us_per_request=v) for v in (30.0, 50.0, 40.0)]
+    assert median_of(timed)["cpu_us_per_request"] == 40.0
