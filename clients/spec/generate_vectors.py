@@ -212,8 +212,12 @@ def near_tie(salt: str, unit_id: str, rel_gap: float, favour: int, version: int)
     return v
 
 
+#: The example worked through step by step in the spec (its tests check the numbers there).
+WORKED_EXAMPLE: Final = "worked example (docs/assignment-spec.md)"
+
+
 def assignment_vectors() -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
+    out = [vector(WORKED_EXAMPLE, SALTS[0], "  Zoë 🎉  ", [0.2, 0.3, 0.5], VERSIONS[2])]
     n = 0
     for name, weights in WEIGHT_CASES:
         for _ in range(4):

@@ -6,6 +6,7 @@ P-MinHash bound (exactly the total-variation change for two arms)."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import subprocess
@@ -125,6 +126,27 @@ def test_each_invalid_unit_id_is_refused_everywhere(v: dict[str, str]) -> None:
     for call in calls:
         with pytest.raises(InvalidUnitIdError, match="unit_id"):
             call()
+
+
+def test_the_specs_worked_example_is_the_first_vector() -> None:
+    """The numbers a reader follows by hand in docs/assignment-spec.md are the file's."""
+    spec = (ROOT / "docs" / "assignment-spec.md").read_text(encoding="utf-8")
+    v = ASSIGNMENT[0]
+    assert v["name"] == "worked example (docs/assignment-spec.md)"
+    digest = bytes.fromhex(v["digest"])
+    scores = [-math.log(u) / w for u, w in zip(v["uniforms"], v["weights"], strict=True)]
+    expected = [
+        v["digest"],
+        v["decision_id"],
+        v["token_hashed"],
+        hashlib.sha256(digest + (1).to_bytes(4, "big")).hexdigest(),
+        *(digest[8 * i : 8 * i + 8].hex() for i in range(3)),
+        *(repr(u) for u in v["uniforms"]),
+        *(repr(s) for s in scores),
+        f"Winner: arm {v['arm_index']}",
+    ]
+    missing = [text for text in expected if text not in spec]
+    assert missing == []
 
 
 def test_regenerating_the_vectors_gives_the_checked_in_file(tmp_path: Path) -> None:
