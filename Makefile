@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 # uv always through the Python that runs it (`python -m uv`), installed with pip when
 # missing: no guessing where pip put the binary on a fresh machine.
 UV := $(PYTHON) -m uv
-PACKAGES := $(wildcard schemas bandit_core stream_runtime offpolicy services dashboard mab_cli clients/python/mab_client deploy demo_traffic bench examples)
+PACKAGES := $(wildcard schemas bandit_core stream_runtime offpolicy services dashboard mab_cli clients/python/mab_client clients/spec deploy demo_traffic bench examples)
 
 .PHONY: help venv up down status test lint system-deps stack-deps kafka-jars bench contract
 

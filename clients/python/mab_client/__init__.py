@@ -2,14 +2,18 @@
 
 ``MabClient`` for synchronous code, ``AsyncMabClient`` for asyncio; both on httpx, with
 bounded timeouts, typed results and errors, and retries only where a retry is safe.
+``mab_client.assignment`` is the language-neutral assignment rule (``Allocation.choose``).
 """
 
+from mab_client.assignment import Allocation, LocalDecision
 from mab_client.calls import Retry, RetryPolicy
 from mab_client.client import AsyncMabClient, MabClient
 from mab_client.errors import (
     ApiError,
     AuthError,
     ConflictError,
+    InvalidAllocationError,
+    InvalidUnitIdError,
     MabError,
     MabTransportError,
     NotFoundError,
@@ -32,6 +36,7 @@ from mab_client.models import (
 )
 
 __all__ = [
+    "Allocation",
     "ApiError",
     "ArmStats",
     "AsyncMabClient",
@@ -40,6 +45,9 @@ __all__ = [
     "Decision",
     "Evaluation",
     "Experiment",
+    "InvalidAllocationError",
+    "InvalidUnitIdError",
+    "LocalDecision",
     "MabClient",
     "MabError",
     "MabTransportError",

@@ -86,3 +86,14 @@ def error_for(status: int, detail: Any, method: str, path: str) -> ApiError:
     else:
         cls = ApiError
     return cls(status, detail, method, path)
+
+
+class InvalidUnitIdError(MabError, ValueError):
+    """A unit id that is not 1-200 printable characters after trimming (the message says
+    which rule). Raised before anything is hashed or buffered, so nothing is half done."""
+
+
+class InvalidAllocationError(MabError, ValueError):
+    """An allocation that no decision can be made from (weights that are negative, not
+    finite, not summing to 1, arms and weights of different lengths ...): refused when
+    the :class:`~mab_client.assignment.Allocation` is built, never at decision time."""
