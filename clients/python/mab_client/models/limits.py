@@ -9,7 +9,6 @@ than pydantic.
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Final
 
 from pydantic import AfterValidator, Field, JsonValue
@@ -40,26 +39,29 @@ _INT_MIN: Final = -(2**63)
 _INT_MAX: Final = 2**64 - 1
 
 
-def _unencodable(value: JsonValue) -> bool:
-    """Whether an integer beyond 64 bits occurs anywhere in ``value``."""
-    if isinstance(value, int):
-        return not _INT_MIN <= value <= _INT_MAX
-    if isinstance(value, dict):
-        return any(_unencodable(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_unencodable(v) for v in value)
-    return False
+def _numbers(value: JsonValue) -> tuple[bool, bool]:
+    """Whether ``value`` holds an integer beyond 64 bits, and whether it holds a NaN or
+    an infinity (JSON has neither; a log encoder would write null), in one pass.
 
-
-def _finite(value: JsonValue) -> bool:
-    """No NaN or infinity anywhere (JSON has neither; a log encoder would write null)."""
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, dict):
-        return all(_finite(v) for v in value.values())
-    if isinstance(value, list):
-        return all(_finite(v) for v in value)
-    return True
+    Iterative and by exact type: it runs for every reward that carries a context, on the
+    decider's reward path.
+    """
+    big = nonfinite = False
+    stack: list[JsonValue] = [value]
+    pop, extend = stack.pop, stack.extend
+    while stack:
+        item = pop()
+        kind = type(item)
+        if kind is dict:
+            extend(item.values())  # type: ignore[union-attr]
+        elif kind is list:
+            extend(item)  # type: ignore[arg-type]
+        elif kind is float:
+            if item - item != 0.0:  # type: ignore[operator]  # NaN for NaN and ±inf
+                nonfinite = True
+        elif kind is int and not _INT_MIN <= item <= _INT_MAX:  # type: ignore[operator]
+            big = True
+    return big, nonfinite
 
 
 def check_user_context(context: dict[str, JsonValue]) -> dict[str, JsonValue]:
@@ -77,8 +79,9 @@ def check_user_context(context: dict[str, JsonValue]) -> dict[str, JsonValue]:
             "user_context has {n} keys; at most {limit} are allowed",
             {"n": len(context), "limit": USER_CONTEXT_MAX_KEYS},
         )
+    big, nonfinite = _numbers(context)
     try:
-        if _unencodable(context):
+        if big:
             raise ValueError("Integer exceeds 64-bit range")
         size = len(to_json(context, inf_nan_mode="null"))
     except (ValueError, RecursionError, PydanticSerializationError) as exc:
@@ -91,7 +94,7 @@ def check_user_context(context: dict[str, JsonValue]) -> dict[str, JsonValue]:
             "user_context is {size} bytes as JSON; at most {limit} are allowed",
             {"size": size, "limit": USER_CONTEXT_MAX_BYTES},
         )
-    if not _finite(context):
+    if nonfinite:
         raise PydanticCustomError(
             INVALID_USER_CONTEXT, "user_context holds a NaN or infinite number", {}
         )
