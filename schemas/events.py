@@ -17,87 +17,48 @@ import math
 import time
 from typing import Annotated, Any, Final, Literal
 
-import orjson
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, field_validator
-from pydantic_core import PydanticCustomError
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from mab_client.models import (
+    INVALID_USER_CONTEXT,
+    MAX_ATTRIBUTION_WINDOW_S,
+    REWARD_MAX,
+    REWARD_MIN,
+    USER_CONTEXT_MAX_BYTES,
+    USER_CONTEXT_MAX_KEYS,
+    UserContext,
+    check_user_context,
+)
 from schemas.ids import ArmId, ExperimentId, random_hex
 
-SCHEMA_VERSION = 1
-#: Longest attribution window: the dedupe horizon (7 days), beyond which a late reward
-#: could no longer be told apart from a first one.
-MAX_ATTRIBUTION_WINDOW_S = 7 * 24 * 3600.0
-
-#: Bounds of a reward's ``user_context`` (the original API's free-form object, kept for
-#: the contextual strategies to come): at most this many top-level keys, and at most
-#: this many bytes as compact JSON. A context describes a visitor (segment, device,
-#: locale), not a session log; the bound keeps every reward record small (the topic
-#: limit is 64 KiB) and the future per-decision feature work predictable.
-USER_CONTEXT_MAX_KEYS: Final = 32
-USER_CONTEXT_MAX_BYTES: Final = 2048
-#: pydantic error type of a context beyond those bounds (DLQ reason ``bad_user_context``).
-INVALID_USER_CONTEXT: Final = "invalid_user_context"
-
-
-def _finite(value: JsonValue) -> bool:
-    """No NaN or infinity anywhere (JSON has neither; orjson would write them as null)."""
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, dict):
-        return all(_finite(v) for v in value.values())
-    if isinstance(value, list):
-        return all(_finite(v) for v in value)
-    return True
-
-
-def check_user_context(context: dict[str, JsonValue]) -> dict[str, JsonValue]:
-    """``context`` if it is within :data:`USER_CONTEXT_MAX_KEYS` keys and
-    :data:`USER_CONTEXT_MAX_BYTES` bytes of compact JSON, with finite numbers only."""
-    if len(context) > USER_CONTEXT_MAX_KEYS:
-        raise PydanticCustomError(
-            INVALID_USER_CONTEXT,
-            "user_context has {n} keys; at most {limit} are allowed",
-            {"n": len(context), "limit": USER_CONTEXT_MAX_KEYS},
-        )
-    try:
-        size = len(orjson.dumps(context))
-    except orjson.JSONEncodeError as exc:  # nested deeper than orjson writes
-        raise PydanticCustomError(
-            INVALID_USER_CONTEXT, "user_context is not encodable as JSON: {error}", {"error": exc}
-        ) from None
-    if size > USER_CONTEXT_MAX_BYTES:
-        raise PydanticCustomError(
-            INVALID_USER_CONTEXT,
-            "user_context is {size} bytes as JSON; at most {limit} are allowed",
-            {"size": size, "limit": USER_CONTEXT_MAX_BYTES},
-        )
-    if not _finite(context):
-        raise PydanticCustomError(
-            INVALID_USER_CONTEXT, "user_context holds a NaN or infinite number", {}
-        )
-    return context
-
-
-def _absent(value: object) -> bool:
-    return value is None
-
-
-UserContext = Annotated[
-    dict[str, JsonValue] | None,
-    AfterValidator(lambda v: None if v is None else check_user_context(v)),
-    Field(
-        default=None,
-        # Left out of the record when absent: a reward without a context is encoded
-        # byte for byte as before the field existed, so consumers of an older version
-        # keep reading what an upgraded decider writes.
-        exclude_if=_absent,
-        json_schema_extra={"maxProperties": USER_CONTEXT_MAX_KEYS},
-        description="Optional JSON object describing the visitor (segment, device …), "
-        f"as in the original API: at most {USER_CONTEXT_MAX_KEYS} keys and "
-        f"{USER_CONTEXT_MAX_BYTES} bytes as compact JSON. Kept on the event (replay and "
-        "the audit export carry it); the current strategies ignore it.",
-    ),
+__all__ = [
+    "INVALID_USER_CONTEXT",
+    "MAX_ATTRIBUTION_WINDOW_S",
+    "REWARD_MAX",
+    "REWARD_MIN",
+    "SCHEMA_VERSION",
+    "USER_CONTEXT_MAX_BYTES",
+    "USER_CONTEXT_MAX_KEYS",
+    "AnyEvent",
+    "ArmsAdded",
+    "ChangePointDetected",
+    "DecisionMade",
+    "Event",
+    "ExperimentConfig",
+    "ExperimentCreated",
+    "ExperimentEvent",
+    "RewardObserved",
+    "StrategyChanged",
+    "UserContext",
+    "check_user_context",
+    "new_event_id",
 ]
+
+SCHEMA_VERSION = 1
+# The bounds an API request shares with these events (the reward range, the longest
+# attribution window, the user_context limits and its check) are defined once in the
+# SDK's models, the lowest layer that needs them: a request there must refuse what an
+# event here would.
 
 
 #: A new event id: 32 random hex digits, like ``uuid4().hex`` but without a syscall per
@@ -152,7 +113,7 @@ class ExperimentConfig(BaseModel):
     attribution_window_s: float | None = Field(
         default=None, gt=0, le=MAX_ATTRIBUTION_WINDOW_S, allow_inf_nan=False
     )
-    default_reward: float = Field(default=0.0, ge=0.0, le=1.0, allow_inf_nan=False)
+    default_reward: float = Field(default=0.0, ge=REWARD_MIN, le=REWARD_MAX, allow_inf_nan=False)
 
 
 class ExperimentCreated(_Event):
@@ -201,8 +162,8 @@ class RewardObserved(_Event):
         description="The arm rewarded; must be in the experiment (an id like experiment_id)."
     )
     reward: float = Field(
-        ge=0.0,
-        le=1.0,
+        ge=REWARD_MIN,
+        le=REWARD_MAX,
         allow_inf_nan=False,
         description="Finite number in [0, 1]: 1 converted, 0 did not, partial credit between.",
     )

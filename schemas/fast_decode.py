@@ -24,6 +24,8 @@ from pydantic import BaseModel
 
 from schemas.events import (
     MAX_ATTRIBUTION_WINDOW_S,
+    REWARD_MAX,
+    REWARD_MIN,
     SCHEMA_VERSION,
     AnyEvent,
     DecisionMade,
@@ -174,7 +176,7 @@ def fast_reward(obj: dict[str, Any]) -> RewardObserved | None:
         reward = float(reward)
     if (
         not 0.0 <= ts <= _FLOAT_MAX  # finite and non-negative: NaN fails every comparison
-        or not 0.0 <= reward <= 1.0
+        or not REWARD_MIN <= reward <= REWARD_MAX
         or len(source) > 64
         or (decision_id is not None and len(decision_id) > 64)
         or (experiment_id not in _KNOWN_IDS and not _valid_new_id(experiment_id))

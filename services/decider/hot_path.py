@@ -32,6 +32,7 @@ from fastapi import FastAPI, HTTPException
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
+from mab_client.models import RewardCreate
 from schemas.ids import InvalidIdError, normalize_id
 from services.decider.auth import Access, Denial
 from services.decider.errors import STORE_UNAVAILABLE
@@ -42,7 +43,6 @@ from services.decider.limits import (
     retry_after,
     too_large_body,
 )
-from services.decider.models import RewardCreate
 from services.decider.paths import keep_encoded_segments
 from services.decider.routes.decisions import decide_cached, log_decision, serve_decision
 from services.decider.routes.rewards import serve_reward

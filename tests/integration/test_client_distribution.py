@@ -34,20 +34,39 @@ from tests.fixtures.faults import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
-#: Modules of the server distribution that a storefront back end must not get.
-SERVER_ONLY = ("numpy", "confluent_kafka", "granian", "fastapi", "aiokafka", "pyarrow")
+#: Modules of the server distribution that a storefront back end must not get (orjson:
+#: the SDK's request models measure a user_context without the server's encoder; the
+#: server's own packages: the id rule and the models live in the SDK).
+SERVER_ONLY = (
+    "numpy",
+    "confluent_kafka",
+    "granian",
+    "fastapi",
+    "aiokafka",
+    "pyarrow",
+    "orjson",
+    "schemas",
+    "services",
+    "bandit_core",
+)
 
 #: Run by the clean venv's interpreter: one decision and its reward through the SDK.
 ROUND_TRIP = """
 import importlib.util, json, sys
-from mab_client import MabClient
+from mab_client import InvalidRequestError, MabClient
 
 url, exp = sys.argv[1], sys.argv[2]
 with MabClient(url) as mab:
     created = mab.create_experiment(exp, ["a", "b"], strategy="thompson")
     d = mab.decide(exp)
     receipt = mab.reward_for(d, 1.0)
+    try:  # refused by the SDK's own models, never sent (the topic holds one reward)
+        mab.reward(exp, "a\tb", 1.0, user_context={"n": 1})
+        refused = None
+    except InvalidRequestError as exc:
+        refused = exc.errors
 print(json.dumps({
+    "refused": refused,
     "created": created.experiment_id,
     "arm": d.arm_id,
     "arms": d.arms,
@@ -112,6 +131,7 @@ async def test_sdk_installs_alone_and_round_trips(
     assert out["arm"] in ("a", "b")
     assert out["arms"] == ["a", "b"]
     assert out["importable"] == dict.fromkeys(SERVER_ONLY, False)
+    assert [(e["loc"], e["type"]) for e in out["refused"]] == [(["arm_id"], "invalid_id")]
 
     landed = read_topics(kafka_bootstrap, [TopicNames.with_prefix(ns).rewards])
     rewards = [orjson.loads(r.value or b"null") for r in landed]

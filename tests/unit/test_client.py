@@ -14,7 +14,9 @@ from mab_client import (
     AsyncMabClient,
     AuthError,
     ConflictError,
+    InvalidRequestError,
     MabClient,
+    MabError,
     MabTransportError,
     NotFoundError,
     RequestValidationError,
@@ -188,7 +190,7 @@ def test_422_keeps_the_servers_field_errors() -> None:
     detail = [{"loc": ["body", "reward"], "msg": "too big", "type": "less_than_equal"}]
     script = Script(err(422, detail))
     with client(script, []) as mab, pytest.raises(RequestValidationError) as info:
-        mab.reward("exp", "b", 2.0)
+        mab.reward("exp", "b", 1.0)
     assert info.value.errors == detail
 
 
@@ -343,3 +345,56 @@ def test_unusable_answers_are_errors_not_results() -> None:
     with client(script, []) as mab, pytest.raises(MabTransportError):
         mab.decide("exp")
     assert len(script.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("send", "loc"),
+    [
+        (lambda mab: mab.create_experiment("a\tb", ["x", "y"]), ["experiment_id"]),
+        (lambda mab: mab.create_experiment("exp", ["x", "x"]), ["arm_ids"]),
+        (lambda mab: mab.create_experiment("exp", ["x", "y\x00z"]), ["arm_ids", 1]),
+        (lambda mab: mab.add_arms("exp", ["ok", "zero\u200bwidth"]), ["arm_ids", 1]),
+        (lambda mab: mab.set_strategy("x" * 121, "ucb1"), ["experiment_id"]),
+        (lambda mab: mab.reward("exp", "a", 1.5), ["reward"]),
+        (lambda mab: mab.reward("exp", "a", 1.0, event_id="a:b"), ["event_id"]),
+        (lambda mab: mab.reward("exp", "a", 1.0, user_context={"n": 2**64}), ["user_context"]),
+        (lambda mab: mab.decide(" "), ["experiment_id"]),
+        (lambda mab: mab.stats("a\x1bb"), ["experiment_id"]),
+        (lambda mab: mab.bulk_rewards([]), ["rewards"]),
+    ],
+)
+def test_a_request_the_server_would_refuse_fails_before_sending(
+    send: Callable[[MabClient], object], loc: list[object]
+) -> None:
+    """Bodies are built with the API's request models and ids pass the server's rule: a
+    bad request is an InvalidRequestError (a MabError and a ValueError) naming the field,
+    and nothing reaches the network."""
+    script = Script(ok({}))
+    with client(script, []) as mab, pytest.raises(InvalidRequestError) as info:
+        send(mab)
+    assert script.requests == []
+    assert isinstance(info.value, MabError)
+    assert isinstance(info.value, ValueError)
+    assert [e["loc"] for e in info.value.errors] == [loc]
+    assert str(loc[0]) in str(info.value)
+
+
+def test_bodies_are_sent_as_the_models_write_them() -> None:
+    """Ids trimmed as the server trims them; fields the caller left out stay out."""
+    created = {
+        "experiment_id": "exp",
+        "arm_ids": ["a", "b"],
+        "strategy": "ucb1",
+        "strategy_params": {},
+        "version": 1,
+    }
+    script = Script(ok(created, 201), ok(created), ok({**created, "version": 2}))
+    with client(script, []) as mab:
+        mab.create_experiment(" exp ", [" a", "b "])
+        mab.add_arms("exp", ["c"])
+        mab.set_strategy("exp", "ucb1", {"c": 2.0})
+    assert script.bodies() == [
+        {"experiment_id": "exp", "arm_ids": ["a", "b"]},
+        {"arm_ids": ["c"]},
+        {"experiment_id": "exp", "strategy": "ucb1", "strategy_params": {"c": 2.0}},
+    ]

@@ -37,12 +37,12 @@ from bandit_core.fold import (
 )
 from bandit_core.state import ExperimentState
 from bandit_core.strategies.registry import STRATEGIES, params_for
+from mab_client.models import RewardCreate
 from schemas.codec import DecodeError, decode, decode_reward, encode
 from schemas.events import MAX_ATTRIBUTION_WINDOW_S, AnyEvent, ExperimentConfig, RewardObserved
 from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames
 from services.decider.errors import reward_rejected
-from services.decider.models import RewardCreate
 from services.decider.routes.rewards import reward_event
 from services.projector.processor import BucketProjection
 from services.projector.projection import MAX_EXPIREAT, Retention

@@ -2,6 +2,10 @@
 
 Both clients (sync and async) run the same :class:`Call` objects, so the request shapes,
 the retry rules and the response parsing exist once; only the sending loop differs.
+Every body is built with the API's own request model (:mod:`mab_client.models`) and
+every id in a path or query passes the server's id rule (:mod:`mab_client.ids`), so a
+request the server would refuse with 422 fails here, before any network call, with
+:class:`~mab_client.errors.InvalidRequestError`.
 """
 
 from __future__ import annotations
@@ -14,13 +18,17 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import httpx
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from mab_client.errors import UnexpectedResponseError, error_for
+from mab_client.errors import InvalidRequestError, UnexpectedResponseError, error_for
+from mab_client.ids import INVALID_ID, InvalidIdError, normalize_id
 from mab_client.models import (
+    ArmsAdd,
+    ConfigUpdate,
     Decision,
     Evaluation,
     Experiment,
+    ExperimentCreate,
     Ready,
     RewardItem,
     RewardReceipt,
@@ -32,6 +40,7 @@ from mab_client.models import (
 from mab_client.paths import url_segment
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 
 #: Transport failures worth another attempt (a wrong URL scheme or proxy setup is not).
 RETRY_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
@@ -143,17 +152,17 @@ def create_experiment(
     strategy: str | None = None,
     strategy_params: Mapping[str, Any] | None = None,
 ) -> Call[Experiment]:
-    body: dict[str, Any] = {"experiment_id": experiment_id, "arm_ids": list(arm_ids)}
+    fields: dict[str, Any] = {"experiment_id": experiment_id, "arm_ids": list(arm_ids)}
     if strategy is not None:
-        body["strategy"] = strategy
+        fields["strategy"] = strategy
     if strategy_params is not None:
-        body["strategy_params"] = dict(strategy_params)
+        fields["strategy_params"] = dict(strategy_params)
     return Call(
         "POST",
         "/experiments",
         Experiment.model_validate,
         Retry.UNAPPLIED,
-        json=body,
+        json=_body(ExperimentCreate, "POST /experiments", fields),
         ok=frozenset({201}),
     )
 
@@ -183,16 +192,17 @@ def add_arms(experiment_id: str, arm_ids: Sequence[str]) -> Call[Experiment]:
         f"/experiments/{_segment(experiment_id)}/arms",
         Experiment.model_validate,
         Retry.UNAPPLIED,
-        json={"arm_ids": list(arm_ids)},
+        json=_body(ArmsAdd, "POST /experiments/{id}/arms", {"arm_ids": list(arm_ids)}),
     )
 
 
 def set_strategy(
     experiment_id: str, strategy: str, strategy_params: Mapping[str, Any] | None = None
 ) -> Call[StrategyConfig]:
-    body: dict[str, Any] = {"experiment_id": experiment_id, "strategy": strategy}
+    fields: dict[str, Any] = {"experiment_id": experiment_id, "strategy": strategy}
     if strategy_params is not None:
-        body["strategy_params"] = dict(strategy_params)
+        fields["strategy_params"] = dict(strategy_params)
+    body = _body(ConfigUpdate, "POST /config", fields)
     return Call("POST", "/config", StrategyConfig.model_validate, Retry.UNAPPLIED, json=body)
 
 
@@ -204,7 +214,7 @@ def decide(experiment_id: str) -> Call[Decision]:
         "/decision",
         Decision.model_validate,
         Retry.IDEMPOTENT,
-        params={"experiment_id": experiment_id},
+        params={"experiment_id": _id(experiment_id)},
     )
 
 
@@ -219,7 +229,16 @@ def bulk_rewards(items: Sequence[RewardItem]) -> Call[int]:
     timeout counts each reward once.
     """
     if not items:
-        raise ValueError("bulk_rewards needs at least one reward")
+        raise InvalidRequestError(
+            "POST /rewards",
+            [
+                {
+                    "loc": ["rewards"],
+                    "msg": "bulk_rewards needs at least one reward",
+                    "type": "too_short",
+                }
+            ],
+        )
     return Call(
         "POST",
         "/rewards",
@@ -295,19 +314,64 @@ def reward_item(
     event_id: str | None,
     user_context: Mapping[str, Any] | None = None,
 ) -> RewardItem:
-    return RewardItem(
-        experiment_id=experiment_id,
-        arm_id=arm_id,
-        reward=value,
-        decision_id=decision_id,
-        event_id=event_id or new_event_id(),
-        user_context=None if user_context is None else dict(user_context),
-    )
+    """A reward as :class:`RewardItem` validates it (``InvalidRequestError`` if the server
+    would refuse it), with a fresh ``event_id`` unless one is given."""
+    fields = {
+        "experiment_id": experiment_id,
+        "arm_id": arm_id,
+        "reward": value,
+        "decision_id": decision_id,
+        "event_id": event_id or new_event_id(),
+        "user_context": None if user_context is None else dict(user_context),
+    }
+    return _valid(RewardItem, "POST /reward", fields)
+
+
+def reward_for(
+    decision: Decision, value: float, user_context: Mapping[str, Any] | None = None
+) -> RewardItem:
+    """The reward of ``decision`` (:meth:`RewardItem.for_decision`), refused like
+    :func:`reward_item`'s."""
+    try:
+        return RewardItem.for_decision(decision, value, user_context)
+    except ValidationError as exc:
+        raise _invalid("POST /reward", exc) from None
+
+
+def _valid(model: type[M], what: str, fields: Mapping[str, Any]) -> M:
+    """``model`` built from ``fields``, or :class:`InvalidRequestError` naming each bad one."""
+    try:
+        return model.model_validate(fields)
+    except ValidationError as exc:
+        raise _invalid(what, exc) from None
+
+
+def _body(model: type[BaseModel], what: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON body of ``fields`` once ``model`` accepted them (ids trimmed as the server
+    trims them); fields the caller left out stay out, as the original API's clients send."""
+    return _valid(model, what, fields).model_dump(mode="json", exclude_unset=True)
+
+
+def _invalid(what: str, exc: ValidationError) -> InvalidRequestError:
+    errors = [
+        {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
+        for e in exc.errors(include_url=False)
+    ]
+    return InvalidRequestError(what, errors)
+
+
+def _id(experiment_id: str) -> str:
+    """The id trimmed as the server trims it, or :class:`InvalidRequestError`."""
+    try:
+        return normalize_id(experiment_id, "experiment_id")
+    except InvalidIdError as exc:
+        raise InvalidRequestError(
+            "experiment id",
+            [{"loc": ["experiment_id"], "msg": str(exc), "type": INVALID_ID}],
+        ) from None
 
 
 def _segment(experiment_id: str) -> str:
     """The id as one percent-encoded path segment: any id the server accepts (``a/b``,
     ``10% off``, ``..``) reaches its experiment, and no id can reach another route."""
-    if not experiment_id:
-        raise ValueError("experiment id must not be empty")
-    return url_segment(experiment_id)
+    return url_segment(_id(experiment_id))

@@ -246,7 +246,7 @@ class MabClient:
         self, decision: Decision, reward: float, user_context: Mapping[str, Any] | None = None
     ) -> RewardReceipt:
         """The reward of ``decision``, its decision id carried through."""
-        item = RewardItem.for_decision(decision, reward, user_context)
+        item = calls.reward_for(decision, reward, user_context)
         return self.run(calls.reward(item))
 
     def bulk_rewards(self, items: Sequence[RewardItem]) -> int:
@@ -384,7 +384,7 @@ class AsyncMabClient:
         self, decision: Decision, reward: float, user_context: Mapping[str, Any] | None = None
     ) -> RewardReceipt:
         """The reward of ``decision``, its decision id carried through."""
-        item = RewardItem.for_decision(decision, reward, user_context)
+        item = calls.reward_for(decision, reward, user_context)
         return await self.run(calls.reward(item))
 
     async def bulk_rewards(self, items: Sequence[RewardItem]) -> int:

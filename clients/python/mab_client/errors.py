@@ -13,6 +13,26 @@ class MabError(Exception):
     """Base of every error the client raises."""
 
 
+class InvalidRequestError(MabError, ValueError):
+    """A request the SDK refused to send because it breaks the API's rules (an id with a
+    control character, a reward outside [0, 1], duplicated arms, an empty batch): the
+    server would have answered 422, so nothing was sent and nothing happened.
+
+    ``errors`` says where and why, shaped like :attr:`RequestValidationError.errors`
+    (``loc``, ``msg``, ``type``; ``loc`` names the field of the request, without the
+    server's leading ``"body"``). A ``ValueError`` too, as the SDK's refusals were before.
+    """
+
+    def __init__(self, what: str, errors: list[dict[str, Any]]) -> None:
+        self.what = what
+        self.errors = errors
+        reasons = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ())) or 'request'}: {e.get('msg', '')}"
+            for e in errors
+        )
+        super().__init__(f"{what}: not sent, invalid request: {reasons}")
+
+
 class MabTransportError(MabError):
     """No HTTP answer (connect error, timeout) after the allowed attempts."""
 

@@ -17,16 +17,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, status
 
 from bandit_core.strategies import InvalidParamsError, validate_params
-from mab_client.models import ConfigPublic, ExperimentPublic
+from mab_client.models import ArmsAdd, ConfigPublic, ExperimentPublic
 from schemas.events import ArmsAdded, ExperimentConfig, ExperimentCreated, StrategyChanged
 from services.decider.auth import ADMIN_RESPONSES, BODY_RESPONSES, READ_RESPONSES
 from services.decider.errors import E404, E409, E422, E503, not_found
-from services.decider.models import (
-    ArmsAdd,
-    ConfigUpdate,
-    ExperimentCreate,
-    experiment_public,
-)
+from services.decider.models import ConfigUpdate, ExperimentCreate, experiment_public
 from services.decider.paths import EXPERIMENT, ExperimentIdPath
 from services.decider.producer import EventLogUnavailableError
 from services.decider.runtime import ADMIN, READ, Runtime, RuntimeDep

@@ -18,14 +18,13 @@ from fastapi import APIRouter, HTTPException, status
 from pydantic import ValidationError
 
 from bandit_core.fold import reward_rejection
-from mab_client.models import ErrorPublic, RewardPublic, RewardsPublic
+from mab_client.models import ErrorPublic, RewardCreate, RewardPublic, RewardsCreate, RewardsPublic
 from schemas.codec import encode
 from schemas.events import ExperimentConfig, RewardObserved
 from schemas.rejections import Rejection
 from schemas.topics import partition_key
 from services.decider.auth import BODY_RESPONSES, CLIENT_RESPONSES
 from services.decider.errors import E404, E422, reward_rejected
-from services.decider.models import RewardCreate, RewardsCreate
 from services.decider.producer import EventLogUnavailableError
 from services.decider.runtime import CLIENT, Runtime, RuntimeDep
 

@@ -1,9 +1,9 @@
-"""The decider's API models: every request and response shape, with its documentation.
+"""The answers of the API: every response shape, with its documentation.
 
-One module for the server and its clients. The decider serves these classes as its
-response models (its OpenAPI document is generated from them, descriptions and examples
-included), the dashboard reads the API through them, and a storefront gets them with the
-SDK, without the server: nothing here imports anything but pydantic.
+The decider serves these classes as its response models (its OpenAPI document is
+generated from them, descriptions and examples included), the dashboard reads the API
+through them, and a storefront gets them with the SDK, without the server: nothing here
+imports anything but pydantic.
 
 Responses ignore fields they do not know (``extra``), so an older client keeps working
 against a newer server that adds fields. Shapes are the original mab-ecommerce-optimizer
@@ -14,7 +14,6 @@ additive, so its clients keep working too.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -166,40 +165,6 @@ class RewardsPublic(_Result):
     event_ids: list[str] = Field(
         description="In request order; retry with these to stay idempotent."
     )
-
-
-class RewardItem(_Result):
-    """One reward as the SDK sends it (the body of ``POST /reward``, an item of
-    ``POST /rewards``).
-
-    ``event_id`` is generated when omitted, so resending the same item after a timeout
-    or a 503 is deduplicated by the reward consumer instead of counted twice.
-    """
-
-    experiment_id: str
-    arm_id: str
-    reward: float
-    decision_id: str | None = None
-    event_id: str = Field(default_factory=new_event_id)
-    #: Optional JSON object about the visitor, as in the original API (the server bounds
-    #: it: 32 keys, 2 KiB as JSON).
-    user_context: dict[str, Any] | None = None
-
-    @classmethod
-    def for_decision(
-        cls, decision: DecisionPublic, reward: float, user_context: Mapping[str, Any] | None = None
-    ) -> RewardItem:
-        """The reward of ``decision``: its experiment, arm and decision id carried through."""
-        return cls(
-            experiment_id=decision.experiment_id,
-            arm_id=decision.arm_id,
-            reward=reward,
-            decision_id=decision.decision_id,
-            user_context=None if user_context is None else dict(user_context),
-        )
-
-    def body(self) -> dict[str, Any]:
-        return self.model_dump(exclude_none=True)
 
 
 class ArmStatsPublic(_Result):

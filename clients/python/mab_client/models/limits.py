@@ -1,0 +1,123 @@
+"""Bounds of the API's values that the SDK and the server's events share.
+
+Defined here, in the lowest layer, because a request model must refuse what the server
+would refuse (in the caller's process, before any network call) and the SDK cannot
+import the server; the server's events (``schemas.events``) and its record decoders
+import these names from here. Like :mod:`mab_client.ids`, nothing here imports more
+than pydantic.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Final
+
+from pydantic import AfterValidator, Field, JsonValue
+from pydantic_core import PydanticCustomError, PydanticSerializationError, to_json
+
+#: A reward is a finite number in ``[REWARD_MIN, REWARD_MAX]``: 1 converted, 0 did not,
+#: partial credit between.
+REWARD_MIN: Final = 0.0
+REWARD_MAX: Final = 1.0
+
+#: Longest attribution window: the dedupe horizon (7 days), beyond which a late reward
+#: could no longer be told apart from a first one.
+MAX_ATTRIBUTION_WINDOW_S: Final = 7 * 24 * 3600.0
+
+#: Bounds of a reward's ``user_context`` (the original API's free-form object, kept for
+#: the contextual strategies to come): at most this many top-level keys, and at most
+#: this many bytes as compact JSON. A context describes a visitor (segment, device,
+#: locale), not a session log; the bound keeps every reward record small (the topic
+#: limit is 64 KiB) and the future per-decision feature work predictable.
+USER_CONTEXT_MAX_KEYS: Final = 32
+USER_CONTEXT_MAX_BYTES: Final = 2048
+#: pydantic error type of a context beyond those bounds (DLQ reason ``bad_user_context``).
+INVALID_USER_CONTEXT: Final = "invalid_user_context"
+
+#: The integers a record may carry: the server writes its log with orjson, which encodes
+#: 64-bit integers only (a larger one must be refused here, not fail when logged).
+_INT_MIN: Final = -(2**63)
+_INT_MAX: Final = 2**64 - 1
+
+
+def _numbers(value: JsonValue) -> tuple[bool, bool]:
+    """Whether ``value`` holds an integer beyond 64 bits, and whether it holds a NaN or
+    an infinity (JSON has neither; a log encoder would write null), in one pass.
+
+    Iterative and by exact type: it runs for every reward that carries a context, on the
+    decider's reward path.
+    """
+    big = nonfinite = False
+    stack: list[JsonValue] = [value]
+    pop, extend = stack.pop, stack.extend
+    while stack:
+        item = pop()
+        kind = type(item)
+        if kind is dict:
+            extend(item.values())  # type: ignore[union-attr]
+        elif kind is list:
+            extend(item)  # type: ignore[arg-type]
+        elif kind is float:
+            if item - item != 0.0:  # type: ignore[operator]  # NaN for NaN and ±inf
+                nonfinite = True
+        elif kind is int and not _INT_MIN <= item <= _INT_MAX:  # type: ignore[operator]
+            big = True
+    return big, nonfinite
+
+
+def check_user_context(context: dict[str, JsonValue]) -> dict[str, JsonValue]:
+    """``context`` if it is within :data:`USER_CONTEXT_MAX_KEYS` keys and
+    :data:`USER_CONTEXT_MAX_BYTES` bytes of compact JSON, with finite numbers only.
+
+    The size is measured as the server's log encoder (orjson) writes the context:
+    pydantic-core's compact JSON with NaN as ``null`` is byte for byte the same, within
+    the same nesting limit, once integers beyond 64 bits (which orjson refuses) are
+    refused first; so the SDK and the server measure the same bytes.
+    """
+    if len(context) > USER_CONTEXT_MAX_KEYS:
+        raise PydanticCustomError(
+            INVALID_USER_CONTEXT,
+            "user_context has {n} keys; at most {limit} are allowed",
+            {"n": len(context), "limit": USER_CONTEXT_MAX_KEYS},
+        )
+    big, nonfinite = _numbers(context)
+    try:
+        if big:
+            raise ValueError("Integer exceeds 64-bit range")
+        size = len(to_json(context, inf_nan_mode="null"))
+    except (ValueError, RecursionError, PydanticSerializationError) as exc:
+        raise PydanticCustomError(
+            INVALID_USER_CONTEXT, "user_context is not encodable as JSON: {error}", {"error": exc}
+        ) from None
+    if size > USER_CONTEXT_MAX_BYTES:
+        raise PydanticCustomError(
+            INVALID_USER_CONTEXT,
+            "user_context is {size} bytes as JSON; at most {limit} are allowed",
+            {"size": size, "limit": USER_CONTEXT_MAX_BYTES},
+        )
+    if nonfinite:
+        raise PydanticCustomError(
+            INVALID_USER_CONTEXT, "user_context holds a NaN or infinite number", {}
+        )
+    return context
+
+
+def _absent(value: object) -> bool:
+    return value is None
+
+
+UserContext = Annotated[
+    dict[str, JsonValue] | None,
+    AfterValidator(lambda v: None if v is None else check_user_context(v)),
+    Field(
+        default=None,
+        # Left out of the record when absent: a reward without a context is encoded
+        # byte for byte as before the field existed, so consumers of an older version
+        # keep reading what an upgraded decider writes.
+        exclude_if=_absent,
+        json_schema_extra={"maxProperties": USER_CONTEXT_MAX_KEYS},
+        description="Optional JSON object describing the visitor (segment, device …), "
+        f"as in the original API: at most {USER_CONTEXT_MAX_KEYS} keys and "
+        f"{USER_CONTEXT_MAX_BYTES} bytes as compact JSON. Kept on the event (replay and "
+        "the audit export carry it); the current strategies ignore it.",
+    ),
+]

@@ -1,0 +1,262 @@
+"""The bodies the API accepts: their fields, types, bounds, descriptions and examples.
+
+Defined once, here: the decider serves these classes as its body models (so its OpenAPI
+document is generated from them), its raw hot path validates ``POST /reward`` with
+:class:`RewardCreate`, and the SDK builds every request body with them, so a bad id or
+an out-of-range reward fails in the caller's process before any network call. Checks
+that need the server's knowledge (the strategy names and their params, the server's
+``MAB_MAX_ARMS``) are the decider's, added by subclasses that declare no field.
+
+The shapes are the original mab-ecommerce-optimizer API's; fields we add (``event_id``,
+``decision_id``, ``user_context`` bounds, attribution windows) are additive, so its
+clients keep working. Ids are trimmed and may be any printable text
+(:mod:`mab_client.ids`), as there. Requests are strict otherwise (unknown fields, NaN
+rewards, control characters in ids are refused) because whatever passes here becomes an
+immutable event in the log.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
+
+from mab_client.ids import MAX_ARMS_CEILING, ArmId, ExperimentId
+from mab_client.models.limits import (
+    MAX_ATTRIBUTION_WINDOW_S,
+    REWARD_MAX,
+    REWARD_MIN,
+    UserContext,
+)
+from mab_client.models.responses import DecisionPublic, new_event_id
+
+_ID_DOC = (
+    "1-120 printable characters after trimming surrounding whitespace: spaces, "
+    "punctuation (`%`, `:`, `*`, `{`, `}`, `/` …) and accents are fine; control "
+    "characters are not."
+)
+#: Event ids keep a plain charset: they are idempotency keys that clients generate (the
+#: original API had none), and a plain token is easy to log, grep and copy.
+EVENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+ExperimentIdField = Annotated[ExperimentId, Field(description=f"Experiment id: {_ID_DOC}")]
+ArmIdField = Annotated[ArmId, Field(description=f"Arm id: {_ID_DOC}")]
+RewardValue = Annotated[
+    float,
+    Field(
+        ge=REWARD_MIN,
+        le=REWARD_MAX,
+        allow_inf_nan=False,
+        strict=True,
+        description="Finite number in [0, 1]: 1.0 converted, 0.0 did not, partial credit between.",
+    ),
+]
+StrategyParams = Annotated[
+    dict[str, Any] | None,
+    Field(description="Strategy parameters, e.g. `epsilon` for epsilon_greedy, `seed`."),
+]
+EventIdField = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=64,
+        pattern=EVENT_ID_PATTERN,
+        description="Optional idempotency key: retries with the same event_id count once.",
+    ),
+]
+
+
+def _unique_arms(ids: list[str]) -> list[str]:
+    dup = sorted(k for k, n in Counter(ids).items() if n > 1)
+    if dup:
+        raise ValueError(f"arm_ids must be unique; duplicated: {dup}")
+    return ids
+
+
+#: Arm ids of a request, unique after trimming (the bounds differ per request).
+UniqueArmIds = Annotated[list[ArmIdField], AfterValidator(_unique_arms)]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+AttributionWindowField = Annotated[
+    float | None,
+    Field(
+        gt=0,
+        le=MAX_ATTRIBUTION_WINDOW_S,
+        allow_inf_nan=False,
+        description="Attribution window in seconds (Personalizer's reward wait time): a "
+        "decision without a reward this long after it is folded once with `default_reward`; "
+        "a reward after that is recorded as late and not added. Omitted/null: no window.",
+    ),
+]
+DefaultRewardField = Annotated[
+    float,
+    Field(
+        ge=REWARD_MIN,
+        le=REWARD_MAX,
+        allow_inf_nan=False,
+        description="Reward of an expired decision.",
+    ),
+]
+
+
+class ExperimentCreate(_Request):
+    """Body of ``POST /experiments``."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "experiment_id": "cta-button-test",
+                    "arm_ids": ["blue-button", "green-button", "red-button"],
+                    "strategy": "thompson",
+                    "strategy_params": {"seed": 42},
+                }
+            ]
+        }
+    )
+
+    experiment_id: ExperimentIdField
+    arm_ids: UniqueArmIds = Field(
+        min_length=2,
+        max_length=MAX_ARMS_CEILING,
+        description="At least 2 unique arm ids (after trimming), at most the server's "
+        "`MAB_MAX_ARMS` (default 1000).",
+    )
+    strategy: str | None = Field(
+        default=None,
+        description="`thompson`, `ucb1` or `epsilon_greedy` (the original API's spellings "
+        "such as `THOMPSON` accepted); defaults to the server's ACTIVE_STRATEGY.",
+    )
+    strategy_params: StrategyParams = None
+    attribution_window_s: AttributionWindowField = None
+    default_reward: DefaultRewardField = 0.0
+
+
+class ArmsAdd(_Request):
+    """Body of ``POST /experiments/{experiment_id}/arms``."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"arm_ids": ["orange-button", "purple-button"]}]}
+    )
+
+    arm_ids: UniqueArmIds = Field(
+        min_length=1,
+        max_length=MAX_ARMS_CEILING,
+        description="New, unique arm ids, appended in order (the experiment may hold at "
+        "most the server's `MAB_MAX_ARMS`, default 1000).",
+    )
+
+
+class ConfigUpdate(_Request):
+    """Body of ``POST /config``: hot-swap the strategy; arm statistics are kept."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"experiment_id": "cta-button-test", "strategy": "ucb1", "strategy_params": {}}
+            ]
+        }
+    )
+
+    experiment_id: ExperimentIdField
+    strategy: str = Field(description="`thompson`, `ucb1` or `epsilon_greedy`.")
+    strategy_params: StrategyParams = None
+    #: Absent: unchanged; null: the window is removed; a number: the new window.
+    attribution_window_s: AttributionWindowField = None
+    default_reward: DefaultRewardField | None = None
+
+
+class RewardCreate(_Request):
+    """Body of ``POST /reward``."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"experiment_id": "cta-button-test", "arm_id": "green-button", "reward": 1.0},
+                {
+                    "experiment_id": "cta-button-test",
+                    "arm_id": "green-button",
+                    "reward": 0.0,
+                    "decision_id": "9f1c0e5a7b3d4c2e8f6a1b0c9d8e7f6a.1",
+                    "user_context": {"segment": "returning", "device": "mobile"},
+                },
+            ]
+        }
+    )
+
+    experiment_id: ExperimentIdField
+    arm_id: ArmIdField
+    reward: RewardValue
+    user_context: UserContext = None
+    decision_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="The decision this reward answers (from GET /decision): joins, "
+        "deduplicates (one reward per decision) and must name the same arm.",
+    )
+    event_id: EventIdField | None = None
+
+
+class RewardsCreate(_Request):
+    """Body of ``POST /rewards``: a batch of rewards, each shaped like ``POST /reward``'s.
+
+    Items are validated one by one by the route (so a 422 can name each failing item
+    by its index); the schema documents them as :class:`RewardCreate`.
+    """
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "rewards": [
+                        {"experiment_id": "cta-button-test", "arm_id": "green-button", "reward": 1},
+                        {
+                            "experiment_id": "cta-button-test",
+                            "arm_id": "blue-button",
+                            "reward": 0,
+                            "event_id": "order-1234",
+                        },
+                    ]
+                }
+            ]
+        }
+    )
+
+    rewards: list[Annotated[Any, WithJsonSchema({"$ref": "#/components/schemas/RewardCreate"})]] = (
+        Field(description="1..MAB_MAX_REWARD_BATCH rewards (default limit 1000).")
+    )
+
+
+class RewardItem(RewardCreate):
+    """One reward as the SDK sends it (the body of ``POST /reward``, an item of
+    ``POST /rewards``): :class:`RewardCreate` with its ``event_id`` always set.
+
+    ``event_id`` is generated when omitted, so resending the same item after a timeout
+    or a 503 is deduplicated by the reward consumer instead of counted twice.
+    """
+
+    event_id: EventIdField = Field(default_factory=new_event_id)
+
+    @classmethod
+    def for_decision(
+        cls, decision: DecisionPublic, reward: float, user_context: Mapping[str, Any] | None = None
+    ) -> RewardItem:
+        """The reward of ``decision``: its experiment, arm and decision id carried through."""
+        return cls(
+            experiment_id=decision.experiment_id,
+            arm_id=decision.arm_id,
+            reward=reward,
+            decision_id=decision.decision_id,
+            user_context=None if user_context is None else dict(user_context),
+        )
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body: fields left out when unset, as the original API's clients send."""
+        return self.model_dump(mode="json", exclude_none=True)
