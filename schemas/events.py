@@ -223,8 +223,9 @@ class ExperimentConfig(BaseModel):
         "(pseudonymisation); raw: the unit id itself.",
     )
     #: Input of the unit hashes (assignment and token). New experiments get
-    #: :func:`new_salt`; configs stored before salts existed read as their experiment id.
-    salt: str = Field(min_length=1, max_length=120)
+    #: :func:`new_salt`; configs stored before salts existed read as their experiment id
+    #: (the default is never kept: :meth:`_salt_of_older_configs` fills it in).
+    salt: str = Field(default="", min_length=1, max_length=120)
     #: Traffic floor: every arm keeps at least this share (``k * f <= 1`` for k arms).
     min_arm_share: float = Field(default=0.0, ge=0.0, le=1.0, allow_inf_nan=False)
     allocation_interval_s: int = Field(
@@ -239,13 +240,15 @@ class ExperimentConfig(BaseModel):
     def _salt_of_older_configs(cls, data: Any) -> Any:
         """A config stored before salts existed has none: its salt is its (trimmed)
         experiment id, so its units hash the same wherever and whenever it is read."""
-        if isinstance(data, dict) and "salt" not in data:
-            try:
-                salt = normalize_id(data.get("experiment_id"), "experiment_id")
-            except InvalidIdError:
-                return data  # the experiment_id's own error says it
-            return {**data, "salt": salt}
-        return data
+        if not isinstance(data, dict) or data.get("salt") is not None:
+            return data
+        experiment_id = data.get("experiment_id")
+        if not isinstance(experiment_id, str):
+            return data  # the experiment_id's own error says it
+        try:
+            return {**data, "salt": normalize_id(experiment_id, "experiment_id")}
+        except InvalidIdError:
+            return data
 
     @model_validator(mode="after")
     def _floor_fits(self) -> ExperimentConfig:

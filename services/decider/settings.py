@@ -159,6 +159,14 @@ class DeciderSettings(ServiceSettings):
         validation_alias=_env("max_reward_batch", "MAB_MAX_REWARD_BATCH"),
         description="Most rewards one POST /rewards may carry (all validated, then produced).",
     )
+    allocation_retention_s: int = Field(
+        default=86_400,
+        ge=60,
+        le=30 * 86_400,
+        validation_alias=_env("allocation_retention_s", "MAB_ALLOCATION_RETENTION_S"),
+        description="How long a stored allocation version stays readable (Redis TTL): "
+        "exposures reported against an older version are refused.",
+    )
     #: A request waits on Redis at most this long (a processor's batch may wait longer).
     redis_socket_timeout_s: float = Field(default=2.0, gt=0, le=300)
     redis_connect_timeout_s: float = Field(default=2.0, gt=0, le=300)

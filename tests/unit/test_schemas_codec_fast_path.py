@@ -216,7 +216,7 @@ unit_tokens = st.one_of(
     st.sampled_from(["0123456789abcdef" * 2, "visitor-42", "u" * 200, "é" * 200, "a b"]),
     valid_ids,
 )
-_unit_edges = st.one_of(
+_unit_edges: st.SearchStrategy[Any] = st.one_of(
     bad_ids,
     st.sampled_from(["u" * 201, " u", "u ", "a\tb", None, 1, True, [], {}, "x" * 120]),
 )
