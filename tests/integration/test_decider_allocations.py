@@ -31,7 +31,7 @@ pytestmark = pytest.mark.integration
 ARMS = ["blue-button", "green-button", "Free Shipping"]
 #: 2026-04-14T18:00:00Z: the start of a 60 s epoch, so +59 s is still in it.
 T0 = 1_776_189_600.0
-RETENTION_S = 3600
+RETENTION_S = 7200  # the least allowed: two of the longest epochs
 
 
 def runtime(app: DecisionFastPath) -> Runtime:
