@@ -11,6 +11,13 @@ No I/O happens here. Exactly-once is built around it, not inside it:
   The keys live in ``state.seen`` with their event time and are forgotten after
   :data:`DEDUPE_HORIZON_S`, a documented bound that keeps the state finite.
 
+A decision with a unit (``DecisionMade.unit_id``: the sticky, consistent and local
+modes) is counted once per *decision id*, under the ``seen`` key ``u:<decision_id>``
+with the same horizon: the consistent mode logs every request of a unit under the id
+of its (unit, allocation version), so a repeat is a ``duplicate``, not a second pull.
+Each new one adds to its arm's ``units`` and, when it names its allocation version, to
+the state's per-version SRM counts.
+
 Validation that depends on state (unknown experiment, unknown arm, arm differing from
 the decision's) also lives here, so the API, the consumer and replay reject exactly the
 same records.
@@ -181,10 +188,24 @@ def _apply(state: ExperimentState, event: AnyEvent, result: FoldResult) -> str:
             result.change_points.append(ChangePoint(arm_id, ts, statistic, stats.change_points))
     elif isinstance(event, DecisionMade):
         arm_id = event.arm_id
+        unit = event.unit_id is not None
+        if unit:
+            # A unit decision counts once per decision id (the consistent mode logs a
+            # unit's every request under one id per allocation version; an exposure
+            # may be reported twice): a repeat is a duplicate, not another pull.
+            ukey = "u:" + event.decision_id
+            if ukey in state.seen:
+                state.duplicates += 1
+                return DUPLICATE
+            state.seen[ukey] = result.new_seen[ukey] = event.ts
         stats = state.arms.get(arm_id)
         if stats is None:
             stats = state.arm(arm_id)
         stats.decisions += 1
+        if unit:
+            stats.units += 1
+            if event.allocation_version is not None:
+                state.count_unit(event.allocation_version, arm_id)
         window = event.attribution_window_s
         if window is not None:
             _track(state, event.decision_id, event.ts + window, result)
@@ -243,8 +264,14 @@ def lookup_keys(event: AnyEvent) -> tuple[str, ...]:
             did = event.decision_id
             return ("d:" + did, "e:" + event.event_id, "x:" + did)
         return ("e:" + event.event_id,)
-    if isinstance(event, DecisionMade) and event.attribution_window_s is not None:
-        return ("d:" + event.decision_id, "x:" + event.decision_id)
+    if isinstance(event, DecisionMade):
+        did = event.decision_id
+        if event.attribution_window_s is not None:
+            if event.unit_id is not None:
+                return ("u:" + did, "d:" + did, "x:" + did)
+            return ("d:" + did, "x:" + did)
+        if event.unit_id is not None:
+            return ("u:" + did,)
     return ()
 
 

@@ -45,9 +45,19 @@ def _empty() -> list[float]:
     return []
 
 
+#: Most (allocation version, arm) cells of SRM counts a state keeps (see
+#: :attr:`ExperimentState.srm`). At 3 arms and the default 60 s epochs that is the last
+#: ~22 hours of versions (the allocation retention is 24 hours); with many arms fewer
+#: versions. The version being counted is never dropped, so one version of a
+#: 10,000-arm experiment may exceed it. About 20 bytes of snapshot per cell.
+MAX_SRM_CELLS: Final = 4096
+
+
 @dataclass(slots=True)
 class ArmStats:
-    """Per-arm counters. ``pulls`` counts observed rewards; ``decisions`` counts serves.
+    """Per-arm counters. ``pulls`` counts observed rewards; ``decisions`` counts serves;
+    ``units`` counts the decisions with a unit id (each decision id once), the pulls of
+    the sticky and consistent modes.
 
     The first five fields are the stationary sufficient statistics. The rest are the
     fixed-constant adaptive summaries of :mod:`bandit_core.adaptive` (decayed sums at a
@@ -75,6 +85,7 @@ class ArmStats:
     hour_pulls: list[float] = field(default_factory=_hours)
     hour_sum: list[float] = field(default_factory=_hours)
     hour_ts: list[float] = field(default_factory=_hours)
+    units: int = 0
 
     @property
     def mean(self) -> float:
@@ -102,11 +113,14 @@ class ArmStats:
             self.hour_pulls[:],
             self.hour_sum[:],
             self.hour_ts[:],
+            self.units,
         )
 
     def to_list(self) -> list[Any]:
-        """Compact snapshot form; the first five entries keep the original layout."""
-        return [
+        """Compact snapshot form; the first five entries keep the original layout.
+        ``units`` is a 20th entry only once non-zero, so an arm without unit decisions
+        keeps its snapshot bytes."""
+        values = [
             self.pulls,
             self.reward_sum,
             self.reward_sq_sum,
@@ -127,6 +141,9 @@ class ArmStats:
             self.hour_sum,
             self.hour_ts,
         ]
+        if self.units:
+            values.append(self.units)
+        return values
 
     @classmethod
     def from_list(cls, values: list[Any]) -> ArmStats:
@@ -134,7 +151,8 @@ class ArmStats:
 
         A 5-element list (before adaptive stats) loads with empty adaptive stats and its
         totals as the since-change statistics; a 16-element list (CUSUM era) keeps its
-        ladder and window, and its since-change counts become one histogram block.
+        ladder and window, and its since-change counts become one histogram block; a
+        20-element list adds ``units``.
         """
         pulls, s, sq, decisions, last = values[:5]
         base = cls(int(pulls), float(s), float(sq), int(decisions), float(last))
@@ -144,8 +162,8 @@ class ArmStats:
             if base.pulls:
                 base.glr_n, base.glr_s = [float(base.pulls)], [base.reward_sum]
             return base
-        if len(values) not in (16, 19):
-            raise ValueError(f"arm stats need 5, 16 or 19 values, got {len(values)}")
+        if len(values) not in (16, 19, 20):
+            raise ValueError(f"arm stats need 5, 16, 19 or 20 values, got {len(values)}")
         dp, ds, epoch, wp, ws, cpn, cps = values[5:12]
         if len(dp) != len(HALF_LIVES) or len(ds) != len(HALF_LIVES):
             raise ValueError("decayed ladder of the wrong length")
@@ -174,6 +192,8 @@ class ArmStats:
         base.hour_pulls = [float(x) for x in hp]
         base.hour_sum = [float(x) for x in hs]
         base.hour_ts = [float(x) for x in ht]
+        if len(values) == 20:
+            base.units = int(values[19])
         return base
 
 
@@ -183,7 +203,8 @@ class ExperimentState:
 
     ``config`` is the highest-version configuration seen. ``seen`` maps dedupe keys
     (``d:<decision_id>``, ``e:<event_id>``, ``x:<decision_id>`` for a decision closed
-    with the default reward) to their event time; live consumers hold a per-batch *view*
+    with the default reward, ``u:<decision_id>`` for a unit decision counted) to their
+    event time; live consumers hold a per-batch *view*
     of it loaded from Redis, replay holds all of it. ``version`` counts applied events
     and lets the decider tell how fresh its cached snapshot is.
 
@@ -194,6 +215,12 @@ class ExperimentState:
     atomic step as the snapshot, so the decider never parses it. ``defaulted`` counts
     decisions folded with the default reward, ``late`` rewards that came after that, and
     ``untracked`` decisions not tracked because ``pending`` was full.
+
+    Visitor assignment: ``srm`` counts new unit decisions per allocation version and
+    arm (``{version: {arm_id: n}}``, sparse), what the sample-ratio-mismatch check
+    compares with each version's weights. It keeps at most :data:`MAX_SRM_CELLS` cells,
+    dropping the oldest versions first; ``srm_dropped`` counts the unit decisions whose
+    cells were dropped. Both appear in the snapshot only once non-empty.
     """
 
     experiment_id: str
@@ -207,6 +234,9 @@ class ExperimentState:
     defaulted: int = 0
     late: int = 0
     untracked: int = 0
+    srm: dict[int, dict[str, int]] = field(default_factory=dict)
+    srm_cells: int = 0
+    srm_dropped: int = 0
 
     def arm(self, arm_id: str) -> ArmStats:
         stats = self.arms.get(arm_id)
@@ -218,6 +248,28 @@ class ExperimentState:
         """Stats aligned with ``arm_ids`` (zeros for arms never seen)."""
         empty = ArmStats()
         return [self.arms.get(a, empty) for a in arm_ids]
+
+    def count_unit(self, version: int, arm_id: str) -> None:
+        """One new unit decision of ``arm_id`` under allocation ``version`` (SRM).
+
+        Beyond :data:`MAX_SRM_CELLS` cells the oldest versions go first, never the
+        newest one (a decision logged late, under a version older than every kept one,
+        is dropped at once); their unit decisions are counted in ``srm_dropped``. The
+        fold sees a decision topic partition in log order, live and in replay, so both
+        drop the same versions.
+        """
+        arms = self.srm.get(version)
+        if arms is None:
+            arms = self.srm[version] = {}
+        if arm_id in arms:
+            arms[arm_id] += 1
+            return
+        arms[arm_id] = 1
+        self.srm_cells += 1
+        while self.srm_cells > MAX_SRM_CELLS and len(self.srm) > 1:
+            dropped = self.srm.pop(min(self.srm))
+            self.srm_cells -= len(dropped)
+            self.srm_dropped += sum(dropped.values())
 
     def copy(self) -> ExperimentState:
         return ExperimentState(
@@ -232,6 +284,9 @@ class ExperimentState:
             defaulted=self.defaulted,
             late=self.late,
             untracked=self.untracked,
+            srm={v: dict(arms) for v, arms in self.srm.items()},
+            srm_cells=self.srm_cells,
+            srm_dropped=self.srm_dropped,
         )
 
     # --- snapshot blob (what Redis stores; config, seen and pending have their own keys) ---
@@ -246,6 +301,12 @@ class ExperimentState:
         }
         if self.pending_count or self.defaulted or self.late or self.untracked:
             obj["attribution"] = [self.pending_count, self.defaulted, self.late, self.untracked]
+        if self.srm or self.srm_dropped:
+            # Versions as JSON keys (strings), in the order they were first counted.
+            obj["srm"] = {
+                "dropped": self.srm_dropped,
+                "versions": {str(v): arms for v, arms in self.srm.items()},
+            }
         return orjson.dumps(obj)
 
     @classmethod
@@ -254,6 +315,15 @@ class ExperimentState:
             return cls(experiment_id=experiment_id)
         obj = orjson.loads(raw)
         pending_count, defaulted, late, untracked = obj.get("attribution", (0, 0, 0, 0))
+        srm_obj = obj.get("srm")
+        srm: dict[int, dict[str, int]] = {}
+        srm_dropped = 0
+        if srm_obj is not None:
+            srm_dropped = int(srm_obj["dropped"])
+            srm = {
+                int(v): {a: int(n) for a, n in arms.items()}
+                for v, arms in srm_obj["versions"].items()
+            }
         return cls(
             experiment_id=obj["experiment_id"],
             arms={k: ArmStats.from_list(v) for k, v in obj["arms"].items()},
@@ -263,4 +333,7 @@ class ExperimentState:
             defaulted=int(defaulted),
             late=int(late),
             untracked=int(untracked),
+            srm=srm,
+            srm_cells=sum(len(arms) for arms in srm.values()),
+            srm_dropped=srm_dropped,
         )

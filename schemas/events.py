@@ -17,7 +17,7 @@ import math
 import time
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mab_client.models import (
     INVALID_USER_CONTEXT,
@@ -29,7 +29,7 @@ from mab_client.models import (
     UserContext,
     check_user_context,
 )
-from schemas.ids import ArmId, ExperimentId, random_hex
+from schemas.ids import ArmId, ExperimentId, InvalidIdError, UnitId, normalize_id, random_hex
 
 __all__ = [
     "INVALID_USER_CONTEXT",
@@ -53,6 +53,60 @@ __all__ = [
     "check_user_context",
     "new_event_id",
 ]
+
+
+def is_absent(value: object) -> bool:
+    """The ``exclude_if`` of optional event fields: left out of the record when ``None``
+    (:mod:`schemas.wire` writes the same test inline)."""
+    return value is None
+
+
+# --------------------------------------------------------------------------- assignment
+
+#: How an experiment assigns arms to requests that carry a unit id (docs/assignment.md).
+#: ``per_request``: a fresh draw per request, as without a unit id; ``sticky``: a unit
+#: keeps its first arm; ``consistent``: a stateless hash of the unit onto the current
+#: allocation.
+AssignmentMode = Literal["sticky", "consistent", "per_request"]
+#: How a ``DecisionMade`` with a unit was made: the two server modes that assign per
+#: unit, or ``local`` (an SDK decided from an allocation and reported the exposure).
+#: A per_request decision leaves the field out.
+DecisionAssignment = Literal["sticky", "consistent", "local"]
+#: What events and Redis carry for a unit: a salted digest of its id, or the id itself.
+UnitIdStorage = Literal["hashed", "raw"]
+#: A sticky unit keeps its arm this long by default (30 days), at most a year.
+DEFAULT_STICKY_TTL_S: Final = 30 * 24 * 3600
+MAX_STICKY_TTL_S: Final = 365 * 24 * 3600
+#: Allocation epochs: ``version = floor(ts / allocation_interval_s)`` (bandit_core.allocation).
+DEFAULT_ALLOCATION_INTERVAL_S: Final = 60
+MIN_ALLOCATION_INTERVAL_S: Final = 5
+MAX_ALLOCATION_INTERVAL_S: Final = 3600
+#: Hex digits of a new experiment's salt (64 bits: enough that no two experiments share
+#: one, short enough to sit in every allocation response).
+SALT_HEX_DIGITS: Final = 16
+#: Slack of the floor check ``k * min_arm_share <= 1``: ``3 * (1/3)`` must pass although
+#: the double ``1/3`` times 3 may round a hair above 1.
+FLOOR_SLACK: Final = 1e-9
+#: Longest ``exposure_id`` (client-made, like an event id, from which the event id of
+#: the exposure's decision is derived).
+EXPOSURE_ID_MAX_LEN: Final = 64
+
+
+def new_salt() -> str:
+    """The salt of a new experiment: :data:`SALT_HEX_DIGITS` random hex digits (CSPRNG).
+
+    Public (every allocation response carries it): it decorrelates the assignments of
+    experiments that share units, it is not a secret.
+    """
+    return random_hex()[:SALT_HEX_DIGITS]
+
+
+#: An optional field of an event that is left out of the record when ``None``, so a
+#: record without it stays byte-identical to one written before the field existed and
+#: consumers of an older version keep reading it.
+def _omitted(description: str, **constraints: Any) -> Any:
+    return Field(default=None, exclude_if=is_absent, description=description, **constraints)
+
 
 SCHEMA_VERSION = 1
 # The bounds an API request shares with these events (the reward range, the longest
@@ -114,6 +168,58 @@ class ExperimentConfig(BaseModel):
         default=None, gt=0, le=MAX_ATTRIBUTION_WINDOW_S, allow_inf_nan=False
     )
     default_reward: float = Field(default=0.0, ge=REWARD_MIN, le=REWARD_MAX, allow_inf_nan=False)
+    # --- visitor assignment (docs/assignment.md); a config written before these fields existed
+    # decodes with the defaults below, and its salt is its experiment id ---
+    assignment: AssignmentMode = Field(
+        default="sticky", description="How requests with a unit id are assigned an arm."
+    )
+    #: How long a sticky unit keeps its arm; ``None``: the experiment's life.
+    sticky_ttl_s: int | None = Field(default=DEFAULT_STICKY_TTL_S, ge=1, le=MAX_STICKY_TTL_S)
+    unit_id_storage: UnitIdStorage = Field(
+        default="hashed",
+        description="hashed: events and Redis carry a salted digest of the unit id "
+        "(pseudonymisation); raw: the unit id itself.",
+    )
+    #: Input of the unit hashes (assignment and token). New experiments get
+    #: :func:`new_salt`; configs stored before salts existed read as their experiment id
+    #: (the default is never kept: :meth:`_salt_of_older_configs` fills it in).
+    salt: str = Field(default="", min_length=1, max_length=120)
+    #: Traffic floor: every arm keeps at least this share (``k * f <= 1`` for k arms).
+    min_arm_share: float = Field(default=0.0, ge=0.0, le=1.0, allow_inf_nan=False)
+    allocation_interval_s: int = Field(
+        default=DEFAULT_ALLOCATION_INTERVAL_S,
+        ge=MIN_ALLOCATION_INTERVAL_S,
+        le=MAX_ALLOCATION_INTERVAL_S,
+        description="Length of an allocation epoch (its version is floor(ts / interval)).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _salt_of_older_configs(cls, data: Any) -> Any:
+        """A config stored before salts existed has none: its salt is its (trimmed)
+        experiment id, so its units hash the same wherever and whenever it is read."""
+        if not isinstance(data, dict) or data.get("salt") is not None:
+            return data
+        experiment_id = data.get("experiment_id")
+        if not isinstance(experiment_id, str):
+            return data  # the experiment_id's own error says it
+        try:
+            return {**data, "salt": normalize_id(experiment_id, "experiment_id")}
+        except InvalidIdError:
+            return data
+
+    @model_validator(mode="after")
+    def _floor_fits(self) -> ExperimentConfig:
+        """``k * min_arm_share <= 1``: a floor no allocation can give every arm is a
+        configuration error (re-checked whenever a config is built, so adding arms to
+        an experiment with a floor is refused when the floors would no longer fit)."""
+        k = len(self.arm_ids)
+        if k * self.min_arm_share > 1.0 + FLOOR_SLACK:
+            raise ValueError(
+                f"min_arm_share {self.min_arm_share} times {k} arms is "
+                f"{k * self.min_arm_share:.6g} > 1: at most {1.0 / k:.6g} with {k} arms"
+            )
+        return self
 
 
 class ExperimentCreated(_Event):
@@ -152,6 +258,21 @@ class DecisionMade(_Event):
     attribution_window_s: float | None = Field(
         default=None, gt=0, le=MAX_ATTRIBUTION_WINDOW_S, allow_inf_nan=False
     )
+    # --- visitor assignment (docs/assignment.md): left out of the record when absent, so a
+    # per_request decision without a unit is written byte for byte as before ---
+    unit_id: UnitId | None = _omitted(
+        "The unit's token (salted digest, or the raw unit id: the experiment's "
+        "unit_id_storage). With it, the fold counts the decision id once."
+    )
+    assignment: DecisionAssignment | None = _omitted("How the unit was assigned its arm.")
+    allocation_version: int | None = _omitted(
+        "The allocation epoch the arm was drawn from (sticky, consistent, local).", ge=0
+    )
+    exposure_id: str | None = _omitted(
+        "The client's id of a reported local decision (POST /exposures).",
+        min_length=1,
+        max_length=EXPOSURE_ID_MAX_LEN,
+    )
 
 
 class RewardObserved(_Event):
@@ -176,6 +297,9 @@ class RewardObserved(_Event):
     )
     source: str = Field(default="api", max_length=64, description="Who produced it.")
     user_context: UserContext = None
+    unit_id: UnitId | None = _omitted(
+        "The unit's token (as on its decisions); kept for attribution by unit."
+    )
 
 
 class ChangePointDetected(_Event):

@@ -18,20 +18,22 @@ from __future__ import annotations
 
 import operator
 import sys
-from typing import Any, Final
+from typing import Any, Final, get_args
 
 from pydantic import BaseModel
 
 from schemas.events import (
+    EXPOSURE_ID_MAX_LEN,
     MAX_ATTRIBUTION_WINDOW_S,
     REWARD_MAX,
     REWARD_MIN,
     SCHEMA_VERSION,
     AnyEvent,
+    DecisionAssignment,
     DecisionMade,
     RewardObserved,
 )
-from schemas.ids import is_valid_id
+from schemas.ids import UNIT_ID_MAX_LEN, is_valid_id
 
 _FLOAT_MAX: Final = sys.float_info.max
 #: ints up to 2**53 convert to float exactly, as pydantic's lax int -> float does.
@@ -48,6 +50,7 @@ _REWARD_FIELDS: Final = (
     "decision_id",
     "source",
     "user_context",
+    "unit_id",
 )
 _DECISION_FIELDS: Final = (
     "event_id",
@@ -64,8 +67,13 @@ _DECISION_FIELDS: Final = (
     "snapshot_version",
     "degraded",
     "attribution_window_s",
+    "unit_id",
+    "assignment",
+    "allocation_version",
+    "exposure_id",
 )
 _MISSING: Final = object()
+_ASSIGNMENTS: Final = frozenset(get_args(DecisionAssignment))
 _REWARD_KEYS: Final = frozenset(_REWARD_FIELDS)
 _DECISION_KEYS: Final = frozenset(_DECISION_FIELDS)
 
@@ -143,6 +151,7 @@ def fast_reward(obj: dict[str, Any]) -> RewardObserved | None:
     (pydantic converts ints to float in lax mode too), never bools or strings; ids must
     be valid as they are (trimmed); strings must be ``str`` within their length bounds.
     A ``user_context`` other than null is left to pydantic (its bounds are checked there).
+    A ``unit_id`` must be a valid unit token as it is (never memoised: units are many).
     """
     if not _REWARD_KEYS.issuperset(obj) or obj.get("user_context") is not None:
         return None
@@ -154,6 +163,9 @@ def fast_reward(obj: dict[str, Any]) -> RewardObserved | None:
     schema_version = get("schema_version", SCHEMA_VERSION)
     decision_id = get("decision_id")
     source = get("source", "api")
+    unit_id = get("unit_id")
+    if unit_id is not None and not is_valid_id(unit_id, UNIT_ID_MAX_LEN):
+        return None
     if (
         get("type") != "reward_observed"
         or schema_version != SCHEMA_VERSION
@@ -197,6 +209,7 @@ def fast_reward(obj: dict[str, Any]) -> RewardObserved | None:
             "decision_id": decision_id,
             "source": source,
             "user_context": None,
+            "unit_id": unit_id,
         },
     )
     _set_fields_set(event, set(obj))
@@ -210,6 +223,9 @@ def fast_decision(obj: dict[str, Any]) -> DecisionMade | None:
 
     Same rules as :func:`fast_reward`; the versions must be JSON ints (not bools, not
     floats), ``degraded`` a JSON bool and ``strategy_params`` (when given) an object.
+    The unit fields, each optional: ``unit_id`` a valid unit token as it is,
+    ``assignment`` one of its literals, ``allocation_version`` a non-negative JSON int,
+    ``exposure_id`` a string within its bounds.
     """
     if not _DECISION_KEYS.issuperset(obj):
         return None
@@ -231,6 +247,26 @@ def fast_decision(obj: dict[str, Any]) -> DecisionMade | None:
     schema_version = get("schema_version", SCHEMA_VERSION)
     strategy_params = get("strategy_params", _MISSING)
     degraded = get("degraded", False)
+    unit_id = get("unit_id")
+    assignment = get("assignment")
+    allocation_version = get("allocation_version")
+    exposure_id = get("exposure_id")
+    if (
+        (unit_id is not None and not is_valid_id(unit_id, UNIT_ID_MAX_LEN))
+        or (
+            assignment is not None
+            and (type(assignment) is not str or assignment not in _ASSIGNMENTS)
+        )
+        or (
+            allocation_version is not None
+            and (type(allocation_version) is not int or allocation_version < 0)
+        )
+        or (
+            exposure_id is not None
+            and (type(exposure_id) is not str or not 0 < len(exposure_id) <= EXPOSURE_ID_MAX_LEN)
+        )
+    ):
+        return None
     window = get("attribution_window_s")
     if window is not None:
         if type(window) is not float:
@@ -292,6 +328,10 @@ def fast_decision(obj: dict[str, Any]) -> DecisionMade | None:
             "snapshot_version": snapshot_version,
             "degraded": degraded,
             "attribution_window_s": window,
+            "unit_id": unit_id,
+            "assignment": assignment,
+            "allocation_version": allocation_version,
+            "exposure_id": exposure_id,
         },
     )
     _set_fields_set(event, set(obj))

@@ -43,9 +43,11 @@ from mab_client.ids import (
     ID_MAX_LEN,
     INVALID_ID,
     MAX_ARMS_CEILING,
+    UNIT_ID_MAX_LEN,
     ArmId,
     ExperimentId,
     InvalidIdError,
+    UnitId,
     is_valid_id,
     normalize_id,
 )
@@ -55,9 +57,11 @@ __all__ = [
     "ID_MAX_LEN",
     "INVALID_ID",
     "MAX_ARMS_CEILING",
+    "UNIT_ID_MAX_LEN",
     "ArmId",
     "ExperimentId",
     "InvalidIdError",
+    "UnitId",
     "id_from_key_segment",
     "is_valid_id",
     "key_segment",
@@ -69,6 +73,7 @@ __all__ = [
 #: it, up to :data:`MAX_ARMS_CEILING`): a catalogue-sized experiment of 1,000 arms is a
 #: real storefront case.
 DEFAULT_MAX_ARMS: Final = 1000
+
 
 # --------------------------------------------------------------------------- encodings
 

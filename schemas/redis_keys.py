@@ -119,6 +119,19 @@ class RedisKeys:
             return None
         return _decoded(*key[len(head) :].partition("}:"))
 
+    def allocation(self, experiment_id: str, version: int) -> str:
+        """String: one stored allocation version of an experiment
+        (:class:`bandit_core.allocation.AllocationRecord` JSON), written once by the
+        first decider worker that needs it (``SET NX``), expiring after the decider's
+        ``MAB_ALLOCATION_RETENTION_S``.
+
+        It carries the experiment's hash tag (same Cluster slot as its other keys) but
+        lies outside its ``mab:{…}:`` namespace on purpose: that namespace is what
+        ``mab replay`` rebuilds, compares and swaps, and an allocation is not derived
+        from the log (it records what the bandit wanted during one epoch).
+        """
+        return f"{self.prefix}mab:alloc:{{{key_segment(experiment_id)}}}:{version}"
+
     @property
     def index(self) -> str:
         """Zset experiment id -> creation time (the list endpoint; single key, own slot)."""

@@ -19,7 +19,15 @@ from fastapi import FastAPI
 
 from services.decider.errors import OrjsonResponse, install_error_handlers
 from services.decider.hot_path import DecisionFastPath
-from services.decider.routes import decisions, evaluation, experiments, ops, rewards, stats
+from services.decider.routes import (
+    allocation,
+    decisions,
+    evaluation,
+    experiments,
+    ops,
+    rewards,
+    stats,
+)
 from services.decider.runtime import attach, open_runtime
 from services.decider.settings import DeciderSettings
 
@@ -48,7 +56,7 @@ def create_app(settings: DeciderSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for module in (ops, experiments, decisions, rewards, stats, evaluation):
+    for module in (ops, experiments, decisions, rewards, stats, allocation, evaluation):
         app.include_router(module.router)
     return app
 

@@ -1,10 +1,10 @@
 """The decider's process-wide resources, their lifecycle, and the FastAPI dependencies.
 
 One :class:`Runtime` per served app: settings, Redis, the config store, the Kafka
-producer, the decision cache, auth, limits, metrics, readiness and the off-policy
-evaluation worker. :func:`open_runtime` builds and starts them in the app's lifespan and
-stops them in reverse order; no I/O happens before it runs, so building the app (for
-its OpenAPI document, or at import under a server) is free.
+producer, the decision cache, auth, limits, metrics, readiness, the off-policy
+evaluation worker and the allocation store. :func:`open_runtime` builds and starts them
+in the app's lifespan and stops them in reverse order; no I/O happens before it runs, so
+building the app (for its OpenAPI document, or at import under a server) is free.
 
 Routes declare what they need with the ``Annotated`` dependencies below
 (:data:`RuntimeDep`, ``dependencies=[ADMIN]``...); only
@@ -29,6 +29,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 
 from schemas.topics import TopicNames
+from services.decider.allocations import AllocationStore
 from services.decider.auth import OPEN_MODE_WARNING, Access, AuthPolicy
 from services.decider.decisions import DecisionCache
 from services.decider.evaluation import EvaluationWorker
@@ -64,6 +65,7 @@ class Runtime:
     metrics: DeciderMetrics
     readiness: ReadinessProbe
     evaluator: EvaluationWorker
+    allocations: AllocationStore
     _command_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = field(
         default_factory=weakref.WeakValueDictionary
     )
@@ -166,6 +168,7 @@ async def open_runtime(given: DeciderSettings | None = None) -> AsyncIterator[Ru
         metrics=DeciderMetrics(lambda: producer.stats),
         readiness=ReadinessProbe(redis, producer, cfg.ready_timeout_s, cfg.ready_cache_s),
         evaluator=EvaluationWorker(),
+        allocations=AllocationStore(redis, cfg.keys, cache, cfg.allocation_retention_s),
     )
     log.info(
         "decider started",

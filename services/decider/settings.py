@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from bandit_core.strategies import STRATEGIES, normalize_strategy_name
+from schemas.events import MAX_ALLOCATION_INTERVAL_S
 from schemas.ids import DEFAULT_MAX_ARMS, MAX_ARMS_CEILING
 from stream_runtime.settings import ServiceSettings
 
@@ -158,6 +159,16 @@ class DeciderSettings(ServiceSettings):
         le=100_000,
         validation_alias=_env("max_reward_batch", "MAB_MAX_REWARD_BATCH"),
         description="Most rewards one POST /rewards may carry (all validated, then produced).",
+    )
+    allocation_retention_s: int = Field(
+        default=86_400,
+        ge=2 * MAX_ALLOCATION_INTERVAL_S,
+        le=30 * 86_400,
+        validation_alias=_env("allocation_retention_s", "MAB_ALLOCATION_RETENTION_S"),
+        description="How long a stored allocation version stays readable (Redis TTL): "
+        "exposures reported against an older version are refused. At least two of the "
+        "longest allocation intervals: a version that expired while still current would "
+        "be stored again with other weights.",
     )
     #: A request waits on Redis at most this long (a processor's batch may wait longer).
     redis_socket_timeout_s: float = Field(default=2.0, gt=0, le=300)

@@ -52,6 +52,27 @@ local function scalar_raw(raw, name)
   if not e then return nil end
   return string.sub(raw, s + #key, e - 1)
 end
+-- The assignment settings (schemas.events.ExperimentConfig, after default_reward, in
+-- its field order), each kept as stored; a config stored before they existed has none
+-- and keeps none (it reads with the defaults and its experiment id as salt). Strings
+-- through cjson (exact for strings), numbers and null as their stored text.
+local function assignment_tail(cfg, raw)
+  local out = ''
+  if type(cfg.assignment) == 'string' then
+    out = out .. ',"assignment":' .. cjson.encode(cfg.assignment)
+  end
+  local ttl = scalar_raw(raw, 'sticky_ttl_s')
+  if ttl then out = out .. ',"sticky_ttl_s":' .. ttl end
+  if type(cfg.unit_id_storage) == 'string' then
+    out = out .. ',"unit_id_storage":' .. cjson.encode(cfg.unit_id_storage)
+  end
+  if type(cfg.salt) == 'string' then out = out .. ',"salt":' .. cjson.encode(cfg.salt) end
+  local floor = scalar_raw(raw, 'min_arm_share')
+  if floor then out = out .. ',"min_arm_share":' .. floor end
+  local interval = scalar_raw(raw, 'allocation_interval_s')
+  if interval then out = out .. ',"allocation_interval_s":' .. interval end
+  return out
+end
 local function build(cfg, raw, params_raw, now, window_raw, default_raw)
   params_raw = params_raw or field_raw(raw, 'strategy_params', 'version')
     or cjson.encode(cfg.strategy_params)
@@ -66,13 +87,14 @@ local function build(cfg, raw, params_raw, now, window_raw, default_raw)
     .. ',"created_ts":' .. created_raw
     .. ',"updated_ts":' .. now
     .. ',"attribution_window_s":' .. window_raw
-    .. ',"default_reward":' .. default_raw .. '}'
+    .. ',"default_reward":' .. default_raw
+    .. assignment_tail(cfg, raw) .. '}'
 end
 """
 
 # KEYS[1] config; ARGV[1] JSON list of new arms, ARGV[2] max arms, ARGV[3] now.
 # Returns {'ok', new_json, previous_json} | {'missing'} | {'exists', json list} |
-# {'too_many', current count}.
+# {'too_many', current count} | {'floor', min_arm_share text}.
 _ADD_ARMS: Final = (
     _LUA_HELPERS
     + """
@@ -88,6 +110,11 @@ for _, a in ipairs(new) do
 end
 if #dup > 0 then return {'exists', cjson.encode(dup)} end
 if #cfg.arm_ids + #new > tonumber(ARGV[2]) then return {'too_many', tostring(#cfg.arm_ids)} end
+-- The traffic floor must still fit: k * min_arm_share <= 1 (ExperimentConfig's check,
+-- with its slack), refused here so that no config beyond it is ever stored.
+local floor_raw = scalar_raw(raw, 'min_arm_share')
+local floor = tonumber(floor_raw or '0') or 0
+if (#cfg.arm_ids + #new) * floor > 1 + 1e-9 then return {'floor', floor_raw} end
 for _, a in ipairs(new) do cfg.arm_ids[#cfg.arm_ids + 1] = a end
 cfg.version = cfg.version + 1
 local out = build(cfg, raw, nil, ARGV[3])
@@ -167,6 +194,14 @@ class TooManyArmsError(ValueError):
     def __init__(self, current: int) -> None:
         super().__init__(f"too many arms (experiment has {current})")
         self.current = current
+
+
+class FloorTooHighError(ValueError):
+    """Adding arms would make the traffic floors exceed the whole traffic."""
+
+    def __init__(self, min_arm_share: float) -> None:
+        super().__init__(f"min_arm_share {min_arm_share} does not fit the new arm count")
+        self.min_arm_share = min_arm_share
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +285,8 @@ class ConfigStore:
             raise ArmsExistError(orjson.loads(res[1]))
         if status == "too_many":
             raise TooManyArmsError(int(res[1]))
+        if status == "floor":
+            raise FloorTooHighError(float(res[1]))
         raise RuntimeError(f"unexpected script reply {res!r}")  # pragma: no cover
 
     async def rollback(self, experiment_id: str, result: CommandResult) -> bool:

@@ -34,7 +34,7 @@ from mab_cli.replay_cmd import ReplayTarget, run_rebuild, run_tail
 from mab_cli.replay_guard import EXIT_PROCESSORS_RUNNING, ProcessorGroups, ProcessorsRunning
 from mab_cli.replay_redis import compare, read_namespace
 from schemas.codec import encode
-from schemas.events import ExperimentCreated, RewardObserved
+from schemas.events import DecisionMade, ExperimentCreated, RewardObserved
 from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames, partition_key
 from services.projector.projection import Retention
@@ -116,6 +116,32 @@ async def traffic(
     return sent
 
 
+def produce_unit_decisions(bootstrap: str, ns: str, exp: str, n: int) -> int:
+    """``n`` unit decisions of ``exp`` (arms ``a``, ``b``) straight to the decisions
+    topic, as the consistent mode logs them: every third one repeats an earlier decision
+    id (a duplicate for the fold), over three allocation versions. Returns ``n``."""
+    producer = Producer({"bootstrap.servers": bootstrap})
+    topic = TopicNames.with_prefix(ns).decisions
+    for i in range(n):
+        unit = i - 1 if i % 3 == 2 else i
+        arm = unit % 2
+        event = DecisionMade(
+            experiment_id=exp,
+            decision_id=f"{unit:032x}.{arm}",
+            arm_id="ab"[arm],
+            strategy="thompson",
+            propensity=0.5,
+            config_version=1,
+            snapshot_version=0,
+            unit_id=f"visitor-{unit}",
+            assignment="consistent",
+            allocation_version=29_000_000 + unit % 3,
+        )
+        producer.produce(topic, encode(event), key=partition_key(exp))
+    assert producer.flush(30) == 0
+    return n
+
+
 @pytest.mark.timeout(600)  # two CLI processes and two replay workers on a shared 2-core box
 async def test_rebuild_after_flushall_restores_identical_state(
     kafka_bootstrap: str, private_redis: str, ns: str, topics: dict[str, int], redis: Redis
@@ -125,11 +151,17 @@ async def test_rebuild_after_flushall_restores_identical_state(
     async with services.serving() as c:
         sent = await traffic(c, range(160))
         n = sent["decisions"] + sent["rewards"]
+        n += await asyncio.to_thread(produce_unit_decisions, kafka_bootstrap, ns, "hero", 30)
         await wait_for(lambda: consumer.stats.records >= n, 60, "reward consumer")
         await wait_for(lambda: projector.stats.records >= n + sent["experiments"], 60, "projector")
         before_stats = {e: (await c.get(f"/experiments/{e}/stats")).json() for e in ("cta", "hero")}
-    assert consumer.stats.duplicates > 0  # the twice-rewarded decisions
+    assert consumer.stats.duplicates > 0  # the twice-rewarded decisions, repeated units
+    # hero's requests of the traffic, plus the 20 distinct unit decisions of the 30 sent
+    hero_decisions = sum(1 for i in range(160) if i % 3 == 0) + 20
+    assert sum(a["decisions"] for a in before_stats["hero"]["arms"]) == hero_decisions
     before = await read_namespace(redis, ns)
+    hero_srm = before.experiments["hero"]["snap"]["srm"]
+    assert sum(sum(arms.values()) for arms in hero_srm["versions"].values()) == 20
     assert {"cta", "hero"} <= set(before.experiments)
     assert any(k.startswith("ts:h:") for k in before.experiments["cta"])
     assert any(k.startswith("ts:m:") for k in before.experiments["cta"])

@@ -16,9 +16,11 @@ from bandit_core.fold import (
     STALE_CONFIG,
     fold,
     fold_batch,
+    fold_into,
+    lookup_keys,
     prune_seen,
 )
-from bandit_core.state import ExperimentState
+from bandit_core.state import MAX_SRM_CELLS, ExperimentState
 from schemas.events import (
     AnyEvent,
     ArmsAdded,
@@ -252,15 +254,19 @@ def events(draw: st.DrawFn) -> AnyEvent:
         return ExperimentCreated(experiment_id=EXP, ts=ts, config=config(draw(st.integers(1, 3))))
     arm = draw(st.sampled_from([*ARMS, "ghost"]))
     if kind == "decision":
+        unit = draw(st.sampled_from([None, "u1", "u2"]))
         return DecisionMade(
             experiment_id=EXP,
             ts=ts,
-            decision_id=make_decision_id(0),
+            decision_id=draw(st.sampled_from(_DECISION_IDS)) if unit else make_decision_id(0),
             arm_id=arm,
             strategy="ucb1",
             propensity=1.0,
             config_version=1,
             snapshot_version=0,
+            unit_id=unit,
+            assignment=None if unit is None else "consistent",
+            allocation_version=None if unit is None else draw(st.integers(0, 2)),
         )
     return RewardObserved(
         experiment_id=EXP,
@@ -279,6 +285,9 @@ def _summary(state: ExperimentState) -> tuple[object, ...]:
         state.version,
         state.duplicates,
         state.seen,
+        state.srm,
+        state.srm_cells,
+        state.srm_dropped,
     )
 
 
@@ -313,3 +322,127 @@ def test_fold_batch_never_mutates_its_input(evts: list[AnyEvent], more: list[Any
     assert result.state is not state
     for arm_id, stats in result.state.arms.items():
         assert stats is not state.arms.get(arm_id)
+
+
+# --- unit decisions (visitor assignment) ----------------------------------------------
+
+
+def unit_decision(
+    arm_index: int,
+    *,
+    decision_id: str | None = None,
+    unit: str = "0123456789abcdef" * 2,
+    version: int | None = 100,
+    ts: float = 10.0,
+) -> DecisionMade:
+    return DecisionMade(
+        experiment_id=EXP,
+        ts=ts,
+        decision_id=decision_id or make_decision_id(arm_index),
+        arm_id=ARMS[arm_index],
+        strategy="thompson",
+        propensity=0.5,
+        config_version=1,
+        snapshot_version=0,
+        unit_id=unit,
+        assignment="consistent",
+        allocation_version=version,
+    )
+
+
+def test_a_unit_decision_counts_once_per_decision_id() -> None:
+    """The consistent mode logs each request of a unit under the id of its (unit,
+    version): the first is a pull (decisions, units, SRM cell), repeats are duplicates."""
+    first = unit_decision(1, decision_id="a" * 32 + ".1")
+    again = first.model_copy(update={"event_id": "other", "ts": 11.0})
+    result = fold_batch(fresh(), [created(), first, again, again])
+    assert result.outcomes == [APPLIED, APPLIED, DUPLICATE, DUPLICATE]
+    green = result.state.arms["green"]
+    assert (green.decisions, green.units) == (1, 1)
+    assert result.state.duplicates == 2
+    assert result.state.srm == {100: {"green": 1}}
+    assert result.new_seen == {"u:" + "a" * 32 + ".1": 10.0}
+
+
+def test_decisions_without_a_unit_are_counted_per_request_as_before() -> None:
+    plain = DecisionMade(
+        experiment_id=EXP,
+        decision_id=make_decision_id(0),
+        arm_id="blue",
+        strategy="thompson",
+        propensity=0.5,
+        config_version=1,
+        snapshot_version=0,
+    )
+    result = fold_batch(fresh(), [plain, plain])
+    assert result.outcomes == [APPLIED, APPLIED]
+    assert (result.state.arms["blue"].decisions, result.state.arms["blue"].units) == (2, 0)
+    assert result.new_seen == {}
+    assert result.state.srm == {}
+    assert lookup_keys(plain) == ()
+
+
+def test_srm_counts_are_per_version_and_arm_and_skip_unversioned_units() -> None:
+    evts: list[AnyEvent] = [
+        unit_decision(0, version=7, decision_id="a" * 32 + ".0"),
+        unit_decision(0, version=7, decision_id="b" * 32 + ".0"),
+        unit_decision(2, version=7, decision_id="c" * 32 + ".2"),
+        unit_decision(2, version=8, decision_id="d" * 32 + ".2"),
+        unit_decision(1, version=None, decision_id="e" * 32 + ".1"),  # per_request + unit
+    ]
+    state = fold_batch(fresh(), evts).state
+    assert state.srm == {7: {"blue": 2, "red": 1}, 8: {"red": 1}}
+    assert state.srm_cells == 3
+    assert [state.arms[a].units for a in ARMS] == [2, 1, 2]
+
+
+def test_srm_cells_are_bounded_dropping_the_oldest_versions() -> None:
+    versions = MAX_SRM_CELLS // len(ARMS) + 5
+    evts = [
+        unit_decision(i, version=v, decision_id=f"{v:032x}.{i}")
+        for v in range(versions)
+        for i in range(len(ARMS))
+    ]
+    state = fold_batch(fresh(), evts).state
+    assert state.srm_cells <= MAX_SRM_CELLS
+    assert state.srm_cells == sum(len(arms) for arms in state.srm.values())
+    kept = sorted(state.srm)
+    assert kept == list(range(versions - len(kept), versions))  # the newest, contiguous
+    assert state.srm_dropped == (versions - len(kept)) * len(ARMS)
+    # Decisions logged late, under a version older than every kept one: that version is
+    # the oldest, so it is the first to go once the cells are full again.
+    assert state.srm_cells == MAX_SRM_CELLS - 1
+    late_evts = [unit_decision(i, version=0, decision_id=f"{'f' * 32}.{i}") for i in (0, 1)]
+    late = fold_batch(state, late_evts).state
+    assert sorted(late.srm) == kept
+    assert late.srm_dropped == state.srm_dropped + 2
+    assert late.arms["blue"].units == state.arms["blue"].units + 1
+
+
+def test_the_live_consumers_view_of_seen_folds_unit_decisions_like_replay() -> None:
+    """The live consumer loads only ``lookup_keys`` of a batch from the stored ``seen``:
+    folding batch by batch from that view gives replay's counts and outcomes."""
+    ids = ["1" * 32 + ".0", "2" * 32 + ".1", "1" * 32 + ".0", "3" * 32 + ".2", "2" * 32 + ".1"]
+    evts: list[AnyEvent] = [
+        unit_decision(int(d[-1]), decision_id=d, ts=10.0 + i) for i, d in enumerate(ids)
+    ]
+    replay = fold_batch(fresh(), evts)
+    stored_seen: dict[str, float] = {}
+    live = fresh()
+    outcomes: list[str] = []
+    for batch in ([evts[0], evts[1]], [evts[2]], [evts[3], evts[4]]):
+        wanted = {k for e in batch for k in lookup_keys(e)}
+        live.seen = {k: t for k, t in stored_seen.items() if k in wanted}
+        part = fold_into(live, batch)
+        outcomes += part.outcomes
+        stored_seen.update(part.new_seen)
+    assert outcomes == replay.outcomes == [APPLIED, APPLIED, DUPLICATE, APPLIED, DUPLICATE]
+    assert live.snapshot_bytes() == replay.state.snapshot_bytes()
+    assert stored_seen == replay.state.seen
+
+
+def test_lookup_keys_of_unit_decisions() -> None:
+    d = unit_decision(0, decision_id="9" * 32 + ".0")
+    assert lookup_keys(d) == ("u:" + "9" * 32 + ".0",)
+    windowed = d.model_copy(update={"attribution_window_s": 60.0})
+    assert lookup_keys(windowed) == tuple(k + "9" * 32 + ".0" for k in ("u:", "d:", "x:"))

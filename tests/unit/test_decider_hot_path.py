@@ -29,7 +29,8 @@ def test_record_has_exactly_the_models_fields_and_decodes() -> None:
         degraded=False,
     )
     fields = orjson.loads(raw)
-    assert set(fields) == set(DecisionMade.model_fields)
+    # Every field but the unit ones, which a decision without a unit leaves out.
+    assert set(fields) == set(DecisionMade.model_fields) - UNIT_FIELDS
     event = decode(raw)
     assert isinstance(event, DecisionMade)
     assert event.decision_id == decision_id
@@ -64,6 +65,29 @@ def test_record_equals_the_models_encoding_byte_for_byte(window: float | None) -
     # The defaults are the model's: no params, not degraded, the current schema version.
     bare = encode_decision_made(**fields)
     assert encode(DecisionMade.model_validate({**fields, **_ids_of(bare)})) == bare
+
+
+#: The optional fields of a decision with a unit, left out of the record when absent.
+UNIT_FIELDS = frozenset({"unit_id", "assignment", "allocation_version", "exposure_id"})
+
+
+@pytest.mark.parametrize(
+    "unit",
+    [
+        {"unit_id": "0123456789abcdef" * 2, "assignment": "sticky", "allocation_version": 0},
+        {"unit_id": "Visitor été 42", "assignment": "consistent", "allocation_version": 2**40},
+        {"unit_id": "u" * 200, "assignment": "local", "allocation_version": 7, "exposure_id": "x"},
+        {"unit_id": "per-request-visitor"},
+    ],
+)
+def test_unit_fields_encode_as_the_model_does(unit: dict[str, object]) -> None:
+    """The unit fields given are written, in the model's order, and only those."""
+    fields: dict[str, object] = {**REQUIRED, "attribution_window_s": 60.0, **unit}
+    raw = encode_decision_made(**fields)
+    assert set(orjson.loads(raw)) == set(DecisionMade.model_fields) - UNIT_FIELDS | set(unit)
+    model = DecisionMade.model_validate({**fields, **_ids_of(raw)})
+    assert encode(model) == raw
+    assert decode(raw) == model
 
 
 #: The fields a decision record cannot do without (the rest have the model's defaults).

@@ -211,6 +211,15 @@ _numbers = st.sampled_from(
     ]
 )
 _lengths = st.sampled_from(["", "x" * 64, "x" * 65, "é" * 64, "é" * 65, None, 5, True])
+#: Unit tokens: 32-hex digests, raw unit ids up to 200 characters, and near misses.
+unit_tokens = st.one_of(
+    st.sampled_from(["0123456789abcdef" * 2, "visitor-42", "u" * 200, "é" * 200, "a b"]),
+    valid_ids,
+)
+_unit_edges: st.SearchStrategy[Any] = st.one_of(
+    bad_ids,
+    st.sampled_from(["u" * 201, " u", "u ", "a\tb", None, 1, True, [], {}, "x" * 120]),
+)
 #: Near misses per field, so each field's own edges are hit often.
 FIELD_EDGES: dict[str, st.SearchStrategy[Any]] = {
     "experiment_id": st.one_of(bad_ids, st.sampled_from([None, 1, True, "x" * 120])),
@@ -228,6 +237,14 @@ FIELD_EDGES: dict[str, st.SearchStrategy[Any]] = {
     "degraded": st.sampled_from([0, 1, 2, 0.0, 1.0, "true", "false", "0", None, True, False]),
     "strategy_params": st.sampled_from([None, [], {}, "x", 1, [["a", 1]], {"a": {"b": None}}]),
     "user_context": user_contexts,
+    "unit_id": _unit_edges,
+    "assignment": st.sampled_from(
+        ["sticky", "consistent", "local", "per_request", "Sticky", "", None, 1, True, ["sticky"]]
+    ),
+    "allocation_version": st.sampled_from(
+        [0, 1, -1, 2**63, 2**64 - 1, 1.0, 0.5, "1", True, False, None, Raw("1e400")]
+    ),
+    "exposure_id": _lengths,
     "type": st.sampled_from(
         [
             "reward_observed",
@@ -254,8 +271,16 @@ FIELD_EDGE_VALUES: list[Any] = [
     "x" * 65,
 ]
 
-REWARD_OPTIONAL = ("schema_version", "decision_id", "source", "user_context")
-DECISION_OPTIONAL = ("schema_version", "strategy_params", "degraded")
+REWARD_OPTIONAL = ("schema_version", "decision_id", "source", "user_context", "unit_id")
+DECISION_OPTIONAL = (
+    "schema_version",
+    "strategy_params",
+    "degraded",
+    "unit_id",
+    "assignment",
+    "allocation_version",
+    "exposure_id",
+)
 
 
 @st.composite
@@ -277,6 +302,8 @@ def valid_rewards(draw: st.DrawFn) -> dict[str, Any]:
         record["source"] = draw(st.text(max_size=64))
     if draw(st.booleans()):
         record["user_context"] = None  # a context proper is pydantic's (see below)
+    if draw(st.booleans()):
+        record["unit_id"] = draw(st.one_of(st.none(), unit_tokens))
     keys = list(record)
     order = draw(st.permutations(keys))
     return {k: record[k] for k in order}
@@ -305,6 +332,12 @@ def valid_decisions(draw: st.DrawFn) -> dict[str, Any]:
         )
     if draw(st.booleans()):
         record["degraded"] = draw(st.booleans())
+    if draw(st.booleans()):  # a unit decision (sticky, consistent or local)
+        record["unit_id"] = draw(unit_tokens)
+        record["assignment"] = draw(st.sampled_from(["sticky", "consistent", "local", None]))
+        record["allocation_version"] = draw(st.one_of(st.none(), st.integers(0, 2**64 - 1)))
+        if draw(st.booleans()):
+            record["exposure_id"] = draw(event_ids)
     order = draw(st.permutations(list(record)))
     return {k: record[k] for k in order}
 
@@ -511,14 +544,26 @@ DECISION = {
     "degraded": False,
     "schema_version": SCHEMA_VERSION,
 }
+UNIT_REWARD = {**REWARD, "unit_id": "0123456789abcdef" * 2}
+UNIT_DECISION = {
+    **DECISION,
+    "unit_id": "visitor-42",
+    "assignment": "local",
+    "allocation_version": 29_000_000,
+    "exposure_id": "ex-1",
+}
 
 
-@pytest.mark.parametrize("base", [REWARD, DECISION], ids=["reward", "decision"])
+@pytest.mark.parametrize(
+    "base",
+    [REWARD, DECISION, UNIT_REWARD, UNIT_DECISION],
+    ids=["reward", "decision", "unit-reward", "unit-decision"],
+)
 def test_every_single_edge_value_in_every_field_decodes_like_pydantic(
     base: dict[str, Any],
 ) -> None:
     """Deterministic grid: each edge value in each field (and deleted), one at a time."""
-    keys = list(dict.fromkeys([*REWARD, *DECISION, "extra"]))
+    keys = list(dict.fromkeys([*UNIT_REWARD, *UNIT_DECISION, "extra"]))
     for key in keys:
         record = {k: v for k, v in base.items() if k != key}
         check_decode(record)
@@ -561,6 +606,27 @@ def test_fast_models_are_frozen_and_behave_like_validated_ones() -> None:
     assert DecisionMade.model_validate(fast.model_dump()) == fast
 
 
+def test_unit_decisions_take_the_fast_path_and_absent_fields_stay_unwritten() -> None:
+    """A unit decision is accepted by the fast path; re-encoding writes its unit fields,
+    and a decision without them is written without them (the pre-unit record)."""
+    fast = fast_decode.fast_event(dict(UNIT_DECISION))
+    assert isinstance(fast, DecisionMade)
+    assert (fast.unit_id, fast.assignment, fast.allocation_version, fast.exposure_id) == (
+        "visitor-42",
+        "local",
+        29_000_000,
+        "ex-1",
+    )
+    assert orjson.loads(encode(fast)) == {**UNIT_DECISION, "attribution_window_s": None}
+    plain = fast_decode.fast_event(dict(DECISION))
+    assert plain is not None
+    written = orjson.loads(encode(plain))
+    assert not {"unit_id", "assignment", "allocation_version", "exposure_id"} & set(written)
+    reward = fast_decode.fast_event(dict(UNIT_REWARD))
+    assert isinstance(reward, RewardObserved)
+    assert reward.unit_id == UNIT_REWARD["unit_id"]
+
+
 @pytest.mark.parametrize(
     ("change", "reason"),
     [
@@ -577,6 +643,9 @@ def test_fast_models_are_frozen_and_behave_like_validated_ones() -> None:
         ({"user_context": {f"k{i}": i for i in range(33)}}, "bad_user_context"),
         ({"extra": 1}, "unknown_field"),
         ({"type": "decision_made"}, "missing_field"),
+        ({"unit_id": "u" * 201}, "bad_id"),
+        ({"unit_id": " visitor "}, None),  # valid once trimmed: pydantic trims it
+        ({"unit_id": 42}, "wrong_type"),
     ],
 )
 def test_examples_defer_to_pydantic(change: dict[str, Any], reason: str | None) -> None:

@@ -8,6 +8,9 @@ from pydantic import TypeAdapter, ValidationError
 
 from schemas.codec import MAX_RECORD_BYTES, DecodeError, decode, decode_reward, encode
 from schemas.events import (
+    DEFAULT_STICKY_TTL_S,
+    MAX_STICKY_TTL_S,
+    SALT_HEX_DIGITS,
     SCHEMA_VERSION,
     AnyEvent,
     ArmsAdded,
@@ -16,6 +19,7 @@ from schemas.events import (
     ExperimentCreated,
     RewardObserved,
     StrategyChanged,
+    new_salt,
 )
 from schemas.ids import ID_MAX_LEN, ArmId, InvalidIdError, is_valid_id, normalize_id
 
@@ -64,7 +68,118 @@ EVENTS: list[AnyEvent] = [
         decision_id="f" * 32 + ".0",
         source="bulk",
     ),
+    ExperimentCreated(
+        experiment_id="cta-button-test",
+        config=CONFIG.model_copy(
+            update={
+                "assignment": "consistent",
+                "sticky_ttl_s": None,
+                "unit_id_storage": "raw",
+                "salt": "0123456789abcdef",
+                "min_arm_share": 0.25,
+                "allocation_interval_s": 5,
+            }
+        ),
+    ),
+    DecisionMade(
+        experiment_id="cta-button-test",
+        decision_id="1" * 32 + ".0",
+        arm_id="blue-button",
+        strategy="thompson",
+        propensity=0.6,
+        config_version=3,
+        snapshot_version=12,
+        unit_id="visitor été 42",
+        assignment="local",
+        allocation_version=29_603_160,
+        exposure_id="ex-7",
+    ),
+    RewardObserved(
+        experiment_id="cta-button-test", arm_id="blue-button", reward=1.0, unit_id="a" * 32
+    ),
 ]
+
+#: A config as the decider stored it before the assignment settings existed.
+OLD_CONFIG_JSON = (
+    b'{"experiment_id":"Free Shipping","arm_ids":["a","b"],"strategy":"thompson",'
+    b'"strategy_params":{},"version":4,"created_ts":1700000000.0,"updated_ts":1700000001.0,'
+    b'"attribution_window_s":null,"default_reward":0.0}'
+)
+
+
+def test_a_config_stored_before_assignment_settings_reads_with_the_defaults() -> None:
+    config = ExperimentConfig.model_validate_json(OLD_CONFIG_JSON)
+    assert config.salt == "Free Shipping"  # its units hash as its experiment id says
+    assert (config.assignment, config.unit_id_storage) == ("sticky", "hashed")
+    assert config.sticky_ttl_s == DEFAULT_STICKY_TTL_S == 30 * 24 * 3600
+    assert (config.min_arm_share, config.allocation_interval_s) == (0.0, 60)
+    # Every field it had keeps its value and its bytes.
+    assert config.model_dump_json().encode().startswith(OLD_CONFIG_JSON[:-1])
+    old_event = orjson.dumps(
+        {
+            "experiment_id": "Free Shipping",
+            "type": "experiment_created",
+            "event_id": "e",
+            "ts": 1.0,
+            "config": orjson.loads(OLD_CONFIG_JSON),
+        }
+    )
+    decoded = decode(old_event)
+    assert isinstance(decoded, ExperimentCreated)
+    assert decoded.config == config
+
+
+def test_new_salts_are_random_hex() -> None:
+    salts = {new_salt() for _ in range(200)}
+    assert len(salts) == 200
+    assert all(len(s) == SALT_HEX_DIGITS and int(s, 16) >= 0 for s in salts)
+    assert CONFIG.model_copy(update={"salt": salts.pop()}).salt != CONFIG.salt
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"min_arm_share": 0.51}, "at most 0.5 with 2 arms"),
+        ({"min_arm_share": -0.1}, "greater than or equal"),
+        ({"sticky_ttl_s": MAX_STICKY_TTL_S + 1}, "less than or equal"),
+        ({"sticky_ttl_s": 0}, "greater than or equal"),
+        ({"allocation_interval_s": 4}, "greater than or equal to 5"),
+        ({"allocation_interval_s": 3601}, "less than or equal to 3600"),
+        ({"assignment": "random"}, "sticky"),
+        ({"unit_id_storage": "plain"}, "hashed"),
+        ({"salt": "x" * 121}, "at most 120"),
+    ],
+)
+def test_assignment_settings_are_validated(change: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        ExperimentConfig.model_validate({**CONFIG.model_dump(), **change})
+
+
+def test_the_floor_fits_exactly_at_one_over_k() -> None:
+    arms = tuple(f"arm-{i}" for i in range(7))
+    config = ExperimentConfig.model_validate(
+        {**CONFIG.model_dump(), "arm_ids": arms, "min_arm_share": 1 / 7}
+    )
+    assert config.min_arm_share == 1 / 7
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"unit_id": "u" * 201}, "bad_id"),
+        ({"unit_id": "a\nb"}, "bad_id"),
+        ({"assignment": "per_request"}, "invalid"),
+        ({"allocation_version": -1}, "invalid"),
+        ({"allocation_version": 7.5}, "wrong_type"),
+        ({"exposure_id": ""}, "invalid"),
+        ({"exposure_id": "x" * 65}, "invalid"),
+    ],
+)
+def test_bad_unit_fields_of_a_decision_are_rejected(change: dict[str, object], reason: str) -> None:
+    record = orjson.loads(encode(EVENTS[3])) | change
+    with pytest.raises(DecodeError) as info:
+        decode(orjson.dumps(record))
+    assert info.value.reason == reason
 
 
 @pytest.mark.parametrize("event", EVENTS, ids=lambda e: e.type)

@@ -29,10 +29,8 @@ from dataclasses import dataclass, field
 from typing import Final, Literal, NamedTuple
 
 from mab_client.errors import InvalidAllocationError, InvalidUnitIdError
+from mab_client.ids import UNIT_ID_MAX_LEN, InvalidIdError, normalize_id
 
-#: Longest unit id, in code points after trimming (visitor ids, account ids, session
-#: cookies and e-mail-like ids fit; the bound keeps events and Redis keys small).
-UNIT_ID_MAX_LEN: Final = 200
 #: Longest salt accepted (the server's salts are 16 hex characters or an experiment id).
 SALT_MAX_LEN: Final = 200
 #: Most arms an allocation may have: a decision id names its arm in 1-4 digits.
@@ -78,16 +76,11 @@ def _unit_id_problem(unit_id: object) -> str:
     """Why ``unit_id`` is not a valid unit id (only called once it failed the check)."""
     if not isinstance(unit_id, str):
         return f"unit_id must be a string, got {type(unit_id).__name__}"
-    text = unit_id.strip()
-    if not text:
-        return "unit_id must not be empty (after trimming whitespace)"
-    if len(text) > UNIT_ID_MAX_LEN:
-        return f"unit_id must be at most {UNIT_ID_MAX_LEN} characters, got {len(text)}"
-    bad = next(c for c in text if not c.isprintable())
-    return (
-        f"unit_id must be printable text; it contains U+{ord(bad):04X} "
-        "(control, format, separator, surrogate, private-use or unassigned character)"
-    )
+    try:
+        normalize_id(unit_id, "unit_id", UNIT_ID_MAX_LEN)
+    except InvalidIdError as exc:
+        return str(exc)
+    raise AssertionError(f"{unit_id!r} is a valid unit id")  # pragma: no cover
 
 
 def normalize_unit_id(unit_id: str) -> str:

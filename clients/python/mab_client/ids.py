@@ -29,6 +29,9 @@ from pydantic import AfterValidator, Field
 from pydantic_core import PydanticCustomError
 
 ID_MAX_LEN: Final = 120
+#: Longest randomisation unit id (a visitor, session or account id) and unit token: the
+#: same rule as ids with a longer bound, since account ids and e-mail-like ids are longer.
+UNIT_ID_MAX_LEN: Final = 200
 
 #: The most arm ids one request may list, and the highest ``MAB_MAX_ARMS`` a server
 #: accepts (its default, 1,000, is the server's setting). An experiment's config and
@@ -45,19 +48,20 @@ class InvalidIdError(ValueError):
     """An id that is not 1-120 printable characters after trimming; says which rule."""
 
 
-def normalize_id(value: str, what: str = "id") -> str:
+def normalize_id(value: str, what: str = "id", max_len: int = ID_MAX_LEN) -> str:
     """The trimmed id, or :class:`InvalidIdError` naming the broken rule.
 
-    ``what`` names the field in the message (``"experiment_id"``, ``"arm id"`` …).
+    ``what`` names the field in the message (``"experiment_id"``, ``"arm id"`` …);
+    ``max_len`` is :data:`UNIT_ID_MAX_LEN` for unit ids, the one longer bound.
     """
     if not isinstance(value, str):
         raise InvalidIdError(f"{what} must be a string")
     text = value.strip()
     if not text:
         raise InvalidIdError(f"{what} must not be empty (after trimming whitespace)")
-    if len(text) > ID_MAX_LEN:
+    if len(text) > max_len:
         raise InvalidIdError(
-            f"{what} has {len(text)} characters after trimming; at most {ID_MAX_LEN} are allowed"
+            f"{what} has {len(text)} characters after trimming; at most {max_len} are allowed"
         )
     if not text.isprintable():
         bad = next(c for c in text if not c.isprintable())
@@ -69,7 +73,7 @@ def normalize_id(value: str, what: str = "id") -> str:
     return text
 
 
-def is_valid_id(value: object) -> bool:
+def is_valid_id(value: object, max_len: int = ID_MAX_LEN) -> bool:
     """Whether ``value`` is a valid id *as it is* (already trimmed): the cheap check of
     hot paths, equivalent to ``normalize_id(value) == value`` without an exception.
 
@@ -78,7 +82,7 @@ def is_valid_id(value: object) -> bool:
     """
     return (
         isinstance(value, str)
-        and 0 < len(value) <= ID_MAX_LEN
+        and 0 < len(value) <= max_len
         and value.isprintable()
         and value[0] != " "
         and value[-1] != " "
@@ -105,3 +109,22 @@ _Id = Annotated[
 ExperimentId = _Id
 #: An arm id: the same rule.
 ArmId = _Id
+
+
+def _pydantic_unit_id(value: str) -> str:
+    try:
+        return normalize_id(value, "unit_id", UNIT_ID_MAX_LEN)
+    except InvalidIdError as exc:
+        raise PydanticCustomError(INVALID_ID, "{reason}", {"reason": str(exc)}) from None
+
+
+#: A unit id, or the unit token events carry instead (a 32-hex digest, or the unit id
+#: itself when the experiment stores raw ids): the id rule with :data:`UNIT_ID_MAX_LEN`.
+UnitId = Annotated[
+    str,
+    AfterValidator(_pydantic_unit_id),
+    Field(
+        json_schema_extra={"minLength": 1, "maxLength": UNIT_ID_MAX_LEN},
+        description=f"1-{UNIT_ID_MAX_LEN} printable characters after trimming.",
+    ),
+]

@@ -18,7 +18,13 @@ from fastapi import APIRouter, HTTPException, Query, status
 
 from bandit_core.strategies import InvalidParamsError, validate_params
 from mab_client.models import ArmsAdd, ConfigPublic, ExperimentPublic
-from schemas.events import ArmsAdded, ExperimentConfig, ExperimentCreated, StrategyChanged
+from schemas.events import (
+    ArmsAdded,
+    ExperimentConfig,
+    ExperimentCreated,
+    StrategyChanged,
+    new_salt,
+)
 from services.decider.auth import ADMIN_RESPONSES, BODY_RESPONSES, READ_RESPONSES
 from services.decider.errors import E404, E409, E422, E503, not_found
 from services.decider.models import ConfigUpdate, ExperimentCreate, experiment_public
@@ -30,6 +36,7 @@ from services.decider.store import (
     AttributionChange,
     CommandResult,
     ExperimentMissingError,
+    FloorTooHighError,
     TooManyArmsError,
 )
 
@@ -95,6 +102,7 @@ async def create_experiment(body: ExperimentCreate, rt: RuntimeDep) -> Experimen
         updated_ts=now,
         attribution_window_s=body.attribution_window_s,
         default_reward=body.default_reward,
+        salt=new_salt(),
     )
     async with rt.command_lock(config.experiment_id):
         result = await rt.store.create(config)
@@ -179,6 +187,13 @@ async def add_arms(
                 f"experiment {experiment_id!r} has {exc.current} arms; adding "
                 f"{len(body.arm_ids)} would exceed the maximum of {rt.settings.max_arms} "
                 "(MAB_MAX_ARMS)",
+            ) from None
+        except FloorTooHighError as exc:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                f"experiment {experiment_id!r} keeps min_arm_share {exc.min_arm_share} for "
+                f"every arm; adding {len(body.arm_ids)} arms would need more than the whole "
+                "traffic (arms x min_arm_share must be at most 1)",
             ) from None
         event = ArmsAdded(
             experiment_id=experiment_id,

@@ -35,6 +35,9 @@ from mab_client.models.requests import (
     UniqueArmIds,
 )
 from mab_client.models.responses import (
+    AllocationArmPublic,
+    AllocationHashPublic,
+    AllocationPublic,
     ArmStats,
     ArmStatsPublic,
     ArmSupportPublic,
@@ -77,6 +80,9 @@ __all__ = [
     "REWARD_MIN",
     "USER_CONTEXT_MAX_BYTES",
     "USER_CONTEXT_MAX_KEYS",
+    "AllocationArmPublic",
+    "AllocationHashPublic",
+    "AllocationPublic",
     "ArmIdField",
     "ArmStats",
     "ArmStatsPublic",
