@@ -11,15 +11,15 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from bandit_core.decision_ids import make_decision_id
 from bandit_core.fold import fold_batch
 from bandit_core.state import ExperimentState
 from schemas.codec import encode
-from schemas.events import AnyEvent, DecisionMade, ExperimentConfig, RewardObserved
+from schemas.events import AnyEvent, ExperimentConfig, RewardObserved
 from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames, partition_key
 from services.projector.projection import Retention, project
 from stream_runtime.batch import decode_reward_or_decision
+from tests.fixtures.events import decision_of
 from tests.fixtures.faults import (
     Outgoing,
     ServiceProcess,
@@ -61,20 +61,11 @@ def workload(names: TopicNames) -> list[Outgoing]:
         idx = (i * 7 + i // 13) % len(ARMS)
         reward = (i * 7919 % 1000) / 1000
         if i % 10 == 3:
-            decision_id = make_decision_id(idx)
-            last_decision = (decision_id, idx)
-            decision = DecisionMade(
-                experiment_id=EXP,
-                decision_id=decision_id,
-                arm_id=ARMS[idx],
-                strategy="thompson",
-                propensity=0.25,
-                config_version=1,
-                snapshot_version=0,
-            )
+            decision = decision_of(EXP, ARMS[idx], idx, propensity=0.25)
+            last_decision = (decision.decision_id, idx)
             out.append(Outgoing(names.decisions, key, encode(decision)))
             full = RewardObserved(
-                experiment_id=EXP, arm_id=ARMS[idx], reward=reward, decision_id=decision_id
+                experiment_id=EXP, arm_id=ARMS[idx], reward=reward, decision_id=decision.decision_id
             )
             last_full = encode(full)
             out.append(Outgoing(names.rewards, key, last_full))

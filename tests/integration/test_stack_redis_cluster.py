@@ -22,13 +22,13 @@ from schemas.events import ExperimentConfig
 from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames
 from services.decider import store as decider_store
-from services.decider.settings import DeciderSettings
 from services.decider.store import ConfigStore
 from services.projector.consumer import Projector
 from services.projector.settings import ProjectorSettings
 from services.reward_consumer.consumer import RewardConsumer
 from services.reward_consumer.settings import ConsumerSettings
 from stream_runtime.redis_client import AnyRedis, cluster_nodes, redis_from_url
+from tests.fixtures.in_process import on_namespace
 from tests.fixtures.streams import (
     dump_namespace,
     expected_states,
@@ -39,7 +39,7 @@ from tests.fixtures.streams import (
     wait_caught_up,
 )
 from tests.fixtures.workload import ARMS, workload
-from tests.integration.conftest import serve_decider
+from tests.integration.conftest import SettingsFactory, serve_decider
 
 pytestmark = pytest.mark.integration
 
@@ -252,6 +252,7 @@ async def test_racing_commands_on_a_cluster(
 
 @pytest.mark.timeout(600)  # processors, then four CLI runs with two workers each
 async def test_replay_verify_and_rebuild_on_a_cluster_equal_a_single_node(
+    decider_settings: SettingsFactory,
     kafka_bootstrap: str,
     redis_url: str,
     cluster_url: str,
@@ -271,14 +272,7 @@ async def test_replay_verify_and_rebuild_on_a_cluster_equal_a_single_node(
     and values of the single-node rebuild; no scratch key is left on any master."""
     names = TopicNames.with_prefix(ns)
     ids = spread_ids("rp-", per_partition=2, partitions=topics[names.rewards])
-    decider = DeciderSettings(
-        redis_url=cluster_url,
-        kafka_bootstrap_servers=kafka_bootstrap,
-        mab_topic_prefix=ns,
-        mab_redis_prefix=ns,
-        auth="open",
-    )
-    async with serve_decider(decider) as (client, _):
+    async with serve_decider(decider_settings(redis_url=cluster_url)) as (client, _):
         for exp in ids:
             r = await client.post(
                 "/experiments",
@@ -287,12 +281,7 @@ async def test_replay_verify_and_rebuild_on_a_cluster_equal_a_single_node(
             assert r.status_code == 201, r.text
     await produce(kafka_bootstrap, workload(names, ids, 12_000))
 
-    common: dict[str, Any] = {
-        "kafka_bootstrap_servers": kafka_bootstrap,
-        "redis_url": cluster_url,
-        "mab_topic_prefix": ns,
-        "mab_redis_prefix": ns,
-    }
+    common = on_namespace(kafka_bootstrap, cluster_url, ns)
     consumer = RewardConsumer(ConsumerSettings(**common, mab_consumer_group_id=f"{ns}consumer"))
     projector = Projector(ProjectorSettings(**common, mab_projector_group_id=f"{ns}projector"))
     await consumer.start()
