@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from stream_runtime.dead_letter import (
     dead_letter_producer,
     read_dead_letters,
 )
+from stream_runtime.kafka_consumer import KafkaRecord as Rec
 from stream_runtime.redis_store import RedisStateStore
 from stream_runtime.state_store import Write
 from tests.fixtures.engines import fold_engine
@@ -232,19 +232,6 @@ async def test_record_at_the_broker_limit_is_dead_lettered_with_its_bytes(
     assert letter.reason == "oversize"
     assert letter.value == value
     assert len(value) + sum(len(k) + len(v) for k, v in letter.headers) > 1_048_588
-
-
-@dataclass(frozen=True)
-class Rec:
-    """A consumer record as the handler sees it (position, time, key, value, headers)."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    value: bytes | None
-    key: bytes | None = None
-    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 async def test_fold_rejects_reach_the_dlq_before_the_write_that_hides_them(
