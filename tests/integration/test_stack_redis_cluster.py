@@ -94,6 +94,16 @@ async def _commands(store: ConfigStore, ids: list[str]) -> list[Any]:
     return replies
 
 
+async def fold_all(processor: RewardConsumer | Projector, kafka: str, topics: list[str]) -> None:
+    """Run an in-process processor until its group has committed the end of ``topics``;
+    stopped on the way out, so a failed wait leaves nothing polling."""
+    await processor.start()
+    try:
+        await wait_caught_up(kafka, processor.settings.group_id, topics, 120)
+    finally:
+        await processor.stop()
+
+
 @pytest.mark.timeout(300)
 async def test_commands_and_folds_on_a_cluster_equal_a_single_node(
     kafka_bootstrap: str,
@@ -129,9 +139,7 @@ async def test_commands_and_folds_on_a_cluster_equal_a_single_node(
         prefix = f"{ns}{label}:"
         replies[label] = await _commands(ConfigStore(client, RedisKeys(prefix)), ids)
         common[label] = {
-            "kafka_bootstrap_servers": kafka_bootstrap,
-            "redis_url": urls[label],
-            "mab_topic_prefix": ns,
+            **on_namespace(kafka_bootstrap, urls[label], ns),
             "mab_redis_prefix": prefix,
         }
     # Both consumers first: each publishes the change points it detects to the
@@ -141,13 +149,7 @@ async def test_commands_and_folds_on_a_cluster_equal_a_single_node(
         consumer = RewardConsumer(
             ConsumerSettings(**common[label], mab_consumer_group_id=f"{prefix}consumer")
         )
-        await consumer.start()
-        try:
-            await wait_caught_up(
-                kafka_bootstrap, f"{prefix}consumer", [names.rewards, names.decisions], 120
-            )
-        finally:
-            await consumer.stop()
+        await fold_all(consumer, kafka_bootstrap, [names.rewards, names.decisions])
         timings[f"consumer {label}"] = time.monotonic() - t0
         assert consumer.stats.applied > 0
     for label in clients:
@@ -155,16 +157,9 @@ async def test_commands_and_folds_on_a_cluster_equal_a_single_node(
         projector = Projector(
             ProjectorSettings(**common[label], mab_projector_group_id=f"{prefix}projector")
         )
-        await projector.start()
-        try:
-            await wait_caught_up(
-                kafka_bootstrap,
-                f"{prefix}projector",
-                [names.rewards, names.decisions, names.experiments],
-                120,
-            )
-        finally:
-            await projector.stop()
+        await fold_all(
+            projector, kafka_bootstrap, [names.rewards, names.decisions, names.experiments]
+        )
         timings[f"projector {label}"] = time.monotonic() - t0
         assert projector.stats.applied > 0
     print("\nseconds since start:", {k: round(v, 1) for k, v in timings.items()})
@@ -284,17 +279,10 @@ async def test_replay_verify_and_rebuild_on_a_cluster_equal_a_single_node(
     common = on_namespace(kafka_bootstrap, cluster_url, ns)
     consumer = RewardConsumer(ConsumerSettings(**common, mab_consumer_group_id=f"{ns}consumer"))
     projector = Projector(ProjectorSettings(**common, mab_projector_group_id=f"{ns}projector"))
-    await consumer.start()
-    await projector.start()
-    try:
-        folded = [names.rewards, names.decisions]
-        await wait_caught_up(kafka_bootstrap, f"{ns}consumer", folded, 120)
-        # After the consumer: the change points it publishes are the projector's input.
-        projected = [*folded, names.experiments]
-        await wait_caught_up(kafka_bootstrap, f"{ns}projector", projected, 120)
-    finally:
-        await consumer.stop()
-        await projector.stop()
+    folded = [names.rewards, names.decisions]
+    await fold_all(consumer, kafka_bootstrap, folded)
+    # After the consumer: the change points it publishes are the projector's input.
+    await fold_all(projector, kafka_bootstrap, [*folded, names.experiments])
     assert consumer.stats.applied > 0
     assert projector.stats.applied > 0
 
