@@ -118,14 +118,7 @@ async def test_expired_decisions_get_the_default_once_and_replay_agrees(
         )
     assert consumer.defaults_logged >= 15
 
-    target = ReplayTarget(
-        bootstrap=kafka_bootstrap,
-        redis_url=redis_url,
-        topic_prefix=ns,
-        redis_prefix=ns,
-        retention=projector.settings.retention,
-        workers=1,
-    )
+    target = ReplayTarget.of(projector.settings, workers=1)
     verified = await run_verify(target, lambda _: None)
     assert verified.differences == []
     assert verified.as_dict()["folded"] >= n_records
