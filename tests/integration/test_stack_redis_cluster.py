@@ -28,6 +28,7 @@ from services.projector.settings import ProjectorSettings
 from services.reward_consumer.consumer import RewardConsumer
 from services.reward_consumer.settings import ConsumerSettings
 from stream_runtime.redis_client import AnyRedis, cluster_nodes, redis_from_url
+from tests.fixtures.events import config_of
 from tests.fixtures.in_process import on_namespace
 from tests.fixtures.streams import (
     dump_namespace,
@@ -72,15 +73,7 @@ async def _commands(store: ConfigStore, ids: list[str]) -> list[Any]:
     returns every reply so both back ends can be compared call by call."""
     replies: list[Any] = []
     for exp in ids:
-        config = ExperimentConfig(
-            experiment_id=exp,
-            arm_ids=ARMS,
-            strategy="thompson",
-            strategy_params={"seed": 2**62 + 1},
-            version=1,
-            created_ts=FIXED_NOW,
-            updated_ts=FIXED_NOW,
-        )
+        config = config_of(exp, ARMS, ts=FIXED_NOW, strategy_params={"seed": 2**62 + 1})
         created = await store.create(config)
         assert created is not None
         await store.add_to_index(config)
@@ -219,14 +212,7 @@ async def test_racing_commands_on_a_cluster(
     document (docs/architecture.md, Redis Cluster), not what this test is about."""
     keys = RedisKeys(f"{ns}race:")
     store = ConfigStore(clients["cluster"], keys)
-    config = ExperimentConfig(
-        experiment_id="race",
-        arm_ids=("a",),
-        strategy="thompson",
-        version=1,
-        created_ts=1.0,
-        updated_ts=1.0,
-    )
+    config = config_of("race", ("a",), ts=1.0)
     racers = [redis_from_url(cluster_url) for _ in range(20)]
     try:
         for r in racers:
