@@ -100,6 +100,23 @@ class ReplayTarget:
     #: other groups reading the topics) have members. ``None``: only the latter count.
     groups: ProcessorGroups | None = None
 
+    @classmethod
+    def of(
+        cls, settings: ProjectorSettings, workers: int = 2, groups: ProcessorGroups | None = None
+    ) -> ReplayTarget:
+        """The deployment a projector's settings describe (its environment, for the CLI):
+        replay rebuilds the buckets with the projector's own retention. Raises
+        ``ValueError`` for a key prefix with braces (:class:`~schemas.redis_keys.RedisKeys`)."""
+        return cls(
+            bootstrap=settings.connection(),
+            redis_url=settings.redis_url,
+            topic_prefix=settings.mab_topic_prefix,
+            redis_prefix=settings.keys.prefix,
+            retention=settings.retention,
+            workers=workers,
+            groups=groups,
+        )
+
     @property
     def topics(self) -> TopicNames:
         return TopicNames.with_prefix(self.topic_prefix)
@@ -410,19 +427,11 @@ def register(app: typer.Typer) -> None:
             settings = ProjectorSettings()
         except ValidationError as exc:
             raise _fail("; ".join(settings_errors(exc, ProjectorSettings))) from None
+        groups = ProcessorGroups.from_env()
         try:
-            keys = settings.keys  # a key prefix with braces would move every hash tag
-        except ValueError as exc:
+            target = ReplayTarget.of(settings, workers, groups)
+        except ValueError as exc:  # a key prefix with braces would move every hash tag
             raise _fail(str(exc)) from None
-        target = ReplayTarget(
-            bootstrap=settings.connection(),
-            redis_url=settings.redis_url,
-            topic_prefix=settings.mab_topic_prefix,
-            redis_prefix=keys.prefix,
-            retention=settings.retention,
-            workers=workers,
-            groups=ProcessorGroups.from_env(),
-        )
 
         def progress(message: str) -> None:
             typer.echo(f"replay: {message}", err=True)

@@ -266,22 +266,28 @@ def record_ids(raw: bytes | None) -> dict[str, str]:
     }
 
 
+def log_rejects(log: logging.Logger, message: str, rejects: Sequence[Rejected]) -> None:
+    """One warning per rejected record, with its position, its reason and the ids an
+    operator searches for: the same line whether the record went to a DLQ or not."""
+    for r in rejects:
+        log.warning(
+            message,
+            extra={
+                "topic": r.record.topic,
+                "partition": r.record.partition,
+                "offset": r.record.offset,
+                "reason": r.reason,
+                "detail": r.detail,
+                **record_ids(r.record.value),
+            },
+        )
+
+
 def dead_letter_logger(log: logging.Logger, message: str) -> DeadLetterSink:
     """A dead-letter sink that only logs (tools without a DLQ)."""
 
     async def log_dead_letter(rejects: Sequence[Rejected]) -> None:
-        for r in rejects:
-            log.warning(
-                message,
-                extra={
-                    "topic": r.record.topic,
-                    "partition": r.record.partition,
-                    "offset": r.record.offset,
-                    "reason": r.reason,
-                    "detail": r.detail,
-                    **record_ids(r.record.value),
-                },
-            )
+        log_rejects(log, message, rejects)
 
     return log_dead_letter
 

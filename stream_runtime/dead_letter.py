@@ -35,7 +35,7 @@ from schemas.dead_letter import (
 )
 from schemas.topics import DLQ_MAX_MESSAGE_BYTES
 from stream_runtime.acked_producer import AckedProducer, OutRecord
-from stream_runtime.batch import Rejected, record_ids
+from stream_runtime.batch import Rejected, log_rejects
 from stream_runtime.kafka_connection import KafkaTarget
 from stream_runtime.kafka_metadata import metadata_client, partition_count
 from stream_runtime.partition_reader import read_chunks
@@ -91,19 +91,7 @@ class DeadLetterProducer:
         await self.producer.send(letters)
         self.sent += len(rejects)
         if self.log is not None:
-            # One line per dead letter, with the ids an operator searches for.
-            for r in rejects:
-                self.log.warning(
-                    "record dead-lettered",
-                    extra={
-                        "topic": r.record.topic,
-                        "partition": r.record.partition,
-                        "offset": r.record.offset,
-                        "reason": r.reason,
-                        "detail": r.detail,
-                        **record_ids(r.record.value),
-                    },
-                )
+            log_rejects(self.log, "record dead-lettered", rejects)
 
 
 # --------------------------------------------------------------------------- operators

@@ -12,6 +12,9 @@ Public fixtures:
   consumer group ids and Redis keys so parallel or repeated tests never see each other's data.
 * ``topics`` (function, ``dict[str, int]``): the product's topics created under ``ns``
   (``schemas.topics.topic_specs(ns)``), name → partition count.
+* ``live`` (function, :class:`~tests.fixtures.streams.LiveNamespace`): ``kafka_bootstrap``,
+  ``redis_url``, ``ns``, ``topics`` and ``redis`` in one, for tests that feed the product
+  topics and run processors against them.
 * ``secure_kafka`` (session, :class:`~tests.fixtures.secure_kafka.SecureKafka`): a second
   local broker whose product listener is SASL_SSL (SCRAM-SHA-512, a CA made in the test).
 
@@ -33,6 +36,7 @@ from redis.asyncio import Redis
 from deploy.stack.topics import create_topics, product_topic_specs
 from tests.fixtures.secure_kafka import SecureKafka, secure_kafka_stack
 from tests.fixtures.stack import StackProvider
+from tests.fixtures.streams import LiveNamespace
 
 TIERS = ("unit", "integration", "e2e", "faults")
 TESTS_DIR = Path(__file__).parent
@@ -96,6 +100,13 @@ def ns() -> str:
 @pytest.fixture
 def topics(kafka_bootstrap: str, ns: str) -> dict[str, int]:
     return create_topics(kafka_bootstrap, product_topic_specs(ns))
+
+
+@pytest.fixture
+def live(
+    kafka_bootstrap: str, redis_url: str, ns: str, topics: dict[str, int], redis: Redis
+) -> LiveNamespace:
+    return LiveNamespace(kafka_bootstrap, redis_url, ns, topics, redis)
 
 
 @pytest.fixture(scope="session")

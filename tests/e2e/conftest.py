@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import pytest
 from deploy.stack.ports import free_port
 from deploy.stack.topics import create_topics
 from schemas.topics import topic_specs
+from tests.fixtures.faults import service_env
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -95,16 +95,7 @@ def running_services(
     ns = f"e{uuid.uuid4().hex[:8]}-"
     create_topics(kafka_bootstrap, topic_specs(ns))
     port = free_port()
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "REDIS_URL": redis_url,
-        "MAB_TOPIC_PREFIX": ns,
-        "MAB_REDIS_PREFIX": ns,
-        "MAB_CONSUMER_GROUP_ID": f"{ns}reward-consumer",
-        "LOG_LEVEL": "INFO",
-        **auth_env,
-    }
+    env = service_env(kafka_bootstrap, redis_url, ns, LOG_LEVEL="INFO", **auth_env)
     svc = Services(ns=ns, api_url=f"http://127.0.0.1:{port}", env=env)
     decider = svc.start(
         "decider",

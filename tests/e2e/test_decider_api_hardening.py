@@ -38,6 +38,7 @@ from mab_client import AuthError
 from schemas.topics import topic_specs
 from services.decider.app import create_app
 from tests.e2e.conftest import Services, wait_ready
+from tests.fixtures.faults import service_env
 
 pytestmark = pytest.mark.e2e
 
@@ -60,17 +61,15 @@ def keyed_decider(kafka_bootstrap: str, redis_url: str) -> Iterator[Services]:
     ns = f"s{uuid.uuid4().hex[:8]}-"
     create_topics(kafka_bootstrap, topic_specs(ns))
     port = free_port()
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "REDIS_URL": redis_url,
-        "MAB_TOPIC_PREFIX": ns,
-        "MAB_REDIS_PREFIX": ns,
-        "MAB_ADMIN_KEY": ADMIN_KEY,
-        "MAB_CLIENT_KEYS": CLIENT_KEY,
-        "MAB_READ_KEYS": READ_KEY,
-        "LOG_LEVEL": "WARNING",
-    }
+    env = service_env(
+        kafka_bootstrap,
+        redis_url,
+        ns,
+        MAB_AUTH="keys",
+        MAB_ADMIN_KEY=ADMIN_KEY,
+        MAB_CLIENT_KEYS=CLIENT_KEY,
+        MAB_READ_KEYS=READ_KEY,
+    )
     svc = Services(ns=ns, api_url=f"http://127.0.0.1:{port}", env=env)
     argv = [sys.executable, "-m", "uvicorn", "services.decider.app:app", "--port", str(port)]
     decider = svc.start("decider", [*argv, "--host", "127.0.0.1", "--no-access-log"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import time
@@ -21,8 +20,7 @@ from bandit_core.state import ExperimentState
 from schemas.codec import decode_reward, encode
 from schemas.events import RewardObserved
 from schemas.redis_keys import RedisKeys
-from schemas.topics import TopicNames
-from tests.fixtures.streams import Outgoing, produce, put_config, start_processor
+from tests.fixtures.streams import LiveNamespace, Outgoing, produce, put_config, start_processor
 
 pytestmark = pytest.mark.faults
 
@@ -68,11 +66,7 @@ async def wait_pulls(redis: Redis, ns: str, lo: int, within: float) -> int:
 
 
 async def test_sigkill_mid_stream_loses_and_doubles_nothing(
-    kafka_bootstrap: str,
-    redis_url: str,
-    ns: str,
-    topics: dict[str, int],
-    redis: Redis,
+    live: LiveNamespace,
     tmp_path: Path,
 ) -> None:
     """Scenario: 50,000 rewards (minimal records, full events, producer retries) are in the
@@ -83,11 +77,11 @@ async def test_sigkill_mid_stream_loses_and_doubles_nothing(
     We expect: the snapshot equals the pure fold of every record exactly once (0 lost,
     0 doubled), the clean SIGTERM exits 0, and the group's committed offset is the end of
     the log (the last batch was committed on shutdown)."""
-    names = TopicNames.with_prefix(ns)
-    config = await put_config(redis, ns, EXP, ARMS)
+    config = await put_config(live.redis, live.ns, EXP, ARMS)
     t0 = time.monotonic()
     sent = await produce(
-        kafka_bootstrap, [Outgoing(names.rewards, EXP, v) for v in records(names.rewards)]
+        live.kafka_bootstrap,
+        [Outgoing(live.names.rewards, EXP, v) for v in records(live.names.rewards)],
     )
     print(f"\nproduced {len(sent)} in {time.monotonic() - t0:.1f}s")
     events = [
@@ -102,32 +96,25 @@ async def test_sigkill_mid_stream_loses_and_doubles_nothing(
     want_pulls = sum(a.pulls for a in want.arms.values())
     assert want.duplicates > 0
 
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "REDIS_URL": redis_url,
-        "MAB_TOPIC_PREFIX": ns,
-        "MAB_REDIS_PREFIX": ns,
-        "MAB_CONSUMER_GROUP_ID": ns + "crash",
-        "MAB_MAX_BATCH_RECORDS": "500",  # many write/commit cycles to land a kill in
-        "MAB_POLL_TIMEOUT_MS": "100",
+    env = live.env(
+        MAB_CONSUMER_GROUP_ID=live.ns + "crash",
+        MAB_MAX_BATCH_RECORDS="500",  # many write/commit cycles to land a kill in
+        MAB_POLL_TIMEOUT_MS="100",
         # The broker's minimum: the killed member's partitions are reassigned sooner.
-        "MAB_SESSION_TIMEOUT_MS": "6000",
-        "LOG_LEVEL": "WARNING",
-        "PYTHONUNBUFFERED": "1",
-    }
+        MAB_SESSION_TIMEOUT_MS="6000",
+    )
     log = tmp_path / "consumer.log"
     proc: subprocess.Popen[bytes] | None = None
     try:
         for fraction in (0.2, 0.55):
             proc = start_processor("services.reward_consumer", env, log)
-            seen = await wait_pulls(redis, ns, int(want_pulls * fraction), within=40)
+            seen = await wait_pulls(live.redis, live.ns, int(want_pulls * fraction), within=40)
             print(f"SIGKILL at {seen} pulls, t={time.monotonic() - t0:.1f}s")
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=10)
             assert seen < want_pulls, "caught up before the kill: make N bigger"
         proc = start_processor("services.reward_consumer", env, log)
-        await wait_pulls(redis, ns, want_pulls, within=40)
+        await wait_pulls(live.redis, live.ns, want_pulls, within=40)
         print(f"caught up at t={time.monotonic() - t0:.1f}s")
         await asyncio.sleep(0.5)  # any doubled record would show up as extra pulls now
         proc.send_signal(signal.SIGTERM)
@@ -137,15 +124,15 @@ async def test_sigkill_mid_stream_loses_and_doubles_nothing(
             proc.kill()
             proc.wait(timeout=10)
 
-    raw = await redis.get(RedisKeys(ns).experiment(EXP).snapshot)
+    raw = await live.redis.get(RedisKeys(live.ns).experiment(EXP).snapshot)
     got = ExperimentState.from_snapshot(raw, EXP)
     assert (got.arms, got.version, got.duplicates) == (want.arms, want.version, want.duplicates)
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=live.kafka_bootstrap)
     await admin.start()
     try:
-        committed = await admin.list_consumer_group_offsets(ns + "crash")
+        committed = await admin.list_consumer_group_offsets(live.ns + "crash")
     finally:
         await admin.close()
     partition = sent[0].partition
-    assert committed[TopicPartition(names.rewards, partition)].offset == sent[-1].offset + 1
+    assert committed[TopicPartition(live.names.rewards, partition)].offset == sent[-1].offset + 1

@@ -11,11 +11,10 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from schemas.topics import TopicNames
 from tests.fixtures.faults import wait_until
 from tests.fixtures.streams import (
+    LiveNamespace,
     expected_states,
-    processor_env,
     produce,
     read_states,
     spread_ids,
@@ -56,12 +55,8 @@ async def applied_events(redis: Redis, ns: str, ids: list[str]) -> int:
 @pytest.mark.timeout(400)
 @pytest.mark.parametrize("leave", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 async def test_consumer_joins_and_leaves_mid_stream(
+    live: LiveNamespace,
     leave: signal.Signals,
-    kafka_bootstrap: str,
-    redis_url: str,
-    ns: str,
-    topics: dict[str, int],
-    redis: Redis,
     tmp_path: Path,
 ) -> None:
     """Scenario: 60,000 records (decisions; minimal, joined, retried and doubly rewarded
@@ -74,40 +69,36 @@ async def test_consumer_joins_and_leaves_mid_stream(
     consumer ends with the group's committed offsets at the end of the log, and every
     snapshot equals the pure fold of every record exactly once (nothing lost or doubled),
     with most of the first consumer's batches folded from its snapshot cache."""
-    names = TopicNames.with_prefix(ns)
-    ids = spread_ids("rb-", per_partition=2, partitions=topics[names.rewards])
+    ids = spread_ids("rb-", per_partition=2, partitions=live.topics[live.names.rewards])
     configs = configs_for(ids)
-    await write_configs(redis, ns, configs.values())
-    group = f"{ns}rebalance"
-    env = processor_env(
-        kafka_bootstrap,
-        redis_url,
-        ns,
-        ns,
-        {
-            "MAB_CONSUMER_GROUP_ID": group,
-            "MAB_MAX_BATCH_RECORDS": "500",  # many write/commit cycles for a rebalance to cut
-            "MAB_POLL_TIMEOUT_MS": "100",
-            "MAB_SESSION_TIMEOUT_MS": "6000",  # the broker's minimum: a SIGKILL costs 6 s
-        },
+    await write_configs(live.redis, live.ns, configs.values())
+    group = f"{live.ns}rebalance"
+    env = live.env(
+        LOG_LEVEL="INFO",  # the partition assignments and the final stats are read from it
+        MAB_CONSUMER_GROUP_ID=group,
+        MAB_MAX_BATCH_RECORDS="500",  # many write/commit cycles for a rebalance to cut
+        MAB_POLL_TIMEOUT_MS="100",
+        MAB_SESSION_TIMEOUT_MS="6000",  # the broker's minimum: a SIGKILL costs 6 s
     )
     logs = [tmp_path / "first.log", tmp_path / "second.log"]
     first = start_processor("services.reward_consumer", env, logs[0])
     second: subprocess.Popen[bytes] | None = None
     producing = asyncio.create_task(
-        produce(kafka_bootstrap, workload(names, ids, N_RECORDS), chunk=1000, pause_s=0.4)
+        produce(live.kafka_bootstrap, workload(live.names, ids, N_RECORDS), chunk=1000, pause_s=0.4)
     )
     try:
-        await wait_until(lambda: _at_least(redis, ns, ids, N_RECORDS // 10), 120, "a tenth applied")
+        await wait_until(
+            lambda: _at_least(live.redis, live.ns, ids, N_RECORDS // 10), 120, "a tenth applied"
+        )
         second = start_processor("services.reward_consumer", env, logs[1])
 
         async def second_assigned() -> bool:
             return assigned_partitions(logs[1]) > 0
 
         await wait_until(second_assigned, 60, "second consumer assigned partitions")
-        before = await applied_events(redis, ns, ids)
+        before = await applied_events(live.redis, live.ns, ids)
         await wait_until(
-            lambda: _at_least(redis, ns, ids, before + N_RECORDS // 10),
+            lambda: _at_least(live.redis, live.ns, ids, before + N_RECORDS // 10),
             120,
             "progress with two members",
         )
@@ -118,9 +109,9 @@ async def test_consumer_joins_and_leaves_mid_stream(
             assert code == 0, logs[1].read_text()[-3000:]
         sent = await producing
         await wait_caught_up(
-            kafka_bootstrap,
+            live.kafka_bootstrap,
             group,
-            [names.rewards, names.decisions],
+            [live.names.rewards, live.names.decisions],
             within=180,
             procs=[first],
             log=logs[0],
@@ -137,8 +128,8 @@ async def test_consumer_joins_and_leaves_mid_stream(
     assert int(str(stats.get("cache_hits", 0))) > 0, stats
     assert int(str(stats.get("cache_misses", 0))) > 0, stats
 
-    want = expected_states(sent, configs, names)
-    got = await read_states(redis, ns, ids)
+    want = expected_states(sent, configs, live.names)
+    got = await read_states(live.redis, live.ns, ids)
     for exp in ids:
         assert (got[exp].arms, got[exp].version, got[exp].duplicates) == (
             want[exp].arms,

@@ -11,15 +11,15 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from bandit_core.decision_ids import make_decision_id
 from bandit_core.fold import fold_batch
 from bandit_core.state import ExperimentState
 from schemas.codec import encode
-from schemas.events import AnyEvent, DecisionMade, ExperimentConfig, RewardObserved
+from schemas.events import AnyEvent, ExperimentConfig, RewardObserved
 from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames, partition_key
 from services.projector.projection import Retention, project
 from stream_runtime.batch import decode_reward_or_decision
+from tests.fixtures.events import decision_of
 from tests.fixtures.faults import (
     Outgoing,
     ServiceProcess,
@@ -27,11 +27,10 @@ from tests.fixtures.faults import (
     committed_offsets,
     kill_at_progress,
     kill_points,
-    service_env,
     stream_records,
     wait_until,
 )
-from tests.fixtures.streams import put_config
+from tests.fixtures.streams import LiveNamespace, put_config
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
 
@@ -62,20 +61,11 @@ def workload(names: TopicNames) -> list[Outgoing]:
         idx = (i * 7 + i // 13) % len(ARMS)
         reward = (i * 7919 % 1000) / 1000
         if i % 10 == 3:
-            decision_id = make_decision_id(idx)
-            last_decision = (decision_id, idx)
-            decision = DecisionMade(
-                experiment_id=EXP,
-                decision_id=decision_id,
-                arm_id=ARMS[idx],
-                strategy="thompson",
-                propensity=0.25,
-                config_version=1,
-                snapshot_version=0,
-            )
+            decision = decision_of(EXP, ARMS[idx], idx, propensity=0.25)
+            last_decision = (decision.decision_id, idx)
             out.append(Outgoing(names.decisions, key, encode(decision)))
             full = RewardObserved(
-                experiment_id=EXP, arm_id=ARMS[idx], reward=reward, decision_id=decision_id
+                experiment_id=EXP, arm_id=ARMS[idx], reward=reward, decision_id=decision.decision_id
             )
             last_full = encode(full)
             out.append(Outgoing(names.rewards, key, last_full))
@@ -121,11 +111,7 @@ async def stored_buckets(redis: Redis, bucket_base: str) -> dict[str, dict[str, 
 
 
 async def test_consumer_and_projector_sigkilled_three_times_while_200k_rewards_stream_in(
-    kafka_bootstrap: str,
-    redis_url: str,
-    ns: str,
-    topics: dict[str, int],
-    redis: Redis,
+    live: LiveNamespace,
     tmp_path: Path,
 ) -> None:
     """Scenario: 200,000 rewards (minimal bulk records, rewards joined to one of 20,000
@@ -139,16 +125,12 @@ async def test_consumer_and_projector_sigkilled_three_times_while_200k_rewards_s
     once, and the projector's hour and minute buckets equal the pure projection of every
     record applied once (0 lost, 0 doubled); both exit 0 on SIGTERM, and both groups'
     committed offsets are the end of the log."""
-    names = TopicNames.with_prefix(ns)
-    keys = RedisKeys(ns).experiment(EXP)
-    config = await put_config(redis, ns, EXP, ARMS)
+    keys = RedisKeys(live.ns).experiment(EXP)
+    config = await put_config(live.redis, live.ns, EXP, ARMS)
     started = time.monotonic()
-    items = workload(names)
+    items = workload(live.names)
     print(f"\nworkload built in {time.monotonic() - started:.1f}s")
-    env = service_env(
-        kafka_bootstrap,
-        redis_url,
-        ns,
+    env = live.env(
         MAB_MAX_BATCH_RECORDS="1000",
         MAB_PROJECTOR_MAX_BATCH_RECORDS="1000",
         MAB_POLL_TIMEOUT_MS="100",
@@ -165,7 +147,7 @@ async def test_consumer_and_projector_sigkilled_three_times_while_200k_rewards_s
         t0 = time.monotonic()
         stream = asyncio.create_task(
             asyncio.to_thread(
-                stream_records, kafka_bootstrap, items, rate_per_s=len(items) / STREAM_S
+                stream_records, live.kafka_bootstrap, items, rate_per_s=len(items) / STREAM_S
             )
         )
         # Kills at seeded random points between 10% and 85% of the records, >= 15% apart.
@@ -173,14 +155,14 @@ async def test_consumer_and_projector_sigkilled_three_times_while_200k_rewards_s
         consumer_kills, projector_kills = await asyncio.gather(
             kill_at_progress(
                 consumer,
-                lambda: applied_records(redis, keys.offsets),
+                lambda: applied_records(live.redis, keys.offsets),
                 kill_points(SEED, KILLS, total, 0.10, 0.85, 0.15),
                 t0,
                 SEED,
             ),
             kill_at_progress(
                 projector,
-                lambda: applied_records(redis, keys.projector_offsets),
+                lambda: applied_records(live.redis, keys.projector_offsets),
                 kill_points(SEED + 1, KILLS, total, 0.10, 0.85, 0.15),
                 t0,
                 SEED + 1,
@@ -195,7 +177,7 @@ async def test_consumer_and_projector_sigkilled_three_times_while_200k_rewards_s
             )
 
         async def caught_up(offsets_key: str) -> bool:
-            raw = await redis.hgetall(offsets_key)
+            raw = await live.redis.hgetall(offsets_key)
             got = {_s(k): int(v) for k, v in raw.items()}
             return all(got.get(tp) == last for tp, last in ends.items())
 
@@ -213,16 +195,16 @@ async def test_consumer_and_projector_sigkilled_three_times_while_200k_rewards_s
 
     started = time.monotonic()
     # The consumer's snapshot against the pure fold of every record, once.
-    rewards = [r for r in landed if r.topic == names.rewards]
-    decisions = [r for r in landed if r.topic == names.decisions]
+    rewards = [r for r in landed if r.topic == live.names.rewards]
+    decisions = [r for r in landed if r.topic == live.names.decisions]
     decoded = {}
     for r in landed:
-        event = decode_reward_or_decision(r, names.rewards, names.decisions)
+        event = decode_reward_or_decision(r, live.names.rewards, live.names.decisions)
         assert event is not None
         decoded[(r.topic, r.offset)] = event
     events = [decoded[(r.topic, r.offset)] for r in (*rewards, *decisions)]
     want = fold_batch(ExperimentState(experiment_id=EXP, config=config), events).state
-    got = ExperimentState.from_snapshot(await redis.get(keys.snapshot), EXP)
+    got = ExperimentState.from_snapshot(await live.redis.get(keys.snapshot), EXP)
     want_pulls = sum(a.pulls for a in want.arms.values())
     got_pulls = sum(a.pulls for a in got.arms.values())
     assert want.duplicates > 0
@@ -236,7 +218,7 @@ async def test_consumer_and_projector_sigkilled_three_times_while_200k_rewards_s
 
     # The projector's buckets against the pure projection of every record, once.
     want_buckets = bucket_dump_of_projection(list(decoded.values()), config, time.time())
-    got_buckets = await stored_buckets(redis, keys.bucket_base)
+    got_buckets = await stored_buckets(live.redis, keys.bucket_base)
     assert got_buckets == want_buckets
     hour_events = sum(
         n
@@ -248,8 +230,8 @@ async def test_consumer_and_projector_sigkilled_three_times_while_200k_rewards_s
 
     # Both groups committed the end of the log on their clean shutdown.
     tps = [(r.topic, r.partition) for r in (rewards[-1], decisions[-1])]
-    for group in (ns + "reward-consumer", ns + "projector"):
-        committed = await asyncio.to_thread(committed_offsets, kafka_bootstrap, group, tps)
+    for group in (live.ns + "reward-consumer", live.ns + "projector"):
+        committed = await asyncio.to_thread(committed_offsets, live.kafka_bootstrap, group, tps)
         assert committed == {
             (rewards[-1].topic, rewards[-1].partition): rewards[-1].offset + 1,
             (decisions[-1].topic, decisions[-1].partition): decisions[-1].offset + 1,

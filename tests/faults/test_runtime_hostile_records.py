@@ -8,7 +8,6 @@ from pathlib import Path
 
 import orjson
 import pytest
-from redis.asyncio import Redis
 
 from bandit_core.decision_ids import make_decision_id
 from bandit_core.state import ExperimentState
@@ -16,17 +15,16 @@ from schemas.codec import encode
 from schemas.dead_letter import dedupe
 from schemas.events import RewardObserved
 from schemas.redis_keys import RedisKeys
-from schemas.topics import TopicNames, partition_key
+from schemas.topics import partition_key
 from stream_runtime.dead_letter import read_dead_letters
 from tests.fixtures.faults import (
     Outgoing,
     ServiceProcess,
     committed_offsets,
-    service_env,
     stream_records,
     wait_until,
 )
-from tests.fixtures.streams import put_config
+from tests.fixtures.streams import LiveNamespace, put_config
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(240)]
 
@@ -84,11 +82,7 @@ def corpus(rng: random.Random) -> list[tuple[str, str, bytes | None]]:
 
 
 async def test_hostile_records_go_to_the_dlq_and_the_processors_live_on(
-    kafka_bootstrap: str,
-    redis_url: str,
-    ns: str,
-    topics: dict[str, int],
-    redis: Redis,
+    live: LiveNamespace,
     tmp_path: Path,
 ) -> None:
     """Scenario: the reward consumer and the projector run as processes while 5,000 valid
@@ -104,13 +98,12 @@ async def test_hostile_records_go_to_the_dlq_and_the_processors_live_on(
     original bytes; both processes alive, caught up (committed offsets at the end of the
     log) and exiting 0 on SIGTERM; the snapshot counts exactly the 5,000 valid rewards."""
     rng = random.Random(23)
-    names = TopicNames.with_prefix(ns)
-    keys = RedisKeys(ns).experiment(EXP)
-    await put_config(redis, ns, EXP, ARMS)
+    keys = RedisKeys(live.ns).experiment(EXP)
+    await put_config(live.redis, live.ns, EXP, ARMS)
     key = partition_key(EXP)
     items = [
         Outgoing(
-            names.rewards,
+            live.names.rewards,
             key,
             orjson.dumps({"experiment_id": EXP, "arm_id": ARMS[i % 3], "reward": float(i % 2)}),
         )
@@ -119,19 +112,19 @@ async def test_hostile_records_go_to_the_dlq_and_the_processors_live_on(
     bad = corpus(rng)
     expected: dict[bytes | None, str] = {}
     for kind, reason, value in bad:
-        topic = names.rewards if kind == "rewards" else names.decisions
+        topic = live.names.rewards if kind == "rewards" else live.names.decisions
         items.insert(rng.randrange(len(items) + 1), Outgoing(topic, key, value))
         expected[value] = reason
     assert len(expected) == len(bad)
 
-    env = service_env(kafka_bootstrap, redis_url, ns, MAB_POLL_TIMEOUT_MS="100")
+    env = live.env(MAB_POLL_TIMEOUT_MS="100")
     consumer = ServiceProcess("services.reward_consumer", env, tmp_path / "consumer.log")
     projector = ServiceProcess("services.projector", env, tmp_path / "projector.log")
     consumer.start()
     projector.start()
     try:
         landed = await asyncio.to_thread(
-            stream_records, kafka_bootstrap, items, rate_per_s=2_000, chunk=200
+            stream_records, live.kafka_bootstrap, items, rate_per_s=2_000, chunk=200
         )
         ends: dict[tuple[str, int], int] = {}
         for r in landed:
@@ -140,18 +133,22 @@ async def test_hostile_records_go_to_the_dlq_and_the_processors_live_on(
         async def committed(group: str) -> bool:
             assert consumer.alive(), consumer.tail()
             assert projector.alive(), projector.tail()
-            got = await asyncio.to_thread(committed_offsets, kafka_bootstrap, group, list(ends))
+            got = await asyncio.to_thread(
+                committed_offsets, live.kafka_bootstrap, group, list(ends)
+            )
             return got == ends
 
-        await wait_until(lambda: committed(ns + "reward-consumer"), 90, "the consumer", every=0.5)
-        await wait_until(lambda: committed(ns + "projector"), 90, "the projector", every=0.5)
+        await wait_until(
+            lambda: committed(live.ns + "reward-consumer"), 90, "the consumer", every=0.5
+        )
+        await wait_until(lambda: committed(live.ns + "projector"), 90, "the projector", every=0.5)
         assert consumer.terminate() == 0, consumer.tail()
         assert projector.terminate() == 0, projector.tail()
     finally:
         consumer.stop_quietly()
         projector.stop_quietly()
 
-    letters = dedupe(await read_dead_letters(kafka_bootstrap, names.rewards_dlq))
+    letters = dedupe(await read_dead_letters(live.kafka_bootstrap, live.names.rewards_dlq))
     by_value = {letter.value: letter for letter in letters}
     got = {value: by_value[value].reason for value in expected if value in by_value}
     assert got == expected, {v[:40] if v else v: r for v, r in got.items()}
@@ -159,7 +156,7 @@ async def test_hostile_records_go_to_the_dlq_and_the_processors_live_on(
     position = {(r.topic, r.partition, r.offset): r.value for r in landed}
     assert all(position[letter.position] == letter.value for letter in letters)
 
-    state = ExperimentState.from_snapshot(await redis.get(keys.snapshot), EXP)
+    state = ExperimentState.from_snapshot(await live.redis.get(keys.snapshot), EXP)
     pulls = sum(a.pulls for a in state.arms.values())
     assert pulls == GOOD
     assert sum(a.reward_sum for a in state.arms.values()) == GOOD // 2

@@ -19,6 +19,7 @@ from services.decider.app import create_asgi
 from services.decider.hot_path import DecisionFastPath
 from services.decider.settings import DeciderSettings
 from tests.fixtures.engines import Stores
+from tests.fixtures.in_process import on_namespace
 
 #: ``decider_settings(**overrides)``: the settings of a decider on this test's namespace.
 SettingsFactory = Callable[..., DeciderSettings]
@@ -65,13 +66,7 @@ def decider_settings(
         if "admin_key" not in overrides:
             # Open mode without an admin key: the in-process app is on no network at all.
             overrides.setdefault("auth", "open")
-        return DeciderSettings(
-            redis_url=redis_url,
-            kafka_bootstrap_servers=kafka_bootstrap,
-            mab_topic_prefix=ns,
-            mab_redis_prefix=ns,
-            **overrides,
-        )
+        return DeciderSettings(**{**on_namespace(kafka_bootstrap, redis_url, ns), **overrides})
 
     return make
 

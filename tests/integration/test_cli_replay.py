@@ -169,14 +169,7 @@ async def test_rebuild_after_flushall_restores_identical_state(
     await redis.flushall()  # our private Redis only
     assert await redis.dbsize() == 0
 
-    target = ReplayTarget(
-        bootstrap=kafka_bootstrap,
-        redis_url=private_redis,
-        topic_prefix=ns,
-        redis_prefix=ns,
-        retention=projector.settings.retention,
-        workers=2,  # partitions replayed by two worker processes
-    )
+    target = ReplayTarget.of(projector.settings, workers=2)  # two worker processes
     outcome = await run_rebuild(target, lambda _: None)
     # The experiments topic also holds the change points the consumer published: the
     # arms Thompson sampling picks, and so the detector's alarms, vary from run to run.
@@ -255,14 +248,7 @@ async def test_rebuild_from_timestamp_catches_up_a_restored_backup(
         await redis.restore(key, 0, blob)
     assert compare(before, await read_namespace(redis, ns)) != []  # the backup is behind
 
-    target = ReplayTarget(
-        bootstrap=kafka_bootstrap,
-        redis_url=private_redis,
-        topic_prefix=ns,
-        redis_prefix=ns,
-        retention=projector.settings.retention,
-        workers=1,
-    )
+    target = ReplayTarget.of(projector.settings, workers=1)
     outcome = await run_tail(target, lambda _: None, backup_ts - 0.5)
     assert 0 < outcome.report.records < n2 + first["experiments"]  # a tail, not everything
     assert compare(before, await read_namespace(redis, ns)) == []

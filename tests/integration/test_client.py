@@ -20,25 +20,16 @@ from mab_client import (
 from schemas.events import RewardObserved
 from schemas.topics import TopicNames
 from services.decider.app import create_asgi
-from services.decider.settings import DeciderSettings
+from tests.integration.conftest import SettingsFactory
 from tests.integration.test_decider import _consume
 
 pytestmark = pytest.mark.integration
 
 
 @pytest_asyncio.fixture
-async def mab(
-    kafka_bootstrap: str, redis_url: str, ns: str, topics: dict[str, int]
-) -> AsyncIterator[AsyncMabClient]:
+async def mab(decider_settings: SettingsFactory) -> AsyncIterator[AsyncMabClient]:
     """The served decider and an SDK client talking to it in process."""
-    settings = DeciderSettings(
-        redis_url=redis_url,
-        kafka_bootstrap_servers=kafka_bootstrap,
-        mab_topic_prefix=ns,
-        mab_redis_prefix=ns,
-        auth="open",
-    )
-    asgi = create_asgi(settings)
+    asgi = create_asgi(decider_settings())
     async with (
         asgi.api.router.lifespan_context(asgi.api),
         AsyncMabClient(

@@ -20,6 +20,7 @@ from schemas.topics import TopicNames, TopicSpec, topic_specs
 from services.decider import runtime as runtime_module
 from services.decider.producer import EventLogUnavailableError, EventProducer
 from services.decider.settings import DeciderSettings
+from tests.fixtures.in_process import on_namespace
 from tests.integration.conftest import SettingsFactory, serve_decider
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -86,11 +87,9 @@ async def test_no_200_for_a_reward_kafka_did_not_ack(
         [s for s in topic_specs(ns) if s.name != names.rewards]
         + [TopicSpec(names.rewards, 3, dict(REFUSING))],
     )
+    # Not the decider_settings fixture: its topics would be created before this one's.
     settings = DeciderSettings(
-        redis_url=redis_url,
-        kafka_bootstrap_servers=kafka_bootstrap,
-        mab_topic_prefix=ns,
-        mab_redis_prefix=ns,
+        **on_namespace(kafka_bootstrap, redis_url, ns),
         kafka_send_timeout_s=SEND_TIMEOUT_S,
         auth="open",
     )

@@ -9,16 +9,14 @@ from pathlib import Path
 
 import orjson
 import pytest
-from redis.asyncio import Redis
 
 from bandit_core.state import ExperimentState
 from schemas.dead_letter import dedupe
 from schemas.redis_keys import RedisKeys
-from schemas.topics import TopicNames
 from services.reward_consumer.consumer import RewardConsumer
 from stream_runtime.dead_letter import read_dead_letters
 from tests.fixtures.in_process import consumer_settings
-from tests.fixtures.streams import put_config
+from tests.fixtures.streams import LiveNamespace, put_config
 
 pytestmark = pytest.mark.integration
 
@@ -39,20 +37,15 @@ async def run_example(*args: str) -> str:
 
 
 async def test_example_producer_output_is_folded_once_and_bad_lines_dead_lettered(
-    kafka_bootstrap: str,
-    redis_url: str,
-    ns: str,
-    topics: dict[str, int],
-    redis: Redis,
+    live: LiveNamespace,
     tmp_path: Path,
 ) -> None:
     """Scenario: the example producer sends 300 demo rewards, is re-run with the same run
     name (a retried export), then sends a file with one good and one bad reward.
     We expect: 301 rewards applied, the 300 re-sent ones as duplicates, the bad one in
     the DLQ with reason unknown_arm."""
-    names = TopicNames.with_prefix(ns)
-    await put_config(redis, ns, "ex", ("blue", "green"))
-    common = ["--bootstrap", kafka_bootstrap, "--topic", names.rewards]
+    await put_config(live.redis, live.ns, "ex", ("blue", "green"))
+    common = ["--bootstrap", live.kafka_bootstrap, "--topic", live.names.rewards]
     for _ in range(2):
         out = await run_example(*common, "--demo", "ex", "--arms", "blue,green", "--count", "300")
         assert "300 rewards acknowledged" in out
@@ -65,7 +58,9 @@ async def test_example_producer_output_is_folded_once_and_bad_lines_dead_lettere
     )
     assert "2 rewards acknowledged" in await run_example(*common, "--file", str(lines))
 
-    consumer = RewardConsumer(consumer_settings(kafka_bootstrap, redis_url, ns, ns + "ex"))
+    consumer = RewardConsumer(
+        consumer_settings(live.kafka_bootstrap, live.redis_url, live.ns, live.ns + "ex")
+    )
     await consumer.start()
     try:
         deadline = time.monotonic() + 60
@@ -76,8 +71,8 @@ async def test_example_producer_output_is_folded_once_and_bad_lines_dead_lettere
         await consumer.stop()
     assert consumer.stats.applied == 301
     assert consumer.stats.duplicates == 300
-    raw = await redis.get(RedisKeys(ns).experiment("ex").snapshot)
+    raw = await live.redis.get(RedisKeys(live.ns).experiment("ex").snapshot)
     state = ExperimentState.from_snapshot(raw, "ex")
     assert sum(a.pulls for a in state.arms.values()) == 301
-    letters = dedupe(await read_dead_letters(kafka_bootstrap, names.rewards_dlq))
+    letters = dedupe(await read_dead_letters(live.kafka_bootstrap, live.names.rewards_dlq))
     assert [(d.reason, d.key) for d in letters] == [("unknown_arm", b"ex")]

@@ -107,8 +107,6 @@ def test_audit_export_and_evaluate_cli(
         [0.2, 0.35, 0.5],
         N,
         seed=11,
-        logging="epsilon_greedy",
-        logging_params={"epsilon": 0.3},
         target="ucb1",
         target_params={"c": 0.5},
         exp=exp,
@@ -275,8 +273,6 @@ async def test_evaluate_endpoint(client: httpx.AsyncClient, kafka_bootstrap: str
         [0.2, 0.35, 0.5],
         N,
         seed=5,
-        logging="epsilon_greedy",
-        logging_params={"epsilon": 0.3},
         target="ucb1",
         target_params={},
         exp=exp,
@@ -332,19 +328,12 @@ async def test_evaluate_endpoint(client: httpx.AsyncClient, kafka_bootstrap: str
 
 
 async def test_evaluate_endpoint_is_single_flight_and_bounded(
-    kafka_bootstrap: str, redis_url: str, ns: str, topics: dict[str, int]
+    decider_settings: SettingsFactory, ns: str
 ) -> None:
     """Scenario: an evaluation is already running, then a log beyond the record bound.
     We expect 429 for the concurrent request and 422 naming `mab evaluate` for the big
     log, with nothing read in the first case."""
-    settings = DeciderSettings(
-        redis_url=redis_url,
-        kafka_bootstrap_servers=kafka_bootstrap,
-        mab_topic_prefix=ns,
-        mab_redis_prefix=ns,
-        evaluate_max_records=10,
-        auth="open",
-    )
+    settings = decider_settings(evaluate_max_records=10)
     asgi = create_asgi(settings)
     async with (
         asgi.api.router.lifespan_context(asgi.api),

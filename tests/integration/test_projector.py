@@ -25,7 +25,6 @@ from schemas.codec import encode
 from schemas.events import (
     AnyEvent,
     ChangePointDetected,
-    DecisionMade,
     RewardObserved,
 )
 from schemas.redis_keys import RedisKeys
@@ -226,22 +225,15 @@ async def test_fold_rate(redis_url: str, ns: str, redis: Redis) -> None:
         exp = exps[i % 4]
         idx = rng.randrange(3)
         ts = now - rng.uniform(0, 6 * 3600)
-        did = make_decision_id(idx)
         if i % 2 == 0:
-            ev: AnyEvent = DecisionMade(
-                experiment_id=exp,
-                decision_id=did,
-                arm_id=ARMS[idx],
-                strategy="thompson",
-                propensity=0.5,
-                config_version=1,
-                snapshot_version=0,
-                ts=ts,
-            )
+            ev: AnyEvent = decision_of(exp, ARMS[idx], idx, ts)
             topic = names.decisions
         else:
             ev = RewardObserved(
-                experiment_id=exp, arm_id=ARMS[idx], reward=float(i % 3 == 0), decision_id=did
+                experiment_id=exp,
+                arm_id=ARMS[idx],
+                reward=float(i % 3 == 0),
+                decision_id=make_decision_id(idx),
             )
             topic = names.rewards
         part = i % 4

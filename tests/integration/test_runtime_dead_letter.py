@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,6 @@ from typer.testing import CliRunner
 from bandit_core.state import ExperimentState
 from schemas.dead_letter import H_REDRIVE_OFFSET, dedupe, redriven_origins
 from schemas.redis_keys import RedisKeys
-from schemas.topics import TopicNames
 from services.reward_consumer import RewardConsumer
 from stream_runtime.batch import Rejected
 from stream_runtime.dead_letter import (
@@ -27,11 +25,12 @@ from stream_runtime.dead_letter import (
     dead_letter_producer,
     read_dead_letters,
 )
+from stream_runtime.kafka_consumer import KafkaRecord as Rec
 from stream_runtime.redis_store import RedisStateStore
 from stream_runtime.state_store import Write
 from tests.fixtures.engines import fold_engine
 from tests.fixtures.in_process import consumer_settings
-from tests.fixtures.streams import put_config
+from tests.fixtures.streams import LiveNamespace, put_config
 
 pytestmark = pytest.mark.integration
 
@@ -49,11 +48,10 @@ async def produce(bootstrap: str, topic: str, records: Sequence[tuple[str, bytes
         await producer.stop()
 
 
-async def consume_until(
-    kafka: str, redis_url: str, ns: str, group: str, records: int
-) -> RewardConsumer:
-    """Run a reward consumer (group ``group``) until it committed ``records`` records."""
-    consumer = RewardConsumer(consumer_settings(kafka, redis_url, ns, group))
+async def consume_until(live: LiveNamespace, group: str, records: int) -> RewardConsumer:
+    """Run a reward consumer (group ``<ns><group>``) until it committed ``records`` records."""
+    settings = consumer_settings(live.kafka_bootstrap, live.redis_url, live.ns, live.ns + group)
+    consumer = RewardConsumer(settings)
     await consumer.start()
     try:
         deadline = time.monotonic() + 60
@@ -80,11 +78,7 @@ async def pulls(redis: Redis, ns: str, exp: str) -> dict[str, int]:
 
 
 async def test_dlq_count_dedupes_redelivery_and_redrive_keeps_idempotency(
-    kafka_bootstrap: str,
-    redis_url: str,
-    ns: str,
-    topics: dict[str, int],
-    redis: Redis,
+    live: LiveNamespace,
     tmp_path: Path,
 ) -> None:
     """Scenario: rewards for an experiment created only later, out-of-range rewards and a
@@ -93,8 +87,7 @@ async def test_dlq_count_dedupes_redelivery_and_redrive_keeps_idempotency(
     We expect: ``mab dlq count`` counts each source position once; re-driving by reason
     once the experiment exists applies those rewards exactly once even when re-driven
     twice; an exported, fixed file re-drives the corrected rewards, also exactly once."""
-    names = TopicNames.with_prefix(ns)
-    await put_config(redis, ns, "shop", ARMS)
+    await put_config(live.redis, live.ns, "shop", ARMS)
     late = [
         ("late", orjson.dumps({"experiment_id": "late", "arm_id": arm, "reward": r, **extra}))
         for arm, r, extra in [("a", 1.0, {}), ("b", 0.5, {}), ("a", 1, {"event_id": "e"})]
@@ -105,11 +98,11 @@ async def test_dlq_count_dedupes_redelivery_and_redrive_keeps_idempotency(
     ]
     broken = [("shop", b'{"experiment_id": "shop", "arm_id": ')]
     records = [*late, *out_of_range, *broken]
-    await produce(kafka_bootstrap, names.rewards, records)
-    await consume_until(kafka_bootstrap, redis_url, ns, ns + "g1", len(records))
-    await consume_until(kafka_bootstrap, redis_url, ns, ns + "g2", len(records))
+    await produce(live.kafka_bootstrap, live.names.rewards, records)
+    await consume_until(live, "g1", len(records))
+    await consume_until(live, "g2", len(records))
 
-    common = ["--bootstrap", kafka_bootstrap, "--prefix", ns]
+    common = ["--bootstrap", live.kafka_bootstrap, "--prefix", live.ns]
     counted = orjson.loads(await mab("dlq", "count", "--json", *common))
     assert counted["by_reason"] == {
         "unknown_experiment": 3,
@@ -130,22 +123,22 @@ async def test_dlq_count_dedupes_redelivery_and_redrive_keeps_idempotency(
     ]
     assert [(r["reason"], r["value"]) for r in listed] == [("bad_json", broken[0][1].decode())]
     assert listed[0]["detail"]
-    assert listed[0]["origin"].startswith(names.rewards + ":")
+    assert listed[0]["origin"].startswith(live.names.rewards + ":")
 
     # The cause is fixed: the experiment exists now. Re-drive twice; apply once.
-    await put_config(redis, ns, "late", ARMS)
+    await put_config(live.redis, live.ns, "late", ARMS)
     assert "3 records re-driven" in await mab(
         "dlq", "redrive", "--reason", "unknown_experiment", *common
     )
-    await consume_until(kafka_bootstrap, redis_url, ns, ns + "g1", 3)
-    assert await pulls(redis, ns, "late") == {"a": 2, "b": 1}
+    await consume_until(live, "g1", 3)
+    assert await pulls(live.redis, live.ns, "late") == {"a": 2, "b": 1}
     again = await mab(
         "dlq", "redrive", "--reason", "unknown_experiment", "--include-redriven", *common
     )
     assert "3 records re-driven" in again
-    consumer = await consume_until(kafka_bootstrap, redis_url, ns, ns + "g1", 3)
+    consumer = await consume_until(live, "g1", 3)
     assert consumer.stats.duplicates == 3
-    assert await pulls(redis, ns, "late") == {"a": 2, "b": 1}
+    assert await pulls(live.redis, live.ns, "late") == {"a": 2, "b": 1}
     counted = orjson.loads(await mab("dlq", "count", "--json", *common))
     assert counted["by_reason"] == {"reward_out_of_range": 2, "bad_json": 1}
     assert counted["redriven"] == 3
@@ -163,15 +156,15 @@ async def test_dlq_count_dedupes_redelivery_and_redrive_keeps_idempotency(
             f.write(orjson.dumps({**row, "value": value}) + b"\n")
     for _ in range(2):
         assert "2 records re-driven" in await mab("dlq", "redrive", "--from", str(fixed), *common)
-    await consume_until(kafka_bootstrap, redis_url, ns, ns + "g1", 4)
-    assert await pulls(redis, ns, "shop") == {"a": 1, "b": 1}
+    await consume_until(live, "g1", 4)
+    assert await pulls(live.redis, live.ns, "shop") == {"a": 1, "b": 1}
     counted = orjson.loads(await mab("dlq", "count", "--json", *common))
     assert counted["by_reason"] == {"bad_json": 1}
 
     # A re-driven record that is still bad comes back as open, under its origin.
     await mab("dlq", "redrive", "--reason", "bad_json", *common)
-    await consume_until(kafka_bootstrap, redis_url, ns, ns + "g1", 1)
-    letters = await read_dead_letters(kafka_bootstrap, names.rewards_dlq)
+    await consume_until(live, "g1", 1)
+    letters = await read_dead_letters(live.kafka_bootstrap, live.names.rewards_dlq)
     closed = redriven_origins(letters)
     still = [d for d in dedupe(letters) if d.origin not in closed]
     assert [d.reason for d in still] == ["bad_json"]
@@ -180,18 +173,14 @@ async def test_dlq_count_dedupes_redelivery_and_redrive_keeps_idempotency(
 
 
 async def test_event_id_counts_once_whether_sent_over_rest_or_kafka(
+    live: LiveNamespace,
     client: httpx.AsyncClient,
-    kafka_bootstrap: str,
-    redis_url: str,
-    ns: str,
-    redis: Redis,
 ) -> None:
     """Scenario: the same reward (same event_id) arrives once over POST /reward and once
     straight from a bulk producer, in both orders; a reward for a decision is sent over
     REST and again (new event id) into Kafka.
     We expect: each is applied once (the fold dedupes by ``e:<event_id>`` and
     ``d:<decision_id>`` whatever path the record took)."""
-    names = TopicNames.with_prefix(ns)
     r = await client.post(
         "/experiments",
         json={"experiment_id": "idem", "arm_ids": ["a", "b"], "strategy": "thompson"},
@@ -205,7 +194,7 @@ async def test_event_id_counts_once_whether_sent_over_rest_or_kafka(
 
     async def kafka(body: dict[str, Any]) -> None:
         value = orjson.dumps({"experiment_id": "idem", **body})
-        await produce(kafka_bootstrap, names.rewards, [("idem", value)])
+        await produce(live.kafka_bootstrap, live.names.rewards, [("idem", value)])
 
     await rest({"arm_id": "a", "reward": 1.0, "event_id": "rest-first"})
     await kafka({"arm_id": "a", "reward": 1.0, "event_id": "rest-first"})
@@ -215,79 +204,64 @@ async def test_event_id_counts_once_whether_sent_over_rest_or_kafka(
     await rest({"arm_id": arm, "reward": 0.5, "decision_id": decision["decision_id"]})
     await kafka({"arm_id": arm, "reward": 0.5, "decision_id": decision["decision_id"]})
 
-    consumer = await consume_until(kafka_bootstrap, redis_url, ns, ns + "idem", 7)
+    consumer = await consume_until(live, "idem", 7)
     assert consumer.stats.applied == 4  # three rewards + the decision itself
     assert consumer.stats.duplicates == 3
-    got = await pulls(redis, ns, "idem")
+    got = await pulls(live.redis, live.ns, "idem")
     assert got == {"a": 1 + (arm == "a"), "b": 1 + (arm == "b")}
 
 
 async def test_record_at_the_broker_limit_is_dead_lettered_with_its_bytes(
-    kafka_bootstrap: str, redis_url: str, ns: str, topics: dict[str, int]
+    live: LiveNamespace,
 ) -> None:
     """Scenario: a producer writes a record just under the broker's default 1 MiB limit
     (far over MAX_RECORD_BYTES) into the rewards topic.
     We expect: it is dead-lettered as ``oversize`` with every original byte, although
     the dead letter (value + headers) is larger than the source topic would accept."""
-    names = TopicNames.with_prefix(ns)
     value = b'{"pad":"' + b"x" * 1_048_400 + b'"}'
     producer = AIOKafkaProducer(
-        bootstrap_servers=kafka_bootstrap, acks="all", max_request_size=2 * 1024 * 1024
+        bootstrap_servers=live.kafka_bootstrap, acks="all", max_request_size=2 * 1024 * 1024
     )
     await producer.start()
     try:
-        await producer.send_and_wait(names.rewards, value, key=b"big")
+        await producer.send_and_wait(live.names.rewards, value, key=b"big")
     finally:
         await producer.stop()
-    await consume_until(kafka_bootstrap, redis_url, ns, ns + "big", 1)
-    (letter,) = await read_dead_letters(kafka_bootstrap, names.rewards_dlq)
+    await consume_until(live, "big", 1)
+    (letter,) = await read_dead_letters(live.kafka_bootstrap, live.names.rewards_dlq)
     assert letter.reason == "oversize"
     assert letter.value == value
     assert len(value) + sum(len(k) + len(v) for k, v in letter.headers) > 1_048_588
 
 
-@dataclass(frozen=True)
-class Rec:
-    """A consumer record as the handler sees it (position, time, key, value, headers)."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    value: bytes | None
-    key: bytes | None = None
-    headers: tuple[tuple[str, bytes], ...] = ()
-
-
 async def test_fold_rejects_reach_the_dlq_before_the_write_that_hides_them(
-    kafka_bootstrap: str, redis_url: str, ns: str, topics: dict[str, int], redis: Redis
+    live: LiveNamespace,
 ) -> None:
     """Scenario: a batch with valid rewards, an unknown arm and broken JSON is written to
     Redis, then the consumer dies before its Kafka commit; the batch is redelivered.
     We expect: the dead letters were acknowledged before the Redis write; the redelivery
     is a no-op for the fold (offset check), re-parks only the decode reject, and the DLQ
     still lists each rejected record exactly once with its reason."""
-    names = TopicNames.with_prefix(ns)
-    await put_config(redis, ns, "crash", ARMS)
+    await put_config(live.redis, live.ns, "crash", ARMS)
     ok = orjson.dumps({"experiment_id": "crash", "arm_id": "a", "reward": 1})
     bad_arm = orjson.dumps({"experiment_id": "crash", "arm_id": "zz", "reward": 1})
     recs = [
-        Rec(names.rewards, 2, 10, 1_700_000_000_000, ok, b"crash"),
-        Rec(names.rewards, 2, 11, 1_700_000_000_000, bad_arm, b"crash"),
-        Rec(names.rewards, 2, 12, 1_700_000_000_000, b"{oops", b"crash"),
-        Rec(names.rewards, 2, 13, 1_700_000_000_000, ok, b"crash"),
+        Rec(live.names.rewards, 2, 10, 1_700_000_000_000, ok, b"crash"),
+        Rec(live.names.rewards, 2, 11, 1_700_000_000_000, bad_arm, b"crash"),
+        Rec(live.names.rewards, 2, 12, 1_700_000_000_000, b"{oops", b"crash"),
+        Rec(live.names.rewards, 2, 13, 1_700_000_000_000, ok, b"crash"),
     ]
     steps: list[str] = []
-    producer = dead_letter_producer(kafka_bootstrap, "test-dlq")
+    producer = dead_letter_producer(live.kafka_bootstrap, "test-dlq")
     await producer.start()
     try:
-        parked = DeadLetterProducer(producer, names.rewards_dlq, "test/handler")
+        parked = DeadLetterProducer(producer, live.names.rewards_dlq, "test/handler")
 
         async def sink(rejects: Sequence[Rejected]) -> None:
             await parked(rejects)
             steps.append("dlq:" + ",".join(r.reason for r in rejects))
 
-        store = RedisStateStore(redis)
+        store = RedisStateStore(live.redis)
         real_write = store.write
 
         async def write(writes: Sequence[Write], now: float) -> list[str]:
@@ -295,7 +269,7 @@ async def test_fold_rejects_reach_the_dlq_before_the_write_that_hides_them(
             return await real_write(writes, now)
 
         store.write = write  # type: ignore[method-assign]
-        handler = fold_engine(store, ns, sink)
+        handler = fold_engine(store, live.ns, sink)
         first = await handler.handle(recs)
         second = await handler.handle(recs)  # redelivered: crash before the commit
     finally:
@@ -303,7 +277,7 @@ async def test_fold_rejects_reach_the_dlq_before_the_write_that_hides_them(
     assert steps == ["dlq:bad_json", "dlq:unknown_arm", "write:1", "dlq:bad_json", "write:0"]
     assert (first.applied, first.rejected) == (2, {"bad_json": 1, "unknown_arm": 1})
     assert (second.applied, second.redelivered) == (0, 3)
-    letters = await read_dead_letters(kafka_bootstrap, names.rewards_dlq)
+    letters = await read_dead_letters(live.kafka_bootstrap, live.names.rewards_dlq)
     assert len(letters) == 3
     current = dedupe(letters)
     assert sorted((d.source_offset, d.reason) for d in current) == [
@@ -312,4 +286,4 @@ async def test_fold_rejects_reach_the_dlq_before_the_write_that_hides_them(
     ]
     assert {d.value for d in current} == {bad_arm, b"{oops"}
     assert all(d.rejected_by == "test/handler" and d.key == b"crash" for d in current)
-    assert await pulls(redis, ns, "crash") == {"a": 2}
+    assert await pulls(live.redis, live.ns, "crash") == {"a": 2}

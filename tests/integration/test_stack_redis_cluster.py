@@ -22,13 +22,14 @@ from schemas.events import ExperimentConfig
 from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames
 from services.decider import store as decider_store
-from services.decider.settings import DeciderSettings
 from services.decider.store import ConfigStore
 from services.projector.consumer import Projector
 from services.projector.settings import ProjectorSettings
 from services.reward_consumer.consumer import RewardConsumer
 from services.reward_consumer.settings import ConsumerSettings
 from stream_runtime.redis_client import AnyRedis, cluster_nodes, redis_from_url
+from tests.fixtures.events import config_of
+from tests.fixtures.in_process import on_namespace
 from tests.fixtures.streams import (
     dump_namespace,
     expected_states,
@@ -39,7 +40,7 @@ from tests.fixtures.streams import (
     wait_caught_up,
 )
 from tests.fixtures.workload import ARMS, workload
-from tests.integration.conftest import serve_decider
+from tests.integration.conftest import SettingsFactory, serve_decider
 
 pytestmark = pytest.mark.integration
 
@@ -72,15 +73,7 @@ async def _commands(store: ConfigStore, ids: list[str]) -> list[Any]:
     returns every reply so both back ends can be compared call by call."""
     replies: list[Any] = []
     for exp in ids:
-        config = ExperimentConfig(
-            experiment_id=exp,
-            arm_ids=ARMS,
-            strategy="thompson",
-            strategy_params={"seed": 2**62 + 1},
-            version=1,
-            created_ts=FIXED_NOW,
-            updated_ts=FIXED_NOW,
-        )
+        config = config_of(exp, ARMS, ts=FIXED_NOW, strategy_params={"seed": 2**62 + 1})
         created = await store.create(config)
         assert created is not None
         await store.add_to_index(config)
@@ -92,6 +85,16 @@ async def _commands(store: ConfigStore, ids: list[str]) -> list[Any]:
         undone = await store.set_strategy(exp, "ucb1", {"c": 2.0})
         replies.append(await store.rollback(exp, undone))  # back to epsilon_greedy
     return replies
+
+
+async def fold_all(processor: RewardConsumer | Projector, kafka: str, topics: list[str]) -> None:
+    """Run an in-process processor until its group has committed the end of ``topics``;
+    stopped on the way out, so a failed wait leaves nothing polling."""
+    await processor.start()
+    try:
+        await wait_caught_up(kafka, processor.settings.group_id, topics, 120)
+    finally:
+        await processor.stop()
 
 
 @pytest.mark.timeout(300)
@@ -129,9 +132,7 @@ async def test_commands_and_folds_on_a_cluster_equal_a_single_node(
         prefix = f"{ns}{label}:"
         replies[label] = await _commands(ConfigStore(client, RedisKeys(prefix)), ids)
         common[label] = {
-            "kafka_bootstrap_servers": kafka_bootstrap,
-            "redis_url": urls[label],
-            "mab_topic_prefix": ns,
+            **on_namespace(kafka_bootstrap, urls[label], ns),
             "mab_redis_prefix": prefix,
         }
     # Both consumers first: each publishes the change points it detects to the
@@ -141,13 +142,7 @@ async def test_commands_and_folds_on_a_cluster_equal_a_single_node(
         consumer = RewardConsumer(
             ConsumerSettings(**common[label], mab_consumer_group_id=f"{prefix}consumer")
         )
-        await consumer.start()
-        try:
-            await wait_caught_up(
-                kafka_bootstrap, f"{prefix}consumer", [names.rewards, names.decisions], 120
-            )
-        finally:
-            await consumer.stop()
+        await fold_all(consumer, kafka_bootstrap, [names.rewards, names.decisions])
         timings[f"consumer {label}"] = time.monotonic() - t0
         assert consumer.stats.applied > 0
     for label in clients:
@@ -155,16 +150,9 @@ async def test_commands_and_folds_on_a_cluster_equal_a_single_node(
         projector = Projector(
             ProjectorSettings(**common[label], mab_projector_group_id=f"{prefix}projector")
         )
-        await projector.start()
-        try:
-            await wait_caught_up(
-                kafka_bootstrap,
-                f"{prefix}projector",
-                [names.rewards, names.decisions, names.experiments],
-                120,
-            )
-        finally:
-            await projector.stop()
+        await fold_all(
+            projector, kafka_bootstrap, [names.rewards, names.decisions, names.experiments]
+        )
         timings[f"projector {label}"] = time.monotonic() - t0
         assert projector.stats.applied > 0
     print("\nseconds since start:", {k: round(v, 1) for k, v in timings.items()})
@@ -224,14 +212,7 @@ async def test_racing_commands_on_a_cluster(
     document (docs/architecture.md, Redis Cluster), not what this test is about."""
     keys = RedisKeys(f"{ns}race:")
     store = ConfigStore(clients["cluster"], keys)
-    config = ExperimentConfig(
-        experiment_id="race",
-        arm_ids=("a",),
-        strategy="thompson",
-        version=1,
-        created_ts=1.0,
-        updated_ts=1.0,
-    )
+    config = config_of("race", ("a",), ts=1.0)
     racers = [redis_from_url(cluster_url) for _ in range(20)]
     try:
         for r in racers:
@@ -252,6 +233,7 @@ async def test_racing_commands_on_a_cluster(
 
 @pytest.mark.timeout(600)  # processors, then four CLI runs with two workers each
 async def test_replay_verify_and_rebuild_on_a_cluster_equal_a_single_node(
+    decider_settings: SettingsFactory,
     kafka_bootstrap: str,
     redis_url: str,
     cluster_url: str,
@@ -271,14 +253,7 @@ async def test_replay_verify_and_rebuild_on_a_cluster_equal_a_single_node(
     and values of the single-node rebuild; no scratch key is left on any master."""
     names = TopicNames.with_prefix(ns)
     ids = spread_ids("rp-", per_partition=2, partitions=topics[names.rewards])
-    decider = DeciderSettings(
-        redis_url=cluster_url,
-        kafka_bootstrap_servers=kafka_bootstrap,
-        mab_topic_prefix=ns,
-        mab_redis_prefix=ns,
-        auth="open",
-    )
-    async with serve_decider(decider) as (client, _):
+    async with serve_decider(decider_settings(redis_url=cluster_url)) as (client, _):
         for exp in ids:
             r = await client.post(
                 "/experiments",
@@ -287,25 +262,13 @@ async def test_replay_verify_and_rebuild_on_a_cluster_equal_a_single_node(
             assert r.status_code == 201, r.text
     await produce(kafka_bootstrap, workload(names, ids, 12_000))
 
-    common: dict[str, Any] = {
-        "kafka_bootstrap_servers": kafka_bootstrap,
-        "redis_url": cluster_url,
-        "mab_topic_prefix": ns,
-        "mab_redis_prefix": ns,
-    }
+    common = on_namespace(kafka_bootstrap, cluster_url, ns)
     consumer = RewardConsumer(ConsumerSettings(**common, mab_consumer_group_id=f"{ns}consumer"))
     projector = Projector(ProjectorSettings(**common, mab_projector_group_id=f"{ns}projector"))
-    await consumer.start()
-    await projector.start()
-    try:
-        folded = [names.rewards, names.decisions]
-        await wait_caught_up(kafka_bootstrap, f"{ns}consumer", folded, 120)
-        # After the consumer: the change points it publishes are the projector's input.
-        projected = [*folded, names.experiments]
-        await wait_caught_up(kafka_bootstrap, f"{ns}projector", projected, 120)
-    finally:
-        await consumer.stop()
-        await projector.stop()
+    folded = [names.rewards, names.decisions]
+    await fold_all(consumer, kafka_bootstrap, folded)
+    # After the consumer: the change points it publishes are the projector's input.
+    await fold_all(projector, kafka_bootstrap, [*folded, names.experiments])
     assert consumer.stats.applied > 0
     assert projector.stats.applied > 0
 

@@ -11,13 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from redis.asyncio import Redis
 
-from schemas.topics import TopicNames
 from tests.fixtures.streams import (
+    LiveNamespace,
     dump_namespace,
     expected_states,
-    processor_env,
     produce,
     read_states,
     spread_ids,
@@ -52,9 +50,7 @@ async def _run_group(
     label: str,
     kinds: tuple[tuple[str, str, str], ...],
     *,
-    kafka_bootstrap: str,
-    redis_url: str,
-    ns: str,
+    live: LiveNamespace,
     tmp_path: Path,
     must_share: bool = True,
 ) -> float:
@@ -63,8 +59,8 @@ async def _run_group(
     check every process exited 0 (and, with ``must_share``, that every process was assigned
     partitions and every reward consumer folded part of the records).
     Returns seconds."""
-    names = TopicNames.with_prefix(ns)
-    prefix = f"{ns}{label}:"
+    names = live.names
+    prefix = f"{live.ns}{label}:"
     topics = {
         "consumer": [names.rewards, names.decisions],
         # The consumers publish change points: the projector reads them too.
@@ -75,8 +71,9 @@ async def _run_group(
     started = time.monotonic()
     try:
         for module, _, kind in kinds:
-            env = processor_env(
-                kafka_bootstrap, redis_url, ns, prefix, {group_env[kind]: f"{prefix}{kind}"}
+            # At INFO the processes log their partition assignments and final stats.
+            env = live.env(
+                LOG_LEVEL="INFO", MAB_REDIS_PREFIX=prefix, **{group_env[kind]: f"{prefix}{kind}"}
             )
             for i in range(n):
                 log = tmp_path / f"{label}-{kind}-{i}-{time.monotonic_ns()}.log"
@@ -90,7 +87,7 @@ async def _run_group(
         for _, _, kind in kinds:
             mine = [(log, p) for k, log, p in procs if k == kind]
             await wait_caught_up(
-                kafka_bootstrap,
+                live.kafka_bootstrap,
                 f"{prefix}{kind}",
                 topics[kind],
                 within=900,
@@ -128,11 +125,7 @@ def _was_assigned(log: Path) -> bool:
 
 @pytest.mark.timeout(1500)
 async def test_one_and_three_processes_build_identical_state(
-    kafka_bootstrap: str,
-    redis_url: str,
-    ns: str,
-    topics: dict[str, int],
-    redis: Redis,
+    live: LiveNamespace,
     tmp_path: Path,
 ) -> None:
     """Scenario: 200,000 records (decisions; minimal, joined, retried and doubly rewarded
@@ -145,34 +138,33 @@ async def test_one_and_three_processes_build_identical_state(
     namespaces hold identical keys and values (snapshots, applied offsets, dedupe keys,
     hour and minute buckets, change points), and the snapshots equal the pure fold of
     every record exactly once."""
-    names = TopicNames.with_prefix(ns)
-    ids = spread_ids("shop-", per_partition=2, partitions=topics[names.rewards])
+    ids = spread_ids("shop-", per_partition=2, partitions=live.topics[live.names.rewards])
     configs = configs_for(ids)
     t0 = time.monotonic()
-    sent = await produce(kafka_bootstrap, workload(names, ids, N_RECORDS))
+    sent = await produce(live.kafka_bootstrap, workload(live.names, ids, N_RECORDS))
     produced_s = time.monotonic() - t0
-    want = expected_states(sent, configs, names)
+    want = expected_states(sent, configs, live.names)
     assert sum(s.duplicates for s in want.values()) > 0
 
-    run = functools.partial(
-        _run_group, kafka_bootstrap=kafka_bootstrap, redis_url=redis_url, ns=ns, tmp_path=tmp_path
-    )
+    run = functools.partial(_run_group, live=live, tmp_path=tmp_path)
     timings: dict[str, float] = {}
     for n, label in ((1, "one"), (3, "three")):
-        await write_configs(redis, f"{ns}{label}:", configs.values())
+        await write_configs(live.redis, f"{live.ns}{label}:", configs.values())
         timings[label] = await run(n, label, (CONSUMER, PROJECTOR))
     # Both consumer groups published the change points they detected; the first
     # projector group has not read the second group's copies (same event ids) yet.
     timings["one, projector tail"] = await run(1, "one", (PROJECTOR,), must_share=False)
     print(f"\nproduced {len(sent)} in {produced_s:.1f}s; seconds per run: {timings}")
-    dumps = {label: await dump_namespace(redis, f"{ns}{label}:") for label in ("one", "three")}
+    dumps = {
+        label: await dump_namespace(live.redis, f"{live.ns}{label}:") for label in ("one", "three")
+    }
     one, three = dumps["one"], dumps["three"]
     assert sorted(one) == sorted(three)
     assert any(":ts:m:" in k for k in one), "no projector buckets were written"
     for key in one:
         assert one[key] == three[key], key
 
-    got = await read_states(redis, f"{ns}one:", ids)
+    got = await read_states(live.redis, f"{live.ns}one:", ids)
     for exp in ids:
         assert (got[exp].arms, got[exp].version, got[exp].duplicates) == (
             want[exp].arms,

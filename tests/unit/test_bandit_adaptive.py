@@ -43,6 +43,7 @@ from schemas.events import (
     ExperimentCreated,
     RewardObserved,
 )
+from tests.fixtures.events import config_of
 
 pytestmark = pytest.mark.unit
 
@@ -51,14 +52,7 @@ ARMS = ("a", "b", "c")
 
 
 def _config() -> ExperimentConfig:
-    return ExperimentConfig(
-        experiment_id="exp",
-        arm_ids=ARMS,
-        strategy="thompson",
-        version=1,
-        created_ts=0.0,
-        updated_ts=0.0,
-    )
+    return config_of("exp", ARMS, ts=0.0)
 
 
 def _created() -> ExperimentCreated:

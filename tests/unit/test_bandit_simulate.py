@@ -23,7 +23,8 @@ from bandit_core.simulate import (
 )
 from bandit_core.state import ArmStats, ExperimentState
 from bandit_core.strategies import params_for
-from schemas.events import ExperimentConfig, ExperimentCreated, RewardObserved
+from schemas.events import ExperimentCreated, RewardObserved
+from tests.fixtures.events import config_of
 
 pytestmark = pytest.mark.unit
 
@@ -148,14 +149,7 @@ def test_simulator_update_equals_the_service_fold() -> None:
     """The simulator's per-step ``observe`` is the fold's: same stats from the same rewards."""
     rng = random.Random(5)
     arms = ("a", "b")
-    config = ExperimentConfig(
-        experiment_id="x",
-        arm_ids=arms,
-        strategy="thompson",
-        version=1,
-        created_ts=0.0,
-        updated_ts=0.0,
-    )
+    config = config_of("x", arms, ts=0.0)
     events: list[ExperimentCreated | RewardObserved] = [
         ExperimentCreated(experiment_id="x", ts=0.0, config=config)
     ]

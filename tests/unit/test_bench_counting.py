@@ -14,21 +14,15 @@ import pytest
 from bench.evaluation_latency import EvaluationLoop
 from bench.fold_rows import projected_rewards
 from bench.harness import cpu_s, median_of, tree_cpu_s
-from schemas.events import ExperimentConfig, RewardObserved
+from schemas.events import RewardObserved
 from schemas.redis_keys import BucketKind, RedisKeys
 from services.projector.projection import Retention, project
+from tests.fixtures.events import config_of
 
 pytestmark = pytest.mark.unit
 
 H0 = 1_800_000_000 - 1_800_000_000 % 3600
-CFG = ExperimentConfig(
-    experiment_id="e",
-    arm_ids=("a", "b"),
-    strategy="thompson",
-    version=1,
-    created_ts=0,
-    updated_ts=0,
-)
+CFG = config_of("e", ("a", "b"), ts=0)
 
 
 Buckets = dict[str, Mapping[bytes, bytes]]

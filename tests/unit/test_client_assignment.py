@@ -175,7 +175,7 @@ def test_unit_ids_are_trimmed_so_padding_does_not_make_another_unit() -> None:
     ("bad", "message"),
     [
         ("", "must not be empty"),
-        ("x" * 201, "at most 200 characters, got 201"),
+        ("x" * 201, "has 201 characters after trimming; at most 200 are allowed"),
         ("a\x1bb", r"U\+001B"),
         (b"bytes", "must be a string, got bytes"),
         (42, "must be a string, got int"),

@@ -434,21 +434,23 @@ def test_simulator_loads_a_bundled_scenario_file(monkeypatch: pytest.MonkeyPatch
     assert "--scenario scenarios/abrupt_rotation_3arms.json" in at.code[0].value
 
 
-def test_simulator_bad_editor_input_is_a_clear_message(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("field", "value", "starts", "says"),
+    [
+        ("sim_arms", "a, a", "**Bad scenario.**", "unique"),
+        ("sim_params_ucb1", '{"c": -1}', "ucb1:", "strategy_params.c"),
+    ],
+    ids=["bad-editor-input", "bad-params"],
+)
+def test_simulator_bad_input_is_one_clear_message(
+    monkeypatch: pytest.MonkeyPatch, field: str, value: str, starts: str, says: str
+) -> None:
     at = _playground(monkeypatch)
-    at.session_state["sim_arms"] = "a, a"
+    at.session_state[field] = value
     _run(at)
     assert len(at.error) == 1
-    assert "Bad scenario" in at.error[0].value
-    assert "unique" in at.error[0].value
-
-
-def test_simulator_bad_params_are_a_clear_message(monkeypatch: pytest.MonkeyPatch) -> None:
-    at = _playground(monkeypatch)
-    at.session_state["sim_params_ucb1"] = '{"c": -1}'
-    _run(at)
-    assert len(at.error) == 1
-    assert at.error[0].value.startswith("ucb1:")
+    assert at.error[0].value.startswith(starts)
+    assert says in at.error[0].value
 
 
 def test_simulator_budget_caps_runs(monkeypatch: pytest.MonkeyPatch) -> None:

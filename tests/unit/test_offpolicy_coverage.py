@@ -79,8 +79,6 @@ def test_strategy_target_coverage_through_the_pipeline() -> None:
             means,
             n,
             seed=1000 + trial,
-            logging="epsilon_greedy",
-            logging_params={"epsilon": 0.3},
             target="ucb1",
             target_params={"c": 0.5},
         )
@@ -102,8 +100,6 @@ def test_replayed_target_probabilities_match_the_simulator() -> None:
             [0.2, 0.35, 0.5],
             300,
             seed=7,
-            logging="epsilon_greedy",
-            logging_params={"epsilon": 0.3},
             target=target,
             target_params=params,
         )
@@ -121,8 +117,6 @@ def test_evaluation_is_deterministic_for_monte_carlo_targets() -> None:
         [0.2, 0.35, 0.5],
         200,
         seed=3,
-        logging="epsilon_greedy",
-        logging_params={"epsilon": 0.3},
         target="thompson",
         target_params={},
     )

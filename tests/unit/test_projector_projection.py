@@ -16,7 +16,6 @@ from schemas.events import (
     AnyEvent,
     ChangePointDetected,
     DecisionMade,
-    ExperimentConfig,
     ExperimentCreated,
     RewardObserved,
 )
@@ -37,7 +36,7 @@ from stream_runtime.kafka_consumer import KafkaRecord as Rec
 from stream_runtime.processor import Loaded
 from stream_runtime.redis_store import write_args
 from stream_runtime.state_store import Write
-from tests.fixtures.events import decision_of
+from tests.fixtures.events import config_of, decision_of
 
 pytestmark = pytest.mark.unit
 
@@ -45,9 +44,7 @@ ARMS = ("a", "b", "c")
 H0 = 1_800_000_000 - 1_800_000_000 % 3600  # an hour start
 NOW = H0 + 10 * 3600
 RET = Retention(hour_s=90 * 86400, minute_s=2 * 86400)
-CFG = ExperimentConfig(
-    experiment_id="e", arm_ids=ARMS, strategy="thompson", version=1, created_ts=0, updated_ts=0
-)
+CFG = config_of("e", ARMS, ts=0)
 
 
 def dec(arm: str, ts: float) -> DecisionMade:

@@ -15,10 +15,10 @@ from collections.abc import Collection, Sequence
 import pytest
 
 from bandit_core.fold import dedupe_keys, reward_rejection
-from schemas.events import AnyEvent, DecisionMade, ExperimentConfig, RewardObserved
+from schemas.events import AnyEvent, DecisionMade, RewardObserved
 from schemas.redis_keys import BUCKET_SECONDS, bucket_field
 from services.projector.projection import Retention, micro_units, project
-from tests.fixtures.events import decision_of
+from tests.fixtures.events import config_of, decision_of
 
 pytestmark = pytest.mark.unit
 
@@ -26,9 +26,7 @@ ARMS = ("a", "b", "c")
 H0 = 1_800_000_000 - 1_800_000_000 % 3600
 NOW = H0 + 10 * 3600
 RET = Retention(hour_s=90 * 86400, minute_s=2 * 86400)
-CFG = ExperimentConfig(
-    experiment_id="e", arm_ids=ARMS, strategy="thompson", version=1, created_ts=0, updated_ts=0
-)
+CFG = config_of("e", ARMS, ts=0)
 
 
 def reference(

@@ -28,7 +28,7 @@ from bandit_core.state import ExperimentState
 from schemas.events import AnyEvent, DecisionMade, ExperimentConfig, RewardObserved
 from services.reward_consumer.attribution import AttributionSweeper, default_reward_event
 from services.reward_consumer.processor import build_state
-from tests.fixtures.events import decision_of
+from tests.fixtures.events import config_of, decision_of
 
 pytestmark = pytest.mark.unit
 
@@ -38,16 +38,7 @@ WINDOW = 60.0
 
 
 def config(window: float | None = WINDOW, default: float = 0.0) -> ExperimentConfig:
-    return ExperimentConfig(
-        experiment_id=EXP,
-        arm_ids=ARMS,
-        strategy="thompson",
-        version=1,
-        created_ts=0.0,
-        updated_ts=0.0,
-        attribution_window_s=window,
-        default_reward=default,
-    )
+    return config_of(EXP, ARMS, ts=0.0, attribution_window_s=window, default_reward=default)
 
 
 def decision(index: int, ts: float, window: float | None = WINDOW) -> DecisionMade:

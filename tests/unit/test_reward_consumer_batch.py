@@ -11,7 +11,7 @@ import pytest
 from bandit_core.decision_ids import make_decision_id
 from bandit_core.fold import DEDUPE_HORIZON_S, fold_batch
 from schemas.codec import encode
-from schemas.events import AnyEvent, ExperimentConfig, RewardObserved
+from schemas.events import AnyEvent, RewardObserved
 from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames
 from services.projector.processor import batch_dedupe_keys
@@ -29,7 +29,7 @@ from stream_runtime.engine import fresh_records
 from stream_runtime.processor import Changes, ZAdd
 from stream_runtime.redis_store import write_args
 from stream_runtime.state_store import Assumptions, Write, prune_cutoff
-from tests.fixtures.events import decision_of
+from tests.fixtures.events import config_of, decision_of
 
 pytestmark = pytest.mark.unit
 
@@ -147,14 +147,7 @@ def test_batch_dedupe_keys_are_unique_and_include_decision_ids() -> None:
 
 
 def test_build_state_feeds_fold_with_seen_view() -> None:
-    cfg = ExperimentConfig(
-        experiment_id="x",
-        arm_ids=("a",),
-        strategy="thompson",
-        version=1,
-        created_ts=0,
-        updated_ts=0,
-    )
+    cfg = config_of("x", ("a",), ts=0)
     state = build_state("x", cfg, None, {"e:old": 1.0})
     res = fold_batch(
         state, [RewardObserved(experiment_id="x", arm_id="a", reward=1.0, event_id="old")]

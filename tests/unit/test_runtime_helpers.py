@@ -16,7 +16,7 @@ import pytest
 from confluent_kafka import TopicPartition
 from redis.asyncio import Redis
 
-from schemas.events import ExperimentConfig, RewardObserved
+from schemas.events import RewardObserved
 from schemas.redis_keys import RedisKeys
 from schemas.rejections import Rejection
 from schemas.topics import TopicNames
@@ -35,6 +35,7 @@ from stream_runtime.kafka_consumer import KafkaRecord, RebalanceLogger
 from stream_runtime.process import JsonFormatter
 from stream_runtime.redis_store import RedisStateStore
 from stream_runtime.state_store import MemoryStateStore, Write
+from tests.fixtures.events import config_of
 
 pytestmark = pytest.mark.unit
 
@@ -91,14 +92,7 @@ def _engine(store: MemoryStateStore) -> tuple[BatchEngine[FoldReport], DecodedBa
     keys = RedisKeys("t.")
     decoded = DecodedBatch()
     for exp in ("a", "b"):
-        config = ExperimentConfig(
-            experiment_id=exp,
-            arm_ids=("x",),
-            strategy="thompson",
-            version=1,
-            created_ts=0,
-            updated_ts=0,
-        )
+        config = config_of(exp, ("x",), ts=0)
         store.strings[keys.experiment(exp).config] = config.model_dump_json().encode()
         group = decoded.groups[exp] = Group()
         record = KafkaRecord(topics.rewards, 0, 0 if exp == "a" else 1, 0, b"")

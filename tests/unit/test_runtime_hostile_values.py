@@ -53,6 +53,7 @@ from stream_runtime.kafka_consumer import KafkaRecord
 from stream_runtime.processor import Loaded
 from stream_runtime.redis_store import write_args
 from stream_runtime.state_store import Write
+from tests.fixtures.events import config_of
 from tests.unit.test_schemas_codec_fast_path import Raw, mutated, valid_decisions, valid_rewards
 from tests.unit.test_schemas_codec_fast_path import to_bytes as _to_bytes
 
@@ -75,16 +76,7 @@ PROJECTION: Final = BucketProjection(TOPICS, KEYS, RETENTION)
 
 
 def config_for(experiment_id: str) -> ExperimentConfig:
-    return ExperimentConfig(
-        experiment_id=experiment_id,
-        arm_ids=ARMS,
-        strategy="thompson",
-        version=1,
-        created_ts=0.0,
-        updated_ts=0.0,
-        attribution_window_s=60.0,
-        default_reward=0.25,
-    )
+    return config_of(experiment_id, ARMS, ts=0.0, attribution_window_s=60.0, default_reward=0.25)
 
 
 CONFIG: Final = config_for(EXPERIMENT)

@@ -271,16 +271,36 @@ FIELD_EDGE_VALUES: list[Any] = [
     "x" * 65,
 ]
 
-REWARD_OPTIONAL = ("schema_version", "decision_id", "source", "user_context", "unit_id")
-DECISION_OPTIONAL = (
-    "schema_version",
-    "strategy_params",
-    "degraded",
-    "unit_id",
-    "assignment",
-    "allocation_version",
-    "exposure_id",
-)
+#: The optional keys of each record and the values a valid record may give them.
+REWARD_OPTIONAL: dict[str, st.SearchStrategy[Any]] = {
+    "schema_version": st.just(SCHEMA_VERSION),
+    "decision_id": st.one_of(st.none(), event_ids),
+    "source": st.text(max_size=64),
+    "user_context": st.none(),  # a context proper is pydantic's (see below)
+    "unit_id": st.one_of(st.none(), unit_tokens),
+}
+DECISION_OPTIONAL: dict[str, st.SearchStrategy[Any]] = {
+    "schema_version": st.just(SCHEMA_VERSION),
+    "strategy_params": st.dictionaries(st.text(max_size=5), json_values, max_size=3),
+    "degraded": st.booleans(),
+    # a unit decision (sticky, consistent or local); pydantic ties none of them together
+    "unit_id": unit_tokens,
+    "assignment": st.sampled_from(["sticky", "consistent", "local", None]),
+    "allocation_version": st.one_of(st.none(), st.integers(0, 2**64 - 1)),
+    "exposure_id": event_ids,
+}
+
+
+def _with_optional(
+    draw: st.DrawFn, record: dict[str, Any], optional: dict[str, st.SearchStrategy[Any]]
+) -> dict[str, Any]:
+    """``record`` plus any subset of the ``optional`` keys, in any key order: the fast
+    path must accept what pydantic accepts whichever keys are present and in what order."""
+    for key, values in optional.items():
+        if draw(st.booleans()):
+            record[key] = draw(values)
+    order = draw(st.permutations(list(record)))
+    return {k: record[k] for k in order}
 
 
 @st.composite
@@ -294,19 +314,7 @@ def valid_rewards(draw: st.DrawFn) -> dict[str, Any]:
         "arm_id": draw(valid_ids),
         "reward": draw(st.one_of(unit_floats, st.sampled_from([0, 1]))),
     }
-    if draw(st.booleans()):
-        record["schema_version"] = SCHEMA_VERSION
-    if draw(st.booleans()):
-        record["decision_id"] = draw(st.one_of(st.none(), event_ids))
-    if draw(st.booleans()):
-        record["source"] = draw(st.text(max_size=64))
-    if draw(st.booleans()):
-        record["user_context"] = None  # a context proper is pydantic's (see below)
-    if draw(st.booleans()):
-        record["unit_id"] = draw(st.one_of(st.none(), unit_tokens))
-    keys = list(record)
-    order = draw(st.permutations(keys))
-    return {k: record[k] for k in order}
+    return _with_optional(draw, record, REWARD_OPTIONAL)
 
 
 @st.composite
@@ -324,22 +332,7 @@ def valid_decisions(draw: st.DrawFn) -> dict[str, Any]:
         "config_version": draw(st.integers(-(2**63), 2**64 - 1)),
         "snapshot_version": draw(st.integers(-(2**63), 2**64 - 1)),
     }
-    if draw(st.booleans()):
-        record["schema_version"] = SCHEMA_VERSION
-    if draw(st.booleans()):
-        record["strategy_params"] = draw(
-            st.dictionaries(st.text(max_size=5), json_values, max_size=3)
-        )
-    if draw(st.booleans()):
-        record["degraded"] = draw(st.booleans())
-    if draw(st.booleans()):  # a unit decision (sticky, consistent or local)
-        record["unit_id"] = draw(unit_tokens)
-        record["assignment"] = draw(st.sampled_from(["sticky", "consistent", "local", None]))
-        record["allocation_version"] = draw(st.one_of(st.none(), st.integers(0, 2**64 - 1)))
-        if draw(st.booleans()):
-            record["exposure_id"] = draw(event_ids)
-    order = draw(st.permutations(list(record)))
-    return {k: record[k] for k in order}
+    return _with_optional(draw, record, DECISION_OPTIONAL)
 
 
 @st.composite

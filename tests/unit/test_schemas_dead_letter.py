@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import orjson
 import pytest
 
@@ -17,6 +15,7 @@ from schemas.dead_letter import (
 )
 from schemas.events import RewardObserved
 from stream_runtime.batch import decode_reward_or_decision
+from stream_runtime.kafka_consumer import KafkaRecord as Rec
 
 pytestmark = pytest.mark.unit
 
@@ -75,21 +74,11 @@ def test_dedupe_keeps_latest_real_entry_per_origin() -> None:
     assert dedupe(both) == [rejected_again, other]
 
 
-@dataclass(frozen=True)
-class Rec:
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    value: bytes | None
-    headers: tuple[tuple[str, bytes], ...] = ()
-
-
 def test_redriven_minimal_reward_keeps_its_original_identity() -> None:
     raw = orjson.dumps({"experiment_id": "e", "arm_id": "a", "reward": 1})
     original = Rec("mab.rewards", 1, 7, 1_000, raw)
     redriven = Rec(
-        "mab.rewards", 4, 900, 2_000, raw, tuple(redrive_headers("mab.rewards", 1, 7, 5))
+        "mab.rewards", 4, 900, 2_000, raw, headers=list(redrive_headers("mab.rewards", 1, 7, 5))
     )
     a = decode_reward_or_decision(original, "mab.rewards", "mab.decisions")
     b = decode_reward_or_decision(redriven, "mab.rewards", "mab.decisions")
@@ -98,7 +87,7 @@ def test_redriven_minimal_reward_keeps_its_original_identity() -> None:
     assert a.event_id == b.event_id == "mab.rewards:1:7"
     with_id = orjson.dumps({"experiment_id": "e", "arm_id": "a", "reward": 1, "event_id": "x"})
     c = decode_reward_or_decision(
-        Rec("mab.rewards", 4, 901, 2_000, with_id, redriven.headers), "mab.rewards", "d"
+        Rec("mab.rewards", 4, 901, 2_000, with_id, headers=redriven.headers), "mab.rewards", "d"
     )
     assert c is not None
     assert c.event_id == "x"

@@ -10,6 +10,7 @@ from bandit_core.fold import rejection_text, reward_rejection
 from schemas.dead_letter import H_REASON, dead_letter_headers
 from schemas.events import ExperimentConfig, RewardObserved
 from schemas.rejections import Rejection
+from tests.fixtures.events import config_of
 
 pytestmark = pytest.mark.unit
 
@@ -65,14 +66,7 @@ def test_a_reason_is_its_label_on_the_wire() -> None:
 
 
 def _config() -> ExperimentConfig:
-    return ExperimentConfig(
-        experiment_id="exp",
-        arm_ids=("a", "b"),
-        strategy="thompson",
-        version=1,
-        created_ts=0.0,
-        updated_ts=0.0,
-    )
+    return config_of("exp", ("a", "b"), ts=0.0)
 
 
 @pytest.mark.parametrize(
