@@ -19,7 +19,8 @@ versions is small (a bandit starves its losers) are pooled into one cell, a line
 ``A`` of ``d`` and ``Σ`` (``A d``, ``A Σ Aᵀ``) that keeps the test exact in form: a
 count of 3 where 0.2 were expected is not a one-in-a-billion event, which χ² would
 claim. And a unit counted on an arm its version gave no weight (or did not have) is
-impossible under correct assignment: that is reported as such (``p = 0``), since the
+impossible under correct assignment: that is reported as such (``p = 0``, no ``X²``,
+the reason naming the arm), since the
 pseudo-inverse would silently ignore it.
 
 The χ² survival function is the regularised upper incomplete gamma function
@@ -166,7 +167,7 @@ def srm_test(versions: Sequence[VersionCounts]) -> SrmResult:
             if count and w[arm_index[arm]] == 0.0:
                 return SrmResult(
                     0.0,
-                    math.inf,
+                    None,
                     None,
                     units,
                     len(versions),
