@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 from bandit_core.srm import VersionCounts, srm_test
 from bandit_core.state import ExperimentState
 from mab_client.models import SrmPublic
+from schemas.events import ExperimentConfig
 from services.decider.allocations import AllocationStore
 from services.decider.metrics import DeciderMetrics
 from services.decider.store import ConfigStore
@@ -43,16 +44,21 @@ def has_units(state: ExperimentState) -> bool:
 
 
 async def srm_of(
-    allocations: AllocationStore, experiment_id: str, state: ExperimentState
+    allocations: AllocationStore, config: ExperimentConfig, state: ExperimentState
 ) -> SrmPublic:
-    """The SRM check over the versions whose allocation is still stored."""
+    """The SRM check over the versions whose allocation is still stored: pooled over
+    the versions for a ``sticky`` experiment (each unit counted once), per version
+    otherwise (a returning unit is counted in every version it visits; see
+    :mod:`bandit_core.srm`)."""
+    experiment_id = config.experiment_id
     counts = {v: dict(arms) for v, arms in state.srm.items()}
     records = await allocations.get_many(experiment_id, sorted(counts))
     covered = [
         VersionCounts(record.arm_ids, record.weights, counts[v]) for v, record in records.items()
     ]
     skipped = [v for v in counts if v not in records]
-    result = await asyncio.to_thread(srm_test, covered)
+    pooled = config.assignment == "sticky"
+    result = await asyncio.to_thread(lambda: srm_test(covered, pooled=pooled))
     return SrmPublic(
         p_value=result.p_value,
         chi2=result.chi2,
@@ -61,6 +67,7 @@ async def srm_of(
         alarm=result.alarm,
         versions=result.versions,
         reason=result.reason,
+        method=result.method,
         skipped_versions=len(skipped),
         skipped_units=state.srm_dropped + sum(sum(counts[v].values()) for v in skipped),
     )
@@ -80,7 +87,7 @@ async def refresh_srm_gauges(
             _config_raw, snap_raw = await store.get_config_and_snapshot(exp)
             state = await asyncio.to_thread(ExperimentState.from_snapshot, snap_raw, exp)
             if has_units(state):
-                live[exp] = (await srm_of(allocations, exp, state)).p_value
+                live[exp] = (await srm_of(allocations, config, state)).p_value
         if len(configs) < _PAGE:
             break
         offset += _PAGE

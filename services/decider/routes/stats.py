@@ -59,7 +59,7 @@ async def stats(experiment_id: ExperimentIdPath, rt: RuntimeDep) -> StatsPublic:
         return config, state, arm_stats, rt.cache.propensities(config, arm_stats, time.time())
 
     config, state, arm_stats, props = await asyncio.to_thread(parse)
-    srm = await srm_of(rt.allocations, experiment_id, state) if has_units(state) else None
+    srm = await srm_of(rt.allocations, config, state) if has_units(state) else None
     if srm is not None:
         rt.metrics.srm(experiment_id, srm.p_value)
     return StatsPublic(

@@ -196,6 +196,12 @@ class SrmPublic(_Result):
     reason: str | None = Field(
         default=None, description="Why there is no p-value, or why it is 0 (impossible arm)."
     )
+    method: str = Field(
+        default="pooled",
+        description="pooled: one test over all versions (sticky: each unit counted once); "
+        "per_version: each version tested alone, Bonferroni-combined (a returning unit is "
+        "counted in every version it visits).",
+    )
     skipped_versions: int = Field(
         default=0, description="Versions with counts whose allocation is no longer stored."
     )
