@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import asdict
 from typing import Final
 
 from redis.exceptions import RedisError
@@ -60,14 +61,8 @@ async def srm_of(
     pooled = config.assignment == "sticky"
     result = await asyncio.to_thread(lambda: srm_test(covered, pooled=pooled))
     return SrmPublic(
-        p_value=result.p_value,
-        chi2=result.chi2,
-        df=result.df,
-        units=result.units,
+        **asdict(result),
         alarm=result.alarm,
-        versions=result.versions,
-        reason=result.reason,
-        method=result.method,
         skipped_versions=len(skipped),
         skipped_units=state.srm_dropped + sum(sum(counts[v].values()) for v in skipped),
     )

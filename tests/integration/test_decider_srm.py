@@ -7,8 +7,6 @@ the decider would have stored, so each test knows exactly what the check must sa
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import numpy as np
 import pytest
 from redis.asyncio import Redis
@@ -25,13 +23,6 @@ pytestmark = pytest.mark.integration
 
 ARMS = ("blue-button", "green-button", "Free Shipping")
 V0 = 29_603_160  # an epoch of 60 s in 2026
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
 
 
 async def store_units(
