@@ -122,11 +122,20 @@ def live_panel(client: MabClient, exp_id: str, bucket: Bucket, span_s: int) -> N
         help="Highest posterior mean (1 + conversions) / (2 + rewards) among arms with rewards.",
         border=True,
     )
+    units = int(table["units"].sum())
+    assignment = f" · assignment: {stats.assignment}" if stats.assignment else ""
     st.caption(
         f"{len(table)} arms · strategy params: {params} · config v{stats.config_version} · "
-        f"{stats.snapshot_version:,} events folded · updated "
-        f"{datetime.now(UTC):%H:%M:%S} UTC"
+        f"{stats.snapshot_version:,} events folded{assignment} · {units:,} unique units · "
+        f"updated {datetime.now(UTC):%H:%M:%S} UTC"
     )
+    srm = charts.srm_status(stats)
+    if srm is not None:
+        state, line = srm
+        if state == "alarm":
+            st.error(line, icon="⚠️")
+        else:
+            st.caption(line)
     if served == 0 and rewards == 0:
         st.info(
             f"No decisions or rewards yet for `{exp_id}`. Send traffic with "
@@ -153,6 +162,11 @@ def live_panel(client: MabClient, exp_id: str, bucket: Bucket, span_s: int) -> N
 ARM_COLUMNS: Final[dict[str, Any]] = {
     "arm": st.column_config.TextColumn("arm", pinned=True),
     "decisions": st.column_config.NumberColumn("decisions", help="Decisions served."),
+    "units": st.column_config.NumberColumn(
+        "unique units",
+        help="Units (visitors) assigned this arm, each once (per allocation version in the "
+        "consistent mode); 0 when requests carry no unit id.",
+    ),
     "traffic_share": st.column_config.ProgressColumn(
         "traffic share",
         help="Share of all decisions served so far.",

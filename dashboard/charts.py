@@ -41,6 +41,7 @@ CHANGE_POINT = "change point"
 ARM_TABLE_COLUMNS = [
     "arm",
     "decisions",
+    "units",
     "traffic_share",
     "propensity",
     "pulls",
@@ -100,6 +101,7 @@ def arm_table(stats: Stats, level: float = 0.95) -> pd.DataFrame:
             {
                 "arm": a.arm_id,
                 "decisions": int(a.decisions),
+                "units": int(a.units),
                 "traffic_share": a.decisions / total_decisions if total_decisions else math.nan,
                 "propensity": float(a.propensity),
                 "pulls": int(a.pulls),
@@ -110,6 +112,27 @@ def arm_table(stats: Stats, level: float = 0.95) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows, columns=ARM_TABLE_COLUMNS)
+
+
+def srm_status(stats: Stats) -> tuple[str, str] | None:
+    """The SRM check as (state, one line for an operator); ``None`` before any unit.
+
+    State ``alarm`` (p < 0.001: units did not get the arms their allocations promised,
+    look for a bug in assignment, caching or logging before trusting the results),
+    ``ok``, or ``n/a`` (too few units, too many arms: the reason says which).
+    """
+    srm = stats.srm
+    if srm is None:
+        return None
+    covered = f"{srm.units:,} units over {srm.versions:,} allocation versions ({srm.method})"
+    if srm.skipped_units:
+        covered += f"; {srm.skipped_units:,} units in expired versions left out"
+    if srm.p_value is None:
+        return "n/a", f"SRM check not computed: {srm.reason}. {covered}."
+    if srm.alarm:
+        why = f" {srm.reason}." if srm.reason else ""
+        return "alarm", f"Sample ratio mismatch: p = {srm.p_value:.2g}.{why} {covered}."
+    return "ok", f"No sample ratio mismatch: p = {srm.p_value:.3g}. {covered}."
 
 
 def leading_arm(table: pd.DataFrame) -> str | None:

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, TypeVar
 
+import httpx
 import typer
 
 from deploy.stack.config import StackConfig
@@ -19,10 +20,14 @@ from deploy.stack.errors import StackError
 from deploy.stack.jars import ensure_kafka_jars
 from deploy.stack.local import LocalStack
 from deploy.stack.scale import MAX_INSTANCES
-from deploy.stack.secrets import AUTH_ENV
+from deploy.stack.secrets import API_KEY_ENV, AUTH_ENV, READ_KEY_FILE, read_secret
 from deploy.stack.status import ComponentStatus
 from deploy.stack.topics import create_topics, product_topic_specs
 from mab_cli.log_options import kafka_connection
+from mab_client import MabClient, MabError, RetryPolicy
+
+#: Experiments whose SRM state ``mab status`` lists (the first, in creation order).
+STATUS_EXPERIMENTS = 50
 
 T = TypeVar("T")
 
@@ -56,6 +61,47 @@ def _table(rows: Sequence[ComponentStatus]) -> str:
         "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
         for line in [header, *body]
     )
+
+
+def srm_table(url: str, api_key: str | None, transport: httpx.BaseTransport | None = None) -> str:
+    """Per experiment: assignment mode, unique units and the SRM state, read from the
+    decider through the SDK (``/stats``); one line naming the problem when it fails.
+    An SRM alarm means units did not get the arms their allocations promised: the
+    experiment's results should not be trusted until the cause is found."""
+    header = ("experiment", "assignment", "units", "srm")
+    body: list[tuple[str, str, str, str]] = []
+    try:
+        with MabClient(
+            url,
+            api_key=api_key,
+            timeout=5.0,
+            retry=RetryPolicy(max_attempts=1),
+            transport=transport,
+        ) as c:
+            experiments = c.list_experiments(limit=STATUS_EXPERIMENTS + 1)
+            for exp in experiments[:STATUS_EXPERIMENTS]:
+                stats = c.stats(exp.experiment_id)
+                units = sum(a.units for a in stats.arms)
+                srm = stats.srm
+                if srm is None:
+                    state = "-"
+                elif srm.p_value is None:
+                    state = f"n/a ({srm.reason})"
+                else:
+                    state = f"{'ALARM' if srm.alarm else 'ok'} p={srm.p_value:.3g} ({srm.method})"
+                body.append((exp.experiment_id, stats.assignment or "-", f"{units:,}", state))
+    except MabError as exc:
+        return f"experiments: not read from {url}: {exc}"
+    if not body:
+        return "experiments: none"
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+        for line in [header, *body]
+    ]
+    if len(experiments) > STATUS_EXPERIMENTS:
+        lines.append(f"(the first {STATUS_EXPERIMENTS} experiments)")
+    return "\n".join(lines)
 
 
 def _failed(rows: Sequence[ComponentStatus], expected: Sequence[str]) -> list[str]:
@@ -137,13 +183,20 @@ def down() -> None:
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Each component: pid, port, running, healthy. Exit 1 if a running one is unhealthy."""
+    """Each component: pid, port, running, healthy; then, with a healthy decider, each
+    experiment's assignment mode, unique units and SRM state. Exit 1 if a running
+    component is unhealthy (an SRM alarm is shown, not an exit code)."""
     stack = _guard(lambda: LocalStack(StackConfig.product()))
     rows = _guard(stack.status)
     if as_json:
         typer.echo(json.dumps([r.as_dict() for r in rows], indent=2))
     else:
         typer.echo(_table(rows))
+        decider = next((r for r in rows if r.name == "decider" and r.healthy and r.url), None)
+        if decider is not None and decider.url is not None:
+            key = read_secret(stack.config.run_dir, READ_KEY_FILE, API_KEY_ENV)
+            typer.echo("")
+            typer.echo(srm_table(decider.url, None if key is None else key.value))
     if any(r.running and not r.healthy for r in rows):
         raise typer.Exit(1)
 

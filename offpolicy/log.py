@@ -77,6 +77,10 @@ class ExperimentLog:
     rejected: tuple[RejectedRecord, ...] = ()
     #: Records of other experiments that share the partitions (skipped).
     other_experiments: int = 0
+    #: Decision records whose ``decision_id`` was already read (skipped): the
+    #: consistent mode logs a unit's every view under one id per allocation version,
+    #: and an exposure may be reported twice. One decision is one sample.
+    repeated_decisions: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,12 @@ Records are decoded with the same code as the live consumers
 (:func:`stream_runtime.batch.decode_reward_or_decision`, so a minimal reward gets the
 same fallback event id and time); undecodable records of this experiment are listed,
 never fatal.
+
+Each decision id is read once, at its first record: a unit's consistent-mode views
+repeat their (unit, allocation version) decision id, and an exposure reported twice
+repeats its decision, but the unit was assigned once with the logged propensity, so
+counting the repeats would weigh a unit by how often it looked (the live fold counts
+them as duplicates for the same reason). The repeats are counted, not kept.
 """
 
 from __future__ import annotations
@@ -148,10 +154,11 @@ async def _read(
     decisions: list[DecisionMade] = []
     rewards: list[RewardObserved] = []
     rejected: list[RejectedRecord] = []
-    others = 0
+    decision_ids: set[str] = set()
+    others = repeats = 0
 
     def take(record: KafkaRecord) -> None:
-        nonlocal others
+        nonlocal others, repeats
         event: AnyEvent | None
         if record.key is not None and record.key != key:
             others += 1
@@ -177,7 +184,11 @@ async def _read(
         if event is None or event.experiment_id != experiment_id:
             others += 1
         elif isinstance(event, DecisionMade):
-            decisions.append(event)
+            if event.decision_id in decision_ids:
+                repeats += 1
+            else:
+                decision_ids.add(event.decision_id)
+                decisions.append(event)
         elif isinstance(event, RewardObserved):
             rewards.append(event)
         elif isinstance(event, ExperimentCreated | ArmsAdded | StrategyChanged):
@@ -197,4 +208,5 @@ async def _read(
         rewards=tuple(rewards),
         rejected=tuple(rejected),
         other_experiments=others,
+        repeated_decisions=repeats,
     )

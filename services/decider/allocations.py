@@ -145,6 +145,29 @@ class AllocationStore:
         record = AllocationRecord.decode(stored) if isinstance(stored, bytes | str) else proposal
         return self._remember(experiment_id, record)
 
+    async def get_many(
+        self, experiment_id: str, versions: list[int]
+    ) -> dict[int, AllocationRecord]:
+        """The stored records of ``versions`` (the SRM check reads every version it has
+        counts for): memoised ones without I/O, the rest in one ``MGET`` (one hash tag,
+        one slot). Versions never stored or expired are absent from the result. What is
+        read here is not memoised: a day of old versions would evict the current ones
+        the hot paths need, for a check that runs about once a minute."""
+        found: dict[int, AllocationRecord] = {}
+        wanted: list[int] = []
+        for version in versions:
+            known = self.memoized(experiment_id, version)
+            if known is None:
+                wanted.append(version)
+            else:
+                found[version] = known
+        if wanted:
+            raws = await self.redis.mget([self.keys.allocation(experiment_id, v) for v in wanted])
+            for version, raw in zip(wanted, raws, strict=True):
+                if raw is not None:
+                    found[version] = AllocationRecord.decode(raw)
+        return found
+
     async def get(self, experiment_id: str, version: int) -> AllocationRecord | None:
         """A stored version (exposures name theirs); ``None``: never stored, or expired."""
         known = self.memoized(experiment_id, version)

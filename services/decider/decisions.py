@@ -38,6 +38,12 @@ experiment is refreshed only as often as keeps its builds under
 :data:`REFRESH_TIME_SHARE` of the time: when one build takes longer than that share of
 half the staleness bound, the bound grows for that experiment (1,000 arms: re-read
 about every second instead of every 125 ms; a small experiment is unaffected).
+
+The traffic floor (``min_arm_share = f`` over ``k`` arms) is a mixture: with probability
+``k f`` a uniformly random arm, otherwise the strategy's choice, so arm ``i`` is served
+with probability ``f + (1 - k f) p_i``, which is what the decision logs (off-policy
+evaluation divides by it). Both numbers are computed once per entry (``explore``,
+``logged``); without a floor ``explore`` is 0 and a decision pays one falsy test.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ from typing import Any
 import orjson
 from redis.exceptions import RedisError
 
+from bandit_core.allocation import apply_floor
 from bandit_core.rng import make_rng
 from bandit_core.state import ArmStats, ExperimentState
 from bandit_core.strategies import Strategy, StrategyParams, get_strategy, params_for
@@ -112,6 +119,18 @@ class CachedExperiment:
     #: once per entry instead of once per request (100 arm ids are ~2 µs of JSON).
     metadata_json: orjson.Fragment = field(default_factory=lambda: orjson.Fragment(b"{}"))
     params_json: orjson.Fragment = field(default_factory=lambda: orjson.Fragment(b"{}"))
+    #: Probability ``k * min_arm_share`` of serving a uniformly random arm (the traffic
+    #: floor); 0: no floor, the strategy chooses every time.
+    explore: float = 0.0
+    #: The propensity a decision of each arm logs: ``propensities`` after the floor,
+    #: never below :data:`MIN_PROPENSITY`. Empty until :meth:`DecisionCache._build` sets it.
+    logged: list[float] = field(default_factory=list)
+
+
+def served_propensities(propensities: list[float], min_arm_share: float) -> list[float]:
+    """What the per-request policy serves each arm with: the strategy's propensities
+    after the traffic floor, ``f + (1 - k f) p_i`` (a copy of them when ``f == 0``)."""
+    return apply_floor(propensities, min_arm_share)
 
 
 class DecisionCache:
@@ -242,6 +261,8 @@ class DecisionCache:
             params = params_for(config.strategy, config.strategy_params)
             rng = make_rng(params.seed)
         sampler = strategy.batch_sampler(arm_list, stats, params, time.time())
+        propensities = self._propensities(strategy, params, config, stats, time.time())
+        floor = config.min_arm_share
         entry = CachedExperiment(
             config=config,
             config_raw=config_raw,
@@ -253,19 +274,25 @@ class DecisionCache:
             arm_list=arm_list,
             rng=rng,
             fetched_at=time.monotonic(),
-            propensities=self._propensities(strategy, params, config, stats, time.time()),
+            propensities=propensities,
             sampler=sampler,
             # The first batches too are drawn here, off the event loop.
             queued=None if sampler is None else sampler(rng, _rows(OFF_LOOP_DRAWS, len(arm_list))),
             metadata_json=orjson.Fragment(orjson.dumps({"arms": arm_list})),
             params_json=orjson.Fragment(orjson.dumps(config.strategy_params)),
+            explore=min(1.0, len(arm_list) * floor),
+            logged=[max(p, MIN_PROPENSITY) for p in served_propensities(propensities, floor)],
         )
         entry.build_s = time.perf_counter() - started
         return entry
 
     def decide(self, entry: CachedExperiment, now: float) -> tuple[int, float]:
-        """Choose an arm (a pre-drawn one, or one strategy call) and look up its
-        propensity (cached). Pre-drawn choices are refilled in a worker thread."""
+        """Choose an arm (the floor's uniform arm, a pre-drawn one, or one strategy
+        call) and look up its logged propensity (cached). Pre-drawn choices are refilled
+        in a worker thread."""
+        if entry.explore and entry.rng.random() < entry.explore:
+            index = entry.rng.randrange(len(entry.arm_list))
+            return index, entry.logged[index]
         queued = entry.queued
         if queued:
             index = queued.pop()
@@ -276,10 +303,10 @@ class DecisionCache:
             entry.queued = queued
         else:
             index = entry.strategy.choose(entry.arm_list, entry.stats, entry.params, entry.rng, now)
-            return index, max(entry.propensities[index], MIN_PROPENSITY)
+            return index, entry.logged[index]
         if not entry.refilling and len(queued) < _rows(OFF_LOOP_DRAWS, len(entry.arm_list)):
             self._refill(entry)
-        return index, max(entry.propensities[index], MIN_PROPENSITY)
+        return index, entry.logged[index]
 
     def _refill(self, entry: CachedExperiment) -> None:
         """Draw ``entry``'s next choices in a worker thread while the event loop serves
@@ -314,9 +341,11 @@ class DecisionCache:
     def propensities(
         self, config: ExperimentConfig, stats: list[ArmStats], now: float
     ) -> list[float]:
-        """Propensities for a config read outside the cache (the stats endpoint)."""
+        """The served propensities (after the traffic floor) for a config read outside
+        the cache (the stats endpoint): what a decision would log now."""
         params = params_for(config.strategy, config.strategy_params)
-        return self._propensities(get_strategy(config.strategy), params, config, stats, now)
+        raw = self._propensities(get_strategy(config.strategy), params, config, stats, now)
+        return served_propensities(raw, config.min_arm_share)
 
     def _propensities(
         self,

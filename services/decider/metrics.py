@@ -5,6 +5,12 @@ unlimited in number), so they are never a label. Decisions are counted per strat
 rewards per outcome (accepted or the rejection reason), requests per route *template*
 (``/experiments/{experiment_id}``, or ``unmatched``), method and status code. One
 registry per app (not the global one): several apps in one test process stay apart.
+
+One exception, on purpose: ``mab_srm_p_value{experiment_id}``, the SRM check's p-value,
+is only useful per experiment. Its series are bounded by the experiments that exist and
+have unit counts: it is set by ``/stats`` of an existing experiment and replaced as a
+whole by the background refresh (:mod:`services.decider.srm`), which drops experiments
+that are gone. An experiment without a p-value (too few units) has no series.
 """
 
 from __future__ import annotations
@@ -13,7 +19,12 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
@@ -56,6 +67,24 @@ class _DeliveryCollector(Collector):
             family.add_metric(["enqueued"], s.enqueued)
             family.add_metric(["delivered"], s.delivered)
             family.add_metric(["failed"], s.failed)
+        yield family
+
+
+class _SrmGauge(Collector):
+    """``mab_srm_p_value`` per experiment, from a plain dict (set on the event loop)."""
+
+    def __init__(self) -> None:
+        self.p_values: dict[str, float] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "mab_srm_p_value",
+            "Sample-ratio-mismatch check: p-value of the units' arms against their "
+            "allocation versions (alarm below 0.001).",
+            labels=["experiment_id"],
+        )
+        for experiment_id, p in list(self.p_values.items()):
+            family.add_metric([experiment_id], p)
         yield family
 
 
@@ -135,6 +164,19 @@ class DeciderMetrics:
         self.registry.register(_DeliveryCollector(lambda: self.delivery()))
         self._tally = _Tally()
         self.registry.register(self._tally)
+        self._srm = _SrmGauge()
+        self.registry.register(self._srm)
+
+    def srm(self, experiment_id: str, p_value: float | None) -> None:
+        """The SRM p-value of an existing experiment (``None``: none, no series)."""
+        if p_value is None:
+            self._srm.p_values.pop(experiment_id, None)
+        else:
+            self._srm.p_values[experiment_id] = p_value
+
+    def replace_srm(self, p_values: dict[str, float | None]) -> None:
+        """Every experiment's SRM p-value at once; experiments not named lose theirs."""
+        self._srm.p_values = {e: p for e, p in p_values.items() if p is not None}
 
     def request(self, route: str, method: str, status: int, seconds: float) -> None:
         tally = self._tally

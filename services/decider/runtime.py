@@ -38,6 +38,7 @@ from services.decider.metrics import DeciderMetrics
 from services.decider.producer import EventProducer
 from services.decider.readiness import ReadinessProbe
 from services.decider.settings import DeciderSettings
+from services.decider.srm import srm_gauge_loop
 from services.decider.store import ConfigStore
 from stream_runtime.process import JsonFormatter, freeze_startup_heap
 from stream_runtime.redis_client import AnyRedis
@@ -188,9 +189,11 @@ async def open_runtime(given: DeciderSettings | None = None) -> AsyncIterator[Ru
     if cfg.auth == "open":
         log.warning(OPEN_MODE_WARNING)
     freeze_startup_heap()
+    srm_gauges = asyncio.create_task(srm_gauge_loop(store, runtime.allocations, runtime.metrics))
     try:
         yield runtime
     finally:
+        srm_gauges.cancel()
         runtime.evaluator.close()
         await producer.stop()
         await redis.aclose()

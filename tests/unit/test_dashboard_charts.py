@@ -17,6 +17,7 @@ from bandit_core.simulate import ScenarioError, load_scenario, run_once, run_see
 from bandit_core.strategies import STRATEGIES, params_for
 from dashboard import charts, simulator
 from mab_client import Stats, Timeseries
+from mab_client.models import SrmPublic
 
 pytestmark = pytest.mark.unit
 
@@ -151,6 +152,7 @@ def test_arm_table_exact_rows() -> None:
     assert list(table.columns) == charts.ARM_TABLE_COLUMNS
     assert table["arm"].tolist() == ["blue", "green", "red"]
     assert table["decisions"].tolist() == [12, 8, 0]
+    assert table["units"].tolist() == [0, 0, 0]  # requests without unit ids
     assert table["traffic_share"].tolist() == [0.6, 0.4, 0.0]
     assert table["propensity"].tolist() == [0.25, 0.75, 0.0]
     assert table["pulls"].tolist() == [10, 4, 0]
@@ -162,6 +164,37 @@ def test_arm_table_exact_rows() -> None:
         assert (table["ci_low"].iloc[i], table["ci_high"].iloc[i]) == charts.beta_interval(s, n)
     # the posterior mean (1+s)/(2+n): green 3/6 beats blue 4/12; red has no rewards
     assert charts.leading_arm(table) == "green"
+
+
+def test_srm_status_states() -> None:
+    """Absent before any unit; ``ok`` and ``alarm`` with the p-value and what was
+    covered; ``n/a`` with the server's reason."""
+    base = _stats([("blue", 10, 3.0, 12, 0.5), ("green", 4, 2.0, 8, 0.5)])
+    assert charts.srm_status(base) is None
+    srm: dict[str, Any] = {
+        "p_value": 0.42,
+        "chi2": 0.65,
+        "df": 1,
+        "units": 20,
+        "alarm": False,
+        "versions": 3,
+        "method": "pooled",
+    }
+
+    def with_srm(**change: Any) -> Stats:
+        return base.model_copy(update={"srm": SrmPublic.model_validate({**srm, **change})})
+
+    state, line = charts.srm_status(with_srm()) or ("", "")
+    assert state == "ok"
+    assert "p = 0.42" in line
+    assert "20 units over 3 allocation versions (pooled)" in line
+    state, line = charts.srm_status(with_srm(p_value=2e-8, alarm=True, skipped_units=5)) or ("", "")
+    assert state == "alarm"
+    assert "p = 2e-08" in line
+    assert "5 units in expired versions left out" in line
+    state, line = charts.srm_status(with_srm(p_value=None, reason="too few units")) or ("", "")
+    assert state == "n/a"
+    assert "too few units" in line
 
 
 def test_arm_table_without_any_data() -> None:

@@ -24,6 +24,7 @@ from services.decider.auth import READ_RESPONSES
 from services.decider.errors import E404, E422, E503, not_found
 from services.decider.paths import EXPERIMENT, ExperimentIdPath
 from services.decider.runtime import READ, RuntimeDep
+from services.decider.srm import has_units, srm_of
 from services.decider.timeseries import (
     TimeRangeError,
     build_points,
@@ -41,7 +42,9 @@ router = APIRouter(tags=["experiments"], dependencies=[READ])
     response_model=StatsPublic,
     summary="Arm statistics",
     description="Per arm in config order: rewards observed (pulls), reward sum, mean, "
-    "decisions served and the current propensity; read fresh from Redis (no cache).",
+    "decisions served, unique units and the current propensity; read fresh from Redis "
+    "(no cache). Once units are counted, `srm`: the sample-ratio-mismatch check of "
+    "their arms against the allocation versions they were assigned under.",
     responses={404: E404, **READ_RESPONSES},
 )
 async def stats(experiment_id: ExperimentIdPath, rt: RuntimeDep) -> StatsPublic:
@@ -56,6 +59,9 @@ async def stats(experiment_id: ExperimentIdPath, rt: RuntimeDep) -> StatsPublic:
         return config, state, arm_stats, rt.cache.propensities(config, arm_stats, time.time())
 
     config, state, arm_stats, props = await asyncio.to_thread(parse)
+    srm = await srm_of(rt.allocations, config, state) if has_units(state) else None
+    if srm is not None:
+        rt.metrics.srm(experiment_id, srm.p_value)
     return StatsPublic(
         experiment_id=experiment_id,
         strategy=config.strategy,
@@ -70,6 +76,7 @@ async def stats(experiment_id: ExperimentIdPath, rt: RuntimeDep) -> StatsPublic:
                 mean=s.mean,
                 decisions=s.decisions,
                 propensity=p,
+                units=s.units,
             )
             for a, s, p in zip(config.arm_ids, arm_stats, props, strict=True)
         ],
@@ -84,6 +91,8 @@ async def stats(experiment_id: ExperimentIdPath, rt: RuntimeDep) -> StatsPublic:
             late=state.late,
             untracked=state.untracked,
         ),
+        assignment=config.assignment,
+        srm=srm,
     )
 
 

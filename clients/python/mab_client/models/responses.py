@@ -174,6 +174,42 @@ class ArmStatsPublic(_Result):
     mean: float = Field(description="reward_sum / pulls (0 when no pulls).")
     decisions: int = Field(description="Decisions served (folded from the decisions topic).")
     propensity: float = Field(description="Current probability that the policy picks it.")
+    units: int = Field(
+        default=0,
+        description="Unique units assigned this arm: decisions with a unit id, each decision "
+        "id once (a sticky unit once, a consistent unit once per allocation version).",
+    )
+
+
+class SrmPublic(_Result):
+    """The sample-ratio-mismatch check: did units get the arms their allocation versions
+    promised? Allocation-version aware, so the bandit's own reweighting is no alarm."""
+
+    p_value: float | None = Field(
+        description="P-value of the chi-square test; null when it cannot run (see reason)."
+    )
+    chi2: float | None = Field(description="The statistic X² = dᵀ Σ⁺ d over the versions.")
+    df: int | None = Field(description="Degrees of freedom: the rank of Σ.")
+    units: int = Field(description="Unit assignments the test covered.")
+    alarm: bool = Field(description="p_value < 0.001: assignment does not follow the weights.")
+    versions: int = Field(description="Allocation versions the test covered.")
+    reason: str | None = Field(
+        default=None, description="Why there is no p-value, or why it is 0 (impossible arm)."
+    )
+    method: str = Field(
+        default="pooled",
+        description="pooled: one test over all versions (sticky: each unit counted once); "
+        "per_version: each version tested alone, Bonferroni-combined (a returning unit is "
+        "counted in every version it visits).",
+    )
+    skipped_versions: int = Field(
+        default=0, description="Versions with counts whose allocation is no longer stored."
+    )
+    skipped_units: int = Field(
+        default=0,
+        description="Unit assignments left out: in skipped versions, or counted beyond the "
+        "fold's per-version cell limit.",
+    )
 
 
 class AttributionPublic(_Result):
@@ -237,6 +273,17 @@ class StatsPublic(_Result):
         default=None,
         exclude_if=_absent,
         description="Attribution-window counts; absent for experiments that never had a window.",
+    )
+    assignment: str | None = Field(
+        default=None,
+        exclude_if=_absent,
+        description="How requests with a unit id are assigned: sticky, consistent or "
+        "per_request (absent from servers older than visitor assignment).",
+    )
+    srm: SrmPublic | None = Field(
+        default=None,
+        exclude_if=_absent,
+        description="Sample-ratio-mismatch check; absent until units are counted.",
     )
 
     def arm(self, arm_id: str) -> ArmStatsPublic:
