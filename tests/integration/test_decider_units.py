@@ -121,7 +121,7 @@ async def test_settings_on_create_config_and_get(client: httpx.AsyncClient, ns: 
         "allocation_interval_s": 3600,
     }
 
-    bad_config = [
+    bad_config: list[tuple[dict[str, Any], str]] = [
         ({"unit_id_storage": "hashed"}, "unit_id_storage cannot change after creation"),
         ({"salt": "abc"}, "salt cannot change after creation"),
         ({"min_arm_share": 0.5}, "must be at most 1"),
@@ -137,7 +137,7 @@ async def test_settings_on_create_config_and_get(client: httpx.AsyncClient, ns: 
         assert needle in r.text, (extra, r.text)
     assert (await client.get(f"/experiments/{exp}")).json()["units"] == after
 
-    bad_create = [
+    bad_create: list[tuple[dict[str, Any], str]] = [
         ({"min_arm_share": 0.34}, "at most 0.333333 with 3 arms"),
         ({"sticky_ttl_s": 366 * 86400}, "sticky_ttl_s"),
         ({"unit_id_storage": "plain"}, "unit_id_storage"),
