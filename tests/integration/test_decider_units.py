@@ -277,3 +277,73 @@ async def test_per_request_units_draw_afresh(
     assert len(logged) == 60
     assert {r["unit_id"] for r in logged} == {unit_token("shopper", salt)}
     assert all("assignment" not in r and "allocation_version" not in r for r in logged)
+
+
+async def test_rewards_by_unit(
+    decider_settings: SettingsFactory, ns: str, kafka_bootstrap: str
+) -> None:
+    """Scenario: rewards carrying unit_id and no decision_id, on POST /reward (hot path and
+    route) and POST /rewards, for a sticky and a consistent experiment. We expect them
+    attributed to the unit's current decision id with the unit's token; a unit never
+    decided is a 422 no_assignment, another arm a 422 arm_mismatch naming the unit's arm,
+    and a batch with one bad item logs nothing."""
+    sticky, consistent = f"{ns}reward-sticky", f"{ns}reward-consistent"
+    async with (
+        serve_decider(decider_settings()) as (served, app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app.api), base_url="http://decider"
+        ) as routes,
+    ):
+        assert (await create(served, sticky)).status_code == 201
+        r = await create(served, consistent, assignment="consistent")
+        assert r.status_code == 201
+        salts = {
+            exp: (await served.get(f"/experiments/{exp}")).json()["units"]["salt"]
+            for exp in (sticky, consistent)
+        }
+        decided = {
+            exp: await decide(served, f"experiment_id={exp}&unit_id=buyer-1")
+            for exp in (sticky, consistent)
+        }
+        for exp, c in ((sticky, served), (consistent, routes)):
+            d = decided[exp]
+            ok = {"experiment_id": exp, "arm_id": d.arm_id, "reward": 1.0, "unit_id": "buyer-1"}
+            r = await c.post("/reward", json=ok)
+            assert r.status_code == 200, r.text
+            other = next(a for a in ARMS if a != d.arm_id)
+            r = await c.post("/reward", json={**ok, "arm_id": other})
+            assert r.status_code == 422
+            assert f"assigned arm {d.arm_id!r}" in r.json()["detail"]
+            r = await c.post("/reward", json={**ok, "unit_id": "never-seen"})
+            if exp == sticky:
+                assert r.status_code == 422
+                assert "no current assignment" in r.json()["detail"]
+            else:  # a consistent unit always has the rule's arm; this one may differ
+                assert r.status_code in (200, 422), r.text
+        r = await served.post(
+            "/rewards",
+            json={
+                "rewards": [
+                    {"experiment_id": sticky, "arm_id": ARMS[0], "reward": 0, "unit_id": "b1"},
+                    {
+                        "experiment_id": sticky,
+                        "arm_id": decided[sticky].arm_id,
+                        "reward": 0,
+                        "unit_id": "buyer-1",
+                    },
+                ]
+            },
+        )
+        assert r.status_code == 422
+        assert [e["type"] for e in r.json()["detail"]] == ["no_assignment"]
+        rt = runtime(app)
+    rewards = [
+        orjson.loads(landed.value or b"{}")
+        for landed in read_topics(kafka_bootstrap, [rt.topics.rewards])
+    ]
+    for exp in (sticky, consistent):
+        mine = [x for x in rewards if x["experiment_id"] == exp and x["reward"] == 1.0]
+        assert len(mine) == 1
+        assert mine[0]["decision_id"] == decided[exp].decision_id
+        assert mine[0]["unit_id"] == unit_token("buyer-1", salts[exp])
+    assert not [x for x in rewards if x["experiment_id"] == sticky and x["reward"] == 0]
