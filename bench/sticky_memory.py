@@ -23,7 +23,7 @@ from deploy.stack.ports import free_port
 from mab_client.assignment import Allocation
 from mab_client.models import DEFAULT_STICKY_TTL_S
 from schemas.redis_keys import RedisKeys
-from services.decider.units import assignment_of
+from services.decider import assignment_of
 
 #: Keys written per pipeline round trip.
 CHUNK = 5000

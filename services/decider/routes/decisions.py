@@ -54,44 +54,16 @@ UnitIdQuery = Annotated[
 
 def decide_cached(
     rt: Runtime, entry: CachedExperiment, degraded: bool, experiment_id: str
-) -> tuple[bytes, bytes]:
+) -> tuple[bytes, bytes | None]:
     """One decision from a cached entry: ``(response body, DecisionMade record)``.
 
     Synchronous on purpose: on the hot path a coroutine per step costs more than the step.
     """
     index, propensity = rt.cache.decide(entry, time.time())
-    decision_id = make_decision_id(index)
-    record = _record(entry, degraded, experiment_id, index, decision_id, propensity)
-    return _body(rt, entry, degraded, experiment_id, index, decision_id, propensity), record
+    return _answer(rt, entry, degraded, experiment_id, index, make_decision_id(index), propensity)
 
 
-def _record(
-    entry: CachedExperiment,
-    degraded: bool,
-    experiment_id: str,
-    index: int,
-    decision_id: str,
-    propensity: float,
-    **unit: str | int,
-) -> bytes:
-    """The ``DecisionMade`` record (``unit``: its token, assignment, allocation version)."""
-    config = entry.config
-    return encode_decision_made(
-        experiment_id=experiment_id,
-        decision_id=decision_id,
-        arm_id=entry.arm_list[index],
-        strategy=config.strategy,
-        strategy_params=entry.params_json,
-        propensity=propensity,
-        config_version=config.version,
-        snapshot_version=entry.state.version,
-        degraded=degraded,
-        attribution_window_s=config.attribution_window_s,
-        **unit,
-    )
-
-
-def _body(
+def _answer(
     rt: Runtime,
     entry: CachedExperiment,
     degraded: bool,
@@ -99,12 +71,32 @@ def _body(
     index: int,
     decision_id: str,
     propensity: float,
-    unit_id: str | None = None,
-) -> bytes:
-    """The response body (the original API's shape; ``unit_id`` and ``assignment``
-    added only for a request with a unit), counted and logged."""
+    echo_unit: str | None = None,
+    logged: bool = True,
+    **unit: str | int,
+) -> tuple[bytes, bytes | None]:
+    """The response body (the original API's shape; ``unit_id`` (``echo_unit``) and
+    ``assignment`` added only for a request with a unit) and, when ``logged``, the
+    ``DecisionMade`` record (``unit``: its token, assignment, allocation version)."""
     config = entry.config
     arm_id = entry.arm_list[index]
+    record = (
+        encode_decision_made(
+            experiment_id=experiment_id,
+            decision_id=decision_id,
+            arm_id=arm_id,
+            strategy=config.strategy,
+            strategy_params=entry.params_json,
+            propensity=propensity,
+            config_version=config.version,
+            snapshot_version=entry.state.version,
+            degraded=degraded,
+            attribution_window_s=config.attribution_window_s,
+            **unit,
+        )
+        if logged
+        else None
+    )
     rt.metrics.decision(config.strategy)
     if log.isEnabledFor(logging.DEBUG):  # thousands per second: opt-in (LOG_LEVEL=DEBUG)
         log.debug(
@@ -125,10 +117,10 @@ def _body(
         "decision_id": decision_id,
         "propensity": propensity,
     }
-    if unit_id is not None:
-        served["unit_id"] = unit_id
+    if echo_unit is not None:
+        served["unit_id"] = echo_unit
         served["assignment"] = config.assignment
-    return orjson.dumps(served)
+    return orjson.dumps(served), record
 
 
 async def decide_unit(
@@ -142,32 +134,37 @@ async def decide_unit(
     now = rt.allocations.clock()
     if config.assignment == "per_request":
         index, propensity = rt.cache.decide(entry, now)
-        decision_id = make_decision_id(index)
         token = unit_token(unit_id, config.salt, config.unit_id_storage)
-        record: bytes | None = _record(
-            entry, degraded, experiment_id, index, decision_id, propensity, unit_id=token
-        )
         rt.metrics.unit_decision(config.assignment, "new")
-    else:
-        decided = await rt.units.assign(entry, unit_id, now)
-        a = decided.assignment
-        index, decision_id, propensity = a.arm_index, a.decision_id, a.propensity
-        record = None
-        if decided.outcome == "new":
-            record = _record(
-                entry,
-                degraded,
-                experiment_id,
-                index,
-                decision_id,
-                propensity,
-                unit_id=decided.token,
-                assignment=config.assignment,
-                allocation_version=a.version,
-            )
-        rt.metrics.unit_decision(config.assignment, decided.outcome)
-    body = _body(rt, entry, degraded, experiment_id, index, decision_id, propensity, unit_id)
-    return body, record
+        decision_id = make_decision_id(index)
+        return _answer(
+            rt,
+            entry,
+            degraded,
+            experiment_id,
+            index,
+            decision_id,
+            propensity,
+            unit_id,
+            unit_id=token,
+        )
+    decided = await rt.units.assign(entry, unit_id, now)
+    a = decided.assignment
+    rt.metrics.unit_decision(config.assignment, decided.outcome)
+    return _answer(
+        rt,
+        entry,
+        degraded,
+        experiment_id,
+        a.arm_index,
+        a.decision_id,
+        a.propensity,
+        unit_id,
+        logged=decided.outcome == "new",
+        unit_id=decided.token,
+        assignment=config.assignment,
+        allocation_version=a.version,
+    )
 
 
 def log_decision(rt: Runtime, experiment_id: str, record: bytes) -> Awaitable[bool] | None:
@@ -197,7 +194,6 @@ async def serve_decision(
         entry, degraded = await rt.cache.get(experiment_id)
         if entry is None:
             return None
-    record: bytes | None
     if unit_id is None:
         body, record = decide_cached(rt, entry, degraded, experiment_id)
     else:
