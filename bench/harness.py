@@ -36,6 +36,8 @@ from stream_runtime.replay import high_watermarks
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORT_LUA = ROOT / "bench" / "wrk" / "report.lua"
+#: report.lua plus unit ids drawn from a population (``-- UNITS <population> <seed>``).
+UNITS_LUA = ROOT / "bench" / "wrk" / "units.lua"
 RESULTS = ROOT / "bench" / "results"
 #: The decider's default server (``services/decider/__main__.py``); the ceilings and every
 #: decider figure use it, and one uvicorn row shows what the choice is worth.
@@ -166,7 +168,11 @@ def http_server(
 
 
 def wrk(
-    url: str, duration: int, connections: int = 32, method: list[str] | None = None
+    url: str,
+    duration: int,
+    connections: int = 32,
+    method: list[str] | None = None,
+    script: Path = REPORT_LUA,
 ) -> dict[str, Any]:
     argv = [
         "wrk",
@@ -176,7 +182,7 @@ def wrk(
         "--timeout",
         "5s",
         "-s",
-        str(REPORT_LUA),
+        str(script),
         url,
     ]
     if method:

@@ -12,6 +12,11 @@ the decider rows):
   same run on the same server flags: a constant FastAPI route and a raw ASGI app. After
   each run the decisions topic is counted: every 200 must have produced exactly one
   ``DecisionMade`` record.
+* ``GET /decision`` with unit ids (2 arms, one worker): a sticky and a consistent
+  experiment, ids drawn by ``bench/wrk/units.lua`` from 200,000 units so new and
+  returning units mix; a consistent run must log one event per 200, a sticky run one per
+  unit key it stored (returning units log none). Goals against the unkeyed 2-arm row:
+  sticky ≥ 70% of its throughput with p99 ≤ 10 ms, consistent within 10%.
 * ``POST /reward`` (acknowledged by Kafka before the answer).
 * the reward consumer's fold rate from a pre-filled topic, and the projector's when it
   exists; RSS of each process at rest and after load.
@@ -27,23 +32,28 @@ promise. Results go to ``bench/results/<date>.json`` and between the markers of 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import shutil
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
+from redis.asyncio import Redis
 
 from bench import replay_rate
 from bench.evaluation_latency import BUSY_ROW, evaluation_rows
 from bench.fold_rows import fold_into, fold_rows, run_folds
 from bench.harness import (
+    REPORT_LUA,
     RESULTS,
     ROOT,
+    UNITS_LUA,
     bench_stack,
     header,
     http_server,
@@ -55,10 +65,82 @@ from bench.harness import (
     wrk,
 )
 from deploy.stack.topics import create_topics
+from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames, topic_specs
 
 DOC = ROOT / "docs" / "benchmarks.md"
 START, END = "<!-- service-bench:start -->", "<!-- service-bench:end -->"
+
+
+#: The unit rows (``GET /decision`` with ``unit_id``, 2 arms, one worker): ids drawn
+#: uniformly from this many units, so a run mixes new units (first request: assigned,
+#: logged) and returning ones (sticky: answered from memory or Redis, nothing logged).
+#: After the 2 s warm-up (~50,000 requests) about a fifth of a 3-8 s run's requests are
+#: new units; the row reports the share it saw.
+UNIT_POPULATION = 200_000
+#: Goals of the unit rows against the unkeyed 2-arm row of the same run: sticky keeps at
+#: least this share of its throughput (and p99 at most ``UNIT_P99_MS``), consistent is
+#: within ``CONSISTENT_SLACK`` of it.
+STICKY_THROUGHPUT_SHARE = 0.70
+CONSISTENT_SLACK = 0.10
+UNIT_P99_MS = 10.0
+UNIT_ROWS = {"sticky units": "sticky", "consistent units": "consistent"}
+
+
+async def count_unit_keys(redis_url: str, prefix: str, experiment_id: str) -> int:
+    """Sticky assignments stored for ``experiment_id`` (one key per unit)."""
+    redis = Redis.from_url(redis_url)
+    try:
+        pattern = RedisKeys(prefix).unit_pattern(experiment_id)
+        return sum([1 async for _ in redis.scan_iter(match=pattern, count=10_000)])
+    finally:
+        await redis.aclose()
+
+
+def unit_rows(
+    bootstrap: str,
+    env: dict[str, str],
+    topics: TopicNames,
+    base: str,
+    measure: Callable[..., dict[str, Any]],
+) -> dict[str, Any]:
+    """``GET /decision`` with unit ids (2 arms, sticky and consistent), counted: a
+    consistent decision logs one ``DecisionMade`` per request; a sticky one only for a
+    new unit, so the events logged must equal the unit keys the run stored."""
+    results: dict[str, Any] = {}
+    for label, mode in UNIT_ROWS.items():
+        exp = f"bench-2-{mode}"
+        r = httpx.post(
+            f"{base}/experiments",
+            json={
+                "experiment_id": exp,
+                "arm_ids": ["arm-0", "arm-1"],
+                "strategy": "thompson",
+                "assignment": mode,
+            },
+            timeout=10,
+        )
+        r.raise_for_status()
+        url = f"{base}/decision?experiment_id={exp}"
+        args = ["UNITS", str(UNIT_POPULATION)]
+        wrk(url, 2, method=[*args, "1"], script=UNITS_LUA)
+        time.sleep(1.0)
+        keys_before = asyncio.run(count_unit_keys(env["REDIS_URL"], env["MAB_REDIS_PREFIX"], exp))
+        before = topic_count(bootstrap, topics.decisions)
+        res = measure(url, [*args, "2"], UNITS_LUA)
+        time.sleep(1.0)  # linger + flush
+        logged = topic_count(bootstrap, topics.decisions) - before
+        keys = asyncio.run(count_unit_keys(env["REDIS_URL"], env["MAB_REDIS_PREFIX"], exp))
+        answered = res["requests"] - res["errors"]
+        res["decision_events_logged"] = logged
+        if mode == "sticky":
+            res["new_units"] = keys - keys_before
+            res["new_unit_share"] = round((keys - keys_before) / max(1, answered), 3)
+            res["decision_events_missing"] = keys - keys_before - logged
+        else:
+            res["decision_events_missing"] = answered - logged
+        results[f"GET /decision, 2 arms, {label}"] = res
+    return results
 
 
 #: Arm counts of the ``GET /decision`` rows (one worker; N workers: 2 arms only).
@@ -85,11 +167,13 @@ def decision_rows(
     200 must have produced exactly one ``DecisionMade`` record."""
     results: dict[str, Any] = {}
 
-    def measure(url: str, pid: int, method: list[str] | None = None) -> dict[str, Any]:
+    def measure(
+        url: str, pid: int, method: list[str] | None = None, script: Path = REPORT_LUA
+    ) -> dict[str, Any]:
         runs = []
         for _ in range(repeats):
             before = tree_cpu_s(pid)
-            run = wrk(url, duration, method=method)
+            run = wrk(url, duration, method=method, script=script)
             served = run["requests"] - run["errors"]
             run["cpu_us_per_request"] = round((tree_cpu_s(pid) - before) / max(1, served) * 1e6, 1)
             runs.append(run)
@@ -130,6 +214,15 @@ def decision_rows(
                 res["decision_events_missing"] = res["requests"] - res["errors"] - logged
                 results[f"GET /decision, {arms} arms, {n_workers} worker(s)"] = res
             if n_workers == 1:
+                results.update(
+                    unit_rows(
+                        bootstrap,
+                        env,
+                        topics,
+                        base,
+                        lambda url, method, script: measure(url, proc.popen.pid, method, script),
+                    )
+                )
                 two = results["GET /decision, 2 arms, 1 worker(s)"]["p99_ms"]
                 many = results[f"GET /decision, {DECISION_ARMS[-1]} arms, 1 worker(s)"]["p99_ms"]
                 results["decision p99, 1000 vs 2 arms"] = {
@@ -223,6 +316,8 @@ def markdown(results: dict[str, Any]) -> str:
             events = ""
             if "decision_events_logged" in r:
                 events = f"{r['decision_events_logged']} logged / {r['requests']} answered"
+                if "new_units" in r:
+                    events += f" ({r['new_units']} new units)"
             if "reward_events_logged" in r:
                 events = f"{r['reward_events_logged']} logged / {r['requests']} answered"
             lines.append(
@@ -257,6 +352,19 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {replay['records']:,} | {replay['workers']} | {replay['seconds']} "
             f"| {replay['records_per_s']:,} | {p['read']} · {p['decode']} · {p['fold']} "
             f"· {p['project']} · {p['write']} |",
+        ]
+    unkeyed = results.get("GET /decision, 2 arms, 1 worker(s)")
+    sticky = results.get("GET /decision, 2 arms, sticky units")
+    consistent = results.get("GET /decision, 2 arms, consistent units")
+    if isinstance(unkeyed, dict) and isinstance(sticky, dict) and isinstance(consistent, dict):
+        lines += [
+            "",
+            f"Units ({UNIT_POPULATION:,} unit ids drawn uniformly, so new and returning units "
+            f"mix; {sticky.get('new_unit_share', 0):.0%} of the sticky row's requests were new "
+            f"units): sticky {sticky['rps'] / unkeyed['rps']:.2f} of the unkeyed 2-arm "
+            f"throughput (goal ≥ {STICKY_THROUGHPUT_SHARE}), p99 {sticky['p99_ms']} ms (goal "
+            f"≤ {UNIT_P99_MS} ms at 32 connections); consistent "
+            f"{consistent['rps'] / unkeyed['rps']:.2f} (goal ≥ {1 - CONSISTENT_SLACK}).",
         ]
     catalogue = results.get("decision p99, 1000 vs 2 arms")
     if isinstance(catalogue, dict):

@@ -20,20 +20,34 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mab_client.models import (
+    DEFAULT_ALLOCATION_INTERVAL_S,
+    DEFAULT_STICKY_TTL_S,
+    FLOOR_SLACK,
     INVALID_USER_CONTEXT,
+    MAX_ALLOCATION_INTERVAL_S,
     MAX_ATTRIBUTION_WINDOW_S,
+    MAX_STICKY_TTL_S,
+    MIN_ALLOCATION_INTERVAL_S,
     REWARD_MAX,
     REWARD_MIN,
     USER_CONTEXT_MAX_BYTES,
     USER_CONTEXT_MAX_KEYS,
+    AssignmentMode,
+    UnitIdStorage,
     UserContext,
     check_user_context,
 )
 from schemas.ids import ArmId, ExperimentId, InvalidIdError, UnitId, normalize_id, random_hex
 
 __all__ = [
+    "DEFAULT_ALLOCATION_INTERVAL_S",
+    "DEFAULT_STICKY_TTL_S",
+    "FLOOR_SLACK",
     "INVALID_USER_CONTEXT",
+    "MAX_ALLOCATION_INTERVAL_S",
     "MAX_ATTRIBUTION_WINDOW_S",
+    "MAX_STICKY_TTL_S",
+    "MIN_ALLOCATION_INTERVAL_S",
     "REWARD_MAX",
     "REWARD_MIN",
     "SCHEMA_VERSION",
@@ -41,6 +55,7 @@ __all__ = [
     "USER_CONTEXT_MAX_KEYS",
     "AnyEvent",
     "ArmsAdded",
+    "AssignmentMode",
     "ChangePointDetected",
     "DecisionMade",
     "Event",
@@ -49,6 +64,7 @@ __all__ = [
     "ExperimentEvent",
     "RewardObserved",
     "StrategyChanged",
+    "UnitIdStorage",
     "UserContext",
     "check_user_context",
     "new_event_id",
@@ -63,30 +79,13 @@ def is_absent(value: object) -> bool:
 
 # --------------------------------------------------------------------------- assignment
 
-#: How an experiment assigns arms to requests that carry a unit id (docs/assignment.md).
-#: ``per_request``: a fresh draw per request, as without a unit id; ``sticky``: a unit
-#: keeps its first arm; ``consistent``: a stateless hash of the unit onto the current
-#: allocation.
-AssignmentMode = Literal["sticky", "consistent", "per_request"]
 #: How a ``DecisionMade`` with a unit was made: the two server modes that assign per
 #: unit, or ``local`` (an SDK decided from an allocation and reported the exposure).
 #: A per_request decision leaves the field out.
 DecisionAssignment = Literal["sticky", "consistent", "local"]
-#: What events and Redis carry for a unit: a salted digest of its id, or the id itself.
-UnitIdStorage = Literal["hashed", "raw"]
-#: A sticky unit keeps its arm this long by default (30 days), at most a year.
-DEFAULT_STICKY_TTL_S: Final = 30 * 24 * 3600
-MAX_STICKY_TTL_S: Final = 365 * 24 * 3600
-#: Allocation epochs: ``version = floor(ts / allocation_interval_s)`` (bandit_core.allocation).
-DEFAULT_ALLOCATION_INTERVAL_S: Final = 60
-MIN_ALLOCATION_INTERVAL_S: Final = 5
-MAX_ALLOCATION_INTERVAL_S: Final = 3600
 #: Hex digits of a new experiment's salt (64 bits: enough that no two experiments share
 #: one, short enough to sit in every allocation response).
 SALT_HEX_DIGITS: Final = 16
-#: Slack of the floor check ``k * min_arm_share <= 1``: ``3 * (1/3)`` must pass although
-#: the double ``1/3`` times 3 may round a hair above 1.
-FLOOR_SLACK: Final = 1e-9
 #: Longest ``exposure_id`` (client-made, like an event id, from which the event id of
 #: the exposure's decision is derived).
 EXPOSURE_ID_MAX_LEN: Final = 64

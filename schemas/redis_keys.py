@@ -132,6 +132,23 @@ class RedisKeys:
         """
         return f"{self.prefix}mab:alloc:{{{key_segment(experiment_id)}}}:{version}"
 
+    def unit(self, experiment_id: str, token: str) -> str:
+        """String: a sticky unit's assignment, ``"<decision id>|<propensity>|<allocation
+        version>|<assigned ts>"``, written once (``SET NX``) by the decider worker that
+        assigned it and by ``mab replay --rebuild``, expiring after the experiment's
+        ``sticky_ttl_s`` from the assignment. ``token`` is the unit's token (a hex digest,
+        or the raw unit id: encoded like an id).
+
+        The experiment's hash tag, outside its ``mab:{…}:`` namespace: that namespace is
+        swapped whole by a rebuild, and a million units must not ride in one ``MULTI``;
+        the table is rebuilt by ``SET NX`` instead (a live assignment is never replaced).
+        """
+        return f"{self.prefix}mab:unit:{{{key_segment(experiment_id)}}}:{key_segment(token)}"
+
+    def unit_pattern(self, experiment_id: str) -> str:
+        """``SCAN`` pattern of every sticky unit of one experiment (:meth:`unit`)."""
+        return f"{self.prefix}mab:unit:{{{key_segment(experiment_id)}}}:*"
+
     @property
     def index(self) -> str:
         """Zset experiment id -> creation time (the list endpoint; single key, own slot)."""

@@ -39,6 +39,7 @@ class Rejection(StrEnum):
     UNKNOWN_ARM = "unknown_arm"
     BAD_DECISION_ID = "bad_decision_id"
     ARM_MISMATCH = "arm_mismatch"
+    NO_ASSIGNMENT = "no_assignment"
 
     @property
     def text(self) -> str:
@@ -78,4 +79,6 @@ _TEXT: Final[Mapping[Rejection, str]] = {
     Rejection.UNKNOWN_ARM: "the arm is not in the experiment",
     Rejection.BAD_DECISION_ID: "decision_id was not issued by this service",
     Rejection.ARM_MISMATCH: "the reward names another arm than its decision served",
+    Rejection.NO_ASSIGNMENT: "a reward by unit_id without decision_id, for a unit that has "
+    "no current assignment (never decided, or its sticky assignment expired)",
 }

@@ -9,14 +9,15 @@ itself. It calls the routes' own functions
 :class:`~services.decider.runtime.Runtime`, so each behaviour has one implementation
 and both paths answer byte for byte alike.
 
-It answers a decision only when the query is exactly ``experiment_id=<valid id>``
-(percent- or ``+``-encoded like any query, trimmed by :func:`schemas.ids.normalize_id` as
-the route's model trims it) and the experiment is in memory or Redis; anything else
-(missing or invalid id, unknown experiment, extra parameters) falls through to the
-FastAPI route, which produces the documented 4xx. A reward body that validates as
-:class:`RewardCreate` is served here (its 404/422/503 are the route's own
-``HTTPException`` rendered identically); one that does not is replayed to FastAPI
-untouched, so validation errors keep FastAPI's format.
+It answers a decision only when the query is exactly ``experiment_id=<valid id>``, or
+that and ``unit_id=<valid unit id>`` in either order (percent- or ``+``-encoded like
+any query, trimmed as the route's model trims them), and the experiment is in memory or
+Redis; anything else (missing or invalid ids, unknown experiment, other parameters)
+falls through to the FastAPI route, which produces the documented 4xx. A query without
+``&`` is the unkeyed decision, tested first so that it costs what it did before units.
+A reward body that validates as :class:`RewardCreate` is served here (its 404/422/503
+are the route's own ``HTTPException`` rendered identically); one that does not is
+replayed to FastAPI untouched, so validation errors keep FastAPI's format.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from fastapi import FastAPI, HTTPException
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
+from mab_client.assignment import normalize_unit_id
+from mab_client.errors import InvalidUnitIdError
 from mab_client.models import RewardCreate
 from schemas.ids import InvalidIdError, normalize_id
 from services.decider.auth import Access, Denial
@@ -57,6 +60,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _PREFIX = b"experiment_id="
+_UNIT_PREFIX = b"unit_id="
 _HEADERS = [(b"content-type", b"application/json")]
 #: Larger reward bodies go to FastAPI (and its body limit); a valid one is ~200 bytes.
 _MAX_FAST_BODY = 16 * 1024
@@ -159,14 +163,24 @@ class DecisionFastPath:
                     status_code = denial.status
                     await _respond(send, denial.status, denial.body, _denial_headers(denial, cors))
                     return
-                experiment_id = _experiment_id(scope["query_string"])
-                entry = None if experiment_id is None else runtime.cache.fresh(experiment_id)
+                query: bytes = scope["query_string"]
+                unit_id = None
+                if b"&" in query:
+                    experiment_id, unit_id = _unit_query(query)
+                else:
+                    experiment_id = _experiment_id(query)
+                entry = (
+                    None
+                    if experiment_id is None or unit_id is not None
+                    else runtime.cache.fresh(experiment_id)
+                )
                 if entry is not None and experiment_id is not None:
                     # The common case, without a coroutine: a fresh cached entry.
                     body, record = decide_cached(runtime, entry, False, experiment_id)
-                    waiting = log_decision(runtime, experiment_id, record)
-                    if waiting is not None:
-                        await waiting
+                    if record is not None:  # always, without a unit
+                        waiting = log_decision(runtime, experiment_id, record)
+                        if waiting is not None:
+                            await waiting
                     status_code = 200
                     await _respond(send, 200, body, cors)
                     return
@@ -174,7 +188,7 @@ class DecisionFastPath:
                     served = (
                         None
                         if experiment_id is None
-                        else await serve_decision(runtime, experiment_id)
+                        else await serve_decision(runtime, experiment_id, unit_id)
                     )
                 except RedisError as exc:
                     # Answered here, not by falling through to the route: the route would
@@ -305,6 +319,25 @@ def _experiment_id(query: bytes) -> str | None:
         return normalize_id(unquote_plus(query[len(_PREFIX) :].decode("latin-1")))
     except InvalidIdError:
         return None
+
+
+def _unit_query(query: bytes) -> tuple[str | None, str | None]:
+    """``(experiment id, unit id)`` of a query that is exactly ``experiment_id=E&unit_id=U``
+    or ``unit_id=U&experiment_id=E`` with both valid; ``(None, None)`` otherwise (FastAPI
+    answers it: its 422 names the bad parameter)."""
+    first, _, second = query.partition(b"&")
+    if first.startswith(_UNIT_PREFIX):
+        first, second = second, first
+    if not second.startswith(_UNIT_PREFIX) or b"&" in second:
+        return None, None
+    experiment_id = _experiment_id(first)
+    if experiment_id is None:
+        return None, None
+    try:
+        unit_id = normalize_unit_id(unquote_plus(second[len(_UNIT_PREFIX) :].decode("latin-1")))
+    except InvalidUnitIdError:
+        return None, None
+    return experiment_id, unit_id
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:

@@ -111,6 +111,8 @@ class _Tally(Collector):
         self.latency: dict[tuple[str, str], list[float]] = {}
         self.decisions: dict[str, int] = {}
         self.rewards: dict[str, int] = {}
+        #: (assignment, outcome) -> unit decisions (services.decider.units)
+        self.units: dict[tuple[str, str], int] = {}
 
     def collect(self) -> Iterator[Metric]:
         latency = HistogramMetricFamily(
@@ -150,6 +152,16 @@ class _Tally(Collector):
         for outcome, n in list(self.rewards.items()):
             rewards.add_metric([outcome], n)
         yield rewards
+        units = CounterMetricFamily(
+            "mab_unit_decisions",
+            "Decisions for requests with a unit id, by assignment mode and outcome: "
+            "new (a DecisionMade logged), returning (a sticky unit's stored arm, nothing "
+            "logged; cached: from this worker's memory, stored: from Redis).",
+            labels=["assignment", "outcome"],
+        )
+        for (assignment, outcome), n in list(self.units.items()):
+            units.add_metric([assignment, outcome], n)
+        yield units
 
 
 class DeciderMetrics:
@@ -191,6 +203,11 @@ class DeciderMetrics:
     def decision(self, strategy: str) -> None:
         decisions = self._tally.decisions
         decisions[strategy] = decisions.get(strategy, 0) + 1
+
+    def unit_decision(self, assignment: str, outcome: str) -> None:
+        units = self._tally.units
+        key = (assignment, outcome)
+        units[key] = units.get(key, 0) + 1
 
     def reward(self, outcome: str) -> None:
         rewards = self._tally.rewards

@@ -17,7 +17,7 @@ from pydantic import BaseModel, field_validator, model_validator
 
 from bandit_core.strategies import validate_params
 from mab_client import models as api
-from mab_client.models import ExperimentPublic
+from mab_client.models import ExperimentPublic, UnitSettingsPublic
 from schemas.events import ExperimentConfig
 from services.decider.settings import normalize_known_strategy
 
@@ -51,8 +51,9 @@ class ConfigUpdate(api.ConfigUpdate, _KnownStrategy):
     __doc__ = api.ConfigUpdate.__doc__
 
 
-def experiment_public(config: ExperimentConfig) -> ExperimentPublic:
-    """The API's view of an experiment's configuration (the window only when it has one)."""
+def experiment_public(config: ExperimentConfig, *, units: bool = False) -> ExperimentPublic:
+    """The API's view of an experiment's configuration (the window only when it has one;
+    the assignment settings with ``units``, for ``GET /experiments/{id}``)."""
     return ExperimentPublic(
         experiment_id=config.experiment_id,
         arm_ids=list(config.arm_ids),
@@ -61,4 +62,14 @@ def experiment_public(config: ExperimentConfig) -> ExperimentPublic:
         version=config.version,
         attribution_window_s=config.attribution_window_s,
         default_reward=None if config.attribution_window_s is None else config.default_reward,
+        units=UnitSettingsPublic(
+            assignment=config.assignment,
+            sticky_ttl_s=config.sticky_ttl_s,
+            unit_id_storage=config.unit_id_storage,
+            salt=config.salt,
+            min_arm_share=config.min_arm_share,
+            allocation_interval_s=config.allocation_interval_s,
+        )
+        if units
+        else None,
     )

@@ -40,6 +40,7 @@ from services.decider.readiness import ReadinessProbe
 from services.decider.settings import DeciderSettings
 from services.decider.srm import srm_gauge_loop
 from services.decider.store import ConfigStore
+from services.decider.units import UnitAssigner
 from stream_runtime.process import JsonFormatter, freeze_startup_heap
 from stream_runtime.redis_client import AnyRedis
 from stream_runtime.settings import settings_errors
@@ -67,6 +68,7 @@ class Runtime:
     readiness: ReadinessProbe
     evaluator: EvaluationWorker
     allocations: AllocationStore
+    units: UnitAssigner
     _command_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = field(
         default_factory=weakref.WeakValueDictionary
     )
@@ -156,6 +158,7 @@ async def open_runtime(given: DeciderSettings | None = None) -> AsyncIterator[Ru
         else None
     )
     await producer.start(cfg.kafka_start_timeout_s)
+    allocations = AllocationStore(redis, cfg.keys, cache, cfg.allocation_retention_s)
     runtime = Runtime(
         cfg,
         redis,
@@ -169,7 +172,8 @@ async def open_runtime(given: DeciderSettings | None = None) -> AsyncIterator[Ru
         metrics=DeciderMetrics(lambda: producer.stats),
         readiness=ReadinessProbe(redis, producer, cfg.ready_timeout_s, cfg.ready_cache_s),
         evaluator=EvaluationWorker(),
-        allocations=AllocationStore(redis, cfg.keys, cache, cfg.allocation_retention_s),
+        allocations=allocations,
+        units=UnitAssigner(redis, cfg.keys, allocations, memo_entries=cfg.sticky_memo_entries),
     )
     log.info(
         "decider started",

@@ -170,6 +170,14 @@ class DeciderSettings(ServiceSettings):
         "longest allocation intervals: a version that expired while still current would "
         "be stored again with other weights.",
     )
+    sticky_memo_entries: int = Field(
+        default=100_000,
+        ge=0,
+        le=10_000_000,
+        validation_alias=_env("sticky_memo_entries", "MAB_STICKY_MEMO_ENTRIES"),
+        description="Sticky unit assignments each worker keeps in memory (~200 bytes "
+        "each), so a returning unit needs no Redis round trip; 0: always ask Redis.",
+    )
     #: A request waits on Redis at most this long (a processor's batch may wait longer).
     redis_socket_timeout_s: float = Field(default=2.0, gt=0, le=300)
     redis_connect_timeout_s: float = Field(default=2.0, gt=0, le=300)

@@ -53,27 +53,28 @@ local function scalar_raw(raw, name)
   return string.sub(raw, s + #key, e - 1)
 end
 -- The assignment settings (schemas.events.ExperimentConfig, after default_reward, in
--- its field order), each kept as stored; a config stored before they existed has none
+-- its field order), each kept as stored unless ``over`` (ttl, floor, interval: JSON
+-- text; the mode is set on cfg) replaces it; a config stored before they existed has none
 -- and keeps none (it reads with the defaults and its experiment id as salt). Strings
 -- through cjson (exact for strings), numbers and null as their stored text.
-local function assignment_tail(cfg, raw)
+local function assignment_tail(cfg, raw, over)
   local out = ''
   if type(cfg.assignment) == 'string' then
     out = out .. ',"assignment":' .. cjson.encode(cfg.assignment)
   end
-  local ttl = scalar_raw(raw, 'sticky_ttl_s')
+  local ttl = over.ttl or scalar_raw(raw, 'sticky_ttl_s')
   if ttl then out = out .. ',"sticky_ttl_s":' .. ttl end
   if type(cfg.unit_id_storage) == 'string' then
     out = out .. ',"unit_id_storage":' .. cjson.encode(cfg.unit_id_storage)
   end
   if type(cfg.salt) == 'string' then out = out .. ',"salt":' .. cjson.encode(cfg.salt) end
-  local floor = scalar_raw(raw, 'min_arm_share')
+  local floor = over.floor or scalar_raw(raw, 'min_arm_share')
   if floor then out = out .. ',"min_arm_share":' .. floor end
-  local interval = scalar_raw(raw, 'allocation_interval_s')
+  local interval = over.interval or scalar_raw(raw, 'allocation_interval_s')
   if interval then out = out .. ',"allocation_interval_s":' .. interval end
   return out
 end
-local function build(cfg, raw, params_raw, now, window_raw, default_raw)
+local function build(cfg, raw, params_raw, now, window_raw, default_raw, over)
   params_raw = params_raw or field_raw(raw, 'strategy_params', 'version')
     or cjson.encode(cfg.strategy_params)
   local created_raw = field_raw(raw, 'created_ts', 'updated_ts') or cjson.encode(cfg.created_ts)
@@ -88,7 +89,7 @@ local function build(cfg, raw, params_raw, now, window_raw, default_raw)
     .. ',"updated_ts":' .. now
     .. ',"attribution_window_s":' .. window_raw
     .. ',"default_reward":' .. default_raw
-    .. assignment_tail(cfg, raw) .. '}'
+    .. assignment_tail(cfg, raw, over or {}) .. '}'
 end
 """
 
@@ -124,8 +125,10 @@ return {'ok', out, raw}
 )
 
 # KEYS[1] config; ARGV[1] strategy, ARGV[2] params JSON object, ARGV[3] now, ARGV[4]
-# attribution window JSON (a number or null; '' keeps it), ARGV[5] default reward ('' keeps).
-# Returns {'ok', new_json, previous_json} | {'missing'}.
+# attribution window JSON (a number or null; '' keeps it), ARGV[5] default reward ('' keeps),
+# ARGV[6] assignment mode, ARGV[7] sticky TTL (a number or null), ARGV[8] min_arm_share,
+# ARGV[9] allocation interval ('' keeps each).
+# Returns {'ok', new_json, previous_json} | {'missing'} | {'floor', min_arm_share text}.
 _SET_STRATEGY: Final = (
     _LUA_HELPERS
     + """
@@ -138,7 +141,16 @@ local window = nil
 if ARGV[4] ~= '' then window = ARGV[4] end
 local default = nil
 if ARGV[5] ~= '' then default = ARGV[5] end
-local out = build(cfg, raw, ARGV[2], ARGV[3], window, default)
+if ARGV[6] ~= '' then cfg.assignment = ARGV[6] end
+local over = {}
+if ARGV[7] ~= '' then over.ttl = ARGV[7] end
+if ARGV[8] ~= '' then
+  -- The new floor must fit the arms stored now (ExperimentConfig's check, its slack).
+  if #cfg.arm_ids * tonumber(ARGV[8]) > 1 + 1e-9 then return {'floor', ARGV[8]} end
+  over.floor = ARGV[8]
+end
+if ARGV[9] ~= '' then over.interval = ARGV[9] end
+local out = build(cfg, raw, ARGV[2], ARGV[3], window, default, over)
 redis.call('SET', KEYS[1], out)
 return {'ok', out, raw}
 """
@@ -166,6 +178,24 @@ class AttributionChange:
         window = "" if self.keep_window else orjson.dumps(self.window_s).decode()
         default = "" if self.default_reward is None else repr(float(self.default_reward))
         return [window, default]
+
+
+@dataclass(frozen=True, slots=True)
+class UnitsChange:
+    """Assignment settings a ``POST /config`` sets; ``None`` (``keep_ttl`` for the TTL,
+    whose ``None`` means "the experiment's life") leaves the stored value."""
+
+    assignment: str | None = None
+    sticky_ttl_s: int | None = None
+    keep_ttl: bool = True
+    min_arm_share: float | None = None
+    allocation_interval_s: int | None = None
+
+    def lua_args(self) -> list[str]:
+        ttl = "" if self.keep_ttl else orjson.dumps(self.sticky_ttl_s).decode()
+        floor = "" if self.min_arm_share is None else repr(float(self.min_arm_share))
+        interval = "" if self.allocation_interval_s is None else str(self.allocation_interval_s)
+        return [self.assignment or "", ttl, floor, interval]
 
 
 def now_ts() -> float:
@@ -265,12 +295,19 @@ class ConfigStore:
         strategy: str,
         params: dict[str, Any],
         attribution: AttributionChange | None = None,
+        units: UnitsChange | None = None,
     ) -> CommandResult:
-        """Swap strategy and params; ``attribution`` changes the window fields given."""
+        """Swap strategy and params; ``attribution`` and ``units`` change the fields given."""
         change = attribution or AttributionChange()
         res = await self._set_strategy(
             keys=[self.keys.experiment(experiment_id).config],
-            args=[strategy, orjson.dumps(params), repr(now_ts()), *change.lua_args()],
+            args=[
+                strategy,
+                orjson.dumps(params),
+                repr(now_ts()),
+                *change.lua_args(),
+                *(units or UnitsChange()).lua_args(),
+            ],
         )
         return self._result(res)
 

@@ -189,7 +189,9 @@ async def test_racing_creates_have_exactly_one_winner(client: httpx.AsyncClient,
     codes = sorted(r.status_code for r in results)
     assert codes == [201] + [409] * 31
     winner = next(r for r in results if r.status_code == 201).json()
-    assert (await client.get(f"/experiments/{exp}")).json() == winner
+    stored = (await client.get(f"/experiments/{exp}")).json()
+    assert stored.pop("units")["assignment"] == "sticky"  # GET adds the unit settings
+    assert stored == winner
 
 
 async def test_concurrent_add_arms_lose_nothing(client: httpx.AsyncClient, ns: str) -> None:

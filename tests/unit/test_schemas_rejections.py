@@ -37,6 +37,7 @@ STABLE = (
     "unknown_arm",
     "bad_decision_id",
     "arm_mismatch",
+    "no_assignment",
 )
 
 

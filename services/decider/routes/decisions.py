@@ -1,7 +1,10 @@
 """``GET /decision``: one implementation, served by this route and by the raw fast path.
 
 :func:`serve_decision` is the whole decision (cached snapshot, one strategy call, the
-``DecisionMade`` event enqueued without waiting, the response body). Well-formed
+``DecisionMade`` event enqueued without waiting, the response body). With a
+``unit_id`` the experiment's assignment mode decides (:func:`decide_unit`,
+:mod:`services.decider.units`); without one, the original mab-ecommerce-optimizer
+API's decision is unchanged, byte for byte. Well-formed
 requests are normally answered by :class:`services.decider.hot_path.DecisionFastPath`
 with these same functions; the route serves the OpenAPI contract, validation errors and
 404/503.
@@ -19,8 +22,9 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
 from bandit_core.decision_ids import make_decision_id
+from mab_client.assignment import unit_token
 from mab_client.models import DecisionPublic
-from schemas.ids import ExperimentId
+from schemas.ids import ExperimentId, UnitId
 from schemas.topics import partition_key
 from schemas.wire import encode_decision_made
 from services.decider.auth import CLIENT_RESPONSES
@@ -36,30 +40,62 @@ ExperimentIdQuery = Annotated[
     ExperimentId,
     Query(description="The experiment to decide for (trimmed).", examples=["cta-button-test"]),
 ]
+UnitIdQuery = Annotated[
+    UnitId | None,
+    Query(
+        description="The randomisation unit (visitor, session or account id; 1-200 "
+        "printable characters after trimming). With it the experiment's `assignment` "
+        "mode decides (sticky: the unit keeps its first arm; consistent: a hash of the "
+        "unit onto the current allocation); without it, a fresh draw per request.",
+        examples=["visitor-8c1f2a"],
+    ),
+]
 
 
 def decide_cached(
     rt: Runtime, entry: CachedExperiment, degraded: bool, experiment_id: str
-) -> tuple[bytes, bytes]:
+) -> tuple[bytes, bytes | None]:
     """One decision from a cached entry: ``(response body, DecisionMade record)``.
 
     Synchronous on purpose: on the hot path a coroutine per step costs more than the step.
     """
-    config = entry.config
     index, propensity = rt.cache.decide(entry, time.time())
+    return _answer(rt, entry, degraded, experiment_id, index, make_decision_id(index), propensity)
+
+
+def _answer(
+    rt: Runtime,
+    entry: CachedExperiment,
+    degraded: bool,
+    experiment_id: str,
+    index: int,
+    decision_id: str,
+    propensity: float,
+    echo_unit: str | None = None,
+    logged: bool = True,
+    **unit: str | int,
+) -> tuple[bytes, bytes | None]:
+    """The response body (the original API's shape; ``unit_id`` (``echo_unit``) and
+    ``assignment`` added only for a request with a unit) and, when ``logged``, the
+    ``DecisionMade`` record (``unit``: its token, assignment, allocation version)."""
+    config = entry.config
     arm_id = entry.arm_list[index]
-    decision_id = make_decision_id(index)
-    record = encode_decision_made(
-        experiment_id=experiment_id,
-        decision_id=decision_id,
-        arm_id=arm_id,
-        strategy=config.strategy,
-        strategy_params=entry.params_json,
-        propensity=propensity,
-        config_version=config.version,
-        snapshot_version=entry.state.version,
-        degraded=degraded,
-        attribution_window_s=config.attribution_window_s,
+    record = (
+        encode_decision_made(
+            experiment_id=experiment_id,
+            decision_id=decision_id,
+            arm_id=arm_id,
+            strategy=config.strategy,
+            strategy_params=entry.params_json,
+            propensity=propensity,
+            config_version=config.version,
+            snapshot_version=entry.state.version,
+            degraded=degraded,
+            attribution_window_s=config.attribution_window_s,
+            **unit,
+        )
+        if logged
+        else None
     )
     rt.metrics.decision(config.strategy)
     if log.isEnabledFor(logging.DEBUG):  # thousands per second: opt-in (LOG_LEVEL=DEBUG)
@@ -73,17 +109,62 @@ def decide_cached(
                 "degraded": degraded,
             },
         )
-    body = orjson.dumps(
-        {
-            "experiment_id": experiment_id,
-            "arm_id": arm_id,
-            "strategy": config.strategy,
-            "metadata": entry.metadata_json,
-            "decision_id": decision_id,
-            "propensity": propensity,
-        }
+    served: dict[str, object] = {
+        "experiment_id": experiment_id,
+        "arm_id": arm_id,
+        "strategy": config.strategy,
+        "metadata": entry.metadata_json,
+        "decision_id": decision_id,
+        "propensity": propensity,
+    }
+    if echo_unit is not None:
+        served["unit_id"] = echo_unit
+        served["assignment"] = config.assignment
+    return orjson.dumps(served), record
+
+
+async def decide_unit(
+    rt: Runtime, entry: CachedExperiment, degraded: bool, experiment_id: str, unit_id: str
+) -> tuple[bytes, bytes | None]:
+    """A decision for a request with a (valid, trimmed) unit id: ``(body, record)``,
+    the record ``None`` for a returning sticky unit (nothing is logged: a pull is a
+    unit's assignment). Raises :class:`redis.exceptions.RedisError` when the allocation
+    or the sticky table cannot be reached."""
+    config = entry.config
+    now = rt.allocations.clock()
+    if config.assignment == "per_request":
+        index, propensity = rt.cache.decide(entry, now)
+        token = unit_token(unit_id, config.salt, config.unit_id_storage)
+        rt.metrics.unit_decision(config.assignment, "new")
+        decision_id = make_decision_id(index)
+        return _answer(
+            rt,
+            entry,
+            degraded,
+            experiment_id,
+            index,
+            decision_id,
+            propensity,
+            unit_id,
+            unit_id=token,
+        )
+    decided = await rt.units.assign(entry, unit_id, now)
+    a = decided.assignment
+    rt.metrics.unit_decision(config.assignment, decided.outcome)
+    return _answer(
+        rt,
+        entry,
+        degraded,
+        experiment_id,
+        a.arm_index,
+        a.decision_id,
+        a.propensity,
+        unit_id,
+        logged=decided.outcome == "new",
+        unit_id=decided.token,
+        assignment=config.assignment,
+        allocation_version=a.version,
     )
-    return body, record
 
 
 def log_decision(rt: Runtime, experiment_id: str, record: bytes) -> Awaitable[bool] | None:
@@ -97,12 +178,15 @@ def log_decision(rt: Runtime, experiment_id: str, record: bytes) -> Awaitable[bo
     return rt.producer.send_when_room(rt.topics.decisions, key, record)
 
 
-async def serve_decision(rt: Runtime, experiment_id: str) -> bytes | None:
+async def serve_decision(
+    rt: Runtime, experiment_id: str, unit_id: str | None = None
+) -> bytes | None:
     """Decide for one visitor and return the response body; ``None``: no such experiment.
 
-    The whole decision: cached snapshot, one strategy call (or a pre-drawn choice), the
-    ``DecisionMade`` event enqueued without waiting for Kafka, the response body.
-    Raises :class:`RedisError` only when nothing usable is cached (the caller maps it).
+    The whole decision: cached snapshot, one strategy call (or a pre-drawn choice; with
+    a unit id, the experiment's assignment mode), the ``DecisionMade`` event enqueued
+    without waiting for Kafka, the response body. Raises :class:`RedisError` only when
+    nothing usable is cached or a unit's assignment needs Redis (the caller maps it).
     """
     entry = rt.cache.fresh(experiment_id)
     degraded = False
@@ -110,10 +194,14 @@ async def serve_decision(rt: Runtime, experiment_id: str) -> bytes | None:
         entry, degraded = await rt.cache.get(experiment_id)
         if entry is None:
             return None
-    body, record = decide_cached(rt, entry, degraded, experiment_id)
-    waiting = log_decision(rt, experiment_id, record)
-    if waiting is not None:
-        await waiting
+    if unit_id is None:
+        body, record = decide_cached(rt, entry, degraded, experiment_id)
+    else:
+        body, record = await decide_unit(rt, entry, degraded, experiment_id, unit_id)
+    if record is not None:
+        waiting = log_decision(rt, experiment_id, record)
+        if waiting is not None:
+            await waiting
     return body
 
 
@@ -124,12 +212,17 @@ async def serve_decision(rt: Runtime, experiment_id: str) -> bytes | None:
     description="The hot path: served from an in-process snapshot at most "
     "`snapshot_max_staleness_s` old (a cache miss reads Redis, so a new experiment "
     "is decidable at once). Logs `DecisionMade` with its id and propensity without "
-    "waiting for Kafka. Send `decision_id` back with the reward.",
+    "waiting for Kafka. Send `decision_id` back with the reward. With `unit_id`, the "
+    "experiment's `assignment` mode decides and the answer adds `unit_id` and "
+    "`assignment` (docs/assignment.md); a returning sticky unit gets its stored "
+    "decision id, arm and propensity back, and no new decision is logged.",
     responses={404: E404, 422: E422, 503: E503, **CLIENT_RESPONSES},
     dependencies=[CLIENT],
 )
-async def decide(experiment_id: ExperimentIdQuery, rt: RuntimeDep) -> Response:
-    body = await serve_decision(rt, experiment_id)
+async def decide(
+    experiment_id: ExperimentIdQuery, rt: RuntimeDep, unit_id: UnitIdQuery = None
+) -> Response:
+    body = await serve_decision(rt, experiment_id, unit_id)
     if body is None:
         raise not_found(experiment_id)
     return Response(body, media_type="application/json")

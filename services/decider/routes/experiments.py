@@ -38,6 +38,7 @@ from services.decider.store import (
     ExperimentMissingError,
     FloorTooHighError,
     TooManyArmsError,
+    UnitsChange,
 )
 
 log = logging.getLogger("services.decider")
@@ -102,7 +103,12 @@ async def create_experiment(body: ExperimentCreate, rt: RuntimeDep) -> Experimen
         updated_ts=now,
         attribution_window_s=body.attribution_window_s,
         default_reward=body.default_reward,
+        assignment=body.assignment,
+        sticky_ttl_s=body.sticky_ttl_s,
+        unit_id_storage=body.unit_id_storage,
         salt=new_salt(),
+        min_arm_share=body.min_arm_share,
+        allocation_interval_s=body.allocation_interval_s,
     )
     async with rt.command_lock(config.experiment_id):
         result = await rt.store.create(config)
@@ -137,7 +143,8 @@ async def list_experiments(
     EXPERIMENT,
     response_model=ExperimentPublic,
     summary="Get an experiment",
-    description="The stored configuration (arms in insertion order, strategy, params).",
+    description="The stored configuration (arms in insertion order, strategy, params) "
+    "and its visitor-assignment settings (`units`).",
     responses={404: E404, **READ_RESPONSES},
     dependencies=[READ],
 )
@@ -145,7 +152,7 @@ async def get_experiment(experiment_id: ExperimentIdPath, rt: RuntimeDep) -> Exp
     config = await rt.store.get_config(experiment_id)
     if config is None:
         raise not_found(experiment_id)
-    return experiment_public(config)
+    return experiment_public(config, units=True)
 
 
 @router.post(
@@ -210,7 +217,9 @@ async def add_arms(
     response_model=ConfigPublic,
     summary="Hot-swap the strategy",
     description="Changes strategy and params atomically and logs `StrategyChanged`. "
-    "Arm statistics are strategy-independent, so no data is lost.",
+    "Arm statistics are strategy-independent, so no data is lost. The attribution and "
+    "assignment settings given change too (absent: unchanged); `unit_id_storage` and "
+    "the salt are fixed at creation (422).",
     responses={404: E404, 422: E422, 503: E503, **ADMIN_RESPONSES, **BODY_RESPONSES},
     dependencies=[ADMIN],
 )
@@ -223,11 +232,24 @@ async def change_strategy(body: ConfigUpdate, rt: RuntimeDep) -> ConfigPublic:
                 keep_window="attribution_window_s" not in body.model_fields_set,
                 default_reward=body.default_reward,
             )
+            units = UnitsChange(
+                assignment=body.assignment,
+                sticky_ttl_s=body.sticky_ttl_s,
+                keep_ttl="sticky_ttl_s" not in body.model_fields_set,
+                min_arm_share=body.min_arm_share,
+                allocation_interval_s=body.allocation_interval_s,
+            )
             result = await rt.store.set_strategy(
-                body.experiment_id, body.strategy, params, attribution
+                body.experiment_id, body.strategy, params, attribution, units
             )
         except ExperimentMissingError:
             raise not_found(body.experiment_id) from None
+        except FloorTooHighError as exc:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                f"min_arm_share {exc.min_arm_share} does not fit experiment "
+                f"{body.experiment_id!r}: its arms times min_arm_share must be at most 1",
+            ) from None
         previous = ExperimentConfig.model_validate_json(result.previous_raw)
         event = StrategyChanged(
             experiment_id=body.experiment_id,

@@ -18,6 +18,7 @@ from fastapi import APIRouter, HTTPException, status
 from pydantic import ValidationError
 
 from bandit_core.fold import reward_rejection
+from mab_client.assignment import unit_token
 from mab_client.models import ErrorPublic, RewardCreate, RewardPublic, RewardsCreate, RewardsPublic
 from schemas.codec import encode
 from schemas.events import ExperimentConfig, RewardObserved
@@ -33,18 +34,69 @@ log = logging.getLogger("services.decider")
 router = APIRouter(tags=["decisions"])
 
 
-def reward_event(body: RewardCreate) -> RewardObserved:
-    """The event a validated request body becomes (``source="api"``)."""
+class UnitRewardError(Exception):
+    """A reward by unit that cannot be attributed: its reason and the explanation."""
+
+    def __init__(self, reason: Rejection, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+async def unit_attribution(rt: Runtime, body: RewardCreate) -> tuple[str | None, str | None]:
+    """``(unit token, decision id)`` of a reward: the body's decision id, or, for a reward
+    by ``unit_id`` without one in a sticky or consistent experiment, the unit's current
+    decision (sticky: the stored one; consistent: the rule's under the current
+    allocation). Raises :class:`UnitRewardError` when the unit has no assignment or
+    ``arm_id`` is not its arm; nothing is logged then. An unknown experiment is left to
+    the caller's rule (404)."""
+    if body.unit_id is None:
+        return None, body.decision_id
+    entry = rt.cache.fresh(body.experiment_id)
+    if entry is None:
+        entry, _ = await rt.cache.get(body.experiment_id)
+    if entry is None:
+        return None, body.decision_id
+    config = entry.config
+    token = unit_token(body.unit_id, config.salt, config.unit_id_storage)
+    if body.decision_id is not None or config.assignment == "per_request":
+        return token, body.decision_id
+    current = await rt.units.current(entry, body.unit_id, rt.allocations.clock())
+    if current is None:
+        raise UnitRewardError(
+            Rejection.NO_ASSIGNMENT,
+            f"unit {body.unit_id!r} has no current assignment in experiment "
+            f"{body.experiment_id!r} (never decided, or its sticky assignment expired): "
+            "send the decision_id, or decide first",
+        )
+    arm_of_unit = entry.arm_list[current.arm_index]
+    # An arm not in the experiment is left to the consumer's rule (unknown_arm).
+    if body.arm_id != arm_of_unit and body.arm_id in entry.arm_list:
+        raise UnitRewardError(
+            Rejection.ARM_MISMATCH,
+            f"unit {body.unit_id!r} is assigned arm {arm_of_unit!r} in experiment "
+            f"{body.experiment_id!r}, not {body.arm_id!r}",
+        )
+    return token, current.decision_id
+
+
+def reward_event(
+    body: RewardCreate, token: str | None = None, decision_id: str | None = None
+) -> RewardObserved:
+    """The event a validated request body becomes (``source="api"``), with the unit's
+    token and the decision it is attributed to (:func:`unit_attribution`)."""
     fields: dict[str, Any] = {
         "experiment_id": body.experiment_id,
         "arm_id": body.arm_id,
         "reward": body.reward,
-        "decision_id": body.decision_id,
+        "decision_id": decision_id if decision_id is not None else body.decision_id,
         "source": "api",
         "user_context": body.user_context,
     }
     if body.event_id is not None:
         fields["event_id"] = body.event_id
+    if token is not None:
+        fields["unit_id"] = token
     return RewardObserved(**fields)
 
 
@@ -109,7 +161,11 @@ def _log_accepted(rt: Runtime, events: Sequence[RewardObserved]) -> None:
 
 async def serve_reward(rt: Runtime, body: RewardCreate) -> RewardPublic:
     """Validate a reward against the current config, append it, answer after Kafka's ack."""
-    event = reward_event(body)
+    try:
+        event = reward_event(body, *await unit_attribution(rt, body))
+    except UnitRewardError as exc:
+        rt.metrics.reward(exc.reason)
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, exc.detail) from None
     reason, config = await reward_rejection_now(rt, event)
     if reason is not None or config is None:
         reason = reason or Rejection.UNKNOWN_EXPERIMENT
@@ -171,7 +227,13 @@ async def serve_rewards(rt: Runtime, items: Sequence[object]) -> RewardsPublic:
                 for e in exc.errors()
             ]
             continue
-        event = reward_event(body)
+        try:
+            event = reward_event(body, *await unit_attribution(rt, body))
+        except UnitRewardError as exc:
+            errors.append(
+                {"index": index, "loc": ["unit_id"], "msg": exc.detail, "type": exc.reason}
+            )
+            continue
         reason, config = await reward_rejection_now(rt, event)
         if reason is not None:
             detail = reward_rejected(reason, event, config).detail
@@ -196,7 +258,10 @@ async def serve_rewards(rt: Runtime, items: Sequence[object]) -> RewardsPublic:
     description="Validates the reward against the current config (same rule as the "
     "consumer), logs `RewardObserved` and answers after Kafka's ack; statistics are "
     "updated asynchronously by the reward consumer. With `decision_id` the reward "
-    "joins its decision, counts once, and must name the decision's arm.",
+    "joins its decision, counts once, and must name the decision's arm. With `unit_id` "
+    "and no `decision_id`, a sticky or consistent experiment attributes it to the "
+    "unit's current decision (422 `no_assignment` without one, `arm_mismatch` when "
+    "`arm_id` is not the unit's arm).",
     responses={
         404: E404,
         422: E422,

@@ -9,7 +9,7 @@ than pydantic.
 
 from __future__ import annotations
 
-from typing import Annotated, Final
+from typing import Annotated, Final, Literal
 
 from pydantic import AfterValidator, Field, JsonValue
 from pydantic_core import PydanticCustomError, PydanticSerializationError, to_json
@@ -121,3 +121,25 @@ UserContext = Annotated[
         "the audit export carry it); the current strategies ignore it.",
     ),
 ]
+
+
+# --------------------------------------------------------------------------- assignment
+# The visitor-assignment settings of an experiment (docs/assignment.md): the requests
+# that set them and the server's ExperimentConfig share these names and bounds.
+
+#: How an experiment assigns arms to requests that carry a unit id. ``per_request``: a
+#: fresh draw per request, as without a unit id; ``sticky``: a unit keeps its first arm;
+#: ``consistent``: a stateless hash of the unit onto the current allocation.
+AssignmentMode = Literal["sticky", "consistent", "per_request"]
+#: What events and Redis carry for a unit: a salted digest of its id, or the id itself.
+UnitIdStorage = Literal["hashed", "raw"]
+#: A sticky unit keeps its arm this long by default (30 days), at most a year.
+DEFAULT_STICKY_TTL_S: Final = 30 * 24 * 3600
+MAX_STICKY_TTL_S: Final = 365 * 24 * 3600
+#: Allocation epochs: ``version = floor(ts / allocation_interval_s)``.
+DEFAULT_ALLOCATION_INTERVAL_S: Final = 60
+MIN_ALLOCATION_INTERVAL_S: Final = 5
+MAX_ALLOCATION_INTERVAL_S: Final = 3600
+#: Slack of the floor check ``k * min_arm_share <= 1``: ``3 * (1/3)`` must pass although
+#: the double ``1/3`` times 3 may round a hair above 1.
+FLOOR_SLACK: Final = 1e-9

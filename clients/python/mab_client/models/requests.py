@@ -21,13 +21,21 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
-from mab_client.ids import MAX_ARMS_CEILING, ArmId, ExperimentId
+from mab_client.ids import MAX_ARMS_CEILING, ArmId, ExperimentId, UnitId
 from mab_client.models.limits import (
+    DEFAULT_ALLOCATION_INTERVAL_S,
+    DEFAULT_STICKY_TTL_S,
+    FLOOR_SLACK,
+    MAX_ALLOCATION_INTERVAL_S,
     MAX_ATTRIBUTION_WINDOW_S,
+    MAX_STICKY_TTL_S,
+    MIN_ALLOCATION_INTERVAL_S,
     REWARD_MAX,
     REWARD_MIN,
+    AssignmentMode,
+    UnitIdStorage,
     UserContext,
 )
 from mab_client.models.responses import DecisionPublic, new_event_id
@@ -105,6 +113,72 @@ DefaultRewardField = Annotated[
 ]
 
 
+AssignmentField = Annotated[
+    AssignmentMode,
+    Field(
+        description="How requests with a `unit_id` get their arm: `sticky` (a unit keeps "
+        "its first arm), `consistent` (a hash of the unit onto the current allocation, no "
+        "per-unit storage) or `per_request` (a fresh draw per request). Requests without "
+        "a `unit_id` always draw per request, as in the original API."
+    ),
+]
+StickyTtlField = Annotated[
+    int | None,
+    Field(
+        ge=1,
+        le=MAX_STICKY_TTL_S,
+        strict=True,
+        description=f"Seconds a sticky unit keeps its arm after its first request (1.."
+        f"{MAX_STICKY_TTL_S}, default {DEFAULT_STICKY_TTL_S} = 30 days); null: the "
+        "experiment's life.",
+    ),
+]
+UnitIdStorageField = Annotated[
+    UnitIdStorage,
+    Field(
+        description="What events and Redis keep of a unit id: `hashed` (a salted digest, "
+        "pseudonymous) or `raw` (the id itself). Fixed at creation."
+    ),
+]
+MinArmShareField = Annotated[
+    float,
+    Field(
+        ge=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="Traffic floor: every arm keeps at least this share of new units and "
+        "of decisions (arms x min_arm_share must be at most 1). 0: none.",
+    ),
+]
+AllocationIntervalField = Annotated[
+    int,
+    Field(
+        ge=MIN_ALLOCATION_INTERVAL_S,
+        le=MAX_ALLOCATION_INTERVAL_S,
+        strict=True,
+        description="Seconds an allocation version lasts (new units are assigned from the "
+        f"current one): {MIN_ALLOCATION_INTERVAL_S}..{MAX_ALLOCATION_INTERVAL_S}.",
+    ),
+]
+UnitIdField = Annotated[
+    UnitId,
+    Field(
+        description="The randomisation unit (visitor, session or account id): 1-200 "
+        "printable characters after trimming. Send opaque ids, not e-mail addresses.",
+        examples=["visitor-8c1f2a"],
+    ),
+]
+
+
+def check_floor(arms: int, min_arm_share: float) -> None:
+    """``arms * min_arm_share <= 1``: a floor no allocation can give every arm is refused."""
+    if arms * min_arm_share > 1.0 + FLOOR_SLACK:
+        raise ValueError(
+            f"min_arm_share {min_arm_share} times {arms} arms is {arms * min_arm_share:.6g}"
+            f" > 1: at most {1.0 / arms:.6g} with {arms} arms"
+        )
+
+
 class ExperimentCreate(_Request):
     """Body of ``POST /experiments``."""
 
@@ -136,6 +210,25 @@ class ExperimentCreate(_Request):
     strategy_params: StrategyParams = None
     attribution_window_s: AttributionWindowField = None
     default_reward: DefaultRewardField = 0.0
+    assignment: AssignmentField = "sticky"
+    sticky_ttl_s: StickyTtlField = DEFAULT_STICKY_TTL_S
+    unit_id_storage: UnitIdStorageField = "hashed"
+    min_arm_share: MinArmShareField = 0.0
+    allocation_interval_s: AllocationIntervalField = DEFAULT_ALLOCATION_INTERVAL_S
+
+    @model_validator(mode="after")
+    def _floor_fits(self) -> ExperimentCreate:
+        check_floor(len(self.arm_ids), self.min_arm_share)
+        return self
+
+
+#: Settings fixed when an experiment is created (``POST /config`` refuses them).
+FIXED_AT_CREATION = {
+    "unit_id_storage": "unit_id_storage cannot change after creation: the tokens already "
+    "in the log and the sticky table were made with it (create a new experiment)",
+    "salt": "salt cannot change after creation (it is generated at create): every unit "
+    "would move to another arm",
+}
 
 
 class ArmsAdd(_Request):
@@ -170,6 +263,22 @@ class ConfigUpdate(_Request):
     #: Absent: unchanged; null: the window is removed; a number: the new window.
     attribution_window_s: AttributionWindowField = None
     default_reward: DefaultRewardField | None = None
+    #: The assignment settings: absent (or null) unchanged, except ``sticky_ttl_s``,
+    #: where null means "the experiment's life" (absent: unchanged).
+    assignment: AssignmentField | None = None
+    sticky_ttl_s: StickyTtlField = None
+    min_arm_share: MinArmShareField | None = None
+    allocation_interval_s: AllocationIntervalField | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fixed_at_creation(cls, data: Any) -> Any:
+        """A clear 422 for the settings that never change, rather than "extra field"."""
+        if isinstance(data, Mapping):
+            for name, why in FIXED_AT_CREATION.items():
+                if name in data:
+                    raise ValueError(why)
+        return data
 
 
 class RewardCreate(_Request):
@@ -202,6 +311,12 @@ class RewardCreate(_Request):
         "deduplicates (one reward per decision) and must name the same arm.",
     )
     event_id: EventIdField | None = None
+    unit_id: UnitIdField | None = Field(
+        default=None,
+        description="The unit rewarded (as sent to GET /decision). Without `decision_id`, "
+        "the reward is attributed to the unit's current assignment (sticky, consistent "
+        "experiments; 422 if the unit has none or `arm_id` is not its arm).",
+    )
 
 
 class RewardsCreate(_Request):

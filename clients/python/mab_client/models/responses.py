@@ -18,6 +18,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from mab_client.models.limits import AssignmentMode, UnitIdStorage
+
 
 class _Result(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
@@ -40,6 +42,21 @@ PublicWindow = Annotated[
 PublicDefault = Annotated[
     float | None, Field(default=None, exclude_if=_absent, description="Its default reward.")
 ]
+
+
+class UnitSettingsPublic(_Result):
+    """An experiment's visitor-assignment settings (docs/assignment.md)."""
+
+    assignment: AssignmentMode = Field(description="How requests with a unit_id get an arm.")
+    sticky_ttl_s: int | None = Field(
+        description="Seconds a sticky unit keeps its arm; null: the experiment's life."
+    )
+    unit_id_storage: UnitIdStorage = Field(
+        description="hashed: events and Redis keep a salted digest of unit ids; raw: the ids."
+    )
+    salt: str = Field(description="Public input of the unit hashes (fixed at creation).")
+    min_arm_share: float = Field(description="Traffic floor every arm keeps.")
+    allocation_interval_s: int = Field(description="Seconds an allocation version lasts.")
 
 
 class ExperimentPublic(_Result):
@@ -66,6 +83,12 @@ class ExperimentPublic(_Result):
     version: int = Field(description="Bumped by every accepted command (create = 1).")
     attribution_window_s: PublicWindow = None
     default_reward: PublicDefault = None
+    units: UnitSettingsPublic | None = Field(
+        default=None,
+        exclude_if=_absent,
+        description="Visitor-assignment settings: shown by GET /experiments/{id} (create, "
+        "list and /config answer in the original API's shape).",
+    )
 
 
 class ConfigPublic(_Result):
@@ -119,7 +142,21 @@ class DecisionPublic(_Result):
     strategy: str
     metadata: DecisionMetadata
     decision_id: str = Field(description="Send it back with the reward to join the two.")
-    propensity: float = Field(description="P(policy picks this arm | snapshot), for OPE.")
+    propensity: float = Field(
+        description="P(policy picks this arm | snapshot), for OPE; with a sticky unit, "
+        "the probability at its first assignment."
+    )
+    unit_id: str | None = Field(
+        default=None,
+        exclude_if=_absent,
+        description="The request's unit id (trimmed), echoed; absent without one.",
+    )
+    assignment: AssignmentMode | None = Field(
+        default=None,
+        exclude_if=_absent,
+        description="How this unit's arm was chosen (the experiment's mode); absent "
+        "without a unit id.",
+    )
 
     @property
     def arms(self) -> list[str]:
