@@ -39,6 +39,8 @@ class Rejection(StrEnum):
     UNKNOWN_ARM = "unknown_arm"
     BAD_DECISION_ID = "bad_decision_id"
     ARM_MISMATCH = "arm_mismatch"
+    UNKNOWN_ALLOCATION = "unknown_allocation"
+    ARM_NOT_ASSIGNED = "arm_not_assigned"
 
     @property
     def text(self) -> str:
@@ -78,4 +80,8 @@ _TEXT: Final[Mapping[Rejection, str]] = {
     Rejection.UNKNOWN_ARM: "the arm is not in the experiment",
     Rejection.BAD_DECISION_ID: "decision_id was not issued by this service",
     Rejection.ARM_MISMATCH: "the reward names another arm than its decision served",
+    Rejection.UNKNOWN_ALLOCATION: "an exposure names an allocation version that was never "
+    "stored or is older than MAB_ALLOCATION_RETENTION_S",
+    Rejection.ARM_NOT_ASSIGNED: "an exposure names another arm than the assignment rule "
+    "gives its unit under that allocation version",
 }

@@ -15,6 +15,9 @@ EXPERIMENTS: Final = "mab.experiments"
 DECISIONS: Final = "mab.decisions"
 REWARDS: Final = "mab.rewards"
 REWARDS_DLQ: Final = "mab.rewards.dlq"
+#: Locally made decisions reported straight to Kafka (the records of POST /exposures'
+#: items); the reward consumer turns the valid ones into ``DecisionMade`` events.
+EXPOSURES: Final = "mab.exposures"
 
 #: Co-partitioned topics must share this count (the consumer relies on it).
 DEFAULT_PARTITIONS: Final = 6
@@ -46,6 +49,7 @@ class TopicNames:
     decisions: str
     rewards: str
     rewards_dlq: str
+    exposures: str
 
     @classmethod
     def with_prefix(cls, prefix: str = "") -> TopicNames:
@@ -54,6 +58,7 @@ class TopicNames:
             decisions=prefix + DECISIONS,
             rewards=prefix + REWARDS,
             rewards_dlq=prefix + REWARDS_DLQ,
+            exposures=prefix + EXPOSURES,
         )
 
     @classmethod
@@ -74,6 +79,9 @@ def topic_specs(prefix: str = "", partitions: int = DEFAULT_PARTITIONS) -> list[
         TopicSpec(names.experiments, partitions, dict(forever)),
         TopicSpec(names.decisions, partitions, dict(forever)),
         TopicSpec(names.rewards, partitions, dict(forever)),
+        # Exposures are inputs, kept like the rewards: the decisions made of them are
+        # derived (replay needs only the decisions topic, which has them).
+        TopicSpec(names.exposures, partitions, dict(forever)),
         TopicSpec(
             names.rewards_dlq,
             1,

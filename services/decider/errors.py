@@ -15,6 +15,7 @@ from fastapi import FastAPI, HTTPException, Request, status
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -55,6 +56,32 @@ def reward_rejected(
     return HTTPException(
         status.HTTP_422_UNPROCESSABLE_CONTENT, rejection_text(reason, event, config)
     )
+
+
+def check_batch_size(count: int, noun: str, limit: int) -> None:
+    """A batch route's bounds (``POST /rewards``, ``POST /exposures``): 1..``limit``
+    items (``MAB_MAX_REWARD_BATCH``), else a 422 saying which bound."""
+    if count == 0:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{noun} must not be empty")
+    if count > limit:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"{count} {noun} in one request; the limit is {limit} (MAB_MAX_REWARD_BATCH)",
+        )
+
+
+def item_errors(index: int, exc: ValidationError) -> list[dict[str, Any]]:
+    """The 422 entries of one invalid batch item: ``{index, loc, msg, type}`` per error,
+    without the input (never echoed back)."""
+    return [
+        {
+            "index": index,
+            "loc": list(e.get("loc", ())),
+            "msg": e.get("msg", ""),
+            "type": e.get("type", ""),
+        }
+        for e in exc.errors()
+    ]
 
 
 def install_error_handlers(app: FastAPI) -> None:

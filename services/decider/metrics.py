@@ -82,6 +82,7 @@ class _Tally(Collector):
         self.latency: dict[tuple[str, str], list[float]] = {}
         self.decisions: dict[str, int] = {}
         self.rewards: dict[str, int] = {}
+        self.exposures: dict[str, int] = {}
 
     def collect(self) -> Iterator[Metric]:
         latency = HistogramMetricFamily(
@@ -121,6 +122,15 @@ class _Tally(Collector):
         for outcome, n in list(self.rewards.items()):
             rewards.add_metric([outcome], n)
         yield rewards
+        exposures = CounterMetricFamily(
+            "mab_exposures",
+            "Exposures received by POST /exposures: accepted, duplicate, unavailable or "
+            "the rejection reason.",
+            labels=["outcome"],
+        )
+        for outcome, n in list(self.exposures.items()):
+            exposures.add_metric([outcome], n)
+        yield exposures
 
 
 class DeciderMetrics:
@@ -153,3 +163,7 @@ class DeciderMetrics:
     def reward(self, outcome: str) -> None:
         rewards = self._tally.rewards
         rewards[outcome] = rewards.get(outcome, 0) + 1
+
+    def exposure(self, outcome: str, n: int = 1) -> None:
+        exposures = self._tally.exposures
+        exposures[outcome] = exposures.get(outcome, 0) + n

@@ -23,7 +23,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 
-from mab_client.ids import MAX_ARMS_CEILING, ArmId, ExperimentId
+from mab_client.ids import MAX_ARMS_CEILING, ArmId, ExperimentId, UnitId
 from mab_client.models.limits import (
     MAX_ATTRIBUTION_WINDOW_S,
     REWARD_MAX,
@@ -232,6 +232,78 @@ class RewardsCreate(_Request):
     rewards: list[Annotated[Any, WithJsonSchema({"$ref": "#/components/schemas/RewardCreate"})]] = (
         Field(description="1..MAB_MAX_REWARD_BATCH rewards (default limit 1000).")
     )
+
+
+class ExposureCreate(_Request):
+    """One locally made decision, reported: an item of ``POST /exposures`` and the record
+    of the exposures topic (the same JSON either way).
+
+    The server trusts none of it but the ids: it re-derives the arm from its own stored
+    allocation ``allocation_version`` (docs/assignment-spec.md) and refuses the item
+    when the arm differs, so the logged propensity is always the stored weight.
+    """
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "experiment_id": "cta-button-test",
+                    "unit_id": "visitor-8f14e45f",
+                    "arm_id": "green-button",
+                    "allocation_version": 29603160,
+                    "exposure_id": "a1b2c3d4e5f60718-42",
+                    "ts": 1776189612.5,
+                }
+            ]
+        }
+    )
+
+    experiment_id: ExperimentIdField
+    unit_id: UnitId
+    arm_id: ArmIdField
+    allocation_version: int = Field(
+        ge=0, strict=True, description="The allocation version the arm was chosen from."
+    )
+    exposure_id: EventIdField = Field(
+        description="The client's idempotency key of this exposure: reported again (a "
+        "retried batch), it is a duplicate, not a second decision."
+    )
+    ts: float = Field(
+        ge=0,
+        allow_inf_nan=False,
+        description="Unix seconds when the unit was shown the arm (the decision's time).",
+    )
+
+
+class ExposuresCreate(_Request):
+    """Body of ``POST /exposures``: locally made decisions, all accepted or none.
+
+    Items are validated one by one by the route (a 422 names each failing item by its
+    index); the schema documents them as :class:`ExposureCreate`.
+    """
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "exposures": [
+                        {
+                            "experiment_id": "cta-button-test",
+                            "unit_id": "visitor-8f14e45f",
+                            "arm_id": "green-button",
+                            "allocation_version": 29603160,
+                            "exposure_id": "a1b2c3d4e5f60718-42",
+                            "ts": 1776189612.5,
+                        }
+                    ]
+                }
+            ]
+        }
+    )
+
+    exposures: list[
+        Annotated[Any, WithJsonSchema({"$ref": "#/components/schemas/ExposureCreate"})]
+    ] = Field(description="1..MAB_MAX_REWARD_BATCH exposures (default limit 1000).")
 
 
 class RewardItem(RewardCreate):

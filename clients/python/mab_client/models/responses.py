@@ -167,6 +167,20 @@ class RewardsPublic(_Result):
     )
 
 
+class ExposuresPublic(_Result):
+    """A batch of exposures accepted (every new one acknowledged by Kafka)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"status": "ok", "accepted": 2, "duplicates": 1}]}
+    )
+
+    status: Literal["ok"] = "ok"
+    accepted: int = Field(description="New exposures, each logged as one decision.")
+    duplicates: int = Field(
+        description="Exposures whose exposure_id was already reported: not logged again."
+    )
+
+
 class ArmStatsPublic(_Result):
     arm_id: str
     pulls: int = Field(description="Rewards observed.")
