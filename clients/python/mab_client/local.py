@@ -61,7 +61,7 @@ class LocalSettings:
     #: An allocation is refreshed this long after its version ends, plus up to as much
     #: again at random, so that clients do not all ask at the epoch boundary.
     refresh_delay_s: float = 0.5
-    #: After a failed refresh, the next try waits this long, doubling up to 30 s.
+    #: After a failed refresh or flush, the next try waits this long, doubling up to 30 s.
     retry_after_failure_s: float = 1.0
 
     def __post_init__(self) -> None:
@@ -165,6 +165,9 @@ class LocalState:
         self._flush_size = settings.flush_size
         self._metrics = LocalMetrics()
         self._metrics_dropped = 0
+        #: Failed flushes in a row, and when the next may start (backing off).
+        self._flush_failures = 0
+        self._flush_retry_at = 0.0
 
     @property
     def metrics(self) -> LocalMetrics:
@@ -201,14 +204,17 @@ class LocalState:
         return decision
 
     def flush_due(self) -> bool:
-        """Whether a batch should go now: a full one waits, or the oldest waited long."""
+        """Whether a batch should go now: a full one waits, or the oldest waited long
+        (not before the back-off after a failed flush ends)."""
         buffer = self.buffer
+        if not buffer:
+            return False
+        now = self.clock()
+        if now < self._flush_retry_at:
+            return False
         if len(buffer) >= self._flush_size:
             return True
-        try:
-            return self.clock() - buffer[0][5] >= self.settings.flush_interval_s
-        except IndexError:
-            return False
+        return now - buffer[0][5] >= self.settings.flush_interval_s
 
     # -- the worker's side -------------------------------------------------------------
     def take_batch(self) -> list[Pending]:
@@ -232,13 +238,22 @@ class LocalState:
     def sent(self, accepted: int, duplicates: int) -> None:
         self._metrics.sent += accepted
         self._metrics.duplicates += duplicates
+        self._flush_failures = 0
+        self._flush_retry_at = 0.0
         self.reached()
+
+    def _back_off(self, failures: int) -> float:
+        """Seconds before the next try after ``failures`` failures in a row: the
+        setting's base, doubling, at most 30 s."""
+        return min(30.0, self.settings.retry_after_failure_s * 2.0 ** (failures - 1))
 
     def put_back(self, batch: Sequence[Pending], exc: Exception) -> None:
         """A batch that could not be sent (after the client's retries) returns to the
         buffer's front (it is older than everything there); what does not fit is
         dropped, oldest first. The client is stale until the server answers again."""
         self._metrics.flush_failures += 1
+        self._flush_failures += 1
+        self._flush_retry_at = self.clock() + self._back_off(self._flush_failures)
         self.unreachable(exc)
         room = max(0, self.settings.max_buffer - len(self.buffer))
         keep = list(batch[len(batch) - room :]) if room < len(batch) else list(batch)
@@ -276,7 +291,8 @@ class LocalState:
             wake = min(wake, held.refresh_at - now)
         buffer = self.buffer
         if buffer:
-            wake = min(wake, buffer[0][5] + self.settings.flush_interval_s - now)
+            due = max(buffer[0][5] + self.settings.flush_interval_s, self._flush_retry_at)
+            wake = min(wake, due - now)
         return max(0.01, wake)
 
     def fetched(
@@ -306,8 +322,7 @@ class LocalState:
         held = self.held.get(experiment_id)
         if held is not None:
             held.failures += 1
-            wait = min(30.0, self.settings.retry_after_failure_s * 2 ** (held.failures - 1))
-            held.refresh_at = self.clock() + wait
+            held.refresh_at = self.clock() + self._back_off(held.failures)
         self.unreachable(exc)
 
     def reached(self) -> None:
