@@ -37,6 +37,8 @@ STABLE = (
     "unknown_arm",
     "bad_decision_id",
     "arm_mismatch",
+    "unknown_allocation",
+    "arm_not_assigned",
 )
 
 
