@@ -117,19 +117,19 @@ def judge_exposure(
         )
     return DecisionMade(
         event_id=exposure_event_id(experiment_id, exposure.exposure_id),
-        ts=exposure.ts,
         experiment_id=experiment_id,
+        ts=exposure.ts,
+        assignment="local",
         decision_id=chosen.decision_id,
         arm_id=chosen.arm_id,
+        propensity=chosen.propensity,
+        allocation_version=version,
+        unit_id=rule.unit_token(exposure.unit_id),
+        exposure_id=exposure.exposure_id,
         strategy=config.strategy,
         strategy_params=config.strategy_params,
-        propensity=chosen.propensity,
         config_version=config.version,
-        # No snapshot was read: the weights are the stored version's, named below.
+        # No snapshot was read: the weights are the stored version's (allocation_version).
         snapshot_version=0,
         attribution_window_s=config.attribution_window_s,
-        unit_id=rule.unit_token(exposure.unit_id),
-        assignment="local",
-        allocation_version=version,
-        exposure_id=exposure.exposure_id,
     )

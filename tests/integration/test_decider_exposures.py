@@ -13,7 +13,6 @@ from typing import Any
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from mab_client import AsyncMabClient
 from mab_client import calls as sdk_calls
@@ -21,7 +20,8 @@ from mab_client.local import LocalSettings, allocation_of, exposure_items
 from mab_client.models import AllocationPublic
 from schemas.codec import decode
 from schemas.events import DecisionMade
-from schemas.topics import DEFAULT_PARTITIONS, TopicNames
+from schemas.topics import TopicNames
+from tests.fixtures.faults import read_topics
 from tests.fixtures.in_process import in_process
 
 pytestmark = pytest.mark.integration
@@ -31,26 +31,14 @@ UNITS = 100_000
 
 
 async def decisions_in_log(bootstrap: str, topic: str) -> list[DecisionMade]:
-    """Every record of the decisions topic (all partitions, start to current end)."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, max_partition_fetch_bytes=8 << 20
-    )
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(DEFAULT_PARTITIONS)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        out: list[DecisionMade] = []
-        while any([await consumer.position(tp) < ends[tp] for tp in tps]):
-            for records in (await consumer.getmany(timeout_ms=500, max_records=50_000)).values():
-                for r in records:
-                    event = decode(r.value)
-                    assert isinstance(event, DecisionMade)
-                    out.append(event)
-        return out
-    finally:
-        await consumer.stop()
+    """Every record of the decisions topic, decoded (each must be a decision)."""
+    out: list[DecisionMade] = []
+    for record in await asyncio.to_thread(read_topics, bootstrap, [topic]):
+        assert record.value is not None
+        event = decode(record.value)
+        assert isinstance(event, DecisionMade)
+        out.append(event)
+    return out
 
 
 async def test_100k_local_decisions_are_logged_and_folded_exactly_once(

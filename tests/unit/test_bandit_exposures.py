@@ -20,6 +20,7 @@ from mab_client.models import ExposureCreate
 from schemas.codec import decode, encode
 from schemas.events import DecisionMade, ExperimentConfig
 from schemas.rejections import Rejection
+from tests.fixtures.events import config_of
 
 pytestmark = pytest.mark.unit
 
@@ -28,16 +29,7 @@ VERSION = 29_603_160
 
 
 def config(**extra: Any) -> ExperimentConfig:
-    fields: dict[str, Any] = {
-        "experiment_id": "cta",
-        "arm_ids": ARMS,
-        "strategy": "thompson",
-        "version": 3,
-        "created_ts": 1.0,
-        "updated_ts": 2.0,
-        "salt": "9f2c4e1a7b3d5f60",
-    }
-    return ExperimentConfig(**{**fields, **extra})
+    return config_of("cta", extra.pop("arm_ids", ARMS), salt="9f2c4e1a7b3d5f60", **extra)
 
 
 RECORD = AllocationRecord(
@@ -50,14 +42,8 @@ RECORD = AllocationRecord(
 
 
 def rule(cfg: ExperimentConfig, record: AllocationRecord = RECORD) -> Allocation:
-    return Allocation(
-        experiment_id=cfg.experiment_id,
-        version=record.version,
-        arm_ids=record.arm_ids,
-        weights=record.weights,
-        salt=cfg.salt,
-        unit_id_storage=cfg.unit_id_storage,
-    )
+    args = (cfg.experiment_id, record.version, record.arm_ids, record.weights, cfg.salt)
+    return Allocation(*args, unit_id_storage=cfg.unit_id_storage)
 
 
 def exposure(unit: str = "visitor-1", **fields: Any) -> ExposureCreate:
@@ -89,7 +75,7 @@ def test_a_valid_exposure_is_the_rules_decision_with_the_stored_weight() -> None
     assert event.unit_id == rule(cfg).unit_token("visitor-1")  # hashed: not the id
     assert event.unit_id != "visitor-1"
     assert event.ts == item.ts
-    assert (event.strategy, event.config_version) == ("thompson", 3)
+    assert (event.strategy, event.config_version) == ("thompson", cfg.version)
     assert event.attribution_window_s == 600.0
     assert event.event_id == exposure_event_id("cta", "e-1")
     assert decode(encode(event)) == event

@@ -27,9 +27,8 @@ from mab_client.errors import (
     InvalidRequestError,
     MabError,
     MabTransportError,
-    RequestValidationError,
 )
-from mab_client.local import Held, LocalMetrics, LocalSettings, LocalState, Pending, exposure_items
+from mab_client.local import Held, LocalMetrics, LocalSettings, LocalState, drive
 from mab_client.models import (
     Decision,
     Evaluation,
@@ -93,6 +92,10 @@ def _not_local(experiment_id: str) -> InvalidRequestError:
             }
         ],
     )
+
+
+def _local_state(on: bool, settings: LocalSettings | None, seed: int | None) -> LocalState | None:
+    return LocalState(settings or LocalSettings(), rng=random.Random(seed)) if on else None
 
 
 #: What a failed background call may raise: logged and counted, never fatal to the worker.
@@ -198,11 +201,7 @@ class MabClient:
             transport=transport,
         )
         #: Local mode (``local=True``): held allocations, the exposure buffer, metrics.
-        self.local: LocalState | None = (
-            LocalState(local_settings or LocalSettings(), rng=random.Random(seed))
-            if local
-            else None
-        )
+        self.local = _local_state(local, local_settings, seed)
         self._first_fetch = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -270,31 +269,23 @@ class MabClient:
         while not self._stopping.is_set():
             self._wake.wait(local.next_wake(local.clock()))
             self._wake.clear()
-            for experiment_id in local.refresh_due(local.clock()):
-                held = local.held[experiment_id]
-                try:
-                    answer = self.run(calls.allocation(experiment_id, held.etag))
-                    local.fetched(experiment_id, answer.allocation, answer.etag)
-                except _BACKGROUND_ERRORS as exc:
-                    local.refresh_failed(experiment_id, exc)
+            for exp in local.refresh_due(local.clock()):
+                fetch = self._outcome(calls.allocation(exp, local.held[exp].etag))
+                local.refreshed(exp, fetch)
             while not self._stopping.is_set() and local.flush_due() and self._flush_one():
                 pass
 
+    def _outcome(self, call: Call[T]) -> T | Exception:
+        """A background call's answer, or what it raised (the worker never dies of it)."""
+        try:
+            return self.run(call)
+        except _BACKGROUND_ERRORS as exc:
+            return exc
+
     def _flush_one(self) -> bool:
         """Send one batch; ``False`` when it failed (put back for later)."""
-        local = self.local
-        assert local is not None
-        batch: list[Pending] = local.take_batch()
-        while batch:
-            try:
-                local.sent(*self.run(calls.exposures(exposure_items(local, batch))))
-                return True
-            except RequestValidationError as exc:
-                batch = local.refused(batch, exc.errors)
-            except _BACKGROUND_ERRORS as exc:
-                local.put_back(batch, exc)
-                return False
-        return True
+        assert self.local is not None
+        return drive(self.local.flush_steps(), lambda items: self._outcome(calls.exposures(items)))
 
     def flush(self) -> None:
         """Send every buffered exposure now (``MabTransportError`` and the like when
@@ -440,11 +431,7 @@ class AsyncMabClient:
             limits=limits or httpx.Limits(),
         )
         #: Local mode (``local=True``): held allocations, the exposure buffer, metrics.
-        self.local: LocalState | None = (
-            LocalState(local_settings or LocalSettings(), rng=random.Random(seed))
-            if local
-            else None
-        )
+        self.local = _local_state(local, local_settings, seed)
         self._first_fetch = asyncio.Lock()
         self._wake = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
@@ -505,30 +492,29 @@ class AsyncMabClient:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), local.next_wake(local.clock()))
             self._wake.clear()
-            for experiment_id in local.refresh_due(local.clock()):
-                held = local.held[experiment_id]
-                try:
-                    answer = await self.run(calls.allocation(experiment_id, held.etag))
-                    local.fetched(experiment_id, answer.allocation, answer.etag)
-                except _BACKGROUND_ERRORS as exc:
-                    local.refresh_failed(experiment_id, exc)
+            for exp in local.refresh_due(local.clock()):
+                fetch = await self._outcome(calls.allocation(exp, local.held[exp].etag))
+                local.refreshed(exp, fetch)
             while local.flush_due() and await self._flush_one():
                 pass
 
+    async def _outcome(self, call: Call[T]) -> T | Exception:
+        try:
+            return await self.run(call)
+        except _BACKGROUND_ERRORS as exc:
+            return exc
+
     async def _flush_one(self) -> bool:
-        local = self.local
-        assert local is not None
-        batch: list[Pending] = local.take_batch()
-        while batch:
-            try:
-                local.sent(*(await self.run(calls.exposures(exposure_items(local, batch)))))
-                return True
-            except RequestValidationError as exc:
-                batch = local.refused(batch, exc.errors)
-            except _BACKGROUND_ERRORS as exc:
-                local.put_back(batch, exc)
-                return False
-        return True
+        """:meth:`LocalState.flush_steps` driven with awaited sends."""
+        assert self.local is not None
+        steps = self.local.flush_steps()
+        try:
+            items = next(steps)
+            while True:
+                outcome = await self._outcome(calls.exposures(items))
+                items = steps.send(outcome)
+        except StopIteration as done:
+            return bool(done.value)
 
     async def flush(self) -> None:
         """Send every buffered exposure now (raises when the server cannot take them;

@@ -29,12 +29,13 @@ import os
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 from mab_client.assignment import Allocation, LocalDecision
-from mab_client.errors import InvalidAllocationError
+from mab_client.calls import AllocationFetch
+from mab_client.errors import InvalidAllocationError, RequestValidationError
 from mab_client.models import AllocationPublic, ExposureCreate
 
 log = logging.getLogger("mab_client")
@@ -78,23 +79,25 @@ class LocalSettings:
 @dataclass(slots=True)
 class LocalMetrics:
     """What local mode did (plain counters, read them any time; a metrics exporter can
-    publish them)."""
+    publish them).
+
+    ``decisions`` made; exposures ``sent`` (accepted as new decisions), ``duplicates``
+    (the server had them: a retried batch), ``rejected`` (refused by the server, e.g. a
+    version past its retention: not retried) and ``dropped`` (oldest first, the buffer
+    was full); failed flushes and refreshes; ``stale``: the last contact with the server
+    failed, so decisions come from the last allocation held, which may be older than the
+    bandit's current one; ``last_contact``: unix time of the last fetch or flush that
+    reached the server.
+    """
 
     decisions: int = 0
-    #: Exposures the server accepted as new decisions.
     sent: int = 0
-    #: Exposures the server already had (a retried batch).
     duplicates: int = 0
-    #: Exposures the server refused (e.g. a version past its retention): not retried.
     rejected: int = 0
-    #: Exposures dropped, oldest first, because the buffer was full.
+    stale: bool = False
     dropped: int = 0
     flush_failures: int = 0
     refresh_failures: int = 0
-    #: Whether the last contact with the server failed: decisions come from the last
-    #: allocation held, which may be older than the bandit's current one.
-    stale: bool = False
-    #: Unix time of the last allocation fetch or flush that reached the server.
     last_contact: float = 0.0
 
 
@@ -262,6 +265,34 @@ class LocalState:
             self._expected = keep[0][4]
             self.buffer.extendleft(reversed(keep))
 
+    def flush_steps(
+        self,
+    ) -> Generator[list[ExposureCreate], tuple[int, int] | Exception, bool]:
+        """One flush, without I/O: yields the items of a ``POST /exposures`` and is sent
+        its outcome (``(accepted, duplicates)`` or the exception); returns ``False`` when
+        the batch could not be sent (it is put back). Both clients drive it, the sync one
+        with :func:`drive`."""
+        batch = self.take_batch()
+        while batch:
+            outcome = yield exposure_items(self, batch)
+            if isinstance(outcome, RequestValidationError):
+                batch = self.refused(batch, outcome.errors)
+            elif isinstance(outcome, Exception):
+                self.put_back(batch, outcome)
+                return False
+            else:
+                self.sent(*outcome)
+                return True
+        return True
+
+    def refreshed(self, experiment_id: str, outcome: AllocationFetch | Exception) -> None:
+        """Record a background refresh's outcome (see :meth:`fetched`,
+        :meth:`refresh_failed`)."""
+        if isinstance(outcome, Exception):
+            self.refresh_failed(experiment_id, outcome)
+        else:
+            self.fetched(experiment_id, outcome.allocation, outcome.etag)
+
     def refused(self, batch: Sequence[Pending], errors: Sequence[Any]) -> list[Pending]:
         """After a 422: the items the server named are dropped (counted, logged once);
         the others are returned to be sent again. An answer naming no item drops the
@@ -359,3 +390,16 @@ def exposure_items(state: LocalState, batch: Sequence[Pending]) -> list[Exposure
         )
         for exp, unit, arm, version, seq, ts in batch
     ]
+
+
+def drive(
+    steps: Generator[list[ExposureCreate], tuple[int, int] | Exception, bool],
+    send: Callable[[list[ExposureCreate]], tuple[int, int] | Exception],
+) -> bool:
+    """Run :meth:`LocalState.flush_steps` with a blocking ``send``."""
+    try:
+        items = next(steps)
+        while True:
+            items = steps.send(send(items))
+    except StopIteration as done:
+        return bool(done.value)

@@ -23,7 +23,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, status
-from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from bandit_core.allocation import AllocationRecord
@@ -34,7 +33,7 @@ from schemas.events import DecisionMade, ExperimentConfig
 from schemas.rejections import Rejection
 from schemas.topics import partition_key
 from services.decider.auth import BODY_RESPONSES, CLIENT_RESPONSES
-from services.decider.errors import E422, check_batch_size, item_errors
+from services.decider.errors import E422, check_batch_size, validate_items
 from services.decider.producer import EventLogUnavailableError
 from services.decider.runtime import CLIENT, Runtime, RuntimeDep
 
@@ -120,21 +119,16 @@ async def serve_exposures(rt: Runtime, items: Sequence[object]) -> ExposuresPubl
     """Judge every item, then mark, produce and wait for Kafka (see the module docstring)."""
     check_batch_size(len(items), "exposures", rt.settings.max_reward_batch)
     judge = _Judge(rt)
-    errors: list[dict[str, Any]] = []
+    valid, errors = validate_items(items, ExposureCreate)
     events: list[DecisionMade] = []
-    for index, item in enumerate(items):
-        try:
-            body = ExposureCreate.model_validate(item)
-        except ValidationError as exc:
-            errors += item_errors(index, exc)
-            continue
+    for index, body in valid:
         verdict = await judge(body)
-        if isinstance(verdict, ExposureRejected):
-            rt.metrics.exposure(verdict.reason)
-            reason = verdict.reason
-            errors.append({"index": index, "loc": [], "msg": verdict.detail, "type": reason})
+        if isinstance(verdict, DecisionMade):
+            events.append(verdict)
             continue
-        events.append(verdict)
+        rt.metrics.exposure(verdict.reason)
+        errors.append({"index": index, "loc": [], "msg": verdict.detail, "type": verdict.reason})
+    errors.sort(key=lambda e: int(e["index"]))
     if errors:
         log.info("exposures rejected", extra={"exposures": len(items), "errors": len(errors)})
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, errors)
@@ -158,6 +152,15 @@ async def serve_exposures(rt: Runtime, items: Sequence[object]) -> ExposuresPubl
     return ExposuresPublic(accepted=len(new), duplicates=duplicates)
 
 
+#: The answers besides the 200, for the OpenAPI document.
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    503: {"model": ErrorPublic, "description": "Not recorded; retry the same batch."},
+    422: E422,
+    **CLIENT_RESPONSES,
+    **BODY_RESPONSES,
+}
+
+
 @router.post(
     "/exposures",
     response_model=ExposuresPublic,
@@ -171,15 +174,7 @@ async def serve_exposures(rt: Runtime, items: Sequence[object]) -> ExposuresPubl
     "`arm_not_assigned`, `unknown_allocation`) and nothing is logged. An `exposure_id` "
     "already reported counts as a duplicate and is not logged again. The answer comes "
     "after Kafka acknowledged every new one.",
-    responses={
-        422: E422,
-        503: {
-            "model": ErrorPublic,
-            "description": "Not recorded; retry the same batch (same exposure ids).",
-        },
-        **CLIENT_RESPONSES,
-        **BODY_RESPONSES,
-    },
+    responses=_RESPONSES,
     dependencies=[CLIENT],
 )
 async def exposures(body: ExposuresCreate, rt: RuntimeDep) -> ExposuresPublic:

@@ -234,6 +234,17 @@ class RewardsCreate(_Request):
     )
 
 
+#: One exposure as a storefront reports it (the OpenAPI example of both exposure models).
+_EXPOSURE_EXAMPLE: dict[str, Any] = {
+    "experiment_id": "cta-button-test",
+    "unit_id": "visitor-8f14e45f",
+    "arm_id": "green-button",
+    "allocation_version": 29603160,
+    "exposure_id": "a1b2c3d4e5f60718-42",
+    "ts": 1776189612.5,
+}
+
+
 class ExposureCreate(_Request):
     """One locally made decision, reported: an item of ``POST /exposures`` and the record
     of the exposures topic (the same JSON either way).
@@ -243,20 +254,7 @@ class ExposureCreate(_Request):
     when the arm differs, so the logged propensity is always the stored weight.
     """
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "experiment_id": "cta-button-test",
-                    "unit_id": "visitor-8f14e45f",
-                    "arm_id": "green-button",
-                    "allocation_version": 29603160,
-                    "exposure_id": "a1b2c3d4e5f60718-42",
-                    "ts": 1776189612.5,
-                }
-            ]
-        }
-    )
+    model_config = ConfigDict(json_schema_extra={"examples": [_EXPOSURE_EXAMPLE]})
 
     experiment_id: ExperimentIdField
     unit_id: UnitId
@@ -282,24 +280,7 @@ class ExposuresCreate(_Request):
     index); the schema documents them as :class:`ExposureCreate`.
     """
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "exposures": [
-                        {
-                            "experiment_id": "cta-button-test",
-                            "unit_id": "visitor-8f14e45f",
-                            "arm_id": "green-button",
-                            "allocation_version": 29603160,
-                            "exposure_id": "a1b2c3d4e5f60718-42",
-                            "ts": 1776189612.5,
-                        }
-                    ]
-                }
-            ]
-        }
-    )
+    model_config = ConfigDict(json_schema_extra={"examples": [{"exposures": [_EXPOSURE_EXAMPLE]}]})
 
     exposures: list[
         Annotated[Any, WithJsonSchema({"$ref": "#/components/schemas/ExposureCreate"})]
