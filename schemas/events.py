@@ -26,6 +26,7 @@ from mab_client.models import (
     REWARD_MIN,
     USER_CONTEXT_MAX_BYTES,
     USER_CONTEXT_MAX_KEYS,
+    DecisionIdRef,
     UserContext,
     check_user_context,
 )
@@ -288,10 +289,8 @@ class RewardObserved(_Event):
         allow_inf_nan=False,
         description="Finite number in [0, 1]: 1 converted, 0 did not, partial credit between.",
     )
-    decision_id: str | None = Field(
+    decision_id: DecisionIdRef | None = Field(
         default=None,
-        min_length=1,
-        max_length=64,
         description="The decision rewarded (from GET /decision): one reward per decision, "
         "and it must name the decision's arm.",
     )

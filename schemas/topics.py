@@ -15,9 +15,6 @@ EXPERIMENTS: Final = "mab.experiments"
 DECISIONS: Final = "mab.decisions"
 REWARDS: Final = "mab.rewards"
 REWARDS_DLQ: Final = "mab.rewards.dlq"
-#: Locally made decisions reported straight to Kafka (the records of POST /exposures'
-#: items); the reward consumer turns the valid ones into ``DecisionMade`` events.
-EXPOSURES: Final = "mab.exposures"
 
 #: Co-partitioned topics must share this count (the consumer relies on it).
 DEFAULT_PARTITIONS: Final = 6
@@ -30,6 +27,12 @@ DEFAULT_PARTITIONS: Final = 6
 #: dead-lettered with its original bytes. A broker configured with a larger
 #: ``message.max.bytes`` for the source topics needs this raised to match.
 DLQ_MAX_MESSAGE_BYTES: Final = 2 * 1024 * 1024
+
+#: Locally made decisions reported straight to Kafka by an SDK or an edge worker: each
+#: record is one ``POST /exposures`` item (:class:`mab_client.models.ExposureCreate`),
+#: keyed by experiment id like every topic. Created with the others; no processor reads
+#: it yet (docs/architecture.md, "Known gaps").
+EXPOSURES: Final = "mab.exposures"
 
 
 @dataclass(frozen=True, slots=True)

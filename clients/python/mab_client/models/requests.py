@@ -30,7 +30,7 @@ from mab_client.models.limits import (
     REWARD_MIN,
     UserContext,
 )
-from mab_client.models.responses import DecisionPublic, new_event_id
+from mab_client.models.responses import EXPERIMENT_EXAMPLE, DecisionPublic, new_event_id
 
 _ID_DOC = (
     "1-120 printable characters after trimming surrounding whitespace: spaces, "
@@ -66,6 +66,11 @@ EventIdField = Annotated[
         description="Optional idempotency key: retries with the same event_id count once.",
     ),
 ]
+
+
+#: A decision id as a reward names it (its shape, ``<hex>.<arm index>``, is checked where
+#: the arm index is read: a 422 ``bad_decision_id`` names it).
+DecisionIdRef = Annotated[str, Field(min_length=1, max_length=64)]
 
 
 def _unique_arms(ids: list[str]) -> list[str]:
@@ -109,16 +114,7 @@ class ExperimentCreate(_Request):
     """Body of ``POST /experiments``."""
 
     model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "experiment_id": "cta-button-test",
-                    "arm_ids": ["blue-button", "green-button", "red-button"],
-                    "strategy": "thompson",
-                    "strategy_params": {"seed": 42},
-                }
-            ]
-        }
+        json_schema_extra={"examples": [{**EXPERIMENT_EXAMPLE, "strategy_params": {"seed": 42}}]}
     )
 
     experiment_id: ExperimentIdField
@@ -194,10 +190,8 @@ class RewardCreate(_Request):
     arm_id: ArmIdField
     reward: RewardValue
     user_context: UserContext = None
-    decision_id: str | None = Field(
+    decision_id: DecisionIdRef | None = Field(
         default=None,
-        min_length=1,
-        max_length=64,
         description="The decision this reward answers (from GET /decision): joins, "
         "deduplicates (one reward per decision) and must name the same arm.",
     )

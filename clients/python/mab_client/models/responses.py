@@ -42,20 +42,20 @@ PublicDefault = Annotated[
 ]
 
 
+#: The experiment of the OpenAPI examples (the create body and the answers).
+EXPERIMENT_EXAMPLE: dict[str, Any] = {
+    "experiment_id": "cta-button-test",
+    "arm_ids": ["blue-button", "green-button", "red-button"],
+    "strategy": "thompson",
+}
+
+
 class ExperimentPublic(_Result):
     """An experiment's configuration (the original API's shape plus ``version``)."""
 
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [
-                {
-                    "experiment_id": "cta-button-test",
-                    "arm_ids": ["blue-button", "green-button", "red-button"],
-                    "strategy": "thompson",
-                    "strategy_params": {},
-                    "version": 1,
-                }
-            ]
+            "examples": [{**EXPERIMENT_EXAMPLE, "strategy_params": {}, "version": 1}]
         }
     )
 
