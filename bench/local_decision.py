@@ -15,6 +15,13 @@ Two figures per arm count, both in CPU-bound wall time on whatever else the mach
   empty timed interval (the timer's own cost); median and p99 over every call. The
   p99 of this column is the tail a page view sees (GC pauses, preemption).
 
+Each arm count is measured twice: the rule alone (``choose``) and the SDK's local mode
+(``MabClient(..., local=True).decide(experiment_id, unit_id)``: the held allocation's
+lookup, the rule, and the exposure buffered with its id and timestamp), which is what a
+storefront pays per page view. The client holds the allocation before the clock starts
+and never flushes during the run (its buffer is sized for every call), so no network
+or background thread is measured.
+
 Issue 16's goal: ≤ 2 µs median per local decision for 2-3 arms.
 """
 
@@ -25,10 +32,13 @@ import random
 import statistics
 import time
 import timeit
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
+from mab_client import MabClient
 from mab_client.assignment import Allocation
+from mab_client.local import LocalSettings
+from mab_client.models import AllocationArmPublic, AllocationHashPublic, AllocationPublic
 
 SALT: Final = "5f1d3c0a9b8e7d6c"
 BATCH: Final = 100
@@ -49,6 +59,32 @@ def allocation(arms: int, seed: int = 1) -> Allocation:
     )
 
 
+def local_client(alloc: Allocation, calls: int) -> MabClient:
+    """A local-mode client holding ``alloc`` (as if fetched), buffering ``calls`` exposures
+    without a flush (the flush interval is longer than any run)."""
+    client = MabClient(
+        "http://decider.invalid",
+        local=True,
+        local_settings=LocalSettings(max_buffer=calls + 1, flush_interval_s=3600.0),
+    )
+    public = AllocationPublic(
+        experiment_id=alloc.experiment_id,
+        version=alloc.version,
+        arms=[
+            AllocationArmPublic(arm_id=a, weight=w)
+            for a, w in zip(alloc.arm_ids, alloc.weights, strict=True)
+        ],
+        assignment="consistent",
+        salt=alloc.salt,
+        hash=AllocationHashPublic(algorithm="mab-race-sha256-v1", unit_id_storage="hashed"),
+        valid_until=(alloc.version + 1) * 60,
+        min_arm_share=0.0,
+    )
+    assert client.local is not None
+    client.local.fetched(alloc.experiment_id, public, None)
+    return client
+
+
 def visitor_ids(n: int, seed: int = 7) -> list[str]:
     rng = random.Random(seed)
     ids: set[str] = set()
@@ -63,20 +99,23 @@ def quantile(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def timeit_ns(alloc: Allocation, ids: list[str], repeats: int) -> list[float]:
+Decide = Callable[[str], object]
+
+
+def timeit_ns(decide: Decide, ids: list[str], repeats: int) -> list[float]:
     """Per-call ns of each batch of ``BATCH`` distinct ids, over ``repeats`` passes."""
     per_call: list[float] = []
     for _ in range(repeats):
         for start in range(0, len(ids) - BATCH + 1, BATCH):
             timer = timeit.Timer(
-                "for u in batch: choose(u)",
-                globals={"batch": ids[start : start + BATCH], "choose": alloc.choose},
+                "for u in batch: decide(u)",
+                globals={"batch": ids[start : start + BATCH], "decide": decide},
             )
             per_call.append(timer.timeit(number=1) / BATCH * 1e9)
     return per_call
 
 
-def single_call_ns(alloc: Allocation, ids: list[str], repeats: int) -> list[float]:
+def single_call_ns(decide: Decide, ids: list[str], repeats: int) -> list[float]:
     """ns of every call, each timed alone, the timer's own cost subtracted."""
     clock = time.perf_counter_ns
     empty = []
@@ -84,12 +123,11 @@ def single_call_ns(alloc: Allocation, ids: list[str], repeats: int) -> list[floa
         t0 = clock()
         empty.append(clock() - t0)
     overhead = statistics.median(empty)
-    choose = alloc.choose
     out: list[float] = []
     for _ in range(repeats):
         for u in ids:
             t0 = clock()
-            choose(u)
+            decide(u)
             out.append(clock() - t0 - overhead)
     return out
 
@@ -102,18 +140,34 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     ids = visitor_ids(args.units)
     print(f"local decisions, {len(ids)} distinct unit ids x {args.repeats} repeats")
-    print("arms  timeit median  timeit p99  call median  call p99")
+    print("arms  what           timeit median  timeit p99  call median  call p99")
     for arms in args.arms:
         alloc = allocation(arms)
-        for u in ids[:1000]:  # warm up: allocator, branch caches
-            alloc.choose(u)
-        batches = timeit_ns(alloc, ids, args.repeats)
-        calls = single_call_ns(alloc, ids, args.repeats)
+        # Enough room for the warm-up and both measurements of every repeat.
+        client = local_client(alloc, 1000 + 3 * args.repeats * len(ids))
+        exp = alloc.experiment_id
+        measured: list[tuple[str, Decide]] = [
+            ("rule (choose)", alloc.choose),
+            ("client.decide", lambda u, d=client.decide, e=exp: d(e, u)),  # type: ignore[misc]
+        ]
+        for what, decide in measured:
+            for u in ids[:1000]:  # warm up: allocator, branch caches
+                decide(u)
+            batches = timeit_ns(decide, ids, args.repeats)
+            calls = single_call_ns(decide, ids, args.repeats)
+            print(
+                f"{arms:>4}  {what:<13}  {statistics.median(batches) / 1e3:>10.2f} µs  "
+                f"{quantile(batches, 0.99) / 1e3:>7.2f} µs  "
+                f"{statistics.median(calls) / 1e3:>8.2f} µs  "
+                f"{quantile(calls, 0.99) / 1e3:>5.2f} µs"
+            )
+        assert client.local is not None
         print(
-            f"{arms:>4}  {statistics.median(batches) / 1e3:>10.2f} µs  "
-            f"{quantile(batches, 0.99) / 1e3:>7.2f} µs  "
-            f"{statistics.median(calls) / 1e3:>8.2f} µs  {quantile(calls, 0.99) / 1e3:>5.2f} µs"
+            f"      (client buffered {len(client.local.buffer)} exposures, dropped "
+            f"{client.local.metrics.dropped})"
         )
+        client.local.buffer.clear()  # nothing to send: the server is not there
+        client.close()
 
 
 if __name__ == "__main__":

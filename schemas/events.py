@@ -34,6 +34,7 @@ from mab_client.models import (
     USER_CONTEXT_MAX_KEYS,
     AssignmentMode,
     UnitIdStorage,
+    DecisionIdRef,
     UserContext,
     check_user_context,
 )
@@ -287,10 +288,8 @@ class RewardObserved(_Event):
         allow_inf_nan=False,
         description="Finite number in [0, 1]: 1 converted, 0 did not, partial credit between.",
     )
-    decision_id: str | None = Field(
+    decision_id: DecisionIdRef | None = Field(
         default=None,
-        min_length=1,
-        max_length=64,
         description="The decision rewarded (from GET /decision): one reward per decision, "
         "and it must name the decision's arm.",
     )

@@ -149,6 +149,14 @@ class RedisKeys:
         """``SCAN`` pattern of every sticky unit of one experiment (:meth:`unit`)."""
         return f"{self.prefix}mab:unit:{{{key_segment(experiment_id)}}}:*"
 
+    def exposure(self, experiment_id: str, exposure_id: str) -> str:
+        """String ``"1"``: the mark of a reported exposure (``POST /exposures``, the
+        exposures topic), set with ``SET NX EX`` the allocation retention, so the same
+        ``exposure_id`` reported again is a duplicate and not a second decision event.
+        Outside the replayed namespace like :meth:`allocation`, with the experiment's
+        hash tag; exposure ids are ``[A-Za-z0-9._-]``, no encoding needed."""
+        return f"{self.prefix}mab:expo:{{{key_segment(experiment_id)}}}:{exposure_id}"
+
     @property
     def index(self) -> str:
         """Zset experiment id -> creation time (the list endpoint; single key, own slot)."""

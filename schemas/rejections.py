@@ -40,6 +40,8 @@ class Rejection(StrEnum):
     BAD_DECISION_ID = "bad_decision_id"
     ARM_MISMATCH = "arm_mismatch"
     NO_ASSIGNMENT = "no_assignment"
+    UNKNOWN_ALLOCATION = "unknown_allocation"
+    ARM_NOT_ASSIGNED = "arm_not_assigned"
 
     @property
     def text(self) -> str:
@@ -81,4 +83,8 @@ _TEXT: Final[Mapping[Rejection, str]] = {
     Rejection.ARM_MISMATCH: "the reward names another arm than its decision served",
     Rejection.NO_ASSIGNMENT: "a reward by unit_id without decision_id, for a unit that has "
     "no current assignment (never decided, or its sticky assignment expired)",
+    Rejection.UNKNOWN_ALLOCATION: "an exposure names an allocation version that was never "
+    "stored or is older than MAB_ALLOCATION_RETENTION_S",
+    Rejection.ARM_NOT_ASSIGNED: "an exposure names another arm than the assignment rule "
+    "gives its unit under that allocation version",
 }

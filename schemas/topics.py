@@ -28,6 +28,12 @@ DEFAULT_PARTITIONS: Final = 6
 #: ``message.max.bytes`` for the source topics needs this raised to match.
 DLQ_MAX_MESSAGE_BYTES: Final = 2 * 1024 * 1024
 
+#: Locally made decisions reported straight to Kafka by an SDK or an edge worker: each
+#: record is one ``POST /exposures`` item (:class:`mab_client.models.ExposureCreate`),
+#: keyed by experiment id like every topic. Created with the others; no processor reads
+#: it yet (docs/architecture.md, "Known gaps").
+EXPOSURES: Final = "mab.exposures"
+
 
 @dataclass(frozen=True, slots=True)
 class TopicSpec:
@@ -46,6 +52,7 @@ class TopicNames:
     decisions: str
     rewards: str
     rewards_dlq: str
+    exposures: str
 
     @classmethod
     def with_prefix(cls, prefix: str = "") -> TopicNames:
@@ -54,6 +61,7 @@ class TopicNames:
             decisions=prefix + DECISIONS,
             rewards=prefix + REWARDS,
             rewards_dlq=prefix + REWARDS_DLQ,
+            exposures=prefix + EXPOSURES,
         )
 
     @classmethod
@@ -74,6 +82,9 @@ def topic_specs(prefix: str = "", partitions: int = DEFAULT_PARTITIONS) -> list[
         TopicSpec(names.experiments, partitions, dict(forever)),
         TopicSpec(names.decisions, partitions, dict(forever)),
         TopicSpec(names.rewards, partitions, dict(forever)),
+        # Exposures are inputs, kept like the rewards: the decisions made of them are
+        # derived (replay needs only the decisions topic, which has them).
+        TopicSpec(names.exposures, partitions, dict(forever)),
         TopicSpec(
             names.rewards_dlq,
             1,

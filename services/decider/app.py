@@ -24,6 +24,7 @@ from services.decider.routes import (
     decisions,
     evaluation,
     experiments,
+    exposures,
     ops,
     rewards,
     stats,
@@ -56,7 +57,16 @@ def create_app(settings: DeciderSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for module in (ops, experiments, decisions, rewards, stats, allocation, evaluation):
+    for module in (
+        ops,
+        experiments,
+        decisions,
+        rewards,
+        exposures,
+        stats,
+        allocation,
+        evaluation,
+    ):
         app.include_router(module.router)
     return app
 

@@ -8,13 +8,15 @@ error statuses, and the app's exception handlers (installed by
 from __future__ import annotations
 
 import logging
-from typing import Any, Final
+from collections.abc import Sequence
+from typing import Any, Final, TypeVar
 
 import orjson
 from fastapi import FastAPI, HTTPException, Request, status
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ValidationError
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -24,6 +26,8 @@ from schemas.events import ExperimentConfig, RewardObserved
 from schemas.rejections import Rejection
 
 log = logging.getLogger("services.decider")
+
+M = TypeVar("M", bound=BaseModel)
 
 #: The body of a 503 while Redis is unavailable (both serving paths).
 STORE_UNAVAILABLE: Final = b'{"detail":"state store unavailable, retry"}'
@@ -55,6 +59,47 @@ def reward_rejected(
     return HTTPException(
         status.HTTP_422_UNPROCESSABLE_CONTENT, rejection_text(reason, event, config)
     )
+
+
+def check_batch_size(count: int, noun: str, limit: int) -> None:
+    """A batch route's bounds (``POST /rewards``, ``POST /exposures``): 1..``limit``
+    items (``MAB_MAX_REWARD_BATCH``), else a 422 saying which bound."""
+    if count == 0:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{noun} must not be empty")
+    if count > limit:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"{count} {noun} in one request; the limit is {limit} (MAB_MAX_REWARD_BATCH)",
+        )
+
+
+def item_errors(index: int, exc: ValidationError) -> list[dict[str, Any]]:
+    """The 422 entries of one invalid batch item: ``{index, loc, msg, type}`` per error,
+    without the input (never echoed back)."""
+    return [
+        {
+            "index": index,
+            "loc": list(e.get("loc", ())),
+            "msg": e.get("msg", ""),
+            "type": e.get("type", ""),
+        }
+        for e in exc.errors()
+    ]
+
+
+def validate_items(
+    items: Sequence[object], model: type[M]
+) -> tuple[list[tuple[int, M]], list[dict[str, Any]]]:
+    """A batch's items validated one by one: ``(index, model)`` of the valid ones, and
+    the :func:`item_errors` of the others (so one 422 can name every bad item)."""
+    valid: list[tuple[int, M]] = []
+    errors: list[dict[str, Any]] = []
+    for index, item in enumerate(items):
+        try:
+            valid.append((index, model.model_validate(item)))
+        except ValidationError as exc:
+            errors += item_errors(index, exc)
+    return valid, errors
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -113,6 +113,7 @@ class _Tally(Collector):
         self.rewards: dict[str, int] = {}
         #: (assignment, outcome) -> unit decisions (services.decider.units)
         self.units: dict[tuple[str, str], int] = {}
+        self.exposures: dict[str, int] = {}
 
     def collect(self) -> Iterator[Metric]:
         latency = HistogramMetricFamily(
@@ -162,6 +163,15 @@ class _Tally(Collector):
         for (assignment, outcome), n in list(self.units.items()):
             units.add_metric([assignment, outcome], n)
         yield units
+        exposures = CounterMetricFamily(
+            "mab_exposures",
+            "Exposures received by POST /exposures: accepted, duplicate, unavailable or "
+            "the rejection reason.",
+            labels=["outcome"],
+        )
+        for outcome, n in list(self.exposures.items()):
+            exposures.add_metric([outcome], n)
+        yield exposures
 
 
 class DeciderMetrics:
@@ -212,3 +222,7 @@ class DeciderMetrics:
     def reward(self, outcome: str) -> None:
         rewards = self._tally.rewards
         rewards[outcome] = rewards.get(outcome, 0) + 1
+
+    def exposure(self, outcome: str, n: int = 1) -> None:
+        exposures = self._tally.exposures
+        exposures[outcome] = exposures.get(outcome, 0) + n

@@ -152,6 +152,7 @@ async def test_read_key_reads_and_evaluates_but_never_writes(
             ("GET", "/decision", {"params": {"experiment_id": exp}}),
             ("POST", "/reward", {"json": reward}),
             ("POST", "/rewards", {"json": {"rewards": [reward]}}),
+            ("POST", "/exposures", {"json": {"exposures": []}}),
             ("POST", "/experiments", {"json": {"experiment_id": f"{ns}x", "arm_ids": ARMS}}),
             ("POST", f"/experiments/{exp}/arms", {"json": {"arm_ids": ["red"]}}),
             ("POST", "/config", {"json": {"experiment_id": exp, "strategy": "ucb1"}}),

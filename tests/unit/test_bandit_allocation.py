@@ -21,8 +21,6 @@ from bandit_core.allocation import (
 
 pytestmark = pytest.mark.unit
 
-PROPERTY = settings(max_examples=200, deadline=None)
-
 
 def test_floor_formula_on_an_example() -> None:
     # w' = f + (1 - k f) w with k = 3, f = 0.1: 0.1 + 0.7 w
@@ -47,7 +45,7 @@ def test_a_floor_that_does_not_fit_is_refused(f: float) -> None:
         apply_floor([0.5, 0.5], f)
 
 
-@PROPERTY
+@settings(max_examples=200, deadline=None)
 @given(
     raw=st.lists(st.floats(0.0, 1e6, allow_nan=False), min_size=1, max_size=50).filter(
         lambda ws: sum(ws) > 0
@@ -93,7 +91,7 @@ def test_epochs() -> None:
         version_at(10.0, 0)
 
 
-@PROPERTY
+@settings(max_examples=200, deadline=None)
 @given(ts=st.floats(0.0, 4e9), interval=st.integers(5, 3600))
 def test_a_version_is_current_from_its_start_until_valid_until(ts: float, interval: int) -> None:
     v = version_at(ts, interval)

@@ -30,6 +30,7 @@ from schemas.events import (
     RewardObserved,
     StrategyChanged,
 )
+from tests.fixtures.events import decision_of
 
 pytestmark = pytest.mark.unit
 
@@ -98,15 +99,7 @@ def test_created_then_rewards() -> None:
 
 
 def test_decisions_count_serves_not_pulls() -> None:
-    decision = DecisionMade(
-        experiment_id=EXP,
-        decision_id=make_decision_id(1),
-        arm_id="green",
-        strategy="thompson",
-        propensity=0.5,
-        config_version=1,
-        snapshot_version=1,
-    )
+    decision = decision_of(EXP, "green", 1)
     state = fold_batch(fresh(), [created(), decision, decision.model_copy()]).state
     assert state.arms["green"].decisions == 2
     assert state.arms["green"].pulls == 0
@@ -365,15 +358,7 @@ def test_a_unit_decision_counts_once_per_decision_id() -> None:
 
 
 def test_decisions_without_a_unit_are_counted_per_request_as_before() -> None:
-    plain = DecisionMade(
-        experiment_id=EXP,
-        decision_id=make_decision_id(0),
-        arm_id="blue",
-        strategy="thompson",
-        propensity=0.5,
-        config_version=1,
-        snapshot_version=0,
-    )
+    plain = decision_of(EXP, "blue", 0)
     result = fold_batch(fresh(), [plain, plain])
     assert result.outcomes == [APPLIED, APPLIED]
     assert (result.state.arms["blue"].decisions, result.state.arms["blue"].units) == (2, 0)

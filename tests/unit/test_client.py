@@ -28,6 +28,15 @@ from mab_client import (
 
 pytestmark = pytest.mark.unit
 
+#: An experiment as POST /experiments answers it.
+CREATED: dict[str, Any] = {
+    "experiment_id": "exp",
+    "arm_ids": ["a", "b"],
+    "strategy": "ucb1",
+    "strategy_params": {},
+    "version": 1,
+}
+
 DECISION = {
     "experiment_id": "exp",
     "arm_id": "b",
@@ -150,13 +159,7 @@ def test_commands_are_not_resent_after_a_timeout_but_are_after_503() -> None:
         mab.create_experiment("exp", ["a", "b"])
     assert len(script.requests) == 1
 
-    created = {
-        "experiment_id": "exp",
-        "arm_ids": ["a", "b"],
-        "strategy": "ucb1",
-        "strategy_params": {},
-        "version": 1,
-    }
+    created = CREATED
     script = Script(err(503, "not applied: event log unavailable, retry"), ok(created, 201))
     with client(script, []) as mab:
         exp = mab.create_experiment("exp", ["a", "b"], strategy="ucb1")
@@ -381,13 +384,7 @@ def test_a_request_the_server_would_refuse_fails_before_sending(
 
 def test_bodies_are_sent_as_the_models_write_them() -> None:
     """Ids trimmed as the server trims them; fields the caller left out stay out."""
-    created = {
-        "experiment_id": "exp",
-        "arm_ids": ["a", "b"],
-        "strategy": "ucb1",
-        "strategy_params": {},
-        "version": 1,
-    }
+    created = CREATED
     script = Script(ok(created, 201), ok(created), ok({**created, "version": 2}))
     with client(script, []) as mab:
         mab.create_experiment(" exp ", [" a", "b "])

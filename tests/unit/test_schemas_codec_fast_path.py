@@ -303,14 +303,21 @@ def _with_optional(
     return {k: record[k] for k in order}
 
 
+def _event_fields(draw: st.DrawFn, kind: str) -> dict[str, Any]:
+    """The fields every event record has (type, event id, time, experiment)."""
+    return {
+        "type": kind,
+        "event_id": draw(event_ids),
+        "ts": draw(timestamps),
+        "experiment_id": draw(valid_ids),
+    }
+
+
 @st.composite
 def valid_rewards(draw: st.DrawFn) -> dict[str, Any]:
     """A reward record the pydantic path accepts, with any subset of optional keys."""
     record: dict[str, Any] = {
-        "type": "reward_observed",
-        "event_id": draw(event_ids),
-        "ts": draw(timestamps),
-        "experiment_id": draw(valid_ids),
+        **_event_fields(draw, "reward_observed"),
         "arm_id": draw(valid_ids),
         "reward": draw(st.one_of(unit_floats, st.sampled_from([0, 1]))),
     }
@@ -321,10 +328,7 @@ def valid_rewards(draw: st.DrawFn) -> dict[str, Any]:
 def valid_decisions(draw: st.DrawFn) -> dict[str, Any]:
     """A decision record the pydantic path accepts, with any subset of optional keys."""
     record: dict[str, Any] = {
-        "type": "decision_made",
-        "event_id": draw(event_ids),
-        "ts": draw(timestamps),
-        "experiment_id": draw(valid_ids),
+        **_event_fields(draw, "decision_made"),
         "decision_id": draw(event_ids),
         "arm_id": draw(valid_ids),
         "strategy": draw(short_strs),

@@ -22,6 +22,7 @@ from schemas.events import (
     new_salt,
 )
 from schemas.ids import ID_MAX_LEN, ArmId, InvalidIdError, is_valid_id, normalize_id
+from tests.fixtures.events import decision_of
 
 pytestmark = pytest.mark.unit
 
@@ -50,16 +51,7 @@ EVENTS: list[AnyEvent] = [
             update={"strategy": "thompson", "strategy_params": {}, "version": 3}
         ),
     ),
-    DecisionMade(
-        experiment_id="cta-button-test",
-        decision_id="0" * 32 + ".1",
-        arm_id="green-button",
-        strategy="thompson",
-        propensity=0.37,
-        config_version=3,
-        snapshot_version=12,
-        degraded=True,
-    ),
+    decision_of("cta-button-test", "green-button", 1, propensity=0.37, degraded=True),
     RewardObserved(experiment_id="cta-button-test", arm_id="blue-button", reward=0.5),
     RewardObserved(
         experiment_id="cta-button-test",
@@ -81,14 +73,10 @@ EVENTS: list[AnyEvent] = [
             }
         ),
     ),
-    DecisionMade(
-        experiment_id="cta-button-test",
-        decision_id="1" * 32 + ".0",
-        arm_id="blue-button",
-        strategy="thompson",
-        propensity=0.6,
-        config_version=3,
-        snapshot_version=12,
+    decision_of(
+        "cta-button-test",
+        "blue-button",
+        0,
         unit_id="visitor été 42",
         assignment="local",
         allocation_version=29_603_160,

@@ -38,6 +38,8 @@ STABLE = (
     "bad_decision_id",
     "arm_mismatch",
     "no_assignment",
+    "unknown_allocation",
+    "arm_not_assigned",
 )
 
 

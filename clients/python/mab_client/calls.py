@@ -23,12 +23,14 @@ from pydantic import BaseModel, ValidationError
 from mab_client.errors import InvalidRequestError, UnexpectedResponseError, error_for
 from mab_client.ids import INVALID_ID, InvalidIdError, normalize_id
 from mab_client.models import (
+    AllocationPublic,
     ArmsAdd,
     ConfigUpdate,
     Decision,
     Evaluation,
     Experiment,
     ExperimentCreate,
+    ExposureCreate,
     Ready,
     RewardItem,
     RewardReceipt,
@@ -98,15 +100,19 @@ class Call(Generic[T]):
     retry: Retry
     params: Mapping[str, str | int] | None = None
     json: Any = None
+    #: Request headers of this call only (``If-None-Match``).
+    headers: Mapping[str, str] | None = None
     ok: frozenset[int] = field(default_factory=lambda: frozenset({200}))
     #: Read timeout of this call in seconds, when it needs longer than the client's.
     timeout_s: float | None = None
+    #: ``parse`` reads the whole response (status, headers), not only its JSON body.
+    whole: bool = False
 
     def result(self, response: httpx.Response) -> T:
         """The parsed answer, or the typed error of an error status."""
         if response.status_code in self.ok:
             try:
-                return self.parse(response.json())
+                return self.parse(response if self.whole else response.json())
             except (ValueError, KeyError, TypeError, ValidationError) as exc:
                 raise UnexpectedResponseError(
                     f"{self.method} {self.path}: HTTP {response.status_code} with an "
@@ -245,6 +251,48 @@ def bulk_rewards(items: Sequence[RewardItem]) -> Call[int]:
         lambda b: int(b["accepted"]),
         Retry.IDEMPOTENT,
         json={"rewards": [i.body() for i in items]},
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AllocationFetch:
+    """``GET /experiments/{id}/allocation``'s answer: the allocation and its ``ETag``, or
+    ``allocation=None`` when the server said 304 (the copy named by the tag is current)."""
+
+    allocation: AllocationPublic | None
+    etag: str | None
+
+
+def _allocation_fetch(response: httpx.Response) -> AllocationFetch:
+    etag = response.headers.get("etag")
+    if response.status_code == 304:
+        return AllocationFetch(None, etag)
+    return AllocationFetch(AllocationPublic.model_validate_json(response.content), etag)
+
+
+def allocation(experiment_id: str, etag: str | None = None) -> Call[AllocationFetch]:
+    """The current allocation version; with ``etag`` (the copy held), a bodyless 304
+    while that copy is current."""
+    return Call(
+        "GET",
+        f"/experiments/{_segment(experiment_id)}/allocation",
+        _allocation_fetch,
+        Retry.IDEMPOTENT,
+        ok=frozenset({200, 304}),
+        whole=True,
+        headers=None if etag is None else {"If-None-Match": etag},
+    )
+
+
+def exposures(items: Sequence[ExposureCreate]) -> Call[tuple[int, int]]:
+    """``POST /exposures``: ``(accepted, duplicates)``. Every item carries its exposure
+    id, so resending a batch after a timeout logs nothing twice (idempotent)."""
+    return Call(
+        "POST",
+        "/exposures",
+        lambda b: (int(b["accepted"]), int(b["duplicates"])),
+        Retry.IDEMPOTENT,
+        json={"exposures": [i.model_dump(mode="json") for i in items]},
     )
 
 

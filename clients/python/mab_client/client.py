@@ -8,19 +8,27 @@ Retry`), every request has a bounded timeout, and every error is typed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, overload
 
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, Retrying, stop_after_attempt
 
 from mab_client import calls
+from mab_client.assignment import LocalDecision
 from mab_client.calls import RETRY_ERRORS, RETRY_STATUSES, Call, Retry, RetryPolicy, retry_after_s
-from mab_client.errors import MabTransportError
+from mab_client.errors import (
+    InvalidRequestError,
+    MabError,
+    MabTransportError,
+)
+from mab_client.local import Held, LocalMetrics, LocalSettings, LocalState, drive
 from mab_client.models import (
     Decision,
     Evaluation,
@@ -64,10 +72,34 @@ def _request_args(call: Call[Any], base: httpx.Timeout) -> dict[str, Any]:
         "params": call.params,
         "json": call.json,
     }
+    if call.headers is not None:
+        args["headers"] = dict(call.headers)
     if call.timeout_s is not None and base.read is not None:
         read = max(base.read, call.timeout_s)
         args["timeout"] = httpx.Timeout(base.connect, read=read, write=base.write, pool=base.pool)
     return args
+
+
+def _not_local(experiment_id: str) -> InvalidRequestError:
+    return InvalidRequestError(
+        "decide",
+        [
+            {
+                "loc": ["unit_id"],
+                "msg": f"a decision for a unit of {experiment_id!r} needs a client made with "
+                "local=True (decided in-process from the experiment's allocation)",
+                "type": "local_mode_off",
+            }
+        ],
+    )
+
+
+def _local_state(on: bool, settings: LocalSettings | None, seed: int | None) -> LocalState | None:
+    return LocalState(settings or LocalSettings(), rng=random.Random(seed)) if on else None
+
+
+#: What a failed background call may raise: logged and counted, never fatal to the worker.
+_BACKGROUND_ERRORS = (MabError, httpx.HTTPError)
 
 
 class _RetryRule:
@@ -156,6 +188,8 @@ class MabClient:
         headers: Mapping[str, str] | None = None,
         seed: int | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        local: bool = False,
+        local_settings: LocalSettings | None = None,
     ) -> None:
         self.retry = retry or RetryPolicy()
         self._rng = random.Random(seed)
@@ -166,6 +200,14 @@ class MabClient:
             timeout=_timeout(timeout),
             transport=transport,
         )
+        #: Local mode (``local=True``): held allocations, the exposure buffer, metrics.
+        self.local = _local_state(local, local_settings, seed)
+        self._first_fetch = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._worker: threading.Thread | None = None
+        if self.local is not None:
+            self.local.wake = self._wake.set
 
     def __enter__(self) -> Self:
         return self
@@ -181,7 +223,77 @@ class MabClient:
         return str(self._http.base_url).rstrip("/")
 
     def close(self) -> None:
+        """Stop the local worker, flush the exposures still buffered, close the pool."""
+        if self._worker is not None:
+            self._stopping.set()
+            self._wake.set()
+            self._worker.join()
+            self._worker = None
+        if self.local is not None:
+            while self.local.buffer and self._flush_one():
+                pass
+            if self.local.buffer:
+                log.warning("%d exposures not sent at close", len(self.local.buffer))
         self._http.close()
+
+    # -- local mode --------------------------------------------------------------------
+    @property
+    def local_metrics(self) -> LocalMetrics:
+        """Local mode's counters and ``stale`` flag (:class:`InvalidRequestError` when
+        the client is not local)."""
+        if self.local is None:
+            raise _not_local("this client")
+        return self.local.metrics
+
+    def _held(self, experiment_id: str) -> Held:
+        """The experiment's allocation; the first call fetches it (raising what the
+        fetch raises: there is nothing to decide from yet) and starts the worker."""
+        local = self.local
+        assert local is not None
+        with self._first_fetch:
+            held = local.held.get(experiment_id)
+            if held is None:
+                answer = self.run(calls.allocation(experiment_id))
+                held = local.fetched(experiment_id, answer.allocation, answer.etag)
+            if self._worker is None:
+                self._worker = threading.Thread(
+                    target=self._work, name="mab-client-local", daemon=True
+                )
+                self._worker.start()
+        return held
+
+    def _work(self) -> None:
+        """The background worker: refresh allocations when due, flush exposures."""
+        local = self.local
+        assert local is not None
+        while not self._stopping.is_set():
+            self._wake.wait(local.next_wake(local.clock()))
+            self._wake.clear()
+            for exp in local.refresh_due(local.clock()):
+                fetch = self._outcome(calls.allocation(exp, local.held[exp].etag))
+                local.refreshed(exp, fetch)
+            while not self._stopping.is_set() and local.flush_due() and self._flush_one():
+                pass
+
+    def _outcome(self, call: Call[T]) -> T | Exception:
+        """A background call's answer, or what it raised (the worker never dies of it)."""
+        try:
+            return self.run(call)
+        except _BACKGROUND_ERRORS as exc:
+            return exc
+
+    def _flush_one(self) -> bool:
+        """Send one batch; ``False`` when it failed (put back for later)."""
+        assert self.local is not None
+        return drive(self.local.flush_steps(), lambda items: self._outcome(calls.exposures(items)))
+
+    def flush(self) -> None:
+        """Send every buffered exposure now (``MabTransportError`` and the like when
+        the server cannot take them; they stay buffered)."""
+        local = self.local
+        while local is not None and local.buffer:
+            if not self._flush_one():
+                raise MabTransportError(f"{len(local.buffer)} exposures not sent; kept")
 
     def run(self, call: Call[T]) -> T:
         """Send ``call`` (retrying as its rule allows) and parse the answer."""
@@ -226,8 +338,24 @@ class MabClient:
     ) -> StrategyConfig:
         return self.run(calls.set_strategy(experiment_id, strategy, strategy_params))
 
-    def decide(self, experiment_id: str) -> Decision:
-        return self.run(calls.decide(experiment_id))
+    @overload
+    def decide(self, experiment_id: str) -> Decision: ...
+    @overload
+    def decide(self, experiment_id: str, unit_id: str) -> LocalDecision: ...
+    def decide(self, experiment_id: str, unit_id: str | None = None) -> Decision | LocalDecision:
+        """Without ``unit_id``: the server's decision (``GET /decision``). With it, in
+        local mode: the unit's arm under the allocation held, decided in-process by the
+        assignment rule, its exposure buffered for the next flush."""
+        if unit_id is None:
+            return self.run(calls.decide(experiment_id))
+        local = self.local
+        if local is None:
+            raise _not_local(experiment_id)
+        decision = local.decide(experiment_id, unit_id)
+        while decision is None:
+            self._held(experiment_id)
+            decision = local.decide(experiment_id, unit_id)
+        return decision
 
     def reward(
         self,
@@ -289,6 +417,8 @@ class AsyncMabClient:
         headers: Mapping[str, str] | None = None,
         seed: int | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        local: bool = False,
+        local_settings: LocalSettings | None = None,
     ) -> None:
         self.retry = retry or RetryPolicy()
         self._rng = random.Random(seed)
@@ -300,6 +430,13 @@ class AsyncMabClient:
             transport=transport,
             limits=limits or httpx.Limits(),
         )
+        #: Local mode (``local=True``): held allocations, the exposure buffer, metrics.
+        self.local = _local_state(local, local_settings, seed)
+        self._first_fetch = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._worker: asyncio.Task[None] | None = None
+        if self.local is not None:
+            self.local.wake = self._wake.set
 
     async def __aenter__(self) -> Self:
         return self
@@ -315,7 +452,77 @@ class AsyncMabClient:
         return str(self._http.base_url).rstrip("/")
 
     async def aclose(self) -> None:
+        """Stop the local worker, flush the exposures still buffered, close the pool."""
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+            self._worker = None
+        if self.local is not None:
+            while self.local.buffer and await self._flush_one():
+                pass
+            if self.local.buffer:
+                log.warning("%d exposures not sent at close", len(self.local.buffer))
         await self._http.aclose()
+
+    # -- local mode (the sync client's, as coroutines) ---------------------------------
+    @property
+    def local_metrics(self) -> LocalMetrics:
+        """Local mode's counters and ``stale`` flag."""
+        if self.local is None:
+            raise _not_local("this client")
+        return self.local.metrics
+
+    async def _held(self, experiment_id: str) -> Held:
+        local = self.local
+        assert local is not None
+        async with self._first_fetch:
+            held = local.held.get(experiment_id)
+            if held is None:
+                answer = await self.run(calls.allocation(experiment_id))
+                held = local.fetched(experiment_id, answer.allocation, answer.etag)
+            if self._worker is None:
+                self._worker = asyncio.get_running_loop().create_task(self._work())
+        return held
+
+    async def _work(self) -> None:
+        local = self.local
+        assert local is not None
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), local.next_wake(local.clock()))
+            self._wake.clear()
+            for exp in local.refresh_due(local.clock()):
+                fetch = await self._outcome(calls.allocation(exp, local.held[exp].etag))
+                local.refreshed(exp, fetch)
+            while local.flush_due() and await self._flush_one():
+                pass
+
+    async def _outcome(self, call: Call[T]) -> T | Exception:
+        try:
+            return await self.run(call)
+        except _BACKGROUND_ERRORS as exc:
+            return exc
+
+    async def _flush_one(self) -> bool:
+        """:meth:`LocalState.flush_steps` driven with awaited sends."""
+        assert self.local is not None
+        steps = self.local.flush_steps()
+        try:
+            items = next(steps)
+            while True:
+                outcome = await self._outcome(calls.exposures(items))
+                items = steps.send(outcome)
+        except StopIteration as done:
+            return bool(done.value)
+
+    async def flush(self) -> None:
+        """Send every buffered exposure now (raises when the server cannot take them;
+        they stay buffered)."""
+        local = self.local
+        while local is not None and local.buffer:
+            if not await self._flush_one():
+                raise MabTransportError(f"{len(local.buffer)} exposures not sent; kept")
 
     async def run(self, call: Call[T]) -> T:
         """Send ``call`` (retrying as its rule allows) and parse the answer."""
@@ -364,8 +571,24 @@ class AsyncMabClient:
     ) -> StrategyConfig:
         return await self.run(calls.set_strategy(experiment_id, strategy, strategy_params))
 
-    async def decide(self, experiment_id: str) -> Decision:
-        return await self.run(calls.decide(experiment_id))
+    @overload
+    async def decide(self, experiment_id: str) -> Decision: ...
+    @overload
+    async def decide(self, experiment_id: str, unit_id: str) -> LocalDecision: ...
+    async def decide(
+        self, experiment_id: str, unit_id: str | None = None
+    ) -> Decision | LocalDecision:
+        """See :meth:`MabClient.decide`."""
+        if unit_id is None:
+            return await self.run(calls.decide(experiment_id))
+        local = self.local
+        if local is None:
+            raise _not_local(experiment_id)
+        decision = local.decide(experiment_id, unit_id)
+        while decision is None:
+            await self._held(experiment_id)
+            decision = local.decide(experiment_id, unit_id)
+        return decision
 
     async def reward(
         self,

@@ -38,7 +38,7 @@ from mab_client.models.limits import (
     UnitIdStorage,
     UserContext,
 )
-from mab_client.models.responses import DecisionPublic, new_event_id
+from mab_client.models.responses import EXPERIMENT_EXAMPLE, DecisionPublic, new_event_id
 
 _ID_DOC = (
     "1-120 printable characters after trimming surrounding whitespace: spaces, "
@@ -74,6 +74,11 @@ EventIdField = Annotated[
         description="Optional idempotency key: retries with the same event_id count once.",
     ),
 ]
+
+
+#: A decision id as a reward names it (its shape, ``<hex>.<arm index>``, is checked where
+#: the arm index is read: a 422 ``bad_decision_id`` names it).
+DecisionIdRef = Annotated[str, Field(min_length=1, max_length=64)]
 
 
 def _unique_arms(ids: list[str]) -> list[str]:
@@ -183,16 +188,7 @@ class ExperimentCreate(_Request):
     """Body of ``POST /experiments``."""
 
     model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "experiment_id": "cta-button-test",
-                    "arm_ids": ["blue-button", "green-button", "red-button"],
-                    "strategy": "thompson",
-                    "strategy_params": {"seed": 42},
-                }
-            ]
-        }
+        json_schema_extra={"examples": [{**EXPERIMENT_EXAMPLE, "strategy_params": {"seed": 42}}]}
     )
 
     experiment_id: ExperimentIdField
@@ -303,10 +299,8 @@ class RewardCreate(_Request):
     arm_id: ArmIdField
     reward: RewardValue
     user_context: UserContext = None
-    decision_id: str | None = Field(
+    decision_id: DecisionIdRef | None = Field(
         default=None,
-        min_length=1,
-        max_length=64,
         description="The decision this reward answers (from GET /decision): joins, "
         "deduplicates (one reward per decision) and must name the same arm.",
     )
@@ -347,6 +341,59 @@ class RewardsCreate(_Request):
     rewards: list[Annotated[Any, WithJsonSchema({"$ref": "#/components/schemas/RewardCreate"})]] = (
         Field(description="1..MAB_MAX_REWARD_BATCH rewards (default limit 1000).")
     )
+
+
+#: One exposure as a storefront reports it (the OpenAPI example of both exposure models).
+_EXPOSURE_EXAMPLE: dict[str, Any] = {
+    "experiment_id": "cta-button-test",
+    "unit_id": "visitor-8f14e45f",
+    "arm_id": "green-button",
+    "allocation_version": 29603160,
+    "exposure_id": "a1b2c3d4e5f60718-42",
+    "ts": 1776189612.5,
+}
+
+
+class ExposureCreate(_Request):
+    """One locally made decision, reported: an item of ``POST /exposures`` and the record
+    of the exposures topic (the same JSON either way).
+
+    The server trusts none of it but the ids: it re-derives the arm from its own stored
+    allocation ``allocation_version`` (docs/assignment-spec.md) and refuses the item
+    when the arm differs, so the logged propensity is always the stored weight.
+    """
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_EXPOSURE_EXAMPLE]})
+
+    experiment_id: ExperimentIdField
+    unit_id: UnitId
+    arm_id: ArmIdField
+    allocation_version: int = Field(
+        ge=0, strict=True, description="The allocation version the arm was chosen from."
+    )
+    exposure_id: EventIdField = Field(
+        description="The client's idempotency key of this exposure: reported again (a "
+        "retried batch), it is a duplicate, not a second decision."
+    )
+    ts: float = Field(
+        ge=0,
+        allow_inf_nan=False,
+        description="Unix seconds when the unit was shown the arm (the decision's time).",
+    )
+
+
+class ExposuresCreate(_Request):
+    """Body of ``POST /exposures``: locally made decisions, all accepted or none.
+
+    Items are validated one by one by the route (a 422 names each failing item by its
+    index); the schema documents them as :class:`ExposureCreate`.
+    """
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"exposures": [_EXPOSURE_EXAMPLE]}]})
+
+    exposures: list[
+        Annotated[Any, WithJsonSchema({"$ref": "#/components/schemas/ExposureCreate"})]
+    ] = Field(description="1..MAB_MAX_REWARD_BATCH exposures (default limit 1000).")
 
 
 class RewardItem(RewardCreate):

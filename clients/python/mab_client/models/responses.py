@@ -59,20 +59,20 @@ class UnitSettingsPublic(_Result):
     allocation_interval_s: int = Field(description="Seconds an allocation version lasts.")
 
 
+#: The experiment of the OpenAPI examples (the create body and the answers).
+EXPERIMENT_EXAMPLE: dict[str, Any] = {
+    "experiment_id": "cta-button-test",
+    "arm_ids": ["blue-button", "green-button", "red-button"],
+    "strategy": "thompson",
+}
+
+
 class ExperimentPublic(_Result):
     """An experiment's configuration (the original API's shape plus ``version``)."""
 
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [
-                {
-                    "experiment_id": "cta-button-test",
-                    "arm_ids": ["blue-button", "green-button", "red-button"],
-                    "strategy": "thompson",
-                    "strategy_params": {},
-                    "version": 1,
-                }
-            ]
+            "examples": [{**EXPERIMENT_EXAMPLE, "strategy_params": {}, "version": 1}]
         }
     )
 
@@ -201,6 +201,20 @@ class RewardsPublic(_Result):
     accepted: int
     event_ids: list[str] = Field(
         description="In request order; retry with these to stay idempotent."
+    )
+
+
+class ExposuresPublic(_Result):
+    """A batch of exposures accepted (every new one acknowledged by Kafka)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"status": "ok", "accepted": 2, "duplicates": 1}]}
+    )
+
+    status: Literal["ok"] = "ok"
+    accepted: int = Field(description="New exposures, each logged as one decision.")
+    duplicates: int = Field(
+        description="Exposures whose exposure_id was already reported: not logged again."
     )
 
 
