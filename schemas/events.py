@@ -33,8 +33,8 @@ from mab_client.models import (
     USER_CONTEXT_MAX_BYTES,
     USER_CONTEXT_MAX_KEYS,
     AssignmentMode,
-    UnitIdStorage,
     DecisionIdRef,
+    UnitIdStorage,
     UserContext,
     check_user_context,
 )
