@@ -177,10 +177,9 @@ class DecisionFastPath:
                 if entry is not None and experiment_id is not None:
                     # The common case, without a coroutine: a fresh cached entry.
                     body, record = decide_cached(runtime, entry, False, experiment_id)
-                    if record is not None:  # always, without a unit
-                        waiting = log_decision(runtime, experiment_id, record)
-                        if waiting is not None:
-                            await waiting
+                    waiting = log_decision(runtime, experiment_id, record)
+                    if waiting is not None:
+                        await waiting
                     status_code = 200
                     await _respond(send, 200, body, cors)
                     return

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 import orjson
 from fastapi import APIRouter, Query
@@ -24,6 +24,7 @@ from fastapi.responses import Response
 from bandit_core.decision_ids import make_decision_id
 from mab_client.assignment import unit_token
 from mab_client.models import DecisionPublic
+from schemas.events import DecisionAssignment
 from schemas.ids import ExperimentId, UnitId
 from schemas.topics import partition_key
 from schemas.wire import encode_decision_made
@@ -54,13 +55,31 @@ UnitIdQuery = Annotated[
 
 def decide_cached(
     rt: Runtime, entry: CachedExperiment, degraded: bool, experiment_id: str
-) -> tuple[bytes, bytes | None]:
+) -> tuple[bytes, bytes]:
     """One decision from a cached entry: ``(response body, DecisionMade record)``.
 
     Synchronous on purpose: on the hot path a coroutine per step costs more than the step.
     """
     index, propensity = rt.cache.decide(entry, time.time())
-    return _answer(rt, entry, degraded, experiment_id, index, make_decision_id(index), propensity)
+    body, record = _answer(
+        rt, entry, degraded, experiment_id, index, make_decision_id(index), propensity, None
+    )
+    assert record is not None  # a decision without a unit is always logged
+    return body, record
+
+
+class UnitDecision(NamedTuple):
+    """What a decision for a request with a unit adds to the answer and the event."""
+
+    #: The request's unit id, echoed in the response.
+    unit_id: str
+    #: What the event carries for the unit (a digest or the id: ``unit_id_storage``).
+    token: str
+    #: The mode that assigned it (``None``: per_request, left out of the event).
+    assignment: DecisionAssignment | None = None
+    allocation_version: int | None = None
+    #: ``False`` for a returning sticky unit: its assignment was logged when it was made.
+    logged: bool = True
 
 
 def _answer(
@@ -71,13 +90,12 @@ def _answer(
     index: int,
     decision_id: str,
     propensity: float,
-    echo_unit: str | None = None,
-    logged: bool = True,
-    **unit: str | int,
+    unit: UnitDecision | None,
 ) -> tuple[bytes, bytes | None]:
-    """The response body (the original API's shape; ``unit_id`` (``echo_unit``) and
-    ``assignment`` added only for a request with a unit) and, when ``logged``, the
-    ``DecisionMade`` record (``unit``: its token, assignment, allocation version)."""
+    """The response body (the original API's shape; ``unit_id`` and ``assignment`` added
+    only for a request with a unit) and the ``DecisionMade`` record, ``None`` when the
+    unit's assignment was logged before. Positional and without ``**kwargs``: it runs
+    for every decision, and the unkeyed case must cost what it did before units."""
     config = entry.config
     arm_id = entry.arm_list[index]
     record = (
@@ -92,9 +110,11 @@ def _answer(
             snapshot_version=entry.state.version,
             degraded=degraded,
             attribution_window_s=config.attribution_window_s,
-            **unit,
+            unit_id=None if unit is None else unit.token,
+            assignment=None if unit is None else unit.assignment,
+            allocation_version=None if unit is None else unit.allocation_version,
         )
-        if logged
+        if unit is None or unit.logged
         else None
     )
     rt.metrics.decision(config.strategy)
@@ -117,8 +137,8 @@ def _answer(
         "decision_id": decision_id,
         "propensity": propensity,
     }
-    if echo_unit is not None:
-        served["unit_id"] = echo_unit
+    if unit is not None:
+        served["unit_id"] = unit.unit_id
         served["assignment"] = config.assignment
     return orjson.dumps(served), record
 
@@ -145,8 +165,7 @@ async def decide_unit(
             index,
             decision_id,
             propensity,
-            unit_id,
-            unit_id=token,
+            UnitDecision(unit_id, token),
         )
     decided = await rt.units.assign(entry, unit_id, now)
     a = decided.assignment
@@ -159,11 +178,9 @@ async def decide_unit(
         a.arm_index,
         a.decision_id,
         a.propensity,
-        unit_id,
-        logged=decided.outcome == "new",
-        unit_id=decided.token,
-        assignment=config.assignment,
-        allocation_version=a.version,
+        UnitDecision(
+            unit_id, decided.token, config.assignment, a.version, decided.outcome == "new"
+        ),
     )
 
 
@@ -194,6 +211,7 @@ async def serve_decision(
         entry, degraded = await rt.cache.get(experiment_id)
         if entry is None:
             return None
+    record: bytes | None
     if unit_id is None:
         body, record = decide_cached(rt, entry, degraded, experiment_id)
     else:
