@@ -15,8 +15,13 @@ A decision with a unit (``DecisionMade.unit_id``: the sticky, consistent and loc
 modes) is counted once per *decision id*, under the ``seen`` key ``u:<decision_id>``
 with the same horizon: the consistent mode logs every request of a unit under the id
 of its (unit, allocation version), so a repeat is a ``duplicate``, not a second pull.
-Each new one adds to its arm's ``units`` and, when it names its allocation version, to
-the state's per-version SRM counts.
+A unit itself is counted once, at its first decision, under the ``seen`` key
+``n:<unit token>`` (same horizon): that decision adds to its arm's ``units`` (unique
+units, by the arm they first got) and, when it names its allocation version, to the
+state's per-version SRM counts. Counting a unit at its first exposure only is what
+makes the SRM check valid in every mode: a first exposure under version ``v`` is a draw
+from ``v``'s weights, while a consistent unit seen again under later versions keeps an
+arm correlated with its earlier one.
 
 Validation that depends on state (unknown experiment, unknown arm, arm differing from
 the decision's) also lives here, so the API, the consumer and replay reject exactly the
@@ -188,8 +193,8 @@ def _apply(state: ExperimentState, event: AnyEvent, result: FoldResult) -> str:
             result.change_points.append(ChangePoint(arm_id, ts, statistic, stats.change_points))
     elif isinstance(event, DecisionMade):
         arm_id = event.arm_id
-        unit = event.unit_id is not None
-        if unit:
+        unit = event.unit_id
+        if unit is not None:
             # A unit decision counts once per decision id (the consistent mode logs a
             # unit's every request under one id per allocation version; an exposure
             # may be reported twice): a repeat is a duplicate, not another pull.
@@ -202,10 +207,13 @@ def _apply(state: ExperimentState, event: AnyEvent, result: FoldResult) -> str:
         if stats is None:
             stats = state.arm(arm_id)
         stats.decisions += 1
-        if unit:
-            stats.units += 1
-            if event.allocation_version is not None:
-                state.count_unit(event.allocation_version, arm_id)
+        if unit is not None:
+            nkey = "n:" + unit
+            if nkey not in state.seen:
+                state.seen[nkey] = result.new_seen[nkey] = event.ts
+                stats.units += 1
+                if event.allocation_version is not None:
+                    state.count_unit(event.allocation_version, arm_id)
         window = event.attribution_window_s
         if window is not None:
             _track(state, event.decision_id, event.ts + window, result)
@@ -266,12 +274,13 @@ def lookup_keys(event: AnyEvent) -> tuple[str, ...]:
         return ("e:" + event.event_id,)
     if isinstance(event, DecisionMade):
         did = event.decision_id
+        unit = event.unit_id
         if event.attribution_window_s is not None:
-            if event.unit_id is not None:
-                return ("u:" + did, "d:" + did, "x:" + did)
+            if unit is not None:
+                return ("u:" + did, "n:" + unit, "d:" + did, "x:" + did)
             return ("d:" + did, "x:" + did)
-        if event.unit_id is not None:
-            return ("u:" + did,)
+        if unit is not None:
+            return ("u:" + did, "n:" + unit)
     return ()
 
 

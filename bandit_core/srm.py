@@ -23,14 +23,12 @@ impossible under correct assignment: that is reported as such (``p = 0``, no ``X
 the reason naming the arm), since the
 pseudo-inverse would silently ignore it.
 
-The pooled sum assumes the versions' counts are independent, which holds when each unit
-is counted once (``sticky``: a unit's one assignment). A returning unit in the
-``consistent`` mode (or deciding locally) is counted again in every version it visits,
-with an arm strongly correlated across versions (the rule moves as few units as it can),
-so the pooled ``d`` varies far more than ``Σ`` says and correct assignment would alarm.
-For those, ``pooled=False`` tests each version on its own (each unit once there) and
-combines them by Bonferroni, ``p = min(1, m · min_v p_v)``, valid under any dependence
-between versions, at the price of power against a small steady skew.
+The sum assumes the versions' counts are independent, which holds because each unit
+is counted once, at its first decision (the fold's ``n:`` key): a first exposure under
+version ``v`` is a draw from ``w_v``. Counting a returning unit again in every version
+it visits (the ``consistent`` mode and local decisions keep a unit's arm correlated
+across versions: the rule moves as few units as it can) would make ``d`` vary far more
+than ``Σ`` says, and correct assignment would alarm.
 
 The χ² survival function is the regularised upper incomplete gamma function
 ``Q(df/2, X²/2)`` (:func:`gamma_q`), implemented here (series and continued fraction,
@@ -135,7 +133,7 @@ class SrmResult:
     units: int
     versions: int
     reason: str | None = None
-    #: ``pooled`` (one test over the versions' sum) or ``per_version`` (Bonferroni).
+    #: How the versions were combined: ``pooled`` (one test over the versions' sum).
     method: str = "pooled"
 
     @property
@@ -144,24 +142,10 @@ class SrmResult:
         return self.p_value is not None and self.p_value < ALARM_P
 
 
-def srm_test(versions: Sequence[VersionCounts], *, pooled: bool = True) -> SrmResult:
-    """The allocation-version-aware SRM test over ``versions`` (see the module doc):
-    pooled when each unit is counted once, else per version with Bonferroni."""
-    if pooled:
-        return _pooled(versions)
-    units = sum(sum(v.counts.values()) for v in versions)
-    results = [_pooled([v]) for v in versions]
-    impossible = next((r for r in results if r.p_value == 0.0 and r.chi2 is None), None)
-    if impossible is not None:
-        return SrmResult(0.0, None, None, units, len(versions), impossible.reason, "per_version")
-    tested = [r for r in results if r.p_value is not None]
-    if not tested:
-        reason = next((r.reason for r in results if r.reason), "no units counted yet")
-        return SrmResult(None, None, None, units, len(versions), reason, "per_version")
-    worst = min(tested, key=lambda r: r.p_value if r.p_value is not None else 1.0)
-    assert worst.p_value is not None
-    p = min(1.0, len(tested) * worst.p_value)
-    return SrmResult(p, worst.chi2, worst.df, units, len(versions), None, "per_version")
+def srm_test(versions: Sequence[VersionCounts]) -> SrmResult:
+    """The allocation-version-aware SRM test over ``versions`` (see the module doc),
+    each unit counted once, under the version of its first decision."""
+    return _pooled(versions)
 
 
 def _pooled(versions: Sequence[VersionCounts]) -> SrmResult:

@@ -47,10 +47,8 @@ def has_units(state: ExperimentState) -> bool:
 async def srm_of(
     allocations: AllocationStore, config: ExperimentConfig, state: ExperimentState
 ) -> SrmPublic:
-    """The SRM check over the versions whose allocation is still stored: pooled over
-    the versions for a ``sticky`` experiment (each unit counted once), per version
-    otherwise (a returning unit is counted in every version it visits; see
-    :mod:`bandit_core.srm`)."""
+    """The SRM check over the versions whose allocation is still stored (each unit
+    counted once, under the version of its first decision; see :mod:`bandit_core.srm`)."""
     experiment_id = config.experiment_id
     counts = {v: dict(arms) for v, arms in state.srm.items()}
     records = await allocations.get_many(experiment_id, sorted(counts))
@@ -58,8 +56,7 @@ async def srm_of(
         VersionCounts(record.arm_ids, record.weights, counts[v]) for v, record in records.items()
     ]
     skipped = [v for v in counts if v not in records]
-    pooled = config.assignment == "sticky"
-    result = await asyncio.to_thread(lambda: srm_test(covered, pooled=pooled))
+    result = await asyncio.to_thread(srm_test, covered)
     return SrmPublic(
         **asdict(result),
         alarm=result.alarm,

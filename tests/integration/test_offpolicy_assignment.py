@@ -191,7 +191,7 @@ async def test_evaluating_the_logging_policy_recovers_the_observed_mean(
     assert stats.srm.units == units
     assert stats.srm.versions == VERSIONS
     assert not stats.srm.alarm, stats.srm
-    assert stats.srm.method == ("pooled" if mode == "sticky" else "per_version")
+    assert stats.srm.method == "pooled"
     assert stats.assignment == mode
 
     log = await read_experiment_log(kafka_bootstrap, names, exp)

@@ -324,20 +324,22 @@ def unit_decision(
     arm_index: int,
     *,
     decision_id: str | None = None,
-    unit: str = "0123456789abcdef" * 2,
+    unit: str | None = None,
     version: int | None = 100,
     ts: float = 10.0,
 ) -> DecisionMade:
+    """A consistent-mode decision; its unit is the decision id's own unless ``unit``."""
+    decision_id = decision_id or make_decision_id(arm_index)
     return DecisionMade(
         experiment_id=EXP,
         ts=ts,
-        decision_id=decision_id or make_decision_id(arm_index),
+        decision_id=decision_id,
         arm_id=ARMS[arm_index],
         strategy="thompson",
         propensity=0.5,
         config_version=1,
         snapshot_version=0,
-        unit_id=unit,
+        unit_id=unit or decision_id[:32],
         assignment="consistent",
         allocation_version=version,
     )
@@ -354,7 +356,24 @@ def test_a_unit_decision_counts_once_per_decision_id() -> None:
     assert (green.decisions, green.units) == (1, 1)
     assert result.state.duplicates == 2
     assert result.state.srm == {100: {"green": 1}}
-    assert result.new_seen == {"u:" + "a" * 32 + ".1": 10.0}
+    assert result.new_seen == {"u:" + "a" * 32 + ".1": 10.0, "n:" + "a" * 32: 10.0}
+
+
+def test_a_returning_unit_is_counted_once_under_its_first_version() -> None:
+    """A consistent unit seen under three versions: three pulls (one per version), one
+    unit, counted by the arm and version of its first decision (what keeps the SRM
+    check's versions independent)."""
+    evts: list[AnyEvent] = [
+        unit_decision(i, version=v, decision_id=f"{v:032x}.{i}", unit="visitor-1")
+        for v, i in ((7, 0), (8, 0), (9, 2))
+    ]
+    result = fold_batch(fresh(), evts)
+    assert result.outcomes == [APPLIED] * 3
+    state = result.state
+    assert [s.decisions for s in state.stats_for(ARMS)] == [2, 0, 1]
+    assert [s.units for s in state.stats_for(ARMS)] == [1, 0, 0]
+    assert state.srm == {7: {"blue": 1}}
+    assert result.new_seen["n:visitor-1"] == 10.0
 
 
 def test_decisions_without_a_unit_are_counted_per_request_as_before() -> None:
@@ -384,7 +403,7 @@ def test_srm_counts_are_per_version_and_arm_and_skip_unversioned_units() -> None
 def test_srm_cells_are_bounded_dropping_the_oldest_versions() -> None:
     versions = MAX_SRM_CELLS // len(ARMS) + 5
     evts = [
-        unit_decision(i, version=v, decision_id=f"{v:032x}.{i}")
+        unit_decision(i, version=v, decision_id=f"{v:032x}.{i}", unit=f"{v}-{i}")
         for v in range(versions)
         for i in range(len(ARMS))
     ]
@@ -397,7 +416,9 @@ def test_srm_cells_are_bounded_dropping_the_oldest_versions() -> None:
     # Decisions logged late, under a version older than every kept one: that version is
     # the oldest, so it is the first to go once the cells are full again.
     assert state.srm_cells == MAX_SRM_CELLS - 1
-    late_evts = [unit_decision(i, version=0, decision_id=f"{'f' * 32}.{i}") for i in (0, 1)]
+    late_evts = [
+        unit_decision(i, version=0, decision_id=f"{'f' * 32}.{i}", unit=f"late-{i}") for i in (0, 1)
+    ]
     late = fold_batch(state, late_evts).state
     assert sorted(late.srm) == kept
     assert late.srm_dropped == state.srm_dropped + 2
@@ -428,6 +449,7 @@ def test_the_live_consumers_view_of_seen_folds_unit_decisions_like_replay() -> N
 
 def test_lookup_keys_of_unit_decisions() -> None:
     d = unit_decision(0, decision_id="9" * 32 + ".0")
-    assert lookup_keys(d) == ("u:" + "9" * 32 + ".0",)
+    did, unit = "9" * 32 + ".0", "9" * 32
+    assert lookup_keys(d) == ("u:" + did, "n:" + unit)
     windowed = d.model_copy(update={"attribution_window_s": 60.0})
-    assert lookup_keys(windowed) == tuple(k + "9" * 32 + ".0" for k in ("u:", "d:", "x:"))
+    assert lookup_keys(windowed) == ("u:" + did, "n:" + unit, "d:" + did, "x:" + did)

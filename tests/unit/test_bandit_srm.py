@@ -170,33 +170,37 @@ def test_what_cannot_be_tested_says_why() -> None:
     assert "at most 100" in wide.reason
 
 
-def test_returning_units_need_the_per_version_test() -> None:
+def test_returning_units_are_counted_at_their_first_decision_only() -> None:
     """Scenario: 200 returning units (the consistent mode) visit all 20 versions; each
     version assigns them correctly by the rule's exponential race (fixed per-unit
     uniforms, weights moving a little), so a unit mostly keeps its arm.
-    We expect: the pooled test, which assumes independent versions, alarms on this
-    correct assignment in most runs; the per-version Bonferroni test in at most 1 of
-    100 (its level is 0.1%), and it still catches a unit population skewed in every
-    version."""
+    We expect: counting every unit in every version alarms on this correct assignment in
+    most runs (the versions are not independent); counting each unit once, under the
+    version of its first visit (what the fold does), alarms in at most 1 of 100 (the
+    test's level is 0.1%), and a population skewed in every version still alarms."""
     rng = np.random.default_rng(7)
     arms = ["a", "b", "c"]
-    pooled_alarms = per_version_alarms = 0
+    every_version_alarms = first_visit_alarms = 0
     for _ in range(100):
         u = rng.random((200, 3))
+        first_visit = rng.integers(0, 20, 200)
         base = rng.dirichlet([5.0, 5.0, 5.0])
-        versions = []
-        for _v in range(20):
+        every, first = [], []
+        for v in range(20):
             w = base + rng.normal(0, 0.01, 3)
             w = np.clip(w, 0.01, None)
             w /= w.sum()
             winners = np.argmin(-np.log(u) / w, axis=1)
+            weights = [float(x) for x in w]
             counts = {a: int((winners == i).sum()) for i, a in enumerate(arms)}
-            versions.append(VersionCounts(arms, [float(x) for x in w], counts))
-        pooled_alarms += srm_test(versions).alarm
-        per_version_alarms += srm_test(versions, pooled=False).alarm
-    assert pooled_alarms > 30, pooled_alarms
-    assert per_version_alarms <= 1, per_version_alarms
-    skewed = [VersionCounts(["a", "b"], [0.5, 0.5], {"a": 600, "b": 400}) for _ in range(20)]
-    result = srm_test(skewed, pooled=False)
-    assert result.method == "per_version"
-    assert result.alarm
+            every.append(VersionCounts(arms, weights, counts))
+            new = winners[first_visit == v]
+            first.append(
+                VersionCounts(arms, weights, {a: int((new == i).sum()) for i, a in enumerate(arms)})
+            )
+        every_version_alarms += srm_test(every).alarm
+        first_visit_alarms += srm_test(first).alarm
+    assert every_version_alarms > 30, every_version_alarms
+    assert first_visit_alarms <= 1, first_visit_alarms
+    skewed = [VersionCounts(["a", "b"], [0.5, 0.5], {"a": 60, "b": 40}) for _ in range(20)]
+    assert srm_test(skewed).alarm

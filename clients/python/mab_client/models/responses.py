@@ -227,8 +227,8 @@ class ArmStatsPublic(_Result):
     propensity: float = Field(description="Current probability that the policy picks it.")
     units: int = Field(
         default=0,
-        description="Unique units assigned this arm: decisions with a unit id, each decision "
-        "id once (a sticky unit once, a consistent unit once per allocation version).",
+        description="Unique units whose first decision served this arm (each unit once, "
+        "within the 7-day dedupe horizon, whatever the assignment mode).",
     )
 
 
@@ -241,7 +241,7 @@ class SrmPublic(_Result):
     )
     chi2: float | None = Field(description="The statistic X² = dᵀ Σ⁺ d over the versions.")
     df: int | None = Field(description="Degrees of freedom: the rank of Σ.")
-    units: int = Field(description="Unit assignments the test covered.")
+    units: int = Field(description="Units the test covered (each once).")
     alarm: bool = Field(description="p_value < 0.001: assignment does not follow the weights.")
     versions: int = Field(description="Allocation versions the test covered.")
     reason: str | None = Field(
@@ -249,9 +249,8 @@ class SrmPublic(_Result):
     )
     method: str = Field(
         default="pooled",
-        description="pooled: one test over all versions (sticky: each unit counted once); "
-        "per_version: each version tested alone, Bonferroni-combined (a returning unit is "
-        "counted in every version it visits).",
+        description="pooled: one test over all versions, each unit counted once, under "
+        "the version of its first decision.",
     )
     skipped_versions: int = Field(
         default=0, description="Versions with counts whose allocation is no longer stored."
