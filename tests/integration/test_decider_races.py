@@ -68,9 +68,9 @@ async def test_concurrent_config_changes_replay_to_the_stored_config(
         *(client.post(f"/experiments/{exp}/arms", json={"arm_ids": [f"n{i}"]}) for i in range(8)),
     )
     assert [x.status_code for x in results] == [200] * len(results)
-    stored = ExperimentConfig.model_validate(
-        {**(await client.get(f"/experiments/{exp}")).json(), "created_ts": 0, "updated_ts": 0}
-    )
+    shown = (await client.get(f"/experiments/{exp}")).json()
+    units = shown.pop("units")  # the visitor-assignment settings, shown grouped
+    stored = ExperimentConfig.model_validate({**shown, **units, "created_ts": 0, "updated_ts": 0})
     name = TopicNames.with_prefix(ns).experiments
     events = await config_events(kafka_bootstrap, name, topics[name], exp)
     versions = [e.config.version for e in events]
