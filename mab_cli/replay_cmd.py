@@ -57,9 +57,10 @@ from mab_cli.replay_redis import (
 )
 from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames
+from services.decider import StickyTable
 from services.projector import BucketProjection, ProjectorSettings, Retention
 from services.reward_consumer import SnapshotFold
-from stream_runtime.batch import Rejected
+from stream_runtime.batch import Rejected, offset_field
 from stream_runtime.engine import BatchEngine
 from stream_runtime.kafka_connection import KafkaConnectionError, KafkaTarget
 from stream_runtime.partition_reader import read_chunks
@@ -69,6 +70,7 @@ from stream_runtime.replay import (
     Progress,
     ReplayPlan,
     ReplayReport,
+    TableMode,
     end_offsets,
     offsets_at,
     partition_sizes,
@@ -121,12 +123,14 @@ class ReplayTarget:
     def topics(self) -> TopicNames:
         return TopicNames.with_prefix(self.topic_prefix)
 
-    def processors(self, redis_prefix: str) -> tuple[SnapshotFold, BucketProjection]:
-        """The processors whose keys replay rebuilds, writing under ``redis_prefix``."""
+    def processors(self, redis_prefix: str) -> tuple[SnapshotFold, BucketProjection, StickyTable]:
+        """The processors whose keys replay rebuilds, writing under ``redis_prefix``;
+        the sticky table's rows are the live prefix's (written in place, never swapped)."""
         keys = RedisKeys(redis_prefix)
         return (
             SnapshotFold(self.topics, keys),
             BucketProjection(self.topics, keys, self.retention),
+            StickyTable(self.topics, keys, RedisKeys(self.redis_prefix)),
         )
 
     def fields(self, partitions: int) -> list[tuple[str, int]]:
@@ -149,6 +153,7 @@ class ReplayTarget:
 #: The processors' names, as the report counts by them.
 FOLD: Final = SnapshotFold.name
 PROJECTION: Final = BucketProjection.name
+STICKY: Final = StickyTable.name
 
 
 @dataclass(slots=True)
@@ -169,6 +174,7 @@ class Outcome:
             "records": r.records,
             "folded": r.applied[fold],
             "projected": r.applied[projection],
+            "sticky_units": dict(r.tables),
             "experiments": self.experiments,
             "experiments_written": r.experiments_written,
             "rejected": dict(r.rejected),
@@ -179,6 +185,7 @@ class Outcome:
                 "decode": round(r.decode_s, 3),
                 "fold": round(r.apply_s.get(fold, 0.0), 3),
                 "project": round(r.apply_s.get(projection, 0.0), 3),
+                "sticky": round(r.apply_s.get(STICKY, 0.0), 3),
                 "write": round(r.write_s, 3),
                 "workers_cpu": round(r.cpu_s, 3),
             },
@@ -196,6 +203,7 @@ def _plans(
     *,
     start: dict[str, int] | None = None,
     stops: dict[str, dict[str, dict[str, int]]] | None = None,
+    tables: TableMode = "count",
 ) -> list[ReplayPlan]:
     now = time.time()
     keys = RedisKeys(scratch)
@@ -211,6 +219,7 @@ def _plans(
             now=now,
             stops=stops,
             start=start or {},
+            tables=tables,
         )
         for parts in split_partitions(
             partitions, target.workers, partition_sizes(read_until, start or {})
@@ -226,8 +235,11 @@ async def replay_into_scratch(
     *,
     from_ts: float | None = None,
     stops: tuple[dict[str, dict[str, int]], dict[str, dict[str, int]]] | None = None,
+    tables: TableMode = "count",
 ) -> tuple[ReplayReport, int]:
     """Replay into ``scratch``; ``stops`` (consumer, projector) bound it per experiment.
+    The sticky table has no stored offsets: it is replayed up to the end offsets read at
+    the start, and ``tables`` says whether its rows are counted, written or compared.
 
     The worker processes start first (:func:`~mab_cli.replay.warm_pool`), while the
     configs and offsets are read.
@@ -251,9 +263,19 @@ async def replay_into_scratch(
                 for f, o in per_exp.items():
                     if f in read_until and o > read_until[f]:
                         read_until[f] = o
+            for topic, p in fields:  # the sticky table's topic, to its end
+                if topic == topics.decisions:
+                    read_until[offset_field(topic, p)] = ends[offset_field(topic, p)]
         raw = {exp: c.model_dump_json().encode() for exp, c in configs.items()}
         plans = _plans(
-            target, partitions, scratch, raw, read_until, start=start, stops=by_processor
+            target,
+            partitions,
+            scratch,
+            raw,
+            read_until,
+            start=start,
+            stops=by_processor,
+            tables=tables,
         )
         report = await asyncio.to_thread(run_plans, plans, progress, pool)
         await write_configs(redis, scratch, configs)
@@ -269,13 +291,25 @@ async def run_verify(target: ReplayTarget, progress: Progress) -> Outcome:
         live = await read_namespace(redis, target.redis_prefix)
         progress(f"read {len(live.experiments)} live experiments")
         stops = (stops_of(live, "offsets"), stops_of(live, "proj:offsets"))
-        report, n = await replay_into_scratch(target, redis, scratch, progress, stops=stops)
+        report, n = await replay_into_scratch(
+            target, redis, scratch, progress, stops=stops, tables="compare"
+        )
         rebuilt = await read_namespace(redis, scratch)
-        differences = compare(live, rebuilt)
+        differences = compare(live, rebuilt) + _table_differences(report)
         return Outcome(report, time.perf_counter() - started, n, differences, [], verified=True)
     finally:
         await delete_namespace(redis, scratch)
         await redis.aclose()
+
+
+def _table_differences(report: ReplayReport) -> list[str]:
+    """The sticky table's missing and different live keys, the unlisted ones counted."""
+    t = report.tables
+    lines = [f"sticky unit {line}" for line in report.table_differences]
+    more = t["missing"] + t["different"] - len(lines)
+    if more > 0:
+        lines.append(f"... and {more:,} more sticky units missing or different")
+    return lines
 
 
 def _ensure_stopped(target: ReplayTarget, progress: Progress, mode: str, force: bool) -> None:
@@ -296,7 +330,7 @@ async def run_rebuild(target: ReplayTarget, progress: Progress, *, force: bool =
     redis = redis_from_url(target.redis_url)
     scratch = target.scratch_prefix()
     try:
-        report, n = await replay_into_scratch(target, redis, scratch, progress)
+        report, n = await replay_into_scratch(target, redis, scratch, progress, tables="write")
         rebuilt = await read_namespace(redis, scratch)
         live = await read_namespace(redis, target.redis_prefix)
         orphans = experiments_without_topic(live, rebuilt.experiments)
@@ -353,7 +387,9 @@ async def run_tail(
     try:
         await write_configs(redis, target.redis_prefix, configs)
         store = RedisStateStore(redis)
-        fold_processor, projector = target.processors(target.redis_prefix)
+        # The sticky table is left alone: the restored backup holds it, and the decider
+        # keeps adding to it (SET NX) whatever the tail would.
+        fold_processor, projector, _ = target.processors(target.redis_prefix)
         fold = BatchEngine(fold_processor, store, log=log, dead_letter=_no_dead_letter)
         projection = BatchEngine(projector, store, log=log)
         last_note = time.monotonic()
@@ -480,6 +516,8 @@ def _print(outcome: Outcome, as_json: bool) -> None:
     )
     if data["rejected"]:
         typer.echo(f"rejected: {data['rejected']}")
+    if data["sticky_units"]:
+        typer.echo(f"sticky units: {data['sticky_units']}")
     for note in outcome.notes:
         typer.echo(note)
     if outcome.differences:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, NamedTuple, Protocol, TypeVar
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar, runtime_checkable
 
 import orjson
 from pydantic import ValidationError
@@ -99,6 +99,23 @@ class Skip(NamedTuple):
     detail: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class TableRow:
+    """One row of a table a processor projects *outside* its experiment's namespace: a
+    string key written once (``SET NX``, expiring at ``expires_at``; ``None``: never).
+
+    Such a table (the decider's sticky units) is too large for the namespace's one
+    ``MULTI`` swap, and its live keys have a writer of their own whose first write wins,
+    so a processor hands its rows over as side outputs (:attr:`Applied.outputs`) and
+    replay writes or compares them itself (:mod:`stream_runtime.replay`). A later row
+    for the same key replaces an earlier one: the log's order.
+    """
+
+    key: str
+    value: bytes
+    expires_at: float | None
+
+
 ReportT = TypeVar("ReportT", bound=BatchReport)
 
 
@@ -146,6 +163,16 @@ class Processor(Protocol[ReportT]):
     ) -> Applied[ReportT]:
         """Apply ``events`` (all beyond the stored offsets, in log order per partition)
         to the ``loaded`` state. Pure: the same inputs give the same :class:`Applied`."""
+        ...
+
+
+@runtime_checkable
+class TableProjection(Processor[ReportT], Protocol):
+    """A processor whose side outputs are :class:`TableRow` s, and which says when a live
+    row and a rebuilt one are the same assignment (``mab replay --verify``)."""
+
+    def same_row(self, live: bytes, rebuilt: bytes) -> bool:
+        """Whether the live value and the value rebuilt from the log agree."""
         ...
 
 

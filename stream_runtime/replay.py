@@ -20,6 +20,13 @@ differently (docs/architecture.md, "Known divergences").
 Where replay stops decides what it can be compared with (:class:`ReplayPlan`): every
 partition up to its end offset taken at the start, or, per processor and experiment,
 exactly up to the offsets stored with the live state (``mab replay --verify``).
+
+A table projected outside the namespaces (:class:`~stream_runtime.processor.
+TableProjection`: the decider's sticky units) is not restored and swapped: its rows
+(the processor's side outputs, the last one per key) are written in place with ``SET
+NX`` and their remaining TTL, so a live key is never replaced, or compared with the live
+keys, where a missing or different key is a difference and an extra one is not (made
+after the log's end), as :attr:`ReplayPlan.tables` says.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from multiprocessing.context import BaseContext
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from confluent_kafka import TopicPartition as RdTopicPartition
 
@@ -61,8 +68,8 @@ from stream_runtime.engine import BatchEngine
 from stream_runtime.kafka_connection import KafkaTarget
 from stream_runtime.kafka_metadata import METADATA_TIMEOUT_S, metadata_client, partition_count
 from stream_runtime.partition_reader import read_chunks
-from stream_runtime.processor import Processor
-from stream_runtime.redis_client import redis_from_url
+from stream_runtime.processor import Processor, TableProjection, TableRow
+from stream_runtime.redis_client import AnyRedis, redis_from_url
 from stream_runtime.redis_store import RedisStateStore
 from stream_runtime.state_store import MemoryStateStore
 
@@ -71,6 +78,13 @@ CHUNK_RECORDS: Final = 50_000
 #: Dedupe keys per bulk-load command: one ZADD blocks Redis while it runs, so chunks
 #: keep each block to some tens of milliseconds for the other clients.
 SEEN_PER_WRITE: Final = 25_000
+#: Table rows per pipeline (``SET NX`` or ``GET``): one round trip each, small commands.
+ROWS_PER_PIPELINE: Final = 10_000
+#: Table differences listed per worker; the rest are counted.
+TABLE_DIFFERENCES_SHOWN: Final = 100
+#: What replay does with table rows: count them (a dry run), write them (``SET NX``, a
+#: rebuild), or compare them with the live keys (verify).
+TableMode = Literal["count", "write", "compare"]
 #: ``Stops`` maps experiment id -> offset field -> last offset (inclusive) to apply.
 Stops = dict[str, dict[str, int]]
 Progress = Callable[[str], None]
@@ -91,7 +105,8 @@ class ReplayPlan:
     back; an experiment without one is skipped as the live processors skip it).
     ``read_until`` is the last offset to read per ``topic:partition``, ``start`` the
     first (absent: the beginning); ``stops`` bound, per processor name and experiment,
-    the records that processor applies (absent: everything read).
+    the records that processor applies (absent: everything read). ``tables`` is what
+    becomes of table rows (:data:`TableMode`).
     """
 
     bootstrap: KafkaTarget
@@ -104,6 +119,7 @@ class ReplayPlan:
     stops: dict[str, Stops] | None = None
     start: dict[str, int] = field(default_factory=dict)
     chunk_records: int = CHUNK_RECORDS
+    tables: TableMode = "count"
 
 
 @dataclass(slots=True)
@@ -120,6 +136,12 @@ class ReplayReport:
     apply_s: dict[str, float] = field(default_factory=dict)  # by processor name
     write_s: float = 0.0
     cpu_s: float = 0.0  # CPU time of the worker processes (Kafka client included)
+    #: Table rows: ``rows`` projected, ``expired`` by the time of writing, ``written``
+    #: and ``kept`` (a live key was there) by a rebuild, ``missing`` and ``different``
+    #: live keys found by a verify.
+    tables: Counter[str] = field(default_factory=Counter)
+    #: The first missing or different live keys (verify), one line each.
+    table_differences: list[str] = field(default_factory=list)
 
     def add(self, other: ReplayReport) -> None:
         self.records += other.records
@@ -132,6 +154,8 @@ class ReplayReport:
             self.apply_s[name] = self.apply_s.get(name, 0.0) + seconds
         self.write_s += other.write_s
         self.cpu_s += other.cpu_s
+        self.tables.update(other.tables)
+        self.table_differences.extend(other.table_differences)
 
 
 def _topic(name: str) -> str:
@@ -169,6 +193,9 @@ class PartitionReplayer:
         self.decoders: dict[str, Decoder] = {}
         for p in plan.processors:
             self.decoders.update(p.decoders)
+        self.tables = {p.name: p for p in plan.processors if isinstance(p, TableProjection)}
+        #: Processor name -> key -> the last row projected for it.
+        self.rows: dict[str, dict[str, TableRow]] = {name: {} for name in self.tables}
 
     async def apply(self, records: Sequence[RecordLike]) -> None:
         """Decode one chunk once, then apply it with every processor (any partitions,
@@ -186,7 +213,7 @@ class PartitionReplayer:
                 report.rejected[Rejection.UNKNOWN_EXPERIMENT] += len(group)
         for engine in self.engines:
             name = engine.processor.name
-            stops = None if plan.stops is None else plan.stops.get(name, {})
+            stops = None if plan.stops is None else plan.stops.get(name)
             topics = engine.processor.decoders
             groups: dict[str, Group] = {}
             for exp, group in known.items():
@@ -195,7 +222,12 @@ class PartitionReplayer:
                     groups[exp] = mine
                     report.applied[name] += len(mine)
             t1 = time.perf_counter()
-            await engine.apply(DecodedBatch(groups), plan.now)
+            _, outputs = await engine.apply(DecodedBatch(groups), plan.now)
+            rows = self.rows.get(name)
+            if rows is not None:
+                for row in outputs:
+                    if isinstance(row, TableRow):
+                        rows[row.key] = row
             report.apply_s[name] = report.apply_s.get(name, 0.0) + time.perf_counter() - t1
 
     async def read(self) -> None:
@@ -238,9 +270,51 @@ class PartitionReplayer:
             for exp, keys in self.experiment_keys().items():
                 await store.restore(exp, self.state, keys, self.plan.now, chunk=SEEN_PER_WRITE)
                 self.report.experiments_written += 1
+            for name, rows in self.rows.items():
+                await self.write_table(redis, self.tables[name], rows)
         finally:
             await redis.aclose()
         self.report.write_s += time.perf_counter() - t0
+
+    async def write_table(
+        self, redis: AnyRedis, table: TableProjection[Any], rows: Mapping[str, TableRow]
+    ) -> None:
+        """Write (``SET NX`` with the remaining TTL) or compare one table's rows, as the
+        plan says; rows expired by now are neither (the live key is gone or going)."""
+        counts, mode = self.report.tables, self.plan.tables
+        now = time.time()
+        live = [r for r in rows.values() if r.expires_at is None or r.expires_at > now]
+        counts["rows"] += len(rows)
+        counts["expired"] += len(rows) - len(live)
+        if mode == "count":
+            return
+        for lo in range(0, len(live), ROWS_PER_PIPELINE):
+            chunk = live[lo : lo + ROWS_PER_PIPELINE]
+            pipe = redis.pipeline(transaction=False)
+            for row in chunk:
+                if mode == "compare":
+                    pipe.get(row.key)
+                elif row.expires_at is None:
+                    pipe.set(row.key, row.value, nx=True)
+                else:
+                    pipe.set(row.key, row.value, nx=True, pxat=round(row.expires_at * 1000))
+            results = await pipe.execute()
+            for row, result in zip(chunk, results, strict=True):
+                if mode == "write":
+                    counts["written" if result else "kept"] += 1
+                elif result is None:
+                    self._table_difference(
+                        "missing", f"{row.key}: missing (log: {_text(row.value)})"
+                    )
+                elif not table.same_row(result, row.value):
+                    self._table_difference(
+                        "different", f"{row.key}: {_text(result)} (log: {_text(row.value)})"
+                    )
+
+    def _table_difference(self, kind: str, line: str) -> None:
+        self.report.tables[kind] += 1
+        if len(self.report.table_differences) < TABLE_DIFFERENCES_SHOWN:
+            self.report.table_differences.append(line)
 
     async def run(self) -> ReplayReport:
         """Read everything, then write, with the cyclic collector off throughout.
@@ -258,6 +332,10 @@ class PartitionReplayer:
             await self.write()
         self.report.cpu_s += time.process_time() - started
         return self.report
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode(errors="replace")
 
 
 def _experiment_of(key: str, keys: RedisKeys) -> str | None:

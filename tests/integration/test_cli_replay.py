@@ -37,6 +37,7 @@ from schemas.codec import encode
 from schemas.events import DecisionMade, ExperimentCreated, RewardObserved
 from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames, partition_key
+from services.decider import Assignment
 from services.projector.projection import Retention
 from stream_runtime.partition_reader import read_chunks
 from tests.fixtures.in_process import in_process, wait_for
@@ -211,6 +212,93 @@ async def test_rebuild_after_flushall_restores_identical_state(
     bad = run_replay(env, "--verify", "--workers", "1")
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert f"mab:{{cta}}:{bucket}/a|d" in bad.stdout
+
+
+async def units_of(redis: Redis, pattern: str) -> dict[bytes, tuple[bytes | str, int]]:
+    """Every sticky unit key of ``pattern``: its value and remaining TTL (ms)."""
+    out: dict[bytes, tuple[bytes | str, int]] = {}
+    async for key in redis.scan_iter(pattern):
+        value = await redis.get(key)
+        assert value is not None
+        out[key] = (value, await redis.pttl(key))
+    return out
+
+
+async def test_rebuild_restores_the_sticky_table_and_verify_finds_a_changed_unit(
+    kafka_bootstrap: str, private_redis: str, ns: str, topics: dict[str, int], redis: Redis
+) -> None:
+    """Scenario: 120 units get their sticky arm through the API (a third of them asked
+    twice), their keys are deleted. We expect ``mab replay --rebuild`` to bring back
+    every unit with the same decision id and arm and the TTL it had, ``--verify`` to
+    exit 0, then 1 naming the unit once one key holds another arm, and a unit decided
+    after the log's end (an extra live key) to be no difference."""
+    services = in_process(kafka_bootstrap, private_redis, ns)
+    consumer = services.consumer
+    units = [f"visitor-{i}" for i in range(120)]
+    async with services.serving() as c:
+        r = await c.post(
+            "/experiments",
+            json={"experiment_id": "sticky", "arm_ids": ["a", "b", "c"], "sticky_ttl_s": 7200},
+        )
+        assert r.status_code == 201, r.text
+        served: dict[str, tuple[str, str]] = {}
+        for i, unit in enumerate(units * 2):
+            if i >= len(units) and i % 3:
+                continue
+            r = await c.get("/decision", params={"experiment_id": "sticky", "unit_id": unit})
+            assert r.status_code == 200, r.text
+            d = r.json()
+            assert served.setdefault(unit, (d["decision_id"], d["arm_id"])) == (
+                d["decision_id"],
+                d["arm_id"],
+            )
+        await wait_for(lambda: consumer.stats.records >= len(units), 60, "reward consumer")
+    pattern = RedisKeys(ns).unit_pattern("sticky")
+    before = await units_of(redis, pattern)
+    assert len(before) == len(units)
+    assert all(7_100_000 < ttl <= 7_200_000 for _, ttl in before.values())
+    await redis.delete(*before)
+
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "REDIS_URL": private_redis,
+        "MAB_TOPIC_PREFIX": ns,
+        "MAB_REDIS_PREFIX": ns,
+    }
+    done = run_replay(env, "--rebuild", "--workers", "1", "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert '"written": 120' in done.stdout
+    after = await units_of(redis, pattern)
+    assert set(after) == set(before)
+    for key, (value, ttl) in before.items():
+        old, new = Assignment.decode(value), Assignment.decode(after[key][0])
+        assert (new.decision_id, new.propensity, new.version) == (
+            old.decision_id,
+            old.propensity,
+            old.version,
+        )
+        assert abs(new.assigned_ts - old.assigned_ts) < 1.0
+        assert abs(after[key][1] - ttl) < 30_000  # ms: the time the rebuild took, at most
+    assert {served[u][0] for u in units} == {
+        Assignment.decode(v).decision_id for v, _ in after.values()
+    }
+
+    ok = run_replay(env, "--verify", "--workers", "1")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "identical" in ok.stdout
+    await redis.set(f"{pattern[:-1]}extra-unit", b"made after the log's end")
+
+    key = next(iter(before))
+    was = Assignment.decode(after[key][0])
+    other = next(i for i in range(3) if i != was.arm_index)
+    forged = Assignment(
+        other, f"{was.decision_id[:32]}.{other}", was.propensity, was.version, was.assigned_ts
+    )
+    await redis.set(key, forged.encode(), keepttl=True)
+    bad = run_replay(env, "--verify", "--workers", "1")
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert key.decode() in bad.stdout
+    assert "extra-unit" not in bad.stdout
 
 
 async def test_rebuild_from_timestamp_catches_up_a_restored_backup(
