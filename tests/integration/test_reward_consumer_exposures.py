@@ -10,47 +10,23 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Sequence
 from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from mab_client.local import allocation_of
 from mab_client.models import AllocationPublic
-from schemas.codec import decode
 from schemas.dead_letter import dedupe
-from schemas.events import DecisionMade
 from schemas.topics import TopicNames
 from services.reward_consumer import RewardConsumer
 from stream_runtime.dead_letter import read_dead_letters
-from tests.fixtures.faults import read_topics
 from tests.fixtures.in_process import consumer_settings, in_process
+from tests.fixtures.streams import Outgoing, decisions_in_log, produce
 
 pytestmark = pytest.mark.integration
 
 ARMS = ["blue-button", "green-button", "Free Shipping"]
-
-
-async def produce(bootstrap: str, topic: str, records: Sequence[tuple[str, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
-    await producer.start()
-    try:
-        for key, value in records:
-            await producer.send_and_wait(topic, value, key=key.encode())
-    finally:
-        await producer.stop()
-
-
-async def decisions_in_log(bootstrap: str, topic: str) -> list[DecisionMade]:
-    out: list[DecisionMade] = []
-    for record in await asyncio.to_thread(read_topics, bootstrap, [topic]):
-        assert record.value is not None
-        event = decode(record.value)
-        assert isinstance(event, DecisionMade)
-        out.append(event)
-    return out
 
 
 async def test_exposures_on_kafka_become_decisions_once_and_bad_ones_reach_the_dlq(
@@ -99,16 +75,17 @@ async def test_exposures_on_kafka_become_decisions_once_and_bad_ones_reach_the_d
             "arm_not_assigned": orjson.dumps(item(1, arm_id=wrong, exposure_id="b-3")),
             "unknown_experiment": orjson.dumps(item(1, experiment_id=f"{ns}nope")),
         }
-        good = [(exp, orjson.dumps(item(i))) for i in range(150)]  # x-0: posted over REST
+        topic = names.exposures
+        good = [Outgoing(topic, exp, orjson.dumps(item(i))) for i in range(150)]  # x-0: REST
         good.append(good[7])  # the same record produced twice
-        first = [*good, *((exp, v) for v in bad.values())]
-        second = [(exp, orjson.dumps(item(i))) for i in range(150, 300)]
+        first = [*good, *(Outgoing(topic, exp, v) for v in bad.values())]
+        second = [Outgoing(topic, exp, orjson.dumps(item(i))) for i in range(150, 300)]
 
-        await produce(kafka_bootstrap, names.exposures, first)
+        await produce(kafka_bootstrap, first)
         await asyncio.sleep(0.5)
         await services.consumer.stop()  # restarted mid-stream
         await services.consumer.start()
-        await produce(kafka_bootstrap, names.exposures, second)
+        await produce(kafka_bootstrap, second)
 
         deadline = time.monotonic() + 60
         while True:

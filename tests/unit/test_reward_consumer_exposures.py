@@ -26,6 +26,7 @@ from schemas.topics import TopicNames
 from services.reward_consumer.exposures import ExposureJudge, ExposureReport
 from stream_runtime.batch import Rejected
 from stream_runtime.engine import BatchEngine
+from stream_runtime.kafka_consumer import KafkaRecord
 from stream_runtime.state_store import MemoryStateStore
 from tests.fixtures.events import config_of
 
@@ -50,15 +51,6 @@ RECORD = AllocationRecord(
 RULE = Allocation(EXP, VERSION, ARMS, RECORD.weights, SALT)
 
 
-@dataclass(frozen=True)
-class Rec:
-    topic: str
-    partition: int
-    offset: int
-    value: bytes | None
-    timestamp: int = 1_776_189_650_000
-
-
 @dataclass
 class Judged:
     """One engine over one memory store, with what it produced and dead-lettered."""
@@ -69,7 +61,8 @@ class Judged:
     dead: list[Rejected]
 
     async def handle(self, *values: bytes | None, first: int = 0) -> ExposureReport:
-        records = [Rec(TOPICS.exposures, 0, first + i, v) for i, v in enumerate(values)]
+        ts = 1_776_189_650_000
+        records = [KafkaRecord(TOPICS.exposures, 0, first + i, ts, v) for i, v in enumerate(values)]
         return await self.engine.handle(records, now=NOW)
 
 
