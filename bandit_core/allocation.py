@@ -25,11 +25,21 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
-from schemas.events import FLOOR_SLACK
+from schemas.events import FLOOR_SLACK, MAX_ALLOCATION_INTERVAL_S
+
+#: How long a stored version stays readable (``MAB_ALLOCATION_RETENTION_S``), and so how
+#: long an exposure naming it is accepted and its mark kept: the decider (which stores
+#: versions and answers ``POST /exposures``) and the reward consumer (which judges the
+#: exposures topic) read the same variable within these bounds. At least two of the
+#: longest intervals: a version that expired while still current would be stored again
+#: with other weights.
+DEFAULT_RETENTION_S: Final = 86_400
+MIN_RETENTION_S: Final = 2 * MAX_ALLOCATION_INTERVAL_S
+MAX_RETENTION_S: Final = 30 * 86_400
 
 
 class AllocationError(ValueError):

@@ -27,6 +27,7 @@ from typing import Any, Final
 import orjson
 from pydantic import TypeAdapter, ValidationError
 
+from mab_client.models import ExposureCreate
 from schemas.dead_letter import position_id
 from schemas.events import (
     INVALID_USER_CONTEXT,
@@ -252,6 +253,21 @@ def decode_reward(
     event = _validate(obj)
     assert isinstance(event, RewardObserved)
     return event
+
+
+def decode_exposure(raw: bytes) -> ExposureCreate:
+    """Decode a record of the exposures topic: one ``POST /exposures`` item, the same
+    JSON (:class:`~mab_client.models.ExposureCreate`), or :class:`DecodeError` with the
+    reasons every other record gets (``oversize``, ``bad_json``, ``missing_field``,
+    ``wrong_type``, ``bad_id``, ...). Not an event: it becomes one (a ``DecisionMade``)
+    only once judged against the stored allocation it names."""
+    obj = _load(raw)
+    try:
+        return ExposureCreate.model_validate(obj)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise DecodeError(_reason(first), f"{loc}: {first['msg']}") from None
 
 
 def _decode_slow(raw: bytes) -> AnyEvent:

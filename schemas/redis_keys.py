@@ -157,6 +157,18 @@ class RedisKeys:
         hash tag; exposure ids are ``[A-Za-z0-9._-]``, no encoding needed."""
         return f"{self.prefix}mab:expo:{{{key_segment(experiment_id)}}}:{exposure_id}"
 
+    def exposure_offsets(self, experiment_id: str) -> str:
+        """Hash ``"<topic>:<partition>"`` -> last offset of the exposures topic judged for
+        this experiment, written with the exposure marks in one step (the reward
+        consumer's exposure judge, :mod:`services.reward_consumer.exposures`). Outside the
+        replayed namespace like the marks it guards (replay never reads exposures)."""
+        return f"{self.prefix}mab:expo-judge:{{{key_segment(experiment_id)}}}:offsets"
+
+    def exposure_seen(self, experiment_id: str) -> str:
+        """Zset: the exposure judge's engine dedupe set (the engine keeps one per
+        processor; the judge dedupes by :meth:`exposure` marks, so it stays empty)."""
+        return f"{self.prefix}mab:expo-judge:{{{key_segment(experiment_id)}}}:seen"
+
     @property
     def index(self) -> str:
         """Zset experiment id -> creation time (the list endpoint; single key, own slot)."""

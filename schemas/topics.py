@@ -30,8 +30,8 @@ DLQ_MAX_MESSAGE_BYTES: Final = 2 * 1024 * 1024
 
 #: Locally made decisions reported straight to Kafka by an SDK or an edge worker: each
 #: record is one ``POST /exposures`` item (:class:`mab_client.models.ExposureCreate`),
-#: keyed by experiment id like every topic. Created with the others; no processor reads
-#: it yet (docs/architecture.md, "Known gaps").
+#: keyed by experiment id like every topic. The reward consumer's exposure judge reads
+#: it (:mod:`services.reward_consumer.exposures`, docs/assignment.md).
 EXPOSURES: Final = "mab.exposures"
 
 

@@ -51,7 +51,11 @@ counted and logged once per batch.
 
 **Side outputs** (the reward consumer's change points) are handed to their sink after
 every write of the batch landed and before ``handle`` returns: at least once, before the
-commit.
+commit. With ``outputs_first`` they are handed over *before* the write that stores the
+offsets past their records instead (after the dead letters): for a processor whose
+outputs are its result (the exposure judge's decisions) and whose state only records
+that they were sent. A crash or a refused write between the two sends them again on the
+retry, identical (a processor's outputs are a pure function of its inputs); never none.
 """
 
 from __future__ import annotations
@@ -148,9 +152,11 @@ class BatchEngine(Generic[ReportT]):
         outputs: OutputSink | None = None,
         skipped_message: str = "records skipped",
         cache_bytes: int = CACHE_BYTES,
+        outputs_first: bool = False,
     ) -> None:
         """``dead_letter`` ``None``: skipped records are counted and logged once per
-        batch with ``skipped_message``. ``cache_bytes=0`` turns the cache off."""
+        batch with ``skipped_message``. ``cache_bytes=0`` turns the cache off.
+        ``outputs_first``: hand side outputs over before the writes (module docstring)."""
         self.processor = processor
         self.store = store
         self.log = log
@@ -158,6 +164,7 @@ class BatchEngine(Generic[ReportT]):
         self.outputs = outputs
         self.skipped_message = skipped_message
         self.cache_bytes = cache_bytes
+        self.outputs_first = outputs_first
         #: Event-time watermark: the newest event time of any record handled so far.
         self.watermark = 0.0
         #: Experiment id -> its last landed write; the dict's order is recency of writes.
@@ -318,6 +325,14 @@ class BatchEngine(Generic[ReportT]):
         if fresh:
             await self.dead_letter(fresh)
 
+    async def _emit_first(self, plans: Iterable[_Plan[ReportT]]) -> None:
+        """With ``outputs_first``: the plans' outputs to their sink, before their writes."""
+        if not self.outputs_first or self.outputs is None:
+            return
+        outputs = [o for p in plans if p.applied is not None for o in p.applied.outputs]
+        if outputs:
+            await self.outputs(outputs)
+
     def _accept(
         self, plans: Mapping[str, _Plan[ReportT]], failed: set[str], batch: _Batch[ReportT]
     ) -> None:
@@ -330,7 +345,8 @@ class BatchEngine(Generic[ReportT]):
             report.redelivered += plan.redelivered
             if plan.applied is not None:
                 report.add(plan.applied.report)
-                batch.outputs.extend(plan.applied.outputs)
+                if not self.outputs_first:
+                    batch.outputs.extend(plan.applied.outputs)
             report.experiments_written += plan.write is not None
             for r in plan.rejects:
                 report.rejected[r.reason] += 1
@@ -356,6 +372,7 @@ class BatchEngine(Generic[ReportT]):
             else:
                 cached[exp] = plan
         if cached:
+            await self._emit_first(cached.values())
             writes = [p.write for p in cached.values() if p.write is not None]
             refused = set(await self.store.write(writes, now))
             self._accept(cached, refused, batch)
@@ -377,6 +394,7 @@ class BatchEngine(Generic[ReportT]):
             for exp, group in to_read.items()
         }
         await self._park(batch, (r for p in plans.values() for r in p.rejects))
+        await self._emit_first(plans.values())
         writes = [p.write for p in plans.values() if p.write is not None]
         conflicted = set(await self.store.write(writes, now))
         self._accept(plans, conflicted, batch)

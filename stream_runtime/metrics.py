@@ -80,6 +80,11 @@ class ProcessorMetrics:
         self.batches.inc()
         self.batch_records.observe(records)
         self.fold_seconds.observe(seconds)
+        self.outcomes(report)
+
+    def outcomes(self, report: SummableReport) -> None:
+        """Count a report's outcomes and rejects (also a second processor's report of a
+        batch already accounted by :meth:`batch`, as the reward consumer's exposures)."""
         for f in fields(report):  # type: ignore[arg-type]
             value = getattr(report, f.name)
             if isinstance(value, CounterType):

@@ -23,8 +23,8 @@ from pydantic import (
     model_validator,
 )
 
+from bandit_core.allocation import DEFAULT_RETENTION_S, MAX_RETENTION_S, MIN_RETENTION_S
 from bandit_core.strategies import STRATEGIES, normalize_strategy_name
-from schemas.events import MAX_ALLOCATION_INTERVAL_S
 from schemas.ids import DEFAULT_MAX_ARMS, MAX_ARMS_CEILING
 from stream_runtime.settings import ServiceSettings
 
@@ -161,9 +161,9 @@ class DeciderSettings(ServiceSettings):
         description="Most rewards one POST /rewards may carry (all validated, then produced).",
     )
     allocation_retention_s: int = Field(
-        default=86_400,
-        ge=2 * MAX_ALLOCATION_INTERVAL_S,
-        le=30 * 86_400,
+        default=DEFAULT_RETENTION_S,
+        ge=MIN_RETENTION_S,
+        le=MAX_RETENTION_S,
         validation_alias=_env("allocation_retention_s", "MAB_ALLOCATION_RETENTION_S"),
         description="How long a stored allocation version stays readable (Redis TTL): "
         "exposures reported against an older version are refused. At least two of the "

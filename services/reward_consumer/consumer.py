@@ -22,6 +22,12 @@ outputs stand in that order:
   stays open in Redis until the fold reads its default back, so a crash before the
   append only delays it to the next sweep.
 
+* exposures: the same consumer reads the exposures topic; its records go through a
+  second engine with the exposure judge (:mod:`services.reward_consumer.exposures`),
+  whose decisions are produced, acknowledged, before the write that marks them, and
+  whose refusals go to the same DLQ. Both engines handle their part of a poll batch
+  before the one Kafka commit.
+
 The reward consumer is the **only** processor that dead-letters records of the rewards
 and decisions topics: every record it cannot decode or fold goes to the DLQ topic
 (:mod:`stream_runtime.dead_letter`, format in :mod:`schemas.dead_letter`) before its
@@ -41,12 +47,13 @@ from confluent_kafka import KafkaException
 from redis.exceptions import RedisError
 
 from schemas.codec import encode
-from schemas.events import AnyEvent, ChangePointDetected, RewardObserved
+from schemas.events import AnyEvent, ChangePointDetected, DecisionMade, RewardObserved
 from services.reward_consumer.attribution import AttributionSweeper
+from services.reward_consumer.exposures import ExposureJudge, ExposureReport
 from services.reward_consumer.processor import FoldReport, SnapshotFold
 from services.reward_consumer.settings import ConsumerSettings
 from stream_runtime.acked_producer import AckedProducer, OutRecord, ProduceError
-from stream_runtime.batch import DeadLetterSink
+from stream_runtime.batch import DeadLetterSink, RecordLike
 from stream_runtime.dead_letter import DeadLetterProducer, dead_letter_producer
 from stream_runtime.engine import BatchEngine
 from stream_runtime.kafka_loop import KafkaBatchProcessor
@@ -73,6 +80,10 @@ class RewardConsumer(KafkaBatchProcessor[FoldReport]):
         self.topics = settings.topics
         self.dead_letter = dead_letter
         self.stats = FoldReport()
+        #: Running totals of the exposures topic's committed batches.
+        self.exposure_stats = ExposureReport()
+        self._judge: BatchEngine[ExposureReport] | None = None
+        self._judged: ExposureReport | None = None  # the batch in flight's, until commit
         self._producer: AckedProducer | None = None
         self._redis: AnyRedis | None = None
         self._sweeper: AttributionSweeper | None = None
@@ -86,7 +97,7 @@ class RewardConsumer(KafkaBatchProcessor[FoldReport]):
 
     @property
     def subscribed(self) -> list[str]:
-        return [self.topics.rewards, self.topics.decisions]
+        return [self.topics.rewards, self.topics.decisions, self.topics.exposures]
 
     # ----------------------------------------------------------------- resources
     async def _open_resources(self) -> BatchEngine[FoldReport]:
@@ -108,9 +119,20 @@ class RewardConsumer(KafkaBatchProcessor[FoldReport]):
         self._sweeper = AttributionSweeper(
             self._redis, s.keys, self._publish_defaults, s.mab_attribution_idle_grace_s
         )
+        store = RedisStateStore(self._redis)
+        self._judge = BatchEngine(
+            ExposureJudge(self.topics, s.keys, s.mab_allocation_retention_s),
+            store,
+            log=log,
+            dead_letter=sink,
+            outputs=self._publish_decisions,
+            outputs_first=True,
+            # Every batch names new exposure ids, whose marks only a read can tell.
+            cache_bytes=0,
+        )
         return BatchEngine(
             SnapshotFold(self.topics, s.keys),
-            RedisStateStore(self._redis),
+            store,
             log=log,
             dead_letter=sink,
             outputs=self._publish_change_points,
@@ -125,6 +147,26 @@ class RewardConsumer(KafkaBatchProcessor[FoldReport]):
             self._redis = None
 
     # ----------------------------------------------------------------- batch
+    async def _handle(self, records: list[RecordLike]) -> FoldReport:
+        """Exposures through the judge's engine, the rest through the fold's; the loop
+        commits the whole batch only after both returned (a failure in either rewinds
+        it, and each engine's stored offsets make the part it wrote a no-op)."""
+        self._judged = None  # a failed batch's report must not be accounted
+        exposures = self.topics.exposures
+        judged = [r for r in records if r.topic == exposures]
+        if not judged:
+            return await super()._handle(records)
+        assert self._judge is not None
+        self._judged = await self._judge.handle(judged)
+        return await super()._handle([r for r in records if r.topic != exposures])
+
+    def _account(self, report: FoldReport) -> None:
+        super()._account(report)
+        if self._judged is not None:
+            self.exposure_stats.add(self._judged)
+            self.metrics.outcomes(self._judged)
+            self._judged = None
+
     async def poll_once(self, stop: asyncio.Event | None = None) -> int:
         """One batch, then (every ``mab_attribution_sweep_s``) close expired windows.
 
@@ -157,6 +199,12 @@ class RewardConsumer(KafkaBatchProcessor[FoldReport]):
             [OutRecord(topic, encode(ev), ev.experiment_id.encode()) for ev in events]
         )
 
+    async def _publish_decisions(self, events: Sequence[DecisionMade]) -> None:
+        """Produce the judged exposures' decisions, acknowledged, before their marks are
+        written. A failure fails the batch (retried from the same records: nothing was
+        marked, so the retry produces them again)."""
+        await self._send(self.topics.decisions, events)
+
     async def _publish_change_points(self, events: Sequence[ChangePointDetected]) -> None:
         """Publish change points to the experiments topic, keyed by experiment id.
 
@@ -184,5 +232,6 @@ class RewardConsumer(KafkaBatchProcessor[FoldReport]):
             **s.as_dict(),
             "batches": self.batches,
             "defaults_logged": self.defaults_logged,
+            "exposures": self.exposure_stats.as_dict(),
             "records_per_s": round(s.records / self.fold_seconds) if self.fold_seconds else 0,
         }

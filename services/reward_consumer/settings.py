@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from bandit_core.allocation import DEFAULT_RETENTION_S, MAX_RETENTION_S, MIN_RETENTION_S
 from stream_runtime.settings import StreamSettings
 
 
@@ -36,6 +37,13 @@ class ConsumerSettings(StreamSettings):
     #: With no traffic at all event time stands still: windows then close by the wall
     #: clock minus this grace (which leaves in-flight rewards time to arrive).
     mab_attribution_idle_grace_s: float = Field(default=300.0, ge=0, le=7 * 86400)
+    #: The decider's variable: how long a stored allocation version is kept, and so how
+    #: long the exposure judge keeps an exposure id marked (the route's TTL). Set it to
+    #: the decider's value; a shorter one only lets a late repeat of an exposure produce
+    #: its (identical) decision again, which the fold counts once.
+    mab_allocation_retention_s: int = Field(
+        default=DEFAULT_RETENTION_S, ge=MIN_RETENTION_S, le=MAX_RETENTION_S
+    )
 
     @property
     def group_id(self) -> str:

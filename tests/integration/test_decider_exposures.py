@@ -18,27 +18,14 @@ from mab_client import AsyncMabClient
 from mab_client import calls as sdk_calls
 from mab_client.local import LocalSettings, allocation_of, exposure_items
 from mab_client.models import AllocationPublic
-from schemas.codec import decode
-from schemas.events import DecisionMade
 from schemas.topics import TopicNames
-from tests.fixtures.faults import read_topics
 from tests.fixtures.in_process import in_process
+from tests.fixtures.streams import decisions_in_log
 
 pytestmark = pytest.mark.integration
 
 ARMS = ["blue-button", "green-button", "Free Shipping"]
 UNITS = 100_000
-
-
-async def decisions_in_log(bootstrap: str, topic: str) -> list[DecisionMade]:
-    """Every record of the decisions topic, decoded (each must be a decision)."""
-    out: list[DecisionMade] = []
-    for record in await asyncio.to_thread(read_topics, bootstrap, [topic]):
-        assert record.value is not None
-        event = decode(record.value)
-        assert isinstance(event, DecisionMade)
-        out.append(event)
-    return out
 
 
 async def test_100k_local_decisions_are_logged_and_folded_exactly_once(
