@@ -119,7 +119,9 @@ SERVICES: list[ServiceSpec] = [
         scaling="workers",
         keys="serve",
     ),
-    stream_processor("reward-consumer", "services.reward_consumer", ("rewards", "decisions")),
+    stream_processor(
+        "reward-consumer", "services.reward_consumer", ("rewards", "decisions", "exposures")
+    ),
     stream_processor("projector", "services.projector", ("rewards", "decisions", "experiments")),
     ServiceSpec(
         name="dashboard",
