@@ -30,6 +30,8 @@ from mab_client.assignment import (
     uniform_of,
     unit_token,
 )
+from tests.fixtures.reweighting import pminhash_bound
+from tests.fixtures.reweighting import total_variation as tv
 
 pytestmark = pytest.mark.unit
 
@@ -363,20 +365,6 @@ def test_chi2_sf_matches_known_quantiles() -> None:
     assert chi2_sf(5.991, 2) == pytest.approx(0.05, abs=1e-4)
     assert chi2_sf(16.266, 3) == pytest.approx(0.001, abs=1e-5)
     assert chi2_sf(27.877, 9) == pytest.approx(0.001, abs=1e-5)
-
-
-def tv(w: tuple[float, ...], v: tuple[float, ...]) -> float:
-    return sum(abs(a - b) for a, b in zip(w, v, strict=True)) / 2
-
-
-def pminhash_bound(w: tuple[float, ...], v: tuple[float, ...]) -> float:
-    """``1 - J_P(w, v)``: the units any stateless rule must move on average (Moulton &
-    Jiang 2018), and what the exponential race moves."""
-    j = 0.0
-    for i in range(len(w)):
-        if w[i] > 0 and v[i] > 0:
-            j += 1 / sum(max(w[k] / w[i], v[k] / v[i]) for k in range(len(w)))
-    return 1 - j
 
 
 def arm_counts(alloc: Allocation, ids: list[str]) -> tuple[list[int], list[int]]:
