@@ -17,12 +17,14 @@ import httpx
 import orjson
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from mab_client.assignment import unit_token
 from mab_client.models import DecisionPublic
 from schemas.redis_keys import RedisKeys
 from services.decider.hot_path import DecisionFastPath
 from services.decider.runtime import Runtime, runtime_of
+from services.decider.units import StickyWrites
 from tests.fixtures.faults import read_topics
 from tests.integration.conftest import SettingsFactory, both_paths, serve_decider
 
@@ -347,3 +349,53 @@ async def test_rewards_by_unit(
         assert mine[0]["decision_id"] == decided[exp].decision_id
         assert mine[0]["unit_id"] == unit_token("buyer-1", salts[exp])
     assert not [x for x in rewards if x["experiment_id"] == sticky and x["reward"] == 0]
+
+
+async def test_new_unit_writes_of_one_iteration_share_one_call(ns: str, redis: Redis) -> None:
+    """Scenario: 40 new units of one experiment asked for in one event-loop iteration,
+    one of them by five requests at once, with at most 16 keys a call. We expect three
+    script calls, each key stored once with its TTL, the first caller of a key told its
+    value was stored and the later ones given that value (as their own SET NX GET would
+    have been), and the same writes again answered with the stored values."""
+    keys = RedisKeys(ns)
+    writes = StickyWrites(redis, max_batch=16)
+    exp = "batch exp"
+    units = [keys.unit(exp, f"token-{i}") for i in range(40)]
+    firsts = [writes.set_nx_get(exp, k, f"v{i}".encode(), 600) for i, k in enumerate(units)]
+    again = [writes.set_nx_get(exp, units[0], b"late", 600) for _ in range(4)]
+    assert await asyncio.gather(*firsts) == [None] * 40
+    assert await asyncio.gather(*again) == [b"v0"] * 4
+    assert writes.batches == 3
+    for i, key in enumerate(units):
+        assert await redis.get(key) == f"v{i}".encode()
+        assert 0 < await redis.ttl(key) <= 600
+    repeated = [writes.set_nx_get(exp, k, b"other", 600) for k in units]
+    assert await asyncio.gather(*repeated) == [f"v{i}".encode() for i in range(40)]
+    assert writes.batches == 6
+    forever = keys.unit(exp, "no-ttl")
+    assert await writes.set_nx_get(exp, forever, b"kept", None) is None
+    assert await redis.ttl(forever) == -1
+
+
+async def test_a_failed_batch_fails_every_waiter_and_only_them(ns: str, redis: Redis) -> None:
+    """Scenario: in one iteration, a batch of one experiment whose keys include one
+    Redis refuses (it holds a list), and a batch of another experiment. We expect every
+    caller of the first batch, the same unit's second caller included, to get the Redis
+    error, and the other experiment's units to be stored."""
+    keys = RedisKeys(ns)
+    writes = StickyWrites(redis)
+    bad = keys.unit("broken", "a list")
+    await redis.rpush(bad, b"x")
+    broken = [
+        writes.set_nx_get("broken", keys.unit("broken", "fine"), b"1", 60),
+        writes.set_nx_get("broken", bad, b"2", 60),
+        writes.set_nx_get("broken", bad, b"3", 60),
+    ]
+    healthy = writes.set_nx_get("healthy", keys.unit("healthy", "u"), b"4", 60)
+    outcomes = await asyncio.gather(*broken, healthy, return_exceptions=True)
+    assert all(isinstance(o, ResponseError) for o in outcomes[:3]), outcomes
+    assert outcomes[3] is None
+    assert await redis.get(keys.unit("healthy", "u")) == b"4"
+    assert writes.batches == 2
+    with pytest.raises(ValueError, match="max_batch"):
+        StickyWrites(redis, max_batch=0)
