@@ -150,14 +150,16 @@ Stored = bytes | str | None
 _Waiting = tuple[bytes, list["asyncio.Future[Stored]"]]
 
 #: ``SET KEYS[i] ARGV[i + 1] NX GET [EX ARGV[1]]`` for every key, one reply per key
-#: (``false``, a nil reply: stored). The keys are one experiment's, so one hash slot.
+#: (``false``, a nil reply: stored; an error reply: that key's own error, the other keys
+#: still written, as separate commands would be). The keys are one experiment's, so
+#: one hash slot.
 _SET_NX_GET_MANY = """
 local out = {}
 for i, key in ipairs(KEYS) do
   if ARGV[1] == '' then
-    out[i] = redis.call('SET', key, ARGV[i + 1], 'NX', 'GET')
+    out[i] = redis.pcall('SET', key, ARGV[i + 1], 'NX', 'GET')
   else
-    out[i] = redis.call('SET', key, ARGV[i + 1], 'NX', 'GET', 'EX', ARGV[1])
+    out[i] = redis.pcall('SET', key, ARGV[i + 1], 'NX', 'GET', 'EX', ARGV[1])
   end
 end
 return out
@@ -181,8 +183,11 @@ class StickyWrites:
     stored, else the value stored first. Several callers for one key in one batch
     (the same new unit on concurrent requests) send one ``SET``: the first caller's
     value goes to Redis, and each later caller gets back what a ``SET NX GET`` of its own,
-    run right after, would have returned (the stored value). A Redis error fails every
-    caller of that batch with it; nothing is retried here (the caller answers 503).
+    run right after, would have returned (the stored value). A call that fails (Redis
+    unreachable, a timeout) fails every caller of its batch with that error; a ``SET``
+    that Redis refuses fails that key's callers only, so no caller is told "error" for
+    a unit that was in fact stored (it would never be logged). Nothing is retried here
+    (the caller answers 503).
     """
 
     def __init__(self, redis: AnyRedis, max_batch: int = MAX_WRITE_BATCH) -> None:
@@ -246,6 +251,11 @@ class StickyWrites:
                     fut.cancel()
             raise
         for (_, (value, futures)), reply in zip(batch, replies, strict=True):
+            if isinstance(reply, Exception):
+                for fut in futures:
+                    if not fut.done():
+                        fut.set_exception(reply)
+                continue
             stored = reply if isinstance(reply, bytes | str) else None
             for i, fut in enumerate(futures):
                 if not fut.done():
