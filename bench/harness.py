@@ -36,7 +36,7 @@ from stream_runtime.replay import high_watermarks
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORT_LUA = ROOT / "bench" / "wrk" / "report.lua"
-#: report.lua plus unit ids drawn from a population (``-- UNITS <population> <seed>``).
+#: report.lua plus unit ids, new and returning mixed (``-- UNITS <new share> <seed>``).
 UNITS_LUA = ROOT / "bench" / "wrk" / "units.lua"
 RESULTS = ROOT / "bench" / "results"
 #: The decider's default server (``services/decider/__main__.py``); the ceilings and every

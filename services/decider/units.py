@@ -19,12 +19,19 @@ Stored assignments never change until they expire, so each worker keeps the ones
 in a bounded LRU (:class:`StickyMemo`) whose entries expire with the unit's TTL: a
 returning visitor costs one hash and a dict lookup, no Redis round trip.
 
+A new unit still needs its ``SET NX GET EX``. One round trip per request made that the
+sticky path's cost under load (profiled at 32 connections: a third of the worker's time
+in redis-py's per-command send, read, timeout and health check), so the writes asked for
+in one event-loop iteration go out together, one call per experiment
+(:class:`StickyWrites`), as the producer group-commits Kafka sends.
+
 The unit's *token* (the salted digest, or the raw id: the experiment's
 ``unit_id_storage``) is what the key and the events carry; the raw id is only hashed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections import OrderedDict
@@ -43,6 +50,9 @@ from stream_runtime.redis_client import AnyRedis
 #: Sticky assignments each worker remembers (about 200 bytes each in CPython, so the
 #: default is ~20 MB): enough for the returning visitors of a busy storefront.
 DEFAULT_MEMO_ENTRIES: Final = 100_000
+#: Most new units written by one script call; more of one experiment in one iteration go
+#: in further calls (a burst never builds one unbounded command or reply).
+MAX_WRITE_BATCH: Final = 256
 #: Rule objects (salted hash state, per-arm decision id tails) kept per worker: one per
 #: active experiment and current allocation version.
 MAX_RULES: Final = 1024
@@ -133,6 +143,126 @@ class StickyMemo:
             del self._entries[key]
 
 
+#: A ``SET NX GET`` reply: ``None`` when ours was stored, else the value stored first
+#: (``str`` only on a client that decodes replies).
+Stored = bytes | str | None
+#: One key's place in a batch: the value sent (the first caller's) and every caller.
+_Waiting = tuple[bytes, list["asyncio.Future[Stored]"]]
+
+#: ``SET KEYS[i] ARGV[i + 1] NX GET [EX ARGV[1]]`` for every key, one reply per key
+#: (``false``, a nil reply: stored; an error reply: that key's own error, the other keys
+#: still written, as separate commands would be). The keys are one experiment's, so
+#: one hash slot.
+_SET_NX_GET_MANY = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  if ARGV[1] == '' then
+    out[i] = redis.pcall('SET', key, ARGV[i + 1], 'NX', 'GET')
+  else
+    out[i] = redis.pcall('SET', key, ARGV[i + 1], 'NX', 'GET', 'EX', ARGV[1])
+  end
+end
+return out
+"""
+
+
+class StickyWrites:
+    """``SET key value NX GET EX ttl`` for new sticky units, group-committed.
+
+    Every write asked for during one event-loop iteration waits for the next one, and
+    then the writes of one experiment (and TTL) go out as one script call running the
+    ``SET``s in order, at most ``max_batch`` keys per call: a burst of N new units costs
+    one round trip and one reply parse instead of N. Why a script and not a pipeline of
+    N ``SET``s: redis-py parses a pipeline's replies one command at a time in Python
+    (with a timeout context each), which profiled at about as much as the decision
+    itself; the script's one array reply is parsed in C. Its keys share the
+    experiment's hash tag, so it runs in one slot on a Redis Cluster too, and each
+    ``SET NX`` in it is exactly the command a single new unit would send.
+
+    Semantics per caller are those of its own ``SET NX GET``: ``None`` when its value was
+    stored, else the value stored first. Several callers for one key in one batch
+    (the same new unit on concurrent requests) send one ``SET``: the first caller's
+    value goes to Redis, and each later caller gets back what a ``SET NX GET`` of its own,
+    run right after, would have returned (the stored value). A call that fails (Redis
+    unreachable, a timeout) fails every caller of its batch with that error; a ``SET``
+    that Redis refuses fails that key's callers only, so no caller is told "error" for
+    a unit that was in fact stored (it would never be logged). Nothing is retried here
+    (the caller answers 503).
+    """
+
+    def __init__(self, redis: AnyRedis, max_batch: int = MAX_WRITE_BATCH) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        self.max_batch = max_batch
+        self._script = redis.register_script(_SET_NX_GET_MANY)
+        #: (experiment id, ttl) -> key -> its place, in arrival order.
+        self._pending: dict[tuple[str, int | None], dict[str, _Waiting]] = {}
+        self._scheduled = False
+        #: Script calls in flight (a task must be referenced until it ends).
+        self._running: set[asyncio.Task[None]] = set()
+        #: Script calls sent so far (what tests and the docs count).
+        self.batches = 0
+
+    def set_nx_get(
+        self, experiment_id: str, key: str, value: bytes, ttl: int | None
+    ) -> asyncio.Future[Stored]:
+        """Join the current batch with ``key`` (one of ``experiment_id``'s keys); the
+        future resolves to ``None`` (ours was stored) or the value stored first, or
+        raises the batch's Redis error."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Stored] = loop.create_future()
+        group = self._pending.setdefault((experiment_id, ttl), {})
+        queued = group.get(key)
+        if queued is None:
+            group[key] = (value, [fut])
+        else:
+            queued[1].append(fut)
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        return fut
+
+    def _flush(self) -> None:
+        """Send what this iteration gathered: per experiment, ``max_batch`` keys a call."""
+        self._scheduled = False
+        pending, self._pending = self._pending, {}
+        for (_, ttl), group in pending.items():
+            items = list(group.items())
+            for lo in range(0, len(items), self.max_batch):
+                task = asyncio.ensure_future(self._send(ttl, items[lo : lo + self.max_batch]))
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
+
+    async def _send(self, ttl: int | None, batch: list[tuple[str, _Waiting]]) -> None:
+        self.batches += 1
+        keys = [key for key, _ in batch]
+        values = [value for _, (value, _) in batch]
+        try:
+            replies = await self._script(keys=keys, args=["" if ttl is None else ttl, *values])
+        except Exception as exc:  # every caller of the batch gets the batch's error
+            for _, (_, futures) in batch:
+                for fut in futures:
+                    if not fut.done():
+                        fut.set_exception(exc)
+            return
+        except asyncio.CancelledError:  # shutdown: the callers are cancelled with it
+            for _, (_, futures) in batch:
+                for fut in futures:
+                    fut.cancel()
+            raise
+        for (_, (value, futures)), reply in zip(batch, replies, strict=True):
+            if isinstance(reply, Exception):
+                for fut in futures:
+                    if not fut.done():
+                        fut.set_exception(reply)
+                continue
+            stored = reply if isinstance(reply, bytes | str) else None
+            for i, fut in enumerate(futures):
+                if not fut.done():
+                    # The first caller's SET is the batch's; later ones find a value.
+                    fut.set_result(stored if i == 0 or stored is not None else value)
+
+
 def assignment_of(local: LocalDecision, now: float) -> Assignment:
     """The rule's decision for a unit, as assigned at ``now``."""
     return Assignment(local.arm_index, local.decision_id, local.propensity, local.version, now)
@@ -167,6 +297,7 @@ class UnitAssigner:
         self.allocations = allocations
         # The allocation store's clock, read per call (tests move it across epochs).
         self.memo = StickyMemo(memo_entries, lambda: allocations.clock())
+        self.writes = StickyWrites(redis)
         #: (experiment id, salt, storage) -> (record, its rule): rebuilt when the record
         #: of the current version changes (a new epoch).
         self._rules: dict[tuple[str, str, str], tuple[AllocationRecord, Allocation]] = {}
@@ -202,11 +333,11 @@ class UnitAssigner:
         if config.assignment != "sticky":
             return UnitDecision(mine, token, "new")
         ttl = config.sticky_ttl_s
-        stored = await self.redis.set(
-            self.keys.unit(experiment_id, token), mine.encode(), nx=True, get=True, ex=ttl
+        stored = await self.writes.set_nx_get(
+            experiment_id, self.keys.unit(experiment_id, token), mine.encode(), ttl
         )
         # NX GET: nothing when this write won, else the value stored first (kept as is).
-        if isinstance(stored, bytes | str):
+        if stored is not None:
             winner = Assignment.decode(stored)
             self.memo.put(experiment_id, token, winner, winner.expires_at(ttl))
             return UnitDecision(winner, token, "stored")

@@ -17,12 +17,16 @@ import httpx
 import orjson
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
+from deploy.stack.ports import free_port
 from mab_client.assignment import unit_token
 from mab_client.models import DecisionPublic
 from schemas.redis_keys import RedisKeys
 from services.decider.hot_path import DecisionFastPath
 from services.decider.runtime import Runtime, runtime_of
+from services.decider.units import StickyWrites
 from tests.fixtures.faults import read_topics
 from tests.integration.conftest import SettingsFactory, both_paths, serve_decider
 
@@ -342,8 +346,86 @@ async def test_rewards_by_unit(
         for landed in read_topics(kafka_bootstrap, [rt.topics.rewards])
     ]
     for exp in (sticky, consistent):
-        mine = [x for x in rewards if x["experiment_id"] == exp and x["reward"] == 1.0]
+        # Not the never-seen unit's: in consistent mode its reward is accepted when the
+        # rule happens to give it the same arm (one salt in three).
+        stranger = unit_token("never-seen", salts[exp])
+        mine = [
+            x
+            for x in rewards
+            if x["experiment_id"] == exp and x["reward"] == 1.0 and x.get("unit_id") != stranger
+        ]
         assert len(mine) == 1
         assert mine[0]["decision_id"] == decided[exp].decision_id
         assert mine[0]["unit_id"] == unit_token("buyer-1", salts[exp])
     assert not [x for x in rewards if x["experiment_id"] == sticky and x["reward"] == 0]
+
+
+async def test_new_unit_writes_of_one_iteration_share_one_call(ns: str, redis: Redis) -> None:
+    """Scenario: 40 new units of one experiment asked for in one event-loop iteration,
+    one of them by five requests at once, with at most 16 keys a call. We expect three
+    script calls, each key stored once with its TTL, the first caller of a key told its
+    value was stored and the later ones given that value (as their own SET NX GET would
+    have been), and the same writes again answered with the stored values."""
+    keys = RedisKeys(ns)
+    writes = StickyWrites(redis, max_batch=16)
+    exp = "batch exp"
+    units = [keys.unit(exp, f"token-{i}") for i in range(40)]
+    firsts = [writes.set_nx_get(exp, k, f"v{i}".encode(), 600) for i, k in enumerate(units)]
+    again = [writes.set_nx_get(exp, units[0], b"late", 600) for _ in range(4)]
+    assert await asyncio.gather(*firsts) == [None] * 40
+    assert await asyncio.gather(*again) == [b"v0"] * 4
+    assert writes.batches == 3
+    for i, key in enumerate(units):
+        assert await redis.get(key) == f"v{i}".encode()
+        assert 0 < await redis.ttl(key) <= 600
+    repeated = [writes.set_nx_get(exp, k, b"other", 600) for k in units]
+    assert await asyncio.gather(*repeated) == [f"v{i}".encode() for i in range(40)]
+    assert writes.batches == 6
+    forever = keys.unit(exp, "no-ttl")
+    assert await writes.set_nx_get(exp, forever, b"kept", None) is None
+    assert await redis.ttl(forever) == -1
+
+
+async def test_a_refused_write_fails_only_its_unit(ns: str, redis: Redis) -> None:
+    """Scenario: in one iteration, one experiment's new units, one of whose keys Redis
+    refuses (it holds a list), asked for by two requests. We expect both of that unit's
+    callers to get the Redis error, and the other unit of the same call to be stored
+    and its caller told so (an error there would leave a stored unit never logged)."""
+    keys = RedisKeys(ns)
+    writes = StickyWrites(redis)
+    bad, fine = keys.unit("broken", "a list"), keys.unit("broken", "fine")
+    await redis.rpush(bad, b"x")
+    outcomes = await asyncio.gather(
+        writes.set_nx_get("broken", bad, b"1", 60),
+        writes.set_nx_get("broken", fine, b"2", 60),
+        writes.set_nx_get("broken", bad, b"3", 60),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[0], ResponseError), outcomes
+    assert isinstance(outcomes[2], ResponseError), outcomes
+    assert outcomes[1] is None
+    assert await redis.get(fine) == b"2"
+    assert writes.batches == 1
+    with pytest.raises(ValueError, match="max_batch"):
+        StickyWrites(redis, max_batch=0)
+
+
+async def test_a_failed_call_fails_every_waiter_of_its_batch(ns: str) -> None:
+    """Scenario: Redis cannot be reached; three new units of two experiments, one asked
+    for twice, in one iteration. We expect every caller to get the connection error
+    (none left waiting, none told its unit was stored)."""
+    keys = RedisKeys(ns)
+    unreachable = Redis(port=free_port(), socket_connect_timeout=1)
+    try:
+        writes = StickyWrites(unreachable)
+        outcomes = await asyncio.gather(
+            writes.set_nx_get("a", keys.unit("a", "u1"), b"1", 60),
+            writes.set_nx_get("a", keys.unit("a", "u1"), b"2", 60),
+            writes.set_nx_get("a", keys.unit("a", "u2"), b"3", 60),
+            writes.set_nx_get("b", keys.unit("b", "u3"), b"4", 60),
+            return_exceptions=True,
+        )
+    finally:
+        await unreachable.aclose()
+    assert all(isinstance(o, RedisConnectionError) for o in outcomes), outcomes
+    assert writes.batches == 2
