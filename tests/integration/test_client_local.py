@@ -167,6 +167,9 @@ async def test_keeps_deciding_while_unreachable_bounded_and_catches_up(
     clock.now += 60.0  # past the back-off of both
     mab._wake.set()
     await until(lambda: not local.buffer and not local.metrics.stale, "caught up")
+    # The buffer empties when the worker takes the last batch, before the server answers
+    # it: flush returns once that batch in flight is sent too.
+    await mab.flush()
     metrics = local.metrics
     assert metrics.decisions == 101
     assert metrics.sent + metrics.dropped == 101

@@ -4,12 +4,22 @@ tests/integration/test_client_local.py."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import random
+import threading
 
+import httpx
 import pytest
 
-from mab_client import InvalidAllocationError, InvalidRequestError, MabClient
+from mab_client import (
+    AsyncMabClient,
+    InvalidAllocationError,
+    InvalidRequestError,
+    MabClient,
+    RetryPolicy,
+)
 from mab_client.local import LocalSettings, LocalState, allocation_of, exposure_items
 from mab_client.models import AllocationArmPublic, AllocationHashPublic, AllocationPublic
 
@@ -180,3 +190,162 @@ def test_a_unit_decision_needs_local_mode() -> None:
             mab.decide("cta", "visitor-1")
         with pytest.raises(InvalidRequestError, match="local=True"):
             _ = mab.local_metrics
+
+
+# -- a flush in flight when the client closes or flushes -------------------------------
+# The server is an in-process transport that answers the allocation at once and holds
+# each ``POST /exposures`` until the test releases it, so "a batch in flight" is a state
+# the test controls rather than a timing it hopes for.
+
+
+def _allocation_answer() -> httpx.Response:
+    return httpx.Response(200, json=public().model_dump(mode="json"), headers={"ETag": '"e1"'})
+
+
+def _accept(request: httpx.Request, accepted: set[str]) -> httpx.Response:
+    """Idempotent by exposure id, as the decider is."""
+    ids = [e["exposure_id"] for e in json.loads(request.content)["exposures"]]
+    new = [i for i in ids if i not in accepted]
+    accepted.update(new)
+    return httpx.Response(200, json={"accepted": len(new), "duplicates": len(ids) - len(new)})
+
+
+class HeldExposuresAsync(httpx.AsyncBaseTransport):
+    def __init__(self) -> None:
+        self.accepted: set[str] = set()
+        self.in_flight = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/allocation"):
+            return _allocation_answer()
+        self.in_flight.set()
+        await self.release.wait()
+        return _accept(request, self.accepted)
+
+
+class HeldExposuresSync(httpx.BaseTransport):
+    def __init__(self) -> None:
+        self.accepted: set[str] = set()
+        self.in_flight = threading.Event()
+        self.release = threading.Event()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/allocation"):
+            return _allocation_answer()
+        self.in_flight.set()
+        assert self.release.wait(10.0)
+        return _accept(request, self.accepted)
+
+
+async def _async_client_with_a_batch_in_flight() -> tuple[AsyncMabClient, HeldExposuresAsync]:
+    """Five decisions, a full batch: the worker has taken them out of the buffer and
+    its ``POST /exposures`` waits."""
+    transport = HeldExposuresAsync()
+    mab = AsyncMabClient(
+        "http://mab",
+        transport=transport,
+        local=True,
+        local_settings=LocalSettings(flush_size=5),
+        retry=RetryPolicy(max_attempts=1),
+    )
+    assert mab.local is not None
+    mab.local.clock = Clock(T0 + 1.0)
+    for i in range(5):
+        await mab.decide("cta", f"u{i}")
+    await asyncio.wait_for(transport.in_flight.wait(), 10.0)
+    assert not mab.local.buffer
+    return mab, transport
+
+
+async def _let_run() -> None:
+    """Let the tasks just created run until they wait on something."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_async_close_lets_the_batch_in_flight_finish() -> None:
+    """Scenario: ``aclose`` while the worker's batch is being posted.
+    We expect: the batch is sent once (not cancelled and lost, not resent), and close
+    returns after it."""
+    mab, transport = await _async_client_with_a_batch_in_flight()
+    closing = asyncio.create_task(mab.aclose())
+    await _let_run()
+    transport.release.set()
+    await asyncio.wait_for(closing, 10.0)
+    assert mab.local is not None
+    m = mab.local.metrics
+    assert (m.decisions, m.sent, m.duplicates, m.dropped) == (5, 5, 0, 0)
+    assert len(transport.accepted) == 5
+
+
+async def test_async_flush_waits_for_the_batch_in_flight() -> None:
+    """Scenario: ``flush`` while the buffer is empty but the worker's batch is posted.
+    We expect: flush returns once that batch is sent, so the metrics read after it
+    count every decision made before it."""
+    mab, transport = await _async_client_with_a_batch_in_flight()
+    flushing = asyncio.create_task(mab.flush())
+    await _let_run()
+    assert not flushing.done()
+    transport.release.set()
+    await asyncio.wait_for(flushing, 10.0)
+    assert mab.local is not None
+    assert mab.local.metrics.sent == 5
+    await mab.aclose()
+
+
+async def test_a_cancelled_flush_puts_its_batch_back() -> None:
+    """Scenario: the task flushing (here the worker) is cancelled while its batch is
+    posted, as when an application cancels its tasks at shutdown.
+    We expect: the batch back in the buffer, in order, not lost; sent at close."""
+    mab, transport = await _async_client_with_a_batch_in_flight()
+    assert mab.local is not None
+    assert mab._worker is not None
+    mab._worker.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await mab._worker
+    assert [p[1] for p in mab.local.buffer] == [f"u{i}" for i in range(5)]
+    transport.release.set()
+    await mab.aclose()
+    m = mab.local.metrics
+    assert (m.sent, m.dropped) == (5, 0)
+    assert len(transport.accepted) == 5
+
+
+def _sync_client_with_a_batch_in_flight() -> tuple[MabClient, HeldExposuresSync]:
+    transport = HeldExposuresSync()
+    mab = MabClient(
+        "http://mab",
+        transport=transport,
+        local=True,
+        local_settings=LocalSettings(flush_size=5),
+        retry=RetryPolicy(max_attempts=1),
+    )
+    assert mab.local is not None
+    mab.local.clock = Clock(T0 + 1.0)
+    for i in range(5):
+        mab.decide("cta", f"u{i}")
+    assert transport.in_flight.wait(10.0)
+    return mab, transport
+
+
+@pytest.mark.parametrize("call", ["flush", "close"])
+def test_sync_flush_and_close_wait_for_the_batch_in_flight(call: str) -> None:
+    """Scenario: ``flush`` or ``close`` on the caller's thread while the worker thread
+    posts a batch.
+    We expect: the call returns after that batch is sent; nothing is lost or resent."""
+    mab, transport = _sync_client_with_a_batch_in_flight()
+    sent_on_return: list[int] = []
+
+    def caller() -> None:
+        getattr(mab, call)()
+        sent_on_return.append(mab.local_metrics.sent)
+
+    thread = threading.Thread(target=caller)
+    thread.start()
+    thread.join(0.2)  # still waiting (after the fix), or long returned (before it)
+    transport.release.set()
+    thread.join(10.0)
+    assert sent_on_return == [5]
+    assert len(transport.accepted) == 5
+    mab.close()

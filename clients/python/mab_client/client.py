@@ -203,6 +203,10 @@ class MabClient:
         #: Local mode (``local=True``): held allocations, the exposure buffer, metrics.
         self.local = _local_state(local, local_settings, seed)
         self._first_fetch = threading.Lock()
+        #: Held while a batch is out of the buffer and being sent: one flush at a time
+        #: (two takers would miscount the sequence gaps as drops), and ``flush``/``close``
+        #: wait for the worker's batch in flight instead of seeing an empty buffer.
+        self._flushing = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._worker: threading.Thread | None = None
@@ -230,8 +234,9 @@ class MabClient:
             self._worker.join()
             self._worker = None
         if self.local is not None:
-            while self.local.buffer and self._flush_one():
-                pass
+            with self._flushing:
+                while self.local.buffer and self._send_batch():
+                    pass
             if self.local.buffer:
                 log.warning("%d exposures not sent at close", len(self.local.buffer))
         self._http.close()
@@ -284,16 +289,25 @@ class MabClient:
 
     def _flush_one(self) -> bool:
         """Send one batch; ``False`` when it failed (put back for later)."""
+        with self._flushing:
+            return self._send_batch()
+
+    def _send_batch(self) -> bool:
+        """:meth:`_flush_one` for a caller holding ``_flushing``."""
         assert self.local is not None
         return drive(self.local.flush_steps(), lambda items: self._outcome(calls.exposures(items)))
 
     def flush(self) -> None:
-        """Send every buffered exposure now (``MabTransportError`` and the like when
-        the server cannot take them; they stay buffered)."""
+        """Send every exposure decided so far, including a batch the worker is sending,
+        before returning (``MabTransportError`` and the like when the server cannot take
+        them; they stay buffered)."""
         local = self.local
-        while local is not None and local.buffer:
-            if not self._flush_one():
-                raise MabTransportError(f"{len(local.buffer)} exposures not sent; kept")
+        if local is None:
+            return
+        with self._flushing:
+            while local.buffer:
+                if not self._send_batch():
+                    raise MabTransportError(f"{len(local.buffer)} exposures not sent; kept")
 
     def run(self, call: Call[T]) -> T:
         """Send ``call`` (retrying as its rule allows) and parse the answer."""
@@ -433,6 +447,8 @@ class AsyncMabClient:
         #: Local mode (``local=True``): held allocations, the exposure buffer, metrics.
         self.local = _local_state(local, local_settings, seed)
         self._first_fetch = asyncio.Lock()
+        #: As the sync client's: held while a batch is out of the buffer and being sent.
+        self._flushing = asyncio.Lock()
         self._wake = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         if self.local is not None:
@@ -452,17 +468,23 @@ class AsyncMabClient:
         return str(self._http.base_url).rstrip("/")
 
     async def aclose(self) -> None:
-        """Stop the local worker, flush the exposures still buffered, close the pool."""
-        if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
-            self._worker = None
-        if self.local is not None:
-            while self.local.buffer and await self._flush_one():
-                pass
-            if self.local.buffer:
-                log.warning("%d exposures not sent at close", len(self.local.buffer))
+        """Stop the local worker, flush the exposures still buffered, close the pool.
+
+        The worker is cancelled only once it holds no batch (``_flushing`` taken first):
+        cancelled mid-send, its batch would come back to the buffer but the server may
+        have logged it already, and the resend would count it as a duplicate, not sent.
+        A refresh in flight is simply abandoned; nothing depends on it any more."""
+        async with self._flushing:
+            if self._worker is not None:
+                self._worker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._worker
+                self._worker = None
+            if self.local is not None:
+                while self.local.buffer and await self._send_batch():
+                    pass
+                if self.local.buffer:
+                    log.warning("%d exposures not sent at close", len(self.local.buffer))
         await self._http.aclose()
 
     # -- local mode (the sync client's, as coroutines) ---------------------------------
@@ -505,7 +527,13 @@ class AsyncMabClient:
             return exc
 
     async def _flush_one(self) -> bool:
-        """:meth:`LocalState.flush_steps` driven with awaited sends."""
+        """Send one batch; ``False`` when it failed (put back for later)."""
+        async with self._flushing:
+            return await self._send_batch()
+
+    async def _send_batch(self) -> bool:
+        """:meth:`LocalState.flush_steps` driven with awaited sends, for a caller holding
+        ``_flushing``. Closed on the way out: a cancelled send puts its batch back."""
         assert self.local is not None
         steps = self.local.flush_steps()
         try:
@@ -515,14 +543,20 @@ class AsyncMabClient:
                 items = steps.send(outcome)
         except StopIteration as done:
             return bool(done.value)
+        finally:
+            steps.close()
 
     async def flush(self) -> None:
-        """Send every buffered exposure now (raises when the server cannot take them;
-        they stay buffered)."""
+        """Send every exposure decided so far, including a batch the worker is sending,
+        before returning (raises when the server cannot take them; they stay
+        buffered)."""
         local = self.local
-        while local is not None and local.buffer:
-            if not await self._flush_one():
-                raise MabTransportError(f"{len(local.buffer)} exposures not sent; kept")
+        if local is None:
+            return
+        async with self._flushing:
+            while local.buffer:
+                if not await self._send_batch():
+                    raise MabTransportError(f"{len(local.buffer)} exposures not sent; kept")
 
     async def run(self, call: Call[T]) -> T:
         """Send ``call`` (retrying as its rule allows) and parse the answer."""

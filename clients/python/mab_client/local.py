@@ -258,6 +258,11 @@ class LocalState:
         self._flush_failures += 1
         self._flush_retry_at = self.clock() + self._back_off(self._flush_failures)
         self.unreachable(exc)
+        self._restore(batch)
+
+    def _restore(self, batch: Sequence[Pending]) -> None:
+        """Return a batch taken out to the buffer's front (it is older than everything
+        there); what does not fit is dropped, oldest first, and counted."""
         room = max(0, self.settings.max_buffer - len(self.buffer))
         keep = list(batch[len(batch) - room :]) if room < len(batch) else list(batch)
         self._metrics_dropped += len(batch) - len(keep)
@@ -271,10 +276,21 @@ class LocalState:
         """One flush, without I/O: yields the items of a ``POST /exposures`` and is sent
         its outcome (``(accepted, duplicates)`` or the exception); returns ``False`` when
         the batch could not be sent (it is put back). Both clients drive it, the sync one
-        with :func:`drive`."""
+        with :func:`drive`; a driver must close it when it stops early.
+
+        Between the yield and the outcome the batch exists only here. A driver that
+        stops early (its task cancelled, its send raising something the client does not
+        catch) closes the generator: the batch goes back to the buffer's front instead
+        of vanishing uncounted. The server may already have logged it; sending it again
+        is harmless, the exposure ids make ``POST /exposures`` idempotent (they come
+        back as ``duplicates``)."""
         batch = self.take_batch()
         while batch:
-            outcome = yield exposure_items(self, batch)
+            try:
+                outcome = yield exposure_items(self, batch)
+            except GeneratorExit:
+                self._restore(batch)
+                raise
             if isinstance(outcome, RequestValidationError):
                 batch = self.refused(batch, outcome.errors)
             elif isinstance(outcome, Exception):
@@ -396,10 +412,13 @@ def drive(
     steps: Generator[list[ExposureCreate], tuple[int, int] | Exception, bool],
     send: Callable[[list[ExposureCreate]], tuple[int, int] | Exception],
 ) -> bool:
-    """Run :meth:`LocalState.flush_steps` with a blocking ``send``."""
+    """Run :meth:`LocalState.flush_steps` with a blocking ``send`` (closing it on the
+    way out, so that a batch whose send raised returns to the buffer)."""
     try:
         items = next(steps)
         while True:
             items = steps.send(send(items))
     except StopIteration as done:
         return bool(done.value)
+    finally:
+        steps.close()
