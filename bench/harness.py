@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from confluent_kafka import KafkaException
 
 from deploy.stack.local import LocalStack, throwaway_stack
 from deploy.stack.ports import free_port
@@ -215,12 +216,23 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return med
 
 
-def topic_count(bootstrap: KafkaTarget, topic: str) -> int:
-    """Records in ``topic``: the sum of its partitions' end offsets (nothing is deleted)."""
+def topic_count(bootstrap: KafkaTarget, topic: str, attempts: int = 5) -> int:
+    """Records in ``topic``: the sum of its partitions' end offsets (nothing is deleted).
+
+    A fresh client may not know a partition yet right after a busy run (librdkafka's
+    ``_UNKNOWN_PARTITION`` until its metadata arrives): asked again after a pause, up to
+    ``attempts`` times, rather than losing the whole benchmark to it."""
     partitions = partition_count(bootstrap, topic)
     if not partitions:
         raise RuntimeError(f"topic {topic} has no partitions in the metadata")
-    return sum(high_watermarks(bootstrap, [(topic, p) for p in range(partitions)]).values())
+    for attempt in range(attempts):
+        try:
+            return sum(high_watermarks(bootstrap, [(topic, p) for p in range(partitions)]).values())
+        except KafkaException:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(1.0 + attempt)
+    raise AssertionError("unreachable")
 
 
 def stream_env(bootstrap: str, redis_url: str, prefix: str) -> dict[str, str]:
