@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the names and editors see them
     from mab_client.assignment import Allocation, LocalDecision
+    from mab_client.async_client import AsyncMabClient
     from mab_client.calls import Retry, RetryPolicy
-    from mab_client.client import AsyncMabClient, MabClient
+    from mab_client.client import MabClient
     from mab_client.errors import (
         ApiError,
         AuthError,
@@ -52,7 +53,7 @@ _HOMES = {
     "LocalDecision": "mab_client.assignment",
     "Retry": "mab_client.calls",
     "RetryPolicy": "mab_client.calls",
-    "AsyncMabClient": "mab_client.client",
+    "AsyncMabClient": "mab_client.async_client",
     "MabClient": "mab_client.client",
     "ApiError": "mab_client.errors",
     "AuthError": "mab_client.errors",

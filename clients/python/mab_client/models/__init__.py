@@ -7,6 +7,12 @@ imports anything but pydantic and :mod:`mab_client.ids`, so the server's core ma
 it; ``from mab_client.models import X`` works for every public name of the three.
 """
 
+from mab_client.models.allocation import (
+    AllocationArmPublic,
+    AllocationHashPublic,
+    AllocationPublic,
+)
+from mab_client.models.evaluation import ArmSupportPublic, EstimatePublic, EvaluationPublic
 from mab_client.models.limits import (
     DEFAULT_ALLOCATION_INTERVAL_S,
     DEFAULT_STICKY_TTL_S,
@@ -46,12 +52,8 @@ from mab_client.models.requests import (
     UniqueArmIds,
 )
 from mab_client.models.responses import (
-    AllocationArmPublic,
-    AllocationHashPublic,
-    AllocationPublic,
     ArmStats,
     ArmStatsPublic,
-    ArmSupportPublic,
     AttributionPublic,
     ChangePoint,
     ChangePointPublic,
@@ -60,9 +62,7 @@ from mab_client.models.responses import (
     DecisionMetadata,
     DecisionPublic,
     ErrorPublic,
-    EstimatePublic,
     Evaluation,
-    EvaluationPublic,
     Experiment,
     ExperimentPublic,
     ExposuresPublic,

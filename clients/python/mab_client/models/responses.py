@@ -16,13 +16,11 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
+from mab_client.models.evaluation import EvaluationPublic
 from mab_client.models.limits import AssignmentMode, UnitIdStorage
-
-
-class _Result(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+from mab_client.models.result import Result
 
 
 def new_event_id() -> str:
@@ -44,7 +42,7 @@ PublicDefault = Annotated[
 ]
 
 
-class UnitSettingsPublic(_Result):
+class UnitSettingsPublic(Result):
     """An experiment's visitor-assignment settings (docs/assignment.md)."""
 
     assignment: AssignmentMode = Field(description="How requests with a unit_id get an arm.")
@@ -67,7 +65,7 @@ EXPERIMENT_EXAMPLE: dict[str, Any] = {
 }
 
 
-class ExperimentPublic(_Result):
+class ExperimentPublic(Result):
     """An experiment's configuration (the original API's shape plus ``version``)."""
 
     model_config = ConfigDict(
@@ -91,7 +89,7 @@ class ExperimentPublic(_Result):
     )
 
 
-class ConfigPublic(_Result):
+class ConfigPublic(Result):
     """Result of a strategy hot-swap (the original API's shape plus ``version``)."""
 
     model_config = ConfigDict(
@@ -115,11 +113,11 @@ class ConfigPublic(_Result):
     default_reward: PublicDefault = None
 
 
-class DecisionMetadata(_Result):
+class DecisionMetadata(Result):
     arms: list[str] = Field(description="The experiment's arms in insertion order.")
 
 
-class DecisionPublic(_Result):
+class DecisionPublic(Result):
     """One decision (the original API's shape plus ``decision_id`` and ``propensity``)."""
 
     model_config = ConfigDict(
@@ -164,7 +162,7 @@ class DecisionPublic(_Result):
         return self.metadata.arms
 
 
-class RewardPublic(_Result):
+class RewardPublic(Result):
     """A reward accepted into the event log (the original API's shape plus ``event_id``)."""
 
     model_config = ConfigDict(
@@ -188,7 +186,7 @@ class RewardPublic(_Result):
     event_id: str
 
 
-class RewardsPublic(_Result):
+class RewardsPublic(Result):
     """A batch of rewards accepted into the event log (all of them acknowledged)."""
 
     model_config = ConfigDict(
@@ -204,7 +202,7 @@ class RewardsPublic(_Result):
     )
 
 
-class ExposuresPublic(_Result):
+class ExposuresPublic(Result):
     """A batch of exposures accepted (every new one acknowledged by Kafka)."""
 
     model_config = ConfigDict(
@@ -218,7 +216,7 @@ class ExposuresPublic(_Result):
     )
 
 
-class ArmStatsPublic(_Result):
+class ArmStatsPublic(Result):
     arm_id: str
     pulls: int = Field(description="Rewards observed.")
     reward_sum: float
@@ -232,7 +230,7 @@ class ArmStatsPublic(_Result):
     )
 
 
-class SrmPublic(_Result):
+class SrmPublic(Result):
     """The sample-ratio-mismatch check: did units get the arms their allocation versions
     promised? Allocation-version aware, so the bandit's own reweighting is no alarm."""
 
@@ -262,7 +260,7 @@ class SrmPublic(_Result):
     )
 
 
-class AttributionPublic(_Result):
+class AttributionPublic(Result):
     """Where the experiment's decisions stand with respect to their attribution window."""
 
     window_s: float | None = Field(default=None, description="The configured window.")
@@ -276,7 +274,7 @@ class AttributionPublic(_Result):
     )
 
 
-class StatsPublic(_Result):
+class StatsPublic(Result):
     """Folded statistics of one experiment, read fresh from Redis."""
 
     model_config = ConfigDict(
@@ -348,13 +346,13 @@ class StatsPublic(_Result):
         return sum(a.pulls for a in self.arms)
 
 
-class HealthPublic(_Result):
+class HealthPublic(Result):
     model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ok"}]})
 
     status: Literal["ok"] = "ok"
 
 
-class ReadyPublic(_Result):
+class ReadyPublic(Result):
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [{"status": "ready", "redis": "ok", "kafka": "ok", "auth": "keys"}]
@@ -373,7 +371,7 @@ class ReadyPublic(_Result):
     )
 
 
-class ErrorPublic(_Result):
+class ErrorPublic(Result):
     """Every non-validation error: a human-readable ``detail``."""
 
     model_config = ConfigDict(
@@ -383,7 +381,7 @@ class ErrorPublic(_Result):
     detail: str
 
 
-class TimeseriesPoint(_Result):
+class TimeseriesPoint(Result):
     """One (bucket, arm) with any decision or reward."""
 
     bucket_start: int = Field(description="Unix seconds, UTC, divisible by the bucket width.")
@@ -397,19 +395,19 @@ class TimeseriesPoint(_Result):
     )
 
 
-class ChangePointPublic(_Result):
+class ChangePointPublic(Result):
     ts: float
     arm_id: str
     detector: str
 
 
-class WinnerChange(_Result):
+class WinnerChange(Result):
     bucket_start: int
     from_arm: str
     to_arm: str
 
 
-class TimeseriesPublic(_Result):
+class TimeseriesPublic(Result):
     """Per-bucket, per-arm performance of one experiment (contract: docs/timeseries-api.md)."""
 
     model_config = ConfigDict(
@@ -458,102 +456,6 @@ class TimeseriesPublic(_Result):
     # markers (an empty list), while the API document keeps them required.
     change_points: list[ChangePointPublic] = Field(default_factory=list)
     winner_changes: list[WinnerChange] = Field(default_factory=list)
-
-
-class EstimatePublic(_Result):
-    """One estimator; ``null`` where undefined (e.g. no CI from a single decision)."""
-
-    estimator: str = Field(description="`ips`, `snips`, `dr`, or `logged` (observed).")
-    value: float | None
-    std_error: float | None
-    ci_low: float | None
-    ci_high: float | None
-
-
-class ArmSupportPublic(_Result):
-    arm_id: str
-    logged_decisions: int
-    logged_share: float
-    target_share: float = Field(description="Mean probability the target gives this arm.")
-    mean_reward: float | None
-
-
-class EvaluationPublic(_Result):
-    """Off-policy estimates of a target strategy on the experiment's logged decisions."""
-
-    experiment_id: str
-    strategy: str
-    strategy_params: dict[str, Any]
-    missing_reward: str
-    confidence: float
-    estimates: list[EstimatePublic] = Field(description="IPS, SNIPS and DR, in that order.")
-    logged: EstimatePublic = Field(description="What the logging policy earned (observed).")
-    ess: float = Field(description="Effective sample size (sum w)^2 / sum w^2.")
-    weight_mean: float | None
-    weight_max: float | None
-    max_weight_share: float | None
-    arms: list[ArmSupportPublic]
-    warnings: list[str]
-    decisions_logged: int
-    decisions_considered: int
-    decisions_evaluated: int
-    decisions_without_reward: int
-    decisions_skipped: dict[str, int]
-    rewards_logged: int
-    rewards_unlinked: int
-    rewards_orphan: int
-    records_rejected: int
-    truncated: bool
-    max_decisions: int
-    elapsed_s: float
-
-
-class AllocationArmPublic(_Result):
-    arm_id: str
-    weight: float = Field(
-        ge=0.0, le=1.0, description="Share of new units this arm gets in this version."
-    )
-
-
-class AllocationHashPublic(_Result):
-    algorithm: str = Field(description="The assignment rule (docs/assignment-spec.md).")
-    unit_id_storage: Literal["hashed", "raw"] = Field(
-        description="What the decision events carry for a unit: a salted digest or the id."
-    )
-
-
-class AllocationPublic(_Result):
-    """The weights the bandit wants for new units now: one stored version, the same on
-    every decider worker, from which an SDK may decide locally (same rule, same salt)."""
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "experiment_id": "cta-button-test",
-                    "version": 29603160,
-                    "arms": [
-                        {"arm_id": "blue-button", "weight": 0.2},
-                        {"arm_id": "green-button", "weight": 0.8},
-                    ],
-                    "assignment": "sticky",
-                    "salt": "9f2c4e1a7b3d5f60",
-                    "hash": {"algorithm": "mab-race-sha256-v1", "unit_id_storage": "hashed"},
-                    "valid_until": 1776189660,
-                    "min_arm_share": 0.05,
-                }
-            ]
-        }
-    )
-
-    experiment_id: str
-    version: int = Field(description="Allocation epoch: floor(unix time / interval).")
-    arms: list[AllocationArmPublic] = Field(description="In the experiment's arm order.")
-    assignment: Literal["sticky", "consistent", "per_request"]
-    salt: str = Field(description="Input of the unit hashes (public, not a secret).")
-    hash: AllocationHashPublic
-    valid_until: int = Field(description="Unix seconds when the next version starts.")
-    min_arm_share: float = Field(description="Traffic floor included in the weights.")
 
 
 # The SDK's names for the responses (the classes above keep the API's schema names).
