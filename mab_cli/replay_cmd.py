@@ -77,8 +77,8 @@ from stream_runtime.replay import (
     read_configs,
     run_plans,
     split_partitions,
-    warm_pool,
 )
+from stream_runtime.replay_pool import warm_pool
 from stream_runtime.settings import settings_errors
 
 log = logging.getLogger("mab_cli.replay")
@@ -241,7 +241,7 @@ async def replay_into_scratch(
     The sticky table has no stored offsets: it is replayed up to the end offsets read at
     the start, and ``tables`` says whether its rows are counted, written or compared.
 
-    The worker processes start first (:func:`~mab_cli.replay.warm_pool`), while the
+    The worker processes start first (:func:`~stream_runtime.replay_pool.warm_pool`), while the
     configs and offsets are read.
     """
     with warm_pool(target.workers) as pool:

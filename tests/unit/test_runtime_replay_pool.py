@@ -40,7 +40,7 @@ def test_a_single_threaded_process_forks_workers_that_share_its_memory() -> None
     task), so Ctrl-C stops them."""
     out = run(
         "import builtins, functools, os, signal\n"
-        "from stream_runtime.replay import pool_context, warm_pool\n"
+        "from stream_runtime.replay_pool import pool_context, warm_pool\n"
         "print(pool_context().get_start_method())\n"
         "builtins._replay_marker = 'inherited'\n"
         "signal.signal(signal.SIGINT, lambda *_: None)\n"
@@ -61,7 +61,7 @@ def test_a_single_threaded_process_forks_workers_that_share_its_memory() -> None
 def test_another_python_thread_means_spawn() -> None:
     out = run(
         "import threading\n"
-        "from stream_runtime.replay import pool_context\n"
+        "from stream_runtime.replay_pool import pool_context\n"
         "stop = threading.Event()\n"
         "t = threading.Thread(target=stop.wait)\n"
         "t.start()\n"
@@ -78,7 +78,7 @@ def test_a_live_librdkafka_client_means_spawn() -> None:
     broker is needed: the client starts its threads before it connects."""
     out = run(
         "from confluent_kafka import Producer\n"
-        "from stream_runtime.replay import pool_context\n"
+        "from stream_runtime.replay_pool import pool_context\n"
         "p = Producer({'bootstrap.servers': '127.0.0.1:9', 'log_level': 0})\n"
         "print(pool_context().get_start_method())\n"
     )
