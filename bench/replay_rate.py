@@ -25,8 +25,8 @@ from bandit_core.decision_ids import make_decision_id
 from deploy.stack.config import StackConfig
 from deploy.stack.local import LocalStack
 from deploy.stack.topics import create_topics, product_topic_specs
-from mab_cli.replay_cmd import ReplayTarget, run_dry
 from mab_cli.replay_redis import delete_namespace
+from mab_cli.replay_runs import ReplayTarget, run_dry
 from schemas.topics import TopicNames, partition_key
 from services.projector import Retention
 from stream_runtime.acked_producer import AckedProducer, OutRecord

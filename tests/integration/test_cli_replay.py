@@ -30,9 +30,9 @@ from redis.asyncio import Redis
 
 from deploy.stack.config import StackConfig
 from deploy.stack.local import LocalStack
-from mab_cli.replay_cmd import ReplayTarget, run_rebuild, run_tail
 from mab_cli.replay_guard import EXIT_PROCESSORS_RUNNING, ProcessorGroups, ProcessorsRunning
 from mab_cli.replay_redis import compare, read_namespace
+from mab_cli.replay_runs import ReplayTarget, run_rebuild, run_tail
 from schemas.codec import encode
 from schemas.events import DecisionMade, ExperimentCreated, RewardObserved
 from schemas.redis_keys import RedisKeys

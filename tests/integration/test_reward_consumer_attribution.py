@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from mab_cli.replay_cmd import ReplayTarget, run_verify
+from mab_cli.replay_runs import ReplayTarget, run_verify
 from tests.fixtures.in_process import in_process
 
 pytestmark = pytest.mark.integration

@@ -10,9 +10,10 @@ import typer
 from redis.crc import key_slot
 
 from bandit_core.fold import DEDUPE_HORIZON_S
-from mab_cli.replay_cmd import ReplayTarget, parse_timestamp
+from mab_cli.replay_cmd import parse_timestamp
 from mab_cli.replay_guard import ProcessorGroups, refusal
 from mab_cli.replay_redis import Namespace, compare, split_key, within_horizon
+from mab_cli.replay_runs import ReplayTarget
 from schemas.events import RewardObserved
 from schemas.redis_keys import RedisKeys
 from services.projector import Retention
