@@ -7,7 +7,7 @@ folder, on the same Kafka and Redis) in turn, round after round, and reports per
 medians of req/s, p99 and the decider's CPU µs per decision (read from ``/proc`` over the
 server's process tree: steadier than req/s when something else runs).
 
-    python -m bench.compare_trees /tmp/before /work/main --rounds 4 --duration 8
+    python -m bench.compare_trees /tmp/before . --rounds 4 --duration 8
 
 Each checkout needs ``make venv`` first (``git worktree add /tmp/before <rev>``).
 """
