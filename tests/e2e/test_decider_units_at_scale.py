@@ -34,11 +34,14 @@ from typing import Any, Final
 import httpx
 import orjson
 import pytest
+from redis.asyncio import Redis
 
+from bandit_core.allocation import AllocationRecord
 from deploy.stack.topics import create_topics
 from mab_client.assignment import Allocation, unit_token
 from schemas.codec import decode
 from schemas.events import DecisionMade, RewardObserved
+from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames, topic_specs
 from tests.fixtures.faults import (
     ServiceProcess,
@@ -241,6 +244,29 @@ def version_of(decision_id: str) -> int:
     return int(decision_id[24:32], 16)
 
 
+async def add_stored_versions(
+    redis_url: str, ns: str, versions: set[int], allocations: dict[int, dict[str, Any]]
+) -> None:
+    """Add to ``allocations`` the ``versions`` (of B) the poller missed: a version first
+    served between two polls, or after the last one, was still stored where every
+    decider read it, so it is read there, in the API's shape."""
+    client = Redis.from_url(redis_url)
+    try:
+        for version in versions - set(allocations):
+            raw = await client.get(RedisKeys(ns).allocation(EXP_B, version))
+            assert raw is not None, f"version {version} was served but is not stored"
+            record = AllocationRecord.decode(raw)
+            allocations[version] = {
+                "version": version,
+                "arms": [
+                    {"arm_id": a, "weight": w}
+                    for a, w in zip(record.arm_ids, record.weights, strict=True)
+                ],
+            }
+    finally:
+        await client.aclose()
+
+
 def stop(proc: ServiceProcess) -> None:
     """Teardown after a failure: SIGTERM first, because a SIGKILLed granian main process
     leaves its worker process running with nobody to stop it; SIGKILL only if ignored."""
@@ -367,6 +393,8 @@ async def test_ten_thousand_units_three_calls_two_deciders_and_a_restart(
 
         # ---- B: each answer is the race under its version's stored weights.
         seen_b = traffic.served[EXP_B]
+        served_versions = {version_of(s.decision_id) for c in seen_b.values() for s in c}
+        await add_stored_versions(redis_url, ns, served_versions, allocations)
         by_low = {v & 0xFFFFFFFF: v for v in allocations}
         weights = {v: tuple(a["weight"] for a in doc["arms"]) for v, doc in allocations.items()}
         rules = {v: Allocation(EXP_B, v, ARMS, w, salts[EXP_B]) for v, w in weights.items()}
