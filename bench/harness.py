@@ -83,6 +83,28 @@ def tree_cpu_s(pid: int) -> float:
     return total
 
 
+def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:
+    """Poll ``url`` until it answers 200. A service that exits first fails at once, one
+    not ready within ``timeout`` s fails then; either way the error carries the tail of
+    its ``log`` (named after the service), so the cause is in the failure itself. The
+    benchmarks and the end-to-end tests start their services this same way."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{log.stem} exited with {proc.returncode}:\n{log_tail(log)}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{log.stem} not ready at {url} after {timeout}s:\n{log_tail(log)}")
+
+
+def log_tail(log: Path, chars: int = 3000) -> str:
+    return log.read_text(errors="replace")[-chars:]
+
+
 class Proc:
     """A service process with its log, stopped on exit."""
 
@@ -93,17 +115,7 @@ class Proc:
             self.popen = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
 
     def wait_http(self, url: str, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.popen.poll() is not None:
-                raise RuntimeError(f"{self.name} exited: {self.log.read_text()[-2000:]}")
-            try:
-                if httpx.get(url, timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"{self.name} not ready: {self.log.read_text()[-2000:]}")
+        wait_ready(url, self.popen, self.log, timeout)
 
     def stop(self) -> None:
         if self.popen.poll() is None:

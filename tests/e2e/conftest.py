@@ -6,16 +6,15 @@ import contextlib
 import json
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
+from bench.harness import wait_ready
 from deploy.stack.ports import free_port
 from deploy.stack.topics import create_topics
 from schemas.topics import topic_specs
@@ -66,20 +65,6 @@ class Services:
     def stop_all(self) -> None:
         for name in list(self.procs):
             self.stop(name)
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"service exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} not ready after {timeout}s:\n{log.read_text()[-3000:]}")
 
 
 #: The admin key of :func:`keyed_services` (a test value, never a product default).

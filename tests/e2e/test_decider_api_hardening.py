@@ -29,6 +29,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from bench.harness import wait_ready
 from dashboard.api import explain, make_client
 from demo_traffic.runner import DemoTraffic
 from demo_traffic.settings import DemoSettings
@@ -37,7 +38,7 @@ from deploy.stack.topics import create_topics
 from mab_client import AuthError
 from schemas.topics import topic_specs
 from services.decider.app import create_app
-from tests.e2e.conftest import Services, wait_ready
+from tests.e2e.conftest import Services
 from tests.fixtures.faults import service_env
 
 pytestmark = pytest.mark.e2e

@@ -21,10 +21,11 @@ import httpx
 import orjson
 import pytest
 
+from bench.harness import wait_ready
 from deploy.stack.ports import free_port
 from schemas.topics import TopicNames, partition_key
 from stream_runtime.acked_producer import AckedProducer, OutRecord
-from tests.e2e.conftest import Services, wait_ready
+from tests.e2e.conftest import Services
 from tests.fixtures.secure_kafka import SecureKafka
 from tests.integration.test_stack_kafka_security import WRONG_PASSWORD, untrusted
 

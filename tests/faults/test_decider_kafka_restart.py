@@ -6,7 +6,6 @@ import asyncio
 import time
 from pathlib import Path
 
-import httpx
 import orjson
 import pytest
 
@@ -16,14 +15,13 @@ from services.decider.settings import DeciderSettings
 from tests.faults.conftest import StackFactory
 from tests.fixtures.faults import (
     Answer,
-    ServiceProcess,
     counts,
+    decider_and_consumer,
+    logged_event_ids,
     post_rewards,
-    read_topics,
     service_env,
-    start_decider,
-    wait_ready,
-    wait_until,
+    stats_pulls,
+    wait_stats_pulls,
 )
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
@@ -39,12 +37,6 @@ SEND_TIMEOUT_S = DeciderSettings.model_fields["kafka_send_timeout_s"].default
 #: and slack for a loaded two-core machine (event loop, HTTP, GC).
 SLACK_S = 3.0
 REFUSED = {"detail": "reward not recorded: event log unavailable, retry"}
-
-
-async def stats_pulls(client: httpx.AsyncClient) -> int:
-    r = await client.get(f"/experiments/{EXP}/stats")
-    r.raise_for_status()
-    return sum(int(a["pulls"]) for a in r.json()["arms"])
 
 
 async def test_kafka_stop_and_restart_while_clients_post_rewards(
@@ -67,18 +59,11 @@ async def test_kafka_stop_and_restart_while_clients_post_rewards(
     create_topics(stack.bootstrap, topic_specs(ns))
     names = TopicNames.with_prefix(ns)
     env = service_env(stack.bootstrap, redis_url, ns, LOG_LEVEL="INFO")
-    decider, url = start_decider(env, tmp_path / "decider.log")
-    consumer = ServiceProcess("services.reward_consumer", env, tmp_path / "consumer.log")
-    consumer.start()
     answers: list[Answer] = []
     stop = asyncio.Event()
     try:
-        await wait_ready(decider, url)
-        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-            created = await client.post(
-                "/experiments", json={"experiment_id": EXP, "arm_ids": list(ARMS)}
-            )
-            assert created.status_code == 201, created.text
+        async with decider_and_consumer(env, tmp_path, EXP, ARMS) as services:
+            client = services.client
             posters = [
                 asyncio.create_task(post_rewards(client, EXP, ARMS, stop, answers, pause_s=0.02))
                 for _ in range(CLIENTS)
@@ -94,26 +79,17 @@ async def test_kafka_stop_and_restart_while_clients_post_rewards(
             stop.set()
             await asyncio.gather(*posters)
 
-            # Every reward in the log, by event id (what a replay would fold).
-            logged = [
-                orjson.loads(r.value or b"{}")["event_id"]
-                for r in await asyncio.to_thread(read_topics, stack.bootstrap, [names.rewards])
-            ]
+            logged = await logged_event_ids(stack.bootstrap, names.rewards)
             distinct = set(logged)
-
-            async def caught_up() -> bool:
-                return await stats_pulls(client) == len(distinct)
-
-            await wait_until(caught_up, 90, "the consumer to fold every logged reward")
+            await wait_stats_pulls(client, EXP, len(distinct))
             await asyncio.sleep(1.0)  # a doubled reward would show up now
-            assert await stats_pulls(client) == len(distinct)
-        assert consumer.alive(), consumer.tail()
-        assert consumer.terminate() == 0, consumer.tail()
-        assert decider.terminate() == 0, decider.tail()
+            assert await stats_pulls(client, EXP) == len(distinct)
+            consumer, decider = services.consumer, services.decider
+            assert consumer.alive(), consumer.tail()
+            assert consumer.terminate() == 0, consumer.tail()
+            assert decider.terminate() == 0, decider.tail()
     finally:
         stop.set()
-        consumer.stop_quietly()
-        decider.stop_quietly()
 
     tally = counts(answers)
     ok = [a for a in answers if a.status == 200]

@@ -10,7 +10,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import httpx
 import orjson
 import pytest
 from redis.asyncio import Redis
@@ -28,13 +27,14 @@ from tests.fixtures.faults import (
     ServiceProcess,
     applied_records,
     counts,
+    decider_and_consumer,
     get_decisions,
+    logged_event_ids,
     post_rewards,
     read_topics,
     service_env,
-    start_decider,
     stream_records,
-    wait_ready,
+    wait_stats_pulls,
     wait_until,
 )
 from tests.fixtures.streams import read_states, write_configs
@@ -54,12 +54,6 @@ SLACK_S = 1.5
 #: The decider's Redis socket timeout (product default) bounds every answer.
 REDIS_TIMEOUT_S = 2.0
 STORE_DOWN = {"detail": "state store unavailable, retry"}
-
-
-async def stats_pulls(client: httpx.AsyncClient) -> int:
-    r = await client.get(f"/experiments/{EXP}/stats")
-    r.raise_for_status()
-    return sum(int(a["pulls"]) for a in r.json()["arms"])
 
 
 @pytest.mark.parametrize("fault", ["stop", "freeze"])
@@ -91,19 +85,12 @@ async def test_redis_outage_degrades_decisions_and_keeps_rewards(
         LOG_LEVEL="INFO",
         SNAPSHOT_DEGRADED_MAX_AGE_S=str(DEGRADED_MAX_AGE_S),
     )
-    decider, url = start_decider(env, tmp_path / "decider.log")
-    consumer = ServiceProcess("services.reward_consumer", env, tmp_path / "consumer.log")
-    consumer.start()
     decisions: list[Answer] = []
     rewards: list[Answer] = []
     stop = asyncio.Event()
     try:
-        await wait_ready(decider, url)
-        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-            created = await client.post(
-                "/experiments", json={"experiment_id": EXP, "arm_ids": list(ARMS)}
-            )
-            assert created.status_code == 201, created.text
+        async with decider_and_consumer(env, tmp_path, EXP, ARMS) as services:
+            client = services.client
             clients = [
                 asyncio.create_task(get_decisions(client, EXP, stop, decisions, pause_s=0.02)),
                 asyncio.create_task(get_decisions(client, EXP, stop, decisions, pause_s=0.02)),
@@ -130,21 +117,13 @@ async def test_redis_outage_degrades_decisions_and_keeps_rewards(
             stop.set()
             await asyncio.gather(*clients)
 
-            logged_rewards = {
-                orjson.loads(r.value or b"{}")["event_id"]
-                for r in await asyncio.to_thread(read_topics, kafka_bootstrap, [names.rewards])
-            }
-
-            async def caught_up() -> bool:
-                return await stats_pulls(client) == len(logged_rewards)
-
-            await wait_until(caught_up, 90, "the consumer to fold every logged reward")
-        assert consumer.terminate() == 0, consumer.tail()
-        assert decider.terminate() == 0, decider.tail()  # flushes the decision events
+            logged_rewards = set(await logged_event_ids(kafka_bootstrap, names.rewards))
+            await wait_stats_pulls(client, EXP, len(logged_rewards))
+            assert services.consumer.terminate() == 0, services.consumer.tail()
+            # The decider flushes its decision events as it stops.
+            assert services.decider.terminate() == 0, services.decider.tail()
     finally:
         stop.set()
-        consumer.stop_quietly()
-        decider.stop_quietly()
 
     degraded_by_id = {
         e["decision_id"]: e["degraded"]

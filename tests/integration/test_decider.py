@@ -11,11 +11,11 @@ from typing import Any
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer
 
 from schemas.codec import decode
 from schemas.events import DecisionMade, ExperimentCreated, RewardObserved
 from schemas.topics import TopicNames
+from tests.fixtures.streams import topic_reader
 from tests.integration.conftest import SettingsFactory, both_paths
 
 pytestmark = pytest.mark.integration
@@ -31,16 +31,8 @@ async def _consume(
     bootstrap: str, topic: str, exp: str, want: int, wait_s: float = 30.0
 ) -> list[Any]:
     """Every event of ``exp`` in ``topic`` from the beginning, until ``want`` are seen."""
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        group_id=None,
-    )
-    await consumer.start()
     events: list[Any] = []
-    try:
+    async with topic_reader(bootstrap, topic) as consumer:
         deadline = time.monotonic() + wait_s
         while len(events) < want and time.monotonic() < deadline:
             batches = await consumer.getmany(timeout_ms=500)
@@ -53,8 +45,6 @@ async def _consume(
         # Linger briefly to catch duplicates beyond the expected count.
         for records in (await consumer.getmany(timeout_ms=300)).values():
             events.extend(e for e in (decode(r.value) for r in records) if e.experiment_id == exp)
-    finally:
-        await consumer.stop()
     return events
 
 

@@ -19,7 +19,7 @@ from mab_client import calls as sdk_calls
 from mab_client.local import LocalSettings, allocation_of, exposure_items
 from mab_client.models import AllocationPublic
 from schemas.topics import TopicNames
-from tests.fixtures.in_process import in_process
+from tests.fixtures.in_process import create_with_allocation, in_process
 from tests.fixtures.streams import decisions_in_log
 
 pytestmark = pytest.mark.integration
@@ -40,11 +40,7 @@ async def test_100k_local_decisions_are_logged_and_folded_exactly_once(
     exp = f"{ns}local"
     services = in_process(kafka_bootstrap, redis_url, ns)
     async with services.serving() as c:
-        r = await c.post("/experiments", json={"experiment_id": exp, "arm_ids": ARMS})
-        assert r.status_code == 201, r.text
-        allocation = AllocationPublic.model_validate(
-            (await c.get(f"/experiments/{exp}/allocation")).json()
-        )
+        allocation = await create_with_allocation(c, exp, ARMS)
         weights = {a.arm_id: a.weight for a in allocation.arms}
 
         mab = AsyncMabClient(

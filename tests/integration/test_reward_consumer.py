@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
 from collections.abc import Sequence
@@ -22,7 +21,7 @@ from schemas.topics import TopicNames
 from services.reward_consumer.consumer import RewardConsumer
 from tests.fixtures.events import config_of, decision_of
 from tests.fixtures.in_process import consumer_settings, wait_for
-from tests.fixtures.streams import Sent, put_config
+from tests.fixtures.streams import Sent, put_config, send_stamped
 
 pytestmark = pytest.mark.integration
 
@@ -30,27 +29,13 @@ ARMS = ("a", "b", "c")
 
 
 async def produce(bootstrap: str, records: Sequence[tuple[str, str, bytes]]) -> list[Sent]:
-    """Produce ``(topic, key, value)`` records; return them with their broker positions.
-
-    The create time is set explicitly: the consumer uses it as the event time of minimal
-    rewards, and the producer's metadata does not always echo it to the millisecond.
-    """
+    """Produce ``(topic, key, value)`` records; return them with their broker positions
+    and the create time each was sent with (:func:`send_stamped`)."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
-    await producer.start()
-    try:
-        stamps = []
-        futures = []
-        for topic, key, value in records:
-            stamps.append(int(time.time() * 1000))
-            futures.append(
-                await producer.send(topic, value, key=key.encode(), timestamp_ms=stamps[-1])
-            )
-        metas = await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
+    landed = await send_stamped(producer, records)
     return [
         Sent(m.topic, m.partition, m.offset, ts, v)
-        for m, ts, (_, _, v) in zip(metas, stamps, records, strict=True)
+        for (m, ts), (_, _, v) in zip(landed, records, strict=True)
     ]
 
 

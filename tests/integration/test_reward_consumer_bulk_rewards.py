@@ -36,6 +36,7 @@ from services.reward_consumer.consumer import RewardConsumer
 from stream_runtime.dead_letter import read_dead_letters
 from tests.fixtures.events import config_of
 from tests.fixtures.in_process import consumer_settings
+from tests.fixtures.streams import send_stamped
 
 pytestmark = pytest.mark.integration
 
@@ -163,19 +164,8 @@ async def produce_bulk(bootstrap: str, topic: str, data: Bulk) -> list[Position]
         max_batch_size=256 * 1024,
         max_request_size=2 * 1024 * 1024,
     )
-    await producer.start()
-    try:
-        stamps: list[int] = []
-        futures = []
-        for key, value in data.records:
-            stamps.append(int(time.time() * 1000))
-            futures.append(
-                await producer.send(topic, value, key=key.encode(), timestamp_ms=stamps[-1])
-            )
-        metas = await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-    return [Position(m.partition, m.offset, ts) for m, ts in zip(metas, stamps, strict=True)]
+    landed = await send_stamped(producer, ((topic, key, value) for key, value in data.records))
+    return [Position(m.partition, m.offset, ts) for m, ts in landed]
 
 
 async def test_bulk_producer_100k_rewards_with_duplicates_and_malformed_records(

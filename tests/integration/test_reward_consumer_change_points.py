@@ -7,7 +7,6 @@ import random
 import time
 
 import pytest
-from aiokafka import AIOKafkaConsumer
 from redis.asyncio import Redis
 
 from schemas.codec import decode, encode
@@ -15,7 +14,7 @@ from schemas.events import ChangePointDetected, RewardObserved
 from schemas.topics import TopicNames
 from services.reward_consumer.consumer import RewardConsumer
 from tests.fixtures.in_process import consumer_settings, wait_for
-from tests.fixtures.streams import put_config
+from tests.fixtures.streams import put_config, topic_reader
 from tests.integration.test_reward_consumer import ARMS, produce
 
 pytestmark = pytest.mark.integration
@@ -50,16 +49,8 @@ async def test_abrupt_change_is_published_as_an_event(
         await consumer.stop()
     assert consumer.stats.change_points >= 1
 
-    reader = AIOKafkaConsumer(
-        names.experiments,
-        bootstrap_servers=kafka_bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        group_id=None,
-    )
-    await reader.start()
     found: list[ChangePointDetected] = []
-    try:
+    async with topic_reader(kafka_bootstrap, names.experiments) as reader:
         deadline = time.monotonic() + 20.0
         while not found and time.monotonic() < deadline:
             polled = await reader.getmany(timeout_ms=500)
@@ -69,8 +60,6 @@ async def test_abrupt_change_is_published_as_an_event(
                     if isinstance(decoded, ChangePointDetected):
                         assert r.key == exp.encode()
                         found.append(decoded)
-    finally:
-        await reader.stop()
     assert found, "no ChangePointDetected on the experiments topic"
     first = found[0]
     assert first.experiment_id == exp

@@ -16,12 +16,11 @@ import orjson
 import pytest
 
 from mab_client.local import allocation_of
-from mab_client.models import AllocationPublic
 from schemas.dead_letter import dedupe
 from schemas.topics import TopicNames
 from services.reward_consumer import RewardConsumer
 from stream_runtime.dead_letter import read_dead_letters
-from tests.fixtures.in_process import consumer_settings, in_process
+from tests.fixtures.in_process import consumer_settings, create_with_allocation, in_process
 from tests.fixtures.streams import Outgoing, decisions_in_log, produce
 
 pytestmark = pytest.mark.integration
@@ -42,11 +41,7 @@ async def test_exposures_on_kafka_become_decisions_once_and_bad_ones_reach_the_d
     names = TopicNames.with_prefix(ns)
     services = in_process(kafka_bootstrap, redis_url, ns)
     async with services.serving() as c:
-        r = await c.post("/experiments", json={"experiment_id": exp, "arm_ids": ARMS})
-        assert r.status_code == 201, r.text
-        allocation = AllocationPublic.model_validate(
-            (await c.get(f"/experiments/{exp}/allocation")).json()
-        )
+        allocation = await create_with_allocation(c, exp, ARMS)
         rule = allocation_of(allocation)
 
         def item(i: int, **fields: Any) -> dict[str, Any]:

@@ -21,24 +21,13 @@ from schemas.codec import decode, encode
 from schemas.events import DecisionMade, ExperimentConfig
 from schemas.rejections import Rejection
 from tests.fixtures.events import config_of
+from tests.fixtures.exposures import ARMS, EXP, RECORD, SALT, VERSION
 
 pytestmark = pytest.mark.unit
 
-ARMS = ("blue", "green", "Free Shipping")
-VERSION = 29_603_160
-
 
 def config(**extra: Any) -> ExperimentConfig:
-    return config_of("cta", extra.pop("arm_ids", ARMS), salt="9f2c4e1a7b3d5f60", **extra)
-
-
-RECORD = AllocationRecord(
-    version=VERSION,
-    arm_ids=ARMS,
-    weights=(0.2, 0.5, 0.3),
-    min_arm_share=0.0,
-    computed_at=1_776_189_600.0,
-)
+    return config_of(EXP, extra.pop("arm_ids", ARMS), salt=SALT, **extra)
 
 
 def rule(cfg: ExperimentConfig, record: AllocationRecord = RECORD) -> Allocation:

@@ -16,7 +16,6 @@ from typing import Any
 import orjson
 import pytest
 
-from bandit_core.allocation import AllocationRecord
 from bandit_core.exposures import exposure_event_id
 from mab_client.assignment import Allocation
 from schemas.events import DecisionMade
@@ -29,25 +28,15 @@ from stream_runtime.engine import BatchEngine
 from stream_runtime.kafka_consumer import KafkaRecord
 from stream_runtime.state_store import MemoryStateStore
 from tests.fixtures.events import config_of
+from tests.fixtures.exposures import ARMS, EXP, RECORD, SALT, VERSION
 
 pytestmark = pytest.mark.unit
 
 NS = "t-expo."
 TOPICS = TopicNames.with_prefix(NS)
 KEYS = RedisKeys(NS)
-EXP = "cta"
-ARMS = ("blue", "green", "Free Shipping")
-SALT = "9f2c4e1a7b3d5f60"
-VERSION = 29_603_160
 TTL = 86_400
 NOW = 1_776_189_700.0
-RECORD = AllocationRecord(
-    version=VERSION,
-    arm_ids=ARMS,
-    weights=(0.2, 0.5, 0.3),
-    min_arm_share=0.0,
-    computed_at=1_776_189_600.0,
-)
 RULE = Allocation(EXP, VERSION, ARMS, RECORD.weights, SALT)
 
 
