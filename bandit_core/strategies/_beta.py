@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from abc import abstractmethod
 from collections.abc import Iterable, Sequence
-from typing import Final
+from typing import Any, Final, Protocol
 
 import numpy as np
 
@@ -113,3 +113,32 @@ class BetaThompson(Strategy[P]):
         mixed = mix_uniform(explore, k, p)
         total = sum(mixed)
         return [x / total for x in mixed]
+
+
+class HalfLifePriors(Protocol):
+    """The params a :class:`HalfLifeThompson` reads."""
+
+    half_life: float
+    prior_alpha: float
+    prior_beta: float
+
+
+class HalfLifeThompson(BetaThompson[Any]):
+    """Thompson on each arm's counts as :attr:`arm_counts` reads them at the params'
+    ``half_life``: the adaptive variants differ only in that function (and in forced
+    exploration). Generic over ``Any`` because the params models cannot share a base
+    class without reordering their fields (and so the params a config reports)."""
+
+    @staticmethod
+    @abstractmethod
+    def arm_counts(stats: ArmStats, half_life: float, now: float) -> tuple[float, float]:
+        """One arm's ``(pulls, reward_sum)`` at ``half_life`` and ``now``: a plain function
+        (a subclass assigns ``staticmethod(f)``), so an arm costs one call."""
+
+    def posteriors(
+        self, stats: Sequence[ArmStats], params: HalfLifePriors, now: float
+    ) -> tuple[list[float], list[float]]:
+        arm_counts = self.arm_counts
+        h = params.half_life
+        counts = (arm_counts(s, h, now) for s in stats)
+        return beta_posteriors(params.prior_alpha, params.prior_beta, counts)
