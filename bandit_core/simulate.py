@@ -141,14 +141,21 @@ def load_scenario(path: Path | str) -> Scenario:
         raw = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ScenarioError(f"{p}: cannot read ({exc.strerror})") from None
+    return scenario_from_text(raw, label=str(p), name=p.stem)
+
+
+def scenario_from_text(text: str, label: str, name: str) -> Scenario:
+    """A scenario from the JSON text of a file or an upload; every problem is a
+    :class:`ScenarioError` that starts with ``label`` (the path or the upload's name), so
+    the CLI and the dashboard report a bad file the same way."""
     try:
-        obj = json.loads(raw)
+        obj = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ScenarioError(f"{p}: not JSON ({exc})") from None
+        raise ScenarioError(f"{label}: not JSON ({exc})") from None
     try:
-        return parse_scenario(obj, name=p.stem)
+        return parse_scenario(obj, name=name)
     except ScenarioError as exc:
-        raise ScenarioError(f"{p}: {exc}") from None
+        raise ScenarioError(f"{label}: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)

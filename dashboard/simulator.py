@@ -30,6 +30,7 @@ from bandit_core.simulate import (
     parse_scenario,
     run_once,
     run_seed,
+    scenario_from_text,
     summarize,
 )
 from bandit_core.strategies import (
@@ -64,14 +65,7 @@ def scenario_from_bytes(data: bytes, name: str) -> Scenario:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise ScenarioError(f"{name}: not UTF-8 text") from None
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ScenarioError(f"{name}: not JSON ({exc})") from None
-    try:
-        return parse_scenario(obj, name=Path(name).stem)
-    except ScenarioError as exc:
-        raise ScenarioError(f"{name}: {exc}") from None
+    return scenario_from_text(text, label=name, name=Path(name).stem)
 
 
 def parse_arm_names(text: str) -> list[str]:

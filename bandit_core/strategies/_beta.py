@@ -10,13 +10,13 @@ from __future__ import annotations
 import random
 from abc import abstractmethod
 from collections.abc import Iterable, Sequence
-from typing import Final
+from typing import Any, Final, Protocol
 
 import numpy as np
 
 from bandit_core.rng import numpy_generator
 from bandit_core.state import ArmStats
-from bandit_core.strategies.base import P, Strategy, check_arms, mix_uniform
+from bandit_core.strategies.base import ExploringStrategy, P, mix_uniform
 
 #: From this many arms one vectorised numpy draw beats a loop of ``betavariate`` despite
 #: numpy's per-call overhead: the threshold sits above the measured crossover (near 16
@@ -82,7 +82,7 @@ def argmax_propensities(
     return [float(x) for x in p]
 
 
-class BetaThompson(Strategy[P]):
+class BetaThompson(ExploringStrategy[P]):
     """Thompson sampling on posteriors from :meth:`posteriors`, with optional uniform
     forced exploration (:meth:`~bandit_core.strategies.base.Strategy.exploration`), whose
     propensities mix in closed form."""
@@ -96,20 +96,42 @@ class BetaThompson(Strategy[P]):
     def exploit(self, stats: Sequence[ArmStats], params: P, rng: random.Random, now: float) -> int:
         return sample_argmax(*self.posteriors(stats, params, now), rng)
 
-    def propensities(
-        self,
-        arm_ids: Sequence[str],
-        stats: Sequence[ArmStats],
-        params: P,
-        rng: random.Random,
-        now: float,
-        samples: int = 1000,
+    def exploit_propensities(
+        self, stats: Sequence[ArmStats], params: P, rng: random.Random, now: float, samples: int
     ) -> list[float]:
-        k = check_arms(arm_ids, stats)
-        p = argmax_propensities(*self.posteriors(stats, params, now), rng, samples)
-        explore = self.exploration(params)
-        if not explore:
-            return p
+        return argmax_propensities(*self.posteriors(stats, params, now), rng, samples)
+
+    def mix_exploration(self, explore: float, k: int, p: list[float]) -> list[float]:
+        """Renormalised after mixing: Monte Carlo estimates carry float noise in their sum."""
         mixed = mix_uniform(explore, k, p)
         total = sum(mixed)
         return [x / total for x in mixed]
+
+
+class HalfLifePriors(Protocol):
+    """The params a :class:`HalfLifeThompson` reads."""
+
+    half_life: float
+    prior_alpha: float
+    prior_beta: float
+
+
+class HalfLifeThompson(BetaThompson[Any]):
+    """Thompson on each arm's counts as :attr:`arm_counts` reads them at the params'
+    ``half_life``: the adaptive variants differ only in that function (and in forced
+    exploration). Generic over ``Any`` because the params models cannot share a base
+    class without reordering their fields (and so the params a config reports)."""
+
+    @staticmethod
+    @abstractmethod
+    def arm_counts(stats: ArmStats, half_life: float, now: float) -> tuple[float, float]:
+        """One arm's ``(pulls, reward_sum)`` at ``half_life`` and ``now``: a plain function
+        (a subclass assigns ``staticmethod(f)``), so an arm costs one call."""
+
+    def posteriors(
+        self, stats: Sequence[ArmStats], params: HalfLifePriors, now: float
+    ) -> tuple[list[float], list[float]]:
+        arm_counts = self.arm_counts
+        h = params.half_life
+        counts = (arm_counts(s, h, now) for s in stats)
+        return beta_posteriors(params.prior_alpha, params.prior_beta, counts)

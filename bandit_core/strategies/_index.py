@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from bandit_core.state import ArmStats
 from bandit_core.strategies.base import (
     DECIDER_SAMPLES,
+    ExploringStrategy,
     P,
-    Strategy,
     check_arms,
     explore_uniformly,
     mix_uniform,
@@ -25,7 +25,7 @@ from bandit_core.strategies.base import (
 )
 
 
-class IndexPolicy(Strategy[P]):
+class IndexPolicy(ExploringStrategy[P]):
     """Uniform among :meth:`candidates`, with optional forced exploration
     (:meth:`~bandit_core.strategies.base.Strategy.exploration`) mixed in closed form."""
 
@@ -36,21 +36,12 @@ class IndexPolicy(Strategy[P]):
     def exploit(self, stats: Sequence[ArmStats], params: P, rng: random.Random, now: float) -> int:
         return pick_tied(self.candidates(stats, params, now), rng)
 
-    def propensities(
-        self,
-        arm_ids: Sequence[str],
-        stats: Sequence[ArmStats],
-        params: P,
-        rng: random.Random,
-        now: float,
-        samples: int = 1000,
+    def exploit_propensities(
+        self, stats: Sequence[ArmStats], params: P, rng: random.Random, now: float, samples: int
     ) -> list[float]:
-        """Closed form: ``explore / K`` for every arm plus ``1 - explore`` spread over the
-        candidates."""
-        k = check_arms(arm_ids, stats)
-        p = uniform_over(k, self.candidates(stats, params, now))
-        explore = self.exploration(params)
-        return mix_uniform(explore, k, p) if explore else p
+        """Closed form: uniform over the candidates (forced exploration then adds
+        ``explore / K`` to every arm and scales these by ``1 - explore``)."""
+        return uniform_over(len(stats), self.candidates(stats, params, now))
 
     def choose_with_propensity(
         self,

@@ -179,6 +179,38 @@ class Strategy(ABC, Generic[P]):
         return index, self.propensities(arm_ids, stats, params, rng, now, samples)[index]
 
 
+class ExploringStrategy(Strategy[P]):
+    """A strategy whose propensities are those of its own pick
+    (:meth:`exploit_propensities`) mixed with forced uniform exploration
+    (:meth:`mix_exploration`), as :meth:`~Strategy.choose` draws them: the index
+    policies and the Thompson family."""
+
+    def propensities(
+        self,
+        arm_ids: Sequence[str],
+        stats: Sequence[ArmStats],
+        params: P,
+        rng: random.Random,
+        now: float,
+        samples: int = 1000,
+    ) -> list[float]:
+        k = check_arms(arm_ids, stats)
+        p = self.exploit_propensities(stats, params, rng, now, samples)
+        explore = self.exploration(params)
+        return self.mix_exploration(explore, k, p) if explore else p
+
+    @abstractmethod
+    def exploit_propensities(
+        self, stats: Sequence[ArmStats], params: P, rng: random.Random, now: float, samples: int
+    ) -> list[float]:
+        """Probability that :meth:`exploit` picks each arm (``samples``: Monte Carlo draws,
+        for a policy without a closed form)."""
+
+    def mix_exploration(self, explore: float, k: int, p: list[float]) -> list[float]:
+        """``p`` mixed with forced exploration at rate ``explore`` (> 0)."""
+        return mix_uniform(explore, k, p)
+
+
 def check_arms(arm_ids: Sequence[str], stats: Sequence[ArmStats]) -> int:
     """The arm count, after checking the inputs line up (a bug upstream, not user input)."""
     k = len(arm_ids)

@@ -10,12 +10,10 @@ decaying towards the prior, which is what makes it be re-explored after a change
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import ClassVar
 
 from bandit_core.adaptive import decayed
-from bandit_core.state import ArmStats
-from bandit_core.strategies._beta import BetaThompson, beta_posteriors
+from bandit_core.strategies._beta import HalfLifeThompson
 from bandit_core.strategies.base import BetaPrior, HalfLife, StrategyParams
 
 
@@ -25,14 +23,9 @@ class DiscountedThompsonParams(StrategyParams):
     prior_beta: BetaPrior = 1.0
 
 
-class DiscountedThompson(BetaThompson[DiscountedThompsonParams]):
+class DiscountedThompson(HalfLifeThompson):
+    """Beta posteriors from each arm's decayed counts at ``now``."""
+
     name: ClassVar[str] = "discounted_thompson"
     params_model = DiscountedThompsonParams
-
-    def posteriors(
-        self, stats: Sequence[ArmStats], params: DiscountedThompsonParams, now: float
-    ) -> tuple[list[float], list[float]]:
-        """Beta ``(alphas, betas)`` of each arm from its decayed counts at ``now``."""
-        h = params.half_life
-        counts = (decayed(s, h, now) for s in stats)
-        return beta_posteriors(params.prior_alpha, params.prior_beta, counts)
+    arm_counts = staticmethod(decayed)

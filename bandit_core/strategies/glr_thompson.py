@@ -27,12 +27,11 @@ when the winner follows the clock.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import ClassVar
 
 from bandit_core.adaptive import decayed
 from bandit_core.state import ArmStats
-from bandit_core.strategies._beta import BetaThompson, beta_posteriors
+from bandit_core.strategies._beta import HalfLifeThompson
 from bandit_core.strategies.base import BetaPrior, ExplorationRate, HalfLife, StrategyParams
 
 
@@ -56,17 +55,12 @@ def since_change_counts(stats: ArmStats, half_life: float, now: float) -> tuple[
     return n, r
 
 
-class GlrThompson(BetaThompson[GlrThompsonParams]):
+class GlrThompson(HalfLifeThompson):
+    """Beta posteriors from each arm's :func:`since_change_counts`."""
+
     name: ClassVar[str] = "glr_thompson"
     params_model = GlrThompsonParams
-
-    def posteriors(
-        self, stats: Sequence[ArmStats], params: GlrThompsonParams, now: float
-    ) -> tuple[list[float], list[float]]:
-        """Beta ``(alphas, betas)`` from each arm's :func:`since_change_counts`."""
-        h = params.half_life
-        counts = (since_change_counts(s, h, now) for s in stats)
-        return beta_posteriors(params.prior_alpha, params.prior_beta, counts)
+    arm_counts = staticmethod(since_change_counts)
 
     def exploration(self, params: GlrThompsonParams) -> float:
         return params.alpha
