@@ -134,6 +134,19 @@ class Applied(Generic[ReportT]):
     outputs: list[Any] = field(default_factory=list)
 
 
+def unknown_experiment(report: ReportT, count: int, detail: str = "") -> Applied[ReportT]:
+    """What a processor makes of ``count`` events of an experiment without a config key.
+
+    The decider writes the config before any event of the experiment, so such events
+    name an experiment that does not exist: every one is skipped as
+    :attr:`~schemas.rejections.Rejection.UNKNOWN_EXPERIMENT` and nothing is written, not
+    even the offsets, so a flood of made-up ids creates no keys and a redelivery is
+    skipped again. ``detail`` is the text of the skips' dead letters.
+    """
+    skipped = [Skip(i, Rejection.UNKNOWN_EXPERIMENT, detail) for i in range(count)]
+    return Applied(report, None, skipped=skipped)
+
+
 class Processor(Protocol[ReportT]):
     """A stream processor's pure part (see the module docstring)."""
 

@@ -45,6 +45,7 @@ from stream_runtime.processor import (
     Reads,
     Skip,
     TableRow,
+    unknown_experiment,
 )
 
 log = logging.getLogger("services.decider.sticky_table")
@@ -118,11 +119,7 @@ class StickyTable:
         report = StickyTableReport()
         config = self._configs(loaded.values[self.keys.experiment(experiment_id).config])
         if config is None:
-            return Applied(
-                report,
-                None,
-                skipped=[Skip(i, Rejection.UNKNOWN_EXPERIMENT) for i in range(len(events))],
-            )
+            return unknown_experiment(report, len(events))
         ttl = config.sticky_ttl_s
         rows: list[TableRow] = []
         skipped: list[Skip] = []

@@ -41,8 +41,8 @@ from stream_runtime.processor import (
     Guard,
     Loaded,
     Reads,
-    Skip,
     ZAdd,
+    unknown_experiment,
 )
 
 log = logging.getLogger("services.projector")
@@ -118,13 +118,7 @@ class BucketProjection:
         report = ProjectionReport()
         config = self._configs(loaded.values[k.config])
         if config is None:
-            # No config: not an experiment (the decider writes it before any event).
-            # Write nothing, so a flood of made-up ids creates no keys.
-            return Applied(
-                report,
-                None,
-                skipped=[Skip(i, Rejection.UNKNOWN_EXPERIMENT) for i in range(len(events))],
-            )
+            return unknown_experiment(report, len(events))
         p = project(events, config, loaded.seen.keys(), self.retention, now)
         report.applied, report.duplicates, report.expired = p.applied, p.duplicates, p.expired
         changes = Changes()

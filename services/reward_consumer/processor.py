@@ -57,6 +57,7 @@ from stream_runtime.processor import (
     Reads,
     Skip,
     ZAdd,
+    unknown_experiment,
 )
 
 log = logging.getLogger("services.reward_consumer")
@@ -169,13 +170,10 @@ class SnapshotFold:
         report = FoldReport()
         config = self._configs(loaded.values[k.config])
         if config is None:
-            # No config key: the decider writes it before any event of the experiment,
-            # so this is a record for an experiment that does not exist. Nothing is
-            # written (a flood of made-up ids must not create keys); a redelivery is
-            # rejected again, and the DLQ's readers dedupe by source position.
+            # Dead-lettered with this text; a redelivery is dead-lettered again, and
+            # the DLQ's readers dedupe by source position.
             detail = f"experiment {experiment_id!r} does not exist"
-            unknown = [Skip(i, Rejection.UNKNOWN_EXPERIMENT, detail) for i in range(len(events))]
-            return Applied(report, None, skipped=unknown)
+            return unknown_experiment(report, len(events), detail)
         state = build_state(
             experiment_id,
             config,
