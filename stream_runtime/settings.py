@@ -15,7 +15,7 @@ names, so there is no alias table to keep in sync with the docs.
 from __future__ import annotations
 
 import sys
-from typing import Any, TypeVar
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -91,12 +91,52 @@ class ServiceSettings(KafkaConnection, ProcessSettings):
         )
 
 
+class LoopFields(NamedTuple):
+    """Which of a processor's own fields hold what the batch loop reads
+    (:class:`~stream_runtime.kafka_loop.LoopSettings`): each service keeps its own env
+    var names for them."""
+
+    group_id: str
+    max_batch_records: str
+    poll_timeout_ms: str
+    session_timeout_ms: str
+    retry_backoff_s: str
+
+    @classmethod
+    def with_prefix(cls, prefix: str, **named: str) -> LoopFields:
+        """``<prefix><loop name>`` for each, but for the fields ``named`` otherwise."""
+        return cls(*(named.get(name, prefix + name) for name in cls._fields))
+
+
 class StreamSettings(ServiceSettings):
-    """Settings of a stream processor: the shared ones plus its metrics exporter."""
+    """Settings of a stream processor: the shared ones plus its metrics exporter, and
+    the loop's settings read from the subclass's fields that :attr:`loop_fields` names."""
 
     #: Prometheus exporter (``/metrics``); unset: none. ``mab up`` picks a free port.
     mab_metrics_port: int | None = Field(default=None, ge=0, le=65535)
     mab_metrics_host: str = "127.0.0.1"
+
+    loop_fields: ClassVar[LoopFields]
+
+    @property
+    def group_id(self) -> str:
+        return str(getattr(self, self.loop_fields.group_id))
+
+    @property
+    def max_batch_records(self) -> int:
+        return int(getattr(self, self.loop_fields.max_batch_records))
+
+    @property
+    def poll_timeout_ms(self) -> int:
+        return int(getattr(self, self.loop_fields.poll_timeout_ms))
+
+    @property
+    def session_timeout_ms(self) -> int:
+        return int(getattr(self, self.loop_fields.session_timeout_ms))
+
+    @property
+    def retry_backoff_s(self) -> float:
+        return float(getattr(self, self.loop_fields.retry_backoff_s))
 
 
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)

@@ -11,13 +11,15 @@ from __future__ import annotations
 from pydantic import Field
 
 from services.projector.projection import Retention
-from stream_runtime.settings import StreamSettings
+from stream_runtime.settings import LoopFields, StreamSettings
 
 _DAY = 86_400
 
 
 class ProjectorSettings(StreamSettings):
     """Environment of ``python -m services.projector`` (field names are the env vars)."""
+
+    loop_fields = LoopFields.with_prefix("mab_projector_")
 
     #: Its own group: the projector's progress is independent of the reward consumer's.
     mab_projector_group_id: str = Field(default="mab-projector", min_length=1)
@@ -37,23 +39,3 @@ class ProjectorSettings(StreamSettings):
             hour_s=int(self.mab_projector_retention_days * _DAY),
             minute_s=int(self.mab_projector_minute_retention_days * _DAY),
         )
-
-    @property
-    def group_id(self) -> str:
-        return self.mab_projector_group_id
-
-    @property
-    def max_batch_records(self) -> int:
-        return self.mab_projector_max_batch_records
-
-    @property
-    def poll_timeout_ms(self) -> int:
-        return self.mab_projector_poll_timeout_ms
-
-    @property
-    def session_timeout_ms(self) -> int:
-        return self.mab_projector_session_timeout_ms
-
-    @property
-    def retry_backoff_s(self) -> float:
-        return self.mab_projector_retry_backoff_s

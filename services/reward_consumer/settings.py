@@ -11,7 +11,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from bandit_core.allocation import DEFAULT_RETENTION_S, MAX_RETENTION_S, MIN_RETENTION_S
-from stream_runtime.settings import StreamSettings
+from stream_runtime.settings import LoopFields, StreamSettings
 
 
 class ConsumerSettings(StreamSettings):
@@ -20,6 +20,8 @@ class ConsumerSettings(StreamSettings):
     Field names *are* the (case-insensitive) env var names, so there is no alias table
     to keep in sync with the docs.
     """
+
+    loop_fields = LoopFields.with_prefix("mab_", group_id="mab_consumer_group_id")
 
     mab_consumer_group_id: str = Field(default="mab-reward-consumer", min_length=1)
     #: Upper bound of one poll batch: one Redis read round trip and one write round trip
@@ -44,23 +46,3 @@ class ConsumerSettings(StreamSettings):
     mab_allocation_retention_s: int = Field(
         default=DEFAULT_RETENTION_S, ge=MIN_RETENTION_S, le=MAX_RETENTION_S
     )
-
-    @property
-    def group_id(self) -> str:
-        return self.mab_consumer_group_id
-
-    @property
-    def max_batch_records(self) -> int:
-        return self.mab_max_batch_records
-
-    @property
-    def poll_timeout_ms(self) -> int:
-        return self.mab_poll_timeout_ms
-
-    @property
-    def session_timeout_ms(self) -> int:
-        return self.mab_session_timeout_ms
-
-    @property
-    def retry_backoff_s(self) -> float:
-        return self.mab_retry_backoff_s
