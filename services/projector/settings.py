@@ -11,7 +11,15 @@ from __future__ import annotations
 from pydantic import Field
 
 from services.projector.projection import Retention
-from stream_runtime.settings import LoopFields, StreamSettings
+from stream_runtime.settings import (
+    GroupId,
+    LoopFields,
+    MaxBatchRecords,
+    PollTimeoutMs,
+    RetryBackoffS,
+    SessionTimeoutMs,
+    StreamSettings,
+)
 
 _DAY = 86_400
 
@@ -22,12 +30,11 @@ class ProjectorSettings(StreamSettings):
     loop_fields = LoopFields.with_prefix("mab_projector_")
 
     #: Its own group: the projector's progress is independent of the reward consumer's.
-    mab_projector_group_id: str = Field(default="mab-projector", min_length=1)
-    #: One Redis read and one write round trip are amortised over a batch.
-    mab_projector_max_batch_records: int = Field(default=5000, ge=1, le=100_000)
-    mab_projector_poll_timeout_ms: int = Field(default=500, ge=1, le=60_000)
-    mab_projector_session_timeout_ms: int = Field(default=10_000, ge=6_000, le=300_000)
-    mab_projector_retry_backoff_s: float = Field(default=1.0, gt=0, le=60)
+    mab_projector_group_id: GroupId = "mab-projector"
+    mab_projector_max_batch_records: MaxBatchRecords = 5000
+    mab_projector_poll_timeout_ms: PollTimeoutMs = 500
+    mab_projector_session_timeout_ms: SessionTimeoutMs = 10_000
+    mab_projector_retry_backoff_s: RetryBackoffS = 1.0
     #: Hour buckets expire this long after their hour starts (EXPIREAT).
     mab_projector_retention_days: float = Field(default=90, gt=0, le=3650)
     #: Minute buckets (the demo's fast view) are kept only briefly.

@@ -11,7 +11,15 @@ from __future__ import annotations
 from pydantic import Field
 
 from bandit_core.allocation import DEFAULT_RETENTION_S, MAX_RETENTION_S, MIN_RETENTION_S
-from stream_runtime.settings import LoopFields, StreamSettings
+from stream_runtime.settings import (
+    GroupId,
+    LoopFields,
+    MaxBatchRecords,
+    PollTimeoutMs,
+    RetryBackoffS,
+    SessionTimeoutMs,
+    StreamSettings,
+)
 
 
 class ConsumerSettings(StreamSettings):
@@ -23,16 +31,12 @@ class ConsumerSettings(StreamSettings):
 
     loop_fields = LoopFields.with_prefix("mab_", group_id="mab_consumer_group_id")
 
-    mab_consumer_group_id: str = Field(default="mab-reward-consumer", min_length=1)
-    #: Upper bound of one poll batch: one Redis read round trip and one write round trip
-    #: are amortised over it, so bigger batches fold faster but redeliver more on a crash.
-    mab_max_batch_records: int = Field(default=2000, ge=1, le=100_000)
-    mab_poll_timeout_ms: int = Field(default=500, ge=1, le=60_000)
-    #: How long the group waits for a silent (crashed) member before giving its partitions
-    #: to another: the bound on how long a SIGKILLed consumer stalls its partitions.
-    mab_session_timeout_ms: int = Field(default=10_000, ge=6_000, le=300_000)
-    #: Pause after a failed batch (Redis down) before the same records are retried.
-    mab_retry_backoff_s: float = Field(default=1.0, gt=0, le=60)
+    mab_consumer_group_id: GroupId = "mab-reward-consumer"
+    #: Bigger batches fold faster but redeliver more on a crash.
+    mab_max_batch_records: MaxBatchRecords = 2000
+    mab_poll_timeout_ms: PollTimeoutMs = 500
+    mab_session_timeout_ms: SessionTimeoutMs = 10_000
+    mab_retry_backoff_s: RetryBackoffS = 1.0
     #: How often expired attribution windows are looked for (services/reward_consumer/
     #: attribution.py); a window closes at most this much after the watermark passes it.
     mab_attribution_sweep_s: float = Field(default=1.0, gt=0, le=3600)
