@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from bandit_core.adaptive import GLR_DETECTOR
 from bandit_core.fold import (
@@ -39,9 +39,7 @@ from schemas.events import (
     ExperimentConfig,
     RewardObserved,
 )
-from schemas.redis_keys import RedisKeys
 from schemas.rejections import Rejection
-from schemas.topics import TopicNames
 from stream_runtime.batch import (
     BatchReport,
     Decoder,
@@ -51,7 +49,7 @@ from stream_runtime.batch import (
 from stream_runtime.processor import (
     Applied,
     Changes,
-    ConfigMemo,
+    ExperimentProcessor,
     Guard,
     Loaded,
     Reads,
@@ -135,14 +133,11 @@ def build_state(
 
 
 @dataclass
-class SnapshotFold:
-    """The reward consumer's processor (see the module docstring). Picklable: replay's
-    worker processes get one each."""
+class SnapshotFold(ExperimentProcessor):
+    """The reward consumer's processor (see the module docstring)."""
 
-    topics: TopicNames
-    keys: RedisKeys
     name: str = "reward consumer"
-    _configs: ConfigMemo = field(default_factory=lambda: ConfigMemo(log), repr=False)
+    config_log = log
 
     @property
     def decoders(self) -> Mapping[str, Decoder]:
@@ -168,7 +163,7 @@ class SnapshotFold:
     ) -> Applied[FoldReport]:
         k = self.keys.experiment(experiment_id)
         report = FoldReport()
-        config = self._configs(loaded.values[k.config])
+        config = self.config(experiment_id, loaded)
         if config is None:
             # Dead-lettered with this text; a redelivery is dead-lettered again, and
             # the DLQ's readers dedupe by source position.
