@@ -75,6 +75,8 @@ from stream_runtime.kafka_consumer import (
 )
 from stream_runtime.metrics import LAG_EVERY_S, ProcessorMetrics
 from stream_runtime.processor import ReportT
+from stream_runtime.redis_client import AnyRedis
+from stream_runtime.settings import ServiceSettings
 
 #: Seconds between two progress log lines.
 PROGRESS_EVERY_S: Final = 10.0
@@ -124,6 +126,8 @@ class KafkaBatchProcessor(abc.ABC, Generic[ReportT]):
         self.handle_seconds = 0.0  # wall time inside _handle(), for the records/s figure
         #: The engine batches go through (built by :meth:`_open_resources`).
         self.engine: BatchEngine[ReportT] | None = None
+        #: The state's Redis client (:meth:`_open_redis`, :meth:`_close_redis`).
+        self._redis: AnyRedis | None = None
         self._consumer: Consumer | None = None
         self._errors: ClientErrors | None = None
         self._stop = asyncio.Event()
@@ -148,6 +152,19 @@ class KafkaBatchProcessor(abc.ABC, Generic[ReportT]):
     @abc.abstractmethod
     async def _close_resources(self) -> None:
         """Close what :meth:`_open_resources` opened; after leaving the group."""
+
+    async def _open_redis(self, settings: ServiceSettings) -> AnyRedis:
+        """The Redis client of :meth:`_open_resources`, pinged: a wrong URL or a Redis
+        that is down fails the start-up, not the first batch."""
+        self._redis = settings.redis_client()
+        await self._redis.ping()
+        return self._redis
+
+    async def _close_redis(self) -> None:
+        """Close the client of :meth:`_open_redis` (if open), from :meth:`_close_resources`."""
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
 
     async def _handle(self, records: list[RecordLike]) -> ReportT:
         """Apply one batch through the engine; raises on failure. Commits nothing."""

@@ -32,13 +32,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, NamedTuple, Protocol, TypeVar, runtime_checkable
+from typing import Any, ClassVar, Generic, NamedTuple, Protocol, TypeVar, runtime_checkable
 
 import orjson
 from pydantic import ValidationError
 
 from schemas.events import AnyEvent, ExperimentConfig
+from schemas.redis_keys import RedisKeys
 from schemas.rejections import Rejection
+from schemas.topics import TopicNames
 from stream_runtime.batch import BatchReport, Decoder
 
 
@@ -134,6 +136,19 @@ class Applied(Generic[ReportT]):
     outputs: list[Any] = field(default_factory=list)
 
 
+def unknown_experiment(report: ReportT, count: int, detail: str = "") -> Applied[ReportT]:
+    """What a processor makes of ``count`` events of an experiment without a config key.
+
+    The decider writes the config before any event of the experiment, so such events
+    name an experiment that does not exist: every one is skipped as
+    :attr:`~schemas.rejections.Rejection.UNKNOWN_EXPERIMENT` and nothing is written, not
+    even the offsets, so a flood of made-up ids creates no keys and a redelivery is
+    skipped again. ``detail`` is the text of the skips' dead letters.
+    """
+    skipped = [Skip(i, Rejection.UNKNOWN_EXPERIMENT, detail) for i in range(count)]
+    return Applied(report, None, skipped=skipped)
+
+
 class Processor(Protocol[ReportT]):
     """A stream processor's pure part (see the module docstring)."""
 
@@ -202,3 +217,26 @@ class ConfigMemo:
             self._parsed.clear()
         self._parsed[raw] = config
         return config
+
+
+@dataclass
+class ExperimentProcessor:
+    """The part the processors share (the snapshot fold, the bucket projection, the
+    sticky table): the topic and key names, and the experiment's config, which each
+    reads for every batch, if only to tell an experiment that does not exist
+    (:func:`unknown_experiment`). A subclass names the logger of unreadable configs in
+    :attr:`config_log`. Picklable: replay's worker processes get one each."""
+
+    topics: TopicNames
+    keys: RedisKeys
+    _configs: ConfigMemo = field(init=False, repr=False)
+
+    config_log: ClassVar[logging.Logger]
+
+    def __post_init__(self) -> None:
+        self._configs = ConfigMemo(self.config_log)
+
+    def config(self, experiment_id: str, loaded: Loaded) -> ExperimentConfig | None:
+        """The experiment's config from its loaded config key (which :meth:`plan` must
+        read), ``None`` if missing or unreadable."""
+        return self._configs(loaded.values[self.keys.experiment(experiment_id).config])

@@ -15,7 +15,7 @@ names, so there is no alias table to keep in sync with the docs.
 from __future__ import annotations
 
 import sys
-from typing import Any, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, NamedTuple, Self, TypeVar, overload
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -24,6 +24,8 @@ from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames
 from stream_runtime.kafka_connection import KafkaConnection
 from stream_runtime.redis_client import AnyRedis, redis_from_url
+
+T = TypeVar("T")
 
 LOG_LEVELS = frozenset({"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"})
 
@@ -91,12 +93,69 @@ class ServiceSettings(KafkaConnection, ProcessSettings):
         )
 
 
+#: The bounds of the loop's settings, the same for every processor (each declares its
+#: own fields with them, under its own env var names and with its own defaults).
+GroupId = Annotated[str, Field(min_length=1)]
+#: One Redis read and one write round trip are amortised over a batch.
+MaxBatchRecords = Annotated[int, Field(ge=1, le=100_000)]
+PollTimeoutMs = Annotated[int, Field(ge=1, le=60_000)]
+#: How long the group waits for a silent (crashed) member before giving its partitions
+#: to another: the bound on how long a SIGKILLed processor stalls its partitions.
+SessionTimeoutMs = Annotated[int, Field(ge=6_000, le=300_000)]
+#: Pause after a failed batch (Redis down) before the same records are retried.
+RetryBackoffS = Annotated[float, Field(gt=0, le=60)]
+
+
+class LoopFields(NamedTuple):
+    """Which of a processor's own fields hold what the batch loop reads
+    (:class:`~stream_runtime.kafka_loop.LoopSettings`): each service keeps its own env
+    var names for them."""
+
+    group_id: str
+    max_batch_records: str
+    poll_timeout_ms: str
+    session_timeout_ms: str
+    retry_backoff_s: str
+
+    @classmethod
+    def with_prefix(cls, prefix: str, **named: str) -> LoopFields:
+        """``<prefix><loop name>`` for each, but for the fields ``named`` otherwise."""
+        return cls(*(named.get(name, prefix + name) for name in cls._fields))
+
+
+class LoopSetting(Generic[T]):
+    """One of the loop's settings on a processor's settings: the value of the field that
+    the class's :attr:`StreamSettings.loop_fields` names for it (a descriptor rather than
+    a field, so it reads no env var of its own)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, settings: None, owner: type) -> Self: ...
+    @overload
+    def __get__(self, settings: StreamSettings, owner: type) -> T: ...
+    def __get__(self, settings: StreamSettings | None, owner: type) -> Self | T:
+        if settings is None:
+            return self
+        value: T = getattr(settings, getattr(settings.loop_fields, self.name))
+        return value
+
+
 class StreamSettings(ServiceSettings):
-    """Settings of a stream processor: the shared ones plus its metrics exporter."""
+    """Settings of a stream processor: the shared ones plus its metrics exporter, and
+    the loop's settings read from the subclass's fields that :attr:`loop_fields` names."""
 
     #: Prometheus exporter (``/metrics``); unset: none. ``mab up`` picks a free port.
     mab_metrics_port: int | None = Field(default=None, ge=0, le=65535)
     mab_metrics_host: str = "127.0.0.1"
+
+    loop_fields: ClassVar[LoopFields]
+    group_id: ClassVar[LoopSetting[str]] = LoopSetting()
+    max_batch_records: ClassVar[LoopSetting[int]] = LoopSetting()
+    poll_timeout_ms: ClassVar[LoopSetting[int]] = LoopSetting()
+    session_timeout_ms: ClassVar[LoopSetting[int]] = LoopSetting()
+    retry_backoff_s: ClassVar[LoopSetting[float]] = LoopSetting()
 
 
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)

@@ -30,13 +30,12 @@ import os
 import signal
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any, Final, Literal, TypeVar
 
-from mab_client.models import ArmSupportPublic, EstimatePublic, EvaluationPublic
-from offpolicy.estimators import ArmSupport, Estimate
+from mab_client.models import EvaluationPublic
 from offpolicy.evaluate import EvaluationOptions, EvaluationReport, evaluate_log
 from offpolicy.reader import LogTooLargeError, LogUnavailableError, read_experiment_log
 from schemas.topics import TopicNames
@@ -203,54 +202,27 @@ def run_evaluation(job: EvaluationJob) -> EvaluationOutcome:
 # -- the response ---------------------------------------------------------------------------
 
 
-def estimate_public(e: Estimate) -> EstimatePublic:
-    return EstimatePublic(
-        estimator=e.estimator,
-        value=e.value,
-        std_error=e.std_error,
-        ci_low=e.ci_low,
-        ci_high=e.ci_high,
-    )
-
-
-def arm_support_public(s: ArmSupport) -> ArmSupportPublic:
-    return ArmSupportPublic(
-        arm_id=s.arm_id,
-        logged_decisions=s.logged_decisions,
-        logged_share=s.logged_share,
-        target_share=s.target_share,
-        mean_reward=s.mean_reward,
-    )
-
-
 def evaluation_public(
     r: EvaluationReport, max_decisions: int, elapsed_s: float
 ) -> EvaluationPublic:
-    res = r.result.to_dict()
-    return EvaluationPublic(
-        experiment_id=r.experiment_id,
-        strategy=r.strategy,
-        strategy_params=r.strategy_params,
-        missing_reward=r.missing_reward,
-        confidence=r.result.confidence,
-        estimates=[estimate_public(e) for e in r.result.estimates],
-        logged=estimate_public(r.result.logged),
-        ess=r.result.ess,
-        weight_mean=res["weight_mean"],
-        weight_max=res["weight_max"],
-        max_weight_share=res["max_weight_share"],
-        arms=[arm_support_public(s) for s in r.result.arms],
-        warnings=r.warnings,
-        decisions_logged=r.decisions_logged,
-        decisions_considered=r.decisions_considered,
-        decisions_evaluated=r.decisions_evaluated,
-        decisions_without_reward=r.decisions_without_reward,
-        decisions_skipped=r.decisions_skipped,
-        rewards_logged=r.rewards_logged,
-        rewards_unlinked=r.rewards_unlinked,
-        rewards_orphan=r.rewards_orphan,
-        records_rejected=r.records_rejected,
-        truncated=r.truncated,
-        max_decisions=max_decisions,
-        elapsed_s=elapsed_s,
+    """The answer: the report's own fields and the estimates, each under its own name (the
+    estimates and arms read from their dataclasses' attributes), with the weight summary
+    as :meth:`~offpolicy.estimators.Estimates.to_dict` gives it (a non-finite weight is
+    ``null``)."""
+    res = r.result
+    weights = res.to_dict()
+    report_fields = {f.name: getattr(r, f.name) for f in fields(r) if f.name != "result"}
+    return EvaluationPublic.model_validate(
+        {
+            **report_fields,
+            "confidence": res.confidence,
+            "estimates": res.estimates,
+            "logged": res.logged,
+            "ess": res.ess,
+            "arms": res.arms,
+            **{k: weights[k] for k in ("weight_mean", "weight_max", "max_weight_share")},
+            "max_decisions": max_decisions,
+            "elapsed_s": elapsed_s,
+        },
+        from_attributes=True,
     )

@@ -157,59 +157,58 @@ class DecisionFastPath:
                         send, 429, RATE_LIMITED, [(b"retry-after", retry_after(wait)), *cors]
                     )
                     return
-            if path == "/decision" and method == "GET":
+            is_decision = path == "/decision" and method == "GET"
+            if is_decision or (path == "/reward" and method == "POST"):
+                # Both fast routes are the storefront's: checked for the client key here,
+                # as their FastAPI routes' dependency would.
                 denial = runtime.auth.check(authorization, Access.CLIENT)
                 if denial is not None:
                     status_code = denial.status
                     await _respond(send, denial.status, denial.body, _denial_headers(denial, cors))
                     return
-                query: bytes = scope["query_string"]
-                unit_id = None
-                if b"&" in query:
-                    experiment_id, unit_id = _unit_query(query)
-                else:
-                    experiment_id = _experiment_id(query)
-                entry = (
-                    None
-                    if experiment_id is None or unit_id is not None
-                    else runtime.cache.fresh(experiment_id)
-                )
-                if entry is not None and experiment_id is not None:
-                    # The common case, without a coroutine: a fresh cached entry.
-                    body, record = decide_cached(runtime, entry, False, experiment_id)
-                    waiting = log_decision(runtime, experiment_id, record)
-                    if waiting is not None:
-                        await waiting
-                    status_code = 200
-                    await _respond(send, 200, body, cors)
-                    return
-                try:
-                    served = (
+                if is_decision:
+                    query: bytes = scope["query_string"]
+                    unit_id = None
+                    if b"&" in query:
+                        experiment_id, unit_id = _unit_query(query)
+                    else:
+                        experiment_id = _experiment_id(query)
+                    entry = (
                         None
-                        if experiment_id is None
-                        else await serve_decision(runtime, experiment_id, unit_id)
+                        if experiment_id is None or unit_id is not None
+                        else runtime.cache.fresh(experiment_id)
                     )
-                except RedisError as exc:
-                    # Answered here, not by falling through to the route: the route would
-                    # ask Redis again and double the wait (two socket timeouts against a
-                    # hung Redis, found by the Redis freeze fault test).
-                    log.error("redis error on GET /decision: %r", exc)
-                    status_code = 503
-                    await _respond(send, 503, STORE_UNAVAILABLE, cors)
-                    return
-                if served is not None:
-                    status_code = 200
-                    await _respond(send, 200, served, cors)
-                    return
-            elif path == "/reward" and method == "POST":
-                denial = runtime.auth.check(authorization, Access.CLIENT)
-                if denial is not None:
-                    status_code = denial.status
-                    await _respond(send, denial.status, denial.body, _denial_headers(denial, cors))
-                    return
-                status_code = await self._reward(scope, receive, send, runtime, cors)
-                if status_code:
-                    return
+                    if entry is not None and experiment_id is not None:
+                        # The common case, without a coroutine: a fresh cached entry.
+                        body, record = decide_cached(runtime, entry, False, experiment_id)
+                        waiting = log_decision(runtime, experiment_id, record)
+                        if waiting is not None:
+                            await waiting
+                        status_code = 200
+                        await _respond(send, 200, body, cors)
+                        return
+                    try:
+                        served = (
+                            None
+                            if experiment_id is None
+                            else await serve_decision(runtime, experiment_id, unit_id)
+                        )
+                    except RedisError as exc:
+                        # Answered here, not by falling through to the route: the route would
+                        # ask Redis again and double the wait (two socket timeouts against a
+                        # hung Redis, found by the Redis freeze fault test).
+                        log.error("redis error on GET /decision: %r", exc)
+                        status_code = 503
+                        await _respond(send, 503, STORE_UNAVAILABLE, cors)
+                        return
+                    if served is not None:
+                        status_code = 200
+                        await _respond(send, 200, served, cors)
+                        return
+                else:
+                    status_code = await self._reward(scope, receive, send, runtime, cors)
+                    if status_code:
+                        return
             status_code, route = await self._forward(scope, receive, send, runtime)
         finally:
             runtime.metrics.request(route, method, status_code, time.perf_counter() - started)

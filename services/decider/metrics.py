@@ -16,7 +16,7 @@ that are gone. An experiment without a p-value (too few units) has no series.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -92,6 +92,20 @@ class _SrmGauge(Collector):
 _BUCKET_LABELS: tuple[str, ...] = (*(repr(float(b)) for b in LATENCY_BUCKETS), "+Inf")
 
 
+def _counter(
+    name: str,
+    documentation: str,
+    labels: list[str],
+    tally: Iterable[tuple[str | tuple[object, ...], int]],
+) -> CounterMetricFamily:
+    """A counter family from one of :class:`_Tally`'s dicts, whose key is the one label
+    value or the tuple of them in ``labels`` order (a status code as its text)."""
+    family = CounterMetricFamily(name, documentation, labels=labels)
+    for key, n in list(tally):
+        family.add_metric([key] if isinstance(key, str) else [str(v) for v in key], n)
+    return family
+
+
 class _Tally(Collector):
     """The per-request metrics as plain Python counters, turned into Prometheus
     families only when scraped.
@@ -129,49 +143,39 @@ class _Tally(Collector):
                 buckets.append((label, cumulative))
             latency.add_metric([route, method], buckets, counts[-1])
         yield latency
-        requests = CounterMetricFamily(
+        yield _counter(
             "mab_http_requests",
             "HTTP requests by route template, method and status code.",
-            labels=["route", "method", "status"],
+            ["route", "method", "status"],
+            self.requests.items(),
         )
-        for (route, method, status), n in list(self.requests.items()):
-            requests.add_metric([route, method, str(status)], n)
-        yield requests
-        decisions = CounterMetricFamily(
+        yield _counter(
             "mab_decisions",
             "Decisions served, by strategy (experiment ids are not labels).",
-            labels=["strategy"],
+            ["strategy"],
+            self.decisions.items(),
         )
-        for strategy, n in list(self.decisions.items()):
-            decisions.add_metric([strategy], n)
-        yield decisions
-        rewards = CounterMetricFamily(
+        yield _counter(
             "mab_rewards",
             "Rewards received by the API: accepted (logged) or the rejection reason.",
-            labels=["outcome"],
+            ["outcome"],
+            self.rewards.items(),
         )
-        for outcome, n in list(self.rewards.items()):
-            rewards.add_metric([outcome], n)
-        yield rewards
-        units = CounterMetricFamily(
+        yield _counter(
             "mab_unit_decisions",
             "Decisions for requests with a unit id, by assignment mode and outcome: "
             "new (a DecisionMade logged), returning (a sticky unit's stored arm, nothing "
             "logged; cached: from this worker's memory, stored: from Redis).",
-            labels=["assignment", "outcome"],
+            ["assignment", "outcome"],
+            self.units.items(),
         )
-        for (assignment, outcome), n in list(self.units.items()):
-            units.add_metric([assignment, outcome], n)
-        yield units
-        exposures = CounterMetricFamily(
+        yield _counter(
             "mab_exposures",
             "Exposures received by POST /exposures: accepted, duplicate, unavailable or "
             "the rejection reason.",
-            labels=["outcome"],
+            ["outcome"],
+            self.exposures.items(),
         )
-        for outcome, n in list(self.exposures.items()):
-            exposures.add_metric([outcome], n)
-        yield exposures
 
 
 class DeciderMetrics:

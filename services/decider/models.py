@@ -62,14 +62,6 @@ def experiment_public(config: ExperimentConfig, *, units: bool = False) -> Exper
         version=config.version,
         attribution_window_s=config.attribution_window_s,
         default_reward=None if config.attribution_window_s is None else config.default_reward,
-        units=UnitSettingsPublic(
-            assignment=config.assignment,
-            sticky_ttl_s=config.sticky_ttl_s,
-            unit_id_storage=config.unit_id_storage,
-            salt=config.salt,
-            min_arm_share=config.min_arm_share,
-            allocation_interval_s=config.allocation_interval_s,
-        )
-        if units
-        else None,
+        # The assignment settings are the config's fields of the same names.
+        units=UnitSettingsPublic.model_validate(config, from_attributes=True) if units else None,
     )

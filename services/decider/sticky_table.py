@@ -26,25 +26,25 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 
 from bandit_core.decision_ids import arm_index_of
 from schemas.events import AnyEvent, DecisionMade
 from schemas.redis_keys import RedisKeys
 from schemas.rejections import Rejection
-from schemas.topics import TopicNames
 from services.decider.units import Assignment
 from stream_runtime.batch import BatchReport, Decoder, decode_decision_record
 from stream_runtime.processor import (
     Applied,
     Changes,
-    ConfigMemo,
+    ExperimentProcessor,
     Guard,
     Loaded,
     Reads,
     Skip,
     TableRow,
+    unknown_experiment,
 )
 
 log = logging.getLogger("services.decider.sticky_table")
@@ -80,20 +80,17 @@ def row_value(event: DecisionMade) -> bytes | None:
 
 
 @dataclass
-class StickyTable:
-    """The sticky table's projection (see the module docstring). Picklable: replay's
-    worker processes get one each.
+class StickyTable(ExperimentProcessor):
+    """The sticky table's projection (see the module docstring).
 
     ``keys`` is the namespace the experiments' configs are read from (replay's scratch
     namespace, where it seeds them); ``table`` the prefix of the unit keys (the live one:
     the table is written in place, never swapped).
     """
 
-    topics: TopicNames
-    keys: RedisKeys
     table: RedisKeys
     name: str = "sticky table"
-    _configs: ConfigMemo = field(default_factory=lambda: ConfigMemo(log), repr=False)
+    config_log = log
 
     @property
     def decoders(self) -> Mapping[str, Decoder]:
@@ -116,13 +113,9 @@ class StickyTable:
         self, experiment_id: str, events: Sequence[AnyEvent], loaded: Loaded, now: float
     ) -> Applied[StickyTableReport]:
         report = StickyTableReport()
-        config = self._configs(loaded.values[self.keys.experiment(experiment_id).config])
+        config = self.config(experiment_id, loaded)
         if config is None:
-            return Applied(
-                report,
-                None,
-                skipped=[Skip(i, Rejection.UNKNOWN_EXPERIMENT) for i in range(len(events))],
-            )
+            return unknown_experiment(report, len(events))
         ttl = config.sticky_ttl_s
         rows: list[TableRow] = []
         skipped: list[Skip] = []

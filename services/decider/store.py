@@ -93,15 +93,31 @@ local function build(cfg, raw, params_raw, now, window_raw, default_raw, over)
 end
 """
 
-# KEYS[1] config; ARGV[1] JSON list of new arms, ARGV[2] max arms, ARGV[3] now.
-# Returns {'ok', new_json, previous_json} | {'missing'} | {'exists', json list} |
-# {'too_many', current count} | {'floor', min_arm_share text}.
-_ADD_ARMS: Final = (
-    _LUA_HELPERS
-    + """
+
+def _config_update(body: str) -> str:
+    """An update script of the config at ``KEYS[1]``: the helpers; the stored config as
+    ``raw`` (its text) and ``cfg`` (decoded), or ``{'missing'}``; then ``body``, which
+    computes the new text ``out`` (or returns early); then its ``SET`` and ``{'ok', out,
+    raw}``."""
+    return (
+        _LUA_HELPERS
+        + """
 local raw = redis.call('GET', KEYS[1])
 if not raw then return {'missing'} end
 local cfg = cjson.decode(raw)
+"""
+        + body.removeprefix("\n")
+        + """redis.call('SET', KEYS[1], out)
+return {'ok', out, raw}
+"""
+    )
+
+
+# KEYS[1] config; ARGV[1] JSON list of new arms, ARGV[2] max arms, ARGV[3] now.
+# Returns {'ok', new_json, previous_json} | {'missing'} | {'exists', json list} |
+# {'too_many', current count} | {'floor', min_arm_share text}.
+_ADD_ARMS: Final = _config_update(
+    """
 local new = cjson.decode(ARGV[1])
 local present = {}
 for _, a in ipairs(cfg.arm_ids) do present[a] = true end
@@ -119,8 +135,6 @@ if (#cfg.arm_ids + #new) * floor > 1 + 1e-9 then return {'floor', floor_raw} end
 for _, a in ipairs(new) do cfg.arm_ids[#cfg.arm_ids + 1] = a end
 cfg.version = cfg.version + 1
 local out = build(cfg, raw, nil, ARGV[3])
-redis.call('SET', KEYS[1], out)
-return {'ok', out, raw}
 """
 )
 
@@ -129,12 +143,8 @@ return {'ok', out, raw}
 # ARGV[6] assignment mode, ARGV[7] sticky TTL (a number or null), ARGV[8] min_arm_share,
 # ARGV[9] allocation interval ('' keeps each).
 # Returns {'ok', new_json, previous_json} | {'missing'} | {'floor', min_arm_share text}.
-_SET_STRATEGY: Final = (
-    _LUA_HELPERS
-    + """
-local raw = redis.call('GET', KEYS[1])
-if not raw then return {'missing'} end
-local cfg = cjson.decode(raw)
+_SET_STRATEGY: Final = _config_update(
+    """
 cfg.strategy = ARGV[1]
 cfg.version = cfg.version + 1
 local window = nil
@@ -151,8 +161,6 @@ if ARGV[8] ~= '' then
 end
 if ARGV[9] ~= '' then over.interval = ARGV[9] end
 local out = build(cfg, raw, ARGV[2], ARGV[3], window, default, over)
-redis.call('SET', KEYS[1], out)
-return {'ok', out, raw}
 """
 )
 

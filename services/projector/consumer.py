@@ -25,7 +25,6 @@ from services.projector.processor import BucketProjection, ProjectionReport
 from services.projector.settings import ProjectorSettings
 from stream_runtime.engine import BatchEngine
 from stream_runtime.kafka_loop import KafkaBatchProcessor
-from stream_runtime.redis_client import AnyRedis
 from stream_runtime.redis_store import RedisStateStore
 
 log = logging.getLogger("services.projector")
@@ -44,7 +43,6 @@ class Projector(KafkaBatchProcessor[ProjectionReport]):
         self.settings = settings
         self.topics = settings.topics
         self.stats = ProjectionReport()
-        self._redis: AnyRedis | None = None
 
     @property
     def subscribed(self) -> list[str]:
@@ -52,19 +50,16 @@ class Projector(KafkaBatchProcessor[ProjectionReport]):
 
     async def _open_resources(self) -> BatchEngine[ProjectionReport]:
         s = self.settings
-        self._redis = s.redis_client()
-        await self._redis.ping()  # fail fast at start-up
+        redis = await self._open_redis(s)
         return BatchEngine(
             BucketProjection(self.topics, s.keys, s.retention),
-            RedisStateStore(self._redis),
+            RedisStateStore(redis),
             log=log,
             skipped_message=SKIPPED,
         )
 
     async def _close_resources(self) -> None:
-        if self._redis is not None:
-            await self._redis.aclose()
-            self._redis = None
+        await self._close_redis()
 
     def _stats_extra(self) -> dict[str, object]:
         s = self.stats

@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from bandit_core.fold import dedupe_keys
 from schemas.codec import DecodeError, decode
 from schemas.events import AnyEvent, ChangePointDetected, DecisionMade, RewardObserved
-from schemas.redis_keys import RedisKeys
 from schemas.rejections import Rejection
-from schemas.topics import TopicNames
 from services.projector.projection import Retention, project
 from stream_runtime.batch import (
     BatchReport,
@@ -37,12 +35,12 @@ from stream_runtime.batch import (
 from stream_runtime.processor import (
     Applied,
     Changes,
-    ConfigMemo,
+    ExperimentProcessor,
     Guard,
     Loaded,
     Reads,
-    Skip,
     ZAdd,
+    unknown_experiment,
 )
 
 log = logging.getLogger("services.projector")
@@ -82,15 +80,12 @@ def batch_dedupe_keys(events: Sequence[AnyEvent]) -> list[str]:
 
 
 @dataclass
-class BucketProjection:
-    """The projector's processor (see the module docstring). Picklable: replay's worker
-    processes get one each."""
+class BucketProjection(ExperimentProcessor):
+    """The projector's processor (see the module docstring)."""
 
-    topics: TopicNames
-    keys: RedisKeys
     retention: Retention
     name: str = "projector"
-    _configs: ConfigMemo = field(default_factory=lambda: ConfigMemo(log), repr=False)
+    config_log = log
 
     @property
     def decoders(self) -> Mapping[str, Decoder]:
@@ -116,15 +111,9 @@ class BucketProjection:
     ) -> Applied[ProjectionReport]:
         k = self.keys.experiment(experiment_id)
         report = ProjectionReport()
-        config = self._configs(loaded.values[k.config])
+        config = self.config(experiment_id, loaded)
         if config is None:
-            # No config: not an experiment (the decider writes it before any event).
-            # Write nothing, so a flood of made-up ids creates no keys.
-            return Applied(
-                report,
-                None,
-                skipped=[Skip(i, Rejection.UNKNOWN_EXPERIMENT) for i in range(len(events))],
-            )
+            return unknown_experiment(report, len(events))
         p = project(events, config, loaded.seen.keys(), self.retention, now)
         report.applied, report.duplicates, report.expired = p.applied, p.duplicates, p.expired
         changes = Changes()

@@ -11,21 +11,22 @@ from __future__ import annotations
 from pydantic import Field
 
 from services.projector.projection import Retention
-from stream_runtime.settings import StreamSettings
+from stream_runtime import settings as stream
 
 _DAY = 86_400
 
 
-class ProjectorSettings(StreamSettings):
+class ProjectorSettings(stream.StreamSettings):
     """Environment of ``python -m services.projector`` (field names are the env vars)."""
 
+    loop_fields = stream.LoopFields.with_prefix("mab_projector_")
+
     #: Its own group: the projector's progress is independent of the reward consumer's.
-    mab_projector_group_id: str = Field(default="mab-projector", min_length=1)
-    #: One Redis read and one write round trip are amortised over a batch.
-    mab_projector_max_batch_records: int = Field(default=5000, ge=1, le=100_000)
-    mab_projector_poll_timeout_ms: int = Field(default=500, ge=1, le=60_000)
-    mab_projector_session_timeout_ms: int = Field(default=10_000, ge=6_000, le=300_000)
-    mab_projector_retry_backoff_s: float = Field(default=1.0, gt=0, le=60)
+    mab_projector_group_id: stream.GroupId = "mab-projector"
+    mab_projector_max_batch_records: stream.MaxBatchRecords = 5000
+    mab_projector_poll_timeout_ms: stream.PollTimeoutMs = 500
+    mab_projector_session_timeout_ms: stream.SessionTimeoutMs = 10_000
+    mab_projector_retry_backoff_s: stream.RetryBackoffS = 1.0
     #: Hour buckets expire this long after their hour starts (EXPIREAT).
     mab_projector_retention_days: float = Field(default=90, gt=0, le=3650)
     #: Minute buckets (the demo's fast view) are kept only briefly.
@@ -37,23 +38,3 @@ class ProjectorSettings(StreamSettings):
             hour_s=int(self.mab_projector_retention_days * _DAY),
             minute_s=int(self.mab_projector_minute_retention_days * _DAY),
         )
-
-    @property
-    def group_id(self) -> str:
-        return self.mab_projector_group_id
-
-    @property
-    def max_batch_records(self) -> int:
-        return self.mab_projector_max_batch_records
-
-    @property
-    def poll_timeout_ms(self) -> int:
-        return self.mab_projector_poll_timeout_ms
-
-    @property
-    def session_timeout_ms(self) -> int:
-        return self.mab_projector_session_timeout_ms
-
-    @property
-    def retry_backoff_s(self) -> float:
-        return self.mab_projector_retry_backoff_s

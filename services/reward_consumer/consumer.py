@@ -57,7 +57,6 @@ from stream_runtime.batch import DeadLetterSink, RecordLike
 from stream_runtime.dead_letter import DeadLetterProducer, dead_letter_producer
 from stream_runtime.engine import BatchEngine
 from stream_runtime.kafka_loop import KafkaBatchProcessor
-from stream_runtime.redis_client import AnyRedis
 from stream_runtime.redis_store import RedisStateStore
 
 log = logging.getLogger("services.reward_consumer")
@@ -85,7 +84,6 @@ class RewardConsumer(KafkaBatchProcessor[FoldReport]):
         self._judge: BatchEngine[ExposureReport] | None = None
         self._judged: ExposureReport | None = None  # the batch in flight's, until commit
         self._producer: AckedProducer | None = None
-        self._redis: AnyRedis | None = None
         self._sweeper: AttributionSweeper | None = None
         self._next_sweep = 0.0
         self.defaults_logged = 0
@@ -102,8 +100,7 @@ class RewardConsumer(KafkaBatchProcessor[FoldReport]):
     # ----------------------------------------------------------------- resources
     async def _open_resources(self) -> BatchEngine[FoldReport]:
         s = self.settings
-        self._redis = s.redis_client()
-        await self._redis.ping()  # fail fast at start-up, not inside the first batch
+        redis = await self._open_redis(s)
         # Our own producer for ChangePointDetected and dead letters: acks=all,
         # idempotent, so a send that returned survives a broker failover and a retried
         # send is not doubled; its request size fits an oversize record's dead letter.
@@ -117,9 +114,9 @@ class RewardConsumer(KafkaBatchProcessor[FoldReport]):
             log=log,
         )
         self._sweeper = AttributionSweeper(
-            self._redis, s.keys, self._publish_defaults, s.mab_attribution_idle_grace_s
+            redis, s.keys, self._publish_defaults, s.mab_attribution_idle_grace_s
         )
-        store = RedisStateStore(self._redis)
+        store = RedisStateStore(redis)
         self._judge = BatchEngine(
             ExposureJudge(self.topics, s.keys, s.mab_allocation_retention_s),
             store,
@@ -142,9 +139,7 @@ class RewardConsumer(KafkaBatchProcessor[FoldReport]):
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
-        if self._redis is not None:
-            await self._redis.aclose()
-            self._redis = None
+        await self._close_redis()
 
     # ----------------------------------------------------------------- batch
     async def _handle(self, records: list[RecordLike]) -> FoldReport:

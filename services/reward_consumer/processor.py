@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from bandit_core.adaptive import GLR_DETECTOR
 from bandit_core.fold import (
@@ -39,9 +39,7 @@ from schemas.events import (
     ExperimentConfig,
     RewardObserved,
 )
-from schemas.redis_keys import RedisKeys
 from schemas.rejections import Rejection
-from schemas.topics import TopicNames
 from stream_runtime.batch import (
     BatchReport,
     Decoder,
@@ -51,12 +49,13 @@ from stream_runtime.batch import (
 from stream_runtime.processor import (
     Applied,
     Changes,
-    ConfigMemo,
+    ExperimentProcessor,
     Guard,
     Loaded,
     Reads,
     Skip,
     ZAdd,
+    unknown_experiment,
 )
 
 log = logging.getLogger("services.reward_consumer")
@@ -134,14 +133,11 @@ def build_state(
 
 
 @dataclass
-class SnapshotFold:
-    """The reward consumer's processor (see the module docstring). Picklable: replay's
-    worker processes get one each."""
+class SnapshotFold(ExperimentProcessor):
+    """The reward consumer's processor (see the module docstring)."""
 
-    topics: TopicNames
-    keys: RedisKeys
     name: str = "reward consumer"
-    _configs: ConfigMemo = field(default_factory=lambda: ConfigMemo(log), repr=False)
+    config_log = log
 
     @property
     def decoders(self) -> Mapping[str, Decoder]:
@@ -167,15 +163,12 @@ class SnapshotFold:
     ) -> Applied[FoldReport]:
         k = self.keys.experiment(experiment_id)
         report = FoldReport()
-        config = self._configs(loaded.values[k.config])
+        config = self.config(experiment_id, loaded)
         if config is None:
-            # No config key: the decider writes it before any event of the experiment,
-            # so this is a record for an experiment that does not exist. Nothing is
-            # written (a flood of made-up ids must not create keys); a redelivery is
-            # rejected again, and the DLQ's readers dedupe by source position.
+            # Dead-lettered with this text; a redelivery is dead-lettered again, and
+            # the DLQ's readers dedupe by source position.
             detail = f"experiment {experiment_id!r} does not exist"
-            unknown = [Skip(i, Rejection.UNKNOWN_EXPERIMENT, detail) for i in range(len(events))]
-            return Applied(report, None, skipped=unknown)
+            return unknown_experiment(report, len(events), detail)
         state = build_state(
             experiment_id,
             config,

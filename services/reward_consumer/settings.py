@@ -11,26 +11,24 @@ from __future__ import annotations
 from pydantic import Field
 
 from bandit_core.allocation import DEFAULT_RETENTION_S, MAX_RETENTION_S, MIN_RETENTION_S
-from stream_runtime.settings import StreamSettings
+from stream_runtime import settings as stream
 
 
-class ConsumerSettings(StreamSettings):
+class ConsumerSettings(stream.StreamSettings):
     """Environment of ``python -m services.reward_consumer``.
 
     Field names *are* the (case-insensitive) env var names, so there is no alias table
     to keep in sync with the docs.
     """
 
-    mab_consumer_group_id: str = Field(default="mab-reward-consumer", min_length=1)
-    #: Upper bound of one poll batch: one Redis read round trip and one write round trip
-    #: are amortised over it, so bigger batches fold faster but redeliver more on a crash.
-    mab_max_batch_records: int = Field(default=2000, ge=1, le=100_000)
-    mab_poll_timeout_ms: int = Field(default=500, ge=1, le=60_000)
-    #: How long the group waits for a silent (crashed) member before giving its partitions
-    #: to another: the bound on how long a SIGKILLed consumer stalls its partitions.
-    mab_session_timeout_ms: int = Field(default=10_000, ge=6_000, le=300_000)
-    #: Pause after a failed batch (Redis down) before the same records are retried.
-    mab_retry_backoff_s: float = Field(default=1.0, gt=0, le=60)
+    loop_fields = stream.LoopFields.with_prefix("mab_", group_id="mab_consumer_group_id")
+
+    mab_consumer_group_id: stream.GroupId = "mab-reward-consumer"
+    #: Bigger batches fold faster but redeliver more on a crash.
+    mab_max_batch_records: stream.MaxBatchRecords = 2000
+    mab_poll_timeout_ms: stream.PollTimeoutMs = 500
+    mab_session_timeout_ms: stream.SessionTimeoutMs = 10_000
+    mab_retry_backoff_s: stream.RetryBackoffS = 1.0
     #: How often expired attribution windows are looked for (services/reward_consumer/
     #: attribution.py); a window closes at most this much after the watermark passes it.
     mab_attribution_sweep_s: float = Field(default=1.0, gt=0, le=3600)
@@ -44,23 +42,3 @@ class ConsumerSettings(StreamSettings):
     mab_allocation_retention_s: int = Field(
         default=DEFAULT_RETENTION_S, ge=MIN_RETENTION_S, le=MAX_RETENTION_S
     )
-
-    @property
-    def group_id(self) -> str:
-        return self.mab_consumer_group_id
-
-    @property
-    def max_batch_records(self) -> int:
-        return self.mab_max_batch_records
-
-    @property
-    def poll_timeout_ms(self) -> int:
-        return self.mab_poll_timeout_ms
-
-    @property
-    def session_timeout_ms(self) -> int:
-        return self.mab_session_timeout_ms
-
-    @property
-    def retry_backoff_s(self) -> float:
-        return self.mab_retry_backoff_s
