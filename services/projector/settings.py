@@ -11,22 +11,30 @@ from __future__ import annotations
 from pydantic import Field
 
 from services.projector.projection import Retention
-from stream_runtime import settings as stream
+from stream_runtime.settings import (
+    GroupId,
+    LoopFields,
+    MaxBatchRecords,
+    PollTimeoutMs,
+    RetryBackoffS,
+    SessionTimeoutMs,
+    StreamSettings,
+)
 
 _DAY = 86_400
 
 
-class ProjectorSettings(stream.StreamSettings):
+class ProjectorSettings(StreamSettings):
     """Environment of ``python -m services.projector`` (field names are the env vars)."""
 
-    loop_fields = stream.LoopFields.with_prefix("mab_projector_")
+    loop_fields = LoopFields.with_prefix("mab_projector_")
 
     #: Its own group: the projector's progress is independent of the reward consumer's.
-    mab_projector_group_id: stream.GroupId = "mab-projector"
-    mab_projector_max_batch_records: stream.MaxBatchRecords = 5000
-    mab_projector_poll_timeout_ms: stream.PollTimeoutMs = 500
-    mab_projector_session_timeout_ms: stream.SessionTimeoutMs = 10_000
-    mab_projector_retry_backoff_s: stream.RetryBackoffS = 1.0
+    mab_projector_group_id: GroupId = "mab-projector"
+    mab_projector_max_batch_records: MaxBatchRecords = 5000
+    mab_projector_poll_timeout_ms: PollTimeoutMs = 500
+    mab_projector_session_timeout_ms: SessionTimeoutMs = 10_000
+    mab_projector_retry_backoff_s: RetryBackoffS = 1.0
     #: Hour buckets expire this long after their hour starts (EXPIREAT).
     mab_projector_retention_days: float = Field(default=90, gt=0, le=3650)
     #: Minute buckets (the demo's fast view) are kept only briefly.

@@ -11,24 +11,32 @@ from __future__ import annotations
 from pydantic import Field
 
 from bandit_core.allocation import DEFAULT_RETENTION_S, MAX_RETENTION_S, MIN_RETENTION_S
-from stream_runtime import settings as stream
+from stream_runtime.settings import (
+    GroupId,
+    LoopFields,
+    MaxBatchRecords,
+    PollTimeoutMs,
+    RetryBackoffS,
+    SessionTimeoutMs,
+    StreamSettings,
+)
 
 
-class ConsumerSettings(stream.StreamSettings):
+class ConsumerSettings(StreamSettings):
     """Environment of ``python -m services.reward_consumer``.
 
     Field names *are* the (case-insensitive) env var names, so there is no alias table
     to keep in sync with the docs.
     """
 
-    loop_fields = stream.LoopFields.with_prefix("mab_", group_id="mab_consumer_group_id")
+    loop_fields = LoopFields.with_prefix("mab_", group_id="mab_consumer_group_id")
 
-    mab_consumer_group_id: stream.GroupId = "mab-reward-consumer"
+    mab_consumer_group_id: GroupId = "mab-reward-consumer"
     #: Bigger batches fold faster but redeliver more on a crash.
-    mab_max_batch_records: stream.MaxBatchRecords = 2000
-    mab_poll_timeout_ms: stream.PollTimeoutMs = 500
-    mab_session_timeout_ms: stream.SessionTimeoutMs = 10_000
-    mab_retry_backoff_s: stream.RetryBackoffS = 1.0
+    mab_max_batch_records: MaxBatchRecords = 2000
+    mab_poll_timeout_ms: PollTimeoutMs = 500
+    mab_session_timeout_ms: SessionTimeoutMs = 10_000
+    mab_retry_backoff_s: RetryBackoffS = 1.0
     #: How often expired attribution windows are looked for (services/reward_consumer/
     #: attribution.py); a window closes at most this much after the watermark passes it.
     mab_attribution_sweep_s: float = Field(default=1.0, gt=0, le=3600)
