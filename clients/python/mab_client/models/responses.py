@@ -32,14 +32,16 @@ def _absent(value: object) -> bool:
     return value is None
 
 
+def _omitted_when_none(description: str) -> Any:
+    """A field that defaults to ``None`` and is left out of the answer while ``None``: a
+    response without it keeps the shape older servers sent, so older clients parse it."""
+    return Field(default=None, exclude_if=_absent, description=description)
+
+
 #: Response fields present only for experiments with a window: without one, responses
 #: keep the original API's exact shape.
-PublicWindow = Annotated[
-    float | None, Field(default=None, exclude_if=_absent, description="Attribution window.")
-]
-PublicDefault = Annotated[
-    float | None, Field(default=None, exclude_if=_absent, description="Its default reward.")
-]
+PublicWindow = Annotated[float | None, _omitted_when_none("Attribution window.")]
+PublicDefault = Annotated[float | None, _omitted_when_none("Its default reward.")]
 
 
 class UnitSettingsPublic(Result):
@@ -81,11 +83,9 @@ class ExperimentPublic(Result):
     version: int = Field(description="Bumped by every accepted command (create = 1).")
     attribution_window_s: PublicWindow = None
     default_reward: PublicDefault = None
-    units: UnitSettingsPublic | None = Field(
-        default=None,
-        exclude_if=_absent,
-        description="Visitor-assignment settings: shown by GET /experiments/{id} (create, "
-        "list and /config answer in the original API's shape).",
+    units: UnitSettingsPublic | None = _omitted_when_none(
+        "Visitor-assignment settings: shown by GET /experiments/{id} (create, "
+        "list and /config answer in the original API's shape)."
     )
 
 
@@ -144,16 +144,11 @@ class DecisionPublic(Result):
         description="P(policy picks this arm | snapshot), for OPE; with a sticky unit, "
         "the probability at its first assignment."
     )
-    unit_id: str | None = Field(
-        default=None,
-        exclude_if=_absent,
-        description="The request's unit id (trimmed), echoed; absent without one.",
+    unit_id: str | None = _omitted_when_none(
+        "The request's unit id (trimmed), echoed; absent without one."
     )
-    assignment: AssignmentMode | None = Field(
-        default=None,
-        exclude_if=_absent,
-        description="How this unit's arm was chosen (the experiment's mode); absent "
-        "without a unit id.",
+    assignment: AssignmentMode | None = _omitted_when_none(
+        "How this unit's arm was chosen (the experiment's mode); absent without a unit id."
     )
 
     @property
@@ -317,21 +312,15 @@ class StatsPublic(Result):
     snapshot_version: int = Field(description="Events folded so far (0: none yet).")
     arms: list[ArmStatsPublic]
     propensities: dict[str, float]
-    attribution: AttributionPublic | None = Field(
-        default=None,
-        exclude_if=_absent,
-        description="Attribution-window counts; absent for experiments that never had a window.",
+    attribution: AttributionPublic | None = _omitted_when_none(
+        "Attribution-window counts; absent for experiments that never had a window."
     )
-    assignment: str | None = Field(
-        default=None,
-        exclude_if=_absent,
-        description="How requests with a unit id are assigned: sticky, consistent or "
-        "per_request (absent from servers older than visitor assignment).",
+    assignment: str | None = _omitted_when_none(
+        "How requests with a unit id are assigned: sticky, consistent or "
+        "per_request (absent from servers older than visitor assignment)."
     )
-    srm: SrmPublic | None = Field(
-        default=None,
-        exclude_if=_absent,
-        description="Sample-ratio-mismatch check; absent until units are counted.",
+    srm: SrmPublic | None = _omitted_when_none(
+        "Sample-ratio-mismatch check; absent until units are counted."
     )
 
     def arm(self, arm_id: str) -> ArmStatsPublic:
