@@ -20,7 +20,7 @@ from pydantic import ConfigDict, Field
 
 from mab_client.models.evaluation import EvaluationPublic
 from mab_client.models.limits import AssignmentMode, UnitIdStorage
-from mab_client.models.result import Result
+from mab_client.models.result import Result, examples
 
 
 def new_event_id() -> str:
@@ -70,11 +70,7 @@ EXPERIMENT_EXAMPLE: dict[str, Any] = {
 class ExperimentPublic(Result):
     """An experiment's configuration (the original API's shape plus ``version``)."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [{**EXPERIMENT_EXAMPLE, "strategy_params": {}, "version": 1}]
-        }
-    )
+    model_config = examples({**EXPERIMENT_EXAMPLE, "strategy_params": {}, "version": 1})
 
     experiment_id: str
     arm_ids: list[str]
@@ -92,16 +88,12 @@ class ExperimentPublic(Result):
 class ConfigPublic(Result):
     """Result of a strategy hot-swap (the original API's shape plus ``version``)."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "experiment_id": "cta-button-test",
-                    "strategy": "ucb1",
-                    "strategy_params": {},
-                    "version": 3,
-                }
-            ]
+    model_config = examples(
+        {
+            "experiment_id": "cta-button-test",
+            "strategy": "ucb1",
+            "strategy_params": {},
+            "version": 3,
         }
     )
 
@@ -120,18 +112,14 @@ class DecisionMetadata(Result):
 class DecisionPublic(Result):
     """One decision (the original API's shape plus ``decision_id`` and ``propensity``)."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "experiment_id": "cta-button-test",
-                    "arm_id": "green-button",
-                    "strategy": "thompson",
-                    "metadata": {"arms": ["blue-button", "green-button", "red-button"]},
-                    "decision_id": "9f1c0e5a7b3d4c2e8f6a1b0c9d8e7f6a.1",
-                    "propensity": 0.41,
-                }
-            ]
+    model_config = examples(
+        {
+            "experiment_id": "cta-button-test",
+            "arm_id": "green-button",
+            "strategy": "thompson",
+            "metadata": {"arms": ["blue-button", "green-button", "red-button"]},
+            "decision_id": "9f1c0e5a7b3d4c2e8f6a1b0c9d8e7f6a.1",
+            "propensity": 0.41,
         }
     )
 
@@ -160,17 +148,13 @@ class DecisionPublic(Result):
 class RewardPublic(Result):
     """A reward accepted into the event log (the original API's shape plus ``event_id``)."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "status": "ok",
-                    "experiment_id": "cta-button-test",
-                    "arm_id": "green-button",
-                    "strategy": "thompson",
-                    "event_id": "3b8e5a0c2d1f4e6a9b7c8d0e1f2a3b4c",
-                }
-            ]
+    model_config = examples(
+        {
+            "status": "ok",
+            "experiment_id": "cta-button-test",
+            "arm_id": "green-button",
+            "strategy": "thompson",
+            "event_id": "3b8e5a0c2d1f4e6a9b7c8d0e1f2a3b4c",
         }
     )
 
@@ -184,10 +168,8 @@ class RewardPublic(Result):
 class RewardsPublic(Result):
     """A batch of rewards accepted into the event log (all of them acknowledged)."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [{"status": "ok", "accepted": 2, "event_ids": ["3b8e5a0c", "order-1234"]}]
-        }
+    model_config = examples(
+        {"status": "ok", "accepted": 2, "event_ids": ["3b8e5a0c", "order-1234"]}
     )
 
     status: Literal["ok"] = "ok"
@@ -200,9 +182,7 @@ class RewardsPublic(Result):
 class ExposuresPublic(Result):
     """A batch of exposures accepted (every new one acknowledged by Kafka)."""
 
-    model_config = ConfigDict(
-        json_schema_extra={"examples": [{"status": "ok", "accepted": 2, "duplicates": 1}]}
-    )
+    model_config = examples({"status": "ok", "accepted": 2, "duplicates": 1})
 
     status: Literal["ok"] = "ok"
     accepted: int = Field(description="New exposures, each logged as one decision.")
@@ -272,36 +252,32 @@ class AttributionPublic(Result):
 class StatsPublic(Result):
     """Folded statistics of one experiment, read fresh from Redis."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
+    model_config = examples(
+        {
+            "experiment_id": "cta-button-test",
+            "strategy": "thompson",
+            "strategy_params": {},
+            "config_version": 1,
+            "snapshot_version": 12,
+            "arms": [
                 {
-                    "experiment_id": "cta-button-test",
-                    "strategy": "thompson",
-                    "strategy_params": {},
-                    "config_version": 1,
-                    "snapshot_version": 12,
-                    "arms": [
-                        {
-                            "arm_id": "blue-button",
-                            "pulls": 4,
-                            "reward_sum": 1.0,
-                            "mean": 0.25,
-                            "decisions": 5,
-                            "propensity": 0.3,
-                        },
-                        {
-                            "arm_id": "green-button",
-                            "pulls": 3,
-                            "reward_sum": 2.0,
-                            "mean": 0.6667,
-                            "decisions": 7,
-                            "propensity": 0.7,
-                        },
-                    ],
-                    "propensities": {"blue-button": 0.3, "green-button": 0.7},
-                }
-            ]
+                    "arm_id": "blue-button",
+                    "pulls": 4,
+                    "reward_sum": 1.0,
+                    "mean": 0.25,
+                    "decisions": 5,
+                    "propensity": 0.3,
+                },
+                {
+                    "arm_id": "green-button",
+                    "pulls": 3,
+                    "reward_sum": 2.0,
+                    "mean": 0.6667,
+                    "decisions": 7,
+                    "propensity": 0.7,
+                },
+            ],
+            "propensities": {"blue-button": 0.3, "green-button": 0.7},
         }
     )
 
@@ -336,17 +312,13 @@ class StatsPublic(Result):
 
 
 class HealthPublic(Result):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ok"}]})
+    model_config = examples({"status": "ok"})
 
     status: Literal["ok"] = "ok"
 
 
 class ReadyPublic(Result):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [{"status": "ready", "redis": "ok", "kafka": "ok", "auth": "keys"}]
-        }
-    )
+    model_config = examples({"status": "ready", "redis": "ok", "kafka": "ok", "auth": "keys"})
 
     status: Literal["ready", "not_ready"]
     redis: str
@@ -363,9 +335,7 @@ class ReadyPublic(Result):
 class ErrorPublic(Result):
     """Every non-validation error: a human-readable ``detail``."""
 
-    model_config = ConfigDict(
-        json_schema_extra={"examples": [{"detail": "experiment 'cta-button-test' not found"}]}
-    )
+    model_config = examples({"detail": "experiment 'cta-button-test' not found"})
 
     detail: str
 
