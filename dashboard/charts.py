@@ -283,6 +283,12 @@ def _time_tooltip() -> alt.Tooltip:
     return alt.Tooltip("time:T", title="time (UTC)", format="%Y-%m-%d %H:%M", formatType="utc")
 
 
+def _series_tooltip(value: alt.Tooltip, *counts: alt.Tooltip) -> list[alt.Tooltip]:
+    """A live series point's tooltip: its bucket's time, its arm, the value drawn, then
+    the counts behind that value."""
+    return [_time_tooltip(), alt.Tooltip("arm:N"), value, *counts]
+
+
 def _with_markers(base: AnyChart, markers: pd.DataFrame) -> AnyChart:
     """Overlay vertical rules: solid grey where the winner changed, dashed red at change
     points, each with a tooltip naming the arms."""
@@ -315,13 +321,11 @@ def conversion_rate_chart(
         _time_x(f"{bucket} (UTC)"),
         alt.Y("conversion_rate:Q", title="conversion rate", axis=alt.Axis(format="%")),
         arm_ids,
-        [
-            _time_tooltip(),
-            alt.Tooltip("arm:N"),
+        _series_tooltip(
             alt.Tooltip("conversion_rate:Q", title="conversion rate", format=".2%"),
             alt.Tooltip("rewards:Q", title="rewards"),
             alt.Tooltip("decisions:Q", title="decisions"),
-        ],
+        ),
         point=True,
     )
     return _with_markers(
@@ -338,12 +342,10 @@ def traffic_share_chart(
         _time_x(f"{bucket} (UTC)"),
         alt.Y("traffic_share:Q", title="traffic share"),
         arm_ids,
-        [
-            _time_tooltip(),
-            alt.Tooltip("arm:N"),
+        _series_tooltip(
             alt.Tooltip("traffic_share:Q", title="traffic share", format=".1%"),
             alt.Tooltip("decisions:Q", title="decisions"),
-        ],
+        ),
     )
     return _with_markers(base.properties(height=300, title=f"Traffic share per {bucket}"), markers)
 
@@ -383,12 +385,10 @@ def cumulative_reward_chart(
         x,
         alt.Y("cumulative_reward:Q", title="cumulative reward"),
         arm_ids,
-        [
-            _time_tooltip(),
-            alt.Tooltip("arm:N"),
+        _series_tooltip(
             alt.Tooltip("cumulative_reward:Q", title="cumulative reward", format=",.1f"),
             alt.Tooltip("cumulative_decisions:Q", title="decisions"),
-        ],
+        ),
         point=True,
     )
     total = (
