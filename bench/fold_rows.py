@@ -151,17 +151,19 @@ def fold_rows(
     )
     asyncio.run(_prefill(bootstrap, topics.rewards, exp, ["a", "b", "c"], fold_records))
 
+    def time_fold(
+        label: str, name: str, group_env: str, group: str, folded: Callable[[], int]
+    ) -> None:
+        """Time the consumer ``name`` (package ``services.<name>``) catching up, in a
+        consumer group of its own in the namespace."""
+        module = f"services.{name.replace('-', '_')}"
+        consumer_env = {**env, group_env: f"{prefix}{group}"}
+        results[label] = fold_rate(name, module, consumer_env, logdir, folded, fold_records)
+
     def folded() -> int:
         return snapshot_rewards(client.get(keys.snapshot))  # type: ignore[arg-type]
 
-    results["reward consumer fold"] = fold_rate(
-        "reward-consumer",
-        "services.reward_consumer",
-        {**env, "MAB_CONSUMER_GROUP_ID": f"{prefix}bench"},
-        logdir,
-        folded,
-        fold_records,
-    )
+    time_fold("reward consumer fold", "reward-consumer", "MAB_CONSUMER_GROUP_ID", "bench", folded)
     if (ROOT / "services" / "projector" / "__main__.py").exists():
 
         def projected() -> int:
@@ -170,13 +172,8 @@ def fold_rows(
             hours = client.scan_iter(match=keys.bucket_pattern("hour"))
             return projected_rewards(client.hgetall(key) for key in hours)  # type: ignore[misc]
 
-        results["projector fold"] = fold_rate(
-            "projector",
-            "services.projector",
-            {**env, "MAB_PROJECTOR_GROUP_ID": f"{prefix}bench-projector"},
-            logdir,
-            projected,
-            fold_records,
+        time_fold(
+            "projector fold", "projector", "MAB_PROJECTOR_GROUP_ID", "bench-projector", projected
         )
     return results
 

@@ -102,6 +102,16 @@ def explain(exc: MabError, base_url: str) -> str:
     return str(exc)
 
 
+def show_failure(exc: MabError, base_url: str, title: str, not_found: str | None = None) -> None:
+    """Show a failed call on the page: ``not_found`` as a warning when the API answered
+    404 and the caller has a message for it, otherwise an error titled ``title`` with
+    :func:`explain`'s message."""
+    if not_found is not None and isinstance(exc, NotFoundError):
+        st.warning(not_found)
+    else:
+        st.error(f"**{title}.** {explain(exc, base_url)}")
+
+
 def one_line(detail: Any) -> str:
     """The API's ``detail`` (a string, or pydantic's error list) as one line."""
     if isinstance(detail, str):

@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 import streamlit as st
 
 from dashboard import charts, ope_view
-from dashboard.api import Bucket, client_from_env, explain, is_rejection
+from dashboard.api import Bucket, client_from_env, explain, is_rejection, show_failure
 from dashboard.playground import render_playground
 from mab_client import MabClient, MabError, NotFoundError, Timeseries
 
@@ -53,7 +53,7 @@ def render_live(client: MabClient) -> None:
     try:
         experiments = client.list_experiments(limit=1000)
     except MabError as exc:
-        st.error(f"**API unavailable.** {explain(exc, client.base_url)}")
+        show_failure(exc, client.base_url, "API unavailable")
         st.button("Retry", key="retry_list")
         return
     if not experiments:
@@ -94,11 +94,9 @@ def live_panel(client: MabClient, exp_id: str, bucket: Bucket, span_s: int) -> N
     """Current arm table plus the time series; reruns alone on every refresh tick."""
     try:
         stats = client.stats(exp_id)
-    except NotFoundError:
-        st.warning(f"Experiment `{exp_id}` was not found (deleted, or another API?).")
-        return
     except MabError as exc:
-        st.error(f"**API unavailable.** {explain(exc, client.base_url)}")
+        not_found = f"Experiment `{exp_id}` was not found (deleted, or another API?)."
+        show_failure(exc, client.base_url, "API unavailable", not_found)
         return
     table = charts.arm_table(stats)
     served = int(table["decisions"].sum())
@@ -159,6 +157,13 @@ def live_panel(client: MabClient, exp_id: str, bucket: Bucket, span_s: int) -> N
     render_timeseries(client, exp_id, bucket, span_s)
 
 
+def _share_column(label: str, description: str) -> Any:
+    """A share of traffic (0 to 1) as a percent bar."""
+    return st.column_config.ProgressColumn(
+        label, help=description, format="percent", min_value=0.0, max_value=1.0
+    )
+
+
 ARM_COLUMNS: Final[dict[str, Any]] = {
     "arm": st.column_config.TextColumn("arm", pinned=True),
     "decisions": st.column_config.NumberColumn("decisions", help="Decisions served."),
@@ -167,19 +172,9 @@ ARM_COLUMNS: Final[dict[str, Any]] = {
         help="Units (visitors) assigned this arm, each once (per allocation version in the "
         "consistent mode); 0 when requests carry no unit id.",
     ),
-    "traffic_share": st.column_config.ProgressColumn(
-        "traffic share",
-        help="Share of all decisions served so far.",
-        format="percent",
-        min_value=0.0,
-        max_value=1.0,
-    ),
-    "propensity": st.column_config.ProgressColumn(
-        "next decision",
-        help="Probability that the current policy picks this arm now.",
-        format="percent",
-        min_value=0.0,
-        max_value=1.0,
+    "traffic_share": _share_column("traffic share", "Share of all decisions served so far."),
+    "propensity": _share_column(
+        "next decision", "Probability that the current policy picks this arm now."
     ),
     "pulls": st.column_config.NumberColumn("rewards", help="Rewards observed (pulls)."),
     "conversions": st.column_config.NumberColumn("conversions", help="Sum of rewards."),

@@ -252,12 +252,41 @@ def arm_legend(arm_ids: Sequence[str]) -> alt.Legend:
     )
 
 
+def arm_colors(arm_ids: Sequence[str]) -> alt.Color:
+    """The ``arm`` field in its arm's colour, with the arm legend."""
+    return alt.Color("arm:N", scale=arm_color(arm_ids), legend=arm_legend(arm_ids))
+
+
+def arm_lines(
+    data: pd.DataFrame,
+    x: alt.X,
+    y: alt.Y,
+    arm_ids: Sequence[str],
+    tooltip: list[alt.Tooltip],
+    **mark: Any,
+) -> alt.Chart:
+    """One line per arm (``mark`` styles it), in the arm's colour: the live tab's series
+    and the playground's drift schedule read the same way."""
+    chart: alt.Chart = (
+        alt.Chart(data)
+        .mark_line(**mark)
+        .encode(x=x, y=y, color=arm_colors(arm_ids), tooltip=tooltip)
+    )
+    return chart
+
+
 def _time_x(title: str) -> alt.X:
     return alt.X("time:T", title=title, scale=alt.Scale(type="utc"))
 
 
 def _time_tooltip() -> alt.Tooltip:
     return alt.Tooltip("time:T", title="time (UTC)", format="%Y-%m-%d %H:%M", formatType="utc")
+
+
+def _series_tooltip(value: alt.Tooltip, *counts: alt.Tooltip) -> list[alt.Tooltip]:
+    """A live series point's tooltip: its bucket's time, its arm, the value drawn, then
+    the counts behind that value."""
+    return [_time_tooltip(), alt.Tooltip("arm:N"), value, *counts]
 
 
 def _with_markers(base: AnyChart, markers: pd.DataFrame) -> AnyChart:
@@ -287,25 +316,21 @@ def conversion_rate_chart(
     series: pd.DataFrame, markers: pd.DataFrame, arm_ids: Sequence[str], bucket: str = "hour"
 ) -> AnyChart:
     """Per-bucket conversion rate per arm (buckets without rewards are gaps, not zeros)."""
-    data = series.dropna(subset=["conversion_rate"])
-    base = (
-        alt.Chart(data)
-        .mark_line(point=True)
-        .encode(
-            x=_time_x(f"{bucket} (UTC)"),
-            y=alt.Y("conversion_rate:Q", title="conversion rate", axis=alt.Axis(format="%")),
-            color=alt.Color("arm:N", scale=arm_color(arm_ids), legend=arm_legend(arm_ids)),
-            tooltip=[
-                _time_tooltip(),
-                alt.Tooltip("arm:N"),
-                alt.Tooltip("conversion_rate:Q", title="conversion rate", format=".2%"),
-                alt.Tooltip("rewards:Q", title="rewards"),
-                alt.Tooltip("decisions:Q", title="decisions"),
-            ],
-        )
-        .properties(height=300, title=f"Conversion rate per {bucket}")
+    base = arm_lines(
+        series.dropna(subset=["conversion_rate"]),
+        _time_x(f"{bucket} (UTC)"),
+        alt.Y("conversion_rate:Q", title="conversion rate", axis=alt.Axis(format="%")),
+        arm_ids,
+        _series_tooltip(
+            alt.Tooltip("conversion_rate:Q", title="conversion rate", format=".2%"),
+            alt.Tooltip("rewards:Q", title="rewards"),
+            alt.Tooltip("decisions:Q", title="decisions"),
+        ),
+        point=True,
     )
-    return _with_markers(base, markers)
+    return _with_markers(
+        base.properties(height=300, title=f"Conversion rate per {bucket}"), markers
+    )
 
 
 def traffic_share_chart(
@@ -317,12 +342,10 @@ def traffic_share_chart(
         _time_x(f"{bucket} (UTC)"),
         alt.Y("traffic_share:Q", title="traffic share"),
         arm_ids,
-        [
-            _time_tooltip(),
-            alt.Tooltip("arm:N"),
+        _series_tooltip(
             alt.Tooltip("traffic_share:Q", title="traffic share", format=".1%"),
             alt.Tooltip("decisions:Q", title="decisions"),
-        ],
+        ),
     )
     return _with_markers(base.properties(height=300, title=f"Traffic share per {bucket}"), markers)
 
@@ -338,7 +361,7 @@ def stacked_share(
         .encode(
             x=x,
             y=y.stack("zero").axis(format="%").scale(domain=[0, 1]),
-            color=alt.Color("arm:N", scale=arm_color(arm_ids), legend=arm_legend(arm_ids)),
+            color=arm_colors(arm_ids),
             order=alt.Order("arm_index:Q"),
             tooltip=tooltip,
         )
@@ -357,20 +380,16 @@ def cumulative_reward_chart(
 ) -> AnyChart:
     """Cumulative reward per arm over the window, plus the total as a black line."""
     x = _time_x(f"{bucket} (UTC)")
-    per_arm = (
-        alt.Chart(cumulative)
-        .mark_line(point=True)
-        .encode(
-            x=x,
-            y=alt.Y("cumulative_reward:Q", title="cumulative reward"),
-            color=alt.Color("arm:N", scale=arm_color(arm_ids), legend=arm_legend(arm_ids)),
-            tooltip=[
-                _time_tooltip(),
-                alt.Tooltip("arm:N"),
-                alt.Tooltip("cumulative_reward:Q", title="cumulative reward", format=",.1f"),
-                alt.Tooltip("cumulative_decisions:Q", title="decisions"),
-            ],
-        )
+    per_arm = arm_lines(
+        cumulative,
+        x,
+        alt.Y("cumulative_reward:Q", title="cumulative reward"),
+        arm_ids,
+        _series_tooltip(
+            alt.Tooltip("cumulative_reward:Q", title="cumulative reward", format=",.1f"),
+            alt.Tooltip("cumulative_decisions:Q", title="decisions"),
+        ),
+        point=True,
     )
     total = (
         alt.Chart(cumulative)

@@ -17,9 +17,9 @@ import pandas as pd
 import streamlit as st
 
 from bandit_core.strategies import STRATEGIES
-from dashboard.api import explain
+from dashboard.api import explain, show_failure
 from dashboard.simulator import parse_params
-from mab_client import Evaluation, MabClient, MabError, NotFoundError
+from mab_client import Evaluation, MabClient, MabError
 
 LABELS: Final = {
     "ips": "IPS",
@@ -113,11 +113,9 @@ def render_offpolicy(client: MabClient, exp_id: str, current_strategy: str) -> N
         try:
             with st.spinner("Reading the event log and evaluating…"):
                 results[request] = client.evaluate(exp_id, strategy, params, missing)
-        except NotFoundError as exc:
-            st.warning(f"Cannot evaluate: {explain(exc, client.base_url)}")
-            return
         except MabError as exc:
-            st.error(f"**Evaluation failed.** {explain(exc, client.base_url)}")
+            not_found = f"Cannot evaluate: {explain(exc, client.base_url)}"
+            show_failure(exc, client.base_url, "Evaluation failed", not_found)
             return
     result = results.get(request)
     if result is None:

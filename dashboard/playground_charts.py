@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import altair as alt
 import pandas as pd
 
-from dashboard.charts import AnyChart, arm_color, arm_legend, stacked_share
+from dashboard.charts import AnyChart, arm_lines, stacked_share
 
 
 def strategy_color(strategies: Sequence[str]) -> alt.Scale:
@@ -64,19 +64,13 @@ def selection_chart(selection: pd.DataFrame, arm_ids: Sequence[str], strategy: s
 
 def true_means_chart(true_means: pd.DataFrame, arm_ids: Sequence[str]) -> AnyChart:
     """The true conversion rate of each arm over the steps (the drift schedule)."""
-    chart: AnyChart = (
-        alt.Chart(true_means)
-        .mark_line(interpolate="step-after", strokeWidth=2)
-        .encode(
-            x=alt.X("step:Q", title="step"),
-            y=alt.Y("mean:Q", title="true conversion rate", axis=alt.Axis(format="%")),
-            color=alt.Color("arm:N", scale=arm_color(arm_ids), legend=arm_legend(arm_ids)),
-            tooltip=[
-                alt.Tooltip("step:Q"),
-                alt.Tooltip("arm:N"),
-                alt.Tooltip("mean:Q", format=".1%"),
-            ],
-        )
-        .properties(height=220, title="True rates (drift schedule)")
+    chart = arm_lines(
+        true_means,
+        alt.X("step:Q", title="step"),
+        alt.Y("mean:Q", title="true conversion rate", axis=alt.Axis(format="%")),
+        arm_ids,
+        [alt.Tooltip("step:Q"), alt.Tooltip("arm:N"), alt.Tooltip("mean:Q", format=".1%")],
+        interpolate="step-after",
+        strokeWidth=2,
     )
-    return chart
+    return chart.properties(height=220, title="True rates (drift schedule)")

@@ -9,6 +9,7 @@ import json
 import logging
 import random
 import threading
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -26,6 +27,7 @@ from mab_client.models import AllocationArmPublic, AllocationHashPublic, Allocat
 pytestmark = pytest.mark.unit
 
 T0 = 1_776_189_600.0
+C = TypeVar("C", MabClient, AsyncMabClient)
 
 
 class Clock:
@@ -238,11 +240,10 @@ class HeldExposuresSync(httpx.BaseTransport):
         return _accept(request, self.accepted)
 
 
-async def _async_client_with_a_batch_in_flight() -> tuple[AsyncMabClient, HeldExposuresAsync]:
-    """Five decisions, a full batch: the worker has taken them out of the buffer and
-    its ``POST /exposures`` waits."""
-    transport = HeldExposuresAsync()
-    mab = AsyncMabClient(
+def _batching_client(kind: type[C], transport: Any) -> C:
+    """A local client of ``kind`` over ``transport`` whose fifth decision fills a batch,
+    sent in one attempt, its clock just after the allocation's start."""
+    mab = kind(
         "http://mab",
         transport=transport,
         local=True,
@@ -251,9 +252,18 @@ async def _async_client_with_a_batch_in_flight() -> tuple[AsyncMabClient, HeldEx
     )
     assert mab.local is not None
     mab.local.clock = Clock(T0 + 1.0)
+    return mab
+
+
+async def _async_client_with_a_batch_in_flight() -> tuple[AsyncMabClient, HeldExposuresAsync]:
+    """Five decisions, a full batch: the worker has taken them out of the buffer and
+    its ``POST /exposures`` waits."""
+    transport = HeldExposuresAsync()
+    mab = _batching_client(AsyncMabClient, transport)
     for i in range(5):
         await mab.decide("cta", f"u{i}")
     await asyncio.wait_for(transport.in_flight.wait(), 10.0)
+    assert mab.local is not None
     assert not mab.local.buffer
     return mab, transport
 
@@ -314,15 +324,7 @@ async def test_a_cancelled_flush_puts_its_batch_back() -> None:
 
 def _sync_client_with_a_batch_in_flight() -> tuple[MabClient, HeldExposuresSync]:
     transport = HeldExposuresSync()
-    mab = MabClient(
-        "http://mab",
-        transport=transport,
-        local=True,
-        local_settings=LocalSettings(flush_size=5),
-        retry=RetryPolicy(max_attempts=1),
-    )
-    assert mab.local is not None
-    mab.local.clock = Clock(T0 + 1.0)
+    mab = _batching_client(MabClient, transport)
     for i in range(5):
         mab.decide("cta", f"u{i}")
     assert transport.in_flight.wait(10.0)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import Field
 
-from mab_client.models.result import Result
+from mab_client.models.result import Result, examples
 
 
 class AllocationArmPublic(Result):
@@ -28,23 +28,19 @@ class AllocationPublic(Result):
     """The weights the bandit wants for new units now: one stored version, the same on
     every decider worker, from which an SDK may decide locally (same rule, same salt)."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "experiment_id": "cta-button-test",
-                    "version": 29603160,
-                    "arms": [
-                        {"arm_id": "blue-button", "weight": 0.2},
-                        {"arm_id": "green-button", "weight": 0.8},
-                    ],
-                    "assignment": "sticky",
-                    "salt": "9f2c4e1a7b3d5f60",
-                    "hash": {"algorithm": "mab-race-sha256-v1", "unit_id_storage": "hashed"},
-                    "valid_until": 1776189660,
-                    "min_arm_share": 0.05,
-                }
-            ]
+    model_config = examples(
+        {
+            "experiment_id": "cta-button-test",
+            "version": 29603160,
+            "arms": [
+                {"arm_id": "blue-button", "weight": 0.2},
+                {"arm_id": "green-button", "weight": 0.8},
+            ],
+            "assignment": "sticky",
+            "salt": "9f2c4e1a7b3d5f60",
+            "hash": {"algorithm": "mab-race-sha256-v1", "unit_id_storage": "hashed"},
+            "valid_until": 1776189660,
+            "min_arm_share": 0.05,
         }
     )
 

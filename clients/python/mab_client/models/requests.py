@@ -39,6 +39,7 @@ from mab_client.models.limits import (
     UserContext,
 )
 from mab_client.models.responses import EXPERIMENT_EXAMPLE, DecisionPublic, new_event_id
+from mab_client.models.result import examples
 
 _ID_DOC = (
     "1-120 printable characters after trimming surrounding whitespace: spaces, "
@@ -187,9 +188,7 @@ def check_floor(arms: int, min_arm_share: float) -> None:
 class ExperimentCreate(_Request):
     """Body of ``POST /experiments``."""
 
-    model_config = ConfigDict(
-        json_schema_extra={"examples": [{**EXPERIMENT_EXAMPLE, "strategy_params": {"seed": 42}}]}
-    )
+    model_config = examples({**EXPERIMENT_EXAMPLE, "strategy_params": {"seed": 42}})
 
     experiment_id: ExperimentIdField
     arm_ids: UniqueArmIds = Field(
@@ -230,9 +229,7 @@ FIXED_AT_CREATION = {
 class ArmsAdd(_Request):
     """Body of ``POST /experiments/{experiment_id}/arms``."""
 
-    model_config = ConfigDict(
-        json_schema_extra={"examples": [{"arm_ids": ["orange-button", "purple-button"]}]}
-    )
+    model_config = examples({"arm_ids": ["orange-button", "purple-button"]})
 
     arm_ids: UniqueArmIds = Field(
         min_length=1,
@@ -245,12 +242,8 @@ class ArmsAdd(_Request):
 class ConfigUpdate(_Request):
     """Body of ``POST /config``: hot-swap the strategy; arm statistics are kept."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {"experiment_id": "cta-button-test", "strategy": "ucb1", "strategy_params": {}}
-            ]
-        }
+    model_config = examples(
+        {"experiment_id": "cta-button-test", "strategy": "ucb1", "strategy_params": {}}
     )
 
     experiment_id: ExperimentIdField
@@ -280,19 +273,15 @@ class ConfigUpdate(_Request):
 class RewardCreate(_Request):
     """Body of ``POST /reward``."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {"experiment_id": "cta-button-test", "arm_id": "green-button", "reward": 1.0},
-                {
-                    "experiment_id": "cta-button-test",
-                    "arm_id": "green-button",
-                    "reward": 0.0,
-                    "decision_id": "9f1c0e5a7b3d4c2e8f6a1b0c9d8e7f6a.1",
-                    "user_context": {"segment": "returning", "device": "mobile"},
-                },
-            ]
-        }
+    model_config = examples(
+        {"experiment_id": "cta-button-test", "arm_id": "green-button", "reward": 1.0},
+        {
+            "experiment_id": "cta-button-test",
+            "arm_id": "green-button",
+            "reward": 0.0,
+            "decision_id": "9f1c0e5a7b3d4c2e8f6a1b0c9d8e7f6a.1",
+            "user_context": {"segment": "returning", "device": "mobile"},
+        },
     )
 
     experiment_id: ExperimentIdField
@@ -320,20 +309,16 @@ class RewardsCreate(_Request):
     by its index); the schema documents them as :class:`RewardCreate`.
     """
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
+    model_config = examples(
+        {
+            "rewards": [
+                {"experiment_id": "cta-button-test", "arm_id": "green-button", "reward": 1},
                 {
-                    "rewards": [
-                        {"experiment_id": "cta-button-test", "arm_id": "green-button", "reward": 1},
-                        {
-                            "experiment_id": "cta-button-test",
-                            "arm_id": "blue-button",
-                            "reward": 0,
-                            "event_id": "order-1234",
-                        },
-                    ]
-                }
+                    "experiment_id": "cta-button-test",
+                    "arm_id": "blue-button",
+                    "reward": 0,
+                    "event_id": "order-1234",
+                },
             ]
         }
     )
@@ -363,7 +348,7 @@ class ExposureCreate(_Request):
     when the arm differs, so the logged propensity is always the stored weight.
     """
 
-    model_config = ConfigDict(json_schema_extra={"examples": [_EXPOSURE_EXAMPLE]})
+    model_config = examples(_EXPOSURE_EXAMPLE)
 
     experiment_id: ExperimentIdField
     unit_id: UnitId
@@ -389,7 +374,7 @@ class ExposuresCreate(_Request):
     index); the schema documents them as :class:`ExposureCreate`.
     """
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{"exposures": [_EXPOSURE_EXAMPLE]}]})
+    model_config = examples({"exposures": [_EXPOSURE_EXAMPLE]})
 
     exposures: list[
         Annotated[Any, WithJsonSchema({"$ref": "#/components/schemas/ExposureCreate"})]

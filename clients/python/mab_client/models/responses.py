@@ -20,7 +20,7 @@ from pydantic import ConfigDict, Field
 
 from mab_client.models.evaluation import EvaluationPublic
 from mab_client.models.limits import AssignmentMode, UnitIdStorage
-from mab_client.models.result import Result
+from mab_client.models.result import Result, examples
 
 
 def new_event_id() -> str:
@@ -32,14 +32,16 @@ def _absent(value: object) -> bool:
     return value is None
 
 
+def _omitted_when_none(description: str) -> Any:
+    """A field that defaults to ``None`` and is left out of the answer while ``None``: a
+    response without it keeps the shape older servers sent, so older clients parse it."""
+    return Field(default=None, exclude_if=_absent, description=description)
+
+
 #: Response fields present only for experiments with a window: without one, responses
 #: keep the original API's exact shape.
-PublicWindow = Annotated[
-    float | None, Field(default=None, exclude_if=_absent, description="Attribution window.")
-]
-PublicDefault = Annotated[
-    float | None, Field(default=None, exclude_if=_absent, description="Its default reward.")
-]
+PublicWindow = Annotated[float | None, _omitted_when_none("Attribution window.")]
+PublicDefault = Annotated[float | None, _omitted_when_none("Its default reward.")]
 
 
 class UnitSettingsPublic(Result):
@@ -68,11 +70,7 @@ EXPERIMENT_EXAMPLE: dict[str, Any] = {
 class ExperimentPublic(Result):
     """An experiment's configuration (the original API's shape plus ``version``)."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [{**EXPERIMENT_EXAMPLE, "strategy_params": {}, "version": 1}]
-        }
-    )
+    model_config = examples({**EXPERIMENT_EXAMPLE, "strategy_params": {}, "version": 1})
 
     experiment_id: str
     arm_ids: list[str]
@@ -81,27 +79,21 @@ class ExperimentPublic(Result):
     version: int = Field(description="Bumped by every accepted command (create = 1).")
     attribution_window_s: PublicWindow = None
     default_reward: PublicDefault = None
-    units: UnitSettingsPublic | None = Field(
-        default=None,
-        exclude_if=_absent,
-        description="Visitor-assignment settings: shown by GET /experiments/{id} (create, "
-        "list and /config answer in the original API's shape).",
+    units: UnitSettingsPublic | None = _omitted_when_none(
+        "Visitor-assignment settings: shown by GET /experiments/{id} (create, "
+        "list and /config answer in the original API's shape)."
     )
 
 
 class ConfigPublic(Result):
     """Result of a strategy hot-swap (the original API's shape plus ``version``)."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "experiment_id": "cta-button-test",
-                    "strategy": "ucb1",
-                    "strategy_params": {},
-                    "version": 3,
-                }
-            ]
+    model_config = examples(
+        {
+            "experiment_id": "cta-button-test",
+            "strategy": "ucb1",
+            "strategy_params": {},
+            "version": 3,
         }
     )
 
@@ -120,18 +112,14 @@ class DecisionMetadata(Result):
 class DecisionPublic(Result):
     """One decision (the original API's shape plus ``decision_id`` and ``propensity``)."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "experiment_id": "cta-button-test",
-                    "arm_id": "green-button",
-                    "strategy": "thompson",
-                    "metadata": {"arms": ["blue-button", "green-button", "red-button"]},
-                    "decision_id": "9f1c0e5a7b3d4c2e8f6a1b0c9d8e7f6a.1",
-                    "propensity": 0.41,
-                }
-            ]
+    model_config = examples(
+        {
+            "experiment_id": "cta-button-test",
+            "arm_id": "green-button",
+            "strategy": "thompson",
+            "metadata": {"arms": ["blue-button", "green-button", "red-button"]},
+            "decision_id": "9f1c0e5a7b3d4c2e8f6a1b0c9d8e7f6a.1",
+            "propensity": 0.41,
         }
     )
 
@@ -144,16 +132,11 @@ class DecisionPublic(Result):
         description="P(policy picks this arm | snapshot), for OPE; with a sticky unit, "
         "the probability at its first assignment."
     )
-    unit_id: str | None = Field(
-        default=None,
-        exclude_if=_absent,
-        description="The request's unit id (trimmed), echoed; absent without one.",
+    unit_id: str | None = _omitted_when_none(
+        "The request's unit id (trimmed), echoed; absent without one."
     )
-    assignment: AssignmentMode | None = Field(
-        default=None,
-        exclude_if=_absent,
-        description="How this unit's arm was chosen (the experiment's mode); absent "
-        "without a unit id.",
+    assignment: AssignmentMode | None = _omitted_when_none(
+        "How this unit's arm was chosen (the experiment's mode); absent without a unit id."
     )
 
     @property
@@ -165,17 +148,13 @@ class DecisionPublic(Result):
 class RewardPublic(Result):
     """A reward accepted into the event log (the original API's shape plus ``event_id``)."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "status": "ok",
-                    "experiment_id": "cta-button-test",
-                    "arm_id": "green-button",
-                    "strategy": "thompson",
-                    "event_id": "3b8e5a0c2d1f4e6a9b7c8d0e1f2a3b4c",
-                }
-            ]
+    model_config = examples(
+        {
+            "status": "ok",
+            "experiment_id": "cta-button-test",
+            "arm_id": "green-button",
+            "strategy": "thompson",
+            "event_id": "3b8e5a0c2d1f4e6a9b7c8d0e1f2a3b4c",
         }
     )
 
@@ -189,10 +168,8 @@ class RewardPublic(Result):
 class RewardsPublic(Result):
     """A batch of rewards accepted into the event log (all of them acknowledged)."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [{"status": "ok", "accepted": 2, "event_ids": ["3b8e5a0c", "order-1234"]}]
-        }
+    model_config = examples(
+        {"status": "ok", "accepted": 2, "event_ids": ["3b8e5a0c", "order-1234"]}
     )
 
     status: Literal["ok"] = "ok"
@@ -205,9 +182,7 @@ class RewardsPublic(Result):
 class ExposuresPublic(Result):
     """A batch of exposures accepted (every new one acknowledged by Kafka)."""
 
-    model_config = ConfigDict(
-        json_schema_extra={"examples": [{"status": "ok", "accepted": 2, "duplicates": 1}]}
-    )
+    model_config = examples({"status": "ok", "accepted": 2, "duplicates": 1})
 
     status: Literal["ok"] = "ok"
     accepted: int = Field(description="New exposures, each logged as one decision.")
@@ -277,36 +252,32 @@ class AttributionPublic(Result):
 class StatsPublic(Result):
     """Folded statistics of one experiment, read fresh from Redis."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
+    model_config = examples(
+        {
+            "experiment_id": "cta-button-test",
+            "strategy": "thompson",
+            "strategy_params": {},
+            "config_version": 1,
+            "snapshot_version": 12,
+            "arms": [
                 {
-                    "experiment_id": "cta-button-test",
-                    "strategy": "thompson",
-                    "strategy_params": {},
-                    "config_version": 1,
-                    "snapshot_version": 12,
-                    "arms": [
-                        {
-                            "arm_id": "blue-button",
-                            "pulls": 4,
-                            "reward_sum": 1.0,
-                            "mean": 0.25,
-                            "decisions": 5,
-                            "propensity": 0.3,
-                        },
-                        {
-                            "arm_id": "green-button",
-                            "pulls": 3,
-                            "reward_sum": 2.0,
-                            "mean": 0.6667,
-                            "decisions": 7,
-                            "propensity": 0.7,
-                        },
-                    ],
-                    "propensities": {"blue-button": 0.3, "green-button": 0.7},
-                }
-            ]
+                    "arm_id": "blue-button",
+                    "pulls": 4,
+                    "reward_sum": 1.0,
+                    "mean": 0.25,
+                    "decisions": 5,
+                    "propensity": 0.3,
+                },
+                {
+                    "arm_id": "green-button",
+                    "pulls": 3,
+                    "reward_sum": 2.0,
+                    "mean": 0.6667,
+                    "decisions": 7,
+                    "propensity": 0.7,
+                },
+            ],
+            "propensities": {"blue-button": 0.3, "green-button": 0.7},
         }
     )
 
@@ -317,21 +288,15 @@ class StatsPublic(Result):
     snapshot_version: int = Field(description="Events folded so far (0: none yet).")
     arms: list[ArmStatsPublic]
     propensities: dict[str, float]
-    attribution: AttributionPublic | None = Field(
-        default=None,
-        exclude_if=_absent,
-        description="Attribution-window counts; absent for experiments that never had a window.",
+    attribution: AttributionPublic | None = _omitted_when_none(
+        "Attribution-window counts; absent for experiments that never had a window."
     )
-    assignment: str | None = Field(
-        default=None,
-        exclude_if=_absent,
-        description="How requests with a unit id are assigned: sticky, consistent or "
-        "per_request (absent from servers older than visitor assignment).",
+    assignment: str | None = _omitted_when_none(
+        "How requests with a unit id are assigned: sticky, consistent or "
+        "per_request (absent from servers older than visitor assignment)."
     )
-    srm: SrmPublic | None = Field(
-        default=None,
-        exclude_if=_absent,
-        description="Sample-ratio-mismatch check; absent until units are counted.",
+    srm: SrmPublic | None = _omitted_when_none(
+        "Sample-ratio-mismatch check; absent until units are counted."
     )
 
     def arm(self, arm_id: str) -> ArmStatsPublic:
@@ -347,17 +312,13 @@ class StatsPublic(Result):
 
 
 class HealthPublic(Result):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ok"}]})
+    model_config = examples({"status": "ok"})
 
     status: Literal["ok"] = "ok"
 
 
 class ReadyPublic(Result):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [{"status": "ready", "redis": "ok", "kafka": "ok", "auth": "keys"}]
-        }
-    )
+    model_config = examples({"status": "ready", "redis": "ok", "kafka": "ok", "auth": "keys"})
 
     status: Literal["ready", "not_ready"]
     redis: str
@@ -374,9 +335,7 @@ class ReadyPublic(Result):
 class ErrorPublic(Result):
     """Every non-validation error: a human-readable ``detail``."""
 
-    model_config = ConfigDict(
-        json_schema_extra={"examples": [{"detail": "experiment 'cta-button-test' not found"}]}
-    )
+    model_config = examples({"detail": "experiment 'cta-button-test' not found"})
 
     detail: str
 
