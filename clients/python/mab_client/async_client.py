@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+import random
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Self, TypeVar, overload
+from typing import Any, Self, TypeVar, overload
 
 import httpx
 from tenacity import AsyncRetrying
@@ -16,22 +17,36 @@ from tenacity import AsyncRetrying
 from mab_client import calls
 from mab_client._shared import (
     BACKGROUND_ERRORS,
-    ClientBase,
     RetryRule,
-    pool_args,
+    headers_for,
+    local_state,
+    not_local,
     request_args,
+    timeout_of,
 )
 from mab_client.assignment import LocalDecision
 from mab_client.calls import Call, RetryPolicy
-from mab_client.errors import MabTransportError
-from mab_client.local import Held, LocalSettings
-from mab_client.models import Decision
+from mab_client.errors import (
+    MabTransportError,
+)
+from mab_client.local import Held, LocalMetrics, LocalSettings
+from mab_client.models import (
+    Decision,
+    Evaluation,
+    Experiment,
+    Ready,
+    RewardItem,
+    RewardReceipt,
+    Stats,
+    StrategyConfig,
+    Timeseries,
+)
 
 T = TypeVar("T")
 log = logging.getLogger("mab_client")
 
 
-class AsyncMabClient(ClientBase[httpx.AsyncClient]):
+class AsyncMabClient:
     """Asynchronous client (an async storefront, the demo traffic, the e2e tests)."""
 
     def __init__(
@@ -49,13 +64,18 @@ class AsyncMabClient(ClientBase[httpx.AsyncClient]):
         local: bool = False,
         local_settings: LocalSettings | None = None,
     ) -> None:
-        http = httpx.AsyncClient(
+        self.retry = retry or RetryPolicy()
+        self._rng = random.Random(seed)
+        self._sleep = sleep
+        self._http = httpx.AsyncClient(
+            base_url=base_url,
+            headers=headers_for(api_key, headers),
+            timeout=timeout_of(timeout),
             transport=transport,
             limits=limits or httpx.Limits(),
-            **pool_args(base_url, api_key, headers, timeout),
         )
-        super().__init__(http, retry, seed, local, local_settings)
-        self._sleep = sleep
+        #: Local mode (``local=True``): held allocations, the exposure buffer, metrics.
+        self.local = local_state(local, local_settings, seed)
         self._first_fetch = asyncio.Lock()
         #: As the sync client's: held while a batch is out of the buffer and being sent.
         self._flushing = asyncio.Lock()
@@ -71,6 +91,11 @@ class AsyncMabClient(ClientBase[httpx.AsyncClient]):
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.aclose()
+
+    @property
+    def base_url(self) -> str:
+        """The API's base URL, as the client sends to it."""
+        return str(self._http.base_url).rstrip("/")
 
     async def aclose(self) -> None:
         """Stop the local worker, flush the exposures still buffered, close the pool.
@@ -93,6 +118,13 @@ class AsyncMabClient(ClientBase[httpx.AsyncClient]):
         await self._http.aclose()
 
     # -- local mode (the sync client's, as coroutines) ---------------------------------
+    @property
+    def local_metrics(self) -> LocalMetrics:
+        """Local mode's counters and ``stale`` flag."""
+        if self.local is None:
+            raise not_local("this client")
+        return self.local.metrics
+
     async def _held(self, experiment_id: str) -> Held:
         local = self.local
         assert local is not None
@@ -168,7 +200,41 @@ class AsyncMabClient(ClientBase[httpx.AsyncClient]):
             raise rule.refused(exc) from None
         return call.result(response)
 
-    # -- API (the calls of ClientBase, and decide) ------------------------------------
+    # -- API ---------------------------------------------------------------------------
+    async def health(self) -> bool:
+        return await self.run(calls.health())
+
+    async def ready(self) -> Ready:
+        return await self.run(calls.ready())
+
+    async def create_experiment(
+        self,
+        experiment_id: str,
+        arm_ids: Sequence[str],
+        strategy: str | None = None,
+        strategy_params: Mapping[str, Any] | None = None,
+    ) -> Experiment:
+        return await self.run(
+            calls.create_experiment(experiment_id, arm_ids, strategy, strategy_params)
+        )
+
+    async def get_experiment(self, experiment_id: str) -> Experiment:
+        return await self.run(calls.get_experiment(experiment_id))
+
+    async def list_experiments(self, offset: int = 0, limit: int = 100) -> list[Experiment]:
+        return await self.run(calls.list_experiments(offset, limit))
+
+    async def add_arms(self, experiment_id: str, arm_ids: Sequence[str]) -> Experiment:
+        return await self.run(calls.add_arms(experiment_id, arm_ids))
+
+    async def set_strategy(
+        self,
+        experiment_id: str,
+        strategy: str,
+        strategy_params: Mapping[str, Any] | None = None,
+    ) -> StrategyConfig:
+        return await self.run(calls.set_strategy(experiment_id, strategy, strategy_params))
+
     @overload
     async def decide(self, experiment_id: str) -> Decision: ...
     @overload
@@ -179,9 +245,55 @@ class AsyncMabClient(ClientBase[httpx.AsyncClient]):
         """See :meth:`MabClient.decide`."""
         if unit_id is None:
             return await self.run(calls.decide(experiment_id))
-        local = self._local_for(experiment_id)
+        local = self.local
+        if local is None:
+            raise not_local(experiment_id)
         decision = local.decide(experiment_id, unit_id)
         while decision is None:
             await self._held(experiment_id)
             decision = local.decide(experiment_id, unit_id)
         return decision
+
+    async def reward(
+        self,
+        experiment_id: str,
+        arm_id: str,
+        reward: float,
+        *,
+        decision_id: str | None = None,
+        event_id: str | None = None,
+        user_context: Mapping[str, Any] | None = None,
+    ) -> RewardReceipt:
+        item = calls.reward_item(experiment_id, arm_id, reward, decision_id, event_id, user_context)
+        return await self.run(calls.reward(item))
+
+    async def reward_for(
+        self, decision: Decision, reward: float, user_context: Mapping[str, Any] | None = None
+    ) -> RewardReceipt:
+        """The reward of ``decision``, its decision id carried through."""
+        item = calls.reward_for(decision, reward, user_context)
+        return await self.run(calls.reward(item))
+
+    async def bulk_rewards(self, items: Sequence[RewardItem]) -> int:
+        return await self.run(calls.bulk_rewards(items))
+
+    async def stats(self, experiment_id: str) -> Stats:
+        return await self.run(calls.stats(experiment_id))
+
+    async def timeseries(
+        self,
+        experiment_id: str,
+        bucket: str = "hour",
+        start: float | str | None = None,
+        end: float | str | None = None,
+    ) -> Timeseries:
+        return await self.run(calls.timeseries(experiment_id, bucket, start, end))
+
+    async def evaluate(
+        self,
+        experiment_id: str,
+        strategy: str,
+        params: Mapping[str, Any] | None = None,
+        missing_reward: str = "drop",
+    ) -> Evaluation:
+        return await self.run(calls.evaluate(experiment_id, strategy, params, missing_reward))

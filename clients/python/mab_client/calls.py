@@ -173,18 +173,13 @@ def create_experiment(
     )
 
 
-def _experiment_read(
-    experiment_id: str, tail: str, parse: Callable[[Any], T], **options: Any
-) -> Call[T]:
-    """A ``GET`` of one experiment or of one of its resources (``tail``): a read, so
-    sending it twice has the effect of once."""
-    return Call(
-        "GET", f"/experiments/{_segment(experiment_id)}{tail}", parse, Retry.IDEMPOTENT, **options
-    )
-
-
 def get_experiment(experiment_id: str) -> Call[Experiment]:
-    return _experiment_read(experiment_id, "", Experiment.model_validate)
+    return Call(
+        "GET",
+        f"/experiments/{_segment(experiment_id)}",
+        Experiment.model_validate,
+        Retry.IDEMPOTENT,
+    )
 
 
 def list_experiments(offset: int = 0, limit: int = 100) -> Call[list[Experiment]]:
@@ -229,28 +224,7 @@ def decide(experiment_id: str) -> Call[Decision]:
     )
 
 
-def reward(
-    experiment_id: str,
-    arm_id: str,
-    reward: float,
-    *,
-    decision_id: str | None = None,
-    event_id: str | None = None,
-    user_context: Mapping[str, Any] | None = None,
-) -> Call[RewardReceipt]:
-    """``POST /reward`` of one reward, with a fresh ``event_id`` unless one is given."""
-    item = reward_item(experiment_id, arm_id, reward, decision_id, event_id, user_context)
-    return _post_reward(item)
-
-
-def reward_for(
-    decision: Decision, reward: float, user_context: Mapping[str, Any] | None = None
-) -> Call[RewardReceipt]:
-    """The reward of ``decision``, its decision id carried through."""
-    return _post_reward(decision_reward(decision, reward, user_context))
-
-
-def _post_reward(item: RewardItem) -> Call[RewardReceipt]:
+def reward(item: RewardItem) -> Call[RewardReceipt]:
     return Call("POST", "/reward", RewardReceipt.model_validate, Retry.IDEMPOTENT, json=item.body())
 
 
@@ -299,10 +273,11 @@ def _allocation_fetch(response: httpx.Response) -> AllocationFetch:
 def allocation(experiment_id: str, etag: str | None = None) -> Call[AllocationFetch]:
     """The current allocation version; with ``etag`` (the copy held), a bodyless 304
     while that copy is current."""
-    return _experiment_read(
-        experiment_id,
-        "/allocation",
+    return Call(
+        "GET",
+        f"/experiments/{_segment(experiment_id)}/allocation",
         _allocation_fetch,
+        Retry.IDEMPOTENT,
         ok=frozenset({200, 304}),
         whole=True,
         headers=None if etag is None else {"If-None-Match": etag},
@@ -322,7 +297,12 @@ def exposures(items: Sequence[ExposureCreate]) -> Call[tuple[int, int]]:
 
 
 def stats(experiment_id: str) -> Call[Stats]:
-    return _experiment_read(experiment_id, "/stats", Stats.model_validate)
+    return Call(
+        "GET",
+        f"/experiments/{_segment(experiment_id)}/stats",
+        Stats.model_validate,
+        Retry.IDEMPOTENT,
+    )
 
 
 def timeseries(
@@ -336,7 +316,13 @@ def timeseries(
         params["from"] = str(start)
     if end is not None:
         params["to"] = str(end)
-    return _experiment_read(experiment_id, "/timeseries", Timeseries.model_validate, params=params)
+    return Call(
+        "GET",
+        f"/experiments/{_segment(experiment_id)}/timeseries",
+        Timeseries.model_validate,
+        Retry.IDEMPOTENT,
+        params=params,
+    )
 
 
 #: Off-policy evaluation reads the event log: it may take far longer than a read.
@@ -389,7 +375,7 @@ def reward_item(
     return _valid(RewardItem, "POST /reward", fields)
 
 
-def decision_reward(
+def reward_for(
     decision: Decision, value: float, user_context: Mapping[str, Any] | None = None
 ) -> RewardItem:
     """The reward of ``decision`` (:meth:`RewardItem.for_decision`), refused like

@@ -9,11 +9,12 @@ Retry`), every request has a bounded timeout, and every error is typed.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Self, TypeVar, overload
+from typing import Any, Self, TypeVar, overload
 
 import httpx
 from tenacity import Retrying
@@ -22,22 +23,36 @@ from mab_client import calls
 from mab_client._shared import (
     BACKGROUND_ERRORS,
     DEFAULT_TIMEOUT,
-    ClientBase,
     RetryRule,
-    pool_args,
+    headers_for,
+    local_state,
+    not_local,
     request_args,
+    timeout_of,
 )
 from mab_client.assignment import LocalDecision
 from mab_client.calls import Call, RetryPolicy
-from mab_client.errors import MabTransportError
-from mab_client.local import Held, LocalSettings, drive
-from mab_client.models import Decision
+from mab_client.errors import (
+    MabTransportError,
+)
+from mab_client.local import Held, LocalMetrics, LocalSettings, drive
+from mab_client.models import (
+    Decision,
+    Evaluation,
+    Experiment,
+    Ready,
+    RewardItem,
+    RewardReceipt,
+    Stats,
+    StrategyConfig,
+    Timeseries,
+)
 
 T = TypeVar("T")
 log = logging.getLogger("mab_client")
 
 
-class MabClient(ClientBase[httpx.Client]):
+class MabClient:
     """Synchronous client (a storefront back end's request thread).
 
     >>> with MabClient("http://decider:8000", api_key="...") as mab:  # doctest: +SKIP
@@ -59,9 +74,17 @@ class MabClient(ClientBase[httpx.Client]):
         local: bool = False,
         local_settings: LocalSettings | None = None,
     ) -> None:
-        http = httpx.Client(transport=transport, **pool_args(base_url, api_key, headers, timeout))
-        super().__init__(http, retry, seed, local, local_settings)
+        self.retry = retry or RetryPolicy()
+        self._rng = random.Random(seed)
         self._sleep = sleep
+        self._http = httpx.Client(
+            base_url=base_url,
+            headers=headers_for(api_key, headers),
+            timeout=timeout_of(timeout),
+            transport=transport,
+        )
+        #: Local mode (``local=True``): held allocations, the exposure buffer, metrics.
+        self.local = local_state(local, local_settings, seed)
         self._first_fetch = threading.Lock()
         #: Held while a batch is out of the buffer and being sent: one flush at a time
         #: (two takers would miscount the sequence gaps as drops), and ``flush``/``close``
@@ -81,6 +104,11 @@ class MabClient(ClientBase[httpx.Client]):
     ) -> None:
         self.close()
 
+    @property
+    def base_url(self) -> str:
+        """The API's base URL, as the client sends to it."""
+        return str(self._http.base_url).rstrip("/")
+
     def close(self) -> None:
         """Stop the local worker, flush the exposures still buffered, close the pool."""
         if self._worker is not None:
@@ -97,6 +125,14 @@ class MabClient(ClientBase[httpx.Client]):
         self._http.close()
 
     # -- local mode --------------------------------------------------------------------
+    @property
+    def local_metrics(self) -> LocalMetrics:
+        """Local mode's counters and ``stale`` flag (:class:`InvalidRequestError` when
+        the client is not local)."""
+        if self.local is None:
+            raise not_local("this client")
+        return self.local.metrics
+
     def _held(self, experiment_id: str) -> Held:
         """The experiment's allocation; the first call fetches it (raising what the
         fetch raises: there is nothing to decide from yet) and starts the worker."""
@@ -166,7 +202,39 @@ class MabClient(ClientBase[httpx.Client]):
             raise rule.refused(exc) from None
         return call.result(response)
 
-    # -- API (the calls of ClientBase, and decide) ------------------------------------
+    # -- API ---------------------------------------------------------------------------
+    def health(self) -> bool:
+        return self.run(calls.health())
+
+    def ready(self) -> Ready:
+        return self.run(calls.ready())
+
+    def create_experiment(
+        self,
+        experiment_id: str,
+        arm_ids: Sequence[str],
+        strategy: str | None = None,
+        strategy_params: Mapping[str, Any] | None = None,
+    ) -> Experiment:
+        return self.run(calls.create_experiment(experiment_id, arm_ids, strategy, strategy_params))
+
+    def get_experiment(self, experiment_id: str) -> Experiment:
+        return self.run(calls.get_experiment(experiment_id))
+
+    def list_experiments(self, offset: int = 0, limit: int = 100) -> list[Experiment]:
+        return self.run(calls.list_experiments(offset, limit))
+
+    def add_arms(self, experiment_id: str, arm_ids: Sequence[str]) -> Experiment:
+        return self.run(calls.add_arms(experiment_id, arm_ids))
+
+    def set_strategy(
+        self,
+        experiment_id: str,
+        strategy: str,
+        strategy_params: Mapping[str, Any] | None = None,
+    ) -> StrategyConfig:
+        return self.run(calls.set_strategy(experiment_id, strategy, strategy_params))
+
     @overload
     def decide(self, experiment_id: str) -> Decision: ...
     @overload
@@ -177,12 +245,58 @@ class MabClient(ClientBase[httpx.Client]):
         assignment rule, its exposure buffered for the next flush."""
         if unit_id is None:
             return self.run(calls.decide(experiment_id))
-        local = self._local_for(experiment_id)
+        local = self.local
+        if local is None:
+            raise not_local(experiment_id)
         decision = local.decide(experiment_id, unit_id)
         while decision is None:
             self._held(experiment_id)
             decision = local.decide(experiment_id, unit_id)
         return decision
+
+    def reward(
+        self,
+        experiment_id: str,
+        arm_id: str,
+        reward: float,
+        *,
+        decision_id: str | None = None,
+        event_id: str | None = None,
+        user_context: Mapping[str, Any] | None = None,
+    ) -> RewardReceipt:
+        item = calls.reward_item(experiment_id, arm_id, reward, decision_id, event_id, user_context)
+        return self.run(calls.reward(item))
+
+    def reward_for(
+        self, decision: Decision, reward: float, user_context: Mapping[str, Any] | None = None
+    ) -> RewardReceipt:
+        """The reward of ``decision``, its decision id carried through."""
+        item = calls.reward_for(decision, reward, user_context)
+        return self.run(calls.reward(item))
+
+    def bulk_rewards(self, items: Sequence[RewardItem]) -> int:
+        return self.run(calls.bulk_rewards(items))
+
+    def stats(self, experiment_id: str) -> Stats:
+        return self.run(calls.stats(experiment_id))
+
+    def timeseries(
+        self,
+        experiment_id: str,
+        bucket: str = "hour",
+        start: float | str | None = None,
+        end: float | str | None = None,
+    ) -> Timeseries:
+        return self.run(calls.timeseries(experiment_id, bucket, start, end))
+
+    def evaluate(
+        self,
+        experiment_id: str,
+        strategy: str,
+        params: Mapping[str, Any] | None = None,
+        missing_reward: str = "drop",
+    ) -> Evaluation:
+        return self.run(calls.evaluate(experiment_id, strategy, params, missing_reward))
 
 
 # Re-exported: ``from mab_client.client import AsyncMabClient`` keeps working.
