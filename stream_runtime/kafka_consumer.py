@@ -72,6 +72,11 @@ class KafkaRecord(NamedTuple):
     headers: list[tuple[str, str | bytes | None]] | None = None  # re-drive markers
 
 
+#: ``tuple.__new__`` called directly: the named tuple's generated ``__new__`` is a
+#: Python-level call per consumed record. Every field is passed, in field order.
+_new_record: Final = tuple.__new__
+
+
 def take_queued(consumer: Consumer, max_records: int, timeout_s: float) -> list[Message]:
     """What is queued now, up to ``max_records``; else wait up to ``timeout_s`` for one.
 
@@ -106,14 +111,17 @@ def to_records(messages: list[Message], log: logging.Logger) -> list[KafkaRecord
             # A message without error always has its topic, partition and offset (the
             # stubs type them optional for error events); consumed headers are a list.
             append(
-                KafkaRecord(
-                    m.topic(),  # type: ignore[arg-type]
-                    m.partition(),  # type: ignore[arg-type]
-                    m.offset(),  # type: ignore[arg-type]
-                    m.timestamp()[1],
-                    m.value(),
-                    m.key(),
-                    m.headers(),  # type: ignore[arg-type]
+                _new_record(
+                    KafkaRecord,
+                    (
+                        m.topic(),
+                        m.partition(),
+                        m.offset(),
+                        m.timestamp()[1],
+                        m.value(),
+                        m.key(),
+                        m.headers(),
+                    ),
                 )
             )
         elif err.fatal():
