@@ -85,14 +85,16 @@ class AllocationStore:
         self.max_memo = max_memo
         self._memo: OrderedDict[tuple[str, int], AllocationRecord] = OrderedDict()
 
-    def memoized(self, experiment_id: str, version: int) -> AllocationRecord | None:
-        """The record of ``version`` if this worker has it and it has not expired (no
-        I/O, no coroutine: for the hot paths)."""
+    def memoized(
+        self, experiment_id: str, version: int, now: float | None = None
+    ) -> AllocationRecord | None:
+        """The record of ``version`` if this worker has it and it has not expired at
+        ``now`` (default: the clock's now). No I/O, no coroutine: for the hot paths."""
         key = (experiment_id, version)
         record = self._memo.get(key)
         if record is None:
             return None
-        if self.clock() >= record.computed_at + self.retention_s:
+        if (self.clock() if now is None else now) >= record.computed_at + self.retention_s:
             del self._memo[key]
             return None
         return record

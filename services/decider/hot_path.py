@@ -47,7 +47,12 @@ from services.decider.limits import (
     too_large_body,
 )
 from services.decider.paths import keep_encoded_segments
-from services.decider.routes.decisions import decide_cached, log_decision, serve_decision
+from services.decider.routes.decisions import (
+    decide_cached,
+    decide_unit_now,
+    log_decision,
+    serve_decision,
+)
 from services.decider.routes.rewards import serve_reward
 from services.decider.runtime import Runtime, runtime_of
 
@@ -173,20 +178,24 @@ class DecisionFastPath:
                         experiment_id, unit_id = _unit_query(query)
                     else:
                         experiment_id = _experiment_id(query)
-                    entry = (
-                        None
-                        if experiment_id is None or unit_id is not None
-                        else runtime.cache.fresh(experiment_id)
-                    )
+                    entry = None if experiment_id is None else runtime.cache.fresh(experiment_id)
                     if entry is not None and experiment_id is not None:
-                        # The common case, without a coroutine: a fresh cached entry.
-                        body, record = decide_cached(runtime, entry, False, experiment_id)
-                        waiting = log_decision(runtime, experiment_id, record)
-                        if waiting is not None:
-                            await waiting
-                        status_code = 200
-                        await _respond(send, 200, body, cors)
-                        return
+                        # The common cases, without a coroutine: a fresh cached entry, and
+                        # a unit decided without I/O (else the awaited path below).
+                        answer = (
+                            decide_cached(runtime, entry, False, experiment_id)
+                            if unit_id is None
+                            else decide_unit_now(runtime, entry, False, experiment_id, unit_id)
+                        )
+                        if answer is not None:
+                            body, record = answer
+                            if record is not None:
+                                waiting = log_decision(runtime, experiment_id, record)
+                                if waiting is not None:
+                                    await waiting
+                            status_code = 200
+                            await _respond(send, 200, body, cors)
+                            return
                     try:
                         served = (
                             None
@@ -194,9 +203,9 @@ class DecisionFastPath:
                             else await serve_decision(runtime, experiment_id, unit_id)
                         )
                     except RedisError as exc:
-                        # Answered here, not by falling through to the route: the route would
-                        # ask Redis again and double the wait (two socket timeouts against a
-                        # hung Redis, found by the Redis freeze fault test).
+                        # Answered here, not by falling through to the route: the route
+                        # would ask Redis again and double the wait (two socket timeouts
+                        # against a hung Redis, found by the Redis freeze fault test).
                         log.error("redis error on GET /decision: %r", exc)
                         status_code = 503
                         await _respond(send, 503, STORE_UNAVAILABLE, cors)
@@ -313,8 +322,10 @@ def _experiment_id(query: bytes) -> str | None:
     """
     if not query.startswith(_PREFIX) or b"&" in query:
         return None
+    raw = query[len(_PREFIX) :].decode("latin-1")
     try:
-        return normalize_id(unquote_plus(query[len(_PREFIX) :].decode("latin-1")))
+        # Nothing to unescape in the common query (``%`` and ``+`` are what decode).
+        return normalize_id(unquote_plus(raw) if "%" in raw or "+" in raw else raw)
     except InvalidIdError:
         return None
 
@@ -331,8 +342,10 @@ def _unit_query(query: bytes) -> tuple[str | None, str | None]:
     experiment_id = _experiment_id(first)
     if experiment_id is None:
         return None, None
+    raw = second[len(_UNIT_PREFIX) :].decode("latin-1")
     try:
-        unit_id = normalize_unit_id(unquote_plus(second[len(_UNIT_PREFIX) :].decode("latin-1")))
+        # Nothing to unescape in the common query (``%`` and ``+`` are what decode).
+        unit_id = normalize_unit_id(unquote_plus(raw) if "%" in raw or "+" in raw else raw)
     except InvalidUnitIdError:
         return None, None
     return experiment_id, unit_id

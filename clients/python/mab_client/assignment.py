@@ -299,6 +299,20 @@ class Allocation:
             ok = False
         if not ok:
             raise InvalidUnitIdError(_unit_id_problem(unit_id))
+        return self._choose(text)
+
+    def choose_with_token(self, unit_id: str) -> tuple[LocalDecision, str]:
+        """:meth:`choose` and :meth:`unit_token` of one unit id, validated once (the
+        server logs both for every consistent decision)."""
+        text = normalize_unit_id(unit_id)
+        if self.unit_id_storage == "raw":
+            return self._choose(text), text
+        h = self._token_state.copy()
+        h.update(text.encode())
+        return self._choose(text), h.hexdigest()[:32]
+
+    def _choose(self, text: str) -> LocalDecision:
+        """:meth:`choose` of a unit id already normalised."""
         h = self._assign_state.copy()
         h.update(text.encode())
         digest = h.digest()

@@ -32,6 +32,7 @@ from services.decider.auth import CLIENT_RESPONSES
 from services.decider.decisions import CachedExperiment
 from services.decider.errors import E404, E422, E503, not_found
 from services.decider.runtime import CLIENT, Runtime, RuntimeDep
+from services.decider.units import UnitDecision
 
 log = logging.getLogger("services.decider")
 
@@ -68,13 +69,14 @@ def decide_cached(
     return body, record
 
 
-class UnitDecision(NamedTuple):
+class UnitFields(NamedTuple):
     """What a decision for a request with a unit adds to the answer and the event."""
 
     #: The request's unit id, echoed in the response.
     unit_id: str
-    #: What the event carries for the unit (a digest or the id: ``unit_id_storage``).
-    token: str
+    #: What the event carries for the unit (a digest or the id: ``unit_id_storage``);
+    #: ``None`` only when nothing is logged.
+    token: str | None
     #: The mode that assigned it (``None``: per_request, left out of the event).
     assignment: DecisionAssignment | None = None
     allocation_version: int | None = None
@@ -90,7 +92,7 @@ def _answer(
     index: int,
     decision_id: str,
     propensity: float,
-    unit: UnitDecision | None,
+    unit: UnitFields | None,
 ) -> tuple[bytes, bytes | None]:
     """The response body (the original API's shape; ``unit_id`` and ``assignment`` added
     only for a request with a unit) and the ``DecisionMade`` record, ``None`` when the
@@ -143,6 +145,36 @@ def _answer(
     return orjson.dumps(served), record
 
 
+def decide_unit_now(
+    rt: Runtime, entry: CachedExperiment, degraded: bool, experiment_id: str, unit_id: str
+) -> tuple[bytes, bytes | None] | None:
+    """:func:`decide_unit` when it needs no I/O (a per-request or consistent unit, or a
+    returning sticky unit this worker remembers, under an allocation it holds): the
+    hot path's synchronous case. ``None``: await :func:`decide_unit`."""
+    config = entry.config
+    now = rt.allocations.clock()
+    if config.assignment == "per_request":
+        index, propensity = rt.cache.decide(entry, now)
+        token = unit_token(unit_id, config.salt, config.unit_id_storage)
+        rt.metrics.unit_decision(config.assignment, "new")
+        return _answer(
+            rt,
+            entry,
+            degraded,
+            experiment_id,
+            index,
+            make_decision_id(index),
+            propensity,
+            UnitFields(unit_id, token),
+        )
+    decided = rt.units.assign_now(entry, unit_id, now)
+    return (
+        None
+        if decided is None
+        else _unit_answer(rt, entry, degraded, experiment_id, unit_id, decided)
+    )
+
+
 async def decide_unit(
     rt: Runtime, entry: CachedExperiment, degraded: bool, experiment_id: str, unit_id: str
 ) -> tuple[bytes, bytes | None]:
@@ -150,26 +182,26 @@ async def decide_unit(
     the record ``None`` for a returning sticky unit (nothing is logged: a pull is a
     unit's assignment). Raises :class:`redis.exceptions.RedisError` when the allocation
     or the sticky table cannot be reached."""
-    config = entry.config
-    now = rt.allocations.clock()
-    if config.assignment == "per_request":
-        index, propensity = rt.cache.decide(entry, now)
-        token = unit_token(unit_id, config.salt, config.unit_id_storage)
-        rt.metrics.unit_decision(config.assignment, "new")
-        decision_id = make_decision_id(index)
-        return _answer(
-            rt,
-            entry,
-            degraded,
-            experiment_id,
-            index,
-            decision_id,
-            propensity,
-            UnitDecision(unit_id, token),
-        )
-    decided = await rt.units.assign(entry, unit_id, now)
+    answer = decide_unit_now(rt, entry, degraded, experiment_id, unit_id)
+    if answer is not None:
+        return answer
+    decided = await rt.units.assign(entry, unit_id, rt.allocations.clock())
+    return _unit_answer(rt, entry, degraded, experiment_id, unit_id, decided)
+
+
+def _unit_answer(
+    rt: Runtime,
+    entry: CachedExperiment,
+    degraded: bool,
+    experiment_id: str,
+    unit_id: str,
+    decided: UnitDecision,
+) -> tuple[bytes, bytes | None]:
+    """The answer to a sticky or consistent unit's request (see :func:`_answer`)."""
+    mode = entry.config.assignment
+    assert mode != "per_request", "per-request units are answered by decide_unit_now"
     a = decided.assignment
-    rt.metrics.unit_decision(config.assignment, decided.outcome)
+    rt.metrics.unit_decision(mode, decided.outcome)
     return _answer(
         rt,
         entry,
@@ -178,9 +210,7 @@ async def decide_unit(
         a.arm_index,
         a.decision_id,
         a.propensity,
-        UnitDecision(
-            unit_id, decided.token, config.assignment, a.version, decided.outcome == "new"
-        ),
+        UnitFields(unit_id, decided.token, mode, a.version, decided.outcome == "new"),
     )
 
 
