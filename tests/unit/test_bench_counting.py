@@ -11,6 +11,7 @@ from collections.abc import Mapping
 import httpx
 import pytest
 
+from bench.decision_cost import per_request_us, unit_queries
 from bench.evaluation_latency import EvaluationLoop
 from bench.fold_rows import projected_rewards
 from bench.harness import cpu_s, median_of, tree_cpu_s
@@ -106,3 +107,23 @@ def test_the_median_keeps_the_cpu_per_request_only_when_measured() -> None:
     assert "cpu_us_per_request" not in median_of([run])
     timed = [dict(run, cpu_us_per_request=v) for v in (30.0, 50.0, 40.0)]
     assert median_of(timed)["cpu_us_per_request"] == 40.0
+
+
+def test_unit_queries_mix_new_and_returning_units_at_the_share() -> None:
+    queries = unit_queries("e", 20_000, 0.25, seed=3)
+    units = [q.decode().split("unit_id=")[1] for q in queries]
+    first_seen: set[str] = set()
+    new = 0
+    for unit in units:
+        if unit not in first_seen:
+            first_seen.add(unit)
+            new += 1
+    assert queries[0] == b"experiment_id=e&unit_id=v3-1"
+    assert 0.23 < new / len(units) < 0.27  # about the share; every other one returns
+    assert unit_queries("e", 100, 0.0, seed=3) == [b"experiment_id=e&unit_id=v3-1"] * 100
+
+
+def test_decision_cost_is_cpu_per_request_and_refuses_an_empty_round() -> None:
+    assert per_request_us(0.3, 15_000) == pytest.approx(20.0)
+    with pytest.raises(ValueError):
+        per_request_us(0.3, 0)
