@@ -249,8 +249,26 @@ class BatchEngine(Generic[ReportT]):
         return plan
 
     # ----------------------------------------------------------------- batches
-    async def handle(self, records: Sequence[RecordLike], now: float | None = None) -> ReportT:
+    def decode(self, records: Iterable[RecordLike]) -> DecodedBatch:
+        """Decode a batch with the processor's decoders: the first step of :meth:`handle`.
+
+        Pure (no I/O, no engine or processor state read or changed), so a driver may
+        run it ahead, e.g. for the next batch while this one's write is awaited
+        (:meth:`stream_runtime.kafka_loop.KafkaBatchProcessor._process`).
+        """
+        return decode_batch(records, self.processor.decoders)
+
+    async def handle(
+        self,
+        records: Sequence[RecordLike],
+        now: float | None = None,
+        *,
+        decoded: DecodedBatch | None = None,
+    ) -> ReportT:
         """Decode and apply one batch; raises on I/O errors (the caller retries).
+
+        ``decoded``: what :meth:`decode` made of these same ``records``, if the caller
+        decoded them ahead; else they are decoded here.
 
         The cyclic collector is held off while the batch is decoded, applied and
         written (see :func:`stream_runtime.batch.gc_deferred`): :meth:`_decode_apply`
@@ -260,15 +278,16 @@ class BatchEngine(Generic[ReportT]):
         may wait for a broker) are handed over with it on.
         """
         with gc_deferred():
-            report, outputs = await self._decode_apply(records, now)
+            report, outputs = await self._decode_apply(records, now, decoded)
         if outputs and self.outputs is not None:
             await self.outputs(outputs)
         return report
 
     async def _decode_apply(
-        self, records: Sequence[RecordLike], now: float | None
+        self, records: Sequence[RecordLike], now: float | None, decoded: DecodedBatch | None
     ) -> tuple[ReportT, list[Any]]:
-        decoded = decode_batch(records, self.processor.decoders)
+        if decoded is None:
+            decoded = self.decode(records)
         return await self.apply(decoded, now, records=len(records))
 
     async def apply(

@@ -24,8 +24,8 @@ process at ~65,000 records/s before any decoding or folding. librdkafka fetches 
 parses on its own C threads and hands out a whole batch in one call, so the Python cost
 per record drops to building one small named tuple. Its blocking calls (``consume``,
 ``close``) run in a worker thread (``asyncio.to_thread``), so the event loop stays free
-for Redis I/O; rebalance callbacks fire inside ``consume`` only, i.e. never while a
-batch is being written.
+for Redis I/O; rebalance callbacks fire inside ``consume`` only, i.e. in that thread
+(possibly while a batch is being written, see the poll ahead below).
 
 So this module owns a plain librdkafka consumer with ``enable.auto.commit=false``,
 batch polls and explicit per-partition commits issued strictly *after* the Redis write.
@@ -41,6 +41,18 @@ experiment of state + offsets + dedupe keys together) -> only then commit the Ka
 offsets. A crash at any point either loses nothing (no commit yet: Kafka redelivers)
 or doubles nothing (the stored offsets make the redelivered records a no-op).
 
+One step is pipelined: while batch N is in the engine (mostly: while its Redis write is
+awaited), the next batch is polled and decoded, the pure part of the work::
+
+    batch N:    apply -> write ............ -> commit N
+    batch N+1:           poll + decode (ahead) -> apply -> write ....... -> commit N+1
+    batch N+2:                                           poll + decode (ahead) -> ...
+
+Everything that touches state stays strictly in order: N+1 is applied only after N's
+write landed, and each commit only after the write of the records it covers. If N
+fails, the batch polled ahead is thrown away and both are read again
+(:meth:`KafkaBatchProcessor._process` says why that matters).
+
 A service subclasses :class:`KafkaBatchProcessor` and supplies its resources and its
 engine (:meth:`~KafkaBatchProcessor._open_resources`) and its stats; the ordering lives
 only here.
@@ -53,11 +65,12 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any, Final, Generic, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from stream_runtime.batch import RecordLike, commit_offsets, first_offsets
+from stream_runtime.batch import DecodedBatch, RecordLike, commit_offsets, first_offsets
 from stream_runtime.engine import BatchEngine
 from stream_runtime.kafka_connection import (
     ClientErrors,
@@ -96,6 +109,14 @@ class LoopSettings(Protocol):
     def session_timeout_ms(self) -> int: ...
     @property
     def retry_backoff_s(self) -> float: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Polled:
+    """One poll's records and what :meth:`KafkaBatchProcessor._decode` made of them."""
+
+    records: list[RecordLike]
+    decoded: DecodedBatch
 
 
 class KafkaBatchProcessor(abc.ABC, Generic[ReportT]):
@@ -137,6 +158,13 @@ class KafkaBatchProcessor(abc.ABC, Generic[ReportT]):
         #: Offsets of processed batches (next offset to read per partition), committed
         #: asynchronously after each batch and once more, synchronously, on close.
         self._processed: dict[tuple[str, int], int] = {}
+        #: The batch polled and decoded while the previous one was written; processed
+        #: next, or dropped (never committed) on close.
+        self._ahead: Polled | None = None
+        #: Partition moves seen by the consumer's callbacks, and those the loop has
+        #: acted on (:meth:`_rebalanced`, :meth:`_settle_moves`).
+        self._moves = 0
+        self._moves_settled = 0
         #: Served on ``MAB_METRICS_PORT`` by :func:`stream_runtime.process.run_until_signal`.
         self.metrics = ProcessorMetrics()
 
@@ -166,20 +194,44 @@ class KafkaBatchProcessor(abc.ABC, Generic[ReportT]):
             await self._redis.aclose()
             self._redis = None
 
-    async def _handle(self, records: list[RecordLike]) -> ReportT:
-        """Apply one batch through the engine; raises on failure. Commits nothing."""
+    def _decode(self, records: list[RecordLike]) -> DecodedBatch:
+        """Decode a polled batch (pure: it may run while the previous batch is written)."""
         assert self.engine is not None
-        return await self.engine.handle(records)
+        return self.engine.decode(records)
+
+    async def _handle(self, records: list[RecordLike], decoded: DecodedBatch) -> ReportT:
+        """Apply one batch (``decoded``: :meth:`_decode` of ``records``) through the
+        engine; raises on failure. Commits nothing."""
+        assert self.engine is not None
+        return await self.engine.handle(records, decoded=decoded)
 
     def _rebalanced(self) -> None:
-        """Partitions were assigned or revoked (called inside ``consume``, i.e. never
-        while a batch is handled): keep the engine's cache to the partitions we own
-        (every write checks it anyway, see :mod:`stream_runtime.engine`), and the offsets
-        to commit on close to batches processed since (a partition that came back must
-        not get an older offset of ours committed over its last owner's)."""
+        """Partitions were assigned or revoked: only counted here, acted on by
+        :meth:`_settle_moves`.
+
+        librdkafka calls this inside ``consume``, i.e. in a poll's worker thread, and the
+        poll ahead runs while the event loop may be inside the engine with the batch
+        before it; touching the engine's cache from this thread could race with it.
+        """
+        self._moves += 1
+
+    def _settle_moves(self) -> bool:
+        """Act on the partition moves since the last call (on the event loop, once the
+        poll that saw them has returned and no batch is in the engine); whether there
+        were any.
+
+        Keeps the engine's cache to the partitions we own (every write checks it anyway,
+        see :mod:`stream_runtime.engine`), and the offsets to commit on close to batches
+        processed since (a partition that came back must not get an older offset of ours
+        committed over its last owner's).
+        """
+        if self._moves == self._moves_settled:
+            return False
+        self._moves_settled = self._moves
         self._processed.clear()
         if self.engine is not None:
             self.engine.forget()
+        return True
 
     def _account(self, report: ReportT) -> None:
         """Add a committed batch's report to the running stats."""
@@ -270,6 +322,9 @@ class KafkaBatchProcessor(abc.ABC, Generic[ReportT]):
         )
 
     async def _close(self) -> None:
+        # A batch polled ahead was not written: drop it, its records are read again from
+        # the committed offsets (kept, it would be applied ahead of them on a restart).
+        self._ahead = None
         if self._consumer is not None:
             # enable.auto.commit=false: closing commits nothing behind our back. The
             # processed batches' offsets are committed once more, synchronously, for
@@ -320,22 +375,39 @@ class KafkaBatchProcessor(abc.ABC, Generic[ReportT]):
             await self.poll_once(stop)
 
     async def poll_once(self, stop: asyncio.Event | None = None) -> int:
-        """Poll one batch and process it; returns the number of records polled."""
+        """Process one batch (the one polled ahead, else a fresh poll); returns the
+        number of records processed."""
         assert self._consumer is not None
         if self._errors is not None:
             self._errors.raise_if_fatal()
-        s = self.loop_settings
-        messages = await asyncio.to_thread(
-            take_queued, self._consumer, s.max_batch_records, s.poll_timeout_ms / 1000
-        )
-        records: list[RecordLike] = list(to_records(messages, self.log))
-        if records:
-            await self._process(records, stop)
+        batch, self._ahead = self._ahead, None
+        if batch is None:
+            batch = await self._poll(wait=True)
+            self._settle_moves()
+        if batch.records:
+            await self._process(batch, stop)
         await self._maybe_update_lag()
         self._maybe_log_progress()
-        return len(records)
+        return len(batch.records)
 
-    async def _process(self, records: list[RecordLike], stop: asyncio.Event | None) -> None:
+    async def _poll(self, *, wait: bool) -> Polled:
+        """Poll a batch and decode it.
+
+        ``wait``: block up to the poll timeout for a first record (a poll of its own);
+        else take only what is queued already (the poll ahead: at low traffic it must
+        not hold up the commit of the batch in flight for a whole poll timeout; during
+        a catch-up the queue is full anyway).
+        """
+        assert self._consumer is not None
+        s = self.loop_settings
+        timeout_s = s.poll_timeout_ms / 1000 if wait else 0.0
+        messages = await asyncio.to_thread(
+            take_queued, self._consumer, s.max_batch_records, timeout_s
+        )
+        records: list[RecordLike] = list(to_records(messages, self.log))
+        return Polled(records, self._decode(records))
+
+    async def _process(self, batch: Polled, stop: asyncio.Event | None) -> None:
         """Apply one batch to Redis, then commit it to Kafka. The order is the design.
 
         1. Nothing is committed to Kafka before step 3. If we crash (SIGKILL, OOM, node
@@ -371,22 +443,53 @@ class KafkaBatchProcessor(abc.ABC, Generic[ReportT]):
         next batch's commit would silently skip it. So we seek every partition of the
         batch back to its first record and retry after a pause; already-written
         experiments of a half-done batch are skipped by the offset check on retry.
+
+        **The poll ahead.** While step 2 runs (its Redis write is mostly waiting), the
+        next batch is polled and decoded (:meth:`_poll`; decoding is pure, so doing it
+        early changes nothing) and kept in :attr:`_ahead`; it goes through the engine
+        only after this call returned, i.e. after this batch's writes landed (the
+        offsets compare-and-set would refuse it before, or apply it out of order). The
+        rules that keep this exactly-once:
+
+        * the poll ahead is always awaited before anything else uses the consumer
+          (commit, seek, close): librdkafka's calls are not made from two threads at
+          once, and partitions move (rebalance callbacks) only inside a poll, so the
+          batch polled ahead is always from the assignment as it stands after it;
+        * if this batch fails, the batch polled ahead is dropped and the rewind covers
+          both: its records lie after the failed ones, and applying them first would
+          store offsets past the failed records, which the retry would then drop as
+          already applied (lost). Partitions only in the batch ahead are rewound too;
+        * if partitions moved during the poll ahead, this batch's offsets are not
+          committed (it was written, so that is only a redelivery the offset guard
+          drops; committing could move a new owner's committed offset back), and the
+          engine's cache is dropped now that no batch is in it (:meth:`_settle_moves`);
+        * on stop, only written batches were committed; the batch ahead is dropped on
+          close (:meth:`_close`) and read again by whoever owns its partitions next.
         """
+        records = batch.records
         started = time.perf_counter()
+        poll_ahead = asyncio.create_task(self._poll(wait=False), name=f"{self.name} poll")
+        report: ReportT | None = None
         try:
-            report = await self._handle(records)
+            report = await self._handle(records, batch.decoded)
         except Exception:
             self.metrics.failed_batches.inc()
             self.log.exception("batch failed; rewinding to retry", extra={"records": len(records)})
-            self._rewind(records)
+        finally:
+            seconds = time.perf_counter() - started
+            polled = await poll_ahead  # also when cancelled: no poll outlives the consumer
+        moved = self._settle_moves()
+        if report is None:
+            self._rewind([*records, *polled.records])
             await self._sleep(self.loop_settings.retry_backoff_s, stop)
             return
-        seconds = time.perf_counter() - started
         self.handle_seconds += seconds
-        self._commit(records)
+        if not moved:
+            self._commit(records)
         self._account(report)
         self.batches += 1
         self.metrics.batch(len(records), seconds, report)
+        self._ahead = polled if polled.records else None
 
     def _rewind(self, records: list[RecordLike]) -> None:
         assert self._consumer is not None

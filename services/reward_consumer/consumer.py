@@ -53,7 +53,7 @@ from services.reward_consumer.exposures import ExposureJudge, ExposureReport
 from services.reward_consumer.processor import FoldReport, SnapshotFold
 from services.reward_consumer.settings import ConsumerSettings
 from stream_runtime.acked_producer import AckedProducer, OutRecord, ProduceError
-from stream_runtime.batch import DeadLetterSink, RecordLike
+from stream_runtime.batch import DeadLetterSink, DecodedBatch, RecordLike
 from stream_runtime.dead_letter import DeadLetterProducer, dead_letter_producer
 from stream_runtime.engine import BatchEngine
 from stream_runtime.kafka_loop import KafkaBatchProcessor
@@ -142,18 +142,29 @@ class RewardConsumer(KafkaBatchProcessor[FoldReport]):
         await self._close_redis()
 
     # ----------------------------------------------------------------- batch
-    async def _handle(self, records: list[RecordLike]) -> FoldReport:
+    def _split(self, records: list[RecordLike]) -> tuple[list[RecordLike], list[RecordLike]]:
+        """A batch's exposures (the judge's) and the rest (the fold's)."""
+        exposures = self.topics.exposures
+        judged = [r for r in records if r.topic == exposures]
+        if not judged:
+            return judged, records
+        return judged, [r for r in records if r.topic != exposures]
+
+    def _decode(self, records: list[RecordLike]) -> DecodedBatch:
+        """The fold's part, decoded ahead; the judge decodes its (few) exposures itself."""
+        assert self.engine is not None
+        return self.engine.decode(self._split(records)[1])
+
+    async def _handle(self, records: list[RecordLike], decoded: DecodedBatch) -> FoldReport:
         """Exposures through the judge's engine, the rest through the fold's; the loop
         commits the whole batch only after both returned (a failure in either rewinds
         it, and each engine's stored offsets make the part it wrote a no-op)."""
         self._judged = None  # a failed batch's report must not be accounted
-        exposures = self.topics.exposures
-        judged = [r for r in records if r.topic == exposures]
-        if not judged:
-            return await super()._handle(records)
-        assert self._judge is not None
-        self._judged = await self._judge.handle(judged)
-        return await super()._handle([r for r in records if r.topic != exposures])
+        judged, folded = self._split(records)
+        if judged:
+            assert self._judge is not None
+            self._judged = await self._judge.handle(judged)
+        return await super()._handle(folded, decoded)
 
     def _account(self, report: FoldReport) -> None:
         super()._account(report)

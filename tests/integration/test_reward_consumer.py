@@ -18,7 +18,9 @@ from schemas.codec import DecodeError, decode, decode_reward, encode
 from schemas.events import AnyEvent, ExperimentConfig, RewardObserved
 from schemas.redis_keys import RedisKeys
 from schemas.topics import TopicNames
+from services.reward_consumer import FoldReport
 from services.reward_consumer.consumer import RewardConsumer
+from stream_runtime.batch import DecodedBatch, RecordLike
 from tests.fixtures.events import config_of, decision_of
 from tests.fixtures.in_process import consumer_settings, wait_for
 from tests.fixtures.streams import Sent, put_config, send_stamped
@@ -261,14 +263,19 @@ async def test_failed_batch_is_rewound_not_skipped(
     real = handler.handle
     failed = 0
 
-    async def flaky(recs):  # type: ignore[no-untyped-def]
+    async def flaky(
+        records: Sequence[RecordLike],
+        now: float | None = None,
+        *,
+        decoded: DecodedBatch | None = None,
+    ) -> FoldReport:
         nonlocal failed
         if failed == 0:
             failed += 1
             raise ConnectionError("redis blip")
-        return await real(recs)
+        return await real(records, now, decoded=decoded)
 
-    handler.handle = flaky  # type: ignore[method-assign,assignment]
+    handler.handle = flaky  # type: ignore[method-assign]
     try:
         await wait_for(lambda: consumer.stats.applied >= 500, 30, "catch-up after a failure")
     finally:

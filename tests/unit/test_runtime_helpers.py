@@ -198,7 +198,7 @@ def test_reports_sum_every_declared_counter() -> None:
 
 def test_rebalance_listener_tells_the_processor_on_every_move() -> None:
     """The processors drop their engine's cache on every assignment and revocation
-    (KafkaBatchProcessor._rebalanced -> BatchEngine.forget)."""
+    (KafkaBatchProcessor._rebalanced, then _settle_moves -> BatchEngine.forget)."""
     moves: list[str] = []
     listener = RebalanceLogger(log, lambda: moves.append("moved"))
     parts = [TopicPartition("t", 0), TopicPartition("t", 1)]
@@ -215,8 +215,11 @@ def test_reward_consumer_forgets_its_cache_on_a_rebalance() -> None:
     )
     engine._cache["exp"] = None  # type: ignore[assignment]  # only its presence matters
     consumer.engine = engine
-    consumer._rebalanced()
+    consumer._rebalanced()  # in a poll's thread: only counted, the engine may be busy
+    assert engine._cache != {}
+    assert consumer._settle_moves()  # on the loop, once the poll returned
     assert engine._cache == {}
+    assert not consumer._settle_moves()
 
 
 def test_freeze_startup_heap_collects_first_then_freezes_once() -> None:
