@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import time
 from collections.abc import MutableMapping
@@ -32,8 +33,7 @@ from typing import Any, Final
 import httpx
 
 from bench.harness import bench_stack, header
-from services.decider.app import create_asgi
-from services.decider.settings import DeciderSettings
+from services.decider import served_app
 
 #: The kinds of request measured: the experiment's ``assignment`` setting (``None``: an
 #: unkeyed decision, the original API's) per label.
@@ -72,15 +72,8 @@ def per_request_us(cpu_seconds: float, requests: int) -> float:
 async def measure(
     env: dict[str, str], requests: int, rounds: int, new_share: float
 ) -> dict[str, Any]:
-    app = create_asgi(
-        DeciderSettings(
-            kafka_bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"],
-            redis_url=env["REDIS_URL"],
-            mab_topic_prefix=env["MAB_TOPIC_PREFIX"],
-            mab_redis_prefix=env["MAB_REDIS_PREFIX"],
-            auth="open",
-        )
-    )
+    os.environ.update(env)  # the app reads its settings from here (open mode, the namespace)
+    app = served_app()
     statuses: list[int] = []
 
     async def receive() -> Message:
