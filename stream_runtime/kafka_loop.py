@@ -16,16 +16,10 @@ wrong shape for an exactly-once fold:
 * ``TestKafkaBroker`` fakes partitions, offsets and commits, so it could not test the
   property that matters here anyway.
 
-Why librdkafka (``confluent-kafka``) and not aiokafka
------------------------------------------------------
-Fetching and iterating records with aiokafka costs ~15 µs per record in Python (its
-fetcher, record-batch parsing and ``ConsumerRecord`` objects), which alone caps a
-process at ~65,000 records/s before any decoding or folding. librdkafka fetches and
-parses on its own C threads and hands out a whole batch in one call, so the Python cost
-per record drops to building one small named tuple. Its blocking calls (``consume``,
-``close``) run in a worker thread (``asyncio.to_thread``), so the event loop stays free
-for Redis I/O; rebalance callbacks fire inside ``consume`` only, i.e. in that thread
-(possibly while a batch is being written, see the poll ahead below).
+Why librdkafka (``confluent-kafka``) and not aiokafka: see :mod:`stream_runtime.
+kafka_consumer`. Its blocking calls run in a worker thread (``asyncio.to_thread``), and
+rebalance callbacks fire inside ``consume``, i.e. in that thread (possibly while a batch
+is being written, see the poll ahead below).
 
 So this module owns a plain librdkafka consumer with ``enable.auto.commit=false``,
 batch polls and explicit per-partition commits issued strictly *after* the Redis write.
@@ -66,7 +60,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Final, Generic, Protocol
+from typing import Any, Final, Generic
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
@@ -74,41 +68,26 @@ from stream_runtime.batch import DecodedBatch, RecordLike, commit_offsets, first
 from stream_runtime.engine import BatchEngine
 from stream_runtime.kafka_connection import (
     ClientErrors,
-    KafkaConnection,
     new_client,
     wait_until_reachable,
 )
 from stream_runtime.kafka_consumer import (
-    FETCH_QUEUE_BACKOFF_MS,
     TUNED_FETCH,
     FetchSizing,
     RebalanceLogger,
+    group_consumer_config,
+    partition_lag,
+    seek_back,
     take_queued,
     to_records,
 )
 from stream_runtime.metrics import LAG_EVERY_S, ProcessorMetrics
 from stream_runtime.processor import ReportT
 from stream_runtime.redis_client import AnyRedis
-from stream_runtime.settings import ServiceSettings
+from stream_runtime.settings import LoopSettings, ServiceSettings
 
 #: Seconds between two progress log lines.
 PROGRESS_EVERY_S: Final = 10.0
-
-
-class LoopSettings(Protocol):
-    """What the loop reads of a service's settings (each keeps its own env var names)."""
-
-    def connection(self) -> KafkaConnection: ...
-    @property
-    def group_id(self) -> str: ...
-    @property
-    def max_batch_records(self) -> int: ...
-    @property
-    def poll_timeout_ms(self) -> int: ...
-    @property
-    def session_timeout_ms(self) -> int: ...
-    @property
-    def retry_backoff_s(self) -> float: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,27 +245,16 @@ class KafkaBatchProcessor(abc.ABC, Generic[ReportT]):
             await self._close()
 
     def consumer_config(self) -> dict[str, Any]:
-        """librdkafka settings on top of the connection's (docs/operations.md explains
-        each choice)."""
-        s, f = self.loop_settings, self.fetch
-        return {
-            "group.id": s.group_id,
-            "client.id": f"{s.group_id}-{id(self):x}",
-            "enable.auto.commit": False,  # we commit explicitly, after the Redis write
-            "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest",  # a new group starts from the system of record
-            "isolation.level": "read_committed",
-            "max.partition.fetch.bytes": f.max_partition_fetch_bytes,
-            "fetch.max.bytes": f.fetch_max_bytes,
-            "fetch.min.bytes": f.fetch_min_bytes,
-            "fetch.wait.max.ms": f.fetch_max_wait_ms,
-            # Prefetch bound per partition: a few batches, not librdkafka's 64 MiB default.
-            "queued.max.messages.kbytes": max(1024, f.max_partition_fetch_bytes // 512),
-            "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
-            "session.timeout.ms": s.session_timeout_ms,
-            "heartbeat.interval.ms": max(1000, s.session_timeout_ms // 4),
-            "on_commit": self._committed,
-        }
+        """librdkafka settings on top of the connection's (:func:`~stream_runtime.
+        kafka_consumer.group_consumer_config`)."""
+        s = self.loop_settings
+        return group_consumer_config(
+            s.group_id,
+            f"{s.group_id}-{id(self):x}",
+            s.session_timeout_ms,
+            self.fetch,
+            self._committed,
+        )
 
     def _committed(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
         """Result of an asynchronous commit (served inside ``consume``). A failed one is
@@ -352,20 +320,9 @@ class KafkaBatchProcessor(abc.ABC, Generic[ReportT]):
             self.log.warning("commit failed (safe, see _commit)", extra={"error": repr(exc)})
 
     def partition_lag(self) -> dict[tuple[str, int], int]:
-        """Records left per assigned partition (high watermark - position), from the
-        consumer's cached statistics (no broker round trip)."""
-        consumer = self._consumer
-        if consumer is None:
-            return {}
-        out: dict[tuple[str, int], int] = {}
-        try:
-            for tp in consumer.position(consumer.assignment()):
-                _low, high = consumer.get_watermark_offsets(tp, cached=True)
-                if high >= 0 and tp.offset >= 0:
-                    out[(tp.topic, tp.partition)] = max(0, high - tp.offset)
-        except KafkaException:
-            return out
-        return out
+        """Records left per assigned partition (:func:`~stream_runtime.kafka_consumer.
+        partition_lag`)."""
+        return {} if self._consumer is None else partition_lag(self._consumer)
 
     # ----------------------------------------------------------------- loop
     async def _loop(self, stop: asyncio.Event) -> None:
@@ -493,15 +450,7 @@ class KafkaBatchProcessor(abc.ABC, Generic[ReportT]):
 
     def _rewind(self, records: list[RecordLike]) -> None:
         assert self._consumer is not None
-        for (topic, partition), offset in first_offsets(records).items():
-            try:
-                self._consumer.seek(TopicPartition(topic, partition, offset))
-            except KafkaException:
-                # No longer ours (rebalanced away): its new owner starts from the
-                # committed offset, which is before this batch.
-                self.log.info(
-                    "partition lost before rewind", extra={"topic": topic, "partition": partition}
-                )
+        seek_back(self._consumer, first_offsets(records), self.log)
 
     def _commit(self, records: list[RecordLike]) -> None:
         """Commit the batch's offsets without waiting for the broker's answer.

@@ -7,7 +7,7 @@ from :class:`~stream_runtime.kafka_connection.KafkaConnection`), ``REDIS_URL`` a
 timeouts, and the topic and key prefixes. The decider and the CLI extend it;
 :class:`StreamSettings` adds the stream processors' metrics exporter, and each
 processor subclasses it with its own prefixed fields (group id, batch size, timeouts)
-under the names :class:`~stream_runtime.kafka_loop.LoopSettings` reads; demo traffic
+under the names :class:`LoopSettings` reads; demo traffic
 extends :class:`ProcessSettings`. Field names *are* the (case-insensitive) env var
 names, so there is no alias table to keep in sync with the docs.
 """
@@ -15,7 +15,7 @@ names, so there is no alias table to keep in sync with the docs.
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Any, ClassVar, Generic, NamedTuple, Self, TypeVar, overload
+from typing import Annotated, Any, ClassVar, Generic, NamedTuple, Protocol, Self, TypeVar, overload
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -106,9 +106,25 @@ SessionTimeoutMs = Annotated[int, Field(ge=6_000, le=300_000)]
 RetryBackoffS = Annotated[float, Field(gt=0, le=60)]
 
 
+class LoopSettings(Protocol):
+    """What the loop reads of a service's settings (each keeps its own env var names)."""
+
+    def connection(self) -> KafkaConnection: ...
+    @property
+    def group_id(self) -> str: ...
+    @property
+    def max_batch_records(self) -> int: ...
+    @property
+    def poll_timeout_ms(self) -> int: ...
+    @property
+    def session_timeout_ms(self) -> int: ...
+    @property
+    def retry_backoff_s(self) -> float: ...
+
+
 class LoopFields(NamedTuple):
     """Which of a processor's own fields hold what the batch loop reads
-    (:class:`~stream_runtime.kafka_loop.LoopSettings`): each service keeps its own env
+    (:class:`LoopSettings`): each service keeps its own env
     var names for them."""
 
     group_id: str
