@@ -313,6 +313,13 @@ class DecisionFastPath:
         return status_code or 500
 
 
+def _unquoted(value: bytes) -> str:
+    """A query value as Starlette reads it (``unquote_plus`` of its latin-1 text); a
+    value without ``%`` or ``+``, the common one, has nothing to unescape."""
+    raw = value.decode("latin-1")
+    return unquote_plus(raw) if "%" in raw or "+" in raw else raw
+
+
 def _experiment_id(query: bytes) -> str | None:
     """The (trimmed) id of a query that is exactly ``experiment_id=<valid id>``; ``None``:
     anything else, which FastAPI answers (missing or invalid id, extra parameters).
@@ -322,10 +329,8 @@ def _experiment_id(query: bytes) -> str | None:
     """
     if not query.startswith(_PREFIX) or b"&" in query:
         return None
-    raw = query[len(_PREFIX) :].decode("latin-1")
     try:
-        # Nothing to unescape in the common query (``%`` and ``+`` are what decode).
-        return normalize_id(unquote_plus(raw) if "%" in raw or "+" in raw else raw)
+        return normalize_id(_unquoted(query[len(_PREFIX) :]))
     except InvalidIdError:
         return None
 
@@ -342,10 +347,8 @@ def _unit_query(query: bytes) -> tuple[str | None, str | None]:
     experiment_id = _experiment_id(first)
     if experiment_id is None:
         return None, None
-    raw = second[len(_UNIT_PREFIX) :].decode("latin-1")
     try:
-        # Nothing to unescape in the common query (``%`` and ``+`` are what decode).
-        unit_id = normalize_unit_id(unquote_plus(raw) if "%" in raw or "+" in raw else raw)
+        unit_id = normalize_unit_id(_unquoted(second[len(_UNIT_PREFIX) :]))
     except InvalidUnitIdError:
         return None, None
     return experiment_id, unit_id

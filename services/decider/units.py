@@ -316,6 +316,7 @@ class UnitAssigner:
         self._rules: dict[tuple[str, str, str], tuple[AllocationRecord, Allocation]] = {}
 
     def _remember_rule(self, config: ExperimentConfig, record: AllocationRecord) -> Allocation:
+        """The rule of ``record`` (the memoised one while the record is the same object)."""
         key = (config.experiment_id, config.salt, config.unit_id_storage)
         known = self._rules.get(key)
         if known is not None and known[0] is record:
@@ -332,12 +333,7 @@ class UnitAssigner:
         config = entry.config
         version = version_at(now, config.allocation_interval_s)
         record = self.allocations.memoized(config.experiment_id, version, now)
-        if record is None:
-            return None
-        known = self._rules.get((config.experiment_id, config.salt, config.unit_id_storage))
-        if known is not None and known[0] is record:
-            return known[1]
-        return self._remember_rule(config, record)
+        return None if record is None else self._remember_rule(config, record)
 
     async def rule(self, entry: CachedExperiment, now: float) -> Allocation:
         """The rule under the stored allocation current at ``now`` (one Redis round trip
