@@ -6,8 +6,9 @@ to the current ``schema_version``. Bulk producers may omit ``type`` and ``event_
 reward records (the documented minimal contract); :func:`decode_reward` fills them.
 
 The two hot record types, ``reward_observed`` and ``decision_made``, first go through
-the hand-written *accept-only* fast path of :mod:`schemas.fast_decode`, which costs a
-fraction of pydantic's validation, the largest single cost of folding. It never rejects
+the *accept-only* fast path of :mod:`schemas.fast_decode` (msgspec wire structs, parsed
+and checked in one pass), which costs a fraction of parsing plus pydantic's validation,
+the largest single cost of folding. It never rejects
 anything: whatever it does not plainly accept (an unknown key, a bool or numeric string
 where a number is expected, an out-of-range value, a bad id, a missing field, an old
 ``schema_version`` …) falls back to the pydantic path here, which stays the single
@@ -199,11 +200,11 @@ def decode(raw: bytes) -> AnyEvent:
     Tries the accept-only fast path first; whatever it does not accept is decided (and
     rejected, with its reason) by the pydantic path exactly as before.
     """
-    obj = _load(raw)
-    event = fast_event(obj)
-    if event is not None:
-        return event
-    return _validate(obj)
+    if len(raw) <= MAX_RECORD_BYTES:
+        event = fast_event(raw)
+        if event is not None:
+            return event
+    return _validate(_load(raw))
 
 
 def _reward_record(
@@ -240,17 +241,16 @@ def decode_reward(
     Without an ``event_id`` or ``ts`` the record is still valid; the consumer passes a
     deterministic id derived from the record's topic/partition/offset and the broker's
     timestamp, never random ones, so a redelivered or replayed record folds the same.
-    The fallbacks are filled in first, so such records take the fast path too.
+    Such records take the fast path too (it fills the fallbacks in the same way).
     ``fallback_position`` (topic, partition, offset) is the id's source when no
     ``fallback_event_id`` is given: formatted only for a record that needs it (most
     records carry their own id, and this runs per record).
     """
-    obj = _reward_record(raw, fallback_event_id, fallback_ts, fallback_position)
-    if FAST_PATH_ENABLED:
-        fast = fast_reward(obj)
+    if FAST_PATH_ENABLED and len(raw) <= MAX_RECORD_BYTES:
+        fast = fast_reward(raw, fallback_event_id, fallback_ts, fallback_position)
         if fast is not None:
             return fast
-    event = _validate(obj)
+    event = _validate(_reward_record(raw, fallback_event_id, fallback_ts, fallback_position))
     assert isinstance(event, RewardObserved)
     return event
 

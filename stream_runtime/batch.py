@@ -108,25 +108,6 @@ class Group:
             self.last[name] = offset
 
 
-class _FieldNames:
-    """:func:`offset_field` memo by topic then partition: a batch names a handful of
-    partitions, so a record costs two dict hits instead of a format call."""
-
-    __slots__ = ("_by_topic",)
-
-    def __init__(self) -> None:
-        self._by_topic: dict[str, dict[int, str]] = {}
-
-    def of(self, topic: str, partition: int) -> str:
-        parts = self._by_topic.get(topic)
-        if parts is None:
-            parts = self._by_topic[topic] = {}
-        name = parts.get(partition)
-        if name is None:
-            name = parts[partition] = offset_field(topic, partition)
-        return name
-
-
 @dataclass(slots=True)
 class DecodedBatch:
     """A poll batch split into per-experiment groups, rejects and ignored records."""
@@ -153,11 +134,14 @@ def decode_batch(records: Iterable[RecordLike], decoders: Mapping[str, Decoder])
     out = DecodedBatch()
     groups = out.groups
     rejected = out.rejected
-    names = _FieldNames()
+    # offset_field memo by topic then partition: a batch names a handful of partitions,
+    # so a record costs two dict hits instead of a format call.
+    names: dict[str, dict[int, str]] = {}
     ignored = 0
     newest = 0.0
     for record in records:
-        decoder = decoders.get(record.topic)
+        topic = record.topic
+        decoder = decoders.get(topic)
         try:
             if decoder is None:
                 raise unknown_topic(record)
@@ -174,7 +158,25 @@ def decode_batch(records: Iterable[RecordLike], decoders: Mapping[str, Decoder])
         group = groups.get(event.experiment_id)
         if group is None:
             group = groups[event.experiment_id] = Group()
-        group.add(record, event, names.of(record.topic, record.partition))
+        partition = record.partition
+        parts = names.get(topic)
+        if parts is None:
+            parts = names[topic] = {}
+        name = parts.get(partition)
+        if name is None:
+            name = parts[partition] = offset_field(topic, partition)
+        # Group.add, inlined (per record)
+        group.records.append(record)
+        group.events.append(event)
+        offset = record.offset
+        first = group.first
+        low = first.get(name)
+        if low is None:
+            first[name] = group.last[name] = offset
+        elif offset < low:
+            first[name] = offset
+        elif offset > group.last[name]:
+            group.last[name] = offset
         if event.ts > newest:
             newest = event.ts
     out.ignored = ignored

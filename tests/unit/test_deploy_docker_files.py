@@ -45,6 +45,7 @@ CORE_IMPORTS = frozenset(
         "pydantic_core",
         "pydantic_settings",
         "orjson",
+        "msgspec",
         "numpy",
         "typer",
         "rich",
