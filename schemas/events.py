@@ -64,6 +64,7 @@ __all__ = [
     "ExperimentCreated",
     "ExperimentEvent",
     "RewardObserved",
+    "RewardType",
     "StrategyChanged",
     "UnitIdStorage",
     "UserContext",
@@ -76,6 +77,14 @@ def is_absent(value: object) -> bool:
     """The ``exclude_if`` of optional event fields: left out of the record when ``None``
     (:mod:`schemas.wire` writes the same test inline)."""
     return value is None
+
+
+# --------------------------------------------------------------------------- rewards
+
+#: What an experiment's rewards are: ``binary`` (the original API's conversions, a
+#: reward in [0, 1]) or ``continuous`` (any finite amount >= 0, e.g. an order value).
+#: Each strategy says which it learns from (``Strategy.reward_types``).
+RewardType = Literal["binary", "continuous"]
 
 
 # --------------------------------------------------------------------------- assignment

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from bandit_core.adaptive import MAX_HALF_LIFE, MIN_HALF_LIFE
 from bandit_core.state import ArmStats
+from schemas.events import RewardType
 
 #: Default Monte Carlo sample count for the decider's Thompson propensity estimate.
 DECIDER_SAMPLES: Final = 200
@@ -94,6 +95,9 @@ class Strategy(ABC, Generic[P]):
 
     name: ClassVar[str]
     params_model: type[P]
+    #: The experiments' reward types it learns from (:data:`schemas.events.RewardType`);
+    #: an experiment's strategy must support its ``reward_type``.
+    reward_types: ClassVar[frozenset[RewardType]] = frozenset({"binary"})
 
     @abstractmethod
     def exploit(self, stats: Sequence[ArmStats], params: P, rng: random.Random, now: float) -> int:
