@@ -12,12 +12,21 @@ import httpx
 import pytest
 
 from bench.decision_cost import per_request_us, unit_queries
+from bench.decode_cost import (
+    DECODERS,
+    decision_records,
+    decoded_events,
+    per_record_us,
+    reward_records,
+    time_decode,
+)
 from bench.evaluation_latency import EvaluationLoop
 from bench.fold_rows import projected_rewards
 from bench.harness import cpu_s, median_of, tree_cpu_s
 from schemas.events import RewardObserved
 from schemas.redis_keys import BucketKind, RedisKeys
 from services.projector.projection import Retention, project
+from stream_runtime.batch import decode_batch
 from tests.fixtures.events import config_of
 
 pytestmark = pytest.mark.unit
@@ -127,3 +136,20 @@ def test_decision_cost_is_cpu_per_request_and_refuses_an_empty_round() -> None:
     assert per_request_us(0.3, 15_000) == pytest.approx(20.0)
     with pytest.raises(ValueError):
         per_request_us(0.3, 0)
+
+
+def test_decode_cost_times_every_record_and_refuses_a_reject() -> None:
+    """Each round decodes every record into an event (rewards and decisions alike); a
+    record that is rejected fails the run instead of being timed as decoded."""
+    records = [*reward_records(30), *decision_records(30)]
+    rounds = time_decode(records, 2)
+    assert len(rounds) == 2
+    assert all(us >= 0 for us in rounds)
+    assert per_record_us(0.5, 100_000) == pytest.approx(5.0)
+    with pytest.raises(ValueError):
+        per_record_us(0.5, 0)
+    bad = records[0]._replace(value=b"{not json")
+    with pytest.raises(RuntimeError, match="1 rejected"):
+        time_decode([bad, *records[1:]], 1)
+
+    assert decoded_events(decode_batch(records, DECODERS)) == 60
