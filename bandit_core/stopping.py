@@ -109,14 +109,18 @@ def ipw_term(served: bool, reward: float, propensity: float) -> float:
 @dataclass(slots=True)
 class ConfidenceSequence:
     """A running anytime-valid confidence sequence for the mean of observations in
-    ``[0, bound]`` (see the module docstring), updated in O(1) per observation.
+    ``[low, high]`` (see the module docstring), updated in O(1) per observation.
 
-    ``alpha`` is fixed at the start: the betting fractions depend on it. The state is
-    six numbers, so it can live in a snapshot and be rebuilt by replay.
+    ``alpha`` is fixed at the start: the betting fractions depend on it. The range may
+    include negatives: a difference of two arms' inverse-propensity terms lies in
+    ``[-1/p_control, 1/p_arm]``, which is how a guardrail compares an arm with its
+    control. The state is six numbers, so it can live in a snapshot and be rebuilt by
+    replay.
     """
 
     alpha: float = 0.05
-    bound: float = 1.0
+    high: float = 1.0
+    low: float = 0.0
     n: int = 0
     #: Running sums for the plug-in mean and variance (with the paper's priors 1/2, 1/4).
     sum_x: float = 0.0
@@ -129,15 +133,17 @@ class ConfidenceSequence:
     def __post_init__(self) -> None:
         if not 0.0 < self.alpha < 1.0:
             raise ValueError(f"alpha must be in (0, 1), got {self.alpha!r}")
-        if not 0.0 < self.bound < math.inf:
-            raise ValueError(f"bound must be a finite number > 0, got {self.bound!r}")
+        if not -math.inf < self.low < self.high < math.inf:
+            raise ValueError(
+                f"the range must be finite with low < high, got [{self.low!r}, {self.high!r}]"
+            )
 
     def update(self, x: float) -> None:
-        """Fold one observation (in ``[0, bound]``; raises otherwise: a value outside
-        the bound would void the guarantee)."""
-        if not 0.0 <= x <= self.bound:
-            raise ValueError(f"observation {x!r} outside [0, {self.bound!r}]")
-        y = x / self.bound
+        """Fold one observation (in ``[low, high]``; raises otherwise: a value outside
+        the range would void the guarantee)."""
+        if not self.low <= x <= self.high:
+            raise ValueError(f"observation {x!r} outside [{self.low!r}, {self.high!r}]")
+        y = (x - self.low) / (self.high - self.low)
         i = self.n + 1
         # Predictable: mean and variance of the observations before this one.
         mean_before = (0.5 + self.sum_x) / i
@@ -160,12 +166,14 @@ class ConfidenceSequence:
             self.update(x)
 
     def interval(self) -> tuple[float, float]:
-        """The current ``(low, high)`` for the mean, clipped to ``[0, bound]``; the whole
-        range before any observation."""
+        """The current ``(low, high)`` for the mean, within the range; the whole range
+        before any observation."""
         if self.n == 0:
-            return 0.0, self.bound
+            return self.low, self.high
         centre = self.sum_lambda_x / self.sum_lambda
         half = (math.log(2.0 / self.alpha) + self.sum_penalty) / self.sum_lambda
-        low = max(0.0, centre - half) * self.bound
-        high = min(1.0, centre + half) * self.bound
-        return low, high
+        width = self.high - self.low
+        return (
+            self.low + max(0.0, centre - half) * width,
+            self.low + min(1.0, centre + half) * width,
+        )

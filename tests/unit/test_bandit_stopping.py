@@ -92,8 +92,8 @@ def test_ipw_term() -> None:
         ipw_term(True, 1.0, 0.0)
 
 
-def _ever_misses(mean: float, xs: list[float], bound: float = 1.0) -> bool:
-    cs = ConfidenceSequence(alpha=0.05, bound=bound)
+def _ever_misses(mean: float, xs: list[float]) -> bool:
+    cs = ConfidenceSequence(alpha=0.05)
     for x in xs:
         cs.update(x)
         low, high = cs.interval()
@@ -152,7 +152,7 @@ def test_inverse_propensity_terms_of_an_adaptive_policy_are_covered() -> None:
     for _ in range(100):
         pulls = [1, 1]
         wins = [0.5, 0.5]
-        cs = ConfidenceSequence(alpha=0.05, bound=1.0 / floor)
+        cs = ConfidenceSequence(alpha=0.05, high=1.0 / floor)
         missed = False
         for _t in range(1500):
             leader = 0 if wins[0] / pulls[0] >= wins[1] / pulls[1] else 1
@@ -173,7 +173,7 @@ def test_inverse_propensity_terms_of_an_adaptive_policy_are_covered() -> None:
 
 
 def test_observations_outside_the_bound_and_bad_settings_are_refused() -> None:
-    cs = ConfidenceSequence(alpha=0.1, bound=2.0)
+    cs = ConfidenceSequence(alpha=0.1, high=2.0)
     assert cs.interval() == (0.0, 2.0)
     cs.update(2.0)
     with pytest.raises(ValueError, match="outside"):
@@ -182,5 +182,31 @@ def test_observations_outside_the_bound_and_bad_settings_are_refused() -> None:
         cs.update(-0.1)
     with pytest.raises(ValueError, match="alpha"):
         ConfidenceSequence(alpha=0.0)
-    with pytest.raises(ValueError, match="bound"):
-        ConfidenceSequence(bound=math.inf)
+    with pytest.raises(ValueError, match="range"):
+        ConfidenceSequence(high=math.inf)
+    with pytest.raises(ValueError, match="range"):
+        ConfidenceSequence(low=1.0, high=1.0)
+
+
+def test_a_difference_of_two_arms_is_covered_in_a_signed_range() -> None:
+    """A guardrail's comparison: arm minus control, each served half the time, the
+    difference of their inverse-propensity terms in [-2, 2]; the sequence covers the true
+    difference (0.1) at every step and excludes 0 once enough data came in."""
+    rng = random.Random(14)
+    rates = (0.10, 0.20)  # control, arm
+    misses = 0
+    excluded_zero = 0
+    for _ in range(60):
+        cs = ConfidenceSequence(alpha=0.05, low=-2.0, high=2.0)
+        missed = False
+        for _t in range(6000):
+            arm = 1 if rng.random() < 0.5 else 0
+            reward = 1.0 if rng.random() < rates[arm] else 0.0
+            cs.update(ipw_term(arm == 1, reward, 0.5) - ipw_term(arm == 0, reward, 0.5))
+            low, high = cs.interval()
+            if not low <= 0.1 <= high:
+                missed = True
+        misses += missed
+        excluded_zero += low > 0.0
+    assert misses / 60 <= 0.05
+    assert excluded_zero >= 50
