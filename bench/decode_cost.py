@@ -23,11 +23,10 @@ import time
 from collections.abc import Sequence
 from typing import Any, Final
 
-import orjson
-
+from bench.fold_rows import prefill_record
 from bench.harness import header
 from schemas.codec import encode
-from schemas.events import DecisionMade, RewardObserved
+from schemas.events import DecisionMade
 from stream_runtime.batch import (
     DecodedBatch,
     Decoder,
@@ -49,17 +48,11 @@ ARMS: Final = ("a", "b", "c")
 
 
 def reward_records(n: int) -> list[KafkaRecord]:
-    """``n`` reward records shaped like the fold rows' pre-fill (``bench.fold_rows``)."""
-    out = []
-    for i in range(n):
-        event = RewardObserved(
-            experiment_id=EXPERIMENT,
-            arm_id=ARMS[i % len(ARMS)],
-            reward=float(i % 7 == 0),
-            source="bench",
-        )
-        out.append(KafkaRecord(REWARDS, 0, i, 1_700_000_000_000, orjson.dumps(event.model_dump())))
-    return out
+    """``n`` reward records as the fold rows pre-fill them (``bench.fold_rows``)."""
+    return [
+        KafkaRecord(REWARDS, 0, i, 1_700_000_000_000, prefill_record(EXPERIMENT, ARMS, i))
+        for i in range(n)
+    ]
 
 
 def decision_records(n: int) -> list[KafkaRecord]:

@@ -11,7 +11,7 @@ import asyncio
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,18 @@ from stream_runtime.kafka_connection import KafkaConnection, KafkaTarget
 PREFILL_CHUNK = 20_000
 
 
+def prefill_record(experiment: str, arms: Sequence[str], i: int) -> bytes:
+    """The ``i``-th pre-filled reward: the API's full JSON, arms in turn, one in seven a
+    conversion (``bench.decode_cost`` decodes the same records)."""
+    event = RewardObserved(
+        experiment_id=experiment,
+        arm_id=arms[i % len(arms)],
+        reward=float(i % 7 == 0),
+        source="bench",
+    )
+    return orjson.dumps(event.model_dump())
+
+
 async def _prefill(
     bootstrap: KafkaTarget, topic: str, experiment: str, arms: list[str], n: int
 ) -> None:
@@ -39,13 +51,7 @@ async def _prefill(
         key = partition_key(experiment)
         chunk: list[OutRecord] = []
         for i in range(n):
-            event = RewardObserved(
-                experiment_id=experiment,
-                arm_id=arms[i % len(arms)],
-                reward=float(i % 7 == 0),
-                source="bench",
-            )
-            chunk.append(OutRecord(topic, orjson.dumps(event.model_dump()), key))
+            chunk.append(OutRecord(topic, prefill_record(experiment, arms, i), key))
             if len(chunk) >= PREFILL_CHUNK:
                 await producer.send(chunk)
                 chunk = []

@@ -314,6 +314,8 @@ def _reward(
 
 
 def _decision(wire: DecisionWire) -> DecisionMade | None:
+    # Each optional field written out, as in _reward (this runs per record): absent, it
+    # takes the model's default and stays out of the fields set; present, it joins it.
     experiment_id = wire.experiment_id
     arm_id = wire.arm_id
     if (experiment_id not in _KNOWN_IDS and not _valid_new_id(experiment_id)) or (
