@@ -274,10 +274,13 @@ async def change_strategy(body: ConfigUpdate, rt: RuntimeDep) -> ConfigPublic:
                 f"experiment {body.experiment_id!r}: {mismatch}",
             ) from None
         except CapNotContinuousError as exc:
+            # A cap kept from before (the type changed, the cap was not sent): say how
+            # to drop it.
+            hint = "" if "reward_cap" in body.model_fields_set else "; send reward_cap: null"
             raise HTTPException(
                 status.HTTP_422_UNPROCESSABLE_CONTENT,
                 f"experiment {body.experiment_id!r} has reward_type={exc.reward_type}: "
-                f"{CAP_NEEDS_CONTINUOUS}; send reward_cap: null to remove it",
+                f"{CAP_NEEDS_CONTINUOUS}{hint}",
             ) from None
         except FloorTooHighError as exc:
             raise HTTPException(
