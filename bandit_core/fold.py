@@ -201,9 +201,9 @@ def _apply(state: ExperimentState, event: AnyEvent, result: FoldResult) -> str:
             stats = state.arm(arm_id)
         # Winsorised learning: a continuous experiment with a ``reward_cap`` learns from
         # min(reward, cap), so one outsized order cannot make an arm look best for a long
-        # time; the event (and the projector's sums) keep the raw amount. The cap read is
-        # the config at fold time, like the other rules of this fold: a cap changed by
-        # /config applies to rewards folded after the change, in replay as live.
+        # time; the event (and the projector's sums) keep the raw amount. The live
+        # consumer folds under the config it reads now, replay under the final one: the
+        # cap (like reward_type) is fixed at creation, so both cap every reward alike.
         reward = event.reward
         config = state.config  # never None here: reward_rejection refused that
         cap = None if config is None else config.reward_cap

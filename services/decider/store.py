@@ -74,15 +74,15 @@ local function assignment_tail(cfg, raw, over)
   if interval then out = out .. ',"allocation_interval_s":' .. interval end
   return out
 end
--- The reward settings (after the assignment settings, in ExperimentConfig's field order):
--- kept as stored unless ``over`` replaces them (type: set on cfg; cap: JSON text); a
--- config stored before they existed has none and keeps none (it reads as binary).
-local function reward_tail(cfg, raw, over)
+-- The reward settings (after the assignment settings, in ExperimentConfig's field order),
+-- fixed at creation: kept as stored; a config stored before they existed has none and
+-- keeps none (it reads as binary).
+local function reward_tail(cfg, raw)
   local out = ''
   if type(cfg.reward_type) == 'string' then
     out = out .. ',"reward_type":' .. cjson.encode(cfg.reward_type)
   end
-  local cap = over.cap or scalar_raw(raw, 'reward_cap')
+  local cap = scalar_raw(raw, 'reward_cap')
   if cap then out = out .. ',"reward_cap":' .. cap end
   return out
 end
@@ -101,7 +101,7 @@ local function build(cfg, raw, params_raw, now, window_raw, default_raw, over)
     .. ',"updated_ts":' .. now
     .. ',"attribution_window_s":' .. window_raw
     .. ',"default_reward":' .. default_raw
-    .. assignment_tail(cfg, raw, over or {}) .. reward_tail(cfg, raw, over or {}) .. '}'
+    .. assignment_tail(cfg, raw, over or {}) .. reward_tail(cfg, raw) .. '}'
 end
 """
 
@@ -153,27 +153,20 @@ local out = build(cfg, raw, nil, ARGV[3])
 # KEYS[1] config; ARGV[1] strategy, ARGV[2] params JSON object, ARGV[3] now, ARGV[4]
 # attribution window JSON (a number or null; '' keeps it), ARGV[5] default reward ('' keeps),
 # ARGV[6] assignment mode, ARGV[7] sticky TTL (a number or null), ARGV[8] min_arm_share,
-# ARGV[9] allocation interval ('' keeps each), ARGV[10] reward type ('' keeps), ARGV[11]
-# reward cap (a number or null; '' keeps), ARGV[12] the reward types the new strategy
+# ARGV[9] allocation interval ('' keeps each), ARGV[10] the reward types the new strategy
 # learns from (comma-separated).
 # Returns {'ok', new_json, previous_json} | {'missing'} | {'floor', min_arm_share text} |
-# {'reward_type', the resulting type} | {'cap', the resulting type}.
+# {'reward_type', the experiment's reward type}.
 _SET_STRATEGY: Final = _config_update(
     """
--- The reward settings are checked against what would be stored (the stored type when
--- the command gives none; a config stored before reward types existed is binary), so
--- a strategy swap can never leave an experiment with a strategy that cannot learn
--- from its rewards, nor a cap on a binary experiment.
-local rtype = ARGV[10]
-if rtype == '' then rtype = cfg.reward_type end
+-- The new strategy must learn from the experiment's reward type (fixed at creation; a
+-- config stored before reward types existed is binary), checked against the stored
+-- config in the same step that writes it.
+local rtype = cfg.reward_type
 if type(rtype) ~= 'string' then rtype = 'binary' end
-local cap = ARGV[11]
-if cap == '' then cap = scalar_raw(raw, 'reward_cap') or 'null' end
-if not string.find(',' .. ARGV[12] .. ',', ',' .. rtype .. ',', 1, true) then
+if not string.find(',' .. ARGV[10] .. ',', ',' .. rtype .. ',', 1, true) then
   return {'reward_type', rtype}
 end
-if cap ~= 'null' and rtype ~= 'continuous' then return {'cap', rtype} end
-if ARGV[10] ~= '' then cfg.reward_type = ARGV[10] end
 cfg.strategy = ARGV[1]
 cfg.version = cfg.version + 1
 local window = nil
@@ -189,7 +182,6 @@ if ARGV[8] ~= '' then
   over.floor = ARGV[8]
 end
 if ARGV[9] ~= '' then over.interval = ARGV[9] end
-if ARGV[11] ~= '' then over.cap = ARGV[11] end
 local out = build(cfg, raw, ARGV[2], ARGV[3], window, default, over)
 """
 )
@@ -236,25 +228,6 @@ class UnitsChange:
         return [self.assignment or "", ttl, floor, interval]
 
 
-@dataclass(frozen=True, slots=True)
-class RewardsChange:
-    """Reward settings a ``POST /config`` sets, and what its new strategy learns from.
-
-    ``reward_type`` ``None`` keeps the stored type; ``keep_cap`` keeps the stored cap
-    (else ``reward_cap``, ``None`` removing it). ``supported`` is the new strategy's
-    ``reward_types``: the script refuses the command when the resulting type is not in it.
-    """
-
-    supported: frozenset[str]
-    reward_type: str | None = None
-    reward_cap: float | None = None
-    keep_cap: bool = True
-
-    def lua_args(self) -> list[str]:
-        cap = "" if self.keep_cap else orjson.dumps(self.reward_cap).decode()
-        return [self.reward_type or "", cap, ",".join(sorted(self.supported))]
-
-
 def now_ts() -> float:
     return time.time()
 
@@ -296,14 +269,6 @@ class RewardTypeError(ValueError):
 
     def __init__(self, reward_type: str) -> None:
         super().__init__(f"strategy cannot learn from {reward_type} rewards")
-        self.reward_type = reward_type
-
-
-class CapNotContinuousError(ValueError):
-    """A ``reward_cap`` would be stored on an experiment that is not continuous."""
-
-    def __init__(self, reward_type: str) -> None:
-        super().__init__(f"reward_cap on a {reward_type} experiment")
         self.reward_type = reward_type
 
 
@@ -369,11 +334,12 @@ class ConfigStore:
         params: dict[str, Any],
         attribution: AttributionChange | None = None,
         units: UnitsChange | None = None,
-        rewards: RewardsChange | None = None,
+        reward_types: frozenset[str] = frozenset({"binary"}),
     ) -> CommandResult:
-        """Swap strategy and params; ``attribution``, ``units`` and ``rewards`` change the
-        fields given. Without ``rewards`` the new strategy is taken to learn from binary
-        rewards only (every strategy does, by default)."""
+        """Swap strategy and params; ``attribution`` and ``units`` change the fields given.
+        ``reward_types``: what the new strategy learns from (its ``reward_types``); the
+        script refuses the swap (:class:`RewardTypeError`) unless the experiment's reward
+        type is among them."""
         change = attribution or AttributionChange()
         res = await self._set_strategy(
             keys=[self.keys.experiment(experiment_id).config],
@@ -383,7 +349,7 @@ class ConfigStore:
                 repr(now_ts()),
                 *change.lua_args(),
                 *(units or UnitsChange()).lua_args(),
-                *(rewards or RewardsChange(frozenset({"binary"}))).lua_args(),
+                ",".join(sorted(reward_types)),
             ],
         )
         return self._result(res)
@@ -403,8 +369,6 @@ class ConfigStore:
             raise FloorTooHighError(float(res[1]))
         if status == "reward_type":
             raise RewardTypeError(_text(res[1]))
-        if status == "cap":
-            raise CapNotContinuousError(_text(res[1]))
         raise RuntimeError(f"unexpected script reply {res!r}")  # pragma: no cover
 
     async def rollback(self, experiment_id: str, result: CommandResult) -> bool:

@@ -49,11 +49,12 @@ async def create(c: httpx.AsyncClient, exp: str, **body: Any) -> httpx.Response:
 async def test_settings_on_create_config_and_get(
     client: httpx.AsyncClient, kafka_bootstrap: str, ns: str, continuous_strategy: str
 ) -> None:
-    """Scenario: experiments created and changed with every reward setting, good and bad.
-    We expect the settings stored, logged and shown (a binary experiment answers in the
-    original API's shape), a strategy that does not learn from the reward type refused
-    on create and on /config (naming both), a cap refused without reward_type=continuous,
-    and nothing stored or logged by a refused command."""
+    """Scenario: experiments created with every reward setting, good and bad, then
+    changed by /config and add-arms. We expect the settings stored, logged and shown (a
+    binary experiment answers in the original API's shape), a strategy that does not
+    learn from the reward type refused on create and on /config (naming both), a cap
+    refused without reward_type=continuous, the settings refused on /config (fixed at
+    creation), and nothing stored or logged by a refused command."""
     exp = f"{ns}basket"
     names = TopicNames.with_prefix(ns)
     c = client
@@ -64,9 +65,14 @@ async def test_settings_on_create_config_and_get(
         "strategy for continuous rewards ("
     )
     assert continuous_strategy in r.json()["detail"]
+    r = await create(c, exp, reward_type="continuous")  # the server's default: thompson
+    assert r.status_code == 422, r.text
     r = await create(c, exp, strategy=continuous_strategy, reward_cap=100)
     assert r.status_code == 422, r.text
-    assert "reward_cap is only allowed with reward_type=continuous" in r.text
+    assert r.json()["detail"][0]["msg"] == (
+        "Value error, reward_cap is only allowed with reward_type=continuous (a binary "
+        "reward is at most 1)"
+    )
     assert (await c.get(f"/experiments/{exp}")).status_code == 404
 
     r = await create(c, exp, strategy=continuous_strategy, reward_type="continuous", reward_cap=250)
@@ -78,57 +84,38 @@ async def test_settings_on_create_config_and_get(
         f"experiment {exp!r}: strategy 'ucb1' learns from binary rewards; "
         "reward_type=continuous needs"
     )
-    # Back to binary while the cap stays: refused, saying how to drop it.
-    back = {"experiment_id": exp, "strategy": "thompson", "reward_type": "binary"}
-    r = await c.post("/config", json=back)
-    assert r.status_code == 422, r.text
-    assert r.json()["detail"] == (
-        f"experiment {exp!r} has reward_type=binary: reward_cap is only allowed with "
-        "reward_type=continuous (a binary reward is at most 1); send reward_cap: null"
-    )
-    # Arms added keep the reward settings (the Lua script rewrites the config).
+    for change in ({"reward_type": "binary"}, {"reward_cap": None}, {"reward_cap": 10}):
+        body = {"experiment_id": exp, "strategy": continuous_strategy, **change}
+        r = await c.post("/config", json=body)
+        assert r.status_code == 422, r.text
+        assert f"{next(iter(change))} cannot change after creation" in r.text
+    # Arms added and a strategy swap keep the reward settings (the Lua scripts rewrite
+    # the config from its stored text).
     assert (await c.post(f"/experiments/{exp}/arms", json={"arm_ids": ["bundle"]})).is_success
-    r = await c.post(
-        "/config",
-        json={"experiment_id": exp, "strategy": continuous_strategy, "reward_cap": None},
-    )
+    r = await c.post("/config", json={"experiment_id": exp, "strategy": continuous_strategy})
     assert r.status_code == 200, r.text
-    assert r.json()["reward_type"] == "continuous"
-    assert "reward_cap" not in r.json()
+    assert (r.json()["reward_type"], r.json()["reward_cap"]) == ("continuous", 250)
     shown = ExperimentPublic.model_validate_json((await c.get(f"/experiments/{exp}")).content)
-    assert (shown.reward_type, shown.reward_cap, shown.version) == ("continuous", None, 3)
+    assert (shown.reward_type, shown.reward_cap, shown.version) == ("continuous", 250, 3)
 
-    # Back to binary with a binary strategy; a cap is refused on it.
-    r = await c.post("/config", json=back)
-    assert r.status_code == 200, r.text
+    binary = f"{ns}checkout"
+    r = await create(c, binary, strategy="thompson")
+    assert r.status_code == 201, r.text
     assert "reward_type" not in r.json()  # the original API's shape
-    r = await c.post(
-        "/config", json={"experiment_id": exp, "strategy": "thompson", "reward_cap": 10}
-    )
-    assert r.status_code == 422, r.text
-    assert r.json()["detail"] == (
-        f"experiment {exp!r} has reward_type=binary: reward_cap is only allowed with "
-        "reward_type=continuous (a binary reward is at most 1)"
-    )
-    r = await c.post(
-        "/config",
-        json={"experiment_id": exp, "strategy": "thompson", "reward_type": "revenue"},
-    )
-    assert r.status_code == 422, r.text
-    assert r.json()["detail"][0]["loc"] == ["body", "reward_type"]
-    shown = ExperimentPublic.model_validate_json((await c.get(f"/experiments/{exp}")).content)
-    assert (shown.reward_type, shown.strategy, shown.version) == (None, "thompson", 4)
-    # Event-sourced: the log holds the four accepted commands (create, arms, two
-    # /config), each with its whole config; the refused commands logged nothing.
+    r = await c.post("/config", json={"experiment_id": binary, "strategy": "ucb1"})
+    assert r.status_code == 200, r.text
+    assert "reward_type" not in r.json()
+    # Event-sourced: the log holds the accepted commands, each with its whole config;
+    # the refused commands logged nothing.
     logged = [decode(r.value or b"") for r in read_topics(kafka_bootstrap, [names.experiments])]
-    configs = [
-        e.config for e in logged if isinstance(e, ExperimentCreated | ArmsAdded | StrategyChanged)
-    ]
-    assert [(c.version, c.reward_type, c.reward_cap) for c in configs] == [
-        (1, "continuous", 250),
-        (2, "continuous", 250),
-        (3, "continuous", None),
-        (4, "binary", None),
+    commands = ExperimentCreated | ArmsAdded | StrategyChanged
+    configs = [e.config for e in logged if isinstance(e, commands)]
+    assert [(c.experiment_id, c.version, c.reward_type, c.reward_cap) for c in configs] == [
+        (exp, 1, "continuous", 250),
+        (exp, 2, "continuous", 250),
+        (exp, 3, "continuous", 250),
+        (binary, 1, "binary", None),
+        (binary, 2, "binary", None),
     ]
 
 

@@ -159,3 +159,21 @@ def test_a_strategy_must_learn_from_the_experiments_reward_type(
     monkeypatch.setattr(EpsilonGreedy, "reward_types", both)
     assert reward_type_mismatch("epsilon_greedy", "continuous") is None
     assert "epsilon_greedy" in (reward_type_mismatch("ucb1", "continuous") or "")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"reward_type": "continuous"},
+        {"reward_type": "binary"},
+        {"reward_cap": 10},
+        {"reward_cap": None},
+    ],
+)
+def test_the_reward_settings_are_fixed_at_creation(change: dict[str, Any]) -> None:
+    """Live folding checks a reward under the config it reads then, replay under the
+    final one: they agree only while the reward settings never change."""
+    name = next(iter(change))
+    for model in (ConfigUpdate, api.ConfigUpdate):
+        with pytest.raises(ValidationError, match=f"{name} cannot change after creation"):
+            model.model_validate({"experiment_id": "e", "strategy": "ucb1", **change})

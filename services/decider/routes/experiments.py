@@ -17,7 +17,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, status
 
 from bandit_core.strategies import InvalidParamsError, get_strategy, validate_params
-from mab_client.models import CAP_NEEDS_CONTINUOUS, ArmsAdd, ConfigPublic, ExperimentPublic
+from mab_client.models import ArmsAdd, ConfigPublic, ExperimentPublic
 from schemas.events import (
     ArmsAdded,
     ExperimentConfig,
@@ -40,11 +40,9 @@ from services.decider.runtime import ADMIN, READ, Runtime, RuntimeDep
 from services.decider.store import (
     ArmsExistError,
     AttributionChange,
-    CapNotContinuousError,
     CommandResult,
     ExperimentMissingError,
     FloorTooHighError,
-    RewardsChange,
     RewardTypeError,
     TooManyArmsError,
     UnitsChange,
@@ -234,9 +232,8 @@ async def add_arms(
     description="Changes strategy and params atomically and logs `StrategyChanged`. "
     "Arm statistics are strategy-independent, so no data is lost. The attribution and "
     "assignment settings given change too (absent: unchanged); `unit_id_storage` and "
-    "the salt are fixed at creation (422). So do `reward_type` and `reward_cap`: the "
-    "strategy must learn from the resulting reward type, and a cap needs "
-    "`reward_type=continuous` (422 otherwise).",
+    "the salt are fixed at creation (422), and so are `reward_type` and `reward_cap`: "
+    "the new strategy must learn from the experiment's reward type (422 otherwise).",
     responses={404: E404, 422: E422, 503: E503, **ADMIN_RESPONSES, **BODY_RESPONSES},
     dependencies=[ADMIN],
 )
@@ -256,14 +253,13 @@ async def change_strategy(body: ConfigUpdate, rt: RuntimeDep) -> ConfigPublic:
                 min_arm_share=body.min_arm_share,
                 allocation_interval_s=body.allocation_interval_s,
             )
-            rewards = RewardsChange(
-                supported=get_strategy(body.strategy).reward_types,
-                reward_type=body.reward_type,
-                reward_cap=body.reward_cap,
-                keep_cap="reward_cap" not in body.model_fields_set,
-            )
             result = await rt.store.set_strategy(
-                body.experiment_id, body.strategy, params, attribution, units, rewards
+                body.experiment_id,
+                body.strategy,
+                params,
+                attribution,
+                units,
+                get_strategy(body.strategy).reward_types,
             )
         except ExperimentMissingError:
             raise not_found(body.experiment_id) from None
@@ -272,15 +268,6 @@ async def change_strategy(body: ConfigUpdate, rt: RuntimeDep) -> ConfigPublic:
             raise HTTPException(
                 status.HTTP_422_UNPROCESSABLE_CONTENT,
                 f"experiment {body.experiment_id!r}: {mismatch}",
-            ) from None
-        except CapNotContinuousError as exc:
-            # A cap kept from before (the type changed, the cap was not sent): say how
-            # to drop it.
-            hint = "" if "reward_cap" in body.model_fields_set else "; send reward_cap: null"
-            raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_CONTENT,
-                f"experiment {body.experiment_id!r} has reward_type={exc.reward_type}: "
-                f"{CAP_NEEDS_CONTINUOUS}{hint}",
             ) from None
         except FloorTooHighError as exc:
             raise HTTPException(

@@ -178,7 +178,8 @@ RewardTypeField = Annotated[
     Field(
         description="What the rewards are: `binary` (the original API's conversions, each "
         "reward in [0, 1]) or `continuous` (an amount such as the order value, in "
-        f"[0, {REWARD_CEILING:g}]). The strategy must learn from this type."
+        f"[0, {REWARD_CEILING:g}]). The strategy must learn from this type. Fixed at "
+        "creation."
     ),
 ]
 RewardCapField = Annotated[
@@ -189,7 +190,7 @@ RewardCapField = Annotated[
         allow_inf_nan=False,
         description="Continuous experiments only: the strategy learns from "
         "min(reward, reward_cap) (winsorised), while the log keeps the raw reward. "
-        "Null: no cap.",
+        "Null: no cap. Fixed at creation.",
     ),
 ]
 UnitIdField = Annotated[
@@ -253,6 +254,15 @@ FIXED_AT_CREATION = {
     "in the log and the sticky table were made with it (create a new experiment)",
     "salt": "salt cannot change after creation (it is generated at create): every unit "
     "would move to another arm",
+    # The live reward consumer checks (and caps) each reward under the config it reads
+    # when folding it, replay under the experiment's final config: both agree only if
+    # these never change.
+    "reward_type": "reward_type cannot change after creation: the rewards already folded "
+    "were checked under it, and a replay of the log must fold them the same way (create "
+    "a new experiment)",
+    "reward_cap": "reward_cap cannot change after creation: the rewards already folded "
+    "were capped with it, and a replay of the log must fold them the same way (create a "
+    "new experiment)",
 }
 
 
@@ -288,10 +298,6 @@ class ConfigUpdate(_Request):
     sticky_ttl_s: StickyTtlField = None
     min_arm_share: MinArmShareField | None = None
     allocation_interval_s: AllocationIntervalField | None = None
-    #: The reward settings: absent (or null) ``reward_type`` unchanged; ``reward_cap``
-    #: absent unchanged, null removed (checked against the stored type by the server).
-    reward_type: RewardTypeField | None = None
-    reward_cap: RewardCapField = None
 
     @model_validator(mode="before")
     @classmethod
