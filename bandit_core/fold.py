@@ -38,6 +38,8 @@ from bandit_core.adaptive import observe, restart_others
 from bandit_core.decision_ids import arm_index_of
 from bandit_core.state import ExperimentState
 from schemas.events import (
+    REWARD_MAX,
+    REWARD_MIN,
     AnyEvent,
     ArmsAdded,
     ChangePointDetected,
@@ -95,12 +97,19 @@ def reward_rejection(config: ExperimentConfig | None, event: RewardObserved) -> 
     """Why a reward cannot be applied to an experiment with ``config``, or ``None``.
 
     The label is the DLQ reason and the API's error code; :func:`rejection_text` says it
-    for this reward.
+    for this reward. The record's schema already bounds every reward to
+    ``[0, REWARD_CEILING]`` (NaN, infinities and negatives never get here); the
+    experiment's ``reward_type`` narrows it: a binary experiment takes [0, 1] only, so a
+    revenue amount sent to a conversion experiment is refused, not learnt as a "conversion"
+    of 42.5. The label is the one a reward above 1 got from the schema before continuous
+    rewards existed, so DLQ counts keep their meaning.
     """
     if config is None:
         return Rejection.UNKNOWN_EXPERIMENT
     if event.arm_id not in config.arm_ids:
         return Rejection.UNKNOWN_ARM
+    if event.reward > REWARD_MAX and config.reward_type == "binary":
+        return Rejection.REWARD_OUT_OF_RANGE
     if event.decision_id is not None:
         index = arm_index_of(event.decision_id)
         if index is None:
@@ -131,6 +140,11 @@ def rejection_text(
         )
     if reason is Rejection.BAD_DECISION_ID:
         return f"decision_id {event.decision_id!r} was not issued by this service"
+    if reason is Rejection.REWARD_OUT_OF_RANGE:
+        return (
+            f"reward {event.reward!r} is outside [{REWARD_MIN:g}, {REWARD_MAX:g}] for a "
+            f"{config.reward_type} experiment (reward_type={config.reward_type})"
+        )
     return f"reward rejected: {reason.text}"
 
 
@@ -185,7 +199,17 @@ def _apply(state: ExperimentState, event: AnyEvent, result: FoldResult) -> str:
         stats = state.arms.get(arm_id)
         if stats is None:
             stats = state.arm(arm_id)
-        statistic = observe(stats, event.reward, ts)
+        # Winsorised learning: a continuous experiment with a ``reward_cap`` learns from
+        # min(reward, cap), so one outsized order cannot make an arm look best for a long
+        # time; the event (and the projector's sums) keep the raw amount. The live
+        # consumer folds under the config it reads now, replay under the final one: the
+        # cap (like reward_type) is fixed at creation, so both cap every reward alike.
+        reward = event.reward
+        config = state.config  # never None here: reward_rejection refused that
+        cap = None if config is None else config.reward_cap
+        if cap is not None and reward > cap:
+            reward = cap
+        statistic = observe(stats, reward, ts)
         if statistic is not None:
             # soft global restart: every other arm keeps at most 48 observations of its
             # since-change statistics (adaptive.restart_others)

@@ -153,10 +153,10 @@ _EVENT_TYPES: Final = frozenset(
 def _reason(error: Mapping[str, Any]) -> Rejection:
     """The stable DLQ reason of pydantic's first error.
 
-    Precise labels for what producers get wrong most (a reward that is NaN or outside
-    [0, 1], a number sent as a string, a missing or unknown field, an invalid id, a
-    user context of the wrong shape or size); any other constraint is ``invalid``, with
-    pydantic's message as the detail.
+    Precise labels for what producers get wrong most (a reward that is NaN, negative or
+    above the ceiling of every experiment, a number sent as a string, a missing or
+    unknown field, an invalid id, a user context of the wrong shape or size); any other
+    constraint is ``invalid``, with pydantic's message as the detail.
     """
     kind = error["type"]
     loc = [p for p in error["loc"] if p not in _EVENT_TYPES]

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mab_client.models import (
+    CAP_NEEDS_CONTINUOUS,
     DEFAULT_ALLOCATION_INTERVAL_S,
     DEFAULT_STICKY_TTL_S,
     FLOOR_SLACK,
@@ -28,12 +29,14 @@ from mab_client.models import (
     MAX_ATTRIBUTION_WINDOW_S,
     MAX_STICKY_TTL_S,
     MIN_ALLOCATION_INTERVAL_S,
+    REWARD_CEILING,
     REWARD_MAX,
     REWARD_MIN,
     USER_CONTEXT_MAX_BYTES,
     USER_CONTEXT_MAX_KEYS,
     AssignmentMode,
     DecisionIdRef,
+    RewardType,
     UnitIdStorage,
     UserContext,
     check_user_context,
@@ -49,6 +52,7 @@ __all__ = [
     "MAX_ATTRIBUTION_WINDOW_S",
     "MAX_STICKY_TTL_S",
     "MIN_ALLOCATION_INTERVAL_S",
+    "REWARD_CEILING",
     "REWARD_MAX",
     "REWARD_MIN",
     "SCHEMA_VERSION",
@@ -77,14 +81,6 @@ def is_absent(value: object) -> bool:
     """The ``exclude_if`` of optional event fields: left out of the record when ``None``
     (:mod:`schemas.wire` writes the same test inline)."""
     return value is None
-
-
-# --------------------------------------------------------------------------- rewards
-
-#: What an experiment's rewards are: ``binary`` (the original API's conversions, a
-#: reward in [0, 1]) or ``continuous`` (any finite amount >= 0, e.g. an order value).
-#: Each strategy says which it learns from (``Strategy.reward_types``).
-RewardType = Literal["binary", "continuous"]
 
 
 # --------------------------------------------------------------------------- assignment
@@ -201,6 +197,14 @@ class ExperimentConfig(BaseModel):
         le=MAX_ALLOCATION_INTERVAL_S,
         description="Length of an allocation epoch (its version is floor(ts / interval)).",
     )
+    # --- reward types (docs/rewards.md); a config written before these fields existed
+    # decodes as binary without a cap: the original API's rewards ---
+    #: What the rewards are (:data:`RewardType`): binary rewards must lie in [0, 1]
+    #: (:func:`bandit_core.fold.reward_rejection`), continuous ones in [0, REWARD_CEILING].
+    reward_type: RewardType = "binary"
+    #: A continuous experiment's strategy learns from ``min(reward, reward_cap)``
+    #: (winsorised: one huge order does not swamp an arm); the log keeps the raw reward.
+    reward_cap: float | None = Field(default=None, gt=0, le=REWARD_CEILING, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -228,6 +232,14 @@ class ExperimentConfig(BaseModel):
                 f"min_arm_share {self.min_arm_share} times {k} arms is "
                 f"{k * self.min_arm_share:.6g} > 1: at most {1.0 / k:.6g} with {k} arms"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _cap_is_continuous(self) -> ExperimentConfig:
+        """A cap bounds amounts; a binary reward is at most 1 already, so a cap on a
+        binary experiment is a mistake (most likely a forgotten ``reward_type``)."""
+        if self.reward_cap is not None and self.reward_type != "continuous":
+            raise ValueError(CAP_NEEDS_CONTINUOUS)
         return self
 
 
@@ -291,11 +303,16 @@ class RewardObserved(_Event):
     arm_id: ArmId = Field(
         description="The arm rewarded; must be in the experiment (an id like experiment_id)."
     )
+    # The record's own bound is the ceiling of every experiment; whether a reward above 1
+    # fits *its* experiment (binary or continuous) is reward_rejection's rule, which needs
+    # the config.
     reward: float = Field(
         ge=REWARD_MIN,
-        le=REWARD_MAX,
+        le=REWARD_CEILING,
         allow_inf_nan=False,
-        description="Finite number in [0, 1]: 1 converted, 0 did not, partial credit between.",
+        description="Finite number: in [0, 1] for a binary experiment (1 converted, 0 did "
+        f"not, partial credit between), in [0, {REWARD_CEILING:g}] for a continuous one "
+        "(an amount such as the order value).",
     )
     decision_id: DecisionIdRef | None = Field(
         default=None,

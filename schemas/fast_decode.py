@@ -42,7 +42,7 @@ from schemas.dead_letter import position_id
 from schemas.events import (
     EXPOSURE_ID_MAX_LEN,
     MAX_ATTRIBUTION_WINDOW_S,
-    REWARD_MAX,
+    REWARD_CEILING,
     REWARD_MIN,
     SCHEMA_VERSION,
     AnyEvent,
@@ -74,7 +74,7 @@ class RewardWire(
 
     experiment_id: str
     arm_id: str
-    reward: Annotated[float, Meta(ge=REWARD_MIN, le=REWARD_MAX)]
+    reward: Annotated[float, Meta(ge=REWARD_MIN, le=REWARD_CEILING)]
     event_id: _Key | UnsetType = UNSET
     ts: _Ts | UnsetType = UNSET
     schema_version: Literal[1] | UnsetType = UNSET

@@ -63,7 +63,8 @@ _TEXT: Final[Mapping[Rejection, str]] = {
     Rejection.BAD_JSON: "not valid JSON (or not UTF-8)",
     Rejection.NOT_AN_OBJECT: "JSON, but not an object",
     Rejection.NON_FINITE_REWARD: "reward is NaN or infinite",
-    Rejection.REWARD_OUT_OF_RANGE: "reward outside [0, 1]",
+    Rejection.REWARD_OUT_OF_RANGE: "reward below 0, above 1 for a binary experiment, or "
+    "above REWARD_CEILING (1e6) for any",
     Rejection.WRONG_TYPE: "a field holds a value of the wrong JSON type",
     Rejection.MISSING_FIELD: "a required field is missing",
     Rejection.UNKNOWN_FIELD: "a field the contract does not define",

@@ -11,13 +11,13 @@ stored. The server's ``MAB_MAX_ARMS`` is checked by the routes, which hold the s
 
 from __future__ import annotations
 
-from typing import Self
+from typing import Any, Self
 
 from pydantic import BaseModel, field_validator, model_validator
 
-from bandit_core.strategies import validate_params
+from bandit_core.strategies import STRATEGIES, get_strategy, validate_params
 from mab_client import models as api
-from mab_client.models import ExperimentPublic, UnitSettingsPublic
+from mab_client.models import ConfigPublic, ExperimentPublic, UnitSettingsPublic
 from schemas.events import ExperimentConfig
 from services.decider.settings import normalize_known_strategy
 
@@ -51,6 +51,29 @@ class ConfigUpdate(api.ConfigUpdate, _KnownStrategy):
     __doc__ = api.ConfigUpdate.__doc__
 
 
+def reward_type_mismatch(strategy: str, reward_type: str) -> str | None:
+    """Why ``strategy`` cannot serve an experiment whose rewards are ``reward_type``, or
+    ``None``: a Beta-Bernoulli sampler fed order values would learn nonsense (it reads a
+    42.5 as 42.5 conversions), so the pair is refused before anything is stored."""
+    supported = get_strategy(strategy).reward_types
+    if reward_type in supported:
+        return None
+    fitting = sorted(name for name, s in STRATEGIES.items() if reward_type in s.reward_types)
+    return (
+        f"strategy {strategy!r} learns from {' and '.join(sorted(supported))} rewards; "
+        f"reward_type={reward_type} needs a strategy for {reward_type} rewards "
+        f"({', '.join(fitting) if fitting else 'none is installed'})"
+    )
+
+
+def _public_rewards(config: ExperimentConfig) -> dict[str, Any]:
+    """The reward settings of an answer: only for a continuous experiment, so a binary
+    one is answered in the original API's shape."""
+    if config.reward_type == "binary":
+        return {}
+    return {"reward_type": config.reward_type, "reward_cap": config.reward_cap}
+
+
 def experiment_public(config: ExperimentConfig, *, units: bool = False) -> ExperimentPublic:
     """The API's view of an experiment's configuration (the window only when it has one;
     the assignment settings with ``units``, for ``GET /experiments/{id}``)."""
@@ -62,6 +85,21 @@ def experiment_public(config: ExperimentConfig, *, units: bool = False) -> Exper
         version=config.version,
         attribution_window_s=config.attribution_window_s,
         default_reward=None if config.attribution_window_s is None else config.default_reward,
+        **_public_rewards(config),
         # The assignment settings are the config's fields of the same names.
         units=UnitSettingsPublic.model_validate(config, from_attributes=True) if units else None,
+    )
+
+
+def config_public(config: ExperimentConfig) -> ConfigPublic:
+    """The answer of ``POST /config``: the original API's shape, plus the window and the
+    reward settings where the experiment has them."""
+    return ConfigPublic(
+        experiment_id=config.experiment_id,
+        strategy=config.strategy,
+        strategy_params=dict(config.strategy_params),
+        version=config.version,
+        attribution_window_s=config.attribution_window_s,
+        default_reward=None if config.attribution_window_s is None else config.default_reward,
+        **_public_rewards(config),
     )

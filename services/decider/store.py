@@ -74,6 +74,18 @@ local function assignment_tail(cfg, raw, over)
   if interval then out = out .. ',"allocation_interval_s":' .. interval end
   return out
 end
+-- The reward settings (after the assignment settings, in ExperimentConfig's field order),
+-- fixed at creation: kept as stored; a config stored before they existed has none and
+-- keeps none (it reads as binary).
+local function reward_tail(cfg, raw)
+  local out = ''
+  if type(cfg.reward_type) == 'string' then
+    out = out .. ',"reward_type":' .. cjson.encode(cfg.reward_type)
+  end
+  local cap = scalar_raw(raw, 'reward_cap')
+  if cap then out = out .. ',"reward_cap":' .. cap end
+  return out
+end
 local function build(cfg, raw, params_raw, now, window_raw, default_raw, over)
   params_raw = params_raw or field_raw(raw, 'strategy_params', 'version')
     or cjson.encode(cfg.strategy_params)
@@ -89,7 +101,7 @@ local function build(cfg, raw, params_raw, now, window_raw, default_raw, over)
     .. ',"updated_ts":' .. now
     .. ',"attribution_window_s":' .. window_raw
     .. ',"default_reward":' .. default_raw
-    .. assignment_tail(cfg, raw, over or {}) .. '}'
+    .. assignment_tail(cfg, raw, over or {}) .. reward_tail(cfg, raw) .. '}'
 end
 """
 
@@ -141,10 +153,20 @@ local out = build(cfg, raw, nil, ARGV[3])
 # KEYS[1] config; ARGV[1] strategy, ARGV[2] params JSON object, ARGV[3] now, ARGV[4]
 # attribution window JSON (a number or null; '' keeps it), ARGV[5] default reward ('' keeps),
 # ARGV[6] assignment mode, ARGV[7] sticky TTL (a number or null), ARGV[8] min_arm_share,
-# ARGV[9] allocation interval ('' keeps each).
-# Returns {'ok', new_json, previous_json} | {'missing'} | {'floor', min_arm_share text}.
+# ARGV[9] allocation interval ('' keeps each), ARGV[10] the reward types the new strategy
+# learns from (comma-separated).
+# Returns {'ok', new_json, previous_json} | {'missing'} | {'floor', min_arm_share text} |
+# {'reward_type', the experiment's reward type}.
 _SET_STRATEGY: Final = _config_update(
     """
+-- The new strategy must learn from the experiment's reward type (fixed at creation; a
+-- config stored before reward types existed is binary), checked against the stored
+-- config in the same step that writes it.
+local rtype = cfg.reward_type
+if type(rtype) ~= 'string' then rtype = 'binary' end
+if not string.find(',' .. ARGV[10] .. ',', ',' .. rtype .. ',', 1, true) then
+  return {'reward_type', rtype}
+end
 cfg.strategy = ARGV[1]
 cfg.version = cfg.version + 1
 local window = nil
@@ -242,6 +264,14 @@ class FloorTooHighError(ValueError):
         self.min_arm_share = min_arm_share
 
 
+class RewardTypeError(ValueError):
+    """The new strategy does not learn from the experiment's (resulting) reward type."""
+
+    def __init__(self, reward_type: str) -> None:
+        super().__init__(f"strategy cannot learn from {reward_type} rewards")
+        self.reward_type = reward_type
+
+
 @dataclass(frozen=True, slots=True)
 class TimeseriesRead:
     """The raw projector data of one experiment and range, read in one round trip."""
@@ -304,8 +334,12 @@ class ConfigStore:
         params: dict[str, Any],
         attribution: AttributionChange | None = None,
         units: UnitsChange | None = None,
+        reward_types: frozenset[str] = frozenset({"binary"}),
     ) -> CommandResult:
-        """Swap strategy and params; ``attribution`` and ``units`` change the fields given."""
+        """Swap strategy and params; ``attribution`` and ``units`` change the fields given.
+        ``reward_types``: what the new strategy learns from (its ``reward_types``); the
+        script refuses the swap (:class:`RewardTypeError`) unless the experiment's reward
+        type is among them."""
         change = attribution or AttributionChange()
         res = await self._set_strategy(
             keys=[self.keys.experiment(experiment_id).config],
@@ -315,6 +349,7 @@ class ConfigStore:
                 repr(now_ts()),
                 *change.lua_args(),
                 *(units or UnitsChange()).lua_args(),
+                ",".join(sorted(reward_types)),
             ],
         )
         return self._result(res)
@@ -332,6 +367,8 @@ class ConfigStore:
             raise TooManyArmsError(int(res[1]))
         if status == "floor":
             raise FloorTooHighError(float(res[1]))
+        if status == "reward_type":
+            raise RewardTypeError(_text(res[1]))
         raise RuntimeError(f"unexpected script reply {res!r}")  # pragma: no cover
 
     async def rollback(self, experiment_id: str, result: CommandResult) -> bool:

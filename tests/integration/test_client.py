@@ -84,8 +84,11 @@ async def test_every_sdk_call_against_the_real_decider(
         await mab.set_strategy(exp, "softmax")
     assert info.value.errors[0]["loc"][:2] == ["body", "strategy"]
     with pytest.raises(InvalidRequestError) as refused:
-        await mab.reward(exp, "a", 2.0)
+        await mab.reward(exp, "a", 2e6)  # above REWARD_CEILING: no experiment takes it
     assert refused.value.errors[0]["loc"] == ["reward"]
+    with pytest.raises(RequestValidationError) as binary:
+        await mab.reward(exp, "a", 2.0)  # an amount: the experiment is binary
+    assert "reward_type=binary" in str(binary.value)
 
 
 async def test_bulk_rewards_against_the_real_decider(mab: AsyncMabClient, ns: str) -> None:

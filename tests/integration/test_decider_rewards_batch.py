@@ -49,7 +49,7 @@ async def test_batch_is_all_or_nothing_with_per_item_errors(
     bad: list[Any] = [
         {"experiment_id": "batch", "arm_id": "zz", "reward": 1.0},  # unknown arm
         {"experiment_id": "nope", "arm_id": "a", "reward": 1.0},  # unknown experiment
-        {"experiment_id": "batch", "arm_id": "a", "reward": 2.0},  # out of range
+        {"experiment_id": "batch", "arm_id": "a", "reward": 2.0},  # above 1: binary
         "not an object",
     ]
     r = await client.post("/rewards", json={"rewards": [good[0], *bad, good[1]]})
@@ -59,7 +59,8 @@ async def test_batch_is_all_or_nothing_with_per_item_errors(
     by_index = {e["index"]: e for e in errors}
     assert by_index[1]["type"] == "unknown_arm"
     assert by_index[2]["type"] == "unknown_experiment"
-    assert by_index[3]["loc"] == ["reward"]
+    assert by_index[3]["type"] == "reward_out_of_range"
+    assert "reward_type=binary" in by_index[3]["msg"]
     assert await rewards_in_log(kafka_bootstrap, names.rewards) == []
 
     r = await client.post("/rewards", json={"rewards": good})

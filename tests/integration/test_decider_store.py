@@ -1,4 +1,5 @@
-"""The command scripts keep the assignment settings of a stored config (real Redis).
+"""The command scripts keep the assignment and reward settings of a stored config (real
+Redis).
 
 Add-arms and ``/config`` rebuild the config JSON inside Redis from the stored text; a
 setting they dropped would silently change an experiment (a lost salt re-hashes every
@@ -14,7 +15,8 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from schemas.events import ExperimentConfig
+from bandit_core.strategies import EpsilonGreedy
+from schemas.events import ExperimentConfig, RewardType
 from schemas.redis_keys import RedisKeys
 from tests.integration.conftest import SettingsFactory, serve_decider
 
@@ -28,6 +30,8 @@ SETTINGS: dict[str, Any] = {
     "min_arm_share": 0.125,
     "allocation_interval_s": 300,
 }
+#: The reward settings of a continuous experiment (a cap whose text must survive Lua).
+REWARD_SETTINGS: dict[str, Any] = {"reward_type": "continuous", "reward_cap": 1234.5678901234567}
 
 
 @pytest.fixture
@@ -35,6 +39,12 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
     client = Redis.from_url(redis_url)
     yield client
     await client.aclose()
+
+
+async def _raw(redis: Redis, key: str) -> bytes:
+    raw = await redis.get(key)
+    assert isinstance(raw, bytes)
+    return raw
 
 
 async def _stored(redis: Redis, key: str) -> dict[str, Any]:
@@ -62,7 +72,7 @@ async def test_commands_keep_the_assignment_settings(
         after_arms = await _stored(redis, key)
         assert after_arms["arm_ids"] == ["x", "y", "z"]
         assert {k: after_arms[k] for k in SETTINGS} == SETTINGS
-        assert list(after_arms)[-len(SETTINGS) :] == list(SETTINGS)  # the model's order
+        assert list(after_arms) == list(ExperimentConfig.model_fields)  # the model's order
 
         r = await c.post("/config", json={"experiment_id": exp, "strategy": "ucb1"})
         assert r.status_code == 200, r.text
@@ -81,13 +91,53 @@ async def test_a_config_stored_before_the_settings_keeps_reading_as_before(
     async with serve_decider(decider_settings()) as (c, _):
         r = await c.post("/experiments", json={"experiment_id": exp, "arm_ids": ["x", "y"]})
         assert r.status_code == 201, r.text
-        old = {k: v for k, v in (await _stored(redis, key)).items() if k not in SETTINGS}
+        newer = {*SETTINGS, *REWARD_SETTINGS}
+        old = {k: v for k, v in (await _stored(redis, key)).items() if k not in newer}
         await redis.set(key, orjson.dumps(old))
         r = await c.post(f"/experiments/{exp}/arms", json={"arm_ids": ["z"]})
         assert r.status_code == 200, r.text
         stored = await _stored(redis, key)
-        assert not set(SETTINGS) & set(stored)
+        assert not newer & set(stored)
         assert ExperimentConfig.model_validate(stored).salt == exp
+        assert ExperimentConfig.model_validate(stored).reward_type == "binary"
+        r = await c.post("/config", json={"experiment_id": exp, "strategy": "ucb1"})
+        assert r.status_code == 200, r.text
+        assert not newer & set(await _stored(redis, key))
+
+
+async def test_commands_keep_the_reward_settings_and_check_the_strategy(
+    decider_settings: SettingsFactory, ns: str, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scenario: a continuous experiment with a cap whose stored text has 17 significant
+    digits. We expect add-arms and a strategy change to keep both settings byte for byte,
+    a strategy that learns from binary rewards only refused (422, config unchanged), and
+    the reward settings refused on /config (fixed at creation)."""
+    both: frozenset[RewardType] = frozenset({"binary", "continuous"})
+    monkeypatch.setattr(EpsilonGreedy, "reward_types", both)
+    exp = f"{ns}amounts"
+    key = RedisKeys(ns).experiment(exp).config
+    body = {"experiment_id": exp, "arm_ids": ["x", "y"], "strategy": "epsilon_greedy"}
+    async with serve_decider(decider_settings()) as (c, _):
+        r = await c.post("/experiments", json={**body, **REWARD_SETTINGS})
+        assert r.status_code == 201, r.text
+        assert b'"reward_cap":1234.5678901234567}' in await _raw(redis, key)
+        r = await c.post(f"/experiments/{exp}/arms", json={"arm_ids": ["z"]})
+        assert r.status_code == 200, r.text
+        r = await c.post("/config", json={"experiment_id": exp, "strategy": "epsilon_greedy"})
+        assert r.status_code == 200, r.text
+        stored = await _stored(redis, key)
+        assert {k: stored[k] for k in REWARD_SETTINGS} == REWARD_SETTINGS
+        assert b'"reward_cap":1234.5678901234567}' in await _raw(redis, key)
+        before = await redis.get(key)
+        r = await c.post("/config", json={"experiment_id": exp, "strategy": "thompson"})
+        assert r.status_code == 422, r.text
+        assert "strategy 'thompson' learns from binary rewards" in r.json()["detail"]
+        for name, value in REWARD_SETTINGS.items():
+            change = {"experiment_id": exp, "strategy": "epsilon_greedy", name: value}
+            r = await c.post("/config", json=change)
+            assert r.status_code == 422, r.text
+            assert f"{name} cannot change after creation" in r.text
+        assert await redis.get(key) == before
 
 
 async def test_adding_arms_beyond_the_floor_is_refused_and_stores_nothing(

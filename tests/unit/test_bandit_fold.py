@@ -453,3 +453,41 @@ def test_lookup_keys_of_unit_decisions() -> None:
     assert lookup_keys(d) == ("u:" + did, "n:" + unit)
     windowed = d.model_copy(update={"attribution_window_s": 60.0})
     assert lookup_keys(windowed) == ("u:" + did, "n:" + unit, "d:" + did, "x:" + did)
+
+
+def continuous(version: int = 1, reward_cap: float | None = None) -> ExperimentCreated:
+    """The experiment created as a continuous one (order values as rewards)."""
+    fields = {**config(version).model_dump(), "reward_type": "continuous"}
+    cfg = ExperimentConfig.model_validate({**fields, "reward_cap": reward_cap})
+    return ExperimentCreated(experiment_id=EXP, ts=1.0, config=cfg)
+
+
+def test_a_binary_experiment_rejects_an_amount_and_a_continuous_one_learns_it() -> None:
+    """Scenario: an order value of 42.5 sent to a conversion (binary) experiment and to a
+    continuous one. We expect the binary one to refuse it (its stats untouched) and the
+    continuous one to add the amount as it is; 1.0 is fine for both."""
+    binary = fold_batch(fresh(), [created(), reward("blue", 42.5), reward("blue", 1.0)])
+    assert binary.outcomes == [APPLIED, "reward_out_of_range", APPLIED]
+    assert binary.state.arms["blue"].pulls == 1
+    amounts = fold_batch(fresh(), [continuous(), reward("blue", 42.5), reward("blue", 1.0)])
+    assert amounts.outcomes == [APPLIED] * 3
+    assert amounts.state.arms["blue"].reward_sum == pytest.approx(43.5)
+
+
+def test_the_cap_winsorises_what_the_fold_learns_not_the_event() -> None:
+    """Scenario: a continuous experiment with reward_cap 100 gets orders of 40, 100 and
+    5000. We expect the arm to learn 40 + 100 + 100 (the outlier capped), with squares
+    of the capped values, while the event still carries 5000."""
+    big = reward("blue", 5000.0, ts=12.0)
+    result = fold_batch(
+        fresh(),
+        [continuous(reward_cap=100.0), reward("blue", 40.0), reward("blue", 100.0), big],
+    )
+    assert result.outcomes == [APPLIED] * 4
+    blue = result.state.arms["blue"]
+    assert blue.pulls == 3
+    assert blue.reward_sum == pytest.approx(240.0)
+    assert blue.reward_sq_sum == pytest.approx(40.0**2 + 2 * 100.0**2)
+    assert big.reward == 5000.0
+    uncapped = fold_batch(fresh(), [continuous(), big]).state.arms["blue"]
+    assert uncapped.reward_sum == pytest.approx(5000.0)

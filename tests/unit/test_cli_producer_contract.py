@@ -40,6 +40,8 @@ def _schema() -> dict[str, Any]:
         {"experiment_id": "cta", "arm_id": "red", "reward": 0.5, "event_id": "o-1", "ts": 1.0},
         {"experiment_id": "cta", "arm_id": "red", "reward": 0, "decision_id": "d", "source": "x"},
         {"experiment_id": "10% off", "arm_id": "Livraison gratuite été", "reward": 1},
+        # an order value: the record takes it; a binary experiment dead-letters it
+        {"experiment_id": "cart", "arm_id": "upsell", "reward": 42.5},
         {"experiment_id": "a:b", "arm_id": "{e}", "reward": 1, "user_context": {"seg": "new"}},
     ],
 )
@@ -52,7 +54,7 @@ def test_schema_accepts_what_the_codec_accepts(record: dict[str, Any]) -> None:
     "record",
     [
         {"experiment_id": "cta", "arm_id": "red"},
-        {"experiment_id": "cta", "arm_id": "red", "reward": 1.5},
+        {"experiment_id": "cta", "arm_id": "red", "reward": 1e6 + 1},  # above REWARD_CEILING
         {"experiment_id": "cta", "arm_id": "red", "reward": -0.1},
         {"experiment_id": "cta", "arm_id": "", "reward": 1},
         {"experiment_id": "cta", "arm_id": "x" * 121, "reward": 1},

@@ -358,7 +358,7 @@ def test_unusable_answers_are_errors_not_results() -> None:
         (lambda mab: mab.create_experiment("exp", ["x", "y\x00z"]), ["arm_ids", 1]),
         (lambda mab: mab.add_arms("exp", ["ok", "zero\u200bwidth"]), ["arm_ids", 1]),
         (lambda mab: mab.set_strategy("x" * 121, "ucb1"), ["experiment_id"]),
-        (lambda mab: mab.reward("exp", "a", 1.5), ["reward"]),
+        (lambda mab: mab.reward("exp", "a", 2e6), ["reward"]),  # above REWARD_CEILING
         (lambda mab: mab.reward("exp", "a", 1.0, event_id="a:b"), ["event_id"]),
         (lambda mab: mab.reward("exp", "a", 1.0, user_context={"n": 2**64}), ["user_context"]),
         (lambda mab: mab.decide(" "), ["experiment_id"]),

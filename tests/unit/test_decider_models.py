@@ -8,9 +8,11 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from bandit_core.strategies import EpsilonGreedy
 from mab_client import models as api
+from schemas.events import RewardType
 from services.decider.app import create_app
-from services.decider.models import ConfigUpdate, ExperimentCreate
+from services.decider.models import ConfigUpdate, ExperimentCreate, reward_type_mismatch
 from services.decider.settings import DeciderSettings
 
 pytestmark = pytest.mark.unit
@@ -125,3 +127,53 @@ def test_the_decider_adds_checks_not_fields(
     assert shape.model_validate({**body, "strategy": "softmax"}).strategy == "softmax"
     with pytest.raises(ValidationError, match="thompson"):
         server.model_validate({**body, "strategy": "softmax"})
+
+
+@pytest.mark.parametrize("model", [ExperimentCreate, api.ExperimentCreate])
+def test_a_cap_needs_a_continuous_experiment(model: type[api.ExperimentCreate]) -> None:
+    """The SDK refuses it in the caller's process, the server's model alike (422)."""
+    with pytest.raises(ValidationError, match="reward_cap is only allowed with reward_type=c"):
+        model.model_validate({**CREATE, "reward_cap": 100})
+    with pytest.raises(ValidationError, match="reward_type"):
+        model.model_validate({**CREATE, "reward_type": "revenue"})
+    with pytest.raises(ValidationError, match="reward_cap"):
+        model.model_validate({**CREATE, "reward_type": "continuous", "reward_cap": 0})
+    body = model.model_validate({**CREATE, "reward_type": "continuous", "reward_cap": 100})
+    assert (body.reward_type, body.reward_cap) == ("continuous", 100)
+    assert model.model_validate(CREATE).reward_type == "binary"
+
+
+def test_a_strategy_must_learn_from_the_experiments_reward_type(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every strategy learns from binary rewards; one that does not declare continuous
+    ones is refused for a continuous experiment, with the ones that fit named."""
+    assert reward_type_mismatch("thompson", "binary") is None
+    message = reward_type_mismatch("thompson", "continuous")
+    assert message is not None
+    assert message.startswith(
+        "strategy 'thompson' learns from binary rewards; reward_type=continuous needs a "
+        "strategy for continuous rewards ("
+    )
+    both: frozenset[RewardType] = frozenset({"binary", "continuous"})
+    monkeypatch.setattr(EpsilonGreedy, "reward_types", both)
+    assert reward_type_mismatch("epsilon_greedy", "continuous") is None
+    assert "epsilon_greedy" in (reward_type_mismatch("ucb1", "continuous") or "")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"reward_type": "continuous"},
+        {"reward_type": "binary"},
+        {"reward_cap": 10},
+        {"reward_cap": None},
+    ],
+)
+def test_the_reward_settings_are_fixed_at_creation(change: dict[str, Any]) -> None:
+    """Live folding checks a reward under the config it reads then, replay under the
+    final one: they agree only while the reward settings never change."""
+    name = next(iter(change))
+    for model in (ConfigUpdate, api.ConfigUpdate):
+        with pytest.raises(ValidationError, match=f"{name} cannot change after creation"):
+            model.model_validate({"experiment_id": "e", "strategy": "ucb1", **change})

@@ -66,7 +66,7 @@ def test_decode_groups_by_experiment_and_rejects_with_reasons() -> None:
         Rec(T.rewards, 1, 3, reward("y")),
         Rec(T.rewards, 0, 2, None),
         Rec(T.decisions, 2, 6, reward("y")),  # a reward on the decisions topic
-        Rec(T.rewards, 0, 4, orjson.dumps({"experiment_id": "x", "arm_id": "a", "reward": 2})),
+        Rec(T.rewards, 0, 4, orjson.dumps({"experiment_id": "x", "arm_id": "a", "reward": -2})),
         Rec("other", 0, 0, reward("x")),
     ]
     out = decode(recs)

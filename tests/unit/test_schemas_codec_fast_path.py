@@ -101,6 +101,12 @@ unit_floats = st.one_of(
     st.sampled_from([0.0, -0.0, 1.0, 0.5, 5e-324, 1 - 2**-53]),
     st.floats(min_value=0.0, max_value=1.0),
 )
+#: Continuous rewards (order values): any finite amount up to the ceiling, which a record
+#: may carry whatever its experiment (the experiment's rule is the fold's).
+amounts = st.one_of(
+    st.sampled_from([1.5, 42.5, 1e6, 1e6 - 2**-33, 1, 999_999]),
+    st.floats(min_value=0.0, max_value=1e6),
+)
 timestamps = st.one_of(
     st.sampled_from([0.0, -0.0, 1_700_000_000.123, 1e308, 5e-324]),
     st.floats(min_value=0.0, allow_infinity=False, allow_nan=False),
@@ -161,6 +167,8 @@ EDGE_VALUES: list[Any] = [
     1.0,
     1.5,
     -0.5,
+    1e6,
+    1e6 + 1,
     1e308,
     -1e308,
     5e-324,
@@ -210,7 +218,8 @@ weird_values: st.SearchStrategy[Any] = st.one_of(
 _numbers = st.sampled_from(
     [
         *(True, False, 0, 1, 2, -1, 2**53 + 1, 2**64 - 1, "1", "0.5", "NaN", "inf", -0.0, 1.5),
-        *(-5e-324, 1 + 2**-52, 1e308, None, Raw("1e400"), Raw("123456789012345678901234567890")),
+        *(-5e-324, 1 + 2**-52, 1e6, 1e6 + 2**-32, 1e308, None, Raw("1e400")),
+        Raw("123456789012345678901234567890"),
     ]
 )
 _lengths = st.sampled_from(["", "x" * 64, "x" * 65, "é" * 64, "é" * 65, None, 5, True])
@@ -322,7 +331,7 @@ def valid_rewards(draw: st.DrawFn) -> dict[str, Any]:
     record: dict[str, Any] = {
         **_event_fields(draw, "reward_observed"),
         "arm_id": draw(valid_ids),
-        "reward": draw(st.one_of(unit_floats, st.sampled_from([0, 1]))),
+        "reward": draw(st.one_of(unit_floats, amounts, st.sampled_from([0, 1]))),
     }
     return _with_optional(draw, record, REWARD_OPTIONAL)
 
@@ -632,7 +641,8 @@ def test_unit_decisions_take_the_fast_path_and_absent_fields_stay_unwritten() ->
     [
         ({"reward": True}, None),  # lax-valid: pydantic accepts, the fast path defers
         ({"reward": "1"}, None),
-        ({"reward": 1.5}, "reward_out_of_range"),
+        ({"reward": 1e6 + 1}, "reward_out_of_range"),  # above REWARD_CEILING
+        ({"reward": -0.5}, "reward_out_of_range"),
         ({"schema_version": True}, "bad_schema_version"),
         ({"schema_version": 2}, "unknown_schema_version"),
         ({"arm_id": "a\tb"}, "bad_id"),

@@ -101,6 +101,7 @@ def test_a_config_stored_before_assignment_settings_reads_with_the_defaults() ->
     assert (config.assignment, config.unit_id_storage) == ("sticky", "hashed")
     assert config.sticky_ttl_s == DEFAULT_STICKY_TTL_S == 30 * 24 * 3600
     assert (config.min_arm_share, config.allocation_interval_s) == (0.0, 60)
+    assert (config.reward_type, config.reward_cap) == ("binary", None)
     # Every field it had keeps its value and its bytes.
     assert config.model_dump_json().encode().startswith(OLD_CONFIG_JSON[:-1])
     old_event = orjson.dumps(
@@ -141,6 +142,41 @@ def test_new_salts_are_random_hex() -> None:
 def test_assignment_settings_are_validated(change: dict[str, object], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         ExperimentConfig.model_validate({**CONFIG.model_dump(), **change})
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"reward_type": "revenue"}, "'binary' or 'continuous'"),
+        ({"reward_cap": 10.0}, "reward_cap is only allowed with reward_type=continuous"),
+        ({"reward_type": "binary", "reward_cap": 1.0}, "only allowed with reward_type=cont"),
+        ({"reward_type": "continuous", "reward_cap": 0.0}, "greater than 0"),
+        ({"reward_type": "continuous", "reward_cap": -5.0}, "greater than 0"),
+        ({"reward_type": "continuous", "reward_cap": float("inf")}, "finite number"),
+        ({"reward_type": "continuous", "reward_cap": float("nan")}, "finite number"),
+        ({"reward_type": "continuous", "reward_cap": 1e6 + 1}, "less than or equal to 1000000"),
+    ],
+)
+def test_reward_settings_are_validated(change: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        ExperimentConfig.model_validate({**CONFIG.model_dump(), **change})
+
+
+def test_a_continuous_config_round_trips_with_its_cap() -> None:
+    config = ExperimentConfig.model_validate(
+        {**CONFIG.model_dump(), "reward_type": "continuous", "reward_cap": 250.0}
+    )
+    assert ExperimentConfig.model_validate_json(config.model_dump_json()) == config
+    assert (config.reward_type, config.reward_cap) == ("continuous", 250.0)
+
+
+@pytest.mark.parametrize("reward", [0.0, 1.0, 1.5, 42.5, 1e6])
+def test_a_reward_record_takes_any_amount_up_to_the_ceiling(reward: float) -> None:
+    """The record's bound is every experiment's; the experiment's own (binary: [0, 1])
+    is the fold's rule (bandit_core.fold.reward_rejection)."""
+    event = decode(_reward(reward=reward))
+    assert isinstance(event, RewardObserved)
+    assert event.reward == reward
 
 
 def test_the_floor_fits_exactly_at_one_over_k() -> None:
@@ -214,7 +250,7 @@ def _reward(**overrides: object) -> bytes:
         (b"[1, 2]", "not_an_object"),
         (b'"reward"', "not_an_object"),
         (b"null", "not_an_object"),
-        (_reward(reward=1.5), "reward_out_of_range"),
+        (_reward(reward=1e6 + 1), "reward_out_of_range"),  # above REWARD_CEILING
         (_reward(reward=-0.1), "reward_out_of_range"),
         (_reward(reward="NaN"), "non_finite_reward"),
         (_reward(reward="inf"), "non_finite_reward"),

@@ -89,3 +89,18 @@ def test_the_fold_names_the_reason_and_explains_it(
     missing = reward_rejection(None, event)
     assert missing is Rejection.UNKNOWN_EXPERIMENT
     assert rejection_text(missing, event, None) == "experiment 'exp' does not exist"
+
+
+@pytest.mark.parametrize("reward", [1.0001, 42.5, 1e6])
+def test_an_amount_on_a_binary_experiment_names_the_setting(reward: float) -> None:
+    """A reward above 1 on a binary experiment: the label a reward above 1 always got
+    (reward_out_of_range), with a text naming the experiment's ``reward_type``; the same
+    reward on a continuous experiment is applied."""
+    event = RewardObserved(experiment_id="exp", arm_id="a", reward=reward)
+    binary = _config()
+    assert reward_rejection(binary, event) is Rejection.REWARD_OUT_OF_RANGE
+    assert rejection_text(Rejection.REWARD_OUT_OF_RANGE, event, binary) == (
+        f"reward {reward!r} is outside [0, 1] for a binary experiment (reward_type=binary)"
+    )
+    amounts = config_of("exp", ("a", "b"), ts=0.0, reward_type="continuous")
+    assert reward_rejection(amounts, event) is None

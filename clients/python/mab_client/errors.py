@@ -15,7 +15,7 @@ class MabError(Exception):
 
 class InvalidRequestError(MabError, ValueError):
     """A request the SDK refused to send because it breaks the API's rules (an id with a
-    control character, a reward outside [0, 1], duplicated arms, an empty batch): the
+    control character, a negative or NaN reward, duplicated arms, an empty batch): the
     server would have answered 422, so nothing was sent and nothing happened.
 
     ``errors`` says where and why, shaped like :attr:`RequestValidationError.errors`

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, status
 
-from bandit_core.strategies import InvalidParamsError, validate_params
+from bandit_core.strategies import InvalidParamsError, get_strategy, validate_params
 from mab_client.models import ArmsAdd, ConfigPublic, ExperimentPublic
 from schemas.events import (
     ArmsAdded,
@@ -27,7 +27,13 @@ from schemas.events import (
 )
 from services.decider.auth import ADMIN_RESPONSES, BODY_RESPONSES, READ_RESPONSES
 from services.decider.errors import E404, E409, E422, E503, not_found
-from services.decider.models import ConfigUpdate, ExperimentCreate, experiment_public
+from services.decider.models import (
+    ConfigUpdate,
+    ExperimentCreate,
+    config_public,
+    experiment_public,
+    reward_type_mismatch,
+)
 from services.decider.paths import EXPERIMENT, ExperimentIdPath
 from services.decider.producer import EventLogUnavailableError
 from services.decider.runtime import ADMIN, READ, Runtime, RuntimeDep
@@ -37,6 +43,7 @@ from services.decider.store import (
     CommandResult,
     ExperimentMissingError,
     FloorTooHighError,
+    RewardTypeError,
     TooManyArmsError,
     UnitsChange,
 )
@@ -71,7 +78,8 @@ async def log_or_undo(rt: Runtime, result: CommandResult, event: Any, create: bo
     status_code=status.HTTP_201_CREATED,
     response_model=ExperimentPublic,
     summary="Create an experiment",
-    description="Validates ids, arms and strategy params, stores the config atomically "
+    description="Validates ids, arms, strategy params and the reward settings (the "
+    "strategy must learn from `reward_type`), stores the config atomically "
     "(exactly one of many racing creates wins) and logs `ExperimentCreated`; the 201 "
     "comes after Kafka's ack. Nothing is stored when validation fails.",
     responses={409: E409, 422: E422, 503: E503, **ADMIN_RESPONSES, **BODY_RESPONSES},
@@ -92,6 +100,9 @@ async def create_experiment(body: ExperimentCreate, rt: RuntimeDep) -> Experimen
             params = validate_params(strategy, body.strategy_params)
         except InvalidParamsError as exc:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+    mismatch = reward_type_mismatch(strategy, body.reward_type)
+    if mismatch is not None:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, mismatch)
     now = time.time()
     config = ExperimentConfig(
         experiment_id=body.experiment_id,
@@ -109,6 +120,8 @@ async def create_experiment(body: ExperimentCreate, rt: RuntimeDep) -> Experimen
         salt=new_salt(),
         min_arm_share=body.min_arm_share,
         allocation_interval_s=body.allocation_interval_s,
+        reward_type=body.reward_type,
+        reward_cap=body.reward_cap,
     )
     async with rt.command_lock(config.experiment_id):
         result = await rt.store.create(config)
@@ -219,7 +232,8 @@ async def add_arms(
     description="Changes strategy and params atomically and logs `StrategyChanged`. "
     "Arm statistics are strategy-independent, so no data is lost. The attribution and "
     "assignment settings given change too (absent: unchanged); `unit_id_storage` and "
-    "the salt are fixed at creation (422).",
+    "the salt are fixed at creation (422), and so are `reward_type` and `reward_cap`: "
+    "the new strategy must learn from the experiment's reward type (422 otherwise).",
     responses={404: E404, 422: E422, 503: E503, **ADMIN_RESPONSES, **BODY_RESPONSES},
     dependencies=[ADMIN],
 )
@@ -240,10 +254,21 @@ async def change_strategy(body: ConfigUpdate, rt: RuntimeDep) -> ConfigPublic:
                 allocation_interval_s=body.allocation_interval_s,
             )
             result = await rt.store.set_strategy(
-                body.experiment_id, body.strategy, params, attribution, units
+                body.experiment_id,
+                body.strategy,
+                params,
+                attribution,
+                units,
+                get_strategy(body.strategy).reward_types,
             )
         except ExperimentMissingError:
             raise not_found(body.experiment_id) from None
+        except RewardTypeError as exc:
+            mismatch = reward_type_mismatch(body.strategy, exc.reward_type)
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                f"experiment {body.experiment_id!r}: {mismatch}",
+            ) from None
         except FloorTooHighError as exc:
             raise HTTPException(
                 status.HTTP_422_UNPROCESSABLE_CONTENT,
@@ -259,12 +284,4 @@ async def change_strategy(body: ConfigUpdate, rt: RuntimeDep) -> ConfigPublic:
             config=result.config,
         )
         await log_or_undo(rt, result, event, create=False)
-    c = result.config
-    return ConfigPublic(
-        experiment_id=c.experiment_id,
-        strategy=c.strategy,
-        strategy_params=dict(c.strategy_params),
-        version=c.version,
-        attribution_window_s=c.attribution_window_s,
-        default_reward=None if c.attribution_window_s is None else c.default_reward,
-    )
+    return config_public(result.config)

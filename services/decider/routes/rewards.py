@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 from fastapi import APIRouter, HTTPException, status
 from pydantic import ValidationError
@@ -100,20 +100,26 @@ def reward_event(
     return RewardObserved(**fields)
 
 
+#: Rejections no later config can lift: a decision id's shape, and a reward above 1 on a
+#: binary experiment (reward_type is fixed at creation).
+_FINAL: Final = frozenset({Rejection.BAD_DECISION_ID, Rejection.REWARD_OUT_OF_RANGE})
+
+
 async def reward_rejection_now(
     rt: Runtime, event: RewardObserved
 ) -> tuple[Rejection | None, ExperimentConfig | None]:
     """``reward_rejection`` against the current config: the consumer's own rule.
 
     The cache may predate an arm added on another process, so a rejection is confirmed
-    against Redis before it is returned (only on this rare path).
+    against Redis before it is returned (only on this rare path), unless no newer config
+    could change it (:data:`_FINAL`).
     """
     entry = rt.cache.fresh(event.experiment_id)
     if entry is None:
         entry, _ = await rt.cache.get(event.experiment_id)
     config = entry.config if entry is not None else None
     reason = reward_rejection(config, event)
-    if reason is not None and reason is not Rejection.BAD_DECISION_ID:
+    if reason is not None and reason not in _FINAL:
         rt.cache.invalidate(event.experiment_id)
         config = await rt.store.get_config(event.experiment_id)
         reason = reward_rejection(config, event)

@@ -14,6 +14,7 @@ from mab_client.models.allocation import (
 )
 from mab_client.models.evaluation import ArmSupportPublic, EstimatePublic, EvaluationPublic
 from mab_client.models.limits import (
+    CAP_NEEDS_CONTINUOUS,
     DEFAULT_ALLOCATION_INTERVAL_S,
     DEFAULT_STICKY_TTL_S,
     FLOOR_SLACK,
@@ -22,11 +23,13 @@ from mab_client.models.limits import (
     MAX_ATTRIBUTION_WINDOW_S,
     MAX_STICKY_TTL_S,
     MIN_ALLOCATION_INTERVAL_S,
+    REWARD_CEILING,
     REWARD_MAX,
     REWARD_MIN,
     USER_CONTEXT_MAX_BYTES,
     USER_CONTEXT_MAX_KEYS,
     AssignmentMode,
+    RewardType,
     UnitIdStorage,
     UserContext,
     check_user_context,
@@ -87,6 +90,7 @@ from mab_client.models.responses import (
 )
 
 __all__ = [
+    "CAP_NEEDS_CONTINUOUS",
     "DEFAULT_ALLOCATION_INTERVAL_S",
     "DEFAULT_STICKY_TTL_S",
     "EVENT_ID_PATTERN",
@@ -96,6 +100,7 @@ __all__ = [
     "MAX_ATTRIBUTION_WINDOW_S",
     "MAX_STICKY_TTL_S",
     "MIN_ALLOCATION_INTERVAL_S",
+    "REWARD_CEILING",
     "REWARD_MAX",
     "REWARD_MIN",
     "USER_CONTEXT_MAX_BYTES",
@@ -141,6 +146,7 @@ __all__ = [
     "RewardItem",
     "RewardPublic",
     "RewardReceipt",
+    "RewardType",
     "RewardValue",
     "RewardsCreate",
     "RewardsPublic",

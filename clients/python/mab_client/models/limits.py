@@ -14,10 +14,27 @@ from typing import Annotated, Final, Literal
 from pydantic import AfterValidator, Field, JsonValue
 from pydantic_core import PydanticCustomError, PydanticSerializationError, to_json
 
-#: A reward is a finite number in ``[REWARD_MIN, REWARD_MAX]``: 1 converted, 0 did not,
-#: partial credit between.
+#: A reward of a ``binary`` experiment is a finite number in ``[REWARD_MIN, REWARD_MAX]``:
+#: 1 converted, 0 did not, partial credit between (the original API's only kind).
 REWARD_MIN: Final = 0.0
 REWARD_MAX: Final = 1.0
+#: What an experiment's rewards are: ``binary`` (the original API's conversions, a reward
+#: in [0, 1]) or ``continuous`` (any finite amount in ``[0, REWARD_CEILING]``, e.g. an
+#: order value). Each strategy says which it learns from (``Strategy.reward_types``).
+RewardType = Literal["binary", "continuous"]
+#: Largest reward any record may carry (a ``continuous`` experiment's order value, in the
+#: unit the experiment chooses: cents, euros, thousands of yen). Finite so that the
+#: projector's sums stay exact: it stores ``round(reward * 1e6)`` micro-units, which for
+#: a reward up to 1e6 is an integer below 2**53 (exact in a double), and Redis' HINCRBY
+#: on an int64 hour-bucket field overflows only after 9.2 million rewards at this ceiling
+#: on one arm in one hour (over 2,500 per second, every one at the maximum), far beyond
+#: what an hour of one arm's orders can be.
+REWARD_CEILING: Final = 1e6
+#: Why a ``reward_cap`` is refused on a binary experiment (the SDK's request and the
+#: server's config say it alike).
+CAP_NEEDS_CONTINUOUS: Final = (
+    "reward_cap is only allowed with reward_type=continuous (a binary reward is at most 1)"
+)
 
 #: Longest attribution window: the dedupe horizon (7 days), beyond which a late reward
 #: could no longer be told apart from a first one.

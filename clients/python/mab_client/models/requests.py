@@ -25,6 +25,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchem
 
 from mab_client.ids import MAX_ARMS_CEILING, ArmId, ExperimentId, UnitId
 from mab_client.models.limits import (
+    CAP_NEEDS_CONTINUOUS,
     DEFAULT_ALLOCATION_INTERVAL_S,
     DEFAULT_STICKY_TTL_S,
     FLOOR_SLACK,
@@ -32,9 +33,11 @@ from mab_client.models.limits import (
     MAX_ATTRIBUTION_WINDOW_S,
     MAX_STICKY_TTL_S,
     MIN_ALLOCATION_INTERVAL_S,
+    REWARD_CEILING,
     REWARD_MAX,
     REWARD_MIN,
     AssignmentMode,
+    RewardType,
     UnitIdStorage,
     UserContext,
 )
@@ -52,14 +55,18 @@ EVENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 ExperimentIdField = Annotated[ExperimentId, Field(description=f"Experiment id: {_ID_DOC}")]
 ArmIdField = Annotated[ArmId, Field(description=f"Arm id: {_ID_DOC}")]
+#: The bound every experiment shares; the experiment's ``reward_type`` narrows it on the
+#: server (a binary experiment answers 422 above 1), which the SDK cannot know.
 RewardValue = Annotated[
     float,
     Field(
         ge=REWARD_MIN,
-        le=REWARD_MAX,
+        le=REWARD_CEILING,
         allow_inf_nan=False,
         strict=True,
-        description="Finite number in [0, 1]: 1.0 converted, 0.0 did not, partial credit between.",
+        description="Finite number. Binary experiments (the default): in [0, 1], 1.0 "
+        "converted, 0.0 did not, partial credit between. Continuous experiments: an amount "
+        f"in [0, {REWARD_CEILING:g}], e.g. the order value.",
     ),
 ]
 StrategyParams = Annotated[
@@ -166,6 +173,26 @@ AllocationIntervalField = Annotated[
         f"current one): {MIN_ALLOCATION_INTERVAL_S}..{MAX_ALLOCATION_INTERVAL_S}.",
     ),
 ]
+RewardTypeField = Annotated[
+    RewardType,
+    Field(
+        description="What the rewards are: `binary` (the original API's conversions, each "
+        "reward in [0, 1]) or `continuous` (an amount such as the order value, in "
+        f"[0, {REWARD_CEILING:g}]). The strategy must learn from this type. Fixed at "
+        "creation."
+    ),
+]
+RewardCapField = Annotated[
+    float | None,
+    Field(
+        gt=0,
+        le=REWARD_CEILING,
+        allow_inf_nan=False,
+        description="Continuous experiments only: the strategy learns from "
+        "min(reward, reward_cap) (winsorised), while the log keeps the raw reward. "
+        "Null: no cap. Fixed at creation.",
+    ),
+]
 UnitIdField = Annotated[
     UnitId,
     Field(
@@ -210,10 +237,14 @@ class ExperimentCreate(_Request):
     unit_id_storage: UnitIdStorageField = "hashed"
     min_arm_share: MinArmShareField = 0.0
     allocation_interval_s: AllocationIntervalField = DEFAULT_ALLOCATION_INTERVAL_S
+    reward_type: RewardTypeField = "binary"
+    reward_cap: RewardCapField = None
 
     @model_validator(mode="after")
     def _floor_fits(self) -> ExperimentCreate:
         check_floor(len(self.arm_ids), self.min_arm_share)
+        if self.reward_cap is not None and self.reward_type != "continuous":
+            raise ValueError(CAP_NEEDS_CONTINUOUS)
         return self
 
 
@@ -223,6 +254,15 @@ FIXED_AT_CREATION = {
     "in the log and the sticky table were made with it (create a new experiment)",
     "salt": "salt cannot change after creation (it is generated at create): every unit "
     "would move to another arm",
+    # The live reward consumer checks (and caps) each reward under the config it reads
+    # when folding it, replay under the experiment's final config: both agree only if
+    # these never change.
+    "reward_type": "reward_type cannot change after creation: the rewards already folded "
+    "were checked under it, and a replay of the log must fold them the same way (create "
+    "a new experiment)",
+    "reward_cap": "reward_cap cannot change after creation: the rewards already folded "
+    "were capped with it, and a replay of the log must fold them the same way (create a "
+    "new experiment)",
 }
 
 

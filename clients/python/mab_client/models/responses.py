@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 from pydantic import ConfigDict, Field
 
 from mab_client.models.evaluation import EvaluationPublic
-from mab_client.models.limits import AssignmentMode, UnitIdStorage
+from mab_client.models.limits import AssignmentMode, RewardType, UnitIdStorage
 from mab_client.models.result import Result, examples
 
 
@@ -42,6 +42,14 @@ def _omitted_when_none(description: str) -> Any:
 #: keep the original API's exact shape.
 PublicWindow = Annotated[float | None, _omitted_when_none("Attribution window.")]
 PublicDefault = Annotated[float | None, _omitted_when_none("Its default reward.")]
+#: Present only for continuous experiments: a binary one answers in the original shape.
+PublicRewardType = Annotated[
+    RewardType | None,
+    _omitted_when_none("`continuous` for an experiment with amounts as rewards."),
+]
+PublicRewardCap = Annotated[
+    float | None, _omitted_when_none("The cap its strategy learns from rewards under.")
+]
 
 
 class UnitSettingsPublic(Result):
@@ -79,6 +87,8 @@ class ExperimentPublic(Result):
     version: int = Field(description="Bumped by every accepted command (create = 1).")
     attribution_window_s: PublicWindow = None
     default_reward: PublicDefault = None
+    reward_type: PublicRewardType = None
+    reward_cap: PublicRewardCap = None
     units: UnitSettingsPublic | None = _omitted_when_none(
         "Visitor-assignment settings: shown by GET /experiments/{id} (create, "
         "list and /config answer in the original API's shape)."
@@ -103,6 +113,8 @@ class ConfigPublic(Result):
     version: int
     attribution_window_s: PublicWindow = None
     default_reward: PublicDefault = None
+    reward_type: PublicRewardType = None
+    reward_cap: PublicRewardCap = None
 
 
 class DecisionMetadata(Result):
