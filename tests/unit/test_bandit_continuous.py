@@ -334,3 +334,24 @@ def test_bernoulli_scenarios_dump_as_before() -> None:
     assert all(set(seg) == {"start", "means"} for seg in dumped["segments"])
     revenue = load_scenario(SCENARIOS / "revenue_winner_changes.json").model_dump(mode="json")
     assert json.loads(json.dumps(revenue))["environments"][0]["reward"] == "revenue"
+
+
+def test_cli_runs_every_strategy_on_a_revenue_scenario(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from mab_cli.main import app
+
+    path = tmp_path / "store.json"
+    path.write_text(json.dumps(revenue_env(horizon=60)))
+    runner = CliRunner()
+    res = runner.invoke(
+        app,
+        ["simulate", "--scenario", str(path), "--strategy", "all", "--runs", "1", "--json"],
+    )
+    assert res.exit_code == 0, res.output
+    names = [json.loads(line)["strategy"] for line in res.stdout.strip().splitlines()]
+    assert names == list(STRATEGIES)
+    path.write_text(json.dumps(revenue_env(segments=[{"start": 0, "means": [0.1, 0.2]}])))
+    bad = runner.invoke(app, ["simulate", "--scenario", str(path), "--strategy", "all"])
+    assert bad.exit_code == 2
+    assert "conversion and order_value, not means" in bad.output
