@@ -221,18 +221,19 @@ def observe(stats: ArmStats, reward: float, ts: float) -> float | None:
     detector watches the conversion rate, which is what most changes of winner move
     (the value statistics have the decayed ladder for drift in order values).
     """
+    last = stats.last_reward_ts
+    late = ts < last
+    # one exp for the longest half-life; each shorter rung (ratio 4) is its 4th power
+    f = math.exp(-_RATES[_TOP] * (last - ts if late else ts - last))
     if stats.dconv or (reward != 0.0 and reward != 1.0):
-        observe_value(stats, reward, ts)
+        observe_value(stats, reward, f, late)
     stats.pulls += 1
     stats.reward_sum += reward
     stats.reward_sq_sum += reward * reward
     # --- decayed ladder ---
     dp = stats.dpulls
     ds = stats.dsum
-    last = stats.last_reward_ts
-    if ts >= last:
-        # one exp for the longest half-life; each shorter rung (ratio 4) is its 4th power
-        f = math.exp(-_RATES[_TOP] * (ts - last))
+    if not late:
         for i in range(_TOP, -1, -1):
             dp[i] = dp[i] * f + 1.0
             ds[i] = ds[i] * f + reward
@@ -240,7 +241,6 @@ def observe(stats: ArmStats, reward: float, ts: float) -> float | None:
             f *= f
         stats.last_reward_ts = ts
     else:  # late event: decay the observation, not the sums
-        f = math.exp(-_RATES[_TOP] * (last - ts))
         for i in range(_TOP, -1, -1):
             dp[i] += f
             ds[i] += reward * f
@@ -289,9 +289,10 @@ def observe(stats: ArmStats, reward: float, ts: float) -> float | None:
     return None
 
 
-def observe_value(stats: ArmStats, reward: float, ts: float) -> None:
-    """Fold one reward into the arm's value statistics; called by :func:`observe` before
-    it moves ``last_reward_ts`` (the ladder decays from the same reference time).
+def observe_value(stats: ArmStats, reward: float, f: float, late: bool) -> None:
+    """Fold one reward into the arm's value statistics; called by :func:`observe` with
+    the decay factor ``f`` of the longest half-life between the reward and the ladder's
+    reference time (``late``: the reward is older, so it is decayed, not the ladder).
 
     The first call on an arm materialises the statistics from the counts, which up to
     then held only 0/1 rewards: ``conv = reward_sum`` and ``dconv = dsum`` exactly, every
@@ -315,23 +316,13 @@ def observe_value(stats: ArmStats, reward: float, ts: float) -> None:
     dc = stats.dconv
     dl = stats.dlog
     dq = stats.dlog_sq
-    last = stats.last_reward_ts
-    if ts >= last:
-        f = math.exp(-_RATES[_TOP] * (ts - last))
-        for i in range(_TOP, -1, -1):
-            dc[i] = dc[i] * f + c
-            dl[i] = dl[i] * f + x
-            dq[i] = dq[i] * f + xx
-            f *= f
-            f *= f
-    else:
-        f = math.exp(-_RATES[_TOP] * (last - ts))
-        for i in range(_TOP, -1, -1):
-            dc[i] += c * f
-            dl[i] += x * f
-            dq[i] += xx * f
-            f *= f
-            f *= f
+    for i in range(_TOP, -1, -1):
+        keep, add = (1.0, f) if late else (f, 1.0)
+        dc[i] = dc[i] * keep + c * add
+        dl[i] = dl[i] * keep + x * add
+        dq[i] = dq[i] * keep + xx * add
+        f *= f
+        f *= f
 
 
 def soft_restart(stats: ArmStats, keep: int) -> None:
