@@ -30,7 +30,13 @@ the summary it needs at decision time ``now``:
 * **Daypart buckets**: :data:`DAYPART_BUCKETS` hour-of-the-UTC-day buckets of decayed
   (pulls, sum), for traffic whose winner follows the clock (``ts`` in seconds).
 
-All of it is bounded per arm (2*8 + 2*16 + 3*24 numbers + at most 2*44 histogram blocks),
+* **Value statistics** for continuous rewards (order values): the count, log-sum and
+  log-square-sum of the converting rewards (> 0), overall and on the decayed ladder
+  (:func:`observe_value`). Kept only once an arm sees a reward other than 0 or 1; before
+  that they are implied by the counts above (see :class:`~bandit_core.state.ArmStats`).
+
+All of it is bounded per arm (2*8 + 2*16 + 3*24 numbers + at most 2*44 histogram blocks, and
+3 + 3*8 value statistics),
 pure Python floats, no numpy: the fold stays fast.
 """
 
@@ -206,17 +212,28 @@ def observe(stats: ArmStats, reward: float, ts: float) -> float | None:
     restart, as in M-UCB (Cao et al., AISTATS 2019) and GLR-klUCB (Besson & Kaufmann),
     because when the best arm changes the other arms' old statistics are suspect too.
     The five base counters are updated too, so this is the whole per-reward update.
+
+    The Bernoulli GLR detector gets ``min(reward, 1)``: its statistic is a sum of
+    Bernoulli KL terms, defined only for means in [0, 1] (a failure count ``n - s``
+    below 0 would make it meaningless). For rewards in [0, 1] that is the reward itself,
+    so binary experiments and their replays are unchanged; for an order value of at
+    least one currency unit it is the conversion indicator, so a continuous experiment's
+    detector watches the conversion rate, which is what most changes of winner move
+    (the value statistics have the decayed ladder for drift in order values).
     """
+    last = stats.last_reward_ts
+    late = ts < last
+    # one exp for the longest half-life; each shorter rung (ratio 4) is its 4th power
+    f = math.exp(-_RATES[_TOP] * (last - ts if late else ts - last))
+    if stats.dconv or (reward != 0.0 and reward != 1.0):
+        observe_value(stats, reward, f, late)
     stats.pulls += 1
     stats.reward_sum += reward
     stats.reward_sq_sum += reward * reward
     # --- decayed ladder ---
     dp = stats.dpulls
     ds = stats.dsum
-    last = stats.last_reward_ts
-    if ts >= last:
-        # one exp for the longest half-life; each shorter rung (ratio 4) is its 4th power
-        f = math.exp(-_RATES[_TOP] * (ts - last))
+    if not late:
         for i in range(_TOP, -1, -1):
             dp[i] = dp[i] * f + 1.0
             ds[i] = ds[i] * f + reward
@@ -224,7 +241,6 @@ def observe(stats: ArmStats, reward: float, ts: float) -> float | None:
             f *= f
         stats.last_reward_ts = ts
     else:  # late event: decay the observation, not the sums
-        f = math.exp(-_RATES[_TOP] * (last - ts))
         for i in range(_TOP, -1, -1):
             dp[i] += f
             ds[i] += reward * f
@@ -260,8 +276,9 @@ def observe(stats: ArmStats, reward: float, ts: float) -> float | None:
     # --- GLR change detector on the rewards since the last change ---
     n = stats.cp_pulls + 1
     stats.cp_pulls = n
-    stats.cp_sum += reward
-    _histogram_add(stats.glr_n, stats.glr_s, reward)
+    g = reward if reward <= 1.0 else 1.0
+    stats.cp_sum += g
+    _histogram_add(stats.glr_n, stats.glr_s, g)
     if n % GLR_EVERY == 0:
         stat, split = glr_split(stats.glr_n, stats.glr_s)
         if stat > glr_threshold(n):
@@ -270,6 +287,42 @@ def observe(stats: ArmStats, reward: float, ts: float) -> float | None:
             stats.last_change_ts = ts
             return stat
     return None
+
+
+def observe_value(stats: ArmStats, reward: float, f: float, late: bool) -> None:
+    """Fold one reward into the arm's value statistics; called by :func:`observe` with
+    the decay factor ``f`` of the longest half-life between the reward and the ladder's
+    reference time (``late``: the reward is older, so it is decayed, not the ladder).
+
+    The first call on an arm materialises the statistics from the counts, which up to
+    then held only 0/1 rewards: ``conv = reward_sum`` and ``dconv = dsum`` exactly, every
+    log 0. Log values, because order values are skewed and roughly lognormal (the
+    revenue sampler's model, :mod:`bandit_core.strategies.revenue_thompson`).
+    """
+    if not stats.dconv:
+        stats.conv = int(stats.reward_sum)
+        stats.dconv = stats.dsum[:]
+        stats.dlog = [0.0] * len(HALF_LIVES)
+        stats.dlog_sq = [0.0] * len(HALF_LIVES)
+    if reward > 0.0:
+        c = 1.0
+        x = math.log(reward)
+        xx = x * x
+        stats.conv += 1
+        stats.log_sum += x
+        stats.log_sq_sum += xx
+    else:
+        c = x = xx = 0.0
+    dc = stats.dconv
+    dl = stats.dlog
+    dq = stats.dlog_sq
+    for i in range(_TOP, -1, -1):
+        keep, add = (1.0, f) if late else (f, 1.0)
+        dc[i] = dc[i] * keep + c * add
+        dl[i] = dl[i] * keep + x * add
+        dq[i] = dq[i] * keep + xx * add
+        f *= f
+        f *= f
 
 
 def soft_restart(stats: ArmStats, keep: int) -> None:
@@ -304,6 +357,16 @@ def decayed(stats: ArmStats, half_life: float, now: float) -> tuple[float, float
 
     ``half_life`` must lie in ``[MIN_HALF_LIFE, MAX_HALF_LIFE]`` (the params validate it).
     """
+    n, s = decayed_ladders(stats, half_life, now, (stats.dpulls, stats.dsum))
+    return n, s
+
+
+def decayed_ladders(
+    stats: ArmStats, half_life: float, now: float, ladders: tuple[list[float], ...]
+) -> list[float]:
+    """Each of the arm's decayed ``ladders`` (``dpulls``, ``dsum``, the value ladders)
+    read at ``half_life`` and ``now``: decayed from ``last_reward_ts`` to ``now``,
+    log-linearly interpolated between the two rungs around ``half_life``."""
     dt = now - stats.last_reward_ts
     if dt < 0.0:
         dt = 0.0
@@ -314,12 +377,10 @@ def decayed(stats: ArmStats, half_life: float, now: float) -> tuple[float, float
         i += 1
     w = (x - _LOG_LADDER[i]) / (_LOG_LADDER[i + 1] - _LOG_LADDER[i])
     w = 0.0 if w < 0.0 else (1.0 if w > 1.0 else w)
+    v = 1.0 - w
     f0 = math.exp(-_RATES[i] * dt)
     f1 = math.exp(-_RATES[i + 1] * dt)
-    dp, ds = stats.dpulls, stats.dsum
-    n = (1.0 - w) * dp[i] * f0 + w * dp[i + 1] * f1
-    s = (1.0 - w) * ds[i] * f0 + w * ds[i + 1] * f1
-    return n, s
+    return [v * ladder[i] * f0 + w * ladder[i + 1] * f1 for ladder in ladders]
 
 
 def windowed(stats: ArmStats, window: float, now: float) -> tuple[float, float]:

@@ -64,6 +64,17 @@ class ArmStats:
     ladder of half-lives, a bucketed sliding window, the statistics since the last change
     point with the GLR detector's exponential histogram, hour-of-day buckets); only
     :mod:`bandit_core.adaptive` updates them.
+
+    The *value* statistics feed the strategies for continuous rewards (an order value
+    per visitor): ``conv`` counts the rewards > 0 (conversions), ``log_sum`` and
+    ``log_sq_sum`` sum the log of each converting reward and its square, and ``dconv``,
+    ``dlog``, ``dlog_sq`` are the same three on the decayed ladder of ``dpulls``. While an
+    arm has seen only rewards of exactly 0 or 1 they are implied by the other fields
+    (``conv == reward_sum``, ``dconv == dsum`` bit for bit, every log is 0), so they are
+    neither kept nor written: the ladders stay empty (:attr:`valued` is false) and a
+    binary experiment's snapshot keeps its bytes. The first other reward materialises
+    them (:func:`bandit_core.adaptive.observe`); read them through
+    :mod:`bandit_core.strategies._value`, which knows the implied form.
     """
 
     pulls: int = 0
@@ -86,6 +97,17 @@ class ArmStats:
     hour_sum: list[float] = field(default_factory=_hours)
     hour_ts: list[float] = field(default_factory=_hours)
     units: int = 0
+    conv: int = 0
+    log_sum: float = 0.0
+    log_sq_sum: float = 0.0
+    dconv: list[float] = field(default_factory=_empty)
+    dlog: list[float] = field(default_factory=_empty)
+    dlog_sq: list[float] = field(default_factory=_empty)
+
+    @property
+    def valued(self) -> bool:
+        """Whether the value statistics are kept (a reward other than 0 or 1 was seen)."""
+        return bool(self.dconv)
 
     @property
     def mean(self) -> float:
@@ -114,12 +136,19 @@ class ArmStats:
             self.hour_sum[:],
             self.hour_ts[:],
             self.units,
+            self.conv,
+            self.log_sum,
+            self.log_sq_sum,
+            self.dconv[:],
+            self.dlog[:],
+            self.dlog_sq[:],
         )
 
     def to_list(self) -> list[Any]:
         """Compact snapshot form; the first five entries keep the original layout.
         ``units`` is a 20th entry only once non-zero, so an arm without unit decisions
-        keeps its snapshot bytes."""
+        keeps its snapshot bytes; the value statistics are a 21st entry (one nested list)
+        only once :attr:`valued`, so an arm of a binary experiment keeps them too."""
         values = [
             self.pulls,
             self.reward_sum,
@@ -141,8 +170,12 @@ class ArmStats:
             self.hour_sum,
             self.hour_ts,
         ]
-        if self.units:
+        if self.units or self.dconv:
             values.append(self.units)
+        if self.dconv:
+            values.append(
+                [self.conv, self.log_sum, self.log_sq_sum, self.dconv, self.dlog, self.dlog_sq]
+            )
         return values
 
     @classmethod
@@ -152,7 +185,7 @@ class ArmStats:
         A 5-element list (before adaptive stats) loads with empty adaptive stats and its
         totals as the since-change statistics; a 16-element list (CUSUM era) keeps its
         ladder and window, and its since-change counts become one histogram block; a
-        20-element list adds ``units``.
+        20-element list adds ``units``, a 21-element one the value statistics.
         """
         pulls, s, sq, decisions, last = values[:5]
         base = cls(int(pulls), float(s), float(sq), int(decisions), float(last))
@@ -162,8 +195,8 @@ class ArmStats:
             if base.pulls:
                 base.glr_n, base.glr_s = [float(base.pulls)], [base.reward_sum]
             return base
-        if len(values) not in (16, 19, 20):
-            raise ValueError(f"arm stats need 5, 16, 19 or 20 values, got {len(values)}")
+        if len(values) not in (16, 19, 20, 21):
+            raise ValueError(f"arm stats need 5, 16, 19, 20 or 21 values, got {len(values)}")
         dp, ds, epoch, wp, ws, cpn, cps = values[5:12]
         if len(dp) != len(HALF_LIVES) or len(ds) != len(HALF_LIVES):
             raise ValueError("decayed ladder of the wrong length")
@@ -192,8 +225,21 @@ class ArmStats:
         base.hour_pulls = [float(x) for x in hp]
         base.hour_sum = [float(x) for x in hs]
         base.hour_ts = [float(x) for x in ht]
-        if len(values) == 20:
+        if len(values) >= 20:
             base.units = int(values[19])
+        if len(values) == 21:
+            block = values[20]
+            if not isinstance(block, list) or len(block) != 6:
+                raise ValueError("value statistics must be a list of 6 entries")
+            conv, ls, lsq, dc, dl, dlsq = block
+            if not (len(dc) == len(dl) == len(dlsq) == len(HALF_LIVES)):
+                raise ValueError("decayed value ladder of the wrong length")
+            base.conv = int(conv)
+            base.log_sum = float(ls)
+            base.log_sq_sum = float(lsq)
+            base.dconv = [float(x) for x in dc]
+            base.dlog = [float(x) for x in dl]
+            base.dlog_sq = [float(x) for x in dlsq]
         return base
 
 

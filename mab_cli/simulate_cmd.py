@@ -56,7 +56,7 @@ def simulate_command(
         sc = load_scenario(scenario)
     except ScenarioError as exc:
         raise fail(str(exc)) from None
-    names = strategy_names() if strategy.strip().lower() == "all" else [strategy]
+    names = strategy_names(sc) if strategy.strip().lower() == "all" else [strategy]
     given = parse_params(params)
     if strategy.strip().lower() == "all" and given:
         raise fail("--params cannot be combined with --strategy all")

@@ -25,6 +25,7 @@ from bandit_core.strategies.discounted_thompson import (
     DiscountedThompsonParams,
 )
 from bandit_core.strategies.epsilon_greedy import EpsilonGreedy, EpsilonGreedyParams
+from bandit_core.strategies.gaussian_thompson import GaussianThompson, GaussianThompsonParams
 from bandit_core.strategies.glr_thompson import GlrThompson, GlrThompsonParams
 from bandit_core.strategies.glr_ucb import GlrUcb, GlrUcbParams
 from bandit_core.strategies.registry import (
@@ -34,24 +35,37 @@ from bandit_core.strategies.registry import (
     params_for,
     validate_params,
 )
+from bandit_core.strategies.revenue_thompson import (
+    DiscountedRevenueThompson,
+    DiscountedRevenueThompsonParams,
+    RevenueThompson,
+    RevenueThompsonParams,
+)
 from bandit_core.strategies.sw_ucb import SlidingWindowUcb, SlidingWindowUcbParams
 from bandit_core.strategies.thompson import Thompson, ThompsonParams
 from bandit_core.strategies.ucb1 import Ucb1, Ucb1Params
+from bandit_core.strategies.ucb_v import UcbV, UcbVParams
 
 __all__ = [
     "DECIDER_SAMPLES",
     "STRATEGIES",
     "DaypartThompson",
     "DaypartThompsonParams",
+    "DiscountedRevenueThompson",
+    "DiscountedRevenueThompsonParams",
     "DiscountedThompson",
     "DiscountedThompsonParams",
     "EpsilonGreedy",
     "EpsilonGreedyParams",
+    "GaussianThompson",
+    "GaussianThompsonParams",
     "GlrThompson",
     "GlrThompsonParams",
     "GlrUcb",
     "GlrUcbParams",
     "InvalidParamsError",
+    "RevenueThompson",
+    "RevenueThompsonParams",
     "SlidingWindowUcb",
     "SlidingWindowUcbParams",
     "Strategy",
@@ -60,6 +74,8 @@ __all__ = [
     "ThompsonParams",
     "Ucb1",
     "Ucb1Params",
+    "UcbV",
+    "UcbVParams",
     "UnknownStrategyError",
     "argmax_set",
     "get_strategy",

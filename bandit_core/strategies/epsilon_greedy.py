@@ -42,6 +42,9 @@ def _means(stats: Sequence[ArmStats]) -> list[float]:
 class EpsilonGreedy(Strategy[EpsilonGreedyParams]):
     name: ClassVar[str] = "epsilon_greedy"
     params_model = EpsilonGreedyParams
+    #: It only compares means, which are as meaningful for order values as for rates
+    #: (a reward's scale changes no choice), so it serves continuous experiments too.
+    reward_types = frozenset({"binary", "continuous"})
 
     def exploration(self, params: EpsilonGreedyParams) -> float:
         return params.epsilon

@@ -21,11 +21,14 @@ from bandit_core.strategies.base import (
 from bandit_core.strategies.daypart_thompson import DaypartThompson
 from bandit_core.strategies.discounted_thompson import DiscountedThompson
 from bandit_core.strategies.epsilon_greedy import EpsilonGreedy
+from bandit_core.strategies.gaussian_thompson import GaussianThompson
 from bandit_core.strategies.glr_thompson import GlrThompson
 from bandit_core.strategies.glr_ucb import GlrUcb
+from bandit_core.strategies.revenue_thompson import DiscountedRevenueThompson, RevenueThompson
 from bandit_core.strategies.sw_ucb import SlidingWindowUcb
 from bandit_core.strategies.thompson import Thompson
 from bandit_core.strategies.ucb1 import Ucb1
+from bandit_core.strategies.ucb_v import UcbV
 
 STRATEGIES: Final[dict[str, Strategy[Any]]] = {
     s.name: s
@@ -40,6 +43,11 @@ STRATEGIES: Final[dict[str, Strategy[Any]]] = {
         GlrUcb(),
         # optional: per-time-of-day statistics for clock-driven winners
         DaypartThompson(),
+        # continuous rewards (order values): reward_types = {"continuous"}
+        RevenueThompson(),
+        GaussianThompson(),
+        UcbV(),
+        DiscountedRevenueThompson(),
     )
 }
 

@@ -241,7 +241,7 @@ def test_old_five_element_snapshot_loads() -> None:
     assert s.dpulls == [0.0] * len(HALF_LIVES)
     observe(s, 1.0, 13.0)
     assert ArmStats.from_list(s.to_list()) == s
-    with pytest.raises(ValueError, match="5, 16, 19 or 20"):
+    with pytest.raises(ValueError, match="5, 16, 19, 20 or 21"):
         ArmStats.from_list([1, 2, 3, 4, 5, 6])
 
 

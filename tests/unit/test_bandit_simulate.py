@@ -63,7 +63,7 @@ def test_original_benchmark_file_is_the_original_draw() -> None:
     assert bundled.environments == drawn.environments
     gaps = []
     for env in drawn.environments:
-        top, second = sorted(env.segments[0].means, reverse=True)[:2]
+        top, second = sorted(env.segments[0].values, reverse=True)[:2]
         gaps.append(round(top - second, 3))
     assert tuple(gaps) == ORIGINAL_GAPS
 
@@ -77,7 +77,7 @@ def test_random_piecewise_problems_are_valid_and_reproducible() -> None:
         assert 2 <= len(env.segments) <= 5
         starts = [s.start for s in env.segments] + [env.horizon]
         assert min(b - a for a, b in itertools.pairwise(starts)) >= 0.15 * env.horizon
-        bests = [max(range(len(env.arms)), key=lambda i: s.means[i]) for s in env.segments]
+        bests = [max(range(len(env.arms)), key=lambda i: s.values[i]) for s in env.segments]
         assert all(a != b for a, b in itertools.pairwise(bests)), "best arm moves"
 
 

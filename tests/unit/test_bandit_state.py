@@ -78,7 +78,9 @@ def test_arm_stats_reject_a_layout_of_unknown_length() -> None:
     values = ArmStats(units=2).to_list()
     assert len(values) == 20
     assert ArmStats.from_list(values).units == 2
-    with pytest.raises(ValueError, match="20 values"):
+    with pytest.raises(ValueError, match="20 or 21 values"):
+        ArmStats.from_list([*values, [], 1])
+    with pytest.raises(ValueError, match="value statistics"):
         ArmStats.from_list([*values, 1])
 
 
