@@ -1,10 +1,7 @@
 """Reward types end to end (real Kafka and Redis; decider, reward consumer and projector
 in process): the settings on create and ``/config``, amounts accepted and folded on a
-continuous experiment, refused on a binary one over REST and dead-lettered over Kafka.
-
-Every strategy shipped so far learns from binary rewards only; until one declares
-continuous rewards, :func:`continuous_strategy` has ε-greedy declare them (a mean-reward
-policy, which reads an amount as it is) for the test's duration.
+continuous experiment (with the revenue sampler), refused on a binary one over REST and
+dead-lettered over Kafka.
 """
 
 from __future__ import annotations
@@ -16,10 +13,10 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from bandit_core.strategies import STRATEGIES, EpsilonGreedy
+from bandit_core.strategies import STRATEGIES
 from mab_client.models import ExperimentPublic, StatsPublic
 from schemas.codec import decode
-from schemas.events import ArmsAdded, ExperimentCreated, RewardType, StrategyChanged
+from schemas.events import ArmsAdded, ExperimentCreated, StrategyChanged
 from schemas.topics import TopicNames
 from stream_runtime.dead_letter import read_dead_letters
 from tests.fixtures.faults import read_topics
@@ -32,14 +29,10 @@ ARMS = ["standard", "upsell"]
 
 
 @pytest.fixture
-def continuous_strategy(monkeypatch: pytest.MonkeyPatch) -> str:
-    """A registered strategy that learns from continuous rewards (see the module doc)."""
-    for name, strategy in sorted(STRATEGIES.items()):
-        if "continuous" in strategy.reward_types:
-            return name
-    both: frozenset[RewardType] = frozenset({"binary", "continuous"})
-    monkeypatch.setattr(EpsilonGreedy, "reward_types", both)
-    return "epsilon_greedy"
+def continuous_strategy() -> str:
+    """The revenue sampler: a registered strategy that learns from continuous rewards."""
+    assert "continuous" in STRATEGIES["revenue_thompson"].reward_types
+    return "revenue_thompson"
 
 
 async def create(c: httpx.AsyncClient, exp: str, **body: Any) -> httpx.Response:
