@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Final
 
@@ -26,6 +26,7 @@ import numpy as np
 from pydantic import Field
 
 from bandit_core.adaptive import decayed_ladders
+from bandit_core.rng import numpy_generator
 from bandit_core.state import ArmStats
 
 #: Pseudo-observation count of the pooled prior (a number > 0).
@@ -126,6 +127,23 @@ def nig_draws(
     sigma2 = b / gen.gamma(a, 1.0, size=(size, len(posts)))
     mu = m + np.sqrt(sigma2 / kappa) * gen.standard_normal((size, len(posts)))
     return mu, sigma2
+
+
+def argmax_sampler(
+    draw_scores: Callable[[np.random.Generator, int], np.ndarray],
+) -> Callable[[random.Random, int], list[int]]:
+    """A batch sampler (:meth:`~bandit_core.strategies.base.Strategy.batch_sampler`)
+    serving, per row of ``draw_scores(generator, n)`` (one column per arm), the arm with
+    the row's largest score: one vectorised draw per batch instead of a Python draw per
+    arm and decision."""
+
+    def sample(rng: random.Random, n: int) -> list[int]:
+        if n < 1:
+            raise ValueError("n must be >= 1")
+        choices: list[int] = draw_scores(numpy_generator(rng), n).argmax(axis=1).tolist()
+        return choices
+
+    return sample
 
 
 def win_shares(scores: np.ndarray) -> list[float]:

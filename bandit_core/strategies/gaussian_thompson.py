@@ -25,13 +25,19 @@ from bandit_core.strategies._beta import check_samples
 from bandit_core.strategies._value import (
     Nig,
     PriorStrength,
+    argmax_sampler,
     nig_draw,
     nig_draws,
     nig_update,
     pooled_prior,
     win_shares,
 )
-from bandit_core.strategies.base import ExploringStrategy, StrategyParams
+from bandit_core.strategies.base import (
+    BatchSampler,
+    ExploringStrategy,
+    StrategyParams,
+    check_arms,
+)
 
 
 class GaussianThompsonParams(StrategyParams):
@@ -83,3 +89,15 @@ class GaussianThompson(ExploringStrategy[GaussianThompsonParams]):
             return [1.0 / k] * k
         mu: np.ndarray = nig_draws(posts, numpy_generator(rng), samples)[0]
         return win_shares(mu)
+
+    def batch_sampler(
+        self,
+        arm_ids: Sequence[str],
+        stats: Sequence[ArmStats],
+        params: GaussianThompsonParams,
+        now: float,
+    ) -> BatchSampler | None:
+        """Choices in batches, as Thompson's (each row an independent posterior draw)."""
+        check_arms(arm_ids, stats)
+        posts = gaussian_posteriors(stats, params.prior_strength)
+        return argmax_sampler(lambda gen, n: nig_draws(posts, gen, n)[0])

@@ -42,6 +42,7 @@ from bandit_core.strategies._value import (
     Nig,
     PriorStrength,
     ValueCounts,
+    argmax_sampler,
     decayed_value_counts,
     nig_draw,
     nig_draws,
@@ -51,10 +52,12 @@ from bandit_core.strategies._value import (
     win_shares,
 )
 from bandit_core.strategies.base import (
+    BatchSampler,
     BetaPrior,
     ExploringStrategy,
     HalfLife,
     StrategyParams,
+    check_arms,
 )
 
 
@@ -73,6 +76,18 @@ class DiscountedRevenueThompsonParams(RevenueThompsonParams):
 
 #: One arm's posterior: Beta (alpha, beta) of the conversion rate, NIG of the log value.
 ArmPosterior = tuple[float, float, Nig]
+
+
+def revenue_scores(posts: Sequence[ArmPosterior], gen: np.random.Generator, n: int) -> np.ndarray:
+    """``n`` rows of every arm's sampled log revenue per visitor (``log p + mu +
+    sigma2 / 2``, ``-inf`` for a sampled rate of 0), one column per arm."""
+    alphas = np.array([p[0] for p in posts])
+    betas = np.array([p[1] for p in posts])
+    conv = gen.beta(alphas, betas, size=(n, len(posts)))
+    mu, sigma2 = nig_draws([p[2] for p in posts], gen, n)
+    with np.errstate(divide="ignore"):
+        scores: np.ndarray = np.log(conv) + mu + sigma2 / 2.0
+    return scores
 
 
 def revenue_posteriors(
@@ -125,14 +140,16 @@ class RevenueThompson(ExploringStrategy[Any]):
         k = len(posts)
         if len(set(posts)) == 1:
             return [1.0 / k] * k
-        gen = numpy_generator(rng)
-        alphas = np.array([p[0] for p in posts])
-        betas = np.array([p[1] for p in posts])
-        conv = gen.beta(alphas, betas, size=(samples, k))
-        mu, sigma2 = nig_draws([p[2] for p in posts], gen, samples)
-        with np.errstate(divide="ignore"):
-            scores = np.log(conv) + mu + sigma2 / 2.0
-        return win_shares(scores)
+        return win_shares(revenue_scores(posts, numpy_generator(rng), samples))
+
+    def batch_sampler(
+        self, arm_ids: Sequence[str], stats: Sequence[ArmStats], params: Any, now: float
+    ) -> BatchSampler | None:
+        """Revenue Thompson choices in batches, as Thompson's (each row an independent
+        draw of every posterior, posteriors computed once per snapshot)."""
+        check_arms(arm_ids, stats)
+        posts = self.posteriors(stats, params, now)
+        return argmax_sampler(lambda gen, n: revenue_scores(posts, gen, n))
 
 
 class DiscountedRevenueThompson(RevenueThompson):
@@ -146,3 +163,10 @@ class DiscountedRevenueThompson(RevenueThompson):
     def counts(self, stats: Sequence[ArmStats], params: Any, now: float) -> list[ValueCounts]:
         h = params.half_life
         return [decayed_value_counts(s, h, now) for s in stats]
+
+    def batch_sampler(
+        self, arm_ids: Sequence[str], stats: Sequence[ArmStats], params: Any, now: float
+    ) -> BatchSampler | None:
+        """None: the decayed posteriors move with the clock, so a batch drawn for one
+        snapshot would go stale (as for the other discounted strategies)."""
+        return None

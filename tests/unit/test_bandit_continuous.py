@@ -355,3 +355,28 @@ def test_cli_runs_every_strategy_on_a_revenue_scenario(tmp_path: Path) -> None:
     bad = runner.invoke(app, ["simulate", "--scenario", str(path), "--strategy", "all"])
     assert bad.exit_code == 2
     assert "conversion and order_value, not means" in bad.output
+
+
+@pytest.mark.parametrize("name", ["revenue_thompson", "gaussian_thompson"])
+def test_batch_choices_follow_the_policy(name: str) -> None:
+    """The decider serves pre-drawn batches: their choice shares are the policy's
+    propensities (Monte Carlo, 20,000 draws each), on a store where the arms differ."""
+    stats = store(seed=3, visitors=60)
+    strategy = STRATEGIES[name]
+    params = params_for(name, None)
+    sampler = strategy.batch_sampler(IDS, stats, params, 0.0)
+    assert sampler is not None
+    choices = sampler(random.Random(5), 20_000)
+    shares = [choices.count(i) / len(choices) for i in range(len(IDS))]
+    expected = strategy.propensities(IDS, stats, params, random.Random(6), 0.0, 20_000)
+    assert max(expected) < 0.9  # not a foregone choice: the comparison means something
+    assert shares == pytest.approx(expected, abs=0.02)
+    with pytest.raises(ValueError, match="n must be"):
+        sampler(random.Random(5), 0)
+
+
+def test_the_discounted_sampler_draws_per_decision() -> None:
+    """Its posteriors move with the clock: no pre-drawn batches."""
+    strategy = STRATEGIES["discounted_revenue_thompson"]
+    params = params_for("discounted_revenue_thompson", None)
+    assert strategy.batch_sampler(IDS, store(), params, 0.0) is None
