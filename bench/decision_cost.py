@@ -2,8 +2,9 @@
 
 ``python -m bench.decision_cost [--requests 15000] [--rounds 4] [--new-share 0.25]``:
 the decider's ASGI app (the raw fast path in front of FastAPI) built in this process on
-a throwaway Kafka + Redis, four 2-arm Thompson experiments (no assignment setting, and
-``sticky``, ``consistent`` and ``per_request`` units), then ``--requests`` calls of the
+a throwaway Kafka + Redis, 2-arm experiments (:data:`KINDS`: Thompson without an
+assignment setting and with ``sticky``, ``consistent`` and ``per_request`` units, and a
+continuous experiment on the revenue sampler, asked without units), then ``--requests`` calls of the
 app per kind and round, each kind after the other, rounds repeated. The unit ids follow
 ``bench/wrk/units.lua``: each request is a new unit with probability ``--new-share``,
 else a unit this kind already sent, drawn uniformly.
@@ -35,13 +36,18 @@ import httpx
 from bench.harness import bench_stack, header
 from services.decider import served_app
 
-#: The kinds of request measured: the experiment's ``assignment`` setting (``None``: an
-#: unkeyed decision, the original API's) per label.
-KINDS: Final[dict[str, str | None]] = {
-    "no unit": None,
-    "sticky unit": "sticky",
-    "consistent unit": "consistent",
-    "per_request unit": "per_request",
+#: The kinds of request measured: per label, what the experiment is created with besides
+#: its 2 arms and Thompson; with an ``assignment`` setting the requests carry unit ids,
+#: without one they are the original API's unkeyed decisions.
+KINDS: Final[dict[str, dict[str, str]]] = {
+    "no unit": {},
+    "sticky unit": {"assignment": "sticky"},
+    "consistent unit": {"assignment": "consistent"},
+    "per_request unit": {"assignment": "per_request"},
+    "continuous, revenue_thompson": {
+        "reward_type": "continuous",
+        "strategy": "revenue_thompson",
+    },
 }
 
 Message = MutableMapping[str, Any]
@@ -98,19 +104,18 @@ async def measure(
     async with app.api.router.lifespan_context(app.api):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://decider") as client:
-            for kind, mode in KINDS.items():
+            for kind, settings in KINDS.items():
                 body: dict[str, Any] = {
                     "experiment_id": _experiment(kind),
                     "arm_ids": ["arm-0", "arm-1"],
                     "strategy": "thompson",
+                    **settings,
                 }
-                if mode is not None:
-                    body["assignment"] = mode
                 (await client.post("/experiments", json=body)).raise_for_status()
         for round_no in range(rounds):
             for i, kind in enumerate(KINDS):
                 exp = _experiment(kind)
-                if KINDS[kind] is None:
+                if "assignment" not in KINDS[kind]:
                     queries = [f"experiment_id={exp}".encode()] * requests
                 else:
                     seed = 1000 * round_no + i + 1  # new units are new to the server
@@ -140,7 +145,7 @@ async def measure(
 
 
 def _experiment(kind: str) -> str:
-    return "cost-" + kind.replace(" ", "-").replace("_", "-")
+    return "cost-" + "".join(c if c.isalnum() else "-" for c in kind)
 
 
 def main() -> None:
