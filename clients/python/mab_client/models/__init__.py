@@ -13,6 +13,18 @@ from mab_client.models.allocation import (
     AllocationPublic,
 )
 from mab_client.models.evaluation import ArmSupportPublic, EstimatePublic, EvaluationPublic
+from mab_client.models.guardrails import (
+    DEFAULT_GUARDRAIL_ALPHA,
+    MAX_GUARDRAILS,
+    MAX_METRICS,
+    GuardrailAction,
+    GuardrailDirection,
+    GuardrailSpec,
+    MetricSpec,
+    MetricValues,
+    check_guardrails,
+    metric_problem,
+)
 from mab_client.models.limits import (
     CAP_NEEDS_CONTINUOUS,
     DEFAULT_ALLOCATION_INTERVAL_S,
@@ -92,12 +104,15 @@ from mab_client.models.responses import (
 __all__ = [
     "CAP_NEEDS_CONTINUOUS",
     "DEFAULT_ALLOCATION_INTERVAL_S",
+    "DEFAULT_GUARDRAIL_ALPHA",
     "DEFAULT_STICKY_TTL_S",
     "EVENT_ID_PATTERN",
     "FLOOR_SLACK",
     "INVALID_USER_CONTEXT",
     "MAX_ALLOCATION_INTERVAL_S",
     "MAX_ATTRIBUTION_WINDOW_S",
+    "MAX_GUARDRAILS",
+    "MAX_METRICS",
     "MAX_STICKY_TTL_S",
     "MIN_ALLOCATION_INTERVAL_S",
     "REWARD_CEILING",
@@ -137,7 +152,12 @@ __all__ = [
     "ExposureCreate",
     "ExposuresCreate",
     "ExposuresPublic",
+    "GuardrailAction",
+    "GuardrailDirection",
+    "GuardrailSpec",
     "HealthPublic",
+    "MetricSpec",
+    "MetricValues",
     "PublicDefault",
     "PublicWindow",
     "Ready",
@@ -163,6 +183,8 @@ __all__ = [
     "UnitSettingsPublic",
     "UserContext",
     "WinnerChange",
+    "check_guardrails",
     "check_user_context",
+    "metric_problem",
     "new_event_id",
 ]
