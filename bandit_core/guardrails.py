@@ -26,10 +26,14 @@ same breaches from the same log.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from bandit_core.stopping import ConfidenceSequence
 from schemas.events import ExperimentConfig, GuardrailSpec
+
+
+#: A guardrail's verdict on one arm (:meth:`GuardrailState.status`).
+Verdict = Literal["breached", "ok", "waiting", "control"]
 
 
 class Breach(NamedTuple):
@@ -163,6 +167,21 @@ class GuardrailState:
             return None
         self.breaches[(arm_id, index)] = guardrail.action
         return Breach(arm_id, index, ts, arm_interval, control_interval, arm_cs.n, control_cs.n)
+
+    def status(self, config: ExperimentConfig, index: int, arm_id: str) -> Verdict:
+        """Guardrail ``index``'s verdict on ``arm_id``: ``control`` (the arm is the
+        control), ``breached``, ``waiting`` (it or the control has fewer than
+        ``min_samples`` values) or ``ok`` (not proven)."""
+        if arm_id == config.control_arm_id:
+            return "control"
+        if (arm_id, index) in self.breaches:
+            return "breached"
+        guardrail = config.guardrails[index]
+        counts = [
+            cs.n if (cs := self.sequences.get(a, {}).get(guardrail.metric)) is not None else 0
+            for a in (arm_id, config.control_arm_id or "")
+        ]
+        return "waiting" if min(counts) < guardrail.min_samples else "ok"
 
     # --- snapshot form: {"cs": {arm: {metric: [9 numbers]}}, "breaches": [[arm, i, action]]}
     def to_json(self) -> dict[str, Any]:
