@@ -31,7 +31,6 @@ from typing import Any, Literal, NamedTuple
 from bandit_core.stopping import ConfidenceSequence
 from schemas.events import ExperimentConfig, GuardrailSpec
 
-
 #: A guardrail's verdict on one arm (:meth:`GuardrailState.status`).
 Verdict = Literal["breached", "ok", "waiting", "control"]
 
