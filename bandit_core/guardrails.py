@@ -25,7 +25,7 @@ same breaches from the same log.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Any, Literal, NamedTuple
 
 from bandit_core.stopping import ConfidenceSequence
@@ -203,36 +203,16 @@ class GuardrailState:
         )
 
 
-def _to_list(cs: ConfidenceSequence) -> list[float]:
-    return [
-        cs.alpha,
-        cs.low,
-        cs.high,
-        cs.n,
-        cs.sum_x,
-        cs.sum_sq_dev,
-        cs.sum_lambda,
-        cs.sum_lambda_x,
-        cs.sum_penalty,
-    ]
+def _to_list(cs: ConfidenceSequence) -> list[Any]:
+    """The sequence's nine numbers in field order (alpha, high, low, n, the sums)."""
+    return [getattr(cs, f.name) for f in fields(cs)]
 
 
-def _from_list(values: list[float]) -> ConfidenceSequence:
-    if len(values) != 9:
+def _from_list(values: list[Any]) -> ConfidenceSequence:
+    if len(values) != len(fields(ConfidenceSequence)):
         raise ValueError(f"a confidence sequence needs 9 values, got {len(values)}")
-    alpha, low, high, n, sx, ssd, sl, slx, sp = values
-    return ConfidenceSequence(
-        alpha=float(alpha),
-        high=float(high),
-        low=float(low),
-        n=int(n),
-        sum_x=float(sx),
-        sum_sq_dev=float(ssd),
-        sum_lambda=float(sl),
-        sum_lambda_x=float(slx),
-        sum_penalty=float(sp),
-    )
+    return ConfidenceSequence(*values)
 
 
 def _clone(cs: ConfidenceSequence) -> ConfidenceSequence:
-    return _from_list(_to_list(cs))
+    return replace(cs)

@@ -24,8 +24,8 @@ from schemas.events import (
     RewardObserved,
 )
 from schemas.rejections import Rejection
-from services.decider.decisions import DecisionCache
 from services.reward_consumer.processor import guardrail_event
+from tests.fixtures.decisions import offline_cache
 
 pytestmark = pytest.mark.unit
 
@@ -338,16 +338,6 @@ def test_breach_event_is_deterministic_round_trips_and_folds_as_derived() -> Non
 # --------------------------------------------------------------------------- decisions
 
 
-def _cache() -> DecisionCache:
-    return DecisionCache(
-        object(),  # type: ignore[arg-type]
-        max_staleness_s=60.0,
-        max_entries=10,
-        propensity_samples=5000,
-        degraded_max_age_s=60.0,
-    )
-
-
 @pytest.mark.parametrize("floor", [0.0, 0.05])
 def test_a_paused_arm_gets_no_traffic_beyond_the_floor(floor: float) -> None:
     """Scenario: treat is paused, although its conversion is the best. We expect: its
@@ -359,7 +349,7 @@ def test_a_paused_arm_gets_no_traffic_beyond_the_floor(floor: float) -> None:
     ).state
     assert state.guard.paused == frozenset({"treat"})
     state.arms["treat"].reward_sum = state.arms["treat"].pulls  # the best converter
-    cache = _cache()
+    cache = offline_cache(5000)
     entry = cache._build(EXP, cfg.model_dump_json().encode(), state.snapshot_bytes(), None)
     treat = ARMS.index("treat")
     assert entry.propensities[treat] == 0.0
