@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from redis.asyncio import Redis
@@ -122,6 +123,13 @@ async def test_a_config_stored_before_the_settings_keeps_reading_as_before(
         assert not newer & set(await _stored(redis, key))
 
 
+async def _create_epsilon_greedy(c: httpx.AsyncClient, exp: str, settings: dict[str, Any]) -> None:
+    """Create ``exp`` (arms x, y; epsilon_greedy) with ``settings``; 201 expected."""
+    body = {"experiment_id": exp, "arm_ids": ["x", "y"], "strategy": "epsilon_greedy"}
+    r = await c.post("/experiments", json={**body, **settings})
+    assert r.status_code == 201, r.text
+
+
 async def test_commands_keep_the_reward_settings_and_check_the_strategy(
     decider_settings: SettingsFactory, ns: str, redis: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -133,10 +141,8 @@ async def test_commands_keep_the_reward_settings_and_check_the_strategy(
     monkeypatch.setattr(EpsilonGreedy, "reward_types", both)
     exp = f"{ns}amounts"
     key = RedisKeys(ns).experiment(exp).config
-    body = {"experiment_id": exp, "arm_ids": ["x", "y"], "strategy": "epsilon_greedy"}
     async with serve_decider(decider_settings()) as (c, _):
-        r = await c.post("/experiments", json={**body, **REWARD_SETTINGS})
-        assert r.status_code == 201, r.text
+        await _create_epsilon_greedy(c, exp, REWARD_SETTINGS)
         assert b'"reward_cap":1234.5678901234567,' in await _raw(redis, key)
         r = await c.post(f"/experiments/{exp}/arms", json={"arm_ids": ["z"]})
         assert r.status_code == 200, r.text
@@ -166,10 +172,8 @@ async def test_commands_keep_the_guardrail_settings_byte_for_byte(
     unchanged."""
     exp = f"{ns}guarded"
     key = RedisKeys(ns).experiment(exp).config
-    body = {"experiment_id": exp, "arm_ids": ["x", "y"], "strategy": "epsilon_greedy"}
     async with serve_decider(decider_settings()) as (c, _):
-        r = await c.post("/experiments", json={**body, **GUARDRAIL_SETTINGS})
-        assert r.status_code == 201, r.text
+        await _create_epsilon_greedy(c, exp, GUARDRAIL_SETTINGS)
         raw = await _raw(redis, key)
         tail = raw[raw.rindex(b',"metrics":') :]
         r = await c.post(f"/experiments/{exp}/arms", json={"arm_ids": ["z"]})
