@@ -36,7 +36,9 @@ from typing import Final, NamedTuple
 
 from bandit_core.adaptive import observe, restart_others
 from bandit_core.decision_ids import arm_index_of
+from bandit_core.guardrails import Breach
 from bandit_core.state import ExperimentState
+from mab_client.models import metric_problem
 from schemas.events import (
     REWARD_MAX,
     REWARD_MIN,
@@ -46,6 +48,7 @@ from schemas.events import (
     DecisionMade,
     ExperimentConfig,
     ExperimentCreated,
+    GuardrailBreached,
     RewardObserved,
     StrategyChanged,
 )
@@ -88,6 +91,9 @@ class FoldResult:
     outcomes: list[str] = field(default_factory=list)
     new_seen: dict[str, float] = field(default_factory=dict)
     change_points: list[ChangePoint] = field(default_factory=list)
+    #: Guardrail breaches the batch proved (the consumer publishes each as a
+    #: :class:`~schemas.events.GuardrailBreached` event).
+    breaches: list[Breach] = field(default_factory=list)
     #: Open attribution windows the batch added (id -> deadline) and closed (ids).
     pending_added: dict[str, float] = field(default_factory=dict)
     pending_removed: list[str] = field(default_factory=list)
@@ -116,6 +122,8 @@ def reward_rejection(config: ExperimentConfig | None, event: RewardObserved) -> 
             return Rejection.BAD_DECISION_ID
         if index >= len(config.arm_ids) or config.arm_ids[index] != event.arm_id:
             return Rejection.ARM_MISMATCH
+    if event.metrics and metric_problem(config.metrics, event.metrics) is not None:
+        return Rejection.BAD_METRIC
     return None
 
 
@@ -140,6 +148,9 @@ def rejection_text(
         )
     if reason is Rejection.BAD_DECISION_ID:
         return f"decision_id {event.decision_id!r} was not issued by this service"
+    if reason is Rejection.BAD_METRIC:
+        problem = metric_problem(config.metrics, event.metrics or {})
+        return f"experiment {event.experiment_id!r}: {problem or reason.text}"
     if reason is Rejection.REWARD_OUT_OF_RANGE:
         return (
             f"reward {event.reward!r} is outside [{REWARD_MIN:g}, {REWARD_MAX:g}] for a "
@@ -215,6 +226,10 @@ def _apply(state: ExperimentState, event: AnyEvent, result: FoldResult) -> str:
             # since-change statistics (adaptive.restart_others)
             restart_others(list(state.arms.values()), stats)
             result.change_points.append(ChangePoint(arm_id, ts, statistic, stats.change_points))
+        if event.metrics and config is not None:
+            # Guardrails: the metric settings are fixed at creation (like the cap), so
+            # the live consumer and replay judge every value under the same ranges.
+            result.breaches.extend(state.guard.observe(config, arm_id, event.metrics, ts))
     elif isinstance(event, DecisionMade):
         arm_id = event.arm_id
         unit = event.unit_id
@@ -247,7 +262,7 @@ def _apply(state: ExperimentState, event: AnyEvent, result: FoldResult) -> str:
         if state.config is not None and state.config.version >= event.config.version:
             return STALE_CONFIG
         state.config = event.config
-    elif isinstance(event, ChangePointDetected):
+    elif isinstance(event, ChangePointDetected | GuardrailBreached):
         return DERIVED
     else:  # pragma: no cover - the union is closed
         raise TypeError(f"unknown event {type(event).__name__}")

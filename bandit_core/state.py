@@ -14,6 +14,7 @@ from typing import Any, Final
 import orjson
 
 from bandit_core.adaptive_shape import DAYPART_BUCKETS, HALF_LIVES, WINDOW_BUCKETS
+from bandit_core.guardrails import GuardrailState
 from schemas.events import ExperimentConfig
 
 #: The integers a JSON snapshot holds as such (orjson refuses any beyond 64 bits).
@@ -267,6 +268,11 @@ class ExperimentState:
     compares with each version's weights. It keeps at most :data:`MAX_SRM_CELLS` cells,
     dropping the oldest versions first; ``srm_dropped`` counts the unit decisions whose
     cells were dropped. Both appear in the snapshot only once non-empty.
+
+    Guardrails (docs/guardrails.md): ``guard`` holds each arm's confidence sequence per
+    metric and the breaches proven so far (:class:`~bandit_core.guardrails.GuardrailState`);
+    in the snapshot only once non-empty, so a snapshot written before guardrails existed
+    loads with none.
     """
 
     experiment_id: str
@@ -283,6 +289,7 @@ class ExperimentState:
     srm: dict[int, dict[str, int]] = field(default_factory=dict)
     srm_cells: int = 0
     srm_dropped: int = 0
+    guard: GuardrailState = field(default_factory=GuardrailState.empty)
 
     def arm(self, arm_id: str) -> ArmStats:
         stats = self.arms.get(arm_id)
@@ -333,6 +340,7 @@ class ExperimentState:
             srm={v: dict(arms) for v, arms in self.srm.items()},
             srm_cells=self.srm_cells,
             srm_dropped=self.srm_dropped,
+            guard=self.guard.copy(),
         )
 
     # --- snapshot blob (what Redis stores; config, seen and pending have their own keys) ---
@@ -353,6 +361,8 @@ class ExperimentState:
                 "dropped": self.srm_dropped,
                 "versions": {str(v): arms for v, arms in self.srm.items()},
             }
+        if self.guard:
+            obj["guardrails"] = self.guard.to_json()
         return orjson.dumps(obj)
 
     @classmethod
@@ -382,4 +392,5 @@ class ExperimentState:
             srm=srm,
             srm_cells=sum(len(arms) for arms in srm.values()),
             srm_dropped=srm_dropped,
+            guard=GuardrailState.from_json(obj.get("guardrails", {})),
         )

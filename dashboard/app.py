@@ -134,6 +134,14 @@ def live_panel(client: MabClient, exp_id: str, bucket: Bucket, span_s: int) -> N
             st.error(line, icon="⚠️")
         else:
             st.caption(line)
+    guards = charts.guardrail_table(stats)
+    if guards is not None:
+        breached = guards[guards["status"] == "breached"]
+        if not breached.empty:
+            arms = ", ".join(sorted(set(breached["arm_id"])))
+            st.error(f"Guardrail breached: {arms} (docs/guardrails.md)", icon="⚠️")
+        st.caption("Guardrails: each arm's metric against the control arm (anytime-valid)")
+        st.dataframe(guards, hide_index=True, key="guardrail_table")
     if served == 0 and rewards == 0:
         st.info(
             f"No decisions or rewards yet for `{exp_id}`. Send traffic with "

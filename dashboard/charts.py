@@ -135,6 +135,29 @@ def srm_status(stats: Stats) -> tuple[str, str] | None:
     return "ok", f"No sample ratio mismatch: p = {srm.p_value:.3g}. {covered}."
 
 
+def guardrail_table(stats: Stats) -> pd.DataFrame | None:
+    """One row per arm and guardrail (docs/guardrails.md): the status, the arm's
+    anytime-valid interval for the metric and whether the arm is paused; ``None`` for an
+    experiment without guardrails."""
+    rows: list[dict[str, Any]] = []
+    for arm in stats.arms:
+        for g in arm.guardrails or []:
+            interval = (arm.metrics or {}).get(g.metric)
+            rows.append(
+                {
+                    "arm_id": arm.arm_id,
+                    "metric": g.metric,
+                    "status": g.status,
+                    "action": g.action,
+                    "samples": 0 if interval is None else interval.samples,
+                    "low": math.nan if interval is None else interval.low,
+                    "high": math.nan if interval is None else interval.high,
+                    "paused": bool(arm.paused),
+                }
+            )
+    return pd.DataFrame(rows) if rows else None
+
+
 def leading_arm(table: pd.DataFrame) -> str | None:
     """The arm with the highest posterior mean (1 + s) / (2 + n); None without rewards.
 

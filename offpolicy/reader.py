@@ -38,6 +38,7 @@ from schemas.events import (
     ChangePointDetected,
     DecisionMade,
     ExperimentCreated,
+    GuardrailBreached,
     RewardObserved,
     StrategyChanged,
 )
@@ -168,7 +169,7 @@ async def _read(
                 if record.value is None:
                     raise DecodeError(Rejection.EMPTY, "record without a value (tombstone)")
                 event = decode(record.value)
-                if isinstance(event, ChangePointDetected):
+                if isinstance(event, ChangePointDetected | GuardrailBreached):
                     return
                 if not isinstance(event, ExperimentCreated | ArmsAdded | StrategyChanged):
                     raise DecodeError(

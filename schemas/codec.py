@@ -146,6 +146,7 @@ _EVENT_TYPES: Final = frozenset(
         "decision_made",
         "reward_observed",
         "change_point_detected",
+        "guardrail_breached",
     }
 )
 

@@ -22,11 +22,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from mab_client.models import (
     CAP_NEEDS_CONTINUOUS,
     DEFAULT_ALLOCATION_INTERVAL_S,
+    DEFAULT_GUARDRAIL_ALPHA,
     DEFAULT_STICKY_TTL_S,
     FLOOR_SLACK,
     INVALID_USER_CONTEXT,
     MAX_ALLOCATION_INTERVAL_S,
     MAX_ATTRIBUTION_WINDOW_S,
+    MAX_GUARDRAILS,
+    MAX_METRICS,
     MAX_STICKY_TTL_S,
     MIN_ALLOCATION_INTERVAL_S,
     REWARD_CEILING,
@@ -36,9 +39,13 @@ from mab_client.models import (
     USER_CONTEXT_MAX_KEYS,
     AssignmentMode,
     DecisionIdRef,
+    GuardrailSpec,
+    MetricSpec,
+    MetricValues,
     RewardType,
     UnitIdStorage,
     UserContext,
+    check_guardrails,
     check_user_context,
 )
 from schemas.ids import ArmId, ExperimentId, InvalidIdError, UnitId, normalize_id, random_hex
@@ -67,6 +74,9 @@ __all__ = [
     "ExperimentConfig",
     "ExperimentCreated",
     "ExperimentEvent",
+    "GuardrailBreached",
+    "GuardrailSpec",
+    "MetricSpec",
     "RewardObserved",
     "RewardType",
     "StrategyChanged",
@@ -205,6 +215,15 @@ class ExperimentConfig(BaseModel):
     #: A continuous experiment's strategy learns from ``min(reward, reward_cap)``
     #: (winsorised: one huge order does not swamp an arm); the log keeps the raw reward.
     reward_cap: float | None = Field(default=None, gt=0, le=REWARD_CEILING, allow_inf_nan=False)
+    # --- guardrails (docs/guardrails.md), fixed at creation; the last fields (the config
+    # scripts of services/decider/store.py keep them verbatim from "metrics" on). A
+    # config written before they existed decodes without metrics or guardrails ---
+    #: The metrics rewards may carry, each with its finite range.
+    metrics: tuple[MetricSpec, ...] = Field(default=(), max_length=MAX_METRICS)
+    #: Each arm's metric against the control arm's: a proven breach pauses or alerts.
+    guardrails: tuple[GuardrailSpec, ...] = Field(default=(), max_length=MAX_GUARDRAILS)
+    control_arm_id: ArmId | None = None
+    guardrail_alpha: float = Field(default=DEFAULT_GUARDRAIL_ALPHA, gt=0, lt=1, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -240,6 +259,15 @@ class ExperimentConfig(BaseModel):
         binary experiment is a mistake (most likely a forgotten ``reward_type``)."""
         if self.reward_cap is not None and self.reward_type != "continuous":
             raise ValueError(CAP_NEEDS_CONTINUOUS)
+        return self
+
+    @model_validator(mode="after")
+    def _guardrails_fit(self) -> ExperimentConfig:
+        """Guardrails only on declared metrics, against a control arm of the experiment
+        (:func:`mab_client.models.check_guardrails`, the request's own rule)."""
+        check_guardrails(
+            self.arm_ids, self.metrics, self.guardrails, self.control_arm_id, self.guardrail_alpha
+        )
         return self
 
 
@@ -324,6 +352,10 @@ class RewardObserved(_Event):
     unit_id: UnitId | None = _omitted(
         "The unit's token (as on its decisions); kept for attribution by unit."
     )
+    metrics: MetricValues | None = _omitted(
+        "Values of the experiment's declared metrics (docs/guardrails.md): each name "
+        "declared, each value in its range (checked against the config by the fold)."
+    )
 
 
 class ChangePointDetected(_Event):
@@ -339,6 +371,28 @@ class ChangePointDetected(_Event):
     statistic: float = Field(default=0.0, allow_inf_nan=False)
 
 
+class GuardrailBreached(_Event):
+    """A guardrail proved an arm worse than the control arm on a metric (docs/guardrails.md).
+
+    Derived from rewards by the fold (so replay recomputes it, and the pause with it);
+    folding it is a no-op. Emitted once per (arm, guardrail): ``guardrail`` is the index
+    in the config's ``guardrails``. The intervals are the two confidence sequences when
+    the breach was proven.
+    """
+
+    type: Literal["guardrail_breached"] = "guardrail_breached"
+    arm_id: ArmId
+    control_arm_id: ArmId
+    guardrail: int = Field(ge=0)
+    metric: ArmId
+    direction: str = Field(min_length=1, max_length=32)
+    action: str = Field(min_length=1, max_length=32)
+    arm_interval: tuple[float, float]
+    control_interval: tuple[float, float]
+    arm_samples: int = Field(ge=0)
+    control_samples: int = Field(ge=0)
+
+
 ExperimentEvent = Annotated[
     ExperimentCreated | ArmsAdded | StrategyChanged, Field(discriminator="type")
 ]
@@ -348,7 +402,8 @@ Event = Annotated[
     | StrategyChanged
     | DecisionMade
     | RewardObserved
-    | ChangePointDetected,
+    | ChangePointDetected
+    | GuardrailBreached,
     Field(discriminator="type"),
 ]
 AnyEvent = (
@@ -358,4 +413,5 @@ AnyEvent = (
     | DecisionMade
     | RewardObserved
     | ChangePointDetected
+    | GuardrailBreached
 )

@@ -82,6 +82,9 @@ class RewardWire(
     source: Annotated[str, Meta(max_length=64)] | UnsetType = UNSET
     user_context: UnsetType | None = UNSET  # a context is left to pydantic (its bounds)
     unit_id: str | UnsetType | None = UNSET
+    #: Metric values are left to pydantic (names, finiteness, count): a record that has
+    #: them is decoded by the slow path; null is taken here, as pydantic takes it.
+    metrics: UnsetType | None = UNSET
 
 
 class DecisionWire(
@@ -124,6 +127,7 @@ _REWARD_FIELDS: Final = (
     "source",
     "user_context",
     "unit_id",
+    "metrics",
 )
 _DECISION_FIELDS: Final = (
     "event_id",
@@ -290,6 +294,8 @@ def _reward(
         fields.add("unit_id")
         if unit_id is not None and not is_valid_id(unit_id, UNIT_ID_MAX_LEN):
             return None
+    if wire.metrics is not UNSET:
+        fields.add("metrics")
     event: RewardObserved = _new_object(RewardObserved)
     _set_dict(
         event,
@@ -305,6 +311,7 @@ def _reward(
             "source": source,
             "user_context": None,
             "unit_id": unit_id,
+            "metrics": None,
         },
     )
     _set_fields_set(event, fields)

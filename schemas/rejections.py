@@ -42,6 +42,7 @@ class Rejection(StrEnum):
     NO_ASSIGNMENT = "no_assignment"
     UNKNOWN_ALLOCATION = "unknown_allocation"
     ARM_NOT_ASSIGNED = "arm_not_assigned"
+    BAD_METRIC = "bad_metric"
 
     @property
     def text(self) -> str:
@@ -88,4 +89,6 @@ _TEXT: Final[Mapping[Rejection, str]] = {
     "stored or is older than MAB_ALLOCATION_RETENTION_S",
     Rejection.ARM_NOT_ASSIGNED: "an exposure names another arm than the assignment rule "
     "gives its unit under that allocation version",
+    Rejection.BAD_METRIC: "a reward's metric is not declared by its experiment, or its "
+    "value is outside the metric's declared range",
 }

@@ -44,6 +44,13 @@ The traffic floor (``min_arm_share = f`` over ``k`` arms) is a mixture: with pro
 with probability ``f + (1 - k f) p_i``, which is what the decision logs (off-policy
 evaluation divides by it). Both numbers are computed once per entry (``explore``,
 ``logged``); without a floor ``explore`` is 0 and a decision pays one falsy test.
+
+Guardrails (docs/guardrails.md): an arm a breach paused (``ExperimentState.guard``) is
+left out of the strategy's choice: the strategy sees only the other arms (its sampler,
+choices and propensities), so the paused arm's propensity is 0 and the others'
+renormalise among themselves. The traffic floor still applies to every arm: a paused arm
+keeps ``min_arm_share`` when a floor is set (the floor is the experimenter's promise
+that every arm keeps some traffic; set no floor to stop a paused arm entirely).
 """
 
 from __future__ import annotations
@@ -125,6 +132,38 @@ class CachedExperiment:
     #: The propensity a decision of each arm logs: ``propensities`` after the floor,
     #: never below :data:`MIN_PROPENSITY`. Empty until :meth:`DecisionCache._build` sets it.
     logged: list[float] = field(default_factory=list)
+    #: The arms the strategy chooses among (``arm_list`` minus the paused arms) with
+    #: their stats, and the index in ``arm_list`` of each; ``None``: nothing is paused,
+    #: the strategy chooses among ``arm_list`` itself.
+    choice_arms: list[str] = field(default_factory=list)
+    choice_stats: list[ArmStats] = field(default_factory=list)
+    index_map: list[int] | None = None
+
+
+def active_arms(
+    arm_ids: list[str], stats: list[ArmStats], paused: frozenset[str]
+) -> tuple[list[str], list[ArmStats], list[int] | None]:
+    """The arms the strategy may choose among (those not paused by a guardrail), their
+    stats and their indices in ``arm_ids`` (``None`` when none is paused). The control
+    arm is never paused, so the choice is never empty; should every arm be named, all
+    are kept rather than serve nothing."""
+    if not paused:
+        return arm_ids, stats, None
+    keep = [i for i, a in enumerate(arm_ids) if a not in paused]
+    if not keep or len(keep) == len(arm_ids):
+        return arm_ids, stats, None
+    return [arm_ids[i] for i in keep], [stats[i] for i in keep], keep
+
+
+def expand(propensities: list[float], index_map: list[int] | None, arms: int) -> list[float]:
+    """Propensities over the chosen-among arms as propensities over all ``arms`` (0 for
+    the paused ones)."""
+    if index_map is None:
+        return propensities
+    full = [0.0] * arms
+    for p, i in zip(propensities, index_map, strict=True):
+        full[i] = p
+    return full
 
 
 def served_propensities(propensities: list[float], min_arm_share: float) -> list[float]:
@@ -260,8 +299,13 @@ class DecisionCache:
         else:
             params = params_for(config.strategy, config.strategy_params)
             rng = make_rng(params.seed)
-        sampler = strategy.batch_sampler(arm_list, stats, params, time.time())
-        propensities = self._propensities(strategy, params, config, stats, time.time())
+        choice_arms, choice_stats, index_map = active_arms(arm_list, stats, state.guard.paused)
+        sampler = strategy.batch_sampler(choice_arms, choice_stats, params, time.time())
+        propensities = expand(
+            self._propensities(strategy, params, choice_arms, choice_stats, time.time()),
+            index_map,
+            len(arm_list),
+        )
         floor = config.min_arm_share
         entry = CachedExperiment(
             config=config,
@@ -282,6 +326,9 @@ class DecisionCache:
             params_json=orjson.Fragment(orjson.dumps(config.strategy_params)),
             explore=min(1.0, len(arm_list) * floor),
             logged=[max(p, MIN_PROPENSITY) for p in served_propensities(propensities, floor)],
+            choice_arms=choice_arms,
+            choice_stats=choice_stats,
+            index_map=index_map,
         )
         entry.build_s = time.perf_counter() - started
         return entry
@@ -294,6 +341,7 @@ class DecisionCache:
             index = entry.rng.randrange(len(entry.arm_list))
             return index, entry.logged[index]
         queued = entry.queued
+        index_map = entry.index_map
         if queued:
             index = queued.pop()
         elif entry.sampler is not None:
@@ -302,10 +350,16 @@ class DecisionCache:
             index = queued.pop()
             entry.queued = queued
         else:
-            index = entry.strategy.choose(entry.arm_list, entry.stats, entry.params, entry.rng, now)
+            index = entry.strategy.choose(
+                entry.choice_arms, entry.choice_stats, entry.params, entry.rng, now
+            )
+            if index_map is not None:
+                index = index_map[index]
             return index, entry.logged[index]
         if not entry.refilling and len(queued) < _rows(OFF_LOOP_DRAWS, len(entry.arm_list)):
             self._refill(entry)
+        if index_map is not None:
+            index = index_map[index]
         return index, entry.logged[index]
 
     def _refill(self, entry: CachedExperiment) -> None:
@@ -339,22 +393,29 @@ class DecisionCache:
         return _rows(BATCH_DRAWS, len(entry.arm_list))
 
     def propensities(
-        self, config: ExperimentConfig, stats: list[ArmStats], now: float
+        self,
+        config: ExperimentConfig,
+        stats: list[ArmStats],
+        now: float,
+        paused: frozenset[str] = frozenset(),
     ) -> list[float]:
         """The served propensities (after the traffic floor) for a config read outside
-        the cache (the stats endpoint): what a decision would log now."""
+        the cache (the stats endpoint): what a decision would log now, ``paused`` arms
+        left out of the strategy's choice."""
         params = params_for(config.strategy, config.strategy_params)
-        raw = self._propensities(get_strategy(config.strategy), params, config, stats, now)
-        return served_propensities(raw, config.min_arm_share)
+        arms, arm_stats, index_map = active_arms(list(config.arm_ids), stats, paused)
+        raw = self._propensities(get_strategy(config.strategy), params, arms, arm_stats, now)
+        full = expand(raw, index_map, len(config.arm_ids))
+        return served_propensities(full, config.min_arm_share)
 
     def _propensities(
         self,
         strategy: Strategy[Any],
         params: StrategyParams,
-        config: ExperimentConfig,
+        arm_ids: list[str],
         stats: list[ArmStats],
         now: float,
     ) -> list[float]:
         return strategy.propensities(
-            config.arm_ids, stats, params, self._mc_rng, now, self.propensity_samples
+            arm_ids, stats, params, self._mc_rng, now, self.propensity_samples
         )

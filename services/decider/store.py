@@ -86,6 +86,21 @@ local function reward_tail(cfg, raw)
   if cap then out = out .. ',"reward_cap":' .. cap end
   return out
 end
+-- The guardrail settings (the last fields of ExperimentConfig, from "metrics" on), fixed
+-- at creation: their stored text is kept verbatim (its numbers exact); a config stored
+-- before they existed has none and keeps none (it reads without guardrails). The last
+-- ',"metrics":' is the setting: strategy_params, before it, may hold the same key.
+local function guardrail_tail(raw)
+  local key = ',"metrics":['
+  local s, at = nil, 1
+  while true do
+    local found = string.find(raw, key, at, true)
+    if not found then break end
+    s, at = found, found + 1
+  end
+  if not s then return '' end
+  return string.sub(raw, s, #raw - 1)
+end
 local function build(cfg, raw, params_raw, now, window_raw, default_raw, over)
   params_raw = params_raw or field_raw(raw, 'strategy_params', 'version')
     or cjson.encode(cfg.strategy_params)
@@ -101,7 +116,8 @@ local function build(cfg, raw, params_raw, now, window_raw, default_raw, over)
     .. ',"updated_ts":' .. now
     .. ',"attribution_window_s":' .. window_raw
     .. ',"default_reward":' .. default_raw
-    .. assignment_tail(cfg, raw, over or {}) .. reward_tail(cfg, raw) .. '}'
+    .. assignment_tail(cfg, raw, over or {}) .. reward_tail(cfg, raw) .. guardrail_tail(raw)
+    .. '}'
 end
 """
 

@@ -31,12 +31,14 @@ from bandit_core.fold import (
     lookup_keys,
     rejection_text,
 )
+from bandit_core.guardrails import Breach
 from bandit_core.state import ExperimentState
 from schemas.events import (
     AnyEvent,
     ChangePointDetected,
     DecisionMade,
     ExperimentConfig,
+    GuardrailBreached,
     RewardObserved,
 )
 from schemas.rejections import Rejection
@@ -69,6 +71,40 @@ class FoldReport(BatchReport):
     duplicates: int = 0
     late: int = 0  # rewards for decisions already folded with the default reward
     change_points: int = 0
+    guardrail_breaches: int = 0
+
+
+def _derived_id(prefix: str, experiment_id: str, *parts: object) -> str:
+    """A deterministic event id ``<prefix>-<experiment>-<part>-...``, or a hash of the same
+    parts when that would exceed the 64-character limit."""
+    event_id = "-".join([prefix, experiment_id, *(str(p) for p in parts)])
+    if len(event_id) > 64:
+        joined = "\0".join([experiment_id, *(str(p) for p in parts)])
+        event_id = prefix + "-" + hashlib.sha256(joined.encode()).hexdigest()[:48]
+    return event_id
+
+
+def guardrail_event(config: ExperimentConfig, breach: Breach) -> GuardrailBreached:
+    """The event of one breach, with a DETERMINISTIC id: ``gb-<experiment>-<arm>-<index>``
+    (a breach happens once per arm and guardrail), so a re-folded batch or a replay
+    emits the same id and consumers can dedupe on it."""
+    guardrail = config.guardrails[breach.guardrail]
+    assert config.control_arm_id is not None  # a config with guardrails has a control
+    return GuardrailBreached(
+        event_id=_derived_id("gb", config.experiment_id, breach.arm_id, breach.guardrail),
+        ts=breach.ts,
+        experiment_id=config.experiment_id,
+        arm_id=breach.arm_id,
+        control_arm_id=config.control_arm_id,
+        guardrail=breach.guardrail,
+        metric=guardrail.metric,
+        direction=guardrail.direction,
+        action=guardrail.action,
+        arm_interval=breach.arm_interval,
+        control_interval=breach.control_interval,
+        arm_samples=breach.arm_samples,
+        control_samples=breach.control_samples,
+    )
 
 
 def change_point_event(experiment_id: str, cp: ChangePoint) -> ChangePointDetected:
@@ -79,12 +115,8 @@ def change_point_event(experiment_id: str, cp: ChangePoint) -> ChangePointDetect
     publish, or a replay, emits the same id and consumers can dedupe on it. Ids that
     would exceed the 64-character limit are replaced by a hash of the same triple.
     """
-    event_id = f"cp-{experiment_id}-{cp.arm_id}-{cp.number}"
-    if len(event_id) > 64:
-        digest = hashlib.sha256(f"{experiment_id}\0{cp.arm_id}\0{cp.number}".encode())
-        event_id = "cp-" + digest.hexdigest()[:48]
     return ChangePointDetected(
-        event_id=event_id,
+        event_id=_derived_id("cp", experiment_id, cp.arm_id, cp.number),
         ts=cp.ts,
         experiment_id=experiment_id,
         arm_id=cp.arm_id,
@@ -194,8 +226,14 @@ class SnapshotFold(ExperimentProcessor):
                     else reason.text  # pragma: no cover - only rewards are rejected by the fold
                 )
                 skipped.append(Skip(i, reason, detail))
-        outputs = [change_point_event(experiment_id, cp) for cp in result.change_points]
+        outputs: list[ChangePointDetected | GuardrailBreached] = [
+            change_point_event(experiment_id, cp) for cp in result.change_points
+        ]
         report.change_points = len(outputs)
+        final = result.state.config
+        if result.breaches and final is not None:
+            outputs.extend(guardrail_event(final, b) for b in result.breaches)
+            report.guardrail_breaches = len(result.breaches)
         changes = Changes(
             set={k.snapshot: result.state.snapshot_bytes()},
             publish=[(self.keys.snapshot_channel(), experiment_id)],

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from redis.asyncio import Redis
@@ -32,6 +33,23 @@ SETTINGS: dict[str, Any] = {
 }
 #: The reward settings of a continuous experiment (a cap whose text must survive Lua).
 REWARD_SETTINGS: dict[str, Any] = {"reward_type": "continuous", "reward_cap": 1234.5678901234567}
+#: Guardrail settings whose stored text must survive the config scripts byte for byte (a
+#: bound with 17 significant digits).
+GUARDRAIL_SETTINGS: dict[str, Any] = {
+    "metrics": [{"name": "refund", "min": 0.0, "max": 0.12345678901234568}],
+    "guardrails": [
+        {
+            "metric": "refund",
+            "direction": "increase_is_bad",
+            "max_relative_change": 0.1,
+            "max_absolute_change": None,
+            "min_samples": 7,
+            "action": "alert",
+        }
+    ],
+    "control_arm_id": "x",
+    "guardrail_alpha": 0.01,
+}
 
 
 @pytest.fixture
@@ -91,7 +109,7 @@ async def test_a_config_stored_before_the_settings_keeps_reading_as_before(
     async with serve_decider(decider_settings()) as (c, _):
         r = await c.post("/experiments", json={"experiment_id": exp, "arm_ids": ["x", "y"]})
         assert r.status_code == 201, r.text
-        newer = {*SETTINGS, *REWARD_SETTINGS}
+        newer = {*SETTINGS, *REWARD_SETTINGS, *GUARDRAIL_SETTINGS}
         old = {k: v for k, v in (await _stored(redis, key)).items() if k not in newer}
         await redis.set(key, orjson.dumps(old))
         r = await c.post(f"/experiments/{exp}/arms", json={"arm_ids": ["z"]})
@@ -105,6 +123,13 @@ async def test_a_config_stored_before_the_settings_keeps_reading_as_before(
         assert not newer & set(await _stored(redis, key))
 
 
+async def _create_epsilon_greedy(c: httpx.AsyncClient, exp: str, settings: dict[str, Any]) -> None:
+    """Create ``exp`` (arms x, y; epsilon_greedy) with ``settings``; 201 expected."""
+    body = {"experiment_id": exp, "arm_ids": ["x", "y"], "strategy": "epsilon_greedy"}
+    r = await c.post("/experiments", json={**body, **settings})
+    assert r.status_code == 201, r.text
+
+
 async def test_commands_keep_the_reward_settings_and_check_the_strategy(
     decider_settings: SettingsFactory, ns: str, redis: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -116,18 +141,16 @@ async def test_commands_keep_the_reward_settings_and_check_the_strategy(
     monkeypatch.setattr(EpsilonGreedy, "reward_types", both)
     exp = f"{ns}amounts"
     key = RedisKeys(ns).experiment(exp).config
-    body = {"experiment_id": exp, "arm_ids": ["x", "y"], "strategy": "epsilon_greedy"}
     async with serve_decider(decider_settings()) as (c, _):
-        r = await c.post("/experiments", json={**body, **REWARD_SETTINGS})
-        assert r.status_code == 201, r.text
-        assert b'"reward_cap":1234.5678901234567}' in await _raw(redis, key)
+        await _create_epsilon_greedy(c, exp, REWARD_SETTINGS)
+        assert b'"reward_cap":1234.5678901234567,' in await _raw(redis, key)
         r = await c.post(f"/experiments/{exp}/arms", json={"arm_ids": ["z"]})
         assert r.status_code == 200, r.text
         r = await c.post("/config", json={"experiment_id": exp, "strategy": "epsilon_greedy"})
         assert r.status_code == 200, r.text
         stored = await _stored(redis, key)
         assert {k: stored[k] for k in REWARD_SETTINGS} == REWARD_SETTINGS
-        assert b'"reward_cap":1234.5678901234567}' in await _raw(redis, key)
+        assert b'"reward_cap":1234.5678901234567,' in await _raw(redis, key)
         before = await redis.get(key)
         r = await c.post("/config", json={"experiment_id": exp, "strategy": "thompson"})
         assert r.status_code == 422, r.text
@@ -135,6 +158,37 @@ async def test_commands_keep_the_reward_settings_and_check_the_strategy(
         for name, value in REWARD_SETTINGS.items():
             change = {"experiment_id": exp, "strategy": "epsilon_greedy", name: value}
             r = await c.post("/config", json=change)
+            assert r.status_code == 422, r.text
+            assert f"{name} cannot change after creation" in r.text
+        assert await redis.get(key) == before
+
+
+async def test_commands_keep_the_guardrail_settings_byte_for_byte(
+    decider_settings: SettingsFactory, ns: str, redis: Redis
+) -> None:
+    """Scenario: an experiment with metrics and a guardrail, then add-arms and a
+    strategy swap with new params. We expect the guardrail settings' stored text kept
+    byte for byte and each setting refused on /config (fixed at creation), the config
+    unchanged."""
+    exp = f"{ns}guarded"
+    key = RedisKeys(ns).experiment(exp).config
+    async with serve_decider(decider_settings()) as (c, _):
+        await _create_epsilon_greedy(c, exp, GUARDRAIL_SETTINGS)
+        raw = await _raw(redis, key)
+        tail = raw[raw.rindex(b',"metrics":') :]
+        r = await c.post(f"/experiments/{exp}/arms", json={"arm_ids": ["z"]})
+        assert r.status_code == 200, r.text
+        swap = {"experiment_id": exp, "strategy": "epsilon_greedy"}
+        r = await c.post("/config", json={**swap, "strategy_params": {"epsilon": 0.2}})
+        assert r.status_code == 200, r.text
+        raw = await _raw(redis, key)
+        assert raw.endswith(tail)
+        stored = await _stored(redis, key)
+        assert {k: stored[k] for k in GUARDRAIL_SETTINGS} == GUARDRAIL_SETTINGS
+        assert ExperimentConfig.model_validate(stored).arm_ids == ("x", "y", "z")
+        before = await redis.get(key)
+        for name, value in GUARDRAIL_SETTINGS.items():
+            r = await c.post("/config", json={**swap, name: value})
             assert r.status_code == 422, r.text
             assert f"{name} cannot change after creation" in r.text
         assert await redis.get(key) == before

@@ -17,7 +17,7 @@ from bandit_core.simulate import ScenarioError, load_scenario, run_once, run_see
 from bandit_core.strategies import STRATEGIES, params_for
 from dashboard import charts, simulator
 from mab_client import Stats, Timeseries
-from mab_client.models import SrmPublic
+from mab_client.models import GuardrailStatusPublic, MetricIntervalPublic, SrmPublic
 
 pytestmark = pytest.mark.unit
 
@@ -450,3 +450,38 @@ def test_params_are_validated_like_the_api() -> None:
         "mab simulate --scenario scenarios/x.json --strategy epsilon_greedy "
         "--params '{\"epsilon\":0.2}' --runs 5 --seed 1"
     )
+
+
+def test_guardrail_table_lists_each_arm_and_guardrail() -> None:
+    """Absent without guardrails; with them, one row per arm and guardrail with the
+    status, the arm's interval (NaN before any value) and the pause."""
+    base = _stats([("control", 10, 3.0, 12, 0.5), ("treat", 4, 2.0, 8, 0.5)])
+    assert charts.guardrail_table(base) is None
+    control, treat = base.arms
+    guard = {"guardrail": 0, "metric": "refund", "action": "pause"}
+    arms = [
+        control.model_copy(
+            update={
+                "guardrails": [GuardrailStatusPublic.model_validate({**guard, "status": "control"})]
+            }
+        ),
+        treat.model_copy(
+            update={
+                "guardrails": [
+                    GuardrailStatusPublic.model_validate({**guard, "status": "breached"})
+                ],
+                "metrics": {"refund": MetricIntervalPublic(samples=120, low=0.4, high=0.8)},
+                "paused": True,
+            }
+        ),
+    ]
+    table = charts.guardrail_table(base.model_copy(update={"arms": arms}))
+    assert table is not None
+    assert list(table["status"]) == ["control", "breached"]
+    assert list(table["paused"]) == [False, True]
+    assert (table["samples"].iloc[1], table["low"].iloc[1], table["high"].iloc[1]) == (
+        120,
+        0.4,
+        0.8,
+    )
+    assert math.isnan(table["low"].iloc[0])

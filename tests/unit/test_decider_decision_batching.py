@@ -19,6 +19,7 @@ from schemas.events import ExperimentConfig
 from schemas.ids import random_hex
 from services.decider.decisions import OFF_LOOP_DRAWS, REFRESH_TIME_SHARE, DecisionCache
 from services.decider.metrics import DeciderMetrics
+from tests.fixtures.decisions import offline_cache
 
 pytestmark = pytest.mark.unit
 
@@ -72,18 +73,8 @@ def test_strategies_without_batching_say_so() -> None:
     )
 
 
-class _NoStore:
-    """The cache never reaches Redis in these tests (entries are built directly)."""
-
-
 def _cache(max_staleness_s: float = 60.0) -> DecisionCache:
-    return DecisionCache(
-        _NoStore(),  # type: ignore[arg-type]
-        max_staleness_s=max_staleness_s,
-        max_entries=10,
-        propensity_samples=200,
-        degraded_max_age_s=60.0,
-    )
+    return offline_cache(200, max_staleness_s)
 
 
 def _config(strategy: str, arms: list[str] = ARMS, params: dict[str, float] | None = None) -> bytes:

@@ -10,6 +10,7 @@ import pytest
 from bandit_core.state import ArmStats, ExperimentState
 from schemas.events import ExperimentConfig
 from services.decider.decisions import MIN_PROPENSITY, DecisionCache
+from tests.fixtures.decisions import offline_cache
 
 pytestmark = pytest.mark.unit
 
@@ -23,18 +24,8 @@ STATS = [
 ]
 
 
-class _NoStore:
-    """The cache never reaches Redis here (entries are built directly)."""
-
-
 def _cache() -> DecisionCache:
-    return DecisionCache(
-        _NoStore(),  # type: ignore[arg-type]
-        max_staleness_s=60.0,
-        max_entries=10,
-        propensity_samples=20_000,
-        degraded_max_age_s=60.0,
-    )
+    return offline_cache(20_000)
 
 
 def _config(strategy: str, floor: float, params: dict[str, float]) -> bytes:

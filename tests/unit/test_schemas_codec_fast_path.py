@@ -131,6 +131,19 @@ json_values: st.SearchStrategy[Any] = st.recursive(
     max_leaves=8,
 )
 
+#: A reward's metric values: valid ones, and every way a producer gets them wrong.
+metric_values = st.one_of(
+    st.none(),
+    st.dictionaries(
+        st.sampled_from(["refund", "latency_ms", " refund ", "", "a\tb", "x" * 121]),
+        st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(2**70), 2**70),
+        max_size=3,
+    ),
+    st.sampled_from(
+        [{}, {f"m{i}": 1 for i in range(21)}, {"refund": "1"}, {"refund": None}, [1], "m", 1]
+    ),
+)
+
 user_contexts = st.one_of(
     st.none(),
     st.dictionaries(st.text(max_size=8), json_values, max_size=4),
@@ -249,6 +262,7 @@ FIELD_EDGES: dict[str, st.SearchStrategy[Any]] = {
     "degraded": st.sampled_from([0, 1, 2, 0.0, 1.0, "true", "false", "0", None, True, False]),
     "strategy_params": st.sampled_from([None, [], {}, "x", 1, [["a", 1]], {"a": {"b": None}}]),
     "user_context": user_contexts,
+    "metrics": metric_values,
     "unit_id": _unit_edges,
     "assignment": st.sampled_from(
         ["sticky", "consistent", "local", "per_request", "Sticky", "", None, 1, True, ["sticky"]]
@@ -289,6 +303,7 @@ REWARD_OPTIONAL: dict[str, st.SearchStrategy[Any]] = {
     "decision_id": st.one_of(st.none(), event_ids),
     "source": st.text(max_size=64),
     "user_context": st.none(),  # a context proper is pydantic's (see below)
+    "metrics": st.none(),  # metric values proper are pydantic's, like a context
     "unit_id": st.one_of(st.none(), unit_tokens),
 }
 DECISION_OPTIONAL: dict[str, st.SearchStrategy[Any]] = {
@@ -423,8 +438,9 @@ def assert_same(fast: Outcome, slow: Outcome, *, ignore: frozenset[str] = frozen
         assert a == b
         assert encode(a) == encode(b)
         assert repr(a) == repr(b)
-        if isinstance(a, RewardObserved) and a.user_context is None:
-            assert hash(a) == hash(b)  # a dict-valued context is unhashable, as params are
+        if isinstance(a, RewardObserved) and a.user_context is None and a.metrics is None:
+            # a dict-valued context (or metrics) is unhashable, as params are
+            assert hash(a) == hash(b)
 
 
 def check_decode(record: dict[str, Any]) -> Outcome:
@@ -656,6 +672,12 @@ def test_unit_decisions_take_the_fast_path_and_absent_fields_stay_unwritten() ->
         ({"unit_id": "u" * 201}, "bad_id"),
         ({"unit_id": " visitor "}, None),  # valid once trimmed: pydantic trims it
         ({"unit_id": 42}, "wrong_type"),
+        ({"metrics": {"refund": 1, "latency_ms": 180.5}}, None),
+        ({"metrics": {"refund": "1"}}, None),  # lax-valid, like a reward of "1"
+        ({"metrics": {"refund": "x"}}, "wrong_type"),
+        ({"metrics": {"": 1}}, "bad_id"),
+        ({"metrics": {f"m{i}": 1 for i in range(21)}}, "invalid"),
+        ({"metrics": [1]}, "wrong_type"),
     ],
 )
 def test_examples_defer_to_pydantic(change: dict[str, Any], reason: str | None) -> None:
@@ -673,3 +695,19 @@ def test_examples_defer_to_pydantic(change: dict[str, Any], reason: str | None) 
     assert result[0] == ("ok" if reason is None else "error")
     if reason is not None:
         assert result[1][0] == reason
+
+
+def test_a_reward_without_metrics_is_written_as_before_and_null_metrics_stay_fast() -> None:
+    """``metrics`` is left out of a record without it (byte-identical to older records);
+    an explicit null is taken by the fast path exactly as pydantic takes it."""
+    plain = RewardObserved(event_id="e1", ts=1.0, experiment_id="x", arm_id="a", reward=1.0)
+    assert b"metrics" not in encode(plain)
+    record = {"event_id": "e1", "ts": 1.0, "experiment_id": "x", "arm_id": "a", "reward": 1.0}
+    fast = fast_decode.fast_reward(orjson.dumps({**record, "metrics": None}))
+    assert fast is not None
+    assert fast.metrics is None
+    assert check_decode_reward({**record, "metrics": None}, None, None)[0] == "ok"
+    with_metrics = check_decode_reward({**record, "metrics": {"refund": 1}}, None, None)
+    assert with_metrics[0] == "ok"
+    assert isinstance(with_metrics[1], RewardObserved)
+    assert with_metrics[1].metrics == {"refund": 1.0}

@@ -40,6 +40,7 @@ STABLE = (
     "no_assignment",
     "unknown_allocation",
     "arm_not_assigned",
+    "bad_metric",
 )
 
 

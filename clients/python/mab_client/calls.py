@@ -361,9 +361,11 @@ def reward_item(
     decision_id: str | None,
     event_id: str | None,
     user_context: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, float] | None = None,
 ) -> RewardItem:
     """A reward as :class:`RewardItem` validates it (``InvalidRequestError`` if the server
-    would refuse it), with a fresh ``event_id`` unless one is given."""
+    would refuse it), with a fresh ``event_id`` unless one is given; ``metrics``: the
+    values of the experiment's declared metrics (docs/guardrails.md)."""
     fields = {
         "experiment_id": experiment_id,
         "arm_id": arm_id,
@@ -372,6 +374,8 @@ def reward_item(
         "event_id": event_id or new_event_id(),
         "user_context": None if user_context is None else dict(user_context),
     }
+    if metrics is not None:
+        fields["metrics"] = dict(metrics)
     return _valid(RewardItem, "POST /reward", fields)
 
 

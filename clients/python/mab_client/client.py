@@ -263,8 +263,11 @@ class MabClient:
         decision_id: str | None = None,
         event_id: str | None = None,
         user_context: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, float] | None = None,
     ) -> RewardReceipt:
-        item = calls.reward_item(experiment_id, arm_id, reward, decision_id, event_id, user_context)
+        item = calls.reward_item(
+            experiment_id, arm_id, reward, decision_id, event_id, user_context, metrics
+        )
         return self.run(calls.reward(item))
 
     def reward_for(

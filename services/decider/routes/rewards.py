@@ -97,12 +97,17 @@ def reward_event(
         fields["event_id"] = body.event_id
     if token is not None:
         fields["unit_id"] = token
+    if body.metrics is not None:
+        fields["metrics"] = body.metrics
     return RewardObserved(**fields)
 
 
-#: Rejections no later config can lift: a decision id's shape, and a reward above 1 on a
-#: binary experiment (reward_type is fixed at creation).
-_FINAL: Final = frozenset({Rejection.BAD_DECISION_ID, Rejection.REWARD_OUT_OF_RANGE})
+#: Rejections no later config can lift: a decision id's shape, a reward above 1 on a
+#: binary experiment (reward_type is fixed at creation) and a metric the experiment does
+#: not declare or a value outside its range (the metrics are fixed at creation too).
+_FINAL: Final = frozenset(
+    {Rejection.BAD_DECISION_ID, Rejection.REWARD_OUT_OF_RANGE, Rejection.BAD_METRIC}
+)
 
 
 async def reward_rejection_now(

@@ -10,14 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.responses import Response
 
 from bandit_core.state import ArmStats, ExperimentState
-from mab_client.models import ArmStatsPublic, AttributionPublic, StatsPublic, TimeseriesPublic
+from mab_client.models import (
+    ArmStatsPublic,
+    AttributionPublic,
+    GuardrailStatusPublic,
+    MetricIntervalPublic,
+    StatsPublic,
+    TimeseriesPublic,
+)
 from schemas.events import ExperimentConfig
 from schemas.redis_keys import BucketKind
 from services.decider.auth import READ_RESPONSES
@@ -56,7 +63,8 @@ async def stats(experiment_id: ExperimentIdPath, rt: RuntimeDep) -> StatsPublic:
         config = ExperimentConfig.model_validate_json(config_raw)
         state = ExperimentState.from_snapshot(snap_raw, experiment_id)
         arm_stats = state.stats_for(config.arm_ids)
-        return config, state, arm_stats, rt.cache.propensities(config, arm_stats, time.time())
+        props = rt.cache.propensities(config, arm_stats, time.time(), state.guard.paused)
+        return config, state, arm_stats, props
 
     config, state, arm_stats, props = await asyncio.to_thread(parse)
     srm = await srm_of(rt.allocations, config, state) if has_units(state) else None
@@ -77,6 +85,7 @@ async def stats(experiment_id: ExperimentIdPath, rt: RuntimeDep) -> StatsPublic:
                 decisions=s.decisions,
                 propensity=p,
                 units=s.units,
+                **_guardrail_fields(config, state, a),
             )
             for a, s, p in zip(config.arm_ids, arm_stats, props, strict=True)
         ],
@@ -94,6 +103,36 @@ async def stats(experiment_id: ExperimentIdPath, rt: RuntimeDep) -> StatsPublic:
         assignment=config.assignment,
         srm=srm,
     )
+
+
+def _guardrail_fields(
+    config: ExperimentConfig, state: ExperimentState, arm_id: str
+) -> dict[str, Any]:
+    """An arm's metric intervals, guardrail statuses and pause (docs/guardrails.md); none
+    of them for an experiment without metrics, which keeps the original answer's shape."""
+    if not config.metrics:
+        return {}
+    guard = state.guard
+    intervals: dict[str, MetricIntervalPublic] = {}
+    for spec in config.metrics:
+        found = guard.interval(arm_id, spec.name)
+        if found is not None:
+            (low, high), n = found
+            intervals[spec.name] = MetricIntervalPublic(samples=n, low=low, high=high)
+    fields: dict[str, Any] = {"metrics": intervals}
+    if config.guardrails:
+        fields["guardrails"] = [
+            GuardrailStatusPublic(
+                guardrail=i,
+                metric=g.metric,
+                action=g.action,
+                status=guard.status(config, i, arm_id),
+            )
+            for i, g in enumerate(config.guardrails)
+        ]
+    if arm_id in guard.paused:
+        fields["paused"] = True
+    return fields
 
 
 @router.get(

@@ -24,6 +24,15 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
 from mab_client.ids import MAX_ARMS_CEILING, ArmId, ExperimentId, UnitId
+from mab_client.models.guardrails import (
+    DEFAULT_GUARDRAIL_ALPHA,
+    MAX_GUARDRAILS,
+    MAX_METRICS,
+    GuardrailSpec,
+    MetricSpec,
+    MetricValues,
+    check_guardrails,
+)
 from mab_client.models.limits import (
     CAP_NEEDS_CONTINUOUS,
     DEFAULT_ALLOCATION_INTERVAL_S,
@@ -239,12 +248,40 @@ class ExperimentCreate(_Request):
     allocation_interval_s: AllocationIntervalField = DEFAULT_ALLOCATION_INTERVAL_S
     reward_type: RewardTypeField = "binary"
     reward_cap: RewardCapField = None
+    # --- guardrails (docs/guardrails.md): all fixed at creation ---
+    metrics: list[MetricSpec] = Field(
+        default_factory=list,
+        max_length=MAX_METRICS,
+        description="Metrics rewards may carry (`metrics` of POST /reward), each with the "
+        "finite range [min, max] of its values. Fixed at creation.",
+    )
+    guardrails: list[GuardrailSpec] = Field(
+        default_factory=list,
+        max_length=MAX_GUARDRAILS,
+        description="Guardrails on declared metrics, each arm against `control_arm_id`: "
+        "a breach proven at level `guardrail_alpha` (anytime-valid) pauses the arm or "
+        "alerts. Fixed at creation.",
+    )
+    control_arm_id: ArmIdField | None = Field(
+        default=None, description="The control arm (an arm of the experiment)."
+    )
+    guardrail_alpha: float = Field(
+        default=DEFAULT_GUARDRAIL_ALPHA,
+        gt=0,
+        lt=1,
+        allow_inf_nan=False,
+        description="Level of each guardrail's test (the chance an arm that does no harm "
+        "is ever flagged, however often it is looked at). Fixed at creation.",
+    )
 
     @model_validator(mode="after")
     def _floor_fits(self) -> ExperimentCreate:
         check_floor(len(self.arm_ids), self.min_arm_share)
         if self.reward_cap is not None and self.reward_type != "continuous":
             raise ValueError(CAP_NEEDS_CONTINUOUS)
+        check_guardrails(
+            self.arm_ids, self.metrics, self.guardrails, self.control_arm_id, self.guardrail_alpha
+        )
         return self
 
 
@@ -263,6 +300,14 @@ FIXED_AT_CREATION = {
     "reward_cap": "reward_cap cannot change after creation: the rewards already folded "
     "were capped with it, and a replay of the log must fold them the same way (create a "
     "new experiment)",
+    # Guardrails: the fold keeps per arm and metric a confidence sequence and judges
+    # breaches under the config it reads; replay under the final one. Fixed, so both agree.
+    **{
+        name: f"{name} cannot change after creation: the fold judged the metrics already "
+        "logged under it, and a replay of the log must judge them the same way (create a "
+        "new experiment)"
+        for name in ("metrics", "guardrails", "control_arm_id", "guardrail_alpha")
+    },
 }
 
 
@@ -334,6 +379,12 @@ class RewardCreate(_Request):
         "deduplicates (one reward per decision) and must name the same arm.",
     )
     event_id: EventIdField | None = None
+    metrics: MetricValues | None = Field(
+        default=None,
+        description="Values of the experiment's declared metrics for this reward, e.g. "
+        '`{"refund": 0, "latency_ms": 180}`: an undeclared name or a value outside its '
+        "range is refused (422).",
+    )
     unit_id: UnitIdField | None = Field(
         default=None,
         description="The unit rewarded (as sent to GET /decision). Without `decision_id`, "

@@ -203,6 +203,28 @@ class ExposuresPublic(Result):
     )
 
 
+class MetricIntervalPublic(Result):
+    """An arm's anytime-valid confidence interval for a metric's mean (docs/guardrails.md),
+    at level ``guardrail_alpha / 2``: valid however often it is read."""
+
+    samples: int = Field(description="Rewards of this arm that carried the metric.")
+    low: float
+    high: float
+
+
+class GuardrailStatusPublic(Result):
+    """One guardrail's verdict on one arm against the control arm."""
+
+    guardrail: int = Field(description="Index in the experiment's `guardrails`.")
+    metric: str
+    action: Literal["pause", "alert"]
+    status: Literal["breached", "ok", "waiting", "control"] = Field(
+        description="breached: proven worse than the control beyond the limit (for good); "
+        "ok: not proven; waiting: the arm or the control has fewer than min_samples "
+        "values; control: this arm is the control."
+    )
+
+
 class ArmStatsPublic(Result):
     arm_id: str
     pulls: int = Field(description="Rewards observed.")
@@ -214,6 +236,17 @@ class ArmStatsPublic(Result):
         default=0,
         description="Unique units whose first decision served this arm (each unit once, "
         "within the 7-day dedupe horizon, whatever the assignment mode).",
+    )
+    metrics: dict[str, MetricIntervalPublic] | None = _omitted_when_none(
+        "Per declared metric with values: the arm's confidence interval (experiments "
+        "with metrics only)."
+    )
+    guardrails: list[GuardrailStatusPublic] | None = _omitted_when_none(
+        "Each guardrail's status for this arm (experiments with guardrails only)."
+    )
+    paused: bool | None = _omitted_when_none(
+        "True when a breached guardrail with action pause took the arm out of the "
+        "bandit's choice (it keeps min_arm_share if set); absent otherwise."
     )
 
 
