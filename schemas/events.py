@@ -23,7 +23,9 @@ from mab_client.models import (
     CAP_NEEDS_CONTINUOUS,
     DEFAULT_ALLOCATION_INTERVAL_S,
     DEFAULT_STICKY_TTL_S,
+    DEFAULT_STOP_PROBABILITY,
     FLOOR_SLACK,
+    HOLDOUT_SHARE_MAX,
     INVALID_USER_CONTEXT,
     MAX_ALLOCATION_INTERVAL_S,
     MAX_ATTRIBUTION_WINDOW_S,
@@ -39,6 +41,7 @@ from mab_client.models import (
     RewardType,
     UnitIdStorage,
     UserContext,
+    check_holdout,
     check_user_context,
 )
 from schemas.ids import ArmId, ExperimentId, InvalidIdError, UnitId, normalize_id, random_hex
@@ -205,6 +208,21 @@ class ExperimentConfig(BaseModel):
     #: A continuous experiment's strategy learns from ``min(reward, reward_cap)``
     #: (winsorised: one huge order does not swamp an arm); the log keeps the raw reward.
     reward_cap: float | None = Field(default=None, gt=0, le=REWARD_CEILING, allow_inf_nan=False)
+    # --- holdout and stopping (docs/stopping.md), fixed at creation; a config written before
+    # these fields existed decodes without a holdout and with the default thresholds ---
+    #: The control arm: what the holdout is served (and what guardrails compare with).
+    control_arm_id: ArmId | None = None
+    #: Share of traffic served ``control_arm_id`` whatever the bandit says.
+    holdout_share: float = Field(default=0.0, ge=0.0, le=HOLDOUT_SHARE_MAX, allow_inf_nan=False)
+    #: The leader's P(best) at which it is declared the winner.
+    stop_probability: float = Field(
+        default=DEFAULT_STOP_PROBABILITY, ge=0.5, le=1.0, allow_inf_nan=False
+    )
+    #: The leader's largest expected loss at which it is declared the winner; ``None``:
+    #: :func:`bandit_core.stopping.default_expected_loss` of the reward type.
+    stop_expected_loss: float | None = Field(
+        default=None, ge=0.0, le=REWARD_CEILING, allow_inf_nan=False
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -240,6 +258,20 @@ class ExperimentConfig(BaseModel):
         binary experiment is a mistake (most likely a forgotten ``reward_type``)."""
         if self.reward_cap is not None and self.reward_type != "continuous":
             raise ValueError(CAP_NEEDS_CONTINUOUS)
+        return self
+
+    @property
+    def control_index(self) -> int:
+        """The control arm's index (0 without one: only read when ``holdout_share > 0``,
+        which requires a control arm)."""
+        if self.control_arm_id is None:
+            return 0
+        return self.arm_ids.index(self.control_arm_id)
+
+    @model_validator(mode="after")
+    def _holdout_has_control(self) -> ExperimentConfig:
+        """A holdout needs a control arm in the experiment (:func:`check_holdout`)."""
+        check_holdout(self.arm_ids, self.holdout_share, self.control_arm_id)
         return self
 
 
@@ -293,6 +325,12 @@ class DecisionMade(_Event):
         "The client's id of a reported local decision (POST /exposures).",
         min_length=1,
         max_length=EXPOSURE_ID_MAX_LEN,
+    )
+    # --- holdout (docs/stopping.md): left out of the record when absent, so a bandit
+    # decision is written byte for byte as before ---
+    holdout: Literal[True] | None = _omitted(
+        "True when the experiment's holdout served the control arm (whatever the bandit "
+        "said); the propensity is then the control's, holdout included."
     )
 
 

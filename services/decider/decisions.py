@@ -44,6 +44,12 @@ The traffic floor (``min_arm_share = f`` over ``k`` arms) is a mixture: with pro
 with probability ``f + (1 - k f) p_i``, which is what the decision logs (off-policy
 evaluation divides by it). Both numbers are computed once per entry (``explore``,
 ``logged``); without a floor ``explore`` is 0 and a decision pays one falsy test.
+
+The holdout (``holdout_share = h``, :mod:`bandit_core.holdout`) comes on top: with
+probability ``h`` the control arm (:meth:`DecisionCache.held_out`, a draw of the same
+generator), otherwise the choice above, so ``logged`` is :func:`with_holdout` of the
+floored propensities: every decision of an arm logs the arm's true propensity, whichever
+branch served it.
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ import orjson
 from redis.exceptions import RedisError
 
 from bandit_core.allocation import apply_floor
+from bandit_core.holdout import with_holdout
 from bandit_core.rng import make_rng
 from bandit_core.state import ArmStats, ExperimentState
 from bandit_core.strategies import Strategy, StrategyParams, get_strategy, params_for
@@ -125,12 +132,17 @@ class CachedExperiment:
     #: The propensity a decision of each arm logs: ``propensities`` after the floor,
     #: never below :data:`MIN_PROPENSITY`. Empty until :meth:`DecisionCache._build` sets it.
     logged: list[float] = field(default_factory=list)
+    #: The experiment's ``holdout_share`` (0: none) and its control arm's index.
+    holdout: float = 0.0
+    control: int = 0
 
 
-def served_propensities(propensities: list[float], min_arm_share: float) -> list[float]:
+def served_propensities(propensities: list[float], config: ExperimentConfig) -> list[float]:
     """What the per-request policy serves each arm with: the strategy's propensities
-    after the traffic floor, ``f + (1 - k f) p_i`` (a copy of them when ``f == 0``)."""
-    return apply_floor(propensities, min_arm_share)
+    after the traffic floor, ``f + (1 - k f) p_i`` (a copy of them when ``f == 0``), and
+    the holdout (:func:`~bandit_core.holdout.with_holdout`)."""
+    floored = apply_floor(propensities, config.min_arm_share)
+    return with_holdout(floored, config.holdout_share, config.control_index)
 
 
 class DecisionCache:
@@ -281,10 +293,18 @@ class DecisionCache:
             metadata_json=orjson.Fragment(orjson.dumps({"arms": arm_list})),
             params_json=orjson.Fragment(orjson.dumps(config.strategy_params)),
             explore=min(1.0, len(arm_list) * floor),
-            logged=[max(p, MIN_PROPENSITY) for p in served_propensities(propensities, floor)],
+            logged=[max(p, MIN_PROPENSITY) for p in served_propensities(propensities, config)],
+            holdout=config.holdout_share,
+            control=config.control_index,
         )
         entry.build_s = time.perf_counter() - started
         return entry
+
+    @staticmethod
+    def held_out(entry: CachedExperiment) -> bool:
+        """Whether this request (without a unit, or a per_request unit) goes to the
+        holdout: one draw of the entry's generator, only when the experiment has one."""
+        return entry.holdout > 0.0 and entry.rng.random() < entry.holdout
 
     def decide(self, entry: CachedExperiment, now: float) -> tuple[int, float]:
         """Choose an arm (the floor's uniform arm, a pre-drawn one, or one strategy
@@ -345,7 +365,7 @@ class DecisionCache:
         the cache (the stats endpoint): what a decision would log now."""
         params = params_for(config.strategy, config.strategy_params)
         raw = self._propensities(get_strategy(config.strategy), params, config, stats, now)
-        return served_propensities(raw, config.min_arm_share)
+        return served_propensities(raw, config)
 
     def _propensities(
         self,

@@ -122,6 +122,10 @@ async def create_experiment(body: ExperimentCreate, rt: RuntimeDep) -> Experimen
         allocation_interval_s=body.allocation_interval_s,
         reward_type=body.reward_type,
         reward_cap=body.reward_cap,
+        control_arm_id=body.control_arm_id,
+        holdout_share=body.holdout_share,
+        stop_probability=body.stop_probability,
+        stop_expected_loss=body.stop_expected_loss,
     )
     async with rt.command_lock(config.experiment_id):
         result = await rt.store.create(config)

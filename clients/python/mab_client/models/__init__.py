@@ -17,7 +17,9 @@ from mab_client.models.limits import (
     CAP_NEEDS_CONTINUOUS,
     DEFAULT_ALLOCATION_INTERVAL_S,
     DEFAULT_STICKY_TTL_S,
+    DEFAULT_STOP_PROBABILITY,
     FLOOR_SLACK,
+    HOLDOUT_SHARE_MAX,
     INVALID_USER_CONTEXT,
     MAX_ALLOCATION_INTERVAL_S,
     MAX_ATTRIBUTION_WINDOW_S,
@@ -32,6 +34,7 @@ from mab_client.models.limits import (
     RewardType,
     UnitIdStorage,
     UserContext,
+    check_holdout,
     check_user_context,
 )
 from mab_client.models.requests import (
@@ -93,8 +96,10 @@ __all__ = [
     "CAP_NEEDS_CONTINUOUS",
     "DEFAULT_ALLOCATION_INTERVAL_S",
     "DEFAULT_STICKY_TTL_S",
+    "DEFAULT_STOP_PROBABILITY",
     "EVENT_ID_PATTERN",
     "FLOOR_SLACK",
+    "HOLDOUT_SHARE_MAX",
     "INVALID_USER_CONTEXT",
     "MAX_ALLOCATION_INTERVAL_S",
     "MAX_ATTRIBUTION_WINDOW_S",
@@ -163,6 +168,7 @@ __all__ = [
     "UnitSettingsPublic",
     "UserContext",
     "WinnerChange",
+    "check_holdout",
     "check_user_context",
     "new_event_id",
 ]

@@ -28,7 +28,9 @@ from mab_client.models.limits import (
     CAP_NEEDS_CONTINUOUS,
     DEFAULT_ALLOCATION_INTERVAL_S,
     DEFAULT_STICKY_TTL_S,
+    DEFAULT_STOP_PROBABILITY,
     FLOOR_SLACK,
+    HOLDOUT_SHARE_MAX,
     MAX_ALLOCATION_INTERVAL_S,
     MAX_ATTRIBUTION_WINDOW_S,
     MAX_STICKY_TTL_S,
@@ -40,6 +42,7 @@ from mab_client.models.limits import (
     RewardType,
     UnitIdStorage,
     UserContext,
+    check_holdout,
 )
 from mab_client.models.responses import EXPERIMENT_EXAMPLE, DecisionPublic, new_event_id
 from mab_client.models.result import examples
@@ -193,6 +196,47 @@ RewardCapField = Annotated[
         "Null: no cap. Fixed at creation.",
     ),
 ]
+# --- holdout and stopping (docs/stopping.md) ---
+HoldoutShareField = Annotated[
+    float,
+    Field(
+        ge=0.0,
+        le=HOLDOUT_SHARE_MAX,
+        allow_inf_nan=False,
+        description=f"Share of traffic (0..{HOLDOUT_SHARE_MAX:g}) served the control arm "
+        "whatever the bandit says (per unit when a unit id is sent, per request otherwise), "
+        "to measure the bandit's uplift. Needs control_arm_id. Fixed at creation.",
+    ),
+]
+ControlArmField = Annotated[
+    ArmId | None,
+    Field(
+        description="The experiment's control arm (one of arm_ids): what the holdout gets. "
+        "Fixed at creation."
+    ),
+]
+StopProbabilityField = Annotated[
+    float,
+    Field(
+        ge=0.5,
+        le=1.0,
+        allow_inf_nan=False,
+        description="P(best) the leading arm needs before it is declared the winner. "
+        "Fixed at creation.",
+    ),
+]
+StopExpectedLossField = Annotated[
+    float | None,
+    Field(
+        ge=0.0,
+        le=REWARD_CEILING,
+        allow_inf_nan=False,
+        description="Largest expected loss (value per visitor left by stopping on the "
+        "leader, in the reward's unit) at which it is declared the winner. Null: 0.001 "
+        "for a binary experiment (a tenth of a percentage point of conversion), 1% of the "
+        "leader's value per visitor for a continuous one. Fixed at creation.",
+    ),
+]
 UnitIdField = Annotated[
     UnitId,
     Field(
@@ -239,12 +283,18 @@ class ExperimentCreate(_Request):
     allocation_interval_s: AllocationIntervalField = DEFAULT_ALLOCATION_INTERVAL_S
     reward_type: RewardTypeField = "binary"
     reward_cap: RewardCapField = None
+    # --- holdout and stopping ---
+    control_arm_id: ControlArmField = None
+    holdout_share: HoldoutShareField = 0.0
+    stop_probability: StopProbabilityField = DEFAULT_STOP_PROBABILITY
+    stop_expected_loss: StopExpectedLossField = None
 
     @model_validator(mode="after")
     def _floor_fits(self) -> ExperimentCreate:
         check_floor(len(self.arm_ids), self.min_arm_share)
         if self.reward_cap is not None and self.reward_type != "continuous":
             raise ValueError(CAP_NEEDS_CONTINUOUS)
+        check_holdout(self.arm_ids, self.holdout_share, self.control_arm_id)
         return self
 
 
@@ -263,6 +313,17 @@ FIXED_AT_CREATION = {
     "reward_cap": "reward_cap cannot change after creation: the rewards already folded "
     "were capped with it, and a replay of the log must fold them the same way (create a "
     "new experiment)",
+    # --- holdout and stopping: the fold splits rewards into holdout and bandit traffic by
+    # the control arm and the share, and declares a winner by the stopping thresholds;
+    # replay folds the log under the final config, so these never change either.
+    "control_arm_id": "control_arm_id cannot change after creation: the holdout's "
+    "decisions already logged were served it (create a new experiment)",
+    "holdout_share": "holdout_share cannot change after creation: the uplift over the "
+    "holdout already folded was measured with it (create a new experiment)",
+    "stop_probability": "stop_probability cannot change after creation: a replay of the "
+    "log must declare the same winner (create a new experiment)",
+    "stop_expected_loss": "stop_expected_loss cannot change after creation: a replay of "
+    "the log must declare the same winner (create a new experiment)",
 }
 
 
