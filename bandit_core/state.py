@@ -14,6 +14,7 @@ from typing import Any, Final
 import orjson
 
 from bandit_core.adaptive_shape import DAYPART_BUCKETS, HALF_LIVES, WINDOW_BUCKETS
+from bandit_core.uplift import Uplift
 from schemas.events import ExperimentConfig
 
 #: The integers a JSON snapshot holds as such (orjson refuses any beyond 64 bits).
@@ -267,6 +268,10 @@ class ExperimentState:
     compares with each version's weights. It keeps at most :data:`MAX_SRM_CELLS` cells,
     dropping the oldest versions first; ``srm_dropped`` counts the unit decisions whose
     cells were dropped. Both appear in the snapshot only once non-empty.
+
+    Holdout: ``uplift`` holds the two confidence sequences of the bandit's uplift over
+    the holdout (:mod:`bandit_core.uplift`); in the snapshot only once it exists, as is
+    ``winner``, the arm the stopping rule declared (:mod:`bandit_core.verdict`).
     """
 
     experiment_id: str
@@ -283,6 +288,14 @@ class ExperimentState:
     srm: dict[int, dict[str, int]] = field(default_factory=dict)
     srm_cells: int = 0
     srm_dropped: int = 0
+    #: The bandit's uplift over the holdout (:mod:`bandit_core.uplift`): ``None`` until
+    #: an experiment with a holdout folds its first rewarded decision.
+    uplift: Uplift | None = None
+    #: The arm the stopping rule declared the winner (:mod:`bandit_core.verdict`), once.
+    winner: str | None = None
+    #: Rewards folded so far (the sum of the arms' ``pulls``, derived, never stored): the
+    #: stopping rule checks at fixed counts of it.
+    rewards: int = 0
 
     def arm(self, arm_id: str) -> ArmStats:
         stats = self.arms.get(arm_id)
@@ -333,6 +346,9 @@ class ExperimentState:
             srm={v: dict(arms) for v, arms in self.srm.items()},
             srm_cells=self.srm_cells,
             srm_dropped=self.srm_dropped,
+            uplift=None if self.uplift is None else self.uplift.clone(),
+            winner=self.winner,
+            rewards=self.rewards,
         )
 
     # --- snapshot blob (what Redis stores; config, seen and pending have their own keys) ---
@@ -353,6 +369,10 @@ class ExperimentState:
                 "dropped": self.srm_dropped,
                 "versions": {str(v): arms for v, arms in self.srm.items()},
             }
+        if self.uplift is not None:
+            obj["uplift"] = self.uplift.to_list()
+        if self.winner is not None:
+            obj["winner"] = self.winner
         return orjson.dumps(obj)
 
     @classmethod
@@ -382,4 +402,7 @@ class ExperimentState:
             srm=srm,
             srm_cells=sum(len(arms) for arms in srm.values()),
             srm_dropped=srm_dropped,
+            uplift=None if "uplift" not in obj else Uplift.from_list(obj["uplift"]),
+            winner=obj.get("winner"),
+            rewards=sum(int(arm[0]) for arm in obj["arms"].values()),
         )

@@ -40,6 +40,7 @@ from schemas.events import (
     ExperimentCreated,
     RewardObserved,
     StrategyChanged,
+    WinnerDeclared,
 )
 from schemas.rejections import Rejection
 from schemas.topics import TopicNames, partition_key, partition_of
@@ -168,7 +169,7 @@ async def _read(
                 if record.value is None:
                     raise DecodeError(Rejection.EMPTY, "record without a value (tombstone)")
                 event = decode(record.value)
-                if isinstance(event, ChangePointDetected):
+                if isinstance(event, ChangePointDetected | WinnerDeclared):
                     return
                 if not isinstance(event, ExperimentCreated | ArmsAdded | StrategyChanged):
                     raise DecodeError(

@@ -13,6 +13,7 @@ from schemas.events import (
     ExperimentEvent,
     RewardObserved,
     StrategyChanged,
+    WinnerDeclared,
     new_event_id,
 )
 from schemas.ids import ArmId, ExperimentId, is_valid_id, normalize_id
@@ -35,6 +36,7 @@ __all__ = [
     "StrategyChanged",
     "TopicNames",
     "TopicSpec",
+    "WinnerDeclared",
     "decode",
     "decode_reward",
     "encode",

@@ -75,6 +75,7 @@ __all__ = [
     "StrategyChanged",
     "UnitIdStorage",
     "UserContext",
+    "WinnerDeclared",
     "check_user_context",
     "new_event_id",
 ]
@@ -377,6 +378,24 @@ class ChangePointDetected(_Event):
     statistic: float = Field(default=0.0, allow_inf_nan=False)
 
 
+class WinnerDeclared(_Event):
+    """The stopping rule declared an arm the winner (docs/stopping.md): its ``P(best)``
+    reached the experiment's ``stop_probability`` and its expected loss fell to
+    ``stop_expected_loss`` (``threshold``: the value in force, the default resolved).
+
+    Derived from rewards by the fold, at most once per experiment (so replay recomputes
+    it); folding it is a no-op. Informational: traffic is not changed by it.
+    """
+
+    type: Literal["winner_declared"] = "winner_declared"
+    arm_id: ArmId
+    p_best: float = Field(ge=0.0, le=1.0, allow_inf_nan=False)
+    expected_loss: float = Field(ge=0.0, allow_inf_nan=False)
+    threshold: float = Field(ge=0.0, allow_inf_nan=False)
+    #: Rewards folded when it was declared (the check runs at fixed counts of them).
+    rewards: int = Field(ge=0)
+
+
 ExperimentEvent = Annotated[
     ExperimentCreated | ArmsAdded | StrategyChanged, Field(discriminator="type")
 ]
@@ -386,7 +405,8 @@ Event = Annotated[
     | StrategyChanged
     | DecisionMade
     | RewardObserved
-    | ChangePointDetected,
+    | ChangePointDetected
+    | WinnerDeclared,
     Field(discriminator="type"),
 ]
 AnyEvent = (
@@ -396,4 +416,5 @@ AnyEvent = (
     | DecisionMade
     | RewardObserved
     | ChangePointDetected
+    | WinnerDeclared
 )

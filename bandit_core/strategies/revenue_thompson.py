@@ -30,9 +30,10 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 import numpy as np
+import numpy.typing as npt
 from pydantic import Field
 
 from bandit_core.rng import numpy_generator
@@ -90,6 +91,10 @@ def revenue_posteriors(
     return out
 
 
+#: Largest log value per visitor a posterior draw keeps (exp(700) is near a double's max).
+MAX_LOG_VALUE: Final = 700.0
+
+
 class RevenueThompson(ExploringStrategy[Any]):
     """Thompson sampling on conversion rate x mean order value (module docstring).
     Generic over ``Any``: the discounted variant's params extend this one's."""
@@ -125,14 +130,33 @@ class RevenueThompson(ExploringStrategy[Any]):
         k = len(posts)
         if len(set(posts)) == 1:
             return [1.0 / k] * k
-        gen = numpy_generator(rng)
+        return win_shares(self._log_values(posts, numpy_generator(rng), samples))
+
+    @staticmethod
+    def _log_values(
+        posts: list[ArmPosterior], gen: np.random.Generator, samples: int
+    ) -> npt.NDArray[np.float64]:
+        """Joint draws of each arm's log value per visitor: log(conversion) + the log of
+        the lognormal mean order value, ``mu + sigma^2 / 2`` (-inf for a zero draw)."""
         alphas = np.array([p[0] for p in posts])
         betas = np.array([p[1] for p in posts])
-        conv = gen.beta(alphas, betas, size=(samples, k))
+        conv = gen.beta(alphas, betas, size=(samples, len(posts)))
         mu, sigma2 = nig_draws([p[2] for p in posts], gen, samples)
         with np.errstate(divide="ignore"):
-            scores = np.log(conv) + mu + sigma2 / 2.0
-        return win_shares(scores)
+            scores: npt.NDArray[np.float64] = np.log(conv) + mu + sigma2 / 2.0
+        return scores
+
+    def posterior_draws(
+        self, stats: Sequence[ArmStats], params: Any, rng: random.Random, now: float, samples: int
+    ) -> npt.NDArray[np.float64]:
+        """Draws of each arm's value per visitor, conversion x mean order value."""
+        check_samples(samples)
+        posts = self.posteriors(stats, params, now)
+        logs = self._log_values(posts, numpy_generator(rng), samples)
+        # A wide order-value posterior early on can draw a log value beyond a double's
+        # range; clipping keeps every draw finite (such a draw is never the one compared).
+        draws: npt.NDArray[np.float64] = np.exp(np.minimum(logs, MAX_LOG_VALUE))
+        return draws
 
 
 class DiscountedRevenueThompson(RevenueThompson):

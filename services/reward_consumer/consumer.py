@@ -47,7 +47,13 @@ from confluent_kafka import KafkaException
 from redis.exceptions import RedisError
 
 from schemas.codec import encode
-from schemas.events import AnyEvent, ChangePointDetected, DecisionMade, RewardObserved
+from schemas.events import (
+    AnyEvent,
+    ChangePointDetected,
+    DecisionMade,
+    RewardObserved,
+    WinnerDeclared,
+)
 from services.reward_consumer.attribution import AttributionSweeper
 from services.reward_consumer.exposures import ExposureJudge, ExposureReport
 from services.reward_consumer.processor import FoldReport, SnapshotFold
@@ -211,8 +217,11 @@ class RewardConsumer(KafkaBatchProcessor[FoldReport]):
         marked, so the retry produces them again)."""
         await self._send(self.topics.decisions, events)
 
-    async def _publish_change_points(self, events: Sequence[ChangePointDetected]) -> None:
-        """Publish change points to the experiments topic, keyed by experiment id.
+    async def _publish_change_points(
+        self, events: Sequence[ChangePointDetected | WinnerDeclared]
+    ) -> None:
+        """Publish change points (and the stopping rule's ``WinnerDeclared``) to the
+        experiments topic, keyed by experiment id.
 
         Called by the engine after the Redis writes and before the Kafka commit. The
         records are already folded, so a failure here must not fail the batch (its
