@@ -38,7 +38,7 @@ from bandit_core.adaptive import observe, restart_others
 from bandit_core.decision_ids import arm_index_of, is_holdout_id
 from bandit_core.state import ExperimentState
 from bandit_core.uplift import Uplift
-from bandit_core.verdict import check_interval, check_seed, verdict
+from bandit_core.verdict import check_seed, is_check, verdict
 from schemas.events import (
     REWARD_MAX,
     REWARD_MIN,
@@ -241,11 +241,7 @@ def _apply(state: ExperimentState, event: AnyEvent, result: FoldResult) -> str:
             restart_others(list(state.arms.values()), stats)
             result.change_points.append(ChangePoint(arm_id, ts, statistic, stats.change_points))
         state.rewards += 1
-        if (
-            state.winner is None
-            and config is not None
-            and state.rewards % check_interval(len(config.arm_ids)) == 0
-        ):
+        if state.winner is None and is_check(state.rewards):
             _check_winner(state, ts, result)
     elif isinstance(event, DecisionMade):
         arm_id = event.arm_id

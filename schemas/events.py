@@ -220,7 +220,7 @@ class ExperimentConfig(BaseModel):
         default=DEFAULT_STOP_PROBABILITY, ge=0.5, le=1.0, allow_inf_nan=False
     )
     #: The leader's largest expected loss at which it is declared the winner; ``None``:
-    #: :func:`bandit_core.stopping.default_expected_loss` of the reward type.
+    #: :func:`bandit_core.verdict.loss_threshold` of the reward type.
     stop_expected_loss: float | None = Field(
         default=None, ge=0.0, le=REWARD_CEILING, allow_inf_nan=False
     )

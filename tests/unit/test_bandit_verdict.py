@@ -15,7 +15,14 @@ from bandit_core.fold import fold_into
 from bandit_core.state import ArmStats, ExperimentState
 from bandit_core.stopping import stopping_summary
 from bandit_core.strategies import STRATEGIES, get_strategy, params_for
-from bandit_core.verdict import BINARY_LOSS, check_interval, loss_threshold, verdict
+from bandit_core.verdict import (
+    BINARY_LOSS,
+    CHECK_INTERVAL,
+    is_check,
+    loss_threshold,
+    samples_for,
+    verdict,
+)
 from schemas.events import AnyEvent, ExperimentConfig, ExperimentCreated, RewardObserved
 from services.reward_consumer.processor import winner_event
 
@@ -133,7 +140,7 @@ def test_a_clear_winner_is_declared_once_and_replay_declares_it_alike() -> None:
     assert live_winners == replay_winners
     won = live_winners[0]
     assert won.arm_id == "c"
-    assert won.rewards % check_interval(3) == 0
+    assert won.rewards % CHECK_INTERVAL == 0
     assert won.p_best >= 0.95
     assert won.expected_loss <= won.threshold == BINARY_LOSS
     assert live.winner == replayed.winner == "c"
@@ -182,3 +189,41 @@ def test_the_fold_splits_holdout_and_bandit_outcomes() -> None:
     assert again.interval() == (low, high)
     plain, _ = _fold_in_chunks(events[:100], [100], _config())
     assert plain.uplift is None
+
+
+def test_arms_without_rewards_are_not_judged() -> None:
+    """Only arm "a" rewarded (always converting): no verdict, no winner; once "b" has
+    rewards too, the verdict covers the two (the third, unrewarded, is left out)."""
+    config = _config()
+    ones: list[AnyEvent] = [
+        RewardObserved(experiment_id="shop", arm_id="a", reward=1.0, ts=10.0 + i)
+        for i in range(300)
+    ]
+    state, winners = _fold_in_chunks(ones, [300], config)
+    assert winners == []
+    assert verdict(state, 400.0, "s") is None
+    zeros = [
+        RewardObserved(experiment_id="shop", arm_id="b", reward=0.0, ts=400.0 + i)
+        for i in range(100)
+    ]
+    fold_into(state, zeros)
+    found = verdict(state, 600.0, "s")
+    assert found is not None
+    assert found.arm_ids == ("a", "b")
+    assert state.winner == "a"
+
+
+def test_checks_thin_out_as_rewards_accumulate() -> None:
+    checks = [n for n in range(1, 200_001) if is_check(n)]
+    assert checks[:3] == [100, 200, 300]
+    assert 9_900 in checks
+    assert 10_100 not in checks
+    assert 11_000 in checks
+    assert 101_000 not in checks
+    assert 110_000 in checks
+    assert len(checks) == 99 + 90 + 11
+
+
+def test_few_draws_per_arm_with_many_arms() -> None:
+    assert samples_for(3) == 4000
+    assert samples_for(1000) == 500

@@ -54,7 +54,10 @@ router = APIRouter(tags=["experiments"], dependencies=[READ])
     description="Per arm in config order: rewards observed (pulls), reward sum, mean, "
     "decisions served, unique units and the current propensity; read fresh from Redis "
     "(no cache). Once units are counted, `srm`: the sample-ratio-mismatch check of "
-    "their arms against the allocation versions they were assigned under.",
+    "their arms against the allocation versions they were assigned under. Once rewards "
+    "are folded, `stopping`: P(best) and expected loss per arm and the declared winner; "
+    "with a holdout, `uplift`: the bandit's uplift over it per visitor with an "
+    "anytime-valid interval (docs/stopping.md).",
     responses={404: E404, **READ_RESPONSES},
 )
 async def stats(experiment_id: ExperimentIdPath, rt: RuntimeDep) -> StatsPublic:
