@@ -25,6 +25,7 @@ from mab_client.models import ConfigUpdate, ExperimentCreate
 from schemas.events import ExperimentConfig
 from services.decider.decisions import DecisionCache
 from services.decider.units import bandit_rule, choose_unit
+from tests.fixtures.events import config_of
 
 pytestmark = pytest.mark.unit
 
@@ -32,14 +33,12 @@ ARMS = ("control", "b", "c")
 
 
 def _config(**settings: Any) -> ExperimentConfig:
-    return ExperimentConfig(
-        experiment_id="shop",
-        arm_ids=ARMS,
+    return config_of(
+        "shop",
+        ARMS,
         strategy="epsilon_greedy",
+        ts=1.0,
         strategy_params={"epsilon": 0.3, "seed": 5},
-        version=1,
-        created_ts=1.0,
-        updated_ts=1.0,
         **settings,
     )
 

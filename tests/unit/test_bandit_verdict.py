@@ -25,6 +25,7 @@ from bandit_core.verdict import (
 )
 from schemas.events import AnyEvent, ExperimentConfig, ExperimentCreated, RewardObserved
 from services.reward_consumer.processor import winner_event
+from tests.fixtures.events import config_of
 
 pytestmark = pytest.mark.unit
 
@@ -32,15 +33,7 @@ ARMS = ("a", "b", "c")
 
 
 def _config(**settings: Any) -> ExperimentConfig:
-    return ExperimentConfig(
-        experiment_id="shop",
-        arm_ids=ARMS,
-        strategy=settings.pop("strategy", "thompson"),
-        version=1,
-        created_ts=1.0,
-        updated_ts=1.0,
-        **settings,
-    )
+    return config_of("shop", ARMS, ts=1.0, **settings)
 
 
 def _rewards(rates: tuple[float, ...], n: int, seed: int, holdout: float = 0.0) -> list[AnyEvent]:
