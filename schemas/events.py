@@ -224,6 +224,9 @@ class ExperimentConfig(BaseModel):
     stop_expected_loss: float | None = Field(
         default=None, ge=0.0, le=REWARD_CEILING, allow_inf_nan=False
     )
+    #: Once a winner is declared, the bandit serves it alone (the traffic floor and the
+    #: holdout still apply); ``False``: the declaration is informational.
+    route_to_winner: bool = False
 
     @model_validator(mode="before")
     @classmethod

@@ -50,6 +50,10 @@ probability ``h`` the control arm (:meth:`DecisionCache.held_out`, a draw of the
 generator), otherwise the choice above, so ``logged`` is :func:`with_holdout` of the
 floored propensities: every decision of an arm logs the arm's true propensity, whichever
 branch served it.
+
+With ``route_to_winner``, once the fold has declared a winner (the snapshot's
+``winner``) the policy is the winner alone: propensities 1 for it and 0 for the others,
+before the floor and the holdout, so the allocation weights route units too.
 """
 
 from __future__ import annotations
@@ -135,6 +139,17 @@ class CachedExperiment:
     #: The experiment's ``holdout_share`` (0: none) and its control arm's index.
     holdout: float = 0.0
     control: int = 0
+    #: The declared winner's index when the experiment routes all traffic to it.
+    routed: int | None = None
+
+
+def routed_index(config: ExperimentConfig, state: ExperimentState) -> int | None:
+    """The declared winner's index when ``config`` routes all traffic to it (and one is
+    declared, in this experiment's arms), else ``None``."""
+    winner = state.winner
+    if not config.route_to_winner or winner is None or winner not in config.arm_ids:
+        return None
+    return config.arm_ids.index(winner)
 
 
 def served_propensities(propensities: list[float], config: ExperimentConfig) -> list[float]:
@@ -272,8 +287,13 @@ class DecisionCache:
         else:
             params = params_for(config.strategy, config.strategy_params)
             rng = make_rng(params.seed)
-        sampler = strategy.batch_sampler(arm_list, stats, params, time.time())
-        propensities = self._propensities(strategy, params, config, stats, time.time())
+        routed = routed_index(config, state)
+        if routed is None:
+            sampler = strategy.batch_sampler(arm_list, stats, params, time.time())
+            propensities = self._propensities(strategy, params, config, stats, time.time())
+        else:
+            sampler = None
+            propensities = [float(i == routed) for i in range(len(arm_list))]
         floor = config.min_arm_share
         entry = CachedExperiment(
             config=config,
@@ -296,6 +316,7 @@ class DecisionCache:
             logged=[max(p, MIN_PROPENSITY) for p in served_propensities(propensities, config)],
             holdout=config.holdout_share,
             control=config.control_index,
+            routed=routed,
         )
         entry.build_s = time.perf_counter() - started
         return entry
@@ -313,6 +334,8 @@ class DecisionCache:
         if entry.explore and entry.rng.random() < entry.explore:
             index = entry.rng.randrange(len(entry.arm_list))
             return index, entry.logged[index]
+        if entry.routed is not None:
+            return entry.routed, entry.logged[entry.routed]
         queued = entry.queued
         if queued:
             index = queued.pop()
@@ -366,6 +389,15 @@ class DecisionCache:
         params = params_for(config.strategy, config.strategy_params)
         raw = self._propensities(get_strategy(config.strategy), params, config, stats, now)
         return served_propensities(raw, config)
+
+    @staticmethod
+    def routed_propensities(config: ExperimentConfig, state: ExperimentState) -> list[float] | None:
+        """The served propensities when the experiment routes its traffic to a declared
+        winner, else ``None``."""
+        routed = routed_index(config, state)
+        if routed is None:
+            return None
+        return served_propensities([float(i == routed) for i in range(len(config.arm_ids))], config)
 
     def _propensities(
         self,

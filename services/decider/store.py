@@ -93,8 +93,11 @@ local function holdout_tail(cfg, raw)
   local out = ''
   if type(cfg.control_arm_id) == 'string' then
     out = out .. ',"control_arm_id":' .. cjson.encode(cfg.control_arm_id)
+  elseif cfg.control_arm_id == cjson.null then
+    out = out .. ',"control_arm_id":null'
   end
-  for _, name in ipairs({'holdout_share', 'stop_probability', 'stop_expected_loss'}) do
+  for _, name in ipairs({'holdout_share', 'stop_probability', 'stop_expected_loss',
+                         'route_to_winner'}) do
     local value = scalar_raw(raw, name)
     if value then out = out .. ',"' .. name .. '":' .. value end
   end

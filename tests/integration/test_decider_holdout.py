@@ -5,6 +5,7 @@ and in ``/stats``, with the uplift over the holdout and ``mab report``'s summary
 
 from __future__ import annotations
 
+import asyncio
 import random
 from typing import Any
 
@@ -114,14 +115,20 @@ async def test_a_clear_winner_is_declared_with_the_uplift_over_the_holdout(
     visitors decided by Thompson and each rewarded (0 or 1) with its decision id. We
     expect a WinnerDeclared for "c" on the experiments topic (once), the same winner in
     /stats with P(best) >= 0.95, the uplift's two sides counting every visitor and its
-    interval above 0, and ``mab report`` saying all of it."""
+    interval above 0, the winner then taking the bandit's traffic (route_to_winner), and
+    ``mab report`` saying all of it."""
     exp = f"{ns}shop"
     rates = {"control": 0.05, "b": 0.05, "c": 0.4}
     rng = random.Random(11)
     services = in_process(kafka_bootstrap, redis_url, ns)
     n = 1200
     async with services.serving() as c:
-        body = {"holdout_share": 0.2, "control_arm_id": "control", "strategy": "thompson"}
+        body = {
+            "holdout_share": 0.2,
+            "control_arm_id": "control",
+            "strategy": "thompson",
+            "route_to_winner": True,
+        }
         assert (await create(c, exp, **body)).status_code == 201
         for _ in range(n):
             d = (await c.get("/decision", params={"experiment_id": exp})).json()
@@ -139,6 +146,18 @@ async def test_a_clear_winner_is_declared_with_the_uplift_over_the_holdout(
         consumer = services.consumer
         await wait_for(lambda: consumer.stats.applied >= 2 * n, 60, "rewards folded")
         stats = StatsPublic.model_validate_json((await c.get(f"/experiments/{exp}/stats")).content)
+        # Routed: once the decider's cache holds the snapshot with the winner, the
+        # bandit serves "c" alone (logged 0.8) and the holdout the control.
+        after: list[dict[str, Any]] = []
+        for _ in range(400):
+            d = (await c.get("/decision", params={"experiment_id": exp})).json()
+            after = [*after, d][-60:] if d["arm_id"] in ("c", "control") else []
+            if len(after) == 60:
+                break
+            await asyncio.sleep(0.01)
+    assert len(after) == 60, "the declared winner did not take the traffic"
+    assert {d["propensity"] for d in after if d["arm_id"] == "c"} == {0.8}
+    assert stats.propensities["b"] == 0.0
     assert consumer.stats.rejected == {}
     stopping, uplift = stats.stopping, stats.uplift
     assert stopping is not None

@@ -32,6 +32,14 @@ SETTINGS: dict[str, Any] = {
 }
 #: The reward settings of a continuous experiment (a cap whose text must survive Lua).
 REWARD_SETTINGS: dict[str, Any] = {"reward_type": "continuous", "reward_cap": 1234.5678901234567}
+#: A control arm id with JSON-significant characters, a loss with 17 significant digits.
+HOLDOUT_SETTINGS: dict[str, Any] = {
+    "control_arm_id": 'ctl, "a", {b}',
+    "holdout_share": 0.25,
+    "stop_probability": 0.975,
+    "stop_expected_loss": 0.0012345678901234567,
+    "route_to_winner": True,
+}
 
 
 @pytest.fixture
@@ -91,7 +99,7 @@ async def test_a_config_stored_before_the_settings_keeps_reading_as_before(
     async with serve_decider(decider_settings()) as (c, _):
         r = await c.post("/experiments", json={"experiment_id": exp, "arm_ids": ["x", "y"]})
         assert r.status_code == 201, r.text
-        newer = {*SETTINGS, *REWARD_SETTINGS}
+        newer = {*SETTINGS, *REWARD_SETTINGS, *HOLDOUT_SETTINGS}
         old = {k: v for k, v in (await _stored(redis, key)).items() if k not in newer}
         await redis.set(key, orjson.dumps(old))
         r = await c.post(f"/experiments/{exp}/arms", json={"arm_ids": ["z"]})
@@ -120,14 +128,14 @@ async def test_commands_keep_the_reward_settings_and_check_the_strategy(
     async with serve_decider(decider_settings()) as (c, _):
         r = await c.post("/experiments", json={**body, **REWARD_SETTINGS})
         assert r.status_code == 201, r.text
-        assert b'"reward_cap":1234.5678901234567}' in await _raw(redis, key)
+        assert b'"reward_cap":1234.5678901234567,' in await _raw(redis, key)
         r = await c.post(f"/experiments/{exp}/arms", json={"arm_ids": ["z"]})
         assert r.status_code == 200, r.text
         r = await c.post("/config", json={"experiment_id": exp, "strategy": "epsilon_greedy"})
         assert r.status_code == 200, r.text
         stored = await _stored(redis, key)
         assert {k: stored[k] for k in REWARD_SETTINGS} == REWARD_SETTINGS
-        assert b'"reward_cap":1234.5678901234567}' in await _raw(redis, key)
+        assert b'"reward_cap":1234.5678901234567,' in await _raw(redis, key)
         before = await redis.get(key)
         r = await c.post("/config", json={"experiment_id": exp, "strategy": "thompson"})
         assert r.status_code == 422, r.text
@@ -138,6 +146,32 @@ async def test_commands_keep_the_reward_settings_and_check_the_strategy(
             assert r.status_code == 422, r.text
             assert f"{name} cannot change after creation" in r.text
         assert await redis.get(key) == before
+
+
+async def test_commands_keep_the_holdout_settings(
+    decider_settings: SettingsFactory, ns: str, redis: Redis
+) -> None:
+    """Scenario: an experiment with a holdout on a control arm whose id holds a comma,
+    quotes and braces, and a loss threshold of 17 significant digits. We expect add-arms
+    and a strategy change to keep every holdout and stopping setting (the Lua scripts
+    rewrite the config from its stored text), in the model's field order."""
+    exp = f"{ns}held"
+    key = RedisKeys(ns).experiment(exp).config
+    arms = [HOLDOUT_SETTINGS["control_arm_id"], "y"]
+    async with serve_decider(decider_settings()) as (c, _):
+        r = await c.post(
+            "/experiments", json={"experiment_id": exp, "arm_ids": arms, **HOLDOUT_SETTINGS}
+        )
+        assert r.status_code == 201, r.text
+        r = await c.post(f"/experiments/{exp}/arms", json={"arm_ids": ["z"]})
+        assert r.status_code == 200, r.text
+        r = await c.post("/config", json={"experiment_id": exp, "strategy": "ucb1"})
+        assert r.status_code == 200, r.text
+        stored = await _stored(redis, key)
+        assert {k: stored[k] for k in HOLDOUT_SETTINGS} == HOLDOUT_SETTINGS
+        assert list(stored) == list(ExperimentConfig.model_fields)
+        assert b'"stop_expected_loss":0.0012345678901234567,' in await _raw(redis, key)
+        assert ExperimentConfig.model_validate(stored).version == 3
 
 
 async def test_adding_arms_beyond_the_floor_is_refused_and_stores_nothing(

@@ -92,7 +92,14 @@ def test_good_settings_and_defaults() -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["holdout_share", "control_arm_id", "stop_probability", "stop_expected_loss"]
+    "name",
+    [
+        "holdout_share",
+        "control_arm_id",
+        "stop_probability",
+        "stop_expected_loss",
+        "route_to_winner",
+    ],
 )
 def test_the_settings_are_fixed_at_creation(name: str) -> None:
     with pytest.raises(ValidationError, match=f"{name} cannot change after creation"):
@@ -121,6 +128,48 @@ def test_with_holdout_is_the_mixture_and_without_holdout_inverts_it(
     assert without_holdout(mixed, share, control) == pytest.approx(ps, abs=1e-9)
 
 
+def _cache() -> DecisionCache:
+    return DecisionCache(
+        object(),  # type: ignore[arg-type]  # never reached: the entry is built directly
+        max_staleness_s=60.0,
+        max_entries=10,
+        propensity_samples=1000,
+        degraded_max_age_s=60.0,
+    )
+
+
+def test_a_declared_winner_takes_the_traffic_when_routed() -> None:
+    """Scenario: "c" declared the winner, holdout 0.2 on "control". We expect, with
+    route_to_winner, every bandit decision on "c" (logged 0.8) and the holdout's 20% on
+    the control (logged 0.2), "b" never served; without it, the policy as before."""
+    state = ExperimentState.from_snapshot(None, "shop")
+    for arm in ARMS:
+        state.arms[arm] = ArmStats(pulls=100, reward_sum=10.0, decisions=100)
+    state.winner = "c"
+    cache = _cache()
+    settings = {"holdout_share": 0.2, "control_arm_id": "control"}
+    routed = _config(route_to_winner=True, **settings)
+    entry = cache._build("shop", routed.model_dump_json().encode(), state.snapshot_bytes(), None)
+    assert entry.routed == 2
+    served: Counter[str] = Counter()
+    for _ in range(2000):
+        if cache.held_out(entry):
+            served["holdout"] += 1
+            continue
+        index, propensity = cache.decide(entry, 0.0)
+        served[ARMS[index]] += 1
+        assert propensity == pytest.approx(0.8)
+    assert set(served) == {"holdout", "c"}
+    assert entry.logged[0] == pytest.approx(0.2)
+    assert cache.routed_propensities(routed, state) == pytest.approx([0.2, 0.0, 0.8])
+    informational = _config(**settings)
+    plain = cache._build(
+        "shop", informational.model_dump_json().encode(), state.snapshot_bytes(), None
+    )
+    assert plain.routed is None
+    assert cache.routed_propensities(informational, state) is None
+
+
 def test_per_request_holdout_shares_and_logged_propensities() -> None:
     """Scenario: 3 arms, epsilon-greedy leading on "c", holdout 0.2 on "control", 30,000
     requests. We expect: 20% of them held out (within 4.5 standard errors), all on the
@@ -129,13 +178,7 @@ def test_per_request_holdout_shares_and_logged_propensities() -> None:
     stats = [ArmStats(pulls=100, reward_sum=s, decisions=100) for s in (10.0, 20.0, 40.0)]
     state = ExperimentState.from_snapshot(None, "shop")
     state.arms.update(zip(ARMS, stats, strict=True))
-    cache = DecisionCache(
-        object(),  # type: ignore[arg-type]  # never reached: the entry is built directly
-        max_staleness_s=60.0,
-        max_entries=10,
-        propensity_samples=1000,
-        degraded_max_age_s=60.0,
-    )
+    cache = _cache()
     h = 0.2
     config = _config(holdout_share=h, control_arm_id="control")
     entry = cache._build("shop", config.model_dump_json().encode(), state.snapshot_bytes(), None)

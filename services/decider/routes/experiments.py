@@ -126,6 +126,7 @@ async def create_experiment(body: ExperimentCreate, rt: RuntimeDep) -> Experimen
         holdout_share=body.holdout_share,
         stop_probability=body.stop_probability,
         stop_expected_loss=body.stop_expected_loss,
+        route_to_winner=body.route_to_winner,
     )
     async with rt.command_lock(config.experiment_id):
         result = await rt.store.create(config)

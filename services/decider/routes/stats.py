@@ -72,7 +72,9 @@ async def stats(experiment_id: ExperimentIdPath, rt: RuntimeDep) -> StatsPublic:
         state = ExperimentState.from_snapshot(snap_raw, experiment_id)
         arm_stats = state.stats_for(config.arm_ids)
         now = time.time()
-        props = rt.cache.propensities(config, arm_stats, now)
+        props = rt.cache.routed_propensities(config, state) or rt.cache.propensities(
+            config, arm_stats, now
+        )
         state.config = config
         return config, state, arm_stats, props, stopping_public(state, now)
 

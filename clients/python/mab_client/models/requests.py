@@ -288,6 +288,11 @@ class ExperimentCreate(_Request):
     holdout_share: HoldoutShareField = 0.0
     stop_probability: StopProbabilityField = DEFAULT_STOP_PROBABILITY
     stop_expected_loss: StopExpectedLossField = None
+    route_to_winner: bool = Field(
+        default=False,
+        description="Once a winner is declared, serve it alone (the traffic floor and the "
+        "holdout still apply). False: the declaration is informational. Fixed at creation.",
+    )
 
     @model_validator(mode="after")
     def _floor_fits(self) -> ExperimentCreate:
@@ -324,6 +329,8 @@ FIXED_AT_CREATION = {
     "log must declare the same winner (create a new experiment)",
     "stop_expected_loss": "stop_expected_loss cannot change after creation: a replay of "
     "the log must declare the same winner (create a new experiment)",
+    "route_to_winner": "route_to_winner cannot change after creation, like the stopping "
+    "thresholds it acts on (create a new experiment)",
 }
 
 
