@@ -35,9 +35,11 @@ from dataclasses import dataclass, field
 from typing import Final, NamedTuple
 
 from bandit_core.adaptive import observe, restart_others
-from bandit_core.decision_ids import arm_index_of
+from bandit_core.decision_ids import arm_index_of, is_holdout_id
 from bandit_core.guardrails import Breach
 from bandit_core.state import ExperimentState
+from bandit_core.uplift import Uplift
+from bandit_core.verdict import check_seed, is_check, verdict
 from mab_client.models import metric_problem
 from schemas.events import (
     REWARD_MAX,
@@ -51,6 +53,7 @@ from schemas.events import (
     GuardrailBreached,
     RewardObserved,
     StrategyChanged,
+    WinnerDeclared,
 )
 from schemas.rejections import Rejection
 
@@ -68,6 +71,18 @@ MAX_PENDING: Final = 200_000
 STALE_CONFIG: Final = "stale_config"
 #: Outcome of a derived event (a change point): recomputed by the fold, so a no-op.
 DERIVED: Final = "derived"
+
+
+class Winner(NamedTuple):
+    """The stopping rule's declaration (:mod:`bandit_core.verdict`): the consumer
+    publishes it as a :class:`~schemas.events.WinnerDeclared` event."""
+
+    arm_id: str
+    ts: float
+    p_best: float
+    expected_loss: float
+    threshold: float
+    rewards: int
 
 
 class ChangePoint(NamedTuple):
@@ -97,6 +112,8 @@ class FoldResult:
     #: Open attribution windows the batch added (id -> deadline) and closed (ids).
     pending_added: dict[str, float] = field(default_factory=dict)
     pending_removed: list[str] = field(default_factory=list)
+    #: The winner the stopping rule declared in this batch (at most once per experiment).
+    winner: Winner | None = None
 
 
 def reward_rejection(config: ExperimentConfig | None, event: RewardObserved) -> Rejection | None:
@@ -220,6 +237,14 @@ def _apply(state: ExperimentState, event: AnyEvent, result: FoldResult) -> str:
         cap = None if config is None else config.reward_cap
         if cap is not None and reward > cap:
             reward = cap
+        if did is not None and config is not None and config.holdout_share > 0.0:
+            # One visitor's outcome, split by its decision id's holdout mark (the reward
+            # alone says it: its decision may be folded later). holdout_share and the
+            # cap are fixed at creation, so live and replay split and bound alike.
+            uplift = state.uplift
+            if uplift is None:
+                uplift = state.uplift = Uplift.for_config(config)
+            uplift.observe(is_holdout_id(did), reward)
         statistic = observe(stats, reward, ts)
         if statistic is not None:
             # soft global restart: every other arm keeps at most 48 observations of its
@@ -230,6 +255,9 @@ def _apply(state: ExperimentState, event: AnyEvent, result: FoldResult) -> str:
             # Guardrails: the metric settings are fixed at creation (like the cap), so
             # the live consumer and replay judge every value under the same ranges.
             result.breaches.extend(state.guard.observe(config, arm_id, event.metrics, ts))
+        state.rewards += 1
+        if state.winner is None and is_check(state.rewards):
+            _check_winner(state, ts, result)
     elif isinstance(event, DecisionMade):
         arm_id = event.arm_id
         unit = event.unit_id
@@ -262,12 +290,32 @@ def _apply(state: ExperimentState, event: AnyEvent, result: FoldResult) -> str:
         if state.config is not None and state.config.version >= event.config.version:
             return STALE_CONFIG
         state.config = event.config
-    elif isinstance(event, ChangePointDetected | GuardrailBreached):
+    elif isinstance(event, ChangePointDetected | GuardrailBreached | WinnerDeclared):
         return DERIVED
     else:  # pragma: no cover - the union is closed
         raise TypeError(f"unknown event {type(event).__name__}")
     state.version += 1
     return APPLIED
+
+
+def _check_winner(state: ExperimentState, ts: float, result: FoldResult) -> None:
+    """The stopping rule's check after ``state.rewards`` rewards: at fixed counts, with
+    draws seeded by the count and "now" the reward's time, so live batches and replay
+    chunks declare the same winner at the same reward (:mod:`bandit_core.verdict`)."""
+    found = verdict(state, ts, check_seed(state.experiment_id, state.rewards))
+    if found is None or found.winner is None:
+        return
+    index = found.winner
+    arm_id = found.arm_ids[index]
+    state.winner = arm_id
+    result.winner = Winner(
+        arm_id,
+        ts,
+        found.summary.p_best[index],
+        found.summary.expected_loss[index],
+        found.threshold,
+        state.rewards,
+    )
 
 
 def _track(state: ExperimentState, decision_id: str, deadline: float, result: FoldResult) -> None:

@@ -15,6 +15,7 @@ import orjson
 
 from bandit_core.adaptive_shape import DAYPART_BUCKETS, HALF_LIVES, WINDOW_BUCKETS
 from bandit_core.guardrails import GuardrailState
+from bandit_core.uplift import Uplift
 from schemas.events import ExperimentConfig
 
 #: The integers a JSON snapshot holds as such (orjson refuses any beyond 64 bits).
@@ -273,6 +274,10 @@ class ExperimentState:
     metric and the breaches proven so far (:class:`~bandit_core.guardrails.GuardrailState`);
     in the snapshot only once non-empty, so a snapshot written before guardrails existed
     loads with none.
+
+    Holdout: ``uplift`` holds the two confidence sequences of the bandit's uplift over
+    the holdout (:mod:`bandit_core.uplift`); in the snapshot only once it exists, as is
+    ``winner``, the arm the stopping rule declared (:mod:`bandit_core.verdict`).
     """
 
     experiment_id: str
@@ -290,6 +295,14 @@ class ExperimentState:
     srm_cells: int = 0
     srm_dropped: int = 0
     guard: GuardrailState = field(default_factory=GuardrailState.empty)
+    #: The bandit's uplift over the holdout (:mod:`bandit_core.uplift`): ``None`` until
+    #: an experiment with a holdout folds its first rewarded decision.
+    uplift: Uplift | None = None
+    #: The arm the stopping rule declared the winner (:mod:`bandit_core.verdict`), once.
+    winner: str | None = None
+    #: Rewards folded so far (the sum of the arms' ``pulls``, derived, never stored): the
+    #: stopping rule checks at fixed counts of it.
+    rewards: int = 0
 
     def arm(self, arm_id: str) -> ArmStats:
         stats = self.arms.get(arm_id)
@@ -341,6 +354,9 @@ class ExperimentState:
             srm_cells=self.srm_cells,
             srm_dropped=self.srm_dropped,
             guard=self.guard.copy(),
+            uplift=None if self.uplift is None else self.uplift.clone(),
+            winner=self.winner,
+            rewards=self.rewards,
         )
 
     # --- snapshot blob (what Redis stores; config, seen and pending have their own keys) ---
@@ -363,6 +379,10 @@ class ExperimentState:
             }
         if self.guard:
             obj["guardrails"] = self.guard.to_json()
+        if self.uplift is not None:
+            obj["uplift"] = self.uplift.to_list()
+        if self.winner is not None:
+            obj["winner"] = self.winner
         return orjson.dumps(obj)
 
     @classmethod
@@ -393,4 +413,7 @@ class ExperimentState:
             srm_cells=sum(len(arms) for arms in srm.values()),
             srm_dropped=srm_dropped,
             guard=GuardrailState.from_json(obj.get("guardrails", {})),
+            uplift=None if "uplift" not in obj else Uplift.from_list(obj["uplift"]),
+            winner=obj.get("winner"),
+            rewards=sum(int(arm[0]) for arm in obj["arms"].values()),
         )

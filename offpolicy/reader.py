@@ -41,6 +41,7 @@ from schemas.events import (
     GuardrailBreached,
     RewardObserved,
     StrategyChanged,
+    WinnerDeclared,
 )
 from schemas.rejections import Rejection
 from schemas.topics import TopicNames, partition_key, partition_of
@@ -169,7 +170,7 @@ async def _read(
                 if record.value is None:
                     raise DecodeError(Rejection.EMPTY, "record without a value (tombstone)")
                 event = decode(record.value)
-                if isinstance(event, ChangePointDetected | GuardrailBreached):
+                if isinstance(event, ChangePointDetected | GuardrailBreached | WinnerDeclared):
                     return
                 if not isinstance(event, ExperimentCreated | ArmsAdded | StrategyChanged):
                     raise DecodeError(

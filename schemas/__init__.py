@@ -14,6 +14,7 @@ from schemas.events import (
     GuardrailBreached,
     RewardObserved,
     StrategyChanged,
+    WinnerDeclared,
     new_event_id,
 )
 from schemas.ids import ArmId, ExperimentId, is_valid_id, normalize_id
@@ -37,6 +38,7 @@ __all__ = [
     "StrategyChanged",
     "TopicNames",
     "TopicSpec",
+    "WinnerDeclared",
     "decode",
     "decode_reward",
     "encode",

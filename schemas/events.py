@@ -24,7 +24,9 @@ from mab_client.models import (
     DEFAULT_ALLOCATION_INTERVAL_S,
     DEFAULT_GUARDRAIL_ALPHA,
     DEFAULT_STICKY_TTL_S,
+    DEFAULT_STOP_PROBABILITY,
     FLOOR_SLACK,
+    HOLDOUT_SHARE_MAX,
     INVALID_USER_CONTEXT,
     MAX_ALLOCATION_INTERVAL_S,
     MAX_ATTRIBUTION_WINDOW_S,
@@ -46,6 +48,7 @@ from mab_client.models import (
     UnitIdStorage,
     UserContext,
     check_guardrails,
+    check_holdout,
     check_user_context,
 )
 from schemas.ids import ArmId, ExperimentId, InvalidIdError, UnitId, normalize_id, random_hex
@@ -82,6 +85,7 @@ __all__ = [
     "StrategyChanged",
     "UnitIdStorage",
     "UserContext",
+    "WinnerDeclared",
     "check_user_context",
     "new_event_id",
 ]
@@ -215,14 +219,32 @@ class ExperimentConfig(BaseModel):
     #: A continuous experiment's strategy learns from ``min(reward, reward_cap)``
     #: (winsorised: one huge order does not swamp an arm); the log keeps the raw reward.
     reward_cap: float | None = Field(default=None, gt=0, le=REWARD_CEILING, allow_inf_nan=False)
-    # --- guardrails (docs/guardrails.md), fixed at creation; the last fields (the config
-    # scripts of services/decider/store.py keep them verbatim from "metrics" on). A
-    # config written before they existed decodes without metrics or guardrails ---
+    # --- holdout and stopping (docs/stopping.md), fixed at creation; a config written before
+    # these fields existed decodes without a holdout and with the default thresholds ---
+    #: The control arm: what the holdout is served (and what guardrails compare with).
+    control_arm_id: ArmId | None = None
+    #: Share of traffic served ``control_arm_id`` whatever the bandit says.
+    holdout_share: float = Field(default=0.0, ge=0.0, le=HOLDOUT_SHARE_MAX, allow_inf_nan=False)
+    #: The leader's P(best) at which it is declared the winner.
+    stop_probability: float = Field(
+        default=DEFAULT_STOP_PROBABILITY, ge=0.5, le=1.0, allow_inf_nan=False
+    )
+    #: The leader's largest expected loss at which it is declared the winner; ``None``:
+    #: :func:`bandit_core.verdict.loss_threshold` of the reward type.
+    stop_expected_loss: float | None = Field(
+        default=None, ge=0.0, le=REWARD_CEILING, allow_inf_nan=False
+    )
+    #: Once a winner is declared, the bandit serves it alone (the traffic floor and the
+    #: holdout still apply); ``False``: the declaration is informational.
+    route_to_winner: bool = False
+    # --- guardrails (docs/guardrails.md), fixed at creation, against ``control_arm_id``
+    # above; the last fields (the config scripts of services/decider/store.py keep them
+    # verbatim from "metrics" on). A config written before they existed decodes without
+    # metrics or guardrails ---
     #: The metrics rewards may carry, each with its finite range.
     metrics: tuple[MetricSpec, ...] = Field(default=(), max_length=MAX_METRICS)
     #: Each arm's metric against the control arm's: a proven breach pauses or alerts.
     guardrails: tuple[GuardrailSpec, ...] = Field(default=(), max_length=MAX_GUARDRAILS)
-    control_arm_id: ArmId | None = None
     guardrail_alpha: float = Field(default=DEFAULT_GUARDRAIL_ALPHA, gt=0, lt=1, allow_inf_nan=False)
 
     @model_validator(mode="before")
@@ -259,6 +281,20 @@ class ExperimentConfig(BaseModel):
         binary experiment is a mistake (most likely a forgotten ``reward_type``)."""
         if self.reward_cap is not None and self.reward_type != "continuous":
             raise ValueError(CAP_NEEDS_CONTINUOUS)
+        return self
+
+    @property
+    def control_index(self) -> int:
+        """The control arm's index (0 without one: only read when ``holdout_share > 0``,
+        which requires a control arm)."""
+        if self.control_arm_id is None:
+            return 0
+        return self.arm_ids.index(self.control_arm_id)
+
+    @model_validator(mode="after")
+    def _holdout_has_control(self) -> ExperimentConfig:
+        """A holdout needs a control arm in the experiment (:func:`check_holdout`)."""
+        check_holdout(self.arm_ids, self.holdout_share, self.control_arm_id)
         return self
 
     @model_validator(mode="after")
@@ -321,6 +357,12 @@ class DecisionMade(_Event):
         "The client's id of a reported local decision (POST /exposures).",
         min_length=1,
         max_length=EXPOSURE_ID_MAX_LEN,
+    )
+    # --- holdout (docs/stopping.md): left out of the record when absent, so a bandit
+    # decision is written byte for byte as before ---
+    holdout: Literal[True] | None = _omitted(
+        "True when the experiment's holdout served the control arm (whatever the bandit "
+        "said); the propensity is then the control's, holdout included."
     )
 
 
@@ -393,6 +435,24 @@ class GuardrailBreached(_Event):
     control_samples: int = Field(ge=0)
 
 
+class WinnerDeclared(_Event):
+    """The stopping rule declared an arm the winner (docs/stopping.md): its ``P(best)``
+    reached the experiment's ``stop_probability`` and its expected loss fell to
+    ``stop_expected_loss`` (``threshold``: the value in force, the default resolved).
+
+    Derived from rewards by the fold, at most once per experiment (so replay recomputes
+    it); folding it is a no-op. Informational: traffic is not changed by it.
+    """
+
+    type: Literal["winner_declared"] = "winner_declared"
+    arm_id: ArmId
+    p_best: float = Field(ge=0.0, le=1.0, allow_inf_nan=False)
+    expected_loss: float = Field(ge=0.0, allow_inf_nan=False)
+    threshold: float = Field(ge=0.0, allow_inf_nan=False)
+    #: Rewards folded when it was declared (the check runs at fixed counts of them).
+    rewards: int = Field(ge=0)
+
+
 ExperimentEvent = Annotated[
     ExperimentCreated | ArmsAdded | StrategyChanged, Field(discriminator="type")
 ]
@@ -403,7 +463,8 @@ Event = Annotated[
     | DecisionMade
     | RewardObserved
     | ChangePointDetected
-    | GuardrailBreached,
+    | GuardrailBreached
+    | WinnerDeclared,
     Field(discriminator="type"),
 ]
 AnyEvent = (
@@ -414,4 +475,5 @@ AnyEvent = (
     | RewardObserved
     | ChangePointDetected
     | GuardrailBreached
+    | WinnerDeclared
 )

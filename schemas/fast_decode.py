@@ -113,6 +113,7 @@ class DecisionWire(
     exposure_id: (
         Annotated[str, Meta(min_length=1, max_length=EXPOSURE_ID_MAX_LEN)] | UnsetType | None
     ) = UNSET
+    holdout: Literal[True] | UnsetType | None = UNSET
 
 
 _REWARD_FIELDS: Final = (
@@ -148,6 +149,7 @@ _DECISION_FIELDS: Final = (
     "assignment",
     "allocation_version",
     "exposure_id",
+    "holdout",
 )
 
 
@@ -375,6 +377,11 @@ def _decision(wire: DecisionWire) -> DecisionMade | None:
         exposure_id = None
     else:
         fields.add("exposure_id")
+    holdout = wire.holdout
+    if holdout is UNSET:
+        holdout = None
+    else:
+        fields.add("holdout")
     event: DecisionMade = _new_object(DecisionMade)
     _set_dict(
         event,
@@ -397,6 +404,7 @@ def _decision(wire: DecisionWire) -> DecisionMade | None:
             "assignment": assignment,
             "allocation_version": allocation_version,
             "exposure_id": exposure_id,
+            "holdout": holdout,
         },
     )
     _set_fields_set(event, fields)

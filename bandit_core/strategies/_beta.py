@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Final, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from bandit_core.rng import numpy_generator
 from bandit_core.state import ArmStats
@@ -106,6 +107,16 @@ class BetaThompson(ExploringStrategy[P]):
         mixed = mix_uniform(explore, k, p)
         total = sum(mixed)
         return [x / total for x in mixed]
+
+    def posterior_draws(
+        self, stats: Sequence[ArmStats], params: P, rng: random.Random, now: float, samples: int
+    ) -> npt.NDArray[np.float64]:
+        """Draws of each arm's conversion rate from its Beta posterior (independent arms)."""
+        check_samples(samples)
+        alphas, betas = self.posteriors(stats, params, now)
+        gen = numpy_generator(rng)
+        draws: npt.NDArray[np.float64] = gen.beta(alphas, betas, size=(samples, len(alphas)))
+        return draws
 
 
 class HalfLifePriors(Protocol):

@@ -16,6 +16,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, ClassVar, Final, Generic, TypeVar
 
+import numpy as np
+import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
 from bandit_core.adaptive import MAX_HALF_LIFE, MIN_HALF_LIFE
@@ -131,6 +133,28 @@ class Strategy(ABC, Generic[P]):
         samples: int = 1000,
     ) -> list[float]:
         """Probability that :meth:`choose` picks each arm from this state (sums to 1)."""
+
+    def posterior_draws(
+        self,
+        stats: Sequence[ArmStats],
+        params: P,
+        rng: random.Random,
+        now: float,
+        samples: int,
+    ) -> npt.NDArray[np.float64] | None:
+        """``samples`` joint draws of the arms' values per visitor from the strategy's
+        posterior (one row per draw, one column per arm), what the stopping rule reads
+        (:func:`bandit_core.stopping.stopping_summary`); ``None``: the strategy has no
+        posterior.
+
+        The Thompson family (Beta on the conversion rate) and the continuous samplers
+        (value per visitor) have one. Index policies (UCB1, UCB-V, the sliding-window and
+        GLR UCBs) and epsilon-greedy keep point estimates and confidence radii, not a
+        distribution: they declare none rather than pass a bootstrap off as their belief,
+        and ``/stats`` reports no P(best) for them (switch the strategy to a sampler to
+        get a stopping verdict; the arm statistics are shared).
+        """
+        return None
 
     def exploration(self, params: P) -> float:
         """Probability of a uniformly random arm instead of the policy's own pick (forced

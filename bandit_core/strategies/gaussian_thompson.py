@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 import numpy as np
+import numpy.typing as npt
 
 from bandit_core.rng import numpy_generator
 from bandit_core.state import ArmStats
@@ -101,3 +102,17 @@ class GaussianThompson(ExploringStrategy[GaussianThompsonParams]):
         check_arms(arm_ids, stats)
         posts = gaussian_posteriors(stats, params.prior_strength)
         return argmax_sampler(lambda gen, n: nig_draws(posts, gen, n)[0])
+
+    def posterior_draws(
+        self,
+        stats: Sequence[ArmStats],
+        params: GaussianThompsonParams,
+        rng: random.Random,
+        now: float,
+        samples: int,
+    ) -> npt.NDArray[np.float64]:
+        """Draws of each arm's mean reward per visitor (the Normal-Inverse-Gamma mean)."""
+        check_samples(samples)
+        posts = gaussian_posteriors(stats, params.prior_strength)
+        mu: npt.NDArray[np.float64] = nig_draws(posts, numpy_generator(rng), samples)[0]
+        return mu

@@ -30,9 +30,10 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 import numpy as np
+import numpy.typing as npt
 from pydantic import Field
 
 from bandit_core.rng import numpy_generator
@@ -105,6 +106,10 @@ def revenue_posteriors(
     return out
 
 
+#: Largest log value per visitor a posterior draw keeps (exp(700) is near a double's max).
+MAX_LOG_VALUE: Final = 700.0
+
+
 class RevenueThompson(ExploringStrategy[Any]):
     """Thompson sampling on conversion rate x mean order value (module docstring).
     Generic over ``Any``: the discounted variant's params extend this one's."""
@@ -150,6 +155,18 @@ class RevenueThompson(ExploringStrategy[Any]):
         check_arms(arm_ids, stats)
         posts = self.posteriors(stats, params, now)
         return argmax_sampler(lambda gen, n: revenue_scores(posts, gen, n))
+
+    def posterior_draws(
+        self, stats: Sequence[ArmStats], params: Any, rng: random.Random, now: float, samples: int
+    ) -> npt.NDArray[np.float64]:
+        """Draws of each arm's value per visitor, conversion x mean order value."""
+        check_samples(samples)
+        posts = self.posteriors(stats, params, now)
+        logs = revenue_scores(posts, numpy_generator(rng), samples)
+        # A wide order-value posterior early on can draw a log value beyond a double's
+        # range; clipping keeps every draw finite (such a draw is never the one compared).
+        draws: npt.NDArray[np.float64] = np.exp(np.minimum(logs, MAX_LOG_VALUE))
+        return draws
 
 
 class DiscountedRevenueThompson(RevenueThompson):

@@ -34,6 +34,7 @@ from bandit_core.allocation import (
     valid_until,
     version_at,
 )
+from bandit_core.holdout import with_holdout
 from schemas.events import ExperimentConfig
 from schemas.redis_keys import RedisKeys
 from services.decider.decisions import CachedExperiment, DecisionCache
@@ -59,8 +60,12 @@ class CurrentAllocation:
 
 def weights_of(entry: CachedExperiment) -> list[float]:
     """The allocation a worker proposes from its cached entry: the propensities as
-    probabilities, after the experiment's floor."""
-    return apply_floor(normalized(entry.propensities), entry.config.min_arm_share)
+    probabilities, after the experiment's floor and with its holdout (the weights a unit
+    is served with: a unit outside the holdout is drawn from them without it,
+    :func:`~bandit_core.holdout.without_holdout`)."""
+    config = entry.config
+    floored = apply_floor(normalized(entry.propensities), config.min_arm_share)
+    return with_holdout(floored, config.holdout_share, config.control_index)
 
 
 class AllocationStore:

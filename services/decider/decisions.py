@@ -51,6 +51,16 @@ choices and propensities), so the paused arm's propensity is 0 and the others'
 renormalise among themselves. The traffic floor still applies to every arm: a paused arm
 keeps ``min_arm_share`` when a floor is set (the floor is the experimenter's promise
 that every arm keeps some traffic; set no floor to stop a paused arm entirely).
+
+The holdout (``holdout_share = h``, :mod:`bandit_core.holdout`) comes on top: with
+probability ``h`` the control arm (:meth:`DecisionCache.held_out`, a draw of the same
+generator), otherwise the choice above, so ``logged`` is :func:`with_holdout` of the
+floored propensities: every decision of an arm logs the arm's true propensity, whichever
+branch served it.
+
+With ``route_to_winner``, once the fold has declared a winner (the snapshot's
+``winner``) the policy is the winner alone: propensities 1 for it and 0 for the others,
+before the floor and the holdout, so the allocation weights route units too.
 """
 
 from __future__ import annotations
@@ -66,6 +76,7 @@ import orjson
 from redis.exceptions import RedisError
 
 from bandit_core.allocation import apply_floor
+from bandit_core.holdout import with_holdout
 from bandit_core.rng import make_rng
 from bandit_core.state import ArmStats, ExperimentState
 from bandit_core.strategies import Strategy, StrategyParams, get_strategy, params_for
@@ -132,6 +143,11 @@ class CachedExperiment:
     #: The propensity a decision of each arm logs: ``propensities`` after the floor,
     #: never below :data:`MIN_PROPENSITY`. Empty until :meth:`DecisionCache._build` sets it.
     logged: list[float] = field(default_factory=list)
+    #: The experiment's ``holdout_share`` (0: none) and its control arm's index.
+    holdout: float = 0.0
+    control: int = 0
+    #: The declared winner's index when the experiment routes all traffic to it.
+    routed: int | None = None
     #: The arms the strategy chooses among (``arm_list`` minus the paused arms) with
     #: their stats, and the index in ``arm_list`` of each; ``None``: nothing is paused,
     #: the strategy chooses among ``arm_list`` itself.
@@ -166,10 +182,21 @@ def expand(propensities: list[float], index_map: list[int] | None, arms: int) ->
     return full
 
 
-def served_propensities(propensities: list[float], min_arm_share: float) -> list[float]:
+def routed_index(config: ExperimentConfig, state: ExperimentState) -> int | None:
+    """The declared winner's index when ``config`` routes all traffic to it (and one is
+    declared, in this experiment's arms), else ``None``."""
+    winner = state.winner
+    if not config.route_to_winner or winner is None or winner not in config.arm_ids:
+        return None
+    return config.arm_ids.index(winner)
+
+
+def served_propensities(propensities: list[float], config: ExperimentConfig) -> list[float]:
     """What the per-request policy serves each arm with: the strategy's propensities
-    after the traffic floor, ``f + (1 - k f) p_i`` (a copy of them when ``f == 0``)."""
-    return apply_floor(propensities, min_arm_share)
+    after the traffic floor, ``f + (1 - k f) p_i`` (a copy of them when ``f == 0``), and
+    the holdout (:func:`~bandit_core.holdout.with_holdout`)."""
+    floored = apply_floor(propensities, config.min_arm_share)
+    return with_holdout(floored, config.holdout_share, config.control_index)
 
 
 class DecisionCache:
@@ -300,12 +327,17 @@ class DecisionCache:
             params = params_for(config.strategy, config.strategy_params)
             rng = make_rng(params.seed)
         choice_arms, choice_stats, index_map = active_arms(arm_list, stats, state.guard.paused)
-        sampler = strategy.batch_sampler(choice_arms, choice_stats, params, time.time())
-        propensities = expand(
-            self._propensities(strategy, params, choice_arms, choice_stats, time.time()),
-            index_map,
-            len(arm_list),
-        )
+        routed = routed_index(config, state)
+        if routed is None:
+            sampler = strategy.batch_sampler(choice_arms, choice_stats, params, time.time())
+            propensities = expand(
+                self._propensities(strategy, params, choice_arms, choice_stats, time.time()),
+                index_map,
+                len(arm_list),
+            )
+        else:
+            sampler = None
+            propensities = [float(i == routed) for i in range(len(arm_list))]
         floor = config.min_arm_share
         entry = CachedExperiment(
             config=config,
@@ -325,13 +357,22 @@ class DecisionCache:
             metadata_json=orjson.Fragment(orjson.dumps({"arms": arm_list})),
             params_json=orjson.Fragment(orjson.dumps(config.strategy_params)),
             explore=min(1.0, len(arm_list) * floor),
-            logged=[max(p, MIN_PROPENSITY) for p in served_propensities(propensities, floor)],
+            logged=[max(p, MIN_PROPENSITY) for p in served_propensities(propensities, config)],
             choice_arms=choice_arms,
             choice_stats=choice_stats,
             index_map=index_map,
+            holdout=config.holdout_share,
+            control=config.control_index,
+            routed=routed,
         )
         entry.build_s = time.perf_counter() - started
         return entry
+
+    @staticmethod
+    def held_out(entry: CachedExperiment) -> bool:
+        """Whether this request (without a unit, or a per_request unit) goes to the
+        holdout: one draw of the entry's generator, only when the experiment has one."""
+        return entry.holdout > 0.0 and entry.rng.random() < entry.holdout
 
     def decide(self, entry: CachedExperiment, now: float) -> tuple[int, float]:
         """Choose an arm (the floor's uniform arm, a pre-drawn one, or one strategy
@@ -340,6 +381,8 @@ class DecisionCache:
         if entry.explore and entry.rng.random() < entry.explore:
             index = entry.rng.randrange(len(entry.arm_list))
             return index, entry.logged[index]
+        if entry.routed is not None:
+            return entry.routed, entry.logged[entry.routed]
         queued = entry.queued
         index_map = entry.index_map
         if queued:
@@ -406,7 +449,16 @@ class DecisionCache:
         arms, arm_stats, index_map = active_arms(list(config.arm_ids), stats, paused)
         raw = self._propensities(get_strategy(config.strategy), params, arms, arm_stats, now)
         full = expand(raw, index_map, len(config.arm_ids))
-        return served_propensities(full, config.min_arm_share)
+        return served_propensities(full, config)
+
+    @staticmethod
+    def routed_propensities(config: ExperimentConfig, state: ExperimentState) -> list[float] | None:
+        """The served propensities when the experiment routes its traffic to a declared
+        winner, else ``None``."""
+        routed = routed_index(config, state)
+        if routed is None:
+            return None
+        return served_propensities([float(i == routed) for i in range(len(config.arm_ids))], config)
 
     def _propensities(
         self,

@@ -86,6 +86,25 @@ local function reward_tail(cfg, raw)
   if cap then out = out .. ',"reward_cap":' .. cap end
   return out
 end
+
+-- The holdout and stopping settings (after the reward settings, in ExperimentConfig's
+-- field order), fixed at creation: kept as stored; a config stored before they existed
+-- has none and keeps none (no holdout, default thresholds).
+local function holdout_tail(cfg, raw)
+  local out = ''
+  if type(cfg.control_arm_id) == 'string' then
+    out = out .. ',"control_arm_id":' .. cjson.encode(cfg.control_arm_id)
+  elseif cfg.control_arm_id == cjson.null then
+    out = out .. ',"control_arm_id":null'
+  end
+  for _, name in ipairs({'holdout_share', 'stop_probability', 'stop_expected_loss',
+                         'route_to_winner'}) do
+    local value = scalar_raw(raw, name)
+    if value then out = out .. ',"' .. name .. '":' .. value end
+  end
+  return out
+end
+
 -- The guardrail settings (the last fields of ExperimentConfig, from "metrics" on), fixed
 -- at creation: their stored text is kept verbatim (its numbers exact); a config stored
 -- before they existed has none and keeps none (it reads without guardrails). The last
@@ -101,6 +120,7 @@ local function guardrail_tail(raw)
   if not s then return '' end
   return string.sub(raw, s, #raw - 1)
 end
+
 local function build(cfg, raw, params_raw, now, window_raw, default_raw, over)
   params_raw = params_raw or field_raw(raw, 'strategy_params', 'version')
     or cjson.encode(cfg.strategy_params)
@@ -116,8 +136,8 @@ local function build(cfg, raw, params_raw, now, window_raw, default_raw, over)
     .. ',"updated_ts":' .. now
     .. ',"attribution_window_s":' .. window_raw
     .. ',"default_reward":' .. default_raw
-    .. assignment_tail(cfg, raw, over or {}) .. reward_tail(cfg, raw) .. guardrail_tail(raw)
-    .. '}'
+    .. assignment_tail(cfg, raw, over or {}) .. reward_tail(cfg, raw)
+    .. holdout_tail(cfg, raw) .. guardrail_tail(raw) .. '}'
 end
 """
 

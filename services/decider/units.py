@@ -27,6 +27,13 @@ in redis-py's per-command send, read, timeout and health check), so the writes a
 in one event-loop iteration go out together, one call per experiment
 (:class:`StickyWrites`), as the producer group-commits Kafka sends.
 
+The holdout (``holdout_share``, :mod:`bandit_core.holdout`): the stored allocation's
+weights include it, so a unit is first tested against the holdout hash (independent of
+the assignment hash): a held-out unit gets the control arm under a marked decision id
+(``<rule's id>h``), any other is drawn by the same rule from the weights *without* the
+holdout (:func:`~bandit_core.holdout.without_holdout`). Either way it logs its arm's
+weight in the stored allocation, the true propensity.
+
 The unit's *token* (the salted digest, or the raw id: the experiment's
 ``unit_id_storage``) is what the key and the events carry; the raw id is only hashed.
 """
@@ -36,10 +43,13 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import OrderedDict
+from dataclasses import replace
 from typing import Final, Literal, NamedTuple
 
 from bandit_core.allocation import AllocationRecord, version_at
-from mab_client.assignment import Allocation, LocalDecision
+from bandit_core.decision_ids import holdout_decision_id
+from bandit_core.holdout import unit_held_out, without_holdout
+from mab_client.assignment import Allocation, LocalDecision, decision_id_of, normalize_unit_id
 from schemas.events import ExperimentConfig
 from schemas.redis_keys import RedisKeys
 from services.decider.allocations import AllocationStore
@@ -295,6 +305,35 @@ def rule_of(config: ExperimentConfig, record: AllocationRecord) -> Allocation:
     )
 
 
+def choose_unit(
+    config: ExperimentConfig, rule: Allocation, bandit: Allocation | None, unit_id: str
+) -> tuple[LocalDecision, str]:
+    """The unit's decision and token under ``rule`` (the stored allocation) with the
+    experiment's holdout: ``bandit`` is ``rule`` without the holdout (``None``: the
+    experiment has none, the rule decides alone)."""
+    if bandit is None:
+        return rule.choose_with_token(unit_id)
+    text = normalize_unit_id(unit_id)
+    token = rule.unit_token(text)
+    if unit_held_out(text, config.salt, config.holdout_share):
+        index = config.control_index
+        decision_id = holdout_decision_id(decision_id_of(rule.digest(text), rule.version, index))
+        held = LocalDecision(
+            rule.arm_ids[index], index, decision_id, rule.weights[index], rule.version
+        )
+        return held, token
+    local = bandit.choose(text)
+    return local._replace(propensity=rule.weights[local.arm_index]), token
+
+
+def bandit_rule(config: ExperimentConfig, rule: Allocation) -> Allocation | None:
+    """``rule`` without the experiment's holdout (``None`` without a holdout)."""
+    if config.holdout_share <= 0.0:
+        return None
+    weights = without_holdout(rule.weights, config.holdout_share, config.control_index)
+    return replace(rule, weights=tuple(weights))
+
+
 class UnitAssigner:
     """The sticky table (Redis, first writer wins) and the consistent rule of one worker."""
 
@@ -314,6 +353,8 @@ class UnitAssigner:
         #: (experiment id, salt, storage) -> (record, its rule): rebuilt when the record
         #: of the current version changes (a new epoch).
         self._rules: dict[tuple[str, str, str], tuple[AllocationRecord, Allocation]] = {}
+        #: The same rules without the experiment's holdout (only for experiments with one).
+        self._bandit: dict[int, tuple[Allocation, Allocation | None]] = {}
 
     def _remember_rule(self, config: ExperimentConfig, record: AllocationRecord) -> Allocation:
         """The rule of ``record`` (the memoised one while the record is the same object)."""
@@ -326,6 +367,19 @@ class UnitAssigner:
             del self._rules[next(iter(self._rules))]
         self._rules[key] = (record, rule)
         return rule
+
+    def _choose(
+        self, config: ExperimentConfig, rule: Allocation, unit_id: str
+    ) -> tuple[LocalDecision, str]:
+        """:func:`choose_unit` with this worker's memo of the rules without the holdout."""
+        if config.holdout_share <= 0.0:
+            return rule.choose_with_token(unit_id)
+        known = self._bandit.get(id(rule))
+        if known is None or known[0] is not rule:
+            if len(self._bandit) >= MAX_RULES:
+                del self._bandit[next(iter(self._bandit))]
+            known = self._bandit[id(rule)] = (rule, bandit_rule(config, rule))
+        return choose_unit(config, rule, known[1], unit_id)
 
     def rule_now(self, entry: CachedExperiment, now: float) -> Allocation | None:
         """The rule of the allocation current at ``now`` if this worker holds it (no I/O,
@@ -356,7 +410,7 @@ class UnitAssigner:
         rule = self.rule_now(entry, now)
         if rule is None:
             return None
-        local, token = rule.choose_with_token(unit_id)
+        local, token = self._choose(config, rule, unit_id)
         return UnitDecision(local, token, "new")
 
     async def assign(self, entry: CachedExperiment, unit_id: str, now: float) -> UnitDecision:
@@ -369,7 +423,7 @@ class UnitAssigner:
             if known is not None:
                 return UnitDecision(known, None, "cached")
         rule = await self.rule(entry, now)
-        local, token = rule.choose_with_token(unit_id)
+        local, token = self._choose(config, rule, unit_id)
         if config.assignment != "sticky":
             return UnitDecision(local, token, "new")
         mine = assignment_of(local, now)
@@ -394,7 +448,7 @@ class UnitAssigner:
             return None
         rule = await self.rule(entry, now)
         if config.assignment == "consistent":
-            return assignment_of(rule.choose(unit_id), now)
+            return assignment_of(self._choose(config, rule, unit_id)[0], now)
         known = self.memo.get(config, unit_id, now)
         if known is not None:
             return known

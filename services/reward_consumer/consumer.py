@@ -53,6 +53,7 @@ from schemas.events import (
     DecisionMade,
     GuardrailBreached,
     RewardObserved,
+    WinnerDeclared,
 )
 from services.reward_consumer.attribution import AttributionSweeper
 from services.reward_consumer.exposures import ExposureJudge, ExposureReport
@@ -218,10 +219,10 @@ class RewardConsumer(KafkaBatchProcessor[FoldReport]):
         await self._send(self.topics.decisions, events)
 
     async def _publish_change_points(
-        self, events: Sequence[ChangePointDetected | GuardrailBreached]
+        self, events: Sequence[ChangePointDetected | GuardrailBreached | WinnerDeclared]
     ) -> None:
-        """Publish change points and guardrail breaches (the fold's derived events) to
-        the experiments topic, keyed by experiment id.
+        """Publish the fold's derived events (change points, guardrail breaches and the
+        stopping rule's ``WinnerDeclared``) to the experiments topic, keyed by experiment id.
 
         Called by the engine after the Redis writes and before the Kafka commit. The
         records are already folded, so a failure here must not fail the batch (its

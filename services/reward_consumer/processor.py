@@ -27,6 +27,7 @@ from bandit_core.fold import (
     DUPLICATE,
     LATE,
     ChangePoint,
+    Winner,
     fold_into,
     lookup_keys,
     rejection_text,
@@ -40,6 +41,7 @@ from schemas.events import (
     ExperimentConfig,
     GuardrailBreached,
     RewardObserved,
+    WinnerDeclared,
 )
 from schemas.rejections import Rejection
 from stream_runtime.batch import (
@@ -72,6 +74,7 @@ class FoldReport(BatchReport):
     late: int = 0  # rewards for decisions already folded with the default reward
     change_points: int = 0
     guardrail_breaches: int = 0
+    winners: int = 0
 
 
 def _derived_id(prefix: str, experiment_id: str, *parts: object) -> str:
@@ -122,6 +125,25 @@ def change_point_event(experiment_id: str, cp: ChangePoint) -> ChangePointDetect
         arm_id=cp.arm_id,
         detector=GLR_DETECTOR,
         statistic=cp.statistic,
+    )
+
+
+def winner_event(experiment_id: str, winner: Winner) -> WinnerDeclared:
+    """The event of the stopping rule's declaration, with a DETERMINISTIC id:
+    ``win-<experiment>`` (a hash of the experiment id when longer than 64 characters),
+    as there is at most one per experiment; a re-fold or a replay emits the same id."""
+    event_id = f"win-{experiment_id}"
+    if len(event_id) > 64:
+        event_id = "win-" + hashlib.sha256(experiment_id.encode()).hexdigest()[:48]
+    return WinnerDeclared(
+        event_id=event_id,
+        ts=winner.ts,
+        experiment_id=experiment_id,
+        arm_id=winner.arm_id,
+        p_best=winner.p_best,
+        expected_loss=winner.expected_loss,
+        threshold=winner.threshold,
+        rewards=winner.rewards,
     )
 
 
@@ -226,7 +248,7 @@ class SnapshotFold(ExperimentProcessor):
                     else reason.text  # pragma: no cover - only rewards are rejected by the fold
                 )
                 skipped.append(Skip(i, reason, detail))
-        outputs: list[ChangePointDetected | GuardrailBreached] = [
+        outputs: list[ChangePointDetected | GuardrailBreached | WinnerDeclared] = [
             change_point_event(experiment_id, cp) for cp in result.change_points
         ]
         report.change_points = len(outputs)
@@ -234,6 +256,9 @@ class SnapshotFold(ExperimentProcessor):
         if result.breaches and final is not None:
             outputs.extend(guardrail_event(final, b) for b in result.breaches)
             report.guardrail_breaches = len(result.breaches)
+        if result.winner is not None:
+            outputs.append(winner_event(experiment_id, result.winner))
+            report.winners = 1
         changes = Changes(
             set={k.snapshot: result.state.snapshot_bytes()},
             publish=[(self.keys.snapshot_channel(), experiment_id)],

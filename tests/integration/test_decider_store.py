@@ -51,6 +51,15 @@ GUARDRAIL_SETTINGS: dict[str, Any] = {
     "guardrail_alpha": 0.01,
 }
 
+#: A control arm id with JSON-significant characters, a loss with 17 significant digits.
+HOLDOUT_SETTINGS: dict[str, Any] = {
+    "control_arm_id": 'ctl, "a", {b}',
+    "holdout_share": 0.25,
+    "stop_probability": 0.975,
+    "stop_expected_loss": 0.0012345678901234567,
+    "route_to_winner": True,
+}
+
 
 @pytest.fixture
 async def redis(redis_url: str) -> AsyncIterator[Redis]:
@@ -109,7 +118,7 @@ async def test_a_config_stored_before_the_settings_keeps_reading_as_before(
     async with serve_decider(decider_settings()) as (c, _):
         r = await c.post("/experiments", json={"experiment_id": exp, "arm_ids": ["x", "y"]})
         assert r.status_code == 201, r.text
-        newer = {*SETTINGS, *REWARD_SETTINGS, *GUARDRAIL_SETTINGS}
+        newer = {*SETTINGS, *REWARD_SETTINGS, *GUARDRAIL_SETTINGS, *HOLDOUT_SETTINGS}
         old = {k: v for k, v in (await _stored(redis, key)).items() if k not in newer}
         await redis.set(key, orjson.dumps(old))
         r = await c.post(f"/experiments/{exp}/arms", json={"arm_ids": ["z"]})
@@ -192,6 +201,32 @@ async def test_commands_keep_the_guardrail_settings_byte_for_byte(
             assert r.status_code == 422, r.text
             assert f"{name} cannot change after creation" in r.text
         assert await redis.get(key) == before
+
+
+async def test_commands_keep_the_holdout_settings(
+    decider_settings: SettingsFactory, ns: str, redis: Redis
+) -> None:
+    """Scenario: an experiment with a holdout on a control arm whose id holds a comma,
+    quotes and braces, and a loss threshold of 17 significant digits. We expect add-arms
+    and a strategy change to keep every holdout and stopping setting (the Lua scripts
+    rewrite the config from its stored text), in the model's field order."""
+    exp = f"{ns}held"
+    key = RedisKeys(ns).experiment(exp).config
+    arms = [HOLDOUT_SETTINGS["control_arm_id"], "y"]
+    async with serve_decider(decider_settings()) as (c, _):
+        r = await c.post(
+            "/experiments", json={"experiment_id": exp, "arm_ids": arms, **HOLDOUT_SETTINGS}
+        )
+        assert r.status_code == 201, r.text
+        r = await c.post(f"/experiments/{exp}/arms", json={"arm_ids": ["z"]})
+        assert r.status_code == 200, r.text
+        r = await c.post("/config", json={"experiment_id": exp, "strategy": "ucb1"})
+        assert r.status_code == 200, r.text
+        stored = await _stored(redis, key)
+        assert {k: stored[k] for k in HOLDOUT_SETTINGS} == HOLDOUT_SETTINGS
+        assert list(stored) == list(ExperimentConfig.model_fields)
+        assert b'"stop_expected_loss":0.0012345678901234567,' in await _raw(redis, key)
+        assert ExperimentConfig.model_validate(stored).version == 3
 
 
 async def test_adding_arms_beyond_the_floor_is_refused_and_stores_nothing(

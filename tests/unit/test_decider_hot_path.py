@@ -29,8 +29,9 @@ def test_record_has_exactly_the_models_fields_and_decodes() -> None:
         degraded=False,
     )
     fields = orjson.loads(raw)
-    # Every field but the unit ones, which a decision without a unit leaves out.
-    assert set(fields) == set(DecisionMade.model_fields) - UNIT_FIELDS
+    # Every field but the unit ones and the holdout mark, which a bandit decision without
+    # a unit leaves out.
+    assert set(fields) == set(DecisionMade.model_fields) - UNIT_FIELDS - {"holdout"}
     event = decode(raw)
     assert isinstance(event, DecisionMade)
     assert event.decision_id == decision_id
@@ -78,13 +79,15 @@ UNIT_FIELDS = frozenset({"unit_id", "assignment", "allocation_version", "exposur
         {"unit_id": "Visitor été 42", "assignment": "consistent", "allocation_version": 2**40},
         {"unit_id": "u" * 200, "assignment": "local", "allocation_version": 7, "exposure_id": "x"},
         {"unit_id": "per-request-visitor"},
+        {"unit_id": "held-out-visitor", "holdout": True},
     ],
 )
 def test_unit_fields_encode_as_the_model_does(unit: dict[str, object]) -> None:
     """The unit fields given are written, in the model's order, and only those."""
     fields: dict[str, object] = {**REQUIRED, "attribution_window_s": 60.0, **unit}
     raw = encode_decision_made(**fields)
-    assert set(orjson.loads(raw)) == set(DecisionMade.model_fields) - UNIT_FIELDS | set(unit)
+    omitted = UNIT_FIELDS | {"holdout"}
+    assert set(orjson.loads(raw)) == set(DecisionMade.model_fields) - omitted | set(unit)
     model = DecisionMade.model_validate({**fields, **_ids_of(raw)})
     assert encode(model) == raw
     assert decode(raw) == model

@@ -271,6 +271,7 @@ FIELD_EDGES: dict[str, st.SearchStrategy[Any]] = {
         [0, 1, -1, 2**63, 2**64 - 1, 1.0, 0.5, "1", True, False, None, Raw("1e400")]
     ),
     "exposure_id": _lengths,
+    "holdout": st.sampled_from([True, False, None, 1, 0, "true", 1.0, [True]]),
     "type": st.sampled_from(
         [
             "reward_observed",
@@ -315,6 +316,8 @@ DECISION_OPTIONAL: dict[str, st.SearchStrategy[Any]] = {
     "assignment": st.sampled_from(["sticky", "consistent", "local", None]),
     "allocation_version": st.one_of(st.none(), st.integers(0, INT64_MAX)),
     "exposure_id": event_ids,
+    # a holdout decision (True) or the field written as null
+    "holdout": st.sampled_from([True, None]),
 }
 
 
@@ -577,18 +580,19 @@ UNIT_DECISION = {
     "allocation_version": 29_000_000,
     "exposure_id": "ex-1",
 }
+HOLDOUT_DECISION = {**DECISION, "decision_id": "0123456789abcdef" * 2 + ".0h", "holdout": True}
 
 
 @pytest.mark.parametrize(
     "base",
-    [REWARD, DECISION, UNIT_REWARD, UNIT_DECISION],
-    ids=["reward", "decision", "unit-reward", "unit-decision"],
+    [REWARD, DECISION, UNIT_REWARD, UNIT_DECISION, HOLDOUT_DECISION],
+    ids=["reward", "decision", "unit-reward", "unit-decision", "holdout-decision"],
 )
 def test_every_single_edge_value_in_every_field_decodes_like_pydantic(
     base: dict[str, Any],
 ) -> None:
     """Deterministic grid: each edge value in each field (and deleted), one at a time."""
-    keys = list(dict.fromkeys([*UNIT_REWARD, *UNIT_DECISION, "extra"]))
+    keys = list(dict.fromkeys([*UNIT_REWARD, *UNIT_DECISION, "holdout", "extra"]))
     for key in keys:
         record = {k: v for k, v in base.items() if k != key}
         check_decode(record)
@@ -646,7 +650,9 @@ def test_unit_decisions_take_the_fast_path_and_absent_fields_stay_unwritten() ->
     plain = fast_decode.fast_event(orjson.dumps(DECISION))
     assert plain is not None
     written = orjson.loads(encode(plain))
-    assert not {"unit_id", "assignment", "allocation_version", "exposure_id"} & set(written)
+    assert not {"unit_id", "assignment", "allocation_version", "exposure_id", "holdout"} & set(
+        written
+    )
     reward = fast_decode.fast_event(orjson.dumps(UNIT_REWARD))
     assert isinstance(reward, RewardObserved)
     assert reward.unit_id == UNIT_REWARD["unit_id"]
@@ -711,3 +717,14 @@ def test_a_reward_without_metrics_is_written_as_before_and_null_metrics_stay_fas
     assert with_metrics[0] == "ok"
     assert isinstance(with_metrics[1], RewardObserved)
     assert with_metrics[1].metrics == {"refund": 1.0}
+
+
+def test_holdout_decisions_take_the_fast_path_and_keep_their_mark() -> None:
+    """A holdout decision's ``holdout: true`` survives the fast path and re-encoding; a
+    bandit decision is written without the field (its pre-holdout bytes)."""
+    fast = fast_decode.fast_event(orjson.dumps(HOLDOUT_DECISION))
+    assert isinstance(fast, DecisionMade)
+    assert fast.holdout is True
+    assert fast == codec._decode_slow(orjson.dumps(HOLDOUT_DECISION))
+    assert orjson.loads(encode(fast)) == {**HOLDOUT_DECISION, "attribution_window_s": None}
+    assert fast_decode.fast_event(orjson.dumps({**DECISION, "holdout": False})) is None

@@ -21,7 +21,8 @@ import orjson
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
-from bandit_core.decision_ids import make_decision_id
+from bandit_core.decision_ids import HOLDOUT_MARK, holdout_decision_id, make_decision_id
+from bandit_core.holdout import unit_held_out
 from mab_client.assignment import unit_token
 from mab_client.models import DecisionPublic
 from schemas.events import DecisionAssignment
@@ -61,12 +62,30 @@ def decide_cached(
 
     Synchronous on purpose: on the hot path a coroutine per step costs more than the step.
     """
-    index, propensity = rt.cache.decide(entry, time.time())
-    body, record = _answer(
-        rt, entry, degraded, experiment_id, index, make_decision_id(index), propensity, None
-    )
+    index, decision_id, propensity = _per_request(rt, entry, time.time(), None)
+    body, record = _answer(rt, entry, degraded, experiment_id, index, decision_id, propensity, None)
     assert record is not None  # a decision without a unit is always logged
     return body, record
+
+
+def _per_request(
+    rt: Runtime, entry: CachedExperiment, now: float, unit_id: str | None
+) -> tuple[int, str, float]:
+    """A fresh draw for one request: the holdout's control arm (its id marked,
+    :func:`~bandit_core.decision_ids.holdout_decision_id`) or the policy's choice, with
+    the arm's logged propensity (holdout included either way). With a unit, the unit's
+    holdout hash says whether it is held out (the same answer on every request); without
+    one, a draw per request."""
+    held = (
+        rt.cache.held_out(entry)
+        if unit_id is None
+        else unit_held_out(unit_id, entry.config.salt, entry.holdout)
+    )
+    if held:
+        index = entry.control
+        return index, holdout_decision_id(make_decision_id(index)), entry.logged[index]
+    index, propensity = rt.cache.decide(entry, now)
+    return index, make_decision_id(index), propensity
 
 
 class UnitFields(NamedTuple):
@@ -115,6 +134,7 @@ def _answer(
             unit_id=None if unit is None else unit.token,
             assignment=None if unit is None else unit.assignment,
             allocation_version=None if unit is None else unit.allocation_version,
+            holdout=True if decision_id[-1] == HOLDOUT_MARK else None,
         )
         if unit is None or unit.logged
         else None
@@ -154,7 +174,7 @@ def decide_unit_now(
     config = entry.config
     now = rt.allocations.clock()
     if config.assignment == "per_request":
-        index, propensity = rt.cache.decide(entry, now)
+        index, decision_id, propensity = _per_request(rt, entry, now, unit_id)
         token = unit_token(unit_id, config.salt, config.unit_id_storage)
         rt.metrics.unit_decision(config.assignment, "new")
         return _answer(
@@ -163,7 +183,7 @@ def decide_unit_now(
             degraded,
             experiment_id,
             index,
-            make_decision_id(index),
+            decision_id,
             propensity,
             UnitFields(unit_id, token),
         )

@@ -122,9 +122,13 @@ async def create_experiment(body: ExperimentCreate, rt: RuntimeDep) -> Experimen
         allocation_interval_s=body.allocation_interval_s,
         reward_type=body.reward_type,
         reward_cap=body.reward_cap,
+        control_arm_id=body.control_arm_id,
+        holdout_share=body.holdout_share,
+        stop_probability=body.stop_probability,
+        stop_expected_loss=body.stop_expected_loss,
+        route_to_winner=body.route_to_winner,
         metrics=tuple(body.metrics),
         guardrails=tuple(body.guardrails),
-        control_arm_id=body.control_arm_id,
         guardrail_alpha=body.guardrail_alpha,
     )
     async with rt.command_lock(config.experiment_id):

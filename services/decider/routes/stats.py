@@ -17,13 +17,18 @@ from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.responses import Response
 
 from bandit_core.state import ArmStats, ExperimentState
+from bandit_core.uplift import UPLIFT_ALPHA, Uplift
+from bandit_core.verdict import verdict
 from mab_client.models import (
     ArmStatsPublic,
+    ArmVerdictPublic,
     AttributionPublic,
     GuardrailStatusPublic,
     MetricIntervalPublic,
     StatsPublic,
+    StoppingPublic,
     TimeseriesPublic,
+    UpliftPublic,
 )
 from schemas.events import ExperimentConfig
 from schemas.redis_keys import BucketKind
@@ -51,7 +56,10 @@ router = APIRouter(tags=["experiments"], dependencies=[READ])
     description="Per arm in config order: rewards observed (pulls), reward sum, mean, "
     "decisions served, unique units and the current propensity; read fresh from Redis "
     "(no cache). Once units are counted, `srm`: the sample-ratio-mismatch check of "
-    "their arms against the allocation versions they were assigned under.",
+    "their arms against the allocation versions they were assigned under. Once rewards "
+    "are folded, `stopping`: P(best) and expected loss per arm and the declared winner; "
+    "with a holdout, `uplift`: the bandit's uplift over it per visitor with an "
+    "anytime-valid interval (docs/stopping.md).",
     responses={404: E404, **READ_RESPONSES},
 )
 async def stats(experiment_id: ExperimentIdPath, rt: RuntimeDep) -> StatsPublic:
@@ -59,14 +67,20 @@ async def stats(experiment_id: ExperimentIdPath, rt: RuntimeDep) -> StatsPublic:
     if config_raw is None:
         raise not_found(experiment_id)
 
-    def parse() -> tuple[ExperimentConfig, ExperimentState, list[ArmStats], list[float]]:
+    def parse() -> tuple[
+        ExperimentConfig, ExperimentState, list[ArmStats], list[float], StoppingPublic | None
+    ]:
         config = ExperimentConfig.model_validate_json(config_raw)
         state = ExperimentState.from_snapshot(snap_raw, experiment_id)
         arm_stats = state.stats_for(config.arm_ids)
-        props = rt.cache.propensities(config, arm_stats, time.time(), state.guard.paused)
-        return config, state, arm_stats, props
+        now = time.time()
+        props = rt.cache.routed_propensities(config, state) or rt.cache.propensities(
+            config, arm_stats, now, state.guard.paused
+        )
+        state.config = config
+        return config, state, arm_stats, props, stopping_public(state, now)
 
-    config, state, arm_stats, props = await asyncio.to_thread(parse)
+    config, state, arm_stats, props, stopping = await asyncio.to_thread(parse)
     srm = await srm_of(rt.allocations, config, state) if has_units(state) else None
     if srm is not None:
         rt.metrics.srm(experiment_id, srm.p_value)
@@ -102,6 +116,54 @@ async def stats(experiment_id: ExperimentIdPath, rt: RuntimeDep) -> StatsPublic:
         ),
         assignment=config.assignment,
         srm=srm,
+        stopping=stopping,
+        uplift=uplift_public(config, state.uplift),
+    )
+
+
+def stopping_public(state: ExperimentState, now: float) -> StoppingPublic | None:
+    """The posterior's verdict now (draws seeded by the snapshot's version, so one
+    snapshot reads the same), with the winner the fold declared; ``None`` before any
+    reward."""
+    if state.rewards == 0:
+        return None
+    found = verdict(state, now, f"stats\0{state.experiment_id}\0{state.version}")
+    if found is None:  # pragma: no cover - a state with rewards has a config with arms
+        return None
+    config = state.config
+    assert config is not None
+    summary = found.summary
+    return StoppingPublic(
+        posterior=found.strategy,
+        arms=[
+            ArmVerdictPublic(arm_id=a, p_best=p, expected_loss=loss)
+            for a, p, loss in zip(found.arm_ids, summary.p_best, summary.expected_loss, strict=True)
+        ],
+        leader=found.arm_ids[summary.leader],
+        stop_probability=config.stop_probability,
+        stop_expected_loss=found.threshold,
+        winner=state.winner,
+    )
+
+
+def uplift_public(config: ExperimentConfig, uplift: Uplift | None) -> UpliftPublic | None:
+    """The uplift over the holdout (``None`` without a holdout)."""
+    if config.holdout_share <= 0.0 or config.control_arm_id is None:
+        return None
+    if uplift is None:
+        uplift = Uplift.for_config(config)
+    low, high = uplift.interval()
+    return UpliftPublic(
+        control_arm_id=config.control_arm_id,
+        holdout_share=config.holdout_share,
+        holdout_visitors=uplift.holdout.n,
+        bandit_visitors=uplift.bandit.n,
+        holdout_mean=uplift.holdout_mean,
+        bandit_mean=uplift.bandit_mean,
+        uplift=uplift.estimate,
+        low=low,
+        high=high,
+        confidence=1.0 - UPLIFT_ALPHA,
     )
 
 

@@ -36,6 +36,30 @@ CAP_NEEDS_CONTINUOUS: Final = (
     "reward_cap is only allowed with reward_type=continuous (a binary reward is at most 1)"
 )
 
+# --- holdout and stopping (docs/stopping.md) ---
+#: Largest ``holdout_share``: the holdout measures what the bandit earns, so at least
+#: half of the traffic stays with the bandit.
+HOLDOUT_SHARE_MAX: Final = 0.5
+#: The leader's ``P(best)`` at which a winner is declared unless the experiment says
+#: otherwise (``stop_probability``).
+DEFAULT_STOP_PROBABILITY: Final = 0.95
+
+
+def check_holdout(
+    arm_ids: tuple[str, ...] | list[str], holdout_share: float, control: str | None
+) -> None:
+    """A holdout needs a control arm, and a control arm must be one of the experiment's:
+    the SDK's create request and the server's config say it alike (a ``ValueError``)."""
+    if control is not None and control not in arm_ids:
+        raise ValueError(
+            f"control_arm_id {control!r} is not an arm of the experiment; arms: {list(arm_ids)}"
+        )
+    if holdout_share > 0 and control is None:
+        raise ValueError(
+            f"holdout_share {holdout_share} needs a control_arm_id: the arm the holdout gets"
+        )
+
+
 #: Longest attribution window: the dedupe horizon (7 days), beyond which a late reward
 #: could no longer be told apart from a first one.
 MAX_ATTRIBUTION_WINDOW_S: Final = 7 * 24 * 3600.0

@@ -37,7 +37,9 @@ from mab_client.models.limits import (
     CAP_NEEDS_CONTINUOUS,
     DEFAULT_ALLOCATION_INTERVAL_S,
     DEFAULT_STICKY_TTL_S,
+    DEFAULT_STOP_PROBABILITY,
     FLOOR_SLACK,
+    HOLDOUT_SHARE_MAX,
     MAX_ALLOCATION_INTERVAL_S,
     MAX_ATTRIBUTION_WINDOW_S,
     MAX_STICKY_TTL_S,
@@ -49,6 +51,7 @@ from mab_client.models.limits import (
     RewardType,
     UnitIdStorage,
     UserContext,
+    check_holdout,
 )
 from mab_client.models.responses import EXPERIMENT_EXAMPLE, DecisionPublic, new_event_id
 from mab_client.models.result import examples
@@ -202,6 +205,47 @@ RewardCapField = Annotated[
         "Null: no cap. Fixed at creation.",
     ),
 ]
+# --- holdout and stopping (docs/stopping.md) ---
+HoldoutShareField = Annotated[
+    float,
+    Field(
+        ge=0.0,
+        le=HOLDOUT_SHARE_MAX,
+        allow_inf_nan=False,
+        description=f"Share of traffic (0..{HOLDOUT_SHARE_MAX:g}) served the control arm "
+        "whatever the bandit says (per unit when a unit id is sent, per request otherwise), "
+        "to measure the bandit's uplift. Needs control_arm_id. Fixed at creation.",
+    ),
+]
+ControlArmField = Annotated[
+    ArmId | None,
+    Field(
+        description="The experiment's control arm (one of arm_ids): what the holdout gets. "
+        "Fixed at creation."
+    ),
+]
+StopProbabilityField = Annotated[
+    float,
+    Field(
+        ge=0.5,
+        le=1.0,
+        allow_inf_nan=False,
+        description="P(best) the leading arm needs before it is declared the winner. "
+        "Fixed at creation.",
+    ),
+]
+StopExpectedLossField = Annotated[
+    float | None,
+    Field(
+        ge=0.0,
+        le=REWARD_CEILING,
+        allow_inf_nan=False,
+        description="Largest expected loss (value per visitor left by stopping on the "
+        "leader, in the reward's unit) at which it is declared the winner. Null: 0.001 "
+        "for a binary experiment (a tenth of a percentage point of conversion), 1% of the "
+        "leader's value per visitor for a continuous one. Fixed at creation.",
+    ),
+]
 UnitIdField = Annotated[
     UnitId,
     Field(
@@ -248,6 +292,16 @@ class ExperimentCreate(_Request):
     allocation_interval_s: AllocationIntervalField = DEFAULT_ALLOCATION_INTERVAL_S
     reward_type: RewardTypeField = "binary"
     reward_cap: RewardCapField = None
+    # --- holdout and stopping ---
+    control_arm_id: ControlArmField = None
+    holdout_share: HoldoutShareField = 0.0
+    stop_probability: StopProbabilityField = DEFAULT_STOP_PROBABILITY
+    stop_expected_loss: StopExpectedLossField = None
+    route_to_winner: bool = Field(
+        default=False,
+        description="Once a winner is declared, serve it alone (the traffic floor and the "
+        "holdout still apply). False: the declaration is informational. Fixed at creation.",
+    )
     # --- guardrails (docs/guardrails.md): all fixed at creation ---
     metrics: list[MetricSpec] = Field(
         default_factory=list,
@@ -261,9 +315,6 @@ class ExperimentCreate(_Request):
         description="Guardrails on declared metrics, each arm against `control_arm_id`: "
         "a breach proven at level `guardrail_alpha` (anytime-valid) pauses the arm or "
         "alerts. Fixed at creation.",
-    )
-    control_arm_id: ArmIdField | None = Field(
-        default=None, description="The control arm (an arm of the experiment)."
     )
     guardrail_alpha: float = Field(
         default=DEFAULT_GUARDRAIL_ALPHA,
@@ -282,6 +333,7 @@ class ExperimentCreate(_Request):
         check_guardrails(
             self.arm_ids, self.metrics, self.guardrails, self.control_arm_id, self.guardrail_alpha
         )
+        check_holdout(self.arm_ids, self.holdout_share, self.control_arm_id)
         return self
 
 
@@ -300,13 +352,26 @@ FIXED_AT_CREATION = {
     "reward_cap": "reward_cap cannot change after creation: the rewards already folded "
     "were capped with it, and a replay of the log must fold them the same way (create a "
     "new experiment)",
+    # --- holdout and stopping: the fold splits rewards into holdout and bandit traffic by
+    # the control arm and the share, and declares a winner by the stopping thresholds;
+    # replay folds the log under the final config, so these never change either.
+    "control_arm_id": "control_arm_id cannot change after creation: the holdout's "
+    "decisions already logged were served it (create a new experiment)",
+    "holdout_share": "holdout_share cannot change after creation: the uplift over the "
+    "holdout already folded was measured with it (create a new experiment)",
+    "stop_probability": "stop_probability cannot change after creation: a replay of the "
+    "log must declare the same winner (create a new experiment)",
+    "stop_expected_loss": "stop_expected_loss cannot change after creation: a replay of "
+    "the log must declare the same winner (create a new experiment)",
+    "route_to_winner": "route_to_winner cannot change after creation, like the stopping "
+    "thresholds it acts on (create a new experiment)",
     # Guardrails: the fold keeps per arm and metric a confidence sequence and judges
     # breaches under the config it reads; replay under the final one. Fixed, so both agree.
     **{
         name: f"{name} cannot change after creation: the fold judged the metrics already "
         "logged under it, and a replay of the log must judge them the same way (create a "
         "new experiment)"
-        for name in ("metrics", "guardrails", "control_arm_id", "guardrail_alpha")
+        for name in ("metrics", "guardrails", "guardrail_alpha")
     },
 }
 

@@ -294,6 +294,51 @@ class AttributionPublic(Result):
     )
 
 
+# --- holdout and stopping (docs/stopping.md) ---
+class ArmVerdictPublic(Result):
+    """One arm's posterior verdict."""
+
+    arm_id: str
+    p_best: float = Field(description="Posterior probability that the arm is the best.")
+    expected_loss: float = Field(
+        description="E[max_j value_j - value_arm]: value per visitor (in the reward's unit) "
+        "left on the table by serving this arm for good."
+    )
+
+
+class StoppingPublic(Result):
+    """When to stop: the posterior's verdict and the winner the stopping rule declared."""
+
+    posterior: str = Field(
+        description="The reference sampler the verdict is read from (thompson for binary "
+        "rewards, revenue_thompson for continuous ones), whatever strategy serves."
+    )
+    arms: list[ArmVerdictPublic]
+    leader: str = Field(description="The arm with the highest P(best).")
+    stop_probability: float = Field(description="P(best) a winner needs.")
+    stop_expected_loss: float = Field(description="Expected loss a winner may have at most.")
+    winner: str | None = Field(
+        default=None,
+        description="The arm declared the winner (a WinnerDeclared event; once, at a fixed "
+        "count of rewards); null: not yet. Informational: traffic is not changed.",
+    )
+
+
+class UpliftPublic(Result):
+    """The bandit's uplift over the holdout, per visitor on the objective (the reward)."""
+
+    control_arm_id: str
+    holdout_share: float
+    holdout_visitors: int = Field(description="Rewarded holdout decisions.")
+    bandit_visitors: int = Field(description="Rewarded bandit decisions.")
+    holdout_mean: float | None = Field(description="Mean reward per holdout visitor.")
+    bandit_mean: float | None = Field(description="Mean reward per bandit visitor.")
+    uplift: float | None = Field(description="bandit_mean - holdout_mean.")
+    low: float = Field(description="Lower end of the anytime-valid interval of the uplift.")
+    high: float = Field(description="Upper end of the anytime-valid interval of the uplift.")
+    confidence: float = Field(description="Coverage of the interval, at every look at once.")
+
+
 class StatsPublic(Result):
     """Folded statistics of one experiment, read fresh from Redis."""
 
@@ -342,6 +387,12 @@ class StatsPublic(Result):
     )
     srm: SrmPublic | None = _omitted_when_none(
         "Sample-ratio-mismatch check; absent until units are counted."
+    )
+    stopping: StoppingPublic | None = _omitted_when_none(
+        "P(best), expected loss and the declared winner; absent until a reward is folded."
+    )
+    uplift: UpliftPublic | None = _omitted_when_none(
+        "The bandit's uplift over the holdout; absent without a holdout."
     )
 
     def arm(self, arm_id: str) -> ArmStatsPublic:
