@@ -456,17 +456,6 @@ class WinnerDeclared(_Event):
 ExperimentEvent = Annotated[
     ExperimentCreated | ArmsAdded | StrategyChanged, Field(discriminator="type")
 ]
-Event = Annotated[
-    ExperimentCreated
-    | ArmsAdded
-    | StrategyChanged
-    | DecisionMade
-    | RewardObserved
-    | ChangePointDetected
-    | GuardrailBreached
-    | WinnerDeclared,
-    Field(discriminator="type"),
-]
 AnyEvent = (
     ExperimentCreated
     | ArmsAdded
@@ -477,3 +466,5 @@ AnyEvent = (
     | GuardrailBreached
     | WinnerDeclared
 )
+#: Every event, as pydantic validates a record: the union tagged by ``type``.
+Event = Annotated[AnyEvent, Field(discriminator="type")]

@@ -83,13 +83,11 @@ class GaussianThompson(ExploringStrategy[GaussianThompsonParams]):
         now: float,
         samples: int,
     ) -> list[float]:
-        check_samples(samples)
         posts = gaussian_posteriors(stats, params.prior_strength)
         k = len(posts)
         if len(set(posts)) == 1:
             return [1.0 / k] * k
-        mu: np.ndarray = nig_draws(posts, numpy_generator(rng), samples)[0]
-        return win_shares(mu)
+        return win_shares(self.posterior_draws(stats, params, rng, now, samples))
 
     def batch_sampler(
         self,

@@ -132,11 +132,8 @@ def winner_event(experiment_id: str, winner: Winner) -> WinnerDeclared:
     """The event of the stopping rule's declaration, with a DETERMINISTIC id:
     ``win-<experiment>`` (a hash of the experiment id when longer than 64 characters),
     as there is at most one per experiment; a re-fold or a replay emits the same id."""
-    event_id = f"win-{experiment_id}"
-    if len(event_id) > 64:
-        event_id = "win-" + hashlib.sha256(experiment_id.encode()).hexdigest()[:48]
     return WinnerDeclared(
-        event_id=event_id,
+        event_id=_derived_id("win", experiment_id),
         ts=winner.ts,
         experiment_id=experiment_id,
         arm_id=winner.arm_id,

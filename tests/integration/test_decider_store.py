@@ -139,6 +139,30 @@ async def _create_epsilon_greedy(c: httpx.AsyncClient, exp: str, settings: dict[
     assert r.status_code == 201, r.text
 
 
+async def _add_arm_and_change_strategy(
+    c: httpx.AsyncClient, exp: str, change: dict[str, Any]
+) -> None:
+    """The two commands whose Lua scripts rewrite a stored config from its text: arm
+    ``z`` added, then ``/config`` with ``change`` (a strategy and its params)."""
+    r = await c.post(f"/experiments/{exp}/arms", json={"arm_ids": ["z"]})
+    assert r.status_code == 200, r.text
+    r = await c.post("/config", json={"experiment_id": exp, **change})
+    assert r.status_code == 200, r.text
+
+
+async def _each_refused_on_config(
+    c: httpx.AsyncClient, redis: Redis, key: str, swap: dict[str, Any], settings: dict[str, Any]
+) -> None:
+    """Each of ``settings`` sent with the ``/config`` body ``swap`` is a 422 naming it
+    (fixed at creation), and the stored config stays as it was."""
+    before = await redis.get(key)
+    for name, value in settings.items():
+        r = await c.post("/config", json={**swap, name: value})
+        assert r.status_code == 422, r.text
+        assert f"{name} cannot change after creation" in r.text
+    assert await redis.get(key) == before
+
+
 async def test_commands_keep_the_reward_settings_and_check_the_strategy(
     decider_settings: SettingsFactory, ns: str, redis: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -153,10 +177,7 @@ async def test_commands_keep_the_reward_settings_and_check_the_strategy(
     async with serve_decider(decider_settings()) as (c, _):
         await _create_epsilon_greedy(c, exp, REWARD_SETTINGS)
         assert b'"reward_cap":1234.5678901234567,' in await _raw(redis, key)
-        r = await c.post(f"/experiments/{exp}/arms", json={"arm_ids": ["z"]})
-        assert r.status_code == 200, r.text
-        r = await c.post("/config", json={"experiment_id": exp, "strategy": "epsilon_greedy"})
-        assert r.status_code == 200, r.text
+        await _add_arm_and_change_strategy(c, exp, {"strategy": "epsilon_greedy"})
         stored = await _stored(redis, key)
         assert {k: stored[k] for k in REWARD_SETTINGS} == REWARD_SETTINGS
         assert b'"reward_cap":1234.5678901234567,' in await _raw(redis, key)
@@ -164,12 +185,9 @@ async def test_commands_keep_the_reward_settings_and_check_the_strategy(
         r = await c.post("/config", json={"experiment_id": exp, "strategy": "thompson"})
         assert r.status_code == 422, r.text
         assert "strategy 'thompson' learns from binary rewards" in r.json()["detail"]
-        for name, value in REWARD_SETTINGS.items():
-            change = {"experiment_id": exp, "strategy": "epsilon_greedy", name: value}
-            r = await c.post("/config", json=change)
-            assert r.status_code == 422, r.text
-            assert f"{name} cannot change after creation" in r.text
         assert await redis.get(key) == before
+        swap = {"experiment_id": exp, "strategy": "epsilon_greedy"}
+        await _each_refused_on_config(c, redis, key, swap, REWARD_SETTINGS)
 
 
 async def test_commands_keep_the_guardrail_settings_byte_for_byte(
@@ -185,22 +203,14 @@ async def test_commands_keep_the_guardrail_settings_byte_for_byte(
         await _create_epsilon_greedy(c, exp, GUARDRAIL_SETTINGS)
         raw = await _raw(redis, key)
         tail = raw[raw.rindex(b',"metrics":') :]
-        r = await c.post(f"/experiments/{exp}/arms", json={"arm_ids": ["z"]})
-        assert r.status_code == 200, r.text
         swap = {"experiment_id": exp, "strategy": "epsilon_greedy"}
-        r = await c.post("/config", json={**swap, "strategy_params": {"epsilon": 0.2}})
-        assert r.status_code == 200, r.text
+        await _add_arm_and_change_strategy(c, exp, {**swap, "strategy_params": {"epsilon": 0.2}})
         raw = await _raw(redis, key)
         assert raw.endswith(tail)
         stored = await _stored(redis, key)
         assert {k: stored[k] for k in GUARDRAIL_SETTINGS} == GUARDRAIL_SETTINGS
         assert ExperimentConfig.model_validate(stored).arm_ids == ("x", "y", "z")
-        before = await redis.get(key)
-        for name, value in GUARDRAIL_SETTINGS.items():
-            r = await c.post("/config", json={**swap, name: value})
-            assert r.status_code == 422, r.text
-            assert f"{name} cannot change after creation" in r.text
-        assert await redis.get(key) == before
+        await _each_refused_on_config(c, redis, key, swap, GUARDRAIL_SETTINGS)
 
 
 async def test_commands_keep_the_holdout_settings(
@@ -218,10 +228,7 @@ async def test_commands_keep_the_holdout_settings(
             "/experiments", json={"experiment_id": exp, "arm_ids": arms, **HOLDOUT_SETTINGS}
         )
         assert r.status_code == 201, r.text
-        r = await c.post(f"/experiments/{exp}/arms", json={"arm_ids": ["z"]})
-        assert r.status_code == 200, r.text
-        r = await c.post("/config", json={"experiment_id": exp, "strategy": "ucb1"})
-        assert r.status_code == 200, r.text
+        await _add_arm_and_change_strategy(c, exp, {"strategy": "ucb1"})
         stored = await _stored(redis, key)
         assert {k: stored[k] for k in HOLDOUT_SETTINGS} == HOLDOUT_SETTINGS
         assert list(stored) == list(ExperimentConfig.model_fields)
