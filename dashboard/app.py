@@ -18,10 +18,10 @@ from urllib.parse import urlencode
 
 import streamlit as st
 
-from dashboard import charts, ope_view
+from dashboard import charts, health, ope_view
 from dashboard.api import Bucket, client_from_env, explain, is_rejection, show_failure
 from dashboard.playground import render_playground
-from mab_client import MabClient, MabError, NotFoundError, Timeseries
+from mab_client import MabClient, MabError, NotFoundError, Stats, Timeseries
 
 #: Windows strictly inside the API's maximum span per bucket (31 days / 24 hours), so
 #: clock skew between us and the API never turns a preset into a 422.
@@ -127,21 +127,7 @@ def live_panel(client: MabClient, exp_id: str, bucket: Bucket, span_s: int) -> N
         f"{stats.snapshot_version:,} events folded{assignment} · {units:,} unique units · "
         f"updated {datetime.now(UTC):%H:%M:%S} UTC"
     )
-    srm = charts.srm_status(stats)
-    if srm is not None:
-        state, line = srm
-        if state == "alarm":
-            st.error(line, icon="⚠️")
-        else:
-            st.caption(line)
-    guards = charts.guardrail_table(stats)
-    if guards is not None:
-        breached = guards[guards["status"] == "breached"]
-        if not breached.empty:
-            arms = ", ".join(sorted(set(breached["arm_id"])))
-            st.error(f"Guardrail breached: {arms} (docs/guardrails.md)", icon="⚠️")
-        st.caption("Guardrails: each arm's metric against the control arm (anytime-valid)")
-        st.dataframe(guards, hide_index=True, key="guardrail_table")
+    health_panel(stats)
     if served == 0 and rewards == 0:
         st.info(
             f"No decisions or rewards yet for `{exp_id}`. Send traffic with "
@@ -163,6 +149,43 @@ def live_panel(client: MabClient, exp_id: str, bucket: Bucket, span_s: int) -> N
         st.altair_chart(charts.current_rate_chart(table), width="stretch")
         st.altair_chart(charts.current_share_chart(table), width="stretch")
     render_timeseries(client, exp_id, bucket, span_s)
+
+
+def health_panel(stats: Stats) -> None:
+    """What says whether the numbers can be trusted and whether to stop
+    (:mod:`dashboard.health`): the SRM check, the guardrails, the stopping rule and the
+    uplift over the holdout, each shown only when the experiment has it."""
+    srm = health.srm_status(stats)
+    if srm is not None:
+        state, line = srm
+        if state == "alarm":
+            st.error(line, icon="⚠️")
+        else:
+            st.caption(line)
+    guards = health.guardrail_table(stats)
+    if guards is not None:
+        breached = guards[guards["status"] == "breached"]
+        if not breached.empty:
+            arms = ", ".join(sorted(set(breached["arm_id"])))
+            st.error(f"Guardrail breached: {arms} (docs/guardrails.md)", icon="⚠️")
+        st.caption("Guardrails: each arm's metric against the control arm (anytime-valid)")
+        st.dataframe(guards, hide_index=True, key="guardrail_table")
+    stopping = health.stopping_line(stats)
+    if stopping is not None:
+        state, line = stopping
+        if state == "winner":
+            st.success(line, icon="🏁")
+        else:
+            st.caption(line)
+    uplift = health.uplift_line(stats)
+    if uplift is not None:
+        state, line = uplift
+        if state == "better":
+            st.success(line)
+        elif state == "worse":
+            st.warning(line, icon="⚠️")
+        else:
+            st.caption(line)
 
 
 def _share_column(label: str, description: str) -> Any:

@@ -114,50 +114,6 @@ def arm_table(stats: Stats, level: float = 0.95) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=ARM_TABLE_COLUMNS)
 
 
-def srm_status(stats: Stats) -> tuple[str, str] | None:
-    """The SRM check as (state, one line for an operator); ``None`` before any unit.
-
-    State ``alarm`` (p < 0.001: units did not get the arms their allocations promised,
-    look for a bug in assignment, caching or logging before trusting the results),
-    ``ok``, or ``n/a`` (too few units, too many arms: the reason says which).
-    """
-    srm = stats.srm
-    if srm is None:
-        return None
-    covered = f"{srm.units:,} units over {srm.versions:,} allocation versions ({srm.method})"
-    if srm.skipped_units:
-        covered += f"; {srm.skipped_units:,} units in expired versions left out"
-    if srm.p_value is None:
-        return "n/a", f"SRM check not computed: {srm.reason}. {covered}."
-    if srm.alarm:
-        why = f" {srm.reason}." if srm.reason else ""
-        return "alarm", f"Sample ratio mismatch: p = {srm.p_value:.2g}.{why} {covered}."
-    return "ok", f"No sample ratio mismatch: p = {srm.p_value:.3g}. {covered}."
-
-
-def guardrail_table(stats: Stats) -> pd.DataFrame | None:
-    """One row per arm and guardrail (docs/guardrails.md): the status, the arm's
-    anytime-valid interval for the metric and whether the arm is paused; ``None`` for an
-    experiment without guardrails."""
-    rows: list[dict[str, Any]] = []
-    for arm in stats.arms:
-        for g in arm.guardrails or []:
-            interval = (arm.metrics or {}).get(g.metric)
-            rows.append(
-                {
-                    "arm_id": arm.arm_id,
-                    "metric": g.metric,
-                    "status": g.status,
-                    "action": g.action,
-                    "samples": 0 if interval is None else interval.samples,
-                    "low": math.nan if interval is None else interval.low,
-                    "high": math.nan if interval is None else interval.high,
-                    "paused": bool(arm.paused),
-                }
-            )
-    return pd.DataFrame(rows) if rows else None
-
-
 def leading_arm(table: pd.DataFrame) -> str | None:
     """The arm with the highest posterior mean (1 + s) / (2 + n); None without rewards.
 

@@ -16,8 +16,8 @@ import pytest
 from bandit_core.simulate import ScenarioError, load_scenario, run_once, run_seed, simulate
 from bandit_core.strategies import STRATEGIES, params_for
 from dashboard import charts, simulator
-from mab_client import Stats, Timeseries
-from mab_client.models import GuardrailStatusPublic, MetricIntervalPublic, SrmPublic
+from mab_client import Timeseries
+from tests.fixtures.dashboard import stats_of
 
 pytestmark = pytest.mark.unit
 
@@ -84,30 +84,6 @@ def _ts(**over: Any) -> Timeseries:
     return Timeseries.model_validate(_body(**over))
 
 
-def _stats(arms: list[tuple[str, int, float, int, float]]) -> Stats:
-    return Stats.model_validate(
-        {
-            "experiment_id": "cta",
-            "strategy": "thompson",
-            "strategy_params": {},
-            "config_version": 1,
-            "snapshot_version": 7,
-            "arms": [
-                {
-                    "arm_id": a,
-                    "pulls": p,
-                    "reward_sum": s,
-                    "mean": s / p if p else 0.0,
-                    "decisions": d,
-                    "propensity": q,
-                }
-                for a, p, s, d, q in arms
-            ],
-            "propensities": {a: q for a, _, _, _, q in arms},
-        }
-    )
-
-
 def _t(seconds: float) -> pd.Timestamp:
     return pd.Timestamp(seconds, unit="s", tz="UTC")
 
@@ -141,7 +117,7 @@ def test_beta_interval_is_clipped_and_handles_no_data() -> None:
 
 
 def test_arm_table_exact_rows() -> None:
-    stats = _stats(
+    stats = stats_of(
         [
             ("blue", 10, 3.0, 12, 0.25),
             ("green", 4, 2.0, 8, 0.75),
@@ -166,39 +142,8 @@ def test_arm_table_exact_rows() -> None:
     assert charts.leading_arm(table) == "green"
 
 
-def test_srm_status_states() -> None:
-    """Absent before any unit; ``ok`` and ``alarm`` with the p-value and what was
-    covered; ``n/a`` with the server's reason."""
-    base = _stats([("blue", 10, 3.0, 12, 0.5), ("green", 4, 2.0, 8, 0.5)])
-    assert charts.srm_status(base) is None
-    srm: dict[str, Any] = {
-        "p_value": 0.42,
-        "chi2": 0.65,
-        "df": 1,
-        "units": 20,
-        "alarm": False,
-        "versions": 3,
-        "method": "pooled",
-    }
-
-    def with_srm(**change: Any) -> Stats:
-        return base.model_copy(update={"srm": SrmPublic.model_validate({**srm, **change})})
-
-    state, line = charts.srm_status(with_srm()) or ("", "")
-    assert state == "ok"
-    assert "p = 0.42" in line
-    assert "20 units over 3 allocation versions (pooled)" in line
-    state, line = charts.srm_status(with_srm(p_value=2e-8, alarm=True, skipped_units=5)) or ("", "")
-    assert state == "alarm"
-    assert "p = 2e-08" in line
-    assert "5 units in expired versions left out" in line
-    state, line = charts.srm_status(with_srm(p_value=None, reason="too few units")) or ("", "")
-    assert state == "n/a"
-    assert "too few units" in line
-
-
 def test_arm_table_without_any_data() -> None:
-    table = charts.arm_table(_stats([("a", 0, 0.0, 0, 0.5), ("b", 0, 0.0, 0, 0.5)]))
+    table = charts.arm_table(stats_of([("a", 0, 0.0, 0, 0.5), ("b", 0, 0.0, 0, 0.5)]))
     assert len(table) == 2
     assert table["traffic_share"].isna().all()
     assert table["mean"].isna().all()
@@ -207,7 +152,7 @@ def test_arm_table_without_any_data() -> None:
 
 def test_arm_table_fifty_arms() -> None:
     arms = [(f"arm-{k}", 100, k / 2, 2 * k + 1, 1 / 50) for k in range(50)]
-    table = charts.arm_table(_stats(arms))
+    table = charts.arm_table(stats_of(arms))
     assert len(table) == 50
     assert table["arm"].tolist() == [f"arm-{k}" for k in range(50)]
     assert table["traffic_share"].sum() == pytest.approx(1.0)
@@ -332,7 +277,7 @@ def test_charts_without_markers_have_no_rule_layer() -> None:
 
 def test_current_charts_with_fifty_arms() -> None:
     arms = [(f"arm-{k}", 100, k / 2, 2 * k + 1, 1 / 50) for k in range(50)]
-    table = charts.arm_table(_stats(arms))
+    table = charts.arm_table(stats_of(arms))
     spec = charts.current_rate_chart(table).to_dict()
     assert spec["layer"][0]["encoding"]["x"]["sort"] == [f"arm-{k}" for k in range(50)]
     share = charts.current_share_chart(table).to_dict()
@@ -450,38 +395,3 @@ def test_params_are_validated_like_the_api() -> None:
         "mab simulate --scenario scenarios/x.json --strategy epsilon_greedy "
         "--params '{\"epsilon\":0.2}' --runs 5 --seed 1"
     )
-
-
-def test_guardrail_table_lists_each_arm_and_guardrail() -> None:
-    """Absent without guardrails; with them, one row per arm and guardrail with the
-    status, the arm's interval (NaN before any value) and the pause."""
-    base = _stats([("control", 10, 3.0, 12, 0.5), ("treat", 4, 2.0, 8, 0.5)])
-    assert charts.guardrail_table(base) is None
-    control, treat = base.arms
-    guard = {"guardrail": 0, "metric": "refund", "action": "pause"}
-    arms = [
-        control.model_copy(
-            update={
-                "guardrails": [GuardrailStatusPublic.model_validate({**guard, "status": "control"})]
-            }
-        ),
-        treat.model_copy(
-            update={
-                "guardrails": [
-                    GuardrailStatusPublic.model_validate({**guard, "status": "breached"})
-                ],
-                "metrics": {"refund": MetricIntervalPublic(samples=120, low=0.4, high=0.8)},
-                "paused": True,
-            }
-        ),
-    ]
-    table = charts.guardrail_table(base.model_copy(update={"arms": arms}))
-    assert table is not None
-    assert list(table["status"]) == ["control", "breached"]
-    assert list(table["paused"]) == [False, True]
-    assert (table["samples"].iloc[1], table["low"].iloc[1], table["high"].iloc[1]) == (
-        120,
-        0.4,
-        0.8,
-    )
-    assert math.isnan(table["low"].iloc[0])

@@ -53,10 +53,8 @@ from mab_client.models.requests import (
     EVENT_ID_PATTERN,
     ArmIdField,
     ArmsAdd,
-    AttributionWindowField,
     ConfigUpdate,
     DecisionIdRef,
-    DefaultRewardField,
     EventIdField,
     ExperimentCreate,
     ExperimentIdField,
@@ -70,10 +68,6 @@ from mab_client.models.requests import (
     UniqueArmIds,
 )
 from mab_client.models.responses import (
-    ArmStats,
-    ArmStatsPublic,
-    ArmVerdictPublic,
-    AttributionPublic,
     ChangePoint,
     ChangePointPublic,
     ConfigPublic,
@@ -85,9 +79,7 @@ from mab_client.models.responses import (
     Experiment,
     ExperimentPublic,
     ExposuresPublic,
-    GuardrailStatusPublic,
     HealthPublic,
-    MetricIntervalPublic,
     PublicDefault,
     PublicWindow,
     Ready,
@@ -95,18 +87,30 @@ from mab_client.models.responses import (
     RewardPublic,
     RewardReceipt,
     RewardsPublic,
-    SrmPublic,
-    Stats,
-    StatsPublic,
-    StoppingPublic,
     StrategyConfig,
     Timeseries,
     TimeseriesPoint,
     TimeseriesPublic,
     UnitSettingsPublic,
-    UpliftPublic,
     WinnerChange,
     new_event_id,
+)
+from mab_client.models.settings import (
+    AttributionWindowField,
+    DefaultRewardField,
+)
+from mab_client.models.stats import (
+    ArmStats,
+    ArmStatsPublic,
+    ArmVerdictPublic,
+    AttributionPublic,
+    GuardrailStatusPublic,
+    MetricIntervalPublic,
+    SrmPublic,
+    Stats,
+    StatsPublic,
+    StoppingPublic,
+    UpliftPublic,
 )
 
 __all__ = [
