@@ -174,7 +174,7 @@ def health_panel(stats: Stats) -> None:
     if stopping is not None:
         state, line = stopping
         if state == "winner":
-            st.success(line, icon="🏁")
+            st.success(line)
         else:
             st.caption(line)
     uplift = health.uplift_line(stats)

@@ -71,10 +71,11 @@ def stopping_line(stats: Stats) -> tuple[str, str] | None:
     by_arm = {a.arm_id: a for a in stopping.arms}
     if stopping.winner is not None:
         won = by_arm.get(stopping.winner)
+        # Declared once, at a check; the posterior keeps moving: say which is which.
         detail = (
             ""
             if won is None
-            else f" (P(best) {won.p_best:.1%}, expected loss {won.expected_loss:.4g})"
+            else f"; now P(best) {won.p_best:.1%}, expected loss {won.expected_loss:.4g}"
         )
         return "winner", f"Winner declared: {stopping.winner}{detail}."
     leader = by_arm.get(stopping.leader)

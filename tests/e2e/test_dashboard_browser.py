@@ -3,10 +3,11 @@
 Decider, reward consumer and projector run as processes on the real Kafka and Redis;
 traffic goes over HTTP; ``streamlit run dashboard/app.py`` runs as a subprocess pointed
 at the decider. The browser picks the experiment in the UI and we assert that the charts
-actually rendered (Vega canvases/SVGs inside the chart elements) and that the arm table
-lists the arms, then keep a screenshot (``test-artifacts/dashboard.png``). With
-``MAB_UPDATE_README_SCREENSHOT=1`` it also refreshes the README's ``docs/img/dashboard.png``
-(opt-in: a test run must not change tracked files).
+actually rendered (Vega canvases/SVGs inside the chart elements), that the arm table
+lists the arms and that the uplift over the holdout is reported, then keep a screenshot
+(``test-artifacts/dashboard.png``). With ``MAB_UPDATE_README_SCREENSHOT=1`` it also
+refreshes the README's ``docs/img/dashboard.png`` (opt-in: a test run must not change
+tracked files).
 
 Chromium is part of the test machine (``make test`` installs Debian's ``chromium`` and
 ``chromium-driver``): without it this test fails, saying what to install, rather than
@@ -49,6 +50,7 @@ ARMS = {"blue-button": 0.08, "green-button": 0.22, "red-button": 0.12}
 SHIFTED = {"blue-button": 0.08, "green-button": 0.06, "red-button": 0.25}
 BURSTS = (120, 180)
 DECISIONS = sum(BURSTS)
+HOLDOUT_SHARE = 0.2
 
 if os.environ.get("MAB_TEST_NO_BROWSER") == "1":
     pytest.skip("MAB_TEST_NO_BROWSER=1: the browser test is opted out", allow_module_level=True)
@@ -84,7 +86,8 @@ def _wait(pred: Callable[[], Any], timeout: float, what: str, interval: float = 
 
 @pytest.fixture(scope="module")
 def traffic(services: Services) -> dict[str, str]:
-    """Two experiments: an empty one (the picker's default) and one with traffic."""
+    """Two experiments: an empty one (the picker's default) and one with traffic and a
+    holdout."""
     if "projector" not in services.procs:
         services.env["MAB_PROJECTOR_GROUP_ID"] = f"{services.ns}projector"
         services.start("projector", [sys.executable, "-m", "services.projector"])
@@ -92,8 +95,17 @@ def traffic(services: Services) -> dict[str, str]:
     exp = f"{services.ns}cta-button-test"
     rng = random.Random(7)
     with MabClient(services.api_url, timeout=10) as mab:
-        for exp_id in (empty, exp):
-            mab.create_experiment(exp_id, list(ARMS), strategy="thompson")
+        mab.create_experiment(empty, list(ARMS), strategy="thompson")
+        # The traffic experiment holds a fifth of its visitors out on blue, so the page
+        # shows the bandit's uplift over the holdout (docs/stopping.md).
+        body = {
+            "experiment_id": exp,
+            "arm_ids": list(ARMS),
+            "strategy": "thompson",
+            "holdout_share": HOLDOUT_SHARE,
+            "control_arm_id": "blue-button",
+        }
+        httpx.post(f"{services.api_url}/experiments", json=body, timeout=10).raise_for_status()
         # Two bursts in two different minutes, so the per-minute charts show a shift.
         for burst, (n, rates) in enumerate(zip(BURSTS, (ARMS, SHIFTED), strict=True)):
             if burst:
@@ -265,6 +277,7 @@ def test_dashboard_renders_live_charts_in_chromium(
     assert "API unavailable" not in body
     assert "Traceback" not in body
     assert "thompson" in body
+    assert "Uplift over the holdout (20% on blue-button" in body
 
     _wait(lambda: _idle(browser), 30, "the script to be idle before the screenshot")
     time.sleep(1.0)  # let Vega finish its transitions

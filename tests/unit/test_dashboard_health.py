@@ -123,7 +123,7 @@ def test_stopping_line_says_how_far_the_leader_is_from_a_winner() -> None:
     state, line = health.stopping_line(base.model_copy(update={"stopping": won})) or ("", "")
     assert (state, line) == (
         "winner",
-        "Winner declared: green (P(best) 80.0%, expected loss 0.0004).",
+        "Winner declared: green; now P(best) 80.0%, expected loss 0.0004.",
     )
 
 
