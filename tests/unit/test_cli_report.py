@@ -8,6 +8,7 @@ import pytest
 
 from mab_cli.report_cmd import _guardrail_lines, render
 from mab_client.models import StatsPublic
+from tests.fixtures.stats import STOPPING, UPLIFT
 
 pytestmark = pytest.mark.unit
 
@@ -19,29 +20,6 @@ BASE: dict[str, Any] = {
     "snapshot_version": 900,
     "arms": [],
     "propensities": {},
-}
-STOPPING = {
-    "posterior": "thompson",
-    "arms": [
-        {"arm_id": "a", "p_best": 0.01, "expected_loss": 0.21},
-        {"arm_id": "c", "p_best": 0.99, "expected_loss": 0.0002},
-    ],
-    "leader": "c",
-    "stop_probability": 0.95,
-    "stop_expected_loss": 0.001,
-    "winner": "c",
-}
-UPLIFT = {
-    "control_arm_id": "a",
-    "holdout_share": 0.2,
-    "holdout_visitors": 180,
-    "bandit_visitors": 720,
-    "holdout_mean": 0.05,
-    "bandit_mean": 0.21,
-    "uplift": 0.16,
-    "low": 0.04,
-    "high": 0.27,
-    "confidence": 0.95,
 }
 
 

@@ -17,7 +17,7 @@ from bandit_core.simulate import ScenarioError, load_scenario, run_once, run_see
 from bandit_core.strategies import STRATEGIES, params_for
 from dashboard import charts, simulator
 from mab_client import Timeseries
-from tests.fixtures.dashboard import stats_of
+from tests.fixtures.stats import stats_of
 
 pytestmark = pytest.mark.unit
 

@@ -16,7 +16,7 @@ from mab_client.models import (
     StoppingPublic,
     UpliftPublic,
 )
-from tests.fixtures.dashboard import stats_of
+from tests.fixtures.stats import STOPPING, UPLIFT, stats_of
 
 pytestmark = pytest.mark.unit
 
@@ -87,58 +87,34 @@ def test_guardrail_table_lists_each_arm_and_guardrail() -> None:
     assert math.isnan(table["low"].iloc[0])
 
 
-STOPPING = {
-    "posterior": "thompson",
-    "arms": [
-        {"arm_id": "blue", "p_best": 0.2, "expected_loss": 0.004},
-        {"arm_id": "green", "p_best": 0.8, "expected_loss": 0.0004},
-    ],
-    "leader": "green",
-    "stop_probability": 0.95,
-    "stop_expected_loss": 0.001,
-}
-UPLIFT = {
-    "control_arm_id": "blue",
-    "holdout_share": 0.2,
-    "holdout_visitors": 400,
-    "bandit_visitors": 1600,
-    "holdout_mean": 0.1,
-    "bandit_mean": 0.13,
-    "uplift": 0.03,
-    "low": 0.004,
-    "high": 0.056,
-    "confidence": 0.95,
-}
-
-
 def test_stopping_line_says_how_far_the_leader_is_from_a_winner() -> None:
-    base = stats_of([("blue", 10, 3.0, 12, 0.5), ("green", 4, 2.0, 8, 0.5)])
+    base = stats_of([("a", 10, 3.0, 12, 0.5), ("c", 4, 2.0, 8, 0.5)])
     assert health.stopping_line(base) is None
-    running = base.model_copy(update={"stopping": StoppingPublic.model_validate(STOPPING)})
-    state, line = health.stopping_line(running) or ("", "")
+    running = StoppingPublic.model_validate({**STOPPING, "winner": None, "stop_probability": 0.999})
+    state, line = health.stopping_line(base.model_copy(update={"stopping": running})) or ("", "")
     assert state == "running"
-    assert "leader green at P(best) 80.0% (needs 95.0%)" in line
-    assert "expected loss 0.0004 (needs at most 0.001)" in line
-    won = StoppingPublic.model_validate({**STOPPING, "winner": "green"})
+    assert "leader c at P(best) 99.0% (needs 99.9%)" in line
+    assert "expected loss 0.0002 (needs at most 0.001)" in line
+    won = StoppingPublic.model_validate(STOPPING)
     state, line = health.stopping_line(base.model_copy(update={"stopping": won})) or ("", "")
     assert (state, line) == (
         "winner",
-        "Winner declared: green; now P(best) 80.0%, expected loss 0.0004.",
+        "Winner declared: c; now P(best) 99.0%, expected loss 0.0002.",
     )
 
 
 @pytest.mark.parametrize(
     ("low", "high", "state"),
-    [(0.004, 0.056, "better"), (-0.05, -0.01, "worse"), (-0.01, 0.05, "unclear")],
+    [(0.04, 0.27, "better"), (-0.05, -0.01, "worse"), (-0.01, 0.05, "unclear")],
 )
 def test_uplift_line_reads_the_interval(low: float, high: float, state: str) -> None:
-    base = stats_of([("blue", 10, 3.0, 12, 0.5), ("green", 4, 2.0, 8, 0.5)])
+    base = stats_of([("a", 10, 3.0, 12, 0.5), ("c", 4, 2.0, 8, 0.5)])
     assert health.uplift_line(base) is None
     uplift = UpliftPublic.model_validate({**UPLIFT, "low": low, "high": high})
     got, line = health.uplift_line(base.model_copy(update={"uplift": uplift})) or ("", "")
     assert got == state
-    assert line.startswith("Uplift over the holdout (20% on blue, 400 vs 1,600 rewarded visitors)")
-    assert "+0.03 per visitor" in line
+    assert line.startswith("Uplift over the holdout (20% on a, 180 vs 720 rewarded visitors)")
+    assert "+0.16 per visitor" in line
     empty = UpliftPublic.model_validate({**UPLIFT, "uplift": None, "bandit_mean": None})
     got, line = health.uplift_line(base.model_copy(update={"uplift": empty})) or ("", "")
     assert (got, line.endswith("not measured yet.")) == ("unclear", True)
