@@ -52,11 +52,14 @@ REFERENCE_STRATEGY: Final[dict[RewardType, str]] = {
     "binary": "thompson",
     "continuous": "revenue_thompson",
 }
-#: Joint posterior draws per verdict (fewer with many arms: :func:`samples_for`).
-VERDICT_SAMPLES: Final = 4000
+#: Joint posterior draws per verdict (fewer with many arms: :func:`samples_for`). The
+#: fold checks every 100 rewards early on, so a check is on the reward consumer's path:
+#: 1,000 draws keep it near 0.4 ms with a few arms (about 0.4 µs per folded reward over
+#: the first 200,000), with a Monte Carlo error of P(best) under 1 point at 0.95.
+VERDICT_SAMPLES: Final = 1000
 #: Draws (samples x arms) a verdict may cost at most, down to :data:`MIN_SAMPLES` rows.
-VERDICT_DRAWS: Final = 400_000
-MIN_SAMPLES: Final = 500
+VERDICT_DRAWS: Final = 100_000
+MIN_SAMPLES: Final = 250
 #: Default expected-loss thresholds (module docstring).
 BINARY_LOSS: Final = 0.001
 RELATIVE_LOSS: Final = 0.01

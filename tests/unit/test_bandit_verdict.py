@@ -218,5 +218,5 @@ def test_checks_thin_out_as_rewards_accumulate() -> None:
 
 
 def test_few_draws_per_arm_with_many_arms() -> None:
-    assert samples_for(3) == 4000
-    assert samples_for(1000) == 500
+    assert samples_for(3) == 1000
+    assert samples_for(1000) == 250
