@@ -54,8 +54,9 @@ REFERENCE_STRATEGY: Final[dict[RewardType, str]] = {
 }
 #: Joint posterior draws per verdict (fewer with many arms: :func:`samples_for`). The
 #: fold checks every 100 rewards early on, so a check is on the reward consumer's path:
-#: 1,000 draws keep it near 0.4 ms with a few arms (about 0.4 µs per folded reward over
-#: the first 200,000), with a Monte Carlo error of P(best) under 1 point at 0.95.
+#: 1,000 draws keep it near 0.4 ms with a few arms (under a microsecond per folded
+#: reward over the first 200,000), with a Monte Carlo error of P(best) under 1 point at
+#: 0.95.
 VERDICT_SAMPLES: Final = 1000
 #: Draws (samples x arms) a verdict may cost at most, down to :data:`MIN_SAMPLES` rows.
 VERDICT_DRAWS: Final = 100_000
