@@ -20,6 +20,9 @@ the decider rows):
   (returning units log none), and each sticky row reports the new-unit share it saw.
   Goals against the unkeyed 2-arm row: sticky ≥ 70% of its throughput with p99 ≤ 10 ms,
   consistent within 10%.
+* ``GET /decision`` on a continuous experiment (the revenue sampler, 2 arms, one
+  worker), read against the unkeyed 2-arm binary Thompson row of the same run (goal: at
+  least 80% of its throughput), counted like it.
 * ``POST /reward`` (acknowledged by Kafka before the answer).
 * the reward consumer's fold rate from a pre-filled topic, and the projector's when it
   exists; RSS of each process at rest and after load.
@@ -163,6 +166,12 @@ def unit_rows(
     return results
 
 
+#: The continuous row's experiment (2 arms, one worker) and its goal: at least this share
+#: of the unkeyed 2-arm (binary Thompson) row's throughput in the same run.
+CONTINUOUS_BODY: dict[str, Any] = {"reward_type": "continuous", "strategy": "revenue_thompson"}
+CONTINUOUS_THROUGHPUT_SHARE = 0.8
+CONTINUOUS_ROW = "GET /decision, 2 arms, continuous (revenue_thompson)"
+
 #: Arm counts of the ``GET /decision`` rows (one worker; N workers: 2 arms only).
 DECISION_ARMS = (2, 10, 100, 1000)
 #: Rewards folded into the 1,000-arm experiment before it is measured (20 per arm), so
@@ -170,6 +179,29 @@ DECISION_ARMS = (2, 10, 100, 1000)
 CATALOGUE_REWARDS = 20_000
 #: The goal of the 1,000-arm row: its p99 at most this many times the 2-arm p99.
 CATALOGUE_P99_RATIO = 3.0
+
+
+def continuous_row(
+    bootstrap: str,
+    topics: TopicNames,
+    base: str,
+    measure: Callable[[str], dict[str, Any]],
+) -> dict[str, Any]:
+    """``GET /decision`` on a continuous experiment (the revenue sampler, 2 arms, no
+    units), counted like the unkeyed rows: one ``DecisionMade`` per 200."""
+    exp = "bench-2-continuous"
+    body = {"experiment_id": exp, "arm_ids": ["arm-0", "arm-1"], **CONTINUOUS_BODY}
+    httpx.post(f"{base}/experiments", json=body, timeout=10).raise_for_status()
+    url = f"{base}/decision?experiment_id={exp}"
+    wrk(url, 2)
+    time.sleep(1.0)
+    before = topic_count(bootstrap, topics.decisions)
+    res = measure(url)
+    time.sleep(1.0)  # linger + flush
+    logged = topic_count(bootstrap, topics.decisions) - before
+    res["decision_events_logged"] = logged
+    res["decision_events_missing"] = res["requests"] - res["errors"] - logged
+    return res
 
 
 def decision_rows(
@@ -247,6 +279,9 @@ def decision_rows(
                         base,
                         lambda url, method, script: measure(url, proc.popen.pid, method, script),
                     )
+                )
+                results[CONTINUOUS_ROW] = continuous_row(
+                    bootstrap, topics, base, lambda url: measure(url, proc.popen.pid)
                 )
                 two = results["GET /decision, 2 arms, 1 worker(s)"]["p99_ms"]
                 many = results[f"GET /decision, {DECISION_ARMS[-1]} arms, 1 worker(s)"]["p99_ms"]
@@ -397,6 +432,14 @@ def markdown(results: dict[str, Any]) -> str:
             f"≤ {UNIT_P99_MS} ms at 32 connections); every request a new unit: "
             f"{worst['rps'] / unkeyed['rps']:.2f}, p99 {worst['p99_ms']} ms; consistent "
             f"{consistent['rps'] / unkeyed['rps']:.2f} (goal ≥ {1 - CONSISTENT_SLACK}).",
+        ]
+    continuous = results.get(CONTINUOUS_ROW)
+    if isinstance(unkeyed, dict) and isinstance(continuous, dict):
+        lines += [
+            "",
+            f"Continuous decisions (revenue_thompson): {continuous['rps'] / unkeyed['rps']:.2f} "
+            f"of the unkeyed 2-arm binary Thompson throughput of the same run (goal ≥ "
+            f"{CONTINUOUS_THROUGHPUT_SHARE}), p99 {continuous['p99_ms']} ms.",
         ]
     catalogue = results.get("decision p99, 1000 vs 2 arms")
     if isinstance(catalogue, dict):

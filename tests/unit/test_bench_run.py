@@ -1,5 +1,6 @@
-"""The decider rows' table says what a reader needs to judge the unit rows: how many of
-the sticky requests were new units, next to the rate."""
+"""The decider rows' table says what a reader needs to judge the unit and continuous
+rows: how many of the sticky requests were new units, next to the rate, and each ratio
+against the unkeyed binary row of the same run."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from bench.run import markdown
+from bench.run import CONTINUOUS_ROW, markdown
 
 pytestmark = pytest.mark.unit
 
@@ -49,3 +50,20 @@ def test_sticky_rows_show_their_new_unit_share_and_ratios() -> None:
     assert "sticky 0.80 of the unkeyed 2-arm throughput" in summary
     assert "every request a new unit: 0.50, p99 12.5 ms" in summary
     assert "consistent 0.95" in summary
+
+
+def test_the_continuous_row_is_read_against_binary_thompson_of_the_same_run() -> None:
+    results = {
+        "date": "2026-01-01T00:00:00+00:00",
+        "machine": "2 cores, load average 1.0",
+        "wrk": "wrk -t1 -c32 -d8s, median of 2",
+        "GET /decision, 2 arms, 1 worker(s)": row(20_000, 4.0, decision_events_logged=160_000),
+        CONTINUOUS_ROW: row(18_000, 4.5, decision_events_logged=144_000),
+    }
+    table = markdown(results)
+    line = next(line for line in table.splitlines() if line.startswith(f"| {CONTINUOUS_ROW} |"))
+    assert "| 18,000 |" in line
+    assert "144000 logged / 144000 answered" in line
+    summary = next(line for line in table.splitlines() if line.startswith("Continuous"))
+    assert "0.90 of the unkeyed 2-arm binary Thompson throughput" in summary
+    assert "goal ≥ 0.8" in summary
