@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import shutil
@@ -181,6 +182,22 @@ CATALOGUE_REWARDS = 20_000
 CATALOGUE_P99_RATIO = 3.0
 
 
+def counted_per_answer(
+    run: Callable[[], dict[str, Any]], logged: Callable[[], int]
+) -> dict[str, Any]:
+    """``run()`` (a row's wrk runs) with the ``DecisionMade`` records it logged,
+    ``logged()`` being the decisions topic's record count: every answered request must
+    have logged one, so ``decision_events_missing`` is 0 when nothing was lost (the count
+    is read after the producer's linger and flush)."""
+    before = logged()
+    res = run()
+    time.sleep(1.0)  # linger + flush
+    n = logged() - before
+    res["decision_events_logged"] = n
+    res["decision_events_missing"] = res["requests"] - res["errors"] - n
+    return res
+
+
 def continuous_row(
     bootstrap: str,
     topics: TopicNames,
@@ -195,13 +212,9 @@ def continuous_row(
     url = f"{base}/decision?experiment_id={exp}"
     wrk(url, 2)
     time.sleep(1.0)
-    before = topic_count(bootstrap, topics.decisions)
-    res = measure(url)
-    time.sleep(1.0)  # linger + flush
-    logged = topic_count(bootstrap, topics.decisions) - before
-    res["decision_events_logged"] = logged
-    res["decision_events_missing"] = res["requests"] - res["errors"] - logged
-    return res
+    return counted_per_answer(
+        lambda: measure(url), lambda: topic_count(bootstrap, topics.decisions)
+    )
 
 
 def decision_rows(
@@ -263,13 +276,10 @@ def decision_rows(
                 # server warms longer: the rows compare steady states, not start-up.
                 wrk(url, 12 if arms == 2 else 2)
                 time.sleep(1.0)
-                before = topic_count(bootstrap, topics.decisions)
-                res = measure(url, proc.popen.pid)
-                time.sleep(1.0)  # linger + flush
-                logged = topic_count(bootstrap, topics.decisions) - before
-                res["decision_events_logged"] = logged
-                res["decision_events_missing"] = res["requests"] - res["errors"] - logged
-                results[f"GET /decision, {arms} arms, {n_workers} worker(s)"] = res
+                results[f"GET /decision, {arms} arms, {n_workers} worker(s)"] = counted_per_answer(
+                    functools.partial(measure, url, proc.popen.pid),
+                    lambda: topic_count(bootstrap, topics.decisions),
+                )
             if n_workers == 1:
                 results.update(
                     unit_rows(
