@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from bench.run import CONTINUOUS_ROW, counted_per_answer, markdown
+from bench.decision_rows import CONTINUOUS_ROW
+from bench.run import markdown
 
 pytestmark = pytest.mark.unit
 
@@ -67,19 +68,3 @@ def test_the_continuous_row_is_read_against_binary_thompson_of_the_same_run() ->
     summary = next(line for line in table.splitlines() if line.startswith("Continuous"))
     assert "0.90 of the unkeyed 2-arm binary Thompson throughput" in summary
     assert "goal ≥ 0.8" in summary
-
-
-def test_a_row_counts_the_events_logged_while_it_ran(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The topic is counted before and after the row (after the producer's flush): the
-    difference is the row's events, and every answered request must have one."""
-    monkeypatch.setattr("bench.run.time.sleep", lambda _s: None)
-    topic = [1_000]  # records already on the topic from earlier rows
-
-    def run(logs: int) -> dict[str, Any]:
-        topic[0] += logs
-        return row(100, 4.0, requests=800, errors=2)
-
-    counted = counted_per_answer(lambda: run(798), lambda: topic[0])
-    assert (counted["decision_events_logged"], counted["decision_events_missing"]) == (798, 0)
-    short = counted_per_answer(lambda: run(790), lambda: topic[0])
-    assert (short["decision_events_logged"], short["decision_events_missing"]) == (790, 8)
